@@ -1,0 +1,44 @@
+"""Diagonal Gaussian guide: q(z | x) = N(mu(x), diag sigma(x)^2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+from pyrovae.guides.base import AmortizedGuide, _check_encoder
+from torch import nn
+
+from pyrovae.nn import MLP
+
+
+class NormalGuide(AmortizedGuide):
+    """The standard VAE encoder: a network outputs a mean and a softplus-positive standard deviation.
+
+    :param int x_dim: observed features.
+    :param int z_dim: latent dimension.
+    :param hidden: hidden sizes of the default MLP encoder ``x_dim -> hidden -> 2 z_dim``.
+    :param activation: hidden activation of the default encoder.
+    :param encoder: a custom ``nn.Module`` mapping ``(..., x_dim) -> (..., 2 z_dim)`` (mean, then raw scale),
+        e.g. :class:`~pyrovae.nn.ConvEncoder` ``(2 * z_dim)``.
+    :param float min_scale: floor added to the standard deviation.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (400,),
+        activation: str | nn.Module = "relu",
+        encoder: nn.Module | None = None,
+        min_scale: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        _check_encoder(encoder, "NormalGuide")
+        self.x_dim, self.z_dim = int(x_dim), int(z_dim)
+        self.encoder = encoder or MLP(self.x_dim, hidden, 2 * self.z_dim, activation)
+        self.min_scale = float(min_scale)
+
+    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw_scale = self.encoder(x).split(self.z_dim, dim=-1)
+        return dist.Normal(loc, nn.functional.softplus(raw_scale) + self.min_scale).to_event(1)

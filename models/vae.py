@@ -1,0 +1,91 @@
+"""The Gaussian VAE model: p(z) = N(0, I), p(x | z) from a decoder and a likelihood (Kingma & Welling 2014)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyrovae.likelihoods import Likelihood, get_likelihood
+from pyrovae.nn import MLP
+
+
+class VAE(nn.Module):
+    """The generative side of a VAE: ``z ~ p(z)``, ``x ~ likelihood(decoder(z))``, one pair per datum.
+
+    Calling the module is the Pyro model: every per-datum site lives in ``pyro.plate("data")``, the
+    latent is the site ``"z"`` and the observation the site ``"x"``, so any guide that samples a ``"z"``
+    on the prior's support can be paired with it. Subclasses change the prior by overriding :meth:`prior`.
+
+    :param int x_dim: number of observed features (images are flattened, e.g. 784).
+    :param int z_dim: latent dimension.
+    :param hidden: hidden sizes of the default MLP decoder ``z_dim -> hidden -> x_dim * outputs``.
+    :param likelihood: a registered likelihood name (``"bernoulli"``, ``"gaussian"``, ...) or a
+        :class:`~pyrovae.likelihoods.Likelihood` instance such as ``Gaussian(inverse_variance=500)``.
+    :param activation: hidden activation of the default decoder.
+    :param decoder: a custom ``nn.Module`` mapping ``(..., latent size) -> (..., x_dim * likelihood.num_outputs)``
+        used instead of the MLP (e.g. :class:`~pyrovae.nn.ConvDecoder`).
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (400,),
+        likelihood: str | Likelihood = "bernoulli",
+        activation: str | nn.Module = "relu",
+        decoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if x_dim <= 0 or z_dim <= 0:
+            raise ValueError(f"x_dim and z_dim must be positive, got x_dim={x_dim}, z_dim={z_dim}")
+        self.x_dim = int(x_dim)
+        self.z_dim = int(z_dim)
+        self.likelihood = get_likelihood(likelihood, self.x_dim)
+        self.decoder = decoder or MLP(self.latent_size, hidden, self.x_dim * self.likelihood.num_outputs, activation)
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+
+    @property
+    def latent_size(self) -> int:
+        """Length of a latent vector (``z_dim`` here; the ambient dimension for spherical latents)."""
+        return self.z_dim
+
+    def prior(self) -> dist.TorchDistribution:
+        """p(z) for one datum: a standard normal with event shape ``(z_dim,)``."""
+        zeros = self._device_anchor.new_zeros(self.latent_size)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | z) for latents ``(..., latent_size)``; take ``.mean`` for reconstructions."""
+        return self.likelihood(self.decoder(z))
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise a ValueError when ``x`` has the wrong shape or lies outside the likelihood's support."""
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise ValueError(
+                f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}; "
+                "flatten images to vectors (load_mnist does) and check x_dim"
+            )
+        self.likelihood.check_data(x)
+
+    def forward(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.x_dim:
+            raise ValueError(f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+        with pyro.plate("data", x.shape[-2]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.decode(z), obs=x)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = False, return_latents: bool = False):
+        """Generate ``num_samples`` data from the prior: ``z ~ p(z)``, ``x ~ p(x | z)``.
+
+        :param bool mean: return the decoder's mean E[x | z] instead of a draw (what one usually plots).
+        :param bool return_latents: also return the latents ``z``.
+        """
+        z = self.prior().sample((num_samples,))
+        likelihood = self.decode(z)
+        x = likelihood.mean if mean else likelihood.sample()
+        return (x, z) if return_latents else x

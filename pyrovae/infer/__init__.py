@@ -1,0 +1,29 @@
+"""Training and evaluation: SVI, importance-sampled log-likelihood, PSIS diagnostics, checkpoints."""
+
+from pyrovae.infer.checkpoint import load_checkpoint, save_checkpoint
+from pyrovae.infer.contract import check_model_guide
+from pyrovae.infer.evaluation import elbo_terms, evaluate
+from pyrovae.infer.history import History
+from pyrovae.infer.importance import log_importance_weights
+from pyrovae.infer.log_likelihood import LogLikelihood, log_likelihood
+from pyrovae.infer.objectives import ELBO_NAMES, ObjectiveScale, make_objective
+from pyrovae.infer.psis import psis_khat
+from pyrovae.infer.train import TrainingDiverged, train
+
+__all__ = [
+    "ELBO_NAMES",
+    "History",
+    "LogLikelihood",
+    "ObjectiveScale",
+    "TrainingDiverged",
+    "check_model_guide",
+    "elbo_terms",
+    "evaluate",
+    "load_checkpoint",
+    "log_importance_weights",
+    "log_likelihood",
+    "make_objective",
+    "psis_khat",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,158 @@
+"""Training objectives: Pyro's ELBOs by name or instance, their traced (JIT) forms, and IWAE.
+
+Every objective is called as ``objective(x, scales)`` with ``scales = tensor([data_scale, kl_weight])``:
+the ``"data"`` plate's sites are scaled by ``data_scale`` (data set size / batch size, as a subsampled
+plate would) and the latent sites by ``kl_weight`` (KL warm-up, beta-VAE, or 0 for a plain
+auto-encoder). Both travel as one tensor argument, so a traced objective is not traced again when
+they change.
+
+Why our own JIT: Pyro's ``JitTrace_ELBO`` looks parameters up by name in the global parameter store,
+while pyrovae keeps parameters in the modules. We trace ``elbo.differentiable_loss`` over the
+model and guide modules with :func:`torch.jit.trace` instead, once per batch shape; the random draws
+are traced as random ops, so each call samples afresh.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pyro.infer as pinfer
+import torch
+from pyro.poutine.messenger import Messenger
+from torch import nn
+
+from pyrovae.infer.importance import DATA_PLATE, log_importance_weights
+
+ELBO_NAMES = ("trace", "jit", "enum", "jit_enum", "meanfield", "iwae")
+
+
+class ObjectiveScale(Messenger):
+    """Scale the log-density of sites in the ``"data"`` plate by ``data_scale`` and of latent sites by
+    ``latent_scale`` (both may be tensors)."""
+
+    def __init__(self, data_scale, latent_scale) -> None:
+        super().__init__()
+        self.data_scale = data_scale
+        self.latent_scale = latent_scale
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample":
+            return
+        if self.data_scale is not None and any(f.name == DATA_PLATE for f in msg["cond_indep_stack"]):
+            msg["scale"] = msg["scale"] * self.data_scale
+        if self.latent_scale is not None and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.latent_scale
+
+
+class _ELBOObjective(nn.Module):
+    """``elbo.differentiable_loss`` of the scaled model and guide."""
+
+    def __init__(self, model, guide, elbo) -> None:
+        super().__init__()
+        self.model, self.guide, self.elbo = model, guide, elbo
+
+    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        scale = ObjectiveScale(scales[0], scales[1])
+        return self.elbo.differentiable_loss(scale(self.model), scale(self.guide), x)
+
+
+class _IWAEObjective(nn.Module):
+    """The importance-weighted bound of Burda et al. (2016), per datum: -sum_i log mean_s w[s, i]."""
+
+    def __init__(self, model, guide, num_particles: int, max_plate_nesting: int) -> None:
+        super().__init__()
+        self.model, self.guide = model, guide
+        self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
+
+    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        scale = ObjectiveScale(None, scales[1])  # the data scale multiplies the bound, not the weights
+        log_weights = log_importance_weights(
+            scale(self.model), scale(self.guide), x, self.num_particles, self.max_plate_nesting
+        )
+        bound = torch.logsumexp(log_weights, 0) - math.log(self.num_particles)
+        return -bound.sum() * scales[0]
+
+
+class _Traced(nn.Module):
+    """A module traced with torch.jit.trace on first use for each input shape."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self._cache: dict = {}
+
+    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, self.module.training)
+        traced = self._cache.get(key)
+        if traced is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(self.module, (x, scales), check_trace=False)
+            self._cache[key] = traced
+        return traced(x, scales)
+
+
+def make_objective(
+    elbo, model, guide, num_particles: int = 1, max_plate_nesting: int = 1
+) -> tuple[nn.Module, str]:
+    """The objective module for ``elbo`` (a name from :data:`ELBO_NAMES` or a Pyro ELBO instance) and its name.
+
+    ``"trace"``: :class:`~pyro.infer.Trace_ELBO`; ``"jit"``: its traced form; ``"enum"`` and ``"jit_enum"``:
+    :class:`~pyro.infer.TraceEnum_ELBO` for enumerated discrete latents (sites marked
+    ``infer={"enumerate": "parallel"}``); ``"meanfield"``: :class:`~pyro.infer.TraceMeanField_ELBO`
+    (analytic KL where registered); ``"iwae"``: the per-datum importance-weighted bound with
+    ``num_particles`` samples (``RenyiELBO(alpha=0)`` instances map here too: Pyro's version weighs the
+    whole batch jointly instead of each datum).
+    """
+    options = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=max_plate_nesting)
+    jit = False
+    if isinstance(elbo, str):
+        name = elbo
+        if name == "iwae":
+            if num_particles < 2:
+                raise ValueError("the iwae objective needs num_particles >= 2 (it equals the ELBO for 1)")
+            return _IWAEObjective(model, guide, num_particles, max_plate_nesting), name
+        factories = {
+            "trace": pinfer.Trace_ELBO,
+            "jit": pinfer.Trace_ELBO,
+            "enum": pinfer.TraceEnum_ELBO,
+            "jit_enum": pinfer.TraceEnum_ELBO,
+            "meanfield": pinfer.TraceMeanField_ELBO,
+        }
+        if name not in factories:
+            raise ValueError(f"unknown elbo {name!r}; expected one of {ELBO_NAMES} or a pyro.infer ELBO instance")
+        jit = name.startswith("jit")
+        instance = factories[name](**options)
+    elif isinstance(elbo, pinfer.RenyiELBO):
+        if elbo.alpha != 0:
+            raise ValueError("only RenyiELBO(alpha=0), the IWAE bound, is supported; pass elbo='iwae'")
+        return _IWAEObjective(model, guide, elbo.num_particles, max_plate_nesting), "iwae"
+    elif isinstance(elbo, pinfer.ELBO):
+        jit_classes = {pinfer.JitTrace_ELBO: pinfer.Trace_ELBO, pinfer.JitTraceEnum_ELBO: pinfer.TraceEnum_ELBO,
+                       pinfer.JitTraceMeanField_ELBO: pinfer.TraceMeanField_ELBO}
+        jit = type(elbo) in jit_classes
+        instance = jit_classes[type(elbo)](**_elbo_options(elbo)) if jit else elbo
+        name = type(elbo).__name__
+    else:
+        raise TypeError(f"elbo must be a name or a pyro.infer ELBO instance, got {type(elbo).__name__}")
+    objective = _ELBOObjective(model, guide, instance)
+    return (_Traced(objective) if jit else objective), name
+
+
+def _elbo_options(elbo: pinfer.ELBO) -> dict:
+    return dict(
+        num_particles=elbo.num_particles,
+        max_plate_nesting=elbo.max_plate_nesting,
+        vectorize_particles=elbo.vectorize_particles,
+        strict_enumeration_warning=elbo.strict_enumeration_warning,
+    )
+
+
+def evaluation_elbo(num_particles: int = 1, max_plate_nesting: int = 1, enumerate: bool = False) -> pinfer.ELBO:
+    """The untraced ELBO used for validation."""
+    cls = pinfer.TraceEnum_ELBO if enumerate else pinfer.Trace_ELBO
+    return cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=max_plate_nesting)
+
+
+__all__ = ["ELBO_NAMES", "ObjectiveScale", "make_objective", "evaluation_elbo"]

@@ -1,0 +1,108 @@
+"""Convolutional trunks for small images (28x28 MNIST / Fashion-MNIST by default).
+
+Images travel through the library flattened, ``(..., C*H*W)``, like every other data type; the conv
+trunks reshape at their borders. That keeps models, guides, likelihoods and the importance sampler
+oblivious to images, and lets leading batch dimensions (particles, importance samples) pass through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pyrovae.nn.mlp import make_activation
+
+
+def _check_image_shape(image_shape: Sequence[int], num_layers: int) -> tuple[int, int, int]:
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (channels, height, width), got {tuple(image_shape)}")
+    channels, height, width = map(int, image_shape)
+    factor = 2**num_layers
+    if height % factor or width % factor:
+        raise ValueError(
+            f"image height and width must be divisible by {factor} for {num_layers} stride-2 layers, "
+            f"got {height}x{width}"
+        )
+    return channels, height, width
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 3x3 convolutions followed by a linear layer: ``(..., C*H*W) -> (..., out_features)``.
+
+    With the defaults (channels 32, 64 on 1x28x28) this is the encoder of the Keras/TF conv VAE
+    tutorials and notebook 004: 28x28 -> 14x14x32 -> 7x7x64 -> linear.
+    """
+
+    def __init__(
+        self,
+        out_features: int,
+        image_shape: Sequence[int] = (1, 28, 28),
+        channels: Sequence[int] = (32, 64),
+        activation: str | nn.Module = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        in_channels, height, width = _check_image_shape(image_shape, len(channels))
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip([in_channels, *channels[:-1]], channels):
+            layers += [nn.Conv2d(fan_in, fan_out, kernel_size=3, stride=2, padding=1), make_activation(activation)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.convs = nn.Sequential(*layers)
+        scale = 2 ** len(channels)
+        self.linear = nn.Linear(channels[-1] * (height // scale) * (width // scale), out_features)
+        self.image_shape = (in_channels, height, width)
+        self.in_features = in_channels * height * width
+        self.out_features = int(out_features)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.shape[-1] != self.in_features:
+            raise ValueError(
+                f"ConvEncoder expected flattened images of shape (..., {self.in_features}) "
+                f"for image_shape {self.image_shape}, got {tuple(inputs.shape)}"
+            )
+        batch_shape = inputs.shape[:-1]
+        hidden = self.convs(inputs.reshape(-1, *self.image_shape))
+        return self.linear(hidden.flatten(1)).reshape(*batch_shape, self.out_features)
+
+
+class ConvDecoder(nn.Module):
+    """A linear layer followed by stride-2 transposed convolutions: ``(..., in_features) -> (..., K*C*H*W)``.
+
+    ``out_channels_per_pixel`` (K) is the number of likelihood parameters per pixel; the output is laid
+    out parameter-major (all first parameters, then all second ones), as the likelihoods expect.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        image_shape: Sequence[int] = (1, 28, 28),
+        channels: Sequence[int] = (64, 32),
+        activation: str | nn.Module = "relu",
+        out_channels_per_pixel: int = 1,
+    ) -> None:
+        super().__init__()
+        out_channels, height, width = _check_image_shape(image_shape, len(channels))
+        scale = 2 ** len(channels)
+        self.start_shape = (channels[0], height // scale, width // scale)
+        self.linear = nn.Sequential(
+            nn.Linear(in_features, channels[0] * (height // scale) * (width // scale)), make_activation(activation)
+        )
+        layers: list[nn.Module] = []
+        widths = [*channels, out_channels * out_channels_per_pixel]
+        for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.ConvTranspose2d(fan_in, fan_out, kernel_size=3, stride=2, padding=1, output_padding=1))
+            if index < len(channels) - 1:
+                layers.append(make_activation(activation))
+        self.deconvs = nn.Sequential(*layers)
+        self.in_features = int(in_features)
+        self.out_features = out_channels * out_channels_per_pixel * height * width
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.shape[-1] != self.in_features:
+            raise ValueError(f"ConvDecoder expected inputs of shape (..., {self.in_features}), got {tuple(inputs.shape)}")
+        batch_shape = inputs.shape[:-1]
+        hidden = self.linear(inputs.reshape(-1, self.in_features)).reshape(-1, *self.start_shape)
+        return self.deconvs(hidden).reshape(*batch_shape, self.out_features)
