@@ -23,7 +23,9 @@ class AmortizedGuide(nn.Module):
 
     def forward(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.x_dim:
-            raise ValueError(f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"
+            )
         with pyro.plate("data", x.shape[-2]):
             pyro.sample("z", self.encode(x))
 

@@ -73,7 +73,9 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.x_dim:
-            raise ValueError(f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"
+            )
         with pyro.plate("data", x.shape[-2]):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.decode(z), obs=x)

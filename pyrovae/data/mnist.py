@@ -13,7 +13,9 @@ from pyrovae.data.tensor_data import TensorData
 
 BINARIZE = (None, "static", "dynamic", "threshold")
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+)
 
 
 def _binarize(images: torch.Tensor, mode: str | None, seed: int) -> torch.Tensor:

@@ -105,7 +105,9 @@ def make_objective(
     ``num_particles`` samples (``RenyiELBO(alpha=0)`` instances map here too: Pyro's version weighs the
     whole batch jointly instead of each datum).
     """
-    options = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=max_plate_nesting)
+    options = dict(
+        num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=max_plate_nesting
+    )
     jit = False
     if isinstance(elbo, str):
         name = elbo

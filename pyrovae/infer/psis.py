@@ -44,8 +44,8 @@ def _gpd_fit(exceedances: torch.Tensor) -> torch.Tensor:
 def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
     """Pareto k-hat of each row of ``log_weights`` (..., num_samples) -> (...).
 
-    Rows whose tail weights are all equal (a guide equal to the posterior gives constant weights) have
-    bounded weights and get ``-inf``. Fewer than 5 tail draws (S < 25) give ``inf``: too few samples to judge.
+    Rows whose tail weights are equal up to rounding (a guide equal to the posterior gives constant
+    weights) have bounded weights and get ``-inf``. Fewer than 5 tail draws (S < 25) give ``inf``: too few samples to judge.
     """
     batch_shape, num_samples = log_weights.shape[:-1], log_weights.shape[-1]
     flat = log_weights.detach().reshape(-1, num_samples)
@@ -57,9 +57,11 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor
     out = []
     for rows in flat.split(chunk_size):
         top = rows.topk(tail + 1, dim=-1).values.flip(-1)  # ascending; top[:, 0] is the cutoff
+        # a spread of the tail within rounding error of the log weights means constant weights
+        rounding = 64 * torch.finfo(top.dtype).eps * top[:, -1].abs().clamp_min(1.0)
+        degenerate = (top[:, -1] - top[:, 0]) <= rounding
         top = top - top[:, -1:]  # scale by the largest weight for stability
         exceedances = torch.exp(top[:, 1:]) - torch.exp(top[:, :1])  # (R, M) >= 0
-        degenerate = exceedances[:, -1] <= 0
         positive = torch.where(degenerate.unsqueeze(-1), torch.ones_like(exceedances), exceedances)
         # ties at the cutoff give zero exceedances, which the fit cannot take; they carry no tail mass
         positive = positive.clamp_min(torch.finfo(positive.dtype).tiny)

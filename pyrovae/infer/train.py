@@ -12,6 +12,7 @@ import numpy as np
 import pyro
 import pyro.optim
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
 from pyrovae.infer.checkpoint import load_checkpoint, save_checkpoint
@@ -80,6 +81,15 @@ def _eval_source(data, size: int, batch_size: int, device, model) -> BatchSource
     else:
         data = Subset(data, range(min(size, len(data))))
     return BatchSource(data, batch_size, shuffle=False, device=device, seed=0, check=model, name="data")
+
+
+def _param_store_params(model, guide, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Unconstrained ``pyro.param`` leaves that a plain Pyro model/guide uses (none for pyrovae modules)."""
+    with poutine.block(), poutine.trace(param_only=True) as capture:
+        with torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(x)
+            poutine.replay(model, trace=guide_trace)(x)
+    return {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
 
 
 def _state(modules: dict) -> dict:
@@ -162,13 +172,16 @@ def train(
         else None
     )
     train_eval = _eval_source(data, eval_size, eval_batch_size, device, model)
-    check_model_guide(model, guide, next(iter(train_eval or validation or batches)))
+    first_batch = next(iter(train_eval or validation or batches))
+    check_model_guide(model, guide, first_batch)
+    store_params = _param_store_params(model, guide, first_batch)
 
     frozen = modules.get(freeze) if freeze else None
     requires_grad = {p: p.requires_grad for m in modules.values() for p in m.parameters()}
     if frozen is not None:
         frozen.requires_grad_(False)
     params = list(dict.fromkeys(p for m in modules.values() for p in m.parameters() if p.requires_grad))
+    params += [p for p in store_params.values() if p.requires_grad and p not in params]
     if not params:
         raise ValueError("nothing to train: the model and guide have no trainable parameters")
     optimizer, clip_args = _build_optimizer(optim, params, lr)
@@ -186,6 +199,9 @@ def train(
                 raise ValueError(
                     f"checkpoint {checkpoint} holds a different {name} ({error}); delete it or fix the sizes"
                 ) from error
+        with torch.no_grad():
+            for name, value in saved.get("pyro_params", {}).items():
+                store_params[name].copy_(value)
         optimizer.load_state_dict(saved["optimizer"])
         batches.load_state_dict(saved["batches"])
         _set_rng_state(saved["rng"])
@@ -216,7 +232,8 @@ def train(
                 finite = torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
                 if not bool(finite):
                     raise TrainingDiverged(
-                        f"the loss became {float(loss)} (or a gradient non-finite) at epoch {epoch + 1}, step {step + 1}; "
+                        f"the loss became {float(loss)} (or a gradient non-finite) at epoch {epoch + 1}, "
+                        f"step {step + 1}; "
                         "the step was not applied, so the model and guide keep their last finite parameters"
                         + (f" and {checkpoint} the last finished epoch" if checkpoint else "")
                         + ". Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale"
@@ -256,6 +273,7 @@ def train(
                         "version": _CHECKPOINT_VERSION,
                         "epoch": epoch + 1,
                         "modules": {name: m.state_dict() for name, m in modules.items()},
+                        "pyro_params": {name: p.detach() for name, p in store_params.items()},
                         "optimizer": optimizer.state_dict(),
                         "batches": batches.state_dict(),
                         "rng": _rng_state(),

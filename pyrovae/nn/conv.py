@@ -102,7 +102,9 @@ class ConvDecoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.shape[-1] != self.in_features:
-            raise ValueError(f"ConvDecoder expected inputs of shape (..., {self.in_features}), got {tuple(inputs.shape)}")
+            raise ValueError(
+                f"ConvDecoder expected inputs of shape (..., {self.in_features}), got {tuple(inputs.shape)}"
+            )
         batch_shape = inputs.shape[:-1]
         hidden = self.linear(inputs.reshape(-1, self.in_features)).reshape(-1, *self.start_shape)
         return self.deconvs(hidden).reshape(*batch_shape, self.out_features)

@@ -1,0 +1,111 @@
+"""The importance-sampled log-likelihood against the exact marginal of probabilistic PCA."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyrovae.infer import log_likelihood
+
+X_DIM, Z_DIM, SIGMA = 5, 2, 0.5
+
+
+def ppca(seed=0):
+    """Loadings W, offset mu and data from x = W z + mu + sigma e (Tipping & Bishop 1999), in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    W = torch.randn(X_DIM, Z_DIM, generator=generator, dtype=torch.float64)
+    mu = torch.randn(X_DIM, generator=generator, dtype=torch.float64)
+    z = torch.randn(40, Z_DIM, generator=generator, dtype=torch.float64)
+    x = z @ W.T + mu + SIGMA * torch.randn(40, X_DIM, generator=generator, dtype=torch.float64)
+    return W, mu, x
+
+
+def exact_log_marginal(W, mu, x):
+    covariance = W @ W.T + SIGMA**2 * torch.eye(X_DIM, dtype=torch.float64)
+    return dist.MultivariateNormal(mu, covariance).log_prob(x)
+
+
+def make_model(W, mu):
+    def model(x):  # a plain Pyro function that follows the contract
+        with pyro.plate("data", x.shape[-2]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z_DIM, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + mu, SIGMA).to_event(1), obs=x)
+
+    return model
+
+
+def make_guide(W, mu, scale_factor=1.0, shift=0.0):
+    """The exact posterior N(M^-1 W^T (x - mu), sigma^2 M^-1), M = W^T W + sigma^2 I, optionally distorted."""
+    M = W.T @ W + SIGMA**2 * torch.eye(Z_DIM, dtype=torch.float64)
+    M_inv = torch.linalg.inv(M)
+    scale_tril = torch.linalg.cholesky(SIGMA**2 * M_inv) * scale_factor
+
+    def guide(x):
+        loc = (x - mu) @ W @ M_inv.T + shift
+        with pyro.plate("data", x.shape[-2]):
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+    return guide
+
+
+@pytest.mark.parametrize("num_samples", [1, 7, 100])
+def test_exact_posterior_gives_exact_log_likelihood(num_samples):
+    W, mu, x = ppca()
+    result = log_likelihood(make_model(W, mu), make_guide(W, mu), x, num_samples=num_samples, batch_size=16)
+    expected = exact_log_marginal(W, mu, x)
+    assert result.per_datum.shape == (40,)
+    assert torch.allclose(result.per_datum, expected, atol=1e-4, rtol=0)
+    assert abs(result.mean - expected.mean().item()) < 1e-4
+
+
+def test_mismatched_guide_converges_with_more_samples():
+    W, mu, x = ppca(1)
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=1.6, shift=0.3)
+    expected = exact_log_marginal(W, mu, x)
+    errors = {}
+    for num_samples in (1, 10, 5000):
+        result = log_likelihood(model, guide, x, num_samples=num_samples, max_samples_per_chunk=1000)
+        errors[num_samples] = (expected - result.per_datum).mean().item()
+    # importance sampling is a stochastic lower bound: the gap shrinks towards 0 as K grows
+    assert errors[1] > errors[10] > errors[5000] > -0.01
+    assert errors[1] > 0.1
+    assert errors[5000] < 0.01
+
+
+def test_khat_flags_a_far_too_narrow_guide():
+    W, mu, x = ppca(2)
+    model = make_model(W, mu)
+    narrow = log_likelihood(model, make_guide(W, mu, scale_factor=0.15), x, num_samples=1000)
+    wide = log_likelihood(model, make_guide(W, mu, scale_factor=1.3), x, num_samples=1000)
+    exact = log_likelihood(model, make_guide(W, mu), x, num_samples=1000)
+    assert (narrow.khat > 0.7).float().mean() > 0.9
+    assert (wide.khat < 0.5).float().mean() > 0.9
+    assert (exact.khat < 0.5).all()
+    summary = narrow.summary()
+    assert summary["frac_khat_gt_0.7"] > 0.9 and summary["num_data"] == 40
+    assert math.isfinite(summary["log_likelihood"]) and summary["stderr"] > 0
+
+
+def test_sample_chunking_does_not_change_the_estimate():
+    W, mu, x = ppca(3)
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=1.5)
+    pyro.set_rng_seed(5)
+    whole = log_likelihood(model, guide, x, num_samples=64)
+    pyro.set_rng_seed(5)
+    chunks = log_likelihood(model, guide, x, num_samples=64, max_samples_per_chunk=64)
+    assert torch.allclose(whole.per_datum, chunks.per_datum)
+
+
+def test_site_outside_data_plate_is_refused():
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))  # a global latent: not per datum
+        with pyro.plate("data", x.shape[-2]):
+            pyro.sample("x", dist.Normal(loc.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.sample("loc", dist.Normal(0.0, 0.1))
+
+    with pytest.raises(ValueError, match="outside pyro.plate"):
+        log_likelihood(model, guide, torch.randn(4, 3), num_samples=3)

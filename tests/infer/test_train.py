@@ -1,0 +1,182 @@
+"""The SVI loop: objectives, scaling, resume, NaN guard, freezing, warm-up, early stopping, data sources."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pyro.infer
+import pyro.optim
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.infer.guides_and_models import small_pair
+from pyrovae.data import TensorData, two_groups
+from pyrovae.guides import DeltaGuide, NormalGuide
+from pyrovae.infer import TrainingDiverged, load_checkpoint, make_objective, train
+from pyrovae.likelihoods import Gaussian
+from pyrovae.models import VAE
+
+
+def data(n=96):
+    return two_groups(num_per_group=n // 2)
+
+
+def parameters(*modules):
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+@pytest.mark.parametrize(
+    "elbo",
+    ["trace", "jit", "meanfield", "iwae", pyro.infer.JitTrace_ELBO(), pyro.infer.Trace_ELBO(num_particles=3)],
+)
+def test_objectives_reduce_the_loss(elbo):
+    model, guide = small_pair()
+    history = train(model, guide, data(), epochs=25, batch_size=32, elbo=elbo, num_particles=4 if elbo == "iwae" else 1,
+                    lr=1e-2, progress=False, seed=0)
+    assert len(history) == 25
+    assert history["loss"][-1] < history["loss"][0] - 5
+    assert all(math.isfinite(v) for v in history["train_elbo"])
+
+
+def test_objective_scaling_matches_the_hand_computed_loss():
+    # With a point-mass guide and a fixed-scale Gaussian the objective is deterministic:
+    # -(N/B) sum_i [log N(x_i | f(g(x_i)), s^2) + beta log N(g(x_i) | 0, I)]
+    x = data().x[:8]
+    model = VAE(15, 2, hidden=(5,), likelihood=Gaussian(scale=0.7))
+    guide = DeltaGuide(15, 2, hidden=(5,))
+    objective, _ = make_objective("trace", model, guide)
+    data_scale, beta = 12.5, 0.3
+    loss = objective(x, torch.tensor([data_scale, beta]))
+    code = guide.encoder(x)
+    reconstruction = dist.Normal(model.decoder(code), 0.7).log_prob(x).sum()
+    prior = dist.Normal(0.0, 1.0).log_prob(code).sum()
+    expected = -data_scale * (reconstruction + beta * prior)
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    jitted, _ = make_objective("jit", model, guide)
+    assert torch.allclose(jitted(x, torch.tensor([data_scale, beta])), expected, rtol=1e-5)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    def run(epochs, path, model_seed):
+        torch.manual_seed(model_seed)  # a resumed run starts from differently initialised modules
+        model, guide = small_pair()
+        history = train(model, guide, data(), epochs=epochs, batch_size=20, val_data=data(32), checkpoint=path,
+                        kl_warmup_epochs=3, progress=False, seed=7)
+        return history, parameters(model, guide)
+
+    full_history, full = run(6, tmp_path / "full.pt", 1)
+    run(3, tmp_path / "resumed.pt", 1)  # interrupted after 3 epochs
+    assert load_checkpoint(tmp_path / "resumed.pt")["epoch"] == 3
+    resumed_history, resumed = run(6, tmp_path / "resumed.pt", 3)
+    assert all(torch.equal(a, b) for a, b in zip(full, resumed))
+    for a, b in zip(full_history.records, resumed_history.records):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_checkpoint_from_another_setup_is_refused(tmp_path):
+    model, guide = small_pair()
+    train(model, guide, data(), epochs=1, checkpoint=tmp_path / "c.pt", progress=False)
+    other = VAE(15, 3, hidden=(6,), likelihood="gaussian")
+    with pytest.raises(ValueError, match="different model"):
+        train(other, NormalGuide(15, 3, hidden=(6,)), data(), epochs=2, checkpoint=tmp_path / "c.pt", progress=False)
+    (tmp_path / "bad.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="cannot be read"):
+        train(model, guide, data(), epochs=2, checkpoint=tmp_path / "bad.pt", progress=False)
+
+
+class ExplodingVAE(VAE):
+    """Gives a NaN likelihood from its ``explode_at``-th call on."""
+
+    def __init__(self, *args, explode_at=5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.explode_at = 0, explode_at
+
+    def decode(self, z):
+        self.calls += 1
+        out = self.decoder(z)
+        if self.calls >= self.explode_at:
+            out = out * math.nan
+        return self.likelihood(out)
+
+
+def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path):
+    model = ExplodingVAE(15, 2, hidden=(6,), likelihood="gaussian", explode_at=12)
+    guide = NormalGuide(15, 2, hidden=(6,))
+    snapshots = []
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        result = original_step(self, *args, **kwargs)
+        snapshots.append(parameters(model, guide))
+        return result
+
+    torch.optim.Adam.step = recording_step
+    try:
+        with pytest.raises(TrainingDiverged, match="not applied"):
+            train(model, guide, data(), epochs=50, batch_size=32, eval_size=0, checkpoint=tmp_path / "c.pt",
+                  progress=False)
+    finally:
+        torch.optim.Adam.step = original_step
+    assert snapshots, "some steps succeeded before the NaN"
+    assert all(torch.equal(a, b) for a, b in zip(parameters(model, guide), snapshots[-1]))
+    assert all(torch.isfinite(p).all() for p in parameters(model, guide))
+    assert load_checkpoint(tmp_path / "c.pt")["epoch"] == len(snapshots) // 3
+
+
+@pytest.mark.parametrize("frozen", ["model", "guide"])
+def test_freezing_one_side(frozen):
+    model, guide = small_pair()
+    before = {"model": parameters(model), "guide": parameters(guide)}
+    train(model, guide, data(), epochs=2, freeze=frozen, progress=False)
+    after = {"model": parameters(model), "guide": parameters(guide)}
+    other = "guide" if frozen == "model" else "model"
+    assert all(torch.equal(a, b) for a, b in zip(before[frozen], after[frozen]))
+    assert not all(torch.equal(a, b) for a, b in zip(before[other], after[other]))
+    assert all(p.requires_grad for p in model.parameters())  # restored afterwards
+
+
+def test_kl_warmup_ramps_the_weight():
+    model, guide = small_pair()
+    history = train(model, guide, data(), epochs=5, batch_size=32, kl_warmup_epochs=4, kl_weight=0.5, progress=False)
+    assert history["kl_weight"] == pytest.approx([0.125, 0.25, 0.375, 0.5, 0.5])
+
+
+def test_early_stopping_restores_the_best_epoch():
+    model, guide = small_pair()
+    history = train(model, guide, data(), epochs=30, lr=0.0, patience=2, val_data=data(32), progress=False, seed=3)
+    assert history.stopped_early and len(history) < 30
+    best = history.records[history.best_epoch - 1]["val_elbo"]
+    assert best == max(history["val_elbo"])
+
+
+def test_data_sources_and_pyro_optimisers():
+    x = data().x
+    sources = [
+        x,
+        x.numpy(),
+        TensorData(x),
+        TensorDataset(x, torch.zeros(len(x))),
+        DataLoader(TensorDataset(x), batch_size=16, shuffle=True),
+    ]
+    for source in sources:
+        model, guide = small_pair()
+        history = train(model, guide, source, epochs=2, batch_size=16, optim=pyro.optim.ClippedAdam({"lr": 1e-2}),
+                        progress=False)
+        assert len(history) == 2 and math.isfinite(history["loss"][-1])
+
+
+def test_plain_pyro_functions_with_param_store_parameters_train():
+    pyro.clear_param_store()
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(15))
+        with pyro.plate("data", x.shape[-2]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    train(model, guide, data(), epochs=40, lr=0.1, eval_size=0, progress=False)
+    assert torch.allclose(pyro.param("loc").detach(), data().x.mean(0), atol=0.2)
+    pyro.clear_param_store()
