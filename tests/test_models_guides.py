@@ -3,12 +3,12 @@
 import pyro.distributions as dist
 import pytest
 import torch
+from pyrovae.guides import AmortizedGuide, DeltaGuide, NormalGuide
+from pyrovae.models import VAE
 from torch import nn
 
 from pyrovae.data import TensorData
-from pyrovae.guides import AmortizedGuide, DeltaGuide, NormalGuide
 from pyrovae.infer import check_model_guide, log_likelihood, train
-from pyrovae.models import VAE
 from pyrovae.nn import MLP, ConvDecoder, ConvEncoder
 
 

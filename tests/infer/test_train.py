@@ -8,14 +8,14 @@ import pyro.infer
 import pyro.optim
 import pytest
 import torch
+from pyrovae.guides import DeltaGuide, NormalGuide
+from pyrovae.models import VAE
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.infer.guides_and_models import small_pair
 from pyrovae.data import TensorData, two_groups
-from pyrovae.guides import DeltaGuide, NormalGuide
 from pyrovae.infer import TrainingDiverged, load_checkpoint, make_objective, train
 from pyrovae.likelihoods import Gaussian
-from pyrovae.models import VAE
+from tests.infer.guides_and_models import small_pair
 
 
 def data(n=96):
