@@ -80,7 +80,8 @@ with torch.no_grad():
     reconstructions = vae["model"].decode(codes).mean
     samples = vae["model"].sample(40, mean=True)
 fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-show_images(axes[0], torch.cat([test_data.x[:20], reconstructions[:20]]), image_shape, title="test images / reconstructions")
+pairs = torch.cat([test_data.x[:20], reconstructions[:20]])
+show_images(axes[0], pairs, image_shape, title="test images (top) / reconstructions (bottom)")
 show_images(axes[1], samples, image_shape, title="samples from the prior (decoder means)")
 latent_scatter(axes[2], codes, test_data.labels, title="latent means of test images")
 save(fig, f"{args.out}/vae.png")

@@ -45,7 +45,8 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor
     """Pareto k-hat of each row of ``log_weights`` (..., num_samples) -> (...).
 
     Rows whose tail weights are equal up to rounding (a guide equal to the posterior gives constant
-    weights) have bounded weights and get ``-inf``. Fewer than 5 tail draws (S < 25) give ``inf``: too few samples to judge.
+    weights) have bounded weights and get ``-inf``. Fewer than 5 tail draws (S < 25) give ``inf``: too
+    few samples to judge.
     """
     batch_shape, num_samples = log_weights.shape[:-1], log_weights.shape[-1]
     flat = log_weights.detach().reshape(-1, num_samples)

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from pyrovae.data import circle_clusters, gaussian_mixture_1d, gaussian_mixture_1d_log_density, two_groups
@@ -19,14 +20,8 @@ def test_mixture_moments_and_density():
     assert abs(x.mean() - mean) < 4 * math.sqrt(variance / len(x))
     assert abs(x.var() / variance - 1) < 0.02
     grid = torch.linspace(-8, 10, 20001, dtype=torch.float64)
-    assert torch.trapezoid(gaussian_mixture_1d_log_density(grid).exp(), grid).item() == pytest_approx_one()
+    assert torch.trapezoid(gaussian_mixture_1d_log_density(grid).exp(), grid).item() == pytest.approx(1.0, abs=1e-6)
     assert torch.bincount(data.labels, minlength=4).double().div(len(x)).sub(w).abs().max() < 0.005
-
-
-def pytest_approx_one():
-    import pytest
-
-    return pytest.approx(1.0, abs=1e-6)
 
 
 def test_two_groups_are_rank_two_plus_noise():
