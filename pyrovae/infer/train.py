@@ -232,7 +232,7 @@ def train(
                 finite = torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
                 if not bool(finite):
                     raise TrainingDiverged(
-                        f"the loss became {float(loss)} (or a gradient non-finite) at epoch {epoch + 1}, "
+                        f"the loss became {float(loss.detach())} (or a gradient non-finite) at epoch {epoch + 1}, "
                         f"step {step + 1}; "
                         "the step was not applied, so the model and guide keep their last finite parameters"
                         + (f" and {checkpoint} the last finished epoch" if checkpoint else "")
