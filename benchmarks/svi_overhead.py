@@ -20,7 +20,7 @@ from pyrovae.models import VAE
 from torch import nn
 
 from pyrovae.infer.objectives import make_objective
-from pyrovae.infer.train import _build_optimizer
+from pyrovae.infer.train import _build_optimizer, svi_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--device", default="cpu")
@@ -49,16 +49,8 @@ def pyrovae_step(elbo):
     optimizer, _ = _build_optimizer(pyro.optim.Adam({"lr": 1e-3}), params, 1e-3)
     scales = torch.tensor([1.0, 1.0], device=device)
 
-    def step():  # the body of pyrovae.infer.train's inner loop
-        for p in params:
-            p.grad = None
-        with pyro.validation_enabled(False):
-            loss = objective(x, scales)
-            loss.backward()
-        grads = [p.grad for p in params]
-        if not bool(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
-            raise FloatingPointError
-        optimizer.step()
+    def step():  # the step pyrovae.infer.train runs
+        svi_step(objective, params, optimizer, x, scales)
 
     return step
 

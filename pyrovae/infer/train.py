@@ -62,6 +62,27 @@ def _build_optimizer(optim, params: list[torch.Tensor], lr: float):
     )
 
 
+def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.Tensor, clip_args=None):
+    """One guarded SVI step: the loss, or None (and no update) when the loss or a gradient is not finite."""
+    for p in params:
+        p.grad = None
+    with pyro.validation_enabled(False):
+        loss = objective(x, scales)
+        loss.backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    if not bool(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+        return None
+    if clip_args:
+        for p in params:
+            if p.grad is not None:
+                if "clip_norm" in clip_args:
+                    torch.nn.utils.clip_grad_norm_(p, clip_args["clip_norm"])
+                if "clip_value" in clip_args:
+                    torch.nn.utils.clip_grad_value_(p, clip_args["clip_value"])
+    optimizer.step()
+    return loss.detach()
+
+
 def _kl_weight(step: int, steps_per_epoch: int, kl_weight: float, warmup_epochs: float) -> float:
     if warmup_epochs <= 0:
         return kl_weight
@@ -223,29 +244,14 @@ def train(
                 beta = _kl_weight(step, steps_per_epoch, kl_weight, kl_warmup_epochs)
                 data_scale = (num_data or x.shape[0]) / x.shape[0]
                 scales = torch.tensor([data_scale, beta], device=device, dtype=x.dtype)
-                for p in params:
-                    p.grad = None
-                with pyro.validation_enabled(False):
-                    loss = objective(x, scales)
-                    loss.backward()
-                grads = [p.grad for p in params if p.grad is not None]
-                finite = torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
-                if not bool(finite):
+                loss = svi_step(objective, params, optimizer, x, scales, clip_args)
+                if loss is None:
                     raise TrainingDiverged(
-                        f"the loss became {float(loss.detach())} (or a gradient non-finite) at epoch {epoch + 1}, "
-                        f"step {step + 1}; "
+                        f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {step + 1}; "
                         "the step was not applied, so the model and guide keep their last finite parameters"
                         + (f" and {checkpoint} the last finished epoch" if checkpoint else "")
                         + ". Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale"
                     )
-                if clip_args:
-                    for p in params:
-                        if p.grad is not None:
-                            if "clip_norm" in clip_args:
-                                torch.nn.utils.clip_grad_norm_(p, clip_args["clip_norm"])
-                            if "clip_value" in clip_args:
-                                torch.nn.utils.clip_grad_value_(p, clip_args["clip_value"])
-                optimizer.step()
                 total_loss += loss.detach() / data_scale
                 seen += x.shape[0]
                 step += 1
