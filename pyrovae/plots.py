@@ -18,11 +18,14 @@ def _numpy(x) -> np.ndarray:
 
 
 def image_grid(images, image_shape: Sequence[int] = (28, 28), num_columns: int = 10, padding: int = 1) -> np.ndarray:
-    """Tile flattened images ``(N, H*W)`` into one ``(rows*(H+p), cols*(W+p))`` array (blank cells are 1)."""
+    """Tile flattened images ``(N, H*W)`` into one ``(rows*(H+p), cols*(W+p))`` array.
+
+    Blank cells and gaps are 0 (white with the ``gray_r`` colour map).
+    """
     images = _numpy(images).reshape(-1, *image_shape)
     count, (height, width) = len(images), image_shape
     rows = -(-count // num_columns)
-    grid = np.ones((rows * (height + padding) + padding, num_columns * (width + padding) + padding), dtype=float)
+    grid = np.zeros((rows * (height + padding) + padding, num_columns * (width + padding) + padding), dtype=float)
     for index, image in enumerate(images):
         r, c = divmod(index, num_columns)
         top, left = padding + r * (height + padding), padding + c * (width + padding)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,52 @@ def test_smoke_quickstart(tmp_path):
         assert run["log_likelihood"] < 0 and run["num_samples"] == 32
 
 
-@pytest.mark.parametrize("script", ["quickstart"])
+def test_smoke_mixture_1d(tmp_path):
+    metrics = run_script("mixture_1d", tmp_path, "--num-data", "2048", "--num-test", "256", "--steps", "16",
+                         "--num-samples", "16", "--sweep", "0.5", "5000")["metrics"]
+    assert set(metrics["runs"]) == {"0.5", "500", "5000"}
+    assert metrics["steps"] == 16 and metrics["data_log_density"] < 0
+    for run in metrics["runs"].values():
+        assert run["log_likelihood"] < metrics["data_log_density"] + 0.05  # no model beats p_data (up to noise)
+
+
+def test_smoke_two_groups(tmp_path):
+    metrics = run_script("two_groups", tmp_path, "--epochs", "20", "--num-test-per-group", "50",
+                         "--num-samples", "16")["metrics"]
+    assert metrics["num_data"] == 100 and metrics["log_likelihood"] < metrics["exact_log_likelihood"]
+    assert set(metrics["pc_correlation"]) == {"group 0", "group 1"}
+    assert (tmp_path / "two_groups" / "pc_reconstruction.png").exists()
+
+
+def test_smoke_mnist_vae(tmp_path):
+    require_dataset("mnist")
+    metrics = run_script("mnist_vae", tmp_path, "--epochs", "1", "--mlp-steps", "3", "--num-train", "512",
+                         "--num-test", "300", "--num-ll", "16", "--num-samples", "8", "--likelihood", "bernoulli")
+    runs = metrics["metrics"]["runs"]
+    assert set(runs) == {"MLP VAE (bernoulli)", "conv VAE (bernoulli)"}
+    assert all(run["log_likelihood"] < 0 and run["num_samples"] == 8 for run in runs.values())
+    assert {p.name for p in (tmp_path / "mnist_vae").glob("*.png")} == {"mlp_vae.png", "conv_vae.png"}
+
+
+def test_smoke_fashion_ae_vae(tmp_path):
+    require_dataset("fashion-mnist")
+    metrics = run_script("fashion_ae_vae", tmp_path, "--epochs", "1", "--num-train", "256", "--batch-size", "64",
+                         "--num-ll", "16", "--num-samples", "8", "--refit-epochs", "1", "--num-tsne", "120")
+    runs = metrics["metrics"]["runs"]
+    assert set(runs) == {"AE", "VAE"} and runs["AE"]["likelihood"] == "Gaussian"
+    assert all(run["num_samples"] == 8 and run["test_mse"] > 0 for run in runs.values())
+    names = {p.name for p in (tmp_path / "fashion_ae_vae").glob("*.png")}
+    assert names == {"reconstruction_denoising.png", "generation.png", "interpolation.png", "tsne.png"}
+
+
+SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae"]
+
+
+def test_every_experiment_is_listed():
+    assert sorted(p.stem for p in (ROOT / "experiments").glob("*.py")) == sorted(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_have_help(script):
     completed = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{script}.py"), "--help"],
                                capture_output=True, text=True, cwd=ROOT)

@@ -24,6 +24,15 @@ def test_gaussian_fixed_inverse_variance_matches_scipy():
     assert not list(likelihood.parameters())
 
 
+def test_gaussian_sigmoid_link_matches_scipy():
+    likelihood = get_likelihood(Gaussian(scale=0.3, link="sigmoid"), 4)
+    outputs, x = torch.randn(2, 4, dtype=torch.float64), torch.rand(2, 4, dtype=torch.float64)
+    expected = stats.norm(1 / (1 + np.exp(-outputs.numpy())), 0.3).logpdf(x.numpy()).sum(-1)
+    np.testing.assert_allclose(likelihood(outputs).log_prob(x).numpy(), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="link must be one of"):
+        Gaussian(link="exp")
+
+
 def test_gaussian_learned_scale_is_a_parameter():
     likelihood = get_likelihood("gaussian", 3)
     assert [p.shape for p in likelihood.parameters()] == [(3,)]

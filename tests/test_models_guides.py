@@ -40,6 +40,14 @@ def test_conv_trunks_with_leading_dimensions():
         ConvEncoder(10, image_shape=(1, 30, 30))
 
 
+@pytest.mark.parametrize("kernel_size", [3, 4, 5])
+def test_conv_trunks_kernel_sizes_keep_the_image_shape(kernel_size):
+    encoder = ConvEncoder(7, kernel_size=kernel_size)
+    decoder = ConvDecoder(7, kernel_size=kernel_size)
+    assert encoder.linear.in_features == 64 * 7 * 7
+    assert decoder(encoder(torch.rand(3, 784))).shape == (3, 784)
+
+
 def test_mlp_options():
     net = MLP(4, (8, 8), 3, activation="tanh", batch_norm=True, dropout=0.1)
     assert net(torch.randn(2, 5, 4)).shape == (2, 5, 3)

@@ -60,23 +60,57 @@ def gaussian_mixture_1d_log_density(
 
 
 def two_groups(
-    num_per_group: int = 200, num_features: int = 15, rank: int = 2, noise: float = 0.1, seed: int = 42
-) -> TensorData:
+    num_per_group: int = 200,
+    num_features: int = 15,
+    rank: int = 2,
+    noise: float = 0.1,
+    seed: int = 42,
+    num_test_per_group: int = 0,
+):
     """Notebook 003: two groups of pseudo-degenerate Gaussians in R^p, labelled 0 and 1.
 
     Each group g has its own loading matrix A_g (p x rank) and mean m_g (both standard normal);
-    x = A_g u + m_g + noise * e with u ~ N(0, I_rank), e ~ N(0, I_p).
+    x = A_g u + m_g + noise * e with u ~ N(0, I_rank), e ~ N(0, I_p), so that group g is exactly
+    N(m_g, A_g A_g^T + noise^2 I).
+
+    With ``num_test_per_group > 0`` returns ``(train, test, truth)``: held-out data from the same two
+    Gaussians and a :class:`TwoGroupsTruth` holding the exact density. Otherwise returns the data only.
     """
     generator = _generator(seed)
-    blocks, labels = [], []
-    for group in range(2):
+    total = num_per_group + num_test_per_group
+    train_blocks, test_blocks, locs, covariances = [], [], [], []
+    for _ in range(2):
         loadings = torch.randn(num_features, rank, generator=generator)
         mean = torch.randn(num_features, generator=generator)
-        factors = torch.randn(num_per_group, rank, generator=generator)
-        x = factors @ loadings.T + mean + noise * torch.randn(num_per_group, num_features, generator=generator)
-        blocks.append(x)
-        labels.append(torch.full((num_per_group,), group, dtype=torch.long))
-    return TensorData(torch.cat(blocks), torch.cat(labels), name="two groups")
+        factors = torch.randn(total, rank, generator=generator)
+        x = factors @ loadings.T + mean + noise * torch.randn(total, num_features, generator=generator)
+        train_blocks.append(x[:num_per_group])
+        test_blocks.append(x[num_per_group:])
+        locs.append(mean.double())
+        covariances.append(loadings.double() @ loadings.double().T + noise**2 * torch.eye(num_features).double())
+
+    def labelled(blocks, name):
+        labels = torch.cat([torch.full((len(block),), group, dtype=torch.long) for group, block in enumerate(blocks)])
+        return TensorData(torch.cat(blocks), labels, name=name)
+
+    train = labelled(train_blocks, "two groups")
+    if num_test_per_group <= 0:
+        return train
+    truth = TwoGroupsTruth(torch.stack(locs), torch.stack(covariances))
+    return train, labelled(test_blocks, "two groups, held out"), truth
+
+
+class TwoGroupsTruth:
+    """The exact law of :func:`two_groups`: an equal-weight mixture of two full-covariance Gaussians."""
+
+    def __init__(self, locs: torch.Tensor, covariances: torch.Tensor) -> None:
+        self.locs, self.covariances = locs, covariances
+
+    def log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) per row, in float64."""
+        components = torch.distributions.MultivariateNormal(self.locs, covariance_matrix=self.covariances)
+        log_groups = components.log_prob(torch.as_tensor(x, dtype=torch.float64).unsqueeze(-2))
+        return torch.logsumexp(log_groups, dim=-1) - math.log(2)
 
 
 def circle_clusters(

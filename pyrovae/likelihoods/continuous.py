@@ -64,7 +64,11 @@ class Gaussian(Likelihood):
     :param float inverse_variance: fixed precision 1 / scale^2 (an alternative to ``scale``).
     :param float init_scale: initial value of the learned scale.
     :param float min_scale: floor of the learned scale, which keeps the likelihood bounded.
+    :param str link: ``"identity"`` (the decoder output is the mean) or ``"sigmoid"`` (the mean is the
+        sigmoid of the output, in (0, 1), as for grey-level images decoded through a final sigmoid).
     """
+
+    LINKS = ("identity", "sigmoid")
 
     def __init__(
         self,
@@ -72,8 +76,12 @@ class Gaussian(Likelihood):
         inverse_variance: float | None = None,
         init_scale: float = 1.0,
         min_scale: float = 1e-3,
+        link: str = "identity",
     ) -> None:
         super().__init__()
+        if link not in self.LINKS:
+            raise ValueError(f"link must be one of {self.LINKS}, got {link!r}")
+        self.link = link
         if scale is not None and inverse_variance is not None:
             raise ValueError("give either scale or inverse_variance, not both")
         if inverse_variance is not None:
@@ -104,6 +112,8 @@ class Gaussian(Likelihood):
 
     def forward(self, outputs: torch.Tensor) -> dist.TorchDistribution:
         (loc,) = self.split(outputs)
+        if self.link == "sigmoid":
+            loc = torch.sigmoid(loc)
         scale = self.scale
         if not isinstance(scale, torch.Tensor):
             scale = torch.full_like(loc, scale)
@@ -111,4 +121,4 @@ class Gaussian(Likelihood):
 
     def extra_repr(self) -> str:
         kind = f"scale={self.fixed_scale:g}" if self.fixed_scale is not None else "scale=learned per feature"
-        return f"x_dim={self.x_dim}, {kind}"
+        return f"x_dim={self.x_dim}, {kind}" + (f", link={self.link}" if self.link != "identity" else "")

@@ -28,11 +28,18 @@ def _check_image_shape(image_shape: Sequence[int], num_layers: int) -> tuple[int
     return channels, height, width
 
 
+def _padding(kernel_size: int) -> int:
+    """The padding with which a stride-2 convolution exactly halves an even size (and its transpose doubles it)."""
+    if kernel_size < 2:
+        raise ValueError(f"kernel_size must be at least 2, got {kernel_size}")
+    return (kernel_size - 1) // 2
+
+
 class ConvEncoder(nn.Module):
     """Stride-2 3x3 convolutions followed by a linear layer: ``(..., C*H*W) -> (..., out_features)``.
 
-    With the defaults (channels 32, 64 on 1x28x28) this is the encoder of the Keras/TF conv VAE
-    tutorials and notebook 004: 28x28 -> 14x14x32 -> 7x7x64 -> linear.
+    With channels 32, 64 on 1x28x28 this is the encoder of the Keras/TF conv VAE tutorials and, with
+    ``kernel_size=4``, of notebook 004: 28x28 -> 14x14x32 -> 7x7x64 -> linear.
     """
 
     def __init__(
@@ -42,12 +49,14 @@ class ConvEncoder(nn.Module):
         channels: Sequence[int] = (32, 64),
         activation: str | nn.Module = "relu",
         dropout: float = 0.0,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
         in_channels, height, width = _check_image_shape(image_shape, len(channels))
+        padding = _padding(kernel_size)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip([in_channels, *channels[:-1]], channels):
-            layers += [nn.Conv2d(fan_in, fan_out, kernel_size=3, stride=2, padding=1), make_activation(activation)]
+            layers += [nn.Conv2d(fan_in, fan_out, kernel_size, stride=2, padding=padding), make_activation(activation)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         self.convs = nn.Sequential(*layers)
@@ -82,9 +91,11 @@ class ConvDecoder(nn.Module):
         channels: Sequence[int] = (64, 32),
         activation: str | nn.Module = "relu",
         out_channels_per_pixel: int = 1,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
         out_channels, height, width = _check_image_shape(image_shape, len(channels))
+        padding = _padding(kernel_size)
         scale = 2 ** len(channels)
         self.start_shape = (channels[0], height // scale, width // scale)
         self.linear = nn.Sequential(
@@ -93,7 +104,8 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         widths = [*channels, out_channels * out_channels_per_pixel]
         for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.ConvTranspose2d(fan_in, fan_out, kernel_size=3, stride=2, padding=1, output_padding=1))
+            layers.append(nn.ConvTranspose2d(fan_in, fan_out, kernel_size, stride=2, padding=padding,
+                                             output_padding=2 + 2 * padding - kernel_size))
             if index < len(channels) - 1:
                 layers.append(make_activation(activation))
         self.deconvs = nn.Sequential(*layers)

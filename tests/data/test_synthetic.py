@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,22 @@ def test_two_groups_are_rank_two_plus_noise():
         singular = torch.linalg.svdvals(block - block.mean(0))
         assert singular[1] > 10 * singular[2]  # two strong directions, then noise of scale 0.1
         assert singular[2] / math.sqrt(200) < 0.2
+
+
+def test_two_groups_held_out_and_exact_density():
+    from scipy.stats import multivariate_normal
+
+    train, test, truth = two_groups(num_per_group=200, num_test_per_group=3000, seed=5)
+    assert train.x.shape == (400, 15) and test.x.shape == (6000, 15)
+    for group in range(2):
+        block = test.x[test.labels == group].double()
+        assert torch.allclose(block.mean(0), truth.locs[group], atol=0.15)
+        tolerance = 0.25 * truth.covariances[group].abs().max()
+        assert torch.allclose(torch.cov(block.T), truth.covariances[group], atol=tolerance)
+    x = test.x[:50].double().numpy()
+    reference = np.logaddexp(*[multivariate_normal(truth.locs[g].numpy(), truth.covariances[g].numpy()).logpdf(x)
+                               for g in range(2)]) - math.log(2)
+    assert np.allclose(truth.log_density(test.x[:50]).numpy(), reference, rtol=1e-10)
 
 
 def test_circle_clusters():
