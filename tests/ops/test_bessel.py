@@ -1,0 +1,96 @@
+"""log I_v(x) and I_{v+1}(x) / I_v(x) against scipy and mpmath, and their derivatives."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from scipy import special
+
+from pyrovae.ops import bessel_iv_ratio, log_bessel_iv, log_bessel_ive
+
+ORDERS = [0.0, 0.5, 1.0, 1.5, 4.0, 9.0, 29.5, 30.0, 49.0, 100.0, 511.0]
+XS = [1e-4, 1e-2, 0.3, 1.0, 5.0, 10.0, 30.0, 100.0, 1e3, 1e4, 1e6]
+mpmath.mp.dps = 40
+
+
+def mp_log_iv(v, x):
+    return float(mpmath.log(mpmath.besseli(v, x)))
+
+
+def mp_ratio(v, x):
+    return float(mpmath.besseli(v + 1, x) / mpmath.besseli(v, x))
+
+
+@pytest.mark.parametrize("v", ORDERS)
+def test_log_iv_matches_mpmath_from_tiny_to_huge(v):
+    x = torch.tensor(XS, dtype=torch.float64)
+    expected = torch.tensor([mp_log_iv(v, value) for value in XS], dtype=torch.float64)
+    scale = expected.abs().clamp(min=1)
+    assert ((log_bessel_iv(v, x) - expected).abs() / scale).max() < 1e-9
+    assert ((log_bessel_iv(v, x.float()).double() - expected).abs() / scale).max() < 1e-6
+
+
+@pytest.mark.parametrize("v", ORDERS)
+def test_ratio_matches_mpmath(v):
+    x = torch.tensor(XS, dtype=torch.float64)
+    expected = torch.tensor([mp_ratio(v, value) for value in XS], dtype=torch.float64)
+    assert ((bessel_iv_ratio(v, x) - expected).abs() / expected).max() < 1e-13
+    assert ((bessel_iv_ratio(v, x.float()).double() - expected).abs() / expected).max() < 1e-6
+
+
+def test_against_scipy_on_a_grid_with_broadcasting():
+    v = torch.tensor([0.0, 0.5, 2.0, 7.5, 63.0], dtype=torch.float64).unsqueeze(-1)
+    x = torch.logspace(-3, 2.5, 40, dtype=torch.float64)
+    expected = np.log(special.ive(v.numpy(), x.numpy())) + x.numpy()
+    got = log_bessel_iv(v, x)
+    assert got.shape == (5, 40)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(log_bessel_ive(v, x).numpy(), np.log(special.ive(v.numpy(), x.numpy())), atol=1e-9)
+    ratio = special.ive(v.numpy() + 1, x.numpy()) / special.ive(v.numpy(), x.numpy())
+    np.testing.assert_allclose(bessel_iv_ratio(v, x).numpy(), ratio, rtol=1e-12)
+
+
+def test_values_at_zero_and_bad_orders():
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert torch.equal(log_bessel_iv(0.0, zero), zero)
+    assert torch.isneginf(log_bessel_iv(1.5, zero)).all()
+    assert torch.equal(bessel_iv_ratio(2.0, zero), zero)
+    with pytest.raises(ValueError, match="non-negative"):
+        log_bessel_iv(-1.0, torch.ones(2))
+
+
+@pytest.mark.parametrize("v", [0.0, 0.5, 3.0, 40.0])
+def test_gradients_are_exact(v):
+    x = torch.tensor([1e-3, 0.7, 4.0, 60.0, 900.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: log_bessel_iv(v, t), (x,))
+    assert torch.autograd.gradcheck(lambda t: bessel_iv_ratio(v, t), (x,))
+    # independently: I_v' = (I_{v-1} + I_{v+1}) / 2, from scipy's scaled functions
+    (grad,) = torch.autograd.grad(log_bessel_iv(v, x).sum(), x)
+    xs = x.detach().numpy()
+    expected = (special.ive(v - 1, xs) + special.ive(v + 1, xs)) / (2 * special.ive(v, xs))
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-9)
+
+
+def test_ratio_gradient_at_zero_is_the_limit():
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(bessel_iv_ratio(torch.tensor([0.0, 4.0]), x).sum(), x)
+    assert torch.allclose(grad, torch.tensor([1 / 2, 1 / 10], dtype=torch.float64))
+
+
+def test_keeps_dtype_and_extreme_inputs_finite():
+    x = torch.tensor([1e-30, 1e-8, 1e8], dtype=torch.float32)
+    for v in (0.0, 255.0):
+        assert log_bessel_iv(v, x).dtype == torch.float32 and torch.isfinite(log_bessel_iv(v, x)).all()
+        ratio = bessel_iv_ratio(v, x)
+        assert torch.isfinite(ratio).all() and (ratio >= 0).all() and (ratio <= 1).all()
+    assert log_bessel_iv(0.0, torch.tensor(1e8)).item() == pytest.approx(1e8 - 0.5 * math.log(2 * math.pi * 1e8))
+
+
+@pytest.mark.cuda
+def test_on_cuda_matches_cpu():
+    x = torch.logspace(-3, 5, 50, dtype=torch.float64)
+    for v in (0.0, 0.5, 127.0):
+        torch.testing.assert_close(log_bessel_iv(v, x.cuda()).cpu(), log_bessel_iv(v, x))
+        torch.testing.assert_close(bessel_iv_ratio(v, x.cuda()).cpu(), bessel_iv_ratio(v, x))
