@@ -1,0 +1,48 @@
+"""Closed-form KL divergences of the spherical distributions against the uniform, registered with torch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions.kl import register_kl
+
+from pyrovae.distributions.power_spherical import PowerSpherical
+from pyrovae.distributions.sphere import log_sphere_area
+from pyrovae.distributions.uniform import HypersphericalUniform
+from pyrovae.distributions.von_mises_fisher import VonMisesFisher
+from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
+
+
+def _check_dims(p, q) -> None:
+    if p.dim != q.dim:
+        raise ValueError(f"KL between distributions on different spheres: ambient dimensions {p.dim} and {q.dim}")
+
+
+@register_kl(VonMisesFisher, HypersphericalUniform)
+def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> torch.Tensor:
+    """KL(vMF || uniform) in the cancellation-free form kappa A_m(kappa) - log(I_v(kappa) Gamma(v+1) / (kappa/2)^v).
+
+    With v = m/2 - 1, log C_m(kappa) + log |S^(m-1)| = v log(kappa/2) + lgamma(v+1) - log I_v(kappa): the
+    large terms of the normaliser and of the sphere's area cancel analytically, not in floating point
+    (which in float32 would lose the whole KL at m = 1024). Evaluated in float64.
+    """
+    _check_dims(p, q)
+    kappa = p.concentration.double()
+    v = 0.5 * p.dim - 1
+    log_series = log_bessel_iv(v, kappa) - v * torch.log(0.5 * kappa) - math.lgamma(v + 1)
+    kl = kappa * bessel_iv_ratio(v, kappa) - torch.where(kappa > 0, log_series, torch.zeros_like(kappa))
+    return kl.clamp(min=0).to(p.concentration.dtype)
+
+
+@register_kl(PowerSpherical, HypersphericalUniform)
+def _kl_power_spherical_uniform(p: PowerSpherical, q: HypersphericalUniform) -> torch.Tensor:
+    """log |S^(m-1)| - H(p), evaluated in float64."""
+    _check_dims(p, q)
+    wide = PowerSpherical(p.loc.double(), p.concentration.double(), validate_args=False)
+    return (log_sphere_area(p.dim) - wide.entropy()).clamp(min=0).to(p.concentration.dtype)
+
+
+def kl_to_uniform(p) -> torch.Tensor:
+    """KL(p || uniform on the same sphere) for a :class:`VonMisesFisher` or :class:`PowerSpherical`."""
+    return torch.distributions.kl_divergence(p, HypersphericalUniform(p.dim, device=p.loc.device, dtype=p.loc.dtype))

@@ -1,0 +1,42 @@
+"""Shared pieces of the distributions on the unit sphere S^(m-1) in R^m: area, uniform tangent draws, and
+the Householder reflection that carries the north pole e1 to a mean direction."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def log_sphere_area(m: int) -> float:
+    """log of the surface area of S^(m-1) in R^m: log(2 pi^(m/2) / Gamma(m/2))."""
+    return math.log(2.0) + 0.5 * m * math.log(math.pi) - math.lgamma(0.5 * m)
+
+
+def uniform_directions(shape: torch.Size, dim: int, dtype, device, generator=None) -> torch.Tensor:
+    """Uniform draws on S^(dim-1), shape ``shape + (dim,)`` (normalised Gaussians; dim 1 gives +-1)."""
+    x = torch.randn(*shape, dim, dtype=dtype, device=device, generator=generator)
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
+
+
+def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torch.Tensor,
+                           tangent: torch.Tensor) -> torch.Tensor:
+    """The point ``y = w e1 + sqrt(1 - w^2) (0, tangent)`` carried by a reflection that sends e1 to ``loc``.
+
+    ``w`` is the cosine to the mean direction and ``one_minus_w`` its complement computed without
+    cancellation (what keeps samples accurate at high concentration). The single Householder reflection
+    ``I - 2 u u^T / |u|^2`` with ``u = e1 - loc`` degenerates as ``loc`` nears e1 (|u| -> 0: the reflection
+    axis, and the pathwise gradient, blow up). Here the hemisphere of ``loc`` picks one of two maps, each
+    with ``|u|^2 >= 2``: for ``loc_1 < 0`` that reflection; for ``loc_1 >= 0`` first e1 -> -e1 (negate the
+    first coordinate), then the reflection with ``u = e1 + loc`` that sends -e1 to ``loc`` (the identity
+    at ``loc = e1``). Both send e1 to ``loc`` and the tangent law is rotation invariant, so the samples
+    have the right distribution with bounded, finite gradients everywhere, ``loc = +-e1`` included.
+    """
+    sine = torch.sqrt((one_minus_w * (2.0 - one_minus_w)).clamp(min=0))
+    north = loc[..., 0] >= 0
+    first = torch.where(north, -w, w).unsqueeze(-1)
+    y = torch.cat([first, sine.unsqueeze(-1) * tangent], dim=-1)
+    e1 = torch.zeros_like(loc)
+    e1[..., 0] = 1.0
+    u = torch.where(north.unsqueeze(-1), e1 + loc, e1 - loc)
+    return y - 2.0 * (y * u).sum(-1, keepdim=True) * u / (u * u).sum(-1, keepdim=True)

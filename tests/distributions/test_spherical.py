@@ -1,0 +1,182 @@
+"""The spherical distributions against scipy.stats.vonmises_fisher, closed forms and Monte Carlo."""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from scipy import stats
+
+from pyrovae.distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher, kl_to_uniform
+from pyrovae.distributions.von_mises_fisher import _exact_cosine_s2, cosine_gradient
+from pyrovae.ops import bessel_iv_ratio
+
+
+def unit(m, seed=0, dtype=torch.float64):
+    x = torch.randn(m, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return x / x.norm()
+
+
+def exact_mean_derivative(m, kappa):
+    k = torch.tensor(float(kappa), dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(bessel_iv_ratio(0.5 * m - 1, k), k)
+    return grad.item()
+
+
+@pytest.mark.parametrize("m", [2, 3, 5, 10, 64])
+@pytest.mark.parametrize("kappa", [1e-3, 0.7, 12.0, 350.0])
+def test_vmf_log_prob_and_entropy_match_scipy(m, kappa):
+    loc = unit(m, seed=m)
+    reference = stats.vonmises_fisher(loc.numpy(), kappa)
+    x = torch.from_numpy(reference.rvs(20, random_state=1))
+    q = VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64))
+    np.testing.assert_allclose(q.log_prob(x).numpy(), reference.logpdf(x.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(q.entropy().item(), reference.entropy(), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("m,kappa", [(3, 2.0), (5, 10.0), (10, 1.0), (2, 40.0)])
+def test_vmf_samples_match_scipy_two_sample_ks(m, kappa):
+    loc = unit(m, seed=3)
+    ours = (VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64)).sample((4000,)) @ loc).numpy()
+    theirs = stats.vonmises_fisher(loc.numpy(), kappa).rvs(4000, random_state=2) @ loc.numpy()
+    assert stats.ks_2samp(ours, theirs).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("m,kappa", [(2, 3.0), (3, 0.5), (7, 25.0), (100, 300.0)])
+def test_vmf_sample_mean_is_a_m_times_loc(m, kappa):
+    loc = unit(m, seed=5)
+    q = VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64))
+    z = q.sample((20000,))
+    assert torch.allclose(z.norm(dim=-1), torch.ones(20000, dtype=torch.float64), atol=1e-12)
+    stderr = z.std(0).max() / math.sqrt(20000)
+    assert (z.mean(0) - q.mean).abs().max() < 5 * stderr
+    assert torch.allclose(q.mean, bessel_iv_ratio(m / 2 - 1, torch.tensor(kappa, dtype=torch.float64)) * loc)
+
+
+@pytest.mark.parametrize("m,kappa", [(2, 0.3), (2, 20.0), (3, 4.0), (4, 1.0), (5, 60.0), (10, 5.0), (100, 150.0)])
+def test_pathwise_gradient_wrt_concentration_is_unbiased(m, kappa):
+    """d/dkappa E[loc . z] = A_m'(kappa): the per-replicate pathwise gradients average to it within MC error."""
+    replicates, draws = 400, 200
+    loc = unit(m, seed=7)
+    concentration = torch.full((replicates,), kappa, dtype=torch.float64, requires_grad=True)
+    z = VonMisesFisher(loc, concentration).rsample((draws,))
+    (grads,) = torch.autograd.grad((z @ loc).mean(0).sum(), concentration)
+    exact = exact_mean_derivative(m, kappa)
+    assert abs(grads.mean().item() - exact) < 4.5 * grads.std().item() / math.sqrt(replicates) + 1e-12
+
+
+@pytest.mark.parametrize("kappa", [1e-3, 0.5, 3.0, 80.0, 1e4])
+def test_implicit_gradient_equals_the_exact_inverse_cdf_derivative_on_s2(kappa):
+    concentration = torch.full((64,), kappa, dtype=torch.float64, requires_grad=True)
+    w, one_minus_w = _exact_cosine_s2(concentration)
+    (exact,) = torch.autograd.grad(w.sum(), concentration)
+    implicit = cosine_gradient(concentration.detach(), one_minus_w.detach(), 3)
+    torch.testing.assert_close(implicit, exact, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [2, 3, 4, 10, 100, 1024])
+def test_vmf_and_power_spherical_are_robust(m, dtype):
+    kappa = torch.tensor([1e-4, 1e-1, 1.0, 1e2, 1e4, 1e6], dtype=dtype, requires_grad=True)
+    raw = torch.randn(6, m, dtype=dtype)
+    raw[0] = 0
+    raw[0, 0] = 1.0  # loc = e1
+    raw[1] = 0
+    raw[1, 0] = -1.0  # loc = -e1
+    raw = raw.requires_grad_()
+    for family in (VonMisesFisher, PowerSpherical):
+        loc = raw / raw.norm(dim=-1, keepdim=True)
+        q = family(loc, kappa)
+        z = q.rsample((3,))
+        assert z.shape == (3, 6, m) and z.dtype == dtype
+        assert torch.isfinite(z).all()
+        assert torch.allclose(z.norm(dim=-1), torch.ones(3, 6, dtype=dtype), atol=10 * torch.finfo(dtype).eps * m**0.5)
+        log_p, kl = q.log_prob(z), kl_to_uniform(q)
+        assert torch.isfinite(log_p).all() and torch.isfinite(kl).all()
+        assert (kl >= -1e-4 * kl.detach().abs().clamp(min=1)).all(), (family, kl)
+        grads = torch.autograd.grad((z * torch.randn_like(z)).sum() + log_p.sum() + kl.sum(), (raw, kappa))
+        assert all(torch.isfinite(g).all() for g in grads), family
+
+
+def test_vmf_concentrates_at_huge_kappa():
+    loc = unit(5, seed=1)
+    z = VonMisesFisher(loc, torch.tensor(1e6, dtype=torch.float64)).sample((2000,))
+    one_minus_w = 1 - z @ loc
+    # 1 - w is Gamma((m-1)/2, kappa) in the limit: mean (m-1) / (2 kappa)
+    assert abs(one_minus_w.mean().item() / (4 / 2e6) - 1) < 0.1
+
+
+def test_kl_to_uniform_matches_monte_carlo():
+    for family in (VonMisesFisher, PowerSpherical):
+        q = family(unit(4, seed=2), torch.tensor(3.0, dtype=torch.float64))
+        z = q.sample((200000,))
+        uniform = HypersphericalUniform(4, dtype=torch.float64)
+        estimate = (q.log_prob(z) - uniform.log_prob(z)).mean()
+        assert abs(estimate - kl_to_uniform(q)) < 0.01
+        assert abs(-q.log_prob(z).mean() - q.entropy()) < 0.01
+
+
+def test_power_spherical_normalises_and_mean():
+    m, kappa = 3, 5.0
+    q = PowerSpherical(unit(m, seed=4), torch.tensor(kappa, dtype=torch.float64))
+    uniform = HypersphericalUniform(m, dtype=torch.float64)
+    u = uniform.sample((400000,))
+    assert abs((q.log_prob(u) - uniform.log_prob(u)).exp().mean().item() - 1) < 0.02  # integrates to one
+    z = q.sample((100000,))
+    assert (z.mean(0) - q.mean).abs().max() < 0.01
+    assert torch.allclose(q.mean.norm(), torch.tensor(kappa / (kappa + m - 1), dtype=torch.float64))
+
+
+def test_power_spherical_gradient_wrt_concentration():
+    m, kappa, replicates = 6, 4.0, 400
+    loc = unit(m, seed=8)
+    concentration = torch.full((replicates,), kappa, dtype=torch.float64, requires_grad=True)
+    z = PowerSpherical(loc, concentration).rsample((200,))
+    (grads,) = torch.autograd.grad((z @ loc).mean(0).sum(), concentration)
+    exact = (m - 1) / (kappa + m - 1) ** 2  # d/dkappa kappa / (kappa + m - 1)
+    assert abs(grads.mean().item() - exact) < 4.5 * grads.std().item() / math.sqrt(replicates)
+
+
+def test_uniform_is_the_ambient_dimension_and_shapes():
+    assert HypersphericalUniform(3).log_prob(torch.tensor([1.0, 0, 0])).item() == pytest.approx(-math.log(4 * math.pi))
+    assert HypersphericalUniform(2).entropy().item() == pytest.approx(math.log(2 * math.pi))
+    u = HypersphericalUniform(5, batch_shape=(4,))
+    assert u.sample((2,)).shape == (2, 4, 5) and u.event_shape == (5,)
+    assert u.expand((3, 4)).sample().shape == (3, 4, 5)
+    with pytest.raises(ValueError, match="ambient dimension"):
+        HypersphericalUniform(1)
+
+
+def test_shapes_expand_and_pyro_plates():
+    loc = unit(4).expand(3, 4)
+    q = VonMisesFisher(loc, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert q.batch_shape == (3,) and q.event_shape == (4,)
+    assert q.expand((2, 3)).rsample().shape == (2, 3, 4)
+    assert VonMisesFisher(unit(4), torch.ones(5, dtype=torch.float64)).batch_shape == (5,)
+
+    def model():
+        with pyro.plate("data", 3):
+            return pyro.sample("z", VonMisesFisher(loc, torch.ones(3, dtype=torch.float64)))
+
+    trace = pyro.poutine.trace(model).get_trace()
+    assert trace.nodes["z"]["value"].shape == (3, 4)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="m >= 2"):
+        VonMisesFisher(torch.ones(1), torch.ones(()))
+    with pytest.raises(ValueError):
+        VonMisesFisher(torch.tensor([1.0, 1.0]), torch.ones(()), validate_args=True)  # not unit norm
+    with pytest.raises(ValueError):
+        PowerSpherical(torch.tensor([1.0, 0.0]), -torch.ones(()), validate_args=True)
+
+
+@pytest.mark.cuda
+def test_on_cuda():
+    loc = unit(10).cuda()
+    kappa = torch.tensor([0.5, 50.0], dtype=torch.float64, device="cuda", requires_grad=True)
+    z = VonMisesFisher(loc, kappa).rsample((100,))
+    assert z.device.type == "cuda" and torch.isfinite(z).all()
+    (grad,) = torch.autograd.grad(z[..., 0].sum(), kappa)
+    assert torch.isfinite(grad).all()
