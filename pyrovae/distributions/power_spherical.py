@@ -53,7 +53,7 @@ class PowerSpherical(TorchDistribution):
         beta = 0.5 * (self.dim - 1)
         return beta + self.concentration, torch.full_like(self.concentration, beta)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
         alpha, beta = self._alpha_beta()
         gamma_a = torch._standard_gamma(alpha.expand(shape).contiguous())

@@ -25,7 +25,7 @@ class HypersphericalUniform(TorchDistribution):
     support = constraints.sphere
     has_rsample = True
 
-    def __init__(self, dim: int, batch_shape=torch.Size(), device=None, dtype=None, validate_args=None):
+    def __init__(self, dim: int, batch_shape=(), device=None, dtype=None, validate_args=None):
         if int(dim) != dim or dim < 2:
             raise ValueError(f"dim is the ambient dimension m >= 2 of S^(m-1) in R^m, got {dim}")
         self.dim = int(dim)
@@ -43,7 +43,7 @@ class HypersphericalUniform(TorchDistribution):
     def mean(self) -> torch.Tensor:
         return self._anchor.new_zeros(self.batch_shape + self.event_shape)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         return uniform_directions(shape, self.dim, self._anchor.dtype, self._anchor.device)
 

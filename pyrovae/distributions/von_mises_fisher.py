@@ -147,7 +147,7 @@ class VonMisesFisher(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
         kappa = self.concentration.expand(shape)
         if self.dim == 3:
