@@ -3,5 +3,6 @@
 from pyrovae.guides.base import AmortizedGuide
 from pyrovae.guides.delta import DeltaGuide
 from pyrovae.guides.normal import NormalGuide
+from pyrovae.guides.spherical import PowerSphericalGuide, VMFGuide
 
-__all__ = ["AmortizedGuide", "NormalGuide", "DeltaGuide"]
+__all__ = ["AmortizedGuide", "DeltaGuide", "NormalGuide", "PowerSphericalGuide", "VMFGuide"]

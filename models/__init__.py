@@ -1,5 +1,6 @@
 """Generative sides p(x, z) (installed as ``pyrovae.models``)."""
 
+from pyrovae.models.svae import SVAE
 from pyrovae.models.vae import VAE
 
-__all__ = ["VAE"]
+__all__ = ["SVAE", "VAE"]

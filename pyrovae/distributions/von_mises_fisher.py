@@ -150,6 +150,11 @@ class VonMisesFisher(TorchDistribution):
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
         kappa = self.concentration.expand(shape)
+        if self.dim != 3 and torch.jit.is_tracing():
+            raise RuntimeError(
+                "the von Mises-Fisher rejection sampler (m != 3) cannot be traced by torch.jit: train with "
+                "elbo='trace' (or 'iwae'), or use PowerSpherical / PowerSphericalGuide, which is rejection-free"
+            )
         if self.dim == 3:
             w, one_minus_w = _exact_cosine_s2(kappa.double())
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)

@@ -1,0 +1,54 @@
+"""Guides on the unit sphere: von Mises-Fisher and Power Spherical posteriors for :class:`~pyrovae.models.SVAE`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pyrovae.guides.base import AmortizedGuide, _check_encoder
+from torch import nn
+
+from pyrovae.distributions import PowerSpherical, VonMisesFisher
+from pyrovae.nn import MLP
+
+
+class _SphericalGuide(AmortizedGuide):
+    family: type
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (400,),
+        activation: str | nn.Module = "relu",
+        encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        _check_encoder(encoder, type(self).__name__)
+        if z_dim < 2:
+            raise ValueError(f"z_dim is the ambient dimension m >= 2 of the latent sphere, got {z_dim}")
+        self.x_dim, self.z_dim = int(x_dim), int(z_dim)
+        self.encoder = encoder or MLP(self.x_dim, hidden, self.z_dim + 1, activation)
+
+    def encode(self, x: torch.Tensor):
+        raw_loc, raw_concentration = self.encoder(x).split([self.z_dim, 1], dim=-1)
+        loc = raw_loc / torch.linalg.vector_norm(raw_loc, dim=-1, keepdim=True).clamp(min=1e-12)
+        concentration = nn.functional.softplus(raw_concentration.squeeze(-1)) + 1.0  # as in Davidson et al.
+        return self.family(loc, concentration)
+
+
+class VMFGuide(_SphericalGuide):
+    """q(z | x) = vMF(mu(x), kappa(x)): the mean direction is the normalised encoder output, and
+    kappa = softplus(.) + 1, as in Davidson et al. (2018). ``z_dim`` is the ambient dimension.
+
+    :param encoder: a custom ``nn.Module`` mapping ``(..., x_dim) -> (..., z_dim + 1)``.
+    """
+
+    family = VonMisesFisher
+
+
+class PowerSphericalGuide(_SphericalGuide):
+    """q(z | x) = PowerSpherical(mu(x), kappa(x)), parameterised as :class:`VMFGuide`; rejection-free, so
+    it also works with traced (``elbo="jit"``) objectives."""
+
+    family = PowerSpherical
