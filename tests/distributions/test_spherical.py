@@ -35,7 +35,7 @@ def test_vmf_log_prob_and_entropy_match_scipy(m, kappa):
     np.testing.assert_allclose(q.entropy().item(), reference.entropy(), rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("m,kappa", [(3, 2.0), (5, 10.0), (10, 1.0), (2, 40.0)])
+@pytest.mark.parametrize("m,kappa", [(3, 2.0), (5, 10.0), (10, 1.0), (2, 40.0), (100, 11.0), (50, 30.0)])
 def test_vmf_samples_match_scipy_two_sample_ks(m, kappa):
     loc = unit(m, seed=3)
     ours = (VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64)).sample((4000,)) @ loc).numpy()
@@ -43,7 +43,7 @@ def test_vmf_samples_match_scipy_two_sample_ks(m, kappa):
     assert stats.ks_2samp(ours, theirs).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("m,kappa", [(2, 3.0), (3, 0.5), (7, 25.0), (100, 300.0)])
+@pytest.mark.parametrize("m,kappa", [(2, 3.0), (3, 0.5), (7, 25.0), (100, 300.0), (100, 11.0), (1000, 50.0)])
 def test_vmf_sample_mean_is_a_m_times_loc(m, kappa):
     loc = unit(m, seed=5)
     q = VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64))
@@ -54,7 +54,9 @@ def test_vmf_sample_mean_is_a_m_times_loc(m, kappa):
     assert torch.allclose(q.mean, bessel_iv_ratio(m / 2 - 1, torch.tensor(kappa, dtype=torch.float64)) * loc)
 
 
-@pytest.mark.parametrize("m,kappa", [(2, 0.3), (2, 20.0), (3, 4.0), (4, 1.0), (5, 60.0), (10, 5.0), (100, 150.0)])
+@pytest.mark.parametrize(
+    "m,kappa", [(2, 0.3), (2, 20.0), (3, 4.0), (4, 1.0), (5, 2.0), (5, 60.0), (10, 5.0), (100, 11.0), (100, 150.0)],
+)
 def test_pathwise_gradient_wrt_concentration_is_unbiased(m, kappa):
     """d/dkappa E[loc . z] = A_m'(kappa): the per-replicate pathwise gradients average to it within MC error."""
     replicates, draws = 400, 200
@@ -97,6 +99,14 @@ def test_vmf_and_power_spherical_are_robust(m, dtype):
         assert (kl >= -1e-4 * kl.detach().abs().clamp(min=1)).all(), (family, kl)
         grads = torch.autograd.grad((z * torch.randn_like(z)).sum() + log_p.sum() + kl.sum(), (raw, kappa))
         assert all(torch.isfinite(g).all() for g in grads), family
+
+
+def test_the_regime_where_the_reference_sampler_is_wrong():
+    """10 < kappa < m: s-vae-pytorch gives mean mu.z = -0.381 at m = 100, kappa = 11; the exact value is 0.109."""
+    loc = unit(100, seed=9)
+    w = VonMisesFisher(loc, torch.tensor(11.0, dtype=torch.float64)).sample((20000,)) @ loc
+    assert abs(w.mean().item() - 0.1092) < 5 * w.std().item() / math.sqrt(20000)
+    assert exact_mean_derivative(5, 2.0) == pytest.approx(0.1474, abs=1e-4)
 
 
 def test_vmf_concentrates_at_huge_kappa():
