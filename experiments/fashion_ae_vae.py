@@ -23,7 +23,7 @@ from pyrovae.models import VAE
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
-from pyrovae.data import FASHION_CLASSES, load_fashion_mnist
+from pyrovae.data import FASHION_CLASSES, binarize_split, load_fashion_mnist
 from pyrovae.experiment import experiment_parser, setup, write_metrics
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import Gaussian
@@ -47,7 +47,7 @@ args = parser.parse_args()
 device = setup(args)
 
 grey_train, grey_test = load_fashion_mnist(args.data_dir)
-binary_train, binary_test = load_fashion_mnist(args.data_dir, binarize="dynamic", seed=args.seed)
+binary_train, binary_test = binarize_split(grey_train, grey_test, "dynamic", seed=args.seed)
 if args.num_train:
     first = torch.arange(min(args.num_train, len(grey_train)))
     grey_train, binary_train = grey_train.subset(first), binary_train.subset(first)

@@ -25,7 +25,7 @@ from pyrovae.models import VAE
 from scipy.stats import norm
 from torch import nn
 
-from pyrovae.data import load_mnist
+from pyrovae.data import binarize_split, load_mnist
 from pyrovae.experiment import experiment_parser, setup, write_metrics
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import Gaussian
@@ -50,7 +50,7 @@ device = setup(args)
 
 try:
     grey_train, grey_test = load_mnist(args.data_dir)
-    binary_train, binary_test = load_mnist(args.data_dir, binarize="dynamic", seed=args.seed)
+    binary_train, binary_test = binarize_split(grey_train, grey_test, "dynamic", seed=args.seed)
     image_shape, dataset = (28, 28), "MNIST"
 except FileNotFoundError as error:
     message = f"{error}\nthis experiment needs MNIST (28x28); the conv nets do not fit sklearn's 8x8 digits"

@@ -6,10 +6,8 @@ from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
-from pyrovae.guides.base import AmortizedGuide, _check_encoder
+from pyrovae.guides.base import AmortizedGuide
 from torch import nn
-
-from pyrovae.nn import MLP
 
 
 class DeltaGuide(AmortizedGuide):
@@ -33,9 +31,7 @@ class DeltaGuide(AmortizedGuide):
         encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        _check_encoder(encoder, "DeltaGuide")
-        self.x_dim, self.z_dim = int(x_dim), int(z_dim)
-        self.encoder = encoder or MLP(self.x_dim, hidden, self.z_dim, activation)
+        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
         return dist.Delta(self.encoder(x), event_dim=1)

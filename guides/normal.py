@@ -6,10 +6,8 @@ from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
-from pyrovae.guides.base import AmortizedGuide, _check_encoder
+from pyrovae.guides.base import AmortizedGuide
 from torch import nn
-
-from pyrovae.nn import MLP
 
 
 class NormalGuide(AmortizedGuide):
@@ -34,9 +32,7 @@ class NormalGuide(AmortizedGuide):
         min_scale: float = 1e-5,
     ) -> None:
         super().__init__()
-        _check_encoder(encoder, "NormalGuide")
-        self.x_dim, self.z_dim = int(x_dim), int(z_dim)
-        self.encoder = encoder or MLP(self.x_dim, hidden, 2 * self.z_dim, activation)
+        self._set_encoder(x_dim, z_dim, 2 * int(z_dim), hidden, activation, encoder)
         self.min_scale = float(min_scale)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:

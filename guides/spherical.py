@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pyrovae.guides.base import AmortizedGuide, _check_encoder
+from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
 from pyrovae.distributions import PowerSpherical, VonMisesFisher
-from pyrovae.nn import MLP
 
 
 class _SphericalGuide(AmortizedGuide):
@@ -24,11 +23,9 @@ class _SphericalGuide(AmortizedGuide):
         encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        _check_encoder(encoder, type(self).__name__)
         if z_dim < 2:
             raise ValueError(f"z_dim is the ambient dimension m >= 2 of the latent sphere, got {z_dim}")
-        self.x_dim, self.z_dim = int(x_dim), int(z_dim)
-        self.encoder = encoder or MLP(self.x_dim, hidden, self.z_dim + 1, activation)
+        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder)
 
     def encode(self, x: torch.Tensor):
         raw_loc, raw_concentration = self.encoder(x).split([self.z_dim, 1], dim=-1)

@@ -64,17 +64,29 @@ def load_idx_images(
             path = download_idx(dataset, stem, cache_dir() / dataset)
         arrays[stem] = read_idx(path, expected)
     splits = []
-    for split, offset in (("train", 0), ("t10k", 1)):
+    for split, name in (("train", "train"), ("t10k", "test")):
         images = torch.from_numpy(np.asarray(arrays[f"{split}-images-idx3-ubyte"], dtype=np.float32) / 255.0)
         labels = torch.from_numpy(np.asarray(arrays[f"{split}-labels-idx1-ubyte"], dtype=np.int64))
-        images = images.reshape(len(images), -1)
-        transform = None
-        if binarize == "dynamic" and split == "train":
-            transform = torch.bernoulli
-        else:
-            images = _binarize(images, binarize, seed + offset)
-        splits.append(TensorData(images, labels, transform, name=f"{dataset} {'test' if offset else 'train'}"))
-    return splits[0], splits[1]
+        splits.append(TensorData(images.reshape(len(images), -1), labels, name=f"{dataset} {name}"))
+    return binarize_split(splits[0], splits[1], binarize, seed)
+
+
+def binarize_split(train: TensorData, test: TensorData, binarize: str | None, seed: int = 0):
+    """A (train, test) pair of grey-level images in [0, 1], binarised as the loaders' ``binarize`` option.
+
+    ``"dynamic"`` makes the training set redraw its pixels at every batch and draws the test set once with
+    ``seed + 1``; ``"static"`` draws both once (seeds ``seed`` and ``seed + 1``); ``"threshold"`` cuts at
+    0.5; ``None`` returns the pair unchanged. Use it to get grey and binary versions from one read.
+    """
+    if binarize not in BINARIZE:
+        raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
+    if binarize is None:
+        return train, test
+    if binarize == "dynamic":
+        train = TensorData(train.x, train.labels, torch.bernoulli, name=train.name)
+    else:
+        train = TensorData(_binarize(train.x, binarize, seed), train.labels, train.transform, name=train.name)
+    return train, TensorData(_binarize(test.x, binarize, seed + 1), test.labels, test.transform, name=test.name)
 
 
 def load_mnist(data_dir=None, binarize: str | None = None, download: bool = False, seed: int = 0):
@@ -102,9 +114,9 @@ def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: i
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     num_test = int(round(test_fraction * len(images)))
     test, train = order[:num_test], order[num_test:]
-    transform = torch.bernoulli if binarize == "dynamic" else None
-    train_images = images[train] if binarize == "dynamic" else _binarize(images[train], binarize, seed)
-    return (
-        TensorData(train_images, labels[train], transform, name="digits train"),
-        TensorData(_binarize(images[test], binarize, seed + 1), labels[test], name="digits test"),
+    return binarize_split(
+        TensorData(images[train], labels[train], name="digits train"),
+        TensorData(images[test], labels[test], name="digits test"),
+        binarize,
+        seed,
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import constraints
 
-from pyrovae.distributions.sphere import rotate_from_north_pole, uniform_directions
+from pyrovae.distributions.sphere import SphericalDistribution, rotate_from_north_pole, uniform_directions
 
 
-class PowerSpherical(TorchDistribution):
-    """p(z) = N(kappa, m)^-1 (1 + loc . z)^kappa on S^(m-1), with N = 2^(a+b-1) pi^b Gamma(a) / Gamma(a+b)
+class PowerSpherical(SphericalDistribution):
+    """p(z) = N(kappa, m)^-1 (1 + loc . z)^kappa on S^(m-1), with N = 2^(a+b) pi^b Gamma(a) / Gamma(a+b)
     after the change t = loc . z, for a = (m-1)/2 + kappa and b = (m-1)/2.
 
     The cosine t to the mean direction is ``2 B - 1`` with ``B ~ Beta(a, b)``, drawn as the ratio of two
@@ -24,30 +24,6 @@ class PowerSpherical(TorchDistribution):
     """
 
     arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
-    support = constraints.sphere
-    has_rsample = True
-
-    def __init__(self, loc: torch.Tensor, concentration: torch.Tensor, validate_args=None):
-        if loc.dim() < 1 or loc.shape[-1] < 2:
-            raise ValueError(f"loc must have shape (..., m) with m >= 2, got {tuple(loc.shape)}")
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
-        self.loc = loc.expand(batch_shape + loc.shape[-1:])
-        self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
-
-    @property
-    def dim(self) -> int:
-        return self.event_shape[0]
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(PowerSpherical, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc = self.loc.expand(batch_shape + self.event_shape)
-        new.concentration = self.concentration.expand(batch_shape)
-        super(PowerSpherical, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def _alpha_beta(self):
         beta = 0.5 * (self.dim - 1)

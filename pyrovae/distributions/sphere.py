@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions import TorchDistribution, constraints
 
 
 def log_sphere_area(m: int) -> float:
@@ -40,3 +41,34 @@ def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torc
     e1[..., 0] = 1.0
     u = torch.where(north.unsqueeze(-1), e1 + loc, e1 - loc)
     return y - 2.0 * (y * u).sum(-1, keepdim=True) * u / (u * u).sum(-1, keepdim=True)
+
+
+class SphericalDistribution(TorchDistribution):
+    """Base of the distributions on S^(m-1) parameterised by a mean direction ``loc (..., m)`` and a
+    concentration ``(...)``: shapes, broadcasting, ``dim`` and ``expand``. Subclasses add the law."""
+
+    support = constraints.sphere
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, concentration: torch.Tensor, validate_args=None):
+        if loc.dim() < 1 or loc.shape[-1] < 2:
+            raise ValueError(f"loc must have shape (..., m) with m >= 2, got {tuple(loc.shape)}")
+        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
+        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
+        self.loc = loc.expand(batch_shape + loc.shape[-1:])
+        self.concentration = concentration.expand(batch_shape)
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
+    @property
+    def dim(self) -> int:
+        """The ambient dimension m (samples lie on S^(m-1) in R^m)."""
+        return self.event_shape[0]
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.concentration = self.concentration.expand(batch_shape)
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new

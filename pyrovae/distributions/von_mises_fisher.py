@@ -6,9 +6,14 @@ import math
 
 import numpy as np
 import torch
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import constraints
 
-from pyrovae.distributions.sphere import log_sphere_area, rotate_from_north_pole, uniform_directions
+from pyrovae.distributions.sphere import (
+    SphericalDistribution,
+    log_sphere_area,
+    rotate_from_north_pole,
+    uniform_directions,
+)
 from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
 
 _MAX_REJECTION_ROUNDS = 1000
@@ -101,7 +106,7 @@ class _ImplicitCosine(torch.autograd.Function):
         return (grad_w - grad_one_minus_w) * dw, None, None, None
 
 
-class VonMisesFisher(TorchDistribution):
+class VonMisesFisher(SphericalDistribution):
     """The von Mises-Fisher distribution on S^(m-1): p(z) = C_m(kappa) exp(kappa loc . z).
 
     ``C_m(kappa) = kappa^(m/2-1) / ((2 pi)^(m/2) I_(m/2-1)(kappa))`` is computed by
@@ -121,31 +126,6 @@ class VonMisesFisher(TorchDistribution):
     """
 
     arg_constraints = {"loc": constraints.sphere, "concentration": constraints.positive}
-    support = constraints.sphere
-    has_rsample = True
-
-    def __init__(self, loc: torch.Tensor, concentration: torch.Tensor, validate_args=None):
-        if loc.dim() < 1 or loc.shape[-1] < 2:
-            raise ValueError(f"loc must have shape (..., m) with m >= 2, got {tuple(loc.shape)}")
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
-        self.loc = loc.expand(batch_shape + loc.shape[-1:])
-        self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
-
-    @property
-    def dim(self) -> int:
-        """The ambient dimension m (samples lie on S^(m-1) in R^m)."""
-        return self.event_shape[0]
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(VonMisesFisher, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc = self.loc.expand(batch_shape + self.event_shape)
-        new.concentration = self.concentration.expand(batch_shape)
-        super(VonMisesFisher, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]

@@ -5,7 +5,8 @@ mean resultant length is A_m(kappa) = I_{m/2}(kappa) / I_{m/2-1}(kappa). They ar
 tensor's device and dtype, with no host round trip, and are differentiable in ``x`` through the exact
 derivatives (``d/dx log I_v = R_v + v/x`` and ``R_v' = 1 - R_v^2 - (2v+1) R_v / x``), not by
 differentiating the iterations. Orders are non-negative and are not differentiated. Single and half
-precision inputs are evaluated in float64 and rounded once at the end.
+precision inputs are evaluated in float64 and rounded once at the end. Give the order as a Python number
+(as the distributions do) and nothing waits on the device; a tensor of orders costs one sync for its check.
 
 * The ratio R_v(x) uses Perron's continued fraction (Gautschi & Slavik 1978), evaluated backwards with a
   fixed number of terms: it converges fastest exactly where the Gauss continued fraction is slow (x >> v),
@@ -42,9 +43,18 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
 
 
-def _check_order(v: torch.Tensor) -> None:
-    if not torch.jit.is_tracing() and v.numel() and bool((v < 0).any()):
-        raise ValueError(f"Bessel orders must be non-negative, got min {v.min().item()}")
+def _min_order(v) -> float | None:
+    """The smallest order: free for a Python number (the usual case), one device sync for a tensor."""
+    if isinstance(v, (int, float)):
+        return float(v)
+    if torch.jit.is_tracing() or not v.numel():
+        return None
+    return float(v.min())
+
+
+def _check_order(smallest: float | None) -> None:
+    if smallest is not None and smallest < 0:
+        raise ValueError(f"Bessel orders must be non-negative, got min {smallest}")
 
 
 def _ratio_cf(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +93,8 @@ def bessel_iv_ratio(v, x: torch.Tensor) -> torch.Tensor:
     Equal to 0 at x = 0 and tending to 1 as x grows; A_m(kappa) of the von Mises-Fisher distribution on
     S^(m-1) is ``bessel_iv_ratio(m / 2 - 1, kappa)``.
     """
+    _check_order(_min_order(v))
     v, x = _as_tensors(v, x)
-    _check_order(v)
     v, x = torch.broadcast_tensors(v, x)
     wide = _wide(x.dtype)
     return _BesselRatio.apply(v.to(wide), x.clamp(min=0).to(wide)).to(x.dtype)
@@ -117,9 +127,8 @@ def _log_iv_debye(nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return nu * eta - 0.5 * torch.log(2.0 * math.pi * nu) - 0.5 * torch.log(root) + torch.log(correction)
 
 
-def _log_iv(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _log_iv(v: torch.Tensor, x: torch.Tensor, max_steps: int) -> torch.Tensor:
     steps = torch.clamp(torch.ceil(_DEBYE_ORDER - v), min=0)
-    max_steps = int(steps.max().item()) if steps.numel() else 0
     positive = x > 0
     safe_x = torch.where(positive, x, torch.ones_like(x))
     result = _log_iv_debye(v + steps, safe_x)
@@ -131,9 +140,9 @@ def _log_iv(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 class _LogBesselIv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, x):
+    def forward(ctx, v, x, max_steps):
         ctx.save_for_backward(v, x)
-        return _log_iv(v, x)
+        return _log_iv(v, x, max_steps)
 
     @staticmethod
     def backward(ctx, grad):
@@ -144,7 +153,7 @@ class _LogBesselIv(torch.autograd.Function):
         # d/dx log I_v(x) = R_v(x) + v / x; at x = 0 it is 0 for v = 0 and +inf otherwise
         at_zero = torch.where(v == 0, torch.zeros_like(x), torch.full_like(x, math.inf))
         derivative = torch.where(positive, ratio + v / safe_x, at_zero)
-        return None, grad * derivative
+        return None, grad * derivative, None
 
 
 def log_bessel_iv(v, x: torch.Tensor) -> torch.Tensor:
@@ -153,11 +162,14 @@ def log_bessel_iv(v, x: torch.Tensor) -> torch.Tensor:
     Computed in log space, so it neither overflows for huge x nor underflows for huge orders; ``x = 0``
     gives 0 for v = 0 and -inf otherwise.
     """
+    smallest = _min_order(v)
+    _check_order(smallest)
+    # recurrence steps down from the Debye order (the upper bound 30 when the orders are unknown: tracing)
+    max_steps = math.ceil(_DEBYE_ORDER) if smallest is None else max(0, math.ceil(_DEBYE_ORDER - smallest))
     v, x = _as_tensors(v, x)
-    _check_order(v)
     v, x = torch.broadcast_tensors(v, x)
     wide = _wide(x.dtype)
-    return _LogBesselIv.apply(v.to(wide), x.clamp(min=0).to(wide)).to(x.dtype)
+    return _LogBesselIv.apply(v.to(wide), x.clamp(min=0).to(wide), max_steps).to(x.dtype)
 
 
 def log_bessel_ive(v, x: torch.Tensor) -> torch.Tensor:

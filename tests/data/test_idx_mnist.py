@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.data import IDXError, load_digits, load_fashion_mnist, load_mnist, read_idx
+from pyrovae.data import IDXError, binarize_split, load_digits, load_fashion_mnist, load_mnist, read_idx
 from tests.conftest import require_dataset
 
 
@@ -92,3 +92,21 @@ def test_digits_fallback():
     train, test = load_digits(binarize="static")
     assert len(train) + len(test) == 1797 and train.num_features == 64
     assert set(train.x.unique().tolist()) == {0.0, 1.0}
+
+
+def test_binarize_split_from_one_grey_read():
+    grey_train, grey_test = load_digits(seed=3)
+    train, test = binarize_split(grey_train, grey_test, "dynamic", seed=5)
+    assert torch.equal(train.x, grey_train.x) and train.transform is torch.bernoulli
+    assert set(test.x.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(test.x, binarize_split(grey_train, grey_test, "dynamic", seed=5)[1].x)
+    # a draw per pixel with the grey level as probability: the binary test mean tracks the grey mean
+    assert abs(test.x.mean() - grey_test.x.mean()) < 0.01
+    static_train, static_test = binarize_split(grey_train, grey_test, "static", seed=5)
+    assert static_train.transform is None and set(static_train.x.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(static_test.x, test.x)  # the test draw is the same for both modes
+    thresholded, _ = binarize_split(grey_train, grey_test, "threshold")
+    assert torch.equal(thresholded.x, (grey_train.x > 0.5).float())
+    assert binarize_split(grey_train, grey_test, None)[0] is grey_train
+    with pytest.raises(ValueError, match="binarize must be one of"):
+        binarize_split(grey_train, grey_test, "soft")
