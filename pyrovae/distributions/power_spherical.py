@@ -7,7 +7,7 @@ import math
 import torch
 from pyro.distributions import constraints
 
-from pyrovae.distributions.sphere import SphericalDistribution, rotate_from_north_pole, uniform_directions
+from pyrovae.distributions.sphere import SphericalDistribution, rotate_from_north_pole, tangent_gaussians
 
 
 class PowerSpherical(SphericalDistribution):
@@ -31,13 +31,14 @@ class PowerSpherical(SphericalDistribution):
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
-        alpha, beta = self._alpha_beta()
+        alpha, _ = self._alpha_beta()
+        # w = 2 eps - 1 with eps ~ Beta(alpha, beta), beta = (m-1)/2: the tangent draw's |g|^2 / 2 is
+        # the Gamma(beta) variate, so only Gamma(alpha) is drawn
+        g, gamma_b = tangent_gaussians(shape, self.dim, self.loc.dtype, self.loc.device)
         gamma_a = torch._standard_gamma(alpha.expand(shape).contiguous())
-        gamma_b = torch._standard_gamma(beta.expand(shape).contiguous())
         total = gamma_a + gamma_b
         w, one_minus_w = (gamma_a - gamma_b) / total, 2.0 * gamma_b / total
-        tangent = uniform_directions(shape, self.dim - 1, self.loc.dtype, self.loc.device)
-        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, tangent)
+        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, gamma_b)
 
     def _log_normalizer(self) -> torch.Tensor:
         alpha, beta = self._alpha_beta()

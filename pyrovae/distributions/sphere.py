@@ -20,27 +20,47 @@ def uniform_directions(shape: torch.Size, dim: int, dtype, device, generator=Non
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
 
 
-def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torch.Tensor,
-                           tangent: torch.Tensor) -> torch.Tensor:
-    """The point ``y = w e1 + sqrt(1 - w^2) (0, tangent)`` carried by a reflection that sends e1 to ``loc``.
+def tangent_gaussians(shape: torch.Size, m: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard normals ``g`` of shape ``shape + (m,)`` with first coordinate 0, and ``|g|^2 / 2``.
+
+    ``g / |g|`` is a uniform direction in the tangent space of S^(m-1) at e1, and ``|g|^2 / 2`` is a
+    Gamma((m-1)/2) variate independent of that direction: the samplers use it as one of the two gammas of
+    their Beta((m-1)/2, .) draw instead of drawing a new one.
+    """
+    g = torch.randn(*shape, m, dtype=dtype, device=device)
+    g[..., 0] = 0.0
+    return g, 0.5 * torch.linalg.vecdot(g, g)
+
+
+def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torch.Tensor, g: torch.Tensor,
+                           half_sq_norm: torch.Tensor) -> torch.Tensor:
+    """The point ``y = w e1 + sqrt(1 - w^2) g / |g|`` carried by a reflection that sends e1 to ``loc``.
 
     ``w`` is the cosine to the mean direction and ``one_minus_w`` its complement computed without
-    cancellation (what keeps samples accurate at high concentration). The single Householder reflection
-    ``I - 2 u u^T / |u|^2`` with ``u = e1 - loc`` degenerates as ``loc`` nears e1 (|u| -> 0: the reflection
-    axis, and the pathwise gradient, blow up). Here the hemisphere of ``loc`` picks one of two maps, each
-    with ``|u|^2 >= 2``: for ``loc_1 < 0`` that reflection; for ``loc_1 >= 0`` first e1 -> -e1 (negate the
-    first coordinate), then the reflection with ``u = e1 + loc`` that sends -e1 to ``loc`` (the identity
-    at ``loc = e1``). Both send e1 to ``loc`` and the tangent law is rotation invariant, so the samples
-    have the right distribution with bounded, finite gradients everywhere, ``loc = +-e1`` included.
+    cancellation (what keeps samples accurate at high concentration); ``g, half_sq_norm`` come from
+    :func:`tangent_gaussians`. The single Householder reflection ``I - 2 u u^T / |u|^2`` with
+    ``u = e1 - loc`` degenerates as ``loc`` nears e1 (|u| -> 0: the reflection axis, and the pathwise
+    gradient, blow up). Here the hemisphere of ``loc`` picks one of two maps, each with ``|u|^2 >= 2``: for
+    ``loc_1 < 0`` that reflection; for ``loc_1 >= 0`` first e1 -> -e1 (negate the first coordinate), then
+    the reflection with ``u = e1 + loc`` that sends -e1 to ``loc`` (the identity at ``loc = e1``). Both send
+    e1 to ``loc`` and the tangent law is rotation invariant, so the samples have the right distribution
+    with bounded, finite gradients everywhere, ``loc = +-e1`` included.
+
+    With ``u = e1 + s loc`` (s = +-1) and unit ``loc``, ``|u|^2 = 2 u_1``, so the reflection is
+    ``z = a g - c s loc + (y_1 - c) e1`` with ``a = sqrt(1 - w^2) / |g|`` and ``c = y.u / u_1``: two passes
+    over the (..., m) data besides the dot product ``g.loc``, which is what makes large m fast.
     """
     sine = torch.sqrt((one_minus_w * (2.0 - one_minus_w)).clamp(min=0))
-    north = loc[..., 0] >= 0
-    first = torch.where(north, -w, w).unsqueeze(-1)
-    y = torch.cat([first, sine.unsqueeze(-1) * tangent], dim=-1)
-    e1 = torch.zeros_like(loc)
-    e1[..., 0] = 1.0
-    u = torch.where(north.unsqueeze(-1), e1 + loc, e1 - loc)
-    return y - 2.0 * (y * u).sum(-1, keepdim=True) * u / (u * u).sum(-1, keepdim=True)
+    first = loc[..., 0]
+    north = first >= 0
+    sign = torch.where(north, 1.0, -1.0).to(loc.dtype)
+    y_first = torch.where(north, -w, w)
+    u_first = 1.0 + sign * first  # >= 1
+    a = sine * torch.rsqrt(2.0 * half_sq_norm).nan_to_num(posinf=0.0)  # g = 0 only when m = 1
+    c = (y_first * u_first + sign * a * torch.linalg.vecdot(g, loc)) / u_first
+    z = torch.addcmul(a.unsqueeze(-1) * g, (-c * sign).unsqueeze(-1), loc)
+    z[..., 0] += y_first - c
+    return z
 
 
 class SphericalDistribution(TorchDistribution):

@@ -12,7 +12,7 @@ from pyrovae.distributions.sphere import (
     SphericalDistribution,
     log_sphere_area,
     rotate_from_north_pole,
-    uniform_directions,
+    tangent_gaussians,
 )
 from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
 
@@ -20,32 +20,87 @@ _MAX_REJECTION_ROUNDS = 1000
 _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(64))
 
 
-def _wood_cosine(kappa: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wood's (1994) rejection sampler for w = loc . z: returns (w, 1 - w), one accepted draw per element.
+_SMALL_GAMMA_SHAPE = 8.5  # Gamma(n) and Gamma(n + 1/2) from uniforms and one normal up to this shape
+_GAMMA_PROPOSAL_COST = 0.1  # use the gamma proposal where its acceptance is above about exp(-0.1) = 0.9
 
-    Every quantity is in the cancellation-free form: with b = (m-1) / (2 kappa + sqrt(4 kappa^2 + (m-1)^2))
-    and x0 = (1-b)/(1+b), a proposal eps ~ Beta((m-1)/2, (m-1)/2) gives 1 - w = 2 b eps / (1 - (1-b) eps),
-    and the test kappa w + (m-1) log(1 - x0 w) - c >= log u is evaluated through 1 - x0 = 2b/(1+b) and
-    1 - w, never through differences of numbers close to 1. All rows are proposed at once; the only host
-    synchronisation is the loop's test that every row has been accepted.
+
+def _gamma_half_integer(shape: float, size: torch.Size, dtype, device) -> torch.Tensor:
+    """Gamma(shape) draws for shape in {1/2, 1, 3/2, ...}: -log(u_1 ... u_n) (+ z^2 / 2 for the half) for
+    small shapes, a few times faster than ``torch._standard_gamma``; that one for larger shapes."""
+    n = math.floor(shape)
+    if shape > _SMALL_GAMMA_SHAPE:
+        return torch._standard_gamma(torch.full(size, shape, dtype=dtype, device=device))
+    gamma = torch.zeros(size, dtype=dtype, device=device)
+    if n:
+        uniforms = torch.rand(*size, n, dtype=dtype, device=device)
+        gamma = -torch.log(uniforms.clamp_(min=torch.finfo(dtype).tiny).prod(-1))
+    if shape != n:
+        gamma = gamma + 0.5 * torch.randn(size, dtype=dtype, device=device).square()
+    return gamma
+
+
+def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An exact draw of w = loc . z for m != 3: returns (w, 1 - w), one accepted draw per element.
+
+    Two rejection samplers share the work, each row taking the one that accepts more often:
+
+    * **Gamma proposal** (m >= 4, concentrated rows, kappa large against m^2): the density of delta = 1 - w is
+      proportional to e^(-kappa delta) delta^nu (2 - delta)^nu on (0, 2), nu = (m-3)/2. Proposing
+      delta ~ Gamma(nu + 1, rate kappa) and accepting with probability (1 - delta/2)^nu is exact, and
+      accepts with probability about (1 + nu / (2 kappa))^-(nu+1), near 1 there.
+    * **Wood (1994)** elsewhere, in cancellation-free form: with b = (m-1) / (2 kappa + sqrt(4 kappa^2 +
+      (m-1)^2)) and x0 = (1-b)/(1+b), a proposal eps = X / (X + Y) ~ Beta((m-1)/2, (m-1)/2) (X, Y ~
+      Gamma((m-1)/2)) gives 1 - w = 2 b eps / (1 - eps + b eps), and the test kappa w + (m-1) log(1 - x0 w)
+      - c >= log u is evaluated through 1 - x0 = 2b/(1+b) and 1 - w, never through differences of numbers
+      close to 1.
+
+    The first proposal of every row takes its Gamma((m-1)/2) variate from ``first_gamma`` (the tangent
+    draw's |g|^2 / 2, independent of the tangent direction); later rounds propose only for the rows still
+    rejected. The host synchronises once per round, to find those rows.
     """
-    dim = m - 1
+    dim, nu = m - 1, 0.5 * (m - 3)
+    shape = kappa.shape
+    kappa = kappa.reshape(-1)
     b = dim / (2 * kappa + torch.sqrt(4 * kappa * kappa + dim * dim))
     one_minus_x0 = 2 * b / (1 + b)
-    x0 = 1 - one_minus_x0
     log_one_minus_x0_sq = torch.log(one_minus_x0) + torch.log(2 / (1 + b))
-    beta = torch.distributions.Beta(torch.full_like(kappa, 0.5 * dim), torch.full_like(kappa, 0.5 * dim))
-    one_minus_w = torch.zeros_like(kappa)
-    done = torch.zeros_like(kappa, dtype=torch.bool)
+    # the gamma proposal's acceptance ratio is bounded only for nu >= 0 (m >= 3)
+    use_gamma = ((nu + 1) * torch.log1p(nu / (2 * kappa)) <= _GAMMA_PROPOSAL_COST) & (nu >= 0)
+
+    def propose(rows, x):
+        kappa_rows, gamma_rows = kappa[rows], use_gamma[rows]
+        log_u = torch.log(torch.rand_like(x))
+        # gamma proposal
+        delta_gamma = x / kappa_rows
+        accept_gamma = (delta_gamma < 2) & (log_u <= nu * torch.log1p(-0.5 * delta_gamma.clamp(max=2)))
+        # Wood's proposal
+        y = _gamma_half_integer(0.5 * dim, x.shape, x.dtype, x.device)
+        eps, one_minus_eps = x / (x + y), y / (x + y)
+        b_rows, c_rows = b[rows], one_minus_x0[rows]
+        delta_wood = 2 * b_rows * eps / (one_minus_eps + b_rows * eps)
+        log_ratio = kappa_rows * (c_rows - delta_wood) + dim * (
+            torch.log(c_rows + (1 - c_rows) * delta_wood) - log_one_minus_x0_sq[rows]
+        )
+        delta = torch.where(gamma_rows, delta_gamma, delta_wood)
+        return delta, torch.where(gamma_rows, accept_gamma, log_u <= log_ratio)
+
+    everything = slice(None)
+    if bool(use_gamma.all()):  # no Wood proposal needed: skip its gamma draws
+        def propose(rows, x):  # noqa: F811
+            delta = x / kappa[rows]
+            log_u = torch.log(torch.rand_like(x))
+            return delta, (delta < 2) & (log_u <= nu * torch.log1p(-0.5 * delta.clamp(max=2)))
+
+    one_minus_w, accept = propose(everything, first_gamma.reshape(-1).to(kappa.dtype))
+    pending = torch.nonzero(~accept).squeeze(-1)
     for _ in range(_MAX_REJECTION_ROUNDS):
-        eps = beta.sample()
-        delta = 2 * b * eps / (1 - (1 - b) * eps)
-        log_ratio = kappa * (one_minus_x0 - delta) + dim * (torch.log(one_minus_x0 + x0 * delta) - log_one_minus_x0_sq)
-        accept = (torch.log(torch.rand_like(kappa)) <= log_ratio) & ~done
-        one_minus_w = torch.where(accept, delta, one_minus_w)
-        done = done | accept
-        if bool(done.all()):
+        if not pending.numel():
+            one_minus_w = one_minus_w.reshape(shape)
             return 1 - one_minus_w, one_minus_w
+        x = _gamma_half_integer(0.5 * dim, pending.shape, kappa.dtype, kappa.device)
+        delta, accept = propose(pending, x)
+        one_minus_w[pending[accept]] = delta[accept]
+        pending = pending[~accept]
     raise RuntimeError(f"the von Mises-Fisher rejection sampler did not accept within {_MAX_REJECTION_ROUNDS} rounds")
 
 
@@ -135,15 +190,15 @@ class VonMisesFisher(SphericalDistribution):
                 "the von Mises-Fisher rejection sampler (m != 3) cannot be traced by torch.jit: train with "
                 "elbo='trace' (or 'iwae'), or use PowerSpherical / PowerSphericalGuide, which is rejection-free"
             )
+        g, half_sq_norm = tangent_gaussians(shape, self.dim, self.loc.dtype, self.loc.device)
         if self.dim == 3:
             w, one_minus_w = _exact_cosine_s2(kappa.double())
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
         else:
             with torch.no_grad():
-                w, one_minus_w = _wood_cosine(kappa.detach().double(), self.dim)
+                w, one_minus_w = _wood_cosine(kappa.detach().double(), self.dim, half_sq_norm)
             w, one_minus_w = _ImplicitCosine.apply(kappa, w.to(kappa.dtype), one_minus_w.to(kappa.dtype), self.dim)
-        tangent = uniform_directions(shape, self.dim - 1, self.loc.dtype, self.loc.device)
-        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, tangent)
+        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, half_sq_norm)
 
     def _log_normalizer(self) -> torch.Tensor:
         m, kappa = self.dim, self.concentration

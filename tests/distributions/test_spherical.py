@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from pyrovae.distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher, kl_to_uniform
-from pyrovae.distributions.von_mises_fisher import _exact_cosine_s2, cosine_gradient
+from pyrovae.distributions.von_mises_fisher import _exact_cosine_s2, _gamma_half_integer, cosine_gradient
 from pyrovae.ops import bessel_iv_ratio
 
 
@@ -35,12 +35,36 @@ def test_vmf_log_prob_and_entropy_match_scipy(m, kappa):
     np.testing.assert_allclose(q.entropy().item(), reference.entropy(), rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("m,kappa", [(3, 2.0), (5, 10.0), (10, 1.0), (2, 40.0), (100, 11.0), (50, 30.0)])
+# (10, 300) and (4, 1e3) use the gamma proposal, the others Wood's
+@pytest.mark.parametrize("m,kappa", [(3, 2.0), (5, 10.0), (10, 1.0), (2, 40.0), (100, 11.0), (50, 30.0), (10, 300.0),
+                                     (4, 1e3)])
 def test_vmf_samples_match_scipy_two_sample_ks(m, kappa):
     loc = unit(m, seed=3)
-    ours = (VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64)).sample((4000,)) @ loc).numpy()
-    theirs = stats.vonmises_fisher(loc.numpy(), kappa).rvs(4000, random_state=2) @ loc.numpy()
+    ours = (VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64)).sample((20000,)) @ loc).numpy()
+    theirs = stats.vonmises_fisher(loc.numpy(), kappa).rvs(20000, random_state=2) @ loc.numpy()
     assert stats.ks_2samp(ours, theirs).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("m", [4, 10, 100])
+def test_vmf_rows_with_different_concentrations_and_samplers(m):
+    """One batch mixing rows for the gamma proposal and for Wood's: each row's cosine has the right law."""
+    kappas = torch.tensor([0.5, 10.0, 300.0, 1e4], dtype=torch.float64)
+    loc = torch.stack([unit(m, seed=s) for s in range(4)])
+    z = VonMisesFisher(loc, kappas).sample((20000,))
+    cosine = (z * loc).sum(-1)
+    exact = bessel_iv_ratio(m / 2 - 1, kappas)
+    stderr = cosine.std(0) / math.sqrt(20000)
+    assert ((cosine.mean(0) - exact).abs() < 5 * stderr).all()
+    for row, kappa in enumerate(kappas.tolist()):
+        reference = stats.vonmises_fisher(loc[row].numpy(), kappa).rvs(20000, random_state=row) @ loc[row].numpy()
+        assert stats.ks_2samp(cosine[:, row].numpy(), reference).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("shape", [0.5, 1.0, 4.5, 8.0, 12.5])
+def test_half_integer_gammas_match_scipy(shape):
+    pyro.set_rng_seed(0)
+    draws = _gamma_half_integer(shape, torch.Size([20000]), torch.float64, "cpu").numpy()
+    assert stats.kstest(draws, stats.gamma(shape).cdf).pvalue > 1e-3
 
 
 @pytest.mark.parametrize("m,kappa", [(2, 3.0), (3, 0.5), (7, 25.0), (100, 300.0), (100, 11.0), (1000, 50.0)])
