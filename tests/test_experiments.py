@@ -26,7 +26,7 @@ def test_smoke_quickstart(tmp_path):
     metrics = run_script("quickstart", tmp_path, "--epochs", "1", "--max-train", "512", "--num-test", "64",
                          "--num-samples", "32", "--hidden", "64")
     runs = metrics["metrics"]["runs"]
-    assert set(runs) == {"VAE, ELBO", "VAE, IWAE k=5", "AE (MAP) + refit guide"}
+    assert set(runs) == {"VAE, ELBO", "VAE, IWAE k=5", "S-VAE, vMF", "S-VAE, Power Spherical", "AE (MAP) + refit guide"}
     for run in runs.values():
         assert run["log_likelihood"] < 0 and run["num_samples"] == 32
 
@@ -69,7 +69,29 @@ def test_smoke_fashion_ae_vae(tmp_path):
     assert names == {"reconstruction_denoising.png", "generation.png", "interpolation.png", "tsne.png"}
 
 
-SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae"]
+def test_smoke_svae_circle(tmp_path):
+    metrics = run_script("svae_circle", tmp_path, "--epochs", "2", "--num-data", "200", "--num-test", "100",
+                         "--num-samples", "16", "--guides", "normal", "vmf", "power")["metrics"]
+    assert len(metrics["runs"]) == 3 and metrics["num_test"] == 100
+    for run in metrics["runs"].values():
+        assert run["num_samples"] == 16 and 0 <= run["angle_circular_correlation"] <= 1
+        assert run["log_likelihood"] >= run["test_elbo"] - 5  # importance sampling tightens the bound
+
+
+def test_smoke_svae_mnist_resumes(tmp_path):
+    require_dataset("mnist")
+    options = ["--epochs", "1", "--num-train", "256", "--num-val", "500", "--num-test", "64", "--num-samples", "8",
+               "--dims", "2", "5", "--models", "normal", "vmf", "power"]
+    runs = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
+    assert set(runs) == {f"{k}_d{d}" for k in ("normal", "vmf", "power") for d in (2, 5)}
+    assert runs["vmf_d5"]["paper_log_likelihood"] == -108.43 and runs["power_d2"]["paper_log_likelihood"] is None
+    assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in runs.values())
+    # a finished run is loaded, not trained again
+    again = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
+    assert again["vmf_d5"]["test_log_likelihood"] == runs["vmf_d5"]["test_log_likelihood"]
+
+
+SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist"]
 
 
 def test_every_experiment_is_listed():

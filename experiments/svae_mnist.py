@@ -1,0 +1,155 @@
+"""S-VAE vs N-VAE on dynamically binarised MNIST: Davidson et al. (2018), Table 1.
+
+For each latent dimension d, an N-VAE (Gaussian prior and guide on R^d) and an S-VAE (uniform prior on the
+sphere S^d in R^(d+1), von Mises-Fisher guide; ``--models power`` adds the Power Spherical guide) with the
+paper's networks: MLP encoder 784-256-128 and mirror decoder 128-256-784, ReLU, Bernoulli likelihood on
+pixels redrawn at every batch, Adam 1e-3, batch 64. The last ``--num-val`` training images are the
+validation split: training stops when the validation ELBO has not improved for ``--patience`` epochs (or at
+``--epochs``) and keeps the best epoch. Reported on the test set: log-likelihood by ``--num-samples``
+importance samples (with Pareto k-hat), ELBO, reconstruction and KL, beside the paper's numbers.
+
+Every run is checkpointed after each epoch and its result saved, so an interrupted sweep resumes where it
+stopped and a finished run is not trained again (delete ``OUT/runs`` to retrain).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
+from pyrovae.models import SVAE, VAE
+
+from pyrovae.data import load_mnist
+from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.infer import elbo_terms, log_likelihood, train
+from pyrovae.plots import save
+
+PAPER = {  # Davidson et al. (2018), Table 1: test log-likelihood
+    "normal": {2: -135.73, 5: -110.21, 10: -93.84, 20: -88.90, 40: -88.93},
+    "vmf": {2: -132.50, 5: -108.43, 10: -93.16, 20: -89.02, 40: -90.87},
+}
+NAMES = {"normal": "N-VAE", "vmf": "S-VAE (vMF)", "power": "S-VAE (Power Spherical)"}
+
+parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/svae_mnist")
+parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 40], help="latent dimensions d")
+parser.add_argument("--models", nargs="+", default=["normal", "vmf"], choices=list(NAMES))
+parser.add_argument("--patience", type=int, default=50, help="early stopping: epochs without improvement")
+parser.add_argument("--batch-size", type=int, default=64)
+parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="encoder widths (decoder mirrors)")
+parser.add_argument("--num-train", type=int, default=None, help="use only this many training images")
+parser.add_argument("--num-val", type=int, default=10_000, help="training images held out for validation")
+parser.add_argument("--num-test", type=int, default=10_000, help="test images scored")
+parser.add_argument("--num-samples", type=int, default=500, help="importance samples per test image")
+args = parser.parse_args()
+device = setup(args)
+out = Path(args.out)
+
+try:
+    train_all, test_data = load_mnist(args.data_dir, binarize="dynamic", seed=args.seed)
+except FileNotFoundError as error:
+    raise SystemExit(f"{error}\nthis experiment needs MNIST") from error
+if args.num_val >= len(train_all):
+    raise SystemExit(f"--num-val {args.num_val} leaves no training images out of {len(train_all)}")
+cut = len(train_all) - args.num_val
+train_data = train_all.subset(torch.arange(cut if args.num_train is None else min(args.num_train, cut)))
+# the validation images are binarised once, so that the early-stopping metric does not move with the draw
+val_data = train_all.subset(torch.arange(cut, len(train_all)))
+val_data.x = torch.bernoulli(val_data.x, generator=torch.Generator().manual_seed(args.seed + 2))
+val_data.transform = None
+test_data = test_data.subset(torch.arange(min(args.num_test, len(test_data))))
+train_data, val_data, test_data = train_data.to(device), val_data.to(device), test_data.to(device)
+print(f"MNIST: {len(train_data)} training, {len(val_data)} validation, {len(test_data)} test images on {device}")
+encoder_widths = tuple(args.hidden)
+decoder_widths = encoder_widths[::-1]
+
+
+def build(kind: str, d: int):
+    if kind == "normal":
+        return VAE(784, d, decoder_widths), NormalGuide(784, d, encoder_widths)
+    guide = VMFGuide if kind == "vmf" else PowerSphericalGuide
+    return SVAE(784, d + 1, decoder_widths), guide(784, d + 1, encoder_widths)
+
+
+@torch.no_grad()
+def test_terms(model, guide) -> dict:
+    model.eval(), guide.eval()
+    reconstruction, kl = 0.0, 0.0
+    for x in test_data.x.split(1000):
+        r, k = elbo_terms(model, guide, x)
+        reconstruction, kl = reconstruction + float(r), kl + float(k)
+    n = len(test_data)
+    return {"elbo": (reconstruction - kl) / n, "reconstruction": reconstruction / n, "kl": kl / n}
+
+
+runs = {}
+(out / "runs").mkdir(parents=True, exist_ok=True)
+(out / "checkpoints").mkdir(parents=True, exist_ok=True)
+for d in args.dims:
+    for kind in args.models:
+        key = f"{kind}_d{d}"
+        saved = out / "runs" / f"{key}.json"
+        if saved.exists():
+            runs[key] = json.loads(saved.read_text())
+            print(f"{NAMES[kind]}, d = {d}: done before ({runs[key]['epochs_trained']} epochs), loaded")
+            continue
+        print(f"{NAMES[kind]}, d = {d}")
+        model, guide = build(kind, d)
+        started = time.perf_counter()
+        history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        elbo="trace" if kind == "vmf" else "jit", val_data=val_data, patience=args.patience,
+                        checkpoint=out / "checkpoints" / f"{key}.pt", device=device, seed=args.seed,
+                        progress=not args.no_progress)
+        seconds = time.perf_counter() - started
+        ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress)
+        runs[key] = {
+            "model": NAMES[kind], "d": d, "test_log_likelihood": ll.mean, "stderr": ll.stderr,
+            "khat_above_0.7": float((ll.khat > 0.7).float().mean()), **{f"test_{k}": v for k, v in
+                                                                        test_terms(model, guide).items()},
+            "epochs_trained": len(history), "best_epoch": history.best_epoch, "stopped_early": history.stopped_early,
+            "train_seconds": seconds, "paper_log_likelihood": PAPER.get(kind, {}).get(d),
+            "val_elbo": history["val_elbo"],
+        }
+        saved.write_text(json.dumps(runs[key], indent=1))
+        print(f"  test LL {ll.mean:.2f} +/- {ll.stderr:.2f} after {len(history)} epochs ({seconds:.0f} s)")
+
+print(f"\nTest log-likelihood (nats, {args.num_samples} importance samples); paper: Davidson et al. 2018, Table 1\n")
+columns = " | ".join(f"{NAMES[k]} | paper" for k in args.models)
+print(f"| d | {columns} | epochs ({', '.join(args.models)}) |")
+print("|---" * (2 + 2 * len(args.models)) + "|")
+for d in args.dims:
+    cells = [f"{runs[f'{k}_d{d}']['test_log_likelihood']:.2f} +/- {runs[f'{k}_d{d}']['stderr']:.2f} | "
+             + (f"{PAPER[k][d]:.2f}" if d in PAPER.get(k, {}) else "-") for k in args.models]
+    epochs = ", ".join(str(runs[f"{k}_d{d}"]["epochs_trained"]) for k in args.models)
+    print(f"| {d} | " + " | ".join(cells) + f" | {epochs} |")
+print(f"\n{'d':>3} {'model':<26}{'ELBO':>10}{'recon':>10}{'KL':>8}{'k>0.7':>8}")
+for d in args.dims:
+    for k in args.models:
+        run = runs[f"{k}_d{d}"]
+        print(f"{d:>3} {NAMES[k]:<26}{run['test_elbo']:>10.2f}{run['test_reconstruction']:>10.2f}"
+              f"{run['test_kl']:>8.2f}{run['khat_above_0.7']:>8.1%}")
+
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+colours = {"normal": "tab:blue", "vmf": "tab:red", "power": "tab:green"}
+for k in args.models:
+    dims = list(args.dims)
+    axes[0].errorbar(dims, [runs[f"{k}_d{d}"]["test_log_likelihood"] for d in dims],
+                     yerr=[runs[f"{k}_d{d}"]["stderr"] for d in dims], marker="o", color=colours[k], label=NAMES[k])
+    if k in PAPER:
+        axes[0].plot(dims, [PAPER[k].get(d, float("nan")) for d in dims], "--", marker="x", color=colours[k],
+                     alpha=0.6, label=f"{NAMES[k]}, paper")
+    for d in dims:
+        axes[1].plot(range(1, len(runs[f"{k}_d{d}"]["val_elbo"]) + 1), runs[f"{k}_d{d}"]["val_elbo"],
+                     color=colours[k], alpha=0.3 + 0.7 * dims.index(d) / max(len(dims) - 1, 1),
+                     label=f"{NAMES[k]}, d = {d}")
+axes[0].set(xscale="log", xticks=args.dims, xticklabels=[str(d) for d in args.dims], xlabel="latent dimension d",
+            ylabel="test log-likelihood (nats)", title="held-out log-likelihood")
+axes[0].legend()
+axes[1].set(xlabel="epoch", ylabel="validation ELBO per image", title="training curves")
+axes[1].legend(fontsize=7, ncol=2)
+save(fig, out / "table1.png")
+write_metrics(out, {"runs": runs, "paper": PAPER, "num_train": len(train_data), "num_val": len(val_data),
+                    "num_test": len(test_data)}, args)
+print(f"\nfigure and metrics.json in {out}")
