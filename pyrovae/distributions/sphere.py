@@ -20,6 +20,16 @@ def uniform_directions(shape: torch.Size, dim: int, dtype, device, generator=Non
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
 
 
+def unexpanded(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without the copies of an ``expand``: every broadcast dimension (stride 0) cut to size 1.
+
+    Functions of the concentration alone (Bessel normalisers) are computed on this and broadcast back, so
+    drawing S samples for a batch of B data costs B evaluations, not S x B.
+    """
+    index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in zip(t.stride(), t.shape))
+    return t[index]
+
+
 def tangent_gaussians(shape: torch.Size, m: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Standard normals ``g`` of shape ``shape + (m,)`` with first coordinate 0, and ``|g|^2 / 2``.
 

@@ -13,6 +13,7 @@ from pyrovae.distributions.sphere import (
     log_sphere_area,
     rotate_from_north_pole,
     tangent_gaussians,
+    unexpanded,
 )
 from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
 
@@ -201,7 +202,8 @@ class VonMisesFisher(SphericalDistribution):
         return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, half_sq_norm)
 
     def _log_normalizer(self) -> torch.Tensor:
-        m, kappa = self.dim, self.concentration
+        """log C_m(kappa), of the concentration's shape before any ``expand`` (broadcasts in use)."""
+        m, kappa = self.dim, unexpanded(self.concentration)
         order = 0.5 * m - 1
         log_c = order * torch.log(kappa) - 0.5 * m * math.log(2 * math.pi) - log_bessel_iv(order, kappa)
         return torch.where(kappa > 0, log_c, torch.full_like(kappa, -log_sphere_area(m)))
@@ -213,7 +215,7 @@ class VonMisesFisher(SphericalDistribution):
 
     def _mean_resultant_length(self) -> torch.Tensor:
         """A_m(kappa) = I_(m/2)(kappa) / I_(m/2-1)(kappa) = E[loc . z]."""
-        return bessel_iv_ratio(0.5 * self.dim - 1, self.concentration)
+        return bessel_iv_ratio(0.5 * self.dim - 1, unexpanded(self.concentration))
 
     def entropy(self) -> torch.Tensor:
         return -self._log_normalizer() - self.concentration * self._mean_resultant_length()

@@ -214,3 +214,16 @@ def test_on_cuda():
     assert z.device.type == "cuda" and torch.isfinite(z).all()
     (grad,) = torch.autograd.grad(z[..., 0].sum(), kappa)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("family", [VonMisesFisher, PowerSpherical])
+def test_expanded_distributions_score_like_materialised_ones(family):
+    """The normaliser is computed once per concentration under an expand (S samples of B data: B Bessel calls)."""
+    loc = torch.nn.functional.normalize(torch.randn(7, 11, dtype=torch.float64), dim=-1)
+    kappa = torch.rand(7, dtype=torch.float64) * 50 + 0.5
+    expanded = family(loc, kappa).expand((30, 7))
+    materialised = family(loc.expand(30, 7, 11).contiguous(), kappa.expand(30, 7).contiguous())
+    z = expanded.sample()
+    assert torch.allclose(expanded.log_prob(z), materialised.log_prob(z), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(expanded.entropy(), materialised.entropy()) and expanded.entropy().shape == (30, 7)
+    assert torch.allclose(expanded.mean, materialised.mean) and expanded.mean.shape == (30, 7, 11)
