@@ -21,9 +21,9 @@ import torch
 from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.models import SVAE, VAE
 
-from pyrovae.data import load_mnist
+from pyrovae.data import TensorData, load_mnist
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import elbo_terms, log_likelihood, train
+from pyrovae.infer import evaluate, log_likelihood, train
 from pyrovae.plots import save
 
 PAPER = {  # Davidson et al. (2018), Table 1: test log-likelihood
@@ -56,11 +56,11 @@ if args.num_val >= len(train_all):
 cut = len(train_all) - args.num_val
 train_data = train_all.subset(torch.arange(cut if args.num_train is None else min(args.num_train, cut)))
 # the validation images are binarised once, so that the early-stopping metric does not move with the draw
-val_data = train_all.subset(torch.arange(cut, len(train_all)))
-val_data.x = torch.bernoulli(val_data.x, generator=torch.Generator().manual_seed(args.seed + 2))
-val_data.transform = None
+val_data = TensorData(torch.bernoulli(train_all.x[cut:], generator=torch.Generator().manual_seed(args.seed + 2)),
+                      train_all.labels[cut:], name="MNIST validation")
 test_data = test_data.subset(torch.arange(min(args.num_test, len(test_data))))
 train_data, val_data, test_data = train_data.to(device), val_data.to(device), test_data.to(device)
+test_batches = test_data.x.split(1000)
 print(f"MNIST: {len(train_data)} training, {len(val_data)} validation, {len(test_data)} test images on {device}")
 encoder_widths = tuple(args.hidden)
 decoder_widths = encoder_widths[::-1]
@@ -71,17 +71,6 @@ def build(kind: str, d: int):
         return VAE(784, d, decoder_widths), NormalGuide(784, d, encoder_widths)
     guide = VMFGuide if kind == "vmf" else PowerSphericalGuide
     return SVAE(784, d + 1, decoder_widths), guide(784, d + 1, encoder_widths)
-
-
-@torch.no_grad()
-def test_terms(model, guide) -> dict:
-    model.eval(), guide.eval()
-    reconstruction, kl = 0.0, 0.0
-    for x in test_data.x.split(1000):
-        r, k = elbo_terms(model, guide, x)
-        reconstruction, kl = reconstruction + float(r), kl + float(k)
-    n = len(test_data)
-    return {"elbo": (reconstruction - kl) / n, "reconstruction": reconstruction / n, "kl": kl / n}
 
 
 runs = {}
@@ -107,7 +96,7 @@ for d in args.dims:
         runs[key] = {
             "model": NAMES[kind], "d": d, "test_log_likelihood": ll.mean, "stderr": ll.stderr,
             "khat_above_0.7": float((ll.khat > 0.7).float().mean()), **{f"test_{k}": v for k, v in
-                                                                        test_terms(model, guide).items()},
+                                                                        evaluate(model, guide, test_batches).items()},
             "epochs_trained": len(history), "best_epoch": history.best_epoch, "stopped_early": history.stopped_early,
             "train_seconds": sum(history["seconds"]), "paper_log_likelihood": PAPER.get(kind, {}).get(d),
             "val_elbo": history["val_elbo"],

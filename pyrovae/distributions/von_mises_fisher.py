@@ -68,13 +68,15 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
     # the gamma proposal's acceptance ratio is bounded only for nu >= 0 (m >= 3)
     use_gamma = ((nu + 1) * torch.log1p(nu / (2 * kappa)) <= _GAMMA_PROPOSAL_COST) & (nu >= 0)
 
+    gamma_only = bool(use_gamma.all())  # then Wood's proposal, and its gamma draws, are skipped
+
     def propose(rows, x):
-        kappa_rows, gamma_rows = kappa[rows], use_gamma[rows]
+        kappa_rows = kappa[rows]
         log_u = torch.log(torch.rand_like(x))
-        # gamma proposal
-        delta_gamma = x / kappa_rows
-        accept_gamma = (delta_gamma < 2) & (log_u <= nu * torch.log1p(-0.5 * delta_gamma.clamp(max=2)))
-        # Wood's proposal
+        delta = x / kappa_rows  # the gamma proposal
+        accept = (delta < 2) & (log_u <= nu * torch.log1p(-0.5 * delta.clamp(max=2)))
+        if gamma_only:
+            return delta, accept
         y = _gamma_half_integer(0.5 * dim, x.shape, x.dtype, x.device)
         eps, one_minus_eps = x / (x + y), y / (x + y)
         b_rows, c_rows = b[rows], one_minus_x0[rows]
@@ -82,16 +84,10 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
         log_ratio = kappa_rows * (c_rows - delta_wood) + dim * (
             torch.log(c_rows + (1 - c_rows) * delta_wood) - log_one_minus_x0_sq[rows]
         )
-        delta = torch.where(gamma_rows, delta_gamma, delta_wood)
-        return delta, torch.where(gamma_rows, accept_gamma, log_u <= log_ratio)
+        gamma_rows = use_gamma[rows]
+        return torch.where(gamma_rows, delta, delta_wood), torch.where(gamma_rows, accept, log_u <= log_ratio)
 
     everything = slice(None)
-    if bool(use_gamma.all()):  # no Wood proposal needed: skip its gamma draws
-        def propose(rows, x):  # noqa: F811
-            delta = x / kappa[rows]
-            log_u = torch.log(torch.rand_like(x))
-            return delta, (delta < 2) & (log_u <= nu * torch.log1p(-0.5 * delta.clamp(max=2)))
-
     one_minus_w, accept = propose(everything, first_gamma.reshape(-1).to(kappa.dtype))
     pending = torch.nonzero(~accept).squeeze(-1)
     for _ in range(_MAX_REJECTION_ROUNDS):
