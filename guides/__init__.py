@@ -2,7 +2,8 @@
 
 from pyrovae.guides.base import AmortizedGuide
 from pyrovae.guides.delta import DeltaGuide
+from pyrovae.guides.gmvae import GMVAEGuide
 from pyrovae.guides.normal import NormalGuide
 from pyrovae.guides.spherical import PowerSphericalGuide, VMFGuide
 
-__all__ = ["AmortizedGuide", "DeltaGuide", "NormalGuide", "PowerSphericalGuide", "VMFGuide"]
+__all__ = ["AmortizedGuide", "DeltaGuide", "GMVAEGuide", "NormalGuide", "PowerSphericalGuide", "VMFGuide"]

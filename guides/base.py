@@ -19,12 +19,36 @@ class AmortizedGuide(nn.Module):
     x_dim: int
     z_dim: int
 
-    def _set_encoder(self, x_dim: int, z_dim: int, out_features: int, hidden, activation, encoder) -> None:
-        """Store the sizes and the encoder: ``encoder`` if given, else ``MLP(x_dim, hidden, out_features)``."""
+    def _set_encoder(
+        self,
+        x_dim: int,
+        z_dim: int,
+        out_features: int,
+        hidden,
+        activation,
+        encoder,
+        input_transform: str | None = None,
+        latent_library: bool = False,
+    ) -> None:
+        """Store the sizes and the encoder: ``encoder`` if given, else ``MLP(x_dim, hidden, out_features)``,
+        after ``input_transform`` (``"log1p"`` for counts); with ``latent_library``, also an encoder of q(library | x).
+        """
         if encoder is not None and not isinstance(encoder, nn.Module):
             raise TypeError(f"{type(self).__name__} encoder must be an nn.Module, got {type(encoder).__name__}")
         self.x_dim, self.z_dim = int(x_dim), int(z_dim)
-        self.encoder = encoder or MLP(self.x_dim, hidden, out_features, activation)
+        encoder = encoder or MLP(self.x_dim, hidden, out_features, activation)
+        transform = _input_transform(input_transform)
+        self.encoder = nn.Sequential(transform, encoder) if transform is not None else encoder
+        self.library_encoder = None
+        if latent_library:
+            library_hidden = list(hidden)[:1] or [128]
+            library_encoder = MLP(self.x_dim, library_hidden, 2, activation)
+            self.library_encoder = nn.Sequential(transform, library_encoder) if transform else library_encoder
+
+    def encode_library(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """q(library | x) = LogNormal(loc(x), scale(x)), for models with a latent library size."""
+        loc, raw_scale = self.library_encoder(x).unbind(-1)
+        return dist.LogNormal(loc, nn.functional.softplus(raw_scale) + 1e-4)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
         """q(z | x) for data ``(batch, x_dim)``, with batch shape ``(batch,)``."""
@@ -37,3 +61,20 @@ class AmortizedGuide(nn.Module):
             )
         with pyro.plate("data", x.shape[-2]):
             pyro.sample("z", self.encode(x))
+            if getattr(self, "library_encoder", None) is not None:
+                pyro.sample("library", self.encode_library(x))
+
+
+class Log1p(nn.Module):
+    """x -> log(1 + x): the usual input transform of encoders of count data (scVI, scVAE)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(x)
+
+
+def _input_transform(name: str | None) -> nn.Module | None:
+    if name is None:
+        return None
+    if name == "log1p":
+        return Log1p()
+    raise ValueError(f"input_transform must be None or 'log1p', got {name!r}")

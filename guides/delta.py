@@ -29,9 +29,12 @@ class DeltaGuide(AmortizedGuide):
         hidden: Sequence[int] = (400,),
         activation: str | nn.Module = "relu",
         encoder: nn.Module | None = None,
+        *,
+        input_transform: str | None = None,
+        latent_library: bool = False,
     ) -> None:
         super().__init__()
-        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder)
+        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder, input_transform, latent_library)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
         return dist.Delta(self.encoder(x), event_dim=1)

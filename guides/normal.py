@@ -30,9 +30,12 @@ class NormalGuide(AmortizedGuide):
         activation: str | nn.Module = "relu",
         encoder: nn.Module | None = None,
         min_scale: float = 1e-5,
+        *,
+        input_transform: str | None = None,
+        latent_library: bool = False,
     ) -> None:
         super().__init__()
-        self._set_encoder(x_dim, z_dim, 2 * int(z_dim), hidden, activation, encoder)
+        self._set_encoder(x_dim, z_dim, 2 * int(z_dim), hidden, activation, encoder, input_transform, latent_library)
         self.min_scale = float(min_scale)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:

@@ -21,11 +21,14 @@ class _SphericalGuide(AmortizedGuide):
         hidden: Sequence[int] = (400,),
         activation: str | nn.Module = "relu",
         encoder: nn.Module | None = None,
+        *,
+        input_transform: str | None = None,
+        latent_library: bool = False,
     ) -> None:
         super().__init__()
         if z_dim < 2:
             raise ValueError(f"z_dim is the ambient dimension m >= 2 of the latent sphere, got {z_dim}")
-        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder)
+        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder, input_transform, latent_library)
 
     def encode(self, x: torch.Tensor):
         raw_loc, raw_concentration = self.encoder(x).split([self.z_dim, 1], dim=-1)

@@ -58,9 +58,25 @@ class VAE(nn.Module):
         zeros = self._device_anchor.new_zeros(self.latent_size)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
-    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """p(x | z) for latents ``(..., latent_size)``; take ``.mean`` for reconstructions."""
-        return self.likelihood(self.decoder(z))
+    def decode(self, z: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """p(x | z) for latents ``(..., latent_size)``; take ``.mean`` for reconstructions.
+
+        :param library: the cells' library sizes ``(...)``, for count likelihoods that scale by one.
+        """
+        outputs = self.decoder(z)
+        if self.likelihood.needs_library:
+            return self.likelihood(outputs, library)
+        return self.likelihood(outputs)
+
+    def library(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The library size of each datum, inside the ``"data"`` plate: the observed total count, a draw of the
+        latent ``"library"`` site, or None when the likelihood uses none."""
+        mode = self.likelihood.library
+        if mode == "observed":
+            return x.sum(-1)
+        if mode == "latent":
+            return pyro.sample("library", self.likelihood.library_prior())
+        return None
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise a ValueError when ``x`` has the wrong shape or lies outside the likelihood's support."""
@@ -78,16 +94,33 @@ class VAE(nn.Module):
             )
         with pyro.plate("data", x.shape[-2]):
             z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.decode(z), obs=x)
+            pyro.sample("x", self.decode(z, self.library(x)), obs=x)
+
+    def _generation_library(self, num_samples: int, library) -> torch.Tensor | None:
+        mode = self.likelihood.library
+        if mode == "latent" and library is None:
+            return self.likelihood.library_prior().sample((num_samples,))
+        if mode == "none":
+            return None
+        if library is None:
+            raise ValueError(
+                "this model's likelihood scales by the observed library size; pass library= (a total count, or "
+                "one per sample) to sample()"
+            )
+        return torch.as_tensor(library, dtype=self._device_anchor.dtype, device=self._device_anchor.device).expand(
+            num_samples
+        )
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = False, return_latents: bool = False):
+    def sample(self, num_samples: int, mean: bool = False, return_latents: bool = False, library=None):
         """Generate ``num_samples`` data from the prior: ``z ~ p(z)``, ``x ~ p(x | z)``.
 
         :param bool mean: return the decoder's mean E[x | z] instead of a draw (what one usually plots).
         :param bool return_latents: also return the latents ``z``.
+        :param library: for count likelihoods with an observed library size, the total count of the
+            generated cells (a number or one per sample); a latent library is drawn from its prior.
         """
         z = self.prior().sample((num_samples,))
-        likelihood = self.decode(z)
+        likelihood = self.decode(z, self._generation_library(num_samples, library))
         x = likelihood.mean if mean else likelihood.sample()
         return (x, z) if return_latents else x

@@ -1,8 +1,17 @@
-"""Distributions on the unit sphere: von Mises-Fisher, Power Spherical, and the uniform prior."""
+"""Distributions on the unit sphere (von Mises-Fisher, Power Spherical, the uniform prior) and for counts
+(the negative binomial by mean and inverse dispersion, and its zero-inflated form)."""
 
 from pyrovae.distributions.kl import kl_to_uniform
+from pyrovae.distributions.negative_binomial import NegativeBinomial, ZeroInflatedNegativeBinomial
 from pyrovae.distributions.power_spherical import PowerSpherical
 from pyrovae.distributions.uniform import HypersphericalUniform
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
 
-__all__ = ["HypersphericalUniform", "PowerSpherical", "VonMisesFisher", "kl_to_uniform"]
+__all__ = [
+    "HypersphericalUniform",
+    "NegativeBinomial",
+    "PowerSpherical",
+    "VonMisesFisher",
+    "ZeroInflatedNegativeBinomial",
+    "kl_to_uniform",
+]

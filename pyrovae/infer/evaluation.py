@@ -13,20 +13,33 @@ from pyrovae.infer.data import BatchSource
 
 
 def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-sample estimates, summed over the batch, of E_q[log p(x | z)] and KL(q(z | x) || p(z))."""
-    guide_trace = poutine.trace(guide).get_trace(x)
+    """One-sample estimates, summed over the batch, of E_q[log p(x | z)] and KL(q(z | x) || p(z)).
+
+    Guide sites marked ``infer={"enumerate": "parallel"}`` (the GMVAE's y) are summed over exactly: every
+    term is weighted by the guide's probability of the enumerated values, and their own KL term counts.
+    """
+    with poutine.enum(first_available_dim=-2):  # pyrovae models use one plate
+        guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    log_weight = x.new_zeros(())  # log q(enumerated values | x), broadcast over the enumerated dimensions
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None:
+            log_weight = log_weight + site["fn"].log_prob(site["value"])
+    weight = log_weight.exp()
+
+    def expected(term: torch.Tensor) -> torch.Tensor:
+        return (weight * term).sum() if weight.dim() else term.sum()
+
     reconstruction = x.new_zeros(())
     kl = x.new_zeros(())
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
-            reconstruction = reconstruction + site["fn"].log_prob(site["value"]).sum()
+            reconstruction = reconstruction + expected(site["fn"].log_prob(site["value"]))
         else:
-            kl = kl - site["fn"].log_prob(site["value"]).sum()
             guide_site = guide_trace.nodes[name]
-            kl = kl + guide_site["fn"].log_prob(guide_site["value"]).sum()
+            kl = kl + expected(guide_site["fn"].log_prob(guide_site["value"]) - site["fn"].log_prob(site["value"]))
     return reconstruction, kl
 
 

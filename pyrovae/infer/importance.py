@@ -39,8 +39,9 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -
     return max(dims, default=1)
 
 
-def _per_datum(site: dict, num_samples: int, batch_size: int, max_plate_nesting: int) -> torch.Tensor:
-    """Sum a site's log-density over every dimension but the samples and the data plate -> (S, B)."""
+def _per_datum(site: dict, max_plate_nesting: int) -> torch.Tensor:
+    """A site's log-density summed over every plate but the samples and the data plate: ``(*enum, S|1, B|1)``,
+    with enumerated values (if any) in the leading dimensions."""
     frame = _data_frame(site)
     if frame is None:
         raise ValueError(
@@ -48,13 +49,11 @@ def _per_datum(site: dict, num_samples: int, batch_size: int, max_plate_nesting:
             f"needs every latent and observed site inside the {DATA_PLATE!r} plate (the model/guide contract)"
         )
     log_prob = site["log_prob"]
-    width = max_plate_nesting + 1
-    log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
-    data_dim = width + frame.dim  # position of the data plate among the kept dimensions
-    other = [d for d in range(1, width) if d != data_dim]
-    if other:
-        log_prob = log_prob.sum(other, keepdim=True)
-    return log_prob.reshape(log_prob.shape[0], -1).expand(num_samples, batch_size)
+    width = max_plate_nesting + 1  # the samples plate and the model's plates
+    if log_prob.dim() < width:
+        log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
+    other = [d for d in range(-width + 1, 0) if d != frame.dim]
+    return log_prob.sum(other) if other else log_prob
 
 
 def log_importance_weights(
@@ -68,10 +67,17 @@ def log_importance_weights(
 
     The draws are vectorised in a plate left of the model's plates, so the model and guide must broadcast
     (every pyrovae model and guide does). Gradients flow when the guide is reparameterised.
+
+    Guide sites marked ``infer={"enumerate": "parallel"}`` (the GMVAE's component y) are summed out
+    exactly: every value y is scored with its own draw z_s^y ~ q(z | x, y), and
+
+        w[s, i] = sum_y p(x_i, y, z_s^y) / q(z_s^y | x_i, y),
+
+    an unbiased estimate of p(x_i) for each s (a stratified estimator in which q(y | x) cancels).
     """
     batch_size = x.shape[0]
     samples_plate = pyro.plate(_SAMPLES_PLATE, num_samples, dim=-(max_plate_nesting + 1))
-    with samples_plate:
+    with samples_plate, poutine.enum(first_available_dim=-(max_plate_nesting + 2)):
         guide_trace = poutine.trace(guide).get_trace(x)
     with samples_plate:
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
@@ -80,18 +86,20 @@ def log_importance_weights(
     log_weights = x.new_zeros(num_samples, batch_size)
     observed = False
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
+        for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
-            if sign < 0 and site["is_observed"]:
-                continue
-            if site["infer"].get("enumerate"):
+            if sign < 0 and (site["is_observed"] or site["infer"].get("_enumerate_dim") is not None):
+                continue  # q(y | x) of an enumerated site drops out of the stratified weights
+            if sign > 0 and site["infer"].get("enumerate") and name not in guide_trace.nodes:
                 raise NotImplementedError(
-                    f"site {site['name']!r} is enumerated; importance sampling sums enumerated sites through "
-                    "the enumerated estimator (pass a model/guide pair without enumeration here)"
+                    f"the model enumerates site {name!r}, which the guide does not sample; importance sampling "
+                    "sums enumerated sites of the guide only (enumerate it in the guide, as GMVAEGuide does)"
                 )
             observed |= bool(site["is_observed"])
-            log_weights = log_weights + sign * _per_datum(site, num_samples, batch_size, max_plate_nesting)
+            log_weights = log_weights + sign * _per_datum(site, max_plate_nesting)
     if not observed:
         raise ValueError("the model has no observed site; call it with the data so that p(x | z) is scored")
+    if log_weights.dim() > 2:  # enumerated values in the leading dimensions: sum them out exactly
+        log_weights = log_weights.reshape(-1, num_samples, batch_size).logsumexp(0)
     return log_weights

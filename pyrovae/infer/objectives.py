@@ -24,7 +24,7 @@ from torch import nn
 
 from pyrovae.infer.importance import DATA_PLATE, log_importance_weights
 
-ELBO_NAMES = ("trace", "jit", "enum", "jit_enum", "meanfield", "iwae")
+ELBO_NAMES = ("auto", "trace", "jit", "enum", "jit_enum", "meanfield", "iwae")
 
 
 class ObjectiveScale(Messenger):
@@ -98,6 +98,7 @@ def make_objective(
 ) -> tuple[nn.Module, str]:
     """The objective module for ``elbo`` (a name from :data:`ELBO_NAMES` or a Pyro ELBO instance) and its name.
 
+    ``"auto"``: ``"enum"`` for guides that enumerate a discrete site (``guide.enumerates``), else ``"trace"``;
     ``"trace"``: :class:`~pyro.infer.Trace_ELBO`; ``"jit"``: its traced form; ``"enum"`` and ``"jit_enum"``:
     :class:`~pyro.infer.TraceEnum_ELBO` for enumerated discrete latents (sites marked
     ``infer={"enumerate": "parallel"}``); ``"meanfield"``: :class:`~pyro.infer.TraceMeanField_ELBO`
@@ -111,6 +112,8 @@ def make_objective(
     jit = False
     if isinstance(elbo, str):
         name = elbo
+        if name == "auto":
+            name = "enum" if getattr(guide, "enumerates", False) else "trace"
         if name == "iwae":
             if num_particles < 2:
                 raise ValueError("the iwae objective needs num_particles >= 2 (it equals the ELBO for 1)")

@@ -124,7 +124,7 @@ def train(
     *,
     epochs: int = 10,
     batch_size: int = 128,
-    elbo="trace",
+    elbo="auto",
     num_particles: int = 1,
     optim=None,
     lr: float = 1e-3,
@@ -151,7 +151,8 @@ def train(
     :param data: a tensor ``(N, x_dim)``, :class:`~pyrovae.data.TensorData`, Dataset or DataLoader. The
         ``"data"`` plate is scaled by N / batch size, so the loss estimates the ELBO of the whole data set.
     :param int epochs: total epochs (a resumed run continues up to this number).
-    :param elbo: ``"trace"``, ``"jit"``, ``"enum"``, ``"jit_enum"``, ``"meanfield"``, ``"iwae"`` or a
+    :param elbo: ``"auto"`` (``"enum"`` for a guide that enumerates, such as the GMVAE's, else ``"trace"``),
+        ``"trace"``, ``"jit"``, ``"enum"``, ``"jit_enum"``, ``"meanfield"``, ``"iwae"`` or a
         pyro.infer ELBO instance (see :func:`~pyrovae.infer.objectives.make_objective`).
     :param int num_particles: samples per datum of the ELBO (vectorised), or of the IWAE bound.
     :param optim: ``None`` (Adam with ``lr``), a pyro.optim optimiser (``pyro.optim.Adam``, ``ClippedAdam``,

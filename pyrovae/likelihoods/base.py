@@ -26,6 +26,8 @@ class Likelihood(nn.Module):
     num_outputs: int = 1
     support: constraints.Constraint = constraints.real
     x_dim: int | None = None
+    needs_library: bool = False  # count likelihoods scale their mean by the cell's library size
+    library: str = "none"
 
     def setup(self, x_dim: int) -> None:
         """Bind the likelihood to ``x_dim`` features; create per-feature parameters here."""

@@ -1,0 +1,95 @@
+"""The GMVAE's inference side: q(y | x) enumerated, q(z | x, y) Gaussian."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyrovae.guides.base import AmortizedGuide
+from torch import nn
+
+from pyrovae.nn import make_activation
+
+
+class GMVAEGuide(AmortizedGuide):
+    """q(y, z | x) = q(y | x) q(z | x, y) for :class:`~pyrovae.models.GMVAE`.
+
+    An MLP trunk maps x to features f (the last hidden layer). q(y | x) is a softmax over components from
+    f; q(z | x, y) is a diagonal Gaussian from one more hidden layer over the concatenation [f, one-hot(y)]
+    (computed as ``W f + E[y]``, so the K components share the work on f). The site ``"y"`` is marked
+    ``infer={"enumerate": "parallel"}``: under ``TraceEnum_ELBO`` all K values are scored at once and the
+    ELBO sums over y exactly; under ``Trace_ELBO`` y is sampled instead (with a score-function gradient).
+
+    :param int num_components: K, as in the model.
+    :param hidden: hidden sizes of the trunk (at least one layer).
+    :param input_transform: ``"log1p"`` for count data.
+    :param bool latent_library: also sample ``"library"`` (for likelihoods with ``library="latent"``).
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        num_components: int,
+        hidden: Sequence[int] = (400,),
+        activation: str | nn.Module = "relu",
+        min_scale: float = 1e-5,
+        *,
+        input_transform: str | None = None,
+        latent_library: bool = False,
+    ) -> None:
+        super().__init__()
+        self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
+        hidden = list(hidden)
+        if not hidden:
+            raise ValueError("GMVAEGuide needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
+        width = hidden[-1]
+        self._set_encoder(x_dim, z_dim, width, hidden[:-1], activation, None, input_transform, latent_library)
+        self.num_components = int(num_components)
+        self.activation = make_activation(activation)
+        self.y_head = nn.Linear(width, self.num_components)
+        self.z_hidden = nn.Linear(width, width)
+        self.y_embedding = nn.Parameter(0.1 * torch.randn(self.num_components, width))
+        self.z_head = nn.Linear(width, 2 * self.z_dim)
+        self.min_scale = float(min_scale)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's features f, ``(batch, width)``."""
+        return self.activation(self.encoder(x))
+
+    def component_posterior(self, x: torch.Tensor, features: torch.Tensor | None = None) -> dist.Categorical:
+        """q(y | x), batch shape ``(batch,)``."""
+        f = self.features(x) if features is None else features
+        return dist.Categorical(logits=self.y_head(f))
+
+    def latent_posterior(self, features: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
+        """q(z | x, y) from the trunk's features and components ``y`` (broadcast: enumerated values work)."""
+        hidden = self.activation(self.z_hidden(features) + self.y_embedding[y])  # (..., batch, width)
+        loc, raw_scale = self.z_head(hidden).split(self.z_dim, dim=-1)
+        return dist.Normal(loc, nn.functional.softplus(raw_scale) + self.min_scale).to_event(1)
+
+    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """The marginal q(z | x) = sum_y q(y | x) q(z | x, y), a mixture with batch shape ``(batch,)``."""
+        f = self.features(x)
+        components = torch.arange(self.num_components, device=x.device).unsqueeze(-1)  # (K, 1)
+        posterior = self.latent_posterior(f, components)  # batch (K, batch)
+        loc = posterior.base_dist.loc.movedim(0, -2)  # (batch, K, z_dim)
+        scale = posterior.base_dist.scale.movedim(0, -2)
+        return dist.MixtureSameFamily(self.component_posterior(x, f), dist.Normal(loc, scale).to_event(1))
+
+    @torch.no_grad()
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable component argmax_y q(y | x) of each datum: the GMVAE's clustering."""
+        return self.component_posterior(x).probs.argmax(-1)
+
+    def forward(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.x_dim:
+            raise ValueError(f"GMVAEGuide expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+        with pyro.plate("data", x.shape[-2]):
+            f = self.features(x)
+            y = pyro.sample("y", self.component_posterior(x, f), infer={"enumerate": "parallel"})
+            pyro.sample("z", self.latent_posterior(f, y))
+            if self.library_encoder is not None:
+                pyro.sample("library", self.encode_library(x))

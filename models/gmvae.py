@@ -1,0 +1,87 @@
+"""The Gaussian-mixture VAE: a categorical component y, p(z | y) Gaussian, p(x | z) any likelihood.
+
+As in scVAE (Gronbech et al., Bioinformatics 2020) and Dilokthanakul et al. (2016)::
+
+    y ~ Categorical(pi)              (uniform, or learned weights)
+    z | y ~ N(mu_y, diag sigma_y^2)  (learned per component)
+    x | z ~ likelihood(decoder(z))
+
+Paired with :class:`~pyrovae.guides.GMVAEGuide`, whose q(y | x) is enumerated in parallel, so that
+``TraceEnum_ELBO`` (``train(..., elbo="enum")``) sums the component out exactly instead of sampling it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyrovae.likelihoods import Likelihood
+from pyrovae.models.vae import VAE
+
+
+class GMVAE(VAE):
+    """A :class:`VAE` whose prior is a mixture of ``num_components`` learned diagonal Gaussians.
+
+    Sites, all in ``pyro.plate("data")``: ``"y"`` (the component), ``"z"`` and ``"x"`` (and ``"library"``
+    for a latent library size). :meth:`prior` is the marginal mixture p(z), used by :meth:`sample`.
+
+    :param int num_components: K, the number of mixture components (clusters).
+    :param bool learn_weights: learn the mixture weights pi (default: uniform and fixed).
+    :param float init_spread: standard deviation of the random initial component means.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        num_components: int,
+        hidden: Sequence[int] = (400,),
+        likelihood: str | Likelihood = "bernoulli",
+        activation: str | nn.Module = "relu",
+        decoder: nn.Module | None = None,
+        learn_weights: bool = False,
+        init_spread: float = 1.0,
+    ) -> None:
+        super().__init__(x_dim, z_dim, hidden, likelihood, activation, decoder)
+        if num_components < 1:
+            raise ValueError(f"num_components must be at least 1, got {num_components}")
+        self.num_components = int(num_components)
+        self.component_locs = nn.Parameter(init_spread * torch.randn(self.num_components, self.z_dim))
+        # softplus(raw) = 1 at initialisation
+        self.component_raw_scales = nn.Parameter(torch.full((self.num_components, self.z_dim), math.log(math.e - 1)))
+        logits = torch.zeros(self.num_components)
+        if learn_weights:
+            self.component_logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("component_logits", logits)
+
+    @property
+    def component_scales(self) -> torch.Tensor:
+        """sigma_y, (num_components, z_dim)."""
+        return nn.functional.softplus(self.component_raw_scales) + 1e-4
+
+    def component_prior(self) -> dist.Categorical:
+        """p(y)."""
+        return dist.Categorical(logits=self.component_logits)
+
+    def component(self, y: torch.Tensor) -> dist.TorchDistribution:
+        """p(z | y) for component indices ``y`` of any shape (enumerated ones included)."""
+        return dist.Normal(self.component_locs[y], self.component_scales[y]).to_event(1)
+
+    def prior(self) -> dist.TorchDistribution:
+        """The marginal p(z) = sum_y p(y) N(z | mu_y, sigma_y^2), a mixture with event shape ``(z_dim,)``."""
+        components = dist.Normal(self.component_locs, self.component_scales).to_event(1)
+        return dist.MixtureSameFamily(self.component_prior(), components)
+
+    def forward(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.x_dim:
+            raise ValueError(f"GMVAE expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+        with pyro.plate("data", x.shape[-2]):
+            y = pyro.sample("y", self.component_prior())
+            z = pyro.sample("z", self.component(y))
+            pyro.sample("x", self.decode(z, self.library(x)), obs=x)

@@ -1,0 +1,131 @@
+"""The negative binomial by mean and inverse dispersion, with a log-density that stays exact as NB -> Poisson.
+
+    NB(x | mu, theta) = Gamma(x + theta) / (Gamma(theta) x!) (theta / (theta + mu))^theta (mu / (theta + mu))^x
+
+with mean ``mu`` and variance ``mu + mu^2 / theta`` (Hilbe 2011; the parameterisation of scVI and scVAE).
+Written through ``lgamma`` as usual, ``lgamma(x + theta) - lgamma(theta)`` cancels two numbers of size
+``theta log theta``: at theta = 1e8 in float32 that loses about 100 nats. Here the difference is taken
+analytically,
+
+    lgamma(x + theta) - lgamma(theta) - x log theta
+        = theta (log1p(u) - u) + (x - 1/2) log1p(u) + s(theta + x) - s(theta),   u = x / theta,
+
+with s the Stirling remainder of log Gamma, for theta >= 10 (direct lgamma below), so that every term is of
+the size of the answer. The rest of the density is ``x log mu - (x + theta) log1p(mu / theta) - log x!``,
+which tends to the Poisson log-density as theta grows.
+
+In float64 the result is within 1e-10 (relative) of a 50-digit reference over theta in [1e-3, 1e8], means in
+[1e-8, 1e6] and counts up to 1e6. In float32 each term keeps 7 digits, so near the mean of a large count the
+absolute error grows like eps * x log x (1e-4 nats at x = 1e3, about 1 nat at x = 1e6): use float64 there.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.util import broadcast_shape
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all
+
+_STIRLING_FROM = 10.0  # the 3-term Stirling remainder is accurate to 1e-10 from here
+
+
+def _stirling_remainder(y: torch.Tensor) -> torch.Tensor:
+    """s(y) = log Gamma(y) - [(y - 1/2) log y - y + log(2 pi) / 2] ~ 1/(12y) - 1/(360y^3) + 1/(1260y^5)."""
+    inv = y.reciprocal()
+    inv2 = inv * inv
+    return inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 / 1260))
+
+
+def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``lgamma(x + theta) - lgamma(theta) - x log(theta)`` without cancellation for large ``theta``."""
+    large = theta >= _STIRLING_FROM
+    safe = torch.where(large, theta, torch.full_like(theta, _STIRLING_FROM))
+    u = x / safe
+    log1p_u = torch.log1p(u)
+    series = safe * (log1p_u - u) + (x - 0.5) * log1p_u + _stirling_remainder(safe + x) - _stirling_remainder(safe)
+    small = torch.where(large, torch.ones_like(theta), theta)
+    direct = torch.lgamma(x + small) - torch.lgamma(small) - x * torch.log(small)
+    return torch.where(large, series, direct)
+
+
+def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
+    """log NB(x | mean, inverse dispersion), elementwise, stable for theta up to 1e8+ and mean down to 0."""
+    theta = inverse_dispersion
+    return (
+        log_gamma_ratio(x, theta)
+        + torch.xlogy(x, mean)
+        - (x + theta) * torch.log1p(mean / theta)
+        - torch.lgamma(x + 1.0)
+    )
+
+
+class NegativeBinomial(dist.NegativeBinomial):
+    """A negative binomial parameterised by ``mean`` mu > 0 and ``inverse_dispersion`` theta > 0.
+
+    It is Pyro's (torch's) ``NegativeBinomial(total_count=theta, logits=log mu - log theta)``, so sampling,
+    ``mean`` and ``variance`` are theirs; only :meth:`log_prob` is replaced by the cancellation-free form
+    of this module. As theta -> infinity it becomes ``Poisson(mu)``, to float precision.
+
+    :param torch.Tensor mean: the mean mu.
+    :param torch.Tensor inverse_dispersion: theta; the variance is mu + mu^2 / theta.
+    """
+
+    arg_constraints = {"mu": constraints.nonnegative, "theta": constraints.positive}
+
+    def __init__(self, mean: torch.Tensor, inverse_dispersion: torch.Tensor, validate_args=None) -> None:
+        self.mu, self.theta = broadcast_all(mean, inverse_dispersion)
+        tiny = torch.finfo(self.mu.dtype).tiny
+        logits = self.mu.clamp(min=tiny).log() - self.theta.log()
+        super().__init__(total_count=self.theta, logits=logits, validate_args=validate_args)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.mu + self.mu.square() / self.theta
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return type(self)(self.mu.expand(batch_shape), self.theta.expand(batch_shape), validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return nb_log_prob(value, self.mu, self.theta)
+
+
+class ZeroInflatedNegativeBinomial(dist.ZeroInflatedDistribution):
+    """Pyro's zero-inflated distribution over :class:`NegativeBinomial`: with probability ``sigmoid(gate_logits)``
+    an extra zero, otherwise NB(mean, inverse dispersion). The gate is given as logits, which keeps
+    ``log_prob`` exact for gates near 0 and 1.
+    """
+
+    arg_constraints = {"mu": constraints.nonnegative, "theta": constraints.positive, "gate_logits": constraints.real}
+
+    def __init__(self, mean, inverse_dispersion, gate_logits, validate_args=None) -> None:
+        base = NegativeBinomial(mean, inverse_dispersion, validate_args=False)
+        shape = broadcast_shape(base.batch_shape, gate_logits.shape)
+        super().__init__(base.expand(shape), gate_logits=gate_logits.expand(shape), validate_args=validate_args)
+
+    @property
+    def mu(self) -> torch.Tensor:
+        return self.base_dist.mu
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.base_dist.theta
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return type(self)(
+            self.mu.expand(batch_shape),
+            self.theta.expand(batch_shape),
+            self.gate_logits.expand(batch_shape),
+            validate_args=False,
+        )
+
+
+__all__ = ["NegativeBinomial", "ZeroInflatedNegativeBinomial", "log_gamma_ratio", "nb_log_prob"]
