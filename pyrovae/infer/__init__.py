@@ -1,6 +1,7 @@
 """Training and evaluation: SVI, importance-sampled log-likelihood, PSIS diagnostics, checkpoints."""
 
 from pyrovae.infer.checkpoint import load_checkpoint, save_checkpoint
+from pyrovae.infer.clustering import clustering_scores, kmeans_clusters
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.evaluation import elbo_terms, evaluate
 from pyrovae.infer.history import History
@@ -17,8 +18,10 @@ __all__ = [
     "ObjectiveScale",
     "TrainingDiverged",
     "check_model_guide",
+    "clustering_scores",
     "elbo_terms",
     "evaluate",
+    "kmeans_clusters",
     "load_checkpoint",
     "log_importance_weights",
     "log_likelihood",
