@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyrovae.models.vae import VAE
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood
-from pyrovae.models.vae import VAE
 
 
 class GMVAE(VAE):

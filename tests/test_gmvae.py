@@ -9,13 +9,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyrovae.guides import GMVAEGuide
+from pyrovae.models import GMVAE
 from scipy import stats
 
-from pyrovae.guides import GMVAEGuide
 from pyrovae.infer import evaluate, log_likelihood, train
 from pyrovae.infer.data import as_batches
 from pyrovae.likelihoods import Gaussian
-from pyrovae.models import GMVAE
 
 K, Z, D = 3, 2, 4
 

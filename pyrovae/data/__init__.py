@@ -1,5 +1,7 @@
-"""Data: IDX images (MNIST, Fashion-MNIST), scikit-learn digits, the notebooks' synthetic sets."""
+"""Data: IDX images (MNIST, Fashion-MNIST), scikit-learn digits, the notebooks' synthetic sets, and single-cell
+counts (10x mtx and h5, scDeepCluster HDF5, CSV, AnnData) kept sparse on the host."""
 
+from pyrovae.data.count_data import CountData, add_results
 from pyrovae.data.idx import IDXError, parse_idx, read_idx
 from pyrovae.data.mnist import (
     FASHION_CLASSES,
@@ -10,10 +12,32 @@ from pyrovae.data.mnist import (
     load_mnist,
 )
 from pyrovae.data.paths import cache_dir, data_roots, find_dataset
+from pyrovae.data.single_cell import (
+    SHARED_SETS,
+    CountFileError,
+    from_anndata,
+    load_count_dataset,
+    read_10x_h5,
+    read_10x_mtx,
+    read_count_csv,
+    read_h5ad,
+    read_scdeepcluster_h5,
+)
 from pyrovae.data.synthetic import circle_clusters, gaussian_mixture_1d, gaussian_mixture_1d_log_density, two_groups
 from pyrovae.data.tensor_data import TensorData, check_finite
 
 __all__ = [
+    "SHARED_SETS",
+    "CountData",
+    "CountFileError",
+    "add_results",
+    "from_anndata",
+    "load_count_dataset",
+    "read_10x_h5",
+    "read_10x_mtx",
+    "read_count_csv",
+    "read_h5ad",
+    "read_scdeepcluster_h5",
     "FASHION_CLASSES",
     "IDXError",
     "TensorData",

@@ -3,6 +3,7 @@
 
 from pyrovae.distributions.kl import kl_to_uniform
 from pyrovae.distributions.negative_binomial import NegativeBinomial, ZeroInflatedNegativeBinomial
+from pyrovae.distributions.poisson import Poisson, ZeroInflatedPoisson
 from pyrovae.distributions.power_spherical import PowerSpherical
 from pyrovae.distributions.uniform import HypersphericalUniform
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
@@ -10,8 +11,10 @@ from pyrovae.distributions.von_mises_fisher import VonMisesFisher
 __all__ = [
     "HypersphericalUniform",
     "NegativeBinomial",
+    "Poisson",
     "PowerSpherical",
     "VonMisesFisher",
     "ZeroInflatedNegativeBinomial",
+    "ZeroInflatedPoisson",
     "kl_to_uniform",
 ]

@@ -25,7 +25,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.util import broadcast_shape
 from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all
+from torch.distributions.utils import lazy_property
 
 _STIRLING_FROM = 10.0  # the 3-term Stirling remainder is accurate to 1e-10 from here
 
@@ -49,15 +49,31 @@ def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return torch.where(large, series, direct)
 
 
+def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """log NB(k | mu, theta) for counts k > 0 (1-D, float64)."""
+    return log_gamma_ratio(k, theta) + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta) - torch.lgamma(k + 1.0)
+
+
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
-    """log NB(x | mean, inverse dispersion), elementwise, stable for theta up to 1e8+ and mean down to 0."""
+    """log NB(x | mean, inverse dispersion), elementwise (broadcast), stable for theta up to 1e8+ and mean down to 0.
+
+    Single-cell counts are mostly zeros, and ``log NB(0 | mu, theta) = -theta log1p(mu / theta)`` needs no
+    Gamma function. The other terms are computed only at the non-zero counts, gathered, and in float64, so
+    that a float32 model keeps every digit float32 can hold even for counts of 1e6.
+    """
     theta = inverse_dispersion
-    return (
-        log_gamma_ratio(x, theta)
-        + torch.xlogy(x, mean)
-        - (x + theta) * torch.log1p(mean / theta)
-        - torch.lgamma(x + 1.0)
-    )
+    if x.dim() == 0 and mean.dim() == 0 and theta.dim() == 0:
+        return nb_log_prob(x.reshape(1), mean.reshape(1), theta.reshape(1)).reshape(())
+    log_prob = torch.log1p(mean / theta).mul(theta).neg_()  # log p(0), the answer wherever x == 0
+    shape = log_prob.shape
+    if log_prob.shape != x.shape:
+        log_prob = log_prob.expand(torch.broadcast_shapes(shape, x.shape)).contiguous()
+        shape = log_prob.shape
+    index = (x != 0).expand(shape).nonzero(as_tuple=True)
+    if index[0].numel() == 0:
+        return log_prob
+    k, mu, t = (tensor.expand(shape)[index].double() for tensor in (x, mean, theta))  # gathers, no full copies
+    return log_prob.index_put_(index, _nonzero_log_prob(k, mu, t).to(log_prob.dtype))
 
 
 class NegativeBinomial(dist.NegativeBinomial):
@@ -65,7 +81,8 @@ class NegativeBinomial(dist.NegativeBinomial):
 
     It is Pyro's (torch's) ``NegativeBinomial(total_count=theta, logits=log mu - log theta)``, so sampling,
     ``mean`` and ``variance`` are theirs; only :meth:`log_prob` is replaced by the cancellation-free form
-    of this module. As theta -> infinity it becomes ``Poisson(mu)``, to float precision.
+    of this module. As theta -> infinity it becomes ``Poisson(mu)``, to float precision. ``inverse_dispersion``
+    may have fewer dimensions than ``mean`` (one per gene): it is broadcast, never copied.
 
     :param torch.Tensor mean: the mean mu.
     :param torch.Tensor inverse_dispersion: theta; the variance is mu + mu^2 / theta.
@@ -74,18 +91,35 @@ class NegativeBinomial(dist.NegativeBinomial):
     arg_constraints = {"mu": constraints.nonnegative, "theta": constraints.positive}
 
     def __init__(self, mean: torch.Tensor, inverse_dispersion: torch.Tensor, validate_args=None) -> None:
-        self.mu, self.theta = broadcast_all(mean, inverse_dispersion)
+        self.mu, self.theta = mean, inverse_dispersion
+        self.total_count = inverse_dispersion  # torch's name, for its sampler
+        batch_shape = torch.broadcast_shapes(mean.shape, inverse_dispersion.shape)
+        dist.TorchDistribution.__init__(self, batch_shape, validate_args=validate_args)
+
+    @lazy_property
+    def logits(self) -> torch.Tensor:
         tiny = torch.finfo(self.mu.dtype).tiny
-        logits = self.mu.clamp(min=tiny).log() - self.theta.log()
-        super().__init__(total_count=self.theta, logits=logits, validate_args=validate_args)
+        return (self.mu.clamp(min=tiny).log() - self.theta.log()).expand(self.batch_shape)
+
+    @property
+    def _param(self) -> torch.Tensor:
+        return self.logits
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.mu
+        return self.mu.expand(self.batch_shape)
 
     @property
     def variance(self) -> torch.Tensor:
-        return self.mu + self.mu.square() / self.theta
+        return (self.mu + self.mu.square() / self.theta).expand(self.batch_shape)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            rate = torch.distributions.Gamma(
+                self.theta.expand(self.batch_shape), (self.theta / self.mu.clamp(min=torch.finfo(self.mu.dtype).tiny))
+                .expand(self.batch_shape)
+            ).sample(sample_shape)
+            return torch.poisson(rate)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
@@ -99,7 +133,7 @@ class NegativeBinomial(dist.NegativeBinomial):
 
 class ZeroInflatedNegativeBinomial(dist.ZeroInflatedDistribution):
     """Pyro's zero-inflated distribution over :class:`NegativeBinomial`: with probability ``sigmoid(gate_logits)``
-    an extra zero, otherwise NB(mean, inverse dispersion). The gate is given as logits, which keeps
+    an extra zero, otherwise NB(mean, inverse dispersion). The gate is given as logits, which keeps Pyro's
     ``log_prob`` exact for gates near 0 and 1.
     """
 
@@ -108,7 +142,8 @@ class ZeroInflatedNegativeBinomial(dist.ZeroInflatedDistribution):
     def __init__(self, mean, inverse_dispersion, gate_logits, validate_args=None) -> None:
         base = NegativeBinomial(mean, inverse_dispersion, validate_args=False)
         shape = broadcast_shape(base.batch_shape, gate_logits.shape)
-        super().__init__(base.expand(shape), gate_logits=gate_logits.expand(shape), validate_args=validate_args)
+        base = base if base.batch_shape == shape else base.expand(shape)
+        super().__init__(base, gate_logits=gate_logits.expand(shape), validate_args=validate_args)
 
     @property
     def mu(self) -> torch.Tensor:

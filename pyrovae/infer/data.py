@@ -29,6 +29,12 @@ def data_device(data) -> torch.device | None:
     return None
 
 
+def _index_batched(data) -> bool:
+    """In-memory sources batched by index: TensorData, and sparse sources such as CountData (``batch(indices,
+    device)`` returns the dense rows on the device)."""
+    return isinstance(data, TensorData) or (callable(getattr(data, "batch", None)) and hasattr(data, "__len__"))
+
+
 def _first(item):
     return item[0] if isinstance(item, (tuple, list)) else item
 
@@ -74,6 +80,11 @@ class BatchSource:
                 self._checked = True
             self.num_data = len(data)
             self._loader = None
+        elif _index_batched(data):
+            if len(data) == 0:
+                raise ValueError(f"{name} is empty")
+            self.num_data = len(data)
+            self._loader = None  # values were validated by the source; the model checks the first batch
         elif isinstance(data, DataLoader):
             self._loader = data
             self.num_data = len(data.dataset) if hasattr(data.dataset, "__len__") else None
@@ -84,7 +95,7 @@ class BatchSource:
             self.num_data = len(data)
         else:
             raise TypeError(
-                f"{name} must be a tensor, numpy array, pyrovae.data.TensorData, Dataset or DataLoader, "
+                f"{name} must be a tensor, numpy array, pyrovae.data.TensorData or CountData, Dataset or DataLoader, "
                 f"got {type(data).__name__}"
             )
 

@@ -25,6 +25,8 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyrovae.distributions.negative_binomial import NegativeBinomial, ZeroInflatedNegativeBinomial
+from pyrovae.distributions.poisson import Poisson as PoissonDistribution
+from pyrovae.distributions.poisson import ZeroInflatedPoisson as ZeroInflatedPoissonDistribution
 from pyrovae.likelihoods.base import Likelihood, first_bad_index, register_likelihood
 
 LIBRARY_MODES = ("observed", "latent", "none")
@@ -147,7 +149,7 @@ class Poisson(CountLikelihood):
 
     def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
         (h,) = self.split(outputs)
-        return dist.Poisson(self.mean(h, library)).to_event(1)
+        return PoissonDistribution(self.mean(h, library)).to_event(1)
 
 
 @register_likelihood("constrained_poisson")
@@ -170,7 +172,7 @@ class ZeroInflatedPoisson(CountLikelihood):
 
     def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
         h, gate_logits = self.split(outputs)
-        return dist.ZeroInflatedPoisson(self.mean(h, library), gate_logits=gate_logits).to_event(1)
+        return ZeroInflatedPoissonDistribution(self.mean(h, library), gate_logits).to_event(1)
 
 
 @register_likelihood("nb")
@@ -180,7 +182,7 @@ class NegativeBinomialLikelihood(_Dispersion):
     def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
         h, raw_theta, _ = self.parts(outputs)
         mean = self.mean(h, library)
-        return NegativeBinomial(mean, self.inverse_dispersion(raw_theta).expand_as(mean)).to_event(1)
+        return NegativeBinomial(mean, self.inverse_dispersion(raw_theta)).to_event(1)
 
 
 @register_likelihood("zinb")
@@ -192,8 +194,7 @@ class ZeroInflatedNegativeBinomialLikelihood(_Dispersion):
     def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
         h, raw_theta, gate_logits = self.parts(outputs)
         mean = self.mean(h, library)
-        theta = self.inverse_dispersion(raw_theta).expand_as(mean)
-        return ZeroInflatedNegativeBinomial(mean, theta, gate_logits).to_event(1)
+        return ZeroInflatedNegativeBinomial(mean, self.inverse_dispersion(raw_theta), gate_logits).to_event(1)
 
 
 def _row_sums(counts) -> torch.Tensor:

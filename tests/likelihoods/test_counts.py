@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from pyrovae.guides import NormalGuide
+from pyrovae.models import VAE
 from scipy import stats
 
 from pyrovae.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 from pyrovae.distributions.negative_binomial import log_gamma_ratio
-from pyrovae.likelihoods import get_likelihood
-from pyrovae.models import VAE
-from pyrovae.guides import NormalGuide
 from pyrovae.infer import train
+from pyrovae.likelihoods import get_likelihood
 
 COUNTS = np.array([0, 1, 2, 5, 17, 100, 419, 10_000])
 
@@ -170,3 +170,15 @@ def test_latent_library_needs_a_guide_that_samples_it():
     unset = VAE(3, 2, [4], likelihood=get_likelihood("nb", 3, library="latent"))
     with pytest.raises(ValueError, match="fit_library_prior"):
         unset.sample(2)
+
+
+def test_sparse_poisson_log_prob_equals_torch_for_any_broadcast():
+    from pyrovae.distributions import Poisson
+
+    torch.manual_seed(3)
+    rate = torch.rand(4, 1, 6, dtype=torch.float64) * 3
+    x = torch.distributions.Poisson(torch.ones(5, 6)).sample().double()
+    expected = torch.distributions.Poisson(rate).log_prob(x)
+    assert torch.allclose(Poisson(rate).log_prob(x), expected)
+    assert torch.allclose(Poisson(torch.tensor(2.0)).log_prob(torch.tensor(3.0)), torch.tensor(2.0).log() * 3 - 2 - math.log(6))
+    assert torch.allclose(NegativeBinomial(rate, torch.tensor(1e16, dtype=torch.float64)).log_prob(x), expected)

@@ -1,0 +1,266 @@
+"""Readers of single-cell count files into :class:`~pyrovae.data.CountData` (cells x genes, sparse).
+
+10x Matrix Market folders, 10x Cell Ranger ``.h5`` (v2 and v3 layouts), scDeepCluster-style HDF5 (``X``,
+``Y``), CSV count tables (genes x cells) with a metadata table, and AnnData (``.h5ad`` or an object). Each
+reader names the file and the problem when it cannot read one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+
+from pyrovae.data.count_data import CountData
+from pyrovae.data.paths import find_dataset
+
+
+class CountFileError(ValueError):
+    """A single-cell file that cannot be read, or whose parts do not fit together."""
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _first_existing(folder: Path, names: list[str], what: str) -> Path:
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.exists():
+                return candidate
+    raise CountFileError(f"no {what} in {folder}: expected one of {names} (optionally .gz)")
+
+
+def _read_lines(path: Path) -> list[list[str]]:
+    with _open(path) as handle:
+        return [line.decode().rstrip("\n").split("\t") for line in handle if line.strip()]
+
+
+def read_10x_mtx(
+    folder: str | os.PathLike, metadata: str | os.PathLike | None = None, label_key: str | None = None
+) -> CountData:
+    """A 10x Matrix Market folder: ``matrix.mtx`` (genes x cells), ``genes.tsv``/``features.tsv`` and
+    ``barcodes.tsv``, each optionally gzipped; plus a cell table (``cell_metadata.csv`` in the folder, or
+    ``metadata``) joined on the barcode. ``label_key`` defaults to ``"cell_type"`` when that column exists.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CountFileError(f"{folder} is not a folder; read_10x_mtx expects a 10x matrix folder")
+    matrix_path = _first_existing(folder, ["matrix.mtx"], "matrix.mtx")
+    genes_path = _first_existing(folder, ["features.tsv", "genes.tsv"], "gene list (features.tsv or genes.tsv)")
+    barcodes_path = _first_existing(folder, ["barcodes.tsv"], "barcodes.tsv")
+    try:
+        with _open(matrix_path) as handle:
+            matrix = sp.csr_matrix(scipy.io.mmread(handle).T)  # the file is genes x cells
+    except (ValueError, OSError, EOFError) as error:
+        raise CountFileError(f"cannot read {matrix_path} as Matrix Market: {error}") from error
+    genes = _read_lines(genes_path)
+    barcodes = [row[0] for row in _read_lines(barcodes_path)]
+    if matrix.shape != (len(barcodes), len(genes)):
+        raise CountFileError(
+            f"{matrix_path} is {matrix.shape[1]} genes x {matrix.shape[0]} cells, but {genes_path.name} lists "
+            f"{len(genes)} genes and {barcodes_path.name} {len(barcodes)} barcodes"
+        )
+    # features.tsv: id, symbol, type; old genes.tsv: id, symbol, or symbol alone
+    symbols = [row[1] if len(row) > 1 else row[0] for row in genes]
+    var = pd.DataFrame({"gene_id": [row[0] for row in genes]}, index=pd.Index(symbols, name="gene"))
+    var.index = _unique(var.index)
+    obs = pd.DataFrame(index=pd.Index(barcodes, name="barcode"))
+    metadata = Path(metadata) if metadata is not None else folder / "cell_metadata.csv"
+    if metadata.exists():
+        obs = _join_metadata(obs, metadata)
+    if label_key is None and "cell_type" in obs.columns:
+        label_key = "cell_type"
+    return CountData(matrix, obs, var, label_key, name=folder.name)
+
+
+def _unique(index: pd.Index) -> pd.Index:
+    """Make duplicate gene symbols unique as scanpy does (``name``, ``name-1``, ...)."""
+    if index.is_unique:
+        return index
+    seen: dict[str, int] = {}
+    names = []
+    for name in index.astype(str):
+        count = seen.get(name, 0)
+        names.append(name if count == 0 else f"{name}-{count}")
+        seen[name] = count + 1
+    return pd.Index(names, name=index.name)
+
+
+def _join_metadata(obs: pd.DataFrame, path: Path, id_column: str | None = None) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, index_col=0 if id_column is None else id_column)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise CountFileError(f"cannot read the cell table {path}: {error}") from error
+    table.index = table.index.astype(str)
+    missing = obs.index.difference(table.index)
+    if len(missing):
+        raise CountFileError(
+            f"{len(missing)} cells of the matrix are not in {path} (first: {missing[:3].tolist()}); "
+            "the cell table must have one row per cell, indexed by the matrix's cell ids"
+        )
+    return obs.join(table)
+
+
+def read_10x_h5(path: str | os.PathLike, genome: str | None = None) -> CountData:
+    """A Cell Ranger ``.h5`` matrix: v3 (group ``matrix`` with ``features/``) or v2 (one group per genome)."""
+    import h5py
+
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise CountFileError(f"cannot open {path} as HDF5: {error}") from error
+    with handle:
+        if "matrix" in handle:
+            group = handle["matrix"]
+            names = [n.decode() for n in group["features/name"][:]]
+            ids = [n.decode() for n in group["features/id"][:]]
+        else:
+            genomes = list(handle)
+            if not genomes:
+                raise CountFileError(f"{path} holds no matrix group")
+            group = handle[genome or genomes[0]]
+            names = [n.decode() for n in group["gene_names"][:]]
+            ids = [n.decode() for n in group["genes"][:]]
+        num_genes, num_cells = (int(n) for n in group["shape"][:])
+        # the CSC matrix of genes x cells is the CSR matrix of cells x genes
+        matrix = sp.csr_matrix(
+            (group["data"][:], group["indices"][:], group["indptr"][:]), shape=(num_cells, num_genes)
+        )
+        barcodes = [b.decode() for b in group["barcodes"][:]]
+    if len(names) != num_genes or len(barcodes) != num_cells:
+        raise CountFileError(f"{path}: shape {num_genes} x {num_cells} but {len(names)} genes, {len(barcodes)} barcodes")
+    var = pd.DataFrame({"gene_id": ids}, index=_unique(pd.Index(names, name="gene")))
+    return CountData(matrix, pd.DataFrame(index=pd.Index(barcodes, name="barcode")), var, name=path.stem)
+
+
+def read_scdeepcluster_h5(path: str | os.PathLike) -> CountData:
+    """An scDeepCluster-style HDF5 file: ``X`` (cells x genes counts) and ``Y`` (integer cell types, maybe as
+    floats), labels in ``obs["cell_type"]``."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            if "X" not in handle:
+                raise CountFileError(f"{path} has no dataset 'X' (found {list(handle)})")
+            counts = handle["X"][:]
+            labels = handle["Y"][:] if "Y" in handle else None
+    except OSError as error:
+        raise CountFileError(f"cannot open {path} as HDF5: {error}") from error
+    obs = pd.DataFrame(index=pd.Index([f"cell_{i}" for i in range(counts.shape[0])], name="cell"))
+    if labels is not None:
+        if len(labels) != counts.shape[0]:
+            raise CountFileError(f"{path}: {len(labels)} labels in Y for {counts.shape[0]} cells in X")
+        if not np.all(labels == np.round(labels)):
+            raise CountFileError(f"{path}: Y holds non-integer labels")
+        obs["cell_type"] = pd.Categorical(labels.astype(np.int64))
+    return CountData(counts, obs, None, "cell_type" if labels is not None else None, name=path.stem)
+
+
+def read_count_csv(
+    counts: str | os.PathLike,
+    metadata: str | os.PathLike | None = None,
+    label_key: str | None = None,
+    drop_spike_ins: bool = True,
+) -> CountData:
+    """A CSV count table, genes x cells (first column: gene ids), optionally gzipped, with an optional cell
+    table (one row per cell, first column the cell id). ERCC spike-in rows are dropped (and reported) unless
+    ``drop_spike_ins=False``."""
+    counts = Path(counts)
+    try:
+        table = pd.read_csv(counts, index_col=0)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise CountFileError(f"cannot read the count table {counts}: {error}") from error
+    table.index = table.index.astype(str)
+    if drop_spike_ins:
+        spike = table.index.str.startswith("ERCC-")
+        if spike.any():
+            import warnings
+
+            warnings.warn(f"{counts.name}: dropped {int(spike.sum())} ERCC spike-in rows", stacklevel=2)
+            table = table.loc[~spike]
+    non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise CountFileError(f"{counts}: non-numeric values in the columns of cells {non_numeric[:3]}")
+    obs = pd.DataFrame(index=pd.Index(table.columns.astype(str), name="cell"))
+    if metadata is not None:
+        obs = _join_metadata(obs, Path(metadata))
+    var = pd.DataFrame(index=pd.Index(table.index, name="gene"))
+    name = counts.name.split(".")[0]
+    return CountData(sp.csr_matrix(table.to_numpy(dtype=np.float64).T), obs, var, label_key, name=name)
+
+
+def from_anndata(adata, layer: str | None = None, label_key: str | None = None) -> CountData:
+    """An AnnData's raw counts (``layer``, or ``X`` when None) with its ``obs`` and ``var``."""
+    if layer is not None and layer not in adata.layers:
+        raise ValueError(f"no layer {layer!r} in the AnnData (layers: {list(adata.layers)}); raw counts are needed")
+    matrix = adata.layers[layer] if layer is not None else adata.X
+    return CountData(matrix, adata.obs.copy(), adata.var.copy(), label_key, name=layer or "X")
+
+
+def read_h5ad(path: str | os.PathLike, layer: str | None = None, label_key: str | None = None) -> CountData:
+    """An ``.h5ad`` file through anndata; counts from ``layer`` or ``X``."""
+    import anndata
+
+    try:
+        adata = anndata.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as error:
+        raise CountFileError(f"cannot read {path} as h5ad: {error}") from error
+    return from_anndata(adata, layer, label_key)
+
+
+SHARED_SETS = {
+    "pbmc3k": "10x PBMC 3k (2,638 cells x 13,714 genes, 9 cell types; 10x mtx folder)",
+    "mouse_bladder": "scDeepCluster mouse bladder (2,100 cells x 20,670 genes, 16 types)",
+    "worm_neuron": "scDeepCluster worm neuron (4,186 cells x 13,488 genes, 10 types)",
+    "cellbench_celseq2": "CellBench CEL-seq2, 3 cell lines",
+    "cellbench_dropseq": "CellBench Drop-seq, 3 cell lines",
+}
+
+
+def load_count_dataset(name: str, data_dir: str | os.PathLike | None = None) -> CountData:
+    """One of the shared real data sets by name (:data:`SHARED_SETS`), from ``data_dir``, ``$PYROVAE_DATA`` or
+    ``../shared/data``."""
+    layout = {
+        "pbmc3k": ("pbmc3k", lambda folder: read_10x_mtx(folder)),
+        "mouse_bladder": ("scdeepcluster", lambda f: read_scdeepcluster_h5(f / "mouse_bladder_cell_select_2100.h5")),
+        "worm_neuron": ("scdeepcluster", lambda f: read_scdeepcluster_h5(f / "worm_neuron_cell.h5")),
+        "cellbench_celseq2": ("cellbench", lambda f: _cellbench(f, "sc_celseq2")),
+        "cellbench_dropseq": ("cellbench", lambda f: _cellbench(f, "sc_dropseq")),
+    }
+    if name not in layout:
+        raise ValueError(f"unknown data set {name!r}; expected one of {sorted(layout)}")
+    folder_name, reader = layout[name]
+    folder = find_dataset(folder_name, data_dir)
+    if folder is None:
+        raise FileNotFoundError(
+            f"data set {name!r} not found: put the {folder_name}/ folder of ../shared/data under --data-dir or "
+            "$PYROVAE_DATA (see ../shared/data/README.md for its layout)"
+        )
+    return reader(folder)
+
+
+def _cellbench(folder: Path, stem: str) -> CountData:
+    return read_count_csv(
+        folder / f"{stem}.count.csv.gz", folder / f"{stem}.metadata.csv.gz", label_key="cell_line_demuxlet"
+    )
+
+
+__all__ = [
+    "CountFileError",
+    "SHARED_SETS",
+    "from_anndata",
+    "load_count_dataset",
+    "read_10x_h5",
+    "read_10x_mtx",
+    "read_count_csv",
+    "read_h5ad",
+    "read_scdeepcluster_h5",
+]

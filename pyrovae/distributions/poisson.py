@@ -1,0 +1,52 @@
+"""The Poisson with a log-density computed sparsely: most single-cell counts are zero, and there
+``log Poisson(0 | rate) = -rate`` needs neither a logarithm nor a Gamma function."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+
+
+def poisson_log_prob(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """``x log(rate) - rate - log x!`` elementwise (broadcast), the last two terms only at non-zero ``x``."""
+    log_prob = -rate
+    shape = torch.broadcast_shapes(log_prob.shape, x.shape)
+    if shape != log_prob.shape or log_prob.dim() == 0:
+        log_prob = log_prob.expand(shape).reshape(shape if shape else (1,)).clone()
+    index = (x != 0).expand(shape).reshape(log_prob.shape).nonzero(as_tuple=True)
+    if index[0].numel():
+        k = x.expand(shape).reshape(log_prob.shape)[index]
+        r = rate.expand(shape).reshape(log_prob.shape)[index]
+        log_prob = log_prob.index_put(index, torch.xlogy(k, r) - r - torch.lgamma(k + 1.0))
+    return log_prob.reshape(shape)
+
+
+class Poisson(dist.Poisson):
+    """Pyro's Poisson whose :meth:`log_prob` skips the zero counts' logarithm and Gamma function (same values)."""
+
+    def expand(self, batch_shape, _instance=None):
+        return Poisson(self.rate.expand(batch_shape), validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return poisson_log_prob(value, self.rate)
+
+
+class ZeroInflatedPoisson(dist.ZeroInflatedDistribution):
+    """Pyro's zero-inflated distribution over :class:`Poisson`, the gate given as logits."""
+
+    def __init__(self, rate: torch.Tensor, gate_logits: torch.Tensor, validate_args=None) -> None:
+        shape = torch.broadcast_shapes(rate.shape, gate_logits.shape)
+        super().__init__(Poisson(rate.expand(shape)), gate_logits=gate_logits.expand(shape), validate_args=validate_args)
+
+    @property
+    def rate(self) -> torch.Tensor:
+        return self.base_dist.rate
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return ZeroInflatedPoisson(self.rate.expand(batch_shape), self.gate_logits.expand(batch_shape))
+
+
+__all__ = ["Poisson", "ZeroInflatedPoisson", "poisson_log_prob"]
