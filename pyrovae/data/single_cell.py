@@ -135,7 +135,9 @@ def read_10x_h5(path: str | os.PathLike, genome: str | None = None) -> CountData
         )
         barcodes = [b.decode() for b in group["barcodes"][:]]
     if len(names) != num_genes or len(barcodes) != num_cells:
-        raise CountFileError(f"{path}: shape {num_genes} x {num_cells} but {len(names)} genes, {len(barcodes)} barcodes")
+        raise CountFileError(
+            f"{path}: shape {num_genes} x {num_cells} but {len(names)} genes, {len(barcodes)} barcodes"
+        )
     var = pd.DataFrame({"gene_id": ids}, index=_unique(pd.Index(names, name="gene")))
     return CountData(matrix, pd.DataFrame(index=pd.Index(barcodes, name="barcode")), var, name=path.stem)
 

@@ -51,7 +51,8 @@ def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """log NB(k | mu, theta) for counts k > 0 (1-D, float64)."""
-    return log_gamma_ratio(k, theta) + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta) - torch.lgamma(k + 1.0)
+    log_prob = log_gamma_ratio(k, theta) + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
+    return log_prob - torch.lgamma(k + 1.0)
 
 
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
@@ -113,7 +114,7 @@ class NegativeBinomial(dist.NegativeBinomial):
     def variance(self) -> torch.Tensor:
         return (self.mu + self.mu.square() / self.theta).expand(self.batch_shape)
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         with torch.no_grad():
             rate = torch.distributions.Gamma(
                 self.theta.expand(self.batch_shape), (self.theta / self.mu.clamp(min=torch.finfo(self.mu.dtype).tiny))

@@ -38,7 +38,8 @@ class ZeroInflatedPoisson(dist.ZeroInflatedDistribution):
 
     def __init__(self, rate: torch.Tensor, gate_logits: torch.Tensor, validate_args=None) -> None:
         shape = torch.broadcast_shapes(rate.shape, gate_logits.shape)
-        super().__init__(Poisson(rate.expand(shape)), gate_logits=gate_logits.expand(shape), validate_args=validate_args)
+        base = Poisson(rate.expand(shape))
+        super().__init__(base, gate_logits=gate_logits.expand(shape), validate_args=validate_args)
 
     @property
     def rate(self) -> torch.Tensor:

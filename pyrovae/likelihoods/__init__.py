@@ -1,5 +1,5 @@
-"""Observation models p(x | z) by name (binary, real-valued and count data): each says how many decoder outputs per feature it needs and
-turns them into a distribution. Extend with :func:`register_likelihood`."""
+"""Observation models p(x | z) by name, for binary, real-valued and count data: each says how many decoder
+outputs per feature it needs and turns them into a distribution. Extend with :func:`register_likelihood`."""
 
 from pyrovae.likelihoods.base import Likelihood, get_likelihood, likelihood_names, register_likelihood
 from pyrovae.likelihoods.continuous import Bernoulli, ContinuousBernoulli, Gaussian

@@ -180,5 +180,6 @@ def test_sparse_poisson_log_prob_equals_torch_for_any_broadcast():
     x = torch.distributions.Poisson(torch.ones(5, 6)).sample().double()
     expected = torch.distributions.Poisson(rate).log_prob(x)
     assert torch.allclose(Poisson(rate).log_prob(x), expected)
-    assert torch.allclose(Poisson(torch.tensor(2.0)).log_prob(torch.tensor(3.0)), torch.tensor(2.0).log() * 3 - 2 - math.log(6))
+    scalar = Poisson(torch.tensor(2.0)).log_prob(torch.tensor(3.0))
+    assert torch.allclose(scalar, torch.tensor(2.0).log() * 3 - 2 - math.log(6))
     assert torch.allclose(NegativeBinomial(rate, torch.tensor(1e16, dtype=torch.float64)).log_prob(x), expected)
