@@ -29,6 +29,8 @@ class AmortizedGuide(nn.Module):
         encoder,
         input_transform: str | None = None,
         latent_library: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         """Store the sizes and the encoder: ``encoder`` if given, else ``MLP(x_dim, hidden, out_features)``,
         after ``input_transform`` (``"log1p"`` for counts); with ``latent_library``, also an encoder of q(library | x).
@@ -36,7 +38,7 @@ class AmortizedGuide(nn.Module):
         if encoder is not None and not isinstance(encoder, nn.Module):
             raise TypeError(f"{type(self).__name__} encoder must be an nn.Module, got {type(encoder).__name__}")
         self.x_dim, self.z_dim = int(x_dim), int(z_dim)
-        encoder = encoder or MLP(self.x_dim, hidden, out_features, activation)
+        encoder = encoder or MLP(self.x_dim, hidden, out_features, activation, batch_norm, dropout)
         transform = _input_transform(input_transform)
         self.encoder = nn.Sequential(transform, encoder) if transform is not None else encoder
         self.library_encoder = None

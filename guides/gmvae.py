@@ -26,6 +26,8 @@ class GMVAEGuide(AmortizedGuide):
     :param hidden: hidden sizes of the trunk (at least one layer).
     :param input_transform: ``"log1p"`` for count data.
     :param bool latent_library: also sample ``"library"`` (for likelihoods with ``library="latent"``).
+    :param bool batch_norm: batch-normalise the trunk's hidden layers (all but the last).
+    :param float dropout: dropout after each hidden layer of the trunk.
     """
 
     def __init__(
@@ -39,6 +41,8 @@ class GMVAEGuide(AmortizedGuide):
         *,
         input_transform: str | None = None,
         latent_library: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
@@ -46,7 +50,10 @@ class GMVAEGuide(AmortizedGuide):
         if not hidden:
             raise ValueError("GMVAEGuide needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
         width = hidden[-1]
-        self._set_encoder(x_dim, z_dim, width, hidden[:-1], activation, None, input_transform, latent_library)
+        self._set_encoder(
+            x_dim, z_dim, width, hidden[:-1], activation, None, input_transform, latent_library, batch_norm, dropout
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.num_components = int(num_components)
         self.activation = make_activation(activation)
         self.y_head = nn.Linear(width, self.num_components)
@@ -57,7 +64,7 @@ class GMVAEGuide(AmortizedGuide):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's features f, ``(batch, width)``."""
-        return self.activation(self.encoder(x))
+        return self.dropout(self.activation(self.encoder(x)))
 
     def component_posterior(self, x: torch.Tensor, features: torch.Tensor | None = None) -> dist.Categorical:
         """q(y | x), batch shape ``(batch,)``."""

@@ -20,6 +20,10 @@ class NormalGuide(AmortizedGuide):
     :param encoder: a custom ``nn.Module`` mapping ``(..., x_dim) -> (..., 2 z_dim)`` (mean, then raw scale),
         e.g. :class:`~pyrovae.nn.ConvEncoder` ``(2 * z_dim)``.
     :param float min_scale: floor added to the standard deviation.
+    :param input_transform: ``"log1p"`` to encode log(1 + counts), as count models do.
+    :param bool latent_library: also sample ``"library"`` (for count likelihoods with ``library="latent"``).
+    :param bool batch_norm: batch-normalise the encoder's hidden layers.
+    :param float dropout: dropout after each hidden layer of the encoder.
     """
 
     def __init__(
@@ -33,9 +37,12 @@ class NormalGuide(AmortizedGuide):
         *,
         input_transform: str | None = None,
         latent_library: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self._set_encoder(x_dim, z_dim, 2 * int(z_dim), hidden, activation, encoder, input_transform, latent_library)
+        options = (input_transform, latent_library, batch_norm, dropout)
+        self._set_encoder(x_dim, z_dim, 2 * int(z_dim), hidden, activation, encoder, *options)
         self.min_scale = float(min_scale)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:

@@ -46,8 +46,11 @@ class GMVAE(VAE):
         decoder: nn.Module | None = None,
         learn_weights: bool = False,
         init_spread: float = 1.0,
+        *,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
-        super().__init__(x_dim, z_dim, hidden, likelihood, activation, decoder)
+        super().__init__(x_dim, z_dim, hidden, likelihood, activation, decoder, batch_norm=batch_norm, dropout=dropout)
         if num_components < 1:
             raise ValueError(f"num_components must be at least 1, got {num_components}")
         self.num_components = int(num_components)

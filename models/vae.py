@@ -26,6 +26,8 @@ class VAE(nn.Module):
     :param likelihood: a registered likelihood name (``"bernoulli"``, ``"gaussian"``, ...) or a
         :class:`~pyrovae.likelihoods.Likelihood` instance such as ``Gaussian(inverse_variance=500)``.
     :param activation: hidden activation of the default decoder.
+    :param bool batch_norm: batch-normalise the default decoder's hidden layers (as scVI does).
+    :param float dropout: dropout after each hidden layer of the default decoder (regularises count models).
     :param decoder: a custom ``nn.Module`` mapping ``(..., latent size) -> (..., x_dim * likelihood.num_outputs)``
         used instead of the MLP (e.g. :class:`~pyrovae.nn.ConvDecoder`).
     """
@@ -38,6 +40,9 @@ class VAE(nn.Module):
         likelihood: str | Likelihood = "bernoulli",
         activation: str | nn.Module = "relu",
         decoder: nn.Module | None = None,
+        *,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if x_dim <= 0 or z_dim <= 0:
@@ -45,7 +50,9 @@ class VAE(nn.Module):
         self.x_dim = int(x_dim)
         self.z_dim = int(z_dim)
         self.likelihood = get_likelihood(likelihood, self.x_dim)
-        self.decoder = decoder or MLP(self.latent_size, hidden, self.x_dim * self.likelihood.num_outputs, activation)
+        self.decoder = decoder or MLP(
+            self.latent_size, hidden, self.x_dim * self.likelihood.num_outputs, activation, batch_norm, dropout
+        )
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 
     @property

@@ -91,7 +91,46 @@ def test_smoke_svae_mnist_resumes(tmp_path):
     assert again["vmf_d5"]["test_log_likelihood"] == runs["vmf_d5"]["test_log_likelihood"]
 
 
-SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist"]
+def test_smoke_poisson_synthetic(tmp_path):
+    metrics = run_script("poisson_synthetic", tmp_path, "--epochs", "3", "--num-cells", "200", "--num-test", "50",
+                         "--num-samples", "16")["metrics"]
+    assert metrics["log_likelihood"]["log_likelihood"] < metrics["true_law_log_likelihood"] + 0.5
+    assert len(metrics["reconstructed_rate_mean"]) == 10
+
+
+@pytest.mark.data
+def test_smoke_scvae_counts(tmp_path):
+    require_dataset("cellbench")
+    metrics = run_script("scvae_counts", tmp_path, "--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "200",
+                         "--likelihoods", "nb", "zinb", "--num-samples", "8", "--hidden", "16", "--latent", "3")
+    runs = metrics["metrics"]["runs"]
+    assert set(runs) == {"VAE, nb", "VAE, zinb", "GMVAE, nb", "GMVAE, zinb"}
+    for run in runs.values():
+        assert run["log_likelihood"] < 0 and -1 <= run["ari"] <= 1
+    import anndata
+
+    adata = anndata.read_h5ad(tmp_path / "scvae_counts" / "cells.h5ad")
+    assert adata.obsm["X_GMVAE_nb"].shape == (metrics["metrics"]["num_cells"], 3)
+    assert "VAE_zinb_cluster" in adata.obs
+
+
+@pytest.mark.data
+def test_smoke_grid_search_resumes(tmp_path):
+    require_dataset("cellbench")
+    arguments = ["--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "100", "--hidden", "8", "8,16",
+                 "--latent", "2", "3", "--num-samples", "8"]
+    first = run_script("grid_search", tmp_path, *arguments)["metrics"]
+    assert len(first["grid"]) == 4 and first["best"] in first["grid"]
+    out = tmp_path / "grid_search"
+    command = [sys.executable, str(ROOT / "experiments" / "grid_search.py"), "--out", str(out), "--no-progress",
+               "--device", "cpu", *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count("done before") == 4  # nothing trained twice
+
+
+SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
+           "poisson_synthetic", "scvae_counts", "grid_search"]
 
 
 def test_every_experiment_is_listed():

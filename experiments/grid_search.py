@@ -1,0 +1,110 @@
+"""Architecture grid search for a count VAE or GMVAE (notebook 001, part 2.1), then the best one trained fully.
+
+Every configuration of hidden layers {[100], [100, 250], [100, 250, 500], [100, 250, 500, 1000]} x latent
+size {10, 25, 50, 100} is trained for ``--search-epochs`` (1, as in the notebook) and scored by its
+held-out ELBO; the best is then trained for ``--epochs`` with a checkpoint, and scored by importance-sampled
+log-likelihood. Works for either model, any count likelihood and any shared data set. Resumable: each
+finished configuration is recorded in ``grid.json`` and not trained again, and the final run resumes from
+its checkpoint.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from pyrovae.guides import GMVAEGuide, NormalGuide
+from pyrovae.models import GMVAE, VAE
+
+from pyrovae.data import SHARED_SETS, load_count_dataset
+from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.infer import log_likelihood, train
+from pyrovae.likelihoods import likelihood_names
+from pyrovae.plots import save, training_curves
+
+HIDDEN = [[100], [100, 250], [100, 250, 500], [100, 250, 500, 1000]]
+LATENT = [10, 25, 50, 100]
+
+parser = experiment_parser(__doc__.splitlines()[0], epochs=50, out="results/grid_search")
+parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS))
+parser.add_argument("--model", default="VAE", choices=["VAE", "GMVAE"])
+parser.add_argument("--likelihood", default="nb", choices=[n for n in likelihood_names() if "poisson" in n or "nb" in n
+                                                          or n in ("zip", "zinb")])
+parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept (0: all expressed genes)")
+parser.add_argument("--max-cells", type=int, default=0, help="use a random subset of cells (0: all)")
+parser.add_argument("--hidden", type=str, nargs="+", default=[",".join(map(str, h)) for h in HIDDEN],
+                    help="hidden-layer configurations, each comma-separated (encoder order; the decoder mirrors)")
+parser.add_argument("--latent", type=int, nargs="+", default=LATENT)
+parser.add_argument("--search-epochs", type=int, default=1)
+parser.add_argument("--batch-size", type=int, default=128)
+parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--num-samples", type=int, default=100, help="importance samples per held-out cell")
+args = parser.parse_args()
+device = setup(args)
+
+cells = load_count_dataset(args.dataset, args.data_dir).filter_cells(min_counts=1).filter_genes(min_cells=1)
+if args.max_cells and args.max_cells < len(cells):
+    cells = cells.subset(np.sort(np.random.default_rng(args.seed).choice(len(cells), args.max_cells, replace=False)))
+if args.genes and args.genes < cells.num_genes:
+    cells = cells.subset(genes=cells.highly_variable_genes(args.genes))
+train_cells, test_cells = cells.split(0.81, seed=args.seed)
+components = len(cells.label_names) or 10
+
+
+def build(hidden: list[int], latent: int):
+    genes = cells.num_genes
+    if args.model == "GMVAE":
+        return (GMVAE(genes, latent, components, hidden[::-1], likelihood=args.likelihood),
+                GMVAEGuide(genes, latent, components, hidden, input_transform="log1p"))
+    return (VAE(genes, latent, hidden[::-1], likelihood=args.likelihood),
+            NormalGuide(genes, latent, hidden, input_transform="log1p"))
+
+
+grid_file = Path(args.out) / "grid.json"
+grid = json.loads(grid_file.read_text()) if grid_file.exists() else {}
+for hidden_spec in args.hidden:
+    hidden = [int(h) for h in hidden_spec.split(",")]
+    for latent in args.latent:
+        key = f"hidden {hidden_spec} latent {latent}"
+        if key in grid:
+            print(f"{key}: done before, val ELBO {grid[key]['val_elbo']:.2f}")
+            continue
+        model, guide = build(hidden, latent)
+        started = time.perf_counter()
+        history = train(model, guide, train_cells, epochs=args.search_epochs, batch_size=args.batch_size, lr=args.lr,
+                        val_data=test_cells, restore_best=False, device=device, seed=args.seed, eval_size=0,
+                        progress=not args.no_progress)
+        grid[key] = {"hidden": hidden, "latent": latent, "val_elbo": history.last["val_elbo"],
+                     "seconds": time.perf_counter() - started}
+        grid_file.write_text(json.dumps(grid, indent=2))  # a finished configuration is never trained again
+        print(f"{key}: val ELBO {grid[key]['val_elbo']:.2f} ({grid[key]['seconds']:.1f} s)", flush=True)
+
+best_key = max((k for k in grid if k.split(" latent")[0][7:] in args.hidden), key=lambda k: grid[k]["val_elbo"])
+best = grid[best_key]
+print(f"best: {best_key} (val ELBO {best['val_elbo']:.2f}); training it for {args.epochs} epochs")
+model, guide = build(best["hidden"], best["latent"])
+history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                val_data=test_cells, device=device, seed=args.seed, eval_size=0, checkpoint=f"{args.out}/best.pt",
+                progress=not args.no_progress)
+ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples)
+print(f"best configuration: held-out log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, ELBO {history.last['val_elbo']:.2f}")
+
+# ----------------------------------------------------------------------------------------------- figures
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+table = np.full((len(args.hidden), len(args.latent)), np.nan)
+for i, hidden_spec in enumerate(args.hidden):
+    for j, latent in enumerate(args.latent):
+        table[i, j] = grid.get(f"hidden {hidden_spec} latent {latent}", {}).get("val_elbo", np.nan)
+image = axes[0].imshow(table, cmap="viridis")
+for (i, j), value in np.ndenumerate(table):
+    axes[0].text(j, i, f"{value:.0f}", ha="center", va="center", color="w", fontsize=8)
+axes[0].set(xticks=range(len(args.latent)), xticklabels=args.latent, yticks=range(len(args.hidden)),
+            yticklabels=args.hidden, xlabel="latent size", ylabel="hidden layers",
+            title=f"held-out ELBO after {args.search_epochs} epoch(s)")
+fig.colorbar(image, ax=axes[0])
+training_curves(axes[1], {best_key: history}, key="val_elbo", ylabel="held-out ELBO per cell")
+fig.suptitle(f"{args.model} / {args.likelihood} on {args.dataset}")
+save(fig, f"{args.out}/grid_search.png")
+write_metrics(args.out, {"grid": grid, "best": best_key, "best_log_likelihood": ll.summary(),
+                         "best_elbo": history.last["val_elbo"], "best_epochs": len(history.records)}, args)
