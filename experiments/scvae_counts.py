@@ -4,7 +4,8 @@ Gronbech et al. (Bioinformatics 2020) in Pyro. A data set is chosen by flag (PBM
 scDeepCluster and CellBench sets of ../shared/data too), its genes restricted to the most variable ones,
 and its cells split 81/19 with a seeded permutation. Every model has an MLP encoder on log1p(x) and a
 mirror decoder (batch norm and dropout on the hidden layers); the likelihood scales its mean by the
-observed library size. The GMVAE has one component per cell type and its component is enumerated exactly (TraceEnum_ELBO).
+observed library size. The GMVAE has one component per cell type and its component is
+enumerated exactly (TraceEnum_ELBO).
 
 Reported per model: held-out log-likelihood per cell (importance sampling, with k-hat), ELBO and KL,
 ARI / NMI of its clusters against the cell types (GMVAE: argmax q(y|x); VAE: KMeans on the latent means,
