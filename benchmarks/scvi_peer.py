@@ -6,8 +6,8 @@ test; latent 10, one hidden layer of 128, batch 128, 200 epochs, Adam 1e-3, obse
 weight 1 throughout; encoder input log1p(x); batch norm and dropout 0.2 on the hidden layer of encoder
 and decoder (scVI uses batch norm and dropout 0.1 in its encoder). Reported per likelihood: test
 log-likelihood per cell (mean over test cells of a 100-sample importance estimate of log p(x | library),
-normalising constants included, with k-hat), seconds per training epoch (training only), and the ARI of KMeans (k = number of
-cell types, n_init 10, seed 0) on the latent means of all cells against the cell types.
+normalising constants included, with k-hat), seconds per training epoch (training only), and the ARI of
+KMeans (k = number of cell types, n_init 10, seed 0) on the latent means of all cells against the types.
 
 The baseline is scvi-tools 1.4.2 (SCVI, dispersion per gene, its defaults), measured by the issue's author
 on this kind of machine (2 cores, torch 2.13 CPU) on the same protocol: scvi-tools is not installed here,

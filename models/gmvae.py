@@ -87,4 +87,4 @@ class GMVAE(VAE):
         with pyro.plate("data", x.shape[-2]):
             y = pyro.sample("y", self.component_prior())
             z = pyro.sample("z", self.component(y))
-            pyro.sample("x", self.decode(z, self.library(x)), obs=x)
+            pyro.sample("x", self._decode_with(z, self.library(x)), obs=x)

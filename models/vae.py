@@ -75,6 +75,10 @@ class VAE(nn.Module):
             return self.likelihood(outputs, library)
         return self.likelihood(outputs)
 
+    def _decode_with(self, z: torch.Tensor, library: torch.Tensor | None) -> dist.TorchDistribution:
+        # subclasses that override decode(z) without a library keep working with non-count likelihoods
+        return self.decode(z) if library is None else self.decode(z, library)
+
     def library(self, x: torch.Tensor) -> torch.Tensor | None:
         """The library size of each datum, inside the ``"data"`` plate: the observed total count, a draw of the
         latent ``"library"`` site, or None when the likelihood uses none."""
@@ -101,7 +105,7 @@ class VAE(nn.Module):
             )
         with pyro.plate("data", x.shape[-2]):
             z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.decode(z, self.library(x)), obs=x)
+            pyro.sample("x", self._decode_with(z, self.library(x)), obs=x)
 
     def _generation_library(self, num_samples: int, library) -> torch.Tensor | None:
         mode = self.likelihood.library
@@ -128,6 +132,6 @@ class VAE(nn.Module):
             generated cells (a number or one per sample); a latent library is drawn from its prior.
         """
         z = self.prior().sample((num_samples,))
-        likelihood = self.decode(z, self._generation_library(num_samples, library))
+        likelihood = self._decode_with(z, self._generation_library(num_samples, library))
         x = likelihood.mean if mean else likelihood.sample()
         return (x, z) if return_latents else x
