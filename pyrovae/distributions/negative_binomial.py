@@ -27,6 +27,8 @@ from pyro.distributions.util import broadcast_shape
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
+from pyrovae.distributions.sparse_counts import score_counts
+
 _STIRLING_FROM = 10.0  # the 3-term Stirling remainder is accurate to 1e-10 from here
 
 
@@ -58,23 +60,12 @@ def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) ->
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
     """log NB(x | mean, inverse dispersion), elementwise (broadcast), stable for theta up to 1e8+ and mean down to 0.
 
-    Single-cell counts are mostly zeros, and ``log NB(0 | mu, theta) = -theta log1p(mu / theta)`` needs no
-    Gamma function. The other terms are computed only at the non-zero counts, gathered, and in float64, so
-    that a float32 model keeps every digit float32 can hold even for counts of 1e6.
+    ``log NB(0 | mu, theta) = -theta log1p(mu / theta)`` on the full tensor; the other terms only at the non-zero
+    counts, in float64 (:func:`~pyrovae.distributions.sparse_counts.score_counts`).
     """
     theta = inverse_dispersion
-    if x.dim() == 0 and mean.dim() == 0 and theta.dim() == 0:
-        return nb_log_prob(x.reshape(1), mean.reshape(1), theta.reshape(1)).reshape(())
-    log_prob = torch.log1p(mean / theta).mul(theta).neg_()  # log p(0), the answer wherever x == 0
-    shape = log_prob.shape
-    if log_prob.shape != x.shape:
-        log_prob = log_prob.expand(torch.broadcast_shapes(shape, x.shape)).contiguous()
-        shape = log_prob.shape
-    index = (x != 0).expand(shape).nonzero(as_tuple=True)
-    if index[0].numel() == 0:
-        return log_prob
-    k, mu, t = (tensor.expand(shape)[index].double() for tensor in (x, mean, theta))  # gathers, no full copies
-    return log_prob.index_put_(index, _nonzero_log_prob(k, mu, t).to(log_prob.dtype))
+    zero = torch.log1p(mean / theta).mul(theta).neg_()
+    return score_counts(x, zero, _nonzero_log_prob, mean, theta)
 
 
 class NegativeBinomial(dist.NegativeBinomial):
@@ -103,7 +94,7 @@ class NegativeBinomial(dist.NegativeBinomial):
         return (self.mu.clamp(min=tiny).log() - self.theta.log()).expand(self.batch_shape)
 
     @property
-    def _param(self) -> torch.Tensor:
+    def _param(self) -> torch.Tensor:  # torch's param_shape
         return self.logits
 
     @property
@@ -113,14 +104,6 @@ class NegativeBinomial(dist.NegativeBinomial):
     @property
     def variance(self) -> torch.Tensor:
         return (self.mu + self.mu.square() / self.theta).expand(self.batch_shape)
-
-    def sample(self, sample_shape=()) -> torch.Tensor:
-        with torch.no_grad():
-            rate = torch.distributions.Gamma(
-                self.theta.expand(self.batch_shape), (self.theta / self.mu.clamp(min=torch.finfo(self.mu.dtype).tiny))
-                .expand(self.batch_shape)
-            ).sample(sample_shape)
-            return torch.poisson(rate)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)

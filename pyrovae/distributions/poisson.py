@@ -1,24 +1,23 @@
 """The Poisson with a log-density computed sparsely: most single-cell counts are zero, and there
-``log Poisson(0 | rate) = -rate`` needs neither a logarithm nor a Gamma function."""
+``log Poisson(0 | rate) = -rate`` needs neither a logarithm nor a Gamma function (see
+:mod:`~pyrovae.distributions.sparse_counts`)."""
 
 from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
 
+from pyrovae.distributions.sparse_counts import score_counts
+
+
+def _nonzero_log_prob(k: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    return torch.xlogy(k, rate) - rate - torch.lgamma(k + 1.0)
+
 
 def poisson_log_prob(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-    """``x log(rate) - rate - log x!`` elementwise (broadcast), the last two terms only at non-zero ``x``."""
-    log_prob = -rate
-    shape = torch.broadcast_shapes(log_prob.shape, x.shape)
-    if shape != log_prob.shape or log_prob.dim() == 0:
-        log_prob = log_prob.expand(shape).reshape(shape if shape else (1,)).clone()
-    index = (x != 0).expand(shape).reshape(log_prob.shape).nonzero(as_tuple=True)
-    if index[0].numel():
-        k = x.expand(shape).reshape(log_prob.shape)[index]
-        r = rate.expand(shape).reshape(log_prob.shape)[index]
-        log_prob = log_prob.index_put(index, torch.xlogy(k, r) - r - torch.lgamma(k + 1.0))
-    return log_prob.reshape(shape)
+    """``x log(rate) - rate - log x!`` elementwise (broadcast): ``-rate`` everywhere, the rest only at non-zero
+    ``x``, in float64 (:func:`~pyrovae.distributions.sparse_counts.score_counts`)."""
+    return score_counts(x, -rate, _nonzero_log_prob, rate)
 
 
 class Poisson(dist.Poisson):
