@@ -29,7 +29,7 @@ from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 
 from pyrovae.data import find_dataset, load_count_dataset
-from pyrovae.infer import clustering_scores, kmeans_clusters, log_likelihood, train
+from pyrovae.infer import clustering_scores, encode_data, kmeans_clusters, log_likelihood, train
 
 # scvi-tools 1.4.2: test LL/cell with its KL warm-up, without warm-up, s/epoch, ARI (warm-up, none)
 SCVI = {
@@ -70,9 +70,7 @@ for genes in args.genes:
         started = time.perf_counter()
         ll = log_likelihood(model, guide, test_cells, num_samples=100)
         ll_seconds = time.perf_counter() - started
-        with torch.no_grad():
-            latent = torch.cat([guide.encode(data.batch(torch.arange(i, min(i + 512, len(data))))).mean
-                                for i in range(0, len(data), 512)])
+        latent = encode_data(guide, data)  # in evaluation mode: no dropout, batch norm's running statistics
         ari = clustering_scores(data.labels, kmeans_clusters(latent, len(data.label_names), seed=0))["ari"]
         warm, cold, scvi_seconds, scvi_ari_warm, scvi_ari_cold = SCVI[(genes, name)]
         row = {

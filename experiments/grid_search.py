@@ -43,11 +43,7 @@ parser.add_argument("--num-samples", type=int, default=100, help="importance sam
 args = parser.parse_args()
 device = setup(args)
 
-cells = load_count_dataset(args.dataset, args.data_dir).filter_cells(min_counts=1).filter_genes(min_cells=1)
-if args.max_cells and args.max_cells < len(cells):
-    cells = cells.subset(np.sort(np.random.default_rng(args.seed).choice(len(cells), args.max_cells, replace=False)))
-if args.genes and args.genes < cells.num_genes:
-    cells = cells.subset(genes=cells.highly_variable_genes(args.genes))
+cells = load_count_dataset(args.dataset, args.data_dir).prepare(args.genes, args.max_cells, args.seed)
 train_cells, test_cells = cells.split(0.81, seed=args.seed)
 components = len(cells.label_names) or 10
 
@@ -80,7 +76,8 @@ for hidden_spec in args.hidden:
         grid_file.write_text(json.dumps(grid, indent=2))  # a finished configuration is never trained again
         print(f"{key}: val ELBO {grid[key]['val_elbo']:.2f} ({grid[key]['seconds']:.1f} s)", flush=True)
 
-best_key = max((k for k in grid if k.split(" latent")[0][7:] in args.hidden), key=lambda k: grid[k]["val_elbo"])
+searched = {f"hidden {h} latent {latent}" for h in args.hidden for latent in args.latent}
+best_key = max(searched, key=lambda k: grid[k]["val_elbo"])
 best = grid[best_key]
 print(f"best: {best_key} (val ELBO {best['val_elbo']:.2f}); training it for {args.epochs} epochs")
 model, guide = build(best["hidden"], best["latent"])

@@ -15,18 +15,15 @@ and a t-SNE of the latent means coloured by cell type. The latent means go back 
 """
 
 import time
-import warnings
 
 import matplotlib.pyplot as plt
-import numpy as np
-import torch
 from pyrovae.guides import GMVAEGuide, NormalGuide
 from pyrovae.models import GMVAE, VAE
 from sklearn.manifold import TSNE
 
 from pyrovae.data import SHARED_SETS, add_results, load_count_dataset
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import clustering_scores, kmeans_clusters, log_likelihood, train
+from pyrovae.infer import clustering_scores, encode_data, kmeans_clusters, log_likelihood, train
 from pyrovae.plots import latent_scatter, save, training_curves
 
 LIKELIHOODS = ["poisson", "constrained_poisson", "nb", "zip", "zinb"]
@@ -47,30 +44,12 @@ parser.add_argument("--num-samples", type=int, default=100, help="importance sam
 args = parser.parse_args()
 device = setup(args)
 
-with warnings.catch_warnings(record=True) as caught:  # report what the loader and the filters drop
-    warnings.simplefilter("always")
-    cells = load_count_dataset(args.dataset, args.data_dir).filter_cells(min_counts=1).filter_genes(min_cells=1)
-for warning in caught:
-    print("note:", warning.message)
-if args.max_cells and args.max_cells < len(cells):
-    cells = cells.subset(np.sort(np.random.default_rng(args.seed).choice(len(cells), args.max_cells, replace=False)))
-if args.genes and args.genes < cells.num_genes:
-    cells = cells.subset(genes=cells.highly_variable_genes(args.genes))
+# what the loader and the filters drop is reported as a warning
+cells = load_count_dataset(args.dataset, args.data_dir).prepare(args.genes, args.max_cells, args.seed)
 train_cells, test_cells = cells.split(0.81, seed=args.seed)
 num_types = len(cells.label_names)
 components = args.components or num_types
 print(f"{cells}: {len(train_cells)} training and {len(test_cells)} held-out cells")
-
-
-def latent_means(guide, data) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([guide.encode(data.batch(torch.arange(i, min(i + 512, len(data))), device)).mean.cpu()
-                          for i in range(0, len(data), 512)])
-
-
-def assignments(guide, data) -> torch.Tensor:
-    return torch.cat([guide.assign(data.batch(torch.arange(i, min(i + 512, len(data))), device)).cpu()
-                      for i in range(0, len(data), 512)])
 
 
 runs, adata = {}, cells.to_anndata()
@@ -91,12 +70,14 @@ for model_name in args.models:
                         progress=not args.no_progress)
         seconds = time.perf_counter() - started
         ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples)
-        latent = latent_means(guide, cells)
-        clusters = assignments(guide, cells) if model_name == "GMVAE" else kmeans_clusters(latent, num_types)
+        latent = encode_data(guide, cells, device=device)
+        if model_name == "GMVAE":
+            clusters = encode_data(guide, cells, guide.assign, device=device)
+        else:
+            clusters = kmeans_clusters(latent, num_types)
         scores = clustering_scores(cells.labels, clusters, latent)
         key = f"{model_name}_{likelihood}"
         add_results(adata, latent, clusters, key=key)
-        adata.obsm[f"X_{key}"] = adata.obsm.pop(f"X_{key}")
         last = history.last
         runs[name] = {"history": history, "latent": latent, **ll.summary(), "elbo": last["val_elbo"],
                       "kl": last["val_kl"], **scores, "seconds": seconds}

@@ -198,6 +198,16 @@ class CountData(Dataset):
         z = z.fillna(0.0).where(np.isfinite(dispersion), -np.inf).to_numpy()  # single-gene bins: z = 0
         return np.sort(np.argsort(-z, kind="stable")[:num_genes])
 
+    def prepare(self, num_genes: int = 0, max_cells: int = 0, seed: int = 0) -> CountData:
+        """The usual preparation for a count VAE: drop cells and genes without counts (reported), keep a random
+        subset of ``max_cells`` cells (0: all), then the ``num_genes`` most variable genes (0: all)."""
+        cells = self.filter_cells(min_counts=1).filter_genes(min_cells=1)
+        if 0 < max_cells < len(cells):
+            cells = cells.subset(np.sort(np.random.default_rng(seed).choice(len(cells), max_cells, replace=False)))
+        if 0 < num_genes < cells.num_genes:
+            cells = cells.subset(genes=cells.highly_variable_genes(num_genes))
+        return cells
+
     def split(self, train_fraction: float = 0.81, seed: int = 0) -> tuple[CountData, CountData]:
         """A seeded random split: ``numpy.random.default_rng(seed).permutation``; the first
         ``round(train_fraction * n)`` cells train, the rest test (81/19 as in scVAE's notebook)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -184,8 +185,6 @@ def read_count_csv(
     if drop_spike_ins:
         spike = table.index.str.startswith("ERCC-")
         if spike.any():
-            import warnings
-
             warnings.warn(f"{counts.name}: dropped {int(spike.sum())} ERCC spike-in rows", stacklevel=2)
             table = table.loc[~spike]
     non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]

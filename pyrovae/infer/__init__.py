@@ -3,6 +3,7 @@
 from pyrovae.infer.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.infer.clustering import clustering_scores, kmeans_clusters
 from pyrovae.infer.contract import check_model_guide
+from pyrovae.infer.encoding import encode_data
 from pyrovae.infer.evaluation import elbo_terms, evaluate
 from pyrovae.infer.history import History
 from pyrovae.infer.importance import log_importance_weights
@@ -20,6 +21,7 @@ __all__ = [
     "check_model_guide",
     "clustering_scores",
     "elbo_terms",
+    "encode_data",
     "evaluate",
     "kmeans_clusters",
     "load_checkpoint",

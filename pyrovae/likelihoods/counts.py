@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from torch import nn
@@ -60,7 +61,8 @@ class CountLikelihood(Likelihood):
         return self.library != "none"
 
     def fit_library_prior(self, counts) -> CountLikelihood:
-        """Set the latent library's prior to the mean and standard deviation of log total counts of ``counts``."""
+        """Set the latent library's prior to the mean and standard deviation of log total counts of ``counts``
+        (a :class:`~pyrovae.data.CountData`, tensor, array or sparse matrix, cells x genes)."""
         totals = torch.as_tensor(_row_sums(counts), dtype=torch.float64)
         if (totals <= 0).any():
             raise ValueError("fit_library_prior: some cells have no counts; filter empty cells first")
@@ -198,10 +200,10 @@ class ZeroInflatedNegativeBinomialLikelihood(_Dispersion):
 
 
 def _row_sums(counts) -> torch.Tensor:
-    """Total counts per cell of a tensor, array or scipy sparse matrix (cells x genes)."""
+    """Total counts per cell of a CountData, tensor, array or scipy sparse matrix (cells x genes)."""
+    if hasattr(counts, "library_sizes"):
+        return torch.from_numpy(counts.library_sizes)
     if hasattr(counts, "tocsr"):
-        import numpy as np
-
         return torch.from_numpy(np.asarray(counts.sum(axis=1)).ravel())
     return torch.as_tensor(counts).sum(-1)
 

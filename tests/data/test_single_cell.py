@@ -195,3 +195,11 @@ def test_shared_real_sets(name, shape, types):
         assert np.array_equal(data.library_sizes, metadata.loc[data.obs.index, "n_counts"].to_numpy())
         train, test = data.split()
         assert (len(train), len(test)) == (2137, 501)
+
+
+def test_prepare_filters_subsamples_and_selects_genes():
+    counts = COUNTS.toarray()
+    counts[3] = 0
+    with pytest.warns(UserWarning, match=r"dropped 1 cell\(s\)"):
+        prepared = CountData(counts).prepare(num_genes=5, max_cells=20, seed=1)
+    assert prepared.counts.shape == (20, 5) and "cell_3" not in prepared.obs.index

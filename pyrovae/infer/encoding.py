@@ -1,0 +1,39 @@
+"""Encoding a whole data set batch by batch, with the guide in evaluation mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pyrovae.infer.data import as_batches, module_device
+
+
+@torch.no_grad()
+def encode_data(
+    guide,
+    data,
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """``fn(x)`` for every batch of ``data``, concatenated on the CPU; by default the latent means
+    ``guide.encode(x).mean``. The guide is in evaluation mode meanwhile (no dropout; batch norm uses its
+    running statistics), so the result does not depend on the batching.
+
+    :param data: a tensor, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData` or Dataset.
+    :param fn: what to compute per batch, e.g. ``guide.assign`` for a GMVAE's clusters.
+    """
+    fn = fn or (lambda x: guide.encode(x).mean)
+    device = torch.device(device) if device is not None else module_device(guide)
+    was_training = guide.training if isinstance(guide, torch.nn.Module) else None
+    if was_training is not None:
+        guide.eval()
+    try:
+        return torch.cat([fn(x).cpu() for x in as_batches(data, batch_size, shuffle=False, device=device)])
+    finally:
+        if was_training is not None:
+            guide.train(was_training)
+
+
+__all__ = ["encode_data"]
