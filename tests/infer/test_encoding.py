@@ -1,8 +1,8 @@
 """encode_data: batch-by-batch encoding in evaluation mode."""
 
 import torch
-
 from pyrovae.guides import NormalGuide
+
 from pyrovae.infer import encode_data
 
 
