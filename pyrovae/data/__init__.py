@@ -1,6 +1,9 @@
 """Data: IDX images (MNIST, Fashion-MNIST), scikit-learn digits, the notebooks' synthetic sets, and single-cell
-counts (10x mtx and h5, scDeepCluster HDF5, CSV, AnnData) kept sparse on the host."""
+counts (10x mtx and h5, scDeepCluster HDF5, CSV, AnnData) kept sparse on the host, and Tahoe-schema parquet atlases
+streamed shard by shard."""
 
+from pyrovae.data.atlas import TahoeAtlas
+from pyrovae.data.cell_stream import CellBatch, CellStream
 from pyrovae.data.count_data import CountData, add_results
 from pyrovae.data.idx import IDXError, parse_idx, read_idx
 from pyrovae.data.mnist import (
@@ -24,9 +27,18 @@ from pyrovae.data.single_cell import (
     read_scdeepcluster_h5,
 )
 from pyrovae.data.synthetic import circle_clusters, gaussian_mixture_1d, gaussian_mixture_1d_log_density, two_groups
+from pyrovae.data.tahoe import TAHOE_HUB, GeneVocabulary, TahoeFormatError
+from pyrovae.data.tahoe_synthetic import write_tahoe_shards
 from pyrovae.data.tensor_data import TensorData, check_finite
 
 __all__ = [
+    "TAHOE_HUB",
+    "CellBatch",
+    "CellStream",
+    "GeneVocabulary",
+    "TahoeAtlas",
+    "TahoeFormatError",
+    "write_tahoe_shards",
     "SHARED_SETS",
     "CountData",
     "CountFileError",

@@ -186,17 +186,7 @@ class CountData(Dataset):
         mean = np.asarray(normalised.mean(axis=0)).ravel()
         mean_sq = np.asarray(normalised.power(2).mean(axis=0)).ravel()
         variance = (mean_sq - mean**2) * len(self) / max(len(self) - 1, 1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dispersion = np.log(variance / mean)
-            log_mean = np.log1p(mean)
-        dispersion[~np.isfinite(dispersion)] = -np.inf
-        bins = pd.cut(log_mean, num_bins)
-        frame = pd.DataFrame({"dispersion": dispersion, "bin": bins})
-        finite = frame["dispersion"].replace(-np.inf, np.nan)
-        grouped = finite.groupby(frame["bin"], observed=False)
-        z = (finite - grouped.transform("mean")) / grouped.transform("std")
-        z = z.fillna(0.0).where(np.isfinite(dispersion), -np.inf).to_numpy()  # single-gene bins: z = 0
-        return np.sort(np.argsort(-z, kind="stable")[:num_genes])
+        return rank_by_binned_dispersion(mean, variance, num_genes, num_bins)
 
     def prepare(self, num_genes: int = 0, max_cells: int = 0, seed: int = 0) -> CountData:
         """The usual preparation for a count VAE: drop cells and genes without counts (reported), keep a random
@@ -246,4 +236,20 @@ def add_results(adata, latent=None, clusters=None, key: str = "pyrovae") -> None
         adata.obs[f"{key}_cluster"] = pd.Categorical(clusters.astype(str))
 
 
-__all__ = ["CountData", "add_results"]
+__all__ = ["CountData", "add_results", "rank_by_binned_dispersion"]
+
+
+def rank_by_binned_dispersion(mean: np.ndarray, variance: np.ndarray, num_genes: int, num_bins: int = 20) -> np.ndarray:
+    """Sorted indices of the ``num_genes`` genes of highest dispersion log(variance / mean), z-scored within
+    ``num_bins`` equal-width bins of log1p(mean) (Satija et al. 2015); genes without expression come last."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dispersion = np.log(variance / mean)
+        log_mean = np.log1p(mean)
+    dispersion[~np.isfinite(dispersion)] = -np.inf
+    bins = pd.cut(log_mean, num_bins)
+    frame = pd.DataFrame({"dispersion": dispersion, "bin": bins})
+    finite = frame["dispersion"].replace(-np.inf, np.nan)
+    grouped = finite.groupby(frame["bin"], observed=False)
+    z = (finite - grouped.transform("mean")) / grouped.transform("std")
+    z = z.fillna(0.0).where(np.isfinite(dispersion), -np.inf).to_numpy()  # single-gene bins: z = 0
+    return np.sort(np.argsort(-z, kind="stable")[:num_genes])

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from pyrovae.data.tensor_data import TensorData, check_finite
 
@@ -35,6 +35,11 @@ def _index_batched(data) -> bool:
     return isinstance(data, TensorData) or (callable(getattr(data, "batch", None)) and hasattr(data, "__len__"))
 
 
+def _streaming(data) -> bool:
+    """Streams that batch by themselves and know their epoch, such as :class:`~pyrovae.data.CellStream`."""
+    return isinstance(data, IterableDataset) and callable(getattr(data, "set_epoch", None)) and hasattr(data, "loader")
+
+
 def _first(item):
     return item[0] if isinstance(item, (tuple, list)) else item
 
@@ -43,7 +48,8 @@ class BatchSource:
     """One epoch of mini-batches per iteration, reproducible from its generator state.
 
     :param data: tensor or array (N, D), :class:`TensorData`, a map-style Dataset (items ``x`` or ``(x, ...)``),
-        or a DataLoader (used as it is; its own sampler decides the order).
+        a DataLoader (used as it is; its own sampler decides the order), or a stream of batches such as
+        :class:`~pyrovae.data.CellStream` (its ``counts``; the epoch set by :meth:`set_epoch` chooses the order).
     :param check: an optional model whose ``check_data`` validates the data (support, shape).
     """
 
@@ -71,7 +77,15 @@ class BatchSource:
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         self._check = check
         self._checked = False
-        if isinstance(data, TensorData):
+        self._stream = None
+        self.epoch = 0
+        if _streaming(data):
+            self._stream = data
+            self._loader = None
+            self.num_data = data.num_cells
+            if self.num_data == 0:
+                raise ValueError(f"{name} is empty")
+        elif isinstance(data, TensorData):
             if len(data) == 0:
                 raise ValueError(f"{name} is empty")
             check_finite(data.x, name)
@@ -99,7 +113,14 @@ class BatchSource:
                 f"got {type(data).__name__}"
             )
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch a stream reproduces on the next iteration (shard order, deal, shuffles)."""
+        self.epoch = int(epoch)
+
     def __len__(self) -> int:
+        if self._stream is not None:
+            self._stream.set_epoch(self.epoch)
+            return len(self._stream)
         if self._loader is not None:
             return len(self._loader)
         full, rest = divmod(self.num_data, self.batch_size)
@@ -118,6 +139,15 @@ class BatchSource:
         return x
 
     def __iter__(self):
+        if self._stream is not None:
+            self._stream.set_epoch(self.epoch)
+            steps = len(self._stream)  # every rank stops after the same number of batches
+            loader = self._stream.loader(pin_memory=self.device.type == "cuda")
+            for step, batch in enumerate(loader):
+                if step >= steps:
+                    break
+                yield self._validate(batch.to(self.device, non_blocking=True).counts)
+            return
         if self._loader is not None:
             for item in self._loader:
                 yield self._validate(_first(item))
@@ -131,10 +161,11 @@ class BatchSource:
             yield self._validate(self.data.batch(indices, self.device))
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.epoch = state.get("epoch", 0)
 
 
 def as_batches(data, batch_size: int, shuffle: bool, device: torch.device, check=None, name: str = "data"):

@@ -10,6 +10,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.infer.data import BatchSource
+from pyrovae.infer.distributed import all_reduce_sum
 
 
 def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +45,13 @@ def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch
 
 
 @torch.no_grad()
-def evaluate(model: Callable, guide: Callable, batches: BatchSource, max_data: int | None = None) -> dict:
-    """Mean per-datum ELBO, reconstruction log-likelihood and KL over ``batches`` (up to ``max_data`` data)."""
+def evaluate(
+    model: Callable, guide: Callable, batches: BatchSource, max_data: int | None = None, across_ranks: bool = False
+) -> dict:
+    """Mean per-datum ELBO, reconstruction log-likelihood and KL over ``batches`` (up to ``max_data`` data).
+
+    :param bool across_ranks: every rank evaluated its own part of the data: average over all of them.
+    """
     modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
     modes = [m.training for m in modules]
     for m in modules:
@@ -63,5 +69,8 @@ def evaluate(model: Callable, guide: Callable, batches: BatchSource, max_data: i
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)
+    if across_ranks:
+        totals = all_reduce_sum(torch.tensor([total_reconstruction, total_kl, count], dtype=torch.float64))
+        total_reconstruction, total_kl, count = totals.tolist()
     reconstruction, kl = total_reconstruction / count, total_kl / count
     return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}

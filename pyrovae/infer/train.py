@@ -17,7 +17,18 @@ from tqdm.auto import tqdm
 
 from pyrovae.infer.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.data import BatchSource, data_device, module_device
+from pyrovae.infer.data import BatchSource, _streaming, data_device, module_device
+from pyrovae.infer.distributed import (
+    all_finite,
+    all_reduce_sum,
+    barrier,
+    data_parallel,
+    gather_objects,
+    init_distributed,
+    is_main_process,
+    local_device,
+    rank,
+)
 from pyrovae.infer.evaluation import evaluate
 from pyrovae.infer.history import History
 from pyrovae.infer.objectives import make_objective
@@ -64,15 +75,18 @@ def _build_optimizer(optim, params: list[torch.Tensor], lr: float):
     )
 
 
-def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.Tensor, clip_args=None):
-    """One guarded SVI step: the loss, or None (and no update) when the loss or a gradient is not finite."""
+def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.Tensor, clip_args=None,
+             distributed: bool = False):
+    """One guarded SVI step: the loss, or None (and no update) when the loss or a gradient is not finite (on any
+    rank, when ``distributed``)."""
     for p in params:
         p.grad = None
     with pyro.validation_enabled(False):
         loss = objective(x, scales)
         loss.backward()
     grads = [p.grad for p in params if p.grad is not None]
-    if not bool(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+    finite = bool(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
+    if not (all_finite(finite) if distributed else finite):
         return None
     if clip_args:
         for p in params:
@@ -97,6 +111,8 @@ def _eval_source(data, size: int, batch_size: int, device, model) -> BatchSource
 
     if isinstance(data, DataLoader) or size <= 0:
         return None
+    if _streaming(data):  # the same cells on every rank
+        data = data.take(size).counts
     if isinstance(data, (torch.Tensor, np.ndarray)):
         data = data[:size]
     elif hasattr(data, "subset"):
@@ -150,8 +166,10 @@ def train(
 
     :param model: the generative side (a pyrovae model or any Pyro model following the contract).
     :param guide: the inference side; its ``"z"`` must live on the support of the model's prior.
-    :param data: a tensor ``(N, x_dim)``, :class:`~pyrovae.data.TensorData`, Dataset or DataLoader. The
-        ``"data"`` plate is scaled by N / batch size, so the loss estimates the ELBO of the whole data set.
+    :param data: a tensor ``(N, x_dim)``, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData`,
+        Dataset, DataLoader, or a :class:`~pyrovae.data.CellStream` (which batches by itself: ``batch_size`` is
+        its own). The ``"data"`` plate is scaled by N / batch size, so the loss estimates the ELBO of the whole
+        data set.
     :param int epochs: total epochs (a resumed run continues up to this number).
     :param elbo: ``"auto"`` (``"enum"`` for a guide that enumerates, such as the GMVAE's, else ``"trace"``),
         ``"trace"``, ``"jit"``, ``"enum"``, ``"jit_enum"``, ``"meanfield"``, ``"iwae"`` or a
@@ -167,12 +185,20 @@ def train(
     :param bool restore_best: with ``patience`` or ``val_data``, end with the parameters of the best epoch.
     :param checkpoint: a file written atomically after every epoch; with ``resume`` an existing one is
         loaded and training continues where it stopped, exactly as if it had not been interrupted.
-    :param device: where to train (default: the device of tensor data, else of the model).
+    :param device: where to train (default: the device of tensor data, else of the model; under ``torchrun``,
+        ``cuda:LOCAL_RANK`` or the CPU).
     :param int seed: seeds Pyro's, torch's, numpy's and Python's generators and the batch order.
     :param str freeze: ``"model"`` or ``"guide"``: keep that side's parameters fixed.
     :param bool drop_last: drop an incomplete last batch (default: only for traced objectives, which are
         traced once per batch shape).
     :param int eval_size: training data scored at the end of every epoch (``train_*`` metrics).
+
+    Under ``torchrun --nproc_per_node=N`` (see :mod:`pyrovae.infer.distributed`) the model and guide train as
+    one DistributedDataParallel module: rank 0's parameters are broadcast at the start, gradients are averaged,
+    each rank reads its own part of a :class:`~pyrovae.data.CellStream` (global batch: N x its batch size),
+    losses and validation metrics are reduced across ranks, and rank 0 alone writes the checkpoint (which
+    every rank resumes from). Random draws use ``seed + rank``.
+
     :raises TrainingDiverged: when the loss or a gradient stops being finite; the step is not applied, so
         the modules keep their last finite parameters, and the checkpoint keeps the last finished epoch.
     """
@@ -180,12 +206,16 @@ def train(
         raise ValueError(f"epochs must be non-negative, got {epochs}")
     if freeze not in (None, "model", "guide"):
         raise ValueError(f"freeze must be None, 'model' or 'guide', got {freeze!r}")
-    device = torch.device(device) if device is not None else (data_device(data) or module_device(model, guide))
+    distributed = init_distributed()
+    if device is not None:
+        device = torch.device(device)
+    else:
+        device = local_device() if distributed else (data_device(data) or module_device(model, guide))
     modules = {name: m for name, m in (("model", model), ("guide", guide)) if isinstance(m, torch.nn.Module)}
     for module in modules.values():
         module.to(device)
     if seed is not None:
-        pyro.set_rng_seed(seed)
+        pyro.set_rng_seed(seed + rank())
     objective, elbo_name = make_objective(elbo, model, guide, num_particles, max_plate_nesting)
     if drop_last is None:
         drop_last = elbo_name.lower().startswith("jit")
@@ -209,6 +239,14 @@ def train(
     if not params:
         raise ValueError("nothing to train: the model and guide have no trainable parameters")
     optimizer, clip_args = _build_optimizer(optim, params, lr)
+    step_objective = objective
+    if distributed:
+        if store_params:
+            raise ValueError(
+                "distributed training needs the parameters inside the model and guide modules, but this pair uses "
+                f"pyro.param sites {sorted(store_params)}; make them nn.Parameters of a PyroModule"
+            )
+        step_objective = data_parallel(objective, modules, device)
 
     history, start_epoch = History(), 0
     best = {"metric": -float("inf"), "epoch": None, "bad_epochs": 0, "state": None}
@@ -228,7 +266,11 @@ def train(
                 store_params[name].copy_(value)
         optimizer.load_state_dict(saved["optimizer"])
         batches.load_state_dict(saved["batches"])
-        _set_rng_state(saved["rng"])
+        rng = saved["rng"]
+        if isinstance(rng, list):  # one state per rank; a run resumed with more ranks reseeds the new ones
+            rng = rng[rank()] if rank() < len(rng) else None
+        if rng is not None:
+            _set_rng_state(rng)
         history = History(**saved["history"])
         best = saved["best"]
         start_epoch = saved["epoch"]
@@ -237,17 +279,19 @@ def train(
 
     num_data, steps_per_epoch = batches.num_data, len(batches)
     step = start_epoch * steps_per_epoch
-    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc="train", dynamic_ncols=True,
+               disable=not (progress and is_main_process()))
     try:
         for epoch in range(start_epoch, epochs):
             for module in modules.values():
                 module.train()
             started, total_loss, seen = time.perf_counter(), torch.zeros((), device=device), 0
+            batches.set_epoch(epoch)
             for x in batches:
                 beta = _kl_weight(step, steps_per_epoch, kl_weight, kl_warmup_epochs)
                 data_scale = (num_data or x.shape[0]) / x.shape[0]
                 scales = torch.tensor([data_scale, beta], device=device, dtype=x.dtype)
-                loss = svi_step(objective, params, optimizer, x, scales, clip_args)
+                loss = svi_step(step_objective, params, optimizer, x, scales, clip_args, distributed)
                 if loss is None:
                     raise TrainingDiverged(
                         f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {step + 1}; "
@@ -259,11 +303,13 @@ def train(
                 seen += x.shape[0]
                 step += 1
                 bar.update()
-            record = {"epoch": epoch + 1, "loss": float(total_loss) / max(seen, 1), "kl_weight": beta}
+            total_loss, seen = all_reduce_sum(torch.stack([total_loss, total_loss.new_tensor(seen)])).tolist()
+            record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "kl_weight": beta}
             if train_eval is not None:
                 record.update({f"train_{k}": v for k, v in evaluate(model, guide, train_eval).items()})
             if validation is not None:
-                record.update({f"val_{k}": v for k, v in evaluate(model, guide, validation).items()})
+                metrics = evaluate(model, guide, validation, across_ranks=distributed and _streaming(val_data))
+                record.update({f"val_{k}": v for k, v in metrics.items()})
             record["seconds"] = time.perf_counter() - started
             history.records.append(record)
             metric = record.get("val_elbo", record.get("train_elbo", -record["loss"]))
@@ -276,7 +322,8 @@ def train(
             history.best_epoch = best["epoch"]
             history.stopped_early = patience is not None and best["bad_epochs"] >= patience
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_elbo") if k in record})
-            if checkpoint is not None:
+            rng_states = gather_objects(_rng_state()) if distributed else _rng_state()
+            if checkpoint is not None and is_main_process():
                 save_checkpoint(
                     {
                         "version": _CHECKPOINT_VERSION,
@@ -285,12 +332,13 @@ def train(
                         "pyro_params": {name: p.detach() for name, p in store_params.items()},
                         "optimizer": optimizer.state_dict(),
                         "batches": batches.state_dict(),
-                        "rng": _rng_state(),
+                        "rng": rng_states,
                         "history": history.to_dict(),
                         "best": best,
                     },
                     checkpoint,
                 )
+            barrier()  # no rank reads the checkpoint before it is written
             if history.stopped_early:
                 break
     finally:

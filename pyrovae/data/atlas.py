@@ -1,0 +1,188 @@
+"""A Tahoe-schema atlas on disk or on the hub: its shards, gene vocabulary, label categories and gene panels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from pyrovae.data.count_data import rank_by_binned_dispersion
+from pyrovae.data.tahoe import (
+    LABEL_COLUMNS,
+    CellBlock,
+    GeneVocabulary,
+    _check_schema,
+    decode_rows,
+    find_shards,
+    holdout_mask,
+)
+
+
+class TahoeAtlas:
+    """Cells in Tahoe-schema parquet shards, read shard by shard and never loaded whole.
+
+    :param source: a parquet file or folder, a list of files, or the hub data set (``"tahoebio/Tahoe-100M"``);
+        see :func:`~pyrovae.data.tahoe.find_shards`.
+    :param genes: the vocabulary: a :class:`~pyrovae.data.tahoe.GeneVocabulary` or the path of a gene_metadata
+        parquet table (default: the ``gene_metadata*.parquet`` found beside the shards).
+    :param labels: label names coded as integers in every batch (``drug``, ``cell_line``, ``plate`` or any
+        column of the shards).
+    :param categories: the category list of each label; labels not given are scanned from the shards once
+        (reading only that column), which for the full hub data set reads every shard's footer and column.
+    """
+
+    def __init__(
+        self,
+        source,
+        genes: GeneVocabulary | str | None = None,
+        labels: Sequence[str] = ("drug", "cell_line", "plate"),
+        categories: dict[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.source = source
+        self.shards, metadata = find_shards(source)
+        if isinstance(genes, GeneVocabulary):
+            self.vocabulary = genes
+        elif genes is not None or metadata is not None:
+            filesystem = self.shards[0].filesystem if genes is None else None
+            self.vocabulary = GeneVocabulary.read(genes or metadata, filesystem)
+        else:
+            raise FileNotFoundError(
+                f"no gene_metadata table beside the shards of {source}: pass genes= (a gene_metadata parquet with "
+                "token_id, ensembl_id and gene_symbol)"
+            )
+        self._vocabulary_lookup = self.vocabulary.lookup()
+        self.labels = list(labels)
+        self._categories = {k: list(v) for k, v in (categories or {}).items()}
+        self.offsets = np.concatenate([[0], np.cumsum([s.num_rows for s in self.shards])]).astype(np.int64)
+        schema = self.shards[0].open().schema_arrow
+        _check_schema(schema, self.shards[0], self.label_columns)
+
+    @property
+    def label_columns(self) -> list[str]:
+        return [LABEL_COLUMNS.get(name, name) for name in self.labels]
+
+    @property
+    def num_cells(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def num_genes(self) -> int:
+        return len(self.vocabulary)
+
+    def __len__(self) -> int:
+        return self.num_cells
+
+    def __repr__(self) -> str:
+        return f"TahoeAtlas({self.num_cells:,} cells in {len(self.shards)} shards x {self.num_genes:,} genes)"
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """Label name -> sorted categories (a code is a position in the list); scanned once when not given."""
+        missing = [name for name in self.labels if name not in self._categories]
+        if missing:
+            seen = {name: set() for name in missing}
+            for shard in tqdm(self.shards, desc="label categories", disable=len(self.shards) < 50):
+                table = shard.open().read(columns=[LABEL_COLUMNS.get(n, n) for n in missing])
+                for name, column in zip(missing, table.columns):
+                    seen[name].update(v for v in pc.unique(column.cast(pa.string())).to_pylist() if v is not None)
+            self._categories.update({name: sorted(values) for name, values in seen.items()})
+        return {name: self._categories[name] for name in self.labels}
+
+    def panel_positions(self, genes=None) -> np.ndarray:
+        """Vocabulary positions of a gene panel: token ids, Ensembl ids or symbols (None: the whole vocabulary)."""
+        return np.arange(self.num_genes) if genes is None else self.vocabulary.positions(genes)
+
+    def split_rows(self, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Per shard, the number of cells in the training and in the held-out part of the cell-level split."""
+        held_out = np.array([holdout_mask(s, np.arange(s.num_rows), fraction, seed).sum() for s in self.shards])
+        rows = np.array([s.num_rows for s in self.shards])
+        return rows - held_out, held_out
+
+    def read(
+        self,
+        shard_index: int,
+        panel: np.ndarray,
+        rows_per_read: int = 4096,
+        split: str | None = None,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        max_rows: int | None = None,
+    ) -> Iterator[CellBlock]:
+        """Blocks of cells of one shard in file order, counts on ``panel`` (vocabulary positions).
+
+        :param split: None (all cells), ``"train"`` or ``"test"`` (cells of :func:`holdout_mask`).
+        :param max_rows: stop after this many rows of the file.
+        """
+        shard = self.shards[shard_index]
+        panel_lookup = self.vocabulary.lookup(panel)
+        categories = self.categories
+        handle = shard.open()
+        _check_schema(handle.schema_arrow, shard, self.label_columns)
+        columns = ["genes", "expressions", *dict.fromkeys(self.label_columns)]
+        first = 0
+        for batch in handle.iter_batches(batch_size=rows_per_read, columns=columns):
+            if max_rows is not None and first >= max_rows:
+                break
+            block = decode_rows(batch, shard, first, self._vocabulary_lookup, panel_lookup, len(panel), categories)
+            block.ids += self.offsets[shard_index]
+            if split is not None:
+                rows = np.arange(first, first + len(block))
+                test = holdout_mask(shard, rows, test_fraction, split_seed)
+                block = block.take(np.flatnonzero(test if split == "test" else ~test))
+            first += batch.num_rows
+            if len(block):
+                yield block
+
+    def sample(self, num_cells: int, panel: np.ndarray, seed: int = 0, **read_args) -> CellBlock:
+        """About ``num_cells`` cells spread over the shards: the first rows of a random set of shards, so that
+        every plate has a chance to appear (shards are grouped by plate)."""
+        order = np.random.default_rng(seed).permutation(len(self.shards))
+        per_shard = max(1, -(-num_cells // len(self.shards)))
+        blocks, total = [], 0
+        for index in order:
+            for block in self.read(int(index), panel, rows_per_read=min(per_shard, 65_536), max_rows=per_shard,
+                                   **read_args):
+                blocks.append(block)
+                total += len(block)
+            if total >= num_cells:
+                break
+        if not blocks:
+            raise ValueError("no cells to sample: the shards (or this split of them) are empty")
+        return CellBlock.concat(blocks).take(np.arange(min(total, num_cells)))
+
+    def highly_variable_genes(
+        self, num_genes: int = 2000, num_cells: int = 50_000, num_bins: int = 20, seed: int = 0
+    ) -> np.ndarray:
+        """Vocabulary positions of the ``num_genes`` most variable genes over a streamed sample of cells.
+
+        Counts are scaled to 10,000 per cell and log1p-transformed; each gene's mean and variance are accumulated
+        block by block (Chan et al. 1982's pairwise update, memory independent of the sample size); genes are
+        ranked by their dispersion (variance / mean, log) z-scored within bins of mean expression, as Seurat does.
+        """
+        if not 0 < num_genes <= self.num_genes:
+            raise ValueError(f"num_genes must be in 1..{self.num_genes}, got {num_genes}")
+        all_genes = np.arange(self.num_genes)
+        count, mean, m2 = 0, np.zeros(self.num_genes), np.zeros(self.num_genes)
+        order = np.random.default_rng(seed).permutation(len(self.shards))
+        per_shard = max(1, -(-num_cells // len(self.shards)))
+        for index in order:
+            for block in self.read(int(index), all_genes, rows_per_read=min(per_shard, 8192), max_rows=per_shard):
+                scaled = block.counts.multiply(1e4 / np.maximum(block.library, 1)[:, None]).tocsr()
+                scaled.data = np.log1p(scaled.data)
+                n = len(block)
+                block_mean = np.asarray(scaled.mean(axis=0)).ravel()
+                block_m2 = np.asarray(scaled.multiply(scaled).sum(axis=0)).ravel() - n * block_mean**2
+                delta, total = block_mean - mean, count + n
+                mean += delta * n / total
+                m2 += block_m2 + delta**2 * count * n / total
+                count = total
+            if count >= num_cells:
+                break
+        variance = m2 / max(count - 1, 1)
+        return rank_by_binned_dispersion(mean, variance, num_genes, num_bins)
+
+
+__all__ = ["TahoeAtlas"]

@@ -1,0 +1,278 @@
+"""Streaming cells from an atlas of shards: bounded memory, shuffled across shards, split across workers and ranks.
+
+Each epoch the shards are put in an order drawn from (seed, epoch) and dealt to the distributed ranks, then to the
+DataLoader workers of each rank, greedily by size (the next shard goes to the part with the fewest cells), so no
+two readers share a shard and the parts hold nearly equal numbers of cells. A reader interleaves a few shards at
+a time and passes their cells through a shuffle buffer: shards are grouped by plate, so their own order is not
+random. Memory is bounded by the buffer and the blocks being read, never by the size of the atlas.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pyrovae.data.atlas import TahoeAtlas
+from pyrovae.data.tahoe import CellBlock
+
+
+@dataclass
+class CellBatch:
+    """A mini-batch of cells: sparse counts on the gene panel (CSR), library sizes, label codes and cell ids.
+
+    ``counts`` is the dense (cells, panel genes) float32 tensor, built where the batch lives: after
+    ``batch.to("cuda")`` only the sparse parts cross to the GPU and the dense matrix is assembled there.
+    """
+
+    indptr: torch.Tensor  # (cells + 1,) int64
+    indices: torch.Tensor  # (non-zeros,) int64 panel positions
+    values: torch.Tensor  # (non-zeros,) float32
+    num_genes: int
+    library: torch.Tensor  # (cells,) float32, total counts over the whole vocabulary
+    labels: dict[str, torch.Tensor]  # name -> (cells,) int64 codes
+    ids: torch.Tensor  # (cells,) int64 global cell ids
+    _dense: torch.Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_block(cls, block: CellBlock) -> CellBatch:
+        csr = block.counts
+        return cls(
+            torch.from_numpy(csr.indptr.astype(np.int64)),
+            torch.from_numpy(csr.indices.astype(np.int64)),
+            torch.from_numpy(csr.data.astype(np.float32, copy=False)),
+            csr.shape[1],
+            torch.from_numpy(block.library),
+            {name: torch.from_numpy(codes) for name, codes in block.labels.items()},
+            torch.from_numpy(block.ids),
+        )
+
+    def __len__(self) -> int:
+        return len(self.library)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        if self._dense is None:
+            rows = torch.repeat_interleave(
+                torch.arange(len(self), device=self.values.device), self.indptr.diff(), output_size=len(self.values)
+            )
+            dense = torch.zeros(len(self), self.num_genes, device=self.values.device, dtype=self.values.dtype)
+            self._dense = dense.index_put_((rows, self.indices), self.values, accumulate=True)
+        return self._dense
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        labels = self.__dict__.get("labels", {})
+        if name in labels:  # batch.drug, batch.cell_line, batch.plate
+            return labels[name]
+        raise AttributeError(name)
+
+    def _map(self, fn) -> CellBatch:
+        return CellBatch(fn(self.indptr), fn(self.indices), fn(self.values), self.num_genes, fn(self.library),
+                         {k: fn(v) for k, v in self.labels.items()}, fn(self.ids))
+
+    def to(self, device, non_blocking: bool = False) -> CellBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> CellBatch:
+        return self._map(torch.Tensor.pin_memory)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_dense"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _dense=None)
+
+
+def deal(sizes: np.ndarray, order: np.ndarray, parts: int) -> list[list[int]]:
+    """Deal the items of ``order`` to ``parts`` lists, each next item to the part holding the least so far (ties:
+    the lowest part), so that parts hold nearly equal totals of ``sizes``."""
+    dealt, totals = [[] for _ in range(parts)], np.zeros(parts, dtype=np.int64)
+    for item in order:
+        part = int(np.argmin(totals))
+        dealt[part].append(int(item))
+        totals[part] += sizes[item]
+    return dealt
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class CellStream(IterableDataset):
+    """Mini-batches of :class:`CellBatch` streamed from a :class:`~pyrovae.data.atlas.TahoeAtlas`.
+
+    Deterministic given ``seed`` and the epoch (:meth:`set_epoch`), for any number of workers. Under
+    ``torch.distributed`` each rank reads its own shards (rank and world size are taken from the process group
+    unless given); every rank yields the same number of batches per epoch (:meth:`__len__`; with
+    ``drop_last`` the cells of a part beyond whole batches wait for another epoch's deal).
+
+    :param panel: vocabulary positions of the genes to return (see :meth:`TahoeAtlas.panel_positions`,
+        :meth:`TahoeAtlas.highly_variable_genes`).
+    :param split: None (all cells), ``"train"`` or ``"test"``: a cell-level split by a hash of shard and row
+        (``test_fraction`` of the cells, chosen by ``split_seed``).
+    :param int buffer_size: cells in the shuffle buffer; half of it is kept between draws.
+    :param int interleave: shards each reader has open at once (their blocks alternate into the buffer).
+    :param int num_workers: DataLoader worker processes (:meth:`loader`); shards are dealt among them.
+    """
+
+    def __init__(
+        self,
+        atlas: TahoeAtlas,
+        panel: np.ndarray | None = None,
+        batch_size: int = 256,
+        *,
+        split: str | None = None,
+        test_fraction: float = 0.05,
+        split_seed: int = 0,
+        shuffle: bool = True,
+        buffer_size: int = 16_384,
+        interleave: int = 4,
+        rows_per_read: int = 2048,
+        drop_last: bool | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if split not in (None, "train", "test"):
+            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+        if split is not None and not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1) for a split, got {test_fraction}")
+        self.atlas = atlas
+        self.panel = atlas.panel_positions() if panel is None else np.asarray(panel, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.split, self.test_fraction, self.split_seed = split, test_fraction, split_seed
+        self.shuffle = shuffle
+        self.buffer_size = max(int(buffer_size), self.batch_size)
+        self.interleave = max(1, int(interleave))
+        self.rows_per_read = int(rows_per_read)
+        self.drop_last = shuffle if drop_last is None else drop_last
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        default_rank, default_world = _distributed()
+        self.rank = default_rank if rank is None else int(rank)
+        self.world_size = default_world if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside 0..{self.world_size - 1}")
+        if split is None:
+            self.shard_cells = np.array([s.num_rows for s in atlas.shards], dtype=np.int64)
+        else:
+            train_rows, test_rows = atlas.split_rows(test_fraction, split_seed)
+            self.shard_cells = test_rows if split == "test" else train_rows
+        self.epoch = 0
+        self.categories = atlas.categories  # scanned here once, not in every worker
+
+    @property
+    def num_cells(self) -> int:
+        """Cells of this split in the whole atlas (all ranks): the N of the ELBO's data plate."""
+        return int(self.shard_cells.sum())
+
+    @property
+    def num_genes(self) -> int:
+        return len(self.panel)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shard order, deal and shuffles the next iteration reproduces."""
+        self.epoch = int(epoch)
+
+    def _parts(self) -> list[list[list[int]]]:
+        """Shards of every (rank, worker) this epoch."""
+        num_shards = len(self.shard_cells)
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(num_shards) if self.shuffle
+                 else np.arange(num_shards))
+        workers = max(1, self.num_workers)
+        return [deal(self.shard_cells, np.asarray(shards, dtype=np.int64), workers)
+                for shards in deal(self.shard_cells, order, self.world_size)]
+
+    def _batches_of(self, cells: int) -> int:
+        return cells // self.batch_size if self.drop_last else -(-cells // self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches every rank yields this epoch: the fewest that any rank can fill."""
+        per_rank = [sum(self._batches_of(int(self.shard_cells[w].sum())) for w in workers if w)
+                    for workers in self._parts()]
+        return min(per_rank)
+
+    def rank_shards(self, rank: int | None = None) -> list[int]:
+        """Shard indices read by ``rank`` (default: this one) this epoch."""
+        return sorted(s for worker in self._parts()[self.rank if rank is None else rank] for s in worker)
+
+    def _blocks(self, shards: list[int]) -> Iterator[CellBlock]:
+        """Blocks from ``interleave`` shards at a time, alternating."""
+        pending = deque(shards)
+        readers = deque()
+        while pending or readers:
+            while pending and len(readers) < self.interleave:
+                readers.append(self.atlas.read(pending.popleft(), self.panel, self.rows_per_read, self.split,
+                                               self.test_fraction, self.split_seed))
+            reader = readers.popleft()
+            block = next(reader, None)
+            if block is not None:
+                yield block
+                readers.append(reader)
+
+    def __iter__(self) -> Iterator[CellBatch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != max(1, self.num_workers):
+            raise RuntimeError(
+                f"this stream was built for {self.num_workers} workers but runs in {workers}: iterate "
+                "stream.loader(), or build the stream with num_workers matching the DataLoader"
+            )
+        shards = self._parts()[self.rank][worker]
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        buffer, size = [], 0
+        keep = self.buffer_size // 2 if self.shuffle else 0
+        for block in self._blocks(shards):
+            buffer.append(block)
+            size += len(block)
+            threshold = self.buffer_size if self.shuffle else self.batch_size
+            if size >= threshold:
+                cells = CellBlock.concat(buffer)
+                emit = (size - keep) // self.batch_size * self.batch_size
+                order = rng.permutation(size) if self.shuffle else np.arange(size)
+                for start in range(0, emit, self.batch_size):
+                    yield CellBatch.from_block(cells.take(order[start : start + self.batch_size]))
+                buffer, size = [cells.take(order[emit:])], size - emit
+        if size:
+            cells = CellBlock.concat(buffer)
+            order = rng.permutation(size) if self.shuffle else np.arange(size)
+            for start in range(0, size, self.batch_size):
+                rows = order[start : start + self.batch_size]
+                if len(rows) == self.batch_size or not self.drop_last:
+                    yield CellBatch.from_block(cells.take(rows))
+
+    def loader(self, pin_memory: bool = False, prefetch_factor: int = 4) -> DataLoader:
+        """A DataLoader over this stream with its ``num_workers`` (batches are formed in the workers)."""
+        return DataLoader(
+            self,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if self.num_workers else None,
+            persistent_workers=False,
+        )
+
+    def take(self, num_cells: int, seed: int = 0) -> CellBatch:
+        """About ``num_cells`` cells of this split, spread over the shards (all ranks see the same ones): a
+        held-out sample for figures and log-likelihoods, in memory."""
+        block = self.atlas.sample(num_cells, self.panel, seed=seed, split=self.split,
+                                  test_fraction=self.test_fraction, split_seed=self.split_seed)
+        return CellBatch.from_block(block)
+
+    def __repr__(self) -> str:
+        split = f", split={self.split!r}" if self.split else ""
+        return (f"CellStream({self.num_cells:,} cells x {self.num_genes:,} genes{split}, batch {self.batch_size}, "
+                f"rank {self.rank}/{self.world_size}, {self.num_workers} workers)")
+
+
+__all__ = ["CellBatch", "CellStream", "deal"]

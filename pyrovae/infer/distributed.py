@@ -1,0 +1,138 @@
+"""Data-parallel training under ``torchrun`` with PyTorch DistributedDataParallel.
+
+:func:`~pyrovae.infer.train` calls :func:`init_distributed`: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE``
+> 1 in the environment) it joins the process group (NCCL on GPUs, gloo on CPUs) and trains on the rank's own
+device; otherwise nothing changes. The model and guide are wrapped together in one module whose forward is the
+SVI loss, so DDP broadcasts their parameters from rank 0 at the start and averages gradients during backward.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+def is_distributed() -> bool:
+    """Whether this process is one rank of an initialised process group with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800) -> bool:
+    """Join the process group set up by ``torchrun`` (no-op when already joined or not launched by it).
+
+    :param backend: ``"nccl"`` or ``"gloo"``; default NCCL when CUDA is available, else gloo.
+    :returns: whether this process trains as one of several ranks.
+    """
+    if not dist.is_available():
+        return False
+    if not dist.is_initialized() and launched_by_torchrun():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return is_distributed()
+
+
+def local_device() -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` with CUDA, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+class _Loss(torch.nn.Module):
+    """The model and the guide as one module whose forward is the (differentiable) SVI loss."""
+
+    def __init__(self, objective, modules: dict[str, torch.nn.Module]) -> None:
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return self.objective(x, scales)
+
+
+def data_parallel(objective, modules: dict[str, torch.nn.Module], device: torch.device):
+    """``objective`` wrapped in DistributedDataParallel over the trained parameters of ``modules``.
+
+    The wrapper broadcasts rank 0's parameters and buffers now, and averages gradients across ranks in every
+    backward pass: with each rank's loss scaled by N / local batch, the average is the gradient of the ELBO
+    estimated from the global batch, exactly as one process with that batch would compute it.
+    """
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(_Loss(objective, modules), device_ids=device_ids)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (the tensor itself when not distributed)."""
+    if not is_distributed():
+        return tensor
+    device = tensor.device
+    reduced = tensor.to(_backend_device(), copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(device)
+
+
+def _backend_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo reduces CPU tensors (and copies CUDA ones)."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_finite(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (so that all ranks skip or apply a step together)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor(1.0 if flag else 0.0, device=_backend_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value)
+
+
+def gather_objects(value) -> list:
+    """``value`` from every rank, in rank order (``[value]`` when not distributed)."""
+    if not is_distributed():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+__all__ = [
+    "all_finite",
+    "all_reduce_sum",
+    "barrier",
+    "data_parallel",
+    "gather_objects",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "launched_by_torchrun",
+    "local_device",
+    "rank",
+    "world_size",
+]

@@ -1,0 +1,47 @@
+"""Trains a count VAE on generated Tahoe shards; run alone or under torchrun by tests/infer/test_distributed.py.
+
+Every rank saves its parameters, its loss curve and the cells it read in the first epoch to ``OUT/rank{r}.pt``.
+"""
+
+import argparse
+import os
+
+import torch
+from pyrovae.guides import NormalGuide
+from pyrovae.models import VAE
+
+from pyrovae.data import CellStream, TahoeAtlas
+from pyrovae.infer import train
+from pyrovae.infer.distributed import init_distributed, rank
+
+parser = argparse.ArgumentParser()
+parser.add_argument("shards")
+parser.add_argument("out")
+parser.add_argument("--batch-size", type=int, default=32)
+parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--checkpoint", default=None)
+args = parser.parse_args()
+
+torch.set_num_threads(1)
+init_distributed()
+atlas = TahoeAtlas(args.shards)
+stream = CellStream(atlas, batch_size=args.batch_size, buffer_size=256, seed=3)
+stream.set_epoch(0)
+first_epoch_cells = torch.cat([batch.ids for _, batch in zip(range(len(stream)), stream.loader())])
+
+torch.manual_seed(0)  # the same initial parameters in every run (DDP broadcasts rank 0's anyway)
+model = VAE(stream.num_genes, 4, [32], likelihood="nb")
+guide = NormalGuide(stream.num_genes, 4, [32], input_transform="log1p")
+history = train(model, guide, stream, epochs=args.epochs, lr=3e-3, seed=0, eval_size=0, progress=False,
+                checkpoint=args.checkpoint)
+os.makedirs(args.out, exist_ok=True)
+torch.save(
+    {
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+        "loss": history["loss"],
+        "cells": first_epoch_cells,
+        "num_cells": stream.num_cells,
+    },
+    os.path.join(args.out, f"rank{rank()}.pt"),
+)
