@@ -207,11 +207,12 @@ class CellStream(IterableDataset):
         return sorted(s for worker in self._parts()[self.rank if rank is None else rank] for s in worker)
 
     def _blocks(self, shards: list[int]) -> Iterator[CellBlock]:
-        """Blocks from ``interleave`` shards at a time, alternating."""
+        """Blocks from ``interleave`` shards at a time, alternating (one at a time, in file order, unshuffled)."""
         pending = deque(shards)
         readers = deque()
+        interleave = self.interleave if self.shuffle else 1
         while pending or readers:
-            while pending and len(readers) < self.interleave:
+            while pending and len(readers) < interleave:
                 readers.append(self.atlas.read(pending.popleft(), self.panel, self.rows_per_read, self.split,
                                                self.test_fraction, self.split_seed))
             reader = readers.popleft()

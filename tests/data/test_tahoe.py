@@ -1,0 +1,194 @@
+"""Tahoe-schema shards: decoding against pyarrow's own rows, bad input, gene panels, streaming HVG, CellStream."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pyrovae.data import CellStream, TahoeAtlas, TahoeFormatError, write_tahoe_shards
+from pyrovae.data.atlas import rank_by_binned_dispersion
+from pyrovae.data.tahoe import find_shards
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tahoe")
+    write_tahoe_shards(folder, num_cells=1200, num_shards=6, vocabulary_size=500, genes_per_cell=60, num_plates=3,
+                       rows_per_group=128, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def atlas(atlas_dir):
+    return TahoeAtlas(atlas_dir)
+
+
+def _reference(atlas_dir):
+    """Dense counts and labels from pyarrow's Python rows, the marker dropped by hand."""
+    vocabulary = pq.read_table(atlas_dir / "metadata" / "gene_metadata.parquet").column("token_id").to_pylist()
+    position = {t: i for i, t in enumerate(vocabulary)}
+    rows, drugs = [], []
+    for path in sorted((atlas_dir / "data").glob("*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            assert row["expressions"][0] < 0
+            dense = np.zeros(len(vocabulary))
+            for token, count in zip(row["genes"][1:], row["expressions"][1:]):
+                dense[position[token]] += count
+            rows.append(dense)
+            drugs.append(row["drug"])
+    return np.array(rows), drugs
+
+
+def test_decoded_cells_match_pyarrow_rows(atlas, atlas_dir):
+    expected, drugs = _reference(atlas_dir)
+    blocks = [b for shard in range(len(atlas.shards)) for b in atlas.read(shard, atlas.panel_positions(), 100)]
+    counts = np.vstack([b.counts.toarray() for b in blocks])
+    np.testing.assert_array_equal(counts, expected)
+    np.testing.assert_array_equal(np.concatenate([b.library for b in blocks]), expected.sum(1))
+    np.testing.assert_array_equal(np.concatenate([b.ids for b in blocks]), np.arange(1200))
+    names = atlas.categories["drug"]
+    assert [names[c] for b in blocks for c in b.labels["drug"]] == drugs
+
+
+def test_simulation_has_the_documented_structure(atlas):
+    block = next(atlas.read(0, atlas.panel_positions(), 400))
+    detected = (block.counts > 0).sum(1).mean()
+    assert 0.8 * 60 < detected < 1.2 * 60  # about genes_per_cell detected per cell
+    assert set(atlas.categories) == {"drug", "cell_line", "plate"}
+    assert atlas.categories["plate"] == ["plate1", "plate2", "plate3"]
+    assert len(atlas.categories["cell_line"]) == 5 and "DMSO_TF" in atlas.categories["drug"]
+
+
+def test_gene_panel_by_symbol_ensembl_or_token(atlas):
+    by_token = atlas.panel_positions([7, 3, 250])
+    np.testing.assert_array_equal(by_token, atlas.panel_positions(["GENE7", "GENE3", "GENE250"]))
+    np.testing.assert_array_equal(by_token, atlas.panel_positions(["ENSG00000000007", "ENSG00000000003",
+                                                                   "ENSG00000000250"]))
+    full = np.vstack([b.counts.toarray() for b in atlas.read(1, atlas.panel_positions())])
+    panel = np.vstack([b.counts.toarray() for b in atlas.read(1, by_token)])
+    np.testing.assert_array_equal(panel, full[:, [7, 3, 250]])
+    with pytest.raises(ValueError, match="not in the vocabulary.*GENE9999"):
+        atlas.panel_positions(["GENE1", "GENE9999"])
+
+
+def test_streaming_hvg_equals_the_in_memory_computation(atlas, atlas_dir):
+    expected, _ = _reference(atlas_dir)
+    logs = np.log1p(expected * (1e4 / np.maximum(expected.sum(1, keepdims=True), 1)))
+    exact = rank_by_binned_dispersion(logs.mean(0), logs.var(0, ddof=1), 50)
+    np.testing.assert_array_equal(atlas.highly_variable_genes(50, num_cells=10_000), exact)
+    sampled = atlas.highly_variable_genes(50, num_cells=400)
+    expressed = np.flatnonzero(expected.sum(0) > 0)
+    assert np.isin(sampled, expressed).all()
+
+
+def _write(path, **columns):
+    pq.write_table(pa.table(columns), path)
+
+
+def _bad_atlas(tmp_path, atlas_dir, **columns):
+    (tmp_path / "metadata").mkdir(exist_ok=True)
+    (tmp_path / "metadata" / "gene_metadata.parquet").write_bytes(
+        (atlas_dir / "metadata" / "gene_metadata.parquet").read_bytes())
+    base = {"genes": [[503, 1, 2], [503, 4]], "expressions": [[-2.0, 1.0, 3.0], [-2.0, 5.0]],
+            "drug": ["a", "b"], "cell_line_id": ["x", "x"], "plate": ["p", "p"]}
+    base.update(columns)
+    _write(tmp_path / "bad.parquet", **base)
+    return TahoeAtlas(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"expressions": [[-2.0, 1.0, 3.0], [-2.0, 5.0, 1.0]]}, r"bad.parquet, row 1: genes has 2 entries but expr"),
+        ({"genes": [[503, 1, 2], [503, 4000]]}, r"bad.parquet, row 1: token id 4000 is not in the gene vocabulary"),
+        ({"expressions": [[-2.0, 1.0, -3.0], [-2.0, 5.0]]}, r"bad.parquet, row 0: count -3.0 for token 2: counts must"),
+        ({"expressions": [[-2.0, 1.0, 3.0], [-2.0, 0.5]]}, r"bad.parquet, row 1: count 0.5 for token 4 is not an int"),
+        ({"genes": [[503, 1, 2], None]}, r"bad.parquet, row 1: genes is missing"),
+    ],
+)
+def test_bad_rows_name_the_shard_and_row(tmp_path, atlas_dir, columns, message):
+    atlas = _bad_atlas(tmp_path, atlas_dir, **columns)
+    with pytest.raises(TahoeFormatError, match=message):
+        list(atlas.read(0, atlas.panel_positions()))
+
+
+def test_a_shard_with_another_schema_is_named(tmp_path, atlas_dir):
+    _bad_atlas(tmp_path, atlas_dir)
+    _write(tmp_path / "other.parquet", genes=[["a"]], expressions=[[1.0]], drug=["a"], cell_line_id=["x"],
+           plate=["p"])
+    atlas = TahoeAtlas(tmp_path)
+    with pytest.raises(TahoeFormatError, match=r"other.parquet does not follow the Tahoe expression schema: column "
+                                               r"'genes' is list<element: string>, expected a list of integers"):
+        list(atlas.read(1, atlas.panel_positions()))
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(TahoeFormatError, match="junk.parquet cannot be read as parquet"):
+        TahoeAtlas(tmp_path)
+
+
+def test_missing_vocabulary_and_hub_without_client(tmp_path, monkeypatch):
+    _write(tmp_path / "x.parquet", genes=[[1]], expressions=[[1.0]])
+    with pytest.raises(FileNotFoundError, match="no gene_metadata table"):
+        TahoeAtlas(tmp_path, labels=())
+    with pytest.raises(FileNotFoundError, match="no parquet file or folder at /nonexistent/x"):
+        find_shards("/nonexistent/x")
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
+    with pytest.raises(ImportError, match="pip install huggingface_hub"):
+        find_shards("tahoebio/Tahoe-100M")
+
+
+def _epoch_ids(stream, epoch, workers=False):
+    stream.set_epoch(epoch)
+    batches = stream.loader() if workers else stream
+    return torch.cat([b.ids for _, b in zip(range(len(stream)), batches)]).numpy()
+
+
+def test_stream_is_deterministic_given_seed_and_epoch(atlas):
+    stream = CellStream(atlas, batch_size=50, buffer_size=300, seed=4)
+    first = _epoch_ids(stream, 0)
+    np.testing.assert_array_equal(first, _epoch_ids(stream, 0))
+    assert not np.array_equal(first, _epoch_ids(stream, 1))
+    assert len(first) == len(np.unique(first)) == 1200  # every cell once (1,200 = 24 batches of 50)
+    again = CellStream(atlas, batch_size=50, buffer_size=300, seed=4)
+    np.testing.assert_array_equal(first, _epoch_ids(again, 0))
+
+
+def test_shuffle_mixes_shards_and_unshuffled_keeps_file_order(atlas):
+    stream = CellStream(atlas, batch_size=50, buffer_size=400, interleave=3, seed=0)
+    stream.set_epoch(0)
+    first_batch = next(iter(stream))
+    assert len(np.unique(first_batch.ids.numpy() // 200)) >= 3  # cells of several shards in one batch
+    ordered = CellStream(atlas, batch_size=50, shuffle=False)
+    np.testing.assert_array_equal(_epoch_ids(ordered, 0), np.arange(1200))
+
+
+def test_workers_and_ranks_split_shards_without_overlap(atlas):
+    two_workers = CellStream(atlas, batch_size=40, buffer_size=200, seed=2, num_workers=2)
+    ids = _epoch_ids(two_workers, 0, workers=True)
+    assert len(ids) == len(np.unique(ids)) == 40 * len(two_workers)
+    per_rank = [CellStream(atlas, batch_size=40, buffer_size=200, seed=2, rank=r, world_size=2) for r in (0, 1)]
+    seen = [set(_epoch_ids(s, 0)) for s in per_rank]
+    assert not seen[0] & seen[1]
+    assert len(per_rank[0]) == len(per_rank[1]) == 15  # 600 cells per rank
+    shards = [set(s.rank_shards()) for s in per_rank]
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(6))
+
+
+def test_cell_level_split(atlas):
+    train = CellStream(atlas, batch_size=32, split="train", test_fraction=0.2, shuffle=False)
+    test = CellStream(atlas, batch_size=32, split="test", test_fraction=0.2, shuffle=False)
+    train_ids, test_ids = set(_epoch_ids(train, 0)), set(_epoch_ids(test, 0))
+    assert not train_ids & test_ids and train_ids | test_ids == set(range(1200))
+    assert train.num_cells + test.num_cells == 1200 and abs(test.num_cells / 1200 - 0.2) < 0.05
+    assert len(test_ids) == test.num_cells
+
+
+def test_cell_batch_counts_on_any_device(atlas):
+    stream = CellStream(atlas, batch_size=64, shuffle=False)
+    batch = next(iter(stream))
+    block = next(atlas.read(0, atlas.panel_positions(), 64))
+    torch.testing.assert_close(batch.counts, torch.from_numpy(block.counts.toarray()))
+    torch.testing.assert_close(batch.to("cpu").counts, batch.counts)
+    assert batch.drug.dtype == torch.int64 and batch.cell_line.shape == (64,)
+    sample = stream.take(300)
+    assert len(sample) == 300 and len(np.unique(sample.ids.numpy() // 200)) == 6  # spread over all shards
