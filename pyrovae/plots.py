@@ -41,7 +41,8 @@ def show_images(ax, images, image_shape=(28, 28), num_columns=10, title: str | N
 
 
 def latent_scatter(ax, codes, labels=None, title: str | None = None, max_points: int = 10000) -> None:
-    """Scatter of 2-D codes (first two principal components when the codes have more dimensions)."""
+    """Scatter of 2-D codes (first two principal components when the codes have more dimensions), coloured by
+    integer labels or by names (with a legend up to 20 categories)."""
     codes = _numpy(codes)[:max_points]
     if codes.shape[1] > 2:
         centred = codes - codes.mean(0)
@@ -56,8 +57,17 @@ def latent_scatter(ax, codes, labels=None, title: str | None = None, max_points:
         ax.scatter(codes[:, 0], codes[:, 1], s=2, alpha=0.6)
     else:
         labels = _numpy(labels)[:max_points]
-        scatter = ax.scatter(codes[:, 0], codes[:, 1], c=labels, s=2, alpha=0.7, cmap="tab10")
-        ax.legend(*scatter.legend_elements(), loc="best", fontsize="x-small", markerscale=0.8, ncol=2)
+        if labels.dtype.kind in "OUS":  # names: one colour and one legend entry per name
+            names, labels = np.unique(labels.astype(str), return_inverse=True)
+        else:
+            names = None
+        cmap = "tab10" if labels.max() < 10 else "tab20"
+        scatter = ax.scatter(codes[:, 0], codes[:, 1], c=labels, s=2, alpha=0.7, cmap=cmap)
+        if len(np.unique(labels)) <= 20:
+            handles, values = scatter.legend_elements()
+            if names is not None:
+                values = [names[int(v)] for v in np.unique(labels)]
+            ax.legend(handles, values, loc="best", fontsize="x-small", markerscale=0.8, ncol=2)
     if title:
         ax.set_title(title)
 

@@ -6,6 +6,7 @@ from pyrovae.data.atlas import TahoeAtlas
 from pyrovae.data.cell_stream import CellBatch, CellStream
 from pyrovae.data.count_data import CountData, add_results
 from pyrovae.data.idx import IDXError, parse_idx, read_idx
+from pyrovae.data.log_pca import LogPCA
 from pyrovae.data.mnist import (
     FASHION_CLASSES,
     binarize_split,
@@ -36,6 +37,7 @@ __all__ = [
     "CellBatch",
     "CellStream",
     "GeneVocabulary",
+    "LogPCA",
     "TahoeAtlas",
     "TahoeFormatError",
     "write_tahoe_shards",

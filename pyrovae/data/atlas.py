@@ -137,21 +137,35 @@ class TahoeAtlas:
                 yield block
 
     def sample(self, num_cells: int, panel: np.ndarray, seed: int = 0, **read_args) -> CellBlock:
-        """About ``num_cells`` cells spread over the shards: the first rows of a random set of shards, so that
-        every plate has a chance to appear (shards are grouped by plate)."""
+        """``num_cells`` cells spread over the shards (fewer if the atlas or split has fewer): the first cells of
+        every shard in a random order, an equal share from each, then more from shards with cells left. Every plate
+        has its share (shards are grouped by plate); only the rows needed are read."""
         order = np.random.default_rng(seed).permutation(len(self.shards))
-        per_shard = max(1, -(-num_cells // len(self.shards)))
+        quota = max(1, -(-num_cells // len(self.shards)))
+        taken = np.zeros(len(self.shards), dtype=np.int64)
         blocks, total = [], 0
-        for index in order:
-            for block in self.read(int(index), panel, rows_per_read=min(per_shard, 65_536), max_rows=per_shard,
-                                   **read_args):
-                blocks.append(block)
-                total += len(block)
-            if total >= num_cells:
-                break
+        for limit in (quota, None):  # an equal share first, then the rest of each shard
+            for index in order:
+                if total >= num_cells:
+                    break
+                want = num_cells - total if limit is None else min(limit, num_cells - total)
+                skip, got = taken[index], 0
+                for block in self.read(int(index), panel, **read_args):
+                    if skip >= len(block):  # cells taken in the first pass
+                        skip -= len(block)
+                        continue
+                    block = block.take(np.arange(skip, min(len(block), skip + want - got)))
+                    skip = 0
+                    if len(block):
+                        blocks.append(block)
+                        got += len(block)
+                    if got >= want:
+                        break
+                taken[index] += got
+                total += got
         if not blocks:
             raise ValueError("no cells to sample: the shards (or this split of them) are empty")
-        return CellBlock.concat(blocks).take(np.arange(min(total, num_cells)))
+        return CellBlock.concat(blocks)
 
     def highly_variable_genes(
         self, num_genes: int = 2000, num_cells: int = 50_000, num_bins: int = 20, seed: int = 0

@@ -119,6 +119,8 @@ class CellStream(IterableDataset):
     :param int buffer_size: cells in the shuffle buffer; half of it is kept between draws.
     :param int interleave: shards each reader has open at once (their blocks alternate into the buffer).
     :param int num_workers: DataLoader worker processes (:meth:`loader`); shards are dealt among them.
+    :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
+        e.g. a fitted :class:`~pyrovae.data.LogPCA`.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class CellStream(IterableDataset):
         num_workers: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        transform: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -168,8 +171,24 @@ class CellStream(IterableDataset):
         else:
             train_rows, test_rows = atlas.split_rows(test_fraction, split_seed)
             self.shard_cells = test_rows if split == "test" else train_rows
+        self.transform = transform
         self.epoch = 0
         self.categories = atlas.categories  # scanned here once, not in every worker
+
+    def inputs(self, batch: CellBatch) -> torch.Tensor:
+        """What the model is trained on: the dense counts, or their ``transform``."""
+        if self.transform is None:
+            return batch.counts
+        self.transform.to(batch.values.device)
+        return self.transform(batch.counts)
+
+    @property
+    def num_features(self) -> int:
+        """Columns of :meth:`inputs`: the panel size, or the transform's output size."""
+        if self.transform is None:
+            return self.num_genes
+        probe = torch.zeros(1, self.num_genes, device=next(iter(self.transform.buffers()), torch.zeros(())).device)
+        return int(self.transform(probe).shape[-1])
 
     @property
     def num_cells(self) -> int:

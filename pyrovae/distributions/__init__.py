@@ -5,6 +5,7 @@ from pyrovae.distributions.kl import kl_to_uniform
 from pyrovae.distributions.negative_binomial import NegativeBinomial, ZeroInflatedNegativeBinomial
 from pyrovae.distributions.poisson import Poisson, ZeroInflatedPoisson
 from pyrovae.distributions.power_spherical import PowerSpherical
+from pyrovae.distributions.sphere import slerp
 from pyrovae.distributions.uniform import HypersphericalUniform
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
 
@@ -17,4 +18,5 @@ __all__ = [
     "ZeroInflatedNegativeBinomial",
     "ZeroInflatedPoisson",
     "kl_to_uniform",
+    "slerp",
 ]

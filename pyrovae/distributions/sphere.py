@@ -102,3 +102,25 @@ class SphericalDistribution(TorchDistribution):
         TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` points along the great circle from ``start`` to ``end`` at constant angular speed (Shoemake 1985).
+
+    :param start, end: directions ``(..., m)`` (normalised here).
+    :returns: ``(steps, ..., m)`` unit vectors; nearly equal directions fall back to normalised linear interpolation
+        and antipodal ones (no unique great circle) are an error.
+    """
+    start = start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)
+    end = end / torch.linalg.vector_norm(end, dim=-1, keepdim=True)
+    cosine = (start * end).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+    if bool((cosine < -1 + 1e-6).any()):
+        raise ValueError("slerp between antipodal directions is not unique; pick other end points")
+    omega = torch.arccos(cosine)
+    t = torch.linspace(0.0, 1.0, steps, dtype=start.dtype, device=start.device).reshape(-1, *[1] * start.dim())
+    small = omega < 1e-4
+    sin_omega = torch.where(small, torch.ones_like(omega), torch.sin(omega))
+    weights_start = torch.where(small, 1 - t, torch.sin((1 - t) * omega) / sin_omega)
+    weights_end = torch.where(small, t, torch.sin(t * omega) / sin_omega)
+    path = weights_start * start + weights_end * end
+    return path / torch.linalg.vector_norm(path, dim=-1, keepdim=True)

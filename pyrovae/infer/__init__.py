@@ -1,7 +1,7 @@
 """Training and evaluation: SVI, importance-sampled log-likelihood, PSIS diagnostics, checkpoints."""
 
 from pyrovae.infer.checkpoint import load_checkpoint, save_checkpoint
-from pyrovae.infer.clustering import clustering_scores, kmeans_clusters
+from pyrovae.infer.clustering import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.encoding import encode_data
 from pyrovae.infer.evaluation import elbo_terms, evaluate
@@ -29,6 +29,8 @@ __all__ = [
     "log_likelihood",
     "make_objective",
     "psis_khat",
+    "reconstruction_scores",
     "save_checkpoint",
+    "silhouette_sweep",
     "train",
 ]

@@ -45,4 +45,32 @@ def clustering_scores(labels, clusters, latent=None, max_silhouette: int = 5000,
     return scores
 
 
-__all__ = ["clustering_scores", "kmeans_clusters"]
+def silhouette_sweep(latent, ks=range(2, 11), seed: int = 0, max_points: int = 5000) -> dict[int, float]:
+    """Silhouette of KMeans clusterings of ``latent`` for each number of clusters in ``ks`` (on at most
+    ``max_points`` rows drawn with ``seed``): the notebook-000 choice of k."""
+    from sklearn.metrics import silhouette_score
+
+    latent = _numpy(latent)
+    if len(latent) > max_points:
+        latent = latent[np.random.default_rng(seed).choice(len(latent), max_points, replace=False)]
+    return {int(k): float(silhouette_score(latent, kmeans_clusters(latent, int(k), seed))) for k in ks}
+
+
+def reconstruction_scores(data, reconstruction) -> dict:
+    """Mean squared error over all entries, and the Pearson correlation of each row with its reconstruction.
+
+    :returns: ``{"mse", "correlation_mean", "correlations"}``; a constant row has correlation NaN (left out of the
+        mean).
+    """
+    data, reconstruction = _numpy(data).astype(np.float64), _numpy(reconstruction).astype(np.float64)
+    if data.shape != reconstruction.shape:
+        raise ValueError(f"data {data.shape} and reconstruction {reconstruction.shape} differ in shape")
+    centred = data - data.mean(1, keepdims=True)
+    centred_hat = reconstruction - reconstruction.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlations = (centred * centred_hat).sum(1) / np.sqrt((centred**2).sum(1) * (centred_hat**2).sum(1))
+    return {"mse": float(((data - reconstruction) ** 2).mean()), "correlation_mean": float(np.nanmean(correlations)),
+            "correlations": correlations}
+
+
+__all__ = ["clustering_scores", "kmeans_clusters", "reconstruction_scores", "silhouette_sweep"]

@@ -146,7 +146,7 @@ class BatchSource:
             for step, batch in enumerate(loader):
                 if step >= steps:
                     break
-                yield self._validate(batch.to(self.device, non_blocking=True).counts)
+                yield self._validate(self._stream.inputs(batch.to(self.device, non_blocking=True)))
             return
         if self._loader is not None:
             for item in self._loader:

@@ -112,7 +112,7 @@ def _eval_source(data, size: int, batch_size: int, device, model) -> BatchSource
     if isinstance(data, DataLoader) or size <= 0:
         return None
     if _streaming(data):  # the same cells on every rank
-        data = data.take(size).counts
+        data = data.inputs(data.take(size))
     if isinstance(data, (torch.Tensor, np.ndarray)):
         data = data[:size]
     elif hasattr(data, "subset"):

@@ -1,0 +1,215 @@
+"""S-VAE on single cells streamed from a Tahoe-100M-schema atlas (notebook 000, single-cell part).
+
+The notebook read 1,000 cells through a Python loop and kept the first 500 list entries of each (token order, not
+genes). Here the atlas is streamed shard by shard: a gene panel (``--genes`` highly variable genes from a streamed
+sample, or ``--panel`` a file of symbols) is fixed first, 5% of the cells are held out by a hash of shard and row,
+and the model trains on the rest, under ``torchrun`` on several processes or GPUs if launched so. The default
+model is the notebook's S-VAE: uniform prior on S^9 (``--latent-dim 10``), von Mises-Fisher guide (``--guide
+power``: Power Spherical; ``--guide normal``: the N-VAE), with a negative binomial likelihood on the panel's counts
+(library size observed); ``--pca`` is the notebook's setting instead: log1p, standardise, PCA 50 fitted on a
+sample, Gaussian likelihood.
+
+Without ``--source`` the experiment generates a simulated atlas in the Tahoe schema (cell-line and drug effects,
+NB counts) under ``OUT/atlas``; pass a folder of Tahoe parquet shards with their ``metadata/gene_metadata.parquet``,
+or ``--source tahoebio/Tahoe-100M`` to stream the hub data set (needs ``huggingface_hub`` and a network).
+
+Outputs on a held-out sample: t-SNE of latent means by drug and by cell line, the concentration histogram,
+reconstruction MSE and per-cell correlation, KMeans silhouette for k = 2..10, generation from the prior, a
+spherical interpolation between two cells of different lines, and the held-out log-likelihood. Training resumes
+from ``OUT/checkpoint.pt``.
+"""
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
+from pyrovae.models import SVAE, VAE
+
+from pyrovae.data import CellStream, LogPCA, TahoeAtlas, write_tahoe_shards
+from pyrovae.distributions import slerp
+from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.infer import (
+    clustering_scores,
+    encode_data,
+    kmeans_clusters,
+    log_likelihood,
+    reconstruction_scores,
+    silhouette_sweep,
+    train,
+)
+from pyrovae.infer.distributed import barrier, init_distributed, is_main_process, local_device
+from pyrovae.plots import latent_scatter, save, training_curves
+
+parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_svae")
+parser.add_argument("--source", default=None, help="Tahoe parquet file/folder, or tahoebio/Tahoe-100M (hub)")
+parser.add_argument("--synthetic-cells", type=int, default=60_000, help="cells of the generated atlas")
+parser.add_argument("--synthetic-shards", type=int, default=12)
+parser.add_argument("--vocabulary", type=int, default=62_710, help="genes in the generated atlas's vocabulary")
+parser.add_argument("--genes-per-cell", type=int, default=2_000, help="genes detected per generated cell")
+parser.add_argument("--genes", type=int, default=2_000, help="panel: highly variable genes from a streamed sample")
+parser.add_argument("--panel", default=None, help="panel: a text file of gene symbols or Ensembl ids, one per line")
+parser.add_argument("--hvg-cells", type=int, default=20_000, help="cells sampled to choose the panel")
+parser.add_argument("--guide", choices=["vmf", "power", "normal"], default="vmf")
+parser.add_argument("--likelihood", choices=["nb", "zinb", "poisson", "zip"], default="nb")
+parser.add_argument("--pca", action="store_true", help="log1p + standardise + PCA, Gaussian likelihood")
+parser.add_argument("--pca-components", type=int, default=50)
+parser.add_argument("--latent-dim", type=int, default=10, help="ambient latent dimension (S^(d-1) for an S-VAE)")
+parser.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="encoder widths (decoder mirrors)")
+parser.add_argument("--batch-size", type=int, default=256, help="cells per batch per process")
+parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--workers", type=int, default=1, help="DataLoader workers reading shards")
+parser.add_argument("--test-fraction", type=float, default=0.05, help="cells held out (hash of shard and row)")
+parser.add_argument("--held-out", type=int, default=3_000, help="held-out cells analysed")
+parser.add_argument("--num-samples", type=int, default=100, help="importance samples per held-out cell")
+args = parser.parse_args()
+device = setup(args)
+if init_distributed():
+    device = local_device()
+out = Path(args.out)
+progress = not args.no_progress and is_main_process()
+
+# --- data: the atlas, a gene panel fixed before training, the streams -------------------------------------------
+source = args.source
+if source is None:
+    source = out / "atlas"
+    if is_main_process() and not (source / "metadata" / "gene_metadata.parquet").exists():
+        print(f"generating a {args.synthetic_cells:,}-cell Tahoe-schema atlas in {source}")
+        write_tahoe_shards(source, args.synthetic_cells, args.synthetic_shards, args.vocabulary, args.genes_per_cell,
+                           seed=args.seed)
+    barrier()
+atlas = TahoeAtlas(source)
+panel_file = out / "panel.txt"
+if args.panel:
+    panel = atlas.panel_positions([line.strip() for line in Path(args.panel).read_text().split() if line.strip()])
+elif panel_file.exists():  # a resumed run keeps its panel
+    panel = atlas.panel_positions(panel_file.read_text().split())
+else:
+    panel = atlas.highly_variable_genes(min(args.genes, atlas.num_genes), num_cells=args.hvg_cells, seed=args.seed)
+    if is_main_process():
+        panel_file.write_text("\n".join(atlas.vocabulary.ensembl_ids[panel]) + "\n")
+print(f"{atlas}; panel of {len(panel):,} genes")
+
+split = {"test_fraction": args.test_fraction, "split_seed": args.seed}
+train_stream = CellStream(atlas, panel, args.batch_size, split="train", seed=args.seed, num_workers=args.workers,
+                          **split)
+held_out = CellStream(atlas, panel, split="test", shuffle=False, **split).take(args.held_out, seed=args.seed)
+if args.pca:
+    train_stream.transform = LogPCA.fit(train_stream.take(20_000, seed=args.seed + 1).counts, args.pca_components)
+x_held = train_stream.inputs(held_out).to(device)  # (cells, features)
+codes = {name: held_out.labels[name].numpy() for name in ("drug", "cell_line")}
+names = atlas.categories
+print(f"{train_stream}; {len(held_out):,} held-out cells analysed")
+
+# --- model and guide ------------------------------------------------------------------------------------------
+x_dim, widths = x_held.shape[1], tuple(args.hidden)
+likelihood = "gaussian" if args.pca else args.likelihood
+transform = None if args.pca else "log1p"
+if args.guide == "normal":
+    model, guide = VAE(x_dim, args.latent_dim, widths[::-1], likelihood), NormalGuide(
+        x_dim, args.latent_dim, widths, input_transform=transform)
+else:
+    family = VMFGuide if args.guide == "vmf" else PowerSphericalGuide
+    model, guide = SVAE(x_dim, args.latent_dim, widths[::-1], likelihood), family(
+        x_dim, args.latent_dim, widths, input_transform=transform)
+
+history = train(model, guide, train_stream, epochs=args.epochs, lr=args.lr, val_data=x_held, seed=args.seed,
+                checkpoint=out / "checkpoint.pt", device=device, progress=progress)
+if not is_main_process():
+    raise SystemExit(0)
+
+# --- analyses on the held-out sample --------------------------------------------------------------------------
+model.eval()
+spherical = args.guide != "normal"
+locations = encode_data(guide, x_held, fn=lambda x: guide.encode(x).loc)  # latent means (mean directions)
+spread = encode_data(guide, x_held, fn=lambda x: guide.encode(x).concentration if spherical
+                     else guide.encode(x).scale.mean(-1))
+panel_sizes = held_out.counts.sum(-1).to(device)  # the observed library of the panel, as in training
+with torch.no_grad():
+    decoded = model.decode(locations.to(device)) if args.pca else model.decode(locations.to(device), panel_sizes)
+    reconstruction = decoded.mean.cpu()
+observed = x_held.cpu()
+if not args.pca:  # compare on the log scale, where counts of all sizes weigh in
+    observed, reconstruction = torch.log1p(observed), torch.log1p(reconstruction)
+reconstruction_metrics = reconstruction_scores(observed, reconstruction)
+silhouettes = silhouette_sweep(locations, range(2, 11), seed=args.seed)
+num_lines = len(np.unique(codes["cell_line"]))
+line_scores = clustering_scores(codes["cell_line"], kmeans_clusters(locations, num_lines, args.seed), locations)
+drug_scores = clustering_scores(codes["drug"], kmeans_clusters(locations, len(np.unique(codes["drug"])), args.seed))
+ll = log_likelihood(model, guide, x_held, num_samples=args.num_samples, progress=progress)
+print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell "
+      f"(k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")
+print(f"reconstruction MSE {reconstruction_metrics['mse']:.4f}, per-cell correlation "
+      f"{reconstruction_metrics['correlation_mean']:.3f}; KMeans vs cell line ARI {line_scores['ari']:.3f}")
+
+# --- figures --------------------------------------------------------------------------------------------------
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+embedding = TSNE(n_components=2, perplexity=min(30, len(locations) - 1), random_state=args.seed).fit_transform(
+    locations.numpy())
+fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+for ax, key in zip(axes, ("drug", "cell_line")):
+    latent_scatter(ax, embedding, np.array(names[key], dtype=object)[codes[key]], title=f"t-SNE of latent means, {key}")
+save(fig, out / "tsne.png")
+
+fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+axes[0].hist(spread.numpy(), bins=50, color="tab:red")
+axes[0].set(xlabel="concentration" if spherical else "mean posterior scale", ylabel="cells",
+            title="posterior concentration" if spherical else "posterior scale")
+axes[1].hist(reconstruction_metrics["correlations"], bins=50, color="tab:blue")
+axes[1].axvline(reconstruction_metrics["correlation_mean"], color="k", ls="--")
+axes[1].set(xlabel="Pearson correlation", title="per-cell reconstruction" + ("" if args.pca else " (log1p)"))
+axes[2].plot(list(silhouettes), list(silhouettes.values()), "o-")
+axes[2].set(xlabel="KMeans clusters k", ylabel="silhouette", title="clustering of the latent means")
+save(fig, out / "posterior_reconstruction_clusters.png")
+
+# generation from the prior beside the held-out cells, on the held-out cells' first two principal axes
+with torch.no_grad():
+    generated = model.sample(len(held_out), library=None if args.pca else panel_sizes).cpu()
+features = (lambda v: v) if args.pca else (lambda v: torch.log1p(v * (1e4 / v.sum(-1, keepdim=True).clamp(min=1))))
+plane = PCA(2, random_state=args.seed).fit(features(x_held.cpu()).numpy())
+real_2d, generated_2d = plane.transform(features(x_held.cpu()).numpy()), plane.transform(features(generated).numpy())
+fig, ax = plt.subplots(figsize=(6.5, 5.5))
+ax.scatter(*real_2d.T, s=3, alpha=0.4, label="held-out cells")
+ax.scatter(*generated_2d.T, s=3, alpha=0.4, label="generated from the prior")
+ax.set(xlabel="PC1", ylabel="PC2", title="generation from the prior")
+ax.legend(markerscale=4)
+save(fig, out / "generation.png")
+
+# interpolation between two held-out cells of different cell lines, along the great circle (a line for the N-VAE)
+first = 0
+second = int(np.flatnonzero(codes["cell_line"] != codes["cell_line"][first])[0])
+ends = locations[[first, second]]
+path = slerp(ends[0], ends[1], 11) if spherical else torch.stack(
+    [(1 - t) * ends[0] + t * ends[1] for t in torch.linspace(0, 1, 11)])
+with torch.no_grad():
+    size = panel_sizes[[first, second]].mean().expand(11)
+    profiles = (model.decode(path.to(device)) if args.pca else model.decode(path.to(device), size)).mean.cpu()
+shown = torch.argsort(features(profiles).var(0), descending=True)[:30]
+fig, ax = plt.subplots(figsize=(9, 5))
+image = ax.imshow(features(profiles)[:, shown].T.numpy(), aspect="auto", cmap="viridis")
+ax.set(xlabel="interpolation step", ylabel="feature" if args.pca else "gene (30 most changing)",
+       title=f"{names['cell_line'][codes['cell_line'][first]]} -> {names['cell_line'][codes['cell_line'][second]]}")
+fig.colorbar(image, ax=ax, label="decoded " + ("feature" if args.pca else "log1p(normalised mean)"))
+save(fig, out / "interpolation.png")
+
+fig, ax = plt.subplots(figsize=(6.5, 4.5))
+training_curves(ax, {"held-out cells": history}, key="val_elbo", ylabel="ELBO per cell")
+save(fig, out / "training.png")
+
+write_metrics(out, {
+    "cells": atlas.num_cells, "shards": len(atlas.shards), "panel_genes": len(panel), "train_cells":
+    train_stream.num_cells, "held_out_cells": len(held_out), "features": x_dim,
+    "held_out_log_likelihood": ll.mean, "held_out_log_likelihood_stderr": ll.stderr,
+    "khat_above_0.7": float((ll.khat > 0.7).float().mean()),
+    "reconstruction_mse": reconstruction_metrics["mse"],
+    "reconstruction_correlation": reconstruction_metrics["correlation_mean"],
+    "silhouette_by_k": silhouettes, "best_k": max(silhouettes, key=silhouettes.get),
+    "kmeans_vs_cell_line": line_scores, "kmeans_vs_drug": drug_scores,
+    "concentration_mean": float(spread.mean()), "concentration_std": float(spread.std()),
+    "epochs": len(history), "seconds_per_epoch": float(np.mean(history["seconds"])),
+    "history": history.records,
+}, args)
+print(f"figures and metrics.json in {out}")
