@@ -9,9 +9,11 @@ power``: Power Spherical; ``--guide normal``: the N-VAE), with a negative binomi
 (library size observed); ``--pca`` is the notebook's setting instead: log1p, standardise, PCA 50 fitted on a
 sample, Gaussian likelihood.
 
-Without ``--source`` the experiment generates a simulated atlas in the Tahoe schema (cell-line and drug effects,
-NB counts) under ``OUT/atlas``; pass a folder of Tahoe parquet shards with their ``metadata/gene_metadata.parquet``,
-or ``--source tahoebio/Tahoe-100M`` to stream the hub data set (needs ``huggingface_hub`` and a network).
+Without ``--source`` it reads ``tahoe/`` under the data folders (``--data-dir``, ``$PYROVAE_DATA``,
+``../shared/data``) if there is one, else generates a simulated atlas in the Tahoe schema (cell-line and drug
+effects, NB counts) under ``OUT/atlas``; pass a folder of Tahoe parquet shards with their
+``metadata/gene_metadata.parquet``, or ``--source tahoebio/Tahoe-100M`` to stream the hub data set (needs
+``huggingface_hub`` and a network).
 
 Outputs on a held-out sample: t-SNE of latent means by drug and by cell line, the concentration histogram,
 reconstruction MSE and per-cell correlation, KMeans silhouette for k = 2..10, generation from the prior, a
@@ -27,7 +29,7 @@ import torch
 from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.models import SVAE, VAE
 
-from pyrovae.data import CellStream, LogPCA, TahoeAtlas, write_tahoe_shards
+from pyrovae.data import CellStream, LogPCA, TahoeAtlas, find_dataset, write_tahoe_shards
 from pyrovae.distributions import slerp
 from pyrovae.experiment import experiment_parser, setup, write_metrics
 from pyrovae.infer import (
@@ -71,7 +73,7 @@ out = Path(args.out)
 progress = not args.no_progress and is_main_process()
 
 # --- data: the atlas, a gene panel fixed before training, the streams -------------------------------------------
-source = args.source
+source = args.source or find_dataset("tahoe", args.data_dir)  # a local copy: DATA/tahoe/{data,metadata}
 if source is None:
     source = out / "atlas"
     if is_main_process() and not (source / "metadata" / "gene_metadata.parquet").exists():
@@ -122,9 +124,10 @@ if not is_main_process():
 # --- analyses on the held-out sample --------------------------------------------------------------------------
 model.eval()
 spherical = args.guide != "normal"
-locations = encode_data(guide, x_held, fn=lambda x: guide.encode(x).loc)  # latent means (mean directions)
+# latent means (mean directions on the sphere), and the concentration (mean posterior scale for the N-VAE)
+locations = encode_data(guide, x_held, fn=lambda x: guide.encode(x).loc if spherical else guide.encode(x).mean)
 spread = encode_data(guide, x_held, fn=lambda x: guide.encode(x).concentration if spherical
-                     else guide.encode(x).scale.mean(-1))
+                     else guide.encode(x).stddev.mean(-1))
 panel_sizes = held_out.counts.sum(-1).to(device)  # the observed library of the panel, as in training
 with torch.no_grad():
     decoded = model.decode(locations.to(device)) if args.pca else model.decode(locations.to(device), panel_sizes)
@@ -152,6 +155,7 @@ embedding = TSNE(n_components=2, perplexity=min(30, len(locations) - 1), random_
 fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
 for ax, key in zip(axes, ("drug", "cell_line")):
     latent_scatter(ax, embedding, np.array(names[key], dtype=object)[codes[key]], title=f"t-SNE of latent means, {key}")
+    ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2")
 save(fig, out / "tsne.png")
 
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))

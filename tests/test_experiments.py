@@ -129,8 +129,31 @@ def test_smoke_grid_search_resumes(tmp_path):
     assert completed.stdout.count("done before") == 4  # nothing trained twice
 
 
+TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
+              "150", "--genes", "120", "--hvg-cells", "800", "--held-out", "100", "--num-samples", "8", "--hidden",
+              "32", "--batch-size", "128", "--data-dir", "/nonexistent")
+
+
+def test_smoke_tahoe_svae_resumes(tmp_path):
+    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, "--epochs", "1")["metrics"]
+    assert metrics["cells"] == 2400 and metrics["panel_genes"] == 120 and metrics["held_out_cells"] == 100
+    assert set(metrics["silhouette_by_k"]) == {str(k) for k in range(2, 11)}
+    assert -1 <= metrics["reconstruction_correlation"] <= 1 and metrics["held_out_log_likelihood"] < 0
+    for figure in ("tsne", "posterior_reconstruction_clusters", "generation", "interpolation", "training"):
+        assert (tmp_path / "tahoe_svae" / f"{figure}.png").exists()
+    resumed = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, "--epochs", "2")["metrics"]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]  # the first epoch came from the checkpoint
+    assert resumed["history"][0] == metrics["history"][0]
+
+
+def test_smoke_tahoe_svae_pca_normal(tmp_path):
+    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, "--epochs", "1", "--pca", "--pca-components", "20",
+                         "--guide", "normal")["metrics"]
+    assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0
+
+
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
-           "poisson_synthetic", "scvae_counts", "grid_search"]
+           "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae"]
 
 
 def test_every_experiment_is_listed():
