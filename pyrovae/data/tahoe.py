@@ -245,34 +245,39 @@ def decode_rows(
         row = int(np.flatnonzero(np.diff(gene_offsets) != lengths)[0])
         fail(row, f"genes has {gene_offsets[row + 1] - gene_offsets[row]} entries but expressions has "
                   f"{lengths[row]}; the two lists must have the same length")
-    values = values.astype(np.float32, copy=False)
-    row_of = np.repeat(np.arange(len(lengths)), lengths)
-    keep = np.ones(len(values), dtype=bool)
-    starts = offsets[:-1][lengths > 0]
-    keep[starts[values[starts] < 0]] = False  # the marker
-    bad = keep & ~(values >= 0)  # negative or NaN
-    if bad.any():
-        at = int(np.flatnonzero(bad)[0])
-        fail(int(row_of[at]), f"count {values[at]} for token {tokens[at]}: counts must be non-negative (only the "
-                              "first element, the marker, may be negative)")
-    bad = keep & (values != np.floor(values))
-    if bad.any():
-        at = int(np.flatnonzero(bad)[0])
-        fail(int(row_of[at]), f"count {values[at]} for token {tokens[at]} is not an integer")
-    tokens, values, row_of = tokens[keep], values[keep], row_of[keep]
-    outside = (tokens < 0) | (tokens >= len(vocabulary))
-    outside[~outside] = vocabulary[tokens[~outside]] < 0
-    if outside.any():
-        at = int(np.flatnonzero(outside)[0])
-        fail(int(row_of[at]), f"token id {tokens[at]} is not in the gene vocabulary (gene_metadata)")
     num_cells = len(lengths)
-    library = np.bincount(row_of, weights=values, minlength=num_cells).astype(np.float32)
-    in_panel = tokens < len(panel)
-    in_panel[in_panel] = panel[tokens[in_panel]] >= 0
-    columns, values, row_of = panel[tokens[in_panel]], values[in_panel], row_of[in_panel]
-    indptr = np.zeros(num_cells + 1, dtype=np.int64)
-    np.cumsum(np.bincount(row_of, minlength=num_cells), out=indptr[1:])
-    counts = sp.csr_matrix((values, columns, indptr), shape=(num_cells, num_panel))
+
+    def row_of(position: int) -> int:
+        return int(np.searchsorted(offsets, position, side="right") - 1)
+
+    # the marker (first element, negative count) is neutralised in copies rather than cut out of every array
+    starts = offsets[:-1][lengths > 0]
+    markers = starts[values[starts] < 0]
+    values = values.astype(np.float32, copy=True)
+    values[markers] = 0.0
+    if not values.min(initial=0.0) >= 0:  # a negative count or NaN
+        at = int(np.flatnonzero(~(values >= 0))[0])
+        fail(row_of(at), f"count {values[at]} for token {tokens[at]}: counts must be non-negative (only the "
+                         "first element, the marker, may be negative)")
+    if not pa.types.is_integer(expressions.type.value_type) and not np.array_equal(values, np.rint(values)):
+        at = int(np.flatnonzero(values != np.rint(values))[0])
+        fail(row_of(at), f"count {values[at]} for token {tokens[at]} is not an integer")
+    tokens = tokens.astype(np.int64, copy=True)
+    tokens[markers] = int(np.argmax(vocabulary >= 0))  # a valid token; its panel position is reset below
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= len(vocabulary)):
+        at = int(np.flatnonzero((tokens < 0) | (tokens >= len(vocabulary)))[0])
+        fail(row_of(at), f"token id {tokens[at]} is not in the gene vocabulary (gene_metadata)")
+    known = vocabulary[tokens] if len(tokens) else tokens
+    if len(tokens) and known.min() < 0:
+        at = int(np.flatnonzero(known < 0)[0])
+        fail(row_of(at), f"token id {tokens[at]} is not in the gene vocabulary (gene_metadata)")
+    library = np.zeros(num_cells, dtype=np.float32)  # float32 sums of integers are exact below 2^24
+    library[lengths > 0] = np.add.reduceat(values, starts) if len(starts) else 0.0
+    columns = panel[tokens]  # the panel and vocabulary tables have the same length
+    columns[markers] = -1
+    selected = np.flatnonzero(columns >= 0)
+    indptr = np.searchsorted(selected, offsets)  # selected entries before each row's start
+    counts = sp.csr_matrix((values[selected], columns[selected], indptr), shape=(num_cells, num_panel))
     labels = {}
     for name, names in categories.items():
         column = batch.column(LABEL_COLUMNS.get(name, name))
