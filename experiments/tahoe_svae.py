@@ -124,10 +124,17 @@ if not is_main_process():
 # --- analyses on the held-out sample --------------------------------------------------------------------------
 model.eval()
 spherical = args.guide != "normal"
-# latent means (mean directions on the sphere), and the concentration (mean posterior scale for the N-VAE)
-locations = encode_data(guide, x_held, fn=lambda x: guide.encode(x).loc if spherical else guide.encode(x).mean)
-spread = encode_data(guide, x_held, fn=lambda x: guide.encode(x).concentration if spherical
-                     else guide.encode(x).stddev.mean(-1))
+
+
+def posterior_summary(x: torch.Tensor) -> torch.Tensor:
+    """Latent mean (mean direction on the sphere) and concentration (mean posterior scale for the N-VAE)."""
+    q = guide.encode(x)
+    location, spread = (q.loc, q.concentration) if spherical else (q.mean, q.stddev.mean(-1))
+    return torch.cat([location, spread[:, None]], dim=-1)
+
+
+posterior = encode_data(guide, x_held, fn=posterior_summary)  # (cells, latent dim + 1)
+locations, spread = posterior[:, :-1], posterior[:, -1]
 panel_sizes = held_out.counts.sum(-1).to(device)  # the observed library of the panel, as in training
 with torch.no_grad():
     decoded = model.decode(locations.to(device)) if args.pca else model.decode(locations.to(device), panel_sizes)

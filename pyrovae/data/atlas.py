@@ -56,6 +56,7 @@ class TahoeAtlas:
         self._vocabulary_lookup = self.vocabulary.lookup()
         self.labels = list(labels)
         self._categories = {k: list(v) for k, v in (categories or {}).items()}
+        self._split_rows: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
         self.offsets = np.concatenate([[0], np.cumsum([s.num_rows for s in self.shards])]).astype(np.int64)
         schema = self.shards[0].open().schema_arrow
         _check_schema(schema, self.shards[0], self.label_columns)
@@ -96,10 +97,13 @@ class TahoeAtlas:
         return np.arange(self.num_genes) if genes is None else self.vocabulary.positions(genes)
 
     def split_rows(self, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Per shard, the number of cells in the training and in the held-out part of the cell-level split."""
-        held_out = np.array([holdout_mask(s, np.arange(s.num_rows), fraction, seed).sum() for s in self.shards])
-        rows = np.array([s.num_rows for s in self.shards])
-        return rows - held_out, held_out
+        """Per shard, the number of cells in the training and in the held-out part of the cell-level split
+        (hashed once per split, then kept: the train and test streams of one split share it)."""
+        if (fraction, seed) not in self._split_rows:
+            held_out = np.array([holdout_mask(s, np.arange(s.num_rows), fraction, seed).sum() for s in self.shards])
+            rows = np.array([s.num_rows for s in self.shards])
+            self._split_rows[fraction, seed] = rows - held_out, held_out
+        return self._split_rows[fraction, seed]
 
     def read(
         self,
@@ -109,12 +113,11 @@ class TahoeAtlas:
         split: str | None = None,
         test_fraction: float = 0.0,
         split_seed: int = 0,
-        max_rows: int | None = None,
     ) -> Iterator[CellBlock]:
-        """Blocks of cells of one shard in file order, counts on ``panel`` (vocabulary positions).
+        """Blocks of cells of one shard in file order, counts on ``panel`` (vocabulary positions); a block is
+        decoded only when asked for, so stopping early reads no further.
 
         :param split: None (all cells), ``"train"`` or ``"test"`` (cells of :func:`holdout_mask`).
-        :param max_rows: stop after this many rows of the file.
         """
         shard = self.shards[shard_index]
         panel_lookup = self.vocabulary.lookup(panel)
@@ -124,8 +127,6 @@ class TahoeAtlas:
         columns = ["genes", "expressions", *dict.fromkeys(self.label_columns)]
         first = 0
         for batch in handle.iter_batches(batch_size=rows_per_read, columns=columns):
-            if max_rows is not None and first >= max_rows:
-                break
             block = decode_rows(batch, shard, first, self._vocabulary_lookup, panel_lookup, len(panel), categories)
             block.ids += self.offsets[shard_index]
             if split is not None:
@@ -136,18 +137,18 @@ class TahoeAtlas:
             if len(block):
                 yield block
 
-    def sample(self, num_cells: int, panel: np.ndarray, seed: int = 0, **read_args) -> CellBlock:
-        """``num_cells`` cells spread over the shards (fewer if the atlas or split has fewer): the first cells of
-        every shard in a random order, an equal share from each, then more from shards with cells left. Every plate
-        has its share (shards are grouped by plate); only the rows needed are read."""
+    def _spread(self, num_cells: int, panel: np.ndarray, seed: int, **read_args) -> Iterator[CellBlock]:
+        """Blocks of ``num_cells`` cells spread over the shards (fewer if the atlas or split has fewer): the first
+        cells of every shard in a random order, an equal share from each, then more from shards with cells left.
+        Every plate has its share (shards are grouped by plate); only the rows needed are read."""
         order = np.random.default_rng(seed).permutation(len(self.shards))
         quota = max(1, -(-num_cells // len(self.shards)))
         taken = np.zeros(len(self.shards), dtype=np.int64)
-        blocks, total = [], 0
+        total = 0
         for limit in (quota, None):  # an equal share first, then the rest of each shard
             for index in order:
                 if total >= num_cells:
-                    break
+                    return
                 want = num_cells - total if limit is None else min(limit, num_cells - total)
                 skip, got = taken[index], 0
                 for block in self.read(int(index), panel, **read_args):
@@ -157,12 +158,16 @@ class TahoeAtlas:
                     block = block.take(np.arange(skip, min(len(block), skip + want - got)))
                     skip = 0
                     if len(block):
-                        blocks.append(block)
+                        yield block
                         got += len(block)
                     if got >= want:
                         break
                 taken[index] += got
                 total += got
+
+    def sample(self, num_cells: int, panel: np.ndarray, seed: int = 0, **read_args) -> CellBlock:
+        """``num_cells`` cells spread over the shards, in memory (see :meth:`_spread` for which ones)."""
+        blocks = list(self._spread(num_cells, panel, seed, **read_args))
         if not blocks:
             raise ValueError("no cells to sample: the shards (or this split of them) are empty")
         return CellBlock.concat(blocks)
@@ -178,23 +183,17 @@ class TahoeAtlas:
         """
         if not 0 < num_genes <= self.num_genes:
             raise ValueError(f"num_genes must be in 1..{self.num_genes}, got {num_genes}")
-        all_genes = np.arange(self.num_genes)
         count, mean, m2 = 0, np.zeros(self.num_genes), np.zeros(self.num_genes)
-        order = np.random.default_rng(seed).permutation(len(self.shards))
-        per_shard = max(1, -(-num_cells // len(self.shards)))
-        for index in order:
-            for block in self.read(int(index), all_genes, rows_per_read=min(per_shard, 8192), max_rows=per_shard):
-                scaled = block.counts.multiply(1e4 / np.maximum(block.library, 1)[:, None]).tocsr()
-                scaled.data = np.log1p(scaled.data)
-                n = len(block)
-                block_mean = np.asarray(scaled.mean(axis=0)).ravel()
-                block_m2 = np.asarray(scaled.multiply(scaled).sum(axis=0)).ravel() - n * block_mean**2
-                delta, total = block_mean - mean, count + n
-                mean += delta * n / total
-                m2 += block_m2 + delta**2 * count * n / total
-                count = total
-            if count >= num_cells:
-                break
+        for block in self._spread(num_cells, np.arange(self.num_genes), seed):  # the sample of :meth:`sample`
+            scaled = block.counts.multiply(1e4 / np.maximum(block.library, 1)[:, None]).tocsr()
+            scaled.data = np.log1p(scaled.data)
+            n = len(block)
+            block_mean = np.asarray(scaled.mean(axis=0)).ravel()
+            block_m2 = np.asarray(scaled.multiply(scaled).sum(axis=0)).ravel() - n * block_mean**2
+            delta, total = block_mean - mean, count + n
+            mean += delta * n / total
+            m2 += block_m2 + delta**2 * count * n / total
+            count = total
         variance = m2 / max(count - 1, 1)
         return rank_by_binned_dispersion(mean, variance, num_genes, num_bins)
 

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pyrovae.data.atlas import TahoeAtlas
 from pyrovae.data.tahoe import CellBlock
+from pyrovae.infer.distributed import rank as process_rank
+from pyrovae.infer.distributed import world_size as process_world_size
 
 
 @dataclass
@@ -98,12 +100,6 @@ def deal(sizes: np.ndarray, order: np.ndarray, parts: int) -> list[list[int]]:
     return dealt
 
 
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class CellStream(IterableDataset):
     """Mini-batches of :class:`CellBatch` streamed from a :class:`~pyrovae.data.atlas.TahoeAtlas`.
 
@@ -161,9 +157,8 @@ class CellStream(IterableDataset):
         self.drop_last = shuffle if drop_last is None else drop_last
         self.seed = int(seed)
         self.num_workers = int(num_workers)
-        default_rank, default_world = _distributed()
-        self.rank = default_rank if rank is None else int(rank)
-        self.world_size = default_world if world_size is None else int(world_size)
+        self.rank = process_rank() if rank is None else int(rank)
+        self.world_size = process_world_size() if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside 0..{self.world_size - 1}")
         if split is None:
@@ -173,7 +168,7 @@ class CellStream(IterableDataset):
             self.shard_cells = test_rows if split == "test" else train_rows
         self.transform = transform
         self.epoch = 0
-        self.categories = atlas.categories  # scanned here once, not in every worker
+        atlas.categories  # noqa: B018 - scanned here once and pickled to the workers, not scanned in each
 
     def inputs(self, batch: CellBatch) -> torch.Tensor:
         """What the model is trained on: the dense counts, or their ``transform``."""
@@ -181,14 +176,6 @@ class CellStream(IterableDataset):
             return batch.counts
         self.transform.to(batch.values.device)
         return self.transform(batch.counts)
-
-    @property
-    def num_features(self) -> int:
-        """Columns of :meth:`inputs`: the panel size, or the transform's output size."""
-        if self.transform is None:
-            return self.num_genes
-        probe = torch.zeros(1, self.num_genes, device=next(iter(self.transform.buffers()), torch.zeros(())).device)
-        return int(self.transform(probe).shape[-1])
 
     @property
     def num_cells(self) -> int:

@@ -2,8 +2,9 @@
 
 :func:`~pyrovae.infer.train` calls :func:`init_distributed`: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE``
 > 1 in the environment) it joins the process group (NCCL on GPUs, gloo on CPUs) and trains on the rank's own
-device; otherwise nothing changes. The model and guide are wrapped together in one module whose forward is the
-SVI loss, so DDP broadcasts their parameters from rank 0 at the start and averages gradients during backward.
+device; otherwise nothing changes. DDP wraps the SVI objective of :func:`~pyrovae.infer.objectives.make_objective`,
+a module that holds the model and guide and whose forward is the loss, so it broadcasts their parameters from
+rank 0 at the start and averages gradients during backward.
 """
 
 from __future__ import annotations
@@ -61,27 +62,17 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-class _Loss(torch.nn.Module):
-    """The model and the guide as one module whose forward is the (differentiable) SVI loss."""
-
-    def __init__(self, objective, modules: dict[str, torch.nn.Module]) -> None:
-        super().__init__()
-        self.parts = torch.nn.ModuleDict(modules)
-        self.objective = objective
-
-    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        return self.objective(x, scales)
-
-
-def data_parallel(objective, modules: dict[str, torch.nn.Module], device: torch.device):
-    """``objective`` wrapped in DistributedDataParallel over the trained parameters of ``modules``.
+def data_parallel(objective: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """The SVI objective (a module holding the model and guide, whose forward is the loss; see
+    :func:`~pyrovae.infer.objectives.make_objective`) wrapped in DistributedDataParallel over its trained
+    parameters.
 
     The wrapper broadcasts rank 0's parameters and buffers now, and averages gradients across ranks in every
     backward pass: with each rank's loss scaled by N / local batch, the average is the gradient of the ELBO
     estimated from the global batch, exactly as one process with that batch would compute it.
     """
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(_Loss(objective, modules), device_ids=device_ids)
+    return DistributedDataParallel(objective, device_ids=device_ids)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -75,10 +75,9 @@ def _build_optimizer(optim, params: list[torch.Tensor], lr: float):
     )
 
 
-def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.Tensor, clip_args=None,
-             distributed: bool = False):
+def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.Tensor, clip_args=None):
     """One guarded SVI step: the loss, or None (and no update) when the loss or a gradient is not finite (on any
-    rank, when ``distributed``)."""
+    rank, in distributed training)."""
     for p in params:
         p.grad = None
     with pyro.validation_enabled(False):
@@ -86,7 +85,7 @@ def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.
         loss.backward()
     grads = [p.grad for p in params if p.grad is not None]
     finite = bool(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
-    if not (all_finite(finite) if distributed else finite):
+    if not all_finite(finite):
         return None
     if clip_args:
         for p in params:
@@ -246,7 +245,7 @@ def train(
                 "distributed training needs the parameters inside the model and guide modules, but this pair uses "
                 f"pyro.param sites {sorted(store_params)}; make them nn.Parameters of a PyroModule"
             )
-        step_objective = data_parallel(objective, modules, device)
+        step_objective = data_parallel(objective, device)
 
     history, start_epoch = History(), 0
     best = {"metric": -float("inf"), "epoch": None, "bad_epochs": 0, "state": None}
@@ -291,7 +290,7 @@ def train(
                 beta = _kl_weight(step, steps_per_epoch, kl_weight, kl_warmup_epochs)
                 data_scale = (num_data or x.shape[0]) / x.shape[0]
                 scales = torch.tensor([data_scale, beta], device=device, dtype=x.dtype)
-                loss = svi_step(step_objective, params, optimizer, x, scales, clip_args, distributed)
+                loss = svi_step(step_objective, params, optimizer, x, scales, clip_args)
                 if loss is None:
                     raise TrainingDiverged(
                         f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {step + 1}; "
@@ -322,23 +321,24 @@ def train(
             history.best_epoch = best["epoch"]
             history.stopped_early = patience is not None and best["bad_epochs"] >= patience
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_elbo") if k in record})
-            rng_states = gather_objects(_rng_state()) if distributed else _rng_state()
-            if checkpoint is not None and is_main_process():
-                save_checkpoint(
-                    {
-                        "version": _CHECKPOINT_VERSION,
-                        "epoch": epoch + 1,
-                        "modules": {name: m.state_dict() for name, m in modules.items()},
-                        "pyro_params": {name: p.detach() for name, p in store_params.items()},
-                        "optimizer": optimizer.state_dict(),
-                        "batches": batches.state_dict(),
-                        "rng": rng_states,
-                        "history": history.to_dict(),
-                        "best": best,
-                    },
-                    checkpoint,
-                )
-            barrier()  # no rank reads the checkpoint before it is written
+            if checkpoint is not None:
+                rng_states = gather_objects(_rng_state()) if distributed else _rng_state()
+                if is_main_process():
+                    save_checkpoint(
+                        {
+                            "version": _CHECKPOINT_VERSION,
+                            "epoch": epoch + 1,
+                            "modules": {name: m.state_dict() for name, m in modules.items()},
+                            "pyro_params": {name: p.detach() for name, p in store_params.items()},
+                            "optimizer": optimizer.state_dict(),
+                            "batches": batches.state_dict(),
+                            "rng": rng_states,
+                            "history": history.to_dict(),
+                            "best": best,
+                        },
+                        checkpoint,
+                    )
+                barrier()  # no rank reads the checkpoint before it is written
             if history.stopped_early:
                 break
     finally:
