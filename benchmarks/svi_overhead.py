@@ -20,7 +20,8 @@ from pyrovae.models import VAE
 from torch import nn
 
 from pyrovae.infer.objectives import make_objective
-from pyrovae.infer.train import _build_optimizer, svi_step
+from pyrovae.infer.step import build_optimizer as _build_optimizer
+from pyrovae.infer.step import svi_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--device", default="cpu")

@@ -28,7 +28,8 @@ from pyrovae.models import SVAE, VAE
 
 from pyrovae.distributions import PowerSpherical, VonMisesFisher
 from pyrovae.infer.objectives import make_objective
-from pyrovae.infer.train import _build_optimizer, svi_step
+from pyrovae.infer.step import build_optimizer as _build_optimizer
+from pyrovae.infer.step import svi_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--device", default="cpu")

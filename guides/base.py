@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.nn import MLP
+from pyrovae.nn import MLP, register_module
 
 
 class AmortizedGuide(nn.Module):
@@ -57,6 +57,7 @@ class AmortizedGuide(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> None:
+        register_module(self)
         if x.shape[-1] != self.x_dim:
             raise ValueError(
                 f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"

@@ -10,7 +10,7 @@ import torch
 from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
-from pyrovae.nn import make_activation
+from pyrovae.nn import make_activation, register_module
 
 
 class GMVAEGuide(AmortizedGuide):
@@ -92,6 +92,7 @@ class GMVAEGuide(AmortizedGuide):
         return self.component_posterior(x).probs.argmax(-1)
 
     def forward(self, x: torch.Tensor) -> None:
+        register_module(self)
         if x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAEGuide expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
         with pyro.plate("data", x.shape[-2]):

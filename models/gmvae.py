@@ -22,6 +22,7 @@ from pyrovae.models.vae import VAE
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood
+from pyrovae.nn import register_module
 
 
 class GMVAE(VAE):
@@ -82,6 +83,7 @@ class GMVAE(VAE):
         return dist.MixtureSameFamily(self.component_prior(), components)
 
     def forward(self, x: torch.Tensor) -> None:
+        register_module(self)
         if x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAE expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
         with pyro.plate("data", x.shape[-2]):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood, get_likelihood
-from pyrovae.nn import MLP
+from pyrovae.nn import MLP, register_module
 
 
 class VAE(nn.Module):
@@ -99,6 +99,7 @@ class VAE(nn.Module):
         self.likelihood.check_data(x)
 
     def forward(self, x: torch.Tensor) -> None:
+        register_module(self)
         if x.shape[-1] != self.x_dim:
             raise ValueError(
                 f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"

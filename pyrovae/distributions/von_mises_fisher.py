@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from pyrovae.distributions.sphere import (
 )
 from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
 
-_MAX_REJECTION_ROUNDS = 1000
+_MAX_REJECTION_ROUNDS = 250  # passes of _ROUNDS_AT_ONCE proposals each
+_ROUNDS_AT_ONCE = 4
 _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(64))
 
 
@@ -40,6 +42,7 @@ def _gamma_half_integer(shape: float, size: torch.Size, dtype, device) -> torch.
     return gamma
 
 
+@torch.compiler.disable  # a data-dependent loop: one opaque call under torch.compile
 def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """An exact draw of w = loc . z for m != 3: returns (w, 1 - w), one accepted draw per element.
 
@@ -56,8 +59,10 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
       close to 1.
 
     The first proposal of every row takes its Gamma((m-1)/2) variate from ``first_gamma`` (the tangent
-    draw's |g|^2 / 2, independent of the tangent direction); later rounds propose only for the rows still
-    rejected. The host synchronises once per round, to find those rows.
+    draw's |g|^2 / 2, independent of the tangent direction). The rows still rejected then draw
+    ``_ROUNDS_AT_ONCE`` proposals each in one vectorised pass and keep the first accepted one, so the host
+    waits on the device once per pass (the stopping test of the rejection loop), not once per proposal:
+    about one pass in total at the usual acceptance rates.
     """
     dim, nu = m - 1, 0.5 * (m - 3)
     shape = kappa.shape
@@ -68,9 +73,8 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
     # the gamma proposal's acceptance ratio is bounded only for nu >= 0 (m >= 3)
     use_gamma = ((nu + 1) * torch.log1p(nu / (2 * kappa)) <= _GAMMA_PROPOSAL_COST) & (nu >= 0)
 
-    gamma_only = bool(use_gamma.all())  # then Wood's proposal, and its gamma draws, are skipped
-
     def propose(rows, x):
+        """Proposals from gammas ``x`` (..., len(rows)) for the rows ``rows``: (1 - w, accepted)."""
         kappa_rows = kappa[rows]
         log_u = torch.log(torch.rand_like(x))
         delta = x / kappa_rows  # the gamma proposal
@@ -87,17 +91,19 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
         gamma_rows = use_gamma[rows]
         return torch.where(gamma_rows, delta, delta_wood), torch.where(gamma_rows, accept, log_u <= log_ratio)
 
-    everything = slice(None)
-    one_minus_w, accept = propose(everything, first_gamma.reshape(-1).to(kappa.dtype))
+    gamma_only = bool(use_gamma.all())  # then Wood's proposal, and its gamma draws, are skipped
+    one_minus_w, accept = propose(slice(None), first_gamma.reshape(-1).to(kappa.dtype))
     pending = torch.nonzero(~accept).squeeze(-1)
     for _ in range(_MAX_REJECTION_ROUNDS):
         if not pending.numel():
             one_minus_w = one_minus_w.reshape(shape)
             return 1 - one_minus_w, one_minus_w
-        x = _gamma_half_integer(0.5 * dim, pending.shape, kappa.dtype, kappa.device)
-        delta, accept = propose(pending, x)
-        one_minus_w[pending[accept]] = delta[accept]
-        pending = pending[~accept]
+        x = _gamma_half_integer(0.5 * dim, (_ROUNDS_AT_ONCE, pending.numel()), kappa.dtype, kappa.device)
+        delta, accept = propose(pending, x)  # (rounds, pending)
+        first = accept.to(torch.uint8).argmax(0)  # the first accepted round of each row (0 if none)
+        done = accept.any(0)
+        one_minus_w[pending[done]] = delta.gather(0, first.unsqueeze(0)).squeeze(0)[done]
+        pending = pending[~done]
     raise RuntimeError(f"the von Mises-Fisher rejection sampler did not accept within {_MAX_REJECTION_ROUNDS} rounds")
 
 
@@ -144,18 +150,30 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int) -> t
     return gradient.to(dtype)
 
 
-class _ImplicitCosine(torch.autograd.Function):
+class _CosineDraw(torch.autograd.Function):
+    """w = loc . z for m != 3 drawn exactly (forward) with its implicit reparameterisation gradient (backward).
+
+    The rejection loop runs inside ``forward``, so ``torch.jit.trace`` (``elbo="jit"``, Pyro's ``JitTrace_ELBO``)
+    records the draw as one opaque operation that runs the loop afresh on every call, instead of freezing
+    the number of rounds it saw while tracing: the traced sampler stays exact.
+    """
+
     @staticmethod
-    def forward(ctx, kappa, w, one_minus_w, m):
+    def forward(ctx, kappa, first_gamma, m):
+        with torch.no_grad(), warnings.catch_warnings():
+            # while tracing, torch warns of the loop's tests, which this opaque op re-runs on every call
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            w, one_minus_w = _wood_cosine(kappa.detach().double(), m, first_gamma.detach())
+        w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
         ctx.save_for_backward(kappa, one_minus_w)
         ctx.m = m
-        return w.clone(), one_minus_w.clone()
+        return w, one_minus_w
 
     @staticmethod
     def backward(ctx, grad_w, grad_one_minus_w):
         kappa, one_minus_w = ctx.saved_tensors
         dw = cosine_gradient(kappa, one_minus_w, ctx.m)
-        return (grad_w - grad_one_minus_w) * dw, None, None, None
+        return (grad_w - grad_one_minus_w) * dw, None, None
 
 
 class VonMisesFisher(SphericalDistribution):
@@ -182,19 +200,12 @@ class VonMisesFisher(SphericalDistribution):
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
         kappa = self.concentration.expand(shape)
-        if self.dim != 3 and torch.jit.is_tracing():
-            raise RuntimeError(
-                "the von Mises-Fisher rejection sampler (m != 3) cannot be traced by torch.jit: train with "
-                "elbo='trace' (or 'iwae'), or use PowerSpherical / PowerSphericalGuide, which is rejection-free"
-            )
         g, half_sq_norm = tangent_gaussians(shape, self.dim, self.loc.dtype, self.loc.device)
         if self.dim == 3:
             w, one_minus_w = _exact_cosine_s2(kappa.double())
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
         else:
-            with torch.no_grad():
-                w, one_minus_w = _wood_cosine(kappa.detach().double(), self.dim, half_sq_norm)
-            w, one_minus_w = _ImplicitCosine.apply(kappa, w.to(kappa.dtype), one_minus_w.to(kappa.dtype), self.dim)
+            w, one_minus_w = _CosineDraw.apply(kappa, half_sq_norm, self.dim)
         return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, half_sq_norm)
 
     def _log_normalizer(self) -> torch.Tensor:
