@@ -1,11 +1,19 @@
-"""Seconds per SVI step of pyrovae's VAE against a hand-written PyTorch step of the same network and loss.
+"""Seconds per SVI step: pyrovae's step, Pyro's own SVI on a pyrovae pair, and a hand-written PyTorch step.
 
-Network: 784-400-20 MLP encoder and decoder (ReLU), Bernoulli likelihood, batch 128, Adam 1e-3. The
-baseline computes the identical single-sample ELBO estimator (log p(x|z) + log p(z) - log q(z|x) at a
-reparameterised z) by hand, with one fused torch Adam; pyrovae runs its own training step (objective,
-NaN guard, optimiser) with Trace_ELBO and its traced (JIT) form. Median over repeats, measured in one run.
+N-VAE: 784-400-20 MLP encoder and decoder (ReLU), Bernoulli likelihood, batch 128. The baseline computes the
+identical single-sample ELBO estimator (log p(x|z) + log p(z) - log q(z|x) at a reparameterised z) by hand,
+with the fused torch Adam that ``pyrovae.infer.train`` uses by default. Contenders:
 
-    python benchmarks/svi_overhead.py [--device cuda] [--steps 200] [--repeats 7]
+* ``train`` step: :class:`pyrovae.infer.step.SVIStep` (objective, NaN guard, fused Adam) with Trace_ELBO and
+  pyrovae's traced (JIT) objective;
+* ``pyro.infer.SVI`` with ``Trace_ELBO`` and ``JitTrace_ELBO`` and ``pyro.optim.Adam`` (one torch Adam per
+  parameter, as Pyro builds it), the way a Pyro user drives a pyrovae pair.
+
+S-VAE: svae_mnist's sizes (784-256-128, d = 10, so z in R^11, batch 64), VMFGuide under trace and JIT against
+the N-VAE of the same sizes under JIT. Rounds alternate the contenders; the median of the rounds is reported,
+all in one run.
+
+    python benchmarks/svi_overhead.py [--device cuda] [--steps 100] [--repeats 7]
 """
 
 import argparse
@@ -14,26 +22,24 @@ import statistics
 import time
 
 import pyro
+import pyro.infer as pinfer
 import torch
-from pyrovae.guides import NormalGuide
-from pyrovae.models import VAE
+from pyrovae.guides import NormalGuide, VMFGuide
+from pyrovae.models import SVAE, VAE
 from torch import nn
 
-from pyrovae.infer.objectives import make_objective
-from pyrovae.infer.step import build_optimizer as _build_optimizer
-from pyrovae.infer.step import svi_step
+from pyrovae.infer import make_objective
+from pyrovae.infer.step import SVIStep
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--device", default="cpu")
-parser.add_argument("--steps", type=int, default=200)
+parser.add_argument("--steps", type=int, default=100)
 parser.add_argument("--repeats", type=int, default=7)
 parser.add_argument("--threads", type=int, default=None)
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
 device = torch.device(args.device)
-BATCH, X_DIM, Z_DIM, HIDDEN = 128, 784, 20, (400,)
-x = (torch.rand(BATCH, X_DIM, device=device) < 0.3).float()
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -42,29 +48,33 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def pyrovae_step(elbo):
-    pyro.set_rng_seed(0)
-    model, guide = VAE(X_DIM, Z_DIM, HIDDEN).to(device), NormalGuide(X_DIM, Z_DIM, HIDDEN).to(device)
+def binary_batch(batch: int) -> torch.Tensor:
+    return (torch.rand(batch, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float().to(device)
+
+
+def train_step(model, guide, elbo, x):
+    """The step pyrovae.infer.train runs."""
+    model, guide = model.to(device), guide.to(device)
     objective, _ = make_objective(elbo, model, guide)
-    params = [*model.parameters(), *guide.parameters()]
-    optimizer, _ = _build_optimizer(pyro.optim.Adam({"lr": 1e-3}), params, 1e-3)
+    step = SVIStep(objective, [*model.parameters(), *guide.parameters()], lr=1e-3)
     scales = torch.tensor([1.0, 1.0], device=device)
-
-    def step():  # the step pyrovae.infer.train runs
-        svi_step(objective, params, optimizer, x, scales)
-
-    return step
+    return lambda: step(x, scales)
 
 
-def handwritten_step():
-    torch.manual_seed(0)
-    model, guide = VAE(X_DIM, Z_DIM, HIDDEN).to(device), NormalGuide(X_DIM, Z_DIM, HIDDEN).to(device)
+def pyro_svi_step(model, guide, elbo, x):
+    svi = pinfer.SVI(model.to(device), guide.to(device), pyro.optim.Adam({"lr": 1e-3}), elbo)
+    return lambda: svi.step(x)
+
+
+def handwritten_step(x, hidden=(400,), z_dim=20):
+    model, guide = VAE(784, z_dim, hidden).to(device), NormalGuide(784, z_dim, hidden).to(device)
     encoder, decoder = guide.encoder, model.decoder
-    optimizer = torch.optim.Adam([*decoder.parameters(), *encoder.parameters()], lr=1e-3)
+    params = [*decoder.parameters(), *encoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loc, raw_scale = encoder(x).split(Z_DIM, dim=-1)
+        loc, raw_scale = encoder(x).split(z_dim, dim=-1)
         scale = nn.functional.softplus(raw_scale) + 1e-5
         z = loc + scale * torch.randn_like(loc)
         log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * LOG_2PI).sum()
@@ -77,26 +87,55 @@ def handwritten_step():
     return step
 
 
-def seconds_per_step(step) -> float:
-    for _ in range(20):
+def time_steps(step) -> float:
+    started = time.perf_counter()
+    for _ in range(args.steps):
         step()
     synchronize()
-    timings = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        for _ in range(args.steps):
+    return (time.perf_counter() - started) / args.steps
+
+
+def compare(contenders: dict) -> dict:
+    """Median seconds per step of each contender, rounds alternating between them."""
+    for step in contenders.values():  # warm up (and trace)
+        for _ in range(10):
             step()
-        synchronize()
-        timings.append((time.perf_counter() - started) / args.steps)
-    return statistics.median(timings)
+    synchronize()
+    timings = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, step in contenders.items():
+            timings[name].append(time_steps(step))
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
-results = {"hand-written PyTorch": seconds_per_step(handwritten_step())}
-results["pyrovae Trace_ELBO"] = seconds_per_step(pyrovae_step("trace"))
-results["pyrovae JIT (traced Trace_ELBO)"] = seconds_per_step(pyrovae_step("jit"))
-baseline = results["hand-written PyTorch"]
-print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
-      f"median of {args.repeats} x {args.steps} steps")
-print(f"{'step':<34}{'ms/step':>9}{'ratio':>8}")
-for name, seconds in results.items():
-    print(f"{name:<34}{1000 * seconds:>9.3f}{seconds / baseline:>8.3f}")
+def report(title: str, results: dict, baseline: str) -> None:
+    print(f"\n{title} (ratio to {baseline})")
+    print(f"{'step':<40}{'ms/step':>9}{'ratio':>8}")
+    for name, seconds in results.items():
+        print(f"{name:<40}{1000 * seconds:>9.3f}{seconds / results[baseline]:>8.3f}")
+
+
+pyro.set_rng_seed(0)
+x = binary_batch(128)
+nvae = {
+    "hand-written PyTorch (fused Adam)": handwritten_step(x),
+    "train step, Trace_ELBO": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "trace", x),
+    "train step, JIT": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "jit", x),
+    "pyro SVI, Trace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), pinfer.Trace_ELBO(), x),
+    "pyro SVI, JitTrace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)),
+                                             pinfer.JitTrace_ELBO(), x),
+}
+print(f"device {device}, torch {torch.__version__}, pyro {pyro.__version__}, {torch.get_num_threads()} threads, "
+      f"median of {args.repeats} alternating rounds x {args.steps} steps")
+report("N-VAE 784-400-20, batch 128", compare(nvae), "hand-written PyTorch (fused Adam)")
+
+x64 = binary_batch(64)
+sizes = (256, 128)
+svae = {
+    "N-VAE, train step, JIT": train_step(VAE(784, 10, sizes), NormalGuide(784, 10, sizes), "jit", x64),
+    "S-VAE vMF, train step, Trace_ELBO": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "trace", x64),
+    "S-VAE vMF, train step, JIT": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "jit", x64),
+    "S-VAE vMF, pyro SVI, JitTrace_ELBO": pyro_svi_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes),
+                                                        pinfer.JitTrace_ELBO(), x64),
+}
+report("784-256-128, d = 10, batch 64", compare(svae), "N-VAE, train step, JIT")

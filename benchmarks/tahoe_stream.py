@@ -113,7 +113,7 @@ def _train_worker(folder: str, epochs: int) -> None:
     atlas = TahoeAtlas(folder)
     stream = CellStream(atlas, np.load(Path(folder) / "panel.npy"), batch_size=256, seed=0)
     torch.manual_seed(0)
-    model = VAE(stream.num_genes, 10, (128, 256), likelihood="nb")
+    model = VAE(stream.num_genes, 10, (256, 128), likelihood="nb")
     guide = NormalGuide(stream.num_genes, 10, (256, 128), input_transform="log1p")
     history = train(model, guide, stream, epochs=epochs, eval_size=0, seed=0, progress=False)
     if is_main_process():

@@ -51,9 +51,9 @@ components = len(cells.label_names) or 10
 def build(hidden: list[int], latent: int):
     genes = cells.num_genes
     if args.model == "GMVAE":
-        return (GMVAE(genes, latent, components, hidden[::-1], likelihood=args.likelihood),
+        return (GMVAE(genes, latent, components, hidden, likelihood=args.likelihood),
                 GMVAEGuide(genes, latent, components, hidden, input_transform="log1p"))
-    return (VAE(genes, latent, hidden[::-1], likelihood=args.likelihood),
+    return (VAE(genes, latent, hidden, likelihood=args.likelihood),
             NormalGuide(genes, latent, hidden, input_transform="log1p"))
 
 

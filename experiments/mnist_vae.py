@@ -100,7 +100,7 @@ else:
     mlp_data, mlp_test, likelihood = binary_train, binary_test, "bernoulli"
 models = {
     f"MLP VAE ({args.likelihood})": (
-        VAE(784, z_dim, hidden=(20, 100), likelihood=likelihood), NormalGuide(784, z_dim, hidden=(100, 20)),
+        VAE(784, z_dim, hidden=(100, 20), likelihood=likelihood), NormalGuide(784, z_dim, hidden=(100, 20)),
         mlp_data, mlp_test, dict(epochs=args.mlp_steps, batch_size=len(mlp_data)),
     ),
 }

@@ -40,7 +40,7 @@ ceiling = float(stats.poisson.logpmf(test_counts, rates).sum(1).mean())
 
 likelihood = get_likelihood("poisson", 10, library="none")
 model = VAE(10, args.latent, args.hidden, likelihood=likelihood, activation="relu")
-guide = NormalGuide(10, args.latent, args.hidden[::-1], input_transform="log1p")
+guide = NormalGuide(10, args.latent, args.hidden, input_transform="log1p")
 history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 val_data=test_cells, restore_best=False, device=device, seed=args.seed, progress=not args.no_progress)
 ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples)

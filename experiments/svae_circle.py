@@ -41,15 +41,15 @@ data, angles = circle_clusters(args.num_data + args.num_test, args.num_features,
 train_data = data.subset(torch.arange(args.num_data)).to(device)
 test_data = data.subset(torch.arange(args.num_data, len(data))).to(device)
 test_angles = angles[args.num_data:]
-encoder, decoder = tuple(args.hidden), tuple(args.hidden)[::-1]
+hidden = tuple(args.hidden)  # from the data side, for the encoder and (mirrored) the decoder
 NAMES = {"normal": "N-VAE (Gaussian, R^2)", "vmf": "S-VAE (vMF, S^1)", "power": "S-VAE (Power Spherical, S^1)"}
 
 
 def build(kind):
     if kind == "normal":
-        return VAE(args.num_features, 2, decoder, likelihood="gaussian"), NormalGuide(args.num_features, 2, encoder)
+        return VAE(args.num_features, 2, hidden, likelihood="gaussian"), NormalGuide(args.num_features, 2, hidden)
     guide = VMFGuide if kind == "vmf" else PowerSphericalGuide
-    return SVAE(args.num_features, 2, decoder, likelihood="gaussian"), guide(args.num_features, 2, encoder)
+    return SVAE(args.num_features, 2, hidden, likelihood="gaussian"), guide(args.num_features, 2, hidden)
 
 
 def circular_correlation(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -62,15 +62,14 @@ test_data = test_data.subset(torch.arange(min(args.num_test, len(test_data))))
 train_data, val_data, test_data = train_data.to(device), val_data.to(device), test_data.to(device)
 test_batches = test_data.x.split(1000)
 print(f"MNIST: {len(train_data)} training, {len(val_data)} validation, {len(test_data)} test images on {device}")
-encoder_widths = tuple(args.hidden)
-decoder_widths = encoder_widths[::-1]
+widths = tuple(args.hidden)  # from the data side: the decoder mirrors the encoder
 
 
 def build(kind: str, d: int):
     if kind == "normal":
-        return VAE(784, d, decoder_widths), NormalGuide(784, d, encoder_widths)
+        return VAE(784, d, widths), NormalGuide(784, d, widths)
     guide = VMFGuide if kind == "vmf" else PowerSphericalGuide
-    return SVAE(784, d + 1, decoder_widths), guide(784, d + 1, encoder_widths)
+    return SVAE(784, d + 1, widths), guide(784, d + 1, widths)
 
 
 runs = {}

@@ -109,11 +109,11 @@ x_dim, widths = x_held.shape[1], tuple(args.hidden)
 likelihood = "gaussian" if args.pca else args.likelihood
 transform = None if args.pca else "log1p"
 if args.guide == "normal":
-    model, guide = VAE(x_dim, args.latent_dim, widths[::-1], likelihood), NormalGuide(
+    model, guide = VAE(x_dim, args.latent_dim, widths, likelihood), NormalGuide(
         x_dim, args.latent_dim, widths, input_transform=transform)
 else:
     family = VMFGuide if args.guide == "vmf" else PowerSphericalGuide
-    model, guide = SVAE(x_dim, args.latent_dim, widths[::-1], likelihood), family(
+    model, guide = SVAE(x_dim, args.latent_dim, widths, likelihood), family(
         x_dim, args.latent_dim, widths, input_transform=transform)
 
 history = train(model, guide, train_stream, epochs=args.epochs, lr=args.lr, val_data=x_held, seed=args.seed,

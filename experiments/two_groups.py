@@ -37,7 +37,7 @@ train_data, test_data, truth = two_groups(args.num_per_group, noise=args.noise, 
                                           num_test_per_group=args.num_test_per_group)
 x_dim, z_dim = train_data.num_features, 2
 likelihood = Gaussian() if args.learn_scale else Gaussian(inverse_variance=args.inverse_variance)
-model = VAE(x_dim, z_dim, hidden=(5, 10), likelihood=likelihood, activation="relu")
+model = VAE(x_dim, z_dim, hidden=(10, 5), likelihood=likelihood, activation="relu")
 guide = NormalGuide(x_dim, z_dim, hidden=(10, 5), activation="relu")
 
 started = time.perf_counter()

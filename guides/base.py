@@ -13,7 +13,12 @@ from pyrovae.nn import MLP, register_module
 class AmortizedGuide(nn.Module):
     """Base class of guides ``q(z | x) = encode(x)``, one latent per datum inside ``pyro.plate("data")``.
 
-    Subclasses implement :meth:`encode`. Calling the module is the Pyro guide.
+    Subclasses implement :meth:`encode`. Calling the module is the Pyro guide; it registers the guide's
+    parameters with Pyro first (:func:`~pyrovae.nn.register_module`), so ``pyro.infer.SVI`` trains them.
+
+    Every guide takes the same construction arguments: ``x_dim``, ``z_dim``, ``hidden`` (widths from the data
+    side, as models list them), ``activation``, ``encoder`` (a custom network instead of the MLP), and the keywords
+    ``input_transform`` (``"log1p"`` for counts), ``latent_library``, ``batch_norm`` and ``dropout``.
     """
 
     x_dim: int

@@ -32,9 +32,12 @@ class DeltaGuide(AmortizedGuide):
         *,
         input_transform: str | None = None,
         latent_library: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder, input_transform, latent_library)
+        options = (input_transform, latent_library, batch_norm, dropout)
+        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder, *options)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
         return dist.Delta(self.encoder(x), event_dim=1)

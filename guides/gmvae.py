@@ -23,7 +23,10 @@ class GMVAEGuide(AmortizedGuide):
     ELBO sums over y exactly; under ``Trace_ELBO`` y is sampled instead (with a score-function gradient).
 
     :param int num_components: K, as in the model.
-    :param hidden: hidden sizes of the trunk (at least one layer).
+    :param hidden: hidden sizes of the trunk from the data side (at least one layer; the last is the width of the
+        features f).
+    :param encoder: a custom trunk ``nn.Module`` mapping ``(..., x_dim) -> (..., hidden[-1])`` (pre-activation),
+        used instead of the MLP.
     :param input_transform: ``"log1p"`` for count data.
     :param bool latent_library: also sample ``"library"`` (for likelihoods with ``library="latent"``).
     :param bool batch_norm: batch-normalise the trunk's hidden layers (all but the last).
@@ -39,6 +42,7 @@ class GMVAEGuide(AmortizedGuide):
         activation: str | nn.Module = "relu",
         min_scale: float = 1e-5,
         *,
+        encoder: nn.Module | None = None,
         input_transform: str | None = None,
         latent_library: bool = False,
         batch_norm: bool = False,
@@ -51,7 +55,7 @@ class GMVAEGuide(AmortizedGuide):
             raise ValueError("GMVAEGuide needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
         width = hidden[-1]
         self._set_encoder(
-            x_dim, z_dim, width, hidden[:-1], activation, None, input_transform, latent_library, batch_norm, dropout
+            x_dim, z_dim, width, hidden[:-1], activation, encoder, input_transform, latent_library, batch_norm, dropout
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.num_components = int(num_components)

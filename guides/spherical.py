@@ -24,11 +24,14 @@ class _SphericalGuide(AmortizedGuide):
         *,
         input_transform: str | None = None,
         latent_library: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if z_dim < 2:
             raise ValueError(f"z_dim is the ambient dimension m >= 2 of the latent sphere, got {z_dim}")
-        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder, input_transform, latent_library)
+        options = (input_transform, latent_library, batch_norm, dropout)
+        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder, *options)
 
     def encode(self, x: torch.Tensor):
         raw_loc, raw_concentration = self.encoder(x).split([self.z_dim, 1], dim=-1)
@@ -48,7 +51,7 @@ class VMFGuide(_SphericalGuide):
 
 
 class PowerSphericalGuide(_SphericalGuide):
-    """q(z | x) = PowerSpherical(mu(x), kappa(x)), parameterised as :class:`VMFGuide`; rejection-free, so
-    it also works with traced (``elbo="jit"``) objectives."""
+    """q(z | x) = PowerSpherical(mu(x), kappa(x)), parameterised as :class:`VMFGuide`; its sampler is
+    rejection-free (a Beta draw), so a step never waits on the device."""
 
     family = PowerSpherical

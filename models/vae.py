@@ -19,10 +19,14 @@ class VAE(nn.Module):
     Calling the module is the Pyro model: every per-datum site lives in ``pyro.plate("data")``, the
     latent is the site ``"z"`` and the observation the site ``"x"``, so any guide that samples a ``"z"``
     on the prior's support can be paired with it. Subclasses change the prior by overriding :meth:`prior`.
+    The call registers the module's parameters with Pyro (:func:`~pyrovae.nn.register_module`), so
+    ``pyro.infer.SVI``, its JIT forms, ``Predictive`` and ``poutine`` work on it as on any Pyro model.
 
     :param int x_dim: number of observed features (images are flattened, e.g. 784).
     :param int z_dim: latent dimension.
-    :param hidden: hidden sizes of the default MLP decoder ``z_dim -> hidden -> x_dim * outputs``.
+    :param hidden: hidden widths **listed from the data side**, as every guide lists them: the default MLP decoder
+        runs ``z -> hidden[-1] -> ... -> hidden[0] -> x_dim * outputs``, so a model and a guide given the same
+        ``hidden`` are mirror images (``hidden=(400, 200)``: encoder 784-400-200, decoder 200-400-784).
     :param likelihood: a registered likelihood name (``"bernoulli"``, ``"gaussian"``, ...) or a
         :class:`~pyrovae.likelihoods.Likelihood` instance such as ``Gaussian(inverse_variance=500)``.
     :param activation: hidden activation of the default decoder.
@@ -51,7 +55,8 @@ class VAE(nn.Module):
         self.z_dim = int(z_dim)
         self.likelihood = get_likelihood(likelihood, self.x_dim)
         self.decoder = decoder or MLP(
-            self.latent_size, hidden, self.x_dim * self.likelihood.num_outputs, activation, batch_norm, dropout
+            self.latent_size, tuple(hidden)[::-1], self.x_dim * self.likelihood.num_outputs, activation, batch_norm,
+            dropout,
         )
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 

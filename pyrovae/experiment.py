@@ -10,6 +10,7 @@ import platform
 import time
 from pathlib import Path
 
+import matplotlib
 import pyro
 import torch
 
@@ -27,7 +28,9 @@ def experiment_parser(description: str, epochs: int, out: str) -> argparse.Argum
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Seed everything, create the output folder, and return the device."""
+    """Seed everything, create the output folder, draw figures to files only (matplotlib's Agg backend), and
+    return the device."""
+    matplotlib.use("Agg")
     pyro.set_rng_seed(args.seed)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.device == "auto":

@@ -1,16 +1,17 @@
-"""Figures shared by experiments: image grids, latent scatters, training curves (matplotlib, no torchvision)."""
+"""Figures shared by experiments: image grids, latent scatters, training curves (matplotlib, no torchvision).
+
+Importing this module leaves matplotlib's backend alone, so figures show inline in a notebook; experiment
+scripts choose the file-only Agg backend themselves (:func:`pyrovae.experiment.setup`).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 
 def _numpy(x) -> np.ndarray:

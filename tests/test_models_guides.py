@@ -113,3 +113,48 @@ def test_bad_data_errors():
         train(model, guide, binary(8), elbo="elbow", progress=False)
     with pytest.raises(ValueError, match="expected a matrix"):
         TensorData(torch.zeros(3, 28, 28))
+
+
+GUIDE_OPTIONS = ("hidden", "activation", "encoder", "input_transform", "latent_library", "batch_norm", "dropout")
+
+
+def test_every_guide_takes_the_same_construction_arguments():
+    import inspect
+
+    from pyrovae.guides import GMVAEGuide, PowerSphericalGuide, VMFGuide
+
+    for guide_class in (NormalGuide, DeltaGuide, VMFGuide, PowerSphericalGuide, GMVAEGuide):
+        parameters = inspect.signature(guide_class).parameters
+        assert set(GUIDE_OPTIONS) <= set(parameters), (guide_class.__name__, set(GUIDE_OPTIONS) - set(parameters))
+    counts = torch.poisson(torch.full((8, 20), 3.0))
+    for guide in (VMFGuide(20, 4, (16, 8), "tanh", input_transform="log1p", batch_norm=True, dropout=0.1),
+                  DeltaGuide(20, 4, (16, 8), batch_norm=True, dropout=0.1),
+                  GMVAEGuide(20, 3, 4, (16, 8), encoder=nn.Linear(20, 8))):
+        assert guide.encode(counts).batch_shape == (8,)
+
+
+def test_hidden_widths_are_listed_from_the_data_side_so_model_and_guide_mirror():
+    from pyrovae import make_pair
+
+    model, guide = VAE(30, 4, hidden=(16, 8)), NormalGuide(30, 4, hidden=(16, 8))
+    decoder_widths = [(m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    encoder_widths = [(m.in_features, m.out_features) for m in guide.encoder.modules() if isinstance(m, nn.Linear)]
+    assert encoder_widths == [(30, 16), (16, 8), (8, 8)]
+    assert decoder_widths == [(4, 8), (8, 16), (16, 30)]
+    svae, vmf = make_pair("svae-vmf", 30, 4, hidden=(16, 8))  # S^4 in R^5
+    assert svae.z_dim == vmf.z_dim == 5
+    with pytest.raises(ValueError, match="unknown pair"):
+        make_pair("flow", 30, 4)
+    with pytest.raises(ValueError, match="num_components"):
+        make_pair("gmvae", 30, 4)
+
+
+def test_importing_the_library_changes_no_matplotlib_backend_and_data_does_not_import_infer():
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import pyrovae.plots, pyrovae.data, sys; "
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); "
+            "assert 'pyrovae.infer' not in sys.modules, 'pyrovae.data imported pyrovae.infer'; "
+            "import pyrovae; assert pyrovae.VAE is pyrovae.models.VAE and callable(pyrovae.train)")
+    subprocess.run([sys.executable, "-c", code], check=True)

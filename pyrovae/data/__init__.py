@@ -27,12 +27,15 @@ from pyrovae.data.single_cell import (
     read_h5ad,
     read_scdeepcluster_h5,
 )
+from pyrovae.data.source import DataSource, as_source
 from pyrovae.data.synthetic import circle_clusters, gaussian_mixture_1d, gaussian_mixture_1d_log_density, two_groups
 from pyrovae.data.tahoe import TAHOE_HUB, GeneVocabulary, TahoeFormatError
 from pyrovae.data.tahoe_synthetic import write_tahoe_shards
 from pyrovae.data.tensor_data import TensorData, check_finite
 
 __all__ = [
+    "DataSource",
+    "as_source",
     "TAHOE_HUB",
     "CellBatch",
     "CellStream",

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pyrovae.data.atlas import TahoeAtlas
 from pyrovae.data.tahoe import CellBlock
-from pyrovae.infer.distributed import rank as process_rank
-from pyrovae.infer.distributed import world_size as process_world_size
+from pyrovae.process_group import rank as process_rank
+from pyrovae.process_group import world_size as process_world_size
 
 
 @dataclass

@@ -191,6 +191,10 @@ class VonMisesFisher(SphericalDistribution):
     E[f(z)] unbiased. (Differentiating the accepted proposal as if it were a plain reparameterisation,
     as s-vae-pytorch does without its correction term, is biased.)
 
+    The rejection loop and the implicit gradient form one autograd operation (``_CosineDraw``), opaque to
+    ``torch.jit.trace`` and ``torch.compile``: a traced ELBO (``elbo="jit"``, Pyro's ``JitTrace_ELBO``) or a
+    compiled step runs the loop afresh on every call, so the traced sampler is as exact as the eager one.
+
     :param loc: mean directions ``(..., m)`` of unit norm, m >= 2.
     :param concentration: ``(...)``, positive.
     """

@@ -1,14 +1,19 @@
-"""Mini-batches from tensors, :class:`~pyrovae.data.TensorData`, Datasets or DataLoaders, on the right device."""
+"""Epochs of mini-batches for training and evaluation, over any :class:`~pyrovae.data.source.DataSource`.
+
+What kind of data a user passed is decided once, by :func:`pyrovae.data.as_source`; a :class:`BatchSource` adds
+the state a training run needs to resume exactly (the batch order's generator and the epoch) and, optionally,
+a check of the values (a model's ``check_data``) on the first batch, or on every batch where the values are only
+known batch by batch.
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from pyrovae.data.tensor_data import TensorData, check_finite
+from pyrovae.data.source import DataSource, StreamSource, as_source
 
 
 def module_device(*modules) -> torch.device:
@@ -20,145 +25,64 @@ def module_device(*modules) -> torch.device:
     return torch.device("cpu")
 
 
-def data_device(data) -> torch.device | None:
-    """The device that tensor data live on, or None for Datasets and DataLoaders."""
-    if isinstance(data, torch.Tensor):
-        return data.device
-    if isinstance(data, TensorData):
-        return data.x.device
-    return None
-
-
-def _index_batched(data) -> bool:
-    """In-memory sources batched by index: TensorData, and sparse sources such as CountData (``batch(indices,
-    device)`` returns the dense rows on the device)."""
-    return isinstance(data, TensorData) or (callable(getattr(data, "batch", None)) and hasattr(data, "__len__"))
-
-
-def _streaming(data) -> bool:
-    """Streams that batch by themselves and know their epoch, such as :class:`~pyrovae.data.CellStream`."""
-    return isinstance(data, IterableDataset) and callable(getattr(data, "set_epoch", None)) and hasattr(data, "loader")
-
-
-def _first(item):
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
 class BatchSource:
     """One epoch of mini-batches per iteration, reproducible from its generator state.
 
-    :param data: tensor or array (N, D), :class:`TensorData`, a map-style Dataset (items ``x`` or ``(x, ...)``),
-        a DataLoader (used as it is; its own sampler decides the order), or a stream of batches such as
-        :class:`~pyrovae.data.CellStream` (its ``counts``; the epoch set by :meth:`set_epoch` chooses the order).
-    :param check: an optional model whose ``check_data`` validates the data (support, shape).
+    :param data: anything :func:`~pyrovae.data.as_source` accepts, or a :class:`DataSource`.
+    :param batch_size: data per batch (None: the data's own; a DataLoader or stream refuses another value).
+    :param check: a function that raises on invalid values (e.g. ``model.check_data``).
     """
 
     def __init__(
         self,
         data,
-        batch_size: int,
+        batch_size: int | None,
         shuffle: bool,
         device: torch.device,
         drop_last: bool = False,
         seed: int | None = None,
-        check=None,
+        check: Callable[[torch.Tensor], None] | None = None,
         name: str = "data",
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if isinstance(data, np.ndarray) or isinstance(data, torch.Tensor):
-            data = TensorData(data, name=name)
-        self.data = data
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.device = device
-        self.drop_last = drop_last
+        self.source: DataSource = as_source(data, batch_size, name)
+        self.shuffle, self.device, self.drop_last = shuffle, device, drop_last
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        self.epoch = 0
         self._check = check
         self._checked = False
-        self._stream = None
-        self.epoch = 0
-        if _streaming(data):
-            self._stream = data
-            self._loader = None
-            self.num_data = data.num_cells
-            if self.num_data == 0:
-                raise ValueError(f"{name} is empty")
-        elif isinstance(data, TensorData):
-            if len(data) == 0:
-                raise ValueError(f"{name} is empty")
-            check_finite(data.x, name)
-            if data.transform is None and check is not None and hasattr(check, "check_data"):
-                check.check_data(data.x)
-                self._checked = True
-            self.num_data = len(data)
-            self._loader = None
-        elif _index_batched(data):
-            if len(data) == 0:
-                raise ValueError(f"{name} is empty")
-            self.num_data = len(data)
-            self._loader = None  # values were validated by the source; the model checks the first batch
-        elif isinstance(data, DataLoader):
-            self._loader = data
-            self.num_data = len(data.dataset) if hasattr(data.dataset, "__len__") else None
-        elif isinstance(data, Dataset):
-            self._loader = DataLoader(
-                data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=self.generator
-            )
-            self.num_data = len(data)
-        else:
-            raise TypeError(
-                f"{name} must be a tensor, numpy array, pyrovae.data.TensorData or CountData, Dataset or DataLoader, "
-                f"got {type(data).__name__}"
-            )
+        if check is not None and self.source.tensor is not None:
+            check(self.source.tensor)  # all the values at once, when they are one tensor
+            self._checked = True
+
+    @property
+    def num_data(self) -> int | None:
+        return self.source.num_data
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.source, StreamSource)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch a stream reproduces on the next iteration (shard order, deal, shuffles)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        if self._stream is not None:
-            self._stream.set_epoch(self.epoch)
-            return len(self._stream)
-        if self._loader is not None:
-            return len(self._loader)
-        full, rest = divmod(self.num_data, self.batch_size)
-        return full + (1 if rest and not (self.drop_last and full > 0) else 0)
+        return self.source.num_batches(self.epoch, self.drop_last)
 
-    def _validate(self, x: torch.Tensor) -> torch.Tensor:
-        if self._loader is not None:
-            x = torch.as_tensor(x)
-            if not torch.is_floating_point(x):
-                x = x.float()
-            x = x.to(self.device, non_blocking=True)
-            check_finite(x, "a batch of the data")
-        if not self._checked and self._check is not None and hasattr(self._check, "check_data"):
-            self._check.check_data(x)
-            self._checked = self._loader is None  # Dataset batches are checked one by one
-        return x
+    def head(self, size: int, batch_size: int) -> BatchSource | None:
+        """Unshuffled batches of a fixed subset of at most ``size`` data (None where the source has none)."""
+        subset = self.source.head(size, batch_size)
+        if subset is None:
+            return None
+        return BatchSource(subset, batch_size, shuffle=False, device=self.device, seed=0, check=self._check)
 
     def __iter__(self):
-        if self._stream is not None:
-            self._stream.set_epoch(self.epoch)
-            steps = len(self._stream)  # every rank stops after the same number of batches
-            loader = self._stream.loader(pin_memory=self.device.type == "cuda")
-            for step, batch in enumerate(loader):
-                if step >= steps:
-                    break
-                yield self._validate(self._stream.inputs(batch.to(self.device, non_blocking=True)))
-            return
-        if self._loader is not None:
-            for item in self._loader:
-                yield self._validate(_first(item))
-            return
-        n = self.num_data
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            indices = order[start : start + self.batch_size]
-            if self.drop_last and len(indices) < self.batch_size and start > 0:
-                break
-            yield self._validate(self.data.batch(indices, self.device))
+        for x in self.source.batches(self.epoch, self.generator, self.shuffle, self.drop_last, self.device):
+            if not self._checked and self._check is not None:
+                self._check(x)
+                self._checked = not self.source.checks_each_batch
+            yield x
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "epoch": self.epoch}
@@ -168,6 +92,13 @@ class BatchSource:
         self.epoch = state.get("epoch", 0)
 
 
-def as_batches(data, batch_size: int, shuffle: bool, device: torch.device, check=None, name: str = "data"):
-    """A :class:`BatchSource` over ``data`` (a convenience for one pass)."""
+def model_check(model) -> Callable[[torch.Tensor], None] | None:
+    """``model.check_data`` where the model has one (pyrovae models do; plain Pyro functions do not)."""
+    check = getattr(model, "check_data", None)
+    return check if callable(check) else None
+
+
+def as_batches(data, batch_size: int | None, shuffle: bool, device: torch.device, check=None, name: str = "data"):
+    """A :class:`BatchSource` over ``data`` for one pass (``check``: a function of a batch, such as
+    :func:`model_check` of a model)."""
     return BatchSource(data, batch_size, shuffle, device, check=check, name=name, seed=0)

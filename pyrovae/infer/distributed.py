@@ -16,22 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-
-def is_distributed() -> bool:
-    """Whether this process is one rank of an initialised process group with more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return rank() == 0
+from pyrovae.process_group import is_distributed, is_main_process, rank, world_size
 
 
 def launched_by_torchrun() -> bool:

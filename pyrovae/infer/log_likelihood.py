@@ -10,7 +10,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyrovae.infer.data import as_batches, module_device
+from pyrovae.infer.data import as_batches, model_check, module_device
 from pyrovae.infer.importance import guess_max_plate_nesting, log_importance_weights
 from pyrovae.infer.psis import psis_khat
 
@@ -98,7 +98,7 @@ def log_likelihood(
     per_datum, khats = [], []
     max_plate_nesting = None
     try:
-        batches = as_batches(data, batch_size, shuffle=False, device=device, check=model)
+        batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model))
         for x in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
             if max_plate_nesting is None:
                 max_plate_nesting = guess_max_plate_nesting(model, guide, x)

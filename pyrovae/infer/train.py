@@ -15,14 +15,14 @@ import os
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyrovae.data import TensorData
 from pyrovae.infer.checkpoint import TrainingCheckpoint, rng_state
 from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.data import BatchSource, _streaming, data_device, module_device
+from pyrovae.infer.data import BatchSource, model_check, module_device
 from pyrovae.infer.distributed import (
     all_reduce_sum,
     barrier,
@@ -41,25 +41,15 @@ from pyrovae.infer.schedule import KLSchedule
 from pyrovae.infer.step import SVIStep, svi_step, trainable_parameters
 
 
+def _data_device(data) -> torch.device | None:
+    """Where tensor data live (None for other kinds): training goes there unless told otherwise."""
+    if isinstance(data, torch.Tensor):
+        return data.device
+    return getattr(getattr(data, "x", None), "device", None) if isinstance(data, TensorData) else None
+
+
 class TrainingDiverged(FloatingPointError):
     """The loss or a gradient became NaN or infinite; the offending step was not applied."""
-
-
-def _eval_source(data, size: int, batch_size: int, device, model) -> BatchSource | None:
-    """A fixed subset of the training data for end-of-epoch metrics (None for a DataLoader)."""
-    from torch.utils.data import DataLoader, Subset
-
-    if isinstance(data, DataLoader) or size <= 0:
-        return None
-    if _streaming(data):  # the same cells on every rank
-        data = data.inputs(data.take(size))
-    if isinstance(data, (torch.Tensor, np.ndarray)):
-        data = data[:size]
-    elif hasattr(data, "subset"):
-        data = data.subset(torch.arange(min(size, len(data))))
-    else:
-        data = Subset(data, range(min(size, len(data))))
-    return BatchSource(data, batch_size, shuffle=False, device=device, seed=0, check=model, name="data")
 
 
 def train(
@@ -68,7 +58,7 @@ def train(
     data,
     *,
     epochs: int = 10,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     elbo="auto",
     num_particles: int = 1,
     optim=None,
@@ -94,9 +84,10 @@ def train(
     :param model: the generative side (a pyrovae model or any Pyro model following the contract).
     :param guide: the inference side; its ``"z"`` must live on the support of the model's prior.
     :param data: a tensor ``(N, x_dim)``, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData`,
-        Dataset, DataLoader, or a :class:`~pyrovae.data.CellStream` (which batches by itself: ``batch_size`` is
-        its own). The ``"data"`` plate is scaled by N / batch size, so the loss estimates the ELBO of the whole
-        data set.
+        Dataset, DataLoader, or a :class:`~pyrovae.data.CellStream` (see :func:`pyrovae.data.as_source`). The
+        ``"data"`` plate is scaled by N / batch size, so the loss estimates the ELBO of the whole data set.
+    :param int batch_size: data per step (default 128; a DataLoader's or CellStream's own, which batch by
+        themselves: another value for those is an error that says where to set it).
     :param int epochs: total epochs (a resumed run continues up to this number).
     :param elbo: ``"auto"`` (``"enum"`` for a guide that enumerates, such as the GMVAE's, else ``"trace"``),
         ``"trace"``, ``"jit"``, ``"enum"``, ``"jit_enum"``, ``"meanfield"``, ``"iwae"`` or a
@@ -137,7 +128,7 @@ def train(
     if device is not None:
         device = torch.device(device)
     else:
-        device = local_device() if distributed else (data_device(data) or module_device(model, guide))
+        device = local_device() if distributed else (_data_device(data) or module_device(model, guide))
     modules = {name: m for name, m in (("model", model), ("guide", guide)) if isinstance(m, torch.nn.Module)}
     for module in modules.values():
         module.to(device)
@@ -146,13 +137,14 @@ def train(
     objective, elbo_name = make_objective(elbo, model, guide, num_particles, max_plate_nesting)
     if drop_last is None:
         drop_last = elbo_name.lower().startswith("jit")
-    batches = BatchSource(data, batch_size, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=model)
+    check = model_check(model)
+    batches = BatchSource(data, batch_size, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check)
     validation = (
-        BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=model, name="val_data")
+        BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data")
         if val_data is not None
         else None
     )
-    train_eval = _eval_source(data, eval_size, eval_batch_size, device, model)
+    train_eval = batches.head(eval_size, eval_batch_size)
     first_batch = next(iter(train_eval or validation or batches))
     check_model_guide(model, guide, first_batch)
 
@@ -176,7 +168,7 @@ def train(
                 epochs = start_epoch
         _fit(step, batches, train_eval, validation, model, guide, modules, history, stopping, saved,
              KLSchedule(kl_weight, kl_warmup_epochs, len(batches)), range(start_epoch, epochs), device,
-             distributed and _streaming(val_data), progress)
+             distributed and validation is not None and validation.streaming, progress)
     finally:
         for p, flag in requires_grad.items():
             p.requires_grad_(flag)

@@ -192,3 +192,15 @@ def test_cell_batch_counts_on_any_device(atlas):
     assert batch.drug.dtype == torch.int64 and batch.cell_line.shape == (64,)
     sample = stream.take(300)
     assert len(sample) == 300 and len(np.unique(sample.ids.numpy() // 200)) == 6  # spread over all shards
+
+
+def test_train_refuses_a_batch_size_the_stream_would_ignore(atlas):
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    from pyrovae.infer import train
+
+    stream = CellStream(atlas, batch_size=50, buffer_size=300, seed=4)
+    model, guide = VAE(stream.num_genes, 2, (8,), "nb"), NormalGuide(stream.num_genes, 2, (8,))
+    with pytest.raises(ValueError, match="batches by itself"):
+        train(model, guide, stream, batch_size=128, epochs=1, progress=False)

@@ -180,3 +180,22 @@ def test_plain_pyro_functions_with_param_store_parameters_train():
     train(model, guide, data(), epochs=40, lr=0.1, eval_size=0, progress=False)
     assert torch.allclose(pyro.param("loc").detach(), data().x.mean(0), atol=0.2)
     pyro.clear_param_store()
+
+
+def test_batch_size_is_honoured_or_refused_for_every_kind_of_data():
+    from pyrovae.data import as_source
+
+    x = torch.rand(40, 15)
+    assert as_source(x, 8).num_batches(0, False) == 5
+    assert as_source(TensorDataset(x), 8).num_batches(0, False) == 5  # a Dataset is batched here
+    loader = DataLoader(x, batch_size=10)
+    assert as_source(loader).batch_size == 10 and as_source(loader, 10).num_batches(0, False) == 4
+    with pytest.raises(ValueError, match="DataLoader with batch_size=10"):
+        as_source(loader, 8)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            as_source(x, bad)
+    model, guide = small_pair()
+    with pytest.raises(ValueError, match="set the batch size on the DataLoader"):
+        train(model, guide, loader, batch_size=8, epochs=1, progress=False)
+    assert len(train(model, guide, loader, epochs=1, progress=False)) == 1

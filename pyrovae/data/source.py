@@ -1,0 +1,214 @@
+"""One protocol for every kind of training data: what ``train``, ``log_likelihood`` and ``evaluate`` iterate.
+
+:func:`as_source` turns what a user passes (a tensor or array, :class:`~pyrovae.data.TensorData`,
+:class:`~pyrovae.data.CountData`, a map-style ``Dataset``, a ``DataLoader`` or a
+:class:`~pyrovae.data.CellStream`) into a :class:`DataSource`, and is the only place that tells them apart:
+
+* :class:`IndexedSource`: in-memory data batched by index (``batch(indices, device)``), the fast path;
+* :class:`LoaderSource`: a ``Dataset`` (through a ``DataLoader`` built here) or a user's ``DataLoader``;
+* :class:`StreamSource`: a stream that batches and shuffles by itself, epoch by epoch (``CellStream``).
+
+``batch_size`` is honoured by the first two and refused, with the fix, where it cannot be: a ``DataLoader``
+or a stream already has one, and a different value is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from pyrovae.data.tensor_data import TensorData, check_finite
+
+
+class DataSource:
+    """Mini-batches of one data set on a device, reproducible from a generator and an epoch.
+
+    :ivar num_data: the number of data (the N of the ``"data"`` plate), or None when unknown.
+    :ivar batch_size: data per batch.
+    """
+
+    num_data: int | None
+    batch_size: int
+    name: str
+
+    def num_batches(self, epoch: int, drop_last: bool) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def batches(self, epoch: int, generator: torch.Generator, shuffle: bool, drop_last: bool,
+                device: torch.device) -> Iterator[torch.Tensor]:  # pragma: no cover - abstract
+        """The batches of ``epoch``, as float tensors on ``device``."""
+        raise NotImplementedError
+
+    def head(self, size: int, batch_size: int) -> DataSource | None:
+        """A source over a fixed subset of at most ``size`` data (for end-of-epoch metrics), or None."""
+        return None
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the data live, for tensor data (None otherwise)."""
+        return None
+
+    @property
+    def tensor(self) -> torch.Tensor | None:
+        """All the data as one tensor when they are one already (checked in full, once), else None."""
+        return None
+
+    checks_each_batch = False  # whether the values are only known batch by batch
+
+
+class IndexedSource(DataSource):
+    """In-memory data batched by index: :class:`TensorData`, :class:`CountData` or anything with ``__len__``,
+    ``batch(indices, device)`` and ``subset(indices)``."""
+
+    def __init__(self, data, batch_size: int, name: str) -> None:
+        if len(data) == 0:
+            raise ValueError(f"{name} is empty")
+        if isinstance(data, TensorData):
+            check_finite(data.x, name)
+        self.data, self.batch_size, self.name, self.num_data = data, batch_size, name, len(data)
+
+    def num_batches(self, epoch: int, drop_last: bool) -> int:
+        full, rest = divmod(self.num_data, self.batch_size)
+        return full + (1 if rest and not (drop_last and full > 0) else 0)
+
+    def batches(self, epoch, generator, shuffle, drop_last, device):
+        n = self.num_data
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            indices = order[start : start + self.batch_size]
+            if drop_last and len(indices) < self.batch_size and start > 0:
+                break
+            yield self.data.batch(indices, device)
+
+    def head(self, size, batch_size):
+        if size <= 0:
+            return None
+        return IndexedSource(self.data.subset(torch.arange(min(size, self.num_data))), batch_size, self.name)
+
+    @property
+    def device(self):
+        return self.data.x.device if isinstance(self.data, TensorData) else None
+
+    @property
+    def tensor(self):
+        if isinstance(self.data, TensorData) and self.data.transform is None:
+            return self.data.x
+        return None
+
+
+class LoaderSource(DataSource):
+    """A ``DataLoader`` used as it is (its sampler decides the order), or one built here over a ``Dataset``.
+    Items are ``x`` or ``(x, ...)``; values are checked batch by batch."""
+
+    checks_each_batch = True
+
+    def __init__(self, data, batch_size: int | None, name: str) -> None:
+        self.name, self.dataset = name, data.dataset if isinstance(data, DataLoader) else data
+        if isinstance(data, DataLoader):
+            if batch_size is not None and data.batch_size is not None and batch_size != data.batch_size:
+                raise ValueError(
+                    f"{name} is a DataLoader with batch_size={data.batch_size}, but batch_size={batch_size} was "
+                    "asked for; set the batch size on the DataLoader or pass batch_size=None"
+                )
+            self.loader, self.batch_size = data, data.batch_size
+        else:
+            self.loader, self.batch_size = None, batch_size or 128
+        self.num_data = len(self.dataset) if hasattr(self.dataset, "__len__") else None
+        if self.num_data == 0:
+            raise ValueError(f"{name} is empty")
+
+    def num_batches(self, epoch, drop_last):
+        if self.loader is not None:
+            return len(self.loader)
+        full, rest = divmod(self.num_data, self.batch_size)
+        return full + (1 if rest and not drop_last else 0)
+
+    def batches(self, epoch, generator, shuffle, drop_last, device):
+        loader = self.loader or DataLoader(self.dataset, batch_size=self.batch_size, shuffle=shuffle,
+                                           drop_last=drop_last, generator=generator)
+        for item in loader:
+            x = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)
+            if not torch.is_floating_point(x):
+                x = x.float()
+            x = x.to(device, non_blocking=True)
+            check_finite(x, f"a batch of {self.name}")
+            yield x
+
+    def head(self, size, batch_size):
+        if size <= 0 or self.loader is not None or self.num_data is None:
+            return None
+        return LoaderSource(torch.utils.data.Subset(self.dataset, range(min(size, self.num_data))), batch_size,
+                            self.name)
+
+
+class StreamSource(DataSource):
+    """A stream that batches by itself and knows its epoch (``set_epoch``, ``loader``, ``inputs``, ``take``), such
+    as :class:`~pyrovae.data.CellStream`. Every rank yields ``len(stream)`` batches, so ranks stay in step."""
+
+    def __init__(self, stream, batch_size: int | None, name: str) -> None:
+        if batch_size is not None and batch_size != stream.batch_size:
+            raise ValueError(
+                f"{name} is a {type(stream).__name__} that batches by itself (batch_size={stream.batch_size}), but "
+                f"batch_size={batch_size} was asked for; set batch_size on the stream or pass batch_size=None"
+            )
+        self.stream, self.batch_size, self.name, self.num_data = stream, stream.batch_size, name, stream.num_cells
+        if self.num_data == 0:
+            raise ValueError(f"{name} is empty")
+
+    def num_batches(self, epoch, drop_last):
+        self.stream.set_epoch(epoch)
+        return len(self.stream)
+
+    def batches(self, epoch, generator, shuffle, drop_last, device):
+        self.stream.set_epoch(epoch)
+        steps = len(self.stream)  # every rank stops after the same number of batches
+        loader = self.stream.loader(pin_memory=device.type == "cuda")
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            yield self.stream.inputs(batch.to(device, non_blocking=True))
+
+    def head(self, size, batch_size):
+        if size <= 0:
+            return None  # the same cells on every rank
+        return IndexedSource(TensorData(self.stream.inputs(self.stream.take(size)), name=self.name), batch_size,
+                             self.name)
+
+
+def _is_stream(data) -> bool:
+    return isinstance(data, IterableDataset) and all(
+        callable(getattr(data, method, None)) for method in ("set_epoch", "loader", "inputs", "take")
+    )
+
+
+def as_source(data, batch_size: int | None = None, name: str = "data") -> DataSource:
+    """The :class:`DataSource` of ``data`` with ``batch_size`` data per batch (None: the data's own, or 128).
+
+    :raises ValueError: for empty data, and for a ``batch_size`` that a DataLoader or a stream would ignore.
+    :raises TypeError: for anything else, naming what is accepted.
+    """
+    if isinstance(data, DataSource):
+        return data
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        data = TensorData(data, name=name)
+    if _is_stream(data):
+        return StreamSource(data, batch_size, name)
+    if isinstance(data, DataLoader):
+        return LoaderSource(data, batch_size, name)
+    if isinstance(data, TensorData) or (callable(getattr(data, "batch", None)) and hasattr(data, "__len__")
+                                        and callable(getattr(data, "subset", None))):
+        return IndexedSource(data, batch_size or 128, name)
+    if isinstance(data, Dataset):
+        return LoaderSource(data, batch_size, name)
+    raise TypeError(
+        f"{name} must be a tensor, numpy array, pyrovae.data.TensorData or CountData, a Dataset, a DataLoader or a "
+        f"CellStream, got {type(data).__name__}"
+    )
+
+
+__all__ = ["DataSource", "IndexedSource", "LoaderSource", "StreamSource", "as_source"]
