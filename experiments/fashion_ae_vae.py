@@ -21,16 +21,18 @@ import torch
 from pyrovae.guides import DeltaGuide, NormalGuide
 from pyrovae.models import VAE
 from sklearn.manifold import TSNE
-from sklearn.metrics import silhouette_score
 
 from pyrovae.data import FASHION_CLASSES, binarize_split, load_fashion_mnist
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import log_likelihood, train
+from pyrovae.infer import interpolate, locate, log_likelihood, reconstruct, refit_guide, train
 from pyrovae.likelihoods import Gaussian
+from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores
 from pyrovae.nn import ConvDecoder, ConvEncoder
 from pyrovae.plots import save, show_images
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/fashion_ae_vae")
+QUICK = {"num_train": 2000, "num_ll": 100, "num_samples": 20, "refit_epochs": 1, "num_tsne": 300}
+
+parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/fashion_ae_vae", quick=QUICK)
 parser.add_argument("--z-dim", type=int, default=10)
 parser.add_argument("--batch-size", type=int, default=128)
 parser.add_argument("--lr", type=float, default=1e-3)
@@ -85,24 +87,20 @@ for name, (model, guide, data, kl_weight) in setups.items():
 # the AE's point mass cannot propose: refit a Normal guide to the frozen AE model to measure its likelihood
 ae_test = grey_test if args.ae_likelihood == "gaussian" else binary_test
 ae = runs["AE"]
-refit_guide = NormalGuide(784, Z, encoder=conv_encoder(2 * Z))
+refitted = NormalGuide(784, Z, encoder=conv_encoder(2 * Z))
 started = time.perf_counter()
 print("\nAE + refitted Normal guide (model frozen)")
-train(ae["model"], refit_guide, setups["AE"][2].to(device), freeze="model",
-      **{**common, "epochs": args.refit_epochs})
+refit_guide(ae["model"], refitted, setups["AE"][2].to(device), **{**common, "epochs": args.refit_epochs})
 ae["refit_seconds"] = time.perf_counter() - started
-scoring = {"AE": (ae["model"], refit_guide, ae_test), "VAE": (runs["VAE"]["model"], runs["VAE"]["guide"], binary_test)}
+scoring = {"AE": (ae["model"], refitted, ae_test), "VAE": (runs["VAE"]["model"], runs["VAE"]["guide"], binary_test)}
 
 metrics = {"num_train": len(grey_train), "num_scored": len(scored), "runs": {}}
 print(f"\n{'run':<6}{'test MSE':>10}{'log p(x)':>11}{'+/-':>7}{'k>0.7':>8}{'train s':>9}   data scored")
 for name, run in runs.items():
     model, guide, test = scoring[name]
     ll = log_likelihood(model, guide, test.subset(scored).to(device), num_samples=args.num_samples)
-    model.eval()
-    run["guide"].eval()
-    with torch.no_grad():
-        reconstruction = model.decode(run["guide"].encode(grey_test.x[:2000].to(device)).mean).mean
-        mse = float(((reconstruction.cpu() - grey_test.x[:2000]) ** 2).mean())
+    reconstruction = reconstruct(model, run["guide"], grey_test.x[:2000].to(device)).cpu()
+    mse = reconstruction_scores(grey_test.x[:2000], reconstruction)["mse"]
     scored_on = "grey levels" if name == "AE" and args.ae_likelihood == "gaussian" else "binarised pixels"
     print(f"{name:<6}{mse:>10.4f}{ll.mean:>11.2f}{ll.stderr:>7.2f}{(ll.khat > 0.7).float().mean():>8.1%}"
           f"{run['seconds']:>9.1f}   {scored_on}")
@@ -118,9 +116,8 @@ for run in runs.values():
     run["guide"].cpu().eval()
 
 
-def encode(name, x):
-    with torch.no_grad():
-        return runs[name]["guide"].encode(x).mean
+def reconstructions(name, x):
+    return reconstruct(runs[name]["model"], runs[name]["guide"], x)
 
 
 def decode(name, z):
@@ -133,11 +130,11 @@ images = grey_test.x[:50]
 noisy = (images + args.noise * (torch.rand(images.shape, generator=generator) - 0.5)).clamp(0, 1)
 fig, axes = plt.subplots(2, 3, figsize=(18, 7.5))
 show_images(axes[0, 0], images, num_columns=10, title="test images")
-show_images(axes[0, 1], decode("AE", encode("AE", images)), num_columns=10, title="AE reconstructions")
-show_images(axes[0, 2], decode("VAE", encode("VAE", images)), num_columns=10, title="VAE reconstructions (means)")
+show_images(axes[0, 1], reconstructions("AE", images), num_columns=10, title="AE reconstructions")
+show_images(axes[0, 2], reconstructions("VAE", images), num_columns=10, title="VAE reconstructions (means)")
 show_images(axes[1, 0], noisy, num_columns=10, title=f"noisy inputs (x + {args.noise:g} U(-1/2, 1/2), clamped)")
-show_images(axes[1, 1], decode("AE", encode("AE", noisy)), num_columns=10, title="AE denoising")
-show_images(axes[1, 2], decode("VAE", encode("VAE", noisy)), num_columns=10, title="VAE denoising")
+show_images(axes[1, 1], reconstructions("AE", noisy), num_columns=10, title="AE denoising")
+show_images(axes[1, 2], reconstructions("VAE", noisy), num_columns=10, title="VAE denoising")
 fig.tight_layout()
 save(fig, f"{args.out}/reconstruction_denoising.png")
 
@@ -149,12 +146,10 @@ show_images(axes[1], decode("AE", prior_draws), num_columns=10,
 fig.tight_layout()
 save(fig, f"{args.out}/generation.png")
 
-first, second = grey_test.x[:1], grey_test.x[1:2]
-steps = torch.linspace(0, 1, 11).unsqueeze(-1)
 fig, axes = plt.subplots(2, 1, figsize=(12, 3.4))
 for ax, name in zip(axes, ("AE", "VAE")):
-    path = (1 - steps) * encode(name, first) + steps * encode(name, second)
-    show_images(ax, decode(name, path), num_columns=11,
+    _, decoded = interpolate(runs[name]["model"], runs[name]["guide"], grey_test.x[0], grey_test.x[1], steps=11)
+    show_images(ax, decoded, num_columns=11,
                 title=f"{name}: linear interpolation between the codes of two test images, 11 steps")
 fig.tight_layout()
 save(fig, f"{args.out}/interpolation.png")
@@ -163,9 +158,10 @@ embedded = torch.arange(min(args.num_tsne, len(grey_test)))
 labels = grey_test.labels[embedded].numpy()
 fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
 for ax, name in zip(axes, ("AE", "VAE")):
-    codes = encode(name, grey_test.x[embedded]).numpy()
-    silhouette = float(silhouette_score(codes, labels))
-    metrics["runs"][name]["code_silhouette_by_class"] = silhouette
+    codes = locate(runs[name]["guide"], grey_test.x[embedded]).numpy()
+    scores = clustering_scores(labels, kmeans_clusters(codes, 10, args.seed), codes)
+    metrics["runs"][name].update({f"code_{k}_by_class": v for k, v in scores.items()})
+    silhouette = scores["silhouette"]
     points = TSNE(n_components=2, random_state=args.seed, init="pca").fit_transform(codes)
     for label in range(10):
         ax.scatter(*points[labels == label].T, s=3, color=plt.cm.tab10(label), label=FASHION_CLASSES[label])

@@ -8,25 +8,25 @@ finished configuration is recorded in ``grid.json`` and not trained again, and t
 its checkpoint.
 """
 
-import json
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from pyrovae.guides import GMVAEGuide, NormalGuide
-from pyrovae.models import GMVAE, VAE
 
+from pyrovae import make_pair
 from pyrovae.data import SHARED_SETS, load_count_dataset
 from pyrovae.experiment import experiment_parser, setup, write_metrics
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import likelihood_names
 from pyrovae.plots import save, training_curves
+from pyrovae.sweep import Sweep
 
 HIDDEN = [[100], [100, 250], [100, 250, 500], [100, 250, 500, 1000]]
 LATENT = [10, 25, 50, 100]
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=50, out="results/grid_search")
+QUICK = {"genes": 200, "max_cells": 600, "hidden": ["32"], "latent": [5], "num_samples": 10}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=50, out="results/grid_search", quick=QUICK)
 parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS))
 parser.add_argument("--model", default="VAE", choices=["VAE", "GMVAE"])
 parser.add_argument("--likelihood", default="nb", choices=[n for n in likelihood_names() if "poisson" in n or "nb" in n
@@ -45,39 +45,31 @@ device = setup(args)
 
 cells = load_count_dataset(args.dataset, args.data_dir).prepare(args.genes, args.max_cells, args.seed)
 train_cells, test_cells = cells.split(0.81, seed=args.seed)
-components = len(cells.label_names) or 10
 
 
 def build(hidden: list[int], latent: int):
-    genes = cells.num_genes
-    if args.model == "GMVAE":
-        return (GMVAE(genes, latent, components, hidden, likelihood=args.likelihood),
-                GMVAEGuide(genes, latent, components, hidden, input_transform="log1p"))
-    return (VAE(genes, latent, hidden, likelihood=args.likelihood),
-            NormalGuide(genes, latent, hidden, input_transform="log1p"))
+    kind, components = ("gmvae", len(cells.label_names) or 10) if args.model == "GMVAE" else ("vae", None)
+    return make_pair(kind, cells.num_genes, latent, hidden, args.likelihood, num_components=components,
+                     input_transform="log1p")
 
 
-grid_file = Path(args.out) / "grid.json"
-grid = json.loads(grid_file.read_text()) if grid_file.exists() else {}
-for hidden_spec in args.hidden:
-    hidden = [int(h) for h in hidden_spec.split(",")]
-    for latent in args.latent:
-        key = f"hidden {hidden_spec} latent {latent}"
-        if key in grid:
-            print(f"{key}: done before, val ELBO {grid[key]['val_elbo']:.2f}")
-            continue
-        model, guide = build(hidden, latent)
-        started = time.perf_counter()
-        history = train(model, guide, train_cells, epochs=args.search_epochs, batch_size=args.batch_size, lr=args.lr,
-                        val_data=test_cells, restore_best=False, device=device, seed=args.seed, eval_size=0,
-                        progress=not args.no_progress)
-        grid[key] = {"hidden": hidden, "latent": latent, "val_elbo": history.last["val_elbo"],
-                     "seconds": time.perf_counter() - started}
-        grid_file.write_text(json.dumps(grid, indent=2))  # a finished configuration is never trained again
-        print(f"{key}: val ELBO {grid[key]['val_elbo']:.2f} ({grid[key]['seconds']:.1f} s)", flush=True)
+def search(hidden: list[int], latent: int) -> dict:
+    model, guide = build(hidden, latent)
+    started = time.perf_counter()
+    history = train(model, guide, train_cells, epochs=args.search_epochs, batch_size=args.batch_size, lr=args.lr,
+                    val_data=test_cells, restore_best=False, device=device, seed=args.seed, eval_size=0,
+                    progress=not args.no_progress)
+    result = {"hidden": hidden, "latent": latent, "val_elbo": history.last["val_elbo"],
+              "seconds": time.perf_counter() - started}
+    print(f"hidden {hidden} latent {latent}: val ELBO {result['val_elbo']:.2f} ({result['seconds']:.1f} s)", flush=True)
+    return result
 
-searched = {f"hidden {h} latent {latent}" for h in args.hidden for latent in args.latent}
-best_key = max(searched, key=lambda k: grid[k]["val_elbo"])
+
+sweep = Sweep(Path(args.out) / "grid.json")  # a finished configuration is never trained again
+grid = {f"hidden {spec} latent {latent}": sweep.run(f"hidden {spec} latent {latent}", search,
+                                                   [int(h) for h in spec.split(",")], latent)
+        for spec in args.hidden for latent in args.latent}
+best_key = max(grid, key=lambda k: grid[k]["val_elbo"])  # among the configurations searched now
 best = grid[best_key]
 print(f"best: {best_key} (val ELBO {best['val_elbo']:.2f}); training it for {args.epochs} epochs")
 model, guide = build(best["hidden"], best["latent"])

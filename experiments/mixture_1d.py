@@ -23,7 +23,8 @@ from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import save
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=0, out="results/mixture_1d")
+QUICK = {"epochs": 0, "steps": 500, "num_data": 5000, "num_test": 1000, "num_samples": 50, "sweep": [5.0]}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=0, out="results/mixture_1d", quick=QUICK)
 parser.add_argument("--steps", type=int, default=40_000,
                     help="SGD steps per VAE (the notebook's); used when --epochs is 0")
 parser.add_argument("--num-data", type=int, default=200_000, help="training points drawn from p_data")

@@ -20,7 +20,8 @@ from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import get_likelihood
 from pyrovae.plots import save, training_curves
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/poisson_synthetic")
+QUICK = {"epochs": 20, "num_cells": 500, "num_test": 100, "num_samples": 50}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/poisson_synthetic", quick=QUICK)
 parser.add_argument("--num-cells", type=int, default=2000)
 parser.add_argument("--num-test", type=int, default=500, help="held-out cells from the same law")
 parser.add_argument("--latent", type=int, default=3)

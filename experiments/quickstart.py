@@ -14,15 +14,16 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from pyrovae.guides import DeltaGuide, NormalGuide, PowerSphericalGuide, VMFGuide
-from pyrovae.models import SVAE, VAE
+from pyrovae.guides import NormalGuide
 
+from pyrovae import make_pair
 from pyrovae.data import load_digits, load_mnist
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import log_likelihood, train
+from pyrovae.infer import locate, log_likelihood, reconstruct, refit_guide, train
 from pyrovae.plots import latent_scatter, save, show_images
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=4, out="results/quickstart")
+QUICK = {"max_train": 2000, "num_test": 200, "num_samples": 100, "hidden": 200}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=4, out="results/quickstart", quick=QUICK)
 parser.add_argument("--z-dim", type=int, default=20)
 parser.add_argument("--hidden", type=int, default=400)
 parser.add_argument("--batch-size", type=int, default=128)
@@ -54,24 +55,23 @@ def fit(name, model, guide, **options):
     history = train(model, guide, train_data, **{**common, **options})
     runs[name] = {"model": model, "guide": guide, "history": history, "seconds": time.perf_counter() - started}
 
-fit("VAE, ELBO", VAE(x_dim, z_dim, hidden), NormalGuide(x_dim, z_dim, hidden), elbo="jit")
-fit("VAE, IWAE k=5", VAE(x_dim, z_dim, hidden), NormalGuide(x_dim, z_dim, hidden), elbo="iwae", num_particles=5)
-# the S-VAE: latents on S^z_dim in R^(z_dim + 1); the rejection sampler of the vMF is not traced, Power Spherical is
-fit("S-VAE, vMF", SVAE(x_dim, z_dim + 1, hidden), VMFGuide(x_dim, z_dim + 1, hidden), elbo="trace")
-fit("S-VAE, Power Spherical", SVAE(x_dim, z_dim + 1, hidden), PowerSphericalGuide(x_dim, z_dim + 1, hidden),
-    elbo="jit")
-autoencoder = VAE(x_dim, z_dim, hidden)
-fit("AE (MAP)", autoencoder, DeltaGuide(x_dim, z_dim, hidden), elbo="jit")
+fit("VAE, ELBO", *make_pair("vae", x_dim, z_dim, hidden), elbo="jit")
+fit("VAE, IWAE k=5", *make_pair("vae", x_dim, z_dim, hidden), elbo="iwae", num_particles=5)
+# the S-VAE: latents on the sphere S^z_dim in R^(z_dim + 1), with either guide; both trace (elbo="jit")
+fit("S-VAE, vMF", *make_pair("svae-vmf", x_dim, z_dim, hidden), elbo="jit")
+fit("S-VAE, Power Spherical", *make_pair("svae-power", x_dim, z_dim, hidden), elbo="jit")
+fit("AE (MAP)", *make_pair("ae", x_dim, z_dim, hidden), elbo="jit")
 # swap guides: a Gaussian guide refitted to the auto-encoder's frozen decoder makes its likelihood measurable
-refit = runs["AE (MAP)"]["seconds"]
-fit("AE (MAP) + refit guide", autoencoder, NormalGuide(x_dim, z_dim, hidden), elbo="jit", freeze="model")
-runs["AE (MAP) + refit guide"]["seconds"] += refit
+autoencoder, refitted, started = runs["AE (MAP)"]["model"], NormalGuide(x_dim, z_dim, hidden), time.perf_counter()
+history, _ = refit_guide(autoencoder, refitted, train_data, **{**common, "elbo": "jit"})
+runs["AE (MAP) + refit guide"] = {"model": autoencoder, "guide": refitted, "history": history,
+                                  "seconds": runs["AE (MAP)"]["seconds"] + time.perf_counter() - started}
 
 metrics = {"dataset": dataset, "num_train": len(train_data), "num_test": len(test_data), "runs": {}}
 print(f"\nheld-out log-likelihood, {args.num_samples} importance samples per image (nats, higher is better)")
 print(f"{'model / guide':<26}{'test ELBO':>11}{'log p(x)':>11}{'+/-':>7}{'k>0.7':>8}{'train s':>9}")
 for name, run in runs.items():
-    if isinstance(run["guide"], DeltaGuide):
+    if name == "AE (MAP)":
         continue  # a point mass is no importance distribution: scored through its refitted guide
     ll = log_likelihood(run["model"], run["guide"], test_data, num_samples=args.num_samples)
     elbo = run["history"].last["val_elbo"]
@@ -81,10 +81,8 @@ for name, run in runs.items():
                              "history": run["history"].to_dict()}
 
 vae = runs["VAE, ELBO"]
-with torch.no_grad():
-    codes = vae["guide"].encode(test_data.x).mean
-    reconstructions = vae["model"].decode(codes).mean
-    samples = vae["model"].sample(40, mean=True)
+codes, reconstructions = locate(vae["guide"], test_data.x), reconstruct(vae["model"], vae["guide"], test_data.x)
+samples = vae["model"].sample(40, mean=True)
 fig, axes = plt.subplots(1, 3, figsize=(16, 5))
 pairs = torch.cat([test_data.x[:20], reconstructions[:20]])
 show_images(axes[0], pairs, image_shape, title="test images (top) / reconstructions (bottom)")

@@ -17,10 +17,9 @@ and a t-SNE of the latent means coloured by cell type. The latent means go back 
 import time
 
 import matplotlib.pyplot as plt
-from pyrovae.guides import GMVAEGuide, NormalGuide
-from pyrovae.models import GMVAE, VAE
 from sklearn.manifold import TSNE
 
+from pyrovae import make_pair
 from pyrovae.data import SHARED_SETS, add_results, load_count_dataset
 from pyrovae.experiment import experiment_parser, setup, write_metrics
 from pyrovae.infer import clustering_scores, encode_data, kmeans_clusters, log_likelihood, train
@@ -28,7 +27,8 @@ from pyrovae.plots import latent_scatter, save, training_curves
 
 LIKELIHOODS = ["poisson", "constrained_poisson", "nb", "zip", "zinb"]
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=100, out="results/scvae_counts")
+QUICK = {"epochs": 2, "genes": 200, "max_cells": 600, "likelihoods": ["nb"], "num_samples": 10}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=100, out="results/scvae_counts", quick=QUICK)
 parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS))
 parser.add_argument("--models", nargs="+", default=["VAE", "GMVAE"], choices=["VAE", "GMVAE"])
 parser.add_argument("--likelihoods", nargs="+", default=LIKELIHOODS, choices=LIKELIHOODS)
@@ -57,13 +57,9 @@ regularise = {"batch_norm": True, "dropout": args.dropout}
 for model_name in args.models:
     for likelihood in args.likelihoods:
         name = f"{model_name}, {likelihood}"
-        genes = cells.num_genes
-        if model_name == "GMVAE":
-            model = GMVAE(genes, args.latent, components, args.hidden, likelihood=likelihood, **regularise)
-            guide = GMVAEGuide(genes, args.latent, components, args.hidden, input_transform="log1p", **regularise)
-        else:
-            model = VAE(genes, args.latent, args.hidden, likelihood=likelihood, **regularise)
-            guide = NormalGuide(genes, args.latent, args.hidden, input_transform="log1p", **regularise)
+        kind, num_components = ("gmvae", components) if model_name == "GMVAE" else ("vae", None)
+        model, guide = make_pair(kind, cells.num_genes, args.latent, args.hidden, likelihood,
+                                 num_components=num_components, input_transform="log1p", **regularise)
         started = time.perf_counter()
         history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         val_data=test_cells, restore_best=False, device=device, seed=args.seed, eval_size=0,

@@ -16,15 +16,17 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
-from pyrovae.models import SVAE, VAE
 
+from pyrovae import make_pair
 from pyrovae.data import circle_clusters
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import log_likelihood, train
+from pyrovae.infer import locate, log_likelihood, train
+from pyrovae.metrics import circular_correlation
 from pyrovae.plots import save, training_curves
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/svae_circle")
+QUICK = {"epochs": 10, "num_data": 300, "num_test": 200, "num_samples": 100}
+
+parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/svae_circle", quick=QUICK)
 parser.add_argument("--num-data", type=int, default=1000, help="training points")
 parser.add_argument("--num-test", type=int, default=1000, help="held-out points")
 parser.add_argument("--num-features", type=int, default=100)
@@ -41,25 +43,13 @@ data, angles = circle_clusters(args.num_data + args.num_test, args.num_features,
 train_data = data.subset(torch.arange(args.num_data)).to(device)
 test_data = data.subset(torch.arange(args.num_data, len(data))).to(device)
 test_angles = angles[args.num_data:]
-hidden = tuple(args.hidden)  # from the data side, for the encoder and (mirrored) the decoder
 NAMES = {"normal": "N-VAE (Gaussian, R^2)", "vmf": "S-VAE (vMF, S^1)", "power": "S-VAE (Power Spherical, S^1)"}
 
 
 def build(kind):
-    if kind == "normal":
-        return VAE(args.num_features, 2, hidden, likelihood="gaussian"), NormalGuide(args.num_features, 2, hidden)
-    guide = VMFGuide if kind == "vmf" else PowerSphericalGuide
-    return SVAE(args.num_features, 2, hidden, likelihood="gaussian"), guide(args.num_features, 2, hidden)
-
-
-def circular_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """|Jammalamadaka-SenGupta circular correlation| of two angle samples (invariant to rotation/reflection)."""
-    def centred_sine(x):
-        mean = torch.atan2(torch.sin(x).mean(), torch.cos(x).mean())
-        return torch.sin(x - mean)
-
-    sa, sb = centred_sine(a.double()), centred_sine(b.double())
-    return abs(float((sa * sb).sum() / torch.sqrt((sa**2).sum() * (sb**2).sum())))
+    """R^2 for the N-VAE, the circle S^1 in R^2 for the S-VAE; the decoder mirrors the encoder."""
+    kinds = {"normal": ("vae", 2), "vmf": ("svae-vmf", 1), "power": ("svae-power", 1)}
+    return make_pair(kinds[kind][0], args.num_features, kinds[kind][1], args.hidden, likelihood="gaussian")
 
 
 runs, metrics = {}, {"num_train": len(train_data), "num_test": len(test_data), "runs": {}}
@@ -71,8 +61,7 @@ for kind in args.guides:
                     progress=not args.no_progress)
     seconds = time.perf_counter() - started
     ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples)
-    with torch.no_grad():
-        codes = guide.encode(test_data.x).mean.cpu()  # vMF mean = A(kappa) mu: inside the disc
+    codes = locate(guide, test_data.x).cpu()  # latent means; mean directions on the circle
     latent_angle = torch.atan2(codes[:, 1], codes[:, 0])
     runs[kind] = {"codes": codes, "history": history}
     metrics["runs"][NAMES[kind]] = {

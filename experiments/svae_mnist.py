@@ -8,23 +8,22 @@ validation split: training stops when the validation ELBO has not improved for `
 ``--epochs``) and keeps the best epoch. Reported on the test set: log-likelihood by ``--num-samples``
 importance samples (with Pareto k-hat), ELBO, reconstruction and KL, beside the paper's numbers.
 
-Every run is checkpointed after each epoch and its result saved, so an interrupted sweep resumes where it
-stopped and a finished run is not trained again (delete ``OUT/runs`` to retrain).
+Every run is checkpointed after each epoch and its result kept in ``OUT/runs.json`` (:class:`pyrovae.sweep.Sweep`),
+so an interrupted sweep resumes where it stopped and a finished run is not trained again (delete
+``OUT/runs.json`` and ``OUT/checkpoints`` to retrain). Both guides train under the traced ELBO (``elbo="jit"``).
 """
 
-import json
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
-from pyrovae.models import SVAE, VAE
 
+from pyrovae import make_pair
 from pyrovae.data import TensorData, load_mnist
 from pyrovae.experiment import experiment_parser, setup, write_metrics
 from pyrovae.infer import evaluate, log_likelihood, train
 from pyrovae.plots import save
+from pyrovae.sweep import Sweep
 
 PAPER = {  # Davidson et al. (2018), Table 1: test log-likelihood
     "normal": {2: -135.73, 5: -110.21, 10: -93.84, 20: -88.90, 40: -88.93},
@@ -32,7 +31,8 @@ PAPER = {  # Davidson et al. (2018), Table 1: test log-likelihood
 }
 NAMES = {"normal": "N-VAE", "vmf": "S-VAE (vMF)", "power": "S-VAE (Power Spherical)"}
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/svae_mnist")
+QUICK = {"dims": [2], "num_train": 2000, "num_val": 500, "num_test": 500, "num_samples": 50}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/svae_mnist", quick=QUICK)
 parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 40], help="latent dimensions d")
 parser.add_argument("--models", nargs="+", default=["normal", "vmf"], choices=list(NAMES))
 parser.add_argument("--patience", type=int, default=50, help="early stopping: epochs without improvement")
@@ -65,43 +65,29 @@ print(f"MNIST: {len(train_data)} training, {len(val_data)} validation, {len(test
 widths = tuple(args.hidden)  # from the data side: the decoder mirrors the encoder
 
 
-def build(kind: str, d: int):
-    if kind == "normal":
-        return VAE(784, d, widths), NormalGuide(784, d, widths)
-    guide = VMFGuide if kind == "vmf" else PowerSphericalGuide
-    return SVAE(784, d + 1, widths), guide(784, d + 1, widths)
+PAIRS = {"normal": "vae", "vmf": "svae-vmf", "power": "svae-power"}  # S^d in R^(d+1) for the spherical ones
+sweep = Sweep(out / "runs.json")  # finished runs are kept; an interrupted one resumes from its checkpoint
 
 
-runs = {}
-(out / "runs").mkdir(parents=True, exist_ok=True)
-(out / "checkpoints").mkdir(parents=True, exist_ok=True)
-for d in args.dims:
-    for kind in args.models:
-        key = f"{kind}_d{d}"
-        saved = out / "runs" / f"{key}.json"
-        if saved.exists():
-            runs[key] = json.loads(saved.read_text())
-            print(f"{NAMES[kind]}, d = {d}: done before ({runs[key]['epochs_trained']} epochs), loaded")
-            continue
-        print(f"{NAMES[kind]}, d = {d}")
-        model, guide = build(kind, d)
-        started = time.perf_counter()
-        history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        elbo="trace" if kind == "vmf" else "jit", val_data=val_data, patience=args.patience,
-                        checkpoint=out / "checkpoints" / f"{key}.pt", device=device, seed=args.seed,
-                        progress=not args.no_progress)
-        seconds = time.perf_counter() - started
-        ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress)
-        runs[key] = {
-            "model": NAMES[kind], "d": d, "test_log_likelihood": ll.mean, "stderr": ll.stderr,
-            "khat_above_0.7": float((ll.khat > 0.7).float().mean()), **{f"test_{k}": v for k, v in
-                                                                        evaluate(model, guide, test_batches).items()},
-            "epochs_trained": len(history), "best_epoch": history.best_epoch, "stopped_early": history.stopped_early,
-            "train_seconds": sum(history["seconds"]), "paper_log_likelihood": PAPER.get(kind, {}).get(d),
-            "val_elbo": history["val_elbo"],
-        }
-        saved.write_text(json.dumps(runs[key], indent=1))
-        print(f"  test LL {ll.mean:.2f} +/- {ll.stderr:.2f} after {len(history)} epochs ({seconds:.0f} s this time)")
+def fit_and_score(kind: str, d: int) -> dict:
+    print(f"{NAMES[kind]}, d = {d}")
+    model, guide = make_pair(PAIRS[kind], 784, d, widths)
+    history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, elbo="jit",
+                    val_data=val_data, patience=args.patience, checkpoint=sweep.checkpoint_path(f"{kind}_d{d}"),
+                    device=device, seed=args.seed, progress=not args.no_progress)
+    ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress)
+    print(f"  test LL {ll.mean:.2f} +/- {ll.stderr:.2f} after {len(history)} epochs")
+    return {
+        "model": NAMES[kind], "d": d, "test_log_likelihood": ll.mean, "stderr": ll.stderr,
+        "khat_above_0.7": float((ll.khat > 0.7).float().mean()),
+        **{f"test_{k}": v for k, v in evaluate(model, guide, test_batches).items()},
+        "epochs_trained": len(history), "best_epoch": history.best_epoch, "stopped_early": history.stopped_early,
+        "train_seconds": sum(history["seconds"]), "paper_log_likelihood": PAPER.get(kind, {}).get(d),
+        "val_elbo": history["val_elbo"],
+    }
+
+
+runs = {f"{kind}_d{d}": sweep.run(f"{kind}_d{d}", fit_and_score, kind, d) for d in args.dims for kind in args.models}
 
 print(f"\nTest log-likelihood (nats, {args.num_samples} importance samples); paper: Davidson et al. 2018, Table 1\n")
 columns = " | ".join(f"{NAMES[k]} | paper" for k in args.models)

@@ -26,25 +26,18 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
-from pyrovae.models import SVAE, VAE
 
+from pyrovae import make_pair
 from pyrovae.data import CellStream, LogPCA, TahoeAtlas, find_dataset, write_tahoe_shards
-from pyrovae.distributions import slerp
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import (
-    clustering_scores,
-    encode_data,
-    kmeans_clusters,
-    log_likelihood,
-    reconstruction_scores,
-    silhouette_sweep,
-    train,
-)
+from pyrovae.infer import encode_data, interpolation_path, log_likelihood, train
 from pyrovae.infer.distributed import barrier, init_distributed, is_main_process, local_device
+from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
 from pyrovae.plots import latent_scatter, save, training_curves
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_svae")
+QUICK = {"synthetic_cells": 4000, "synthetic_shards": 4, "vocabulary": 3000, "genes_per_cell": 300, "genes": 200,
+         "hvg_cells": 1000, "held_out": 300, "num_samples": 16, "hidden": [64], "workers": 0}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_svae", quick=QUICK)
 parser.add_argument("--source", default=None, help="Tahoe parquet file/folder, or tahoebio/Tahoe-100M (hub)")
 parser.add_argument("--synthetic-cells", type=int, default=60_000, help="cells of the generated atlas")
 parser.add_argument("--synthetic-shards", type=int, default=12)
@@ -108,13 +101,11 @@ print(f"{train_stream}; {len(held_out):,} held-out cells analysed")
 x_dim, widths = x_held.shape[1], tuple(args.hidden)
 likelihood = "gaussian" if args.pca else args.likelihood
 transform = None if args.pca else "log1p"
-if args.guide == "normal":
-    model, guide = VAE(x_dim, args.latent_dim, widths, likelihood), NormalGuide(
-        x_dim, args.latent_dim, widths, input_transform=transform)
-else:
-    family = VMFGuide if args.guide == "vmf" else PowerSphericalGuide
-    model, guide = SVAE(x_dim, args.latent_dim, widths, likelihood), family(
-        x_dim, args.latent_dim, widths, input_transform=transform)
+spherical = args.guide != "normal"
+kind = {"normal": "vae", "vmf": "svae-vmf", "power": "svae-power"}[args.guide]
+# --latent-dim is the length of a latent vector, as in the notebook: S^9 in R^10 for the S-VAE, R^10 for the N-VAE
+manifold_dim = args.latent_dim - 1 if spherical else args.latent_dim
+model, guide = make_pair(kind, x_dim, manifold_dim, widths, likelihood, input_transform=transform)
 
 history = train(model, guide, train_stream, epochs=args.epochs, lr=args.lr, val_data=x_held, seed=args.seed,
                 checkpoint=out / "checkpoint.pt", device=device, progress=progress)
@@ -123,7 +114,6 @@ if not is_main_process():
 
 # --- analyses on the held-out sample --------------------------------------------------------------------------
 model.eval()
-spherical = args.guide != "normal"
 
 
 def posterior_summary(x: torch.Tensor) -> torch.Tensor:
@@ -193,8 +183,7 @@ save(fig, out / "generation.png")
 first = 0
 second = int(np.flatnonzero(codes["cell_line"] != codes["cell_line"][first])[0])
 ends = locations[[first, second]]
-path = slerp(ends[0], ends[1], 11) if spherical else torch.stack(
-    [(1 - t) * ends[0] + t * ends[1] for t in torch.linspace(0, 1, 11)])
+path = interpolation_path(ends[0], ends[1], 11, spherical)  # the great circle on the sphere, a line otherwise
 with torch.no_grad():
     size = panel_sizes[[first, second]].mean().expand(11)
     profiles = (model.decode(path.to(device)) if args.pca else model.decode(path.to(device), size)).mean.cpu()

@@ -11,17 +11,17 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 
 from pyrovae.data import two_groups
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import log_likelihood, train
+from pyrovae.infer import locate, log_likelihood, reconstruct, train
 from pyrovae.likelihoods import Gaussian
-from pyrovae.plots import latent_scatter, save
+from pyrovae.plots import latent_scatter, principal_axes, save
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/two_groups")
+QUICK = {"epochs": 200, "num_test_per_group": 100, "num_samples": 100}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/two_groups", quick=QUICK)
 parser.add_argument("--num-per-group", type=int, default=200, help="training points per group")
 parser.add_argument("--num-test-per-group", type=int, default=500, help="held-out points per group")
 parser.add_argument("--noise", type=float, default=0.1, help="noise standard deviation of the data")
@@ -57,12 +57,9 @@ print(f"{args.epochs} full-batch steps in {seconds:.1f} s; held-out log p(x) {ll
 model.cpu().eval()
 guide.cpu().eval()
 x, groups = train_data.x, train_data.labels.numpy()
-with torch.no_grad():
-    codes = guide.encode(x).mean
-    reconstructions = model.decode(codes).mean
-centre = x.mean(0)
-_, _, vt = torch.linalg.svd(x - centre, full_matrices=False)
-pcs_true, pcs_reconstructed = ((x - centre) @ vt.T).numpy(), ((reconstructions - centre) @ vt.T).numpy()
+codes, reconstructions = locate(guide, x), reconstruct(model, guide, x)
+centre, axes_pc = principal_axes(x, x.shape[1])
+pcs_true, pcs_reconstructed = (x.numpy() - centre) @ axes_pc.T, (reconstructions.numpy() - centre) @ axes_pc.T
 
 fig, axes = plt.subplots(1, 3, figsize=(17, 5))
 latent_scatter(axes[0], codes, groups, title="latent means E[z | x], coloured by group")

@@ -97,7 +97,7 @@ class GMVAEGuide(AmortizedGuide):
 
     def forward(self, x: torch.Tensor) -> None:
         register_module(self)
-        if x.shape[-1] != self.x_dim:
+        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAEGuide expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
         with pyro.plate("data", x.shape[-2]):
             f = self.features(x)

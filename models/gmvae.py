@@ -84,7 +84,7 @@ class GMVAE(VAE):
 
     def forward(self, x: torch.Tensor) -> None:
         register_module(self)
-        if x.shape[-1] != self.x_dim:
+        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAE expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
         with pyro.plate("data", x.shape[-2]):
             y = pyro.sample("y", self.component_prior())

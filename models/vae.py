@@ -105,7 +105,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> None:
         register_module(self)
-        if x.shape[-1] != self.x_dim:
+        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(
                 f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"
             )

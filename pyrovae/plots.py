@@ -41,14 +41,22 @@ def show_images(ax, images, image_shape=(28, 28), num_columns=10, title: str | N
         ax.set_title(title)
 
 
+def principal_axes(x, num_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The centre ``(D,)`` and the first ``num_components`` principal axes ``(k, D)`` of the rows of ``x`` (an SVD of
+    the centred data); project with ``(v - centre) @ axes.T``."""
+    x = _numpy(x).astype(np.float64)
+    centre = x.mean(0)
+    _, _, vt = np.linalg.svd(x - centre, full_matrices=False)
+    return centre, vt[:num_components]
+
+
 def latent_scatter(ax, codes, labels=None, title: str | None = None, max_points: int = 10000) -> None:
     """Scatter of 2-D codes (first two principal components when the codes have more dimensions), coloured by
     integer labels or by names (with a legend up to 20 categories)."""
     codes = _numpy(codes)[:max_points]
     if codes.shape[1] > 2:
-        centred = codes - codes.mean(0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        codes = centred @ vt[:2].T
+        centre, axes = principal_axes(codes)
+        codes = (codes - centre) @ axes.T
         ax.set_xlabel("PC 1 of latent means")
         ax.set_ylabel("PC 2")
     else:

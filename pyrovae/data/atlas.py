@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from pyrovae.data.count_data import rank_by_binned_dispersion
+from pyrovae.data.hvg import ScaledMoments
 from pyrovae.data.tahoe import (
     LABEL_COLUMNS,
     CellBlock,
@@ -177,25 +177,16 @@ class TahoeAtlas:
     ) -> np.ndarray:
         """Vocabulary positions of the ``num_genes`` most variable genes over a streamed sample of cells.
 
-        Counts are scaled to 10,000 per cell and log1p-transformed; each gene's mean and variance are accumulated
-        block by block (Chan et al. 1982's pairwise update, memory independent of the sample size); genes are
-        ranked by their dispersion (variance / mean, log) z-scored within bins of mean expression, as Seurat does.
+        Seurat's way, as :meth:`CountData.highly_variable_genes <pyrovae.data.CountData.highly_variable_genes>`
+        (:mod:`pyrovae.data.hvg`): the moments of counts scaled to 10,000 per cell (by the total over the whole
+        vocabulary) are accumulated block by block, so memory does not grow with the sample.
         """
         if not 0 < num_genes <= self.num_genes:
             raise ValueError(f"num_genes must be in 1..{self.num_genes}, got {num_genes}")
-        count, mean, m2 = 0, np.zeros(self.num_genes), np.zeros(self.num_genes)
+        moments = ScaledMoments(self.num_genes)
         for block in self._spread(num_cells, np.arange(self.num_genes), seed):  # the sample of :meth:`sample`
-            scaled = block.counts.multiply(1e4 / np.maximum(block.library, 1)[:, None]).tocsr()
-            scaled.data = np.log1p(scaled.data)
-            n = len(block)
-            block_mean = np.asarray(scaled.mean(axis=0)).ravel()
-            block_m2 = np.asarray(scaled.multiply(scaled).sum(axis=0)).ravel() - n * block_mean**2
-            delta, total = block_mean - mean, count + n
-            mean += delta * n / total
-            m2 += block_m2 + delta**2 * count * n / total
-            count = total
-        variance = m2 / max(count - 1, 1)
-        return rank_by_binned_dispersion(mean, variance, num_genes, num_bins)
+            moments.add(block.counts, block.library)
+        return moments.highly_variable(num_genes, num_bins)
 
 
 __all__ = ["TahoeAtlas"]

@@ -16,6 +16,8 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
+from pyrovae.data.hvg import ScaledMoments
+
 
 class CountData(Dataset):
     """Raw counts ``(cells, genes)`` with per-cell annotations ``obs`` and per-gene annotations ``var``.
@@ -174,19 +176,13 @@ class CountData(Dataset):
         return self.subset(genes=position)
 
     def highly_variable_genes(self, num_genes: int = 2000, num_bins: int = 20) -> np.ndarray:
-        """Indices of the ``num_genes`` most variable genes, Seurat's way (Satija et al. 2015).
-
-        Counts are scaled to 10,000 per cell and log1p-transformed; genes are binned by mean expression and
-        ranked by their dispersion (variance / mean of the scaled counts, log) z-scored within the bin.
+        """Indices of the ``num_genes`` most variable genes, Seurat's way (:mod:`pyrovae.data.hvg`: moments of the
+        counts scaled to 10,000 per cell, dispersion z-scored within bins of mean expression); the same
+        computation as :meth:`TahoeAtlas.highly_variable_genes <pyrovae.data.TahoeAtlas.highly_variable_genes>`.
         """
         if not 0 < num_genes <= self.num_genes:
             raise ValueError(f"num_genes must be in 1..{self.num_genes}, got {num_genes}")
-        scale = 1e4 / np.maximum(self.library_sizes, 1)
-        normalised = sp.diags(scale.astype(np.float64)) @ self.counts.astype(np.float64)
-        mean = np.asarray(normalised.mean(axis=0)).ravel()
-        mean_sq = np.asarray(normalised.power(2).mean(axis=0)).ravel()
-        variance = (mean_sq - mean**2) * len(self) / max(len(self) - 1, 1)
-        return rank_by_binned_dispersion(mean, variance, num_genes, num_bins)
+        return ScaledMoments(self.num_genes).add(self.counts, self.library_sizes).highly_variable(num_genes, num_bins)
 
     def prepare(self, num_genes: int = 0, max_cells: int = 0, seed: int = 0) -> CountData:
         """The usual preparation for a count VAE: drop cells and genes without counts (reported), keep a random
@@ -236,20 +232,4 @@ def add_results(adata, latent=None, clusters=None, key: str = "pyrovae") -> None
         adata.obs[f"{key}_cluster"] = pd.Categorical(clusters.astype(str))
 
 
-__all__ = ["CountData", "add_results", "rank_by_binned_dispersion"]
-
-
-def rank_by_binned_dispersion(mean: np.ndarray, variance: np.ndarray, num_genes: int, num_bins: int = 20) -> np.ndarray:
-    """Sorted indices of the ``num_genes`` genes of highest dispersion log(variance / mean), z-scored within
-    ``num_bins`` equal-width bins of log1p(mean) (Satija et al. 2015); genes without expression come last."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dispersion = np.log(variance / mean)
-        log_mean = np.log1p(mean)
-    dispersion[~np.isfinite(dispersion)] = -np.inf
-    bins = pd.cut(log_mean, num_bins)
-    frame = pd.DataFrame({"dispersion": dispersion, "bin": bins})
-    finite = frame["dispersion"].replace(-np.inf, np.nan)
-    grouped = finite.groupby(frame["bin"], observed=False)
-    z = (finite - grouped.transform("mean")) / grouped.transform("std")
-    z = z.fillna(0.0).where(np.isfinite(dispersion), -np.inf).to_numpy()  # single-gene bins: z = 0
-    return np.sort(np.argsort(-z, kind="stable")[:num_genes])
+__all__ = ["CountData", "add_results"]

@@ -1,19 +1,38 @@
-"""Training and evaluation: SVI, importance-sampled log-likelihood, PSIS diagnostics, checkpoints."""
+"""Training and evaluation: SVI, importance-sampled log-likelihood, PSIS diagnostics, checkpoints.
 
-from pyrovae.infer.checkpoint import load_checkpoint, save_checkpoint
-from pyrovae.infer.clustering import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
+The clustering and reconstruction scores live in :mod:`pyrovae.metrics` and are re-exported here.
+"""
+
+from pyrovae.infer.checkpoint import TrainingCheckpoint, load_checkpoint, save_checkpoint
 from pyrovae.infer.contract import check_model_guide
+from pyrovae.infer.early_stopping import EarlyStopping
 from pyrovae.infer.encoding import encode_data
 from pyrovae.infer.evaluation import elbo_terms, evaluate
 from pyrovae.infer.history import History
 from pyrovae.infer.importance import log_importance_weights
+from pyrovae.infer.latent import interpolate, interpolation_path, latent_location, locate, reconstruct
 from pyrovae.infer.log_likelihood import LogLikelihood, log_likelihood
 from pyrovae.infer.objectives import ELBO_NAMES, ObjectiveScale, make_objective
 from pyrovae.infer.psis import psis_khat
+from pyrovae.infer.refit import refit_guide
+from pyrovae.infer.schedule import KLSchedule
+from pyrovae.infer.step import SVIStep, trainable_parameters
 from pyrovae.infer.train import TrainingDiverged, train
+from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
 
 __all__ = [
     "ELBO_NAMES",
+    "EarlyStopping",
+    "KLSchedule",
+    "SVIStep",
+    "TrainingCheckpoint",
+    "interpolate",
+    "interpolation_path",
+    "latent_location",
+    "locate",
+    "reconstruct",
+    "refit_guide",
+    "trainable_parameters",
     "History",
     "LogLikelihood",
     "ObjectiveScale",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from pyrovae.infer.data import as_batches, module_device
+from pyrovae.infer.latent import latent_location
 
 
 @torch.no_grad()
@@ -17,14 +18,15 @@ def encode_data(
     batch_size: int = 512,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """``fn(x)`` for every batch of ``data``, concatenated on the CPU; by default the latent means
-    ``guide.encode(x).mean``. The guide is in evaluation mode meanwhile (no dropout; batch norm uses its
-    running statistics), so the result does not depend on the batching.
+    """``fn(x)`` for every batch of ``data``, concatenated on the CPU; by default the latent location of q(z | x)
+    (:func:`~pyrovae.infer.latent.latent_location`: the mean, or the mean direction on the sphere). The guide is
+    in evaluation mode meanwhile (no dropout; batch norm uses its running statistics), so the result does not
+    depend on the batching.
 
     :param data: a tensor, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData` or Dataset.
     :param fn: what to compute per batch, e.g. ``guide.assign`` for a GMVAE's clusters.
     """
-    fn = fn or (lambda x: guide.encode(x).mean)
+    fn = fn or (lambda x: latent_location(guide.encode(x)))
     device = torch.device(device) if device is not None else module_device(guide)
     was_training = guide.training if isinstance(guide, torch.nn.Module) else None
     if was_training is not None:

@@ -36,7 +36,7 @@ class Likelihood(nn.Module):
     def split(self, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split decoder output ``(..., num_outputs * x_dim)`` into ``num_outputs`` tensors ``(..., x_dim)``."""
         expected = self.num_outputs * self.x_dim
-        if outputs.shape[-1] != expected:
+        if not torch.jit.is_tracing() and outputs.shape[-1] != expected:
             raise ValueError(
                 f"{type(self).__name__} needs {self.num_outputs} decoder output(s) per feature, i.e. "
                 f"{expected} for x_dim={self.x_dim}, but the decoder produced {outputs.shape[-1]}"

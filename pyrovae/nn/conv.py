@@ -67,7 +67,7 @@ class ConvEncoder(nn.Module):
         self.out_features = int(out_features)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.shape[-1] != self.in_features:
+        if not torch.jit.is_tracing() and inputs.shape[-1] != self.in_features:
             raise ValueError(
                 f"ConvEncoder expected flattened images of shape (..., {self.in_features}) "
                 f"for image_shape {self.image_shape}, got {tuple(inputs.shape)}"
@@ -113,7 +113,7 @@ class ConvDecoder(nn.Module):
         self.out_features = out_channels * out_channels_per_pixel * height * width
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.shape[-1] != self.in_features:
+        if not torch.jit.is_tracing() and inputs.shape[-1] != self.in_features:
             raise ValueError(
                 f"ConvDecoder expected inputs of shape (..., {self.in_features}), got {tuple(inputs.shape)}"
             )

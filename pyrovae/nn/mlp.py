@@ -80,7 +80,7 @@ class MLP(nn.Module):
         self._flatten = batch_norm
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.shape[-1] != self.in_features:
+        if not torch.jit.is_tracing() and inputs.shape[-1] != self.in_features:
             raise ValueError(f"MLP expected inputs of shape (..., {self.in_features}), got {tuple(inputs.shape)}")
         if self._flatten and inputs.dim() != 2:
             batch_shape = inputs.shape[:-1]

@@ -1,4 +1,6 @@
-"""Clustering of latent representations and its scores against known labels (ARI, NMI, silhouette)."""
+"""Scores of what a model learned, in one place: clustering of latent representations against known labels (ARI,
+NMI, silhouette), reconstruction (MSE, per-row correlation), and the circular correlation of angles (for latents
+on a circle)."""
 
 from __future__ import annotations
 
@@ -73,4 +75,19 @@ def reconstruction_scores(data, reconstruction) -> dict:
             "correlations": correlations}
 
 
-__all__ = ["clustering_scores", "kmeans_clusters", "reconstruction_scores", "silhouette_sweep"]
+def circular_correlation(a, b) -> float:
+    """|Jammalamadaka & SenGupta (1988)'s circular correlation| of two samples of angles (radians): 1 when one is
+    a rotation or reflection of the other, near 0 when they are independent.
+
+    rho = sum sin(a - abar) sin(b - bbar) / sqrt(sum sin^2(a - abar) sum sin^2(b - bbar)), abar and bbar the
+    circular means. The absolute value makes it invariant to reflection as well.
+    """
+    a, b = _numpy(a).astype(np.float64).ravel(), _numpy(b).astype(np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"{a.shape[0]} angles against {b.shape[0]}")
+    sine_a = np.sin(a - np.arctan2(np.sin(a).mean(), np.cos(a).mean()))
+    sine_b = np.sin(b - np.arctan2(np.sin(b).mean(), np.cos(b).mean()))
+    return abs(float((sine_a * sine_b).sum() / np.sqrt((sine_a**2).sum() * (sine_b**2).sum())))
+
+
+__all__ = ["circular_correlation", "clustering_scores", "kmeans_clusters", "reconstruction_scores", "silhouette_sweep"]

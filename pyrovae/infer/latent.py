@@ -1,0 +1,96 @@
+"""What researchers do with a trained pair's latent space: locate, reconstruct, interpolate.
+
+The location of q(z | x) is where it puts its mass for any family: the mean for a Gaussian, the point of a
+point mass, and on the sphere the **mean direction** (the mean of a vMF lies inside the ball, at A_m(kappa) times
+the direction, and is no point of the latent space). Interpolation follows the geometry: great circles on the
+sphere (slerp), straight lines otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pyrovae.distributions.sphere import SphericalDistribution, slerp
+
+
+def latent_location(q) -> torch.Tensor:
+    """The location of a latent distribution ``q``: mean direction on the sphere, else its mean."""
+    base = q
+    while hasattr(base, "base_dist"):  # Independent(...) and the like
+        base = base.base_dist
+    if isinstance(base, SphericalDistribution):
+        return base.loc
+    return q.mean
+
+
+def _eval(*modules):
+    """Evaluation mode for the duration of a ``with`` block (dropout off, batch norm's running statistics)."""
+
+    class _Mode:
+        def __enter__(self):
+            self.modes = [(m, m.training) for m in modules if isinstance(m, torch.nn.Module)]
+            for m, _ in self.modes:
+                m.eval()
+
+        def __exit__(self, *exc):
+            for m, mode in self.modes:
+                m.train(mode)
+
+    return _Mode()
+
+
+@torch.no_grad()
+def locate(guide: Callable, x: torch.Tensor) -> torch.Tensor:
+    """``latent_location(guide.encode(x))`` in evaluation mode: ``(batch, latent size)``."""
+    with _eval(guide):
+        return latent_location(guide.encode(x))
+
+
+@torch.no_grad()
+def reconstruct(model, guide, x: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
+    """The decoder's mean at the latent location of each datum, in evaluation mode.
+
+    :param library: library sizes for count likelihoods with an observed library (default: the rows' totals).
+    """
+    with _eval(model, guide):
+        z = latent_location(guide.encode(x))
+        return _decode_mean(model, z, x.sum(-1) if library is None else library)
+
+
+def _decode_mean(model, z: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+    if getattr(model.likelihood, "needs_library", False):
+        return model.decode(z, library).mean
+    return model.decode(z).mean
+
+
+def interpolation_path(start: torch.Tensor, end: torch.Tensor, steps: int, spherical: bool) -> torch.Tensor:
+    """``steps`` latent points from ``start`` to ``end``: great circle on the sphere, straight line otherwise."""
+    if spherical:
+        return slerp(start, end, steps)
+    t = torch.linspace(0.0, 1.0, steps, dtype=start.dtype, device=start.device).reshape(-1, *[1] * start.dim())
+    return (1 - t) * start + t * end
+
+
+@torch.no_grad()
+def interpolate(model, guide, x_start: torch.Tensor, x_end: torch.Tensor, steps: int = 10,
+                library: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder means along the latent path between two data (``(D,)`` each): ``(path (steps, latent),
+    decoded (steps, D))``. Spherical latents follow the great circle between the two mean directions.
+
+    :param library: the library size of the decoded profiles for count likelihoods (default: the mean of the
+        two data's totals).
+    """
+    with _eval(model, guide):
+        q = guide.encode(torch.stack([x_start, x_end]))
+        ends = latent_location(q)
+        base = q
+        while hasattr(base, "base_dist"):
+            base = base.base_dist
+        path = interpolation_path(ends[0], ends[1], steps, isinstance(base, SphericalDistribution))
+        size = 0.5 * (x_start.sum() + x_end.sum()) if library is None else torch.as_tensor(library)
+        return path, _decode_mean(model, path, size.to(path).expand(steps))
+
+
+__all__ = ["interpolate", "interpolation_path", "latent_location", "locate", "reconstruct"]

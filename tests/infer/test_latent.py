@@ -1,0 +1,90 @@
+"""Latent location, reconstruction and interpolation for every latent family; refit; the resumable sweep; metrics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
+from pyrovae.models import SVAE, VAE
+
+from pyrovae.distributions import VonMisesFisher
+from pyrovae.infer import encode_data, interpolate, latent_location, locate, reconstruct, refit_guide
+from pyrovae.metrics import circular_correlation
+from pyrovae.sweep import Sweep
+
+
+def test_latent_location_is_the_mean_direction_on_the_sphere_and_the_mean_elsewhere():
+    loc = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    q = VonMisesFisher(loc, torch.full((5,), 3.0))
+    assert torch.equal(latent_location(q), loc)
+    assert (q.mean.norm(dim=-1) < 1).all()  # the mean lies inside the ball: not a latent point
+    x = torch.rand(6, 12).round()
+    for guide in (VMFGuide(12, 4, (8,)), PowerSphericalGuide(12, 4, (8,))):
+        torch.testing.assert_close(locate(guide, x).norm(dim=-1), torch.ones(6))
+        torch.testing.assert_close(encode_data(guide, x), locate(guide, x))
+    normal = NormalGuide(12, 3, (8,))
+    torch.testing.assert_close(locate(normal, x), normal.encode(x).mean)
+    delta = DeltaGuide(12, 3, (8,))
+    torch.testing.assert_close(locate(delta, x), delta.encoder(x))
+    mixture = GMVAEGuide(12, 3, 4, (8,))
+    assert locate(mixture, x).shape == (6, 3)
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_interpolation_follows_the_geometry_and_ends_at_the_reconstructions(spherical):
+    torch.manual_seed(0)
+    x = torch.rand(2, 12).round()
+    if spherical:
+        model, guide = SVAE(12, 3, (8,)), VMFGuide(12, 3, (8,))
+    else:
+        model, guide = VAE(12, 3, (8,)), NormalGuide(12, 3, (8,))
+    path, decoded = interpolate(model, guide, x[0], x[1], steps=7)
+    assert path.shape == (7, 3) and decoded.shape == (7, 12)
+    torch.testing.assert_close(decoded[[0, -1]], reconstruct(model, guide, x))
+    steps = (path[1:] - path[:-1]).norm(dim=-1)
+    torch.testing.assert_close(steps, steps.mean().expand(6), rtol=1e-4, atol=1e-6)  # constant speed
+    if spherical:
+        torch.testing.assert_close(path.norm(dim=-1), torch.ones(7))
+        angle = torch.arccos((path[0] * path[-1]).sum().clamp(-1, 1))
+        torch.testing.assert_close(steps.sum(), 2 * 6 * torch.sin(angle / 12))  # chords of the great circle
+
+
+def test_refit_guide_trains_only_the_guide_and_scores_the_pair():
+    torch.manual_seed(0)
+    x = torch.rand(64, 12).round()
+    model, guide = VAE(12, 3, (8,)), NormalGuide(12, 3, (8,))
+    frozen = [p.clone() for p in model.parameters()]
+    history, ll = refit_guide(model, guide, x, x[:16], num_samples=8, epochs=2, progress=False, seed=0)
+    assert len(history) == 2 and ll.per_datum.shape == (16,)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.parameters()))
+    with pytest.raises(ValueError, match="freeze must be 'model'"):
+        refit_guide(model, guide, x, freeze="guide")
+
+
+def test_sweep_keeps_finished_runs_and_never_redoes_them(tmp_path):
+    calls = []
+
+    def run(value):
+        calls.append(value)
+        return {"value": value}
+
+    sweep = Sweep(tmp_path / "sweep.json")
+    assert sweep.run("a", lambda: run(1), verbose=False) == {"value": 1}
+    again = Sweep(tmp_path / "sweep.json")  # a new process reads the finished runs back
+    assert "a" in again and again.run("a", lambda: run(2), verbose=False) == {"value": 1}
+    assert again.run("b c/d", lambda: run(3), verbose=False) == {"value": 3}
+    assert calls == [1, 3] and not list(tmp_path.glob("*.tmp"))
+    assert again.checkpoint_path("b c/d").name == "b_c_d.pt"
+
+
+def test_circular_correlation_against_its_definition_and_invariances():
+    rng = np.random.default_rng(0)
+    a = rng.vonmises(0.5, 2.0, 500)
+    b = a + 0.3 * rng.standard_normal(500)
+    abar, bbar = math.atan2(np.sin(a).sum(), np.cos(a).sum()), math.atan2(np.sin(b).sum(), np.cos(b).sum())
+    reference = (np.sin(a - abar) * np.sin(b - bbar)).sum() / math.sqrt(
+        (np.sin(a - abar) ** 2).sum() * (np.sin(b - bbar) ** 2).sum())
+    assert circular_correlation(a, b) == pytest.approx(abs(reference), rel=1e-12)
+    assert circular_correlation(a, -a + 1.0) == pytest.approx(1.0)  # a reflection and rotation
+    assert circular_correlation(a, rng.uniform(-math.pi, math.pi, 500)) < 0.15
