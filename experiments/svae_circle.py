@@ -97,6 +97,7 @@ late = [v for k in args.guides for v in runs[k]["history"]["val_elbo"][len(runs[
 if late:
     axes[-1].set_ylim(bottom=min(late) - 0.05 * (max(late) - min(late) + 1e-9))  # the first epochs would dwarf the rest
 axes[-1].set(title="loss curves")
+fig.tight_layout()
 save(fig, f"{args.out}/latent_means.png")
 write_metrics(args.out, metrics, args)
 print(f"\nfigure and metrics.json in {args.out}")

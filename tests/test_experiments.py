@@ -167,3 +167,18 @@ def test_scripts_have_help(script):
     assert completed.returncode == 0
     for option in ("--device", "--seed", "--epochs", "--data-dir", "--out"):
         assert option in completed.stdout
+
+
+def test_quick_replaces_only_the_settings_not_given_on_the_command_line():
+    from pyrovae.experiment import experiment_parser
+
+    parser = experiment_parser("demo", epochs=50, out="results/demo", quick={"num_samples": 10, "dims": [2]})
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--lr", type=float, default=1e-3)
+    full = parser.parse_args([])
+    assert (full.epochs, full.num_samples, full.dims) == (50, 500, [2, 5, 10])
+    quick = parser.parse_args(["--quick", "--num-samples", "32"])
+    assert (quick.epochs, quick.num_samples, quick.dims, quick.lr) == (1, 32, [2], 1e-3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--epochs", "-1"])

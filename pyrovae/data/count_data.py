@@ -186,12 +186,13 @@ class CountData(Dataset):
 
     def prepare(self, num_genes: int = 0, max_cells: int = 0, seed: int = 0) -> CountData:
         """The usual preparation for a count VAE: drop cells and genes without counts (reported), keep a random
-        subset of ``max_cells`` cells (0: all), then the ``num_genes`` most variable genes (0: all)."""
+        subset of ``max_cells`` cells (0: all), then the ``num_genes`` most variable genes (0: all), and last the
+        cells left without counts in those genes (reported: their library size would be 0)."""
         cells = self.filter_cells(min_counts=1).filter_genes(min_cells=1)
         if 0 < max_cells < len(cells):
             cells = cells.subset(np.sort(np.random.default_rng(seed).choice(len(cells), max_cells, replace=False)))
         if 0 < num_genes < cells.num_genes:
-            cells = cells.subset(genes=cells.highly_variable_genes(num_genes))
+            cells = cells.subset(genes=cells.highly_variable_genes(num_genes)).filter_cells(min_counts=1)
         return cells
 
     def split(self, train_fraction: float = 0.81, seed: int = 0) -> tuple[CountData, CountData]:

@@ -202,4 +202,16 @@ def test_prepare_filters_subsamples_and_selects_genes():
     counts[3] = 0
     with pytest.warns(UserWarning, match=r"dropped 1 cell\(s\)"):
         prepared = CountData(counts).prepare(num_genes=5, max_cells=20, seed=1)
-    assert prepared.counts.shape == (20, 5) and "cell_3" not in prepared.obs.index
+    # 20 cells drawn, less those left without counts in the 5 selected genes (each reported)
+    assert prepared.num_genes == 5 and 0 < len(prepared) <= 20 and "cell_3" not in prepared.obs.index
+    assert (prepared.library_sizes > 0).all()
+
+
+def test_prepare_drops_cells_left_empty_by_the_gene_selection():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.05, (300, 200))
+    counts[:, 0] += 1  # no cell is empty before the selection
+    data = CountData(counts)
+    with pytest.warns(UserWarning, match="dropped .* cell"):
+        prepared = data.prepare(num_genes=5)
+    assert prepared.num_genes == 5 and (prepared.library_sizes > 0).all() and len(prepared) < 300
