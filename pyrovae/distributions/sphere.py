@@ -4,6 +4,7 @@ the Householder reflection that carries the north pole e1 to a mean direction.""
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
@@ -81,9 +82,15 @@ class SphericalDistribution(TorchDistribution):
     has_rsample = True
 
     def __init__(self, loc: torch.Tensor, concentration: torch.Tensor, validate_args=None):
-        if loc.dim() < 1 or loc.shape[-1] < 2:
+        with warnings.catch_warnings():  # under torch.jit.trace sizes are traced values; m is fixed per trace
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            self._dim = int(loc.shape[-1]) if loc.dim() >= 1 else 0
+        if self._dim < 2:
             raise ValueError(f"loc must have shape (..., m) with m >= 2, got {tuple(loc.shape)}")
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
+        if isinstance(concentration, torch.Tensor):
+            concentration = concentration.to(dtype=loc.dtype, device=loc.device)
+        else:
+            concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
         batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
         self.loc = loc.expand(batch_shape + loc.shape[-1:])
         self.concentration = concentration.expand(batch_shape)
@@ -91,12 +98,13 @@ class SphericalDistribution(TorchDistribution):
 
     @property
     def dim(self) -> int:
-        """The ambient dimension m (samples lie on S^(m-1) in R^m)."""
-        return self.event_shape[0]
+        """The ambient dimension m (samples lie on S^(m-1) in R^m), a Python int."""
+        return self._dim
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(type(self), _instance)
         batch_shape = torch.Size(batch_shape)
+        new._dim = self._dim
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.concentration = self.concentration.expand(batch_shape)
         TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)

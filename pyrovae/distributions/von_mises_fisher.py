@@ -71,7 +71,9 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
     one_minus_x0 = 2 * b / (1 + b)
     log_one_minus_x0_sq = torch.log(one_minus_x0) + torch.log(2 / (1 + b))
     # the gamma proposal's acceptance ratio is bounded only for nu >= 0 (m >= 3)
-    use_gamma = ((nu + 1) * torch.log1p(nu / (2 * kappa)) <= _GAMMA_PROPOSAL_COST) & (nu >= 0)
+    use_gamma = (nu + 1) * torch.log1p(nu / (2 * kappa)) <= _GAMMA_PROPOSAL_COST
+    if nu < 0:
+        use_gamma = torch.zeros_like(use_gamma)
 
     def propose(rows, x):
         """Proposals from gammas ``x`` (..., len(rows)) for the rows ``rows``: (1 - w, accepted)."""

@@ -35,7 +35,10 @@ def _as_tensors(v, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(x, dtype=torch.get_default_dtype())
     if not x.dtype.is_floating_point:
         x = x.to(torch.get_default_dtype())
-    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    if isinstance(v, (int, float)):  # a traced op, not a constant tensor baked into a trace
+        v = torch.full((), float(v), dtype=x.dtype, device=x.device)
+    else:
+        v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
     if torch.is_grad_enabled() and v.requires_grad:
         v = v.detach()
     return v, x
