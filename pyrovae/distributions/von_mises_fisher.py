@@ -18,8 +18,8 @@ from pyrovae.distributions.sphere import (
 )
 from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
 
-_MAX_REJECTION_ROUNDS = 250  # passes of _ROUNDS_AT_ONCE proposals each
-_ROUNDS_AT_ONCE = 4
+_MAX_REJECTION_ROUNDS = 500  # passes of _ROUNDS_AT_ONCE proposals each
+_ROUNDS_AT_ONCE = 2
 _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(64))
 
 
