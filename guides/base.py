@@ -48,7 +48,7 @@ class AmortizedGuide(nn.Module):
         self.encoder = nn.Sequential(transform, encoder) if transform is not None else encoder
         self.library_encoder = None
         if latent_library:
-            library_hidden = list(hidden)[:1] or [128]
+            library_hidden = ([hidden] if isinstance(hidden, int) else list(hidden))[:1] or [128]
             library_encoder = MLP(self.x_dim, library_hidden, 2, activation)
             self.library_encoder = nn.Sequential(transform, library_encoder) if transform else library_encoder
 

@@ -50,7 +50,7 @@ class GMVAEGuide(AmortizedGuide):
     ) -> None:
         super().__init__()
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
-        hidden = list(hidden)
+        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
         if not hidden:
             raise ValueError("GMVAEGuide needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
         width = hidden[-1]

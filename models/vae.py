@@ -55,7 +55,7 @@ class VAE(nn.Module):
         self.z_dim = int(z_dim)
         self.likelihood = get_likelihood(likelihood, self.x_dim)
         self.decoder = decoder or MLP(
-            self.latent_size, tuple(hidden)[::-1], self.x_dim * self.likelihood.num_outputs, activation, batch_norm,
+            self.latent_size, _widths(hidden)[::-1], self.x_dim * self.likelihood.num_outputs, activation, batch_norm,
             dropout,
         )
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
@@ -141,3 +141,8 @@ class VAE(nn.Module):
         likelihood = self._decode_with(z, self._generation_library(num_samples, library))
         x = likelihood.mean if mean else likelihood.sample()
         return (x, z) if return_latents else x
+
+
+def _widths(hidden) -> tuple[int, ...]:
+    """Hidden widths as a tuple (a single int is one layer)."""
+    return (int(hidden),) if isinstance(hidden, int) else tuple(hidden)

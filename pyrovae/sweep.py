@@ -15,11 +15,17 @@ loses a finished result; ``fn`` itself resumes a half-finished run from its own 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _check_key(key) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"sweep keys are strings (JSON object keys), got {type(key).__name__} {key!r}")
 
 
 class Sweep:
@@ -39,17 +45,29 @@ class Sweep:
         return self.results[key]
 
     def checkpoint_path(self, key: str) -> Path:
-        """A checkpoint file for run ``key`` beside the results (for ``train(..., checkpoint=...)``)."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-        return self.path.parent / "checkpoints" / f"{safe}.pt"
+        """A checkpoint file for run ``key`` beside the results (for ``train(..., checkpoint=...)``), one per key."""
+        _check_key(key)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]  # keys that read alike still get their own file
+        return self.path.parent / "checkpoints" / f"{safe}-{digest}.pt"
 
     def run(self, key: str, fn: Callable[..., object], *args, verbose: bool = True, **kwargs):
-        """The result of run ``key``: stored, or computed by ``fn(*args, **kwargs)`` and stored now."""
+        """The result of run ``key``: stored, or computed by ``fn(*args, **kwargs)`` and stored now.
+
+        :raises TypeError: for a key that is not a string, or a result that JSON cannot hold (convert tensors
+            and numpy numbers with ``float()`` / ``.tolist()``); nothing is stored then.
+        """
+        _check_key(key)
         if key in self.results:
             if verbose:
                 print(f"{key}: done before, result kept")
             return self.results[key]
         result = fn(*args, **kwargs)
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"the result of sweep run {key!r} cannot be stored as JSON ({error}); return plain "
+                            "numbers, strings, lists and dicts (float(x), tensor.tolist())") from error
         self.results[key] = result
         self._write()
         return result

@@ -73,3 +73,22 @@ def test_latent_dimension_is_ambient():
     with pytest.raises(ValueError, match="ambient dimension"):
         SVAE(5, 1)
     assert SVAE(5, 11).sample(3).shape == (3, 5)
+
+
+def test_vmf_draws_under_torch_compile_are_fresh_and_differentiable():
+    """torch.compile treats the rejection loop as one opaque call (a graph break there, by design)."""
+    torch.manual_seed(0)
+    loc = torch.nn.functional.normalize(torch.randn(64, 11), dim=-1).requires_grad_()
+    kappa = (torch.rand(64) * 20 + 1).requires_grad_()
+
+    def loss(loc, kappa):
+        q = VonMisesFisher(loc, kappa, validate_args=False)
+        z = q.rsample()
+        return (z * loc).sum(-1), q.log_prob(z)
+
+    compiled = torch.compile(loss)
+    first, log_density = compiled(loc, kappa)
+    second, _ = compiled(loc, kappa)
+    assert not torch.equal(first, second) and torch.isfinite(log_density).all()
+    (first.sum() + log_density.sum()).backward()
+    assert torch.isfinite(kappa.grad).all() and torch.isfinite(loc.grad).all() and kappa.grad.abs().sum() > 0

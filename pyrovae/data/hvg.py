@@ -60,7 +60,9 @@ def rank_by_binned_dispersion(mean: np.ndarray, variance: np.ndarray, num_genes:
     finite = frame["dispersion"].replace(-np.inf, np.nan)
     grouped = finite.groupby(frame["bin"], observed=False)
     z = (finite - grouped.transform("mean")) / grouped.transform("std")
-    z = z.fillna(0.0).where(np.isfinite(dispersion), -np.inf).to_numpy()  # single-gene bins: z = 0
+    alone = grouped.transform("count") == 1
+    z = z.mask(alone, 1.0)  # a gene alone in its bin: 1, as Seurat and scanpy set it
+    z = z.fillna(0.0).where(np.isfinite(dispersion), -np.inf).to_numpy()
     return np.sort(np.argsort(-z, kind="stable")[:num_genes])
 
 

@@ -105,18 +105,24 @@ class LoaderSource(DataSource):
 
     checks_each_batch = True
 
-    def __init__(self, data, batch_size: int | None, name: str) -> None:
+    def __init__(self, data, batch_size: int | None, name: str, default_batch_size: int = 128,
+                 argument: str = "batch_size") -> None:
         self.name, self.dataset = name, data.dataset if isinstance(data, DataLoader) else data
+        if isinstance(self.dataset, IterableDataset) or not hasattr(self.dataset, "__len__"):
+            raise TypeError(
+                f"{name} is a DataLoader over an IterableDataset, which has no length; pyrovae needs the number of "
+                "data N (the ELBO's data scale): use a map-style Dataset, a tensor, CountData or a CellStream"
+            )
         if isinstance(data, DataLoader):
             if batch_size is not None and data.batch_size is not None and batch_size != data.batch_size:
                 raise ValueError(
-                    f"{name} is a DataLoader with batch_size={data.batch_size}, but batch_size={batch_size} was "
-                    "asked for; set the batch size on the DataLoader or pass batch_size=None"
+                    f"{name} is a DataLoader with batch_size={data.batch_size}, but {argument}={batch_size} was "
+                    f"asked for; set the batch size on the DataLoader or leave {argument} unset"
                 )
             self.loader, self.batch_size = data, data.batch_size
         else:
-            self.loader, self.batch_size = None, batch_size or 128
-        self.num_data = len(self.dataset) if hasattr(self.dataset, "__len__") else None
+            self.loader, self.batch_size = None, batch_size or default_batch_size
+        self.num_data = len(self.dataset)
         if self.num_data == 0:
             raise ValueError(f"{name} is empty")
 
@@ -127,8 +133,10 @@ class LoaderSource(DataSource):
         return full + (1 if rest and not drop_last else 0)
 
     def batches(self, epoch, generator, shuffle, drop_last, device):
-        loader = self.loader or DataLoader(self.dataset, batch_size=self.batch_size, shuffle=shuffle,
-                                           drop_last=drop_last, generator=generator)
+        loader = self.loader
+        if loader is None:
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
+                                generator=generator)
         for item in loader:
             x = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)
             if not torch.is_floating_point(x):
@@ -148,11 +156,11 @@ class StreamSource(DataSource):
     """A stream that batches by itself and knows its epoch (``set_epoch``, ``loader``, ``inputs``, ``take``), such
     as :class:`~pyrovae.data.CellStream`. Every rank yields ``len(stream)`` batches, so ranks stay in step."""
 
-    def __init__(self, stream, batch_size: int | None, name: str) -> None:
+    def __init__(self, stream, batch_size: int | None, name: str, argument: str = "batch_size") -> None:
         if batch_size is not None and batch_size != stream.batch_size:
             raise ValueError(
                 f"{name} is a {type(stream).__name__} that batches by itself (batch_size={stream.batch_size}), but "
-                f"batch_size={batch_size} was asked for; set batch_size on the stream or pass batch_size=None"
+                f"{argument}={batch_size} was asked for; set batch_size on the stream or leave {argument} unset"
             )
         self.stream, self.batch_size, self.name, self.num_data = stream, stream.batch_size, name, stream.num_cells
         if self.num_data == 0:
@@ -184,27 +192,35 @@ def _is_stream(data) -> bool:
     )
 
 
-def as_source(data, batch_size: int | None = None, name: str = "data") -> DataSource:
-    """The :class:`DataSource` of ``data`` with ``batch_size`` data per batch (None: the data's own, or 128).
+def as_source(data, batch_size: int | None = None, name: str = "data", *, default_batch_size: int = 128,
+              argument: str = "batch_size") -> DataSource:
+    """The :class:`DataSource` of ``data`` with ``batch_size`` data per batch (None: the DataLoader's or stream's
+    own, else ``default_batch_size``).
 
+    :param argument: the caller's name for ``batch_size``, for the error messages.
     :raises ValueError: for empty data, and for a ``batch_size`` that a DataLoader or a stream would ignore.
     :raises TypeError: for anything else, naming what is accepted.
     """
     if isinstance(data, DataSource):
         return data
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ValueError(f"{argument} must be a positive integer, got {batch_size!r}")
     if isinstance(data, (torch.Tensor, np.ndarray)):
         data = TensorData(data, name=name)
     if _is_stream(data):
-        return StreamSource(data, batch_size, name)
+        return StreamSource(data, batch_size, name, argument)
     if isinstance(data, DataLoader):
-        return LoaderSource(data, batch_size, name)
+        return LoaderSource(data, batch_size, name, default_batch_size, argument)
     if isinstance(data, TensorData) or (callable(getattr(data, "batch", None)) and hasattr(data, "__len__")
                                         and callable(getattr(data, "subset", None))):
-        return IndexedSource(data, batch_size or 128, name)
+        return IndexedSource(data, batch_size or default_batch_size, name)
+    if isinstance(data, IterableDataset):
+        raise TypeError(
+            f"{name} is an IterableDataset without the stream methods (set_epoch, loader, inputs, take); pyrovae "
+            "needs the number of data N: use a map-style Dataset, a tensor, CountData or a CellStream"
+        )
     if isinstance(data, Dataset):
-        return LoaderSource(data, batch_size, name)
+        return LoaderSource(data, batch_size, name, default_batch_size, argument)
     raise TypeError(
         f"{name} must be a tensor, numpy array, pyrovae.data.TensorData or CountData, a Dataset, a DataLoader or a "
         f"CellStream, got {type(data).__name__}"

@@ -29,7 +29,8 @@ class BatchSource:
     """One epoch of mini-batches per iteration, reproducible from its generator state.
 
     :param data: anything :func:`~pyrovae.data.as_source` accepts, or a :class:`DataSource`.
-    :param batch_size: data per batch (None: the data's own; a DataLoader or stream refuses another value).
+    :param batch_size: data per batch (None: a DataLoader's or stream's own, else ``default_batch_size``; a
+        DataLoader or stream refuses another value, naming ``argument`` in the error).
     :param check: a function that raises on invalid values (e.g. ``model.check_data``).
     """
 
@@ -43,8 +44,12 @@ class BatchSource:
         seed: int | None = None,
         check: Callable[[torch.Tensor], None] | None = None,
         name: str = "data",
+        *,
+        default_batch_size: int = 128,
+        argument: str = "batch_size",
     ) -> None:
-        self.source: DataSource = as_source(data, batch_size, name)
+        self.source: DataSource = as_source(data, batch_size, name, default_batch_size=default_batch_size,
+                                            argument=argument)
         self.shuffle, self.device, self.drop_last = shuffle, device, drop_last
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -98,7 +103,11 @@ def model_check(model) -> Callable[[torch.Tensor], None] | None:
     return check if callable(check) else None
 
 
-def as_batches(data, batch_size: int | None, shuffle: bool, device: torch.device, check=None, name: str = "data"):
+def as_batches(data, batch_size: int | None, shuffle: bool, device: torch.device, check=None, name: str = "data",
+               default_batch_size: int = 128):
     """A :class:`BatchSource` over ``data`` for one pass (``check``: a function of a batch, such as
     :func:`model_check` of a model)."""
-    return BatchSource(data, batch_size, shuffle, device, check=check, name=name, seed=0)
+    if isinstance(data, BatchSource):
+        return data
+    return BatchSource(data, batch_size, shuffle, device, check=check, name=name, seed=0,
+                       default_batch_size=default_batch_size)

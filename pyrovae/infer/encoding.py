@@ -15,7 +15,7 @@ def encode_data(
     guide,
     data,
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """``fn(x)`` for every batch of ``data``, concatenated on the CPU; by default the latent location of q(z | x)
@@ -32,7 +32,8 @@ def encode_data(
     if was_training is not None:
         guide.eval()
     try:
-        return torch.cat([fn(x).cpu() for x in as_batches(data, batch_size, shuffle=False, device=device)])
+        return torch.cat([fn(x).cpu() for x in as_batches(data, batch_size, shuffle=False, device=device,
+                                                          default_batch_size=512)])
     finally:
         if was_training is not None:
             guide.train(was_training)

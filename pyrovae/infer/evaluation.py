@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pyro
@@ -9,7 +10,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.infer.data import BatchSource
+from pyrovae.infer.data import as_batches, model_check, module_device
 from pyrovae.infer.distributed import all_reduce_sum
 
 
@@ -44,31 +45,42 @@ def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch
     return reconstruction, kl
 
 
+@contextlib.contextmanager
+def evaluation_mode(*modules):
+    """The ``nn.Module`` s among ``modules`` in evaluation mode inside the block (no dropout; batch norm uses and
+    keeps its running statistics), each back in its own mode after it."""
+    modes = [(m, m.training) for m in modules if isinstance(m, torch.nn.Module)]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+
+
 @torch.no_grad()
 def evaluate(
-    model: Callable, guide: Callable, batches: BatchSource, max_data: int | None = None, across_ranks: bool = False
+    model: Callable, guide: Callable, data, max_data: int | None = None, across_ranks: bool = False,
+    batch_size: int | None = None,
 ) -> dict:
-    """Mean per-datum ELBO, reconstruction log-likelihood and KL over ``batches`` (up to ``max_data`` data).
+    """Mean per-datum ELBO, reconstruction log-likelihood and KL over ``data`` (up to ``max_data`` data), with the
+    model and guide in evaluation mode.
 
+    :param data: anything :func:`~pyrovae.data.as_source` accepts (on the model's device), or a :class:`BatchSource`.
     :param bool across_ranks: every rank evaluated its own part of the data: average over all of them.
     """
-    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
+    batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
+                         default_batch_size=1024)
     total_reconstruction, total_kl, count = 0.0, 0.0, 0
-    try:
-        with pyro.validation_enabled(False):
-            for x in batches:
-                reconstruction, kl = elbo_terms(model, guide, x)
-                total_reconstruction += float(reconstruction)
-                total_kl += float(kl)
-                count += x.shape[0]
-                if max_data is not None and count >= max_data:
-                    break
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
+    with evaluation_mode(model, guide), pyro.validation_enabled(False):
+        for x in batches:
+            reconstruction, kl = elbo_terms(model, guide, x)
+            total_reconstruction += float(reconstruction)
+            total_kl += float(kl)
+            count += x.shape[0]
+            if max_data is not None and count >= max_data:
+                break
     if across_ranks:
         totals = all_reduce_sum(torch.tensor([total_reconstruction, total_kl, count], dtype=torch.float64))
         total_reconstruction, total_kl, count = totals.tolist()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from pyrovae.distributions.sphere import SphericalDistribution, slerp
+from pyrovae.infer.evaluation import evaluation_mode
 
 
 def latent_location(q) -> torch.Tensor:
@@ -25,26 +26,10 @@ def latent_location(q) -> torch.Tensor:
     return q.mean
 
 
-def _eval(*modules):
-    """Evaluation mode for the duration of a ``with`` block (dropout off, batch norm's running statistics)."""
-
-    class _Mode:
-        def __enter__(self):
-            self.modes = [(m, m.training) for m in modules if isinstance(m, torch.nn.Module)]
-            for m, _ in self.modes:
-                m.eval()
-
-        def __exit__(self, *exc):
-            for m, mode in self.modes:
-                m.train(mode)
-
-    return _Mode()
-
-
 @torch.no_grad()
 def locate(guide: Callable, x: torch.Tensor) -> torch.Tensor:
     """``latent_location(guide.encode(x))`` in evaluation mode: ``(batch, latent size)``."""
-    with _eval(guide):
+    with evaluation_mode(guide):
         return latent_location(guide.encode(x))
 
 
@@ -54,7 +39,7 @@ def reconstruct(model, guide, x: torch.Tensor, library: torch.Tensor | None = No
 
     :param library: library sizes for count likelihoods with an observed library (default: the rows' totals).
     """
-    with _eval(model, guide):
+    with evaluation_mode(model, guide):
         z = latent_location(guide.encode(x))
         return _decode_mean(model, z, x.sum(-1) if library is None else library)
 
@@ -82,7 +67,7 @@ def interpolate(model, guide, x_start: torch.Tensor, x_end: torch.Tensor, steps:
     :param library: the library size of the decoded profiles for count likelihoods (default: the mean of the
         two data's totals).
     """
-    with _eval(model, guide):
+    with evaluation_mode(model, guide):
         q = guide.encode(torch.stack([x_start, x_end]))
         ends = latent_location(q)
         base = q

@@ -68,7 +68,7 @@ def log_likelihood(
     guide: Callable,
     data,
     num_samples: int = 500,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     max_samples_per_chunk: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -82,7 +82,7 @@ def log_likelihood(
 
     :param data: a tensor ``(N, x_dim)``, a :class:`~pyrovae.data.TensorData`, a Dataset or a DataLoader.
     :param int num_samples: importance samples S per datum.
-    :param int batch_size: data per batch.
+    :param int batch_size: data per batch (default 256; a DataLoader's or CellStream's own).
     :param int max_samples_per_chunk: draw the S samples in chunks of this size to bound memory
         (default: chosen so that samples x data x features in a chunk stay near 2^24, which bounds the
         decoder's memory: about 1 GB for a conv decoder on 28x28 images).
@@ -98,7 +98,8 @@ def log_likelihood(
     per_datum, khats = [], []
     max_plate_nesting = None
     try:
-        batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model))
+        batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
+                             default_batch_size=256)
         for x in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
             if max_plate_nesting is None:
                 max_plate_nesting = guess_max_plate_nesting(model, guide, x)

@@ -108,11 +108,18 @@ class _Traced(nn.Module):
         key = (tuple(x.shape), x.dtype, x.device, self.module.training)
         traced = self._cache.get(key)
         if traced is None:
-            with warnings.catch_warnings():
+            # tracing runs the objective once: its random draws must not shift the stream of the traced calls,
+            # or a run resumed from a checkpoint (which traces again) would differ from an uninterrupted one
+            devices = [x.device] if x.device.type == "cuda" else []
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(self.module, (x, scales), check_trace=False)
             self._cache[key] = traced
-        return traced(x, scales)
+        # the plain interpreter: the profiling executor runs the first calls unoptimised and later ones fused,
+        # which differ in the last bits (so a resumed run would drift from an uninterrupted one), and on the
+        # CPU it is slower, not faster, for these graphs (5.7 against 6.8 ms per step, benchmarks/svi_overhead.py)
+        with torch.jit.optimized_execution(False):
+            return traced(x, scales)
 
 
 def make_objective(

@@ -53,6 +53,11 @@ def build_optimizer(optim, params: list[torch.Tensor], lr: float):
         # the fused kernel updates all parameters in one pass: 7x faster than the default on a 2-core CPU
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         return torch.optim.Adam(params, lr=lr, fused=fused or None), None
+    if isinstance(optim, pyro.optim.PyroLRScheduler):
+        raise ValueError(
+            "train does not step pyro.optim learning-rate schedulers; use pyro.infer.SVI with the scheduler (and "
+            "scheduler.step() per epoch), or a plain pyro.optim optimiser here"
+        )
     if isinstance(optim, pyro.optim.PyroOptim):
         if callable(optim.pt_optim_args):
             raise ValueError("per-parameter optimiser arguments (a callable) are not supported; pass a dict")

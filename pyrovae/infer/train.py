@@ -34,7 +34,7 @@ from pyrovae.infer.distributed import (
     rank,
 )
 from pyrovae.infer.early_stopping import EarlyStopping
-from pyrovae.infer.evaluation import evaluate
+from pyrovae.infer.evaluation import evaluate, evaluation_mode
 from pyrovae.infer.history import History
 from pyrovae.infer.objectives import make_objective
 from pyrovae.infer.schedule import KLSchedule
@@ -75,7 +75,7 @@ def train(
     freeze: str | None = None,
     drop_last: bool | None = None,
     eval_size: int = 2048,
-    eval_batch_size: int = 1024,
+    eval_batch_size: int | None = None,
     max_plate_nesting: int = 1,
     progress: bool = True,
 ) -> History:
@@ -110,6 +110,8 @@ def train(
     :param bool drop_last: drop an incomplete last batch (default: only for traced objectives, which are
         traced once per batch shape).
     :param int eval_size: training data scored at the end of every epoch (``train_*`` metrics).
+    :param int eval_batch_size: data per batch of those scores and of ``val_data`` (default 1024; a validation
+        DataLoader's or CellStream's own).
 
     Under ``torchrun --nproc_per_node=N`` (see :mod:`pyrovae.infer.distributed`) the model and guide train as
     one DistributedDataParallel module: rank 0's parameters are broadcast at the start, gradients are averaged,
@@ -140,19 +142,27 @@ def train(
     check = model_check(model)
     batches = BatchSource(data, batch_size, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check)
     validation = (
-        BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data")
+        BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data",
+                    default_batch_size=1024, argument="eval_batch_size")
         if val_data is not None
         else None
     )
-    train_eval = batches.head(eval_size, eval_batch_size)
+    train_eval = batches.head(eval_size, eval_batch_size or 1024)
+    if len(batches) == 0:
+        raise ValueError(
+            f"no full batch of {batches.source.batch_size} in {batches.num_data} data: the traced objective (and "
+            "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'"
+        )
     first_batch = next(iter(train_eval or validation or batches))
-    check_model_guide(model, guide, first_batch)
+    with evaluation_mode(model, guide):  # the dry runs below leave batch-norm statistics alone
+        check_model_guide(model, guide, first_batch)
 
     requires_grad = {p: p.requires_grad for m in modules.values() for p in m.parameters()}
     if freeze:
         modules[freeze].requires_grad_(False)
     try:
-        params, store_params = trainable_parameters(model, guide, first_batch)
+        with evaluation_mode(model, guide):
+            params, store_params = trainable_parameters(model, guide, first_batch)
         if distributed and store_params:
             raise ValueError(
                 "distributed training needs the parameters inside the model and guide modules, but this pair uses "
@@ -168,7 +178,7 @@ def train(
                 epochs = start_epoch
         _fit(step, batches, train_eval, validation, model, guide, modules, history, stopping, saved,
              KLSchedule(kl_weight, kl_warmup_epochs, len(batches)), range(start_epoch, epochs), device,
-             distributed and validation is not None and validation.streaming, progress)
+             distributed and validation is not None and validation.streaming, progress, freeze)
     finally:
         for p, flag in requires_grad.items():
             p.requires_grad_(flag)
@@ -178,16 +188,18 @@ def train(
 
 def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, guide, modules: dict, history: History,
          stopping: EarlyStopping, saved: TrainingCheckpoint, schedule: KLSchedule, epochs: range, device,
-         reduce_validation: bool, progress: bool) -> None:
-    """The epochs of :func:`train`: steps, end-of-epoch metrics, early stopping and the checkpoint."""
+         reduce_validation: bool, progress: bool, freeze: str | None = None) -> None:
+    """The epochs of :func:`train`: steps, end-of-epoch metrics, early stopping and the checkpoint. A frozen side
+    stays in evaluation mode (no dropout, batch norm's running statistics neither used from the batch nor
+    updated), so that it is not changed at all."""
     num_data, steps_per_epoch = batches.num_data, len(batches)
     global_step = epochs.start * steps_per_epoch
     bar = tqdm(total=len(epochs) * steps_per_epoch, desc="train", dynamic_ncols=True,
                disable=not (progress and is_main_process()))
     with bar:
         for epoch in epochs:
-            for module in modules.values():
-                module.train()
+            for name, module in modules.items():
+                module.train(name != freeze)
             started, total_loss, seen = time.perf_counter(), torch.zeros((), device=device), 0
             batches.set_epoch(epoch)
             for x in batches:

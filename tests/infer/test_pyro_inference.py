@@ -221,3 +221,43 @@ def test_poutine_trace_and_condition_work_as_in_any_pyro_program():
     assert torch.equal(conditioned.nodes["z"]["value"], z)
     expected = model.decode(z).log_prob(x).sum() + model.prior().log_prob(z).sum()
     torch.testing.assert_close(conditioned.log_prob_sum(), expected)
+
+
+def test_a_loaded_param_store_restores_the_module_and_a_foreign_one_is_named(tmp_path):
+    model, guide, x = _make("vae-normal")
+    svi = pinfer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pinfer.Trace_ELBO())
+    svi.step(x)
+    store = pyro.get_param_store()
+    store.save(tmp_path / "params.pt")
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    store.load(tmp_path / "params.pt")
+    poutine.trace(model).get_trace(x)  # the next call takes the loaded values into the module's own tensors
+    assert all(torch.equal(p, saved[n]) for n, p in model.named_parameters())
+    assert all(store[pyro_name(model) + "$$$" + n] is p for n, p in model.named_parameters())
+    pyro.clear_param_store()
+    for _ in range(3):
+        svi.step(x)  # Trace_ELBO after clearing: the same tensors, registered again, keep training
+    assert not all(torch.equal(p, saved[n]) for n, p in model.named_parameters())
+    store[pyro_name(model) + "$$$decoder.layers.0.weight"] = torch.zeros(5, 5)
+    with pytest.raises(ValueError, match="another architecture"):
+        svi.step(x)
+
+
+def test_svi_trains_non_contiguous_parameters_in_place():
+    from pyrovae.nn import ConvDecoder, ConvEncoder
+
+    torch.manual_seed(0)
+    model = VAE(784, 3, likelihood="bernoulli", decoder=ConvDecoder(3, channels=(8, 4)))
+    guide = NormalGuide(784, 3, encoder=ConvEncoder(6, channels=(4, 8)))
+    model, guide = model.to(memory_format=torch.channels_last), guide.to(memory_format=torch.channels_last)
+    weights = [p for p in guide.parameters() if p.dim() == 4]
+    assert weights and not all(p.is_contiguous() for p in weights)
+    before = [p.detach().clone() for p in weights]
+    svi = pinfer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pinfer.Trace_ELBO())
+    for _ in range(3):
+        svi.step(torch.rand(8, 784).round())
+    assert all(not torch.equal(a, b) for a, b in zip(before, weights))
+    assert len(svi.optim.optim_objs) == sum(1 for m in (model, guide) for _ in m.parameters())  # no copies

@@ -57,12 +57,13 @@ def test_objective_scaling_matches_the_hand_computed_loss():
     assert torch.allclose(jitted(x, torch.tensor([data_scale, beta])), expected, rtol=1e-5)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("elbo", ["trace", "jit"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, elbo):
     def run(epochs, path, model_seed):
         torch.manual_seed(model_seed)  # a resumed run starts from differently initialised modules
         model, guide = small_pair()
         history = train(model, guide, data(), epochs=epochs, batch_size=20, val_data=data(32), checkpoint=path,
-                        kl_warmup_epochs=3, progress=False, seed=7)
+                        kl_warmup_epochs=3, progress=False, seed=7, elbo=elbo)
         return history, parameters(model, guide)
 
     full_history, full = run(6, tmp_path / "full.pt", 1)
@@ -199,3 +200,31 @@ def test_batch_size_is_honoured_or_refused_for_every_kind_of_data():
     with pytest.raises(ValueError, match="set the batch size on the DataLoader"):
         train(model, guide, loader, batch_size=8, epochs=1, progress=False)
     assert len(train(model, guide, loader, epochs=1, progress=False)) == 1
+
+
+def test_default_batch_sizes_accept_dataloaders_everywhere_and_small_data_is_named():
+    from pyrovae.infer import encode_data, evaluate, log_likelihood
+
+    model, guide = small_pair()
+    x = data().x
+    loader = DataLoader(x, batch_size=32)
+    assert log_likelihood(model, guide, loader, num_samples=4, progress=False).per_datum.shape == (len(x),)
+    assert encode_data(guide, loader).shape == (len(x), 2)
+    assert set(evaluate(model, guide, x)) == {"elbo", "reconstruction", "kl"}  # a tensor, not only batches
+    history = train(model, guide, x, val_data=loader, epochs=1, progress=False)
+    assert "val_elbo" in history.last
+    with pytest.raises(ValueError, match="eval_batch_size=16 was asked for"):
+        train(model, guide, x, val_data=loader, eval_batch_size=16, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="no full batch of 32 in 10 data"):
+        train(model, guide, TensorDataset(x[:10]), batch_size=32, elbo="jit", epochs=1, progress=False)
+    with pytest.raises(ValueError, match="learning-rate schedulers"):
+        scheduler = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}, "gamma": 0.9})
+        train(model, guide, x, optim=scheduler, epochs=1, progress=False)
+
+
+def test_a_frozen_side_keeps_its_batch_norm_statistics():
+    model = VAE(15, 2, hidden=(6,), likelihood="gaussian", batch_norm=True, dropout=0.2)
+    guide = NormalGuide(15, 2, hidden=(6,), batch_norm=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, guide, data(), epochs=2, freeze="model", progress=False, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
