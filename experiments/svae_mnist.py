@@ -60,7 +60,6 @@ val_data = TensorData(torch.bernoulli(train_all.x[cut:], generator=torch.Generat
                       train_all.labels[cut:], name="MNIST validation")
 test_data = test_data.subset(torch.arange(min(args.num_test, len(test_data))))
 train_data, val_data, test_data = train_data.to(device), val_data.to(device), test_data.to(device)
-test_batches = test_data.x.split(1000)
 print(f"MNIST: {len(train_data)} training, {len(val_data)} validation, {len(test_data)} test images on {device}")
 widths = tuple(args.hidden)  # from the data side: the decoder mirrors the encoder
 
@@ -80,7 +79,7 @@ def fit_and_score(kind: str, d: int) -> dict:
     return {
         "model": NAMES[kind], "d": d, "test_log_likelihood": ll.mean, "stderr": ll.stderr,
         "khat_above_0.7": float((ll.khat > 0.7).float().mean()),
-        **{f"test_{k}": v for k, v in evaluate(model, guide, test_batches).items()},
+        **{f"test_{k}": v for k, v in evaluate(model, guide, test_data).items()},
         "epochs_trained": len(history), "best_epoch": history.best_epoch, "stopped_early": history.stopped_early,
         "train_seconds": sum(history["seconds"]), "paper_log_likelihood": PAPER.get(kind, {}).get(d),
         "val_elbo": history["val_elbo"],
