@@ -23,14 +23,16 @@ def _check_dims(p, q) -> None:
 def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> torch.Tensor:
     """KL(vMF || uniform) in the cancellation-free form kappa A_m(kappa) - log(I_v(kappa) Gamma(v+1) / (kappa/2)^v).
 
-    With v = m/2 - 1, log C_m(kappa) + log |S^(m-1)| = v log(kappa/2) + lgamma(v+1) - log I_v(kappa): the
-    large terms of the normaliser and of the sphere's area cancel analytically, not in floating point
-    (which in float32 would lose the whole KL at m = 1024). Evaluated in float64.
+    With v = m/2 - 1, log C_m(kappa) = v log kappa - (m/2) log(2 pi) - log I_v(kappa) and log |S^(m-1)| =
+    log 2 + (m/2) log pi - lgamma(v+1), so their sum is v log(kappa/2) - lgamma(v+1) - log I_v(kappa): the large
+    terms of the normaliser and of the sphere's area cancel analytically, not in floating point (which in
+    float32 would lose the whole KL at m = 1024). The log of the series I_v(kappa) Gamma(v+1) / (kappa/2)^v
+    = sum_j (kappa/2)^(2j) Gamma(v+1) / (j! Gamma(v+j+1)) >= 1 is non-negative. Evaluated in float64.
     """
     _check_dims(p, q)
     kappa = p.concentration.double()
     v = 0.5 * p.dim - 1
-    log_series = log_bessel_iv(v, kappa) - v * torch.log(0.5 * kappa) - math.lgamma(v + 1)
+    log_series = log_bessel_iv(v, kappa) - v * torch.log(0.5 * kappa) + math.lgamma(v + 1)
     kl = kappa * bessel_iv_ratio(v, kappa) - torch.where(kappa > 0, log_series, torch.zeros_like(kappa))
     return kl.clamp(min=0).to(p.concentration.dtype)
 

@@ -113,7 +113,7 @@ def log_likelihood(
                     remaining -= size
             log_weights = torch.cat(chunks).double()  # (S, B); float64 for the logsumexp over many samples
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_samples))
-            khats.append(psis_khat(log_weights.T))
+            khats.append(psis_khat(log_weights.T, resolution=torch.finfo(chunks[0].dtype).eps))
     finally:
         for m, mode in zip(modules, was_training):
             m.train(mode)

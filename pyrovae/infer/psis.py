@@ -18,6 +18,7 @@ import torch
 # Zhang & Stephens' prior on the scale (3) and Vehtari et al.'s shrinkage of k towards 0.5 (10 pseudo-draws).
 _PRIOR_SCALE = 3.0
 _PRIOR_SHAPE_DRAWS = 10.0
+_LOG_TINY = math.log(torch.finfo(torch.float64).tiny)
 
 
 def psis_tail_length(num_samples: int) -> int:
@@ -26,27 +27,43 @@ def psis_tail_length(num_samples: int) -> int:
 
 
 def _gpd_fit(exceedances: torch.Tensor) -> torch.Tensor:
-    """Shape k of a generalised Pareto fitted to each row of sorted (ascending) positive exceedances (R, M)."""
+    """Shape k of a generalised Pareto fitted to each row of sorted (ascending) exceedances (R, M) >= 0.
+
+    Zero exceedances (draws tied with the cutoff) are left out, as arviz leaves them out: each row is fitted to
+    its n positive entries, the last n of the row, with the grid size and quartile of Zhang & Stephens for that n.
+    """
     rows, tail = exceedances.shape
-    num_grid = 30 + int(math.sqrt(tail))
-    grid = torch.arange(1, num_grid + 1, dtype=exceedances.dtype, device=exceedances.device)
-    quartile = exceedances[:, int(tail / 4 + 0.5) - 1 : int(tail / 4 + 0.5)]  # (R, 1) first quartile
+    count = (exceedances > 0).sum(-1, keepdim=True)  # n per row, (R, 1)
+    n = count.to(exceedances.dtype).clamp_min(1.0)
+    num_grid = 30 + torch.floor(torch.sqrt(n))  # (R, 1)
+    grid = torch.arange(1, 30 + int(math.sqrt(tail)) + 1, dtype=exceedances.dtype, device=exceedances.device)
+    in_grid = grid <= num_grid  # (R, G)
+    quartile_index = (tail - count + torch.floor(n / 4 + 0.5).long() - 1).clamp(0, tail - 1)
+    quartile = exceedances.gather(-1, quartile_index)  # (R, 1)
     # candidate values of theta = -k / sigma (Zhang & Stephens, eq. 11)
     theta = 1.0 / exceedances[:, -1:] + (1.0 - torch.sqrt(num_grid / (grid - 0.5))) / (_PRIOR_SCALE * quartile)
-    k = torch.log1p(-theta.unsqueeze(-1) * exceedances.unsqueeze(-2)).mean(-1)  # (R, num_grid)
-    profile = tail * (torch.log(-theta / k) - k - 1.0)  # profile log-likelihood of each theta
+    # tied entries are 0: log1p(0) = 0 adds nothing to the sums, so dividing by n averages over the tail only
+    k = torch.log1p(-theta.unsqueeze(-1) * exceedances.unsqueeze(-2)).sum(-1) / n  # (R, G)
+    profile = n * (torch.log(-theta / k) - k - 1.0)  # profile log-likelihood of each theta
+    profile = torch.where(in_grid, profile, torch.full_like(profile, -math.inf))
     weights = torch.softmax(profile, dim=-1)  # posterior weight of each grid point
-    theta_hat = (weights * theta).sum(-1, keepdim=True)
-    k_hat = torch.log1p(-theta_hat * exceedances).mean(-1)
-    return (tail * k_hat + 0.5 * _PRIOR_SHAPE_DRAWS) / (tail + _PRIOR_SHAPE_DRAWS)
+    theta_hat = (torch.where(in_grid, weights * theta, torch.zeros_like(theta))).sum(-1, keepdim=True)
+    k_hat = torch.log1p(-theta_hat * exceedances).sum(-1, keepdim=True) / n
+    return ((n * k_hat + 0.5 * _PRIOR_SHAPE_DRAWS) / (n + _PRIOR_SHAPE_DRAWS)).squeeze(-1)
 
 
-def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: float | None = None) -> torch.Tensor:
     """Pareto k-hat of each row of ``log_weights`` (..., num_samples) -> (...).
 
-    Rows whose tail weights are equal up to rounding (a guide equal to the posterior gives constant
-    weights) have bounded weights and get ``-inf``. Fewer than 5 tail draws (S < 25) give ``inf``: too
-    few samples to judge.
+    As arviz's ``psislw``: the tail is the draws strictly above the cutoff, the (M+1)-th largest, so draws tied
+    with it are left out, and a row with 4 or fewer tail draws gets ``inf`` (too few to judge; always so for
+    S < 25). One deliberate difference: rows whose tail weights are all equal up to the rounding of the
+    log-weights (a guide equal to the posterior gives constant weights) have bounded weights and get ``-inf``,
+    where arviz says ``inf``.
+
+    :param resolution: the relative precision the log-weights were computed in (default: the epsilon of their
+        dtype). Pass ``torch.finfo(torch.float32).eps`` for float32 weights upcast to float64, or rounding noise
+        would be read as a tail.
     """
     batch_shape, num_samples = log_weights.shape[:-1], log_weights.shape[-1]
     flat = log_weights.detach().reshape(-1, num_samples)
@@ -55,17 +72,21 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor
     tail = psis_tail_length(num_samples)
     if tail <= 4:
         return torch.full(batch_shape, math.inf, dtype=flat.dtype, device=flat.device)
+    eps = torch.finfo(flat.dtype).eps if resolution is None else max(float(resolution), torch.finfo(flat.dtype).eps)
     out = []
     for rows in flat.split(chunk_size):
-        top = rows.topk(tail + 1, dim=-1).values.flip(-1)  # ascending; top[:, 0] is the cutoff
+        top = rows.topk(tail + 1, dim=-1).values.flip(-1).double()  # ascending; top[:, 0] is the cutoff
         # a spread of the tail within rounding error of the log weights means constant weights
-        rounding = 64 * torch.finfo(top.dtype).eps * top[:, -1].abs().clamp_min(1.0)
-        degenerate = (top[:, -1] - top[:, 0]) <= rounding
+        rounding = 64 * eps * top[:, -1].abs().clamp_min(1.0)
+        degenerate = ~((top[:, -1] - top[:, 0]) > rounding)  # NaN spreads (all -inf) count as degenerate
         top = top - top[:, -1:]  # scale by the largest weight for stability
-        exceedances = torch.exp(top[:, 1:]) - torch.exp(top[:, :1])  # (R, M) >= 0
-        positive = torch.where(degenerate.unsqueeze(-1), torch.ones_like(exceedances), exceedances)
-        # ties at the cutoff give zero exceedances, which the fit cannot take; they carry no tail mass
-        positive = positive.clamp_min(torch.finfo(positive.dtype).tiny)
-        khat = _gpd_fit(positive)
+        # as arviz: the cutoff is at least log(tiny) below the largest weight (float64), the tail is what exceeds it
+        cutoff = top[:, :1].clamp_min(_LOG_TINY)
+        exceedances = (torch.exp(top[:, 1:]) - torch.exp(cutoff)).nan_to_num(0.0).clamp_min(0.0)  # (R, M)
+        few = (exceedances > 0).sum(-1) <= 4
+        safe = torch.where((degenerate | few).unsqueeze(-1), torch.linspace(1, 2, tail, dtype=top.dtype,
+                                                                            device=top.device), exceedances)
+        khat = _gpd_fit(safe)
+        khat = torch.where(few, torch.full_like(khat, math.inf), khat)
         out.append(torch.where(degenerate, torch.full_like(khat, -math.inf), khat))
-    return torch.cat(out).reshape(batch_shape)
+    return torch.cat(out).to(flat.dtype).reshape(batch_shape)

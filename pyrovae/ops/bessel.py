@@ -12,9 +12,12 @@ precision inputs are evaluated in float64 and rounded once at the end. Give the 
   fixed number of terms: it converges fastest exactly where the Gauss continued fraction is slow (x >> v),
   and 50 terms reach float64 precision for every order up to 512 and x from 0 to 1e6 (tested against
   mpmath); known larger orders need fewer (25 from order 30 on).
-* log I_v(x) uses Debye's uniform asymptotic expansion (Abramowitz & Stegun 9.7.7, four correction
-  terms) at an order nu >= 30, where its error is below float64 resolution uniformly in x, and steps down
-  to lower orders by the recurrence log I_v = log I_{v+1} - log R_v.
+* log I_v(x) uses Debye's uniform asymptotic expansion (Abramowitz & Stegun 9.7.7 with the six correction
+  terms u_1 ... u_6 of DLMF 10.41.10) at an order nu >= 30, and steps down to lower orders by the recurrence
+  log I_v = log I_{v+1} - log R_v. Measured against mpmath at 40 digits (orders 0-200, x from 0.05 to 1e5):
+  the relative error of log I_v is at most 3e-12 for orders below 40, largest near x = 12-23 where the
+  expansion at order 30 is least accurate (with four terms it was 8.5e-10 there), and at float64 resolution
+  (below 1e-14) for orders of 40 and more. The ratio R_v is at float64 resolution everywhere.
 """
 
 from __future__ import annotations
@@ -128,6 +131,10 @@ _DEBYE_POLYNOMIALS = (
     ((385.0, -462.0, 81.0), 1152.0),
     ((-425425.0, 765765.0, -369603.0, 30375.0), 414720.0),
     ((185910725.0, -446185740.0, 349922430.0, -94121676.0, 4465125.0), 39813120.0),
+    ((-188699385875.0, 566098157625.0, -614135872350.0, 284499769554.0, -49286948607.0, 1519035525.0),
+     6688604160.0),
+    ((1023694168371875.0, -3685299006138750.0, 5104696716244125.0, -3369032068261860.0, 1050760774457901.0,
+      -127577298354750.0, 2757049477875.0), 4815794995200.0),
 )
 
 

@@ -109,3 +109,27 @@ def test_site_outside_data_plate_is_refused():
 
     with pytest.raises(ValueError, match="outside pyro.plate"):
         log_likelihood(model, guide, torch.randn(4, 3), num_samples=3)
+
+
+def test_exact_float32_guide_is_not_flagged():
+    """Float32 weights of an exact guide are constant up to rounding: no k-hat alarm (issue 14)."""
+    W, mu, x = ppca()
+    W, mu, x = W.float(), mu.float(), x.float()
+
+    def model32(x):
+        with pyro.plate("data", x.shape[-2]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z_DIM), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + mu, SIGMA).to_event(1), obs=x)
+
+    M = W.T @ W + SIGMA**2 * torch.eye(Z_DIM)
+    M_inv = torch.linalg.inv(M)
+    scale_tril = torch.linalg.cholesky(SIGMA**2 * M_inv)
+
+    def guide32(x):
+        with pyro.plate("data", x.shape[-2]):
+            pyro.sample("z", dist.MultivariateNormal((x - mu) @ W @ M_inv.T, scale_tril=scale_tril))
+
+    result = log_likelihood(model32, guide32, x, num_samples=500, progress=False)
+    expected = exact_log_marginal(W.double(), mu.double(), x.double())
+    assert torch.allclose(result.per_datum, expected, atol=1e-3)
+    assert (result.khat < 0.7).all(), result.khat

@@ -47,3 +47,28 @@ def test_khat_shapes_and_degenerate_rows():
     assert torch.isfinite(khat.flatten()[1:]).all()
     assert psis_khat(torch.randn(2, 20)).isinf().all()  # too few samples to fit a tail
     assert psis_tail_length(100) == 20 and psis_tail_length(10000) == 300
+
+
+def test_khat_matches_arviz_on_ties_rounding_infinities_and_wide_spreads():
+    generator = np.random.default_rng(2)
+    rows = [
+        (-150 + 3e-5 * generator.standard_normal(1000)).astype(np.float32).astype(np.float64),  # float32 ties
+        np.round(generator.normal(size=1000), 1),  # many ties, also at the cutoff
+        np.concatenate([generator.normal(size=990), np.full(10, 2.5)]),  # the largest weights tie
+        np.where(generator.random(1000) < 0.3, -np.inf, generator.normal(size=1000)),  # -inf entries
+        generator.normal(scale=300.0, size=1000),  # a spread over 700 nats
+        np.log(generator.pareto(0.7, size=1000) + 1.0) * 40,  # extreme weights
+    ]
+    log_weights = np.stack(rows)
+    expected = arviz_khat(log_weights)
+    ours = psis_khat(torch.from_numpy(log_weights), resolution=1e-16).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_weights_equal_up_to_their_own_rounding_are_not_a_tail():
+    """An exact guide in float32: log-weights constant up to float32 rounding, upcast to float64."""
+    generator = np.random.default_rng(3)
+    rounded = torch.from_numpy((-150 + 3e-5 * generator.standard_normal((20, 500))).astype(np.float32))
+    khat = psis_khat(rounded.double(), resolution=torch.finfo(torch.float32).eps)
+    assert (khat < 0.5).all()
+    assert (psis_khat(rounded) < 0.5).all()  # in their own dtype the resolution is known
