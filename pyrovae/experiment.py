@@ -65,13 +65,26 @@ def setup(args: argparse.Namespace) -> torch.device:
     return the device."""
     matplotlib.use("Agg")
     pyro.set_rng_seed(args.seed)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
+        raise SystemExit(f"--data-dir {args.data_dir} is not a folder; give the folder that holds the data sets")
+    _check_writable(Path(args.out))
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return device
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, not after hours of training, when results could not be written to ``out``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pyrovae-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"--out {out} is not writable ({error.strerror}); choose another folder") from error
 
 
 def _clean(value):

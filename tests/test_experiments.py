@@ -131,24 +131,30 @@ def test_smoke_grid_search_resumes(tmp_path):
 
 TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
               "150", "--genes", "120", "--hvg-cells", "800", "--held-out", "100", "--num-samples", "8", "--hidden",
-              "32", "--batch-size", "128", "--data-dir", "/nonexistent")
+              "32", "--batch-size", "128")
+
+
+def no_data(tmp_path) -> tuple[str, str]:
+    """``--data-dir`` an empty folder: the script finds no real atlas there and generates one."""
+    (tmp_path / "no_data").mkdir(exist_ok=True)
+    return "--data-dir", str(tmp_path / "no_data")
 
 
 def test_smoke_tahoe_svae_resumes(tmp_path):
-    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, "--epochs", "1")["metrics"]
+    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "1")["metrics"]
     assert metrics["cells"] == 2400 and metrics["panel_genes"] == 120 and metrics["held_out_cells"] == 100
     assert set(metrics["silhouette_by_k"]) == {str(k) for k in range(2, 11)}
     assert -1 <= metrics["reconstruction_correlation"] <= 1 and metrics["held_out_log_likelihood"] < 0
     for figure in ("tsne", "posterior_reconstruction_clusters", "generation", "interpolation", "training"):
         assert (tmp_path / "tahoe_svae" / f"{figure}.png").exists()
-    resumed = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, "--epochs", "2")["metrics"]
+    resumed = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "2")["metrics"]
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]  # the first epoch came from the checkpoint
     assert resumed["history"][0] == metrics["history"][0]
 
 
 def test_smoke_tahoe_svae_pca_normal(tmp_path):
-    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, "--epochs", "1", "--pca", "--pca-components", "20",
-                         "--guide", "normal")["metrics"]
+    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "1", "--pca",
+                         "--pca-components", "20", "--guide", "normal")["metrics"]
     assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0
 
 

@@ -95,6 +95,11 @@ class SphericalDistribution(TorchDistribution):
         self.loc = loc.expand(batch_shape + loc.shape[-1:])
         self.concentration = concentration.expand(batch_shape)
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+        if self._validate_args and not torch.jit.is_tracing() and not bool(torch.isfinite(concentration).all()):
+            raise ValueError(
+                f"{type(self).__name__}: the concentration must be finite, got {concentration.max().item()}; an "
+                "infinite concentration is a point mass at loc (use pyro.distributions.Delta(loc, event_dim=1))"
+            )
 
     @property
     def dim(self) -> int:

@@ -17,6 +17,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     over ``path`` (an atomic replace on POSIX and Windows)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a writer killed mid-save
+        stale.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -90,6 +92,8 @@ class TrainingCheckpoint:
                 "rng": rng_states,
                 "history": history.to_dict(),
                 "best": stopping.state_dict(),
+                "architecture": {name: repr(m) for name, m in self.modules.items()},
+                "optimizer_class": type(self.optimizer).__name__,
             },
             self.path,
         )
@@ -103,6 +107,12 @@ class TrainingCheckpoint:
         if saved.get("version") != _CHECKPOINT_VERSION or set(saved.get("modules", {})) != set(self.modules):
             raise ValueError(f"checkpoint {self.path} was not written by this training setup; delete it to restart")
         for name, module in self.modules.items():
+            architecture = saved.get("architecture", {}).get(name)
+            if architecture is not None and architecture != repr(module):
+                mismatch = next((f"{a.strip()} (saved) against {b.strip()} (now)" for a, b in
+                                 zip(architecture.splitlines(), repr(module).splitlines()) if a != b), "")
+                raise ValueError(f"checkpoint {self.path} holds a {name} of another architecture: {mismatch}; "
+                                 "delete the checkpoint to start afresh, or build the same model")
             try:
                 module.load_state_dict(saved["modules"][name])
             except RuntimeError as error:
@@ -112,6 +122,10 @@ class TrainingCheckpoint:
         with torch.no_grad():
             for name, value in saved.get("pyro_params", {}).items():
                 self.store_params[name].copy_(value)
+        saved_optimizer = saved.get("optimizer_class", type(self.optimizer).__name__)
+        if saved_optimizer != type(self.optimizer).__name__:
+            raise ValueError(f"checkpoint {self.path} was trained with {saved_optimizer}, not "
+                             f"{type(self.optimizer).__name__}; resume with the same optimiser, or delete it")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.batches.load_state_dict(saved["batches"])
         rng = saved["rng"]

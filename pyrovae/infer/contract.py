@@ -14,7 +14,11 @@ def _support_key(constraint: constraints.Constraint) -> tuple:
     event_dim = constraint.event_dim
     while isinstance(constraint, constraints.independent):
         constraint = constraint.base_constraint
-    return type(constraint), event_dim
+    bounds = tuple(  # the number of categories of a discrete site, the interval of a bounded one
+        float(b) if isinstance(b, (int, float)) else None
+        for b in (getattr(constraint, "lower_bound", None), getattr(constraint, "upper_bound", None))
+    )
+    return type(constraint), event_dim, bounds
 
 
 def _support_name(constraint: constraints.Constraint) -> str:
@@ -35,9 +39,19 @@ def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None
     The guide must sample every latent site of the model, with the same event shape and the support the
     model's prior lives on (a Normal guide for a prior on the sphere fails here, naming both supports).
     """
-    with torch.no_grad(), poutine.block():
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=devices):  # no draws taken from the stream
         guide_trace = poutine.trace(guide).get_trace(x)
         model_trace = poutine.trace(model).get_trace(x)  # latents from the prior: shapes are the model's own
+    guide_observed = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
+                      and site["is_observed"] and not site_is_subsample(site)]
+    model_observes = any(site["type"] == "sample" and site["is_observed"] for site in model_trace.nodes.values())
+    if guide_observed or not model_observes:
+        raise ValueError(
+            "the model observes no data" + (f" and the guide observes {guide_observed}" if guide_observed else "")
+            + ": were the model and the guide passed in swapped order? The model comes first (it scores x, "
+            "e.g. VAE), the guide second (it samples the latents, e.g. NormalGuide)"
+        )
     guide_sites, model_sites = _latent_sites(guide_trace), _latent_sites(model_trace)
     for name, model_site in model_sites.items():
         guide_site = guide_sites.get(name)

@@ -9,6 +9,7 @@ known batch by batch.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -32,6 +33,7 @@ class BatchSource:
     :param batch_size: data per batch (None: a DataLoader's or stream's own, else ``default_batch_size``; a
         DataLoader or stream refuses another value, naming ``argument`` in the error).
     :param check: a function that raises on invalid values (e.g. ``model.check_data``).
+    :param dtype: the model's floating dtype: batches of another floating dtype are converted, with a warning.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class BatchSource:
         *,
         default_batch_size: int = 128,
         argument: str = "batch_size",
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.source: DataSource = as_source(data, batch_size, name, default_batch_size=default_batch_size,
                                             argument=argument)
@@ -54,6 +57,8 @@ class BatchSource:
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         self.epoch = 0
+        self.dtype, self.name = dtype, name
+        self._warned_dtype = False
         self._check = check
         self._checked = False
         if check is not None and self.source.tensor is not None:
@@ -80,10 +85,18 @@ class BatchSource:
         subset = self.source.head(size, batch_size)
         if subset is None:
             return None
-        return BatchSource(subset, batch_size, shuffle=False, device=self.device, seed=0, check=self._check)
+        return BatchSource(subset, batch_size, shuffle=False, device=self.device, seed=0, check=self._check,
+                           name=self.name, dtype=self.dtype)
 
     def __iter__(self):
         for x in self.source.batches(self.epoch, self.generator, self.shuffle, self.drop_last, self.device):
+            if self.dtype is not None and x.dtype != self.dtype and x.is_floating_point():
+                if not self._warned_dtype:
+                    warnings.warn(f"{self.name} is {x.dtype} but the model is {self.dtype}: batches are converted to "
+                                  f"{self.dtype} (convert the model, e.g. model.double(), to compute in {x.dtype})",
+                                  stacklevel=2)
+                    self._warned_dtype = True
+                x = x.to(self.dtype)
             if not self._checked and self._check is not None:
                 self._check(x)
                 self._checked = not self.source.checks_each_batch
@@ -104,10 +117,10 @@ def model_check(model) -> Callable[[torch.Tensor], None] | None:
 
 
 def as_batches(data, batch_size: int | None, shuffle: bool, device: torch.device, check=None, name: str = "data",
-               default_batch_size: int = 128):
+               default_batch_size: int = 128, dtype: torch.dtype | None = None):
     """A :class:`BatchSource` over ``data`` for one pass (``check``: a function of a batch, such as
-    :func:`model_check` of a model)."""
+    :func:`model_check` of a model; ``dtype``: the model's, to convert batches to)."""
     if isinstance(data, BatchSource):
         return data
     return BatchSource(data, batch_size, shuffle, device, check=check, name=name, seed=0,
-                       default_batch_size=default_batch_size)
+                       default_batch_size=default_batch_size, dtype=dtype)

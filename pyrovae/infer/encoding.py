@@ -8,6 +8,7 @@ import torch
 
 from pyrovae.infer.data import as_batches, module_device
 from pyrovae.infer.latent import latent_location
+from pyrovae.infer.settings import floating_dtype
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def encode_data(
         guide.eval()
     try:
         return torch.cat([fn(x).cpu() for x in as_batches(data, batch_size, shuffle=False, device=device,
-                                                          default_batch_size=512)])
+                                                          default_batch_size=512, dtype=floating_dtype(guide))])
     finally:
         if was_training is not None:
             guide.train(was_training)

@@ -10,8 +10,10 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.data import as_batches, model_check, module_device
 from pyrovae.infer.distributed import all_reduce_sum
+from pyrovae.infer.settings import floating_dtype
 
 
 def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,11 +73,14 @@ def evaluate(
     :param bool across_ranks: every rank evaluated its own part of the data: average over all of them.
     """
     batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
-                         default_batch_size=1024)
+                         default_batch_size=1024, dtype=floating_dtype(model, guide))
     total_reconstruction, total_kl, count = 0.0, 0.0, 0
-    with evaluation_mode(model, guide), pyro.validation_enabled(False):
+    with evaluation_mode(model, guide):
         for x in batches:
-            reconstruction, kl = elbo_terms(model, guide, x)
+            if count == 0:
+                check_model_guide(model, guide, x)  # the pairing, as train checks it
+            with pyro.validation_enabled(False):
+                reconstruction, kl = elbo_terms(model, guide, x)
             total_reconstruction += float(reconstruction)
             total_kl += float(kl)
             count += x.shape[0]

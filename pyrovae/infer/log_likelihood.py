@@ -10,9 +10,11 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.data import as_batches, model_check, module_device
 from pyrovae.infer.importance import guess_max_plate_nesting, log_importance_weights
 from pyrovae.infer.psis import psis_khat
+from pyrovae.infer.settings import check_device, check_integer, floating_dtype
 
 
 @dataclass
@@ -88,9 +90,10 @@ def log_likelihood(
         decoder's memory: about 1 GB for a conv decoder on 28x28 images).
     :param device: where to compute (default: the model's device).
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    check_integer("num_samples", num_samples, 1)
+    check_integer("max_samples_per_chunk", max_samples_per_chunk, 1, allow_none=True)
     device = torch.device(device) if device is not None else module_device(model, guide)
+    check_device(device)
     modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
     was_training = [m.training for m in modules]
     for m in modules:
@@ -99,9 +102,10 @@ def log_likelihood(
     max_plate_nesting = None
     try:
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
-                             default_batch_size=256)
+                             default_batch_size=256, dtype=floating_dtype(model, guide))
         for x in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
             if max_plate_nesting is None:
+                check_model_guide(model, guide, x)  # the pairing, as train checks it
                 max_plate_nesting = guess_max_plate_nesting(model, guide, x)
             chunk = max_samples_per_chunk or max(1, 2**24 // (x.shape[0] * max(x.shape[-1], 1)))
             chunks = []

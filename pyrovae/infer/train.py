@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -38,7 +39,18 @@ from pyrovae.infer.evaluation import evaluate, evaluation_mode
 from pyrovae.infer.history import History
 from pyrovae.infer.objectives import make_objective
 from pyrovae.infer.schedule import KLSchedule
+from pyrovae.infer.settings import check_device, check_integer, check_number, floating_dtype
 from pyrovae.infer.step import SVIStep, svi_step, trainable_parameters
+
+
+def _diverged(epoch: int, step: int, params: list, checkpoint) -> str:
+    """What a user needs to know when a step is not finite: where, what the parameters are now, what to do."""
+    finite = all(bool(torch.isfinite(p).all()) for p in params)
+    state = ("the step was not applied, so the model and guide keep their last finite parameters" if finite else
+             "the parameters themselves are no longer finite (an earlier step with finite gradients made them so)")
+    where = f" and {checkpoint} the last finished epoch" if checkpoint else ""
+    return (f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {step + 1}; {state}{where}. "
+            "Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale")
 
 
 def _data_device(data) -> torch.device | None:
@@ -122,13 +134,20 @@ def train(
     :raises TrainingDiverged: when the loss or a gradient stops being finite; the step is not applied, so
         the modules keep their last finite parameters, and the checkpoint keeps the last finished epoch.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be non-negative, got {epochs}")
+    check_integer("epochs", epochs, 0)
+    check_integer("num_particles", num_particles, 1)
+    check_integer("patience", patience, 1, allow_none=True)
+    check_integer("eval_size", eval_size, 0)
+    check_integer("max_plate_nesting", max_plate_nesting, 1)
+    check_number("kl_weight", kl_weight)
+    check_number("kl_warmup_epochs", kl_warmup_epochs)
+    check_number("lr", lr, strict=True)
     if freeze not in (None, "model", "guide"):
         raise ValueError(f"freeze must be None, 'model' or 'guide', got {freeze!r}")
     distributed = init_distributed()
     if device is not None:
         device = torch.device(device)
+        check_device(device)
     else:
         device = local_device() if distributed else (_data_device(data) or module_device(model, guide))
     modules = {name: m for name, m in (("model", model), ("guide", guide)) if isinstance(m, torch.nn.Module)}
@@ -139,11 +158,12 @@ def train(
     objective, elbo_name = make_objective(elbo, model, guide, num_particles, max_plate_nesting)
     if drop_last is None:
         drop_last = elbo_name.lower().startswith("jit")
-    check = model_check(model)
-    batches = BatchSource(data, batch_size, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check)
+    check, dtype = model_check(model), floating_dtype(model, guide)
+    batches = BatchSource(data, batch_size, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
+                          dtype=dtype)
     validation = (
         BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data",
-                    default_batch_size=1024, argument="eval_batch_size")
+                    default_batch_size=1024, argument="eval_batch_size", dtype=dtype)
         if val_data is not None
         else None
     )
@@ -207,12 +227,7 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 data_scale = (num_data or x.shape[0]) / x.shape[0]
                 loss = step(x, torch.tensor([data_scale, beta], device=device, dtype=x.dtype))
                 if loss is None:
-                    raise TrainingDiverged(
-                        f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {global_step + 1}; "
-                        "the step was not applied, so the model and guide keep their last finite parameters"
-                        + (f" and {saved.path} the last finished epoch" if saved.path else "")
-                        + ". Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale"
-                    )
+                    raise TrainingDiverged(_diverged(epoch, global_step, step.params, saved.path))
                 total_loss += loss / data_scale
                 seen += x.shape[0]
                 global_step += 1
@@ -224,6 +239,14 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
             if validation is not None:
                 metrics = evaluate(model, guide, validation, across_ranks=reduce_validation)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
+            bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+            if bad:
+                raise TrainingDiverged(
+                    f"{', '.join(bad)} of epoch {epoch + 1} is not finite ({', '.join(str(record[k]) for k in bad)}): "
+                    "the model gives some data a log-density of NaN or -inf. Check the data against the likelihood "
+                    "(e.g. values outside its support, a library size of 0)"
+                    + (f"; {saved.path} holds the epoch before" if saved.path else "")
+                )
             record["seconds"] = time.perf_counter() - started
             history.records.append(record)
             stopping.update(record.get("val_elbo", record.get("train_elbo", -record["loss"])), epoch + 1, modules)

@@ -1,0 +1,123 @@
+"""Bad input gets an error that names the problem and the fix, before any work is done (issue 14)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro.optim
+import pytest
+import torch
+from pyrovae.guides import GMVAEGuide, NormalGuide, VMFGuide
+from pyrovae.models import GMVAE, SVAE, VAE
+
+from pyrovae.distributions import PowerSpherical, VonMisesFisher
+from pyrovae.infer import TrainingDiverged, evaluate, log_likelihood, train
+from pyrovae.infer.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def binary(n=64, d=12, seed=0):
+    return torch.rand(n, d, generator=torch.Generator().manual_seed(seed)).round()
+
+
+@pytest.mark.parametrize("entry", ["train", "log_likelihood", "evaluate"])
+def test_every_entry_point_checks_the_pairing(entry):
+    x = binary()
+    run = {
+        "train": lambda m, g: train(m, g, x, epochs=1, progress=False),
+        "log_likelihood": lambda m, g: log_likelihood(m, g, x, num_samples=4, progress=False),
+        "evaluate": lambda m, g: evaluate(m, g, x),
+    }[entry]
+    with pytest.raises(ValueError, match="Sphere"):
+        run(SVAE(12, 3, (8,)), NormalGuide(12, 3, (8,)))
+    with pytest.raises(ValueError, match="Sphere"):
+        run(VAE(12, 3, (8,)), VMFGuide(12, 3, (8,)))
+    with pytest.raises(ValueError, match="site 'y'.*upper_bound=3"):
+        run(GMVAE(12, 2, 4, (8,)), GMVAEGuide(12, 2, 3, (8,)))
+    with pytest.raises(ValueError, match="swapped order"):
+        run(NormalGuide(12, 3, (8,)), VAE(12, 3, (8,)))
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("kl_weight", -1.0, "kl_weight must be a finite number >= 0"),
+    ("patience", 0, "patience must be an integer >= 1 or None"),
+    ("batch_size", 2.5, "batch_size must be a positive integer"),
+    ("num_particles", 0, "num_particles must be an integer >= 1"),
+    ("epochs", 1.5, "epochs must be an integer >= 0"),
+    ("lr", float("inf"), "lr must be a finite number > 0"),
+    ("kl_warmup_epochs", float("nan"), "kl_warmup_epochs must be a finite number"),
+])
+def test_nonsense_settings_are_refused_with_their_name(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        train(VAE(12, 3, (8,)), NormalGuide(12, 3, (8,)), binary(), progress=False, **{"epochs": 1, option: value})
+
+
+def test_nonsense_scoring_settings_are_refused():
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        log_likelihood(VAE(12, 3, (8,)), NormalGuide(12, 3, (8,)), binary(), num_samples=2.5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_gpu_is_named():
+    with pytest.raises(ValueError, match="no CUDA device is available; use device='cpu'"):
+        train(VAE(12, 3, (8,)), NormalGuide(12, 3, (8,)), binary(), epochs=1, device="cuda", progress=False)
+
+
+def test_a_nan_in_evaluation_only_stops_training():
+    from pyro.infer.util import is_validation_enabled
+
+    class NaNWhenEvaluated(VAE):  # NaN in the end-of-epoch scores only (they run unvalidated, in evaluation mode)
+        def decode(self, z, library=None):
+            poisoned = not self.training and not is_validation_enabled()
+            return super().decode(z * float("nan") if poisoned else z)
+
+    with pytest.raises(TrainingDiverged, match="val_elbo.* of epoch 1 is not finite"):
+        train(NaNWhenEvaluated(12, 3, (8,)), NormalGuide(12, 3, (8,)), binary(), val_data=binary(seed=1), epochs=2,
+              eval_size=0, progress=False)
+
+
+def test_resuming_with_another_architecture_or_optimiser_is_refused(tmp_path):
+    x, path = binary(), tmp_path / "run.pt"
+    train(VAE(12, 3, (8,)), NormalGuide(12, 3, (8,)), x, epochs=1, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="another architecture: .*ReLU.*Tanh"):
+        train(VAE(12, 3, (8,), activation="tanh"), NormalGuide(12, 3, (8,)), x, epochs=2, checkpoint=path,
+              progress=False)
+    with pytest.raises(ValueError, match="trained with Adam, not SGD"):
+        train(VAE(12, 3, (8,)), NormalGuide(12, 3, (8,)), x, epochs=2, checkpoint=path, progress=False,
+              optim=pyro.optim.SGD({"lr": 0.01}))
+
+
+def test_a_killed_save_leaves_no_temporary_file_behind_after_the_next(tmp_path):
+    path = tmp_path / "c.pt"
+    (tmp_path / "c.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # what kill -9 mid-write leaves
+    save_checkpoint({"a": 1}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_float64_data_with_a_float32_model_is_converted_with_a_word():
+    x = binary().double()
+    model, guide = VAE(12, 3, (8,)), NormalGuide(12, 3, (8,))
+    with pytest.warns(UserWarning, match="data is torch.float64 but the model is torch.float32"):
+        history = train(model, guide, x, epochs=1, progress=False)
+    assert len(history) == 1
+    with pytest.warns(UserWarning, match="converted"):
+        assert torch.isfinite(log_likelihood(model, guide, x.numpy(), num_samples=4, progress=False).per_datum).all()
+
+
+@pytest.mark.parametrize("family", [VonMisesFisher, PowerSpherical])
+def test_an_infinite_concentration_is_refused(family):
+    loc = torch.nn.functional.normalize(torch.randn(4), dim=-1)
+    with pytest.raises(ValueError, match="concentration must be finite.*Delta"):
+        family(loc, torch.tensor(float("inf")))
+
+
+def test_scripts_refuse_a_missing_data_folder_and_an_unwritable_output_before_working(tmp_path):
+    script = str(ROOT / "experiments" / "two_groups.py")
+    missing = subprocess.run([sys.executable, script, "--data-dir", str(tmp_path / "missing"), "--out",
+                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "--data-dir" in missing.stderr and "is not a folder" in missing.stderr
+    unwritable = subprocess.run([sys.executable, script, "--out", "/dev/null/results"], capture_output=True,
+                                text=True, timeout=120)
+    assert unwritable.returncode != 0 and "is not writable" in unwritable.stderr
+
