@@ -147,7 +147,9 @@ class CellStream(IterableDataset):
         if split is not None and not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1) for a split, got {test_fraction}")
         self.atlas = atlas
-        self.panel = atlas.panel_positions() if panel is None else np.asarray(panel, dtype=np.int64)
+        self.panel = atlas.panel_positions() if panel is None else np.asarray(panel)
+        atlas.vocabulary.lookup(self.panel)  # positions in range, none repeated: checked now, not mid-epoch
+        self.panel = self.panel.astype(np.int64)
         self.batch_size = int(batch_size)
         self.split, self.test_fraction, self.split_seed = split, test_fraction, split_seed
         self.shuffle = shuffle

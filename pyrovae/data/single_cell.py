@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,11 @@ def _first_existing(folder: Path, names: list[str], what: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[list[str]]:
-    with _open(path) as handle:
-        return [line.decode().rstrip("\n").split("\t") for line in handle if line.strip()]
+    try:
+        with _open(path) as handle:
+            return [line.decode().rstrip("\n").split("\t") for line in handle if line.strip()]
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+        raise CountFileError(f"cannot read {path}: {error}") from error
 
 
 def read_10x_mtx(
@@ -58,10 +62,14 @@ def read_10x_mtx(
     try:
         with _open(matrix_path) as handle:
             matrix = sp.csr_matrix(scipy.io.mmread(handle).T)  # the file is genes x cells
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError, zlib.error) as error:
         raise CountFileError(f"cannot read {matrix_path} as Matrix Market: {error}") from error
     genes = _read_lines(genes_path)
     barcodes = [row[0] for row in _read_lines(barcodes_path)]
+    duplicated = pd.Index(barcodes)[pd.Index(barcodes).duplicated()].unique()
+    if len(duplicated):
+        raise CountFileError(f"{barcodes_path} lists {len(duplicated)} barcode(s) more than once "
+                             f"({', '.join(map(str, duplicated[:5]))}); each cell needs its own barcode")
     if matrix.shape != (len(barcodes), len(genes)):
         raise CountFileError(
             f"{matrix_path} is {matrix.shape[1]} genes x {matrix.shape[0]} cells, but {genes_path.name} lists "
@@ -182,6 +190,11 @@ def read_count_csv(
     except (OSError, ValueError, pd.errors.ParserError) as error:
         raise CountFileError(f"cannot read the count table {counts}: {error}") from error
     table.index = table.index.astype(str)
+    if table.shape[1] == 0:
+        raise CountFileError(
+            f"{counts} reads as {table.shape[0]} rows and no cell columns: is it comma-separated? (a ';' or tab "
+            "separated table reads as one column; convert it to CSV, genes x cells with gene ids first)"
+        )
     if drop_spike_ins:
         spike = table.index.str.startswith("ERCC-")
         if spike.any():

@@ -87,6 +87,14 @@ class GeneVocabulary:
         """An array indexed by token id: the position of the token among ``positions`` (vocabulary positions of a
         panel, default all genes), -1 for tokens outside it."""
         positions = np.arange(len(self)) if positions is None else np.asarray(positions)
+        outside = len(positions) and (positions.min() < 0 or positions.max() >= len(self))
+        if positions.dtype.kind not in "iu" or outside:
+            raise ValueError(
+                f"panel positions must be integers in 0..{len(self) - 1} (vocabulary positions, as panel_positions "
+                f"returns them), got {positions.dtype} values from {positions.min()} to {positions.max()}"
+            )
+        if len(np.unique(positions)) != len(positions):
+            raise ValueError("the panel lists a gene more than once; each panel position must be distinct")
         table = np.full(int(self.token_ids.max()) + 1 if len(self) else 1, -1, dtype=np.int64)
         table[self.token_ids[positions]] = np.arange(len(positions))
         return table
@@ -259,6 +267,9 @@ def decode_rows(
         at = int(np.flatnonzero(~(values >= 0))[0])
         fail(row_of(at), f"count {values[at]} for token {tokens[at]}: counts must be non-negative (only the "
                          "first element, the marker, may be negative)")
+    if not pa.types.is_integer(expressions.type.value_type) and not np.isfinite(values).all():
+        at = int(np.flatnonzero(~np.isfinite(values))[0])
+        fail(row_of(at), f"count {values[at]} for token {tokens[at]} is not finite")
     if not pa.types.is_integer(expressions.type.value_type) and not np.array_equal(values, np.rint(values)):
         at = int(np.flatnonzero(values != np.rint(values))[0])
         fail(row_of(at), f"count {values[at]} for token {tokens[at]} is not an integer")
@@ -278,6 +289,11 @@ def decode_rows(
     selected = np.flatnonzero(columns >= 0)
     indptr = np.searchsorted(selected, offsets)  # selected entries before each row's start
     counts = sp.csr_matrix((values[selected], columns[selected], indptr), shape=(num_cells, num_panel))
+    entries = np.diff(counts.indptr)
+    counts.sum_duplicates()  # a token listed twice in a row would be summed silently: refuse it instead
+    if counts.nnz != len(selected):
+        row = int(np.flatnonzero(np.diff(counts.indptr) != entries)[0])
+        fail(row, "a gene's token id appears more than once in the row's genes list")
     labels = {}
     for name, names in categories.items():
         column = batch.column(LABEL_COLUMNS.get(name, name))

@@ -80,13 +80,18 @@ class NegativeBinomial(dist.NegativeBinomial):
     :param torch.Tensor inverse_dispersion: theta; the variance is mu + mu^2 / theta.
     """
 
-    arg_constraints = {"mu": constraints.nonnegative, "theta": constraints.positive}
+    arg_constraints = {"mean": constraints.nonnegative, "inverse_dispersion": constraints.positive}
 
     def __init__(self, mean: torch.Tensor, inverse_dispersion: torch.Tensor, validate_args=None) -> None:
         self.mu, self.theta = mean, inverse_dispersion
         self.total_count = inverse_dispersion  # torch's name, for its sampler
         batch_shape = torch.broadcast_shapes(mean.shape, inverse_dispersion.shape)
         dist.TorchDistribution.__init__(self, batch_shape, validate_args=validate_args)
+
+    @property
+    def inverse_dispersion(self) -> torch.Tensor:
+        """theta, as given (not expanded)."""
+        return self.theta
 
     @lazy_property
     def logits(self) -> torch.Tensor:
@@ -106,8 +111,13 @@ class NegativeBinomial(dist.NegativeBinomial):
         return (self.mu + self.mu.square() / self.theta).expand(self.batch_shape)
 
     def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(NegativeBinomial, _instance)
         batch_shape = torch.Size(batch_shape)
-        return type(self)(self.mu.expand(batch_shape), self.theta.expand(batch_shape), validate_args=False)
+        new.mu, new.theta = self.mu.expand(batch_shape), self.theta.expand(batch_shape)
+        new.total_count = new.theta
+        dist.TorchDistribution.__init__(new, batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -121,7 +131,9 @@ class ZeroInflatedNegativeBinomial(dist.ZeroInflatedDistribution):
     ``log_prob`` exact for gates near 0 and 1.
     """
 
-    arg_constraints = {"mu": constraints.nonnegative, "theta": constraints.positive, "gate_logits": constraints.real}
+    # "mean" names the constructor's NB mean; validated through the zero-inflated mean, which has the same sign
+    arg_constraints = {"mean": constraints.nonnegative, "inverse_dispersion": constraints.positive,
+                       "gate_logits": constraints.real}
 
     def __init__(self, mean, inverse_dispersion, gate_logits, validate_args=None) -> None:
         base = NegativeBinomial(mean, inverse_dispersion, validate_args=False)
@@ -137,14 +149,9 @@ class ZeroInflatedNegativeBinomial(dist.ZeroInflatedDistribution):
     def theta(self) -> torch.Tensor:
         return self.base_dist.theta
 
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        return type(self)(
-            self.mu.expand(batch_shape),
-            self.theta.expand(batch_shape),
-            self.gate_logits.expand(batch_shape),
-            validate_args=False,
-        )
+    @property
+    def inverse_dispersion(self) -> torch.Tensor:
+        return self.base_dist.theta
 
 
 __all__ = ["NegativeBinomial", "ZeroInflatedNegativeBinomial", "log_gamma_ratio", "nb_log_prob"]

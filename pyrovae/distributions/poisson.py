@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 
 from pyrovae.distributions.sparse_counts import score_counts
 
@@ -23,9 +24,6 @@ def poisson_log_prob(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
 class Poisson(dist.Poisson):
     """Pyro's Poisson whose :meth:`log_prob` skips the zero counts' logarithm and Gamma function (same values)."""
 
-    def expand(self, batch_shape, _instance=None):
-        return Poisson(self.rate.expand(batch_shape), validate_args=False)
-
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
@@ -35,6 +33,8 @@ class Poisson(dist.Poisson):
 class ZeroInflatedPoisson(dist.ZeroInflatedDistribution):
     """Pyro's zero-inflated distribution over :class:`Poisson`, the gate given as logits."""
 
+    arg_constraints = {"rate": constraints.positive, "gate_logits": constraints.real}
+
     def __init__(self, rate: torch.Tensor, gate_logits: torch.Tensor, validate_args=None) -> None:
         shape = torch.broadcast_shapes(rate.shape, gate_logits.shape)
         base = Poisson(rate.expand(shape))
@@ -43,10 +43,6 @@ class ZeroInflatedPoisson(dist.ZeroInflatedDistribution):
     @property
     def rate(self) -> torch.Tensor:
         return self.base_dist.rate
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        return ZeroInflatedPoisson(self.rate.expand(batch_shape), self.gate_logits.expand(batch_shape))
 
 
 __all__ = ["Poisson", "ZeroInflatedPoisson", "poisson_log_prob"]

@@ -37,24 +37,33 @@ class PowerSpherical(SphericalDistribution):
         g, gamma_b = tangent_gaussians(shape, self.dim, self.loc.dtype, self.loc.device)
         gamma_a = torch._standard_gamma(alpha.expand(shape).contiguous())
         total = gamma_a + gamma_b
-        w, one_minus_w = (gamma_a - gamma_b) / total, 2.0 * gamma_b / total
-        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, gamma_b)
+        w, one_minus_w, one_plus_w = (gamma_a - gamma_b) / total, 2.0 * gamma_b / total, 2.0 * gamma_a / total
+        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, gamma_b, one_plus_w)
 
-    def _log_normalizer(self) -> torch.Tensor:
-        alpha, beta = self._alpha_beta()
-        return -((alpha + beta) * math.log(2.0) + beta * math.log(math.pi) + torch.lgamma(alpha)
-                 - torch.lgamma(alpha + beta))
+    def _log_normalizer(self, wide: bool = False) -> torch.Tensor:
+        """-log N(kappa, m), in float64 (lgamma(a) - lgamma(a + b) cancels in float32 at large m); in the
+        concentration's dtype unless ``wide``."""
+        alpha, beta = (t.double() for t in self._alpha_beta())
+        log_n = -((alpha + beta) * math.log(2.0) + beta * math.log(math.pi) + torch.lgamma(alpha)
+                  - torch.lgamma(alpha + beta))
+        return log_n if wide else log_n.to(self.concentration.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """-log N + kappa log(1 + loc . z), with 1 + loc . z = |loc + z|^2 / 2 near -loc: a draw rounded close to
+        the antipode keeps a finite log-density instead of log(0)."""
         if self._validate_args:
             self._validate_sample(value)
         cosine = (self.loc * value).sum(-1)
-        return self._log_normalizer() + self.concentration * torch.log1p(cosine.clamp(min=-1.0))
+        near = 0.5 * (self.loc + value).square().sum(-1)
+        one_plus_cosine = torch.where(cosine < -0.5, near, 1.0 + cosine).clamp(min=0.0)
+        return self._log_normalizer() + self.concentration * torch.log(one_plus_cosine)
 
     def entropy(self) -> torch.Tensor:
-        alpha, beta = self._alpha_beta()
+        """-(-log N + kappa E[log(1 + t)]), E[log(1 + t)] = log 2 + digamma(a) - digamma(a + b); in float64."""
+        alpha, beta = (t.double() for t in self._alpha_beta())
         expected_log = math.log(2.0) + torch.digamma(alpha) - torch.digamma(alpha + beta)
-        return -(self._log_normalizer() + self.concentration * expected_log)
+        entropy = -(self._log_normalizer(wide=True) + self.concentration.double() * expected_log)
+        return entropy.to(self.concentration.dtype)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -44,11 +44,12 @@ def tangent_gaussians(shape: torch.Size, m: int, dtype, device) -> tuple[torch.T
 
 
 def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torch.Tensor, g: torch.Tensor,
-                           half_sq_norm: torch.Tensor) -> torch.Tensor:
+                           half_sq_norm: torch.Tensor, one_plus_w: torch.Tensor | None = None) -> torch.Tensor:
     """The point ``y = w e1 + sqrt(1 - w^2) g / |g|`` carried by a reflection that sends e1 to ``loc``.
 
     ``w`` is the cosine to the mean direction and ``one_minus_w`` its complement computed without
-    cancellation (what keeps samples accurate at high concentration); ``g, half_sq_norm`` come from
+    cancellation (what keeps samples accurate at high concentration; ``one_plus_w`` likewise near the antipode,
+    default ``2 - one_minus_w``); ``g, half_sq_norm`` come from
     :func:`tangent_gaussians`. The single Householder reflection ``I - 2 u u^T / |u|^2`` with
     ``u = e1 - loc`` degenerates as ``loc`` nears e1 (|u| -> 0: the reflection axis, and the pathwise
     gradient, blow up). Here the hemisphere of ``loc`` picks one of two maps, each with ``|u|^2 >= 2``: for
@@ -61,7 +62,9 @@ def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torc
     ``z = a g - c s loc + (y_1 - c) e1`` with ``a = sqrt(1 - w^2) / |g|`` and ``c = y.u / u_1``: two passes
     over the (..., m) data besides the dot product ``g.loc``, which is what makes large m fast.
     """
-    sine = torch.sqrt((one_minus_w * (2.0 - one_minus_w)).clamp(min=0))
+    if one_plus_w is None:
+        one_plus_w = 2.0 - one_minus_w
+    sine = torch.sqrt((one_minus_w * one_plus_w).clamp(min=0))
     first = loc[..., 0]
     north = first >= 0
     sign = torch.where(north, 1.0, -1.0).to(loc.dtype)

@@ -16,7 +16,7 @@ from pyrovae.distributions.sphere import (
     tangent_gaussians,
     unexpanded,
 )
-from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
+from pyrovae.ops import bessel_iv_ratio, log_bessel_ive
 
 _MAX_REJECTION_ROUNDS = 500  # passes of _ROUNDS_AT_ONCE proposals each
 _ROUNDS_AT_ONCE = 2
@@ -127,18 +127,47 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int) -> t
 
         dw/dkappa = int_0^delta (1 - A - q) e^(kappa (delta - q)) [q (2 - q) / (delta (2 - delta))]^nu dq.
 
-    The substitution q = delta e^(-r) turns the integrand into a log-concave bump in r, integrated by
-    64-point Gauss-Legendre on [0, R] with R placed from the bump's mode and width. Computed in float64.
+    The substitution q = delta e^(-r) turns the integrand into a bump in r with log-kernel
+    g(r) = a (1 - e^-r) - (nu+1) r + nu log((2 - delta e^-r) / (2 - delta)), a = kappa delta, integrated by
+    64-point Gauss-Legendre on [0, R]. The mode of g is found by Newton's method on g' (the nu term moves it far
+    from log(a / (nu+1)) in high dimensions, where w < 0), the width from g'' there, and R is widened until g has
+    fallen 40 below its peak. Computed in float64.
     """
     dtype = kappa.dtype
     kappa, delta = kappa.double(), one_minus_w.double().clamp(min=1e-300, max=2.0)
     nu = 0.5 * (m - 3)
     a = kappa * delta
     one_minus_mean = 1 - bessel_iv_ratio(0.5 * m - 1, kappa)
-    # the kernel exp(a (1 - e^-r) - (nu+1) r) peaks at r = log(a / (nu+1)) when a > nu+1, else at r = 0
+
+    def log_kernel_at(r):
+        e = torch.exp(-r)
+        value = a * (-torch.expm1(-r)) - (nu + 1) * r
+        if nu != 0:
+            ratio = (2 - delta * e).clamp(min=1e-300) / (2 - delta).clamp(min=1e-300)
+            value = value + nu * torch.log(ratio)
+        return value
+
+    def slope_and_curvature(r):
+        e = torch.exp(-r)
+        s = (2 - delta * e).clamp(min=1e-300)
+        slope = a * e - (nu + 1) + nu * delta * e / s
+        curvature = -a * e - nu * 2 * delta * e / s.square()  # g'' (negative where g is log-concave)
+        return slope, curvature
+
+    # start from the mode without the nu term, then Newton steps on g' = 0 (g' decreases for nu >= 0)
     mode = torch.log(a / (nu + 1)).clamp(min=0)
-    width = 1 / torch.maximum(torch.sqrt(a * torch.exp(-mode)), (nu + 1 - a).clamp(min=0)).clamp(min=1e-3)
-    upper = mode + 40 * width
+    for _ in range(8):
+        slope, curvature = slope_and_curvature(mode)
+        mode = (mode - slope / curvature.clamp(max=-1e-12)).clamp(min=0)
+    slope, curvature = slope_and_curvature(mode)
+    at_zero = mode <= 0
+    width = 1 / torch.maximum(torch.sqrt((-curvature).clamp(min=0)),
+                              torch.where(at_zero, (-slope).clamp(min=0), torch.zeros_like(slope))).clamp(min=1e-3)
+    peak = log_kernel_at(mode)
+    upper = mode + 12 * width
+    for _ in range(6):  # widen until the kernel is 40 below its peak
+        short = log_kernel_at(upper) > peak - 40
+        upper = torch.where(short, mode + 2 * (upper - mode), upper)
     nodes = _NODES.to(kappa.device).double()
     weights = _WEIGHTS.to(kappa.device).double()
     r = 0.5 * upper.unsqueeze(-1) * (nodes + 1)
@@ -214,24 +243,41 @@ class VonMisesFisher(SphericalDistribution):
             w, one_minus_w = _CosineDraw.apply(kappa, half_sq_norm, self.dim)
         return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, half_sq_norm)
 
-    def _log_normalizer(self) -> torch.Tensor:
-        """log C_m(kappa), of the concentration's shape before any ``expand`` (broadcasts in use)."""
+    def _log_normalizer_at_loc(self) -> torch.Tensor:
+        """log C_m(kappa) + kappa = log p(loc), computed in float64 through the scaled Bessel function
+        (log I_v(kappa) - kappa), so that it keeps its digits where log C_m and kappa are huge and opposite (in float32
+        at kappa = 1e10 their sum is lost entirely); of the concentration's shape before any ``expand``."""
         m, kappa = self.dim, unexpanded(self.concentration)
-        order = 0.5 * m - 1
-        log_c = order * torch.log(kappa) - 0.5 * m * math.log(2 * math.pi) - log_bessel_iv(order, kappa)
-        return torch.where(kappa > 0, log_c, torch.full_like(kappa, -log_sphere_area(m)))
+        order, wide = 0.5 * m - 1, kappa.double()
+        log_c = order * torch.log(wide) - 0.5 * m * math.log(2 * math.pi) - log_bessel_ive(order, wide)
+        return torch.where(wide > 0, log_c, torch.full_like(wide, -log_sphere_area(m))).to(kappa.dtype)
+
+    def _log_normalizer(self) -> torch.Tensor:
+        """log C_m(kappa) (unexpanded shape)."""
+        kappa = unexpanded(self.concentration)
+        return (self._log_normalizer_at_loc().double() - kappa.double()).to(kappa.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log C_m(kappa) + kappa - kappa (1 - loc . z), with 1 - loc . z = |loc - z|^2 / 2 near loc (no cancellation
+        of loc . z against 1 where the mass of a concentrated vMF is)."""
         if self._validate_args:
             self._validate_sample(value)
-        return self._log_normalizer() + self.concentration * (self.loc * value).sum(-1)
+        cosine = (self.loc * value).sum(-1)
+        near = 0.5 * (self.loc - value).square().sum(-1)
+        one_minus_cosine = torch.where(cosine > 0.5, near, 1.0 - cosine)
+        return self._log_normalizer_at_loc() - self.concentration * one_minus_cosine
 
     def _mean_resultant_length(self) -> torch.Tensor:
         """A_m(kappa) = I_(m/2)(kappa) / I_(m/2-1)(kappa) = E[loc . z]."""
         return bessel_iv_ratio(0.5 * self.dim - 1, unexpanded(self.concentration))
 
     def entropy(self) -> torch.Tensor:
-        return -self._log_normalizer() - self.concentration * self._mean_resultant_length()
+        """-log C_m(kappa) - kappa A_m(kappa) = kappa (1 - A_m) - log p(loc), in float64."""
+        kappa = unexpanded(self.concentration)
+        wide = kappa.double()
+        one_minus_mean = 1.0 - bessel_iv_ratio(0.5 * self.dim - 1, wide)
+        entropy = wide * one_minus_mean - self._log_normalizer_at_loc().double()
+        return entropy.to(kappa.dtype).expand(self.batch_shape)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -141,7 +141,7 @@ def train(
     check_integer("max_plate_nesting", max_plate_nesting, 1)
     check_number("kl_weight", kl_weight)
     check_number("kl_warmup_epochs", kl_warmup_epochs)
-    check_number("lr", lr, strict=True)
+    check_number("lr", lr)
     if freeze not in (None, "model", "guide"):
         raise ValueError(f"freeze must be None, 'model' or 'guide', got {freeze!r}")
     distributed = init_distributed()

@@ -138,13 +138,18 @@ _DEBYE_POLYNOMIALS = (
 )
 
 
-def _log_iv_debye(nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log I_nu(x) by the uniform asymptotic expansion (accurate for nu >= 30 and every x >= 0)."""
+def _log_iv_debye(nu: torch.Tensor, x: torch.Tensor, scaled: bool = False) -> torch.Tensor:
+    """log I_nu(x) by the uniform asymptotic expansion (accurate for nu >= 30 and every x >= 0); with ``scaled``,
+    log I_nu(x) - x, whose leading term nu (eta - z) = nu / (root + z) + nu log(z / (1 + root)) is formed without
+    subtracting x from a number as large (at x = 1e10 that subtraction alone loses 1e-6)."""
     z = x / nu
     root = torch.sqrt(1.0 + z * z)
     p = 1.0 / root
     t = p * p
-    eta = root + torch.log(z) - torch.log1p(root)
+    if scaled:
+        eta = 1.0 / (root + z) + torch.log(z / (1.0 + root))  # eta - z
+    else:
+        eta = root + torch.log(z) - torch.log1p(root)
     correction = torch.ones_like(x)
     power = torch.ones_like(x)  # (p / nu)^k
     for coefficients, denominator in _DEBYE_POLYNOMIALS:
@@ -156,29 +161,30 @@ def _log_iv_debye(nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return nu * eta - 0.5 * torch.log(2.0 * math.pi * nu) - 0.5 * torch.log(root) + torch.log(correction)
 
 
-def _log_iv(v: torch.Tensor, x: torch.Tensor, max_steps: int, terms: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log I_v(x), and R_v(x) when the recurrence computed it (``None`` otherwise)."""
+def _log_iv(v: torch.Tensor, x: torch.Tensor, max_steps: int, terms: int,
+            scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log I_v(x) (minus x when ``scaled``), and R_v(x) when the recurrence computed it (``None`` otherwise)."""
     positive = x > 0
     safe_x = torch.where(positive, x, torch.ones_like(x))
     at_zero = torch.where(v == 0, torch.zeros_like(x), torch.full_like(x, -math.inf))
     if max_steps == 0:
-        return torch.where(positive, _log_iv_debye(v, safe_x), at_zero), None
+        return torch.where(positive, _log_iv_debye(v, safe_x, scaled), at_zero), None
     # log I_v = log I_{v+n} - sum_{j<n} log R_{v+j}, with n = ceil(30 - v): the ratios of all the steps are
     # one continued fraction over a stacked (steps, ...) tensor, so the cost does not grow with the steps
     steps = torch.clamp(torch.ceil(_DEBYE_ORDER - v), min=0)
     j = torch.arange(max_steps, dtype=x.dtype, device=x.device).reshape((max_steps,) + (1,) * x.dim())
     ratios = _ratio_cf(v + j, safe_x, terms)
     log_ratios = torch.where(j < steps, torch.log(ratios), torch.zeros_like(ratios))
-    result = _log_iv_debye(v + steps, safe_x) - log_ratios.sum(0)
+    result = _log_iv_debye(v + steps, safe_x, scaled) - log_ratios.sum(0)
     return torch.where(positive, result, at_zero), ratios[0]
 
 
 class _LogBesselIv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, x, max_steps, terms):
-        result, ratio = _log_iv(v, x, max_steps, terms)
+    def forward(ctx, v, x, max_steps, terms, scaled=False):
+        result, ratio = _log_iv(v, x, max_steps, terms, scaled)
         ctx.save_for_backward(v, x, ratio)
-        ctx.terms = terms
+        ctx.terms, ctx.scaled = terms, scaled
         return result
 
     @staticmethod
@@ -190,16 +196,11 @@ class _LogBesselIv(torch.autograd.Function):
         safe_x = torch.where(positive, x, torch.ones_like(x))
         # d/dx log I_v(x) = R_v(x) + v / x; at x = 0 it is 0 for v = 0 and +inf otherwise
         at_zero = torch.where(v == 0, torch.zeros_like(x), torch.full_like(x, math.inf))
-        derivative = torch.where(positive, ratio + v / safe_x, at_zero)
-        return None, grad * derivative, None, None
+        derivative = torch.where(positive, ratio + v / safe_x, at_zero) - (1.0 if ctx.scaled else 0.0)
+        return None, grad * derivative, None, None, None
 
 
-def log_bessel_iv(v, x: torch.Tensor) -> torch.Tensor:
-    """log I_v(x) for orders v >= 0 and x >= 0, elementwise (broadcast), differentiable in x.
-
-    Computed in log space, so it neither overflows for huge x nor underflows for huge orders; ``x = 0``
-    gives 0 for v = 0 and -inf otherwise.
-    """
+def _log_bessel(v, x: torch.Tensor, scaled: bool) -> torch.Tensor:
     smallest = _min_order(v)
     _check_order(smallest)
     # recurrence steps down from the Debye order (the upper bound 30 when the orders are unknown: tracing)
@@ -208,10 +209,19 @@ def log_bessel_iv(v, x: torch.Tensor) -> torch.Tensor:
     v, x = torch.broadcast_tensors(v, x)
     wide = _wide(x.dtype)
     terms = _cf_terms(smallest)
-    return _LogBesselIv.apply(v.to(wide), x.clamp(min=0).to(wide), max_steps, terms).to(x.dtype)
+    return _LogBesselIv.apply(v.to(wide), x.clamp(min=0).to(wide), max_steps, terms, scaled).to(x.dtype)
+
+
+def log_bessel_iv(v, x: torch.Tensor) -> torch.Tensor:
+    """log I_v(x) for orders v >= 0 and x >= 0, elementwise (broadcast), differentiable in x.
+
+    Computed in log space, so it neither overflows for huge x nor underflows for huge orders; ``x = 0``
+    gives 0 for v = 0 and -inf otherwise.
+    """
+    return _log_bessel(v, x, scaled=False)
 
 
 def log_bessel_ive(v, x: torch.Tensor) -> torch.Tensor:
-    """log(I_v(x) e^{-x}), the log of the exponentially scaled function (scipy's ``ive``)."""
-    _, x = _as_tensors(v, x)
-    return log_bessel_iv(v, x) - x.clamp(min=0)
+    """log(I_v(x) e^{-x}), the log of the exponentially scaled function (scipy's ``ive``), computed scaled: its
+    absolute error stays at float64 resolution of the result even where x is huge (not of x)."""
+    return _log_bessel(v, x, scaled=True)

@@ -215,3 +215,24 @@ def test_prepare_drops_cells_left_empty_by_the_gene_selection():
     with pytest.warns(UserWarning, match="dropped .* cell"):
         prepared = data.prepare(num_genes=5)
     assert prepared.num_genes == 5 and (prepared.library_sizes > 0).all() and len(prepared) < 300
+
+
+def test_damaged_and_malformed_files_are_named(tmp_path):
+    import gzip as gz
+
+    folder = tmp_path / "tenx"
+    folder.mkdir()
+    scipy.io.mmwrite(folder / "matrix.mtx", sp.csr_matrix(np.array([[1, 0], [2, 3], [0, 1]])))  # genes x cells
+    (folder / "genes.tsv").write_text("g1\ng2\ng3\n")
+    (folder / "barcodes.tsv").write_text("AAA\nAAA\n")
+    with pytest.raises(CountFileError, match="barcodes.tsv lists 1 barcode.* more than once .*AAA"):
+        read_10x_mtx(folder)
+    (folder / "barcodes.tsv").write_text("AAA\nCCC\n")
+    (folder / "genes.tsv").unlink()
+    (folder / "genes.tsv.gz").write_bytes(gz.compress(b"g1\ng2\ng3\n")[:-12] + b"garbage-----")
+    with pytest.raises(CountFileError, match="genes.tsv.gz"):
+        read_10x_mtx(folder)
+    table = tmp_path / "counts.csv"
+    table.write_text("gene;c1;c2\ng1;1;2\ng2;0;3\n")
+    with pytest.raises(CountFileError, match="is it comma-separated"):
+        read_count_csv(table)

@@ -108,6 +108,9 @@ def _bad_atlas(tmp_path, atlas_dir, **columns):
         ({"expressions": [[-2.0, 1.0, -3.0], [-2.0, 5.0]]}, r"bad.parquet, row 0: count -3.0 for token 2: counts must"),
         ({"expressions": [[-2.0, 1.0, 3.0], [-2.0, 0.5]]}, r"bad.parquet, row 1: count 0.5 for token 4 is not an int"),
         ({"genes": [[503, 1, 2], None]}, r"bad.parquet, row 1: genes is missing"),
+        ({"expressions": [[-2.0, 1.0, 3.0], [-2.0, float("inf")]]}, r"bad.parquet, row 1: count inf for token 4 is"),
+        ({"genes": [[503, 1, 2], [503, 4, 4]], "expressions": [[-2.0, 1.0, 3.0], [-2.0, 5.0, 1.0]]},
+         r"bad.parquet, row 1: a gene's token id appears more than once"),
     ],
 )
 def test_bad_rows_name_the_shard_and_row(tmp_path, atlas_dir, columns, message):
@@ -207,3 +210,10 @@ def test_train_refuses_a_batch_size_the_stream_would_ignore(atlas):
     model, guide = VAE(stream.num_genes, 2, (8,), "nb"), NormalGuide(stream.num_genes, 2, (8,))
     with pytest.raises(ValueError, match="batches by itself"):
         train(model, guide, stream, batch_size=128, epochs=1, progress=False)
+
+
+def test_a_panel_outside_the_vocabulary_is_refused_when_the_stream_is_made(atlas):
+    for panel, message in ((np.array([3, -1]), "integers in 0.."), (np.array([3, 3]), "more than once"),
+                           (np.array([0.5]), "integers in 0..")):
+        with pytest.raises(ValueError, match=message):
+            CellStream(atlas, panel=panel)

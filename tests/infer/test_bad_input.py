@@ -45,7 +45,7 @@ def test_every_entry_point_checks_the_pairing(entry):
     ("batch_size", 2.5, "batch_size must be a positive integer"),
     ("num_particles", 0, "num_particles must be an integer >= 1"),
     ("epochs", 1.5, "epochs must be an integer >= 0"),
-    ("lr", float("inf"), "lr must be a finite number > 0"),
+    ("lr", float("inf"), "lr must be a finite number >= 0"),
     ("kl_warmup_epochs", float("nan"), "kl_warmup_epochs must be a finite number"),
 ])
 def test_nonsense_settings_are_refused_with_their_name(option, value, message):

@@ -79,7 +79,7 @@ def test_checkpoint_from_another_setup_is_refused(tmp_path):
     model, guide = small_pair()
     train(model, guide, data(), epochs=1, checkpoint=tmp_path / "c.pt", progress=False)
     other = VAE(15, 3, hidden=(6,), likelihood="gaussian")
-    with pytest.raises(ValueError, match="different model"):
+    with pytest.raises(ValueError, match="model of another architecture"):
         train(other, NormalGuide(15, 3, hidden=(6,)), data(), epochs=2, checkpoint=tmp_path / "c.pt", progress=False)
     (tmp_path / "bad.pt").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="cannot be read"):
