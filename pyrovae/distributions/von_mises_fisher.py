@@ -20,6 +20,8 @@ from pyrovae.ops import bessel_iv_ratio, log_bessel_ive
 
 _MAX_REJECTION_ROUNDS = 500  # passes of _ROUNDS_AT_ONCE proposals each
 _ROUNDS_AT_ONCE = 2
+_NEWTON_STEPS = 4  # for the mode of the implicit gradient's integrand (quadratic convergence from a close start)
+_WIDENINGS = 3  # doublings of its integration range beyond 12 widths
 _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(64))
 
 
@@ -156,7 +158,7 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int) -> t
 
     # start from the mode without the nu term, then Newton steps on g' = 0 (g' decreases for nu >= 0)
     mode = torch.log(a / (nu + 1)).clamp(min=0)
-    for _ in range(8):
+    for _ in range(_NEWTON_STEPS):
         slope, curvature = slope_and_curvature(mode)
         mode = (mode - slope / curvature.clamp(max=-1e-12)).clamp(min=0)
     slope, curvature = slope_and_curvature(mode)
@@ -165,7 +167,7 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int) -> t
                               torch.where(at_zero, (-slope).clamp(min=0), torch.zeros_like(slope))).clamp(min=1e-3)
     peak = log_kernel_at(mode)
     upper = mode + 12 * width
-    for _ in range(6):  # widen until the kernel is 40 below its peak
+    for _ in range(_WIDENINGS):  # widen until the kernel is 40 below its peak
         short = log_kernel_at(upper) > peak - 40
         upper = torch.where(short, mode + 2 * (upper - mode), upper)
     nodes = _NODES.to(kappa.device).double()
