@@ -156,15 +156,20 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int) -> t
         curvature = -a * e - nu * 2 * delta * e / s.square()  # g'' (negative where g is log-concave)
         return slope, curvature
 
-    # start from the mode without the nu term, then Newton steps on g' = 0 (g' decreases for nu >= 0)
+    # start from the mode without the nu term, then Newton steps on g' = 0 (g' decreases for nu >= 0; on the
+    # circle, m = 2, nu = -1/2 and g need not be concave: the start and its width are used as they are)
     mode = torch.log(a / (nu + 1)).clamp(min=0)
-    for _ in range(_NEWTON_STEPS):
+    if nu >= 0:
+        for _ in range(_NEWTON_STEPS):
+            slope, curvature = slope_and_curvature(mode)
+            mode = (mode - slope / curvature.clamp(max=-1e-12)).clamp(min=0)
         slope, curvature = slope_and_curvature(mode)
-        mode = (mode - slope / curvature.clamp(max=-1e-12)).clamp(min=0)
-    slope, curvature = slope_and_curvature(mode)
-    at_zero = mode <= 0
-    width = 1 / torch.maximum(torch.sqrt((-curvature).clamp(min=0)),
-                              torch.where(at_zero, (-slope).clamp(min=0), torch.zeros_like(slope))).clamp(min=1e-3)
+        at_zero = mode <= 0
+        steepness = torch.maximum(torch.sqrt((-curvature).clamp(min=0)),
+                                  torch.where(at_zero, (-slope).clamp(min=0), torch.zeros_like(slope)))
+    else:
+        steepness = torch.maximum(torch.sqrt(a * torch.exp(-mode)), (nu + 1 - a).clamp(min=0))
+    width = 1 / steepness.clamp(min=1e-3)
     peak = log_kernel_at(mode)
     upper = mode + 12 * width
     for _ in range(_WIDENINGS):  # widen until the kernel is 40 below its peak
