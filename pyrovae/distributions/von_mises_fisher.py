@@ -141,7 +141,7 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int) -> t
     a = kappa * delta
     one_minus_mean = 1 - bessel_iv_ratio(0.5 * m - 1, kappa)
 
-    def log_kernel_at(r):
+    def log_kernel_at(r, a=a, delta=delta):
         e = torch.exp(-r)
         value = a * (-torch.expm1(-r)) - (nu + 1) * r
         if nu != 0:
@@ -177,13 +177,10 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int) -> t
         upper = torch.where(short, mode + 2 * (upper - mode), upper)
     nodes = _NODES.to(kappa.device).double()
     weights = _WEIGHTS.to(kappa.device).double()
-    r = 0.5 * upper.unsqueeze(-1) * (nodes + 1)
-    e = torch.exp(-r)
-    log_kernel = a.unsqueeze(-1) * (-torch.expm1(-r)) - (nu + 1) * r
-    if nu != 0:
-        d = delta.unsqueeze(-1)
-        log_kernel = log_kernel + nu * (torch.log((2 - d * e).clamp(min=1e-300)) - torch.log((2 - d).clamp(min=1e-300)))
-    integrand = (one_minus_mean.unsqueeze(-1) - delta.unsqueeze(-1) * e) * torch.exp(log_kernel.clamp(max=700))
+    r = 0.5 * upper.unsqueeze(-1) * (nodes + 1)  # (..., nodes)
+    log_kernel = log_kernel_at(r, a.unsqueeze(-1), delta.unsqueeze(-1))
+    q = delta.unsqueeze(-1) * torch.exp(-r)
+    integrand = (one_minus_mean.unsqueeze(-1) - q) * torch.exp(log_kernel.clamp(max=700))
     gradient = delta * 0.5 * upper * (integrand * weights).sum(-1)
     return gradient.to(dtype)
 

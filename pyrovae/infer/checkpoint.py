@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyrovae.infer.history import History
+
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` with :func:`torch.save` to a temporary file beside ``path``, fsync it, then rename it
@@ -101,8 +103,6 @@ class TrainingCheckpoint:
     def restore(self, device, stopping, rank: int = 0):
         """Load the file into the modules, optimiser, batches, generators and ``stopping``; return
         ``(epoch, history)``: the epochs already done and their records."""
-        from pyrovae.infer.history import History
-
         saved = load_checkpoint(self.path, map_location=device)
         if saved.get("version") != _CHECKPOINT_VERSION or set(saved.get("modules", {})) != set(self.modules):
             raise ValueError(f"checkpoint {self.path} was not written by this training setup; delete it to restart")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from pyrovae.infer.data import as_batches, module_device
+from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.latent import latent_location
 from pyrovae.infer.settings import floating_dtype
 
@@ -29,15 +30,10 @@ def encode_data(
     """
     fn = fn or (lambda x: latent_location(guide.encode(x)))
     device = torch.device(device) if device is not None else module_device(guide)
-    was_training = guide.training if isinstance(guide, torch.nn.Module) else None
-    if was_training is not None:
-        guide.eval()
-    try:
-        return torch.cat([fn(x).cpu() for x in as_batches(data, batch_size, shuffle=False, device=device,
-                                                          default_batch_size=512, dtype=floating_dtype(guide))])
-    finally:
-        if was_training is not None:
-            guide.train(was_training)
+    batches = as_batches(data, batch_size, shuffle=False, device=device, default_batch_size=512,
+                         dtype=floating_dtype(guide))
+    with evaluation_mode(guide):
+        return torch.cat([fn(x).cpu() for x in batches])
 
 
 __all__ = ["encode_data"]

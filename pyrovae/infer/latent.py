@@ -18,12 +18,15 @@ from pyrovae.infer.evaluation import evaluation_mode
 
 def latent_location(q) -> torch.Tensor:
     """The location of a latent distribution ``q``: mean direction on the sphere, else its mean."""
-    base = q
-    while hasattr(base, "base_dist"):  # Independent(...) and the like
-        base = base.base_dist
-    if isinstance(base, SphericalDistribution):
-        return base.loc
-    return q.mean
+    spherical = _spherical(q)
+    return spherical.loc if spherical is not None else q.mean
+
+
+def _spherical(q) -> SphericalDistribution | None:
+    """The spherical distribution under ``q``'s wrappers (``Independent`` and the like), or None."""
+    while hasattr(q, "base_dist"):
+        q = q.base_dist
+    return q if isinstance(q, SphericalDistribution) else None
 
 
 @torch.no_grad()
@@ -70,10 +73,7 @@ def interpolate(model, guide, x_start: torch.Tensor, x_end: torch.Tensor, steps:
     with evaluation_mode(model, guide):
         q = guide.encode(torch.stack([x_start, x_end]))
         ends = latent_location(q)
-        base = q
-        while hasattr(base, "base_dist"):
-            base = base.base_dist
-        path = interpolation_path(ends[0], ends[1], steps, isinstance(base, SphericalDistribution))
+        path = interpolation_path(ends[0], ends[1], steps, _spherical(q) is not None)
         size = 0.5 * (x_start.sum() + x_end.sum()) if library is None else torch.as_tensor(library)
         return path, _decode_mean(model, path, size.to(path).expand(steps))
 

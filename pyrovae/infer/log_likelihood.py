@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.data import as_batches, model_check, module_device
+from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.importance import guess_max_plate_nesting, log_importance_weights
 from pyrovae.infer.psis import psis_khat
 from pyrovae.infer.settings import check_device, check_integer, floating_dtype
@@ -94,13 +95,9 @@ def log_likelihood(
     check_integer("max_samples_per_chunk", max_samples_per_chunk, 1, allow_none=True)
     device = torch.device(device) if device is not None else module_device(model, guide)
     check_device(device)
-    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
-    was_training = [m.training for m in modules]
-    for m in modules:
-        m.eval()
     per_datum, khats = [], []
     max_plate_nesting = None
-    try:
+    with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
         for x in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
@@ -118,9 +115,6 @@ def log_likelihood(
             log_weights = torch.cat(chunks).double()  # (S, B); float64 for the logsumexp over many samples
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_samples))
             khats.append(psis_khat(log_weights.T, resolution=torch.finfo(chunks[0].dtype).eps))
-    finally:
-        for m, mode in zip(modules, was_training):
-            m.train(mode)
     if not per_datum:
         raise ValueError("log_likelihood got an empty data set")
     return LogLikelihood(torch.cat(per_datum).cpu(), torch.cat(khats).cpu(), num_samples)

@@ -20,7 +20,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyrovae.data import TensorData
+from pyrovae.data import as_source
 from pyrovae.infer.checkpoint import TrainingCheckpoint, rng_state
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.data import BatchSource, model_check, module_device
@@ -53,11 +53,7 @@ def _diverged(epoch: int, step: int, params: list, checkpoint) -> str:
             "Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale")
 
 
-def _data_device(data) -> torch.device | None:
-    """Where tensor data live (None for other kinds): training goes there unless told otherwise."""
-    if isinstance(data, torch.Tensor):
-        return data.device
-    return getattr(getattr(data, "x", None), "device", None) if isinstance(data, TensorData) else None
+_EVAL_BATCH_SIZE = 1024  # data per batch of the end-of-epoch scores, unless eval_batch_size says otherwise
 
 
 class TrainingDiverged(FloatingPointError):
@@ -145,11 +141,12 @@ def train(
     if freeze not in (None, "model", "guide"):
         raise ValueError(f"freeze must be None, 'model' or 'guide', got {freeze!r}")
     distributed = init_distributed()
+    source = as_source(data, batch_size, "data")
     if device is not None:
         device = torch.device(device)
         check_device(device)
     else:
-        device = local_device() if distributed else (_data_device(data) or module_device(model, guide))
+        device = local_device() if distributed else (source.device or module_device(model, guide))
     modules = {name: m for name, m in (("model", model), ("guide", guide)) if isinstance(m, torch.nn.Module)}
     for module in modules.values():
         module.to(device)
@@ -159,29 +156,28 @@ def train(
     if drop_last is None:
         drop_last = elbo_name.lower().startswith("jit")
     check, dtype = model_check(model), floating_dtype(model, guide)
-    batches = BatchSource(data, batch_size, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
+    batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
                           dtype=dtype)
     validation = (
         BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data",
-                    default_batch_size=1024, argument="eval_batch_size", dtype=dtype)
+                    default_batch_size=_EVAL_BATCH_SIZE, argument="eval_batch_size", dtype=dtype)
         if val_data is not None
         else None
     )
-    train_eval = batches.head(eval_size, eval_batch_size or 1024)
+    train_eval = batches.head(eval_size, eval_batch_size or _EVAL_BATCH_SIZE)
     if len(batches) == 0:
         raise ValueError(
             f"no full batch of {batches.source.batch_size} in {batches.num_data} data: the traced objective (and "
             "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'"
         )
     first_batch = next(iter(train_eval or validation or batches))
-    with evaluation_mode(model, guide):  # the dry runs below leave batch-norm statistics alone
-        check_model_guide(model, guide, first_batch)
 
     requires_grad = {p: p.requires_grad for m in modules.values() for p in m.parameters()}
     if freeze:
         modules[freeze].requires_grad_(False)
     try:
-        with evaluation_mode(model, guide):
+        with evaluation_mode(model, guide):  # the dry runs leave batch-norm statistics alone
+            check_model_guide(model, guide, first_batch)
             params, store_params = trainable_parameters(model, guide, first_batch)
         if distributed and store_params:
             raise ValueError(
