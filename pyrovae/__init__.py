@@ -20,9 +20,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "pyrovae.models": ("VAE", "SVAE", "GMVAE"),
-    "pyrovae.guides": ("NormalGuide", "DeltaGuide", "VMFGuide", "PowerSphericalGuide", "GMVAEGuide"),
+    "pyrovae.guides": ("NormalGuide", "DeltaGuide", "VMFGuide", "PowerSphericalGuide", "GMVAEGuide", "FlowGuide"),
     "pyrovae.pairs": ("make_pair",),
-    "pyrovae.infer": ("train", "log_likelihood", "evaluate", "encode_data", "make_objective", "TrainingDiverged"),
+    "pyrovae.infer": (
+        "train", "log_likelihood", "ais_log_likelihood", "gap_report", "evaluate", "encode_data", "make_objective",
+        "TrainingDiverged",
+    ),
     "pyrovae.data": (
         "TensorData", "CountData", "CellStream", "load_mnist", "load_fashion_mnist", "load_digits",
         "load_count_dataset", "from_anndata", "read_h5ad",

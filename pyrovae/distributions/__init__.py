@@ -1,6 +1,8 @@
 """Distributions on the unit sphere (von Mises-Fisher, Power Spherical, the uniform prior) and for counts
-(the negative binomial by mean and inverse dispersion, and its zero-inflated form)."""
+(the negative binomial by mean and inverse dispersion, and its zero-inflated form), and the defensive mixture
+of importance sampling."""
 
+from pyrovae.distributions.defensive import DefensiveMixture, widen
 from pyrovae.distributions.kl import kl_to_uniform
 from pyrovae.distributions.negative_binomial import NegativeBinomial, ZeroInflatedNegativeBinomial
 from pyrovae.distributions.poisson import Poisson, ZeroInflatedPoisson
@@ -10,6 +12,7 @@ from pyrovae.distributions.uniform import HypersphericalUniform
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
 
 __all__ = [
+    "DefensiveMixture",
     "HypersphericalUniform",
     "NegativeBinomial",
     "Poisson",
@@ -19,4 +22,5 @@ __all__ = [
     "ZeroInflatedPoisson",
     "kl_to_uniform",
     "slerp",
+    "widen",
 ]

@@ -1,18 +1,22 @@
-"""Training and evaluation: SVI, importance-sampled log-likelihood, PSIS diagnostics, checkpoints.
+"""Training and evaluation: SVI, importance-sampled log-likelihood with its proposals, annealed importance sampling,
+the amortisation/approximation gap report, PSIS diagnostics, checkpoints.
 
 The clustering and reconstruction scores live in :mod:`pyrovae.metrics` and are re-exported here.
 """
 
+from pyrovae.infer.ais import ais_log_likelihood
 from pyrovae.infer.checkpoint import TrainingCheckpoint, load_checkpoint, save_checkpoint
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.early_stopping import EarlyStopping
 from pyrovae.infer.encoding import encode_data
 from pyrovae.infer.evaluation import elbo_terms, evaluate
+from pyrovae.infer.gap import GapReport, gap_report
 from pyrovae.infer.history import History
 from pyrovae.infer.importance import log_importance_weights
 from pyrovae.infer.latent import interpolate, interpolation_path, latent_location, locate, reconstruct
 from pyrovae.infer.log_likelihood import LogLikelihood, log_likelihood
 from pyrovae.infer.objectives import ELBO_NAMES, ObjectiveScale, make_objective
+from pyrovae.infer.proposals import DefensiveProposal, GuideProposal, Proposal, RefinedProposal
 from pyrovae.infer.psis import psis_khat
 from pyrovae.infer.refit import refit_guide
 from pyrovae.infer.schedule import KLSchedule
@@ -21,6 +25,13 @@ from pyrovae.infer.train import TrainingDiverged, train
 from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
 
 __all__ = [
+    "DefensiveProposal",
+    "GapReport",
+    "GuideProposal",
+    "Proposal",
+    "RefinedProposal",
+    "ais_log_likelihood",
+    "gap_report",
     "ELBO_NAMES",
     "EarlyStopping",
     "KLSchedule",

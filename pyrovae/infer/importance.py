@@ -62,6 +62,7 @@ def log_importance_weights(
     x: torch.Tensor,
     num_samples: int,
     max_plate_nesting: int = 1,
+    sum_enumerated: bool = True,
 ) -> torch.Tensor:
     """log w[s, i] = log p(x_i, z_s) - log q(z_s | x_i) for ``num_samples`` draws z_s ~ q(z | x_i): (S, B).
 
@@ -73,7 +74,8 @@ def log_importance_weights(
 
         w[s, i] = sum_y p(x_i, y, z_s^y) / q(z_s^y | x_i, y),
 
-    an unbiased estimate of p(x_i) for each s (a stratified estimator in which q(y | x) cancels).
+    an unbiased estimate of p(x_i) for each s (a stratified estimator in which q(y | x) cancels). With
+    ``sum_enumerated=False`` the terms of the sum are returned instead, ``(*enumerated, S, B)``.
     """
     batch_size = x.shape[0]
     samples_plate = pyro.plate(_SAMPLES_PLATE, num_samples, dim=-(max_plate_nesting + 1))
@@ -100,6 +102,6 @@ def log_importance_weights(
             log_weights = log_weights + sign * _per_datum(site, max_plate_nesting)
     if not observed:
         raise ValueError("the model has no observed site; call it with the data so that p(x | z) is scored")
-    if log_weights.dim() > 2:  # enumerated values in the leading dimensions: sum them out exactly
+    if log_weights.dim() > 2 and sum_enumerated:  # enumerated values in the leading dimensions: sum them out
         log_weights = log_weights.reshape(-1, num_samples, batch_size).logsumexp(0)
     return log_weights

@@ -1,0 +1,105 @@
+"""A defensive mixture (1 - a) q + a r of a proposal q with a wider copy r of it, and how to widen one."""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution
+from torch import distributions as td
+
+from pyrovae.distributions.power_spherical import PowerSpherical
+from pyrovae.distributions.von_mises_fisher import VonMisesFisher
+
+_NO_SHAPE = torch.Size()
+
+
+class DefensiveMixture(TorchDistribution):
+    """``(1 - weight) proposal + weight wide``, scored by the mixture's own density (Hesterberg 1995).
+
+    Importance weights p / mixture are at most p / (weight * wide): where the wide component has heavier tails
+    than the target, the weights stay bounded however badly ``proposal`` misses them. The mixture is exact in
+    expectation as an importance distribution because every draw is scored against the density it came from.
+    Sampling draws from both components and keeps one per datum (no gradient: an evaluation distribution).
+
+    :param proposal: q, any distribution.
+    :param wide: r, a distribution with q's event shape and support, e.g. :func:`widen` (q).
+    :param float weight: a in (0, 1), the share of draws from r.
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, proposal: TorchDistribution, wide: TorchDistribution, weight: float, validate_args=None):
+        if not 0.0 < weight < 1.0:
+            raise ValueError(f"the defensive mixture's weight must lie in (0, 1), got {weight}")
+        if proposal.event_shape != wide.event_shape:
+            raise ValueError(f"components of event shapes {tuple(proposal.event_shape)} and "
+                             f"{tuple(wide.event_shape)} cannot be mixed")
+        batch_shape = torch.broadcast_shapes(proposal.batch_shape, wide.batch_shape)
+        self.proposal, self.wide = proposal.expand(batch_shape), wide.expand(batch_shape)
+        self.weight = float(weight)
+        super().__init__(batch_shape, proposal.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.proposal.support
+
+    def expand(self, batch_shape, _instance=None) -> DefensiveMixture:
+        batch_shape = torch.Size(batch_shape)
+        return DefensiveMixture(self.proposal.expand(batch_shape), self.wide.expand(batch_shape), self.weight)
+
+    def sample(self, sample_shape=_NO_SHAPE) -> torch.Tensor:
+        with torch.no_grad():
+            from_proposal = self.proposal.sample(sample_shape)
+            from_wide = self.wide.sample(sample_shape)
+            shape = torch.Size(sample_shape) + self.batch_shape
+            pick = torch.rand(shape, device=from_wide.device) < self.weight
+            return torch.where(pick.reshape(shape + (1,) * len(self.event_shape)), from_wide, from_proposal)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.logaddexp(math.log1p(-self.weight) + self.proposal.log_prob(value),
+                               math.log(self.weight) + self.wide.log_prob(value))
+
+
+def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) -> TorchDistribution:
+    """A copy of ``fn`` with its spread multiplied by ``scale``: the wide component of a :class:`DefensiveMixture`.
+
+    Normal, LogNormal and MultivariateNormal get ``scale`` times their scale (with ``df``, a Student-t of that many
+    degrees of freedom instead: heavier tails than any Gaussian target); von Mises-Fisher and Power Spherical get
+    their concentration divided by ``scale**2`` (kappa is an inverse variance); ``Independent`` and
+    ``TransformedDistribution`` (flows) widen their base. A point mass cannot be widened.
+    """
+    if scale < 1.0:
+        raise ValueError(f"widen's scale must be >= 1 (a wider copy), got {scale}")
+    if isinstance(fn, td.Independent):
+        return dist.Independent(widen(fn.base_dist, scale, df), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, td.LogNormal):
+        if df is None:
+            return dist.LogNormal(fn.loc, fn.scale * scale)
+        heavy = dist.StudentT(torch.as_tensor(df, dtype=fn.loc.dtype, device=fn.loc.device), fn.loc, fn.scale * scale)
+        return dist.TransformedDistribution(heavy, [dist.transforms.ExpTransform()])
+    if isinstance(fn, td.TransformedDistribution):
+        return dist.TransformedDistribution(widen(fn.base_dist, scale, df), fn.transforms)
+    if isinstance(fn, td.Normal):
+        if df is None:
+            return dist.Normal(fn.loc, fn.scale * scale)
+        return dist.StudentT(torch.as_tensor(df, dtype=fn.loc.dtype, device=fn.loc.device), fn.loc, fn.scale * scale)
+    if isinstance(fn, td.MultivariateNormal):
+        if df is None:
+            return dist.MultivariateNormal(fn.loc, scale_tril=fn.scale_tril * scale)
+        return dist.MultivariateStudentT(torch.as_tensor(df, dtype=fn.loc.dtype, device=fn.loc.device), fn.loc,
+                                         fn.scale_tril * scale)
+    if isinstance(fn, (VonMisesFisher, PowerSpherical)):
+        return type(fn)(fn.loc, fn.concentration / scale**2)
+    if isinstance(fn, dist.Delta):
+        raise ValueError("a point mass (DeltaGuide) cannot be widened into an importance distribution; refit a "
+                         "NormalGuide to the frozen model first (refit_guide)")
+    raise NotImplementedError(
+        f"widen does not know {type(fn).__name__}; supported: Normal, LogNormal, MultivariateNormal, "
+        "VonMisesFisher, PowerSpherical, and Independent or TransformedDistribution of those"
+    )
+
+
+__all__ = ["DefensiveMixture", "widen"]
