@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.nn import MLP, register_module
+from pyrovae.nn import MLP, forget_pyro_attributes, register_module
 
 
 class AmortizedGuide(nn.Module):
@@ -60,6 +60,10 @@ class AmortizedGuide(nn.Module):
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
         """q(z | x) for data ``(batch, x_dim)``, with batch shape ``(batch,)``."""
         raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
+        return super().__getstate__()
 
     def forward(self, x: torch.Tensor) -> None:
         register_module(self)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood, get_likelihood
-from pyrovae.nn import MLP, register_module
+from pyrovae.nn import MLP, forget_pyro_attributes, register_module
 
 
 class VAE(nn.Module):
@@ -102,6 +102,10 @@ class VAE(nn.Module):
                 "flatten images to vectors (load_mnist does) and check x_dim"
             )
         self.likelihood.check_data(x)
+
+    def __getstate__(self) -> dict:
+        forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
+        return super().__getstate__()
 
     def forward(self, x: torch.Tensor) -> None:
         register_module(self)

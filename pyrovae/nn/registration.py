@@ -49,6 +49,14 @@ def pyro_name(module: nn.Module) -> str:
     return name
 
 
+def forget_pyro_attributes(module: nn.Module) -> None:
+    """Drop the weak reference Pyro's param store attaches to each tensor it hands out (``.unconstrained``), which
+    ``pickle`` cannot store; Pyro attaches it again on the next call. Models and guides call it before pickling, so
+    ``torch.save(model)`` works after training."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        tensor.__dict__.pop("unconstrained", None)
+
+
 def _store_exactly(store, name: str, value: torch.Tensor) -> None:
     """Put ``value`` itself (not a contiguous copy) in the store under ``name``, unconstrained."""
     store._constraints[name] = constraints.real

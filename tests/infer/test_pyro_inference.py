@@ -261,3 +261,22 @@ def test_svi_trains_non_contiguous_parameters_in_place():
         svi.step(torch.rand(8, 784).round())
     assert all(not torch.equal(a, b) for a, b in zip(before, weights))
     assert len(svi.optim.optim_objs) == sum(1 for m in (model, guide) for _ in m.parameters())  # no copies
+
+
+def test_trained_pairs_pickle_whole():
+    """torch.save(model) after training: Pyro's weak references on the parameters are dropped before pickling."""
+    import io
+
+    from pyrovae import make_pair
+    from pyrovae.infer import train
+
+    x = torch.rand(32, 10).bernoulli()
+    model, guide = make_pair("svae-vmf", 10, 2, (4,))
+    train(model, guide, x, epochs=1, progress=False)
+    buffer = io.BytesIO()
+    torch.save({"model": model, "guide": guide}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for (name, before), after in zip(model.state_dict().items(), loaded["model"].state_dict().values(), strict=True):
+        assert torch.equal(before, after), name
+    train(loaded["model"], loaded["guide"], x, epochs=1, progress=False)  # and it trains on
