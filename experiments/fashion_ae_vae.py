@@ -98,7 +98,8 @@ metrics = {"num_train": len(grey_train), "num_scored": len(scored), "runs": {}}
 print(f"\n{'run':<6}{'test MSE':>10}{'log p(x)':>11}{'+/-':>7}{'k>0.7':>8}{'train s':>9}   data scored")
 for name, run in runs.items():
     model, guide, test = scoring[name]
-    ll = log_likelihood(model, guide, test.subset(scored).to(device), num_samples=args.num_samples)
+    ll = log_likelihood(model, guide, test.subset(scored).to(device), num_samples=args.num_samples,
+                        proposal=args.proposal)
     reconstruction = reconstruct(model, run["guide"], grey_test.x[:2000].to(device)).cpu()
     mse = reconstruction_scores(grey_test.x[:2000], reconstruction)["mse"]
     scored_on = "grey levels" if name == "AE" and args.ae_likelihood == "gaussian" else "binarised pixels"

@@ -76,7 +76,7 @@ model, guide = build(best["hidden"], best["latent"])
 history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 val_data=test_cells, device=device, seed=args.seed, eval_size=0, checkpoint=f"{args.out}/best.pt",
                 progress=not args.no_progress)
-ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples)
+ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal)
 print(f"best configuration: held-out log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, ELBO {history.last['val_elbo']:.2f}")
 
 # ----------------------------------------------------------------------------------------------- figures

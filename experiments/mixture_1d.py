@@ -57,7 +57,8 @@ for inverse_variance in inverse_variances:
                     elbo="jit", val_data=test_data.to(device), restore_best=False, device=device, seed=args.seed,
                     progress=not args.no_progress)
     seconds = time.perf_counter() - started
-    ll = log_likelihood(model, guide, test_data.to(device), num_samples=args.num_samples, batch_size=1024)
+    ll = log_likelihood(model, guide, test_data.to(device), num_samples=args.num_samples, batch_size=1024,
+                        proposal=args.proposal)
     last = history.last
     runs[inverse_variance] = {"model": model, "guide": guide, "history": history, "ll": ll}
     print(f"1/sigma^2 = {inverse_variance:>7g}: log p(x) {ll.mean:8.4f} +/- {ll.stderr:.4f}  "

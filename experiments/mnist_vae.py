@@ -118,7 +118,8 @@ for name, (model, guide, data, test, options) in models.items():
     history = train(model, guide, data.to(device), lr=args.lr, elbo="jit", val_data=test.subset(ll_index).to(device),
                     restore_best=False, device=device, seed=args.seed, progress=not args.no_progress, **options)
     seconds = time.perf_counter() - started
-    ll = log_likelihood(model, guide, test.subset(ll_index).to(device), num_samples=args.num_samples)
+    ll = log_likelihood(model, guide, test.subset(ll_index).to(device), num_samples=args.num_samples,
+                        proposal=args.proposal)
     last = history.last
     print(f"test log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, ELBO {last['val_elbo']:.2f} "
           f"(reconstruction {last['val_reconstruction']:.2f}, KL {last['val_kl']:.2f}), "

@@ -65,7 +65,7 @@ for model_name in args.models:
                         val_data=test_cells, restore_best=False, device=device, seed=args.seed, eval_size=0,
                         progress=not args.no_progress)
         seconds = time.perf_counter() - started
-        ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples)
+        ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal)
         latent = encode_data(guide, cells, device=device)
         if model_name == "GMVAE":
             clusters = encode_data(guide, cells, guide.assign, device=device)

@@ -74,7 +74,8 @@ def fit_and_score(kind: str, d: int) -> dict:
     history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, elbo="jit",
                     val_data=val_data, patience=args.patience, checkpoint=sweep.checkpoint_path(f"{kind}_d{d}"),
                     device=device, seed=args.seed, progress=not args.no_progress)
-    ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress)
+    ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress,
+                        proposal=args.proposal)
     print(f"  test LL {ll.mean:.2f} +/- {ll.stderr:.2f} after {len(history)} epochs")
     return {
         "model": NAMES[kind], "d": d, "test_log_likelihood": ll.mean, "stderr": ll.stderr,

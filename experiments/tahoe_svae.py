@@ -137,7 +137,7 @@ silhouettes = silhouette_sweep(locations, range(2, 11), seed=args.seed)
 num_lines = len(np.unique(codes["cell_line"]))
 line_scores = clustering_scores(codes["cell_line"], kmeans_clusters(locations, num_lines, args.seed), locations)
 drug_scores = clustering_scores(codes["drug"], kmeans_clusters(locations, len(np.unique(codes["drug"])), args.seed))
-ll = log_likelihood(model, guide, x_held, num_samples=args.num_samples, progress=progress)
+ll = log_likelihood(model, guide, x_held, num_samples=args.num_samples, progress=progress, proposal=args.proposal)
 print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell "
       f"(k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")
 print(f"reconstruction MSE {reconstruction_metrics['mse']:.4f}, per-cell correlation "

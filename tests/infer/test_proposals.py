@@ -264,3 +264,13 @@ def test_proposal_names_and_bad_input():
         RefinedProposal(objective="kl")
     with pytest.raises(ValueError, match="weight"):
         DefensiveProposal(weight=1.5)
+
+
+def test_gap_report_without_ais_for_a_mixture_model():
+    """An enumerated y cannot be annealed: the report says so, and the gaps come from the importance-sampled rows."""
+    model, guide, x, exact = _gmvae_pair()
+    with pytest.warns(UserWarning, match="no AIS row"):
+        report = gap_report(model, guide, x, num_samples=500, ais_chains=8, ais_steps=2)
+    assert not any(name.startswith("AIS") for name in report.rows)
+    assert abs(report.log_likelihood - exact.mean().item()) < 0.1
+    assert report.gaps["amortisation"] > 0 and report.gaps["approximation"] > 0
