@@ -24,11 +24,15 @@ def run_script(name: str, tmp_path: Path, *arguments: str) -> dict:
 
 def test_smoke_quickstart(tmp_path):
     metrics = run_script("quickstart", tmp_path, "--epochs", "1", "--max-train", "512", "--num-test", "64",
-                         "--num-samples", "32", "--hidden", "64")
+                         "--num-samples", "32", "--hidden", "64", "--gap-images", "8", "--ais-chains", "16",
+                         "--flow-epochs", "1")
     runs = metrics["metrics"]["runs"]
+    gaps = metrics["metrics"]["gap_report"]
+    assert gaps["num_images"] == 8 and set(gaps["gaps"]) >= {"inference", "amortisation", "approximation"}
+    assert any(name.startswith("AIS") for name in gaps["rows"])
     assert set(runs) == {"VAE, ELBO", "VAE, IWAE k=5", "S-VAE, vMF", "S-VAE, Power Spherical", "AE (MAP) + refit guide"}
     for run in runs.values():
-        assert run["log_likelihood"] < 0 and run["num_samples"] == 32
+        assert run["log_likelihood"] < 0 and run["num_samples"] == 32 and run["proposal"] == "refined+defensive"
 
 
 def test_smoke_mixture_1d(tmp_path):

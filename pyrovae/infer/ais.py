@@ -34,6 +34,30 @@ def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
+def _annealable_sites(trace) -> dict:
+    """The latent sites of a guide trace with the bijection of each one's support to R^n; refuses the rest."""
+    sites = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
+            continue
+        if site["infer"].get("enumerate") or getattr(site["fn"].support, "is_discrete", False):
+            raise NotImplementedError(
+                f"AIS anneals continuous latents; site {name!r} is discrete (the GMVAE's y). Use "
+                "log_likelihood with proposal='refined+defensive' for models with discrete latents"
+            )
+        try:
+            sites[name] = (site, biject_to(site["fn"].support))
+        except NotImplementedError:
+            raise NotImplementedError(
+                f"AIS moves latents in unconstrained coordinates, and site {name!r}'s support "
+                f"{site['fn'].support} has no bijection to R^n (the sphere); compare spherical models by "
+                "log_likelihood with proposal='refined+defensive'"
+            ) from None
+    if not sites:
+        raise ValueError("the guide has no latent site to anneal")
+    return sites
+
+
 class _Path:
     """The annealing path gamma_beta(z) = r(z)^(1 - beta) p(x, z)^beta of one batch, in unconstrained coordinates.
 
@@ -46,26 +70,9 @@ class _Path:
         with pyro.plate(_SAMPLES_PLATE, num_chains, dim=-2), torch.no_grad():
             trace = poutine.trace(start).get_trace(x)
         self.sites, self.start = {}, {}
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
-                continue
-            if site["infer"].get("enumerate") or getattr(site["fn"].support, "is_discrete", False):
-                raise NotImplementedError(
-                    f"AIS anneals continuous latents; site {name!r} is discrete (the GMVAE's y). Use "
-                    "log_likelihood with proposal='refined+defensive' for models with discrete latents"
-                )
-            try:
-                transform = biject_to(site["fn"].support)
-            except NotImplementedError:
-                raise NotImplementedError(
-                    f"AIS moves latents in unconstrained coordinates, and site {name!r}'s support "
-                    f"{site['fn'].support} has no bijection to R^n (the sphere); compare spherical models by "
-                    "log_likelihood with proposal='refined+defensive'"
-                ) from None
+        for name, (site, transform) in _annealable_sites(trace).items():
             self.sites[name] = {"fn": site["fn"], "transform": transform, "stack": site["cond_indep_stack"]}
             self.start[name] = transform.inv(site["value"]).detach()
-        if not self.sites:
-            raise ValueError("the guide has no latent site to anneal")
 
     def _reduce(self, log_prob: torch.Tensor, stack) -> torch.Tensor:
         return _per_datum({"name": "", "log_prob": log_prob, "cond_indep_stack": stack}, 1).reshape(
@@ -207,6 +214,8 @@ def ais_log_likelihood(
                 check_model_guide(model, guide, x)
                 if guess_max_plate_nesting(model, guide, x) != 1:
                     raise NotImplementedError("AIS supports models whose only plate is pyro.plate('data')")
+                with poutine.block():
+                    _annealable_sites(poutine.trace(guide).get_trace(x))  # refuse before any refinement
             path = _Path(model, start.for_batch(model, guide, x, 1), x, num_chains)
             log_weights, rate = _batch_ais(path, betas, leapfrog_steps, step_size, target_accept, progress)
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_chains))

@@ -150,6 +150,6 @@ def log_likelihood(
         warnings.warn(
             f"k-hat > 0.7 for {unreliable:.0%} of the data: the guide is a poor importance distribution there and "
             "the estimate is a loose lower bound; proposal='refined+defensive' is slower and far more reliable",
-            stacklevel=2,
+            stacklevel=3  # past torch.no_grad's wrapper, to the caller,
         )
     return result
