@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro.distributions as dist
 import torch
@@ -19,8 +20,9 @@ class DefensiveMixture(TorchDistribution):
     """``(1 - weight) proposal + weight wide``, scored by the mixture's own density (Hesterberg 1995).
 
     Importance weights p / mixture are at most p / (weight * wide): where the wide component has heavier tails
-    than the target, the weights stay bounded however badly ``proposal`` misses them. The mixture is exact in
-    expectation as an importance distribution because every draw is scored against the density it came from.
+    than the target, the weights stay bounded however badly ``proposal`` misses them. Every draw is scored against
+    the mixture's density (whichever component drew it), so it is exact in expectation as an importance
+    distribution.
     Sampling draws from both components and keeps one per datum (no gradient: an evaluation distribution).
 
     :param proposal: q, any distribution.
@@ -92,6 +94,9 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
         return dist.MultivariateStudentT(torch.as_tensor(df, dtype=fn.loc.dtype, device=fn.loc.device), fn.loc,
                                          fn.scale_tril * scale)
     if isinstance(fn, (VonMisesFisher, PowerSpherical)):
+        if df is not None:
+            warnings.warn(f"widen: df is for Gaussian families; {type(fn).__name__} only gets a lower concentration",
+                          stacklevel=2)
         return type(fn)(fn.loc, fn.concentration / scale**2)
     if isinstance(fn, dist.Delta):
         raise ValueError("a point mass (DeltaGuide) cannot be widened into an importance distribution; refit a "

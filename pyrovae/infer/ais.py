@@ -63,16 +63,29 @@ class _Path:
 
     ``r`` is the starting distribution (a proposal's q(z | x), drawn once); the latents are mapped to R^n by
     ``biject_to(support)`` and both densities carry the same Jacobian, so the AIS weights are unchanged by it.
+    r's site distributions are kept from the first draw, unless one latent's distribution depends on another's
+    value (a hierarchical guide): then r is scored afresh at every point, by the guide conditioned on it.
     """
 
     def __init__(self, model: Callable, start: Callable, x: torch.Tensor, num_chains: int) -> None:
-        self.model, self.x, self.num_chains = model, x, num_chains
+        self.model, self.guide, self.x, self.num_chains = model, start, x, num_chains
         with pyro.plate(_SAMPLES_PLATE, num_chains, dim=-2), torch.no_grad():
             trace = poutine.trace(start).get_trace(x)
         self.sites, self.start = {}, {}
         for name, (site, transform) in _annealable_sites(trace).items():
             self.sites[name] = {"fn": site["fn"], "transform": transform, "stack": site["cond_indep_stack"]}
             self.start[name] = transform.inv(site["value"]).detach()
+        self.dependent = len(self.sites) > 1 and self._latents_depend_on_each_other(trace)
+
+    def _latents_depend_on_each_other(self, trace) -> bool:
+        """Whether a site's distribution changes when the other latents take other values (chains permuted)."""
+        values = {name: trace.nodes[name]["value"] for name in self.sites}
+        moved = {name: value.roll(1, 0) for name, value in values.items()}
+        with pyro.plate(_SAMPLES_PLATE, self.num_chains, dim=-2), torch.no_grad():
+            again = poutine.trace(poutine.condition(self.guide, data=moved)).get_trace(self.x)
+        return any(not torch.allclose(again.nodes[name]["fn"].log_prob(values[name]),
+                                      site["fn"].log_prob(values[name]), rtol=1e-5, atol=1e-6, equal_nan=True)
+                   for name, site in self.sites.items())
 
     def _reduce(self, log_prob: torch.Tensor, stack) -> torch.Tensor:
         return _per_datum({"name": "", "log_prob": log_prob, "cond_indep_stack": stack}, 1).reshape(
@@ -87,7 +100,13 @@ class _Path:
                 z[name] = site["transform"](u[name])
                 jacobian = site["transform"].log_abs_det_jacobian(u[name], z[name])
                 log_jacobian = log_jacobian + _per_chain_datum(jacobian.expand(u[name].shape[:jacobian.dim()]))
-                log_start = log_start + self._reduce(site["fn"].log_prob(z[name]), site["stack"])
+            fns = {name: site["fn"] for name, site in self.sites.items()}
+            if self.dependent:
+                with pyro.plate(_SAMPLES_PLATE, self.num_chains, dim=-2):
+                    rescored = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.x)
+                fns = {name: rescored.nodes[name]["fn"] for name in self.sites}
+            for name, site in self.sites.items():
+                log_start = log_start + self._reduce(fns[name].log_prob(z[name]), site["stack"])
             with pyro.plate(_SAMPLES_PLATE, self.num_chains, dim=-2):
                 trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.x)
             trace.compute_log_prob()
@@ -108,20 +127,23 @@ def _per_chain_datum(value: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_ais(path: _Path, betas: torch.Tensor, leapfrog_steps: int, step_size: float, target_accept: float,
-               progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """AIS log weights ``(C, B)`` and the mean acceptance rate of one batch.
+               progress: bool, num_tuning: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AIS log weights ``(C, B)`` of the first C chains and the mean acceptance rate of one batch.
 
-    HMC runs in coordinates whitened by the spread of the starting draws across chains (a diagonal mass matrix
-    per datum, fixed for the whole run), so one step size suits every latent dimension.
+    HMC runs in coordinates whitened by the spread of the starting draws (a diagonal mass matrix per datum, fixed
+    for the whole run), so one step size suits every latent dimension; each datum's step size adapts towards
+    ``target_accept``. Both are read off the last ``num_tuning`` chains only, whose weights are thrown away: every
+    kernel that moves the first C chains is then chosen independently of them, and their weights stay exactly
+    valid (adapting to a chain's own acceptances would bias them).
     """
     u = dict(path.start)
-    num_chains = next(iter(u.values())).shape[0]
-    spread = {n: v.std(0, keepdim=True).clamp(min=1e-6) if num_chains > 1 else torch.ones_like(v[:1])
+    num_chains = next(iter(u.values())).shape[0] - num_tuning
+    spread = {n: v[num_chains:].std(0, keepdim=True).clamp(min=1e-6) if num_tuning > 1 else torch.ones_like(v[:1])
               for n, v in u.items()}
     a, b, grad_a, grad_b = path.evaluate(u)
     batch = a.shape[1]
     dtype, device = a.dtype, a.device
-    log_weights = torch.zeros(num_chains, batch, dtype=torch.float64, device=device)
+    log_weights = torch.zeros(a.shape, dtype=torch.float64, device=device)
     eps = torch.full((batch,), float(step_size), dtype=dtype, device=device)  # per-datum step sizes
     accepted = 0.0
     steps = len(betas) - 1
@@ -155,12 +177,11 @@ def _batch_ais(path: _Path, betas: torch.Tensor, leapfrog_steps: int, step_size:
         a, b = torch.where(accept, a_new, a), torch.where(accept, b_new, b)
         grad_a = {n: torch.where(per_site(accept, v), grad_a_new[n], v) for n, v in grad_a.items()}
         grad_b = {n: torch.where(per_site(accept, v), grad_b_new[n], v) for n, v in grad_b.items()}
-        rate = accept.to(dtype).mean(0)  # (B,)
-        accepted += float(rate.mean())
-        # adapt each datum's step size towards the target acceptance (Wu et al. 2017: 0.65); a kernel chosen from
-        # the chains' past leaves gamma_t invariant, so the weights stay valid
+        accepted += float(accept[:num_chains].to(dtype).mean())
+        # each datum's step size towards the target acceptance (Wu et al. 2017: 0.65), from the tuning chains
+        rate = accept[num_chains:].to(dtype).mean(0) if num_tuning else accept.to(dtype).mean(0)  # (B,)
         eps = eps * torch.where(rate > target_accept, 1.05, 0.95).to(dtype)
-    return log_weights, torch.tensor(accepted / max(steps, 1))
+    return log_weights[:num_chains], torch.tensor(accepted / max(steps, 1))
 
 
 @torch.no_grad()
@@ -189,18 +210,23 @@ def ais_log_likelihood(
     ``num_steps`` grows; with one step it is importance sampling from r. Vectorised over chains and data. Latents
     must have an unconstrained parameterisation (Gaussian latents, a latent library size); not the sphere, and not
     discrete latents. The result's ``khat`` is that of the AIS weights over the chains (meaningful from about 100
-    chains) and ``acceptance`` the mean HMC acceptance rate.
+    chains) and ``acceptance`` the mean HMC acceptance rate. ``min(max(8, num_chains // 8), 64)`` more chains run
+    alongside to tune the step sizes and the whitening; their weights are not used.
 
     Two uses: the reference (a few chains, many steps: ``num_chains=16, num_steps=1000``), and the most reliable
     estimator on a budget (many chains, few steps from the refined proposal: ``num_chains=500, num_steps=30,
-    start="refined"``), whose weights over the chains have a meaningful k-hat. The default batch holds about 2^16
-    chains in all.
+    start="refined"``), whose weights over the chains have a meaningful k-hat. The default batch keeps chains x data
+    x features near 2^24.
     """
     check_integer("num_chains", num_chains, 1)
     check_integer("num_steps", num_steps, 1)
     check_integer("leapfrog_steps", leapfrog_steps, 1)
     check_number("step_size", step_size, 0.0, strict=True)
     check_number("target_accept", target_accept, 0.0, strict=True)
+    if target_accept >= 1.0:
+        raise ValueError(f"target_accept is an acceptance rate in (0, 1), got {target_accept}")
+    num_tuning = min(max(8, num_chains // 8), 64)  # extra chains that tune the kernels (see _batch_ais)
+    features = getattr(model, "x_dim", None) or getattr(guide, "x_dim", None) or 256
     device = torch.device(device) if device is not None else module_device(model, guide)
     check_device(device)
     start = as_proposal(start)
@@ -208,7 +234,8 @@ def ais_log_likelihood(
     per_datum, khats, acceptance = [], [], []
     with evaluation_mode(model, guide), pyro.validation_enabled(False):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
-                             default_batch_size=max(1, 2**16 // num_chains), dtype=floating_dtype(model, guide))
+                             default_batch_size=max(1, 2**24 // ((num_chains + num_tuning) * features)),
+                             dtype=floating_dtype(model, guide))
         for x in batches:
             if not per_datum:
                 check_model_guide(model, guide, x)
@@ -216,8 +243,8 @@ def ais_log_likelihood(
                     raise NotImplementedError("AIS supports models whose only plate is pyro.plate('data')")
                 with poutine.block():
                     _annealable_sites(poutine.trace(guide).get_trace(x))  # refuse before any refinement
-            path = _Path(model, start.for_batch(model, guide, x, 1), x, num_chains)
-            log_weights, rate = _batch_ais(path, betas, leapfrog_steps, step_size, target_accept, progress)
+            path = _Path(model, start.for_batch(model, guide, x, 1), x, num_chains + num_tuning)
+            log_weights, rate = _batch_ais(path, betas, leapfrog_steps, step_size, target_accept, progress, num_tuning)
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_chains))
             khats.append(psis_khat(log_weights.T))
             acceptance.append(rate)

@@ -73,10 +73,14 @@ def gap_report(
     default :class:`~pyrovae.infer.proposals.RefinedProposal` ()); q* mixed with a wider copy (the most reliable
     importance sampler); ``flow_guide`` if given (a :class:`~pyrovae.guides.FlowGuide` refitted to the frozen model
     with :func:`~pyrovae.infer.refit_guide`); and annealed importance sampling from q* with ``ais_chains`` chains
-    of ``ais_steps`` steps, the reference (None: skipped; it needs continuous unconstrained latents, so for the sphere
+    of ``ais_steps`` steps, the reference, which stands for log p(x) in the gaps even where an importance-sampled row
+    is higher (None: skipped; it needs continuous unconstrained latents, so for the sphere
     or an enumerated y it is skipped with a warning, and the highest of the other estimates stands for log p(x)).
     """
-    refine = refine or RefinedProposal()
+    # one q* per batch, shared by the refined rows and the AIS start
+    base = refine or RefinedProposal()
+    refine = RefinedProposal(base.steps, base.lr, base.num_particles, base.objective, base.full_covariance,
+                             memoize=True)
     options = dict(num_samples=num_samples, batch_size=batch_size, progress=progress)
     report = GapReport()
     with warnings.catch_warnings():

@@ -17,9 +17,18 @@ from pyrovae.infer.evaluation import evaluation_mode
 
 
 def latent_location(q) -> torch.Tensor:
-    """The location of a latent distribution ``q``: mean direction on the sphere, else its mean."""
+    """The location of a latent distribution ``q``: mean direction on the sphere; for a flow (a
+    ``TransformedDistribution``, e.g. :class:`~pyrovae.guides.FlowGuide`'s), its base's mean pushed through the
+    flows (the mean itself has no closed form); else its mean."""
     spherical = _spherical(q)
-    return spherical.loc if spherical is not None else q.mean
+    if spherical is not None:
+        return spherical.loc
+    if isinstance(q, torch.distributions.TransformedDistribution) and not isinstance(q, torch.distributions.LogNormal):
+        location = latent_location(q.base_dist)
+        for transform in q.transforms:
+            location = transform(location)
+        return location
+    return q.mean
 
 
 def _spherical(q) -> SphericalDistribution | None:

@@ -30,7 +30,8 @@ class LogLikelihood:
     :ivar proposal: the importance distribution's name (``"guide"``, ``"refined+defensive"``, ...).
     :ivar acceptance: the mean HMC acceptance rate, for annealed importance sampling (else None).
     :ivar mean_log_weight: (N,) each datum's mean log importance weight, E_r[log p(x, z) - log r(z | x)]: the
-        proposal's ELBO, for importance sampling (else None).
+        proposal's ELBO, for importance sampling (else None). With an enumerated site (the GMVAE's y) it is the mean
+        log of the stratified weights, a bound between the ELBO and log p(x).
     """
 
     per_datum: torch.Tensor
@@ -138,6 +139,11 @@ def log_likelihood(
                     chunks.append(log_importance_weights(model, draw_from, x, size, max_plate_nesting))
                     remaining -= size
             log_weights = torch.cat(chunks).double()  # (S, B); float64 for the logsumexp over many samples
+            undefined = int(log_weights.isnan().sum())
+            if undefined:
+                warnings.warn(f"{undefined} of {log_weights.numel()} log importance weights are NaN (an overflow in "
+                              "the model or proposal); they count as zero weight", stacklevel=3)
+                log_weights = log_weights.nan_to_num(nan=-math.inf)
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_samples))
             mean_log_weights.append(log_weights.mean(0))
             khats.append(psis_khat(log_weights.T, resolution=torch.finfo(chunks[0].dtype).eps))

@@ -14,6 +14,7 @@ latents; observed and enumerated sites (the GMVAE's y) are left alone, so the st
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 
@@ -164,8 +165,8 @@ class RefinedProposal(Proposal):
     Cremer et al. 2018 "optimal q in the family", whose ELBO measures the amortisation gap; with an enumerated y,
     the sum over y of the ELBOs of each q(z | x, y) against p(z | x, y)) or, with
     ``objective="iwae"``, the importance-weighted bound with ``num_particles`` samples, which favours a wider,
-    mass-covering proposal. Data are optimised independently (per-element Adam on a sum of per-datum terms); a datum
-    whose parameters turn non-finite keeps the encoder's. Works for every latent family
+    mass-covering proposal. Data are optimised independently (per-element Adam on a sum of per-datum terms); a
+    parameter entry that turns non-finite keeps the encoder's value. Works for every latent family
     :func:`~pyrovae.distributions.widen` knows, flows included (their base is refined), and with an enumerated y
     (each component's q(z | x, y) is refined). The model's and guide's own parameters are not changed.
 
@@ -174,11 +175,13 @@ class RefinedProposal(Proposal):
     :param int num_particles: reparameterised draws per datum and step.
     :param str objective: ``"elbo"`` or ``"iwae"``.
     :param bool full_covariance: refine a diagonal Gaussian q as a full-covariance one (a richer family: a Cholesky
-        factor per datum).
+        factor per datum); other families (spherical, flows, LogNormal) are refined as they are.
+    :param bool memoize: keep each batch's refined parameters (keyed by the model, the guide and the batch's
+        values) and reuse them when the same batch comes again, so several estimators share one q*.
     """
 
     def __init__(self, steps: int = 100, lr: float = 0.05, num_particles: int = 8, objective: str = "elbo",
-                 full_covariance: bool = False) -> None:
+                 full_covariance: bool = False, memoize: bool = False) -> None:
         check_integer("steps", steps, 0)
         check_number("lr", lr, 0.0, strict=True)
         check_integer("num_particles", num_particles, 1)
@@ -186,10 +189,17 @@ class RefinedProposal(Proposal):
             raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
         self.steps, self.lr, self.num_particles, self.objective = steps, float(lr), num_particles, objective
         self.full_covariance = bool(full_covariance)
+        self._memory: dict | None = {} if memoize else None
         self.name = ("refined" if objective == "elbo" else "refined-iwae") + ("-full" if full_covariance else "")
 
     def for_batch(self, model, guide, x, max_plate_nesting):
-        return self.refine(model, guide, x, max_plate_nesting)[0]
+        if self._memory is None:
+            return self.refine(model, guide, x, max_plate_nesting)[0]
+        key = (id(model), id(guide), tuple(x.shape), str(x.dtype), str(x.device),
+               hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+        if key not in self._memory:
+            self._memory[key] = self.refine(model, guide, x, max_plate_nesting)[0]
+        return self._memory[key]
 
     def refine(self, model, guide, x, max_plate_nesting) -> tuple[Callable, torch.Tensor]:
         """The refined guide for ``x`` and each datum's objective at the last step, ``(B,)`` (with an enumerated
@@ -253,6 +263,8 @@ _NAMED = {
     "defensive": DefensiveProposal,
     "refined": RefinedProposal,
     "refined+defensive": lambda: DefensiveProposal(base=RefinedProposal()),
+    "refined-iwae": lambda: RefinedProposal(objective="iwae"),
+    "refined-full": lambda: RefinedProposal(full_covariance=True),
 }
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
+from pyrovae.guides import DeltaGuide, FlowGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.models import SVAE, VAE
 
 from pyrovae.distributions import VonMisesFisher
@@ -93,3 +93,20 @@ def test_circular_correlation_against_its_definition_and_invariances():
     assert circular_correlation(a, b) == pytest.approx(abs(reference), rel=1e-12)
     assert circular_correlation(a, -a + 1.0) == pytest.approx(1.0)  # a reflection and rotation
     assert circular_correlation(a, rng.uniform(-math.pi, math.pi, 500)) < 0.15
+
+
+def test_flow_guide_location_is_the_base_mean_through_the_flows():
+    """A flow's mean has no closed form: its location is the base mean pushed through the flows, and the latent
+    tools (locate, reconstruct, encode_data) work with a FlowGuide."""
+    torch.manual_seed(0)
+    guide = FlowGuide(5, 3, hidden=(8,))
+    x = torch.randn(4, 5)
+    location = locate(guide, x)
+    q = guide.encode(x)
+    expected = q.base_dist.mean
+    for transform in q.transforms:
+        expected = transform(expected)
+    assert location.shape == (4, 3) and torch.allclose(location, expected)
+    model = VAE(5, 3, hidden=(8,), likelihood="gaussian")
+    assert reconstruct(model, guide, x).shape == (4, 5)
+    assert encode_data(guide, x).shape == (4, 3)

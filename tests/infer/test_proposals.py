@@ -274,3 +274,23 @@ def test_gap_report_without_ais_for_a_mixture_model():
     assert not any(name.startswith("AIS") for name in report.rows)
     assert abs(report.log_likelihood - exact.mean().item()) < 0.1
     assert report.gaps["amortisation"] > 0 and report.gaps["approximation"] > 0
+
+
+def test_ais_with_a_hierarchical_guide():
+    """q(z2 | z1) depends on z1: the start density is scored afresh at every point (exact: x ~ N(0, 1.02))."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[-2]):
+            z1 = pyro.sample("z1", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            z2 = pyro.sample("z2", dist.Normal(z1, 0.1))
+            pyro.sample("x", dist.Normal(z2.unsqueeze(-1), 0.1).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[-2]):
+            z1 = pyro.sample("z1", dist.Normal(0.5 * x[..., 0], 0.5))
+            pyro.sample("z2", dist.Normal(z1 + 0.1, 0.2))
+
+    x = torch.linspace(-2, 2, 12, dtype=torch.float64).unsqueeze(-1)
+    exact = dist.Normal(0.0, math.sqrt(1.02)).log_prob(x[:, 0])
+    result = ais_log_likelihood(model, guide, x, num_chains=64, num_steps=300)
+    assert (result.per_datum - exact).abs().mean() < 0.05, result.per_datum - exact
