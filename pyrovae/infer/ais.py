@@ -145,7 +145,7 @@ def _batch_ais(path: _Path, betas: torch.Tensor, leapfrog_steps: int, step_size:
     dtype, device = a.dtype, a.device
     log_weights = torch.zeros(a.shape, dtype=torch.float64, device=device)
     eps = torch.full((batch,), float(step_size), dtype=dtype, device=device)  # per-datum step sizes
-    accepted = 0.0
+    accepted = torch.zeros((), dtype=dtype, device=device)  # summed on the device: no host sync per step
     steps = len(betas) - 1
 
     def per_site(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -177,11 +177,11 @@ def _batch_ais(path: _Path, betas: torch.Tensor, leapfrog_steps: int, step_size:
         a, b = torch.where(accept, a_new, a), torch.where(accept, b_new, b)
         grad_a = {n: torch.where(per_site(accept, v), grad_a_new[n], v) for n, v in grad_a.items()}
         grad_b = {n: torch.where(per_site(accept, v), grad_b_new[n], v) for n, v in grad_b.items()}
-        accepted += float(accept[:num_chains].to(dtype).mean())
+        accepted += accept[:num_chains].to(dtype).mean()
         # each datum's step size towards the target acceptance (Wu et al. 2017: 0.65), from the tuning chains
         rate = accept[num_chains:].to(dtype).mean(0) if num_tuning else accept.to(dtype).mean(0)  # (B,)
         eps = eps * torch.where(rate > target_accept, 1.05, 0.95).to(dtype)
-    return log_weights[:num_chains], torch.tensor(accepted / max(steps, 1))
+    return log_weights[:num_chains], (accepted / max(steps, 1)).cpu()
 
 
 @torch.no_grad()

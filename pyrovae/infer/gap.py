@@ -10,6 +10,7 @@ Cremer, Li & Duvenaud (2018) split the inference gap ``log p(x) - ELBO(q)`` of a
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -78,9 +79,8 @@ def gap_report(
     or an enumerated y it is skipped with a warning, and the highest of the other estimates stands for log p(x)).
     """
     # one q* per batch, shared by the refined rows and the AIS start
-    base = refine or RefinedProposal()
-    refine = RefinedProposal(base.steps, base.lr, base.num_particles, base.objective, base.full_covariance,
-                             memoize=True)
+    refine = copy.copy(refine or RefinedProposal())
+    refine._memory = {}
     options = dict(num_samples=num_samples, batch_size=batch_size, progress=progress)
     report = GapReport()
     with warnings.catch_warnings():
