@@ -34,10 +34,14 @@ class DeltaGuide(AmortizedGuide):
         latent_library: bool = False,
         batch_norm: bool = False,
         dropout: float = 0.0,
+        categorical=(),
+        continuous: int = 0,
     ) -> None:
         super().__init__()
         options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder, *options)
+        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder, *options,
+                          categorical, continuous)
 
-    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Delta(self.encoder(x), event_dim=1)
+    def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
+               cont: torch.Tensor | None = None) -> dist.TorchDistribution:
+        return dist.Delta(self.encoded(x, cat, cont), event_dim=1)

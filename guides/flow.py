@@ -50,6 +50,8 @@ class FlowGuide(AmortizedGuide):
         latent_library: bool = False,
         batch_norm: bool = False,
         dropout: float = 0.0,
+        categorical=(),
+        continuous: int = 0,
     ) -> None:
         super().__init__()
         if flow not in FLOW_KINDS:
@@ -60,7 +62,8 @@ class FlowGuide(AmortizedGuide):
             raise ValueError("an autoregressive flow needs z_dim >= 2; use flow='spline' for a 1-D latent")
         self.context_dim = int(context_dim) if context_dim is not None else 2 * int(z_dim)
         options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, 2 * int(z_dim) + self.context_dim, hidden, activation, encoder, *options)
+        self._set_encoder(x_dim, z_dim, 2 * int(z_dim) + self.context_dim, hidden, activation, encoder, *options,
+                          categorical, continuous)
         self.min_scale, self.flow_kind = float(min_scale), flow
         flow_hidden = list(flow_hidden) if flow_hidden is not None else [4 * self.z_dim]
         make = T.conditional_affine_autoregressive if flow == "affine" else T.conditional_spline_autoregressive
@@ -68,8 +71,10 @@ class FlowGuide(AmortizedGuide):
                                    for _ in range(int(num_flows)))
         self.register_buffer("_reverse", torch.arange(self.z_dim - 1, -1, -1), persistent=False)
 
-    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
-        loc, raw_scale, context = self.encoder(x).split([self.z_dim, self.z_dim, self.context_dim], dim=-1)
+    def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
+               cont: torch.Tensor | None = None) -> dist.TorchDistribution:
+        outputs = self.encoded(x, cat, cont)
+        loc, raw_scale, context = outputs.split([self.z_dim, self.z_dim, self.context_dim], dim=-1)
         base = dist.Normal(loc, nn.functional.softplus(raw_scale) + self.min_scale).to_event(1)
         transforms = []
         for k, flow in enumerate(self.flows):

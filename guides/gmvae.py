@@ -47,6 +47,8 @@ class GMVAEGuide(AmortizedGuide):
         latent_library: bool = False,
         batch_norm: bool = False,
         dropout: float = 0.0,
+        categorical=(),
+        continuous: int = 0,
     ) -> None:
         super().__init__()
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
@@ -55,7 +57,8 @@ class GMVAEGuide(AmortizedGuide):
             raise ValueError("GMVAEGuide needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
         width = hidden[-1]
         self._set_encoder(
-            x_dim, z_dim, width, hidden[:-1], activation, encoder, input_transform, latent_library, batch_norm, dropout
+            x_dim, z_dim, width, hidden[:-1], activation, encoder, input_transform, latent_library, batch_norm, dropout,
+            categorical, continuous,
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.num_components = int(num_components)
@@ -66,13 +69,15 @@ class GMVAEGuide(AmortizedGuide):
         self.z_head = nn.Linear(width, 2 * self.z_dim)
         self.min_scale = float(min_scale)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, cat: torch.Tensor | None = None,
+                 cont: torch.Tensor | None = None) -> torch.Tensor:
         """The trunk's features f, ``(batch, width)``."""
-        return self.dropout(self.activation(self.encoder(x)))
+        return self.dropout(self.activation(self.encoded(x, cat, cont)))
 
-    def component_posterior(self, x: torch.Tensor, features: torch.Tensor | None = None) -> dist.Categorical:
+    def component_posterior(self, x: torch.Tensor, features: torch.Tensor | None = None, cat=None,
+                            cont=None) -> dist.Categorical:
         """q(y | x), batch shape ``(batch,)``."""
-        f = self.features(x) if features is None else features
+        f = self.features(x, cat, cont) if features is None else features
         return dist.Categorical(logits=self.y_head(f))
 
     def latent_posterior(self, features: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
@@ -81,9 +86,10 @@ class GMVAEGuide(AmortizedGuide):
         loc, raw_scale = self.z_head(hidden).split(self.z_dim, dim=-1)
         return dist.Normal(loc, nn.functional.softplus(raw_scale) + self.min_scale).to_event(1)
 
-    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
+    def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
+               cont: torch.Tensor | None = None) -> dist.TorchDistribution:
         """The marginal q(z | x) = sum_y q(y | x) q(z | x, y), a mixture with batch shape ``(batch,)``."""
-        f = self.features(x)
+        f = self.features(x, cat, cont)
         components = torch.arange(self.num_components, device=x.device).unsqueeze(-1)  # (K, 1)
         posterior = self.latent_posterior(f, components)  # batch (K, batch)
         loc = posterior.base_dist.loc.movedim(0, -2)  # (batch, K, z_dim)
@@ -91,16 +97,17 @@ class GMVAEGuide(AmortizedGuide):
         return dist.MixtureSameFamily(self.component_posterior(x, f), dist.Normal(loc, scale).to_event(1))
 
     @torch.no_grad()
-    def assign(self, x: torch.Tensor) -> torch.Tensor:
+    def assign(self, x: torch.Tensor, cat: torch.Tensor | None = None,
+               cont: torch.Tensor | None = None) -> torch.Tensor:
         """The most probable component argmax_y q(y | x) of each datum: the GMVAE's clustering."""
-        return self.component_posterior(x).probs.argmax(-1)
+        return self.component_posterior(x, cat=cat, cont=cont).probs.argmax(-1)
 
-    def forward(self, x: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
         register_module(self)
         if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAEGuide expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
         with pyro.plate("data", x.shape[-2]):
-            f = self.features(x)
+            f = self.features(x, cat, cont)
             y = pyro.sample("y", self.component_posterior(x, f), infer={"enumerate": "parallel"})
             pyro.sample("z", self.latent_posterior(f, y))
             if self.library_encoder is not None:

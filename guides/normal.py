@@ -39,12 +39,16 @@ class NormalGuide(AmortizedGuide):
         latent_library: bool = False,
         batch_norm: bool = False,
         dropout: float = 0.0,
+        categorical=(),
+        continuous: int = 0,
     ) -> None:
         super().__init__()
         options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, 2 * int(z_dim), hidden, activation, encoder, *options)
+        self._set_encoder(x_dim, z_dim, 2 * int(z_dim), hidden, activation, encoder, *options,
+                          categorical, continuous)
         self.min_scale = float(min_scale)
 
-    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
-        loc, raw_scale = self.encoder(x).split(self.z_dim, dim=-1)
+    def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
+               cont: torch.Tensor | None = None) -> dist.TorchDistribution:
+        loc, raw_scale = self.encoded(x, cat, cont).split(self.z_dim, dim=-1)
         return dist.Normal(loc, nn.functional.softplus(raw_scale) + self.min_scale).to_event(1)

@@ -26,15 +26,19 @@ class _SphericalGuide(AmortizedGuide):
         latent_library: bool = False,
         batch_norm: bool = False,
         dropout: float = 0.0,
+        categorical=(),
+        continuous: int = 0,
     ) -> None:
         super().__init__()
         if z_dim < 2:
             raise ValueError(f"z_dim is the ambient dimension m >= 2 of the latent sphere, got {z_dim}")
         options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder, *options)
+        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder, *options,
+                          categorical, continuous)
 
-    def encode(self, x: torch.Tensor):
-        raw_loc, raw_concentration = self.encoder(x).split([self.z_dim, 1], dim=-1)
+    def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
+               cont: torch.Tensor | None = None):
+        raw_loc, raw_concentration = self.encoded(x, cat, cont).split([self.z_dim, 1], dim=-1)
         loc = raw_loc / torch.linalg.vector_norm(raw_loc, dim=-1, keepdim=True).clamp(min=1e-12)
         concentration = nn.functional.softplus(raw_concentration.squeeze(-1)) + 1.0  # as in Davidson et al.
         return self.family(loc, concentration)

@@ -50,8 +50,12 @@ class GMVAE(VAE):
         *,
         batch_norm: bool = False,
         dropout: float = 0.0,
+        categorical: Sequence[int] = (),
+        continuous: int = 0,
+        inject_covariates: str = "all",
     ) -> None:
-        super().__init__(x_dim, z_dim, hidden, likelihood, activation, decoder, batch_norm=batch_norm, dropout=dropout)
+        super().__init__(x_dim, z_dim, hidden, likelihood, activation, decoder, batch_norm=batch_norm, dropout=dropout,
+                         categorical=categorical, continuous=continuous, inject_covariates=inject_covariates)
         if num_components < 1:
             raise ValueError(f"num_components must be at least 1, got {num_components}")
         self.num_components = int(num_components)
@@ -82,11 +86,12 @@ class GMVAE(VAE):
         components = dist.Normal(self.component_locs, self.component_scales).to_event(1)
         return dist.MixtureSameFamily(self.component_prior(), components)
 
-    def forward(self, x: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
         register_module(self)
         if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAE expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+        self.check_inputs(x, cat, cont)
         with pyro.plate("data", x.shape[-2]):
             y = pyro.sample("y", self.component_prior())
             z = pyro.sample("z", self.component(y))
-            pyro.sample("x", self._decode_with(z, self.library(x)), obs=x)
+            pyro.sample("x", self._decode_with(z, self.library(x), cat, cont), obs=x)

@@ -11,6 +11,7 @@ from torch import nn
 
 from pyrovae.likelihoods import Likelihood, get_likelihood
 from pyrovae.nn import MLP, forget_pyro_attributes, register_module
+from pyrovae.nn.covariates import ConditionalMLP, Covariates
 
 
 class VAE(nn.Module):
@@ -33,7 +34,13 @@ class VAE(nn.Module):
     :param bool batch_norm: batch-normalise the default decoder's hidden layers (as scVI does).
     :param float dropout: dropout after each hidden layer of the default decoder (regularises count models).
     :param decoder: a custom ``nn.Module`` mapping ``(..., latent size) -> (..., x_dim * likelihood.num_outputs)``
-        used instead of the MLP (e.g. :class:`~pyrovae.nn.ConvDecoder`).
+        used instead of the MLP (e.g. :class:`~pyrovae.nn.ConvDecoder`); with covariates it maps
+        ``(..., latent size + covariate features)``.
+    :param categorical: levels of each categorical covariate (batch, plate, donor, ...; the first is *the batch*,
+        which ``dispersion="gene-batch"`` is indexed by). The model is then called as ``model(x, cat, cont)`` (see
+        :mod:`pyrovae.nn.covariates`) and the decoder sees the covariates in every layer, as scVI's does.
+    :param int continuous: the number of continuous covariates (``cont``).
+    :param str inject_covariates: ``"all"`` (every decoder layer) or ``"first"``.
     """
 
     def __init__(
@@ -47,17 +54,31 @@ class VAE(nn.Module):
         *,
         batch_norm: bool = False,
         dropout: float = 0.0,
+        categorical: Sequence[int] = (),
+        continuous: int = 0,
+        inject_covariates: str = "all",
     ) -> None:
         super().__init__()
         if x_dim <= 0 or z_dim <= 0:
             raise ValueError(f"x_dim and z_dim must be positive, got x_dim={x_dim}, z_dim={z_dim}")
         self.x_dim = int(x_dim)
         self.z_dim = int(z_dim)
+        self.covariates = Covariates(categorical, continuous)
         self.likelihood = get_likelihood(likelihood, self.x_dim)
-        self.decoder = decoder or MLP(
-            self.latent_size, _widths(hidden)[::-1], self.x_dim * self.likelihood.num_outputs, activation, batch_norm,
-            dropout,
-        )
+        if getattr(self.likelihood, "needs_batch", False):
+            if not self.covariates.categorical:
+                raise ValueError(
+                    "dispersion='gene-batch' needs a batch: build the model with categorical=(number of batches, ...)"
+                )
+            self.likelihood.setup_batches(self.covariates.num_batches)
+        out_features = self.x_dim * self.likelihood.num_outputs
+        if decoder is not None:
+            self.decoder = decoder
+        elif self.covariates:
+            self.decoder = ConditionalMLP(self.latent_size, self.covariates.size, _widths(hidden)[::-1], out_features,
+                                          activation, batch_norm, dropout, inject_covariates)
+        else:
+            self.decoder = MLP(self.latent_size, _widths(hidden)[::-1], out_features, activation, batch_norm, dropout)
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 
     @property
@@ -70,19 +91,44 @@ class VAE(nn.Module):
         zeros = self._device_anchor.new_zeros(self.latent_size)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
-    def decode(self, z: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
+    def decode(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor | None = None,
+        cat: torch.Tensor | None = None,
+        cont: torch.Tensor | None = None,
+    ) -> dist.TorchDistribution:
         """p(x | z) for latents ``(..., latent_size)``; take ``.mean`` for reconstructions.
 
         :param library: the cells' library sizes ``(...)``, for count likelihoods that scale by one.
+        :param cat: for a model with covariates, the categorical codes ``(batch, n)`` the data are decoded as
+            coming from: another batch's codes decode a cell as if it had been measured in that batch
+            (counterfactual, batch-corrected expression).
+        :param cont: the continuous covariates ``(batch, n)``.
         """
-        outputs = self.decoder(z)
+        if self.covariates:
+            side = self.covariates(cat, cont)
+            if isinstance(self.decoder, ConditionalMLP):
+                outputs = self.decoder(z, side)
+            else:
+                outputs = self.decoder(torch.cat([z, side.expand(*z.shape[:-1], side.shape[-1])], -1))
+        else:
+            outputs = self.decoder(z)
+        options = {"batch_index": cat[..., 0]} if getattr(self.likelihood, "needs_batch", False) else {}
         if self.likelihood.needs_library:
-            return self.likelihood(outputs, library)
-        return self.likelihood(outputs)
+            return self.likelihood(outputs, library, **options)
+        return self.likelihood(outputs, **options)
 
-    def _decode_with(self, z: torch.Tensor, library: torch.Tensor | None) -> dist.TorchDistribution:
-        # subclasses that override decode(z) without a library keep working with non-count likelihoods
+    def _decode_with(self, z: torch.Tensor, library: torch.Tensor | None, cat=None, cont=None):
+        # subclasses that override decode(z) without a library or covariates keep working where they need none
+        if self.covariates:
+            return self.decode(z, library, cat, cont)
         return self.decode(z) if library is None else self.decode(z, library)
+
+    def check_inputs(self, x: torch.Tensor, cat: torch.Tensor | None, cont: torch.Tensor | None) -> None:
+        """Raise a ValueError when the covariates beside ``x`` do not match the model's."""
+        if not torch.jit.is_tracing():
+            self.covariates.check(cat, cont, x.shape[-2], type(self).__name__)
 
     def library(self, x: torch.Tensor) -> torch.Tensor | None:
         """The library size of each datum, inside the ``"data"`` plate: the observed total count, a draw of the
@@ -107,15 +153,29 @@ class VAE(nn.Module):
         forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
         return super().__getstate__()
 
-    def forward(self, x: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
         register_module(self)
         if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(
                 f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"
             )
+        self.check_inputs(x, cat, cont)
         with pyro.plate("data", x.shape[-2]):
             z = pyro.sample("z", self.prior())
-            pyro.sample("x", self._decode_with(z, self.library(x)), obs=x)
+            pyro.sample("x", self._decode_with(z, self.library(x), cat, cont), obs=x)
+
+    def _generation_covariates(self, num_samples: int, cat, cont):
+        if not self.covariates:
+            return None, None
+        anchor = self._device_anchor
+        if cat is not None:
+            cat = torch.as_tensor(cat, dtype=torch.long, device=anchor.device)
+            cat = cat.expand(num_samples, -1) if cat.dim() == 1 else cat
+        if cont is not None:
+            cont = torch.as_tensor(cont, dtype=anchor.dtype, device=anchor.device)
+            cont = cont.expand(num_samples, -1) if cont.dim() == 1 else cont
+        self.covariates.check(cat, cont, num_samples, f"{type(self).__name__}.sample")
+        return cat, cont
 
     def _generation_library(self, num_samples: int, library) -> torch.Tensor | None:
         mode = self.likelihood.library
@@ -133,16 +193,20 @@ class VAE(nn.Module):
         )
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = False, return_latents: bool = False, library=None):
+    def sample(self, num_samples: int, mean: bool = False, return_latents: bool = False, library=None,
+               cat=None, cont=None):
         """Generate ``num_samples`` data from the prior: ``z ~ p(z)``, ``x ~ p(x | z)``.
 
         :param bool mean: return the decoder's mean E[x | z] instead of a draw (what one usually plots).
         :param bool return_latents: also return the latents ``z``.
         :param library: for count likelihoods with an observed library size, the total count of the
             generated cells (a number or one per sample); a latent library is drawn from its prior.
+        :param cat: for a model with covariates, the codes of the generated data: one row ``(n,)`` for all of
+            them, or one per sample; ``cont`` likewise.
         """
         z = self.prior().sample((num_samples,))
-        likelihood = self._decode_with(z, self._generation_library(num_samples, library))
+        cat, cont = self._generation_covariates(num_samples, cat, cont)
+        likelihood = self._decode_with(z, self._generation_library(num_samples, library), cat, cont)
         x = likelihood.mean if mean else likelihood.sample()
         return (x, z) if return_latents else x
 

@@ -17,7 +17,7 @@ from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
 from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.data import as_batches, model_check, module_device
+from pyrovae.infer.data import as_args, as_batches, model_check, module_device
 from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.importance import _SAMPLES_PLATE, _per_datum, guess_max_plate_nesting
 from pyrovae.infer.log_likelihood import LogLikelihood
@@ -68,9 +68,9 @@ class _Path:
     """
 
     def __init__(self, model: Callable, start: Callable, x: torch.Tensor, num_chains: int) -> None:
-        self.model, self.guide, self.x, self.num_chains = model, start, x, num_chains
+        self.model, self.guide, self.args, self.num_chains = model, start, as_args(x), num_chains
         with pyro.plate(_SAMPLES_PLATE, num_chains, dim=-2), torch.no_grad():
-            trace = poutine.trace(start).get_trace(x)
+            trace = poutine.trace(start).get_trace(*self.args)
         self.sites, self.start = {}, {}
         for name, (site, transform) in _annealable_sites(trace).items():
             self.sites[name] = {"fn": site["fn"], "transform": transform, "stack": site["cond_indep_stack"]}
@@ -82,7 +82,7 @@ class _Path:
         values = {name: trace.nodes[name]["value"] for name in self.sites}
         moved = {name: value.roll(1, 0) for name, value in values.items()}
         with pyro.plate(_SAMPLES_PLATE, self.num_chains, dim=-2), torch.no_grad():
-            again = poutine.trace(poutine.condition(self.guide, data=moved)).get_trace(self.x)
+            again = poutine.trace(poutine.condition(self.guide, data=moved)).get_trace(*self.args)
         return any(not torch.allclose(again.nodes[name]["fn"].log_prob(values[name]),
                                       site["fn"].log_prob(values[name]), rtol=1e-5, atol=1e-6, equal_nan=True)
                    for name, site in self.sites.items())
@@ -103,12 +103,12 @@ class _Path:
             fns = {name: site["fn"] for name, site in self.sites.items()}
             if self.dependent:
                 with pyro.plate(_SAMPLES_PLATE, self.num_chains, dim=-2):
-                    rescored = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.x)
+                    rescored = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(*self.args)
                 fns = {name: rescored.nodes[name]["fn"] for name in self.sites}
             for name, site in self.sites.items():
                 log_start = log_start + self._reduce(fns[name].log_prob(z[name]), site["stack"])
             with pyro.plate(_SAMPLES_PLATE, self.num_chains, dim=-2):
-                trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.x)
+                trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(*self.args)
             trace.compute_log_prob()
             log_joint = 0.0
             for site in trace.nodes.values():
@@ -236,13 +236,13 @@ def ais_log_likelihood(
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=max(1, 2**24 // ((num_chains + num_tuning) * features)),
                              dtype=floating_dtype(model, guide))
-        for x in batches:
+        for x in batches:  # the batch's arguments (x, ...)
             if not per_datum:
                 check_model_guide(model, guide, x)
-                if guess_max_plate_nesting(model, guide, x) != 1:
+                if guess_max_plate_nesting(model, guide, *x) != 1:
                     raise NotImplementedError("AIS supports models whose only plate is pyro.plate('data')")
                 with poutine.block():
-                    _annealable_sites(poutine.trace(guide).get_trace(x))  # refuse before any refinement
+                    _annealable_sites(poutine.trace(guide).get_trace(*x))  # refuse before any refinement
             path = _Path(model, start.for_batch(model, guide, x, 1), x, num_chains + num_tuning)
             log_weights, rate = _batch_ais(path, betas, leapfrog_steps, step_size, target_accept, progress, num_tuning)
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_chains))

@@ -9,6 +9,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
+from pyrovae.infer.data import as_args
+
 
 def _support_key(constraint: constraints.Constraint) -> tuple:
     event_dim = constraint.event_dim
@@ -39,10 +41,12 @@ def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None
     The guide must sample every latent site of the model, with the same event shape and the support the
     model's prior lives on (a Normal guide for a prior on the sphere fails here, naming both supports).
     """
+    args = as_args(x)
+    x = args[0]
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.no_grad(), poutine.block(), torch.random.fork_rng(devices=devices):  # no draws taken from the stream
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(model).get_trace(x)  # latents from the prior: shapes are the model's own
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        model_trace = poutine.trace(model).get_trace(*args)  # latents from the prior: shapes are the model's own
     guide_observed = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
                       and site["is_observed"] and not site_is_subsample(site)]
     model_observes = any(site["type"] == "sample" and site["is_observed"] for site in model_trace.nodes.values())

@@ -17,6 +17,16 @@ import torch
 from pyrovae.data.source import DataSource, StreamSource, as_source
 
 
+def as_args(batch) -> tuple[torch.Tensor, ...]:
+    """A batch as the positional arguments of a model and guide: ``(x,)``, or ``(x, cat, cont)`` for data with
+    covariates (:mod:`pyrovae.nn.covariates`). Accepts a tensor or a tuple/list whose first item is ``x``."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return tuple(batch)
+    raise TypeError(f"a batch is a tensor x or a tuple (x, ...) of tensors, got {type(batch).__name__}")
+
+
 def module_device(*modules) -> torch.device:
     """The device of the first parameter or buffer found in ``modules`` (CPU if none has any)."""
     for module in modules:
@@ -27,7 +37,8 @@ def module_device(*modules) -> torch.device:
 
 
 class BatchSource:
-    """One epoch of mini-batches per iteration, reproducible from its generator state.
+    """One epoch of mini-batches per iteration, reproducible from its generator state. Each batch is the tuple of
+    a model's arguments, ``(x,)`` or ``(x, cat, cont)`` (:func:`as_args`).
 
     :param data: anything :func:`~pyrovae.data.as_source` accepts, or a :class:`DataSource`.
     :param batch_size: data per batch (None: a DataLoader's or stream's own, else ``default_batch_size``; a
@@ -89,7 +100,8 @@ class BatchSource:
                            name=self.name, dtype=self.dtype)
 
     def __iter__(self):
-        for x in self.source.batches(self.epoch, self.generator, self.shuffle, self.drop_last, self.device):
+        for batch in self.source.batches(self.epoch, self.generator, self.shuffle, self.drop_last, self.device):
+            x, *inputs = as_args(batch)
             if self.dtype is not None and x.dtype != self.dtype and x.is_floating_point():
                 if not self._warned_dtype:
                     warnings.warn(f"{self.name} is {x.dtype} but the model is {self.dtype}: batches are converted to "
@@ -100,7 +112,7 @@ class BatchSource:
             if not self._checked and self._check is not None:
                 self._check(x)
                 self._checked = not self.source.checks_each_batch
-            yield x
+            yield (x, *inputs)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "epoch": self.epoch}

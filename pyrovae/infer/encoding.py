@@ -20,7 +20,8 @@ def encode_data(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """``fn(x)`` for every batch of ``data``, concatenated on the CPU; by default the latent location of q(z | x)
+    """``fn(x)`` (``fn(x, cat, cont)`` for data with covariates) for every batch of ``data``, concatenated on the
+    CPU; by default the latent location of q(z | x)
     (:func:`~pyrovae.infer.latent.latent_location`: the mean, or the mean direction on the sphere). The guide is
     in evaluation mode meanwhile (no dropout; batch norm uses its running statistics), so the result does not
     depend on the batching.
@@ -28,12 +29,12 @@ def encode_data(
     :param data: a tensor, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData` or Dataset.
     :param fn: what to compute per batch, e.g. ``guide.assign`` for a GMVAE's clusters.
     """
-    fn = fn or (lambda x: latent_location(guide.encode(x)))
+    fn = fn or (lambda *args: latent_location(guide.encode(*args)))
     device = torch.device(device) if device is not None else module_device(guide)
     batches = as_batches(data, batch_size, shuffle=False, device=device, default_batch_size=512,
                          dtype=floating_dtype(guide))
     with evaluation_mode(guide):
-        return torch.cat([fn(x).cpu() for x in batches])
+        return torch.cat([fn(*args).cpu() for args in batches])
 
 
 __all__ = ["encode_data"]

@@ -11,7 +11,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.data import as_batches, model_check, module_device
+from pyrovae.infer.data import as_args, as_batches, model_check, module_device
 from pyrovae.infer.distributed import all_reduce_sum
 from pyrovae.infer.settings import floating_dtype
 
@@ -22,9 +22,11 @@ def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch
     Guide sites marked ``infer={"enumerate": "parallel"}`` (the GMVAE's y) are summed over exactly: every
     term is weighted by the guide's probability of the enumerated values, and their own KL term counts.
     """
+    args = as_args(x)
+    x = args[0]
     with poutine.enum(first_available_dim=-2):  # pyrovae models use one plate
-        guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     log_weight = x.new_zeros(())  # log q(enumerated values | x), broadcast over the enumerated dimensions
     for site in guide_trace.nodes.values():
         if site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None:
@@ -76,14 +78,14 @@ def evaluate(
                          default_batch_size=1024, dtype=floating_dtype(model, guide))
     total_reconstruction, total_kl, count = 0.0, 0.0, 0
     with evaluation_mode(model, guide):
-        for x in batches:
+        for args in batches:
             if count == 0:
-                check_model_guide(model, guide, x)  # the pairing, as train checks it
+                check_model_guide(model, guide, args)  # the pairing, as train checks it
             with pyro.validation_enabled(False):
-                reconstruction, kl = elbo_terms(model, guide, x)
+                reconstruction, kl = elbo_terms(model, guide, args)
             total_reconstruction += float(reconstruction)
             total_kl += float(kl)
-            count += x.shape[0]
+            count += args[0].shape[0]
             if max_data is not None and count >= max_data:
                 break
     if across_ranks:

@@ -12,6 +12,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyrovae.infer.data import as_args
+
 DATA_PLATE = "data"
 _SAMPLES_PLATE = "_importance_samples"
 
@@ -65,6 +67,7 @@ def log_importance_weights(
     sum_enumerated: bool = True,
 ) -> torch.Tensor:
     """log w[s, i] = log p(x_i, z_s) - log q(z_s | x_i) for ``num_samples`` draws z_s ~ q(z | x_i): (S, B).
+    ``x`` is the batch: a tensor, or the tuple of the model's arguments ``(x, cat, cont)``.
 
     The draws are vectorised in a plate left of the model's plates, so the model and guide must broadcast
     (every pyrovae model and guide does). Gradients flow when the guide is reparameterised.
@@ -77,12 +80,14 @@ def log_importance_weights(
     an unbiased estimate of p(x_i) for each s (a stratified estimator in which q(y | x) cancels). With
     ``sum_enumerated=False`` the terms of the sum are returned instead, ``(*enumerated, S, B)``.
     """
+    args = as_args(x)
+    x = args[0]
     batch_size = x.shape[0]
     samples_plate = pyro.plate(_SAMPLES_PLATE, num_samples, dim=-(max_plate_nesting + 1))
     with samples_plate, poutine.enum(first_available_dim=-(max_plate_nesting + 2)):
-        guide_trace = poutine.trace(guide).get_trace(x)
+        guide_trace = poutine.trace(guide).get_trace(*args)
     with samples_plate:
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     log_weights = x.new_zeros(num_samples, batch_size)

@@ -38,25 +38,34 @@ def _spherical(q) -> SphericalDistribution | None:
     return q if isinstance(q, SphericalDistribution) else None
 
 
+def _encode(guide, x: torch.Tensor, cat=None, cont=None):
+    return guide.encode(x) if cat is None and cont is None else guide.encode(x, cat, cont)
+
+
 @torch.no_grad()
-def locate(guide: Callable, x: torch.Tensor) -> torch.Tensor:
-    """``latent_location(guide.encode(x))`` in evaluation mode: ``(batch, latent size)``."""
+def locate(guide: Callable, x: torch.Tensor, cat=None, cont=None) -> torch.Tensor:
+    """``latent_location(guide.encode(x))`` in evaluation mode: ``(batch, latent size)`` (``cat``, ``cont``: the
+    covariates, for a guide that encodes them)."""
     with evaluation_mode(guide):
-        return latent_location(guide.encode(x))
+        return latent_location(_encode(guide, x, cat, cont))
 
 
 @torch.no_grad()
-def reconstruct(model, guide, x: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
+def reconstruct(model, guide, x: torch.Tensor, library: torch.Tensor | None = None, cat=None,
+                cont=None) -> torch.Tensor:
     """The decoder's mean at the latent location of each datum, in evaluation mode.
 
     :param library: library sizes for count likelihoods with an observed library (default: the rows' totals).
+    :param cat: for a model with covariates, the data's codes (``cont``: their continuous covariates).
     """
     with evaluation_mode(model, guide):
-        z = latent_location(guide.encode(x))
-        return _decode_mean(model, z, x.sum(-1) if library is None else library)
+        z = latent_location(_encode(guide, x, cat, cont))
+        return _decode_mean(model, z, x.sum(-1) if library is None else library, cat, cont)
 
 
-def _decode_mean(model, z: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+def _decode_mean(model, z: torch.Tensor, library: torch.Tensor | None, cat=None, cont=None) -> torch.Tensor:
+    if getattr(model, "covariates", None):
+        return model.decode(z, library if model.likelihood.needs_library else None, cat, cont).mean
     if getattr(model.likelihood, "needs_library", False):
         return model.decode(z, library).mean
     return model.decode(z).mean

@@ -125,18 +125,19 @@ def log_likelihood(
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
-        for x in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
+        for args in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
+            x = args[0]
             if max_plate_nesting is None:
-                check_model_guide(model, guide, x)  # the pairing, as train checks it
-                max_plate_nesting = guess_max_plate_nesting(model, guide, x)
+                check_model_guide(model, guide, args)  # the pairing, as train checks it
+                max_plate_nesting = guess_max_plate_nesting(model, guide, *args)
             chunk = max_samples_per_chunk or max(1, 2**24 // (x.shape[0] * max(x.shape[-1], 1)))
             chunks = []
             remaining = num_samples
             with pyro.validation_enabled(False):
-                draw_from = proposal.for_batch(model, guide, x, max_plate_nesting)
+                draw_from = proposal.for_batch(model, guide, args, max_plate_nesting)
                 while remaining > 0:
                     size = min(remaining, chunk)
-                    chunks.append(log_importance_weights(model, draw_from, x, size, max_plate_nesting))
+                    chunks.append(log_importance_weights(model, draw_from, args, size, max_plate_nesting))
                     remaining -= size
             log_weights = torch.cat(chunks).double()  # (S, B); float64 for the logsumexp over many samples
             undefined = int(log_weights.isnan().sum())

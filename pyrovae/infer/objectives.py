@@ -1,6 +1,7 @@
 """Training objectives: Pyro's ELBOs by name or instance, their traced (JIT) forms, and IWAE.
 
-Every objective is called as ``objective(x, scales)`` with ``scales = tensor([data_scale, kl_weight])``:
+Every objective is called as ``objective(x, scales, *inputs)`` (``inputs``: the covariates ``cat, cont`` where the
+data carry them) with ``scales = tensor([data_scale, kl_weight])``:
 the ``"data"`` plate's sites are scaled by ``data_scale`` (data set size / batch size, as a subsampled
 plate would) and the latent sites by ``kl_weight`` (KL warm-up, beta-VAE, or 0 for a plain
 auto-encoder). Both travel as one tensor argument, so a traced objective is not traced again when
@@ -71,9 +72,9 @@ class _ELBOObjective(nn.Module):
         super().__init__()
         self.model, self.guide, self.elbo = model, guide, elbo
 
-    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scales: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         scale = ObjectiveScale(scales[0], scales[1])
-        return self.elbo.differentiable_loss(scale(self.model), scale(self.guide), x)
+        return self.elbo.differentiable_loss(scale(self.model), scale(self.guide), x, *inputs)
 
 
 class _RenyiObjective(nn.Module):
@@ -86,10 +87,10 @@ class _RenyiObjective(nn.Module):
         self.model, self.guide = model, guide
         self.num_particles, self.max_plate_nesting, self.alpha = num_particles, max_plate_nesting, float(alpha)
 
-    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scales: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         scale = ObjectiveScale(None, scales[1])  # the data scale multiplies the bound, not the weights
         log_weights = log_importance_weights(
-            scale(self.model), scale(self.guide), x, self.num_particles, self.max_plate_nesting
+            scale(self.model), scale(self.guide), (x, *inputs), self.num_particles, self.max_plate_nesting
         )
         power = 1.0 - self.alpha
         bound = (torch.logsumexp(power * log_weights, 0) - math.log(self.num_particles)) / power
@@ -104,8 +105,9 @@ class _Traced(nn.Module):
         self.module = module
         self._cache: dict = {}
 
-    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device, self.module.training)
+    def forward(self, x: torch.Tensor, scales: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, self.module.training,
+               tuple((tuple(t.shape), t.dtype) for t in inputs))
         traced = self._cache.get(key)
         if traced is None:
             # tracing runs the objective once: its random draws must not shift the stream of the traced calls,
@@ -113,13 +115,13 @@ class _Traced(nn.Module):
             devices = [x.device] if x.device.type == "cuda" else []
             with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(self.module, (x, scales), check_trace=False)
+                traced = torch.jit.trace(self.module, (x, scales, *inputs), check_trace=False)
             self._cache[key] = traced
         # the plain interpreter: the profiling executor runs the first calls unoptimised and later ones fused,
         # which differ in the last bits (so a resumed run would drift from an uninterrupted one), and on the
         # CPU it is slower, not faster, for these graphs (5.7 against 6.8 ms per step, benchmarks/svi_overhead.py)
         with torch.jit.optimized_execution(False):
-            return traced(x, scales)
+            return traced(x, scales, *inputs)
 
 
 def make_objective(

@@ -25,6 +25,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import distributions as td
 
 from pyrovae.distributions import DefensiveMixture, PowerSpherical, VonMisesFisher, widen
+from pyrovae.infer.data import as_args
 from pyrovae.infer.importance import log_importance_weights
 from pyrovae.infer.settings import check_integer, check_number
 
@@ -195,8 +196,12 @@ class RefinedProposal(Proposal):
     def for_batch(self, model, guide, x, max_plate_nesting):
         if self._memory is None:
             return self.refine(model, guide, x, max_plate_nesting)[0]
-        key = (id(model), id(guide), tuple(x.shape), str(x.dtype), str(x.device),
-               hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+        args = as_args(x)
+        digest = hashlib.sha1()
+        for tensor in args:
+            digest.update(str((tuple(tensor.shape), tensor.dtype, tensor.device)).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        key = (id(model), id(guide), digest.hexdigest())
         if key not in self._memory:
             self._memory[key] = self.refine(model, guide, x, max_plate_nesting)[0]
         return self._memory[key]

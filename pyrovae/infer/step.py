@@ -17,6 +17,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from pyrovae.infer.data import as_args
 from pyrovae.infer.distributed import all_finite
 
 
@@ -27,9 +28,10 @@ def trainable_parameters(model: Callable, guide: Callable, x: torch.Tensor) -> t
     Frozen parameters (``requires_grad=False``) are left out. The guide runs first and the model replays its
     latents, as in ``Trace_ELBO``; nothing is recorded for autograd.
     """
+    args = as_args(x)
     with poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(x)
-        poutine.replay(model, trace=guide_trace)(x)
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        poutine.replay(model, trace=guide_trace)(*args)
     seen = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
     owned = [p for m in (model, guide) if isinstance(m, nn.Module) for p in m.parameters()]
     owned_ids = {id(p) for p in owned}
@@ -74,11 +76,12 @@ def build_optimizer(optim, params: list[torch.Tensor], lr: float):
 
 def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.Tensor, clip_args=None):
     """One guarded SVI step: the loss, or None (and no update) when the loss or a gradient is not finite (on any
-    rank, in distributed training)."""
+    rank, in distributed training). ``x`` is the batch: a tensor, or the tuple ``(x, cat, cont)``."""
     for p in params:
         p.grad = None
+    x, *inputs = as_args(x)
     with pyro.validation_enabled(False):
-        loss = objective(x, scales)
+        loss = objective(x, scales, *inputs)
         loss.backward()
     grads = [p.grad for p in params if p.grad is not None]
     finite = bool(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))

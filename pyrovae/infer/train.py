@@ -218,10 +218,11 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 module.train(name != freeze)
             started, total_loss, seen = time.perf_counter(), torch.zeros((), device=device), 0
             batches.set_epoch(epoch)
-            for x in batches:
+            for args in batches:
+                x = args[0]
                 beta = schedule.weight(global_step)
                 data_scale = (num_data or x.shape[0]) / x.shape[0]
-                loss = step(x, torch.tensor([data_scale, beta], device=device, dtype=x.dtype))
+                loss = step(args, torch.tensor([data_scale, beta], device=device, dtype=x.dtype))
                 if loss is None:
                     raise TrainingDiverged(_diverged(epoch, global_step, step.params, saved.path))
                 total_loss += loss / data_scale

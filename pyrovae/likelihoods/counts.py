@@ -11,8 +11,9 @@ and cell, an inverse dispersion theta (NB, ZINB) and gate logits (ZIP, ZINB). Th
 ``constrained_poisson`` is scVAE's name for the Poisson whose rates are the softmax over genes times the
 cell's total count; it is ``poisson`` with the observed library, and refuses any other choice.
 
-The inverse dispersion is one learned value per gene (``dispersion="gene"``, the default) or a decoder
-output per gene and cell (``dispersion="gene-cell"``).
+The inverse dispersion is one learned value per gene (``dispersion="gene"``, the default), one per gene and
+batch (``dispersion="gene-batch"``: the model needs a categorical covariate, whose first column is the batch),
+or a decoder output per gene and cell (``dispersion="gene-cell"``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pyrovae.distributions.poisson import ZeroInflatedPoisson as ZeroInflatedPoi
 from pyrovae.likelihoods.base import Likelihood, first_bad_index, register_likelihood
 
 LIBRARY_MODES = ("observed", "latent", "none")
-DISPERSION_MODES = ("gene", "gene-cell")
+DISPERSION_MODES = ("gene", "gene-batch", "gene-cell")
 
 
 class CountLikelihood(Likelihood):
@@ -124,13 +125,29 @@ class _Dispersion(CountLikelihood):
         self.dispersion = dispersion
         self.num_outputs = 1 + (dispersion == "gene-cell") + self.has_gate
 
+    @property
+    def needs_batch(self) -> bool:
+        """Whether the likelihood is indexed by the batch (``dispersion="gene-batch"``)."""
+        return self.dispersion == "gene-batch"
+
     def setup(self, x_dim: int) -> None:
         super().setup(x_dim)
         if self.dispersion == "gene":
             self.log_inverse_dispersion = nn.Parameter(torch.zeros(x_dim))
 
-    def inverse_dispersion(self, raw: torch.Tensor | None) -> torch.Tensor:
-        log_theta = self.log_inverse_dispersion if raw is None else raw
+    def setup_batches(self, num_batches: int) -> None:
+        """One inverse dispersion per gene and batch (called by a model built with a batch covariate)."""
+        self.log_inverse_dispersion = nn.Parameter(torch.zeros(int(num_batches), self.x_dim))
+
+    def inverse_dispersion(self, raw: torch.Tensor | None, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        if raw is not None:
+            log_theta = raw
+        elif self.needs_batch:
+            if batch_index is None:
+                raise ValueError("dispersion='gene-batch' needs the batch of each cell (the model's cat[:, 0])")
+            log_theta = self.log_inverse_dispersion[batch_index]
+        else:
+            log_theta = self.log_inverse_dispersion
         return log_theta.clamp(-20.0, 25.0).exp()  # theta in [2e-9, 7e10]: NB between very wide and Poisson
 
     def parts(self, outputs: torch.Tensor):
@@ -181,10 +198,11 @@ class ZeroInflatedPoisson(CountLikelihood):
 class NegativeBinomialLikelihood(_Dispersion):
     """x ~ NB(mean, inverse dispersion theta): variance mean + mean^2 / theta."""
 
-    def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
+    def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None,
+                batch_index: torch.Tensor | None = None) -> dist.TorchDistribution:
         h, raw_theta, _ = self.parts(outputs)
         mean = self.mean(h, library)
-        return NegativeBinomial(mean, self.inverse_dispersion(raw_theta)).to_event(1)
+        return NegativeBinomial(mean, self.inverse_dispersion(raw_theta, batch_index)).to_event(1)
 
 
 @register_likelihood("zinb")
@@ -193,10 +211,12 @@ class ZeroInflatedNegativeBinomialLikelihood(_Dispersion):
 
     has_gate = True
 
-    def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None) -> dist.TorchDistribution:
+    def forward(self, outputs: torch.Tensor, library: torch.Tensor | None = None,
+                batch_index: torch.Tensor | None = None) -> dist.TorchDistribution:
         h, raw_theta, gate_logits = self.parts(outputs)
         mean = self.mean(h, library)
-        return ZeroInflatedNegativeBinomial(mean, self.inverse_dispersion(raw_theta), gate_logits).to_event(1)
+        theta = self.inverse_dispersion(raw_theta, batch_index)
+        return ZeroInflatedNegativeBinomial(mean, theta, gate_logits).to_event(1)
 
 
 def _row_sums(counts) -> torch.Tensor:

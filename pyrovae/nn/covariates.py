@@ -1,0 +1,166 @@
+"""Per-datum covariates as network inputs: categorical ones one-hot encoded, continuous ones as they are.
+
+A model or guide built with covariates takes them beside ``x`` as two named inputs, in this order:
+
+* ``cat``: integer codes ``(batch, number of categorical covariates)``; column j takes values in
+  ``0 .. categorical[j] - 1``. By convention the first column is *the batch* (sample, plate, technology), the
+  one a per-batch dispersion is indexed by.
+* ``cont``: real values ``(batch, continuous)`` (percent mitochondrial counts, a cell-cycle score, ...).
+
+Networks see them through :class:`ConditionalMLP`, which injects the covariate features into every hidden layer,
+as scVI's decoder does, so that a batch cannot be forgotten after the first layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pyrovae.nn.mlp import make_activation
+
+
+class Covariates(nn.Module):
+    """The covariate features ``[one_hot(cat[:, 0]), ..., one_hot(cat[:, -1]), cont]`` of a batch.
+
+    :param categorical: the number of levels of each categorical covariate (the first is the batch).
+    :param int continuous: the number of continuous covariates.
+    """
+
+    def __init__(self, categorical: Sequence[int] = (), continuous: int = 0) -> None:
+        super().__init__()
+        if isinstance(categorical, int):
+            categorical = (categorical,)
+        self.categorical = tuple(int(k) for k in categorical)
+        self.continuous = int(continuous)
+        if any(k < 1 for k in self.categorical) or self.continuous < 0:
+            raise ValueError(
+                f"categorical covariates need at least one level each and continuous >= 0, got "
+                f"categorical={self.categorical}, continuous={self.continuous}"
+            )
+        self.size = sum(self.categorical) + self.continuous
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    @property
+    def num_batches(self) -> int:
+        """Levels of the first categorical covariate, the batch (1 without any)."""
+        return self.categorical[0] if self.categorical else 1
+
+    def check(self, cat: torch.Tensor | None, cont: torch.Tensor | None, num_data: int, who: str) -> None:
+        """Raise a ValueError naming the problem when ``cat``/``cont`` do not match this specification."""
+        given = [(name, t) for name, t in (("cat", cat), ("cont", cont)) if t is not None and t.numel()]
+        if not self:
+            if given:
+                raise ValueError(
+                    f"{who} was built without covariates but was given {', '.join(n for n, _ in given)}; build it "
+                    "with categorical=data.categorical_sizes, continuous=data.num_continuous (or use "
+                    "data.without_covariates() to leave them out on purpose)"
+                )
+            return
+        for name, tensor, width in (("cat", cat, len(self.categorical)), ("cont", cont, self.continuous)):
+            if width == 0:
+                if tensor is not None and tensor.numel():
+                    raise ValueError(f"{who} takes no {name} covariates but was given {tuple(tensor.shape)}")
+                continue
+            if tensor is None:
+                raise ValueError(
+                    f"{who} was built with {width} {'categorical' if name == 'cat' else 'continuous'} covariate(s) "
+                    f"but was called without {name}; pass them beside x (model(x, cat, cont)), e.g. from "
+                    "CountData.from_anndata(adata, batch_key=...)"
+                )
+            if tensor.dim() != 2 or tensor.shape != (num_data, width):
+                raise ValueError(f"{who} expected {name} of shape ({num_data}, {width}), got {tuple(tensor.shape)}")
+        if cat is not None and self.categorical and not torch.jit.is_tracing():
+            if cat.is_floating_point():
+                raise ValueError(f"{who}: cat holds category codes and must be an integer tensor, got {cat.dtype}")
+            levels = torch.as_tensor(self.categorical, device=cat.device)
+            bad = (cat < 0) | (cat >= levels)
+            if bool(bad.any()):
+                row, column = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"{who}: categorical covariate {column} has code {int(cat[row, column])} at row {row}, outside "
+                    f"0..{self.categorical[column] - 1}; a covariate level unseen in training needs a model built "
+                    "with more levels"
+                )
+        if cont is not None and self.continuous and not torch.jit.is_tracing() and not bool(torch.isfinite(cont).all()):
+            raise ValueError(f"{who}: the continuous covariates hold NaN or infinite values")
+
+    def forward(self, cat: torch.Tensor | None, cont: torch.Tensor | None) -> torch.Tensor:
+        """The features ``(batch, size)``; call :meth:`check` first where the inputs are untrusted."""
+        parts = [nn.functional.one_hot(cat[..., j], k).to(self._anchor.dtype) for j, k in enumerate(self.categorical)]
+        if self.continuous:
+            parts.append(cont.to(self._anchor.dtype))
+        return torch.cat(parts, -1)
+
+    def extra_repr(self) -> str:
+        return f"categorical={self.categorical}, continuous={self.continuous}"
+
+
+class ConditionalMLP(nn.Module):
+    """An MLP ``in_features -> hidden -> out_features`` whose hidden layers also see side features ``s``.
+
+    Each layer computes ``W h + V s + b`` (``V s`` only where injected): with ``inject="all"`` every layer, the
+    output layer included, sees the covariates (scVI's ``deeply_inject_covariates``); with ``"first"`` only the
+    first. ``s`` has the data's batch shape and is broadcast against any leading sample dimensions of ``h``, and
+    ``V s`` is computed once per call, not once per sample.
+
+    :param int in_features: input size.
+    :param int side_features: covariate feature size (:attr:`Covariates.size`).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        side_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        activation: str | nn.Module = "relu",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        inject: str = "all",
+    ) -> None:
+        super().__init__()
+        if inject not in ("all", "first"):
+            raise ValueError(f"inject must be 'all' or 'first', got {inject!r}")
+        if isinstance(hidden, int):
+            hidden = (hidden,)
+        sizes = [int(in_features), *map(int, hidden), int(out_features)]
+        if any(size <= 0 for size in sizes) or side_features <= 0:
+            raise ValueError(f"layer sizes must be positive, got {sizes} and side_features={side_features}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_features, self.out_features, self.side_features = sizes[0], sizes[-1], int(side_features)
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.side = nn.ModuleList(
+            nn.Linear(self.side_features, b, bias=False) if (inject == "all" or i == 0) else None
+            for i, b in enumerate(sizes[1:])
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm1d(b) if batch_norm else nn.Identity() for b in sizes[1:-1])
+        self.activation = make_activation(activation)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._flatten = batch_norm
+
+    def forward(self, inputs: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and inputs.shape[-1] != self.in_features:
+            raise ValueError(
+                f"ConditionalMLP expected inputs of shape (..., {self.in_features}), got {tuple(inputs.shape)}"
+            )
+        h, last = inputs, len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            h = linear(h)
+            if self.side[i] is not None:
+                h = h + self.side[i](side)
+            if i < last:
+                if self._flatten and h.dim() != 2:
+                    h = self.norms[i](h.reshape(-1, h.shape[-1])).reshape(h.shape)
+                else:
+                    h = self.norms[i](h)
+                h = self.dropout(self.activation(h))
+        return h
+
+
+__all__ = ["ConditionalMLP", "Covariates"]
