@@ -106,18 +106,21 @@ class VAE(nn.Module):
             (counterfactual, batch-corrected expression).
         :param cont: the continuous covariates ``(batch, n)``.
         """
-        if self.covariates:
-            side = self.covariates(cat, cont)
-            if isinstance(self.decoder, ConditionalMLP):
-                outputs = self.decoder(z, side)
-            else:
-                outputs = self.decoder(torch.cat([z, side.expand(*z.shape[:-1], side.shape[-1])], -1))
-        else:
-            outputs = self.decoder(z)
+        outputs = self.decoder_outputs(z, cat, cont)
         options = {"batch_index": cat[..., 0]} if getattr(self.likelihood, "needs_batch", False) else {}
         if self.likelihood.needs_library:
             return self.likelihood(outputs, library, **options)
         return self.likelihood(outputs, **options)
+
+    def decoder_outputs(self, z: torch.Tensor, cat: torch.Tensor | None = None,
+                        cont: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's raw output ``(..., x_dim * likelihood.num_outputs)`` at ``z`` (and the covariates)."""
+        if not self.covariates:
+            return self.decoder(z)
+        side = self.covariates(cat, cont)
+        if isinstance(self.decoder, ConditionalMLP):
+            return self.decoder(z, side)
+        return self.decoder(torch.cat([z, side.expand(*z.shape[:-1], side.shape[-1])], -1))
 
     def _decode_with(self, z: torch.Tensor, library: torch.Tensor | None, cat=None, cont=None):
         # subclasses that override decode(z) without a library or covariates keep working where they need none

@@ -27,10 +27,17 @@ class CountData(Dataset):
     :param pandas.DataFrame var: one row per gene (index: gene names or ids).
     :param str label_key: the ``obs`` column holding cell types (for clustering scores and plots).
     :param str name: a name for messages.
+    :param categorical_keys: ``obs`` columns of categorical covariates, *the batch* first (sample, plate,
+        technology, donor). Batches are then ``(x, cat, cont)`` (:mod:`pyrovae.nn.covariates`): build the model
+        with ``categorical=data.categorical_sizes, continuous=data.num_continuous``.
+    :param continuous_keys: ``obs`` columns of continuous covariates (percent mitochondrial, cell-cycle score).
+    :param dict levels: the levels of each categorical key, in code order (default: the sorted distinct values);
+        subsets and splits keep their parent's, so a code means the same batch in every part.
     :raises ValueError: for NaN, infinite, negative or non-integer counts, naming the first cell and gene.
     """
 
-    def __init__(self, counts, obs=None, var=None, label_key: str | None = None, name: str = "counts") -> None:
+    def __init__(self, counts, obs=None, var=None, label_key: str | None = None, name: str = "counts", *,
+                 categorical_keys=(), continuous_keys=(), levels: dict | None = None) -> None:
         matrix = sp.csr_matrix(counts, dtype=np.float32)
         matrix.sum_duplicates()
         matrix.eliminate_zeros()
@@ -49,6 +56,88 @@ class CountData(Dataset):
         self.counts, self.obs, self.var = matrix, obs, var
         self.label_key, self.name = label_key, name
         self._check_values()
+        self._set_covariates(categorical_keys, continuous_keys, levels or {})
+
+    # -- covariates ---------------------------------------------------------------------------------------
+    def _set_covariates(self, categorical_keys, continuous_keys, levels: dict) -> None:
+        categorical_keys = [categorical_keys] if isinstance(categorical_keys, str) else list(categorical_keys)
+        continuous_keys = [continuous_keys] if isinstance(continuous_keys, str) else list(continuous_keys)
+        for key in categorical_keys + continuous_keys:
+            if key not in self.obs.columns:
+                raise ValueError(
+                    f"{self.name}: no column {key!r} in the cell table (columns: {list(self.obs.columns)})"
+                )
+        self.categorical_keys, self.continuous_keys = tuple(categorical_keys), tuple(continuous_keys)
+        self.levels: dict[str, list[str]] = {}
+        codes = []
+        for key in self.categorical_keys:
+            values = self.obs[key]
+            if values.isna().any():
+                raise ValueError(f"{self.name}: the covariate {key!r} is missing for {int(values.isna().sum())} cells")
+            known = [str(v) for v in levels[key]] if key in levels else sorted(map(str, values.unique()))
+            code = pd.Categorical(values.astype(str), categories=known).codes
+            if (code < 0).any():
+                unseen = sorted(set(values.astype(str)) - set(known))[:5]
+                raise ValueError(f"{self.name}: covariate {key!r} has levels {unseen} not among {known}")
+            self.levels[key] = known
+            codes.append(code.astype(np.int64))
+        self._cat = np.stack(codes, 1) if codes else np.zeros((len(self.obs), 0), np.int64)
+        cont = self.obs[list(self.continuous_keys)].to_numpy(dtype=np.float32) if continuous_keys else None
+        if cont is not None and not np.isfinite(cont).all():
+            bad = self.continuous_keys[int(np.flatnonzero(~np.isfinite(cont).all(0))[0])]
+            raise ValueError(f"{self.name}: the continuous covariate {bad!r} has NaN or infinite values")
+        self._cont = cont if cont is not None else np.zeros((len(self.obs), 0), np.float32)
+
+    @property
+    def has_covariates(self) -> bool:
+        return bool(self.categorical_keys or self.continuous_keys)
+
+    @property
+    def categorical_sizes(self) -> tuple[int, ...]:
+        """The number of levels of each categorical covariate (a model's ``categorical``)."""
+        return tuple(len(self.levels[k]) for k in self.categorical_keys)
+
+    @property
+    def num_continuous(self) -> int:
+        """The number of continuous covariates (a model's ``continuous``)."""
+        return len(self.continuous_keys)
+
+    @property
+    def cat(self) -> torch.Tensor:
+        """The categorical codes of every cell, ``(cells, len(categorical_keys))``."""
+        return torch.from_numpy(self._cat)
+
+    @property
+    def cont(self) -> torch.Tensor:
+        """The continuous covariates of every cell, ``(cells, len(continuous_keys))``."""
+        return torch.from_numpy(self._cont)
+
+    def code(self, key: str, level) -> int:
+        """The integer code of ``level`` of the categorical covariate ``key`` (e.g. a batch's name)."""
+        if key not in self.levels:
+            raise ValueError(f"{self.name}: {key!r} is not a categorical covariate (those: {list(self.levels)})")
+        known = self.levels[key]
+        if str(level) not in known:
+            raise ValueError(f"{self.name}: {key!r} has no level {level!r} (levels: {known})")
+        return known.index(str(level))
+
+    def with_covariates(self, categorical_keys=(), continuous_keys=(), levels: dict | None = None) -> CountData:
+        """The same cells with other covariates (the counts are shared, not copied)."""
+        return CountData._share(self, self.counts, self.obs, self.var, categorical_keys, continuous_keys,
+                                levels if levels is not None else self.levels)
+
+    def without_covariates(self) -> CountData:
+        """The same cells without covariates: batches are ``x`` alone (for a model that ignores them)."""
+        return self.with_covariates((), ())
+
+    @staticmethod
+    def _share(parent: CountData, counts, obs, var, categorical_keys, continuous_keys, levels) -> CountData:
+        data = CountData.__new__(CountData)
+        data.counts, data.obs, data.var = counts, obs, var
+        data.label_key, data.name = parent.label_key, parent.name
+        data._set_covariates(categorical_keys, continuous_keys, {k: v for k, v in levels.items()
+                                                                  if k in categorical_keys})
+        return data
 
     # -- validation ---------------------------------------------------------------------------------------
     def _where(self, position: int) -> str:
@@ -120,17 +209,22 @@ class CountData(Dataset):
         return torch.as_tensor(pd.Categorical(self.obs[self.label_key]).codes.astype(np.int64))
 
     # -- batching -----------------------------------------------------------------------------------------
-    def batch(self, indices, device: torch.device | str | None = None) -> torch.Tensor:
-        """Rows ``indices`` as a dense float32 tensor on ``device`` (the rest stays sparse on the host)."""
+    def batch(self, indices, device: torch.device | str | None = None):
+        """Rows ``indices`` as a dense float32 tensor on ``device`` (the rest stays sparse on the host); with
+        covariates, the tuple ``(x, cat, cont)`` of a model's arguments."""
         rows = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
         dense = torch.from_numpy(self.counts[rows].toarray())
+        parts = [dense]
+        if self.has_covariates:
+            parts += [torch.from_numpy(self._cat[rows]), torch.from_numpy(self._cont[rows])]
         if device is not None and torch.device(device).type != "cpu":
-            dense = dense.pin_memory().to(device, non_blocking=True)
-        return dense
+            parts = [p.pin_memory().to(device, non_blocking=True) for p in parts]
+        return tuple(parts) if self.has_covariates else parts[0]
 
-    def __getitem__(self, index) -> torch.Tensor:
+    def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
-            return self.batch([index])[0]
+            batch = self.batch([index])
+            return tuple(p[0] for p in batch) if isinstance(batch, tuple) else batch[0]
         return self.batch(index)
 
     def dense(self) -> torch.Tensor:
@@ -143,7 +237,9 @@ class CountData(Dataset):
         cells = np.arange(len(self)) if cells is None else np.asarray(cells.cpu() if hasattr(cells, "cpu") else cells)
         genes = np.arange(self.num_genes) if genes is None else np.asarray(genes)
         counts = self.counts[cells][:, genes]
-        return CountData(counts, self.obs.iloc[cells], self.var.iloc[genes], self.label_key, self.name)
+        return CountData(counts, self.obs.iloc[cells], self.var.iloc[genes], self.label_key, self.name,
+                         categorical_keys=self.categorical_keys, continuous_keys=self.continuous_keys,
+                         levels=self.levels)
 
     def filter_cells(self, min_counts: int = 1, min_genes: int = 0) -> CountData:
         """Drop cells with fewer than ``min_counts`` counts or ``min_genes`` expressed genes; warns with the count."""
@@ -215,7 +311,44 @@ class CountData(Dataset):
 
     def __repr__(self) -> str:
         labels = f", labels {self.label_key!r} ({len(self.label_names)})" if self.label_key else ""
-        return f"CountData({self.name}: {len(self)} cells x {self.num_genes} genes{labels})"
+        covariates = "".join(f", {k!r} ({len(self.levels[k])} levels)" for k in self.categorical_keys)
+        covariates += "".join(f", {k!r}" for k in self.continuous_keys)
+        return f"CountData({self.name}: {len(self)} cells x {self.num_genes} genes{labels}{covariates})"
+
+    @staticmethod
+    def concatenate(parts: dict, batch_key: str = "batch", genes: str = "inner", label_key: str | None = None,
+                    name: str = "concatenated") -> CountData:
+        """Several data sets as one, with the part each cell came from as the categorical covariate ``batch_key``
+        (``{"CEL-seq2": a, "Drop-seq": b}``: technology as the batch). ``genes="inner"`` keeps the genes all parts
+        share (in the first part's order) and says how many each part loses. Cell ids get the part's name as a
+        prefix where they collide."""
+        if not parts:
+            raise ValueError("concatenate needs at least one data set")
+        names = list(parts)
+        if genes != "inner":
+            raise ValueError(f"genes must be 'inner', got {genes!r}")
+        shared = pd.Index(parts[names[0]].gene_names)
+        for part in parts.values():
+            shared = shared[shared.isin(part.gene_names)]
+        if len(shared) == 0:
+            raise ValueError("the data sets share no gene names; map them to one gene id space first")
+        for key, part in parts.items():
+            lost = part.num_genes - len(shared)
+            if lost:
+                warnings.warn(f"concatenate: {key!r} keeps {len(shared)} of its {part.num_genes} genes (shared by "
+                              "all parts)", stacklevel=2)
+        selected = {k: p.select_genes(shared) for k, p in parts.items()}
+        obs = []
+        for key, part in selected.items():
+            frame = part.obs.copy()
+            frame[batch_key] = key
+            obs.append(frame)
+        obs = pd.concat(obs)
+        if not obs.index.is_unique:
+            obs.index = pd.Index([f"{k}:{c}" for k, p in selected.items() for c in p.obs.index], name=obs.index.name)
+        counts = sp.vstack([p.counts for p in selected.values()]).tocsr()
+        return CountData(counts, obs, selected[names[0]].var, label_key, name, categorical_keys=(batch_key,),
+                         levels={batch_key: names})
 
 
 def add_results(adata, latent=None, clusters=None, key: str = "pyrovae") -> None:

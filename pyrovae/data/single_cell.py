@@ -211,12 +211,24 @@ def read_count_csv(
     return CountData(sp.csr_matrix(table.to_numpy(dtype=np.float64).T), obs, var, label_key, name=name)
 
 
-def from_anndata(adata, layer: str | None = None, label_key: str | None = None) -> CountData:
-    """An AnnData's raw counts (``layer``, or ``X`` when None) with its ``obs`` and ``var``."""
+def from_anndata(adata, layer: str | None = None, label_key: str | None = None, *, batch_key: str | None = None,
+                 categorical_covariate_keys=(), continuous_covariate_keys=(), labels_key: str | None = None
+                 ) -> CountData:
+    """An AnnData's raw counts (``layer``, or ``X`` when None) with its ``obs`` and ``var``, as scvi-tools'
+    ``setup_anndata`` reads them: ``batch_key`` is the first categorical covariate (the batch), followed by
+    ``categorical_covariate_keys``; ``continuous_covariate_keys`` are continuous covariates; ``labels_key`` (or
+    ``label_key``) holds cell types."""
     if layer is not None and layer not in adata.layers:
         raise ValueError(f"no layer {layer!r} in the AnnData (layers: {list(adata.layers)}); raw counts are needed")
+    if label_key is not None and labels_key is not None and label_key != labels_key:
+        raise ValueError(f"label_key={label_key!r} and labels_key={labels_key!r} disagree; pass one")
+    categorical = [categorical_covariate_keys] if isinstance(categorical_covariate_keys, str) else list(
+        categorical_covariate_keys)
+    if batch_key is not None:
+        categorical = [batch_key] + [k for k in categorical if k != batch_key]
     matrix = adata.layers[layer] if layer is not None else adata.X
-    return CountData(matrix, adata.obs.copy(), adata.var.copy(), label_key, name=layer or "X")
+    return CountData(matrix, adata.obs.copy(), adata.var.copy(), label_key or labels_key, name=layer or "X",
+                     categorical_keys=categorical, continuous_keys=continuous_covariate_keys)
 
 
 def read_h5ad(path: str | os.PathLike, layer: str | None = None, label_key: str | None = None) -> CountData:

@@ -1,5 +1,6 @@
 """Training and evaluation: SVI, importance-sampled log-likelihood with its proposals, annealed importance sampling,
-the amortisation/approximation gap report, PSIS diagnostics, checkpoints.
+the amortisation/approximation gap report, PSIS diagnostics, checkpoints; normalised and differential expression
+of count models.
 
 The clustering and reconstruction scores live in :mod:`pyrovae.metrics` and are re-exported here.
 """
@@ -10,6 +11,7 @@ from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.early_stopping import EarlyStopping
 from pyrovae.infer.encoding import encode_data
 from pyrovae.infer.evaluation import elbo_terms, evaluate
+from pyrovae.infer.expression import differential_expression, markers, normalized_expression
 from pyrovae.infer.gap import GapReport, gap_report
 from pyrovae.infer.history import History
 from pyrovae.infer.importance import log_importance_weights
@@ -63,4 +65,7 @@ __all__ = [
     "save_checkpoint",
     "silhouette_sweep",
     "train",
+    "differential_expression",
+    "markers",
+    "normalized_expression",
 ]

@@ -92,6 +92,11 @@ class CountLikelihood(Likelihood):
             )
         return library.unsqueeze(-1) * torch.softmax(h, dim=-1)
 
+    def proportions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The library-free expression ``softmax(h)`` over genes ``(..., x_dim)`` from the decoder's output: each
+        gene's share of a cell's expected counts (scVI's ``px_scale``), before any zero inflation."""
+        return torch.softmax(self.split(outputs)[0], dim=-1)
+
     def check_data(self, x: torch.Tensor) -> None:
         name = type(self).__name__
         bad = (x < 0) | (x != x.round())

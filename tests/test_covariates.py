@@ -1,0 +1,191 @@
+"""Covariates beside x: their encoding, every model and guide with them, every entry point, and the data that carry
+them (CountData, from_anndata, concatenate)."""
+
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
+
+from pyrovae.data import CountData, from_anndata
+from pyrovae.distributions.negative_binomial import NegativeBinomial
+from pyrovae.guides import GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
+from pyrovae.infer import encode_data, evaluate, log_likelihood, make_objective, reconstruct, train
+from pyrovae.likelihoods.counts import NegativeBinomialLikelihood, ZeroInflatedNegativeBinomialLikelihood
+from pyrovae.models import GMVAE, SVAE, VAE
+from pyrovae.nn.covariates import ConditionalMLP, Covariates
+
+
+def batched_counts(n=240, genes=30, seed=0):
+    """Counts from three batches (batch 2 doubles genes 0-4) with a continuous covariate."""
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(0, 3, n)
+    log_rate = rng.normal(0.5, 1.0, (1, genes)) + np.where((batch[:, None] == 2) & (np.arange(genes) < 5), 1.0, 0.0)
+    counts = rng.poisson(np.exp(log_rate), (n, genes))
+    counts[:, 0] += 1  # no empty cell
+    obs = pd.DataFrame({"sample": [f"s{b}" for b in batch], "mito": rng.random(n), "donor": rng.choice(["a", "b"], n)},
+                       index=[f"cell{i}" for i in range(n)])
+    return CountData(counts, obs, categorical_keys=["sample", "donor"], continuous_keys=["mito"])
+
+
+def test_covariate_features_are_one_hot_codes_then_continuous_values():
+    covariates = Covariates((3, 2), 1)
+    cat = torch.tensor([[2, 0], [0, 1]])
+    cont = torch.tensor([[0.5], [-1.0]])
+    expected = torch.tensor([[0, 0, 1, 1, 0, 0.5], [1, 0, 0, 0, 1, -1.0]])
+    assert torch.equal(covariates(cat, cont), expected)
+    assert covariates.size == 6 and covariates.num_batches == 3
+
+
+@pytest.mark.parametrize("inject", ["all", "first"])
+def test_conditional_mlp_is_a_linear_layer_on_the_concatenation(inject):
+    torch.manual_seed(0)
+    net = ConditionalMLP(4, 3, (5,), 2, activation="tanh", inject=inject)
+    h, s = torch.randn(7, 4), torch.randn(7, 3)
+    first = torch.tanh(torch.cat([h, s], -1) @ torch.cat([net.linears[0].weight, net.side[0].weight], 1).T
+                       + net.linears[0].bias)
+    out = first @ net.linears[1].weight.T + net.linears[1].bias
+    if inject == "all":
+        out = out + s @ net.side[1].weight.T
+    assert torch.allclose(net(h, s), out, atol=1e-6)
+    # leading sample dimensions broadcast against the data's covariates
+    assert torch.allclose(net(h.expand(3, 7, 4), s)[1], net(h, s), atol=1e-6)
+
+
+def test_count_data_carries_codes_that_subsets_and_splits_keep():
+    data = batched_counts()
+    assert data.categorical_sizes == (3, 2) and data.num_continuous == 1
+    x, cat, cont = data.batch(torch.arange(5))
+    assert x.shape == (5, 30) and cat.dtype == torch.long and cat.shape == (5, 2) and cont.shape == (5, 1)
+    assert data.code("sample", "s2") == 2
+    train_part, test_part = data.split(0.5, seed=1)
+    only_s2 = test_part.subset(np.flatnonzero(test_part.obs["sample"].to_numpy() == "s2"))
+    assert only_s2.categorical_sizes == (3, 2)  # the parent's levels, though one level is left
+    assert (only_s2.cat[:, 0] == 2).all()
+    assert not data.without_covariates().has_covariates
+    with pytest.raises(ValueError, match="no column 'plate'"):
+        CountData(data.counts, data.obs, categorical_keys=["plate"])
+
+
+def test_from_anndata_reads_scvi_keys_batch_first():
+    anndata = pytest.importorskip("anndata")
+    data = batched_counts()
+    adata = anndata.AnnData(X=np.zeros(data.counts.shape, np.float32), obs=data.obs.copy())
+    adata.layers["counts"] = data.counts.copy()
+    cells = from_anndata(adata, layer="counts", batch_key="sample", categorical_covariate_keys=["donor"],
+                         continuous_covariate_keys=["mito"], labels_key="donor")
+    assert cells.categorical_keys == ("sample", "donor") and cells.continuous_keys == ("mito",)
+    assert cells.label_key == "donor"
+    assert torch.equal(cells.cat, data.cat)
+
+
+def test_concatenate_makes_the_part_the_batch_and_keeps_shared_genes():
+    a, b = batched_counts(40, 10, seed=1).without_covariates(), batched_counts(30, 10, seed=2).without_covariates()
+    b = b.subset(genes=np.arange(2, 10))
+    with pytest.warns(UserWarning, match="keeps 8 of its 10 genes"):
+        both = CountData.concatenate({"celseq": a, "dropseq": b}, batch_key="technology")
+    assert len(both) == 70 and both.num_genes == 8 and both.categorical_sizes == (2,)
+    assert (both.cat[:40, 0] == 0).all() and (both.cat[40:, 0] == 1).all()
+    assert both.obs.index.is_unique
+
+
+def test_gene_batch_dispersion_scores_each_cell_with_its_batch_theta():
+    likelihood = NegativeBinomialLikelihood(dispersion="gene-batch")
+    model = VAE(6, 2, (8,), likelihood, categorical=(3,))
+    with torch.no_grad():
+        likelihood.log_inverse_dispersion.copy_(torch.randn(3, 6))
+    z, cat = torch.randn(4, 2), torch.tensor([[0], [2], [1], [2]])
+    x, library = torch.tensor([[0, 1, 2, 3, 4, 5.0]] * 4), torch.full((4,), 15.0)
+    got = model.decode(z, library, cat).log_prob(x)
+    mean = library[:, None] * torch.softmax(model.decoder_outputs(z, cat), -1)
+    theta = likelihood.log_inverse_dispersion.exp()[cat[:, 0]]
+    assert torch.allclose(got, NegativeBinomial(mean, theta).log_prob(x).sum(-1), atol=1e-5)
+    with pytest.raises(ValueError, match="needs a batch"):
+        VAE(6, 2, (8,), NegativeBinomialLikelihood(dispersion="gene-batch"))
+
+
+PAIRS = {
+    "vae-nb": lambda c: (VAE(30, 3, (16,), "nb", **c), NormalGuide(30, 3, (16,), input_transform="log1p")),
+    "vae-zinb-encoded": lambda c: (VAE(30, 3, (16,), ZeroInflatedNegativeBinomialLikelihood("gene-batch"), **c),
+                                   NormalGuide(30, 3, (16,), input_transform="log1p", **c)),
+    "svae-vmf": lambda c: (SVAE(30, 3, (16,), "poisson", **c), VMFGuide(30, 3, (16,), input_transform="log1p", **c)),
+    "svae-power": lambda c: (SVAE(30, 3, (16,), "zip", **c), PowerSphericalGuide(30, 3, (16,))),
+    "gmvae-nb": lambda c: (GMVAE(30, 3, 3, (16,), NegativeBinomialLikelihood("gene-batch"), **c),
+                           GMVAEGuide(30, 3, 3, (16,), input_transform="log1p", **c)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:k-hat")
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_every_pair_trains_scores_and_encodes_with_covariates(name):
+    pyro.set_rng_seed(0)
+    data = batched_counts()
+    model, guide = PAIRS[name](dict(categorical=data.categorical_sizes, continuous=data.num_continuous))
+    elbo = "enum" if name.startswith("gmvae") else "jit"
+    history = train(model, guide, data, epochs=2, batch_size=64, elbo=elbo, progress=False, seed=0)
+    assert np.isfinite(history.records[-1]["loss"])
+    scores = log_likelihood(model, guide, data, num_samples=8)
+    assert scores.per_datum.shape == (240,) and torch.isfinite(scores.per_datum).all()
+    assert set(evaluate(model, guide, data)) == {"elbo", "reconstruction", "kl"}
+    assert encode_data(guide, data).shape[0] == 240
+    x, cat, cont = data.batch(torch.arange(10))
+    assert reconstruct(model, guide, x, cat=cat, cont=cont).shape == (10, 30)
+
+
+def test_the_same_cell_decoded_in_another_batch_changes_only_through_the_batch():
+    data = batched_counts()
+    model = VAE(30, 3, (16,), "nb", categorical=data.categorical_sizes, continuous=1)
+    x, cat, cont = data.batch(torch.arange(6))
+    z = torch.randn(6, 3)
+    moved = cat.clone()
+    moved[:, 0] = (cat[:, 0] + 1) % 3
+    assert not torch.allclose(model.decoder_outputs(z, cat, cont), model.decoder_outputs(z, moved, cont))
+    same = cat.clone()
+    assert torch.equal(model.decoder_outputs(z, same, cont), model.decoder_outputs(z, cat, cont))
+
+
+def test_pyro_svi_jit_and_predictive_take_the_covariates_positionally():
+    pyro.clear_param_store()
+    data = batched_counts()
+    model = VAE(30, 3, (16,), "nb", categorical=data.categorical_sizes, continuous=1)
+    guide = NormalGuide(30, 3, (16,), input_transform="log1p", categorical=data.categorical_sizes, continuous=1)
+    args = data.batch(torch.arange(64))
+    for elbo in (Trace_ELBO(), JitTrace_ELBO()):
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+        assert np.isfinite(svi.step(*args)) and np.isfinite(svi.step(*args))
+    draws = Predictive(model, guide=guide, num_samples=3)(*args)
+    assert draws["x"].shape == (3, 64, 30)
+
+
+def test_traced_objective_equals_the_untraced_one_with_covariates():
+    data = batched_counts()
+    model = VAE(30, 3, (16,), "nb", categorical=data.categorical_sizes, continuous=1)
+    guide = NormalGuide(30, 3, (16,), categorical=data.categorical_sizes, continuous=1)
+    x, cat, cont = data.batch(torch.arange(32))
+    scales = torch.tensor([2.0, 1.0])
+    plain, _ = make_objective("trace", model, guide)
+    traced, _ = make_objective("jit", model, guide)
+    for _ in range(2):  # the second call runs the cached trace
+        torch.manual_seed(3)
+        want = plain(x, scales, cat, cont)
+        torch.manual_seed(3)
+        got = traced(x, scales, cat, cont)
+        assert torch.allclose(got, want, rtol=1e-5)
+
+
+def test_wrong_covariates_get_errors_that_name_the_fix():
+    data = batched_counts()
+    with pytest.raises(ValueError, match="built without covariates.*categorical=data.categorical_sizes"):
+        train(VAE(30, 3, (16,), "nb"), NormalGuide(30, 3, (16,)), data, epochs=1, progress=False)
+    model = VAE(30, 3, (16,), "nb", categorical=data.categorical_sizes, continuous=1)
+    with pytest.raises(ValueError, match="called without cat"):
+        train(model, NormalGuide(30, 3, (16,)), data.without_covariates(), epochs=1, progress=False)
+    small = VAE(30, 3, (16,), "nb", categorical=(2, 2), continuous=1)
+    with pytest.raises(ValueError, match="code 2 at row .* outside 0..1"):
+        train(small, NormalGuide(30, 3, (16,)), data, epochs=1, progress=False)
+    x, cat, cont = data.batch(torch.arange(4))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(x, cat.float(), cont)
+    with pytest.raises(ValueError, match=r"expected cont of shape \(4, 1\)"):
+        model(x, cat, cont[:, :0])
