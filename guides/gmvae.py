@@ -22,6 +22,14 @@ class GMVAEGuide(AmortizedGuide):
     ``infer={"enumerate": "parallel"}``: under ``TraceEnum_ELBO`` all K values are scored at once and the
     ELBO sums over y exactly; under ``Trace_ELBO`` y is sampled instead (with a score-function gradient).
 
+    **Label transfer** (Kingma et al. 2014's M2, with the components as the classes): call the pair with labels
+    ``y`` beside the data (``model(x, cat, cont, y)``; -1 where unknown; :meth:`CountData.with_labels
+    <pyrovae.data.CountData.with_labels>` makes such batches). For a labelled datum q(y | x) is the point mass on
+    its label, so its ELBO is the bound on log p(x, y); for the others y is enumerated as usual. q(y | x) also
+    learns from the labelled data through the classification term ``classification_weight * log q(y | x)``
+    (Kingma et al.'s alpha), added to the ELBO as a ``pyro.factor`` of the guide. :meth:`classify` then transfers
+    the labels.
+
     :param int num_components: K, as in the model.
     :param hidden: hidden sizes of the trunk from the data side (at least one layer; the last is the width of the
         features f).
@@ -31,6 +39,7 @@ class GMVAEGuide(AmortizedGuide):
     :param bool latent_library: also sample ``"library"`` (for likelihoods with ``library="latent"``).
     :param bool batch_norm: batch-normalise the trunk's hidden layers (all but the last).
     :param float dropout: dropout after each hidden layer of the trunk.
+    :param float classification_weight: alpha of the classification term on labelled data (per datum).
     """
 
     def __init__(
@@ -49,6 +58,7 @@ class GMVAEGuide(AmortizedGuide):
         dropout: float = 0.0,
         categorical=(),
         continuous: int = 0,
+        classification_weight: float = 10.0,
     ) -> None:
         super().__init__()
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
@@ -68,6 +78,9 @@ class GMVAEGuide(AmortizedGuide):
         self.y_embedding = nn.Parameter(0.1 * torch.randn(self.num_components, width))
         self.z_head = nn.Linear(width, 2 * self.z_dim)
         self.min_scale = float(min_scale)
+        if classification_weight < 0:
+            raise ValueError(f"classification_weight must be >= 0, got {classification_weight}")
+        self.classification_weight = float(classification_weight)
 
     def features(self, x: torch.Tensor, cat: torch.Tensor | None = None,
                  cont: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,13 +115,42 @@ class GMVAEGuide(AmortizedGuide):
         """The most probable component argmax_y q(y | x) of each datum: the GMVAE's clustering."""
         return self.component_posterior(x, cat=cat, cont=cont).probs.argmax(-1)
 
-    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
+                 *labels) -> torch.Tensor:
+        """q(y | x) of each datum, ``(batch, num_components)``: the transferred labels' probabilities (any labels
+        passed after the covariates are ignored, so that ``encode_data(guide, data, fn=guide.classify)`` works on
+        labelled data too)."""
+        return self.component_posterior(x, cat=cat, cont=cont).probs
+
+    def _component_site(self, f: torch.Tensor, y: torch.Tensor | None) -> dist.Categorical:
+        """q(y | x), or the point mass on the known label of labelled data (``y >= 0``), and the classification
+        term of the labelled data as a factor."""
+        posterior = dist.Categorical(logits=self.y_head(f))
+        if y is None:
+            return posterior
+        if not torch.jit.is_tracing():
+            if y.shape != f.shape[:-1] or y.is_floating_point():
+                raise ValueError(f"labels y must be integer codes of shape {tuple(f.shape[:-1])}, -1 where unknown; "
+                                 f"got {y.dtype} {tuple(y.shape)}")
+            if bool((y >= self.num_components).any()) or bool((y < -1).any()):
+                raise ValueError(f"labels y must lie in -1..{self.num_components - 1} (-1: unknown)")
+        labelled = y >= 0
+        label = y.clamp(min=0)
+        log_q = posterior.logits.gather(-1, label.unsqueeze(-1)).squeeze(-1)
+        if self.classification_weight > 0:  # -(alpha log q) in the guide adds +alpha log q to the ELBO
+            pyro.factor("classification", -self.classification_weight * log_q * labelled, has_rsample=True)
+        point = torch.full_like(posterior.logits, -1e4).scatter(-1, label.unsqueeze(-1), 0.0)
+        return dist.Categorical(logits=torch.where(labelled.unsqueeze(-1), point, posterior.logits))
+
+    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> None:
         register_module(self)
         if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAEGuide expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
         with pyro.plate("data", x.shape[-2]):
             f = self.features(x, cat, cont)
-            y = pyro.sample("y", self.component_posterior(x, f), infer={"enumerate": "parallel"})
+            y = pyro.sample("y", self._component_site(f, y), infer={"enumerate": "parallel"})
             pyro.sample("z", self.latent_posterior(f, y))
             if self.library_encoder is not None:
                 pyro.sample("library", self.encode_library(x))

@@ -86,7 +86,9 @@ class GMVAE(VAE):
         components = dist.Normal(self.component_locs, self.component_scales).to_event(1)
         return dist.MixtureSameFamily(self.component_prior(), components)
 
-    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
+    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> None:
+        # known labels y (label transfer) enter through the guide: GMVAEGuide's q(y | x) is the point mass on them
         register_module(self)
         if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(f"GMVAE expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")

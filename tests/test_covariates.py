@@ -7,13 +7,13 @@ import pyro
 import pytest
 import torch
 from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
+from pyrovae.guides import GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
+from pyrovae.models import GMVAE, SVAE, VAE
 
 from pyrovae.data import CountData, from_anndata
 from pyrovae.distributions.negative_binomial import NegativeBinomial
-from pyrovae.guides import GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.infer import encode_data, evaluate, log_likelihood, make_objective, reconstruct, train
 from pyrovae.likelihoods.counts import NegativeBinomialLikelihood, ZeroInflatedNegativeBinomialLikelihood
-from pyrovae.models import GMVAE, SVAE, VAE
 from pyrovae.nn.covariates import ConditionalMLP, Covariates
 
 

@@ -119,6 +119,21 @@ def test_smoke_scvae_counts(tmp_path):
 
 
 @pytest.mark.data
+def test_smoke_pbmc_de(tmp_path):
+    require_dataset("pbmc3k")
+    metrics = run_script("pbmc_de", tmp_path, "--epochs", "1", "--label-epochs", "1", "--genes", "300",
+                         "--num-samples", "50", "--latent", "3", "--hidden", "16")["metrics"]
+    assert set(metrics["marker_ranks"]) == {"B", "CD14+ Mono", "CD8 T", "DC", "FCGR3A+ Mono", "Memory CD4 T", "NK",
+                                            "Naive CD4 T", "Platelet"}
+    assert 0 <= metrics["label_transfer_accuracy"] <= 1 and metrics["hidden_cells"] > 0
+    import anndata
+
+    adata = anndata.read_h5ad(tmp_path / "pbmc_de" / "cells.h5ad")
+    assert adata.obsm["X_pyrovae_vae"].shape == (metrics["cells"], 3)
+    assert "pyrovae_transferred_label" in adata.obs and "B" in adata.uns["pyrovae_de"]
+
+
+@pytest.mark.data
 def test_smoke_grid_search_resumes(tmp_path):
     require_dataset("cellbench")
     arguments = ["--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "100", "--hidden", "8", "8,16",
@@ -163,7 +178,7 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
 
 
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
-           "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae"]
+           "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae", "pbmc_de"]
 
 
 def test_every_experiment_is_listed():

@@ -57,6 +57,7 @@ class CountData(Dataset):
         self.label_key, self.name = label_key, name
         self._check_values()
         self._set_covariates(categorical_keys, continuous_keys, levels or {})
+        self._y: np.ndarray | None = None
 
     # -- covariates ---------------------------------------------------------------------------------------
     def _set_covariates(self, categorical_keys, continuous_keys, levels: dict) -> None:
@@ -126,6 +127,32 @@ class CountData(Dataset):
         return CountData._share(self, self.counts, self.obs, self.var, categorical_keys, continuous_keys,
                                 levels if levels is not None else self.levels)
 
+    def with_labels(self, known=None) -> CountData:
+        """The same cells whose batches also carry the label codes ``y`` (``label_names`` order), -1 for the cells
+        not in ``known`` (a boolean mask or indices; default all): semi-supervised training of a GMVAE, whose
+        components are then the labels (label transfer, :class:`~pyrovae.guides.GMVAEGuide`). Batches are
+        ``(x, cat, cont, y)`` (empty ``cat``/``cont`` without covariates)."""
+        if self.label_key is None:
+            raise ValueError(f"{self.name} has no label column: pass label_key (labels_key in from_anndata)")
+        codes = pd.Categorical(self.obs[self.label_key]).codes.astype(np.int64)
+        if (codes < 0).any():
+            raise ValueError(f"{self.name}: {int((codes < 0).sum())} cells have no label in {self.label_key!r}; "
+                             "give them one or leave them out of known=")
+        mask = np.ones(len(self), bool)
+        if known is not None:
+            known = np.asarray(known.cpu() if isinstance(known, torch.Tensor) else known)
+            mask = known.copy() if known.dtype == bool else np.isin(np.arange(len(self)), known)
+            if mask.shape != (len(self),):
+                raise ValueError(f"known is a mask of {mask.shape} for {len(self)} cells")
+        data = self.with_covariates(self.categorical_keys, self.continuous_keys)
+        data._y = np.where(mask, codes, -1)
+        return data
+
+    @property
+    def y(self) -> torch.Tensor | None:
+        """The label codes batches carry (-1: unknown), or None (see :meth:`with_labels`)."""
+        return None if self._y is None else torch.from_numpy(self._y)
+
     def without_covariates(self) -> CountData:
         """The same cells without covariates: batches are ``x`` alone (for a model that ignores them)."""
         return self.with_covariates((), ())
@@ -137,6 +164,7 @@ class CountData(Dataset):
         data.label_key, data.name = parent.label_key, parent.name
         data._set_covariates(categorical_keys, continuous_keys, {k: v for k, v in levels.items()
                                                                   if k in categorical_keys})
+        data._y = None
         return data
 
     # -- validation ---------------------------------------------------------------------------------------
@@ -215,11 +243,13 @@ class CountData(Dataset):
         rows = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
         dense = torch.from_numpy(self.counts[rows].toarray())
         parts = [dense]
-        if self.has_covariates:
+        if self.has_covariates or self._y is not None:
             parts += [torch.from_numpy(self._cat[rows]), torch.from_numpy(self._cont[rows])]
+        if self._y is not None:
+            parts.append(torch.from_numpy(self._y[rows]))
         if device is not None and torch.device(device).type != "cpu":
             parts = [p.pin_memory().to(device, non_blocking=True) for p in parts]
-        return tuple(parts) if self.has_covariates else parts[0]
+        return tuple(parts) if len(parts) > 1 else parts[0]
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
@@ -237,9 +267,11 @@ class CountData(Dataset):
         cells = np.arange(len(self)) if cells is None else np.asarray(cells.cpu() if hasattr(cells, "cpu") else cells)
         genes = np.arange(self.num_genes) if genes is None else np.asarray(genes)
         counts = self.counts[cells][:, genes]
-        return CountData(counts, self.obs.iloc[cells], self.var.iloc[genes], self.label_key, self.name,
+        part = CountData(counts, self.obs.iloc[cells], self.var.iloc[genes], self.label_key, self.name,
                          categorical_keys=self.categorical_keys, continuous_keys=self.continuous_keys,
                          levels=self.levels)
+        part._y = None if self._y is None else self._y[cells]
+        return part
 
     def filter_cells(self, min_counts: int = 1, min_genes: int = 0) -> CountData:
         """Drop cells with fewer than ``min_counts`` counts or ``min_genes`` expressed genes; warns with the count."""

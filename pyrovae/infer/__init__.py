@@ -11,7 +11,7 @@ from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.early_stopping import EarlyStopping
 from pyrovae.infer.encoding import encode_data
 from pyrovae.infer.evaluation import elbo_terms, evaluate
-from pyrovae.infer.expression import differential_expression, markers, normalized_expression
+from pyrovae.infer.expression import differential_expression, markers, normalized_expression, predict_labels
 from pyrovae.infer.gap import GapReport, gap_report
 from pyrovae.infer.history import History
 from pyrovae.infer.importance import log_importance_weights
@@ -68,4 +68,5 @@ __all__ = [
     "differential_expression",
     "markers",
     "normalized_expression",
+    "predict_labels",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -48,7 +49,8 @@ def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None
         guide_trace = poutine.trace(guide).get_trace(*args)
         model_trace = poutine.trace(model).get_trace(*args)  # latents from the prior: shapes are the model's own
     guide_observed = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
-                      and site["is_observed"] and not site_is_subsample(site)]
+                      and site["is_observed"] and not site_is_subsample(site)
+                      and not isinstance(site["fn"], dist.Unit)]  # a pyro.factor of the guide is no observation
     model_observes = any(site["type"] == "sample" and site["is_observed"] for site in model_trace.nodes.values())
     if guide_observed or not model_observes:
         raise ValueError(

@@ -301,4 +301,27 @@ def markers(frame: pd.DataFrame, min_bayes_factor: float = 3.0, min_detection: f
     return chosen if top is None else chosen.head(top)
 
 
-__all__ = ["differential_expression", "markers", "normalized_expression"]
+@torch.no_grad()
+def predict_labels(guide, data, batch_size: int = 512, device=None) -> pd.DataFrame:
+    """Transferred labels of a semi-supervised GMVAE (:class:`~pyrovae.guides.GMVAEGuide` trained on
+    :meth:`CountData.with_labels <pyrovae.data.CountData.with_labels>`): the most probable label of every cell
+    (column ``label``), its probability (``probability``) and q(y | x) for each label (one column per label)."""
+    from pyrovae.infer.encoding import encode_data
+
+    data = _count_data(data, "predict_labels")
+    if not callable(getattr(guide, "classify", None)):
+        raise TypeError(f"predict_labels needs a guide with classify() (GMVAEGuide), got {type(guide).__name__}")
+    names = data.label_names
+    probs = encode_data(guide, data, fn=guide.classify, batch_size=batch_size, device=device).double().numpy()
+    if names and len(names) != probs.shape[1]:
+        raise ValueError(f"the guide has {probs.shape[1]} components but the data {len(names)} labels ({names[:5]})"
+                         "; build the GMVAE with num_components=len(data.label_names)")
+    columns = names or [str(k) for k in range(probs.shape[1])]
+    frame = pd.DataFrame(probs, index=data.obs.index, columns=columns)
+    best = probs.argmax(1)
+    frame.insert(0, "probability", probs[np.arange(len(best)), best])
+    frame.insert(0, "label", pd.Categorical(np.asarray(columns)[best], categories=columns))
+    return frame
+
+
+__all__ = ["differential_expression", "markers", "normalized_expression", "predict_labels"]

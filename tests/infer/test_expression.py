@@ -6,11 +6,11 @@ import pandas as pd
 import pyro
 import pytest
 import torch
+from pyrovae.guides import DeltaGuide, NormalGuide
+from pyrovae.models import VAE
 
 from pyrovae.data import CountData
-from pyrovae.guides import DeltaGuide, NormalGuide
 from pyrovae.infer import differential_expression, markers, normalized_expression, train
-from pyrovae.models import VAE
 
 
 def small_cells(n=50, genes=12, seed=0, batches=True):

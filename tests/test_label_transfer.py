@@ -1,0 +1,93 @@
+"""Label transfer with the semi-supervised GMVAE (Kingma et al. 2014, M2): the labelled bound, the classification
+term, and transferred labels on simulated cell types."""
+
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+from pyrovae.guides import GMVAEGuide
+from pyrovae.models import GMVAE
+
+from pyrovae.data import CountData
+from pyrovae.infer import log_likelihood, predict_labels, train
+
+
+def typed_cells(n=600, genes=40, types=3, seed=0):
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, types, n)
+    profile = 0.8 * rng.normal(0, 1, (types, genes))
+    counts = rng.poisson(np.exp(1.0 + profile[kind]))
+    counts[:, 0] += 1
+    obs = pd.DataFrame({"cell_type": [f"type{k}" for k in kind]}, index=[f"c{i}" for i in range(n)])
+    return CountData(counts, obs, label_key="cell_type")
+
+
+def pair(genes=40, types=3, alpha=0.0, seed=0):
+    torch.manual_seed(seed)
+    return (GMVAE(genes, 3, types, (16,), "nb"),
+            GMVAEGuide(genes, 3, types, (16,), input_transform="log1p", classification_weight=alpha))
+
+
+def test_the_labelled_elbo_is_the_bound_on_log_p_of_x_and_its_label():
+    """TraceEnum_ELBO on labelled data against a direct Monte Carlo estimate of
+    E_q(z|x,y)[log p(x | z) + log p(z | y) + log p(y) - log q(z | x, y)] at the known labels y."""
+    data = typed_cells(n=8).with_labels()
+    model, guide = pair()
+    x, cat, cont, y = data.batch(torch.arange(8))
+    elbo = TraceEnum_ELBO(num_particles=4000, vectorize_particles=True, max_plate_nesting=1)
+    with torch.no_grad():
+        pyro.set_rng_seed(1)
+        loss = elbo.loss(model, guide, x, cat, cont, y)
+        q = guide.latent_posterior(guide.features(x), y)
+        z = q.sample((4000,))
+        terms = (model.decode(z, x.sum(-1)).log_prob(x) + model.component(y).log_prob(z)
+                 + model.component_prior().log_prob(y) - q.log_prob(z)).sum(-1)
+    assert abs(-loss - float(terms.mean())) < 4 * float(terms.std()) / np.sqrt(4000) + 1e-3
+
+
+def test_the_classification_term_adds_alpha_log_q_of_the_label_on_labelled_data_only():
+    data = typed_cells(n=10)
+    known = np.arange(10) < 6
+    args = data.with_labels(known).batch(torch.arange(10))
+    x, y = args[0], args[3]
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    losses = {}
+    for alpha in (0.0, 2.5):
+        model, guide = pair(alpha=alpha)
+        pyro.set_rng_seed(0)
+        losses[alpha] = float(elbo.loss(model, guide, *args))
+    log_q = guide.component_posterior(x).logits.log_softmax(-1).gather(-1, y.clamp(min=0)[:, None]).squeeze(-1)
+    expected = -2.5 * float(log_q[torch.as_tensor(known)].sum())
+    assert losses[2.5] - losses[0.0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_labels_hidden_for_half_the_cells_are_transferred():
+    data = typed_cells()
+    rng = np.random.default_rng(1)
+    known = rng.random(len(data)) < 0.5
+    model, guide = pair(alpha=10.0)
+    pyro.set_rng_seed(0)
+    train(model, guide, data.with_labels(known), epochs=12, batch_size=64, progress=False, seed=0)
+    predicted = predict_labels(guide, data)
+    truth = data.obs["cell_type"].to_numpy()
+    accuracy = (predicted["label"].astype(str).to_numpy()[~known] == truth[~known]).mean()
+    assert accuracy > 0.95
+    assert np.allclose(predicted[data.label_names].sum(1), 1.0)
+    # held-out log p(x) sums y out whether or not the batches carry labels
+    with pytest.warns(UserWarning, match="k-hat"):
+        plain = log_likelihood(model, guide, data, num_samples=16).mean
+    with pytest.warns(UserWarning, match="k-hat"):
+        labelled = log_likelihood(model, guide, data.with_labels(known), num_samples=16).mean
+    assert abs(plain - labelled) < 0.5
+
+
+def test_bad_labels_are_refused():
+    data = typed_cells(n=6)
+    model, guide = pair()
+    x, cat, cont, y = data.with_labels().batch(torch.arange(6))
+    with pytest.raises(ValueError, match=r"-1..2"):
+        guide(x, cat, cont, y + 5)
+    with pytest.raises(ValueError, match="no label column"):
+        data.with_covariates().without_covariates().__class__(data.counts).with_labels()
