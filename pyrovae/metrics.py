@@ -1,6 +1,6 @@
 """Scores of what a model learned, in one place: clustering of latent representations against known labels (ARI,
-NMI, silhouette), reconstruction (MSE, per-row correlation), and the circular correlation of angles (for latents
-on a circle)."""
+NMI, silhouette), batch mixing of an integrated latent space (batch ASW and iLISI, as scIB defines them),
+reconstruction (MSE, per-row correlation), and the circular correlation of angles (for latents on a circle)."""
 
 from __future__ import annotations
 
@@ -90,4 +90,80 @@ def circular_correlation(a, b) -> float:
     return abs(float((sine_a * sine_b).sum() / np.sqrt((sine_a**2).sum() * (sine_b**2).sum())))
 
 
-__all__ = ["circular_correlation", "clustering_scores", "kmeans_clusters", "reconstruction_scores", "silhouette_sweep"]
+def batch_asw(latent, batch, labels) -> float:
+    """scIB's batch ASW (Luecken et al. 2022): within each cell label, the silhouette of every cell with the
+    *batches* as clusters, ``1 - |s|`` (1: the batches are mixed, 0: separated), averaged per label and then over
+    labels. Labels seen in one batch only are left out, as scIB does."""
+    from sklearn.metrics import silhouette_samples
+
+    latent, batch, labels = _numpy(latent), _numpy(batch).ravel(), _numpy(labels).ravel()
+    per_label = []
+    for label in np.unique(labels):
+        rows = labels == label
+        batches = np.unique(batch[rows])
+        if len(batches) < 2 or len(batches) == rows.sum():
+            continue
+        per_label.append(float(np.mean(1.0 - np.abs(silhouette_samples(latent[rows], batch[rows])))))
+    if not per_label:
+        raise ValueError("batch_asw needs a label observed in at least two batches")
+    return float(np.mean(per_label))
+
+
+def _simpson_index(distances: np.ndarray, codes: np.ndarray, num_codes: int, perplexity: float,
+                   tol: float = 1e-5, max_iter: int = 50) -> np.ndarray:
+    """Simpson's index of the labels ``codes`` (cells x neighbours) of each cell's neighbours, weighted by a
+    Gaussian kernel on the neighbour distances whose precision is found by bisection so that the weights' entropy
+    is log(perplexity) (the LISI of Korsunsky et al. 2019)."""
+    target = np.log(perplexity)
+    simpson = np.empty(len(distances))
+    for i, d in enumerate(distances):
+        beta, low, high = 1.0, -np.inf, np.inf
+        for _ in range(max_iter):
+            p = np.exp(-d * beta)
+            total = p.sum()
+            if total == 0:
+                entropy, p = 0.0, np.zeros_like(d)
+            else:
+                entropy = np.log(total) + beta * (d * p).sum() / total
+                p = p / total
+            gap = entropy - target
+            if abs(gap) < tol:
+                break
+            if gap > 0:
+                low = beta
+                beta = beta * 2 if high == np.inf else (beta + high) / 2
+            else:
+                high = beta
+                beta = beta / 2 if low == -np.inf else (beta + low) / 2
+        shares = np.bincount(codes[i], weights=p, minlength=num_codes)
+        simpson[i] = (shares**2).sum()
+    return simpson
+
+
+def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = None) -> np.ndarray:
+    """The local inverse Simpson's index of ``labels`` around every cell (Korsunsky et al. 2019): the effective
+    number of labels among its ``num_neighbors`` nearest neighbours (Euclidean), weighted by a Gaussian kernel
+    of perplexity ``num_neighbors // 3`` (scib-metrics' defaults)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    latent, labels = _numpy(latent), _numpy(labels).ravel()
+    codes, names = np.unique(labels, return_inverse=True)[1], np.unique(labels)
+    k = min(num_neighbors, len(latent) - 1)
+    perplexity = perplexity if perplexity is not None else max(k // 3, 1)
+    distances, indices = NearestNeighbors(n_neighbors=k + 1).fit(latent).kneighbors(latent)
+    distances, indices = distances[:, 1:], indices[:, 1:]  # without the cell itself
+    return 1.0 / _simpson_index(distances, codes[indices], len(names), perplexity)
+
+
+def ilisi(latent, batch, num_neighbors: int = 90) -> float:
+    """scIB's iLISI: the median LISI of the batches, scaled to [0, 1] by ``(median - 1) / (batches - 1)`` (1: every
+    neighbourhood holds all batches in proportion)."""
+    batch = _numpy(batch).ravel()
+    num_batches = len(np.unique(batch))
+    if num_batches < 2:
+        raise ValueError("ilisi needs at least two batches")
+    return float((np.nanmedian(lisi(latent, batch, num_neighbors)) - 1) / (num_batches - 1))
+
+
+__all__ = ["batch_asw", "circular_correlation", "clustering_scores", "ilisi", "kmeans_clusters", "lisi",
+           "reconstruction_scores", "silhouette_sweep"]
