@@ -248,6 +248,9 @@ SHARED_SETS = {
     "worm_neuron": "scDeepCluster worm neuron (4,186 cells x 13,488 genes, 10 types)",
     "cellbench_celseq2": "CellBench CEL-seq2, 3 cell lines",
     "cellbench_dropseq": "CellBench Drop-seq, 3 cell lines",
+    "cellbench_5cl_p1": "CellBench CEL-seq2, 5 cell lines, plate 1",
+    "cellbench_5cl_p2": "CellBench CEL-seq2, 5 cell lines, plate 2",
+    "cellbench_5cl_p3": "CellBench CEL-seq2, 5 cell lines, plate 3",
 }
 
 
@@ -260,6 +263,8 @@ def load_count_dataset(name: str, data_dir: str | os.PathLike | None = None) -> 
         "worm_neuron": ("scdeepcluster", lambda f: read_scdeepcluster_h5(f / "worm_neuron_cell.h5")),
         "cellbench_celseq2": ("cellbench", lambda f: _cellbench(f, "sc_celseq2")),
         "cellbench_dropseq": ("cellbench", lambda f: _cellbench(f, "sc_dropseq")),
+        **{f"cellbench_5cl_p{p}": ("cellbench", lambda f, p=p: _cellbench(f, f"sc_celseq2_5cl_p{p}"))
+           for p in (1, 2, 3)},
     }
     if name not in layout:
         raise ValueError(f"unknown data set {name!r}; expected one of {sorted(layout)}")
