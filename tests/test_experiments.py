@@ -134,6 +134,20 @@ def test_smoke_pbmc_de(tmp_path):
 
 
 @pytest.mark.data
+def test_smoke_integration(tmp_path):
+    require_dataset("cellbench")
+    metrics = run_script("integration", tmp_path, "--epochs", "2", "--genes", "200", "--models", "vae", "gmvae",
+                         "vae-unintegrated", "--latent", "3", "--hidden", "16")["metrics"]
+    assert metrics["batches"] == ["CEL-seq2", "Drop-seq"]
+    for row in metrics["results"].values():
+        assert -1 <= row["ari"] <= 1 and 0 <= row["batch_asw"] <= 1 and 0 <= row["ilisi"] <= 1
+    import anndata
+
+    adata = anndata.read_h5ad(tmp_path / "integration" / "cells.h5ad")
+    assert adata.obsm["X_gmvae"].shape == (metrics["cells"], 3)
+
+
+@pytest.mark.data
 def test_smoke_grid_search_resumes(tmp_path):
     require_dataset("cellbench")
     arguments = ["--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "100", "--hidden", "8", "8,16",
@@ -178,7 +192,8 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
 
 
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
-           "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae", "pbmc_de"]
+           "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae", "pbmc_de",
+           "integration"]
 
 
 def test_every_experiment_is_listed():
