@@ -117,6 +117,9 @@ class CellStream(IterableDataset):
     :param int num_workers: DataLoader worker processes (:meth:`loader`); shards are dealt among them.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
         e.g. a fitted :class:`~pyrovae.data.LogPCA`.
+    :param covariates: atlas labels (``"plate"``, ``"sample"``, ...; the first is the batch) that batches carry as a
+        model's categorical covariates: :meth:`inputs` is then ``(x, cat, cont)``; build the model with
+        ``categorical=stream.categorical_sizes``.
     """
 
     def __init__(
@@ -138,8 +141,14 @@ class CellStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         transform: torch.nn.Module | None = None,
+        covariates=(),
     ) -> None:
         super().__init__()
+        self.covariates = (covariates,) if isinstance(covariates, str) else tuple(covariates)
+        unknown = [name for name in self.covariates if name not in atlas.labels]
+        if unknown:
+            raise ValueError(f"covariates {unknown} are not labels of the atlas (labels: {list(atlas.labels)}); "
+                             "add them to TahoeAtlas(labels=...)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if split not in (None, "train", "test"):
@@ -172,12 +181,24 @@ class CellStream(IterableDataset):
         self.epoch = 0
         atlas.categories  # noqa: B018 - scanned here once and pickled to the workers, not scanned in each
 
-    def inputs(self, batch: CellBatch) -> torch.Tensor:
-        """What the model is trained on: the dense counts, or their ``transform``."""
+    @property
+    def categorical_sizes(self) -> tuple[int, ...]:
+        """The number of levels of each covariate (a model's ``categorical``)."""
+        categories = self.atlas.categories
+        return tuple(len(categories[name]) for name in self.covariates)
+
+    def inputs(self, batch: CellBatch):
+        """What the model is trained on: the dense counts, or their ``transform``; with covariates, the tuple
+        ``(x, cat, cont)`` (``cont`` empty)."""
         if self.transform is None:
-            return batch.counts
-        self.transform.to(batch.values.device)
-        return self.transform(batch.counts)
+            x = batch.counts
+        else:
+            self.transform.to(batch.values.device)
+            x = self.transform(batch.counts)
+        if not self.covariates:
+            return x
+        cat = torch.stack([batch.labels[name] for name in self.covariates], -1)
+        return x, cat, x.new_zeros(len(x), 0)
 
     @property
     def num_cells(self) -> int:

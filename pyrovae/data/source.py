@@ -182,8 +182,25 @@ class StreamSource(DataSource):
     def head(self, size, batch_size):
         if size <= 0:
             return None  # the same cells on every rank
-        return IndexedSource(TensorData(self.stream.inputs(self.stream.take(size)), name=self.name), batch_size,
-                             self.name)
+        taken = self.stream.inputs(self.stream.take(size))
+        data = _Arguments(taken) if isinstance(taken, tuple) else TensorData(taken, name=self.name)
+        return IndexedSource(data, batch_size, self.name)
+
+
+class _Arguments:
+    """In-memory batches of a model's arguments ``(x, cat, cont)``, batched by index."""
+
+    def __init__(self, tensors: tuple) -> None:
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def batch(self, indices, device):
+        return tuple(t[indices].to(device) for t in self.tensors)
+
+    def subset(self, indices):
+        return _Arguments(tuple(t[indices] for t in self.tensors))
 
 
 def _is_stream(data) -> bool:

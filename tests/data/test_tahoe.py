@@ -217,3 +217,25 @@ def test_a_panel_outside_the_vocabulary_is_refused_when_the_stream_is_made(atlas
                            (np.array([0.5]), "integers in 0..")):
         with pytest.raises(ValueError, match=message):
             CellStream(atlas, panel=panel)
+
+
+def test_a_stream_carries_atlas_labels_as_covariates_through_training(atlas):
+    from pyrovae.guides import NormalGuide
+    from pyrovae.infer import log_likelihood, train
+    from pyrovae.models import VAE
+
+    panel = atlas.panel_positions()[:50]
+    stream = CellStream(atlas, panel, batch_size=100, split="train", covariates=("plate",), seed=0)
+    x, cat, cont = stream.inputs(next(iter(stream.loader())))
+    assert cat.shape == (100, 1) and cont.shape == (100, 0)
+    assert stream.categorical_sizes == (len(atlas.categories["plate"]),) == (3,)
+    assert set(cat[:, 0].tolist()) <= {0, 1, 2}
+    model = VAE(50, 3, (16,), "poisson", categorical=stream.categorical_sizes)
+    guide = NormalGuide(50, 3, (16,), input_transform="log1p")
+    history = train(model, guide, stream, epochs=1, eval_size=64, progress=False, seed=0)
+    assert np.isfinite(history.last["train_elbo"])
+    test = CellStream(atlas, panel, batch_size=100, split="test", covariates="plate", shuffle=False)
+    with pytest.warns(UserWarning, match="k-hat"):
+        assert np.isfinite(log_likelihood(model, guide, test, num_samples=4).mean)
+    with pytest.raises(ValueError, match="not labels of the atlas"):
+        CellStream(atlas, panel, covariates=("donor",))
