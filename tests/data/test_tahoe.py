@@ -221,8 +221,9 @@ def test_a_panel_outside_the_vocabulary_is_refused_when_the_stream_is_made(atlas
 
 def test_a_stream_carries_atlas_labels_as_covariates_through_training(atlas):
     from pyrovae.guides import NormalGuide
-    from pyrovae.infer import log_likelihood, train
     from pyrovae.models import VAE
+
+    from pyrovae.infer import log_likelihood, train
 
     panel = atlas.panel_positions()[:50]
     stream = CellStream(atlas, panel, batch_size=100, split="train", covariates=("plate",), seed=0)
