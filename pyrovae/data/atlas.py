@@ -105,6 +105,46 @@ class TahoeAtlas:
             self._split_rows[fraction, seed] = rows - held_out, held_out
         return self._split_rows[fraction, seed]
 
+    def group_codes(self, held_out: dict) -> dict[str, np.ndarray]:
+        """``{label: [category, ...]}`` as integer codes per label, checked against the atlas's categories."""
+        categories, codes = self.categories, {}
+        for name, values in held_out.items():
+            if name not in categories:
+                raise ValueError(f"held_out names {name!r}, which is not a label of the atlas ({list(categories)})")
+            values = [values] if isinstance(values, str) else list(values)
+            unknown = [v for v in values if str(v) not in categories[name]]
+            if unknown or not values:
+                raise ValueError(f"held_out {name!r}: {unknown or 'no'} categories among {categories[name][:10]}")
+            codes[name] = np.array([categories[name].index(str(v)) for v in values])
+        return codes
+
+    @staticmethod
+    def in_groups(block: CellBlock, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """Which cells of ``block`` belong to one of the held-out groups ``codes`` (:meth:`group_codes`)."""
+        mask = np.zeros(len(block), dtype=bool)
+        for name, values in codes.items():
+            mask |= np.isin(block.labels[name], values)
+        return mask
+
+    def group_split_rows(self, held_out: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Per shard, the number of cells outside and inside the held-out groups (one scan of the label columns,
+        kept)."""
+        key = ("groups", tuple(sorted((k, tuple(map(str, v if not isinstance(v, str) else [v])))
+                                      for k, v in held_out.items())))
+        if key not in self._split_rows:
+            codes, categories = self.group_codes(held_out), self.categories
+            inside = []
+            for shard in self.shards:
+                table = shard.open().read(columns=[LABEL_COLUMNS.get(n, n) for n in codes])
+                mask = np.zeros(shard.num_rows, dtype=bool)
+                for name, column in zip(codes, table.columns):
+                    values = np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+                    mask |= np.isin(values, [categories[name][c] for c in codes[name]])
+                inside.append(int(mask.sum()))
+            rows = np.array([s.num_rows for s in self.shards])
+            self._split_rows[key] = rows - np.array(inside), np.array(inside)
+        return self._split_rows[key]
+
     def read(
         self,
         shard_index: int,
@@ -113,12 +153,18 @@ class TahoeAtlas:
         split: str | None = None,
         test_fraction: float = 0.0,
         split_seed: int = 0,
+        held_out: dict | None = None,
     ) -> Iterator[CellBlock]:
         """Blocks of cells of one shard in file order, counts on ``panel`` (vocabulary positions); a block is
         decoded only when asked for, so stopping early reads no further.
 
-        :param split: None (all cells), ``"train"`` or ``"test"`` (cells of :func:`holdout_mask`).
+        :param split: None (all cells), ``"train"`` or ``"test"`` (cells of :func:`holdout_mask`, or of the
+            ``held_out`` groups).
+        :param held_out: ``{label: [category, ...]}``: the test part is every cell of these groups (whole plates,
+            drugs or cell lines), the training part every other cell; a training block that holds one of them
+            raises (a leak is a bug, never silent).
         """
+        codes = self.group_codes(held_out) if held_out else None
         shard = self.shards[shard_index]
         panel_lookup = self.vocabulary.lookup(panel)
         categories = self.categories
@@ -131,8 +177,10 @@ class TahoeAtlas:
             block.ids += self.offsets[shard_index]
             if split is not None:
                 rows = np.arange(first, first + len(block))
-                test = holdout_mask(shard, rows, test_fraction, split_seed)
+                test = self.in_groups(block, codes) if codes else holdout_mask(shard, rows, test_fraction, split_seed)
                 block = block.take(np.flatnonzero(test if split == "test" else ~test))
+                if codes and split == "train" and self.in_groups(block, codes).any():
+                    raise RuntimeError(f"{shard.name}: a held-out group leaked into the training part")
             first += batch.num_rows
             if len(block):
                 yield block

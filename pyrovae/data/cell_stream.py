@@ -117,6 +117,8 @@ class CellStream(IterableDataset):
     :param int num_workers: DataLoader worker processes (:meth:`loader`); shards are dealt among them.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
         e.g. a fitted :class:`~pyrovae.data.LogPCA`.
+    :param held_out: ``{label: [category, ...]}`` (e.g. ``{"plate": ["plate_3"]}``): with ``split``, the test part is
+        every cell of these groups and the training part all the others, instead of a random share of cells.
     :param covariates: atlas labels (``"plate"``, ``"sample"``, ...; the first is the batch) that batches carry as a
         model's categorical covariates: :meth:`inputs` is then ``(x, cat, cont)``; build the model with
         ``categorical=stream.categorical_sizes``.
@@ -142,6 +144,7 @@ class CellStream(IterableDataset):
         world_size: int | None = None,
         transform: torch.nn.Module | None = None,
         covariates=(),
+        held_out: dict | None = None,
     ) -> None:
         super().__init__()
         self.covariates = (covariates,) if isinstance(covariates, str) else tuple(covariates)
@@ -153,7 +156,9 @@ class CellStream(IterableDataset):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if split not in (None, "train", "test"):
             raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
-        if split is not None and not 0 < test_fraction < 1:
+        if held_out and split is None:
+            raise ValueError("held_out groups make a train/test split: pass split='train' or split='test'")
+        if split is not None and not held_out and not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1) for a split, got {test_fraction}")
         self.atlas = atlas
         self.panel = atlas.panel_positions() if panel is None else np.asarray(panel)
@@ -161,6 +166,7 @@ class CellStream(IterableDataset):
         self.panel = self.panel.astype(np.int64)
         self.batch_size = int(batch_size)
         self.split, self.test_fraction, self.split_seed = split, test_fraction, split_seed
+        self.held_out = dict(held_out) if held_out else None
         self.shuffle = shuffle
         self.buffer_size = max(int(buffer_size), self.batch_size)
         self.interleave = max(1, int(interleave))
@@ -175,7 +181,8 @@ class CellStream(IterableDataset):
         if split is None:
             self.shard_cells = np.array([s.num_rows for s in atlas.shards], dtype=np.int64)
         else:
-            train_rows, test_rows = atlas.split_rows(test_fraction, split_seed)
+            train_rows, test_rows = (atlas.group_split_rows(self.held_out) if self.held_out
+                                     else atlas.split_rows(test_fraction, split_seed))
             self.shard_cells = test_rows if split == "test" else train_rows
         self.transform = transform
         self.epoch = 0
@@ -243,7 +250,7 @@ class CellStream(IterableDataset):
         while pending or readers:
             while pending and len(readers) < interleave:
                 readers.append(self.atlas.read(pending.popleft(), self.panel, self.rows_per_read, self.split,
-                                               self.test_fraction, self.split_seed))
+                                               self.test_fraction, self.split_seed, self.held_out))
             reader = readers.popleft()
             block = next(reader, None)
             if block is not None:
@@ -296,7 +303,8 @@ class CellStream(IterableDataset):
         """About ``num_cells`` cells of this split, spread over the shards (all ranks see the same ones): a
         held-out sample for figures and log-likelihoods, in memory."""
         block = self.atlas.sample(num_cells, self.panel, seed=seed, split=self.split,
-                                  test_fraction=self.test_fraction, split_seed=self.split_seed)
+                                  test_fraction=self.test_fraction, split_seed=self.split_seed,
+                                  held_out=self.held_out)
         return CellBatch.from_block(block)
 
     def __repr__(self) -> str:

@@ -240,3 +240,25 @@ def test_a_stream_carries_atlas_labels_as_covariates_through_training(atlas):
         assert np.isfinite(log_likelihood(model, guide, test, num_samples=4).mean)
     with pytest.raises(ValueError, match="not labels of the atlas"):
         CellStream(atlas, panel, covariates=("donor",))
+
+
+def test_whole_plates_can_be_held_out_and_none_leaks_into_training(atlas):
+    plates = atlas.categories["plate"]
+    held = {"plate": [plates[-1]]}
+    panel = atlas.panel_positions()[:20]
+    train_part = CellStream(atlas, panel, batch_size=64, split="train", held_out=held, shuffle=False)
+    test_part = CellStream(atlas, panel, batch_size=64, split="test", held_out=held, shuffle=False)
+    last = len(plates) - 1
+    train_plates = {int(c) for b in train_part.loader() for c in b.plate}
+    test_plates = {int(c) for b in test_part.loader() for c in b.plate}
+    assert last not in train_plates and test_plates == {last}
+    counts = np.zeros(len(plates), dtype=int)
+    for shard in range(len(atlas.shards)):
+        for block in atlas.read(shard, panel):
+            counts += np.bincount(block.labels["plate"], minlength=len(plates))
+    assert test_part.num_cells == counts[last] and train_part.num_cells == counts[:last].sum()
+    assert len(test_part.take(10)) == 10 and set(test_part.take(10).labels["plate"].tolist()) == {last}
+    with pytest.raises(ValueError, match="categories among"):
+        CellStream(atlas, panel, split="test", held_out={"plate": ["no such plate"]})
+    with pytest.raises(ValueError, match="split="):
+        CellStream(atlas, panel, held_out=held)
