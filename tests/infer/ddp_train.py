@@ -1,4 +1,5 @@
-"""Trains a count VAE on generated Tahoe shards; run alone or under torchrun by tests/infer/test_distributed.py.
+"""Trains a count VAE on generated Tahoe shards, with the plate as a covariate of the decoder; run alone or under
+torchrun by tests/infer/test_distributed.py.
 
 Every rank saves its parameters, its loss curve and the cells it read in the first epoch to ``OUT/rank{r}.pt``.
 """
@@ -25,12 +26,12 @@ args = parser.parse_args()
 torch.set_num_threads(1)
 init_distributed()
 atlas = TahoeAtlas(args.shards)
-stream = CellStream(atlas, batch_size=args.batch_size, buffer_size=256, seed=3)
+stream = CellStream(atlas, batch_size=args.batch_size, buffer_size=256, seed=3, covariates=("plate",))
 stream.set_epoch(0)
 first_epoch_cells = torch.cat([batch.ids for _, batch in zip(range(len(stream)), stream.loader())])
 
 torch.manual_seed(0)  # the same initial parameters in every run (DDP broadcasts rank 0's anyway)
-model = VAE(stream.num_genes, 4, [32], likelihood="nb")
+model = VAE(stream.num_genes, 4, [32], likelihood="nb", categorical=stream.categorical_sizes)
 guide = NormalGuide(stream.num_genes, 4, [32], input_transform="log1p")
 history = train(model, guide, stream, epochs=args.epochs, lr=3e-3, seed=0, eval_size=0, progress=False,
                 checkpoint=args.checkpoint)
