@@ -139,11 +139,10 @@ save(fig, f"{args.out}/pbmc_de_volcano.png")
 for kind, table in tables.items():
     table.to_csv(f"{args.out}/de_{re.sub(r'[^A-Za-z0-9]+', '_', kind)}.csv")
 adata = cells.to_anndata()
-add_results(adata, latent=encode_data(guide, cells), key="pyrovae_vae")
-adata.obs["pyrovae_transferred_label"] = predicted["label"].to_numpy()
-adata.obs["pyrovae_label_probability"] = predicted["probability"].to_numpy()
+add_results(adata, latent=encode_data(guide, cells), key="pyrovae_vae",
+            de={kind: table.head(100) for kind, table in tables.items()})
+add_results(adata, labels=predicted, key="pyrovae_transferred")
 adata.obs["pyrovae_label_known"] = known
-adata.uns["pyrovae_de"] = {kind: table.head(100) for kind, table in tables.items()}
 adata.write_h5ad(f"{args.out}/cells.h5ad")
 
 metrics = {

@@ -130,7 +130,7 @@ def test_smoke_pbmc_de(tmp_path):
 
     adata = anndata.read_h5ad(tmp_path / "pbmc_de" / "cells.h5ad")
     assert adata.obsm["X_pyrovae_vae"].shape == (metrics["cells"], 3)
-    assert "pyrovae_transferred_label" in adata.obs and "B" in adata.uns["pyrovae_de"]
+    assert "pyrovae_transferred_label" in adata.obs and "B" in adata.uns["pyrovae_vae_de"]
 
 
 @pytest.mark.data

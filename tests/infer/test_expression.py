@@ -160,3 +160,21 @@ def test_expression_refuses_what_it_cannot_answer():
         normalized_expression(gaussian, guide, data)
     with pytest.raises(ValueError, match="no level 'zz'"):
         normalized_expression(model, guide, data, transform_batch="zz")
+
+
+def test_results_go_back_into_anndata(tmp_path):
+    anndata = pytest.importorskip("anndata")
+    from pyrovae.data import add_results
+
+    data = small_cells()
+    model, guide = point_pair(data)
+    adata = data.to_anndata()
+    frame = normalized_expression(model, guide, data)
+    table = differential_expression(model, guide, data, "A", groupby="group", num_samples=100)
+    add_results(adata, normalized=frame, de={"A": table}, key="vae")
+    assert np.allclose(adata.layers["vae_normalized"], frame.to_numpy())
+    add_results(adata, normalized=frame.iloc[:, :5], key="panel")  # a subset of genes: a DataFrame in obsm
+    assert list(adata.obsm["panel_normalized"].columns) == data.gene_names[:5]
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    back = anndata.read_h5ad(tmp_path / "cells.h5ad")
+    assert list(back.uns["vae_de"]["A"].index[:3]) == list(table.index[:3])
