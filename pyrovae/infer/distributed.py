@@ -84,6 +84,16 @@ def all_finite(flag: bool) -> bool:
     return bool(value)
 
 
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor that holds where ``flag`` holds on any rank, computed on the device (no host round trip
+    on NCCL; ``flag`` itself when not distributed)."""
+    if not is_distributed():
+        return flag
+    value = flag.to(_backend_device(), torch.float32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.to(flag.device) > 0
+
+
 def gather_objects(value) -> list:
     """``value`` from every rank, in rank order (``[value]`` when not distributed)."""
     if not is_distributed():

@@ -18,7 +18,7 @@ from pyro import poutine
 from torch import nn
 
 from pyrovae.infer.data import as_args
-from pyrovae.infer.distributed import all_finite
+from pyrovae.infer.distributed import all_finite, any_rank
 
 
 def trainable_parameters(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[list, dict]:
@@ -98,11 +98,25 @@ def svi_step(objective, params: list, optimizer, x: torch.Tensor, scales: torch.
     return loss.detach()
 
 
+def _skips_on_device(optimizer, clip_args) -> bool:
+    """Whether ``optimizer`` can skip a step on a device flag: torch's fused Adam/AdamW read ``found_inf`` (as
+    the AMP grad scaler sets it) and leave parameters, moments and step count as they were."""
+    return (not clip_args and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
+            and all(group.get("fused") for group in optimizer.param_groups))
+
+
 class SVIStep:
     """The step of :func:`~pyrovae.infer.train`, usable on its own in a research loop::
 
         step = SVIStep(objective, params, optim=pyro.optim.Adam({"lr": 1e-3}))
-        loss = step(x, scales)        # None, and nothing applied, when the loss or a gradient is not finite
+        loss = step(x, scales)        # nothing applied when the loss or a gradient is not finite
+        if step.failed: ...           # (with the default fused Adam: checked when you ask, see below)
+
+    With the default optimiser (torch's fused Adam) the guard runs on the device: a non-finite loss or gradient sets
+    a flag that makes the fused kernel skip the update, and every later step too, so the parameters stay those
+    of the last good step; nothing waits for the host. Ask :attr:`failed` (one synchronisation) when convenient:
+    ``train`` asks once per epoch. With another optimiser or gradient clipping the check is synchronous and the
+    call returns None for a skipped step.
 
     :param objective: ``objective(x, scales) -> loss`` from :func:`~pyrovae.infer.make_objective`.
     :param params: the parameters to update (:func:`trainable_parameters`).
@@ -113,9 +127,45 @@ class SVIStep:
             raise ValueError("nothing to train: the model and guide have no trainable parameters")
         self.objective, self.params = objective, params
         self.optimizer, self.clip_args = build_optimizer(optim, params, lr)
+        self.deferred = _skips_on_device(self.optimizer, self.clip_args)
+        self.steps = 0  # calls so far
+        self._failed: torch.Tensor | None = None  # sticky device flag: some step was not finite
+        self._first_failure: torch.Tensor | None = None  # the index of the first such call
+
+    @property
+    def failed(self) -> bool:
+        """Whether a step was not finite (from then on nothing was applied). Synchronises with the device."""
+        return self._failed is not None and bool(self._failed)
+
+    @property
+    def first_failure(self) -> int | None:
+        """The index (0-based, counting calls) of the first non-finite step, or None."""
+        return int(self._first_failure) if self.failed else None
 
     def __call__(self, x: torch.Tensor, scales: torch.Tensor):
-        return svi_step(self.objective, self.params, self.optimizer, x, scales, self.clip_args)
+        if not self.deferred:
+            loss = svi_step(self.objective, self.params, self.optimizer, x, scales, self.clip_args)
+            if loss is None and self._failed is None:
+                self._failed, self._first_failure = torch.tensor(True), torch.tensor(self.steps)
+            self.steps += 1
+            return loss
+        for p in self.params:
+            p.grad = None
+        x, *inputs = as_args(x)
+        with pyro.validation_enabled(False):
+            loss = self.objective(x, scales, *inputs)
+            loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        bad = any_rank(~(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())))
+        if self._failed is None:
+            self._failed = torch.zeros((), dtype=torch.bool, device=loss.device)
+            self._first_failure = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self._first_failure = torch.where(bad & ~self._failed, self.steps, self._first_failure)
+        self._failed = self._failed | bad
+        self.optimizer.found_inf = self._failed.to(loss.dtype)  # the fused kernel skips the update where set
+        self.optimizer.step()
+        self.steps += 1
+        return loss.detach()
 
 
 __all__ = ["SVIStep", "build_optimizer", "svi_step", "trainable_parameters"]

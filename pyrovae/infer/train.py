@@ -209,7 +209,9 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
     stays in evaluation mode (no dropout, batch norm's running statistics neither used from the batch nor
     updated), so that it is not changed at all."""
     num_data, steps_per_epoch = batches.num_data, len(batches)
-    global_step = epochs.start * steps_per_epoch
+    global_step = first_step = epochs.start * steps_per_epoch
+    step.steps = 0
+    scales = None  # (data scale, KL weight) on the device, filled in place: no host-to-device copy per step
     bar = tqdm(total=len(epochs) * steps_per_epoch, desc="train", dynamic_ncols=True,
                disable=not (progress and is_main_process()))
     with bar:
@@ -222,13 +224,20 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 x = args[0]
                 beta = schedule.weight(global_step)
                 data_scale = (num_data or x.shape[0]) / x.shape[0]
-                loss = step(args, torch.tensor([data_scale, beta], device=device, dtype=x.dtype))
+                if scales is None or scales.dtype != x.dtype:
+                    scales = torch.zeros(2, device=device, dtype=x.dtype)
+                scales[0].fill_(data_scale)
+                scales[1].fill_(beta)
+                loss = step(args, scales)
                 if loss is None:
                     raise TrainingDiverged(_diverged(epoch, global_step, step.params, saved.path))
                 total_loss += loss / data_scale
                 seen += x.shape[0]
                 global_step += 1
                 bar.update()
+            if step.deferred and step.failed:  # one synchronisation per epoch: was any step not finite?
+                failure = first_step + step.first_failure
+                raise TrainingDiverged(_diverged(failure // steps_per_epoch, failure, step.params, saved.path))
             total_loss, seen = all_reduce_sum(torch.stack([total_loss, total_loss.new_tensor(seen)])).tolist()
             record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "kl_weight": beta}
             if train_eval is not None:

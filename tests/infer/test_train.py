@@ -13,7 +13,7 @@ from pyrovae.models import VAE
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyrovae.data import TensorData, two_groups
-from pyrovae.infer import TrainingDiverged, load_checkpoint, make_objective, train
+from pyrovae.infer import SVIStep, TrainingDiverged, load_checkpoint, make_objective, train, trainable_parameters
 from pyrovae.likelihoods import Gaussian
 from tests.infer.guides_and_models import small_pair
 
@@ -109,7 +109,9 @@ def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path):
 
     def recording_step(self, *args, **kwargs):
         result = original_step(self, *args, **kwargs)
-        snapshots.append(parameters(model, guide))
+        skipped = getattr(self, "found_inf", None)  # the fused Adam's device flag: this step was not applied
+        if skipped is None or not bool(skipped):
+            snapshots.append(parameters(model, guide))
         return result
 
     torch.optim.Adam.step = recording_step
@@ -123,6 +125,27 @@ def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(parameters(model, guide), snapshots[-1]))
     assert all(torch.isfinite(p).all() for p in parameters(model, guide))
     assert load_checkpoint(tmp_path / "c.pt")["epoch"] == len(snapshots) // 3
+
+
+def test_the_default_step_guards_on_the_device_and_skips_every_step_after_a_failure():
+    """The fused Adam skips a non-finite step and all later ones on a device flag; the failure is read when asked."""
+    model = ExplodingVAE(15, 2, hidden=(6,), likelihood="gaussian", explode_at=5)
+    guide = NormalGuide(15, 2, hidden=(6,))
+    objective, _ = make_objective("trace", model, guide)
+    params, _ = trainable_parameters(model, guide, data()[:8])
+    step = SVIStep(objective, params)
+    assert step.deferred and not step.failed
+    x, scales = data()[:16], torch.tensor([1.0, 1.0])
+    states = []
+    for _ in range(6):
+        loss = step(x, scales)
+        assert loss is not None
+        states.append(parameters(model, guide))
+    assert step.failed and step.first_failure == 3  # decode's 5th call (after the parameter search's) is NaN
+    assert not torch.equal(states[1][0], states[2][0])  # good steps were applied
+    assert all(torch.equal(a, b) for state in states[3:] for a, b in zip(state, states[2]))
+    clipped = SVIStep(objective, params, optim=pyro.optim.ClippedAdam({"lr": 1e-3}))
+    assert not clipped.deferred and clipped(x, scales) is None and clipped.failed  # synchronous: None at once
 
 
 @pytest.mark.parametrize("frozen", ["model", "guide"])
