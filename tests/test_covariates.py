@@ -189,3 +189,14 @@ def test_wrong_covariates_get_errors_that_name_the_fix():
         model(x, cat.float(), cont)
     with pytest.raises(ValueError, match=r"expected cont of shape \(4, 1\)"):
         model(x, cat, cont[:, :0])
+
+
+def test_float64_pairs_train_with_the_device_guard_and_any_integer_codes_encode():
+    data = batched_counts(n=64)
+    model = VAE(30, 3, (16,), "nb", categorical=data.categorical_sizes, continuous=1).double()
+    guide = NormalGuide(30, 3, (16,), input_transform="log1p").double()
+    with pytest.warns(UserWarning, match="converted to torch.float64"):
+        history = train(model, guide, data, epochs=1, batch_size=32, progress=False)
+    assert np.isfinite(history.last["loss"])
+    x, cat, cont = data.batch(torch.arange(4))
+    assert torch.equal(model.covariates(cat.int(), cont), model.covariates(cat, cont))

@@ -91,3 +91,17 @@ def test_bad_labels_are_refused():
         guide(x, cat, cont, y + 5)
     with pytest.raises(ValueError, match="no label column"):
         data.with_covariates().without_covariates().__class__(data.counts).with_labels()
+
+
+def test_cells_without_a_label_can_be_the_hidden_ones_and_iwae_is_refused():
+    data = typed_cells(n=30)
+    data.obs.loc[data.obs.index[:5], "cell_type"] = None
+    known = np.arange(30) >= 5
+    y = data.with_labels(known).y
+    assert (y[:5] == -1).all() and (y[5:] >= 0).all()
+    assert (data.with_labels().y[:5] == -1).all()  # by default the unlabelled cells are the unknown ones
+    with pytest.raises(ValueError, match="in known= have no label"):
+        data.with_labels(np.ones(30, bool))
+    model, guide = pair()
+    with pytest.raises(ValueError, match="cannot use"):
+        train(model, guide, data.with_labels(known), epochs=1, elbo="iwae", num_particles=2, progress=False)

@@ -156,6 +156,10 @@ class CellStream(IterableDataset):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if split not in (None, "train", "test"):
             raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+        overlap = sorted(set(held_out or ()) & set(self.covariates))
+        if overlap:
+            raise ValueError(f"{overlap} are held out and also covariates: the held-out levels would be decoded with "
+                             "weights never trained; hold out by another label, or drop it from covariates")
         if held_out and split is None:
             raise ValueError("held_out groups make a train/test split: pass split='train' or split='test'")
         if split is not None and not held_out and not 0 < test_fraction < 1:

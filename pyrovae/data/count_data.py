@@ -123,9 +123,12 @@ class CountData(Dataset):
         return known.index(str(level))
 
     def with_covariates(self, categorical_keys=(), continuous_keys=(), levels: dict | None = None) -> CountData:
-        """The same cells with other covariates (the counts are shared, not copied)."""
-        return CountData._share(self, self.counts, self.obs, self.var, categorical_keys, continuous_keys,
+        """The same cells with other covariates (the counts are shared, not copied; labels batches carry are
+        kept)."""
+        data = CountData._share(self, self.counts, self.obs, self.var, categorical_keys, continuous_keys,
                                 levels if levels is not None else self.levels)
+        data._y = self._y
+        return data
 
     def with_labels(self, known=None) -> CountData:
         """The same cells whose batches also carry the label codes ``y`` (``label_names`` order), -1 for the cells
@@ -135,17 +138,17 @@ class CountData(Dataset):
         if self.label_key is None:
             raise ValueError(f"{self.name} has no label column: pass label_key (labels_key in from_anndata)")
         codes = pd.Categorical(self.obs[self.label_key]).codes.astype(np.int64)
-        if (codes < 0).any():
-            raise ValueError(f"{self.name}: {int((codes < 0).sum())} cells have no label in {self.label_key!r}; "
-                             "give them one or leave them out of known=")
-        mask = np.ones(len(self), bool)
+        mask = codes >= 0  # default: the cells that have a label
         if known is not None:
             known = np.asarray(known.cpu() if isinstance(known, torch.Tensor) else known)
             mask = known.copy() if known.dtype == bool else np.isin(np.arange(len(self)), known)
             if mask.shape != (len(self),):
                 raise ValueError(f"known is a mask of {mask.shape} for {len(self)} cells")
+            if (codes[mask] < 0).any():
+                raise ValueError(f"{self.name}: {int((codes[mask] < 0).sum())} cells in known= have no label in "
+                                 f"{self.label_key!r}; give them one or leave them out of known=")
         data = self.with_covariates(self.categorical_keys, self.continuous_keys)
-        data._y = np.where(mask, codes, -1)
+        data._y = np.where(mask & (codes >= 0), codes, -1)
         return data
 
     @property

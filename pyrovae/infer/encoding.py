@@ -29,7 +29,7 @@ def encode_data(
     :param data: a tensor, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData` or Dataset.
     :param fn: what to compute per batch, e.g. ``guide.assign`` for a GMVAE's clusters.
     """
-    fn = fn or (lambda *args: latent_location(guide.encode(*args)))
+    fn = fn or (lambda *args: latent_location(guide.encode(*args[:3])))  # labels (a 4th input) are not encoded
     device = torch.device(device) if device is not None else module_device(guide)
     batches = as_batches(data, batch_size, shuffle=False, device=device, default_batch_size=512,
                          dtype=floating_dtype(guide))

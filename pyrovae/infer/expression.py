@@ -68,8 +68,7 @@ def _decode_rho(model, z: torch.Tensor, cat, cont, batch: torch.Tensor | None) -
 
 
 def _encode(guide, args):
-    encode = guide.encode
-    return encode(*args) if len(args) > 1 else encode(args[0])
+    return guide.encode(*args[:3]) if len(args) > 1 else guide.encode(args[0])  # labels are not encoded
 
 
 def _draw(q, num_samples: int) -> torch.Tensor:
@@ -139,6 +138,8 @@ def normalized_expression(
 def _mask(data, group, groupby: str | None, name: str) -> np.ndarray:
     """A boolean mask over cells from a label of ``obs[groupby]``, a list of labels, a mask or indices."""
     n = len(data)
+    if isinstance(group, (list, tuple)) and group and all(isinstance(g, str) for g in group):
+        groupby = groupby or data.label_key
     if groupby is not None or isinstance(group, str):
         key = groupby or data.label_key
         if key is None or key not in data.obs.columns:
@@ -157,8 +158,11 @@ def _mask(data, group, groupby: str | None, name: str) -> np.ndarray:
                 raise ValueError(f"{name} is a mask of {group.shape} for {n} cells")
             mask = group.copy()
         else:
+            indices = group.astype(np.int64)
+            if indices.size and (indices.min() < 0 or indices.max() >= n):
+                raise ValueError(f"{name} holds cell indices outside 0..{n - 1}")
             mask = np.zeros(n, bool)
-            mask[group.astype(np.int64)] = True
+            mask[indices] = True
     if not mask.any():
         raise ValueError(f"{name} selects no cells")
     return mask

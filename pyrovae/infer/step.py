@@ -162,7 +162,7 @@ class SVIStep:
             self._first_failure = torch.full((), -1, dtype=torch.long, device=loss.device)
         self._first_failure = torch.where(bad & ~self._failed, self.steps, self._first_failure)
         self._failed = self._failed | bad
-        self.optimizer.found_inf = self._failed.to(loss.dtype)  # the fused kernel skips the update where set
+        self.optimizer.found_inf = self._failed.float()  # the fused kernel skips the update where set (float32 always)
         self.optimizer.step()
         self.steps += 1
         return loss.detach()

@@ -171,6 +171,11 @@ def train(
             "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'"
         )
     first_batch = next(iter(train_eval or validation or batches))
+    if len(first_batch) > 3 and elbo_name.lower().startswith(("iwae", "renyi")):
+        raise ValueError(
+            f"the batches carry labels y (CountData.with_labels), which the {elbo_name} bound cannot use: its "
+            "importance weights sum y out; train label transfer with elbo='enum' (or 'auto')"
+        )
 
     requires_grad = {p: p.requires_grad for m in modules.values() for p in m.parameters()}
     if freeze:
@@ -234,6 +239,9 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 total_loss += loss / data_scale
                 seen += x.shape[0]
                 global_step += 1
+                if step.deferred and (global_step - first_step) % 256 == 0 and step.failed:  # long epochs stop early
+                    failure = first_step + step.first_failure
+                    raise TrainingDiverged(_diverged(failure // steps_per_epoch, failure, step.params, saved.path))
                 bar.update()
             if step.deferred and step.failed:  # one synchronisation per epoch: was any step not finite?
                 failure = first_step + step.first_failure

@@ -21,6 +21,12 @@ from torch import nn
 from pyrovae.nn.mlp import make_activation
 
 
+def _validating() -> bool:
+    from pyro.infer.util import is_validation_enabled
+
+    return is_validation_enabled()
+
+
 class Covariates(nn.Module):
     """The covariate features ``[one_hot(cat[:, 0]), ..., one_hot(cat[:, -1]), cont]`` of a batch.
 
@@ -74,6 +80,8 @@ class Covariates(nn.Module):
                 )
             if tensor.dim() != 2 or tensor.shape != (num_data, width):
                 raise ValueError(f"{who} expected {name} of shape ({num_data}, {width}), got {tuple(tensor.shape)}")
+        if not _validating():
+            return  # inside train's steps (validation off): checked on the first batch, no host round trip after
         if cat is not None and self.categorical and not torch.jit.is_tracing():
             if cat.is_floating_point():
                 raise ValueError(f"{who}: cat holds category codes and must be an integer tensor, got {cat.dtype}")
@@ -91,7 +99,8 @@ class Covariates(nn.Module):
 
     def forward(self, cat: torch.Tensor | None, cont: torch.Tensor | None) -> torch.Tensor:
         """The features ``(batch, size)``; call :meth:`check` first where the inputs are untrusted."""
-        parts = [nn.functional.one_hot(cat[..., j], k).to(self._anchor.dtype) for j, k in enumerate(self.categorical)]
+        parts = [nn.functional.one_hot(cat[..., j].long(), k).to(self._anchor.dtype)
+                 for j, k in enumerate(self.categorical)]
         if self.continuous:
             parts.append(cont.to(self._anchor.dtype))
         return torch.cat(parts, -1)

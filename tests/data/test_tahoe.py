@@ -262,3 +262,5 @@ def test_whole_plates_can_be_held_out_and_none_leaks_into_training(atlas):
         CellStream(atlas, panel, split="test", held_out={"plate": ["no such plate"]})
     with pytest.raises(ValueError, match="split="):
         CellStream(atlas, panel, held_out=held)
+    with pytest.raises(ValueError, match="never trained"):
+        CellStream(atlas, panel, split="train", held_out=held, covariates=("plate",))

@@ -149,6 +149,10 @@ def test_expression_refuses_what_it_cannot_answer():
     model, guide = point_pair(data)
     with pytest.raises(ValueError, match="groupby"):
         differential_expression(model, guide, data, "Z", groupby="group")
+    with pytest.raises(ValueError, match="outside 0..49"):
+        differential_expression(model, guide, data, [-1, 3])
+    by_names = differential_expression(model, guide, data, ["A"], num_samples=50)  # labels of data.label_key
+    assert by_names.attrs["group1"] == 20
     with pytest.raises(ValueError, match="disjoint"):
         differential_expression(model, guide, data, np.arange(10), np.arange(5, 15))
     with pytest.raises(ValueError, match="delta"):
