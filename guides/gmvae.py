@@ -42,7 +42,8 @@ class GMVAEGuide(AmortizedGuide):
     :param float dropout: dropout after each hidden layer of the trunk.
     :param float classification_weight: alpha of the classification term on labelled data (per datum). It weighs
         the classifier against the ELBO, whose size grows with the number of features: on PBMC 3k at 2,000 genes
-        with half the labels hidden, alpha = 10, 100 and 1000 transfer 87.8%, 88.5% and 89.1% of them.
+        with half the labels hidden, alpha = 10, 100 and 1000 transfer 87.8%, 88.5% and 89.1% of them (60 epochs):
+        raise it for wide data.
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class GMVAEGuide(AmortizedGuide):
         dropout: float = 0.0,
         categorical=(),
         continuous: int = 0,
-        classification_weight: float = 100.0,
+        classification_weight: float = 10.0,
     ) -> None:
         super().__init__()
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
