@@ -8,7 +8,7 @@ import torch
 
 from pyrovae.infer.data import as_batches, module_device
 from pyrovae.infer.evaluation import evaluation_mode
-from pyrovae.infer.latent import latent_location
+from pyrovae.infer.latent import encode_batch, latent_location
 from pyrovae.infer.settings import floating_dtype
 
 
@@ -29,7 +29,7 @@ def encode_data(
     :param data: a tensor, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData` or Dataset.
     :param fn: what to compute per batch, e.g. ``guide.assign`` for a GMVAE's clusters.
     """
-    fn = fn or (lambda *args: latent_location(guide.encode(*args[:3])))  # labels (a 4th input) are not encoded
+    fn = fn or (lambda *args: latent_location(encode_batch(guide, *args)))
     device = torch.device(device) if device is not None else module_device(guide)
     batches = as_batches(data, batch_size, shuffle=False, device=device, default_batch_size=512,
                          dtype=floating_dtype(guide))

@@ -20,6 +20,7 @@ import torch
 
 from pyrovae.infer.data import as_args, module_device
 from pyrovae.infer.evaluation import evaluation_mode
+from pyrovae.infer.latent import encode_batch
 
 _DE_MODES = ("change", "vanilla")
 
@@ -67,10 +68,6 @@ def _decode_rho(model, z: torch.Tensor, cat, cont, batch: torch.Tensor | None) -
     return _proportions(model)(model.decoder_outputs(z, cat, cont))
 
 
-def _encode(guide, args):
-    return guide.encode(*args[:3]) if len(args) > 1 else guide.encode(args[0])  # labels are not encoded
-
-
 def _draw(q, num_samples: int) -> torch.Tensor:
     return q.sample((num_samples,)) if num_samples > 1 else q.sample().unsqueeze(0)
 
@@ -116,7 +113,7 @@ def normalized_expression(
         with evaluation_mode(model, guide):
             for start in range(0, len(data), batch_size):
                 args = as_args(data.batch(np.arange(start, min(start + batch_size, len(data))), device))
-                z = _draw(_encode(guide, args), num_samples)
+                z = _draw(encode_batch(guide, *args), num_samples)
                 cat, cont = (args[1], args[2]) if len(args) > 2 else (None, None)
                 if batches is None:
                     rho = _decode_rho(model, z, cat, cont, None).mean(0)
@@ -175,7 +172,7 @@ def _group_rho(model, guide, data, cells: np.ndarray, batch: np.ndarray | None, 
     for start in range(0, len(cells), batch_size):
         chunk = cells[start:start + batch_size]
         args = as_args(data.batch(chunk, device))
-        z = _encode(guide, args).sample()
+        z = encode_batch(guide, *args).sample()
         cat, cont = (args[1], args[2]) if len(args) > 2 else (None, None)
         codes = None if batch is None else torch.as_tensor(batch[start:start + batch_size], device=device)
         draws.append(_decode_rho(model, z, cat, cont, codes).double().cpu())

@@ -38,7 +38,9 @@ def _spherical(q) -> SphericalDistribution | None:
     return q if isinstance(q, SphericalDistribution) else None
 
 
-def _encode(guide, x: torch.Tensor, cat=None, cont=None):
+def encode_batch(guide, x: torch.Tensor, cat=None, cont=None, *labels):
+    """q(z | x) of a batch's arguments ``(x, cat, cont, y)``: the covariates go to the guide where given, labels
+    never (a guide encodes x, not y)."""
     return guide.encode(x) if cat is None and cont is None else guide.encode(x, cat, cont)
 
 
@@ -47,7 +49,7 @@ def locate(guide: Callable, x: torch.Tensor, cat=None, cont=None) -> torch.Tenso
     """``latent_location(guide.encode(x))`` in evaluation mode: ``(batch, latent size)`` (``cat``, ``cont``: the
     covariates, for a guide that encodes them)."""
     with evaluation_mode(guide):
-        return latent_location(_encode(guide, x, cat, cont))
+        return latent_location(encode_batch(guide, x, cat, cont))
 
 
 @torch.no_grad()
@@ -59,7 +61,7 @@ def reconstruct(model, guide, x: torch.Tensor, library: torch.Tensor | None = No
     :param cat: for a model with covariates, the data's codes (``cont``: their continuous covariates).
     """
     with evaluation_mode(model, guide):
-        z = latent_location(_encode(guide, x, cat, cont))
+        z = latent_location(encode_batch(guide, x, cat, cont))
         return _decode_mean(model, z, x.sum(-1) if library is None else library, cat, cont)
 
 
