@@ -8,10 +8,9 @@ import torch
 from torch.distributions.kl import register_kl
 
 from pyrovae.distributions.power_spherical import PowerSpherical
-from pyrovae.distributions.sphere import log_sphere_area
+from pyrovae.distributions.sphere import log_sphere_area, unexpanded
 from pyrovae.distributions.uniform import HypersphericalUniform
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
-from pyrovae.ops import bessel_iv_ratio, log_bessel_iv
 
 
 def _check_dims(p, q) -> None:
@@ -30,11 +29,12 @@ def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> torch.Tensor
     = sum_j (kappa/2)^(2j) Gamma(v+1) / (j! Gamma(v+j+1)) >= 1 is non-negative. Evaluated in float64.
     """
     _check_dims(p, q)
-    kappa = p.concentration.double()
+    kappa = unexpanded(p.concentration).double()
     v = 0.5 * p.dim - 1
-    log_series = log_bessel_iv(v, kappa) - v * torch.log(0.5 * kappa) + math.lgamma(v + 1)
-    kl = kappa * bessel_iv_ratio(v, kappa) - torch.where(kappa > 0, log_series, torch.zeros_like(kappa))
-    return kl.clamp(min=0).to(p.concentration.dtype)
+    log_ive, mean, _ = p._bessel_terms()
+    log_series = log_ive + kappa - v * torch.log(0.5 * kappa) + math.lgamma(v + 1)
+    kl = kappa * mean - torch.where(kappa > 0, log_series, torch.zeros_like(kappa))
+    return kl.clamp(min=0).to(p.concentration.dtype).expand(p.batch_shape)
 
 
 @register_kl(PowerSpherical, HypersphericalUniform)

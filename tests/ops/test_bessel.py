@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import special
 
-from pyrovae.ops import bessel_iv_ratio, log_bessel_iv, log_bessel_ive
+from pyrovae.ops import bessel_iv_ratio, bessel_terms, log_bessel_iv, log_bessel_ive
 
 ORDERS = [0.0, 0.5, 1.0, 1.5, 4.0, 9.0, 15.0, 20.0, 29.5, 30.0, 31.0, 49.0, 100.0, 511.0]
 # 12-23 is where Debye's expansion at the switch order 30 is least accurate (issue 14: 8.5e-10 with four terms)
@@ -97,3 +97,28 @@ def test_on_cuda_matches_cpu():
     for v in (0.0, 0.5, 127.0):
         torch.testing.assert_close(log_bessel_iv(v, x.cuda()).cpu(), log_bessel_iv(v, x))
         torch.testing.assert_close(bessel_iv_ratio(v, x.cuda()).cpu(), bessel_iv_ratio(v, x))
+
+
+@pytest.mark.parametrize("v", [0.0, 0.5, 1.0, 2.5, 4.5, 7.0, 14.0, 22.5, 29.5, 30.0, 39.5, 40.0, 63.5])
+def test_fixed_order_terms_match_mpmath_densely(v):
+    """bessel_terms (the power series below x = 30, the Chebyshev fit above, Debye from order 40) at 90 points from
+    1e-6 to 1e8, densest around the switch at 30: log I_v to 2e-14 relative, R_v to 1e-13 and 1 - R_v to 1e-13
+    relative (it is formed without cancellation, so it keeps its digits where R_v rounds to 1)."""
+    xs = np.concatenate([np.logspace(-6, 8, 60), np.linspace(27.0, 33.0, 30)])
+    x = torch.tensor(xs, dtype=torch.float64)
+    log_ive, ratio, one_minus_ratio = bessel_terms(v, x)
+    for i, value in enumerate(xs):
+        big, next_big = mpmath.besseli(v, value), mpmath.besseli(v + 1, value)
+        log_iv = float(mpmath.log(big))
+        scale = max(1.0, abs(log_iv), abs(log_iv - value))  # log I_v = log(I_v e^-x) + x: as exact as its terms
+        assert abs(float(log_ive[i]) + value - log_iv) <= 2e-14 * scale, (v, value)
+        assert abs(float(ratio[i]) - float(next_big / big)) <= 1e-13 * float(next_big / big), (v, value)
+        exact_gap = float(1 - next_big / big)
+        tolerance = 1e-13 if v < 40 else 1e-9  # Debye's branch (orders from 40) takes 1 - R_v as a difference
+        assert abs(float(one_minus_ratio[i]) - exact_gap) <= tolerance * exact_gap, (v, value)
+
+
+def test_fixed_order_terms_gradients_are_exact():
+    x = torch.tensor([1e-3, 0.7, 4.0, 29.9, 30.1, 60.0, 900.0], dtype=torch.float64, requires_grad=True)
+    for v in (0.0, 0.5, 4.5, 29.5):
+        assert torch.autograd.gradcheck(lambda t, v=v: bessel_terms(v, t), (x,))
