@@ -156,7 +156,8 @@ class SVIStep:
             loss = self.objective(x, scales, *inputs)
             loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        bad = any_rank(~(torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())))
+        # NaN and inf carry through a sum: the loss plus the gradients' norms is finite exactly when all of them are
+        bad = any_rank(~torch.isfinite(loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()))
         if self._failed is None:
             self._failed = torch.zeros((), dtype=torch.bool, device=loss.device)
             self._first_failure = torch.full((), -1, dtype=torch.long, device=loss.device)

@@ -216,7 +216,7 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
     num_data, steps_per_epoch = batches.num_data, len(batches)
     global_step = first_step = epochs.start * steps_per_epoch
     step.steps = 0
-    scales = None  # (data scale, KL weight) on the device, filled in place: no host-to-device copy per step
+    scales, filled = None, None  # (data scale, KL weight) on the device, rewritten in place when they change
     bar = tqdm(total=len(epochs) * steps_per_epoch, desc="train", dynamic_ncols=True,
                disable=not (progress and is_main_process()))
     with bar:
@@ -230,9 +230,10 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 beta = schedule.weight(global_step)
                 data_scale = (num_data or x.shape[0]) / x.shape[0]
                 if scales is None or scales.dtype != x.dtype:
-                    scales = torch.zeros(2, device=device, dtype=x.dtype)
-                scales[0].fill_(data_scale)
-                scales[1].fill_(beta)
+                    scales, filled = torch.zeros(2, device=device, dtype=x.dtype), None
+                if filled != (data_scale, beta):  # rewritten only when they change (the last batch, KL warm-up)
+                    scales.copy_(torch.tensor((data_scale, beta), dtype=x.dtype))
+                    filled = (data_scale, beta)
                 loss = step(args, scales)
                 if loss is None:
                     raise TrainingDiverged(_diverged(epoch, global_step, step.params, saved.path))
