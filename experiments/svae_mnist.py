@@ -11,8 +11,20 @@ importance samples (with Pareto k-hat), ELBO, reconstruction and KL, beside the 
 Every run is checkpointed after each epoch and its result kept in ``OUT/runs.json`` (:class:`pyrovae.sweep.Sweep`),
 so an interrupted sweep resumes where it stopped and a finished run is not trained again (delete
 ``OUT/runs.json`` and ``OUT/checkpoints`` to retrain). Both guides train under the traced ELBO (``elbo="jit"``).
+
+``--jobs N`` trains N cells at once, each in a process of its own on the same device (``OUT/cells/<cell>``, each
+resumable in the same way), and gathers their results here. The paper's whole table, ten cells to convergence, is
+one command on one GPU::
+
+    python experiments/svae_mnist.py --device cuda --jobs 10
+
+(the models are small: ten processes share one GPU by time-slicing, each keeping its own CUDA stream busy).
 """
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -43,7 +55,10 @@ parser.add_argument("--num-train", type=int, default=None, help="use only this m
 parser.add_argument("--num-val", type=int, default=10_000, help="training images held out for validation")
 parser.add_argument("--num-test", type=int, default=10_000, help="test images scored")
 parser.add_argument("--num-samples", type=int, default=500, help="importance samples per test image")
+parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process")
 args = parser.parse_args()
+if args.jobs < 1:
+    parser.error(f"--jobs must be at least 1, got {args.jobs}")
 device = setup(args)
 out = Path(args.out)
 
@@ -87,7 +102,59 @@ def fit_and_score(kind: str, d: int) -> dict:
     }
 
 
-runs = {f"{kind}_d{d}": sweep.run(f"{kind}_d{d}", fit_and_score, kind, d) for d in args.dims for kind in args.models}
+def worker_command(kind: str, d: int) -> list[str]:
+    """This script for one cell, with this run's settings (``--quick`` already applied), in ``OUT/cells/<cell>``."""
+    options = {"--device": str(device), "--seed": args.seed, "--epochs": args.epochs, "--patience": args.patience,
+               "--batch-size": args.batch_size, "--lr": args.lr, "--num-val": args.num_val, "--num-test": args.num_test,
+               "--num-samples": args.num_samples, "--proposal": args.proposal, "--out": out / "cells" / f"{kind}_d{d}",
+               "--dims": d, "--models": kind}
+    if args.num_train is not None:
+        options["--num-train"] = args.num_train
+    if args.data_dir is not None:
+        options["--data-dir"] = args.data_dir
+    command = [sys.executable, __file__, "--no-progress", "--hidden", *map(str, args.hidden)]
+    for name, value in options.items():
+        command += [name, str(value)]
+    return command
+
+
+# on the CPU the processes share the cores instead of each taking all of them
+worker_env = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+                                if device.type == "cpu" else {})}
+
+
+def run_in_parallel(cells: list[tuple[str, int]]) -> None:
+    """Train ``cells`` in up to ``--jobs`` processes at once; a failed cell stops the sweep with its log's tail."""
+    waiting, running = list(cells), {}
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            kind, d = waiting.pop(0)
+            log = out / "cells" / f"{kind}_d{d}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w") as stream:
+                running[(kind, d)] = (subprocess.Popen(worker_command(kind, d), stdout=stream, stderr=subprocess.STDOUT,
+                                                       env=worker_env), log, time.perf_counter())
+            print(f"started {NAMES[kind]}, d = {d} (log: {log})")
+        for (kind, d), (process, log, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[(kind, d)]
+            if process.returncode != 0:
+                for other, _, _ in running.values():
+                    other.terminate()
+                tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+                raise SystemExit(f"{NAMES[kind]}, d = {d} failed (exit {process.returncode}); {log} ends:\n{tail}")
+            print(f"finished {NAMES[kind]}, d = {d} in {time.perf_counter() - started:.0f} s")
+        time.sleep(0.5)
+
+
+cells = [(kind, d) for d in args.dims for kind in args.models]
+if args.jobs > 1:
+    run_in_parallel([(kind, d) for kind, d in cells if f"{kind}_d{d}" not in sweep])
+    for kind, d in cells:  # each cell's result, from its own sweep file, into this one
+        key = f"{kind}_d{d}"
+        sweep.run(key, lambda key=key: Sweep(out / "cells" / key / "runs.json")[key], verbose=False)
+runs = {f"{kind}_d{d}": sweep.run(f"{kind}_d{d}", fit_and_score, kind, d) for kind, d in cells}
 
 print(f"\nTest log-likelihood (nats, {args.num_samples} importance samples); paper: Davidson et al. 2018, Table 1\n")
 columns = " | ".join(f"{NAMES[k]} | paper" for k in args.models)

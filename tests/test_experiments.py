@@ -95,6 +95,20 @@ def test_smoke_svae_mnist_resumes(tmp_path):
     assert again["vmf_d5"]["test_log_likelihood"] == runs["vmf_d5"]["test_log_likelihood"]
 
 
+def test_smoke_svae_mnist_cells_in_parallel(tmp_path):
+    """--jobs: each cell trains in a process of its own; the results are gathered into one table, and a second call
+    finds every cell finished."""
+    require_dataset("mnist")
+    options = ["--epochs", "1", "--num-train", "128", "--num-val", "200", "--num-test", "32", "--num-samples", "4",
+               "--dims", "2", "5", "--models", "normal", "vmf", "--jobs", "2"]
+    runs = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
+    assert list(runs) == ["normal_d2", "vmf_d2", "normal_d5", "vmf_d5"]
+    assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in runs.values())
+    assert (tmp_path / "svae_mnist" / "cells" / "vmf_d5" / "runs.json").exists()
+    again = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
+    assert again == runs
+
+
 def test_smoke_poisson_synthetic(tmp_path):
     metrics = run_script("poisson_synthetic", tmp_path, "--epochs", "3", "--num-cells", "200", "--num-test", "50",
                          "--num-samples", "16")["metrics"]
