@@ -18,7 +18,7 @@ from pyro import poutine
 from torch import nn
 
 from pyrovae.infer.data import as_args
-from pyrovae.infer.distributed import all_finite, any_rank
+from pyrovae.infer.distributed import all_finite, any_rank, is_distributed
 
 
 def trainable_parameters(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[list, dict]:
@@ -130,7 +130,8 @@ class SVIStep:
         self.deferred = _skips_on_device(self.optimizer, self.clip_args)
         self.steps = 0  # calls so far
         self._failed: torch.Tensor | None = None  # sticky device flag: some step was not finite
-        self._first_failure: torch.Tensor | None = None  # the index of the first such call
+        self._failed_steps: torch.Tensor | None = None  # calls since (and with) the first such one
+        self._first_failure: int | None = None  # the synchronous path's index of the first such call
 
     @property
     def failed(self) -> bool:
@@ -140,13 +141,15 @@ class SVIStep:
     @property
     def first_failure(self) -> int | None:
         """The index (0-based, counting calls) of the first non-finite step, or None."""
-        return int(self._first_failure) if self.failed else None
+        if not self.failed:
+            return None
+        return self._first_failure if not self.deferred else self.steps - int(self._failed_steps)
 
     def __call__(self, x: torch.Tensor, scales: torch.Tensor):
         if not self.deferred:
             loss = svi_step(self.objective, self.params, self.optimizer, x, scales, self.clip_args)
             if loss is None and self._failed is None:
-                self._failed, self._first_failure = torch.tensor(True), torch.tensor(self.steps)
+                self._failed, self._first_failure = torch.tensor(True), self.steps
             self.steps += 1
             return loss
         for p in self.params:
@@ -155,15 +158,18 @@ class SVIStep:
         with pyro.validation_enabled(False):
             loss = self.objective(x, scales, *inputs)
             loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        # NaN and inf carry through a sum: the loss plus the gradients' norms is finite exactly when all of them are
-        bad = any_rank(~torch.isfinite(loss.detach() + torch.stack(torch._foreach_norm(grads)).sum()))
         if self._failed is None:
-            self._failed = torch.zeros((), dtype=torch.bool, device=loss.device)
-            self._first_failure = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self._first_failure = torch.where(bad & ~self._failed, self.steps, self._first_failure)
-        self._failed = self._failed | bad
-        self.optimizer.found_inf = self._failed.float()  # the fused kernel skips the update where set (float32 always)
+            self._failed = torch.zeros((), dtype=torch.float32, device=loss.device)  # 1.0 once a step was not finite
+            self._failed_steps = torch.zeros((), dtype=torch.float32, device=loss.device)  # steps since then
+            self._unit = torch.ones((), dtype=torch.float32, device=loss.device)
+        # one fused pass over the gradients and the loss sets the flag where any is not finite (AMP's kernel, with a
+        # scale of 1), and it is never cleared: this step and every later one are skipped by the fused Adam
+        checked = [p.grad for p in self.params if p.grad is not None] + [loss.detach().reshape(1).clone()]
+        torch._amp_foreach_non_finite_check_and_unscale_(checked, self._failed, self._unit)
+        if is_distributed():
+            self._failed.copy_(any_rank(self._failed > 0).float())
+        self._failed_steps.add_(self._failed)
+        self.optimizer.found_inf = self._failed  # the fused kernel skips the update where it is 1
         self.optimizer.step()
         self.steps += 1
         return loss.detach()
