@@ -20,6 +20,9 @@ from pyrovae.ops import bessel_terms
 
 _MAX_REJECTION_ROUNDS = 500  # passes of _ROUNDS_AT_ONCE proposals each
 _ROUNDS_AT_ONCE = 2
+# up to this many rows (a training batch, op-bound) the first pass draws _FIRST_ROUNDS proposals per row, so that
+# at the usual acceptance rates (0.9) no row is left for a second pass in 94% of the calls (64 rows)
+_SMALL_BATCH, _FIRST_ROUNDS = 4096, 3
 _WIDENINGS = 3  # doublings of the implicit gradient's integration range beyond 12 widths (m = 2)
 _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(32))
 
@@ -60,7 +63,8 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
       close to 1.
 
     The first proposal of every row takes its Gamma((m-1)/2) variate from ``first_gamma`` (the tangent
-    draw's |g|^2 / 2, independent of the tangent direction). The rows still rejected then draw
+    draw's |g|^2 / 2, independent of the tangent direction); for a batch of at most 4096 rows, two more proposals
+    per row join the first pass (its first accepted one is kept). The rows still rejected then draw
     ``_ROUNDS_AT_ONCE`` proposals each in one vectorised pass and keep the first accepted one, so the host
     waits on the device once per pass (the stopping test of the rejection loop), not once per proposal:
     about one pass in total at the usual acceptance rates.
@@ -95,8 +99,13 @@ def _wood_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor) -> tupl
         return torch.where(gamma_rows, delta, delta_wood), torch.where(gamma_rows, accept, log_u <= log_ratio)
 
     gamma_only = bool(use_gamma.all())  # then Wood's proposal, and its gamma draws, are skipped
-    one_minus_w, accept = propose(slice(None), first_gamma.reshape(-1).to(kappa.dtype))
-    pending = torch.nonzero(~accept).squeeze(-1)
+    first_gamma = first_gamma.reshape(1, -1).to(kappa.dtype)
+    if kappa.numel() <= _SMALL_BATCH:  # a few rows: extra first-pass rounds usually spare a whole pass
+        extra = _gamma_half_integer(0.5 * dim, (_FIRST_ROUNDS - 1, kappa.numel()), kappa.dtype, kappa.device)
+        first_gamma = torch.cat([first_gamma, extra])
+    delta, accept = propose(slice(None), first_gamma)  # (rounds, rows)
+    one_minus_w = delta.gather(0, accept.to(torch.uint8).argmax(0, keepdim=True)).squeeze(0)
+    pending = torch.nonzero(~accept.any(0)).squeeze(-1)
     for _ in range(_MAX_REJECTION_ROUNDS):
         if not pending.numel():
             one_minus_w = one_minus_w.reshape(shape)

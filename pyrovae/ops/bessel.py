@@ -124,6 +124,25 @@ class _BesselRatio(torch.autograd.Function):
         return None, grad * _ratio_derivative(v, x, ratio), None
 
 
+class _BesselRatioAndGap(torch.autograd.Function):
+    """(R_v(x), 1 - R_v(x)) from one continued fraction, the second without cancellation."""
+
+    @staticmethod
+    def forward(ctx, v, x, terms):
+        nu, tail = _perron_tail(v, x, terms)
+        gap = 2.0 * nu - tail
+        ratio, one_minus_ratio = x / (x + gap), gap / (x + gap)
+        ctx.save_for_backward(v, x, ratio)
+        return ratio, one_minus_ratio
+
+    @staticmethod
+    def backward(ctx, grad_ratio, grad_one_minus_ratio):
+        v, x, ratio = ctx.saved_tensors
+        net = (0.0 if grad_ratio is None else grad_ratio) - (0.0 if grad_one_minus_ratio is None
+                                                             else grad_one_minus_ratio)
+        return None, net * _ratio_derivative(v, x, ratio), None
+
+
 def bessel_iv_ratio(v, x: torch.Tensor) -> torch.Tensor:
     """R_v(x) = I_{v+1}(x) / I_v(x) for orders v >= 0 and x >= 0, elementwise (broadcast), differentiable in x.
 
@@ -318,7 +337,8 @@ class _FixedOrderBessel(torch.autograd.Function):
 def bessel_terms(v: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(log(I_v(x) e^-x), R_v(x), 1 - R_v(x))`` for one order ``v >= 0`` (a Python number) in one evaluation,
     differentiable in ``x`` and of its dtype: what the von Mises-Fisher distribution needs, with 1 - R_v formed
-    without cancellation where R_v is close to 1 (the fixed-order series for v < 40, Debye's expansion above)."""
+    without cancellation where R_v is close to 1 (the fixed-order series for v < 40; above, Debye's expansion and
+    the continued fraction, whose tail gives 1 - R_v directly)."""
     _check_order(float(v))
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
         x = torch.as_tensor(x, dtype=torch.get_default_dtype())
@@ -326,8 +346,8 @@ def bessel_terms(v: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     if v < _FIXED_ORDER_LIMIT:
         terms = _FixedOrderBessel.apply(wide, float(v))
     else:
-        log_ive, ratio = log_bessel_ive(v, wide), bessel_iv_ratio(v, wide)
-        terms = (log_ive, ratio, 1.0 - ratio)
+        order = torch.full_like(wide, float(v))
+        terms = (log_bessel_ive(v, wide), *_BesselRatioAndGap.apply(order, wide, _cf_terms(float(v))))
     return tuple(t.to(x.dtype) for t in terms)
 
 
