@@ -16,7 +16,7 @@ from pyrovae.distributions.sphere import (
     tangent_gaussians,
     unexpanded,
 )
-from pyrovae.ops import bessel_terms
+from pyrovae.ops import attach_bessel_terms, bessel_terms
 
 _MAX_REJECTION_ROUNDS = 500  # passes of _ROUNDS_AT_ONCE proposals each
 _ROUNDS_AT_ONCE = 2
@@ -272,20 +272,27 @@ class VonMisesFisher(SphericalDistribution):
             w, one_minus_w = _exact_cosine_s2(kappa.double())
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
         else:
-            one_minus_mean = self._bessel_terms()[2].detach().expand(shape)
+            one_minus_mean = self._bessel_values()[2].expand(shape)
             w, one_minus_w = _CosineDraw.apply(kappa, half_sq_norm, self.dim, one_minus_mean)
         return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, half_sq_norm)
 
-    def _bessel_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log(I_v(kappa) e^-kappa), A_m(kappa), 1 - A_m(kappa)) in float64, v = m/2 - 1, of the concentration's
-        shape before any ``expand``: computed once per distribution and shared by ``log_prob``, ``entropy``, the KL
-        divergence, ``mean`` and the sampler's implicit gradient."""
+    def _bessel_values(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log(I_v(kappa) e^-kappa), A_m(kappa), 1 - A_m(kappa)), v = m/2 - 1, float64, of the concentration's shape
+        before any ``expand``, without gradients: computed once per distribution."""
         cached = self.__dict__.get("_bessel_cache")
         if cached is None or cached[0] is not self.concentration:
-            kappa = unexpanded(self.concentration).double()
-            cached = (self.concentration, bessel_terms(0.5 * self.dim - 1, kappa))
+            with torch.no_grad():
+                kappa = unexpanded(self.concentration).double()
+                cached = (self.concentration, bessel_terms(0.5 * self.dim - 1, kappa))
             self.__dict__["_bessel_cache"] = cached
         return cached[1]
+
+    def _bessel_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_bessel_values`, differentiable in the concentration: shared by ``log_prob``, ``entropy``, the KL
+        divergence, ``mean`` and the sampler's implicit gradient; each call attaches them anew with their exact
+        derivatives (one operation), so repeated backward passes through one distribution work."""
+        kappa = unexpanded(self.concentration).double()
+        return attach_bessel_terms(0.5 * self.dim - 1, kappa, self._bessel_values())
 
     def _log_normalizer_at_loc(self) -> torch.Tensor:
         """log C_m(kappa) + kappa = log p(loc), computed in float64 through the scaled Bessel function

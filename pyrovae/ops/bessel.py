@@ -305,6 +305,22 @@ def _fixed_order(v: float, device: torch.device) -> _FixedOrder:
     return _FIXED_ORDERS[key]
 
 
+def _terms_gradient(x, v: float, ratio, one_minus_ratio, grad_log_ive, grad_ratio, grad_one_minus_ratio):
+    """The gradient in x of (log I_v(x) - x, R_v(x), 1 - R_v(x)) by the exact derivatives."""
+    positive = x > 0
+    safe_x = torch.where(positive, x, torch.ones_like(x))
+    grad = torch.zeros_like(x)
+    if grad_log_ive is not None:
+        # d/dx (log I_v(x) - x) = v / x - (1 - R_v(x)); at x = 0: -1 for v = 0, +inf otherwise
+        at_zero = -1.0 if v == 0 else math.inf
+        grad = grad + grad_log_ive * torch.where(positive, v / safe_x - one_minus_ratio, at_zero)
+    if grad_ratio is not None or grad_one_minus_ratio is not None:
+        net = (0.0 if grad_ratio is None else grad_ratio) - (0.0 if grad_one_minus_ratio is None
+                                                             else grad_one_minus_ratio)
+        grad = grad + net * _ratio_derivative(torch.full_like(x, v), x, ratio)
+    return grad
+
+
 class _FixedOrderBessel(torch.autograd.Function):
     """(log I_v(x) - x, R_v(x), 1 - R_v(x)) of the :class:`_FixedOrder` of a Python order v, differentiable in x by
     the exact derivatives (one opaque operation under ``torch.jit.trace``)."""
@@ -319,19 +335,32 @@ class _FixedOrderBessel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_log_ive, grad_ratio, grad_one_minus_ratio):
         x, ratio, one_minus_ratio = ctx.saved_tensors
-        v = ctx.v
-        positive = x > 0
-        safe_x = torch.where(positive, x, torch.ones_like(x))
-        grad = torch.zeros_like(x)
-        if grad_log_ive is not None:
-            # d/dx (log I_v(x) - x) = v / x - (1 - R_v(x)); at x = 0: -1 for v = 0, +inf otherwise
-            at_zero = -1.0 if v == 0 else math.inf
-            grad = grad + grad_log_ive * torch.where(positive, v / safe_x - one_minus_ratio, at_zero)
-        if grad_ratio is not None or grad_one_minus_ratio is not None:
-            net = (0.0 if grad_ratio is None else grad_ratio) - (0.0 if grad_one_minus_ratio is None
-                                                                 else grad_one_minus_ratio)
-            grad = grad + net * _ratio_derivative(torch.full_like(x, v), x, ratio)
-        return grad, None
+        return _terms_gradient(x, ctx.v, ratio, one_minus_ratio, grad_log_ive, grad_ratio, grad_one_minus_ratio), None
+
+
+class _KnownTerms(torch.autograd.Function):
+    """Values of (log I_v(x) - x, R_v(x), 1 - R_v(x)) computed before, attached to x with their exact derivatives:
+    a new graph node per call, so that values kept between calls can be differentiated any number of times."""
+
+    @staticmethod
+    def forward(ctx, x, log_ive, ratio, one_minus_ratio, v):
+        ctx.save_for_backward(x, ratio, one_minus_ratio)
+        ctx.v = v
+        return log_ive.clone(), ratio.clone(), one_minus_ratio.clone()
+
+    @staticmethod
+    def backward(ctx, grad_log_ive, grad_ratio, grad_one_minus_ratio):
+        x, ratio, one_minus_ratio = ctx.saved_tensors
+        grad = _terms_gradient(x, ctx.v, ratio, one_minus_ratio, grad_log_ive, grad_ratio, grad_one_minus_ratio)
+        return grad, None, None, None, None
+
+
+def attach_bessel_terms(v: float, x: torch.Tensor, terms: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``terms = bessel_terms(v, x)`` computed earlier (detached), made differentiable in ``x`` again at the cost of
+    one operation: what lets a distribution compute them once and use them in every call."""
+    wide = x.clamp(min=0).to(_wide(x.dtype))
+    attached = _KnownTerms.apply(wide, *(t.to(wide.dtype) for t in terms), float(v))
+    return tuple(t.to(x.dtype) for t in attached)
 
 
 def bessel_terms(v: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

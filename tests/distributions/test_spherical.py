@@ -316,3 +316,22 @@ def test_extreme_concentrations_in_float32_keep_their_digits():
     q = PowerSpherical(circle, torch.full((20000,), 1e-4))
     z = q.sample()
     assert torch.isfinite(q.log_prob(z)).all()
+
+
+def test_vmf_terms_computed_once_differentiate_any_number_of_times():
+    """The Bessel terms are computed once per distribution; log_prob, entropy and KL of one distribution with leaf
+    parameters can still be differentiated again and again (as when it is reused across optimisation steps), and
+    each gradient is exact (gradcheck against finite differences)."""
+    loc = unit(6, seed=3)
+    kappa = torch.tensor([0.5, 7.0, 80.0], dtype=torch.float64, requires_grad=True)
+    q = VonMisesFisher(loc, kappa)
+    z = q.sample((4,))
+    first = torch.autograd.grad(q.log_prob(z).sum() + q.entropy().sum() + kl_to_uniform(q).sum(), kappa)[0]
+    second = torch.autograd.grad(q.log_prob(z).sum() + q.entropy().sum() + kl_to_uniform(q).sum(), kappa)[0]
+    torch.testing.assert_close(first, second)
+
+    def scores(k):
+        p = VonMisesFisher(loc, k)
+        return p.log_prob(z) + kl_to_uniform(p) + p.entropy()
+
+    assert torch.autograd.gradcheck(scores, (kappa,))
