@@ -95,12 +95,12 @@ def _ratio_cf(v: torch.Tensor, x: torch.Tensor, terms: int = _CF_TERMS) -> torch
     return x / (x + 2.0 * nu - tail)
 
 
-def _one_minus_ratio_cf(v: torch.Tensor, x: torch.Tensor, terms: int = _CF_TERMS) -> torch.Tensor:
-    """1 - I_{v+1}(x) / I_v(x) = (2 nu - t) / (x + 2 nu - t), without the cancellation of 1 - R at large x (where
-    1 - R ~ (2v + 1) / (2x) and 2 nu - t tends to v + 1/2)."""
+def _ratio_and_gap_cf(v: torch.Tensor, x: torch.Tensor, terms: int = _CF_TERMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R_v(x), 1 - R_v(x)) from one continued fraction: 1 - R = (2 nu - t) / (x + 2 nu - t), without the
+    cancellation of 1 - R at large x (where 1 - R ~ (2v + 1) / (2x) and 2 nu - t tends to v + 1/2)."""
     nu, tail = _perron_tail(v, x, terms)
     gap = 2.0 * nu - tail
-    return gap / (x + gap)
+    return x / (x + gap), gap / (x + gap)
 
 
 def _ratio_derivative(v: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -122,25 +122,6 @@ class _BesselRatio(torch.autograd.Function):
     def backward(ctx, grad):
         v, x, ratio = ctx.saved_tensors
         return None, grad * _ratio_derivative(v, x, ratio), None
-
-
-class _BesselRatioAndGap(torch.autograd.Function):
-    """(R_v(x), 1 - R_v(x)) from one continued fraction, the second without cancellation."""
-
-    @staticmethod
-    def forward(ctx, v, x, terms):
-        nu, tail = _perron_tail(v, x, terms)
-        gap = 2.0 * nu - tail
-        ratio, one_minus_ratio = x / (x + gap), gap / (x + gap)
-        ctx.save_for_backward(v, x, ratio)
-        return ratio, one_minus_ratio
-
-    @staticmethod
-    def backward(ctx, grad_ratio, grad_one_minus_ratio):
-        v, x, ratio = ctx.saved_tensors
-        net = (0.0 if grad_ratio is None else grad_ratio) - (0.0 if grad_one_minus_ratio is None
-                                                             else grad_one_minus_ratio)
-        return None, net * _ratio_derivative(v, x, ratio), None
 
 
 def bessel_iv_ratio(v, x: torch.Tensor) -> torch.Tensor:
@@ -271,7 +252,7 @@ class _FixedOrder:
         terms = _cf_terms(v)
         log_ive, _ = _log_iv(order, x, math.ceil(_REFERENCE_DEBYE_ORDER - v), terms, True, _REFERENCE_DEBYE_ORDER)
         values = torch.stack([log_ive + 0.5 * torch.log(2.0 * math.pi * x),
-                              torch.log(x * _one_minus_ratio_cf(order, x, terms))], -1)
+                              torch.log(x * _ratio_and_gap_cf(order, x, terms)[1])], -1)
         # interpolation at the nodes: c_n = (2 / K) sum_i f(y_i) T_n(y_i), the first halved
         coefficients = (2.0 / _CHEBYSHEV_TERMS) * torch.cos(torch.outer(k, angles)) @ values
         coefficients[0] *= 0.5
@@ -321,62 +302,58 @@ def _terms_gradient(x, v: float, ratio, one_minus_ratio, grad_log_ive, grad_rati
     return grad
 
 
-class _FixedOrderBessel(torch.autograd.Function):
-    """(log I_v(x) - x, R_v(x), 1 - R_v(x)) of the :class:`_FixedOrder` of a Python order v, differentiable in x by
-    the exact derivatives (one opaque operation under ``torch.jit.trace``)."""
+class _BesselTerms(torch.autograd.Function):
+    """(log I_v(x) - x, R_v(x), 1 - R_v(x)) with their exact derivatives in x: evaluated here, or ``known`` values
+    computed before attached anew (a new graph node per call, so that values kept between calls differentiate any
+    number of times). One opaque operation under ``torch.jit.trace``, so a trace never records the fixed order's
+    one-off fit."""
 
     @staticmethod
-    def forward(ctx, x, v):
-        log_ive, ratio, one_minus_ratio = _fixed_order(v, x.device)(x)
+    def forward(ctx, x, v, *known):
+        log_ive, ratio, one_minus_ratio = (t.clone() for t in known) if known else _term_values(v, x)
         ctx.save_for_backward(x, ratio, one_minus_ratio)
-        ctx.v = v
+        ctx.v, ctx.num_known = v, len(known)
         return log_ive, ratio, one_minus_ratio
 
     @staticmethod
     def backward(ctx, grad_log_ive, grad_ratio, grad_one_minus_ratio):
         x, ratio, one_minus_ratio = ctx.saved_tensors
-        return _terms_gradient(x, ctx.v, ratio, one_minus_ratio, grad_log_ive, grad_ratio, grad_one_minus_ratio), None
-
-
-class _KnownTerms(torch.autograd.Function):
-    """Values of (log I_v(x) - x, R_v(x), 1 - R_v(x)) computed before, attached to x with their exact derivatives:
-    a new graph node per call, so that values kept between calls can be differentiated any number of times."""
-
-    @staticmethod
-    def forward(ctx, x, log_ive, ratio, one_minus_ratio, v):
-        ctx.save_for_backward(x, ratio, one_minus_ratio)
-        ctx.v = v
-        return log_ive.clone(), ratio.clone(), one_minus_ratio.clone()
-
-    @staticmethod
-    def backward(ctx, grad_log_ive, grad_ratio, grad_one_minus_ratio):
-        x, ratio, one_minus_ratio = ctx.saved_tensors
         grad = _terms_gradient(x, ctx.v, ratio, one_minus_ratio, grad_log_ive, grad_ratio, grad_one_minus_ratio)
-        return grad, None, None, None, None
+        return (grad, None) + (None,) * ctx.num_known
+
+
+def _wide_argument(x) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as a floating tensor, and its non-negative part in the dtype the terms are computed in."""
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+        x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+    return x, x.clamp(min=0).to(_wide(x.dtype))
+
+
+@torch.no_grad()
+def _term_values(v: float, wide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log I_v(x) - x, R_v(x), 1 - R_v(x)) without a graph: the fixed-order series below order 40; above, Debye's
+    expansion and the continued fraction, whose tail gives 1 - R_v directly."""
+    if v < _FIXED_ORDER_LIMIT:
+        return _fixed_order(v, wide.device)(wide)
+    order, terms = torch.full_like(wide, v), _cf_terms(v)
+    return (_log_iv(order, wide, 0, terms, scaled=True)[0], *_ratio_and_gap_cf(order, wide, terms))
 
 
 def attach_bessel_terms(v: float, x: torch.Tensor, terms: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``terms = bessel_terms(v, x)`` computed earlier (detached), made differentiable in ``x`` again at the cost of
     one operation: what lets a distribution compute them once and use them in every call."""
-    wide = x.clamp(min=0).to(_wide(x.dtype))
-    attached = _KnownTerms.apply(wide, *(t.to(wide.dtype) for t in terms), float(v))
+    x, wide = _wide_argument(x)
+    attached = _BesselTerms.apply(wide, float(v), *(t.to(wide.dtype) for t in terms))
     return tuple(t.to(x.dtype) for t in attached)
 
 
 def bessel_terms(v: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(log(I_v(x) e^-x), R_v(x), 1 - R_v(x))`` for one order ``v >= 0`` (a Python number) in one evaluation,
     differentiable in ``x`` and of its dtype: what the von Mises-Fisher distribution needs, with 1 - R_v formed
-    without cancellation where R_v is close to 1 (the fixed-order series for v < 40; above, Debye's expansion and
-    the continued fraction, whose tail gives 1 - R_v directly)."""
+    without cancellation where R_v is close to 1."""
     _check_order(float(v))
-    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype())
-    wide = x.clamp(min=0).to(_wide(x.dtype))
-    if v < _FIXED_ORDER_LIMIT:
-        terms = _FixedOrderBessel.apply(wide, float(v))
-    else:
-        order = torch.full_like(wide, float(v))
-        terms = (log_bessel_ive(v, wide), *_BesselRatioAndGap.apply(order, wide, _cf_terms(float(v))))
+    x, wide = _wide_argument(x)
+    terms = _BesselTerms.apply(wide, float(v))
     return tuple(t.to(x.dtype) for t in terms)
 
 
@@ -384,10 +361,8 @@ def _log_bessel(v, x: torch.Tensor, scaled: bool) -> torch.Tensor:
     smallest = _min_order(v)
     _check_order(smallest)
     if isinstance(v, (int, float)) and v < _FIXED_ORDER_LIMIT:
-        x = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
-        x = x if x.dtype.is_floating_point else x.to(torch.get_default_dtype())
-        wide = x.clamp(min=0).to(_wide(x.dtype))
-        log_ive = _FixedOrderBessel.apply(wide, float(v))[0]
+        x, wide = _wide_argument(x)
+        log_ive = _BesselTerms.apply(wide, float(v))[0]
         return (log_ive if scaled else log_ive + wide).to(x.dtype)
     # recurrence steps down from the Debye order (the upper bound 30 when the orders are unknown: tracing)
     max_steps = math.ceil(_DEBYE_ORDER) if smallest is None else max(0, math.ceil(_DEBYE_ORDER - smallest))
