@@ -46,3 +46,5 @@ torch.save(
     },
     os.path.join(args.out, f"rank{rank()}.pt"),
 )
+if torch.distributed.is_initialized():  # an orderly gloo shutdown: without it a rank can abort at exit
+    torch.distributed.destroy_process_group()
