@@ -10,8 +10,15 @@ from scipy import stats
 
 from pyrovae.distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher, kl_to_uniform
 from pyrovae.distributions.sphere import log_sphere_area
-from pyrovae.distributions.von_mises_fisher import _exact_cosine_s2, _gamma_half_integer, cosine_gradient
-from pyrovae.ops import bessel_iv_ratio
+from pyrovae.distributions.von_mises_fisher import (
+    _GAMMA_MIN_ACCEPTANCE,
+    _exact_cosine_s2,
+    _gamma_half_integer,
+    _gamma_proposal,
+    _symmetric_beta,
+    cosine_gradient,
+)
+from pyrovae.ops import bessel_iv_ratio, bessel_terms
 
 
 def unit(m, seed=0, dtype=torch.float64):
@@ -36,14 +43,74 @@ def test_vmf_log_prob_and_entropy_match_scipy(m, kappa):
     np.testing.assert_allclose(q.entropy().item(), reference.entropy(), rtol=1e-6, atol=1e-9)
 
 
-# (10, 300) and (4, 1e3) use the gamma proposal, the others Wood's
-@pytest.mark.parametrize("m,kappa", [(3, 2.0), (5, 10.0), (10, 1.0), (2, 40.0), (100, 11.0), (50, 30.0), (10, 300.0),
-                                     (4, 1e3)])
-def test_vmf_samples_match_scipy_two_sample_ks(m, kappa):
+def uses_gamma_proposal(m, kappa):
+    nu = 0.5 * (m - 3)
+    k = torch.tensor([kappa], dtype=torch.float64)
+    log_acceptance = _gamma_proposal(k, nu, bessel_terms(0.5 * m - 1, k)[0])[3]
+    return nu > 0 and math.exp(log_acceptance.item()) >= _GAMMA_MIN_ACCEPTANCE
+
+
+# Wood's sampler: (10, 1), (100, 11), (2, 40), (20, 3); the gamma proposal: (5, 10), (20, 3.5), (50, 30), (10, 300),
+# (4, 1e3) ((20, 3) and (20, 3.5) either side of the switch, where the gamma proposal's rate is furthest from kappa);
+# m = 3 by inversion
+KS_CASES = [(3, 2.0), (5, 10.0), (10, 1.0), (2, 40.0), (100, 11.0), (20, 3.0), (20, 3.5), (50, 30.0), (10, 300.0),
+            (4, 1e3)]
+
+
+def test_the_ks_cases_cover_both_samplers():
+    assert [uses_gamma_proposal(m, kappa) for m, kappa in KS_CASES] == [False, True, False, False, False, False, True,
+                                                                         True, True, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("m,kappa", KS_CASES)
+def test_vmf_samples_match_scipy_two_sample_ks(m, kappa, dtype):
     loc = unit(m, seed=3)
-    ours = (VonMisesFisher(loc, torch.tensor(kappa, dtype=torch.float64)).sample((20000,)) @ loc).numpy()
+    ours = VonMisesFisher(loc.to(dtype), torch.tensor(kappa, dtype=dtype)).sample((20000,)).double() @ loc
     theirs = stats.vonmises_fisher(loc.numpy(), kappa).rvs(20000, random_state=2) @ loc.numpy()
-    assert stats.ks_2samp(ours, theirs).pvalue > 1e-3
+    assert stats.ks_2samp(ours.numpy(), theirs).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("m", [2, 4, 10, 101])
+def test_symmetric_beta_matches_scipy_and_keeps_both_tails(m, dtype):
+    """Wood's proposal: eps ~ Beta((m-1)/2, (m-1)/2) from two uniforms, with eps and 1 - eps each to full relative
+    precision (the smaller one is not 1 minus the larger)."""
+    torch.manual_seed(m)
+    eps, one_minus_eps = _symmetric_beta(m, (40000,), dtype, "cpu")
+    assert stats.kstest(eps.double().numpy(), stats.beta(0.5 * (m - 1), 0.5 * (m - 1)).cdf).pvalue > 1e-3
+    assert torch.equal(eps.lt(0.5), one_minus_eps.gt(0.5))
+    small = torch.minimum(eps, one_minus_eps)
+    assert torch.allclose(eps + one_minus_eps, torch.ones_like(eps), rtol=0, atol=2 * torch.finfo(dtype).eps)
+    assert (small > 0).all()
+    if m == 2:  # the arcsine law's tails are reached, not rounded to 0
+        assert small.min() < 1e-6
+
+
+@pytest.mark.parametrize("m", [4, 5, 10, 20, 100, 1000])
+def test_gamma_proposal_bound_and_acceptance_rate(m):
+    """The gamma proposal's envelope M is the largest ratio target / proposal (so the test is exact) and its
+    acceptance rate is the quadrature of the target against the scaled proposal, at concentrations 1e-2..1e4."""
+    integrate, special = pytest.importorskip("scipy.integrate"), pytest.importorskip("scipy.special")
+    nu = 0.5 * (m - 3)
+    grid = np.linspace(1e-9, 2 - 1e-9, 100001)
+    for kappa in (1e-2, 1.0, 3.0, 10.0, 30.0, 100.0, 1e3, 1e4):
+        k = torch.tensor([kappa], dtype=torch.float64)
+        rate, shift, log_m, log_acceptance = (t.item() for t in _gamma_proposal(k, nu, bessel_terms(0.5 * m - 1, k)[0]))
+        points = np.append(grid, 2 - nu / shift)
+        log_ratio = shift * points + nu * np.log1p(-points / 2) - log_m
+        assert log_ratio.max() <= 1e-12 and log_ratio[-1] > -1e-12, (m, kappa)  # the largest ratio, at 2 - nu / a
+
+        def accepted(t, rate=rate, shift=shift, log_m=log_m):
+            """The proposal's Gamma(nu + 1) density at t = rate delta, times the acceptance probability."""
+            d = t / rate
+            log_gamma = nu * math.log(t) - t - special.gammaln(nu + 1)
+            return math.exp(log_gamma + shift * d + nu * math.log1p(-d / 2) - log_m)
+
+        top = min(2 * rate, nu + 1 + 60 * math.sqrt(nu + 1))  # the Gamma(nu + 1) mass beyond is below 1e-20
+        expected = integrate.quad(accepted, 0, top, points=[nu, nu + 1 + 5 * math.sqrt(nu + 1)], limit=400)[0]
+        assert math.exp(log_acceptance) == pytest.approx(expected, rel=1e-6), (m, kappa)
+        assert math.exp(log_acceptance) > 0.55
 
 
 @pytest.mark.parametrize("m", [4, 10, 100])
