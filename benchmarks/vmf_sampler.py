@@ -97,6 +97,9 @@ print(f"torch {torch.__version__}, pyro {pyro.__version__}, scipy {scipy.__versi
 print("| m | kappa | scipy (float64, one mu/kappa) | vMF rsample | vMF / scipy | PowerSpherical rsample | "
       "vMF ahead of every reference? |")
 print("|---|---|---|---|---|---|---|")
+for family in (VonMisesFisher, PowerSpherical):  # warm-up: the process's first seconds of draws run slower
+    for m in args.dims:
+        torch_rate(family, m, args.kappas[0])
 for m in args.dims:
     for kappa in [*args.kappas, "varying"]:
         ours = torch_rate(VonMisesFisher, m, kappa)

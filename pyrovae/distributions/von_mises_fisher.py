@@ -328,7 +328,7 @@ class VonMisesFisher(SphericalDistribution):
         kappa = self.concentration.expand(shape)
         g, half_sq_norm = tangent_gaussians(shape, self.dim, self.loc.dtype, self.loc.device)
         if self.dim == 3:
-            w, one_minus_w = _exact_cosine_s2(kappa.double())
+            w, one_minus_w = _exact_cosine_s2(kappa.to(torch.promote_types(kappa.dtype, torch.float32)))
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
         else:
             log_ive, _, one_minus_mean = (t.expand(shape) for t in self._bessel_values())
