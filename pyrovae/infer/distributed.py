@@ -1,14 +1,15 @@
 """Data-parallel training under ``torchrun`` with PyTorch DistributedDataParallel.
 
 :func:`~pyrovae.infer.train` calls :func:`init_distributed`: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE``
-> 1 in the environment) it joins the process group (NCCL on GPUs, gloo on CPUs) and trains on the rank's own
-device; otherwise nothing changes. DDP wraps the SVI objective of :func:`~pyrovae.infer.objectives.make_objective`,
-a module that holds the model and guide and whose forward is the loss, so it broadcasts their parameters from
-rank 0 at the start and averages gradients during backward.
+> 1 in the environment) it joins the process group (NCCL on GPUs, gloo on CPUs), left again when the process
+exits, and trains on the rank's own device; otherwise nothing changes. DDP wraps the SVI objective of
+:func:`~pyrovae.infer.objectives.make_objective`, a module that holds the model and guide and whose forward is the
+loss, so it broadcasts their parameters from rank 0 at the start and averages gradients during backward.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -37,7 +38,15 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800) -> boo
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # the group this call created is left at exit (a script that ends without destroy_process_group can
+        # otherwise abort in the backend's teardown: "terminate called without an active exception")
+        atexit.register(_leave_process_group)
     return is_distributed()
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device() -> torch.device:

@@ -46,5 +46,4 @@ torch.save(
     },
     os.path.join(args.out, f"rank{rank()}.pt"),
 )
-if torch.distributed.is_initialized():  # an orderly gloo shutdown: without it a rank can abort at exit
-    torch.distributed.destroy_process_group()
+# no destroy_process_group here: the group train joined is left at exit by pyrovae.infer.distributed
