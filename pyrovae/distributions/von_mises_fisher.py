@@ -124,14 +124,9 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
     dim, nu = m - 1, 0.5 * (m - 3)
     shape = kappa.shape
     kappa, log_ive = kappa.reshape(-1), log_ive.reshape(-1).to(kappa.dtype)
-    b = dim / (2 * kappa + torch.hypot(2 * kappa, torch.tensor(float(dim), dtype=kappa.dtype, device=kappa.device)))
-    one_minus_x0 = 2 * b / (1 + b)
-    log_one_minus_x0_sq = torch.log(one_minus_x0) + torch.log(2 / (1 + b))
     if nu > 0:  # the gamma proposal's ratio is bounded for nu >= 0; at nu = 0 (m = 3) the inversion is exact
         rate, shift, log_m, log_acceptance = _gamma_proposal(kappa, nu, log_ive)
         use_gamma = log_acceptance >= math.log(_GAMMA_MIN_ACCEPTANCE)
-    else:
-        use_gamma = torch.zeros_like(kappa, dtype=torch.bool)
 
     def propose(rows, rounds, x=None):
         """``rounds`` proposals for each of the rows ``rows``, (rounds, len(rows)): (1 - w, accepted). The gamma
@@ -142,8 +137,9 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
             if x is None:
                 x = _gamma_half_integer(nu + 1, size, kappa.dtype, kappa.device)
             delta = x / rate[rows]  # the gamma proposal
+            # -inf (rejected) for delta >= 2; u < ratio, strictly, so that u = 0 never accepts a ratio of 0
             log_ratio = shift[rows] * delta + nu * torch.log1p(-0.5 * delta.clamp(max=2)) - log_m[rows]
-            accept = (delta < 2) & (log_u <= log_ratio)
+            accept = log_u < log_ratio
             if gamma_only:
                 return delta, accept
         eps, one_minus_eps = _symmetric_beta(m, size, kappa.dtype, kappa.device)
@@ -153,12 +149,21 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
             torch.log(c_rows + (1 - c_rows) * delta_wood) - log_one_minus_x0_sq[rows]
         )
         if wood_only:
-            return delta_wood, log_u <= log_ratio
+            return delta_wood, log_u < log_ratio
         gamma_rows = use_gamma[rows]
-        return torch.where(gamma_rows, delta, delta_wood), torch.where(gamma_rows, accept, log_u <= log_ratio)
+        return torch.where(gamma_rows, delta, delta_wood), torch.where(gamma_rows, accept, log_u < log_ratio)
 
-    gamma_count = int(use_gamma.sum())  # all or none of the rows: one proposal's draws and tests are skipped
-    gamma_only, wood_only = gamma_count == kappa.numel(), gamma_count == 0
+    if nu <= 0:
+        gamma_only, wood_only = False, True
+    elif kappa.device.type == "cpu":  # all or none of the rows: one proposal's draws and tests are skipped
+        gamma_count = int(use_gamma.sum())
+        gamma_only, wood_only = gamma_count == kappa.numel(), gamma_count == 0
+    else:  # on a GPU both proposals cost less than a host synchronisation to find out
+        gamma_only = wood_only = False
+    if not gamma_only:  # Wood's constants
+        b = dim / (2 * kappa + torch.hypot(2 * kappa, torch.tensor(float(dim), dtype=kappa.dtype, device=kappa.device)))
+        one_minus_x0 = 2 * b / (1 + b)
+        log_one_minus_x0_sq = torch.log(one_minus_x0) + torch.log(2 / (1 + b))
     first_gamma = first_gamma.reshape(1, -1).to(kappa.dtype)
     rounds = _FIRST_ROUNDS if kappa.numel() <= _SMALL_BATCH else 1  # a few rows: extra rounds usually spare a pass
     if rounds > 1 and not wood_only:
