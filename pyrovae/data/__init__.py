@@ -4,7 +4,7 @@ streamed shard by shard."""
 
 from pyrovae.data.atlas import TahoeAtlas
 from pyrovae.data.cell_stream import CellBatch, CellStream
-from pyrovae.data.count_data import CountData, add_results
+from pyrovae.data.count_data import CountData
 from pyrovae.data.idx import IDXError, parse_idx, read_idx
 from pyrovae.data.log_pca import LogPCA
 from pyrovae.data.mnist import (
@@ -19,6 +19,7 @@ from pyrovae.data.paths import cache_dir, data_roots, find_dataset
 from pyrovae.data.single_cell import (
     SHARED_SETS,
     CountFileError,
+    add_results,
     from_anndata,
     load_count_dataset,
     read_10x_h5,

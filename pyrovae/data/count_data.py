@@ -386,37 +386,4 @@ class CountData(Dataset):
                          levels={batch_key: names})
 
 
-def add_results(adata, latent=None, clusters=None, key: str = "pyrovae", *, normalized=None, de=None,
-                labels=None) -> None:
-    """Write results into an AnnData for the scverse tools: latent means in ``obsm["X_<key>"]``, cluster
-    assignments in ``obs["<key>_cluster"]`` (categorical), normalised expression
-    (:func:`~pyrovae.infer.normalized_expression`, cells x genes) in ``layers["<key>_normalized"]`` when its genes
-    are the AnnData's (else in ``obsm["<key>_normalized"]`` as a DataFrame), DE tables (one, or a dict of them) in
-    ``uns["<key>_de"]``, and transferred labels (:func:`~pyrovae.infer.predict_labels`) in ``obs["<key>_label"]``
-    and ``obs["<key>_label_probability"]``."""
-    if latent is not None:
-        latent = latent.detach().cpu().numpy() if isinstance(latent, torch.Tensor) else np.asarray(latent)
-        if latent.shape[0] != adata.n_obs:
-            raise ValueError(f"{latent.shape[0]} latent rows for {adata.n_obs} cells")
-        adata.obsm[f"X_{key}"] = latent
-    if clusters is not None:
-        clusters = clusters.cpu().numpy() if isinstance(clusters, torch.Tensor) else np.asarray(clusters)
-        if clusters.shape[0] != adata.n_obs:
-            raise ValueError(f"{clusters.shape[0]} cluster assignments for {adata.n_obs} cells")
-        adata.obs[f"{key}_cluster"] = pd.Categorical(clusters.astype(str))
-    for name, frame in (("normalized expression", normalized), ("labels", labels)):
-        if frame is not None and len(frame) != adata.n_obs:
-            raise ValueError(f"{len(frame)} rows of {name} for {adata.n_obs} cells")
-    if normalized is not None:
-        if list(map(str, normalized.columns)) == list(map(str, adata.var_names)):
-            adata.layers[f"{key}_normalized"] = normalized.to_numpy()
-        else:
-            adata.obsm[f"{key}_normalized"] = normalized.set_axis(adata.obs_names, axis=0)
-    if de is not None:
-        adata.uns[f"{key}_de"] = de
-    if labels is not None:
-        adata.obs[f"{key}_label"] = labels["label"].to_numpy()
-        adata.obs[f"{key}_label_probability"] = labels["probability"].to_numpy()
-
-
-__all__ = ["CountData", "add_results"]
+__all__ = ["CountData"]

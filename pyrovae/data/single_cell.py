@@ -2,7 +2,8 @@
 
 10x Matrix Market folders, 10x Cell Ranger ``.h5`` (v2 and v3 layouts), scDeepCluster-style HDF5 (``X``,
 ``Y``), CSV count tables (genes x cells) with a metadata table, and AnnData (``.h5ad`` or an object). Each
-reader names the file and the problem when it cannot read one.
+reader names the file and the problem when it cannot read one. :func:`add_results` writes a model's results back
+into an AnnData.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.io
 import scipy.sparse as sp
+import torch
 
 from pyrovae.data.count_data import CountData
 from pyrovae.data.paths import find_dataset
@@ -242,6 +244,39 @@ def read_h5ad(path: str | os.PathLike, layer: str | None = None, label_key: str 
     return from_anndata(adata, layer, label_key)
 
 
+def add_results(adata, latent=None, clusters=None, key: str = "pyrovae", *, normalized=None, de=None,
+                labels=None) -> None:
+    """Write results into an AnnData for the scverse tools: latent means in ``obsm["X_<key>"]``, cluster
+    assignments in ``obs["<key>_cluster"]`` (categorical), normalised expression
+    (:func:`~pyrovae.infer.normalized_expression`, cells x genes) in ``layers["<key>_normalized"]`` when its genes
+    are the AnnData's (else in ``obsm["<key>_normalized"]`` as a DataFrame), DE tables (one, or a dict of them) in
+    ``uns["<key>_de"]``, and transferred labels (:func:`~pyrovae.infer.predict_labels`) in ``obs["<key>_label"]``
+    and ``obs["<key>_label_probability"]``."""
+    if latent is not None:
+        latent = latent.detach().cpu().numpy() if isinstance(latent, torch.Tensor) else np.asarray(latent)
+        if latent.shape[0] != adata.n_obs:
+            raise ValueError(f"{latent.shape[0]} latent rows for {adata.n_obs} cells")
+        adata.obsm[f"X_{key}"] = latent
+    if clusters is not None:
+        clusters = clusters.cpu().numpy() if isinstance(clusters, torch.Tensor) else np.asarray(clusters)
+        if clusters.shape[0] != adata.n_obs:
+            raise ValueError(f"{clusters.shape[0]} cluster assignments for {adata.n_obs} cells")
+        adata.obs[f"{key}_cluster"] = pd.Categorical(clusters.astype(str))
+    for name, frame in (("normalized expression", normalized), ("labels", labels)):
+        if frame is not None and len(frame) != adata.n_obs:
+            raise ValueError(f"{len(frame)} rows of {name} for {adata.n_obs} cells")
+    if normalized is not None:
+        if list(map(str, normalized.columns)) == list(map(str, adata.var_names)):
+            adata.layers[f"{key}_normalized"] = normalized.to_numpy()
+        else:
+            adata.obsm[f"{key}_normalized"] = normalized.set_axis(adata.obs_names, axis=0)
+    if de is not None:
+        adata.uns[f"{key}_de"] = de
+    if labels is not None:
+        adata.obs[f"{key}_label"] = labels["label"].to_numpy()
+        adata.obs[f"{key}_label_probability"] = labels["probability"].to_numpy()
+
+
 SHARED_SETS = {
     "pbmc3k": "10x PBMC 3k (2,638 cells x 13,714 genes, 9 cell types; 10x mtx folder)",
     "mouse_bladder": "scDeepCluster mouse bladder (2,100 cells x 20,670 genes, 16 types)",
@@ -287,6 +322,7 @@ def _cellbench(folder: Path, stem: str) -> CountData:
 __all__ = [
     "CountFileError",
     "SHARED_SETS",
+    "add_results",
     "from_anndata",
     "load_count_dataset",
     "read_10x_h5",
