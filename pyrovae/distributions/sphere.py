@@ -41,8 +41,8 @@ def tangent_gaussians(shape: torch.Size, m: int, dtype, device) -> tuple[torch.T
     """Standard normals ``g`` of shape ``shape + (m,)`` with first coordinate 0, and ``|g|^2 / 2``.
 
     ``g / |g|`` is a uniform direction in the tangent space of S^(m-1) at e1, and ``|g|^2 / 2`` is a
-    Gamma((m-1)/2) variate independent of that direction: the samplers use it as one of the two gammas of
-    their Beta((m-1)/2, .) draw instead of drawing a new one.
+    Gamma((m-1)/2) variate independent of that direction: the Power Spherical sampler uses it as one of the two
+    gammas of its Beta draw, and the von Mises-Fisher sampler as its gamma proposal's first variate.
     """
     g = torch.randn(*shape, m, dtype=dtype, device=device)
     g[..., 0] = 0.0

@@ -15,6 +15,7 @@ from pyrovae.distributions.von_mises_fisher import (
     _exact_cosine_s2,
     _gamma_half_integer,
     _gamma_proposal,
+    _rejection_cosine,
     _symmetric_beta,
     cosine_gradient,
 )
@@ -85,6 +86,27 @@ def test_symmetric_beta_matches_scipy_and_keeps_both_tails(m, dtype):
     assert (small > 0).all()
     if m == 2:  # the arcsine law's tails are reached, not rounded to 0
         assert small.min() < 1e-6
+
+
+def test_float32_draws_have_no_wild_tails_and_any_finite_concentration(monkeypatch):
+    """A float32 uniform is exactly 0 once in 2^24 draws: it must not become the antipode (m = 3 inversion) or a
+    gamma variate of 87 (the clamped log). And every finite float32 concentration samples, up to 3e38."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "rand_like", torch.zeros_like)
+        patch.setattr(torch, "rand", lambda *size, **options: torch.zeros(*size, **options))
+        _, one_minus_w = _exact_cosine_s2(torch.tensor([100.0, 1.0]))
+        assert (one_minus_w == 0).all()  # u = 1 - 0: the mode, not the antipode
+        assert (_gamma_half_integer(1.5, torch.Size([3]), torch.float32, "cpu") < 20).all()  # 87 with log(tiny)
+    for kappa in (1e20, 1e30, 3e38):
+        for m in (4, 10, 1000):
+            q = VonMisesFisher(unit(m, seed=1).float(), torch.full((1000,), kappa))
+            z = q.sample()
+            assert torch.isfinite(z).all() and torch.allclose(z.norm(dim=-1), torch.ones(1000))
+            k = torch.full((4000,), kappa)
+            first = _gamma_half_integer(0.5 * (m - 1), k.shape, torch.float32, "cpu")
+            _, one_minus_w = _rejection_cosine(k, m, first, bessel_terms(0.5 * m - 1, k.double())[0])
+            # 1 - w ~ Gamma((m-1)/2, rate kappa) in the limit
+            assert one_minus_w.double().mean().item() * kappa / (0.5 * (m - 1)) == pytest.approx(1, abs=0.1), (m, kappa)
 
 
 @pytest.mark.parametrize("m", [4, 5, 10, 20, 100, 1000])
