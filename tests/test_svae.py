@@ -1,5 +1,7 @@
 """The S-VAE model with its spherical guides: one model, guides swapped in one line."""
 
+import math
+
 import pytest
 import torch
 from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
@@ -67,6 +69,38 @@ def test_traced_vmf_sampler_draws_afresh_exactly_with_exact_gradients(m):
     expected = 1 - ratio**2 - (m - 1) * ratio / k
     tolerance = 0.05 * expected.abs() + 5e-3
     assert ((gradient - expected).abs() < tolerance).all(), (gradient, expected)
+
+
+def test_jit_elbos_with_a_vmf_prior_and_guide_and_two_particles(circle):
+    """Two vMF terms in one traced ELBO (a vMF prior and a vMF guide; or two particles of an S-VAE under
+    elbo="jit") failed to trace ("unordered_map::at"); the traced loss must equal the eager one on the same draws."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+    from pyro.optim import Adam
+
+    torch.manual_seed(0)
+    data = torch.nn.functional.normalize(torch.randn(50, 5) + torch.tensor([3.0, 0, 0, 0, 0]), dim=-1)
+
+    def model(data):
+        direction = pyro.sample("direction", VonMisesFisher(torch.eye(5)[1], torch.tensor(2.0)))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", VonMisesFisher(direction, torch.tensor(10.0)), obs=data)
+
+    def guide(data):
+        loc = pyro.param("loc", torch.eye(5)[2], constraint=dist.constraints.sphere)
+        kappa = pyro.param("kappa", torch.tensor(5.0), constraint=dist.constraints.positive)
+        pyro.sample("direction", VonMisesFisher(loc, kappa))
+
+    for elbo in (JitTrace_ELBO(), Trace_ELBO()):
+        pyro.clear_param_store()
+        svi = SVI(model, guide, Adam({"lr": 0.05}), elbo)
+        losses = [svi.step(data) for _ in range(200)]
+        assert all(map(math.isfinite, losses))
+        assert (pyro.param("loc") @ data.mean(0) / data.mean(0).norm()).item() > 0.99  # the posterior's direction
+    model, guide = SVAE(20, 11, hidden=(16,), likelihood=Gaussian(scale=0.5)), VMFGuide(20, 11, hidden=(16,))
+    history = train(model, guide, circle, epochs=2, elbo="jit", num_particles=2, progress=False, seed=0)
+    assert all(math.isfinite(record["train_elbo"]) for record in history.records)
 
 
 def test_latent_dimension_is_ambient():

@@ -258,16 +258,32 @@ class _FixedOrder:
         coefficients[0] *= 0.5
         self.chebyshev, self.degrees = coefficients.to(device), k.to(device)
 
+    def _constants(self) -> tuple[torch.Tensor, ...]:
+        """The fit's tensors; fresh copies, made outside the trace, while ``torch.jit.trace`` records a call. (The
+        trace takes a tensor it meets for the first time as a constant of the scope it is in, the custom function's
+        subgraph; a second call in the same trace would look the same tensor up there and fail, "unordered_map::at".)
+        """
+        constants = self.series, self.powers, self.chebyshev, self.degrees
+        if not torch._C._get_tracing_state():
+            return constants
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return tuple(t.clone() for t in constants)
+        finally:
+            torch._C._set_tracing_state(state)
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log I_v(x) - x, R_v(x), 1 - R_v(x)) for float64 ``x >= 0``."""
+        series_coefficients, powers, chebyshev, degrees = self._constants()
         small = x <= _SERIES_LIMIT
         near = torch.where(small, x, _SERIES_LIMIT)  # each branch sees arguments in its range only
         far = torch.where(small, _SERIES_LIMIT, x)
-        sums = torch.pow((0.25 * near * near).unsqueeze(-1), self.powers) @ self.series
+        sums = torch.pow((0.25 * near * near).unsqueeze(-1), powers) @ series_coefficients
         series, next_series = sums.unbind(-1)
         log_ive_near = torch.special.xlogy(self.v, 0.5 * near) - self.log_gamma + torch.log(series) - near
         ratio_near = near / (2.0 * self.v + 2.0) * next_series / series
-        fit = torch.cos(torch.acos(2.0 * _SERIES_LIMIT / far - 1.0).unsqueeze(-1) * self.degrees) @ self.chebyshev
+        fit = torch.cos(torch.acos(2.0 * _SERIES_LIMIT / far - 1.0).unsqueeze(-1) * degrees) @ chebyshev
         scaled, log_gap = fit.unbind(-1)
         one_minus_far = torch.exp(log_gap) / far
         log_ive = torch.where(small, log_ive_near, scaled - 0.5 * torch.log(2.0 * math.pi * far))
