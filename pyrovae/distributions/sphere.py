@@ -93,6 +93,8 @@ class SphericalDistribution(TorchDistribution):
         with warnings.catch_warnings():  # under torch.jit.trace sizes are traced values; m is fixed per trace
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             self._dim = int(loc.shape[-1]) if loc.dim() >= 1 else 0
+        if not loc.dtype.is_floating_point:
+            raise TypeError(f"loc must be a floating-point tensor, got {loc.dtype}; use loc.float() or loc.double()")
         if self._dim < 2:
             raise ValueError(f"loc must have shape (..., m) with m >= 2, got {tuple(loc.shape)}")
         if isinstance(concentration, torch.Tensor):

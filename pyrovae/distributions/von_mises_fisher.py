@@ -167,7 +167,8 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
     else:  # on a GPU both proposals cost less than a host synchronisation to find out
         gamma_only = wood_only = False
     if not gamma_only:  # Wood's constants
-        b = dim / (2 * kappa + torch.hypot(2 * kappa, torch.tensor(float(dim), dtype=kappa.dtype, device=kappa.device)))
+        reduced = dim / kappa  # b = (m-1) / (2 kappa + sqrt(4 kappa^2 + (m-1)^2)), without overflow at huge kappa
+        b = reduced / (2 + torch.hypot(torch.tensor(2.0, dtype=kappa.dtype, device=kappa.device), reduced))
         one_minus_x0 = 2 * b / (1 + b)
         log_one_minus_x0_sq = torch.log(one_minus_x0) + torch.log(2 / (1 + b))
     first_gamma = first_gamma.reshape(1, -1).to(kappa.dtype)
@@ -177,6 +178,12 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
         first_gamma = torch.cat([first_gamma, extra])
     one_minus_w, done = _first_accepted(*propose(slice(None), rounds, first_gamma))
     pending = torch.nonzero(~done).squeeze(-1)
+    if pending.numel():  # a NaN concentration is never accepted: say so (validation is off under Pyro's JIT ELBOs)
+        bad = kappa[pending]
+        bad = bad[~(torch.isfinite(bad) & (bad > 0))]
+        if bad.numel():
+            raise ValueError(f"VonMisesFisher: a concentration of {bad[0].item()} in a draw; it must be positive "
+                             "and finite (check the guide's output for NaN)")
     for _ in range(_MAX_REJECTION_ROUNDS):
         if not pending.numel():
             one_minus_w = one_minus_w.reshape(shape)
@@ -340,7 +347,8 @@ class VonMisesFisher(SphericalDistribution):
         kappa = self.concentration.expand(shape)
         g, half_sq_norm = tangent_gaussians(shape, self.dim, self.loc.dtype, self.loc.device)
         if self.dim == 3:
-            w, one_minus_w = _exact_cosine_s2(kappa.to(torch.promote_types(kappa.dtype, torch.float32)))
+            # float64 whatever the concentration's dtype: the inverse CDF's autograd derivative cancels at tiny kappa
+            w, one_minus_w = _exact_cosine_s2(kappa.double())
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
         else:
             log_ive, _, one_minus_mean = (t.expand(shape) for t in self._bessel_values())
@@ -349,14 +357,16 @@ class VonMisesFisher(SphericalDistribution):
 
     def _bessel_values(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log(I_v(kappa) e^-kappa), A_m(kappa), 1 - A_m(kappa)), v = m/2 - 1, float64, of the concentration's shape
-        before any ``expand``, without gradients: computed once per distribution."""
+        before any ``expand``, without gradients: computed once per distribution, and again when the concentration
+        is replaced or changed in place (an optimiser step on a leaf: its version counter moves)."""
+        key = (self.concentration, self.concentration._version)
         cached = self.__dict__.get("_bessel_cache")
-        if cached is None or cached[0] is not self.concentration:
+        if cached is None or cached[0] is not key[0] or cached[1] != key[1]:
             with torch.no_grad():
                 kappa = unexpanded(self.concentration).double()
-                cached = (self.concentration, bessel_terms(0.5 * self.dim - 1, kappa))
+                cached = (*key, bessel_terms(0.5 * self.dim - 1, kappa))
             self.__dict__["_bessel_cache"] = cached
-        return cached[1]
+        return cached[2]
 
     def _bessel_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_bessel_values`, differentiable in the concentration: shared by ``log_prob``, ``entropy``, the KL

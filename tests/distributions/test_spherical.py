@@ -356,6 +356,12 @@ def test_bad_arguments_are_named():
         VonMisesFisher(torch.tensor([1.0, 1.0]), torch.ones(()), validate_args=True)  # not unit norm
     with pytest.raises(ValueError):
         PowerSpherical(torch.tensor([1.0, 0.0]), -torch.ones(()), validate_args=True)
+    with pytest.raises(TypeError, match="floating-point"):
+        VonMisesFisher(torch.tensor([1, 0, 0]), 1.0)
+    # validation off (as under Pyro's JIT ELBOs): a NaN concentration is named, not 500 rejection rounds
+    loc = torch.nn.functional.normalize(torch.randn(4, 11), dim=-1)
+    with pytest.raises(ValueError, match="concentration of nan"):
+        VonMisesFisher(loc, torch.tensor([1.0, 2.0, math.nan, 3.0]), validate_args=False).rsample()
 
 
 @pytest.mark.cuda
@@ -424,3 +430,18 @@ def test_vmf_terms_computed_once_differentiate_any_number_of_times():
         return p.log_prob(z) + kl_to_uniform(p) + p.entropy()
 
     assert torch.autograd.gradcheck(scores, (kappa,))
+
+
+def test_vmf_terms_follow_an_in_place_change_of_the_concentration():
+    """A distribution kept across optimiser steps sees its leaf concentration change in place: the cached Bessel
+    terms must follow (they were keyed on the tensor alone, so entropy, log_prob, mean and dw/dkappa went stale)."""
+    loc = unit(11, seed=4)
+    kappa = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    q = VonMisesFisher(loc, kappa)
+    z = q.sample((5,))
+    q.entropy(), q.log_prob(z), q.mean
+    with torch.no_grad():
+        kappa.mul_(10.0)
+    fresh = VonMisesFisher(loc, kappa)
+    assert torch.allclose(q.entropy(), fresh.entropy()) and torch.allclose(q.log_prob(z), fresh.log_prob(z))
+    assert torch.allclose(q.mean, fresh.mean)
