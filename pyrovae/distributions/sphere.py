@@ -70,7 +70,9 @@ def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torc
     """
     if one_plus_w is None:
         one_plus_w = 2.0 - one_minus_w
-    sine = torch.sqrt((one_minus_w * one_plus_w).clamp(min=0))
+    # clamped above 0: at w = +-1 exactly (a float32 draw can land there) sqrt's derivative is infinite, and times
+    # dw/dkappa = 0 it would make a NaN gradient; the clamp's is 0 there, and the value moves by 1e-19 at most
+    sine = torch.sqrt((one_minus_w * one_plus_w).clamp(min=torch.finfo(one_minus_w.dtype).tiny))
     first = loc[..., 0]
     sign = 1 - 2 * (first < 0).to(loc.dtype)  # +-1 (an arithmetic select: torch.where is slow on the CPU)
     y_first = -sign * w

@@ -65,11 +65,11 @@ def _symmetric_beta(m: int, size: tuple, dtype, device) -> tuple[torch.Tensor, t
 
 
 def _first_accepted(proposals: torch.Tensor, accept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first accepted of each column's proposals (rounds, rows), and whether there was one: a few
-    elementwise selections, where an ``argmax`` over the short first dimension is a slow strided reduction."""
-    chosen, accepted = proposals[-1], accept[-1]
-    for round_ in range(proposals.shape[0] - 2, -1, -1):
-        chosen = torch.where(accept[round_], proposals[round_], chosen)
+    """The first accepted of each column's proposals (..., rounds, rows), and whether there was one: a few
+    elementwise selections, where an ``argmax`` over the short rounds dimension is a slow strided reduction."""
+    chosen, accepted = proposals[..., -1, :], accept[-1]
+    for round_ in range(accept.shape[0] - 2, -1, -1):
+        chosen = torch.where(accept[round_], proposals[..., round_, :], chosen)
         accepted = accepted | accept[round_]
     return chosen, accepted
 
@@ -103,8 +103,9 @@ def _gamma_proposal(kappa: torch.Tensor, nu: float, log_ive: torch.Tensor):
 
 @torch.compiler.disable  # a data-dependent loop: one opaque call under torch.compile
 def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log_ive: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An exact draw of w = loc . z for m != 3: returns (w, 1 - w), one accepted draw per element.
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An exact draw of w = loc . z for m != 3: returns (w, 1 - w, 1 + w), one accepted draw per element, both ends
+    without cancellation (1 + w from Wood's proposal directly, where the antipode is within reach).
 
     ``log_ive`` is log(I_v(kappa) e^-kappa), v = m/2 - 1 (which the distribution has computed already). Two
     rejection samplers share the work:
@@ -135,8 +136,8 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
         use_gamma = log_acceptance >= math.log(_GAMMA_MIN_ACCEPTANCE)
 
     def propose(rows, rounds, x=None):
-        """``rounds`` proposals for each of the rows ``rows``, (rounds, len(rows)): (1 - w, accepted). The gamma
-        proposal's Gamma(nu + 1) variates are ``x`` where given."""
+        """``rounds`` proposals for each of the rows ``rows``: (1 - w and 1 + w stacked, (2, rounds, len(rows));
+        accepted, (rounds, len(rows))). The gamma proposal's Gamma(nu + 1) variates are ``x`` where given."""
         size = (rounds, kappa[rows].numel())
         log_u = torch.log(torch.rand(size, dtype=kappa.dtype, device=kappa.device))
         if not wood_only:
@@ -146,14 +147,17 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
             # -inf (rejected) for delta >= 2; u < ratio, strictly, so that u = 0 never accepts a ratio of 0
             log_ratio = shift[rows] * delta + nu * torch.log1p(-0.5 * delta.clamp(max=2)) - log_m[rows]
             accept = log_u < log_ratio
+            delta = torch.stack([delta, 2 - delta])
             if gamma_only:
                 return delta, accept
         eps, one_minus_eps = _symmetric_beta(m, size, kappa.dtype, kappa.device)
         b_rows, c_rows = b[rows], one_minus_x0[rows]
-        delta_wood = 2 * b_rows * eps / (one_minus_eps + b_rows * eps)
+        denominator = one_minus_eps + b_rows * eps
+        delta_wood = 2 * b_rows * eps / denominator
         log_ratio = kappa[rows] * (c_rows - delta_wood) + dim * (
             torch.log(c_rows + (1 - c_rows) * delta_wood) - log_one_minus_x0_sq[rows]
         )
+        delta_wood = torch.stack([delta_wood, 2 * one_minus_eps / denominator])  # 1 + w without cancellation
         if wood_only:
             return delta_wood, log_u < log_ratio
         gamma_rows = use_gamma[rows]
@@ -176,7 +180,7 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
     if rounds > 1 and not wood_only:
         extra = _gamma_half_integer(nu + 1, (rounds - 1, kappa.numel()), kappa.dtype, kappa.device)
         first_gamma = torch.cat([first_gamma, extra])
-    one_minus_w, done = _first_accepted(*propose(slice(None), rounds, first_gamma))
+    ends, done = _first_accepted(*propose(slice(None), rounds, first_gamma))  # (1 - w, 1 + w)
     pending = torch.nonzero(~done).squeeze(-1)
     if pending.numel():  # a NaN concentration is never accepted: say so (validation is off under Pyro's JIT ELBOs)
         bad = kappa[pending]
@@ -186,10 +190,11 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
                              "and finite (check the guide's output for NaN)")
     for _ in range(_MAX_REJECTION_ROUNDS):
         if not pending.numel():
-            one_minus_w = one_minus_w.reshape(shape)
-            return 1 - one_minus_w, one_minus_w
-        delta, done = _first_accepted(*propose(pending, _ROUNDS_AT_ONCE))
-        one_minus_w[pending[done]] = delta[done]
+            one_minus_w, one_plus_w = ends.reshape(2, *shape)
+            upper = (one_minus_w <= 1).to(kappa.dtype)  # w from the smaller end (an arithmetic select, exact here)
+            return upper * (1 - one_minus_w) + (1 - upper) * (one_plus_w - 1), one_minus_w, one_plus_w
+        chosen, done = _first_accepted(*propose(pending, _ROUNDS_AT_ONCE))
+        ends[:, pending[done]] = chosen[:, done]
         pending = pending[~done]
     raise RuntimeError(f"the von Mises-Fisher rejection sampler did not accept within {_MAX_REJECTION_ROUNDS} rounds")
 
@@ -303,17 +308,17 @@ class _CosineDraw(torch.autograd.Function):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # float32 where the concentration is (the test is written without cancellation), float64 for float64
             wide = kappa.detach().to(torch.promote_types(kappa.dtype, torch.float32))
-            w, one_minus_w = _rejection_cosine(wide, m, first_gamma.detach(), log_ive)
-        w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
+            w, one_minus_w, one_plus_w = (t.to(kappa.dtype) for t in _rejection_cosine(wide, m, first_gamma.detach(),
+                                                                                        log_ive))
         ctx.save_for_backward(kappa, one_minus_w, one_minus_mean)
         ctx.m = m
-        return w, one_minus_w
+        return w, one_minus_w, one_plus_w
 
     @staticmethod
-    def backward(ctx, grad_w, grad_one_minus_w):
+    def backward(ctx, grad_w, grad_one_minus_w, grad_one_plus_w):
         kappa, one_minus_w, one_minus_mean = ctx.saved_tensors
         dw = cosine_gradient(kappa, one_minus_w, ctx.m, one_minus_mean)
-        return (grad_w - grad_one_minus_w) * dw, None, None, None, None
+        return (grad_w - grad_one_minus_w + grad_one_plus_w) * dw, None, None, None, None
 
 
 class VonMisesFisher(SphericalDistribution):
@@ -350,10 +355,12 @@ class VonMisesFisher(SphericalDistribution):
             # float64 whatever the concentration's dtype: the inverse CDF's autograd derivative cancels at tiny kappa
             w, one_minus_w = _exact_cosine_s2(kappa.double())
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
+            one_plus_w = None
         else:
             log_ive, _, one_minus_mean = (t.expand(shape) for t in self._bessel_values())
-            w, one_minus_w = _CosineDraw.apply(kappa, half_sq_norm, self.dim, log_ive, one_minus_mean)
-        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, half_sq_norm)
+            w, one_minus_w, one_plus_w = _CosineDraw.apply(kappa, half_sq_norm, self.dim, log_ive, one_minus_mean)
+        return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, half_sq_norm,
+                                      one_plus_w)
 
     def _bessel_values(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log(I_v(kappa) e^-kappa), A_m(kappa), 1 - A_m(kappa)), v = m/2 - 1, float64, of the concentration's shape
