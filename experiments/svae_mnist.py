@@ -187,6 +187,7 @@ for k in args.models:
                      label=f"{NAMES[k]}, d = {d}")
 axes[0].set(xscale="log", xticks=args.dims, xticklabels=[str(d) for d in args.dims], xlabel="latent dimension d",
             ylabel="test log-likelihood (nats)", title="held-out log-likelihood")
+axes[0].minorticks_off()  # the log axis's minor labels (3 x 10^0, ...) crowd the dimensions
 axes[0].legend()
 axes[1].set(xlabel="epoch", ylabel="validation ELBO per image", title="training curves")
 axes[1].legend(fontsize=7, ncol=2)
