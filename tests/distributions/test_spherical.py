@@ -10,15 +10,15 @@ from scipy import stats
 
 from pyrovae.distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher, kl_to_uniform
 from pyrovae.distributions.sphere import log_sphere_area
-from pyrovae.distributions.von_mises_fisher import (
+from pyrovae.distributions.vmf_cosine import (
     _GAMMA_MIN_ACCEPTANCE,
     _exact_cosine_s2,
     _gamma_half_integer,
     _gamma_proposal,
     _rejection_cosine,
     _symmetric_beta,
-    cosine_gradient,
 )
+from pyrovae.distributions.von_mises_fisher import cosine_gradient
 from pyrovae.ops import bessel_iv_ratio, bessel_terms
 
 
