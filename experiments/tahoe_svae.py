@@ -91,7 +91,8 @@ train_stream = CellStream(atlas, panel, args.batch_size, split="train", seed=arg
                           **split)
 held_out = CellStream(atlas, panel, split="test", shuffle=False, **split).take(args.held_out, seed=args.seed)
 if args.pca:
-    train_stream.transform = LogPCA.fit(train_stream.take(20_000, seed=args.seed + 1).counts, args.pca_components)
+    sample = train_stream.take(min(20_000, train_stream.num_cells), seed=args.seed + 1)
+    train_stream.transform = LogPCA.fit(sample.counts, args.pca_components)
 x_held = train_stream.inputs(held_out).to(device)  # (cells, features)
 codes = {name: held_out.labels[name].numpy() for name in ("drug", "cell_line")}
 names = atlas.categories

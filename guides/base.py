@@ -7,7 +7,16 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.nn import MLP, forget_pyro_attributes, register_module
+from pyrovae.nn import MLP, forget_pyro_attributes, name_module, register_module
+from pyrovae.nn.checks import (
+    check_batch,
+    check_dropout,
+    check_finite,
+    check_int,
+    check_name,
+    check_values,
+    check_widths,
+)
 from pyrovae.nn.covariates import ConditionalMLP, Covariates
 
 
@@ -21,11 +30,20 @@ class AmortizedGuide(nn.Module):
     side, as models list them), ``activation``, ``encoder`` (a custom network instead of the MLP), and the keywords
     ``input_transform`` (``"log1p"`` for counts), ``latent_library``, ``batch_norm``, ``dropout``, and
     ``categorical``/``continuous`` (covariates the encoder sees in every layer, as scVI's ``encode_covariates``;
-    by default a guide sees only ``x`` and ignores the covariates a model is given).
+    by default a guide sees only ``x`` and ignores the covariates a model is given), and ``name``, the guide's name
+    in Pyro's param store (default: the class name, with a suffix ``_1``, ... while another live guide holds it; see
+    :mod:`pyrovae.nn.registration`). Every size and scale is checked when the guide is built.
+
+    A call checks its data as a model does (:meth:`check_call`), and accepts only data: the guide encodes ``x``.
     """
 
     x_dim: int
     z_dim: int
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__()
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+        name_module(self, check_name(type(self).__name__, name))
 
     def _set_encoder(
         self,
@@ -47,9 +65,12 @@ class AmortizedGuide(nn.Module):
         With covariates the default encoder is a :class:`~pyrovae.nn.covariates.ConditionalMLP`, and a custom one
         maps ``(..., x_dim + covariate features)``.
         """
+        who = type(self).__name__
         if encoder is not None and not isinstance(encoder, nn.Module):
-            raise TypeError(f"{type(self).__name__} encoder must be an nn.Module, got {type(encoder).__name__}")
-        self.x_dim, self.z_dim = int(x_dim), int(z_dim)
+            raise TypeError(f"{who} encoder must be an nn.Module, got {type(encoder).__name__}")
+        self.x_dim, self.z_dim = check_int(who, "x_dim", x_dim), check_int(who, "z_dim", z_dim)
+        hidden = check_widths(who, hidden)
+        dropout = check_dropout(who, dropout)
         self.covariates = Covariates(categorical, continuous)
         transform = _input_transform(input_transform)
         if self.covariates:
@@ -61,7 +82,7 @@ class AmortizedGuide(nn.Module):
             self.encoder = nn.Sequential(transform, encoder) if transform is not None else encoder
         self.library_encoder = None
         if latent_library:
-            library_hidden = ([hidden] if isinstance(hidden, int) else list(hidden))[:1] or [128]
+            library_hidden = list(hidden)[:1] or [128]
             library_encoder = MLP(self.x_dim, library_hidden, 2, activation)
             self.library_encoder = nn.Sequential(transform, library_encoder) if transform else library_encoder
 
@@ -93,12 +114,28 @@ class AmortizedGuide(nn.Module):
         forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
         return super().__getstate__()
 
+    def check_call(self, x: torch.Tensor) -> None:
+        """Check the data of a call: always (unless traced) a ``(batch, x_dim)`` tensor of the guide's dtype and
+        device, and while Pyro's validation is on no NaN or infinity (once per data tensor), each refusal naming the
+        fix, as :meth:`VAE.check_call <pyrovae.models.VAE.check_call>` does."""
+        who = type(self).__name__
+        if x is None:
+            raise ValueError(f"{who} encodes data and was called without x; a prior predictive needs no guide: "
+                             "Predictive(model, num_samples=4)(num_data=10)")
+        if not torch.jit.is_tracing():
+            check_batch(x, self.x_dim, self._anchor(), who)
+        check_values(self, x, lambda values: check_finite(values, who))
+
+    def _anchor(self) -> torch.Tensor | None:
+        """A tensor of the guide's dtype and device (None for a guide without any)."""
+        anchor = self._buffers.get("_device_anchor")
+        if anchor is None:
+            anchor = next((p for p in self.parameters() if p.is_floating_point()), None)
+        return anchor
+
     def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
         register_module(self)
-        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
-            raise ValueError(
-                f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"
-            )
+        self.check_call(x)
         with pyro.plate("data", x.shape[-2]):
             pyro.sample("z", self.encode(x, cat, cont) if getattr(self, "covariates", None) else self.encode(x))
             if getattr(self, "library_encoder", None) is not None:

@@ -9,6 +9,8 @@ import torch
 from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
+from pyrovae.nn.checks import check_int
+
 
 class DeltaGuide(AmortizedGuide):
     """q(z | x) = delta(z - f(x)): the encoder of an auto-encoder.
@@ -36,11 +38,12 @@ class DeltaGuide(AmortizedGuide):
         dropout: float = 0.0,
         categorical=(),
         continuous: int = 0,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name)
+        z_dim = check_int(type(self).__name__, "z_dim", z_dim)
         options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, int(z_dim), hidden, activation, encoder, *options,
-                          categorical, continuous)
+        self._set_encoder(x_dim, z_dim, z_dim, hidden, activation, encoder, *options, categorical, continuous)
 
     def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
                cont: torch.Tensor | None = None) -> dist.TorchDistribution:

@@ -10,6 +10,8 @@ import torch
 from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
+from pyrovae.nn.checks import check_int, check_real, check_widths
+
 FLOW_KINDS = ("affine", "spline")
 
 
@@ -31,6 +33,8 @@ class FlowGuide(AmortizedGuide):
     :param int num_flows: K, the number of flows.
     :param flow_hidden: hidden widths of each flow's autoregressive network (default ``[4 z_dim]``).
     :param int context_dim: length of h(x) (default ``2 z_dim``).
+    :param float min_scale: floor added to the base Gaussian's standard deviation (> 0).
+    :param str name: the guide's name in Pyro's param store (see :class:`AmortizedGuide`).
     """
 
     def __init__(
@@ -52,23 +56,26 @@ class FlowGuide(AmortizedGuide):
         dropout: float = 0.0,
         categorical=(),
         continuous: int = 0,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name)
+        who = type(self).__name__
         if flow not in FLOW_KINDS:
             raise ValueError(f"flow must be one of {FLOW_KINDS}, got {flow!r}")
-        if int(num_flows) < 1:
-            raise ValueError(f"num_flows must be at least 1, got {num_flows}")
-        if int(z_dim) < 2 and flow == "affine":
+        num_flows = check_int(who, "num_flows", num_flows)
+        z_dim = check_int(who, "z_dim", z_dim)
+        if z_dim < 2 and flow == "affine":
             raise ValueError("an autoregressive flow needs z_dim >= 2; use flow='spline' for a 1-D latent")
-        self.context_dim = int(context_dim) if context_dim is not None else 2 * int(z_dim)
+        self.context_dim = check_int(who, "context_dim", context_dim) if context_dim is not None else 2 * z_dim
         options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, 2 * int(z_dim) + self.context_dim, hidden, activation, encoder, *options,
+        self._set_encoder(x_dim, z_dim, 2 * z_dim + self.context_dim, hidden, activation, encoder, *options,
                           categorical, continuous)
-        self.min_scale, self.flow_kind = float(min_scale), flow
-        flow_hidden = list(flow_hidden) if flow_hidden is not None else [4 * self.z_dim]
+        self.min_scale, self.flow_kind = check_real(who, "min_scale", min_scale), flow
+        flow_hidden = list(check_widths(who, flow_hidden, "flow_hidden", allow_empty=False)) \
+            if flow_hidden is not None else [4 * self.z_dim]
         make = T.conditional_affine_autoregressive if flow == "affine" else T.conditional_spline_autoregressive
         self.flows = nn.ModuleList(make(self.z_dim, self.context_dim, hidden_dims=flow_hidden)
-                                   for _ in range(int(num_flows)))
+                                   for _ in range(num_flows))
         self.register_buffer("_reverse", torch.arange(self.z_dim - 1, -1, -1), persistent=False)
 
     def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,

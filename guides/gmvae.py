@@ -12,6 +12,7 @@ from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
 from pyrovae.nn import make_activation, register_module
+from pyrovae.nn.checks import check_int, check_real, check_widths
 
 
 class GMVAEGuide(AmortizedGuide):
@@ -35,7 +36,8 @@ class GMVAEGuide(AmortizedGuide):
     :param hidden: hidden sizes of the trunk from the data side (at least one layer; the last is the width of the
         features f).
     :param encoder: a custom trunk ``nn.Module`` mapping ``(..., x_dim) -> (..., hidden[-1])`` (pre-activation),
-        used instead of the MLP.
+        used instead of the MLP. It comes after ``activation``, as in every guide.
+    :param float min_scale: floor added to the standard deviations of q(z | x, y) (> 0).
     :param input_transform: ``"log1p"`` for count data.
     :param bool latent_library: also sample ``"library"`` (for likelihoods with ``library="latent"``).
     :param bool batch_norm: batch-normalise the trunk's hidden layers (all but the last).
@@ -44,6 +46,7 @@ class GMVAEGuide(AmortizedGuide):
         the classifier against the ELBO, whose size grows with the number of features: on PBMC 3k at 2,000 genes
         with half the labels hidden, alpha = 10, 100 and 1000 transfer 87.8%, 88.5% and 89.1% of them (60 epochs):
         raise it for wide data.
+    :param str name: the guide's name in Pyro's param store (see :class:`~pyrovae.guides.AmortizedGuide`).
     """
 
     def __init__(
@@ -53,9 +56,9 @@ class GMVAEGuide(AmortizedGuide):
         num_components: int,
         hidden: Sequence[int] = (400,),
         activation: str | nn.Module = "relu",
+        encoder: nn.Module | None = None,
         min_scale: float = 1e-5,
         *,
-        encoder: nn.Module | None = None,
         input_transform: str | None = None,
         latent_library: bool = False,
         batch_norm: bool = False,
@@ -63,28 +66,28 @@ class GMVAEGuide(AmortizedGuide):
         categorical=(),
         continuous: int = 0,
         classification_weight: float = 10.0,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name)
+        who = type(self).__name__
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
-        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
+        hidden = check_widths(who, hidden)
         if not hidden:
-            raise ValueError("GMVAEGuide needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
+            raise ValueError(f"{who} needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
+        self.num_components = check_int(who, "num_components", num_components)
+        self.min_scale = check_real(who, "min_scale", min_scale)
+        self.classification_weight = check_real(who, "classification_weight", classification_weight, strict=False)
         width = hidden[-1]
         self._set_encoder(
             x_dim, z_dim, width, hidden[:-1], activation, encoder, input_transform, latent_library, batch_norm, dropout,
             categorical, continuous,
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.num_components = int(num_components)
         self.activation = make_activation(activation)
         self.y_head = nn.Linear(width, self.num_components)
         self.z_hidden = nn.Linear(width, width)
         self.y_embedding = nn.Parameter(0.1 * torch.randn(self.num_components, width))
         self.z_head = nn.Linear(width, 2 * self.z_dim)
-        self.min_scale = float(min_scale)
-        if classification_weight < 0:
-            raise ValueError(f"classification_weight must be >= 0, got {classification_weight}")
-        self.classification_weight = float(classification_weight)
 
     def features(self, x: torch.Tensor, cat: torch.Tensor | None = None,
                  cont: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,8 +153,7 @@ class GMVAEGuide(AmortizedGuide):
     def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
                 y: torch.Tensor | None = None) -> None:
         register_module(self)
-        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
-            raise ValueError(f"GMVAEGuide expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
+        self.check_call(x)
         with pyro.plate("data", x.shape[-2]):
             f = self.features(x, cat, cont)
             y = pyro.sample("y", self._component_site(f, y), infer={"enumerate": "parallel"})

@@ -9,6 +9,7 @@ from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
 from pyrovae.distributions import PowerSpherical, VonMisesFisher
+from pyrovae.nn.checks import check_int
 
 
 class _SphericalGuide(AmortizedGuide):
@@ -28,13 +29,12 @@ class _SphericalGuide(AmortizedGuide):
         dropout: float = 0.0,
         categorical=(),
         continuous: int = 0,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
-        if z_dim < 2:
-            raise ValueError(f"z_dim is the ambient dimension m >= 2 of the latent sphere, got {z_dim}")
+        super().__init__(name)
+        z_dim = check_int(type(self).__name__, "z_dim (the sphere's ambient dimension)", z_dim, 2)
         options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, int(z_dim) + 1, hidden, activation, encoder, *options,
-                          categorical, continuous)
+        self._set_encoder(x_dim, z_dim, z_dim + 1, hidden, activation, encoder, *options, categorical, continuous)
 
     def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
                cont: torch.Tensor | None = None):

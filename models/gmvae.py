@@ -23,6 +23,7 @@ from torch import nn
 
 from pyrovae.likelihoods import Likelihood
 from pyrovae.nn import register_module
+from pyrovae.nn.checks import check_int, check_real
 
 
 class GMVAE(VAE):
@@ -33,7 +34,9 @@ class GMVAE(VAE):
 
     :param int num_components: K, the number of mixture components (clusters).
     :param bool learn_weights: learn the mixture weights pi (default: uniform and fixed).
-    :param float init_spread: standard deviation of the random initial component means.
+    :param float init_spread: standard deviation of the random initial component means (> 0: equal means would
+        never separate).
+    :param str name: the model's name in Pyro's param store (see :class:`VAE`).
     """
 
     def __init__(
@@ -53,12 +56,14 @@ class GMVAE(VAE):
         categorical: Sequence[int] = (),
         continuous: int = 0,
         inject_covariates: str = "all",
+        name: str | None = None,
     ) -> None:
+        num_components = check_int(type(self).__name__, "num_components", num_components)
+        init_spread = check_real(type(self).__name__, "init_spread", init_spread)
         super().__init__(x_dim, z_dim, hidden, likelihood, activation, decoder, batch_norm=batch_norm, dropout=dropout,
-                         categorical=categorical, continuous=continuous, inject_covariates=inject_covariates)
-        if num_components < 1:
-            raise ValueError(f"num_components must be at least 1, got {num_components}")
-        self.num_components = int(num_components)
+                         categorical=categorical, continuous=continuous, inject_covariates=inject_covariates,
+                         name=name)
+        self.num_components = num_components
         self.component_locs = nn.Parameter(init_spread * torch.randn(self.num_components, self.z_dim))
         # softplus(raw) = 1 at initialisation
         self.component_raw_scales = nn.Parameter(torch.full((self.num_components, self.z_dim), math.log(math.e - 1)))
@@ -86,14 +91,18 @@ class GMVAE(VAE):
         components = dist.Normal(self.component_locs, self.component_scales).to_event(1)
         return dist.MixtureSameFamily(self.component_prior(), components)
 
-    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
-                y: torch.Tensor | None = None) -> None:
+    def latent_sites(self) -> dict[str, dist.TorchDistribution]:
+        """p(y) at ``"y"`` and the marginal p(z) at ``"z"`` (the support and event shape a guide must match)."""
+        return {"y": self.component_prior(), **super().latent_sites()}
+
+    def forward(self, x: torch.Tensor | None = None, cat: torch.Tensor | None = None,
+                cont: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
+                num_data: int | None = None) -> None:
+        """The Pyro model (``x=None`` with ``num_data``: the prior predictive, as for :class:`VAE`)."""
         # known labels y (label transfer) enter through the guide: GMVAEGuide's q(y | x) is the point mass on them
         register_module(self)
-        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
-            raise ValueError(f"GMVAE expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}")
-        self.check_inputs(x, cat, cont)
-        with pyro.plate("data", x.shape[-2]):
+        num_data = self.check_call(x, cat, cont, num_data)
+        with pyro.plate("data", num_data):
             y = pyro.sample("y", self.component_prior())
             z = pyro.sample("z", self.component(y))
             pyro.sample("x", self._decode_with(z, self.library(x), cat, cont), obs=x)

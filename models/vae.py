@@ -7,11 +7,22 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood, get_likelihood
 from pyrovae.nn import MLP, forget_pyro_attributes, register_module
+from pyrovae.nn.checks import (
+    check_batch,
+    check_dropout,
+    check_finite,
+    check_int,
+    check_name,
+    check_values,
+    check_widths,
+)
 from pyrovae.nn.covariates import ConditionalMLP, Covariates
+from pyrovae.nn.registration import name_module
 
 
 class VAE(nn.Module):
@@ -41,6 +52,11 @@ class VAE(nn.Module):
         :mod:`pyrovae.nn.covariates`) and the decoder sees the covariates in every layer, as scVI's does.
     :param int continuous: the number of continuous covariates (``cont``).
     :param str inject_covariates: ``"all"`` (every decoder layer) or ``"first"``.
+    :param str name: the model's name in Pyro's param store (default: the class name, with a suffix ``_1``, ...
+        while another live model holds it); a saved store loads into the model of that name
+        (:mod:`pyrovae.nn.registration`).
+
+    Every size is checked when the model is built (a ValueError names it: ``x_dim=784.5``, a zero width, ...).
     """
 
     def __init__(
@@ -57,12 +73,17 @@ class VAE(nn.Module):
         categorical: Sequence[int] = (),
         continuous: int = 0,
         inject_covariates: str = "all",
+        name: str | None = None,
     ) -> None:
         super().__init__()
-        if x_dim <= 0 or z_dim <= 0:
-            raise ValueError(f"x_dim and z_dim must be positive, got x_dim={x_dim}, z_dim={z_dim}")
-        self.x_dim = int(x_dim)
-        self.z_dim = int(z_dim)
+        who = type(self).__name__
+        self.x_dim = check_int(who, "x_dim", x_dim)
+        self.z_dim = check_int(who, "z_dim", z_dim)
+        widths = check_widths(who, hidden)
+        dropout = check_dropout(who, dropout)
+        name = check_name(who, name)
+        if decoder is not None and not isinstance(decoder, nn.Module):
+            raise TypeError(f"{who}: decoder must be an nn.Module, got {type(decoder).__name__}")
         self.covariates = Covariates(categorical, continuous)
         self.likelihood = get_likelihood(likelihood, self.x_dim)
         if getattr(self.likelihood, "needs_batch", False):
@@ -75,11 +96,12 @@ class VAE(nn.Module):
         if decoder is not None:
             self.decoder = decoder
         elif self.covariates:
-            self.decoder = ConditionalMLP(self.latent_size, self.covariates.size, _widths(hidden)[::-1], out_features,
+            self.decoder = ConditionalMLP(self.latent_size, self.covariates.size, widths[::-1], out_features,
                                           activation, batch_norm, dropout, inject_covariates)
         else:
-            self.decoder = MLP(self.latent_size, _widths(hidden)[::-1], out_features, activation, batch_norm, dropout)
+            self.decoder = MLP(self.latent_size, widths[::-1], out_features, activation, batch_norm, dropout)
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+        name_module(self, name)
 
     @property
     def latent_size(self) -> int:
@@ -128,16 +150,74 @@ class VAE(nn.Module):
             return self.decode(z, library, cat, cont)
         return self.decode(z) if library is None else self.decode(z, library)
 
-    def check_inputs(self, x: torch.Tensor, cat: torch.Tensor | None, cont: torch.Tensor | None) -> None:
-        """Raise a ValueError when the covariates beside ``x`` do not match the model's."""
-        if not torch.jit.is_tracing():
-            self.covariates.check(cat, cont, x.shape[-2], type(self).__name__)
+    def check_call(self, x: torch.Tensor | None, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
+                   num_data: int | None = None) -> int:
+        """Check a call's inputs and return the number of data (the size of the ``"data"`` plate).
 
-    def library(self, x: torch.Tensor) -> torch.Tensor | None:
+        Always, unless traced: ``x`` is a ``(batch, x_dim)`` tensor of the model's dtype and device (a TypeError or
+        ValueError says the fix: ``x.float()``, ``x.unsqueeze(0)``, ...), and the covariates match the model's.
+        While Pyro's validation is on (the default; ``train`` switches it off inside its steps, having checked its
+        data before), also the values: no NaN or infinity, and inside the likelihood's support, once per data
+        tensor (:func:`~pyrovae.nn.checks.check_values`). Under Pyro's handlers the latents the model receives, a
+        guide's (``SVI``, every ELBO) or conditioned values (``Predictive``), are checked against its prior
+        (:func:`~pyrovae.infer.contract.check_received_latents`), once per kind of guide.
+
+        Without data (``x=None``, the prior predictive) the number of data is ``num_data``, else that of ``cat`` or
+        ``cont``; with neither, a ValueError names the fix.
+        """
+        who = type(self).__name__
+        tracing = torch.jit.is_tracing()
+        if x is None:
+            num_data = self._num_data_without_x(cat, cont, num_data)
+        else:
+            if not tracing:
+                check_batch(x, self.x_dim, self._device_anchor, who)
+                if num_data is not None and num_data != x.shape[-2]:
+                    raise ValueError(f"{who} was given {x.shape[-2]} data x but num_data={num_data!r}; give one")
+            check_values(self, x, self._check_values)
+            num_data = x.shape[-2]
+        if not tracing:
+            self.covariates.check(cat, cont, num_data, who)
+        if _PYRO_STACK:  # under Pyro's handlers: a guide's latents (replayed) or conditioned values reach the model
+            from pyrovae.infer.contract import check_received_latents  # pyrovae.infer is heavy: imported when used
+
+            check_received_latents(self)
+        return num_data
+
+    def _num_data_without_x(self, cat, cont, num_data) -> int:
+        who = type(self).__name__
+        if num_data is None:
+            given = [t for t in (cat, cont) if isinstance(t, torch.Tensor) and t.dim() >= 1]
+            if given:
+                return given[0].shape[0]
+            raise ValueError(
+                f"{who} was called without data x and without num_data, so it cannot tell how many data to draw: "
+                "give the number for the prior predictive, e.g. Predictive(model, num_samples=4)(num_data=10) or "
+                "model(None, num_data=10), or generate with model.sample(10)"
+            )
+        return check_int(who, "num_data", num_data)
+
+    def _check_values(self, x: torch.Tensor) -> None:
+        check_finite(x, type(self).__name__)
+        self.likelihood.check_data(x)
+
+    def latent_sites(self) -> dict[str, dist.TorchDistribution]:
+        """The prior of each latent site of one datum, by site name: what a guide's sites must match."""
+        sites = {"z": self.prior()}
+        if self.likelihood.library == "latent":
+            sites["library"] = self.likelihood.library_prior()
+        return sites
+
+    def library(self, x: torch.Tensor | None) -> torch.Tensor | None:
         """The library size of each datum, inside the ``"data"`` plate: the observed total count, a draw of the
         latent ``"library"`` site, or None when the likelihood uses none."""
         mode = self.likelihood.library
         if mode == "observed":
+            if x is None:
+                raise ValueError(
+                    f"{type(self).__name__}'s likelihood scales by the observed library size of x, which a call "
+                    "without data lacks; generate with model.sample(n, library=...) instead"
+                )
             return x.sum(-1)
         if mode == "latent":
             return pyro.sample("library", self.likelihood.library_prior())
@@ -156,14 +236,13 @@ class VAE(nn.Module):
         forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
         return super().__getstate__()
 
-    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
+    def forward(self, x: torch.Tensor | None = None, cat: torch.Tensor | None = None,
+                cont: torch.Tensor | None = None, *, num_data: int | None = None) -> None:
+        """The Pyro model. ``x=None`` draws the data as well (the prior predictive): give ``num_data`` then, as in
+        ``Predictive(model, num_samples=4)(num_data=10)``. Inputs are checked by :meth:`check_call`."""
         register_module(self)
-        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
-            raise ValueError(
-                f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}"
-            )
-        self.check_inputs(x, cat, cont)
-        with pyro.plate("data", x.shape[-2]):
+        num_data = self.check_call(x, cat, cont, num_data)
+        with pyro.plate("data", num_data):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self._decode_with(z, self.library(x), cat, cont), obs=x)
 
@@ -207,13 +286,9 @@ class VAE(nn.Module):
         :param cat: for a model with covariates, the codes of the generated data: one row ``(n,)`` for all of
             them, or one per sample; ``cont`` likewise.
         """
+        num_samples = check_int(f"{type(self).__name__}.sample", "num_samples", num_samples, 0)
         z = self.prior().sample((num_samples,))
         cat, cont = self._generation_covariates(num_samples, cat, cont)
         likelihood = self._decode_with(z, self._generation_library(num_samples, library), cat, cont)
         x = likelihood.mean if mean else likelihood.sample()
         return (x, z) if return_latents else x
-
-
-def _widths(hidden) -> tuple[int, ...]:
-    """Hidden widths as a tuple (a single int is one layer)."""
-    return (int(hidden),) if isinstance(hidden, int) else tuple(hidden)

@@ -14,10 +14,39 @@ def _numpy(values) -> np.ndarray:
     return np.asarray(values)
 
 
+def _latent(latent, name: str = "latent", min_rows: int = 1) -> np.ndarray:
+    """``latent`` as a finite (rows, dims) array of at least ``min_rows`` rows, or a ValueError naming the
+    problem (a NaN row, a vector where a matrix is expected)."""
+    latent = _numpy(latent)
+    if latent.ndim == 1:
+        latent = latent[:, None]
+    if latent.ndim != 2:
+        raise ValueError(f"{name} must be a matrix (cells, dims), got shape {latent.shape}")
+    if len(latent) < min_rows:
+        raise ValueError(f"{name} has {len(latent)} rows; at least {min_rows} are needed")
+    bad = ~np.isfinite(latent).all(1)
+    if bad.any():
+        raise ValueError(f"{name} has NaN or infinite values in {int(bad.sum())} rows (first: row "
+                         f"{int(np.flatnonzero(bad)[0])}); drop those cells or find why their encoding diverged")
+    return latent
+
+
+def _same_length(what: str, **arrays) -> None:
+    """Every array of ``arrays`` (name -> 1-D or 2-D array) has as many rows as the first."""
+    lengths = {name: len(values) for name, values in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{what}: the inputs have different numbers of cells ({lengths}); pass one entry per cell")
+
+
 def kmeans_clusters(latent, num_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
     """KMeans cluster of each row of ``latent`` (scikit-learn, ``n_init`` restarts, seeded)."""
     from sklearn.cluster import KMeans
 
+    latent = _latent(latent)
+    if isinstance(num_clusters, bool) or not isinstance(num_clusters, (int, np.integer)) or \
+            not 1 <= num_clusters <= len(latent):
+        raise ValueError(f"num_clusters must be an integer in 1..{len(latent)} (the number of rows), got "
+                         f"{num_clusters!r}")
     return KMeans(n_clusters=num_clusters, n_init=n_init, random_state=seed).fit_predict(_numpy(latent))
 
 
@@ -38,7 +67,8 @@ def clustering_scores(labels, clusters, latent=None, max_silhouette: int = 5000,
         "nmi": float(metrics.normalized_mutual_info_score(labels, clusters)),
     }
     if latent is not None:
-        latent = _numpy(latent)
+        latent = _latent(latent)
+        _same_length("clustering_scores", labels=labels, latent=latent)
         rows = np.arange(len(labels))
         if len(rows) > max_silhouette:
             rows = np.random.default_rng(seed).choice(rows, max_silhouette, replace=False)
@@ -52,7 +82,7 @@ def silhouette_sweep(latent, ks=range(2, 11), seed: int = 0, max_points: int = 5
     ``max_points`` rows drawn with ``seed``): the notebook-000 choice of k."""
     from sklearn.metrics import silhouette_score
 
-    latent = _numpy(latent)
+    latent = _latent(latent)
     if len(latent) > max_points:
         latent = latent[np.random.default_rng(seed).choice(len(latent), max_points, replace=False)]
     return {int(k): float(silhouette_score(latent, kmeans_clusters(latent, int(k), seed))) for k in ks}
@@ -85,6 +115,10 @@ def circular_correlation(a, b) -> float:
     a, b = _numpy(a).astype(np.float64).ravel(), _numpy(b).astype(np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"{a.shape[0]} angles against {b.shape[0]}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("circular_correlation: the angles hold NaN or infinite values; drop those data first")
+    if len(a) < 2:
+        raise ValueError(f"circular_correlation needs at least two angles, got {len(a)}")
     sine_a = np.sin(a - np.arctan2(np.sin(a).mean(), np.cos(a).mean()))
     sine_b = np.sin(b - np.arctan2(np.sin(b).mean(), np.cos(b).mean()))
     return abs(float((sine_a * sine_b).sum() / np.sqrt((sine_a**2).sum() * (sine_b**2).sum())))
@@ -96,7 +130,8 @@ def batch_asw(latent, batch, labels) -> float:
     labels. Labels seen in one batch only are left out, as scIB does."""
     from sklearn.metrics import silhouette_samples
 
-    latent, batch, labels = _numpy(latent), _numpy(batch).ravel(), _numpy(labels).ravel()
+    latent, batch, labels = _latent(latent), _numpy(batch).ravel(), _numpy(labels).ravel()
+    _same_length("batch_asw", latent=latent, batch=batch, labels=labels)
     per_label = []
     for label in np.unique(labels):
         rows = labels == label
@@ -146,7 +181,8 @@ def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = Non
     of perplexity ``num_neighbors // 3`` (scib-metrics' defaults)."""
     from sklearn.neighbors import NearestNeighbors
 
-    latent, labels = _numpy(latent), _numpy(labels).ravel()
+    latent, labels = _latent(latent, min_rows=2), _numpy(labels).ravel()
+    _same_length("lisi", latent=latent, labels=labels)
     codes, names = np.unique(labels, return_inverse=True)[1], np.unique(labels)
     k = min(num_neighbors, len(latent) - 1)
     perplexity = perplexity if perplexity is not None else max(k // 3, 1)

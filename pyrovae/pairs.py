@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.models import GMVAE, SVAE, VAE
+from pyrovae.nn.checks import check_int, check_name
 
 PAIR_KINDS = ("vae", "ae", "svae-vmf", "svae-power", "gmvae")
 
@@ -45,6 +46,7 @@ def make_pair(
     dropout: float = 0.0,
     encoder=None,
     decoder=None,
+    name: str | None = None,
 ):
     """A fresh ``(model, guide)`` of ``kind``:
 
@@ -58,13 +60,16 @@ def make_pair(
     :param hidden: widths from the data side, shared by the encoder and (mirrored) the decoder.
     :param likelihood: a likelihood name or instance (count likelihoods: pass ``input_transform="log1p"``).
     :param encoder, decoder: custom networks instead of the MLPs (sizes: see the guide's and model's docs).
+    :param str name: the pair's name in Pyro's param store: the model is ``name + "/model"`` and the guide
+        ``name + "/guide"`` (default: their class names; see :mod:`pyrovae.nn.registration`).
     """
     _check_kind(kind)
-    if latent_dim < 1:
-        raise ValueError(f"latent_dim must be at least 1, got {latent_dim}")
+    latent_dim = check_int("make_pair", "latent_dim", latent_dim)
     z_dim = latent_size(kind, latent_dim)
-    model_options = dict(batch_norm=batch_norm, dropout=dropout)
-    guide_options = dict(input_transform=input_transform, latent_library=latent_library, **model_options)
+    name = check_name("make_pair", name)
+    model_options = dict(batch_norm=batch_norm, dropout=dropout, name=None if name is None else f"{name}/model")
+    guide_options = dict(input_transform=input_transform, latent_library=latent_library, batch_norm=batch_norm,
+                         dropout=dropout, name=None if name is None else f"{name}/guide")
     if kind == "gmvae":
         if num_components is None:
             raise ValueError("make_pair('gmvae', ...) needs num_components")

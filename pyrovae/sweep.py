@@ -11,6 +11,10 @@
 it returns (JSON-serialisable) before returning it. The file is rewritten atomically after every run, so a kill never
 loses a finished result; ``fn`` itself resumes a half-finished run from its own checkpoint
 (:meth:`checkpoint_path` gives one per key).
+
+Several jobs may share one results file (two processes, or two ``Sweep`` objects in one): each write takes a lock
+beside the file (``results.json.lock``), reads the file again and merges, so every job's finished runs are kept,
+and a run that another job has finished meanwhile is not run again.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from pyrovae.infer.checkpoint import FileLock, atomic_write
 
 
 def _check_key(key) -> None:
@@ -29,14 +34,36 @@ def _check_key(key) -> None:
 
 
 class Sweep:
-    """The results of a sweep, by key, in one JSON file.
+    """The results of a sweep, by key, in one JSON file that several jobs may share.
 
     :param path: the results file (created with its folder on the first finished run).
+
+    ``results`` (and ``key in sweep``, ``sweep[key]``) hold the file as last read: at construction, and at every
+    :meth:`run` (before it decides whether ``key`` is done, and again when it stores a result); :meth:`reload`
+    reads it now.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.results: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self._lock = FileLock(self.path)
+        self.results: dict = self._read()
+
+    def _read(self) -> dict:
+        if not self.path.exists():
+            return {}
+        try:
+            results = json.loads(self.path.read_text())
+        except ValueError as error:
+            raise ValueError(f"sweep results {self.path} are not valid JSON ({error}); fix or move the file") from error
+        if not isinstance(results, dict):
+            raise ValueError(f"sweep results {self.path} hold a {type(results).__name__}, not an object of results "
+                             "by key; give the sweep another file")
+        return results
+
+    def reload(self) -> dict:
+        """Read the file again (other jobs' finished runs included) and return the results."""
+        self.results.update(self._read())
+        return self.results
 
     def __contains__(self, key: str) -> bool:
         return key in self.results
@@ -52,12 +79,16 @@ class Sweep:
         return self.path.parent / "checkpoints" / f"{safe}-{digest}.pt"
 
     def run(self, key: str, fn: Callable[..., object], *args, verbose: bool = True, **kwargs):
-        """The result of run ``key``: stored, or computed by ``fn(*args, **kwargs)`` and stored now.
+        """The result of run ``key``: stored (by this job or another sharing the file), or computed by
+        ``fn(*args, **kwargs)`` and stored now. Storing merges under the file's lock, so other jobs' results are
+        kept; where another job stored ``key`` while this one computed it, the first stored result is kept and
+        returned.
 
         :raises TypeError: for a key that is not a string, or a result that JSON cannot hold (convert tensors
             and numpy numbers with ``float()`` / ``.tolist()``); nothing is stored then.
         """
         _check_key(key)
+        self.reload()
         if key in self.results:
             if verbose:
                 print(f"{key}: done before, result kept")
@@ -68,23 +99,15 @@ class Sweep:
         except (TypeError, ValueError) as error:
             raise TypeError(f"the result of sweep run {key!r} cannot be stored as JSON ({error}); return plain "
                             "numbers, strings, lists and dicts (float(x), tensor.tolist())") from error
-        self.results[key] = result
-        self._write()
-        return result
-
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.results, stream, indent=1)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        with self._lock:
+            stored = self._read()
+            if key in stored and verbose:
+                print(f"{key}: another job stored it first; its result is kept")
+            merged = {**self.results, **stored}
+            merged.setdefault(key, result)
+            atomic_write(self.path, lambda stream: json.dump(merged, stream, indent=1), binary=False)
+        self.results = merged
+        return merged[key]
 
 
 __all__ = ["Sweep"]

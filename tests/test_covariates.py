@@ -200,3 +200,17 @@ def test_float64_pairs_train_with_the_device_guard_and_any_integer_codes_encode(
     assert np.isfinite(history.last["loss"])
     x, cat, cont = data.batch(torch.arange(4))
     assert torch.equal(model.covariates(cat.int(), cont), model.covariates(cat, cont))
+
+
+@pytest.mark.parametrize("entry", ["train", "svi"])
+def test_a_guide_built_for_other_covariate_levels_is_refused(entry):
+    """Codes valid for both sides (3 samples, 2 donors) must not hide that the guide was built for other levels."""
+    data = batched_counts(n=64)
+    model = VAE(30, 3, (16,), "nb", categorical=data.categorical_sizes, continuous=1)
+    guide = NormalGuide(30, 3, (16,), input_transform="log1p", categorical=(4, 2), continuous=1)
+    message = r"categorical=\(3, 2\), continuous=1 but the guide with categorical=\(4, 2\)"
+    with pytest.raises(ValueError, match=message):
+        if entry == "train":
+            train(model, guide, data, epochs=1, progress=False)
+        else:
+            SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO()).step(*data.batch(torch.arange(16)))

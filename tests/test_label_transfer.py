@@ -93,7 +93,7 @@ def test_bad_labels_are_refused():
         data.with_covariates().without_covariates().__class__(data.counts).with_labels()
 
 
-def test_cells_without_a_label_can_be_the_hidden_ones_and_iwae_is_refused():
+def test_cells_without_a_label_can_be_the_hidden_ones():
     data = typed_cells(n=30)
     data.obs.loc[data.obs.index[:5], "cell_type"] = None
     known = np.arange(30) >= 5
@@ -102,6 +102,33 @@ def test_cells_without_a_label_can_be_the_hidden_ones_and_iwae_is_refused():
     assert (data.with_labels().y[:5] == -1).all()  # by default the unlabelled cells are the unknown ones
     with pytest.raises(ValueError, match="in known= have no label"):
         data.with_labels(np.ones(30, bool))
-    model, guide = pair()
-    with pytest.raises(ValueError, match="cannot use"):
-        train(model, guide, data.with_labels(known), epochs=1, elbo="iwae", num_particles=2, progress=False)
+    with pytest.raises(ValueError, match="in known= have no label"):
+        data.with_labels(np.arange(3))  # indices of cells without a label
+
+
+def test_known_cells_as_a_zero_one_integer_array_are_refused_not_read_as_indices():
+    """An int 0/1 array read as indices would label cells 0 and 1 only; it is refused, and the boolean mask it
+    stands for labels exactly the cells it marks."""
+    data = typed_cells(n=30)
+    marks = (np.arange(30) % 3 == 0).astype(np.int64)
+    with pytest.raises(ValueError, match="zeros and ones.*boolean mask"):
+        data.with_labels(marks)
+    y = data.with_labels(marks.astype(bool)).y.numpy()
+    np.testing.assert_array_equal(y >= 0, marks.astype(bool))
+    np.testing.assert_array_equal(y[marks.astype(bool)], data.labels.numpy()[marks.astype(bool)])
+    with pytest.raises(ValueError, match=r"outside 0..29 \(e.g. \[30\]\)"):
+        data.with_labels([0, 30])
+
+
+def test_a_gmvae_with_another_number_of_components_than_labels_is_named():
+    data = typed_cells(n=30, types=3)
+    torch.manual_seed(0)
+    guide = GMVAEGuide(40, 3, 4, (16,), input_transform="log1p")
+    with pytest.raises(ValueError, match=r"carries 3 labels .* but the GMVAE has 4 components.*num_components="):
+        predict_labels(guide, data)
+    with pytest.raises(ValueError, match="but the GMVAE has 4 components"):
+        data.with_labels().check_components(guide.num_components)
+    _, matching = pair(types=3)
+    frame = predict_labels(matching, data)
+    assert list(frame.columns[2:]) == data.label_names
+    np.testing.assert_allclose(frame[data.label_names].sum(1), 1.0, rtol=1e-6)

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from pyrovae.data.checks import check_int
 from pyrovae.data.hvg import ScaledMoments
 from pyrovae.data.tahoe import (
     LABEL_COLUMNS,
@@ -54,7 +55,7 @@ class TahoeAtlas:
                 "token_id, ensembl_id and gene_symbol)"
             )
         self._vocabulary_lookup = self.vocabulary.lookup()
-        self.labels = list(labels)
+        self.labels = [labels] if isinstance(labels, str) else list(labels)
         self._categories = {k: list(v) for k, v in (categories or {}).items()}
         self._split_rows: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
         self.offsets = np.concatenate([[0], np.cumsum([s.num_rows for s in self.shards])]).astype(np.int64)
@@ -113,8 +114,10 @@ class TahoeAtlas:
                 raise ValueError(f"held_out names {name!r}, which is not a label of the atlas ({list(categories)})")
             values = [values] if isinstance(values, str) else list(values)
             unknown = [v for v in values if str(v) not in categories[name]]
-            if unknown or not values:
-                raise ValueError(f"held_out {name!r}: {unknown or 'no'} categories among {categories[name][:10]}")
+            if not values:
+                raise ValueError(f"held_out {name!r} lists no categories; give some of {categories[name][:10]}")
+            if unknown:
+                raise ValueError(f"held_out {name!r}: {unknown} are not among its categories {categories[name][:10]}")
             codes[name] = np.array([categories[name].index(str(v)) for v in values])
         return codes
 
@@ -165,6 +168,10 @@ class TahoeAtlas:
             raises (a leak is a bug, never silent).
         """
         codes = self.group_codes(held_out) if held_out else None
+        if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or \
+                not 0 <= shard_index < len(self.shards):
+            raise ValueError(f"shard_index must be an integer in 0..{len(self.shards) - 1} (the atlas has "
+                             f"{len(self.shards)} shards), got {shard_index!r}")
         shard = self.shards[shard_index]
         panel_lookup = self.vocabulary.lookup(panel)
         categories = self.categories
@@ -214,7 +221,9 @@ class TahoeAtlas:
                 total += got
 
     def sample(self, num_cells: int, panel: np.ndarray, seed: int = 0, **read_args) -> CellBlock:
-        """``num_cells`` cells spread over the shards, in memory (see :meth:`_spread` for which ones)."""
+        """``num_cells`` cells spread over the shards, in memory (see :meth:`_spread` for which ones; fewer when the
+        atlas or split holds fewer: :meth:`CellStream.take <pyrovae.data.CellStream.take>` refuses that)."""
+        check_int("num_cells", num_cells, 1)
         blocks = list(self._spread(num_cells, panel, seed, **read_args))
         if not blocks:
             raise ValueError("no cells to sample: the shards (or this split of them) are empty")
@@ -229,8 +238,9 @@ class TahoeAtlas:
         (:mod:`pyrovae.data.hvg`): the moments of counts scaled to 10,000 per cell (by the total over the whole
         vocabulary) are accumulated block by block, so memory does not grow with the sample.
         """
-        if not 0 < num_genes <= self.num_genes:
+        if check_int("num_genes", num_genes, 1) > self.num_genes:
             raise ValueError(f"num_genes must be in 1..{self.num_genes}, got {num_genes}")
+        check_int("num_cells", num_cells, 1)
         moments = ScaledMoments(self.num_genes)
         for block in self._spread(num_cells, np.arange(self.num_genes), seed):  # the sample of :meth:`sample`
             moments.add(block.counts, block.library)

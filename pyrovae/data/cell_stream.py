@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pyrovae.data.atlas import TahoeAtlas
+from pyrovae.data.checks import check_int, check_real
 from pyrovae.data.tahoe import CellBlock
 from pyrovae.process_group import rank as process_rank
 from pyrovae.process_group import world_size as process_world_size
@@ -112,9 +113,10 @@ class CellStream(IterableDataset):
         :meth:`TahoeAtlas.highly_variable_genes`).
     :param split: None (all cells), ``"train"`` or ``"test"``: a cell-level split by a hash of shard and row
         (``test_fraction`` of the cells, chosen by ``split_seed``).
-    :param int buffer_size: cells in the shuffle buffer; half of it is kept between draws.
-    :param int interleave: shards each reader has open at once (their blocks alternate into the buffer).
-    :param int num_workers: DataLoader worker processes (:meth:`loader`); shards are dealt among them.
+    :param int buffer_size: cells in the shuffle buffer (>= 1; one smaller than ``batch_size`` is raised to it);
+        half of it is kept between draws.
+    :param int interleave: shards each reader has open at once (>= 1; their blocks alternate into the buffer).
+    :param int num_workers: DataLoader worker processes (:meth:`loader`, >= 0); shards are dealt among them.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
         e.g. a fitted :class:`~pyrovae.data.LogPCA`.
     :param held_out: ``{label: [category, ...]}`` (e.g. ``{"plate": ["plate_3"]}``): with ``split``, the test part is
@@ -152,8 +154,20 @@ class CellStream(IterableDataset):
         if unknown:
             raise ValueError(f"covariates {unknown} are not labels of the atlas (labels: {list(atlas.labels)}); "
                              "add them to TahoeAtlas(labels=...)")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        for flag, value in (("shuffle", shuffle), ("drop_last", drop_last)):
+            if not isinstance(value, (bool, np.bool_)) and not (flag == "drop_last" and value is None):
+                raise ValueError(f"{flag} must be True or False, got {value!r}")
+        check_int("batch_size", batch_size, 1)
+        check_int("buffer_size", buffer_size, 1)
+        check_int("interleave", interleave, 1)
+        check_int("rows_per_read", rows_per_read, 1)
+        check_int("num_workers", num_workers, 0)
+        check_int("seed", seed, 0)
+        check_int("split_seed", split_seed, 0)
+        if rank is not None:
+            check_int("rank", rank, 0)
+        if world_size is not None:
+            check_int("world_size", world_size, 1)
         if split not in (None, "train", "test"):
             raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
         overlap = sorted(set(held_out or ()) & set(self.covariates))
@@ -162,8 +176,8 @@ class CellStream(IterableDataset):
                              "weights never trained; hold out by another label, or drop it from covariates")
         if held_out and split is None:
             raise ValueError("held_out groups make a train/test split: pass split='train' or split='test'")
-        if split is not None and not held_out and not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1) for a split, got {test_fraction}")
+        if split is not None and not held_out:
+            check_real("test_fraction", test_fraction, 0.0, 1.0, open_interval=True)
         self.atlas = atlas
         self.panel = atlas.panel_positions() if panel is None else np.asarray(panel)
         atlas.vocabulary.lookup(self.panel)  # positions in range, none repeated: checked now, not mid-epoch
@@ -171,9 +185,9 @@ class CellStream(IterableDataset):
         self.batch_size = int(batch_size)
         self.split, self.test_fraction, self.split_seed = split, test_fraction, split_seed
         self.held_out = dict(held_out) if held_out else None
-        self.shuffle = shuffle
+        self.shuffle = bool(shuffle)
         self.buffer_size = max(int(buffer_size), self.batch_size)
-        self.interleave = max(1, int(interleave))
+        self.interleave = int(interleave)
         self.rows_per_read = int(rows_per_read)
         self.drop_last = shuffle if drop_last is None else drop_last
         self.seed = int(seed)
@@ -188,6 +202,11 @@ class CellStream(IterableDataset):
             train_rows, test_rows = (atlas.group_split_rows(self.held_out) if self.held_out
                                      else atlas.split_rows(test_fraction, split_seed))
             self.shard_cells = test_rows if split == "test" else train_rows
+        if self.shard_cells.sum() == 0:
+            rule = f"held_out={held_out!r}" if held_out else f"test_fraction={test_fraction}"
+            what = f"the {split!r} split ({rule})" if split is not None else "the atlas"
+            raise ValueError(f"{what} of {atlas!r} holds no cells; change the split (a larger test_fraction, other "
+                             "held-out groups) or the source")
         self.transform = transform
         self.epoch = 0
         atlas.categories  # noqa: B018 - scanned here once and pickled to the workers, not scanned in each
@@ -304,8 +323,14 @@ class CellStream(IterableDataset):
         )
 
     def take(self, num_cells: int, seed: int = 0) -> CellBatch:
-        """About ``num_cells`` cells of this split, spread over the shards (all ranks see the same ones): a
-        held-out sample for figures and log-likelihoods, in memory."""
+        """``num_cells`` cells of this split, spread over the shards (all ranks see the same ones): a held-out sample
+        for figures and log-likelihoods, in memory. Asking for more cells than the split holds is an error that
+        says how many there are."""
+        check_int("num_cells", num_cells, 1)
+        if num_cells > self.num_cells:
+            split = f"the {self.split!r} split" if self.split else "the stream"
+            raise ValueError(f"take({num_cells}) asks for more cells than {split} holds ({self.num_cells:,}); "
+                             f"take at most {self.num_cells}")
         block = self.atlas.sample(num_cells, self.panel, seed=seed, split=self.split,
                                   test_fraction=self.test_fraction, split_seed=self.split_seed,
                                   held_out=self.held_out)

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
+from pyrovae.data.checks import check_int, check_real, check_unique_names, selection_indices
 from pyrovae.data.hvg import ScaledMoments
 
 
@@ -33,11 +34,21 @@ class CountData(Dataset):
     :param continuous_keys: ``obs`` columns of continuous covariates (percent mitochondrial, cell-cycle score).
     :param dict levels: the levels of each categorical key, in code order (default: the sorted distinct values);
         subsets and splits keep their parent's, so a code means the same batch in every part.
-    :raises ValueError: for NaN, infinite, negative or non-integer counts, naming the first cell and gene.
+    :raises ValueError: for NaN, infinite, negative or non-integer counts, naming the first cell and gene; for
+        cell ids or gene names that repeat (naming them), and for tables whose lengths do not fit the matrix.
     """
 
     def __init__(self, counts, obs=None, var=None, label_key: str | None = None, name: str = "counts", *,
                  categorical_keys=(), continuous_keys=(), levels: dict | None = None) -> None:
+        if not hasattr(counts, "shape"):
+            counts = np.asarray(counts)  # nested lists
+        if len(counts.shape) != 2:
+            raise ValueError(f"{name}: counts must be a matrix, cells x genes, got shape {tuple(counts.shape)}")
+        for table, what in ((obs, "obs (the cell table)"), (var, "var (the gene table)")):
+            if table is not None and not isinstance(table, pd.DataFrame):
+                raise TypeError(f"{name}: {what} must be a pandas DataFrame (one row per "
+                                f"{'cell' if what.startswith('obs') else 'gene'}, indexed by its id), got "
+                                f"{type(table).__name__}; e.g. pandas.DataFrame(index=names)")
         matrix = sp.csr_matrix(counts, dtype=np.float32)
         matrix.sum_duplicates()
         matrix.eliminate_zeros()
@@ -53,6 +64,10 @@ class CountData(Dataset):
             )
         if label_key is not None and label_key not in obs.columns:
             raise ValueError(f"{name}: no column {label_key!r} in the cell table (columns: {list(obs.columns)})")
+        check_unique_names(obs.index, "cell ids", name, "each cell needs its own id (AnnData: "
+                           "adata.obs_names_make_unique(); CountData.concatenate prefixes colliding ids itself)")
+        check_unique_names(var.index, "gene names", name, "make them unique (AnnData: adata.var_names_make_unique(), "
+                           "as the 10x readers do) or sum the repeated genes into one column")
         self.counts, self.obs, self.var = matrix, obs, var
         self.label_key, self.name = label_key, name
         self._check_values()
@@ -133,23 +148,42 @@ class CountData(Dataset):
     def with_labels(self, known=None) -> CountData:
         """The same cells whose batches also carry the label codes ``y`` (``label_names`` order), -1 for the cells
         not in ``known`` (a boolean mask or indices; default all): semi-supervised training of a GMVAE, whose
-        components are then the labels (label transfer, :class:`~pyrovae.guides.GMVAEGuide`). Batches are
-        ``(x, cat, cont, y)`` (empty ``cat``/``cont`` without covariates)."""
+        components are then the labels (label transfer, :class:`~pyrovae.guides.GMVAEGuide`): build it with
+        ``num_components=data.num_labels`` (:meth:`check_components` says so when they differ). Batches are
+        ``(x, cat, cont, y)`` (empty ``cat``/``cont`` without covariates).
+
+        :raises ValueError: for indices outside the cells, a mask of another length, and an integer array of
+            zeros and ones (a mask must be boolean: ``known.astype(bool)``), or known cells without a label.
+        """
         if self.label_key is None:
             raise ValueError(f"{self.name} has no label column: pass label_key (labels_key in from_anndata)")
         codes = pd.Categorical(self.obs[self.label_key]).codes.astype(np.int64)
         mask = codes >= 0  # default: the cells that have a label
         if known is not None:
-            known = np.asarray(known.cpu() if isinstance(known, torch.Tensor) else known)
-            mask = known.copy() if known.dtype == bool else np.isin(np.arange(len(self)), known)
-            if mask.shape != (len(self),):
-                raise ValueError(f"known is a mask of {mask.shape} for {len(self)} cells")
+            mask = np.zeros(len(self), dtype=bool)
+            mask[selection_indices(known, len(self), "known")] = True
             if (codes[mask] < 0).any():
                 raise ValueError(f"{self.name}: {int((codes[mask] < 0).sum())} cells in known= have no label in "
                                  f"{self.label_key!r}; give them one or leave them out of known=")
         data = self.with_covariates(self.categorical_keys, self.continuous_keys)
         data._y = np.where(mask & (codes >= 0), codes, -1)
         return data
+
+    @property
+    def num_labels(self) -> int:
+        """The number of distinct labels (a semi-supervised GMVAE's ``num_components``); 0 without labels."""
+        return len(self.label_names)
+
+    def check_components(self, num_components: int) -> None:
+        """Raise a ValueError unless a GMVAE of ``num_components`` components fits the labels (those batches carry
+        after :meth:`with_labels`, and those :func:`~pyrovae.infer.predict_labels` names): one component per label,
+        in :attr:`label_names` order. Data without a label column fit any number."""
+        if self.label_key is not None and num_components != self.num_labels:
+            raise ValueError(
+                f"{self.name} carries {self.num_labels} labels ({self.label_names[:5]}) but the GMVAE has "
+                f"{num_components} components; label transfer needs one component per label: build the model and "
+                f"the guide with num_components=data.num_labels ({self.num_labels})"
+            )
 
     @property
     def y(self) -> torch.Tensor | None:
@@ -266,9 +300,17 @@ class CountData(Dataset):
 
     # -- selection ----------------------------------------------------------------------------------------
     def subset(self, cells=None, genes=None) -> CountData:
-        """The cells (and genes) selected by integer indices or boolean masks."""
-        cells = np.arange(len(self)) if cells is None else np.asarray(cells.cpu() if hasattr(cells, "cpu") else cells)
-        genes = np.arange(self.num_genes) if genes is None else np.asarray(genes)
+        """The cells (and genes) selected by integer indices (each at most once, order kept) or boolean masks.
+
+        :raises ValueError: for indices out of range or repeated, a mask of another length, an integer array of
+            zeros and ones (pass a boolean mask), or a selection that leaves no cell or no gene.
+        """
+        cells = np.arange(len(self)) if cells is None else selection_indices(cells, len(self), "cells", unique=True)
+        genes = (np.arange(self.num_genes) if genes is None
+                 else selection_indices(genes, self.num_genes, "genes", unique=True, kind="gene"))
+        for kind, chosen in (("cells", cells), ("genes", genes)):
+            if len(chosen) == 0:
+                raise ValueError(f"{self.name}: the selection keeps no {kind[:-1]}; a data set needs at least one")
         counts = self.counts[cells][:, genes]
         part = CountData(counts, self.obs.iloc[cells], self.var.iloc[genes], self.label_key, self.name,
                          categorical_keys=self.categorical_keys, continuous_keys=self.continuous_keys,
@@ -277,12 +319,18 @@ class CountData(Dataset):
         return part
 
     def filter_cells(self, min_counts: int = 1, min_genes: int = 0) -> CountData:
-        """Drop cells with fewer than ``min_counts`` counts or ``min_genes`` expressed genes; warns with the count."""
+        """Drop cells with fewer than ``min_counts`` counts or ``min_genes`` expressed genes; warns with the count.
+        Raises a ValueError when no cell would be left."""
+        check_int("min_counts", min_counts, 0)
+        check_int("min_genes", min_genes, 0)
         keep = (self.library_sizes >= min_counts) & (np.diff(self.counts.indptr) >= min_genes)
         return self._report(keep, "cell", f"fewer than {min_counts} counts or {min_genes} genes", self.obs.index)
 
     def filter_genes(self, min_cells: int = 1, min_counts: int = 0) -> CountData:
-        """Drop genes expressed in fewer than ``min_cells`` cells or with fewer than ``min_counts`` counts."""
+        """Drop genes expressed in fewer than ``min_cells`` cells or with fewer than ``min_counts`` counts. Raises a
+        ValueError when no gene would be left."""
+        check_int("min_cells", min_cells, 0)
+        check_int("min_counts", min_counts, 0)
         cells_per_gene = np.bincount(self.counts.indices, minlength=self.num_genes)
         totals = np.asarray(self.counts.sum(axis=0)).ravel()
         keep = (cells_per_gene >= min_cells) & (totals >= min_counts)
@@ -292,14 +340,22 @@ class CountData(Dataset):
         dropped = np.flatnonzero(~keep)
         if dropped.size == 0:
             return self
+        if dropped.size == len(keep):
+            raise ValueError(f"{self.name}: the filter drops every {kind} ({dropped.size}, all {reason}); nothing "
+                             "would be left: lower the threshold")
         shown = ", ".join(map(str, names[dropped[:5]])) + (", ..." if dropped.size > 5 else "")
         warnings.warn(f"{self.name}: dropped {dropped.size} {kind}(s) {reason}: {shown}", stacklevel=3)
         index = np.flatnonzero(keep)
         return self.subset(cells=index) if kind == "cell" else self.subset(genes=index)
 
     def select_genes(self, names) -> CountData:
-        """Keep the genes ``names`` (in that order); every name must be present."""
+        """Keep the genes ``names`` (in that order); every name must be present, once, and at least one given."""
+        if isinstance(names, str):
+            raise ValueError(f"select_genes takes a list of gene names, got the string {names!r}: pass [{names!r}]")
         names = [str(n) for n in names]
+        if not names:
+            raise ValueError(f"{self.name}: select_genes got no gene names; pass at least one")
+        check_unique_names(names, "requested gene names", self.name, "list each gene once")
         position = pd.Index(self.gene_names).get_indexer(names)
         missing = [n for n, p in zip(names, position) if p < 0]
         if missing:
@@ -311,14 +367,19 @@ class CountData(Dataset):
         counts scaled to 10,000 per cell, dispersion z-scored within bins of mean expression); the same
         computation as :meth:`TahoeAtlas.highly_variable_genes <pyrovae.data.TahoeAtlas.highly_variable_genes>`.
         """
-        if not 0 < num_genes <= self.num_genes:
+        if check_int("num_genes", num_genes, 1) > self.num_genes:
             raise ValueError(f"num_genes must be in 1..{self.num_genes}, got {num_genes}")
+        check_int("num_bins", num_bins, 1)
         return ScaledMoments(self.num_genes).add(self.counts, self.library_sizes).highly_variable(num_genes, num_bins)
 
     def prepare(self, num_genes: int = 0, max_cells: int = 0, seed: int = 0) -> CountData:
         """The usual preparation for a count VAE: drop cells and genes without counts (reported), keep a random
         subset of ``max_cells`` cells (0: all), then the ``num_genes`` most variable genes (0: all), and last the
-        cells left without counts in those genes (reported: their library size would be 0)."""
+        cells left without counts in those genes (reported: their library size would be 0). ``num_genes`` and
+        ``max_cells`` must be integers >= 0."""
+        check_int("num_genes", num_genes, 0)
+        check_int("max_cells", max_cells, 0)
+        check_int("seed", seed, 0)
         cells = self.filter_cells(min_counts=1).filter_genes(min_cells=1)
         if 0 < max_cells < len(cells):
             cells = cells.subset(np.sort(np.random.default_rng(seed).choice(len(cells), max_cells, replace=False)))
@@ -328,11 +389,17 @@ class CountData(Dataset):
 
     def split(self, train_fraction: float = 0.81, seed: int = 0) -> tuple[CountData, CountData]:
         """A seeded random split: ``numpy.random.default_rng(seed).permutation``; the first
-        ``round(train_fraction * n)`` cells train, the rest test (81/19 as in scVAE's notebook)."""
-        if not 0 < train_fraction < 1:
-            raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        ``round(train_fraction * n)`` cells train, the rest test (81/19 as in scVAE's notebook). A split that leaves
+        either part empty is refused."""
+        check_real("train_fraction", train_fraction, 0.0, 1.0, open_interval=True)
+        check_int("seed", seed, 0)
         order = np.random.default_rng(seed).permutation(len(self))
         cut = int(round(train_fraction * len(self)))
+        if not 0 < cut < len(self):
+            raise ValueError(
+                f"{self.name}: train_fraction={train_fraction} of {len(self)} cells leaves the "
+                f"{'training' if cut == 0 else 'test'} part empty; use more cells or a train_fraction nearer 0.5"
+            )
         return self.subset(cells=order[:cut]), self.subset(cells=order[cut:])
 
     # -- AnnData ------------------------------------------------------------------------------------------
@@ -356,9 +423,20 @@ class CountData(Dataset):
         """Several data sets as one, with the part each cell came from as the categorical covariate ``batch_key``
         (``{"CEL-seq2": a, "Drop-seq": b}``: technology as the batch). ``genes="inner"`` keeps the genes all parts
         share (in the first part's order) and says how many each part loses. Cell ids get the part's name as a
-        prefix where they collide."""
-        if not parts:
-            raise ValueError("concatenate needs at least one data set")
+        prefix where they collide. ``batch_key`` must not already be a column of a part's cell table (it would be
+        overwritten)."""
+        if not isinstance(parts, dict) or not parts:
+            raise ValueError("concatenate needs a dict {name: CountData} of at least one data set, got "
+                             f"{type(parts).__name__}")
+        wrong = [k for k, p in parts.items() if not isinstance(p, CountData)]
+        if wrong:
+            raise TypeError(f"concatenate: the parts {wrong} are not CountData")
+        clashing = [k for k, p in parts.items() if batch_key in p.obs.columns]
+        if clashing:
+            raise ValueError(
+                f"concatenate: the parts {clashing} already have a column {batch_key!r}, which would be overwritten "
+                "by the part names; pass another batch_key= (or drop or rename that column first)"
+            )
         names = list(parts)
         if genes != "inner":
             raise ValueError(f"genes must be 'inner', got {genes!r}")

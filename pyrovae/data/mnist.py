@@ -44,8 +44,9 @@ def load_idx_images(
       the test set is drawn once with ``seed`` so that evaluations are reproducible;
     * ``"threshold"``: pixel > 0.5.
 
-    Files are looked for in ``data_dir``, ``$PYROVAE_DATA/<dataset>``, ``../shared/data/<dataset>`` and the
-    cache; with ``download=True`` missing files are fetched from the official mirrors into the cache.
+    Files are looked for in ``data_dir`` (only there when given; it must exist), else in
+    ``$PYROVAE_DATA/<dataset>``, ``../shared/data/<dataset>`` and the cache; with ``download=True`` missing files
+    are fetched from the official mirrors into the cache.
     """
     if binarize not in BINARIZE:
         raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
@@ -57,9 +58,11 @@ def load_idx_images(
         path = find_idx_file(directory, stem) if directory is not None else None
         if path is None:
             if not download:
+                where = (f"data_dir={str(data_dir)!r} and its {dataset}/ folder" if data_dir is not None
+                         else f"$PYROVAE_DATA, ../shared/data and {cache_dir()}")
                 raise FileNotFoundError(
-                    f"{dataset} file {stem}(.gz) not found (looked in data_dir, $PYROVAE_DATA, ../shared/data and "
-                    f"{cache_dir()}); pass data_dir=, set PYROVAE_DATA, or use download=True when online"
+                    f"{dataset} file {stem}(.gz) not found (looked in {where}); pass data_dir=, set PYROVAE_DATA, "
+                    "or use download=True when online"
                 )
             path = download_idx(dataset, stem, cache_dir() / dataset)
         arrays[stem] = read_idx(path, expected)

@@ -9,11 +9,19 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def data_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for data sets, in order: ``data_dir``, ``$PYROVAE_DATA``, ``../shared/data`` beside the
-    working directory and beside the repository, and the download cache."""
-    roots = []
+    """Folders searched for data sets: an explicit ``data_dir`` alone (it must exist: a FileNotFoundError names
+    it otherwise, so a typo never falls back to another copy); else, in order, ``$PYROVAE_DATA``,
+    ``../shared/data`` beside the working directory and beside the repository, and the download cache."""
     if data_dir is not None:
-        roots.append(Path(data_dir))
+        folder = Path(data_dir).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"data_dir={str(data_dir)!r} is not a folder ({'a file' if folder.exists() else 'nothing'} is there); "
+                "pass the folder that holds the data sets, or leave data_dir unset to search $PYROVAE_DATA, "
+                "../shared/data and the cache"
+            )
+        return [folder]
+    roots = []
     if os.environ.get("PYROVAE_DATA"):
         roots.append(Path(os.environ["PYROVAE_DATA"]))
     roots += [Path.cwd().parent / "shared" / "data", _REPO_ROOT.parent / "shared" / "data", cache_dir()]
@@ -26,10 +34,12 @@ def cache_dir() -> Path:
 
 
 def find_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first folder ``root/name`` that exists (or ``data_dir`` itself when it is that folder)."""
-    if data_dir is not None and Path(data_dir).name == name and Path(data_dir).is_dir():
-        return Path(data_dir)
-    for root in data_roots(data_dir):
+    """The first folder ``root/name`` of :func:`data_roots` that exists (or ``data_dir`` itself when it is that
+    folder), None when there is none. An explicit ``data_dir`` is the only place looked in, and must exist."""
+    roots = data_roots(data_dir)
+    if data_dir is not None and roots[0].name == name:
+        return roots[0]
+    for root in roots:
         if (root / name).is_dir():
             return root / name
     return None

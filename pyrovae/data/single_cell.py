@@ -28,6 +28,19 @@ class CountFileError(ValueError):
     """A single-cell file that cannot be read, or whose parts do not fit together."""
 
 
+_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, pd.errors.ParserError)
+"""What reading a damaged or foreign file raises: each becomes a :class:`CountFileError` naming the file."""
+
+
+def _unreadable(path: Path, what: str, error: Exception) -> CountFileError:
+    """A CountFileError naming ``path``; a compressed file that ends early or fails its checksum is called
+    truncated or corrupt, which a bare ``EOFError`` never says."""
+    if isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return CountFileError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}); it cannot be read as "
+                              f"{what}: download or copy it again")
+    return CountFileError(f"cannot read {path} as {what}: {error}")
+
+
 def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
@@ -44,8 +57,8 @@ def _read_lines(path: Path) -> list[list[str]]:
     try:
         with _open(path) as handle:
             return [line.decode().rstrip("\n").split("\t") for line in handle if line.strip()]
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
-        raise CountFileError(f"cannot read {path}: {error}") from error
+    except _READ_ERRORS as error:
+        raise _unreadable(path, "a tab-separated list", error) from error
 
 
 def read_10x_mtx(
@@ -64,8 +77,8 @@ def read_10x_mtx(
     try:
         with _open(matrix_path) as handle:
             matrix = sp.csr_matrix(scipy.io.mmread(handle).T)  # the file is genes x cells
-    except (ValueError, OSError, EOFError, zlib.error) as error:
-        raise CountFileError(f"cannot read {matrix_path} as Matrix Market: {error}") from error
+    except _READ_ERRORS as error:
+        raise _unreadable(matrix_path, "Matrix Market", error) from error
     genes = _read_lines(genes_path)
     barcodes = [row[0] for row in _read_lines(barcodes_path)]
     duplicated = pd.Index(barcodes)[pd.Index(barcodes).duplicated()].unique()
@@ -106,9 +119,13 @@ def _unique(index: pd.Index) -> pd.Index:
 def _join_metadata(obs: pd.DataFrame, path: Path, id_column: str | None = None) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, index_col=0 if id_column is None else id_column)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise CountFileError(f"cannot read the cell table {path}: {error}") from error
+    except _READ_ERRORS as error:
+        raise _unreadable(path, "a cell table (CSV)", error) from error
     table.index = table.index.astype(str)
+    repeated = table.index[table.index.duplicated()].unique()
+    if len(repeated):
+        raise CountFileError(f"{path} lists {len(repeated)} cell id(s) more than once ({repeated[:5].tolist()}); the "
+                             "cell table must have one row per cell")
     missing = obs.index.difference(table.index)
     if len(missing):
         raise CountFileError(
@@ -118,8 +135,46 @@ def _join_metadata(obs: pd.DataFrame, path: Path, id_column: str | None = None) 
     return obs.join(table)
 
 
+_H5_V3 = ("data", "indices", "indptr", "shape", "barcodes", "features/name", "features/id")
+_H5_V2 = ("data", "indices", "indptr", "shape", "barcodes", "gene_names", "genes")
+
+
+def _h5_layout(handle, path: Path, genome: str | None):
+    """The group holding a Cell Ranger matrix and its layout (3 or 2), or a CountFileError naming what was
+    expected and what the file holds (with the reader that fits a scDeepCluster or AnnData file)."""
+    import h5py
+
+    found = sorted(handle)
+    if "matrix" in handle and isinstance(handle["matrix"], h5py.Group):
+        group, needed, version = handle["matrix"], _H5_V3, 3
+    else:
+        genomes = [k for k in found if isinstance(handle[k], h5py.Group) and "gene_names" in handle[k]]
+        if genome is not None and genome not in handle:
+            raise CountFileError(f"{path} has no genome group {genome!r} (groups: {found})")
+        chosen = genome or (genomes[0] if genomes else None)
+        if chosen is None or not isinstance(handle[chosen], h5py.Group):
+            hint = ""
+            if "X" in handle and "obs" in handle and "var" in handle:
+                hint = "; it looks like an AnnData file: use read_h5ad"
+            elif "X" in handle:
+                hint = "; it looks like an scDeepCluster file (X, Y): use read_scdeepcluster_h5"
+            raise CountFileError(
+                f"{path} is not a 10x Cell Ranger matrix: expected a group 'matrix' (v3: {', '.join(_H5_V3)}) or "
+                f"one group per genome (v2: {', '.join(_H5_V2)}), found {found[:10]}{hint}"
+            )
+        group, needed, version = handle[chosen], _H5_V2, 2
+    missing = [key for key in needed if key not in group]
+    if missing:
+        raise CountFileError(f"{path}: the 10x v{version} group {group.name!r} lacks {missing} (it holds "
+                             f"{sorted(group)}); is the file complete?")
+    return group, version
+
+
 def read_10x_h5(path: str | os.PathLike, genome: str | None = None) -> CountData:
-    """A Cell Ranger ``.h5`` matrix: v3 (group ``matrix`` with ``features/``) or v2 (one group per genome)."""
+    """A Cell Ranger ``.h5`` matrix: v3 (group ``matrix`` with ``features/``) or v2 (one group per genome).
+
+    :raises CountFileError: for a file that is not HDF5, or not in either 10x layout (naming the groups expected
+        and those found)."""
     import h5py
 
     path = Path(path)
@@ -128,22 +183,22 @@ def read_10x_h5(path: str | os.PathLike, genome: str | None = None) -> CountData
     except OSError as error:
         raise CountFileError(f"cannot open {path} as HDF5: {error}") from error
     with handle:
-        if "matrix" in handle:
-            group = handle["matrix"]
+        group, version = _h5_layout(handle, path, genome)
+        if version == 3:
             names = [n.decode() for n in group["features/name"][:]]
             ids = [n.decode() for n in group["features/id"][:]]
         else:
-            genomes = list(handle)
-            if not genomes:
-                raise CountFileError(f"{path} holds no matrix group")
-            group = handle[genome or genomes[0]]
             names = [n.decode() for n in group["gene_names"][:]]
             ids = [n.decode() for n in group["genes"][:]]
         num_genes, num_cells = (int(n) for n in group["shape"][:])
         # the CSC matrix of genes x cells is the CSR matrix of cells x genes
-        matrix = sp.csr_matrix(
-            (group["data"][:], group["indices"][:], group["indptr"][:]), shape=(num_cells, num_genes)
-        )
+        try:
+            matrix = sp.csr_matrix(
+                (group["data"][:], group["indices"][:], group["indptr"][:]), shape=(num_cells, num_genes)
+            )
+        except ValueError as error:
+            raise CountFileError(f"{path}: data, indices and indptr do not form a {num_genes} x {num_cells} "
+                                 f"matrix ({error})") from error
         barcodes = [b.decode() for b in group["barcodes"][:]]
     if len(names) != num_genes or len(barcodes) != num_cells:
         raise CountFileError(
@@ -189,8 +244,8 @@ def read_count_csv(
     counts = Path(counts)
     try:
         table = pd.read_csv(counts, index_col=0)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise CountFileError(f"cannot read the count table {counts}: {error}") from error
+    except _READ_ERRORS as error:
+        raise _unreadable(counts, "a count table (CSV)", error) from error
     table.index = table.index.astype(str)
     if table.shape[1] == 0:
         raise CountFileError(
@@ -213,13 +268,31 @@ def read_count_csv(
     return CountData(sp.csr_matrix(table.to_numpy(dtype=np.float64).T), obs, var, label_key, name=name)
 
 
+def _read_rows(matrix, what: str, rows_per_read: int = 10_000):
+    """A backed matrix (an h5py dataset or anndata's on-disk sparse dataset) read into memory as CSR, a block of
+    rows at a time so that a dense one never has to fit whole; in-memory matrices are returned as they are."""
+    if matrix is None:
+        raise ValueError(f"the AnnData has no {what}; pass layer= (the layer holding the raw counts)")
+    if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
+        return matrix
+    if not (hasattr(matrix, "shape") and hasattr(matrix, "__getitem__")):
+        raise TypeError(f"the AnnData's {what} is a {type(matrix).__name__}, not a matrix; pass raw counts")
+    num_rows = int(matrix.shape[0])
+    blocks = [sp.csr_matrix(matrix[start:min(start + rows_per_read, num_rows)], dtype=np.float32)
+              for start in range(0, num_rows, rows_per_read)]
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(tuple(matrix.shape), dtype=np.float32)
+
+
 def from_anndata(adata, layer: str | None = None, label_key: str | None = None, *, batch_key: str | None = None,
                  categorical_covariate_keys=(), continuous_covariate_keys=(), labels_key: str | None = None
                  ) -> CountData:
     """An AnnData's raw counts (``layer``, or ``X`` when None) with its ``obs`` and ``var``, as scvi-tools'
     ``setup_anndata`` reads them: ``batch_key`` is the first categorical covariate (the batch), followed by
     ``categorical_covariate_keys``; ``continuous_covariate_keys`` are continuous covariates; ``labels_key`` (or
-    ``label_key``) holds cell types."""
+    ``label_key``) holds cell types.
+
+    An AnnData opened with ``backed="r"`` works too: its counts are read into memory (sparse, a block of rows at
+    a time); the cell and gene tables are copied either way."""
     if layer is not None and layer not in adata.layers:
         raise ValueError(f"no layer {layer!r} in the AnnData (layers: {list(adata.layers)}); raw counts are needed")
     if label_key is not None and labels_key is not None and label_key != labels_key:
@@ -228,7 +301,7 @@ def from_anndata(adata, layer: str | None = None, label_key: str | None = None, 
         categorical_covariate_keys)
     if batch_key is not None:
         categorical = [batch_key] + [k for k in categorical if k != batch_key]
-    matrix = adata.layers[layer] if layer is not None else adata.X
+    matrix = _read_rows(adata.layers[layer] if layer is not None else adata.X, f"layer {layer!r}" if layer else "X")
     return CountData(matrix, adata.obs.copy(), adata.var.copy(), label_key or labels_key, name=layer or "X",
                      categorical_keys=categorical, continuous_keys=continuous_covariate_keys)
 
@@ -290,8 +363,8 @@ SHARED_SETS = {
 
 
 def load_count_dataset(name: str, data_dir: str | os.PathLike | None = None) -> CountData:
-    """One of the shared real data sets by name (:data:`SHARED_SETS`), from ``data_dir``, ``$PYROVAE_DATA`` or
-    ``../shared/data``."""
+    """One of the shared real data sets by name (:data:`SHARED_SETS`), from ``data_dir`` (only there when given;
+    it must exist), else ``$PYROVAE_DATA`` or ``../shared/data``."""
     layout = {
         "pbmc3k": ("pbmc3k", lambda folder: read_10x_mtx(folder)),
         "mouse_bladder": ("scdeepcluster", lambda f: read_scdeepcluster_h5(f / "mouse_bladder_cell_select_2100.h5")),
@@ -306,9 +379,11 @@ def load_count_dataset(name: str, data_dir: str | os.PathLike | None = None) -> 
     folder_name, reader = layout[name]
     folder = find_dataset(folder_name, data_dir)
     if folder is None:
+        where = (f"in data_dir={str(data_dir)!r} (no {folder_name}/ folder there)" if data_dir is not None
+                 else "in $PYROVAE_DATA, ../shared/data or the cache")
         raise FileNotFoundError(
-            f"data set {name!r} not found: put the {folder_name}/ folder of ../shared/data under --data-dir or "
-            "$PYROVAE_DATA (see ../shared/data/README.md for its layout)"
+            f"data set {name!r} not found {where}: put the {folder_name}/ folder of ../shared/data under --data-dir "
+            "or $PYROVAE_DATA (see ../shared/data/README.md for its layout)"
         )
     return reader(folder)
 

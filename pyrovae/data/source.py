@@ -182,7 +182,7 @@ class StreamSource(DataSource):
     def head(self, size, batch_size):
         if size <= 0:
             return None  # the same cells on every rank
-        taken = self.stream.inputs(self.stream.take(size))
+        taken = self.stream.inputs(self.stream.take(min(size, self.num_data)))
         data = _Arguments(taken) if isinstance(taken, tuple) else TensorData(taken, name=self.name)
         return IndexedSource(data, batch_size, self.name)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +70,14 @@ class GeneVocabulary:
 
     @classmethod
     def read(cls, path, filesystem=None) -> GeneVocabulary:
+        if filesystem is None and not os.path.isfile(path):
+            raise FileNotFoundError(f"no gene_metadata table at {path}: pass genes= the path of a parquet table with "
+                                    "token_id, ensembl_id and gene_symbol")
         source = filesystem.open(path, "rb") if filesystem is not None else path
-        table = pq.read_table(source)
+        try:
+            table = pq.read_table(source)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise TahoeFormatError(f"gene_metadata {path} cannot be read as parquet ({error})") from error
         missing = {"token_id", "ensembl_id", "gene_symbol"} - set(table.column_names)
         if missing:
             raise TahoeFormatError(f"{path}: gene_metadata lacks the columns {sorted(missing)}")
@@ -85,23 +92,49 @@ class GeneVocabulary:
 
     def lookup(self, positions: np.ndarray | None = None) -> np.ndarray:
         """An array indexed by token id: the position of the token among ``positions`` (vocabulary positions of a
-        panel, default all genes), -1 for tokens outside it."""
+        panel, default all genes), -1 for tokens outside it.
+
+        :raises ValueError: for an empty panel, positions that are not integers of the vocabulary, and a gene
+            listed more than once (named)."""
         positions = np.arange(len(self)) if positions is None else np.asarray(positions)
-        outside = len(positions) and (positions.min() < 0 or positions.max() >= len(self))
+        if positions.ndim != 1:
+            raise ValueError(f"a gene panel is a 1-D list of vocabulary positions, got shape {positions.shape}")
+        if len(positions) == 0:
+            raise ValueError("the gene panel is empty; pass at least one gene (None: the whole vocabulary)")
+        outside = positions.dtype.kind in "iu" and (positions.min() < 0 or positions.max() >= len(self))
         if positions.dtype.kind not in "iu" or outside:
+            found = (f"values from {positions.min()} to {positions.max()}" if positions.dtype.kind in "iuf"
+                     else f"values (first: {positions[:3].tolist()})")
             raise ValueError(
                 f"panel positions must be integers in 0..{len(self) - 1} (vocabulary positions, as panel_positions "
-                f"returns them), got {positions.dtype} values from {positions.min()} to {positions.max()}"
+                f"returns them), got {positions.dtype} {found}"
             )
         if len(np.unique(positions)) != len(positions):
-            raise ValueError("the panel lists a gene more than once; each panel position must be distinct")
+            values, counts = np.unique(positions, return_counts=True)
+            repeated = [str(self.symbols[p]) for p in values[counts > 1][:5]]
+            raise ValueError(f"the panel lists {int((counts > 1).sum())} gene(s) more than once ({repeated}); each "
+                             "gene may appear once: drop the repeats (e.g. list(dict.fromkeys(genes)))")
         table = np.full(int(self.token_ids.max()) + 1 if len(self) else 1, -1, dtype=np.int64)
         table[self.token_ids[positions]] = np.arange(len(positions))
         return table
 
     def positions(self, genes) -> np.ndarray:
-        """Vocabulary positions of ``genes`` given as token ids (integers), Ensembl ids or gene symbols."""
+        """Vocabulary positions of ``genes`` given as token ids (integers), Ensembl ids or gene symbols; an empty
+        list or a gene named twice is refused."""
+        if isinstance(genes, str):
+            raise ValueError(f"a gene panel is a list of genes, got the string {genes!r}: pass [{genes!r}]")
         genes = list(genes)
+        if not genes:
+            raise ValueError("the gene panel is empty; pass at least one gene (None: the whole vocabulary)")
+        kinds = {"token ids" if isinstance(g, (int, np.integer)) else "names" if isinstance(g, str) else
+                 type(g).__name__ for g in genes}
+        if len(kinds) > 1:
+            raise ValueError(f"the gene panel mixes {sorted(kinds)}; give all genes as token ids, all as Ensembl "
+                             "ids or all as symbols")
+        repeated = [g for g, n in Counter(genes).items() if n > 1]
+        if repeated:
+            raise ValueError(f"the gene panel names {len(repeated)} gene(s) more than once ({repeated[:5]}); each "
+                             "gene may appear once: drop the repeats (e.g. list(dict.fromkeys(genes)))")
         if all(isinstance(g, (int, np.integer)) for g in genes):
             index = {int(t): i for i, t in enumerate(self.token_ids)}
         elif all(isinstance(g, str) and g.startswith("ENS") for g in genes):
@@ -198,7 +231,7 @@ class CellBlock:
 
     counts: sp.csr_matrix  # (cells, panel genes) float32
     library: np.ndarray  # (cells,) float32, total counts over the whole vocabulary
-    labels: dict[str, np.ndarray]  # name -> (cells,) int64 codes (-1: unknown)
+    labels: dict[str, np.ndarray]  # name -> (cells,) int64 codes, positions in the categories
     ids: np.ndarray  # (cells,) int64, shard offset + row
 
     def __len__(self) -> int:
@@ -234,9 +267,10 @@ def decode_rows(
     :param vocabulary: token id -> vocabulary position (-1 outside), from :meth:`GeneVocabulary.lookup`.
     :param panel: token id -> panel position (-1 off the panel).
     :param categories: label name -> category list (codes are positions in it).
-    :raises TahoeFormatError: lists of different lengths, a missing list, token ids outside the vocabulary,
-        negative counts other than the marker, or counts that are not integers; the message names the shard
-        and the row.
+    :raises TahoeFormatError: lists of different lengths, a missing list, a row that does not start with the
+        marker (its first element would otherwise be dropped as one, or a real gene read as the marker), token
+        ids outside the vocabulary, negative counts other than the marker, counts that are not integers, and a
+        missing label or one outside ``categories``; the message names the shard and the row.
     """
     genes, expressions = batch.column("genes"), batch.column("expressions")
 
@@ -258,9 +292,20 @@ def decode_rows(
     def row_of(position: int) -> int:
         return int(np.searchsorted(offsets, position, side="right") - 1)
 
-    # the marker (first element, negative count) is neutralised in copies rather than cut out of every array
-    starts = offsets[:-1][lengths > 0]
-    markers = starts[values[starts] < 0]
+    # every row starts with the marker (a negative count): a row without it would have its first gene taken for
+    # the marker, so it is refused rather than guessed
+    if (lengths == 0).any():
+        fail(int(np.flatnonzero(lengths == 0)[0]), "genes and expressions are empty; every row starts with the "
+             "marker element (a special token with a negative expression), even a cell without counts")
+    starts = offsets[:-1]
+    unmarked = ~(values[starts] < 0)  # NaN counts as unmarked
+    if unmarked.any():
+        row = int(np.flatnonzero(unmarked)[0])
+        fail(row, f"the row does not start with the marker element (first token {tokens[starts[row]]}, expression "
+                  f"{values[starts[row]]}; the marker has a negative expression), so its first gene cannot be told "
+                  f"from the marker; {int(unmarked.sum())} rows of this read lack it. Write each row as [marker, "
+                  "genes...] (tahoe_synthetic.write_tahoe_shards shows the layout)")
+    markers = starts
     values = values.astype(np.float32, copy=True)
     values[markers] = 0.0
     if not values.min(initial=0.0) >= 0:  # a negative count or NaN
@@ -283,7 +328,8 @@ def decode_rows(
         at = int(np.flatnonzero(known < 0)[0])
         fail(row_of(at), f"token id {tokens[at]} is not in the gene vocabulary (gene_metadata)")
     library = np.zeros(num_cells, dtype=np.float32)  # float32 sums of integers are exact below 2^24
-    library[lengths > 0] = np.add.reduceat(values, starts) if len(starts) else 0.0
+    if num_cells:
+        library[:] = np.add.reduceat(values, starts)
     columns = panel[tokens]  # the panel and vocabulary tables have the same length
     columns[markers] = -1
     selected = np.flatnonzero(columns >= 0)
@@ -296,9 +342,18 @@ def decode_rows(
         fail(row, "a gene's token id appears more than once in the row's genes list")
     labels = {}
     for name, names in categories.items():
-        column = batch.column(LABEL_COLUMNS.get(name, name))
-        labels[name] = pc.fill_null(pc.index_in(column.cast(pa.string()), value_set=pa.array(names, pa.string())),
-                                    -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        column_name = LABEL_COLUMNS.get(name, name)
+        column = batch.column(column_name).cast(pa.string())
+        if column.null_count:
+            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            fail(row, f"the label {column_name!r} is missing (null; {column.null_count} such rows in this read); "
+                      "every cell needs its labels: fill them in, or leave the label out of TahoeAtlas(labels=...)")
+        codes = pc.index_in(column, value_set=pa.array(names, pa.string()))
+        if codes.null_count:
+            row = int(np.flatnonzero(codes.is_null().to_numpy(zero_copy_only=False))[0])
+            fail(row, f"the label {column_name!r} is {column[row].as_py()!r}, not one of its categories "
+                      f"{list(names)[:10]}; pass categories= that include it (or leave it out to scan the shards)")
+        labels[name] = codes.to_numpy(zero_copy_only=False).astype(np.int64)
     ids = np.arange(first_row, first_row + num_cells, dtype=np.int64)
     return CellBlock(counts, library, labels, ids)
 

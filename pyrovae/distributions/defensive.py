@@ -9,8 +9,10 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
 from torch import distributions as td
+from torch.distributions import constraints
 
 from pyrovae.distributions.power_spherical import PowerSpherical
+from pyrovae.distributions.shapes import expanded_batch_shape
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
 
 _NO_SHAPE = torch.Size()
@@ -24,6 +26,8 @@ class DefensiveMixture(TorchDistribution):
     the mixture's density (whichever component drew it), so it is exact in expectation as an importance
     distribution.
     Sampling draws from both components and keeps one per datum (no gradient: an evaluation distribution).
+    ``mean`` and ``variance`` are the mixture's, from its components'. With validation on, ``log_prob`` refuses
+    values outside the proposal's support.
 
     :param proposal: q, any distribution.
     :param wide: r, a distribution with q's event shape and support, e.g. :func:`widen` (q).
@@ -42,15 +46,38 @@ class DefensiveMixture(TorchDistribution):
         batch_shape = torch.broadcast_shapes(proposal.batch_shape, wide.batch_shape)
         self.proposal, self.wide = proposal.expand(batch_shape), wide.expand(batch_shape)
         self.weight = float(weight)
-        super().__init__(batch_shape, proposal.event_shape, validate_args=False)
+        super().__init__(batch_shape, proposal.event_shape, validate_args=validate_args)
 
-    @property
+    @classmethod
+    def infer_shapes(cls, **arg_shapes):
+        raise NotImplementedError("a DefensiveMixture's arguments are distributions, not tensors: its batch shape is "
+                                  "their batch shapes broadcast, its event shape theirs")
+
+    @constraints.dependent_property(is_discrete=False)
     def support(self):
+        """The proposal's support (the wide component must share it)."""
         return self.proposal.support
 
     def expand(self, batch_shape, _instance=None) -> DefensiveMixture:
-        batch_shape = torch.Size(batch_shape)
-        return DefensiveMixture(self.proposal.expand(batch_shape), self.wide.expand(batch_shape), self.weight)
+        new = self._get_checked_instance(DefensiveMixture, _instance)
+        batch_shape = expanded_batch_shape(self, batch_shape)
+        new.proposal, new.wide = self.proposal.expand(batch_shape), self.wide.expand(batch_shape)
+        new.weight = self.weight
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (1 - self.weight) * self.proposal.mean + self.weight * self.wide.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """The mixture's second moment minus its squared mean, as sums of squares: (1 - a) a (m_q - m_r)^2 is the
+        spread of the two means."""
+        a = self.weight
+        gap = (self.proposal.mean - self.wide.mean).square()
+        return (1 - a) * self.proposal.variance + a * self.wide.variance + (1 - a) * a * gap
 
     def sample(self, sample_shape=_NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
@@ -61,6 +88,8 @@ class DefensiveMixture(TorchDistribution):
             return torch.where(pick.reshape(shape + (1,) * len(self.event_shape)), from_wide, from_proposal)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
         return torch.logaddexp(math.log1p(-self.weight) + self.proposal.log_prob(value),
                                math.log(self.weight) + self.wide.log_prob(value))
 

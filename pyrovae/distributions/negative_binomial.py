@@ -12,7 +12,8 @@ analytically,
 
 with s the Stirling remainder of log Gamma, for theta >= 10 (direct lgamma below), so that every term is of
 the size of the answer. The rest of the density is ``x log mu - (x + theta) log1p(mu / theta) - log x!``,
-which tends to the Poisson log-density as theta grows.
+which tends to the Poisson log-density as theta grows. At theta = infinity (no overdispersion) the
+negative binomial is defined as its limit, ``Poisson(mu)``: density, sampling, mean and variance.
 
 In float64 the result is within 1e-10 (relative) of a 50-digit reference over theta in [1e-3, 1e8], means in
 [1e-8, 1e6] and counts up to 1e6. Non-zero counts are always scored in float64 (they are gathered first, and
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions.util import broadcast_shape
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
+from pyrovae.distributions.shapes import check_parameters, expanded_batch_shape
 from pyrovae.distributions.sparse_counts import score_counts
+from pyrovae.distributions.zero_inflated import ZeroInflated
 
+_NO_SHAPE = torch.Size()
 _STIRLING_FROM = 10.0  # the 3-term Stirling remainder is accurate to 1e-10 from here
 
 
@@ -52,29 +55,37 @@ def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """log NB(k | mu, theta) for counts k > 0 (1-D, float64)."""
+    """log NB(k | mu, theta) for counts k > 0 (1-D, float64); the Poisson log-density where theta is infinite."""
+    poisson = torch.isinf(theta)
+    theta = torch.where(poisson, 1.0, theta)
     log_prob = log_gamma_ratio(k, theta) + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
-    return log_prob - torch.lgamma(k + 1.0)
+    return torch.where(poisson, torch.xlogy(k, mu) - mu, log_prob) - torch.lgamma(k + 1.0)
 
 
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
     """log NB(x | mean, inverse dispersion), elementwise (broadcast), stable for theta up to 1e8+ and mean down to 0.
 
     ``log NB(0 | mu, theta) = -theta log1p(mu / theta)`` on the full tensor; the other terms only at the non-zero
-    counts, in float64 (:func:`~pyrovae.distributions.sparse_counts.score_counts`).
+    counts, in float64 (:func:`~pyrovae.distributions.sparse_counts.score_counts`). An infinite theta gives the
+    Poisson limit, ``log Poisson(x | mu)``.
     """
     theta = inverse_dispersion
-    zero = torch.log1p(mean / theta).mul(theta).neg_()
+    poisson = torch.isinf(theta)  # of theta's shape (one per gene, usually): cheap
+    finite_theta = torch.where(poisson, 1.0, theta)
+    zero = torch.where(poisson, -mean, torch.log1p(mean / finite_theta).mul(finite_theta).neg_())
     return score_counts(x, zero, _nonzero_log_prob, mean, theta)
 
 
 class NegativeBinomial(dist.NegativeBinomial):
-    """A negative binomial parameterised by ``mean`` mu > 0 and ``inverse_dispersion`` theta > 0.
+    """A negative binomial parameterised by ``mean`` mu >= 0 and ``inverse_dispersion`` theta > 0.
 
-    It is Pyro's (torch's) ``NegativeBinomial(total_count=theta, logits=log mu - log theta)``, so sampling,
-    ``mean`` and ``variance`` are theirs; only :meth:`log_prob` is replaced by the cancellation-free form
-    of this module. As theta -> infinity it becomes ``Poisson(mu)``, to float precision. ``inverse_dispersion``
-    may have fewer dimensions than ``mean`` (one per gene): it is broadcast, never copied.
+    It is Pyro's (torch's) ``NegativeBinomial(total_count=theta, logits=log mu - log theta)`` (an instance of
+    that class), with :meth:`log_prob` replaced by the cancellation-free form of this module and the sampler
+    written as the gamma-Poisson mixture it is, so that it reaches the limit too. As theta -> infinity it becomes
+    ``Poisson(mu)``, to float precision, and ``theta = inf`` is that Poisson exactly (density, samples, mean,
+    variance). ``inverse_dispersion`` may have fewer dimensions than ``mean`` (one per gene): it is broadcast,
+    never copied. With validation on, a negative or NaN mean and a theta that is not positive are refused,
+    naming the values.
 
     :param torch.Tensor mean: the mean mu.
     :param torch.Tensor inverse_dispersion: theta; the variance is mu + mu^2 / theta.
@@ -84,9 +95,13 @@ class NegativeBinomial(dist.NegativeBinomial):
 
     def __init__(self, mean: torch.Tensor, inverse_dispersion: torch.Tensor, validate_args=None) -> None:
         self.mu, self.theta = mean, inverse_dispersion
-        self.total_count = inverse_dispersion  # torch's name, for its sampler
+        self.total_count = inverse_dispersion  # torch's name
         batch_shape = torch.broadcast_shapes(mean.shape, inverse_dispersion.shape)
-        dist.TorchDistribution.__init__(self, batch_shape, validate_args=validate_args)
+        validate = type(self)._validate_args if validate_args is None else validate_args  # torch's default
+        dist.TorchDistribution.__init__(self, batch_shape, validate_args=False)
+        self._validate_args = validate
+        if validate:
+            check_parameters(self, {"mean": mean, "inverse_dispersion": inverse_dispersion})
 
     @property
     def inverse_dispersion(self) -> torch.Tensor:
@@ -110,9 +125,19 @@ class NegativeBinomial(dist.NegativeBinomial):
     def variance(self) -> torch.Tensor:
         return (self.mu + self.mu.square() / self.theta).expand(self.batch_shape)
 
+    def sample(self, sample_shape=_NO_SHAPE) -> torch.Tensor:
+        """Poisson(mu G / theta) with G ~ Gamma(theta, 1); Poisson(mu) where theta is infinite."""
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            mu, theta = self.mu.expand(shape), self.theta.expand(shape)
+            finite = torch.isfinite(theta)
+            safe = torch.where(finite, theta, 1.0)
+            gamma = torch._standard_gamma(safe.contiguous()).clamp(min=torch.finfo(safe.dtype).tiny)
+            return torch.poisson(torch.where(finite, mu * (gamma / safe), mu))
+
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(NegativeBinomial, _instance)
-        batch_shape = torch.Size(batch_shape)
+        batch_shape = expanded_batch_shape(self, batch_shape)
         new.mu, new.theta = self.mu.expand(batch_shape), self.theta.expand(batch_shape)
         new.total_count = new.theta
         dist.TorchDistribution.__init__(new, batch_shape, validate_args=False)
@@ -125,24 +150,24 @@ class NegativeBinomial(dist.NegativeBinomial):
         return nb_log_prob(value, self.mu, self.theta)
 
 
-class ZeroInflatedNegativeBinomial(dist.ZeroInflatedDistribution):
-    """Pyro's zero-inflated distribution over :class:`NegativeBinomial`: with probability ``sigmoid(gate_logits)``
-    an extra zero, otherwise NB(mean, inverse dispersion). The gate is given as logits, which keeps Pyro's
-    ``log_prob`` exact for gates near 0 and 1.
+class ZeroInflatedNegativeBinomial(ZeroInflated):
+    """With probability ``sigmoid(gate_logits)`` an extra zero, otherwise NB(mean, inverse dispersion)
+    (:class:`NegativeBinomial`). The log-density is computed from the gate logits whatever was read before
+    (:class:`~pyrovae.distributions.zero_inflated.ZeroInflated`); with validation on, the constructor refuses a
+    negative or NaN mean, a theta that is not positive and NaN gate logits, naming the values.
     """
 
-    # "mean" names the constructor's NB mean; validated through the zero-inflated mean, which has the same sign
     arg_constraints = {"mean": constraints.nonnegative, "inverse_dispersion": constraints.positive,
                        "gate_logits": constraints.real}
 
     def __init__(self, mean, inverse_dispersion, gate_logits, validate_args=None) -> None:
         base = NegativeBinomial(mean, inverse_dispersion, validate_args=False)
-        shape = broadcast_shape(base.batch_shape, gate_logits.shape)
-        base = base if base.batch_shape == shape else base.expand(shape)
-        super().__init__(base, gate_logits=gate_logits.expand(shape), validate_args=validate_args)
+        super().__init__(base, gate_logits, {"mean": mean, "inverse_dispersion": inverse_dispersion},
+                         validate_args=validate_args)
 
     @property
     def mu(self) -> torch.Tensor:
+        """The negative binomial's mean (``mean`` is the zero-inflated one)."""
         return self.base_dist.mu
 
     @property

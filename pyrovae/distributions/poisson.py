@@ -8,7 +8,9 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from pyrovae.distributions.shapes import expanded_batch_shape
 from pyrovae.distributions.sparse_counts import score_counts
+from pyrovae.distributions.zero_inflated import ZeroInflated
 
 
 def _nonzero_log_prob(k: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -24,21 +26,26 @@ def poisson_log_prob(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
 class Poisson(dist.Poisson):
     """Pyro's Poisson whose :meth:`log_prob` skips the zero counts' logarithm and Gamma function (same values)."""
 
+    def expand(self, batch_shape, _instance=None):
+        """Pyro's ``expand``, with a batch shape it cannot broadcast to refused by name (``ValueError``)."""
+        return super().expand(expanded_batch_shape(self, batch_shape), _instance)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         return poisson_log_prob(value, self.rate)
 
 
-class ZeroInflatedPoisson(dist.ZeroInflatedDistribution):
-    """Pyro's zero-inflated distribution over :class:`Poisson`, the gate given as logits."""
+class ZeroInflatedPoisson(ZeroInflated):
+    """With probability ``sigmoid(gate_logits)`` an extra zero, otherwise :class:`Poisson` (rate): the log-density
+    is computed from the gate logits whatever was read before
+    (:class:`~pyrovae.distributions.zero_inflated.ZeroInflated`). With validation on, the constructor refuses a
+    rate that is not positive and NaN gate logits, naming the values."""
 
     arg_constraints = {"rate": constraints.positive, "gate_logits": constraints.real}
 
     def __init__(self, rate: torch.Tensor, gate_logits: torch.Tensor, validate_args=None) -> None:
-        shape = torch.broadcast_shapes(rate.shape, gate_logits.shape)
-        base = Poisson(rate.expand(shape))
-        super().__init__(base, gate_logits=gate_logits.expand(shape), validate_args=validate_args)
+        super().__init__(Poisson(rate, validate_args=False), gate_logits, {"rate": rate}, validate_args=validate_args)
 
     @property
     def rate(self) -> torch.Tensor:

@@ -20,7 +20,8 @@ class PowerSpherical(SphericalDistribution):
     pathwise gradients are exact.
 
     :param loc: mean directions ``(..., m)``, unit norm.
-    :param concentration: concentrations ``(...)``, non-negative.
+    :param concentration: concentrations ``(...)``, non-negative; or ``(..., 1)``, one per row of ``loc`` (the
+        trailing 1 is dropped, :func:`~pyrovae.distributions.sphere.concentration_batch_shape`).
     """
 
     arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}

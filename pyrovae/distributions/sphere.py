@@ -9,6 +9,8 @@ import warnings
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from pyrovae.distributions.shapes import expanded_batch_shape
+
 
 def log_sphere_area(m: int) -> float:
     """log of the surface area of S^(m-1) in R^m: log(2 pi^(m/2) / Gamma(m/2))."""
@@ -84,9 +86,38 @@ def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torc
     return z
 
 
+def concentration_batch_shape(loc_shape, concentration_shape) -> torch.Size:
+    """The batch shape of a spherical distribution with a mean direction of shape ``loc_shape = (..., m)`` and a
+    concentration of shape ``concentration_shape``, and the rule that decides it.
+
+    The concentration broadcasts with ``loc_shape[:-1]``, the batch shape of the mean directions, as in torch;
+    but a concentration with at least as many dimensions as ``loc`` whose last one is 1, such as ``(n, 1)`` for
+    ``loc`` of shape ``(n, m)`` (s-vae-pytorch's layout), has that last dimension aligned with ``loc``'s event
+    dimension, and it is dropped: ``(n, 1)`` with ``(n, m)`` is a batch of ``n``, never the ``(n, n)`` that plain
+    broadcasting would make. (For an outer product of concentrations and directions, give ``loc`` a leading
+    dimension: ``loc[None]`` of shape ``(1, n, m)`` with ``(k, 1)`` is a batch of ``(k, n)``.)
+    """
+    loc_shape, concentration_shape = torch.Size(loc_shape), torch.Size(concentration_shape)
+    if len(concentration_shape) >= len(loc_shape) and concentration_shape[-1:] == (1,):
+        concentration_shape = concentration_shape[:-1]
+    try:
+        return torch.broadcast_shapes(loc_shape[:-1], concentration_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"a concentration of shape {tuple(concentration_shape)} does not broadcast with mean directions of shape "
+            f"{tuple(loc_shape)} (batch shape {tuple(loc_shape[:-1])}): give one concentration per direction, of "
+            f"shape {tuple(loc_shape[:-1])} or {tuple(loc_shape[:-1]) + (1,)}"
+        ) from None
+
+
 class SphericalDistribution(TorchDistribution):
     """Base of the distributions on S^(m-1) parameterised by a mean direction ``loc (..., m)`` and a
-    concentration ``(...)``: shapes, broadcasting, ``dim`` and ``expand``. Subclasses add the law."""
+    concentration ``(...)``: shapes, broadcasting, ``dim`` and ``expand``. Subclasses add the law.
+
+    The concentration may also be given as ``(..., 1)``, one per row of ``loc`` as s-vae-pytorch writes it; the
+    trailing 1 is dropped (:func:`concentration_batch_shape` states the rule), so the batch shape is never the
+    outer product of the two.
+    """
 
     support = constraints.sphere
     has_rsample = True
@@ -103,7 +134,9 @@ class SphericalDistribution(TorchDistribution):
             concentration = concentration.to(dtype=loc.dtype, device=loc.device)
         else:
             concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
+        batch_shape = concentration_batch_shape(loc.shape, concentration.shape)
+        if concentration.dim() > len(batch_shape):  # the (..., 1) layout
+            concentration = concentration.squeeze(-1)
         self.loc = loc.expand(batch_shape + loc.shape[-1:])
         self.concentration = concentration.expand(batch_shape)
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
@@ -113,6 +146,15 @@ class SphericalDistribution(TorchDistribution):
                 "infinite concentration is a point mass at loc (use pyro.distributions.Delta(loc, event_dim=1))"
             )
 
+    @classmethod
+    def infer_shapes(cls, loc, concentration=()) -> tuple[torch.Size, torch.Size]:
+        """``(batch_shape, event_shape)`` of a distribution built from tensors of these shapes, by the rule of
+        :func:`concentration_batch_shape`."""
+        loc = torch.Size(loc)
+        if len(loc) < 1:
+            raise ValueError(f"loc must have shape (..., m), got {tuple(loc)}")
+        return concentration_batch_shape(loc, concentration), loc[-1:]
+
     @property
     def dim(self) -> int:
         """The ambient dimension m (samples lie on S^(m-1) in R^m), a Python int."""
@@ -120,7 +162,7 @@ class SphericalDistribution(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(type(self), _instance)
-        batch_shape = torch.Size(batch_shape)
+        batch_shape = expanded_batch_shape(self, batch_shape)
         new._dim = self._dim
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.concentration = self.concentration.expand(batch_shape)
@@ -129,15 +171,30 @@ class SphericalDistribution(TorchDistribution):
         return new
 
 
+def _direction(vector: torch.Tensor, name: str) -> torch.Tensor:
+    """``vector / |vector|`` along the last dimension, refusing a zero, infinite or NaN vector by its index."""
+    norm = torch.linalg.vector_norm(vector, dim=-1, keepdim=True)
+    bad = ~(torch.isfinite(norm) & (norm > 0)).squeeze(-1)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0]) if bad.dim() else ()
+        raise ValueError(f"slerp: {name} at index {index} has norm {norm.squeeze(-1)[index].item()}; a direction must "
+                         "be a non-zero, finite vector (a zero vector has no direction on the sphere)")
+    return vector / norm
+
+
 def slerp(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
     """``steps`` points along the great circle from ``start`` to ``end`` at constant angular speed (Shoemake 1985).
 
-    :param start, end: directions ``(..., m)`` (normalised here).
+    :param start, end: directions ``(..., m)`` (normalised here): non-zero and finite, else a ``ValueError``
+        naming the row (a zero vector has no direction).
+    :param int steps: the number of points, at least 1.
     :returns: ``(steps, ..., m)`` unit vectors; nearly equal directions fall back to normalised linear interpolation
         and antipodal ones (no unique great circle) are an error.
     """
-    start = start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)
-    end = end / torch.linalg.vector_norm(end, dim=-1, keepdim=True)
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"slerp's steps is the number of points, an integer >= 1, got {steps!r}")
+    steps = int(steps)
+    start, end = _direction(start, "start"), _direction(end, "end")
     cosine = (start * end).sum(-1, keepdim=True).clamp(-1.0, 1.0)
     if bool((cosine < -1 + 1e-6).any()):
         raise ValueError("slerp between antipodal directions is not unique; pick other end points")

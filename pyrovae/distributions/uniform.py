@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from pyrovae.distributions.shapes import expanded_batch_shape
 from pyrovae.distributions.sphere import log_sphere_area, uniform_directions
 
 
@@ -32,10 +33,21 @@ class HypersphericalUniform(TorchDistribution):
         self._anchor = torch.zeros((), device=device, dtype=dtype or torch.get_default_dtype())
         super().__init__(torch.Size(batch_shape), torch.Size([self.dim]), validate_args=validate_args)
 
+    @classmethod
+    def infer_shapes(cls, dim: int | None = None, batch_shape=()) -> tuple[torch.Size, torch.Size]:
+        """``(batch_shape, (dim,))``: the uniform has no tensor parameters; its shapes are its arguments."""
+        if dim is None:
+            raise NotImplementedError("a HypersphericalUniform's event shape is (dim,), its ambient dimension (an int "
+                                      "argument, not a tensor): call infer_shapes(dim=m, batch_shape=...)")
+        return torch.Size(batch_shape), torch.Size([int(dim)])
+
     def expand(self, batch_shape, _instance=None):
+        """The same uniform with batch shape ``batch_shape``: new leading dimensions, or dimensions of size 1
+        stretched; anything else is a ``ValueError`` (torch's rule for ``expand``)."""
         new = self._get_checked_instance(HypersphericalUniform, _instance)
+        batch_shape = expanded_batch_shape(self, batch_shape)
         new.dim, new._anchor = self.dim, self._anchor
-        super(HypersphericalUniform, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        super(HypersphericalUniform, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 

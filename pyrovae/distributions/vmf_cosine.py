@@ -114,9 +114,12 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
     ``_ROUNDS_AT_ONCE`` proposals each in one vectorised pass and keep the first accepted one, so the host
     waits on the device once per pass (the stopping test of the rejection loop), not once per proposal:
     about one pass in total at the usual acceptance rates. The arithmetic is in the concentration's precision.
+    A concentration with no elements (a zero-size sample or batch shape) gives empty tensors of its shape.
     """
     dim, nu = m - 1, 0.5 * (m - 3)
     shape = kappa.shape
+    if not kappa.numel():  # a zero-size sample or batch shape: nothing to draw
+        return kappa.new_empty(shape), kappa.new_empty(shape), kappa.new_empty(shape)
     kappa, log_ive = kappa.reshape(-1), log_ive.reshape(-1).to(kappa.dtype)
     if nu > 0:  # the gamma proposal's ratio is bounded for nu >= 0; at nu = 0 (m = 3) the inversion is exact
         rate, shift, log_m, log_acceptance = _gamma_proposal(kappa, nu, log_ive)

@@ -53,7 +53,7 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     kappa, delta = kappa.double(), one_minus_w.double().clamp(min=1e-300, max=2.0)
     nu = 0.5 * (m - 3)
     if one_minus_mean is None:
-        one_minus_mean = bessel_terms(0.5 * m - 1, kappa)[2]
+        one_minus_mean = bessel_terms(0.5 * m - 1, kappa, validate=False)[2]
     one_minus_mean = one_minus_mean.double()
     nodes, weights = _NODES.to(kappa.device), _WEIGHTS.to(kappa.device)
     mirrored = delta > 1
@@ -156,7 +156,8 @@ class VonMisesFisher(SphericalDistribution):
     compiled step runs the loop afresh on every call, so the traced sampler is as exact as the eager one.
 
     :param loc: mean directions ``(..., m)`` of unit norm, m >= 2.
-    :param concentration: ``(...)``, positive.
+    :param concentration: ``(...)``, positive; or ``(..., 1)``, one per row of ``loc`` (s-vae-pytorch's layout:
+        the trailing 1 is dropped, :func:`~pyrovae.distributions.sphere.concentration_batch_shape`).
     """
 
     arg_constraints = {"loc": constraints.sphere, "concentration": constraints.positive}
@@ -185,7 +186,7 @@ class VonMisesFisher(SphericalDistribution):
         if cached is None or cached[0] is not key[0] or cached[1] != key[1]:
             with torch.no_grad():
                 kappa = unexpanded(self.concentration).double()
-                cached = (*key, bessel_terms(0.5 * self.dim - 1, kappa))
+                cached = (*key, bessel_terms(0.5 * self.dim - 1, kappa, validate=False))
             self.__dict__["_bessel_cache"] = cached
         return cached[2]
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.data import as_args, as_batches, model_check, module_device
 from pyrovae.infer.evaluation import evaluation_mode
-from pyrovae.infer.importance import _SAMPLES_PLATE, _per_datum, guess_max_plate_nesting
+from pyrovae.infer.importance import _SAMPLES_PLATE, _per_datum, check_has_density, guess_max_plate_nesting
 from pyrovae.infer.log_likelihood import LogLikelihood
 from pyrovae.infer.proposals import Proposal, as_proposal
 from pyrovae.infer.psis import psis_khat
@@ -216,7 +216,7 @@ def ais_log_likelihood(
     Two uses: the reference (a few chains, many steps: ``num_chains=16, num_steps=1000``), and the most reliable
     estimator on a budget (many chains, few steps from the refined proposal: ``num_chains=500, num_steps=30,
     start="refined"``), whose weights over the chains have a meaningful k-hat. The default batch keeps chains x data
-    x features near 2^24.
+    x features near 2^24. Refuses a point-mass guide (``DeltaGuide``): a start without a density.
     """
     check_integer("num_chains", num_chains, 1)
     check_integer("num_steps", num_steps, 1)
@@ -242,7 +242,9 @@ def ais_log_likelihood(
                 if guess_max_plate_nesting(model, guide, *x) != 1:
                     raise NotImplementedError("AIS supports models whose only plate is pyro.plate('data')")
                 with poutine.block():
-                    _annealable_sites(poutine.trace(guide).get_trace(*x))  # refuse before any refinement
+                    guide_trace = poutine.trace(guide).get_trace(*x)
+                check_has_density(guide_trace, "the start of annealed importance sampling")
+                _annealable_sites(guide_trace)  # refuse before any refinement
             path = _Path(model, start.for_batch(model, guide, x, 1), x, num_chains + num_tuning)
             log_weights, rate = _batch_ais(path, betas, leapfrog_steps, step_size, target_accept, progress, num_tuning)
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_chains))

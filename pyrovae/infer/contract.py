@@ -1,4 +1,11 @@
-"""Checks of the model/guide contract, run once before training or evaluation."""
+"""Checks of the model/guide contract: before training or evaluation, and inside Pyro's own inference.
+
+:func:`check_model_guide` runs a model and a guide once and compares them (``train``, ``log_likelihood`` and
+``evaluate`` call it first). :func:`check_received_latents` makes the same comparison from inside a pyrovae
+model's call, so that Pyro's own ``SVI`` (every ELBO, JIT forms included) and ``Predictive`` refuse a mismatched
+pair too: Pyro's ELBOs run the model under ``poutine.replay`` of the guide's trace, whose sites say what the guide
+sampled; ``Predictive`` and ``poutine.condition`` hand the model values, which are checked against its prior.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,23 @@ from collections.abc import Callable
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.condition_messenger import ConditionMessenger
+from pyro.poutine.replay_messenger import ReplayMessenger
+from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
 from pyrovae.infer.data import as_args
+from pyrovae.nn import module_named
+
+_DIVIDER = "$$$"
 
 
 def _support_key(constraint: constraints.Constraint) -> tuple:
     event_dim = constraint.event_dim
-    while isinstance(constraint, constraints.independent):
+    while hasattr(constraint, "base_constraint"):  # independent, a mixture's support: the set of the base
         constraint = constraint.base_constraint
     bounds = tuple(  # the number of categories of a discrete site, the interval of a bounded one
         float(b) if isinstance(b, (int, float)) else None
@@ -33,14 +48,67 @@ def _latent_sites(trace) -> dict:
         name: site
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary")  # an autoguide's joint latent, which its Delta sites unpack
     }
+
+
+def check_sites(model_sites: dict, guide_sites: dict) -> None:
+    """Raise a ValueError when the guide's latent distributions (by site name) cannot stand for the model's: every
+    model latent needs a guide site of the same support and event shape, and the guide samples nothing else."""
+    for name, model_fn in model_sites.items():
+        guide_fn = guide_sites.get(name)
+        if guide_fn is None:
+            raise ValueError(
+                f"the model's latent site {name!r} has no counterpart in the guide "
+                f"(guide sites: {sorted(guide_sites) or 'none'}); the guide must sample every latent of the model"
+            )
+        model_key, guide_key = _support_key(model_fn.support), _support_key(guide_fn.support)
+        if model_key != guide_key:
+            message = (
+                f"site {name!r}: the guide's distribution {type(guide_fn).__name__} has support "
+                f"{_support_name(guide_fn.support)}, but the model's prior {type(model_fn).__name__} lives on "
+                f"{_support_name(model_fn.support)}; pair the model with a guide on the prior's support"
+            )
+            if model_key[0] is guide_key[0] and None not in model_key[2] + guide_key[2]:
+                (low, high), (guide_low, guide_high) = model_key[2], guide_key[2]
+                message += (f" (the guide takes values {guide_low:g}..{guide_high:g} and the model "
+                            f"{low:g}..{high:g}: build both with the same number of categories, e.g. num_components)")
+            raise ValueError(message)
+        if model_fn.event_shape != guide_fn.event_shape:
+            raise ValueError(
+                f"site {name!r}: the guide samples events of shape {tuple(guide_fn.event_shape)} but the model's "
+                f"prior has event shape {tuple(model_fn.event_shape)}; check the latent sizes of model and guide"
+            )
+    extra = sorted(set(guide_sites) - set(model_sites))
+    if extra:
+        raise ValueError(f"the guide samples site(s) {extra} that the model does not have")
+
+
+def check_companions(model, guide) -> None:
+    """Raise a ValueError when a pyrovae model and guide were built for other data: other covariates (both encode
+    them, with other levels) or another number of mixture components."""
+    model_covariates, guide_covariates = getattr(model, "covariates", None), getattr(guide, "covariates", None)
+    if model_covariates and guide_covariates:
+        model_spec = (model_covariates.categorical, model_covariates.continuous)
+        guide_spec = (guide_covariates.categorical, guide_covariates.continuous)
+        if model_spec != guide_spec:
+            raise ValueError(
+                f"the model was built with categorical={model_spec[0]}, continuous={model_spec[1]} but the guide "
+                f"with categorical={guide_spec[0]}, continuous={guide_spec[1]}: build both from the same data "
+                "(categorical=data.categorical_sizes, continuous=data.num_continuous)"
+            )
+    model_k, guide_k = getattr(model, "num_components", None), getattr(guide, "num_components", None)
+    if model_k is not None and guide_k is not None and model_k != guide_k:
+        raise ValueError(f"the model has {model_k} mixture components but the guide {guide_k}: build both with the "
+                         "same num_components")
 
 
 def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None:
     """Raise a ValueError when ``guide`` cannot be paired with ``model``.
 
     The guide must sample every latent site of the model, with the same event shape and the support the
-    model's prior lives on (a Normal guide for a prior on the sphere fails here, naming both supports).
+    model's prior lives on (a Normal guide for a prior on the sphere fails here, naming both supports), and
+    nothing else; pyrovae models and guides must also agree on their covariates and number of components.
     """
     args = as_args(x)
     x = args[0]
@@ -58,26 +126,91 @@ def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None
             + ": were the model and the guide passed in swapped order? The model comes first (it scores x, "
             "e.g. VAE), the guide second (it samples the latents, e.g. NormalGuide)"
         )
-    guide_sites, model_sites = _latent_sites(guide_trace), _latent_sites(model_trace)
-    for name, model_site in model_sites.items():
-        guide_site = guide_sites.get(name)
-        if guide_site is None:
-            raise ValueError(
-                f"the model's latent site {name!r} has no counterpart in the guide "
-                f"(guide sites: {sorted(guide_sites) or 'none'}); the guide must sample every latent of the model"
-            )
-        model_fn, guide_fn = model_site["fn"], guide_site["fn"]
-        if _support_key(model_fn.support) != _support_key(guide_fn.support):
-            raise ValueError(
-                f"site {name!r}: the guide's distribution {type(guide_fn).__name__} has support "
-                f"{_support_name(guide_fn.support)}, but the model's prior {type(model_fn).__name__} lives on "
-                f"{_support_name(model_fn.support)}; pair the model with a guide on the prior's support"
-            )
-        if model_fn.event_shape != guide_fn.event_shape:
-            raise ValueError(
-                f"site {name!r}: the guide samples events of shape {tuple(guide_fn.event_shape)} but the model's "
-                f"prior has event shape {tuple(model_fn.event_shape)}; check the latent sizes of model and guide"
-            )
-    extra = sorted(set(guide_sites) - set(model_sites))
-    if extra:
-        raise ValueError(f"the guide samples site(s) {extra} that the model does not have")
+    check_sites({name: site["fn"] for name, site in _latent_sites(model_trace).items()},
+                {name: site["fn"] for name, site in _latent_sites(guide_trace).items()})
+    check_companions(model, guide)
+
+
+def _latent_source(names):
+    """The innermost handler that hands the model values for its latent sites ``names``: a ``ReplayMessenger``
+    (Pyro's ELBOs replay the guide's trace) or a ``ConditionMessenger`` (``Predictive``, ``poutine.condition``)."""
+    for frame in reversed(_PYRO_STACK):
+        if isinstance(frame, ReplayMessenger):
+            if frame.trace is not None and any(name in frame.trace.nodes for name in names):
+                return frame
+        elif isinstance(frame, ConditionMessenger) and any(name in frame.data for name in names):
+            return frame
+    return None
+
+
+def check_received_latents(model) -> None:
+    """Inside a pyrovae model's call under Pyro's handlers: raise a ValueError when the latents handed to the model
+    cannot be its own, with the messages of :func:`check_model_guide`.
+
+    * Replayed from a guide's trace (every ELBO of ``SVI``, JIT forms included, and pyrovae's own scoring): the
+      guide's site distributions are compared with the model's :meth:`latent_sites` (supports, event shapes, site
+      names), and the guide modules found in the trace (by their parameters' names) with the model
+      (:func:`check_companions`). This runs once per model and kind of guide (the guide trace's latent
+      distributions and modules), cached on the model, and reads no tensor. It is skipped while JIT traces: Pyro's
+      ``JitTrace_ELBO`` runs the model untraced once before tracing it, and ``train`` checks the pair first.
+    * Conditioned values (``Predictive``, ``poutine.condition``): each value's event shape and support, against the
+      model's prior; a host round trip, so only while Pyro's validation is on and nothing is traced. Values alone
+      cannot show every mismatch: a Normal guide's draws for a prior on the sphere, or a GMVAE guide's components
+      beyond the model's, are refused, but a vMF guide's unit vectors are valid draws of a Normal prior's space.
+    """
+    if torch.jit.is_tracing():  # sizes are traced values: the untraced call that precedes every trace has checked
+        return
+    frame = _latent_source(("y", "z", "library"))
+    if frame is None:
+        return
+    if isinstance(frame, ReplayMessenger):
+        guide_sites, owners = {}, set()
+        for name, site in frame.trace.nodes.items():
+            if site["type"] == "param":
+                if _DIVIDER in name:
+                    owners.add(name.split(_DIVIDER, 1)[0])
+            elif site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site) \
+                    and not site["infer"].get("is_auxiliary"):
+                guide_sites[name] = site["fn"]
+        key = (tuple((name, type(fn), tuple(fn.event_shape), _support_key(fn.support))
+                     for name, fn in guide_sites.items()), frozenset(owners))
+        checked = model.__dict__.setdefault("_paired_guides", set())
+        if key in checked:
+            return
+        check_sites(model.latent_sites(), guide_sites)
+        for owner in owners:
+            guide = module_named(owner)
+            if guide is not None and guide is not model:
+                check_companions(model, guide)
+        checked.add(key)
+        return
+    if not is_validation_enabled():
+        return
+    data = frame.data
+    for name, fn in model.latent_sites().items():
+        if name not in data:
+            continue
+        value = data.nodes[name]["value"] if isinstance(data, Trace) else data[name]
+        _check_value(name, value, fn)
+
+
+def _check_value(name: str, value, fn) -> None:
+    event = tuple(fn.event_shape)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"the value given for site {name!r} must be a tensor, got {type(value).__name__}")
+    if event and tuple(value.shape[value.dim() - len(event):]) != event:
+        raise ValueError(
+            f"site {name!r}: the value given has shape {tuple(value.shape)}, but the model's prior "
+            f"{type(fn).__name__} has event shape {event}; check the latent sizes of model and guide"
+        )
+    inside = fn.support.check(value)
+    if not bool(inside.all()):
+        index = tuple(int(i) for i in (~inside).nonzero()[0])
+        raise ValueError(
+            f"site {name!r}: the value given at index {index} lies outside the support "
+            f"{_support_name(fn.support)} of the model's prior {type(fn).__name__}; the values come from another "
+            "model's guide or samples (a guide on the prior's support draws valid ones)"
+        )
+
+
+__all__ = ["check_companions", "check_model_guide", "check_received_latents", "check_sites"]

@@ -8,13 +8,14 @@ known batch by batch.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import warnings
 from collections.abc import Callable
 
 import torch
 
-from pyrovae.data.source import DataSource, StreamSource, as_source
+from pyrovae.data.source import DataSource, IndexedSource, LoaderSource, StreamSource, as_source
 
 
 def as_args(batch) -> tuple[torch.Tensor, ...]:
@@ -113,6 +114,33 @@ class BatchSource:
                 self._check(x)
                 self._checked = not self.source.checks_each_batch
             yield (x, *inputs)
+
+    def fingerprint(self, size: int = 64) -> str | None:
+        """A digest of ``size`` data spread evenly over the set (their values and covariates), to tell one data set
+        from another of the same size; None for a stream, which is not read for it."""
+        n = self.num_data
+        if not n or isinstance(self.source, StreamSource):
+            return None
+        indices = torch.linspace(0, n - 1, min(size, n)).round().long().unique()
+        if isinstance(self.source, IndexedSource):
+            items = as_args(self.source.data.batch(indices, torch.device("cpu")))
+        elif isinstance(self.source, LoaderSource):
+            rows = [self.source.dataset[int(i)] for i in indices]
+            rows = [row if isinstance(row, (tuple, list)) else (row,) for row in rows]
+            try:
+                items = [torch.stack([torch.as_tensor(row[k]) for row in rows]) for k in range(len(rows[0]))]
+            except (TypeError, ValueError, RuntimeError):  # items that are not arrays: no digest, the size only
+                return None
+        else:
+            return None
+        digest = hashlib.sha1()
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                item = item.to_dense() if item.is_sparse else item
+                item = item.detach().to("cpu", torch.float64 if item.is_floating_point() else torch.int64)
+                digest.update(str(tuple(item.shape)).encode())
+                digest.update(item.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "epoch": self.epoch}

@@ -28,7 +28,17 @@ def encode_data(
 
     :param data: a tensor, :class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData` or Dataset.
     :param fn: what to compute per batch, e.g. ``guide.assign`` for a GMVAE's clusters.
+    :raises TypeError: when ``guide`` is a model (it decodes rather than encodes) or, without ``fn``, has no
+        ``encode``.
     """
+    has_encode = callable(getattr(guide, "encode", None))
+    if not has_encode and (fn is None or callable(getattr(guide, "decode", None))):
+        kind = "a model (it has decode(), not encode())" if callable(getattr(guide, "decode", None)) else (
+            "not a guide with encode(x)")
+        raise TypeError(
+            f"encode_data takes the guide, the module whose encode(x) returns q(z | x) (e.g. NormalGuide, VMFGuide); "
+            f"got {type(guide).__name__}, {kind}: call encode_data(guide, data)"
+        )
     fn = fn or (lambda *args: latent_location(encode_batch(guide, *args)))
     device = torch.device(device) if device is not None else module_device(guide)
     batches = as_batches(data, batch_size, shuffle=False, device=device, default_batch_size=512,

@@ -13,7 +13,7 @@ from pyro.poutine.util import site_is_subsample
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.data import as_args, as_batches, model_check, module_device
 from pyrovae.infer.distributed import all_reduce_sum
-from pyrovae.infer.settings import floating_dtype
+from pyrovae.infer.settings import check_integer, floating_dtype
 
 
 def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +72,10 @@ def evaluate(
     model and guide in evaluation mode.
 
     :param data: anything :func:`~pyrovae.data.as_source` accepts (on the model's device), or a :class:`BatchSource`.
+    :param int max_data: evaluate the first batches up to at least this many data (>= 1; None: all of them).
     :param bool across_ranks: every rank evaluated its own part of the data: average over all of them.
     """
+    check_integer("max_data", max_data, 1, allow_none=True)
     batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
                          default_batch_size=1024, dtype=floating_dtype(model, guide))
     total_reconstruction, total_kl, count = 0.0, 0.0, 0

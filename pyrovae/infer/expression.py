@@ -18,11 +18,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pyrovae.data.checks import check_int, check_real, require_columns, selection_indices
 from pyrovae.infer.data import as_args, module_device
 from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.latent import encode_batch
 
 _DE_MODES = ("change", "vanilla")
+
+
+def _check_pair(model, guide) -> None:
+    """The model first, the guide second: a swapped pair is named rather than failing inside a decoder."""
+    if callable(getattr(model, "encode", None)) and callable(getattr(guide, "decode", None)):
+        raise TypeError(f"the model and the guide were passed in swapped order ({type(model).__name__}, "
+                        f"{type(guide).__name__}); the model (with decode) comes first, the guide (with encode) second")
 
 
 def _proportions(model) -> Callable:
@@ -95,11 +103,19 @@ def normalized_expression(
         every cell as if measured there, or a list of batches to average over (batch-corrected expression).
     :param str groupby: an ``obs`` column: return the mean over the cells of each group instead of one row per cell.
     :returns: a DataFrame, cells (or groups) x genes.
+    :raises ValueError: for a ``library_size`` that is not a finite number > 0, ``num_samples`` or ``batch_size``
+        that are not integers >= 1, and a ``groupby`` that is not a column (naming the columns there are).
     """
     data = _count_data(data, "normalized_expression")
+    _check_pair(model, guide)
     _proportions(model)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    check_real("library_size", library_size, 0.0, open_interval=True)
+    check_int("num_samples", num_samples, 1)
+    check_int("batch_size", batch_size, 1)
+    if seed is not None:
+        check_int("seed", seed, 0)
+    if groupby is not None:
+        _check_column(data, groupby)
     device = torch.device(device) if device is not None else module_device(model, guide)
     batches = None
     if transform_batch is not None:
@@ -126,40 +142,38 @@ def normalized_expression(
             torch.random.set_rng_state(generator_state)
     frame = pd.DataFrame(np.concatenate(rows), index=data.obs.index, columns=data.gene_names)
     if groupby is not None:
-        if groupby not in data.obs.columns:
-            raise ValueError(f"no column {groupby!r} in the cell table (columns: {list(data.obs.columns)})")
         frame = frame.groupby(data.obs[groupby].to_numpy()).mean()
     return frame
 
 
+def _check_column(data, groupby) -> None:
+    """``groupby`` is a column of the cell table; otherwise name it and the columns there are."""
+    if not isinstance(groupby, str) or groupby not in data.obs.columns:
+        raise ValueError(f"groupby={groupby!r} is not a column of the cell table of {data.name} (columns: "
+                         f"{list(data.obs.columns)}); pass one of them")
+
+
 def _mask(data, group, groupby: str | None, name: str) -> np.ndarray:
-    """A boolean mask over cells from a label of ``obs[groupby]``, a list of labels, a mask or indices."""
+    """A boolean mask over cells from a label of ``obs[groupby]``, a list of labels, a boolean mask or indices."""
     n = len(data)
+    if groupby is not None:
+        _check_column(data, groupby)
     if isinstance(group, (list, tuple)) and group and all(isinstance(g, str) for g in group):
         groupby = groupby or data.label_key
     if groupby is not None or isinstance(group, str):
         key = groupby or data.label_key
-        if key is None or key not in data.obs.columns:
+        if key is None:
             raise ValueError(f"{name}={group!r} names a group: pass groupby= (an obs column; columns: "
                              f"{list(data.obs.columns)})")
         labels = data.obs[key].astype(str).to_numpy()
-        wanted = [group] if isinstance(group, str) else [str(g) for g in group]
+        wanted = [str(group)] if isinstance(group, str) or np.isscalar(group) else [str(g) for g in group]
         unknown = sorted(set(wanted) - set(labels))
         if unknown:
             raise ValueError(f"{name}: no cells with {key} in {unknown} (groups: {sorted(set(labels))[:20]})")
         mask = np.isin(labels, wanted)
     else:
-        group = np.asarray(group.cpu() if isinstance(group, torch.Tensor) else group)
-        if group.dtype == bool:
-            if group.shape != (n,):
-                raise ValueError(f"{name} is a mask of {group.shape} for {n} cells")
-            mask = group.copy()
-        else:
-            indices = group.astype(np.int64)
-            if indices.size and (indices.min() < 0 or indices.max() >= n):
-                raise ValueError(f"{name} holds cell indices outside 0..{n - 1}")
-            mask = np.zeros(n, bool)
-            mask[indices] = True
+        mask = np.zeros(n, bool)
+        mask[selection_indices(group, n, name)] = True
     if not mask.any():
         raise ValueError(f"{name} selects no cells")
     return mask
@@ -222,20 +236,30 @@ def differential_expression(
     :param group1: a label of ``obs[groupby]`` (or of the data's labels), a list of labels, a boolean mask or
         indices of cells.
     :param group2: the same, or None for the rest of the cells.
+    :param fdr: the target posterior false discovery rate, in (0, 1).
     :returns: a DataFrame, one row per gene, sorted by evidence (``proba_de``, then ``|lfc_mean|``; ``vanilla``:
         ``|bayes_factor|``), with the columns of scVI's tables: ``proba_de``, ``proba_not_de``, ``bayes_factor``,
         ``lfc_mean``, ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``, ``scale1``, ``scale2``, ``raw_mean1``,
         ``raw_mean2``, ``non_zeros_proportion1``, ``non_zeros_proportion2`` (detection rates),
-        ``raw_normalized_mean1``, ``raw_normalized_mean2``, ``is_de_fdr_<fdr>``.
+        ``raw_normalized_mean1``, ``raw_normalized_mean2``, ``is_de_fdr_<fdr>``. ``lfc_median`` and ``lfc_std`` are
+        numpy's median (the mean of the two middle draws for an even number) and the population standard
+        deviation (ddof 0) of the ``num_samples`` draws, as scVI computes them.
+    :raises ValueError: for settings out of range (``fdr`` outside (0, 1), ``delta`` <= 0, a negative
+        ``pseudocount``, ``num_samples`` < 2), a ``groupby`` that is not a column, and groups that are empty or
+        overlap.
     """
     data = _count_data(data, "differential_expression")
+    _check_pair(model, guide)
     _proportions(model)
     if mode not in _DE_MODES:
         raise ValueError(f"mode must be one of {_DE_MODES}, got {mode!r}")
-    if not delta > 0:
+    if not (isinstance(delta, (int, float)) and np.isfinite(delta) and delta > 0):
         raise ValueError(f"delta is the smallest |log2 fold change| that counts as a change, > 0; got {delta}")
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    check_int("num_samples", num_samples, 2)
+    check_real("fdr", fdr, 0.0, 1.0, open_interval=True)
+    check_real("pseudocount", pseudocount, 0.0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
     mask1 = _mask(data, group1, groupby, "group1")
     mask2 = ~mask1 if group2 is None else _mask(data, group2, groupby, "group2")
     if not mask2.any():
@@ -271,7 +295,8 @@ def differential_expression(
         columns.update(proba_m1=proba, proba_m2=1.0 - proba,
                        bayes_factor=np.log(proba + eps) - np.log(1.0 - proba + eps))
     columns.update(
-        lfc_mean=lfc.mean(0).numpy(), lfc_median=lfc.median(0).values.numpy(), lfc_std=lfc.std(0).numpy(),
+        # numpy's median (torch's takes the lower middle value) and ddof 0, as scVI reports them
+        lfc_mean=lfc.mean(0).numpy(), lfc_median=np.median(lfc.numpy(), 0), lfc_std=lfc.numpy().std(0),
         lfc_min=lfc.min(0).values.numpy(), lfc_max=lfc.max(0).values.numpy(),
         scale1=rho1.mean(0).numpy(), scale2=rho2.mean(0).numpy(),
     )
@@ -295,7 +320,17 @@ def markers(frame: pd.DataFrame, min_bayes_factor: float = 3.0, min_detection: f
             top: int | None = None) -> pd.DataFrame:
     """The genes of a :func:`differential_expression` table that are *up* in group 1: ``lfc_mean > 0``, Bayes
     factor at least ``min_bayes_factor``, detected in at least ``min_detection`` of group 1's cells; sorted by
-    ``lfc_mean``, the usual way scVI users read marker genes off a table."""
+    ``lfc_mean``, the usual way scVI users read marker genes off a table.
+
+    :raises ValueError: for a table without the columns of a differential expression table (naming them)."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"markers takes the DataFrame that differential_expression returns, got "
+                        f"{type(frame).__name__}")
+    require_columns(frame, ("lfc_mean", "bayes_factor", "non_zeros_proportion1"), "the table given to markers",
+                    "markers takes the table that differential_expression returns")
+    check_real("min_detection", min_detection, 0.0, 1.0)
+    if top is not None:
+        check_int("top", top, 1)
     keep = ((frame["lfc_mean"] > 0) & (frame["bayes_factor"] >= min_bayes_factor)
             & (frame["non_zeros_proportion1"] >= min_detection))
     chosen = frame[keep].sort_values("lfc_mean", ascending=False)
@@ -313,6 +348,8 @@ def predict_labels(guide, data, batch_size: int = 512, device=None) -> pd.DataFr
     if not callable(getattr(guide, "classify", None)):
         raise TypeError(f"predict_labels needs a guide with classify() (GMVAEGuide), got {type(guide).__name__}")
     names = data.label_names
+    if isinstance(getattr(guide, "num_components", None), int):
+        data.check_components(guide.num_components)  # before any work
     probs = encode_data(guide, data, fn=guide.classify, batch_size=batch_size, device=device).double().numpy()
     if names and len(names) != probs.shape[1]:
         raise ValueError(f"the guide has {probs.shape[1]} components but the data {len(names)} labels ({names[:5]})"

@@ -14,6 +14,7 @@ import torch
 
 from pyrovae.distributions.sphere import SphericalDistribution, slerp
 from pyrovae.infer.evaluation import evaluation_mode
+from pyrovae.infer.settings import check_integer
 
 
 def latent_location(q) -> torch.Tensor:
@@ -74,8 +75,16 @@ def _decode_mean(model, z: torch.Tensor, library: torch.Tensor | None, cat=None,
 
 
 def interpolation_path(start: torch.Tensor, end: torch.Tensor, steps: int, spherical: bool) -> torch.Tensor:
-    """``steps`` latent points from ``start`` to ``end``: great circle on the sphere, straight line otherwise."""
+    """``steps`` latent points from ``start`` to ``end`` (``(..., latent size)`` each, the same shape): great circle
+    on the sphere, straight line otherwise. On the sphere a zero vector has no direction and is refused."""
+    check_integer("steps", steps, 2)
+    if start.shape != end.shape:
+        raise ValueError(f"the path's end points must have one shape, got {tuple(start.shape)} and {tuple(end.shape)}")
     if spherical:
+        for name, point in (("start", start), ("end", end)):
+            if not bool((torch.linalg.vector_norm(point, dim=-1) > 0).all()):
+                raise ValueError(f"the {name} point of a path on the sphere is a zero vector, which has no direction; "
+                                 "give unit vectors (latent_location of a spherical q gives its mean direction)")
         return slerp(start, end, steps)
     t = torch.linspace(0.0, 1.0, steps, dtype=start.dtype, device=start.device).reshape(-1, *[1] * start.dim())
     return (1 - t) * start + t * end
@@ -85,11 +94,22 @@ def interpolation_path(start: torch.Tensor, end: torch.Tensor, steps: int, spher
 def interpolate(model, guide, x_start: torch.Tensor, x_end: torch.Tensor, steps: int = 10,
                 library: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder means along the latent path between two data (``(D,)`` each): ``(path (steps, latent),
-    decoded (steps, D))``. Spherical latents follow the great circle between the two mean directions.
+    decoded (steps, D))``. Spherical latents follow the great circle between the two mean directions. Refuses
+    batched end points (one path per call: loop over the pairs, or call :func:`interpolation_path` on their
+    :func:`locate` d codes) and ``steps`` below 2.
 
     :param library: the library size of the decoded profiles for count likelihoods (default: the mean of the
         two data's totals).
     """
+    check_integer("steps", steps, 2)
+    for name, point in (("x_start", x_start), ("x_end", x_end)):
+        if not isinstance(point, torch.Tensor) or point.dim() != 1:
+            shape = tuple(point.shape) if isinstance(point, torch.Tensor) else type(point).__name__
+            raise ValueError(f"interpolate draws one path between two data, each a (D,) vector; {name} is {shape}. "
+                             "For several pairs, call interpolate once per pair, or interpolation_path(locate(guide, "
+                             "x_starts), locate(guide, x_ends), steps, spherical) for the latent paths")
+    if x_start.shape != x_end.shape:
+        raise ValueError(f"x_start and x_end must have one shape, got {tuple(x_start.shape)} and {tuple(x_end.shape)}")
     with evaluation_mode(model, guide):
         q = guide.encode(torch.stack([x_start, x_end]))
         ends = latent_location(q)

@@ -61,6 +61,11 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: flo
     log-weights (a guide equal to the posterior gives constant weights) have bounded weights and get ``-inf``,
     where arviz says ``inf``.
 
+    A row is never read as reliable when its weights are undefined: a row with a NaN log-weight (the weight is
+    undefined), a ``+inf`` one (an infinite weight), or only ``-inf`` ones (no weight at all: the estimate is
+    log 0) gets ``inf``, as does a row with 4 or fewer distinct tail weights. The result is never NaN, so
+    ``khat > 0.7`` selects every unreliable row.
+
     :param resolution: the relative precision the log-weights were computed in (default: the epsilon of their
         dtype). Pass ``torch.finfo(torch.float32).eps`` for float32 weights upcast to float64, or rounding noise
         would be read as a tail.
@@ -70,11 +75,12 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: flo
     if not torch.is_floating_point(flat) or flat.dtype == torch.float16 or flat.dtype == torch.bfloat16:
         flat = flat.float()
     tail = psis_tail_length(num_samples)
-    if tail <= 4:
+    if tail <= 4:  # too few draws to judge any row
         return torch.full(batch_shape, math.inf, dtype=flat.dtype, device=flat.device)
     eps = torch.finfo(flat.dtype).eps if resolution is None else max(float(resolution), torch.finfo(flat.dtype).eps)
     out = []
     for rows in flat.split(chunk_size):
+        undefined = rows.isnan().any(-1) | (rows == math.inf).any(-1) | (rows == -math.inf).all(-1)
         top = rows.topk(tail + 1, dim=-1).values.flip(-1).double()  # ascending; top[:, 0] is the cutoff
         # a spread of the tail within rounding error of the log weights means constant weights
         rounding = 64 * eps * top[:, -1].abs().clamp_min(1.0)
@@ -88,5 +94,6 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: flo
                                                                             device=top.device), exceedances)
         khat = _gpd_fit(safe)
         khat = torch.where(few, torch.full_like(khat, math.inf), khat)
-        out.append(torch.where(degenerate, torch.full_like(khat, -math.inf), khat))
+        khat = torch.where(degenerate, torch.full_like(khat, -math.inf), khat)
+        out.append(torch.where(undefined.to(khat.device), torch.full_like(khat, math.inf), khat))
     return torch.cat(out).to(flat.dtype).reshape(batch_shape)

@@ -19,6 +19,7 @@ from torch import nn
 
 from pyrovae.infer.data import as_args
 from pyrovae.infer.distributed import all_finite, any_rank, is_distributed
+from pyrovae.infer.settings import learning_rate
 
 
 def trainable_parameters(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[list, dict]:
@@ -44,13 +45,15 @@ def trainable_parameters(model: Callable, guide: Callable, x: torch.Tensor) -> t
     return params, store_only
 
 
-def build_optimizer(optim, params: list[torch.Tensor], lr: float):
+def build_optimizer(optim, params: list[torch.Tensor], lr: float | None = None):
     """One torch optimiser over all trained parameters, and the per-parameter gradient clipping of a PyroOptim.
 
     ``optim``: ``None`` (Adam with ``lr``, fused where the parameters allow), a ``pyro.optim`` optimiser
     (``pyro.optim.Adam({"lr": 1e-3})``, ``ClippedAdam``, ...), a torch optimiser class, or a function of the
-    parameters that returns a torch optimiser.
+    parameters that returns a torch optimiser. ``lr`` (default 1e-3) is for the first two; where ``optim`` sets its
+    own rate, an ``lr`` that differs is an error (:func:`~pyrovae.infer.settings.learning_rate`).
     """
+    lr = learning_rate(optim, lr)
     if optim is None:
         # the fused kernel updates all parameters in one pass: 7x faster than the default on a 2-core CPU
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
@@ -122,7 +125,7 @@ class SVIStep:
     :param params: the parameters to update (:func:`trainable_parameters`).
     """
 
-    def __init__(self, objective, params: list, optim=None, lr: float = 1e-3) -> None:
+    def __init__(self, objective, params: list, optim=None, lr: float | None = None) -> None:
         if not params:
             raise ValueError("nothing to train: the model and guide have no trainable parameters")
         self.objective, self.params = objective, params

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.data import as_source
-from pyrovae.infer.checkpoint import TrainingCheckpoint, rng_state
+from pyrovae.infer.checkpoint import CheckpointInUse, FileLock, TrainingCheckpoint, rng_state
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.data import BatchSource, model_check, module_device
 from pyrovae.infer.distributed import (
@@ -39,8 +39,49 @@ from pyrovae.infer.evaluation import evaluate, evaluation_mode
 from pyrovae.infer.history import History
 from pyrovae.infer.objectives import make_objective
 from pyrovae.infer.schedule import KLSchedule
-from pyrovae.infer.settings import check_device, check_integer, check_number, floating_dtype
+from pyrovae.infer.settings import check_device, check_integer, check_number, check_seed, floating_dtype, learning_rate
 from pyrovae.infer.step import SVIStep, svi_step, trainable_parameters
+
+
+def _lock_checkpoint(path) -> FileLock:
+    """The lock this run holds on its checkpoint, or :class:`CheckpointInUse` naming the other run's process."""
+    lock = FileLock(path)
+    if not lock.acquire(blocking=False):
+        raise CheckpointInUse(
+            f"checkpoint {path} is in use by another training run ({lock.holder()}, holding {lock.path}); two runs "
+            "on one checkpoint would overwrite each other's epochs. Wait for that run to finish (it then resumes "
+            "here), or give this run its own checkpoint path"
+        )
+    return lock
+
+
+_DIVERGENCE = 1e6  # an epoch's loss per datum this many times the first step's size above it: diverged
+
+
+def _exploded(first: float, loss: float) -> bool:
+    return loss - first > _DIVERGENCE * max(abs(first), 1.0)
+
+
+def _kept(checkpoint) -> str:
+    """What the checkpoint holds after a failure: the last finished epoch, or nothing yet."""
+    if checkpoint is None:
+        return ""
+    if os.path.exists(checkpoint):
+        return f"; {checkpoint} holds the last finished epoch"
+    return f"; no epoch finished, so {checkpoint} was not written"
+
+
+def _rate(step: SVIStep) -> str:
+    rates = sorted({float(group["lr"]) for group in step.optimizer.param_groups if "lr" in group})
+    return f"lr={rates[0]:g}" if len(rates) == 1 else "several learning rates"
+
+
+def _exploded_message(first: float, loss: float, epoch: int, step: SVIStep, checkpoint) -> str:
+    rate = _rate(step)
+    return (f"training diverged: the loss per datum rose from {first:.4g} at the first step to {loss:.4g} in epoch "
+            f"{epoch + 1}, over {_DIVERGENCE:.0e} times the first step's size. The learning rate ({rate}) is the "
+            "likely cause: lower it, or clip the gradients (pyro.optim.ClippedAdam). The model and guide hold the "
+            f"diverged parameters{_kept(checkpoint)}")
 
 
 def _diverged(epoch: int, step: int, params: list, checkpoint) -> str:
@@ -48,9 +89,8 @@ def _diverged(epoch: int, step: int, params: list, checkpoint) -> str:
     finite = all(bool(torch.isfinite(p).all()) for p in params)
     state = ("the step was not applied, so the model and guide keep their last finite parameters" if finite else
              "the parameters themselves are no longer finite (an earlier step with finite gradients made them so)")
-    where = f" and {checkpoint} the last finished epoch" if checkpoint else ""
-    return (f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {step + 1}; {state}{where}. "
-            "Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale")
+    return (f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {step + 1}; {state}"
+            f"{_kept(checkpoint)}. Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale")
 
 
 _EVAL_BATCH_SIZE = 1024  # data per batch of the end-of-epoch scores, unless eval_batch_size says otherwise
@@ -70,7 +110,7 @@ def train(
     elbo="auto",
     num_particles: int = 1,
     optim=None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     kl_weight: float = 1.0,
     kl_warmup_epochs: float = 0.0,
     val_data=None,
@@ -103,6 +143,8 @@ def train(
     :param int num_particles: samples per datum of the ELBO (vectorised), or of the IWAE bound.
     :param optim: ``None`` (Adam with ``lr``), a pyro.optim optimiser (``pyro.optim.Adam``, ``ClippedAdam``,
         ...), a torch optimiser class, or a function from parameters to a torch optimiser.
+    :param float lr: the learning rate of the default Adam or of a torch optimiser class (default 1e-3). A
+        pyro.optim optimiser or a function sets its own: an ``lr`` that differs from it is an error, not ignored.
     :param float kl_weight: weight of the latent sites' terms (beta-VAE; 0 trains a plain auto-encoder).
     :param float kl_warmup_epochs: ramp the KL weight linearly from 0 over this many epochs.
     :param val_data: data for validation every epoch (metrics ``val_elbo``, ``val_reconstruction``, ``val_kl``).
@@ -110,10 +152,15 @@ def train(
         improved for this many epochs.
     :param bool restore_best: with ``patience`` or ``val_data``, end with the parameters of the best epoch.
     :param checkpoint: a file written atomically after every epoch; with ``resume`` an existing one is
-        loaded and training continues where it stopped, exactly as if it had not been interrupted.
+        loaded and training continues where it stopped, exactly as if it had not been interrupted. A file written
+        with other settings (learning rate or other optimiser arguments, batch size, other data, objective, KL
+        weight, seed) is refused, naming what differs. The run holds a lock on the file (``checkpoint + ".lock"``):
+        a second live run on the same file is refused with :class:`~pyrovae.infer.checkpoint.CheckpointInUse`
+        before it touches anything.
     :param device: where to train (default: the device of tensor data, else of the model; under ``torchrun``,
         ``cuda:LOCAL_RANK`` or the CPU).
-    :param int seed: seeds Pyro's, torch's, numpy's and Python's generators and the batch order.
+    :param int seed: seeds Pyro's, torch's, numpy's and Python's generators and the batch order (an integer in
+        0..2**32 - 1; another type is a TypeError).
     :param str freeze: ``"model"`` or ``"guide"``: keep that side's parameters fixed.
     :param bool drop_last: drop an incomplete last batch (default: only for traced objectives, which are
         traced once per batch shape).
@@ -127,8 +174,10 @@ def train(
     losses and validation metrics are reduced across ranks, and rank 0 alone writes the checkpoint (which
     every rank resumes from). Random draws use ``seed + rank``.
 
-    :raises TrainingDiverged: when the loss or a gradient stops being finite; the step is not applied, so
-        the modules keep their last finite parameters, and the checkpoint keeps the last finished epoch.
+    :raises TrainingDiverged: when the loss or a gradient stops being finite (the step is not applied, so the
+        modules keep their last finite parameters), or when an epoch's loss per datum rises more than a million
+        times the size of the first step's (a learning rate far too large, named in the error); the checkpoint
+        keeps the last finished epoch before it.
     """
     check_integer("epochs", epochs, 0)
     check_integer("num_particles", num_particles, 1)
@@ -137,7 +186,8 @@ def train(
     check_integer("max_plate_nesting", max_plate_nesting, 1)
     check_number("kl_weight", kl_weight)
     check_number("kl_warmup_epochs", kl_warmup_epochs)
-    check_number("lr", lr)
+    learning_rate(optim, lr)  # an lr that optim would ignore is an error
+    check_seed(seed)
     if freeze not in (None, "model", "guide"):
         raise ValueError(f"freeze must be None, 'model' or 'guide', got {freeze!r}")
     distributed = init_distributed()
@@ -171,13 +221,9 @@ def train(
             "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'"
         )
     first_batch = next(iter(train_eval or validation or batches))
-    if len(first_batch) > 3 and elbo_name.lower().startswith(("iwae", "renyi")):
-        raise ValueError(
-            f"the batches carry labels y (CountData.with_labels), which the {elbo_name} bound cannot use: its "
-            "importance weights sum y out; train label transfer with elbo='enum' (or 'auto')"
-        )
 
     requires_grad = {p: p.requires_grad for m in modules.values() for p in m.parameters()}
+    lock = None
     if freeze:
         modules[freeze].requires_grad_(False)
     try:
@@ -191,7 +237,13 @@ def train(
             )
         step = SVIStep(data_parallel(objective, device) if distributed else objective, params, optim, lr)
         stopping = EarlyStopping(patience, keep_best=restore_best and (patience is not None or validation is not None))
-        saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params)
+        if checkpoint is not None and is_main_process():
+            lock = _lock_checkpoint(checkpoint)
+        settings = {"batch_size": batches.source.batch_size, "num_data": batches.num_data,
+                    "data": batches.fingerprint() if checkpoint is not None else None, "elbo": elbo_name,
+                    "num_particles": num_particles, "kl_weight": kl_weight, "kl_warmup_epochs": kl_warmup_epochs,
+                    "seed": seed, "freeze": freeze, "drop_last": drop_last}
+        saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings)
         history, start_epoch = History(), 0
         if resume and saved.exists():
             start_epoch, history = saved.restore(device, stopping, rank())
@@ -203,6 +255,8 @@ def train(
     finally:
         for p, flag in requires_grad.items():
             p.requires_grad_(flag)
+        if lock is not None:
+            lock.release()
     stopping.restore(modules)
     return history
 
@@ -217,6 +271,7 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
     global_step = first_step = epochs.start * steps_per_epoch
     step.steps = 0
     scales, filled = None, None  # (data scale, KL weight) on the device, rewritten in place when they change
+    first_loss = None  # the first step's loss per datum (across ranks): the scale that tells divergence
     bar = tqdm(total=len(epochs) * steps_per_epoch, desc="train", dynamic_ncols=True,
                disable=not (progress and is_main_process()))
     with bar:
@@ -238,6 +293,10 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 if loss is None:
                     raise TrainingDiverged(_diverged(epoch, global_step, step.params, saved.path))
                 total_loss += loss / data_scale
+                if first_loss is None:  # one synchronisation per run
+                    first_loss, first_seen = all_reduce_sum(torch.stack([loss / data_scale, loss.new_tensor(
+                        x.shape[0])])).tolist()
+                    first_loss /= max(first_seen, 1)
                 seen += x.shape[0]
                 global_step += 1
                 if step.deferred and (global_step - first_step) % 256 == 0 and step.failed:  # long epochs stop early
@@ -249,6 +308,8 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 raise TrainingDiverged(_diverged(failure // steps_per_epoch, failure, step.params, saved.path))
             total_loss, seen = all_reduce_sum(torch.stack([total_loss, total_loss.new_tensor(seen)])).tolist()
             record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "kl_weight": beta}
+            if first_loss is not None and _exploded(first_loss, record["loss"]):
+                raise TrainingDiverged(_exploded_message(first_loss, record["loss"], epoch, step, saved.path))
             if train_eval is not None:
                 record.update({f"train_{k}": v for k, v in evaluate(model, guide, train_eval).items()})
             if validation is not None:
@@ -259,8 +320,10 @@ def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, gui
                 raise TrainingDiverged(
                     f"{', '.join(bad)} of epoch {epoch + 1} is not finite ({', '.join(str(record[k]) for k in bad)}): "
                     "the model gives some data a log-density of NaN or -inf. Check the data against the likelihood "
-                    "(e.g. values outside its support, a library size of 0)"
-                    + (f"; {saved.path} holds the epoch before" if saved.path else "")
+                    "(e.g. values outside its support, a library size of 0), or whether training diverged (the loss "
+                    f"per datum went from {first_loss:.4g} at the first step to {record['loss']:.4g} in this epoch; "
+                    f"with {_rate(step)}, lower the learning rate)"
+                    + _kept(saved.path)
                 )
             record["seconds"] = time.perf_counter() - started
             history.records.append(record)

@@ -53,8 +53,14 @@ class Likelihood(nn.Module):
         return f"x_dim={self.x_dim}"
 
 
-def register_likelihood(name: str) -> Callable[[Callable[..., Likelihood]], Callable[..., Likelihood]]:
+def register_likelihood(name: str, *, overwrite: bool = False
+                        ) -> Callable[[Callable[..., Likelihood]], Callable[..., Likelihood]]:
     """Decorator registering a likelihood class (or factory) under ``name`` for :func:`get_likelihood`.
+
+    A name that is already registered (``"bernoulli"``, ``"nb"``, ... or one of your own) is refused with a
+    ValueError, so that a new likelihood never silently replaces another in every model built by name afterwards;
+    pass ``overwrite=True`` to replace it on purpose. Registering the same class again (a module reloaded in a
+    notebook) is allowed.
 
     Example::
 
@@ -62,12 +68,32 @@ def register_likelihood(name: str) -> Callable[[Callable[..., Likelihood]], Call
         class Laplace(Likelihood):
             ...
     """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_likelihood needs a non-empty string name, got {name!r}")
 
     def decorator(factory: Callable[..., Likelihood]) -> Callable[..., Likelihood]:
+        if not callable(factory):
+            raise TypeError(f"register_likelihood({name!r}) decorates a Likelihood class or factory, got "
+                            f"{type(factory).__name__}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and not overwrite and not _same_definition(existing, factory):
+            raise ValueError(
+                f"the likelihood name {name!r} is already registered ({_describe(existing)}); choose another name, "
+                f"or pass register_likelihood({name!r}, overwrite=True) to replace it"
+            )
         _REGISTRY[name] = factory
         return factory
 
     return decorator
+
+
+def _same_definition(a, b) -> bool:
+    """The same class or function defined again (its module reloaded)."""
+    return all(getattr(a, attr, None) == getattr(b, attr, object()) for attr in ("__module__", "__qualname__"))
+
+
+def _describe(factory) -> str:
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
 
 
 def likelihood_names() -> list[str]:

@@ -7,9 +7,16 @@ batch of importance samples.
 
 from pyrovae.nn.conv import ConvDecoder, ConvEncoder
 from pyrovae.nn.mlp import MLP, make_activation
-from pyrovae.nn.registration import forget_pyro_attributes, pyro_name, register_module, unregister_module
+from pyrovae.nn.registration import (
+    forget_pyro_attributes,
+    module_named,
+    name_module,
+    pyro_name,
+    register_module,
+    unregister_module,
+)
 
 __all__ = [
-    "MLP", "ConvEncoder", "ConvDecoder", "forget_pyro_attributes", "make_activation", "pyro_name", "register_module",
-    "unregister_module",
+    "MLP", "ConvEncoder", "ConvDecoder", "forget_pyro_attributes", "make_activation", "module_named", "name_module",
+    "pyro_name", "register_module", "unregister_module",
 ]

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyrovae.nn.checks import check_dropout, check_int, check_widths
 from pyrovae.nn.mlp import make_activation
 
 
-def _check_image_shape(image_shape: Sequence[int], num_layers: int) -> tuple[int, int, int]:
-    if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (channels, height, width), got {tuple(image_shape)}")
-    channels, height, width = map(int, image_shape)
+def _check_image_shape(owner: str, image_shape: Sequence[int], num_layers: int) -> tuple[int, int, int]:
+    if isinstance(image_shape, (str, bytes)) or not isinstance(image_shape, Sequence) or len(image_shape) != 3:
+        raise ValueError(f"{owner}: image_shape must be (channels, height, width), got {image_shape!r}")
+    channels, height, width = (check_int(owner, f"image_shape[{i}]", size) for i, size in enumerate(image_shape))
     factor = 2**num_layers
     if height % factor or width % factor:
         raise ValueError(
@@ -28,11 +29,9 @@ def _check_image_shape(image_shape: Sequence[int], num_layers: int) -> tuple[int
     return channels, height, width
 
 
-def _padding(kernel_size: int) -> int:
+def _padding(owner: str, kernel_size: int) -> int:
     """The padding with which a stride-2 convolution exactly halves an even size (and its transpose doubles it)."""
-    if kernel_size < 2:
-        raise ValueError(f"kernel_size must be at least 2, got {kernel_size}")
-    return (kernel_size - 1) // 2
+    return (check_int(owner, "kernel_size", kernel_size, 2) - 1) // 2
 
 
 class ConvEncoder(nn.Module):
@@ -52,8 +51,11 @@ class ConvEncoder(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        in_channels, height, width = _check_image_shape(image_shape, len(channels))
-        padding = _padding(kernel_size)
+        channels = check_widths("ConvEncoder", channels, "channels", allow_empty=False)
+        out_features = check_int("ConvEncoder", "out_features", out_features)
+        dropout = check_dropout("ConvEncoder", dropout)
+        in_channels, height, width = _check_image_shape("ConvEncoder", image_shape, len(channels))
+        padding = _padding("ConvEncoder", kernel_size)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip([in_channels, *channels[:-1]], channels):
             layers += [nn.Conv2d(fan_in, fan_out, kernel_size, stride=2, padding=padding), make_activation(activation)]
@@ -94,8 +96,11 @@ class ConvDecoder(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        out_channels, height, width = _check_image_shape(image_shape, len(channels))
-        padding = _padding(kernel_size)
+        channels = check_widths("ConvDecoder", channels, "channels", allow_empty=False)
+        in_features = check_int("ConvDecoder", "in_features", in_features)
+        out_channels_per_pixel = check_int("ConvDecoder", "out_channels_per_pixel", out_channels_per_pixel)
+        out_channels, height, width = _check_image_shape("ConvDecoder", image_shape, len(channels))
+        padding = _padding("ConvDecoder", kernel_size)
         scale = 2 ** len(channels)
         self.start_shape = (channels[0], height // scale, width // scale)
         self.linear = nn.Sequential(

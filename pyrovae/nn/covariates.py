@@ -13,11 +13,13 @@ as scVI's decoder does, so that a batch cannot be forgotten after the first laye
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from pyrovae.nn.checks import check_dropout, check_int, check_widths
 from pyrovae.nn.mlp import make_activation
 
 
@@ -36,15 +38,15 @@ class Covariates(nn.Module):
 
     def __init__(self, categorical: Sequence[int] = (), continuous: int = 0) -> None:
         super().__init__()
-        if isinstance(categorical, int):
+        if isinstance(categorical, numbers.Integral) and not isinstance(categorical, bool):
             categorical = (categorical,)
-        self.categorical = tuple(int(k) for k in categorical)
-        self.continuous = int(continuous)
-        if any(k < 1 for k in self.categorical) or self.continuous < 0:
-            raise ValueError(
-                f"categorical covariates need at least one level each and continuous >= 0, got "
-                f"categorical={self.categorical}, continuous={self.continuous}"
-            )
+        if isinstance(categorical, (str, bytes)) or not isinstance(categorical, Sequence):
+            raise ValueError(f"categorical must list the number of levels of each categorical covariate, e.g. (4,) "
+                             f"for one batch covariate with 4 batches, got {categorical!r}")
+        # each covariate needs at least one level (a covariate with one level is constant)
+        self.categorical = tuple(check_int("covariates", f"categorical[{j}] (its number of levels)", k)
+                                 for j, k in enumerate(categorical))
+        self.continuous = check_int("covariates", "continuous (the number of continuous covariates)", continuous, 0)
         self.size = sum(self.categorical) + self.continuous
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
@@ -135,13 +137,10 @@ class ConditionalMLP(nn.Module):
         super().__init__()
         if inject not in ("all", "first"):
             raise ValueError(f"inject must be 'all' or 'first', got {inject!r}")
-        if isinstance(hidden, int):
-            hidden = (hidden,)
-        sizes = [int(in_features), *map(int, hidden), int(out_features)]
-        if any(size <= 0 for size in sizes) or side_features <= 0:
-            raise ValueError(f"layer sizes must be positive, got {sizes} and side_features={side_features}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        sizes = [check_int("ConditionalMLP", "in_features", in_features), *check_widths("ConditionalMLP", hidden),
+                 check_int("ConditionalMLP", "out_features", out_features)]
+        side_features = check_int("ConditionalMLP", "side_features", side_features)
+        dropout = check_dropout("ConditionalMLP", dropout)
         self.in_features, self.out_features, self.side_features = sizes[0], sizes[-1], int(side_features)
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.side = nn.ModuleList(

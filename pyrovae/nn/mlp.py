@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyrovae.nn.checks import check_dropout, check_int, check_widths
+
 _ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -58,13 +60,9 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if isinstance(hidden, int):
-            hidden = (hidden,)
-        sizes = [int(in_features), *map(int, hidden)]
-        if any(size <= 0 for size in [*sizes, out_features]):
-            raise ValueError(f"layer sizes must be positive, got {sizes + [out_features]}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        sizes = [check_int("MLP", "in_features", in_features), *check_widths("MLP", hidden)]
+        out_features = check_int("MLP", "out_features", out_features)
+        dropout = check_dropout("MLP", dropout)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             layers.append(nn.Linear(fan_in, fan_out))

@@ -8,6 +8,12 @@ differentiating the iterations. Orders are non-negative and are not differentiat
 precision inputs are evaluated in float64 and rounded once at the end. Give the order as a Python number
 (as the distributions do) and nothing waits on the device; a tensor of orders costs one sync for its check.
 
+Arguments are checked: an order that is negative, NaN or infinite, and an ``x`` that is NaN or negative, are a
+``ValueError`` naming the value and its index (one device sync; ``validate=False`` skips the check of ``x``, as
+the distributions do, which validate their concentration themselves; under ``torch.jit.trace`` it is skipped too;
+unchecked, a NaN gives NaN and a negative x is read as 0). ``x = +inf`` gives the limits: log I_v = +inf,
+log(I_v e^-x) = -inf, R_v = 1.
+
 * The ratio R_v(x) uses Perron's continued fraction (Gautschi & Slavik 1978), evaluated backwards with a
   fixed number of terms: it converges fastest exactly where the Gauss continued fraction is slow (x >> v),
   and 50 terms reach float64 precision for every order up to 512 and x from 0 to 1e6 (tested against
@@ -53,12 +59,17 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
 
 
 def _min_order(v) -> float | None:
-    """The smallest order: free for a Python number (the usual case), one device sync for a tensor."""
+    """The smallest order, checked (:func:`_check_order`): free for a Python number (the usual case), one device sync
+    for a tensor; ``None`` while tracing or for no orders."""
     if isinstance(v, (int, float)):
+        _check_order(float(v))
         return float(v)
+    v = torch.as_tensor(v)
     if torch.jit.is_tracing() or not v.numel():
         return None
-    return float(v.min())
+    smallest, largest = torch.stack(torch.aminmax(v.detach().double())).tolist()
+    _check_order(smallest, largest)
+    return smallest
 
 
 def _cf_terms(smallest: float | None) -> int:
@@ -69,9 +80,33 @@ def _cf_terms(smallest: float | None) -> int:
     return _CF_TERMS
 
 
-def _check_order(smallest: float | None) -> None:
-    if smallest is not None and smallest < 0:
-        raise ValueError(f"Bessel orders must be non-negative, got min {smallest}")
+def _check_order(smallest: float, largest: float | None = None) -> None:
+    largest = smallest if largest is None else largest
+    if not (smallest >= 0 and math.isfinite(largest)):  # NaN fails the comparison
+        bad = smallest if not smallest >= 0 else largest
+        raise ValueError(f"Bessel orders v must be finite and non-negative, got {bad}")
+
+
+def _check_argument(x, validate: bool) -> None:
+    """x must be >= 0 (not NaN): a ValueError naming the first value at fault, unless not ``validate`` or tracing."""
+    if not validate or torch.jit.is_tracing() or not isinstance(x, torch.Tensor) or not x.numel():
+        return
+    bad = torch.isnan(x) | (x < 0)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        value = x[index].item()
+        hint = ("a NaN usually comes from upstream (a network output, a division by zero): find where it starts"
+                if math.isnan(value) else
+                "I_v(-x) = (-1)^v I_v(x) for integer orders and is complex otherwise: pass |x| and keep the sign apart")
+        raise ValueError(f"the Bessel function I_v(x) is computed here for x >= 0, got x = {value} at index {index} "
+                         f"of x of shape {tuple(x.shape)} ({int(bad.sum())} such values); {hint}")
+
+
+def _finite(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``x`` is +inf, and ``x`` with those entries replaced by 1 (their results are set to the limits after,
+    so no NaN from inf - inf reaches a value or a gradient)."""
+    infinite = torch.isinf(x)
+    return infinite, torch.where(infinite, 1.0, x)
 
 
 def _perron_tail(v: torch.Tensor, x: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +149,8 @@ def _ratio_derivative(v: torch.Tensor, x: torch.Tensor, ratio: torch.Tensor) -> 
 class _BesselRatio(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, x, terms):
-        ratio = _ratio_cf(v, x, terms)
+        infinite, finite_x = _finite(x)
+        ratio = torch.where(infinite, 1.0, _ratio_cf(v, finite_x, terms))
         ctx.save_for_backward(v, x, ratio)
         return ratio
 
@@ -124,16 +160,17 @@ class _BesselRatio(torch.autograd.Function):
         return None, grad * _ratio_derivative(v, x, ratio), None
 
 
-def bessel_iv_ratio(v, x: torch.Tensor) -> torch.Tensor:
+def bessel_iv_ratio(v, x: torch.Tensor, validate: bool = True) -> torch.Tensor:
     """R_v(x) = I_{v+1}(x) / I_v(x) for orders v >= 0 and x >= 0, elementwise (broadcast), differentiable in x.
 
-    Equal to 0 at x = 0 and tending to 1 as x grows; A_m(kappa) of the von Mises-Fisher distribution on
-    S^(m-1) is ``bessel_iv_ratio(m / 2 - 1, kappa)``.
+    Equal to 0 at x = 0 and tending to 1 as x grows (1 at x = +inf); A_m(kappa) of the von Mises-Fisher
+    distribution on S^(m-1) is ``bessel_iv_ratio(m / 2 - 1, kappa)``. A negative, NaN or infinite order, or a
+    negative or NaN ``x`` (unless ``validate=False``), is a ``ValueError``.
     """
     smallest = _min_order(v)
-    _check_order(smallest)
+    _check_argument(x, validate)
     if isinstance(v, (int, float)) and v < _FIXED_ORDER_LIMIT:
-        return bessel_terms(v, x)[1]
+        return bessel_terms(v, x, validate=False)[1]
     v, x = _as_tensors(v, x)
     v, x = torch.broadcast_tensors(v, x)
     wide = _wide(x.dtype)
@@ -159,7 +196,7 @@ def _log_iv_debye(nu: torch.Tensor, x: torch.Tensor, scaled: bool = False) -> to
     log I_nu(x) - x, whose leading term nu (eta - z) = nu / (root + z) + nu log(z / (1 + root)) is formed without
     subtracting x from a number as large (at x = 1e10 that subtraction alone loses 1e-6)."""
     z = x / nu
-    root = torch.sqrt(1.0 + z * z)
+    root = torch.hypot(torch.ones_like(z), z)  # sqrt(1 + z^2) without overflow of z^2 at huge x
     p = 1.0 / root
     t = p * p
     if scaled:
@@ -180,9 +217,13 @@ def _log_iv_debye(nu: torch.Tensor, x: torch.Tensor, scaled: bool = False) -> to
 def _log_iv(v: torch.Tensor, x: torch.Tensor, max_steps: int, terms: int, scaled: bool = False,
             debye_order: float = _DEBYE_ORDER) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log I_v(x) (minus x when ``scaled``), and R_v(x) when the recurrence computed it (``None`` otherwise)."""
+    infinite, x = _finite(x)
     positive = x > 0
     safe_x = torch.where(positive, x, torch.ones_like(x))
     at_zero = torch.where(v == 0, torch.zeros_like(x), torch.full_like(x, -math.inf))
+    at_zero = torch.where(infinite, -math.inf if scaled else math.inf, at_zero)  # the limits at x = +inf
+    at_zero = torch.where(torch.isnan(x), x, at_zero)  # unchecked (validate=False): NaN in, NaN out
+    positive = positive & ~infinite
     if max_steps == 0:
         return torch.where(positive, _log_iv_debye(v, safe_x, scaled), at_zero), None
     # log I_v = log I_{v+n} - sum_{j<n} log R_{v+j}, with n = ceil(debye_order - v): the ratios of all the steps are
@@ -192,7 +233,7 @@ def _log_iv(v: torch.Tensor, x: torch.Tensor, max_steps: int, terms: int, scaled
     ratios = _ratio_cf(v + j, safe_x, terms)
     log_ratios = torch.where(j < steps, torch.log(ratios), torch.zeros_like(ratios))
     result = _log_iv_debye(v + steps, safe_x, scaled) - log_ratios.sum(0)
-    return torch.where(positive, result, at_zero), ratios[0]
+    return torch.where(positive, result, at_zero), torch.where(infinite, 1.0, ratios[0])
 
 
 class _LogBesselIv(torch.autograd.Function):
@@ -207,7 +248,8 @@ class _LogBesselIv(torch.autograd.Function):
     def backward(ctx, grad):
         v, x, ratio = ctx.saved_tensors
         if ratio is None:
-            ratio = _ratio_cf(v, x, ctx.terms)
+            infinite, finite_x = _finite(x)
+            ratio = torch.where(infinite, 1.0, _ratio_cf(v, finite_x, ctx.terms))
         positive = x > 0
         safe_x = torch.where(positive, x, torch.ones_like(x))
         # d/dx log I_v(x) = R_v(x) + v / x; at x = 0 it is 0 for v = 0 and +inf otherwise
@@ -352,7 +394,10 @@ def _term_values(v: float, wide: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     if v < _FIXED_ORDER_LIMIT:
         return _fixed_order(v, wide.device)(wide)
     order, terms = torch.full_like(wide, v), _cf_terms(v)
-    return (_log_iv(order, wide, 0, terms, scaled=True)[0], *_ratio_and_gap_cf(order, wide, terms))
+    infinite, finite_x = _finite(wide)
+    ratio, gap = _ratio_and_gap_cf(order, finite_x, terms)
+    return (_log_iv(order, wide, 0, terms, scaled=True)[0], torch.where(infinite, 1.0, ratio),
+            torch.where(infinite, 0.0, gap))
 
 
 def attach_bessel_terms(v: float, x: torch.Tensor, terms: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -363,23 +408,27 @@ def attach_bessel_terms(v: float, x: torch.Tensor, terms: tuple) -> tuple[torch.
     return tuple(t.to(x.dtype) for t in attached)
 
 
-def bessel_terms(v: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def bessel_terms(v: float, x: torch.Tensor, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(log(I_v(x) e^-x), R_v(x), 1 - R_v(x))`` for one order ``v >= 0`` (a Python number) in one evaluation,
     differentiable in ``x`` and of its dtype: what the von Mises-Fisher distribution needs, with 1 - R_v formed
-    without cancellation where R_v is close to 1."""
+    without cancellation where R_v is close to 1. A negative or NaN ``x`` is a ``ValueError`` unless
+    ``validate=False`` (then the terms of a NaN are NaN, and a negative ``x`` is read as 0)."""
     _check_order(float(v))
+    _check_argument(x, validate)
     x, wide = _wide_argument(x)
     terms = _BesselTerms.apply(wide, float(v))
     return tuple(t.to(x.dtype) for t in terms)
 
 
-def _log_bessel(v, x: torch.Tensor, scaled: bool) -> torch.Tensor:
+def _log_bessel(v, x: torch.Tensor, scaled: bool, validate: bool) -> torch.Tensor:
     smallest = _min_order(v)
-    _check_order(smallest)
+    _check_argument(x, validate)
     if isinstance(v, (int, float)) and v < _FIXED_ORDER_LIMIT:
         x, wide = _wide_argument(x)
         log_ive = _BesselTerms.apply(wide, float(v))[0]
-        return (log_ive if scaled else log_ive + wide).to(x.dtype)
+        if not scaled:  # log I_v(inf) = inf, not -inf + inf
+            log_ive = torch.where(torch.isinf(wide), wide, log_ive + wide)
+        return log_ive.to(x.dtype)
     # recurrence steps down from the Debye order (the upper bound 30 when the orders are unknown: tracing)
     max_steps = math.ceil(_DEBYE_ORDER) if smallest is None else max(0, math.ceil(_DEBYE_ORDER - smallest))
     v, x = _as_tensors(v, x)
@@ -389,16 +438,18 @@ def _log_bessel(v, x: torch.Tensor, scaled: bool) -> torch.Tensor:
     return _LogBesselIv.apply(v.to(wide), x.clamp(min=0).to(wide), max_steps, terms, scaled).to(x.dtype)
 
 
-def log_bessel_iv(v, x: torch.Tensor) -> torch.Tensor:
+def log_bessel_iv(v, x: torch.Tensor, validate: bool = True) -> torch.Tensor:
     """log I_v(x) for orders v >= 0 and x >= 0, elementwise (broadcast), differentiable in x.
 
     Computed in log space, so it neither overflows for huge x nor underflows for huge orders; ``x = 0``
-    gives 0 for v = 0 and -inf otherwise.
+    gives 0 for v = 0 and -inf otherwise, ``x = +inf`` gives +inf. A negative, NaN or infinite order, or a
+    negative or NaN ``x`` (unless ``validate=False``), is a ``ValueError``.
     """
-    return _log_bessel(v, x, scaled=False)
+    return _log_bessel(v, x, scaled=False, validate=validate)
 
 
-def log_bessel_ive(v, x: torch.Tensor) -> torch.Tensor:
+def log_bessel_ive(v, x: torch.Tensor, validate: bool = True) -> torch.Tensor:
     """log(I_v(x) e^{-x}), the log of the exponentially scaled function (scipy's ``ive``), computed scaled: its
-    absolute error stays at float64 resolution of the result even where x is huge (not of x)."""
-    return _log_bessel(v, x, scaled=True)
+    absolute error stays at float64 resolution of the result even where x is huge (not of x); -inf at x = +inf.
+    Arguments are checked as by :func:`log_bessel_iv`."""
+    return _log_bessel(v, x, scaled=True, validate=validate)

@@ -258,9 +258,105 @@ def test_whole_plates_can_be_held_out_and_none_leaks_into_training(atlas):
             counts += np.bincount(block.labels["plate"], minlength=len(plates))
     assert test_part.num_cells == counts[last] and train_part.num_cells == counts[:last].sum()
     assert len(test_part.take(10)) == 10 and set(test_part.take(10).labels["plate"].tolist()) == {last}
-    with pytest.raises(ValueError, match="categories among"):
+    with pytest.raises(ValueError, match=r"\[.no such plate.\] are not among its categories"):
         CellStream(atlas, panel, split="test", held_out={"plate": ["no such plate"]})
     with pytest.raises(ValueError, match="split="):
         CellStream(atlas, panel, held_out=held)
     with pytest.raises(ValueError, match="never trained"):
         CellStream(atlas, panel, split="train", held_out=held, covariates=("plate",))
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"genes": [[503, 1, 2], [4, 7]], "expressions": [[-2.0, 1.0, 3.0], [5.0, 1.0]]},
+         r"bad.parquet, row 1: the row does not start with the marker element \(first token 4, expression 5.0"),
+        ({"genes": [[1, 2], [503, 4]], "expressions": [[1.0, 3.0], [-2.0, 5.0]]},
+         r"bad.parquet, row 0: the row does not start with the marker"),
+        ({"genes": [[503, 1, 2], []], "expressions": [[-2.0, 1.0, 3.0], []]},
+         r"bad.parquet, row 1: genes and expressions are empty; every row starts with the marker"),
+        ({"drug": ["a", None]}, r"bad.parquet, row 1: the label 'drug' is missing \(null; 1 such rows"),
+        ({"cell_line_id": [None, "x"]}, r"bad.parquet, row 0: the label 'cell_line_id' is missing"),
+    ],
+)
+def test_rows_without_the_marker_or_with_a_null_label_name_the_shard_and_row(tmp_path, atlas_dir, columns, message):
+    atlas = _bad_atlas(tmp_path, atlas_dir, **columns)
+    with pytest.raises(TahoeFormatError, match=message):
+        list(atlas.read(0, atlas.panel_positions()))
+    stream = CellStream(atlas, batch_size=1, shuffle=False)
+    with pytest.raises(TahoeFormatError, match=message):  # a stream stops there too, rather than streaming on
+        list(stream)
+
+
+def test_a_label_outside_the_given_categories_names_the_row(tmp_path, atlas_dir):
+    _bad_atlas(tmp_path, atlas_dir)
+    atlas = TahoeAtlas(tmp_path, categories={"drug": ["a"]})
+    with pytest.raises(TahoeFormatError, match=r"bad.parquet, row 1: the label 'drug' is 'b', not one of its categ"):
+        list(atlas.read(0, atlas.panel_positions()))
+    marked = TahoeAtlas(tmp_path)  # scanned categories: the marked rows decode as pyarrow reads them
+    block = next(marked.read(0, marked.panel_positions()))
+    np.testing.assert_array_equal(block.counts.toarray()[:, [1, 2, 4]], [[1, 3, 0], [0, 0, 5]])
+    np.testing.assert_array_equal(block.library, [4, 5])
+    assert [marked.categories["drug"][c] for c in block.labels["drug"]] == ["a", "b"]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("num_workers", -1, "num_workers must be an integer >= 0, got -1"),
+    ("buffer_size", 0, "buffer_size must be an integer >= 1, got 0"),
+    ("interleave", 0, "interleave must be an integer >= 1, got 0"),
+    ("batch_size", 2.5, "batch_size must be an integer >= 1, got 2.5"),
+    ("rows_per_read", 0, "rows_per_read must be an integer >= 1, got 0"),
+    ("seed", -3, "seed must be an integer >= 0, got -3"),
+    ("world_size", 0, "world_size must be an integer >= 1, got 0"),
+])
+def test_stream_settings_out_of_range_are_named(atlas, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        CellStream(atlas, **{option: value})
+
+
+def test_an_empty_split_is_refused_when_the_stream_is_made(atlas):
+    with pytest.raises(ValueError, match=r"the 'test' split \(test_fraction=1e-09\) of TahoeAtlas\(1,200 cells.* "
+                                         r"holds no cells"):
+        CellStream(atlas, split="test", test_fraction=1e-9)
+    plates = atlas.categories["plate"]
+    with pytest.raises(ValueError, match=r"the 'train' split \(held_out=.*plate1.*\) .* holds no cells"):
+        CellStream(atlas, split="train", held_out={"plate": plates})
+
+
+def test_empty_or_repeated_gene_panels_are_refused(atlas):
+    with pytest.raises(ValueError, match="the gene panel is empty"):
+        atlas.panel_positions([])
+    with pytest.raises(ValueError, match=r"names 1 gene\(s\) more than once \(\['GENE7'\]\)"):
+        atlas.panel_positions(["GENE7", "GENE3", "GENE7"])
+    with pytest.raises(ValueError, match="the gene panel is empty"):
+        CellStream(atlas, panel=np.array([], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"lists 1 gene\(s\) more than once \(\['GENE3'\]\)"):
+        CellStream(atlas, panel=np.array([3, 5, 3]))
+
+
+def test_take_beyond_the_data_says_how_many_there_are(atlas):
+    stream = CellStream(atlas, batch_size=50, split="test", test_fraction=0.1)
+    available = stream.num_cells
+    assert 60 < available < 180  # about a tenth of 1,200
+    with pytest.raises(ValueError, match=f"take\\({available + 1}\\) asks for more cells than the 'test' split "
+                                         f"holds \\({available}\\); take at most {available}"):
+        stream.take(available + 1)
+    assert len(stream.take(available)) == available
+    with pytest.raises(ValueError, match="num_cells must be an integer >= 1, got 0"):
+        stream.take(0)
+
+
+def test_stream_and_atlas_arguments_of_the_wrong_kind_are_named(atlas, atlas_dir):
+    with pytest.raises(ValueError, match="shuffle must be True or False, got 'no'"):
+        CellStream(atlas, shuffle="no")  # a truthy string would shuffle
+    with pytest.raises(ValueError, match="shard_index must be an integer in 0..5 .*got 6"):
+        list(atlas.read(6, atlas.panel_positions()))
+    with pytest.raises(ValueError, match="mixes \\['names', 'token ids'\\]"):
+        atlas.panel_positions(["GENE1", 3])
+    with pytest.raises(ValueError, match="1-D list of vocabulary positions, got shape \\(1, 2\\)"):
+        CellStream(atlas, panel=np.array([[1, 2]]))
+    with pytest.raises(FileNotFoundError, match="no gene_metadata table at .*nope.parquet"):
+        TahoeAtlas(atlas_dir, genes=str(atlas_dir / "nope.parquet"))
+    assert TahoeAtlas(atlas_dir, labels="drug").labels == ["drug"]  # one label by name, not its letters
+    with pytest.raises(ValueError, match="held_out 'plate' lists no categories"):
+        CellStream(atlas, split="test", held_out={"plate": []})

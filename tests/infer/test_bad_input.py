@@ -121,3 +121,28 @@ def test_scripts_refuse_a_missing_data_folder_and_an_unwritable_output_before_wo
                                 text=True, timeout=120)
     assert unwritable.returncode != 0 and "is not writable" in unwritable.stderr
 
+
+
+def test_scores_name_mismatched_or_non_finite_inputs():
+    """pyrovae.metrics (issue 24): mismatched lengths, NaN latents and impossible cluster counts are named, never
+    scored silently (circular_correlation of a NaN angle was NaN, lisi of one cell inf)."""
+    import numpy as np
+
+    from pyrovae import metrics
+
+    latent = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match=r"batch_asw: the inputs have different numbers of cells \(\{'latent': 10, "
+                                         r"'batch': 9, 'labels': 10\}\)"):
+        metrics.batch_asw(latent, np.zeros(9), np.zeros(10))
+    poisoned = latent.copy()
+    poisoned[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"latent has NaN or infinite values in 1 rows \(first: row 3\)"):
+        metrics.clustering_scores(np.arange(10) % 2, np.arange(10) % 2, latent=poisoned)
+    with pytest.raises(ValueError, match="num_clusters must be an integer in 1..10 .*got 11"):
+        metrics.kmeans_clusters(latent, 11)
+    with pytest.raises(ValueError, match="angles hold NaN"):
+        metrics.circular_correlation([np.nan, 1.0, 2.0], [0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="latent has 1 rows; at least 2 are needed"):
+        metrics.lisi(np.ones((1, 2)), [0])
+    angles = np.linspace(0, 6, 20)
+    assert metrics.circular_correlation(angles, -angles + 1.0) == pytest.approx(1.0)  # a reflection and rotation

@@ -1,7 +1,9 @@
 """encode_data: batch-by-batch encoding in evaluation mode."""
 
+import pytest
 import torch
 from pyrovae.guides import NormalGuide
+from pyrovae.models import VAE
 
 from pyrovae.infer import encode_data
 
@@ -19,3 +21,14 @@ def test_encode_data_is_deterministic_and_independent_of_batching():
     guide.train()
     assert guide.training  # the mode is restored
     assert encode_data(guide, x, fn=lambda batch: batch.sum(-1)).shape == (50,)
+
+
+def test_encode_data_given_the_model_says_it_takes_the_guide():
+    model, x = VAE(6, 2, [16]), torch.randn(5, 6)
+    with pytest.raises(TypeError, match=r"encode_data takes the guide.*got VAE, a model \(it has decode\(\), not "
+                                        r"encode\(\)\): call encode_data\(guide, data\)"):
+        encode_data(model, x)
+    with pytest.raises(TypeError, match="encode_data takes the guide"):
+        encode_data(model, x, fn=lambda batch: batch)
+    with pytest.raises(TypeError, match="got function, not a guide with encode"):
+        encode_data(lambda batch: batch, x)

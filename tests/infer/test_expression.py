@@ -182,3 +182,85 @@ def test_results_go_back_into_anndata(tmp_path):
     adata.write_h5ad(tmp_path / "cells.h5ad")
     back = anndata.read_h5ad(tmp_path / "cells.h5ad")
     assert list(back.uns["vae_de"]["A"].index[:3]) == list(table.index[:3])
+
+
+@pytest.mark.parametrize("num_samples", [2, 7, 50, 51])
+def test_lfc_median_and_std_are_numpy_s_median_and_the_ddof_0_deviation(num_samples):
+    """The draws are reproduced by hand (a point-mass guide: each draw is the lfc between two seeded random cells),
+    and the table's median and standard deviation are numpy's (scVI's), at even and odd numbers of draws."""
+    data = small_cells()
+    model, guide = point_pair(data, seed=3)
+    table = differential_expression(model, guide, data, "A", groupby="group", num_samples=num_samples,
+                                    batch_correction=False, seed=5).loc[data.gene_names]
+    rng = np.random.default_rng(5)
+    group = data.obs["group"].to_numpy() == "A"
+    cells1 = rng.choice(np.flatnonzero(group), num_samples)
+    cells2 = rng.choice(np.flatnonzero(~group), num_samples)
+    log_rho = np.log2(rho_of(model, guide, data).numpy())
+    lfc = log_rho[cells1] - log_rho[cells2]  # (num_samples, genes)
+    np.testing.assert_allclose(table["lfc_median"], np.median(lfc, 0), rtol=1e-5, atol=1e-6)  # float32 decoding
+    np.testing.assert_allclose(table["lfc_std"], np.std(lfc, 0, ddof=0), rtol=1e-5, atol=1e-6)  # float32 decoding
+    np.testing.assert_allclose(table["lfc_mean"], lfc.mean(0), rtol=1e-5, atol=1e-6)  # float32 decoding
+    if num_samples % 2 == 0:  # torch's median (the lower middle value) would differ here
+        lower = torch.from_numpy(lfc).median(0).values.numpy()
+        assert not np.allclose(lower, np.median(lfc, 0))
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("fdr", 2, r"fdr must be a finite number in \(0, 1\), got 2"),
+    ("fdr", 0.0, r"fdr must be a finite number in \(0, 1\), got 0.0"),
+    ("num_samples", 2.5, "num_samples must be an integer >= 2"),
+    ("pseudocount", -1.0, "pseudocount must be a finite number in"),
+    ("groupby", "gruop", r"groupby='gruop' is not a column of the cell table of counts \(columns: \['group', "
+                         r"'batch'\]\)"),
+])
+def test_differential_expression_names_its_bad_settings(option, value, message):
+    data = small_cells()
+    model, guide = point_pair(data)
+    settings = {"groupby": "group", "num_samples": 10, option: value}
+    with pytest.raises(ValueError, match=message):
+        differential_expression(model, guide, data, "A", **settings)
+
+
+@pytest.mark.parametrize("library_size", [0, -1, float("nan"), float("inf")])
+def test_normalized_expression_refuses_a_library_size_that_is_not_positive(library_size):
+    data = small_cells()
+    model, guide = point_pair(data)
+    with pytest.raises(ValueError, match=r"library_size must be a finite number in \(0, inf\)"):
+        normalized_expression(model, guide, data, library_size=library_size)
+
+
+def test_a_misspelled_groupby_is_named_with_the_columns_there_are():
+    data = small_cells()
+    model, guide = point_pair(data)
+    with pytest.raises(ValueError, match=r"groupby='Group' is not a column .*\['group', 'batch'\]"):
+        normalized_expression(model, guide, data, groupby="Group")
+    means = normalized_expression(model, guide, data, groupby="group", library_size=100.0)
+    rho = rho_of(model, guide, data).numpy() * 100.0
+    np.testing.assert_allclose(means.loc["A"], rho[:20].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(means.loc["B"], rho[20:].mean(0), rtol=1e-5)
+
+
+def test_groups_given_as_zero_one_integers_or_a_swapped_pair_are_refused():
+    data = small_cells()
+    model, guide = point_pair(data)
+    zero_one = (np.arange(50) < 20).astype(int)
+    with pytest.raises(ValueError, match="group1 is an integer array of 50 zeros and ones.*boolean mask"):
+        differential_expression(model, guide, data, zero_one, num_samples=10)
+    by_mask = differential_expression(model, guide, data, zero_one.astype(bool), num_samples=10)
+    by_name = differential_expression(model, guide, data, "A", groupby="group", num_samples=10)
+    pd.testing.assert_frame_equal(by_mask, by_name)
+    with pytest.raises(TypeError, match="swapped order"):
+        normalized_expression(guide, model, data)
+
+
+def test_markers_names_the_columns_a_de_table_lacks():
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['lfc_mean', 'bayes_factor', "
+                                         r"'non_zeros_proportion1'\].*differential_expression returns"):
+        markers(pd.DataFrame({"logfoldchanges": [1.0], "pvals": [0.01]}))
+    with pytest.raises(TypeError, match="markers takes the DataFrame"):
+        markers(np.ones((3, 3)))
+    table = pd.DataFrame({"lfc_mean": [2.0, -1.0, 0.5, 3.0], "bayes_factor": [4.0, 5.0, 1.0, 3.5],
+                          "non_zeros_proportion1": [0.5, 0.9, 0.9, 0.05]}, index=["a", "b", "c", "d"])
+    assert list(markers(table).index) == ["a"]  # up, Bayes factor >= 3, detected in >= 10%
+    assert list(markers(table, min_detection=0.0).index) == ["d", "a"]

@@ -9,7 +9,15 @@ from pyrovae.guides import DeltaGuide, FlowGuide, GMVAEGuide, NormalGuide, Power
 from pyrovae.models import SVAE, VAE
 
 from pyrovae.distributions import VonMisesFisher
-from pyrovae.infer import encode_data, interpolate, latent_location, locate, reconstruct, refit_guide
+from pyrovae.infer import (
+    encode_data,
+    interpolate,
+    interpolation_path,
+    latent_location,
+    locate,
+    reconstruct,
+    refit_guide,
+)
 from pyrovae.metrics import circular_correlation
 from pyrovae.sweep import Sweep
 
@@ -110,3 +118,24 @@ def test_flow_guide_location_is_the_base_mean_through_the_flows():
     model = VAE(5, 3, hidden=(8,), likelihood="gaussian")
     assert reconstruct(model, guide, x).shape == (4, 5)
     assert encode_data(guide, x).shape == (4, 3)
+
+
+def test_interpolation_refuses_batched_ends_zero_directions_and_short_paths():
+    torch.manual_seed(0)
+    x = torch.rand(4, 12).round()
+    model, guide = SVAE(12, 3, (8,)), VMFGuide(12, 3, (8,))
+    with pytest.raises(ValueError, match=r"one path.*\(D,\) vector.*x_start is \(2, 12\)"):
+        interpolate(model, guide, x[:2], x[2:])
+    with pytest.raises(ValueError, match="one shape"):
+        interpolate(model, guide, x[0], x[1, :6])
+    with pytest.raises(ValueError, match="steps"):
+        interpolate(model, guide, x[0], x[1], steps=1)
+    end = torch.nn.functional.normalize(torch.randn(3), dim=0)
+    with pytest.raises(ValueError, match="start point.*zero vector"):
+        interpolation_path(torch.zeros(3), end, 5, spherical=True)
+    with pytest.raises(ValueError, match="end point.*zero vector"):
+        interpolation_path(torch.stack([end, end]), torch.stack([end, torch.zeros(3)]), 5, spherical=True)
+    line = interpolation_path(torch.zeros(3), end, 5, spherical=False)  # a straight line may start at 0
+    torch.testing.assert_close(line[2], end / 2)
+    many = interpolation_path(locate(guide, x[:2]), locate(guide, x[2:]), 5, spherical=True)  # the batched way
+    assert many.shape == (5, 2, 3) and torch.allclose(many.norm(dim=-1), torch.ones(5, 2))

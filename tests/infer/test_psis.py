@@ -72,3 +72,23 @@ def test_weights_equal_up_to_their_own_rounding_are_not_a_tail():
     khat = psis_khat(rounded.double(), resolution=torch.finfo(torch.float32).eps)
     assert (khat < 0.5).all()
     assert (psis_khat(rounded) < 0.5).all()  # in their own dtype the resolution is known
+
+
+def test_rows_with_undefined_weights_are_never_read_as_reliable():
+    """NaN (an undefined weight), +inf (an infinite one) and all -inf (no weight at all: log p = -inf) get inf,
+    never -inf (the 'bounded weights' answer) nor NaN (which 'khat > 0.7' would miss); other rows are unchanged."""
+    generator = np.random.default_rng(4)
+    rows = torch.from_numpy(generator.normal(size=(6, 500)))
+    reference = psis_khat(rows)
+    rows[0] = math.nan
+    rows[1] = -math.inf
+    rows[2, 17] = math.nan
+    rows[3, 5] = math.inf
+    rows[4] = 2.0  # constant weights: bounded, as before
+    khat = psis_khat(rows)
+    assert (khat[:4] == math.inf).all()
+    assert khat[4] == -math.inf and khat[5] == reference[5]
+    assert not khat.isnan().any() and ((khat > 0.7) == torch.tensor([True] * 4 + [False] * 2)).all()
+    for dtype in (torch.float32, torch.float64):
+        assert psis_khat(torch.full((3, 200), math.nan, dtype=dtype)).eq(math.inf).all()
+        assert psis_khat(torch.full((200,), -math.inf, dtype=dtype)) == math.inf

@@ -137,3 +137,66 @@ def test_fixed_order_terms_trace_any_number_of_times():
     (traced_grad,) = torch.autograd.grad(traced(fresh), fresh)
     (eager_grad,) = torch.autograd.grad(two(fresh), fresh)
     assert torch.allclose(traced(fresh), two(fresh)) and torch.allclose(traced_grad, eager_grad)
+
+
+PUBLIC = {"log_bessel_iv": log_bessel_iv, "log_bessel_ive": log_bessel_ive, "bessel_iv_ratio": bessel_iv_ratio,
+          "bessel_terms": lambda v, x, **kw: bessel_terms(v, x, **kw)[0]}
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+@pytest.mark.parametrize("order", [0.5, 45.0, "tensor"])
+def test_nan_and_negative_arguments_are_named(name, order):
+    """A NaN or negative x was read as 0 or passed through in silence; it is a ValueError naming value and index."""
+    function = PUBLIC[name]
+    if order == "tensor":
+        if name == "bessel_terms":
+            return  # one Python order only
+        order = torch.tensor([1.0, 2.0, 70.0], dtype=torch.float64)
+    for bad, match in [(math.nan, "x = nan at index \\(1,\\)"), (-2.0, "x = -2.0 at index \\(1,\\).*pass \\|x\\|")]:
+        x = torch.tensor([1.0, bad, 3.0], dtype=torch.float64)
+        with pytest.raises(ValueError, match=match):
+            function(order, x)
+        assert torch.isnan(function(order, x, validate=False)[1]) == math.isnan(bad)  # the documented opt-out
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_bad_orders_are_named(name):
+    x = torch.ones(3, dtype=torch.float64)
+    for order in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="orders v must be finite and non-negative"):
+            PUBLIC[name](order, x)
+    if name != "bessel_terms":
+        with pytest.raises(ValueError, match="got nan"):
+            PUBLIC[name](torch.tensor([1.0, math.nan]), x[:2])
+        with pytest.raises(ValueError, match="got inf"):
+            PUBLIC[name](torch.tensor([1.0, math.inf]), x[:2])
+
+
+@pytest.mark.parametrize("v", [0.0, 2.5, 45.0, 300.0])
+def test_infinite_and_huge_arguments_give_the_limits(v):
+    """x = +inf was NaN (inf - inf in the Debye and continued-fraction forms); x = 1e300 was NaN from order 40 on
+    (x^2 overflowed). Against the large-x expansion log I_v(x) = x - log(2 pi x) / 2 + O(v^2 / x)."""
+    x = torch.tensor([math.inf, 1e300, 1e200], dtype=torch.float64, requires_grad=True)
+    log_iv, log_ive, ratio = log_bessel_iv(v, x), log_bessel_ive(v, x), bessel_iv_ratio(v, x)
+    values = [t.detach() for t in (log_iv, log_ive, ratio)]
+    assert values[0][0] == math.inf and values[1][0] == -math.inf and values[2][0] == 1.0
+    for i, value in ((1, 1e300), (2, 1e200)):
+        expected = -0.5 * math.log(2 * math.pi * value)  # the 1/x term is below float64 resolution here
+        assert float(values[1][i]) == pytest.approx(expected, rel=1e-14)
+        assert float(values[0][i]) == pytest.approx(value, rel=1e-14)
+        assert float(values[2][i]) == 1.0
+    terms = bessel_terms(v, x.detach())
+    assert terms[0][0] == -math.inf and terms[1][0] == 1.0 and terms[2][0] == 0.0
+    for out in (log_ive, ratio):
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(grad).all()
+
+
+def test_distributions_skip_the_check_and_validate_their_own_concentration():
+    from pyrovae.distributions import VonMisesFisher
+
+    loc = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="concentration"):
+        VonMisesFisher(loc, torch.tensor([math.nan], dtype=torch.float64), validate_args=True)
+    unchecked = VonMisesFisher(loc, torch.tensor([math.nan], dtype=torch.float64), validate_args=False)
+    assert torch.isnan(unchecked.log_prob(loc)).all()  # NaN in, NaN out: no error from inside the Bessel terms

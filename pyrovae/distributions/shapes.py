@@ -1,0 +1,69 @@
+"""Checks shared by the library's distributions: the batch shapes ``expand`` accepts, and constructor parameters
+against their constraints, with errors that name the parameter, what it must be and the values at fault."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import constraints
+
+
+def expanded_batch_shape(distribution, batch_shape) -> torch.Size:
+    """``batch_shape`` as a ``torch.Size`` if ``distribution`` can be expanded to it, else a ``ValueError``.
+
+    torch's rule for ``expand``: the new shape may add leading dimensions and stretch dimensions of size 1; every
+    other dimension keeps its size (a batch of 2 cannot become a batch of 3).
+    """
+    batch_shape = torch.Size(batch_shape)
+    old = distribution.batch_shape
+    fits = len(batch_shape) >= len(old) and all(size >= 0 for size in batch_shape) and all(
+        before in (1, after) for before, after in zip(reversed(old), reversed(batch_shape)))
+    if not fits:
+        raise ValueError(
+            f"{type(distribution).__name__} of batch shape {tuple(old)} cannot be expanded to batch shape "
+            f"{tuple(batch_shape)}: expand adds leading dimensions and stretches dimensions of size 1 only; "
+            f"to repeat distinct parameters, build the distribution from repeated parameters"
+        )
+    return batch_shape
+
+
+def describe(constraint) -> str:
+    """A constraint in words, for error messages."""
+    if constraint is constraints.positive or (isinstance(constraint, constraints.greater_than)
+                                              and constraint.lower_bound == 0):
+        return "positive (> 0)"
+    if constraint is constraints.nonnegative or (isinstance(constraint, constraints.greater_than_eq)
+                                                 and constraint.lower_bound == 0):
+        return "non-negative (>= 0)"
+    if constraint is constraints.real:
+        return "a real number (not NaN)"
+    if constraint is constraints.sphere:
+        return "a unit vector along the last dimension"
+    return str(constraint)
+
+
+def check_parameters(distribution, parameters: dict) -> None:
+    """Check each ``parameters[name]`` against ``distribution.arg_constraints[name]`` (skipped while tracing: the
+    test would become a constant of the trace), raising a ``ValueError`` that names the distribution, the
+    parameter, its constraint, how many values break it and the first of them with its index."""
+    if torch.jit.is_tracing():
+        return
+    for name, value in parameters.items():
+        constraint = distribution.arg_constraints[name]
+        if constraints.is_dependent(constraint):
+            continue
+        value = torch.as_tensor(value)
+        valid = constraint.check(value)
+        if bool(valid.all()):
+            continue
+        bad = (~valid).nonzero()
+        index = tuple(int(i) for i in bad[0])
+        shown = value[index] if constraint.event_dim == 0 else value[index].tolist()
+        if isinstance(shown, torch.Tensor):
+            shown = shown.item()
+        raise ValueError(
+            f"{type(distribution).__name__}: {name} must be {describe(constraint)}, but {len(bad)} of its "
+            f"{valid.numel()} values are not, e.g. {shown} at index {index} (shape {tuple(value.shape)})"
+        )
+
+
+__all__ = ["check_parameters", "describe", "expanded_batch_shape"]

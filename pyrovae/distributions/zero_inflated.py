@@ -1,0 +1,98 @@
+"""Zero inflation by gate logits, with a log-density that depends on its arguments only.
+
+With probability ``gate = sigmoid(g)`` an extra zero, otherwise a draw of the base count distribution p:
+
+    log f(0) = logaddexp(log sigmoid(g), log sigmoid(-g) + log p(0)),
+    log f(x) = log sigmoid(-g) + log p(x)                          for x > 0,
+
+both log-sigmoids taken directly (``logsigmoid``), so that no gate is ever rounded to 0 or 1 and subtracted
+from 1: at g = 20 in float32, 1 - sigmoid(g) is 0 while log sigmoid(-g) is -20. Pyro's
+``ZeroInflatedDistribution`` switches to ``log(1 - gate)`` once its lazily cached ``gate`` has been read (by
+``sample``, ``mean`` or ``variance``), which turned log f(3) of a gate logit of 20 from -22.3 into -inf; here
+``gate`` is recomputed from the logits on every read and never cached, so the log-density is the same before
+and after any other call.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+from torch.nn.functional import logsigmoid
+
+from pyrovae.distributions.shapes import check_parameters, expanded_batch_shape
+
+_NO_SHAPE = torch.Size()
+
+
+class ZeroInflated(dist.ZeroInflatedDistribution):
+    """The zero-inflated form of a count distribution ``base_dist`` with gate logits ``gate_logits`` (a subclass
+    of Pyro's ``ZeroInflatedDistribution``, so code that tests for that class still finds it).
+
+    Subclasses build the base from their own parameters and name them in ``arg_constraints``; the constructor
+    checks those (with validation on) against their constraints, naming the parameter and the values at fault.
+
+    :param base_dist: the count distribution, with an empty event shape.
+    :param torch.Tensor gate_logits: log-odds of an extra zero, broadcast with the base's batch shape.
+    :param dict parameters: the constructor's arguments by name, checked against ``arg_constraints``.
+    """
+
+    arg_constraints = {"gate_logits": constraints.real}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, base_dist, gate_logits: torch.Tensor, parameters: dict | None = None,
+                 validate_args=None) -> None:
+        if base_dist.event_shape:
+            raise ValueError(f"zero inflation needs a univariate base distribution, got event shape "
+                             f"{tuple(base_dist.event_shape)}")
+        if not isinstance(gate_logits, torch.Tensor):
+            gate_logits = torch.as_tensor(gate_logits, dtype=torch.get_default_dtype())
+        batch_shape = torch.broadcast_shapes(base_dist.batch_shape, gate_logits.shape)
+        self.base_dist = base_dist if base_dist.batch_shape == batch_shape else base_dist.expand(batch_shape)
+        self.gate_logits = gate_logits.expand(batch_shape)
+        validate = type(self)._validate_args if validate_args is None else validate_args  # torch's default
+        dist.TorchDistribution.__init__(self, batch_shape, _NO_SHAPE, validate_args=False)
+        self._validate_args = validate
+        if validate:
+            check_parameters(self, {**(parameters or {}), "gate_logits": gate_logits})
+
+    @property
+    def gate(self) -> torch.Tensor:
+        """sigmoid(gate_logits), the probability of an extra zero (recomputed on each read, never cached)."""
+        return torch.sigmoid(self.gate_logits)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """The zero-inflated log-density from the gate logits, whatever was read before (module docstring)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        keep = logsigmoid(-self.gate_logits) + self.base_dist.log_prob(value)
+        return torch.where(value == 0, torch.logaddexp(logsigmoid(self.gate_logits), keep), keep)
+
+    def sample(self, sample_shape=_NO_SHAPE) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            extra_zero = torch.bernoulli(self.gate.expand(shape)).bool()
+            counts = self.base_dist.sample(sample_shape)
+            return torch.where(extra_zero, counts.new_zeros(()), counts)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.sigmoid(-self.gate_logits) * self.base_dist.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """(1 - gate) (Var p + gate (E p)^2): the law of total variance, without a difference of squares."""
+        base_mean = self.base_dist.mean
+        return torch.sigmoid(-self.gate_logits) * (self.base_dist.variance + self.gate * base_mean.square())
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        batch_shape = expanded_batch_shape(self, batch_shape)
+        new.base_dist = self.base_dist.expand(batch_shape)
+        new.gate_logits = self.gate_logits.expand(batch_shape)
+        dist.TorchDistribution.__init__(new, batch_shape, _NO_SHAPE, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+__all__ = ["ZeroInflated"]

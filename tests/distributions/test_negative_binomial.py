@@ -1,0 +1,85 @@
+"""The negative binomial at infinite inverse dispersion is the Poisson (scipy.stats.poisson), and its parameters are
+validated (issue 24)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from pyrovae.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial, ZeroInflatedPoisson
+
+INF = math.inf
+MEANS = np.array([1e-8, 0.3, 7.0, 1e3, 1e6])
+COUNTS = np.array([0.0, 1.0, 2.0, 7.0, 1000.0, 1e6])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infinite_inverse_dispersion_is_the_poisson(dtype):
+    mean = torch.tensor(MEANS, dtype=dtype)
+    d = NegativeBinomial(mean, torch.full_like(mean, INF), validate_args=True)
+    counts = torch.tensor(COUNTS, dtype=dtype).unsqueeze(-1)  # (counts, 1) against the batch of means
+    expected = stats.poisson.logpmf(COUNTS[:, None], mean.double().numpy())
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    np.testing.assert_allclose(d.log_prob(counts).double().numpy(), expected, rtol=rtol, atol=1e-300)
+    assert torch.equal(d.mean, mean) and torch.equal(d.variance, mean)
+
+
+def test_finite_and_infinite_dispersions_side_by_side():
+    """One tensor of dispersions, some infinite (genes with no overdispersion): each element is its own law, and the
+    infinite ones are continuous with theta = 1e15 (where scipy's lgamma differences have lost their digits)."""
+    mean = torch.tensor([0.3, 7.0, 40.0, 2.0], dtype=torch.float64)
+    theta = torch.tensor([INF, 2.0, INF, 50.0], dtype=torch.float64)
+    counts = torch.tensor([[0.0], [1.0], [5.0], [60.0]], dtype=torch.float64)
+    got = NegativeBinomial(mean, theta).log_prob(counts).numpy()
+    m, t = mean.numpy(), theta.numpy()
+    finite_t = np.where(np.isinf(t), 1.0, t)
+    nb = stats.nbinom.logpmf(counts.numpy(), finite_t, finite_t / (finite_t + m))
+    expected = np.where(np.isinf(t), stats.poisson.logpmf(counts.numpy(), m), nb)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    near = NegativeBinomial(mean, torch.full_like(mean, 1e15)).log_prob(counts)
+    limit = NegativeBinomial(mean, torch.full_like(mean, INF)).log_prob(counts)
+    torch.testing.assert_close(near, limit, rtol=1e-9, atol=1e-9)
+
+
+def test_gradients_at_infinite_dispersion_are_the_poissons():
+    mean = torch.tensor([0.5, 4.0], dtype=torch.float64, requires_grad=True)
+    counts = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(NegativeBinomial(mean, torch.full((2,), INF, dtype=torch.float64))
+                                  .log_prob(counts).sum(), mean)
+    torch.testing.assert_close(grad, counts / mean.detach() - 1)  # d/dmu (x log mu - mu)
+
+
+def test_samples_at_infinite_dispersion_have_the_poisson_moments():
+    torch.manual_seed(0)
+    mean = torch.tensor([0.0, 0.4, 12.0], dtype=torch.float64)
+    x = NegativeBinomial(mean, torch.full_like(mean, INF)).sample((20_000,))
+    assert torch.isfinite(x).all() and (x == x.round()).all() and (x[:, 0] == 0).all()
+    stderr = (mean / 20_000).sqrt()
+    assert ((x.mean(0) - mean).abs() <= 5 * stderr + 1e-12).all()
+    # the Poisson's index of dispersion is 1: sample variance / mean, within 5 of its standard errors (sqrt(2 / n))
+    ratio = x[:, 1:].var(0) / mean[1:]
+    assert ((ratio - 1).abs() <= 5 * math.sqrt(2 / 20_000)).all()
+    # finite theta still the gamma-Poisson mixture: variance mu + mu^2 / theta
+    finite = NegativeBinomial(torch.tensor([3.0]), torch.tensor([0.5])).sample((40_000,))
+    assert float(finite.var()) == pytest.approx(3.0 + 9.0 / 0.5, rel=0.1)
+
+
+def test_zero_inflated_forms_reach_the_same_limit():
+    mean = torch.tensor([0.3, 5.0], dtype=torch.float64)
+    gate_logits = torch.tensor([-2.0, 1.0], dtype=torch.float64)
+    counts = torch.tensor([[0.0], [4.0]], dtype=torch.float64)
+    zinb = ZeroInflatedNegativeBinomial(mean, torch.full_like(mean, INF), gate_logits)
+    torch.testing.assert_close(zinb.log_prob(counts), ZeroInflatedPoisson(mean, gate_logits).log_prob(counts))
+
+
+def test_parameters_are_validated():
+    with pytest.raises(ValueError, match=r"NegativeBinomial: mean must be non-negative.*-1\.0 at index \(1,\)"):
+        NegativeBinomial(torch.tensor([1.0, -1.0]), torch.ones(2), validate_args=True)
+    with pytest.raises(ValueError, match="inverse_dispersion must be positive.*nan"):
+        NegativeBinomial(torch.ones(2), torch.tensor([1.0, float("nan")]), validate_args=True)
+    with pytest.raises(ValueError, match=r"cannot be expanded to batch shape \(3,\)"):
+        NegativeBinomial(torch.ones(2), torch.ones(2)).expand((3,))

@@ -1,0 +1,146 @@
+"""The zero-inflated distributions against an independent reference (scipy's pmfs and the mixture formula in numpy),
+over gate logits from -40 to 40 in float32 and float64, before and after the gate has been read (issue 24)."""
+
+from __future__ import annotations
+
+import itertools
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from scipy import special, stats
+
+from pyrovae.distributions import ZeroInflatedNegativeBinomial, ZeroInflatedPoisson
+
+GATE_LOGITS = np.linspace(-40.0, 40.0, 17)  # steps of 5, 20 and 40 (the found cases) included
+COUNTS = np.array([0.0, 1.0, 3.0, 17.0, 250.0])
+MEANS = [1e-3, 0.5, 2.0, 30.0, 1e3]
+DISPERSIONS = [0.1, 1.0, 10.0, 1e4]
+DTYPES = [torch.float32, torch.float64]
+
+
+def _grid(dtype, *parameters):
+    """Every combination of the parameters and gate logits, flattened to a batch, rounded to ``dtype`` (the reference
+    is computed at the rounded values: the rounding of the parameters is not the density's error)."""
+    columns = [np.array(c) for c in zip(*itertools.product(*parameters, GATE_LOGITS))]
+    return [torch.tensor(c, dtype=dtype) for c in columns]
+
+
+def _reference(log_base: np.ndarray, gate_logits: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """log of gate [x = 0] + (1 - gate) p(x), gate = expit(g), in float64 with log-sigmoids from logaddexp."""
+    log_gate, log_keep = -np.logaddexp(0.0, -gate_logits), -np.logaddexp(0.0, gate_logits)
+    return np.where(counts == 0, np.logaddexp(log_gate, log_keep + log_base), log_keep + log_base)
+
+
+def _read_everything(d) -> None:
+    """What Pyro's ZeroInflatedDistribution caches on first use: the gate (by sample, mean and variance)."""
+    d.sample()
+    d.sample((3,))
+    d.mean, d.variance, d.gate  # noqa: B018 - read for their side effects, if any
+
+
+def _check(d, reference, dtype):
+    counts = torch.tensor(COUNTS, dtype=dtype).unsqueeze(-1)  # (counts, 1) against the batch
+    rtol, atol = (1e-10, 1e-10) if dtype == torch.float64 else (2e-6, 2e-5)
+    before = d.log_prob(counts)
+    np.testing.assert_allclose(before.double().numpy(), reference, rtol=rtol, atol=atol)
+    _read_everything(d)
+    after = d.log_prob(counts)
+    assert torch.equal(before, after), "log_prob changed after sample/mean/variance/gate were read"
+    expanded = d.expand((2,) + d.batch_shape)  # expand after the gate was read (used to raise)
+    assert torch.equal(expanded.log_prob(counts.unsqueeze(1))[:, 0], before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zinb_log_prob_matches_the_reference_before_and_after_the_gate_is_read(dtype):
+    mean, theta, gate_logits = _grid(dtype, MEANS, DISPERSIONS)
+    m, t, g = (v.double().numpy() for v in (mean, theta, gate_logits))
+    log_nb = stats.nbinom.logpmf(COUNTS[:, None], t, t / (t + m))
+    _check(ZeroInflatedNegativeBinomial(mean, theta, gate_logits), _reference(log_nb, g, COUNTS[:, None]), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zip_log_prob_matches_the_reference_before_and_after_the_gate_is_read(dtype):
+    rate, gate_logits = _grid(dtype, MEANS)
+    r, g = rate.double().numpy(), gate_logits.double().numpy()
+    log_poisson = stats.poisson.logpmf(COUNTS[:, None], r)
+    _check(ZeroInflatedPoisson(rate, gate_logits), _reference(log_poisson, g, COUNTS[:, None]), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_found_case_keeps_its_value(dtype):
+    """ZINB(mean 2, theta 1, gate logits 20).log_prob(3) was -22.3 before ``.mean`` and -inf after, in float32."""
+    d = ZeroInflatedNegativeBinomial(torch.tensor(2.0, dtype=dtype), torch.tensor(1.0, dtype=dtype),
+                                     torch.tensor(20.0, dtype=dtype))
+    expected = -np.logaddexp(0.0, 20.0) + stats.nbinom.logpmf(3, 1.0, 1.0 / 3.0)
+    for read in (lambda: None, d.sample, lambda: d.mean, lambda: d.variance):
+        read()
+        assert float(d.log_prob(torch.tensor(3.0, dtype=dtype))) == pytest.approx(expected, rel=1e-6)
+    z = ZeroInflatedPoisson(torch.tensor(3.0, dtype=dtype), torch.tensor(40.0, dtype=dtype))
+    z.mean  # noqa: B018
+    expected = -np.logaddexp(0.0, 40.0) + stats.poisson.logpmf(2, 3.0)
+    assert float(z.log_prob(torch.tensor(2.0, dtype=dtype))) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gate_mean_and_variance_are_the_mixtures(dtype):
+    mean, theta, gate_logits = _grid(torch.float64, [0.5, 30.0], [0.1, 10.0])
+    d = ZeroInflatedNegativeBinomial(mean.to(dtype), theta.to(dtype), gate_logits.to(dtype))
+    gate, keep = special.expit(gate_logits.numpy()), special.expit(-gate_logits.numpy())  # keep = 1 - gate
+    m, t = mean.numpy(), theta.numpy()
+    base_variance = m + m * m / t
+    np.testing.assert_allclose(d.gate.double().numpy(), gate, rtol=1e-6)
+    np.testing.assert_allclose(d.mean.double().numpy(), keep * m, rtol=1e-6, atol=1e-30)
+    mpmath.mp.dps = 60  # E[x^2] - E[x]^2 with the digits to spare its cancellation
+    variance = []
+    for g, mu, v in zip(gate_logits.numpy(), m, base_variance):
+        kept = 1 / (1 + mpmath.exp(mpmath.mpf(g)))
+        variance.append(float(kept * (v + mpmath.mpf(mu) ** 2) - (kept * mu) ** 2))
+    np.testing.assert_allclose(d.variance.double().numpy(), variance, rtol=1e-5, atol=1e-30)
+    assert (d.variance >= 0).all()  # no difference of squares to round below zero
+
+
+def test_gradients_stay_finite_at_saturated_gates():
+    gate_logits = torch.tensor(GATE_LOGITS, dtype=torch.float32, requires_grad=True)
+    mean = torch.full_like(gate_logits, 2.0).requires_grad_()
+    d = ZeroInflatedNegativeBinomial(mean, torch.ones_like(mean), gate_logits)
+    d.mean  # noqa: B018
+    log_prob = d.log_prob(torch.tensor([[0.0], [3.0]]))
+    gate_grad, mean_grad = torch.autograd.grad(log_prob.sum(), (gate_logits, mean))
+    assert torch.isfinite(gate_grad).all() and torch.isfinite(mean_grad).all()
+    # d/dg log(1 - gate) = -gate: -1 at g = 40 (it was -inf/NaN through log1p(-sigmoid(g)))
+    (nonzero_grad,) = torch.autograd.grad(d.log_prob(torch.tensor(3.0)).sum(), gate_logits)
+    np.testing.assert_allclose(nonzero_grad.numpy(), -special.expit(GATE_LOGITS), rtol=1e-6, atol=1e-7)
+
+
+def test_constructor_validates_every_parameter():
+    one = torch.ones(2)
+    with pytest.raises(ValueError, match=r"ZeroInflatedNegativeBinomial: mean must be non-negative.*-1\.0"):
+        ZeroInflatedNegativeBinomial(torch.tensor([-1.0, 2.0]), one, torch.zeros(2), validate_args=True)
+    with pytest.raises(ValueError, match="mean must be non-negative.*nan"):
+        ZeroInflatedNegativeBinomial(torch.tensor([1.0, float("nan")]), one, torch.zeros(2), validate_args=True)
+    with pytest.raises(ValueError, match="inverse_dispersion must be positive"):
+        ZeroInflatedNegativeBinomial(one, torch.tensor([0.0, 1.0]), torch.zeros(2), validate_args=True)
+    with pytest.raises(ValueError, match="gate_logits must be a real number"):
+        ZeroInflatedNegativeBinomial(one, one, torch.tensor([0.0, float("nan")]), validate_args=True)
+    with pytest.raises(ValueError, match="ZeroInflatedPoisson: rate must be positive"):
+        ZeroInflatedPoisson(torch.tensor([-2.0, 1.0]), torch.zeros(2), validate_args=True)
+    # validation off (as under Pyro's JIT ELBOs) constructs; an expand keeps the setting
+    d = ZeroInflatedNegativeBinomial(torch.tensor([-1.0, 2.0]), one, torch.zeros(2), validate_args=False)
+    assert not d.expand((3, 2))._validate_args
+
+
+def test_values_off_the_support_are_refused():
+    d = ZeroInflatedPoisson(torch.ones(2), torch.zeros(2), validate_args=True)
+    for bad in ([-1.0, 0.0], [0.5, 1.0]):
+        with pytest.raises(ValueError, match="support"):
+            d.log_prob(torch.tensor(bad))
+
+
+def test_expand_refuses_shapes_it_cannot_broadcast_to():
+    d = ZeroInflatedNegativeBinomial(torch.ones(2), torch.ones(2), torch.zeros(2))
+    d.mean  # noqa: B018
+    with pytest.raises(ValueError, match=r"batch shape \(2,\) cannot be expanded to batch shape \(3,\)"):
+        d.expand((3,))
+    assert d.expand((4, 1, 2)).expand((4, 5, 2)).batch_shape == (4, 5, 2)
