@@ -132,3 +132,14 @@ def test_a_gmvae_with_another_number_of_components_than_labels_is_named():
     frame = predict_labels(matching, data)
     assert list(frame.columns[2:]) == data.label_names
     np.testing.assert_allclose(frame[data.label_names].sum(1), 1.0, rtol=1e-6)
+
+
+def test_train_refuses_a_gmvae_with_more_components_than_the_labels():
+    # four components for three labels used to train in silence, the fourth component never labelled
+    data = typed_cells(n=30, types=3).with_labels()
+    torch.manual_seed(0)
+    model, guide = GMVAE(40, 3, 4, (16,), "nb"), GMVAEGuide(40, 3, 4, (16,), input_transform="log1p")
+    with pytest.raises(ValueError, match=r"carries 3 labels .* but the GMVAE has 4 components"):
+        train(model, guide, data, epochs=1, progress=False)
+    unlabelled = typed_cells(n=30, types=3)  # clustering without labels takes any number of components
+    train(model, guide, unlabelled, epochs=1, batch_size=10, progress=False)

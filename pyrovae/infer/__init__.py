@@ -6,7 +6,14 @@ The clustering and reconstruction scores live in :mod:`pyrovae.metrics` and are 
 """
 
 from pyrovae.infer.ais import ais_log_likelihood
-from pyrovae.infer.checkpoint import TrainingCheckpoint, load_checkpoint, save_checkpoint
+from pyrovae.infer.checkpoint import (
+    CheckpointInUse,
+    FileLock,
+    TrainingCheckpoint,
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.early_stopping import EarlyStopping
 from pyrovae.infer.encoding import encode_data
@@ -17,7 +24,7 @@ from pyrovae.infer.history import History
 from pyrovae.infer.importance import log_importance_weights
 from pyrovae.infer.latent import interpolate, interpolation_path, latent_location, locate, reconstruct
 from pyrovae.infer.log_likelihood import LogLikelihood, log_likelihood
-from pyrovae.infer.objectives import ELBO_NAMES, ObjectiveScale, make_objective
+from pyrovae.infer.objectives import ELBO_NAMES, ObjectiveScale, importance_weighted_bound, make_objective
 from pyrovae.infer.proposals import DefensiveProposal, GuideProposal, Proposal, RefinedProposal
 from pyrovae.infer.psis import psis_khat
 from pyrovae.infer.refit import refit_guide
@@ -27,6 +34,10 @@ from pyrovae.infer.train import TrainingDiverged, train
 from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
 
 __all__ = [
+    "CheckpointInUse",
+    "FileLock",
+    "atomic_write",
+    "importance_weighted_bound",
     "DefensiveProposal",
     "GapReport",
     "GuideProposal",

@@ -227,6 +227,9 @@ def train(
     if freeze:
         modules[freeze].requires_grad_(False)
     try:
+        labelled = getattr(data, "y", None) is not None and hasattr(data, "check_components")
+        if labelled and hasattr(model, "num_components"):  # label transfer: one component per label
+            data.check_components(model.num_components)
         with evaluation_mode(model, guide):  # the dry runs leave batch-norm statistics alone
             check_model_guide(model, guide, first_batch)
             params, store_params = trainable_parameters(model, guide, first_batch)
