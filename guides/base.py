@@ -133,7 +133,12 @@ class AmortizedGuide(nn.Module):
             anchor = next((p for p in self.parameters() if p.is_floating_point()), None)
         return anchor
 
-    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> None:
+    def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
+                *labels) -> None:
+        if labels:
+            raise TypeError(f"{type(self).__name__} was given labels y beside (x, cat, cont): data with labels "
+                            "(CountData.with_labels) are for label transfer with a GMVAE and a GMVAEGuide; train "
+                            "this pair on the data without labels (the CountData before with_labels)")
         register_module(self)
         self.check_call(x)
         with pyro.plate("data", x.shape[-2]):

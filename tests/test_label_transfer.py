@@ -143,3 +143,14 @@ def test_train_refuses_a_gmvae_with_more_components_than_the_labels():
         train(model, guide, data, epochs=1, progress=False)
     unlabelled = typed_cells(n=30, types=3)  # clustering without labels takes any number of components
     train(model, guide, unlabelled, epochs=1, batch_size=10, progress=False)
+
+
+def test_labelled_data_given_to_a_pair_without_labels_is_named():
+    # a VAE with a NormalGuide on data.with_labels() used to fail deep in torch: forward() takes 2 to 4 arguments
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    data = typed_cells(n=30, types=3).with_labels()
+    model, guide = VAE(40, 3, (16,), "nb"), NormalGuide(40, 3, (16,), input_transform="log1p")
+    with pytest.raises(TypeError, match=r"NormalGuide was given labels y .* GMVAE and a GMVAEGuide"):
+        train(model, guide, data, epochs=1, progress=False)

@@ -98,6 +98,12 @@ class CountData(Dataset):
             self.levels[key] = known
             codes.append(code.astype(np.int64))
         self._cat = np.stack(codes, 1) if codes else np.zeros((len(self.obs), 0), np.int64)
+        for key in self.continuous_keys:
+            if not pd.api.types.is_numeric_dtype(self.obs[key]):
+                raise ValueError(f"{self.name}: the continuous covariate {key!r} is not numeric (dtype "
+                                 f"{self.obs[key].dtype}, e.g. {self.obs[key].iloc[0]!r}); a column of levels is a "
+                                 "categorical covariate: pass it in categorical_keys (categorical_covariate_keys "
+                                 "in from_anndata)")
         cont = self.obs[list(self.continuous_keys)].to_numpy(dtype=np.float32) if continuous_keys else None
         if cont is not None and not np.isfinite(cont).all():
             bad = self.continuous_keys[int(np.flatnonzero(~np.isfinite(cont).all(0))[0])]

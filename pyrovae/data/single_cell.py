@@ -293,6 +293,9 @@ def from_anndata(adata, layer: str | None = None, label_key: str | None = None, 
 
     An AnnData opened with ``backed="r"`` works too: its counts are read into memory (sparse, a block of rows at
     a time); the cell and gene tables are copied either way."""
+    if not all(hasattr(adata, attribute) for attribute in ("X", "obs", "var", "layers")):
+        raise TypeError(f"from_anndata takes an anndata.AnnData, got {type(adata).__name__}; for a cells x genes "
+                        "matrix or DataFrame of counts use pyrovae.data.CountData(counts, obs, var)")
     if layer is not None and layer not in adata.layers:
         raise ValueError(f"no layer {layer!r} in the AnnData (layers: {list(adata.layers)}); raw counts are needed")
     if label_key is not None and labels_key is not None and label_key != labels_key:

@@ -47,4 +47,8 @@ def _kl_power_spherical_uniform(p: PowerSpherical, q: HypersphericalUniform) -> 
 
 def kl_to_uniform(p) -> torch.Tensor:
     """KL(p || uniform on the same sphere) for a :class:`VonMisesFisher` or :class:`PowerSpherical`."""
+    if not isinstance(p, (VonMisesFisher, PowerSpherical)):
+        raise TypeError(f"kl_to_uniform takes a distribution on the sphere, a VonMisesFisher or a PowerSpherical, got "
+                        f"{type(p).__name__}; for other families use torch.distributions.kl_divergence(p, q) with "
+                        "the prior q of their own support")
     return torch.distributions.kl_divergence(p, HypersphericalUniform(p.dim, device=p.loc.device, dtype=p.loc.dtype))

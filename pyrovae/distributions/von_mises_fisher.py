@@ -234,3 +234,8 @@ class VonMisesFisher(SphericalDistribution):
     @property
     def mean(self) -> torch.Tensor:
         return self._mean_resultant_length().unsqueeze(-1) * self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        raise NotImplementedError("VonMisesFisher.variance is not implemented; use samples (or the mean resultant "
+                                  "length, mean.norm(dim=-1), as the concentration's measure of spread)")

@@ -44,7 +44,14 @@ def encode_data(
     batches = as_batches(data, batch_size, shuffle=False, device=device, default_batch_size=512,
                          dtype=floating_dtype(guide))
     with evaluation_mode(guide):
-        return torch.cat([fn(*args).cpu() for args in batches])
+        return torch.cat([_tensor_of(fn(*args)).cpu() for args in batches])
+
+
+def _tensor_of(value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"encode_data's fn must return a tensor for each batch (one row per datum), got "
+                        f"{type(value).__name__}; e.g. fn=guide.assign, or fn=lambda x: guide.encode(x).mean")
+    return value
 
 
 __all__ = ["encode_data"]

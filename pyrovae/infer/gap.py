@@ -78,6 +78,10 @@ def gap_report(
     is higher (None: skipped; it needs continuous unconstrained latents, so for the sphere
     or an enumerated y it is skipped with a warning, and the highest of the other estimates stands for log p(x)).
     """
+    if refine is not None and not isinstance(refine, RefinedProposal):
+        raise TypeError(f"gap_report's refine is the per-datum refinement, a RefinedProposal (or None for the "
+                        f"default), got {type(refine).__name__} {refine!r}; pass e.g. "
+                        "refine=pyrovae.infer.RefinedProposal(steps=100)")
     # one q* per batch, shared by the refined rows and the AIS start
     refine = copy.copy(refine or RefinedProposal())
     refine._memory = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pyrovae.infer.data import as_batches, model_check, module_device
 from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.importance import guess_max_plate_nesting, importance_draws
 from pyrovae.infer.proposals import GuideProposal, Proposal, as_proposal
-from pyrovae.infer.psis import psis_khat
+from pyrovae.infer.psis import psis_khat, psis_tail_length
 from pyrovae.infer.settings import check_device, check_integer, floating_dtype
 
 
@@ -221,7 +222,14 @@ def log_likelihood(
                            mean_log_weight=torch.cat(mean_log_weights).cpu(), ess=torch.cat(effective).cpu(),
                            num_modes=num_modes)
     unreliable = float((result.khat > 0.7).float().mean())
-    if unreliable > 0.1 and isinstance(proposal, GuideProposal):
+    if psis_tail_length(num_samples) <= 4:  # every k-hat is inf: too few draws to judge, whatever the guide
+        fewest = next(n for n in itertools.count(num_samples + 1) if psis_tail_length(n) > 4)
+        warnings.warn(
+            f"num_samples={num_samples} is too few draws to judge the importance weights: every k-hat is inf, "
+            f"which says nothing about the proposal; use num_samples >= {fewest} to have k-hat (500 by default)",
+            stacklevel=3,
+        )
+    elif unreliable > 0.1 and isinstance(proposal, GuideProposal):
         warnings.warn(
             f"k-hat > 0.7 for {unreliable:.0%} of the data: the guide is a poor importance distribution there and "
             "the estimate is a loose lower bound; proposal='refined+defensive' is slower and far more reliable",

@@ -102,6 +102,9 @@ def check_batch(x, x_dim: int, anchor: torch.Tensor | None, who: str) -> None:
         else:
             fix = f"check x_dim (the module was built for {x_dim} features)"
         raise ValueError(f"{who} expected data of shape (batch, {x_dim}), got {tuple(x.shape)}: {fix}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{who} was given an empty batch, of shape {tuple(x.shape)}: pass at least one datum (an "
+                         "empty selection or index list gives none)")
     dtype = anchor.dtype if anchor is not None else torch.get_default_dtype()
     if not x.is_floating_point():
         raise TypeError(f"{who} expected floating-point data ({dtype}), got {x.dtype}; cast it with "

@@ -111,6 +111,16 @@ def test_anndata_round_trip_and_results(tmp_path):
     assert adata.obs["pyrovae_cluster"].cat.categories.tolist() == ["0", "1"]
 
 
+def test_a_text_continuous_covariate_and_a_non_anndata_are_named():
+    data = CountData(COUNTS, pd.DataFrame({"cell_type": TYPES}, index=CELLS), pd.DataFrame(index=GENES), "cell_type")
+    adata = data.to_anndata()
+    # a column of levels as a continuous covariate used to fail in pandas: could not convert string to float
+    with pytest.raises(ValueError, match=r"continuous covariate 'cell_type' is not numeric .*categorical_keys"):
+        from_anndata(adata, layer="counts", continuous_covariate_keys=["cell_type"])
+    with pytest.raises(TypeError, match=r"takes an anndata.AnnData, got DataFrame; .*CountData\(counts, obs, var\)"):
+        from_anndata(pd.DataFrame(COUNTS.toarray()))
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"a negative count \(-2.0\) at cell 1 \(b\), gene 0 \(x\)"):
         CountData(np.array([[1, 0], [-2, 3]]), pd.DataFrame(index=["a", "b"]), pd.DataFrame(index=["x", "y"]))

@@ -327,3 +327,16 @@ def test_vmf_terms_follow_an_in_place_change_of_the_concentration():
     fresh = VonMisesFisher(loc, kappa)
     assert torch.allclose(q.entropy(), fresh.entropy()) and torch.allclose(q.log_prob(z), fresh.log_prob(z))
     assert torch.allclose(q.mean, fresh.mean)
+
+
+def test_kl_to_uniform_names_a_distribution_not_on_the_sphere():
+    with pytest.raises(TypeError, match="a VonMisesFisher or a PowerSpherical, got Normal"):
+        kl_to_uniform(torch.distributions.Normal(0.0, 1.0))
+
+
+def test_variance_is_refused_with_a_message_for_both_families():
+    # VonMisesFisher.variance used to raise torch's bare NotImplementedError, with no message
+    loc, kappa = torch.tensor([0.0, 0.0, 1.0]), torch.tensor(2.0)
+    for family in (VonMisesFisher, PowerSpherical):
+        with pytest.raises(NotImplementedError, match=f"{family.__name__}.variance is not implemented; use samples"):
+            _ = family(loc, kappa).variance

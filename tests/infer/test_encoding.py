@@ -32,3 +32,10 @@ def test_encode_data_given_the_model_says_it_takes_the_guide():
         encode_data(model, x, fn=lambda batch: batch)
     with pytest.raises(TypeError, match="got function, not a guide with encode"):
         encode_data(lambda batch: batch, x)
+
+
+def test_encode_data_names_an_fn_that_returns_no_tensor():
+    # fn returning a number used to fail inside: 'int' object has no attribute 'cpu'
+    guide = NormalGuide(4, 2, (8,))
+    with pytest.raises(TypeError, match=r"fn must return a tensor .* got int; e\.g\. fn=guide\.assign"):
+        encode_data(guide, torch.rand(6, 4), fn=lambda x: 3)

@@ -133,3 +133,14 @@ def test_exact_float32_guide_is_not_flagged():
     expected = exact_log_marginal(W.double(), mu.double(), x.double())
     assert torch.allclose(result.per_datum, expected, atol=1e-3)
     assert (result.khat < 0.7).all(), result.khat
+
+
+@pytest.mark.parametrize("proposal", ["guide", "refined"])
+def test_too_few_samples_for_khat_are_named_not_blamed_on_the_guide(proposal):
+    # num_samples <= 20 leaves a Pareto tail of 4 draws or fewer: every k-hat is inf whatever the proposal, and the
+    # warning used to say the (here exact) guide was a poor importance distribution, or nothing for other proposals
+    W, mu, x = ppca()
+    with pytest.warns(UserWarning, match=r"num_samples=5 is too few .* every k-hat is inf.*num_samples >= 21") as seen:
+        result = log_likelihood(make_model(W, mu), make_guide(W, mu), x[:4], num_samples=5, proposal=proposal)
+    assert not any("poor importance distribution" in str(w.message) for w in seen)
+    assert torch.isinf(result.khat).all()

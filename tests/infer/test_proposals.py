@@ -276,6 +276,13 @@ def test_gap_report_without_ais_for_a_mixture_model():
     assert report.gaps["amortisation"] > 0 and report.gaps["approximation"] > 0
 
 
+def test_gap_report_names_a_refine_that_is_not_a_refined_proposal():
+    """refine='refined' (a proposal's name, as log_likelihood takes) is refused with the class to pass instead."""
+    W, mu, x = ppca(0)
+    with pytest.raises(TypeError, match=r"a RefinedProposal .* got str 'refined'.*RefinedProposal\(steps=100\)"):
+        gap_report(make_model(W, mu), make_guide(W, mu), x, num_samples=5, ais_chains=None, refine="refined")
+
+
 def test_ais_with_a_hierarchical_guide():
     """q(z2 | z1) depends on z1: the start density is scored afresh at every point (exact: x ~ N(0, 1.02))."""
 

@@ -351,6 +351,7 @@ BAD_DATA = {
     "images": (lambda x: x.reshape(16, 3, 4), ValueError, r"flatten each datum .* x.flatten\(1\)"),
     "numpy": (lambda x: x.numpy(), TypeError, r"torch.Tensor .* got ndarray; convert it with torch.as_tensor"),
     "width": (lambda x: x[:, :5], ValueError, r"expected data of shape \(batch, 12\), got \(16, 5\)"),
+    "empty": (lambda x: x[:0], ValueError, r"given an empty batch, of shape \(0, 12\): pass at least one datum"),
 }
 
 
