@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.nn import MLP, forget_pyro_attributes, name_module, register_module
+from pyrovae.nn import MLP, forget_pyro_attributes, name_module, register_module, take_loaded
 from pyrovae.nn.checks import (
     check_batch,
     check_dropout,
@@ -88,6 +88,7 @@ class AmortizedGuide(nn.Module):
 
     def encoded(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None):
         """The encoder's output for ``x`` (and, for a guide built with covariates, ``cat`` and ``cont``)."""
+        take_loaded(self)  # a param store loaded since the last call
         covariates = getattr(self, "covariates", None)
         if not covariates:
             return self.encoder(x)
@@ -101,6 +102,7 @@ class AmortizedGuide(nn.Module):
 
     def encode_library(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(library | x) = LogNormal(loc(x), scale(x)), for models with a latent library size."""
+        take_loaded(self)
         loc, raw_scale = self.library_encoder(x).unbind(-1)
         return dist.LogNormal(loc, nn.functional.softplus(raw_scale) + 1e-4)
 

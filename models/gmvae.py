@@ -22,7 +22,7 @@ from pyrovae.models.vae import VAE
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood
-from pyrovae.nn import register_module
+from pyrovae.nn import register_module, take_loaded
 from pyrovae.nn.checks import check_int, check_real
 
 
@@ -80,14 +80,17 @@ class GMVAE(VAE):
 
     def component_prior(self) -> dist.Categorical:
         """p(y)."""
+        take_loaded(self)
         return dist.Categorical(logits=self.component_logits)
 
     def component(self, y: torch.Tensor) -> dist.TorchDistribution:
         """p(z | y) for component indices ``y`` of any shape (enumerated ones included)."""
+        take_loaded(self)
         return dist.Normal(self.component_locs[y], self.component_scales[y]).to_event(1)
 
     def prior(self) -> dist.TorchDistribution:
         """The marginal p(z) = sum_y p(y) N(z | mu_y, sigma_y^2), a mixture with event shape ``(z_dim,)``."""
+        take_loaded(self)
         components = dist.Normal(self.component_locs, self.component_scales).to_event(1)
         return dist.MixtureSameFamily(self.component_prior(), components)
 

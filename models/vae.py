@@ -11,7 +11,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood, get_likelihood
-from pyrovae.nn import MLP, forget_pyro_attributes, register_module
+from pyrovae.nn import MLP, forget_pyro_attributes, register_module, take_loaded
 from pyrovae.nn.checks import (
     check_batch,
     check_dropout,
@@ -110,6 +110,7 @@ class VAE(nn.Module):
 
     def prior(self) -> dist.TorchDistribution:
         """p(z) for one datum: a standard normal with event shape ``(z_dim,)``."""
+        take_loaded(self)
         zeros = self._device_anchor.new_zeros(self.latent_size)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
@@ -137,6 +138,7 @@ class VAE(nn.Module):
     def decoder_outputs(self, z: torch.Tensor, cat: torch.Tensor | None = None,
                         cont: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's raw output ``(..., x_dim * likelihood.num_outputs)`` at ``z`` (and the covariates)."""
+        take_loaded(self)  # a param store loaded since the last call
         if not self.covariates:
             return self.decoder(z)
         side = self.covariates(cat, cont)

@@ -9,6 +9,7 @@ from pyrovae.data import find_dataset
 def _seed():
     pyro.set_rng_seed(0)
     yield
+    pyro.clear_param_store()  # values a test loaded or assigned never reach the next test's modules
 
 
 def pytest_collection_modifyitems(config, items):

@@ -284,6 +284,10 @@ class CountData(Dataset):
         """Rows ``indices`` as a dense float32 tensor on ``device`` (the rest stays sparse on the host); with
         covariates, the tuple ``(x, cat, cont)`` of a model's arguments."""
         rows = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+        n = self.counts.shape[0]
+        if rows.size and rows.dtype.kind in "iu" and (rows.max() >= n or rows.min() < -n):
+            bad = rows[(rows >= n) | (rows < -n)][0]
+            raise IndexError(f"{self.name}: cell index {bad} is out of range for {n} cells (0..{n - 1})")
         dense = torch.from_numpy(self.counts[rows].toarray())
         parts = [dense]
         if self.has_covariates or self._y is not None:
@@ -391,6 +395,9 @@ class CountData(Dataset):
             cells = cells.subset(np.sort(np.random.default_rng(seed).choice(len(cells), max_cells, replace=False)))
         if 0 < num_genes < cells.num_genes:
             cells = cells.subset(genes=cells.highly_variable_genes(num_genes)).filter_cells(min_counts=1)
+        elif num_genes > cells.num_genes:
+            warnings.warn(f"{self.name}: num_genes={num_genes} but only {cells.num_genes} genes have counts: all of "
+                          "them are kept", stacklevel=2)
         return cells
 
     def split(self, train_fraction: float = 0.81, seed: int = 0) -> tuple[CountData, CountData]:

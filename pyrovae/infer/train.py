@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 
 import pyro
@@ -203,11 +204,25 @@ def train(
     if seed is not None:
         pyro.set_rng_seed(seed + rank())
     objective, elbo_name = make_objective(elbo, model, guide, num_particles, max_plate_nesting)
+    chosen_drop_last = drop_last
     if drop_last is None:
         drop_last = elbo_name.lower().startswith("jit")
     check, dtype = model_check(model), floating_dtype(model, guide)
     batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
                           dtype=dtype)
+    if not drop_last and _last_batch_of_one_under_batch_norm(batches, modules.values()):
+        if chosen_drop_last is not None:
+            raise ValueError(
+                f"{batches.num_data} data in batches of {batches.source.batch_size} leave a last batch of one datum, "
+                "which batch normalisation cannot train on; pass drop_last=True (or leave it unset: train then "
+                "drops that batch) or another batch_size"
+            )
+        warnings.warn(
+            f"{batches.num_data} data in batches of {batches.source.batch_size} leave a last batch of one datum, "
+            "which batch normalisation cannot train on: train drops it (drop_last=True; a different datum each "
+            "epoch, as the data are shuffled)", stacklevel=2,
+        )
+        drop_last = batches.drop_last = True
     validation = (
         BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data",
                     default_batch_size=_EVAL_BATCH_SIZE, argument="eval_batch_size", dtype=dtype)
@@ -263,6 +278,15 @@ def train(
     stopping.restore(modules)
     return history
 
+
+
+def _last_batch_of_one_under_batch_norm(batches, modules) -> bool:
+    """Whether an epoch ends with a batch of one datum and a module normalises batches (known sizes only)."""
+    num_data, batch_size = batches.num_data, getattr(batches.source, "batch_size", None)
+    if num_data is None or batch_size is None or batches.streaming or num_data % batch_size != 1 or num_data == 1:
+        return False
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+               for module in modules for m in module.modules())
 
 def _fit(step: SVIStep, batches: BatchSource, train_eval, validation, model, guide, modules: dict, history: History,
          stopping: EarlyStopping, saved: TrainingCheckpoint, schedule: KLSchedule, epochs: range, device,

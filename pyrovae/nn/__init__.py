@@ -13,10 +13,11 @@ from pyrovae.nn.registration import (
     name_module,
     pyro_name,
     register_module,
+    take_loaded,
     unregister_module,
 )
 
 __all__ = [
     "MLP", "ConvEncoder", "ConvDecoder", "forget_pyro_attributes", "make_activation", "module_named", "name_module",
-    "pyro_name", "register_module", "unregister_module",
+    "pyro_name", "register_module", "take_loaded", "unregister_module",
 ]

@@ -149,14 +149,13 @@ def _store_exactly(store, module: nn.Module, name: str, value: torch.Tensor) -> 
         _OWN_TENSORS[key] = weakref.ref(value, lambda ref, key=key: _forget_tensor(key, ref))
 
 
-def register_module(module: nn.Module) -> nn.Module:
-    """Emit a ``pyro.param`` site for every trainable parameter of ``module`` and return the module.
+def take_loaded(module: nn.Module) -> nn.Module:
+    """Copy into ``module`` the values loaded into Pyro's param store under its names (``load``, ``set_state`` or an
+    assignment), and return it; loaded values that reach no module are named in a warning.
 
-    Call it at the start of a model's or guide's ``forward``, as Pyro's VAE example calls ``pyro.module``:
-    then ``pyro.infer.SVI`` with any ELBO (JIT forms included), ``Predictive`` and ``poutine`` handlers see
-    and train the module's parameters. pyrovae's models and guides all do. Values loaded into the store under the
-    module's names are copied into it first; loaded values that reach no module are named in a warning (see the
-    module's documentation).
+    :func:`register_module` does this first. pyrovae's models and guides also do it wherever they read their
+    weights outside ``forward`` (``encode``, ``decode``, ``prior``, ``sample``), so a loaded store is what
+    :func:`~pyrovae.infer.encode_data`, ``predict_labels`` or ``normalized_expression`` use, even before SVI runs.
 
     :raises ValueError: when the param store holds a value of another shape under one of the module's names.
     """
@@ -168,26 +167,47 @@ def register_module(module: nn.Module) -> nn.Module:
     for param_name, value in module.named_parameters():
         full_name = prefix + param_name
         stored = params.get(full_name)
-        if stored is not value:
-            if stored is not None:  # loaded or assigned in the store: that value is the module's now
-                if stored.shape != value.shape:
-                    raise ValueError(
-                        f"the param store holds {full_name} of shape {tuple(stored.shape)}, but the module's "
-                        f"parameter has shape {tuple(value.shape)}; it was saved from another architecture: clear "
-                        "the param store (pyro.clear_param_store()) or load a matching one"
-                    )
-                with torch.no_grad():
-                    value.copy_(store[full_name])
-                del store[full_name]
-                received = True
-            elif not value.requires_grad:
-                continue
-            _store_exactly(store, module, full_name, value)
-        if value.requires_grad:
-            pyro.param(full_name, value)
+        if stored is None or stored is value:
+            continue
+        if stored.shape != value.shape:  # loaded or assigned in the store: that value is the module's now
+            raise ValueError(
+                f"the param store holds {full_name} of shape {tuple(stored.shape)}, but the module's "
+                f"parameter has shape {tuple(value.shape)}; it was saved from another architecture: clear "
+                "the param store (pyro.clear_param_store()) or load a matching one"
+            )
+        with torch.no_grad():
+            value.copy_(store[full_name])
+        del store[full_name]
+        _store_exactly(store, module, full_name, value)
+        received = True
     if _SCANNED.get(module) != len(params) and not torch.jit.is_tracing():
         _warn_unclaimed(module, name, received, store)
         _SCANNED[module] = len(params)
+    return module
+
+
+def register_module(module: nn.Module) -> nn.Module:
+    """Emit a ``pyro.param`` site for every trainable parameter of ``module`` and return the module.
+
+    Call it at the start of a model's or guide's ``forward``, as Pyro's VAE example calls ``pyro.module``:
+    then ``pyro.infer.SVI`` with any ELBO (JIT forms included), ``Predictive`` and ``poutine`` handlers see
+    and train the module's parameters. pyrovae's models and guides all do. Values loaded into the store under the
+    module's names are copied into it first (:func:`take_loaded`); loaded values that reach no module are named in a
+    warning (see the module's documentation).
+
+    :raises ValueError: when the param store holds a value of another shape under one of the module's names.
+    """
+    take_loaded(module)
+    prefix = pyro_name(module) + _DIVIDER
+    store = pyro.get_param_store()
+    params = store._params
+    for param_name, value in module.named_parameters():
+        if not value.requires_grad:
+            continue
+        full_name = prefix + param_name
+        if params.get(full_name) is not value:
+            _store_exactly(store, module, full_name, value)
+        pyro.param(full_name, value)
     return module
 
 
@@ -244,4 +264,4 @@ def unregister_module(module: nn.Module) -> None:
 
 
 __all__ = ["forget_pyro_attributes", "module_named", "name_module", "pyro_name", "register_module",
-           "unregister_module"]
+           "take_loaded", "unregister_module"]

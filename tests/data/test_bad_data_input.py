@@ -263,3 +263,17 @@ def test_count_tables_of_the_wrong_kind_are_named():
         CountData(np.ones((2, 2)), obs=["a", "b"])
     nested = CountData([[1, 0], [2, 3]])  # nested lists are a matrix too
     np.testing.assert_array_equal(nested.counts.toarray(), [[1, 0], [2, 3]])
+
+
+def test_a_cell_index_out_of_range_is_named_with_the_number_of_cells():
+    cells = CountData(np.ones((10, 5), dtype=int))
+    for index in ([10], torch.tensor([3, 11]), [-11]):
+        with pytest.raises(IndexError, match="out of range for 10 cells"):
+            cells.batch(index)
+    assert cells.batch([-10, 9]).shape == (2, 5)
+
+
+def test_prepare_says_when_it_has_fewer_genes_than_asked_for():
+    cells = CountData(np.ones((10, 5), dtype=int))
+    with pytest.warns(UserWarning, match="num_genes=50 but only 5 genes"):
+        assert cells.prepare(num_genes=50).num_genes == 5

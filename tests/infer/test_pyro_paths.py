@@ -18,7 +18,7 @@ from pyrovae.guides import GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuid
 from pyrovae.models import GMVAE, SVAE, VAE
 from torch import nn
 
-from pyrovae.infer import contract
+from pyrovae.infer import contract, encode_data, locate
 from pyrovae.likelihoods import get_likelihood
 from pyrovae.nn import pyro_name
 
@@ -196,6 +196,58 @@ def test_a_store_loaded_while_the_saved_objects_live_names_who_gets_it(tmp_path)
     with pytest.warns(UserWarning, match="the name of another live VAE"):
         new_model(x)
     assert model is not None and guide is not None
+
+
+def _counts(n=16, seed=0):
+    return torch.poisson(torch.full((n, X_DIM), 3.0), generator=torch.Generator().manual_seed(seed))
+
+
+READERS = {  # what a research script reads from a reloaded pair without ever calling its forward
+    "encode_data": (lambda: (VAE(X_DIM, 3, (8,)), NormalGuide(X_DIM, 3, (8,))), binary,
+                    lambda m, g, x: encode_data(g, x)),
+    "locate": (lambda: (SVAE(X_DIM, 3, (8,)), VMFGuide(X_DIM, 3, (8,))), binary, lambda m, g, x: locate(g, x)),
+    "decode": (lambda: (VAE(X_DIM, 3, (8,)), NormalGuide(X_DIM, 3, (8,))), binary,
+               lambda m, g, x: m.decode(torch.linspace(-1, 1, 9).reshape(3, 3)).mean),
+    "sample": (lambda: (GMVAE(X_DIM, 2, 3, (8,)), GMVAEGuide(X_DIM, 2, 3, (8,))), binary,
+               lambda m, g, x: (pyro.set_rng_seed(1), m.sample(4, mean=True))[1]),
+    "prior": (lambda: (GMVAE(X_DIM, 2, 3, (8,)), GMVAEGuide(X_DIM, 2, 3, (8,))), binary,
+              lambda m, g, x: m.prior().log_prob(torch.ones(2))),
+    "classify": (lambda: (GMVAE(X_DIM, 2, 3, (8,)), GMVAEGuide(X_DIM, 2, 3, (8,))), binary,
+                 lambda m, g, x: g.classify(x)),
+    "latent library": (lambda: (VAE(X_DIM, 3, (8,), likelihood=get_likelihood("nb", X_DIM, library="latent",
+                                                                    library_prior=(4.0, 0.3))),
+                                NormalGuide(X_DIM, 3, (8,), latent_library=True)), _counts,
+                       lambda m, g, x: g.encode_library(x).mean),
+    "decoder_outputs": (lambda: (VAE(X_DIM, 3, (8,), "nb"), NormalGuide(X_DIM, 3, (8,))), _counts,
+                        lambda m, g, x: m.likelihood.proportions(m.decoder_outputs(torch.zeros(3)))),
+}
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_a_loaded_store_is_what_every_reader_of_the_weights_sees(tmp_path, reader):
+    """Not only forward: encode, decode, prior, sample and the analyses built on them take the loaded values."""
+    build, data, read = READERS[reader]
+    pyro.clear_param_store()
+    gc.collect()
+    x = data()
+    model, guide = build()
+    pyro.set_rng_seed(0)
+    model(x), guide(x)  # registered, as after training
+    with torch.no_grad():
+        for p in [*model.parameters(), *guide.parameters()]:
+            p.add_(0.5 * torch.randn_like(p))  # "trained": far from any initial value
+    expected = read(model, guide, x)
+    pyro.get_param_store().save(tmp_path / "store.pt")
+    del model, guide
+    gc.collect()
+    pyro.clear_param_store()
+    torch.manual_seed(123)
+    model, guide = build()
+    assert not torch.allclose(read(model, guide, x), expected)  # the check could fail
+    pyro.get_param_store().load(tmp_path / "store.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.allclose(read(model, guide, x), expected)
 
 
 # ---- 2. the pairing checks under Pyro's SVI and Predictive ----------------------------------------------------

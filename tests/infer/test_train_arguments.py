@@ -98,3 +98,16 @@ def test_wrong_types_are_type_errors_that_still_read_as_value_errors():
         with pytest.raises(ArgumentTypeError) as caught:
             fit(**options)
         assert isinstance(caught.value, TypeError) and isinstance(caught.value, ValueError)
+
+
+def test_a_last_batch_of_one_under_batch_norm_is_dropped_or_refused():
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    x = torch.randint(0, 2, (65, 6)).float()
+    model, guide = VAE(6, 2, (8,), batch_norm=True), NormalGuide(6, 2, (8,), batch_norm=True)
+    with pytest.warns(UserWarning, match="last batch of one datum.*drops it"):
+        train(model, guide, x, epochs=2, batch_size=32, progress=False)
+    with pytest.raises(ValueError, match="last batch of one datum.*drop_last=True"):
+        train(model, guide, x, epochs=1, batch_size=32, drop_last=False, progress=False)
+    train(model, guide, x, epochs=1, batch_size=13, progress=False)  # 65 = 5 x 13: nothing to drop
