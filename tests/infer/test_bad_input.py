@@ -146,3 +146,12 @@ def test_scores_name_mismatched_or_non_finite_inputs():
         metrics.lisi(np.ones((1, 2)), [0])
     angles = np.linspace(0, 6, 20)
     assert metrics.circular_correlation(angles, -angles + 1.0) == pytest.approx(1.0)  # a reflection and rotation
+
+
+def test_encode_and_decode_name_the_pair_when_the_width_is_wrong():
+    for guide in (NormalGuide(6, 2), VMFGuide(6, 3), GMVAEGuide(6, 2, 3)):
+        with pytest.raises(ValueError, match=f"{type(guide).__name__} encodes data of 6 features"):
+            guide.encode(torch.zeros(4, 5))
+    for model, size in ((VAE(6, 2), 2), (SVAE(6, 3), 3)):
+        with pytest.raises(ValueError, match=f"{type(model).__name__} decodes latents of {size} coordinates"):
+            model.decode(torch.zeros(4, 5))
