@@ -19,6 +19,14 @@ Outputs on a held-out sample: t-SNE of latent means by drug and by cell line, th
 reconstruction MSE and per-cell correlation, KMeans silhouette for k = 2..10, generation from the prior, a
 spherical interpolation between two cells of different lines, and the held-out log-likelihood. Training resumes
 from ``OUT/checkpoint.pt``.
+
+Plates as covariates: ``--covariates plate`` (the default) conditions the encoder and the decoder on the plate, as
+scVI does with its batch; ``--covariates`` alone trains without. Both report the plates' mixing in the latent space
+(iLISI, batch ASW within cell lines) beside the drug and cell-line structure (ARI of KMeans, ASW). The generated atlas
+has a plate effect (``--plate-effect``, log-fold changes on 10% of the genes) for the covariate to remove.
+``--hold-out drug=drug_5`` holds out whole groups instead of a random 5%: every cell of those labels is the test
+set. A label cannot be both held out and a covariate (its held-out levels would be decoded with weights never
+trained): hold out plates with ``--covariates`` alone.
 """
 
 from pathlib import Path
@@ -32,7 +40,14 @@ from pyrovae.data import CellStream, LogPCA, TahoeAtlas, find_dataset, write_tah
 from pyrovae.experiment import experiment_parser, setup, write_metrics
 from pyrovae.infer import encode_data, interpolation_path, log_likelihood, train
 from pyrovae.infer.distributed import barrier, init_distributed, is_main_process, local_device
-from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
+from pyrovae.metrics import (
+    batch_asw,
+    clustering_scores,
+    ilisi,
+    kmeans_clusters,
+    reconstruction_scores,
+    silhouette_sweep,
+)
 from pyrovae.plots import latent_scatter, save, training_curves
 
 QUICK = {"synthetic_cells": 4000, "synthetic_shards": 4, "vocabulary": 3000, "genes_per_cell": 300, "genes": 200,
@@ -43,6 +58,10 @@ parser.add_argument("--synthetic-cells", type=int, default=60_000, help="cells o
 parser.add_argument("--synthetic-shards", type=int, default=12)
 parser.add_argument("--vocabulary", type=int, default=62_710, help="genes in the generated atlas's vocabulary")
 parser.add_argument("--genes-per-cell", type=int, default=2_000, help="genes detected per generated cell")
+parser.add_argument("--plate-effect", type=float, default=0.5, help="generated atlas: scale of the plates' effects")
+parser.add_argument("--covariates", nargs="*", default=["plate"], help="atlas labels the pair is conditioned on")
+parser.add_argument("--hold-out", nargs="*", default=[], metavar="LABEL=VALUES",
+                    help="hold out whole groups, e.g. drug=drug_5 or plate=plate3,plate4 (default: a random 5%%)")
 parser.add_argument("--genes", type=int, default=2_000, help="panel: highly variable genes from a streamed sample")
 parser.add_argument("--panel", default=None, help="panel: a text file of gene symbols or Ensembl ids, one per line")
 parser.add_argument("--hvg-cells", type=int, default=20_000, help="cells sampled to choose the panel")
@@ -72,7 +91,7 @@ if source is None:
     if is_main_process() and not (source / "metadata" / "gene_metadata.parquet").exists():
         print(f"generating a {args.synthetic_cells:,}-cell Tahoe-schema atlas in {source}")
         write_tahoe_shards(source, args.synthetic_cells, args.synthetic_shards, args.vocabulary, args.genes_per_cell,
-                           seed=args.seed)
+                           seed=args.seed, plate_effect=args.plate_effect)
     barrier()
 atlas = TahoeAtlas(source)
 panel_file = out / "panel.txt"
@@ -86,15 +105,31 @@ else:
         panel_file.write_text("\n".join(atlas.vocabulary.ensembl_ids[panel]) + "\n")
 print(f"{atlas}; panel of {len(panel):,} genes")
 
-split = {"test_fraction": args.test_fraction, "split_seed": args.seed}
+
+
+def held_out_groups(items: list[str]) -> dict[str, list[str]]:
+    groups = {}
+    for item in items:
+        label, sep, values = item.partition("=")
+        if not sep or not label or not values:
+            parser.error(f"--hold-out takes LABEL=VALUE[,VALUE...], got {item!r}")
+        groups.setdefault(label, []).extend(v for v in values.split(",") if v)
+    return groups
+
+
+split = {"test_fraction": args.test_fraction, "split_seed": args.seed, "held_out": held_out_groups(args.hold_out),
+         "covariates": args.covariates}
 train_stream = CellStream(atlas, panel, args.batch_size, split="train", seed=args.seed, num_workers=args.workers,
                           **split)
-held_out = CellStream(atlas, panel, split="test", shuffle=False, **split).take(args.held_out, seed=args.seed)
+test_stream = CellStream(atlas, panel, split="test", shuffle=False, **split)
+held_out = test_stream.take(min(args.held_out, test_stream.num_cells), seed=args.seed)
 if args.pca:
     sample = train_stream.take(min(20_000, train_stream.num_cells), seed=args.seed + 1)
     train_stream.transform = LogPCA.fit(sample.counts, args.pca_components)
-x_held = train_stream.inputs(held_out).to(device)  # (cells, features)
-codes = {name: held_out.labels[name].numpy() for name in ("drug", "cell_line")}
+inputs = train_stream.inputs(held_out)  # x (cells, features), or (x, cat, cont) with covariates
+data_held = tuple(t.to(device) for t in inputs) if isinstance(inputs, tuple) else inputs.to(device)
+x_held, covariates = (data_held[0], data_held[1:]) if isinstance(data_held, tuple) else (data_held, (None, None))
+codes = {name: held_out.labels[name].numpy() for name in ("drug", "cell_line", "plate")}
 names = atlas.categories
 print(f"{train_stream}; {len(held_out):,} held-out cells analysed")
 
@@ -106,9 +141,10 @@ spherical = args.guide != "normal"
 kind = {"normal": "vae", "vmf": "svae-vmf", "power": "svae-power"}[args.guide]
 # --latent-dim is the length of a latent vector, as in the notebook: S^9 in R^10 for the S-VAE, R^10 for the N-VAE
 manifold_dim = args.latent_dim - 1 if spherical else args.latent_dim
-model, guide = make_pair(kind, x_dim, manifold_dim, widths, likelihood, input_transform=transform)
+model, guide = make_pair(kind, x_dim, manifold_dim, widths, likelihood, input_transform=transform,
+                         categorical=train_stream.categorical_sizes)
 
-history = train(model, guide, train_stream, epochs=args.epochs, lr=args.lr, val_data=x_held, seed=args.seed,
+history = train(model, guide, train_stream, epochs=args.epochs, lr=args.lr, val_data=data_held, seed=args.seed,
                 checkpoint=out / "checkpoint.pt", device=device, progress=progress)
 if not is_main_process():
     raise SystemExit(0)
@@ -117,18 +153,19 @@ if not is_main_process():
 model.eval()
 
 
-def posterior_summary(x: torch.Tensor) -> torch.Tensor:
+def posterior_summary(x: torch.Tensor, *covariates) -> torch.Tensor:
     """Latent mean (mean direction on the sphere) and concentration (mean posterior scale for the N-VAE)."""
-    q = guide.encode(x)
+    q = guide.encode(x, *covariates)
     location, spread = (q.loc, q.concentration) if spherical else (q.mean, q.stddev.mean(-1))
     return torch.cat([location, spread[:, None]], dim=-1)
 
 
-posterior = encode_data(guide, x_held, fn=posterior_summary)  # (cells, latent dim + 1)
+posterior = encode_data(guide, data_held, fn=posterior_summary)  # (cells, latent dim + 1)
 locations, spread = posterior[:, :-1], posterior[:, -1]
 panel_sizes = held_out.counts.sum(-1).to(device)  # the observed library of the panel, as in training
 with torch.no_grad():
-    decoded = model.decode(locations.to(device)) if args.pca else model.decode(locations.to(device), panel_sizes)
+    library = None if args.pca else panel_sizes
+    decoded = model.decode(locations.to(device), library, *covariates)
     reconstruction = decoded.mean.cpu()
 observed = x_held.cpu()
 if not args.pca:  # compare on the log scale, where counts of all sizes weigh in
@@ -137,12 +174,19 @@ reconstruction_metrics = reconstruction_scores(observed, reconstruction)
 silhouettes = silhouette_sweep(locations, range(2, 11), seed=args.seed)
 num_lines = len(np.unique(codes["cell_line"]))
 line_scores = clustering_scores(codes["cell_line"], kmeans_clusters(locations, num_lines, args.seed), locations)
-drug_scores = clustering_scores(codes["drug"], kmeans_clusters(locations, len(np.unique(codes["drug"])), args.seed))
-ll = log_likelihood(model, guide, x_held, num_samples=args.num_samples, progress=progress, proposal=args.proposal)
+drug_scores = clustering_scores(codes["drug"], kmeans_clusters(locations, len(np.unique(codes["drug"])), args.seed),
+                                locations)
+plates = len(np.unique(codes["plate"]))
+plate_mixing = {"ilisi": ilisi(locations, codes["plate"]) if plates > 1 else None,
+                "batch_asw": batch_asw(locations, codes["plate"], codes["cell_line"]) if plates > 1 else None}
+ll = log_likelihood(model, guide, data_held, num_samples=args.num_samples, progress=progress, proposal=args.proposal)
 print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell "
       f"(k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")
 print(f"reconstruction MSE {reconstruction_metrics['mse']:.4f}, per-cell correlation "
       f"{reconstruction_metrics['correlation_mean']:.3f}; KMeans vs cell line ARI {line_scores['ari']:.3f}")
+if plates > 1:
+    print(f"plate mixing: iLISI {plate_mixing['ilisi']:.3f}, batch ASW {plate_mixing['batch_asw']:.3f} "
+          f"(covariates: {', '.join(args.covariates) or 'none'})")
 
 # --- figures --------------------------------------------------------------------------------------------------
 from sklearn.decomposition import PCA  # noqa: E402
@@ -169,7 +213,8 @@ save(fig, out / "posterior_reconstruction_clusters.png")
 
 # generation from the prior beside the held-out cells, on the held-out cells' first two principal axes
 with torch.no_grad():
-    generated = model.sample(len(held_out), library=None if args.pca else panel_sizes).cpu()
+    generated = model.sample(len(held_out), library=None if args.pca else panel_sizes, cat=covariates[0],
+                             cont=covariates[1]).cpu()
 features = (lambda v: v) if args.pca else (lambda v: torch.log1p(v * (1e4 / v.sum(-1, keepdim=True).clamp(min=1))))
 plane = PCA(2, random_state=args.seed).fit(features(x_held.cpu()).numpy())
 real_2d, generated_2d = plane.transform(features(x_held.cpu()).numpy()), plane.transform(features(generated).numpy())
@@ -187,7 +232,9 @@ ends = locations[[first, second]]
 path = interpolation_path(ends[0], ends[1], 11, spherical)  # the great circle on the sphere, a line otherwise
 with torch.no_grad():
     size = panel_sizes[[first, second]].mean().expand(11)
-    profiles = (model.decode(path.to(device)) if args.pca else model.decode(path.to(device), size)).mean.cpu()
+    cat = covariates[0][first].expand(11, -1) if covariates[0] is not None else None  # as measured with the first
+    cont = covariates[1][first].expand(11, -1) if covariates[1] is not None else None
+    profiles = model.decode(path.to(device), None if args.pca else size, cat, cont).mean.cpu()
 shown = torch.argsort(features(profiles).var(0), descending=True)[:30]
 fig, ax = plt.subplots(figsize=(9, 5))
 image = ax.imshow(features(profiles)[:, shown].T.numpy(), aspect="auto", cmap="viridis")
@@ -208,7 +255,8 @@ write_metrics(out, {
     "reconstruction_mse": reconstruction_metrics["mse"],
     "reconstruction_correlation": reconstruction_metrics["correlation_mean"],
     "silhouette_by_k": silhouettes, "best_k": max(silhouettes, key=silhouettes.get),
-    "kmeans_vs_cell_line": line_scores, "kmeans_vs_drug": drug_scores,
+    "kmeans_vs_cell_line": line_scores, "kmeans_vs_drug": drug_scores, "plate_mixing": plate_mixing,
+    "covariates": args.covariates, "held_out_groups": split["held_out"], "guide": args.guide,
     "concentration_mean": float(spread.mean()), "concentration_std": float(spread.std()),
     "epochs": len(history), "seconds_per_epoch": float(np.mean(history["seconds"])),
     "history": history.records,

@@ -47,6 +47,8 @@ def make_pair(
     encoder=None,
     decoder=None,
     name: str | None = None,
+    categorical=(),
+    continuous: int = 0,
 ):
     """A fresh ``(model, guide)`` of ``kind``:
 
@@ -60,6 +62,9 @@ def make_pair(
     :param hidden: widths from the data side, shared by the encoder and (mirrored) the decoder.
     :param likelihood: a likelihood name or instance (count likelihoods: pass ``input_transform="log1p"``).
     :param encoder, decoder: custom networks instead of the MLPs (sizes: see the guide's and model's docs).
+    :param categorical: the number of levels of each categorical covariate (batch first), for data
+        ``(x, cat, cont)``: both the encoder and the decoder are conditioned on them (e.g. a
+        ``CellStream``'s or ``CountData``'s ``categorical_sizes``); ``continuous``: the number of continuous ones.
     :param str name: the pair's name in Pyro's param store: the model is ``name + "/model"`` and the guide
         ``name + "/guide"`` (default: their class names; see :mod:`pyrovae.nn.registration`).
     """
@@ -67,9 +72,11 @@ def make_pair(
     latent_dim = check_int("make_pair", "latent_dim", latent_dim)
     z_dim = latent_size(kind, latent_dim)
     name = check_name("make_pair", name)
-    model_options = dict(batch_norm=batch_norm, dropout=dropout, name=None if name is None else f"{name}/model")
+    covariates = dict(categorical=tuple(categorical), continuous=continuous)
+    model_options = dict(batch_norm=batch_norm, dropout=dropout, name=None if name is None else f"{name}/model",
+                         **covariates)
     guide_options = dict(input_transform=input_transform, latent_library=latent_library, batch_norm=batch_norm,
-                         dropout=dropout, name=None if name is None else f"{name}/guide")
+                         dropout=dropout, name=None if name is None else f"{name}/guide", **covariates)
     if kind == "gmvae":
         if num_components is None:
             raise ValueError("make_pair('gmvae', ...) needs num_components")

@@ -192,6 +192,7 @@ def test_smoke_tahoe_svae_resumes(tmp_path):
     assert metrics["cells"] == 2400 and metrics["panel_genes"] == 120 and metrics["held_out_cells"] == 100
     assert set(metrics["silhouette_by_k"]) == {str(k) for k in range(2, 11)}
     assert -1 <= metrics["reconstruction_correlation"] <= 1 and metrics["held_out_log_likelihood"] < 0
+    assert metrics["covariates"] == ["plate"] and 0 <= metrics["plate_mixing"]["ilisi"] <= 1
     for figure in ("tsne", "posterior_reconstruction_clusters", "generation", "interpolation", "training"):
         assert (tmp_path / "tahoe_svae" / f"{figure}.png").exists()
     resumed = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "2")["metrics"]
@@ -201,8 +202,10 @@ def test_smoke_tahoe_svae_resumes(tmp_path):
 
 def test_smoke_tahoe_svae_pca_normal(tmp_path):
     metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "1", "--pca",
-                         "--pca-components", "20", "--guide", "normal")["metrics"]
+                         "--pca-components", "20", "--guide", "normal", "--covariates", "--hold-out",
+                         "plate=plate2")["metrics"]
     assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0
+    assert metrics["covariates"] == [] and metrics["held_out_groups"] == {"plate": ["plate2"]}
 
 
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",

@@ -1,7 +1,7 @@
 """One protocol for every kind of training data: what ``train``, ``log_likelihood`` and ``evaluate`` iterate.
 
-:func:`as_source` turns what a user passes (a tensor or array, :class:`~pyrovae.data.TensorData`,
-:class:`~pyrovae.data.CountData`, a map-style ``Dataset``, a ``DataLoader`` or a
+:func:`as_source` turns what a user passes (a tensor or array, a tuple ``(x, cat, cont)`` of tensors,
+:class:`~pyrovae.data.TensorData`, :class:`~pyrovae.data.CountData`, a map-style ``Dataset``, a ``DataLoader`` or a
 :class:`~pyrovae.data.CellStream`) into a :class:`DataSource`, and is the only place that tells them apart:
 
 * :class:`IndexedSource`: in-memory data batched by index (``batch(indices, device)``), the fast path;
@@ -203,6 +203,20 @@ class _Arguments:
         return _Arguments(tuple(t[indices] for t in self.tensors))
 
 
+def _arguments(tensors: tuple, name: str) -> _Arguments:
+    """A model's arguments ``(x, cat, cont)`` given as a tuple of tensors, checked: one row per datum in each."""
+    x = tensors[0]
+    if x.dim() != 2:
+        raise ValueError(f"{name}: x, the first of (x, cat, cont), must be a matrix (num_data, num_features), got "
+                         f"shape {tuple(x.shape)}")
+    lengths = [len(t) if t.dim() else None for t in tensors]
+    if any(n != len(x) for n in lengths):
+        raise ValueError(f"{name}: (x, cat, cont) must have one row per datum each, got lengths {lengths}")
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty")
+    return _Arguments(tensors)
+
+
 def _is_stream(data) -> bool:
     return isinstance(data, IterableDataset) and all(
         callable(getattr(data, method, None)) for method in ("set_epoch", "loader", "inputs", "take")
@@ -224,6 +238,8 @@ def as_source(data, batch_size: int | None = None, name: str = "data", *, defaul
         raise ValueError(f"{argument} must be a positive integer, got {batch_size!r}")
     if isinstance(data, (torch.Tensor, np.ndarray)):
         data = TensorData(data, name=name)
+    if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
+        return IndexedSource(_arguments(data, name), batch_size or default_batch_size, name)
     if _is_stream(data):
         return StreamSource(data, batch_size, name, argument)
     if isinstance(data, DataLoader):
@@ -239,8 +255,8 @@ def as_source(data, batch_size: int | None = None, name: str = "data", *, defaul
     if isinstance(data, Dataset):
         return LoaderSource(data, batch_size, name, default_batch_size, argument)
     raise TypeError(
-        f"{name} must be a tensor, numpy array, pyrovae.data.TensorData or CountData, a Dataset, a DataLoader or a "
-        f"CellStream, got {type(data).__name__}"
+        f"{name} must be a tensor, numpy array, a tuple (x, cat, cont) of tensors, pyrovae.data.TensorData or "
+        f"CountData, a Dataset, a DataLoader or a CellStream, got {type(data).__name__}"
     )
 
 

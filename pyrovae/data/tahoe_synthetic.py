@@ -45,6 +45,7 @@ def write_tahoe_shards(
     num_plates: int = 4,
     rows_per_group: int = 4096,
     seed: int = 0,
+    plate_effect: float = 0.0,
 ) -> SyntheticAtlas:
     """Write ``num_shards`` parquet shards and ``metadata/gene_metadata.parquet`` under ``folder``.
 
@@ -55,9 +56,13 @@ def write_tahoe_shards(
     log-normal, their median chosen so that about ``genes_per_cell`` genes are detected per cell. Every plate
     holds some of the drugs and all cell lines; shard s holds plate ``s * num_plates // num_shards``. Rows start
     with the marker (token ``vocabulary_size + 3``, expression -2), then the expressed genes by token id.
+    ``plate_effect`` > 0 adds a batch effect: each plate's N(0, plate_effect) log-fold changes on 10% of the genes
+    (drawn from their own generator: the default, 0, writes the same atlas as before the option existed).
     """
     if num_shards < 1 or num_cells < num_shards:
         raise ValueError(f"need at least one cell per shard, got {num_cells} cells for {num_shards} shards")
+    if not (np.isfinite(plate_effect) and plate_effect >= 0):
+        raise ValueError(f"plate_effect must be a finite number >= 0 (a scale of log-fold changes), got {plate_effect}")
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -91,6 +96,9 @@ def write_tahoe_shards(
         low, high = (middle, high) if _expected_detected(middle, proportions, inverse_dispersion) < target else (
             low, middle)
     median_library = np.sqrt(low * high)
+    plate_rng = np.random.default_rng([seed, 1])
+    plate_effects = plate_effect * plate_rng.normal(0.0, 1.0, (num_plates, num_expressed)) * (
+        plate_rng.random((num_plates, num_expressed)) < 0.1)
     plate_drugs = [rng.choice(num_drugs, size=max(1, num_drugs // 2 + 1), replace=False) for _ in range(num_plates)]
     for plate in plate_drugs:
         plate[0] = 0  # every plate has controls
@@ -106,7 +114,7 @@ def write_tahoe_shards(
         rows, columns, values = [], [], []
         for start in range(0, size, 2048):  # dense (chunk, num_expressed) at a time
             chunk = slice(start, min(start + 2048, size))
-            logits = base + line_effects[line[chunk]] + drug_effects[drug[chunk]]
+            logits = base + line_effects[line[chunk]] + drug_effects[drug[chunk]] + plate_effects[plate]
             mean = np.exp(logits - logits.max(axis=1, keepdims=True))
             mean *= (library[chunk] / mean.sum(axis=1))[:, None]
             counts = rng.poisson(rng.gamma(inverse_dispersion, mean / inverse_dispersion))

@@ -277,3 +277,17 @@ def test_prepare_says_when_it_has_fewer_genes_than_asked_for():
     cells = CountData(np.ones((10, 5), dtype=int))
     with pytest.warns(UserWarning, match="num_genes=50 but only 5 genes"):
         assert cells.prepare(num_genes=50).num_genes == 5
+
+
+def test_a_tuple_of_model_arguments_is_data_and_a_ragged_one_is_named():
+    from pyrovae.data.source import as_source
+
+    x, cat, cont = torch.rand(10, 4), torch.zeros(10, 1, dtype=torch.long), torch.zeros(10, 0)
+    source = as_source((x, cat, cont), batch_size=4)
+    batches = list(source.batches(0, torch.Generator(), False, False, torch.device("cpu")))
+    assert [len(b[0]) for b in batches] == [4, 4, 2] and all(len(b) == 3 for b in batches)
+    torch.testing.assert_close(torch.cat([b[0] for b in batches]), x)
+    with pytest.raises(ValueError, match="one row per datum each, got lengths"):
+        as_source((x, cat[:9], cont))
+    with pytest.raises(ValueError, match="must be a matrix"):
+        as_source((x[0], cat, cont))

@@ -360,3 +360,30 @@ def test_stream_and_atlas_arguments_of_the_wrong_kind_are_named(atlas, atlas_dir
     assert TahoeAtlas(atlas_dir, labels="drug").labels == ["drug"]  # one label by name, not its letters
     with pytest.raises(ValueError, match="held_out 'plate' lists no categories"):
         CellStream(atlas, split="test", held_out={"plate": []})
+
+
+def test_a_plate_effect_moves_the_plates_apart(tmp_path):
+    def plate_means(effect):
+        folder = tmp_path / f"effect{effect}"
+        write_tahoe_shards(folder, num_cells=1200, num_shards=4, vocabulary_size=300, genes_per_cell=60,
+                           num_plates=2, seed=3, plate_effect=effect)
+        blocks = [b for shard in range(4) for b in TahoeAtlas(folder).read(shard, np.arange(300), 600)]
+        counts = np.vstack([b.counts.toarray() for b in blocks])
+        labels = {k: np.concatenate([b.labels[k] for b in blocks]) for k in ("drug", "cell_line", "plate")}
+        plate = labels["plate"]
+        proportions = counts / counts.sum(1, keepdims=True)
+        means = np.stack([proportions[plate == p].mean(0) for p in (0, 1)])
+        return labels, np.log(means[:, means.min(0) > 1e-3])
+
+    plain_labels, plain = plate_means(0.0)
+    shifted_labels, shifted = plate_means(2.0)
+    first = slice(0, 300)  # the first shard's labels are drawn before any count: the same cells there
+    for key in plain_labels:
+        np.testing.assert_array_equal(plain_labels[key][first], shifted_labels[key][first])
+    between_plain = np.abs(plain[0] - plain[1])
+    between_shifted = np.abs(shifted[0] - shifted[1])
+    top = 5  # about half the genes a plate effect reaches here
+    assert np.sort(between_shifted)[-top:].mean() > 2.5 * np.sort(between_plain)[-top:].mean()
+    with pytest.raises(ValueError, match="plate_effect must be a finite number >= 0"):
+        write_tahoe_shards(tmp_path / "bad", num_cells=10, num_shards=1, vocabulary_size=50, genes_per_cell=5,
+                           plate_effect=-1.0)
