@@ -10,7 +10,7 @@ scores are work the hand loop does not do), its epochs' seconds as its history r
 traces the objective, left out), against a hand loop over the same data (12,800 binary images, a new permutation
 per epoch, batches of 128, the same fused Adam). Per step, on one fixed batch:
 
-* ``train`` step: :class:`pyrovae.infer.step.SVIStep` (objective, NaN guard, fused Adam) with Trace_ELBO and
+* ``train`` step: :class:`pyrovae.infer.training.step.SVIStep` (objective, NaN guard, fused Adam) with Trace_ELBO and
   pyrovae's traced (JIT) objective;
 * ``pyro.infer.SVI`` with ``Trace_ELBO`` and ``JitTrace_ELBO`` and ``pyro.optim.Adam`` (one torch Adam per
   parameter, as Pyro builds it), the way a Pyro user drives a pyrovae pair.
@@ -35,7 +35,7 @@ from pyrovae.models import SVAE, VAE
 from torch import nn
 
 from pyrovae.infer import make_objective, train
-from pyrovae.infer.step import SVIStep
+from pyrovae.infer.training.step import SVIStep
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--device", default="cpu")

@@ -27,9 +27,9 @@ from pyrovae.guides import NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.models import SVAE, VAE
 
 from pyrovae.distributions import PowerSpherical, VonMisesFisher
-from pyrovae.infer.objectives import make_objective
-from pyrovae.infer.step import build_optimizer as _build_optimizer
-from pyrovae.infer.step import svi_step
+from pyrovae.infer.training.objectives import make_objective
+from pyrovae.infer.training.step import build_optimizer as _build_optimizer
+from pyrovae.infer.training.step import svi_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--device", default="cpu")

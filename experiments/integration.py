@@ -83,7 +83,7 @@ def fit(name: str):
             VMFGuide(cells.num_genes, args.latent + 1, (args.hidden,), **guide_options())
     elif name == "gmvae":
         model = GMVAE(cells.num_genes, args.latent, num_lines, likelihood="nb", **options(), **covariates)
-        guide = GMVAEGuide(cells.num_genes, args.latent, num_lines, (args.hidden,), **guide_options())
+        guide = GMVAEGuide(cells.num_genes, args.latent, (args.hidden,), num_components=num_lines, **guide_options())
     else:
         return fit_scvi(defaults=name == "scvi-defaults")
     history = train(model, guide, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device,

@@ -92,7 +92,7 @@ known = rng.random(len(cells)) < args.known_fraction
 truth = cells.obs[cells.label_key].astype(str).to_numpy()
 pyro.set_rng_seed(args.seed)
 gmvae = GMVAE(cells.num_genes, args.latent, len(types), args.hidden, "nb", batch_norm=True, dropout=0.1)
-gmvae_guide = GMVAEGuide(cells.num_genes, args.latent, len(types), args.hidden, input_transform="log1p",
+gmvae_guide = GMVAEGuide(cells.num_genes, args.latent, args.hidden, num_components=len(types), input_transform="log1p",
                          batch_norm=True, dropout=0.1)
 label_history = train(gmvae, gmvae_guide, cells.with_labels(known), epochs=args.label_epochs,
                       batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed, progress=progress)

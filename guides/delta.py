@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro.distributions as dist
 import torch
 from pyrovae.guides.base import AmortizedGuide
-from torch import nn
-
-from pyrovae.nn.checks import check_int
 
 
 class DeltaGuide(AmortizedGuide):
@@ -21,29 +16,13 @@ class DeltaGuide(AmortizedGuide):
     likelihood with fixed scale, the MSE). The model stays the same: swapping this guide for a
     :class:`~pyrovae.guides.NormalGuide` turns the auto-encoder into a VAE.
 
-    :param encoder: a custom ``nn.Module`` mapping ``(..., x_dim) -> (..., z_dim)``.
+    Takes the construction arguments of every guide (:class:`~pyrovae.guides.AmortizedGuide`); a
+    custom ``encoder`` maps ``(..., x_dim) -> (..., z_dim)``.
     """
 
-    def __init__(
-        self,
-        x_dim: int,
-        z_dim: int,
-        hidden: Sequence[int] = (400,),
-        activation: str | nn.Module = "relu",
-        encoder: nn.Module | None = None,
-        *,
-        input_transform: str | None = None,
-        latent_library: bool = False,
-        batch_norm: bool = False,
-        dropout: float = 0.0,
-        categorical=(),
-        continuous: int = 0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(name)
-        z_dim = check_int(type(self).__name__, "z_dim", z_dim)
-        options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, z_dim, hidden, activation, encoder, *options, categorical, continuous)
+    def __init__(self, x_dim: int, z_dim: int, *args, **options) -> None:
+        super().__init__(x_dim, z_dim, *args, **options)
+        self.build_encoder(self.z_dim)
 
     def encode(self, x: torch.Tensor, cat: torch.Tensor | None = None,
                cont: torch.Tensor | None = None) -> dist.TorchDistribution:

@@ -27,52 +27,33 @@ class FlowGuide(AmortizedGuide):
     gap of the Gaussian family (Cremer, Li & Duvenaud 2018); refit it to a trained model's frozen decoder with
     :func:`~pyrovae.infer.refit_guide` to measure that gap.
 
-    Takes the construction arguments of every guide, and:
+    Takes the construction arguments of every guide (:class:`~pyrovae.guides.AmortizedGuide`); a
+    custom ``encoder`` maps ``(..., x_dim) -> (..., 2 z_dim + context_dim)`` (mean, raw scale,
+    context). And:
 
     :param str flow: ``"affine"`` (IAF) or ``"spline"``.
     :param int num_flows: K, the number of flows.
     :param flow_hidden: hidden widths of each flow's autoregressive network (default ``[4 z_dim]``).
     :param int context_dim: length of h(x) (default ``2 z_dim``).
     :param float min_scale: floor added to the base Gaussian's standard deviation (> 0).
-    :param str name: the guide's name in Pyro's param store (see :class:`AmortizedGuide`).
     """
 
-    def __init__(
-        self,
-        x_dim: int,
-        z_dim: int,
-        hidden: Sequence[int] = (400,),
-        activation: str | nn.Module = "relu",
-        encoder: nn.Module | None = None,
-        min_scale: float = 1e-5,
-        *,
-        flow: str = "affine",
-        num_flows: int = 2,
-        flow_hidden: Sequence[int] | None = None,
-        context_dim: int | None = None,
-        input_transform: str | None = None,
-        latent_library: bool = False,
-        batch_norm: bool = False,
-        dropout: float = 0.0,
-        categorical=(),
-        continuous: int = 0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(name)
+    def __init__(self, x_dim: int, z_dim: int, *args, min_scale: float = 1e-5, flow: str = "affine",
+                 num_flows: int = 2, flow_hidden: Sequence[int] | None = None,
+                 context_dim: int | None = None, **options) -> None:
+        super().__init__(x_dim, z_dim, *args, **options)
         who = type(self).__name__
         if flow not in FLOW_KINDS:
             raise ValueError(f"flow must be one of {FLOW_KINDS}, got {flow!r}")
         num_flows = check_int(who, "num_flows", num_flows)
-        z_dim = check_int(who, "z_dim", z_dim)
-        if z_dim < 2 and flow == "affine":
+        if self.z_dim < 2 and flow == "affine":
             raise ValueError("an autoregressive flow needs z_dim >= 2; use flow='spline' for a 1-D latent")
-        self.context_dim = check_int(who, "context_dim", context_dim) if context_dim is not None else 2 * z_dim
-        options = (input_transform, latent_library, batch_norm, dropout)
-        self._set_encoder(x_dim, z_dim, 2 * z_dim + self.context_dim, hidden, activation, encoder, *options,
-                          categorical, continuous)
+        self.context_dim = 2 * self.z_dim if context_dim is None else \
+            check_int(who, "context_dim", context_dim)
         self.min_scale, self.flow_kind = check_real(who, "min_scale", min_scale), flow
         flow_hidden = list(check_widths(who, flow_hidden, "flow_hidden", allow_empty=False)) \
             if flow_hidden is not None else [4 * self.z_dim]
+        self.build_encoder(2 * self.z_dim + self.context_dim)
         make = T.conditional_affine_autoregressive if flow == "affine" else T.conditional_spline_autoregressive
         self.flows = nn.ModuleList(make(self.z_dim, self.context_dim, hidden_dims=flow_hidden)
                                    for _ in range(num_flows))

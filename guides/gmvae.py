@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro
 import pyro.distributions as dist
 import torch
@@ -12,7 +10,7 @@ from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
 from pyrovae.nn import make_activation, register_module
-from pyrovae.nn.checks import check_int, check_real, check_widths
+from pyrovae.nn.checks import check_int, check_real
 
 
 class GMVAEGuide(AmortizedGuide):
@@ -32,58 +30,39 @@ class GMVAEGuide(AmortizedGuide):
     (Kingma et al.'s alpha), added to the ELBO as a ``pyro.factor`` of the guide. :meth:`classify` then transfers
     the labels.
 
-    :param int num_components: K, as in the model.
-    :param hidden: hidden sizes of the trunk from the data side (at least one layer; the last is the width of the
-        features f).
-    :param encoder: a custom trunk ``nn.Module`` mapping ``(..., x_dim) -> (..., hidden[-1])`` (pre-activation),
-        used instead of the MLP. It comes after ``activation``, as in every guide.
+    Takes the construction arguments of every guide (:class:`~pyrovae.guides.AmortizedGuide`), with
+    two differences: ``hidden`` is the trunk's widths and needs at least one layer (the last is the
+    width of the features f), and a custom ``encoder`` is the trunk ``(..., x_dim) -> (...,
+    hidden[-1])`` (pre-activation; ``activation`` comes after it, as in every guide); ``batch_norm``
+    and ``dropout`` apply to the trunk's hidden layers (batch norm to all but the last). And, by
+    keyword:
+
+    :param int num_components: K, as in the model (required).
     :param float min_scale: floor added to the standard deviations of q(z | x, y) (> 0).
-    :param input_transform: ``"log1p"`` for count data.
-    :param bool latent_library: also sample ``"library"`` (for likelihoods with ``library="latent"``).
-    :param bool batch_norm: batch-normalise the trunk's hidden layers (all but the last).
-    :param float dropout: dropout after each hidden layer of the trunk.
-    :param float classification_weight: alpha of the classification term on labelled data (per datum). It weighs
-        the classifier against the ELBO, whose size grows with the number of features: on PBMC 3k at 2,000 genes
-        with half the labels hidden, alpha = 10, 100 and 1000 transfer 87.8%, 88.5% and 89.1% of them (60 epochs):
-        raise it for wide data.
-    :param str name: the guide's name in Pyro's param store (see :class:`~pyrovae.guides.AmortizedGuide`).
+    :param float classification_weight: alpha of the classification term on labelled data (per
+        datum). It weighs the classifier against the ELBO, whose size grows with the number of
+        features: on PBMC 3k at 2,000 genes with half the labels hidden, alpha = 10, 100 and 1000
+        transfer 87.8%, 88.5% and 89.1% of them (60 epochs): raise it for wide data.
     """
 
-    def __init__(
-        self,
-        x_dim: int,
-        z_dim: int,
-        num_components: int,
-        hidden: Sequence[int] = (400,),
-        activation: str | nn.Module = "relu",
-        encoder: nn.Module | None = None,
-        min_scale: float = 1e-5,
-        *,
-        input_transform: str | None = None,
-        latent_library: bool = False,
-        batch_norm: bool = False,
-        dropout: float = 0.0,
-        categorical=(),
-        continuous: int = 0,
-        classification_weight: float = 10.0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(name)
+    def __init__(self, x_dim: int, z_dim: int, *args, num_components: int, min_scale: float = 1e-5,
+                 classification_weight: float = 10.0, **options) -> None:
+        super().__init__(x_dim, z_dim, *args, **options)
         who = type(self).__name__
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
-        hidden = check_widths(who, hidden)
+        hidden = self.encoder_options.hidden
         if not hidden:
-            raise ValueError(f"{who} needs at least one hidden layer (its features feed q(y|x) and q(z|x,y))")
+            raise ValueError(f"{who} needs at least one hidden layer (its features feed q(y|x) and "
+                             "q(z|x,y))")
         self.num_components = check_int(who, "num_components", num_components)
         self.min_scale = check_real(who, "min_scale", min_scale)
-        self.classification_weight = check_real(who, "classification_weight", classification_weight, strict=False)
+        self.classification_weight = check_real(who, "classification_weight", classification_weight,
+                                                strict=False)
         width = hidden[-1]
-        self._set_encoder(
-            x_dim, z_dim, width, hidden[:-1], activation, encoder, input_transform, latent_library, batch_norm, dropout,
-            categorical, continuous,
-        )
+        self.build_encoder(width, hidden[:-1])
+        dropout = self.encoder_options.dropout
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.activation = make_activation(activation)
+        self.activation = make_activation(self.encoder_options.activation)
         self.y_head = nn.Linear(width, self.num_components)
         self.z_hidden = nn.Linear(width, width)
         self.y_embedding = nn.Parameter(0.1 * torch.randn(self.num_components, width))

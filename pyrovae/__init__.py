@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.7.0"
 
 _EXPORTS = {
     "pyrovae.models": ("VAE", "SVAE", "GMVAE"),
     "pyrovae.guides": ("NormalGuide", "DeltaGuide", "VMFGuide", "PowerSphericalGuide", "GMVAEGuide", "FlowGuide"),
-    "pyrovae.pairs": ("make_pair",),
+    "pyrovae.pairs": ("make_pair", "save_pair", "load_pair"),
     "pyrovae.infer": (
         "train", "log_likelihood", "ais_log_likelihood", "gap_report", "evaluate", "encode_data", "make_objective",
         "TrainingDiverged", "normalized_expression", "differential_expression",

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import matplotlib
 import pyro
 import torch
+
+from pyrovae.optional import require
 
 
 class ExperimentParser(argparse.ArgumentParser):
@@ -34,7 +37,7 @@ class ExperimentParser(argparse.ArgumentParser):
         self.add_argument("--no-progress", action="store_true", help="hide progress bars")
         self.add_argument("--proposal", default="refined+defensive",
                           choices=["guide", "defensive", "refined", "refined+defensive"],
-                          help="importance distribution of the held-out log-likelihood (pyrovae.infer.proposals)")
+                          help="importance distribution of the held-out log-likelihood (pyrovae.infer.estimation)")
         shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in self.quick_settings.items())
         self.add_argument("--quick", action="store_true", help=f"tiny settings, about a minute on 2 cores: {shown}")
 
@@ -66,7 +69,10 @@ def experiment_parser(description: str, epochs: int, out: str, quick: dict | Non
 def setup(args: argparse.Namespace) -> torch.device:
     """Seed everything, create the output folder, draw figures to files only (matplotlib's Agg backend), and
     return the device."""
-    matplotlib.use("Agg")
+    require("matplotlib").use("Agg")
+    # the library's INFO messages (a sweep's kept runs) beside the script's own output
+    logging.basicConfig(stream=sys.stdout, format="%(message)s")
+    logging.getLogger("pyrovae").setLevel(logging.INFO)
     pyro.set_rng_seed(args.seed)
     if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder; give the folder that holds the data sets")

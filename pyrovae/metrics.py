@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pyrovae.optional import require
+
 
 def _numpy(values) -> np.ndarray:
     if isinstance(values, torch.Tensor):
@@ -40,7 +42,7 @@ def _same_length(what: str, **arrays) -> None:
 
 def kmeans_clusters(latent, num_clusters: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
     """KMeans cluster of each row of ``latent`` (scikit-learn, ``n_init`` restarts, seeded)."""
-    from sklearn.cluster import KMeans
+    KMeans = require("sklearn.cluster").KMeans
 
     latent = _latent(latent)
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, (int, np.integer)) or \
@@ -57,7 +59,7 @@ def clustering_scores(labels, clusters, latent=None, max_silhouette: int = 5000,
         chance) and, with ``latent``, ``"silhouette"`` of the known labels in the latent space (in [-1, 1];
         computed on at most ``max_silhouette`` rows, drawn with ``seed``).
     """
-    from sklearn import metrics
+    metrics = require("sklearn.metrics")
 
     labels, clusters = _numpy(labels).ravel(), _numpy(clusters).ravel()
     if labels.shape != clusters.shape:
@@ -80,7 +82,7 @@ def clustering_scores(labels, clusters, latent=None, max_silhouette: int = 5000,
 def silhouette_sweep(latent, ks=range(2, 11), seed: int = 0, max_points: int = 5000) -> dict[int, float]:
     """Silhouette of KMeans clusterings of ``latent`` for each number of clusters in ``ks`` (on at most
     ``max_points`` rows drawn with ``seed``): the notebook-000 choice of k."""
-    from sklearn.metrics import silhouette_score
+    silhouette_score = require("sklearn.metrics").silhouette_score
 
     latent = _latent(latent)
     if len(latent) > max_points:
@@ -106,8 +108,8 @@ def reconstruction_scores(data, reconstruction) -> dict:
 
 
 def circular_correlation(a, b) -> float:
-    """|Jammalamadaka & SenGupta (1988)'s circular correlation| of two samples of angles (radians): 1 when one is
-    a rotation or reflection of the other, near 0 when they are independent.
+    """The absolute value of Jammalamadaka & SenGupta (1988)'s circular correlation of two samples of angles
+    (radians): 1 when one is a rotation or reflection of the other, near 0 when they are independent.
 
     rho = sum sin(a - abar) sin(b - bbar) / sqrt(sum sin^2(a - abar) sum sin^2(b - bbar)), abar and bbar the
     circular means. The absolute value makes it invariant to reflection as well.
@@ -128,7 +130,7 @@ def batch_asw(latent, batch, labels) -> float:
     """scIB's batch ASW (Luecken et al. 2022): within each cell label, the silhouette of every cell with the
     *batches* as clusters, ``1 - |s|`` (1: the batches are mixed, 0: separated), averaged per label and then over
     labels. Labels seen in one batch only are left out, as scIB does."""
-    from sklearn.metrics import silhouette_samples
+    silhouette_samples = require("sklearn.metrics").silhouette_samples
 
     latent, batch, labels = _latent(latent), _numpy(batch).ravel(), _numpy(labels).ravel()
     _same_length("batch_asw", latent=latent, batch=batch, labels=labels)
@@ -179,7 +181,7 @@ def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = Non
     """The local inverse Simpson's index of ``labels`` around every cell (Korsunsky et al. 2019): the effective
     number of labels among its ``num_neighbors`` nearest neighbours (Euclidean), weighted by a Gaussian kernel
     of perplexity ``num_neighbors // 3`` (scib-metrics' defaults)."""
-    from sklearn.neighbors import NearestNeighbors
+    NearestNeighbors = require("sklearn.neighbors").NearestNeighbors
 
     latent, labels = _latent(latent, min_rows=2), _numpy(labels).ravel()
     _same_length("lisi", latent=latent, labels=labels)

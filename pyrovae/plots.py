@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from pyrovae.optional import lazy_import
+
+plt = lazy_import("matplotlib.pyplot")
 
 
 def _numpy(x) -> np.ndarray:

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pyrovae.infer.checkpoint import FileLock, atomic_write
+from pyrovae.infer.training.checkpoint import FileLock, atomic_write
+
+logger = logging.getLogger(__name__)
 
 
 def _check_key(key) -> None:
@@ -82,7 +85,8 @@ class Sweep:
         """The result of run ``key``: stored (by this job or another sharing the file), or computed by
         ``fn(*args, **kwargs)`` and stored now. Storing merges under the file's lock, so other jobs' results are
         kept; where another job stored ``key`` while this one computed it, the first stored result is kept and
-        returned.
+        returned. With ``verbose``, each of these is said on the ``pyrovae.sweep`` logger (at INFO for a stored
+        run, WARNING for a result another job stored first).
 
         :raises TypeError: for a key that is not a string, or a result that JSON cannot hold (convert tensors
             and numpy numbers with ``float()`` / ``.tolist()``); nothing is stored then.
@@ -91,7 +95,7 @@ class Sweep:
         self.reload()
         if key in self.results:
             if verbose:
-                print(f"{key}: done before, result kept")
+                logger.info("%s: done before, result kept", key)
             return self.results[key]
         result = fn(*args, **kwargs)
         try:
@@ -102,7 +106,7 @@ class Sweep:
         with self._lock:
             stored = self._read()
             if key in stored and verbose:
-                print(f"{key}: another job stored it first; its result is kept")
+                logger.warning("%s: another job stored it first; its result is kept", key)
             merged = {**self.results, **stored}
             merged.setdefault(key, result)
             atomic_write(self.path, lambda stream: json.dump(merged, stream, indent=1), binary=False)

@@ -210,7 +210,7 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
 
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
            "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae", "pbmc_de",
-           "integration"]
+           "integration", "pbmc_quickstart"]
 
 
 def test_every_experiment_is_listed():

@@ -27,7 +27,7 @@ def typed_cells(n=600, genes=40, types=3, seed=0):
 def pair(genes=40, types=3, alpha=0.0, seed=0):
     torch.manual_seed(seed)
     return (GMVAE(genes, 3, types, (16,), "nb"),
-            GMVAEGuide(genes, 3, types, (16,), input_transform="log1p", classification_weight=alpha))
+            GMVAEGuide(genes, 3, (16,), num_components=types, input_transform="log1p", classification_weight=alpha))
 
 
 def test_the_labelled_elbo_is_the_bound_on_log_p_of_x_and_its_label():
@@ -123,7 +123,7 @@ def test_known_cells_as_a_zero_one_integer_array_are_refused_not_read_as_indices
 def test_a_gmvae_with_another_number_of_components_than_labels_is_named():
     data = typed_cells(n=30, types=3)
     torch.manual_seed(0)
-    guide = GMVAEGuide(40, 3, 4, (16,), input_transform="log1p")
+    guide = GMVAEGuide(40, 3, (16,), num_components=4, input_transform="log1p")
     with pytest.raises(ValueError, match=r"carries 3 labels .* but the GMVAE has 4 components.*num_components="):
         predict_labels(guide, data)
     with pytest.raises(ValueError, match="but the GMVAE has 4 components"):
@@ -138,7 +138,7 @@ def test_train_refuses_a_gmvae_with_more_components_than_the_labels():
     # four components for three labels used to train in silence, the fourth component never labelled
     data = typed_cells(n=30, types=3).with_labels()
     torch.manual_seed(0)
-    model, guide = GMVAE(40, 3, 4, (16,), "nb"), GMVAEGuide(40, 3, 4, (16,), input_transform="log1p")
+    model, guide = GMVAE(40, 3, 4, (16,), "nb"), GMVAEGuide(40, 3, (16,), num_components=4, input_transform="log1p")
     with pytest.raises(ValueError, match=r"carries 3 labels .* but the GMVAE has 4 components"):
         train(model, guide, data, epochs=1, progress=False)
     unlabelled = typed_cells(n=30, types=3)  # clustering without labels takes any number of components

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from pyrovae.data.checks import check_int
@@ -15,11 +13,15 @@ from pyrovae.data.tahoe import (
     LABEL_COLUMNS,
     CellBlock,
     GeneVocabulary,
-    _check_schema,
+    check_schema,
     decode_rows,
     find_shards,
     holdout_mask,
 )
+from pyrovae.optional import lazy_import
+
+pa = lazy_import("pyarrow")
+pc = lazy_import("pyarrow.compute")
 
 
 class TahoeAtlas:
@@ -60,7 +62,7 @@ class TahoeAtlas:
         self._split_rows: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
         self.offsets = np.concatenate([[0], np.cumsum([s.num_rows for s in self.shards])]).astype(np.int64)
         schema = self.shards[0].open().schema_arrow
-        _check_schema(schema, self.shards[0], self.label_columns)
+        check_schema(schema, self.shards[0], self.label_columns)
 
     @property
     def label_columns(self) -> list[str]:
@@ -176,7 +178,7 @@ class TahoeAtlas:
         panel_lookup = self.vocabulary.lookup(panel)
         categories = self.categories
         handle = shard.open()
-        _check_schema(handle.schema_arrow, shard, self.label_columns)
+        check_schema(handle.schema_arrow, shard, self.label_columns)
         columns = ["genes", "expressions", *dict.fromkeys(self.label_columns)]
         first = 0
         for batch in handle.iter_batches(batch_size=rows_per_read, columns=columns):

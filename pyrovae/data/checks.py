@@ -11,8 +11,11 @@ import math
 import numbers
 
 import numpy as np
-import pandas as pd
 import torch
+
+from pyrovae.optional import lazy_import
+
+pd = lazy_import("pandas")
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
 from pyrovae.data.checks import check_int, check_real, check_unique_names, selection_indices
 from pyrovae.data.hvg import ScaledMoments
+from pyrovae.optional import lazy_import, require
+
+pd = lazy_import("pandas")
 
 
 class CountData(Dataset):
@@ -418,7 +420,7 @@ class CountData(Dataset):
     # -- AnnData ------------------------------------------------------------------------------------------
     def to_anndata(self):
         """An ``anndata.AnnData`` with the raw counts in ``X`` and in the layer ``"counts"``."""
-        import anndata
+        anndata = require("anndata")
 
         adata = anndata.AnnData(X=self.counts.copy(), obs=self.obs.copy(), var=self.var.copy())
         adata.layers["counts"] = self.counts.copy()

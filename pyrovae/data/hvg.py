@@ -10,8 +10,11 @@ block with Chan et al. (1982)'s pairwise update, so a streamed sample and an in-
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
+
+from pyrovae.optional import lazy_import
+
+pd = lazy_import("pandas")
 
 TARGET_SUM = 1e4
 

@@ -11,7 +11,8 @@ from torch import nn
 class LogPCA(nn.Module):
     """x -> ((log1p(x) - mean) / scale) @ components.T, with ``components`` the top principal axes.
 
-    :param mean, scale: per-gene mean and standard deviation of log1p counts (scale 1 where a gene is constant).
+    :param mean: per-gene mean of log1p counts.
+    :param scale: per-gene standard deviation of log1p counts (1 where a gene is constant).
     :param components: ``(num_components, num_genes)`` orthonormal rows.
     """
 

@@ -10,6 +10,7 @@ import torch
 from pyrovae.data.idx import OFFICIAL_SHA256, download_idx, find_idx_file, read_idx
 from pyrovae.data.paths import cache_dir, find_dataset
 from pyrovae.data.tensor_data import TensorData
+from pyrovae.optional import require
 
 BINARIZE = (None, "static", "dynamic", "threshold")
 
@@ -107,7 +108,7 @@ def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: i
 
     The offline stand-in for MNIST: always available, no file needed.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
+    sklearn_digits = require("sklearn.datasets").load_digits
 
     if binarize not in BINARIZE:
         raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}")

@@ -15,20 +15,22 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 import torch
 
 from pyrovae.data.count_data import CountData
 from pyrovae.data.paths import find_dataset
+from pyrovae.optional import lazy_import, require
+
+pd = lazy_import("pandas")
 
 
 class CountFileError(ValueError):
     """A single-cell file that cannot be read, or whose parts do not fit together."""
 
 
-_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, pd.errors.ParserError)
+_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError)  # pandas' ParserError is a ValueError
 """What reading a damaged or foreign file raises: each becomes a :class:`CountFileError` naming the file."""
 
 
@@ -61,12 +63,24 @@ def _read_lines(path: Path) -> list[list[str]]:
         raise _unreadable(path, "a tab-separated list", error) from error
 
 
+GENE_EXPRESSION = "Gene Expression"
+"""The ``feature_type`` of genes in Cell Ranger v3 files (beside ``Antibody Capture``, ``Peaks``, ``CRISPR Guide
+Capture``, ...)."""
+
+
 def read_10x_mtx(
-    folder: str | os.PathLike, metadata: str | os.PathLike | None = None, label_key: str | None = None
+    folder: str | os.PathLike, metadata: str | os.PathLike | None = None, label_key: str | None = None,
+    feature_types=GENE_EXPRESSION,
 ) -> CountData:
     """A 10x Matrix Market folder: ``matrix.mtx`` (genes x cells), ``genes.tsv``/``features.tsv`` and
     ``barcodes.tsv``, each optionally gzipped; plus a cell table (``cell_metadata.csv`` in the folder, or
     ``metadata``) joined on the barcode. ``label_key`` defaults to ``"cell_type"`` when that column exists.
+
+    :param feature_types: the ``feature_type`` values (third column of ``features.tsv``) to keep: by default
+        ``"Gene Expression"`` only, so that the antibody-capture rows of CITE-seq and the peaks of multiome files
+        are not read as genes (scanpy's ``gex_only``); a list keeps several, None keeps every feature. The type is
+        kept in ``var["feature_type"]``; dropped features are reported in a warning. Old ``genes.tsv`` files have
+        no type: every row is a gene.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -92,7 +106,13 @@ def read_10x_mtx(
         )
     # features.tsv: id, symbol, type; old genes.tsv: id, symbol, or symbol alone
     symbols = [row[1] if len(row) > 1 else row[0] for row in genes]
+    types = [row[2] for row in genes] if genes and all(len(row) > 2 for row in genes) else None
     var = pd.DataFrame({"gene_id": [row[0] for row in genes]}, index=pd.Index(symbols, name="gene"))
+    if types is not None:
+        var["feature_type"] = types
+    keep = _kept_features(types, feature_types, genes_path)
+    if keep is not None:
+        matrix, var = matrix[:, keep], var.iloc[keep]
     var.index = _unique(var.index)
     obs = pd.DataFrame(index=pd.Index(barcodes, name="barcode"))
     metadata = Path(metadata) if metadata is not None else folder / "cell_metadata.csv"
@@ -101,6 +121,25 @@ def read_10x_mtx(
     if label_key is None and "cell_type" in obs.columns:
         label_key = "cell_type"
     return CountData(matrix, obs, var, label_key, name=folder.name)
+
+
+def _kept_features(types, wanted, path: Path) -> np.ndarray | None:
+    """The positions of the features whose type is among ``wanted`` (None: all kept, nothing to select); the
+    others are reported in a warning that says how to keep them."""
+    if types is None or wanted is None:
+        return None
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    types = np.asarray(types, dtype=str)
+    keep = np.isin(types, wanted)
+    if not keep.any():
+        raise CountFileError(f"{path} has no feature of type {wanted} (types there: {sorted(set(types))}); pass "
+                             "feature_types= naming the types to read, or feature_types=None for all of them")
+    if not keep.all():
+        dropped = pd.Series(types[~keep]).value_counts()
+        shown = ", ".join(f"{count} {kind!r}" for kind, count in dropped.items())
+        warnings.warn(f"{path.name}: kept the {int(keep.sum())} features of type {wanted} and dropped {shown}; pass "
+                      "feature_types=None to read every feature (or a list of the types wanted)", stacklevel=3)
+    return np.flatnonzero(keep)
 
 
 def _unique(index: pd.Index) -> pd.Index:
@@ -142,7 +181,7 @@ _H5_V2 = ("data", "indices", "indptr", "shape", "barcodes", "gene_names", "genes
 def _h5_layout(handle, path: Path, genome: str | None):
     """The group holding a Cell Ranger matrix and its layout (3 or 2), or a CountFileError naming what was
     expected and what the file holds (with the reader that fits a scDeepCluster or AnnData file)."""
-    import h5py
+    h5py = require("h5py")
 
     found = sorted(handle)
     if "matrix" in handle and isinstance(handle["matrix"], h5py.Group):
@@ -170,12 +209,17 @@ def _h5_layout(handle, path: Path, genome: str | None):
     return group, version
 
 
-def read_10x_h5(path: str | os.PathLike, genome: str | None = None) -> CountData:
+def read_10x_h5(path: str | os.PathLike, genome: str | None = None, feature_types=GENE_EXPRESSION) -> CountData:
     """A Cell Ranger ``.h5`` matrix: v3 (group ``matrix`` with ``features/``) or v2 (one group per genome).
+
+    :param feature_types: for v3 files, the ``features/feature_type`` values to keep: ``"Gene Expression"`` by
+        default (scanpy's ``gex_only``), so that antibody-capture and peak rows are not read as genes; a list
+        keeps several, None every feature (see :func:`read_10x_mtx`). With ``genome``, v3 features of other
+        genomes (``features/genome``) are dropped too.
 
     :raises CountFileError: for a file that is not HDF5, or not in either 10x layout (naming the groups expected
         and those found)."""
-    import h5py
+    h5py = require("h5py")
 
     path = Path(path)
     try:
@@ -184,9 +228,14 @@ def read_10x_h5(path: str | os.PathLike, genome: str | None = None) -> CountData
         raise CountFileError(f"cannot open {path} as HDF5: {error}") from error
     with handle:
         group, version = _h5_layout(handle, path, genome)
+        types = genomes = None
         if version == 3:
             names = [n.decode() for n in group["features/name"][:]]
             ids = [n.decode() for n in group["features/id"][:]]
+            if "features/feature_type" in group:
+                types = [n.decode() for n in group["features/feature_type"][:]]
+            if genome is not None and "features/genome" in group:
+                genomes = np.asarray([n.decode() for n in group["features/genome"][:]])
         else:
             names = [n.decode() for n in group["gene_names"][:]]
             ids = [n.decode() for n in group["genes"][:]]
@@ -204,14 +253,27 @@ def read_10x_h5(path: str | os.PathLike, genome: str | None = None) -> CountData
         raise CountFileError(
             f"{path}: shape {num_genes} x {num_cells} but {len(names)} genes, {len(barcodes)} barcodes"
         )
-    var = pd.DataFrame({"gene_id": ids}, index=_unique(pd.Index(names, name="gene")))
+    var = pd.DataFrame({"gene_id": ids}, index=pd.Index(names, name="gene"))
+    if types is not None:
+        if len(types) != num_genes:
+            raise CountFileError(f"{path}: {len(types)} feature types for {num_genes} features")
+        var["feature_type"] = types
+    if genomes is not None and genome not in set(genomes):
+        raise CountFileError(f"{path} has no features of genome {genome!r} (genomes: {sorted(set(genomes))})")
+    keep = _kept_features(types, feature_types, path)
+    if genomes is not None:
+        of_genome = genomes == genome
+        keep = np.flatnonzero(of_genome) if keep is None else keep[of_genome[keep]]
+    if keep is not None:
+        matrix, var = matrix[:, keep], var.iloc[keep]
+    var.index = _unique(var.index)
     return CountData(matrix, pd.DataFrame(index=pd.Index(barcodes, name="barcode")), var, name=path.stem)
 
 
 def read_scdeepcluster_h5(path: str | os.PathLike) -> CountData:
     """An scDeepCluster-style HDF5 file: ``X`` (cells x genes counts) and ``Y`` (integer cell types, maybe as
     floats), labels in ``obs["cell_type"]``."""
-    import h5py
+    h5py = require("h5py")
 
     path = Path(path)
     try:
@@ -283,8 +345,30 @@ def _read_rows(matrix, what: str, rows_per_read: int = 10_000):
     return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(tuple(matrix.shape), dtype=np.float32)
 
 
+def _check_raw_counts(matrix, what: str, layers) -> None:
+    """Raise a ValueError naming ``layer=`` when ``matrix`` holds anything but non-negative integer counts."""
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    for bad, problem in ((~np.isfinite(values), "a non-finite value"), (values < 0, "a negative count"),
+                         (values != np.round(values), "a non-integer count")):
+        if bad.any():
+            position = int(np.flatnonzero(bad.ravel())[0])
+            if sp.issparse(matrix):
+                coo = matrix.tocoo()
+                order = np.lexsort((coo.col, coo.row))  # the order of a CSR matrix's data
+                cell, gene = int(coo.row[order][position]), int(coo.col[order][position])
+            else:
+                cell, gene = np.unravel_index(position, values.shape)
+            raise ValueError(
+                f"{what} of the AnnData holds {problem} ({values.ravel()[position]:g} at cell {int(cell)}, gene "
+                f"{int(gene)}; {int(bad.sum())} such entries): count models need the raw, non-negative integer "
+                f"counts. Pass layer= naming the layer that holds them (layers: {list(layers)}), or keep them "
+                "before normalising with adata.layers['counts'] = adata.X.copy()"
+            )
+
+
 def from_anndata(adata, layer: str | None = None, label_key: str | None = None, *, batch_key: str | None = None,
-                 categorical_covariate_keys=(), continuous_covariate_keys=(), labels_key: str | None = None
+                 categorical_covariate_keys=(), continuous_covariate_keys=(), labels_key: str | None = None,
+                 unlabeled_category: str | None = None, label_names=None, levels: dict | None = None
                  ) -> CountData:
     """An AnnData's raw counts (``layer``, or ``X`` when None) with its ``obs`` and ``var``, as scvi-tools'
     ``setup_anndata`` reads them: ``batch_key`` is the first categorical covariate (the batch), followed by
@@ -292,7 +376,16 @@ def from_anndata(adata, layer: str | None = None, label_key: str | None = None, 
     ``label_key``) holds cell types.
 
     An AnnData opened with ``backed="r"`` works too: its counts are read into memory (sparse, a block of rows at
-    a time); the cell and gene tables are copied either way."""
+    a time); the cell and gene tables are copied either way.
+
+    :param str unlabeled_category: the value of ``labels_key`` that marks a cell of unknown type (scANVI's
+        ``unlabeled_category``): such cells have no label (:meth:`CountData.with_labels` leaves them unknown).
+    :param label_names: the labels in code order (default: the distinct values of ``labels_key``, sorted, without
+        ``unlabeled_category``); a cell with another value is an error.
+    :param dict levels: the levels of each categorical covariate in code order (default: the sorted values), so
+        that codes mean what they meant to a trained model.
+    :raises ValueError: when the counts are not non-negative integers, naming ``layer=`` and the layers there are.
+    """
     if not all(hasattr(adata, attribute) for attribute in ("X", "obs", "var", "layers")):
         raise TypeError(f"from_anndata takes an anndata.AnnData, got {type(adata).__name__}; for a cells x genes "
                         "matrix or DataFrame of counts use pyrovae.data.CountData(counts, obs, var)")
@@ -300,18 +393,41 @@ def from_anndata(adata, layer: str | None = None, label_key: str | None = None, 
         raise ValueError(f"no layer {layer!r} in the AnnData (layers: {list(adata.layers)}); raw counts are needed")
     if label_key is not None and labels_key is not None and label_key != labels_key:
         raise ValueError(f"label_key={label_key!r} and labels_key={labels_key!r} disagree; pass one")
+    labels_key = label_key or labels_key
     categorical = [categorical_covariate_keys] if isinstance(categorical_covariate_keys, str) else list(
         categorical_covariate_keys)
     if batch_key is not None:
         categorical = [batch_key] + [k for k in categorical if k != batch_key]
-    matrix = _read_rows(adata.layers[layer] if layer is not None else adata.X, f"layer {layer!r}" if layer else "X")
-    return CountData(matrix, adata.obs.copy(), adata.var.copy(), label_key or labels_key, name=layer or "X",
-                     categorical_keys=categorical, continuous_keys=continuous_covariate_keys)
+    what = f"layer {layer!r}" if layer else "X"
+    matrix = _read_rows(adata.layers[layer] if layer is not None else adata.X, what)
+    _check_raw_counts(matrix, what, adata.layers)
+    obs = adata.obs.copy()
+    if labels_key is not None and labels_key in obs.columns and (unlabeled_category, label_names) != (None, None):
+        obs[labels_key] = _label_column(obs[labels_key], labels_key, unlabeled_category, label_names)
+    return CountData(matrix, obs, adata.var.copy(), labels_key, name=layer or "X",
+                     categorical_keys=categorical, continuous_keys=continuous_covariate_keys, levels=levels)
+
+
+def _label_column(values: pd.Series, key: str, unlabeled_category, label_names) -> pd.Categorical:
+    """``values`` as a categorical over ``label_names`` (default: the categories pandas gives them, less the
+    unlabelled one), with the unlabelled category and missing values as unknown (NaN)."""
+    text = pd.Series([None if pd.isna(v) else str(v) for v in values], index=values.index, dtype=object)
+    unknown = text.isna() | (text == str(unlabeled_category))
+    if label_names is None:
+        label_names = [str(c) for c in pd.Categorical(values).categories if str(c) != str(unlabeled_category)]
+    label_names = [str(n) for n in label_names]
+    foreign = sorted(set(text[~unknown]) - set(label_names))
+    if foreign:
+        raise ValueError(
+            f"obs[{key!r}] holds labels {foreign[:5]} that are not among the labels {label_names[:10]}; mark cells "
+            f"of unknown type with the unlabelled category ({unlabeled_category!r})"
+        )
+    return pd.Categorical(text.where(~unknown, None), categories=label_names)
 
 
 def read_h5ad(path: str | os.PathLike, layer: str | None = None, label_key: str | None = None) -> CountData:
     """An ``.h5ad`` file through anndata; counts from ``layer`` or ``X``."""
-    import anndata
+    anndata = require("anndata")
 
     try:
         adata = anndata.read_h5ad(path)

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import scipy.sparse as sp
+
+from pyrovae.optional import lazy_import
+
+pa = lazy_import("pyarrow")
+pc = lazy_import("pyarrow.compute")
+pq = lazy_import("pyarrow.parquet")
 
 TAHOE_HUB = "tahoebio/Tahoe-100M"
 LABEL_COLUMNS = {"drug": "drug", "cell_line": "cell_line_id", "plate": "plate"}
@@ -154,8 +157,8 @@ def _hub_filesystem():
         from huggingface_hub import HfFileSystem
     except ImportError as error:
         raise ImportError(
-            "reading Tahoe-100M from the Hugging Face hub needs huggingface_hub: pip install huggingface_hub "
-            "(or download the parquet files and pass their folder)"
+            "reading Tahoe-100M from the Hugging Face hub needs huggingface_hub: pip install 'pyrovae[hub]' "
+            "(or pip install huggingface_hub), or download the parquet files and pass their folder"
         ) from error
     return HfFileSystem()
 
@@ -199,7 +202,7 @@ def find_shards(source, filesystem=None) -> tuple[list[Shard], str | None]:
     return shards, genes
 
 
-def _check_schema(schema: pa.Schema, shard: Shard, labels: list[str]) -> None:
+def check_schema(schema: pa.Schema, shard: Shard, labels: list[str]) -> None:
     problems = []
     expected = {"genes": ("integers", pa.types.is_integer),
                 "expressions": ("numbers", lambda t: pa.types.is_integer(t) or pa.types.is_floating(t))}

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from pyrovae.optional import lazy_import
+
+pa = lazy_import("pyarrow")
+pq = lazy_import("pyarrow.parquet")
 
 MARKER_TOKEN_OFFSET = 3  # the marker's token lies just outside the gene vocabulary, like Tahoe's special tokens
 MARKER_VALUE = -2.0

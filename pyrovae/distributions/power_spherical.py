@@ -50,7 +50,7 @@ class PowerSpherical(SphericalDistribution):
         return log_n if wide else log_n.to(self.concentration.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """-log N + kappa log(1 + loc . z), with 1 + loc . z = |loc + z|^2 / 2 near -loc: a draw rounded close to
+        """-log N + kappa log(1 + loc . z), with 1 + loc . z = ``|loc + z|^2 / 2`` near -loc: a draw rounded close to
         the antipode keeps a finite log-density instead of log(0)."""
         if self._validate_args:
             self._validate_sample(value)

@@ -89,7 +89,7 @@ def _gamma_proposal(kappa: torch.Tensor, nu: float, log_ive: torch.Tensor):
 
 
 @torch.compiler.disable  # a data-dependent loop: one opaque call under torch.compile
-def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log_ive: torch.Tensor
+def rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log_ive: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An exact draw of w = loc . z for m != 3: returns (w, 1 - w, 1 + w), one accepted draw per element, both ends
     without cancellation (1 + w from Wood's proposal directly, where the antipode is within reach).
@@ -189,7 +189,7 @@ def _rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, lo
     raise RuntimeError(f"the von Mises-Fisher rejection sampler did not accept within {_MAX_REJECTION_ROUNDS} rounds")
 
 
-def _exact_cosine_s2(kappa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_cosine_s2(kappa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """m = 3: w = 1 + log(u + (1 - u) e^(-2 kappa)) / kappa by inverting the CDF (differentiable in kappa)."""
     u = 1 - torch.rand_like(kappa)  # on (0, 1]: u = 0 would be the antipode at any kappa
     small = torch.log1p((1 - u) * torch.expm1(-2 * kappa))  # accurate for small kappa

@@ -16,7 +16,7 @@ from pyrovae.distributions.sphere import (
     tangent_gaussians,
     unexpanded,
 )
-from pyrovae.distributions.vmf_cosine import _exact_cosine_s2, _rejection_cosine
+from pyrovae.distributions.vmf_cosine import exact_cosine_s2, rejection_cosine
 from pyrovae.ops import attach_bessel_terms, bessel_terms
 
 _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(32))
@@ -122,7 +122,7 @@ class _CosineDraw(torch.autograd.Function):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # float32 where the concentration is (the test is written without cancellation), float64 for float64
             wide = kappa.detach().to(torch.promote_types(kappa.dtype, torch.float32))
-            w, one_minus_w, one_plus_w = (t.to(kappa.dtype) for t in _rejection_cosine(wide, m, first_gamma.detach(),
+            w, one_minus_w, one_plus_w = (t.to(kappa.dtype) for t in rejection_cosine(wide, m, first_gamma.detach(),
                                                                                         log_ive))
         ctx.save_for_backward(kappa, one_minus_w, one_minus_mean)
         ctx.m = m
@@ -143,7 +143,7 @@ class VonMisesFisher(SphericalDistribution):
     concentrations and dimensions.
 
     ``rsample`` draws the cosine w = loc . z by exact inversion of its CDF for m = 3 and otherwise by rejection,
-    from a gamma proposal or Wood's, whichever each row's concentration suits (:func:`_rejection_cosine`;
+    from a gamma proposal or Wood's, whichever each row's concentration suits (:func:`rejection_cosine`;
     vectorised over the whole batch, each row with its own mean and concentration), a uniform tangent
     direction, and a reflection that sends e1 to ``loc``. Gradients: with respect to ``loc`` they flow through
     the reflection; with respect to ``concentration`` through w by implicit reparameterisation
@@ -168,7 +168,7 @@ class VonMisesFisher(SphericalDistribution):
         g, half_sq_norm = tangent_gaussians(shape, self.dim, self.loc.dtype, self.loc.device)
         if self.dim == 3:
             # float64 whatever the concentration's dtype: the inverse CDF's autograd derivative cancels at tiny kappa
-            w, one_minus_w = _exact_cosine_s2(kappa.double())
+            w, one_minus_w = exact_cosine_s2(kappa.double())
             w, one_minus_w = w.to(kappa.dtype), one_minus_w.to(kappa.dtype)
             one_plus_w = None
         else:
@@ -212,8 +212,8 @@ class VonMisesFisher(SphericalDistribution):
         return (self._log_normalizer_at_loc().double() - kappa.double()).to(kappa.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """log C_m(kappa) + kappa - kappa (1 - loc . z), with 1 - loc . z = |loc - z|^2 / 2 near loc (no cancellation
-        of loc . z against 1 where the mass of a concentrated vMF is)."""
+        """log C_m(kappa) + kappa - kappa (1 - loc . z), with 1 - loc . z = ``|loc - z|^2 / 2`` near loc (no
+        cancellation of loc . z against 1 where the mass of a concentrated vMF is)."""
         if self._validate_args:
             self._validate_sample(value)
         cosine = (self.loc * value).sum(-1)

@@ -1,83 +1,118 @@
-"""Training and evaluation: SVI, importance-sampled log-likelihood with its proposals, annealed importance sampling,
-the amortisation/approximation gap report, PSIS diagnostics, checkpoints; normalised and differential expression
-of count models.
+"""Inference for model/guide pairs, in three rooms around a shared core.
 
-The clustering and reconstruction scores live in :mod:`pyrovae.metrics` and are re-exported here.
+- :mod:`pyrovae.infer.training`: the SVI loop (:func:`train`) and its parts: objectives, the guarded step, the
+  KL schedule, early stopping, checkpoints and the training history.
+- :mod:`pyrovae.infer.estimation`: the held-out log p(x): importance sampling with its proposals, annealed
+  importance sampling, PSIS diagnostics, the amortisation/approximation gap report and refitting a guide.
+- :mod:`pyrovae.infer.analysis`: what is done with a trained pair: encoding data, latent locations,
+  reconstruction and interpolation; normalised and differential expression and label transfer of count models.
+- the core that all three use: the model/guide contract (:mod:`~pyrovae.infer.contract`), evaluation
+  (:mod:`~pyrovae.infer.evaluation`), batches (:mod:`~pyrovae.infer.batches`), argument checks
+  (:mod:`~pyrovae.infer.arguments`) and torchrun/DDP (:mod:`~pyrovae.infer.distributed`).
+
+Every public name of the rooms is importable from here. The clustering and reconstruction scores live in
+:mod:`pyrovae.metrics` and are re-exported here.
 """
 
-from pyrovae.infer.ais import ais_log_likelihood
-from pyrovae.infer.checkpoint import (
-    CheckpointInUse,
-    FileLock,
-    TrainingCheckpoint,
-    atomic_write,
-    load_checkpoint,
-    save_checkpoint,
+from pyrovae.infer.analysis import (
+    differential_expression,
+    encode_data,
+    interpolate,
+    interpolation_path,
+    latent_location,
+    locate,
+    markers,
+    normalized_expression,
+    predict_labels,
+    reconstruct,
 )
 from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.early_stopping import EarlyStopping
-from pyrovae.infer.encoding import encode_data
+from pyrovae.infer.estimation import (
+    DefensiveProposal,
+    GapReport,
+    GuideProposal,
+    LogLikelihood,
+    Proposal,
+    RefinedProposal,
+    ais_log_likelihood,
+    gap_report,
+    log_importance_weights,
+    log_likelihood,
+    psis_khat,
+    refit_guide,
+)
 from pyrovae.infer.evaluation import elbo_terms, evaluate
-from pyrovae.infer.expression import differential_expression, markers, normalized_expression, predict_labels
-from pyrovae.infer.gap import GapReport, gap_report
-from pyrovae.infer.history import History
-from pyrovae.infer.importance import log_importance_weights
-from pyrovae.infer.latent import interpolate, interpolation_path, latent_location, locate, reconstruct
-from pyrovae.infer.log_likelihood import LogLikelihood, log_likelihood
-from pyrovae.infer.objectives import ELBO_NAMES, ObjectiveScale, importance_weighted_bound, make_objective
-from pyrovae.infer.proposals import DefensiveProposal, GuideProposal, Proposal, RefinedProposal
-from pyrovae.infer.psis import psis_khat
-from pyrovae.infer.refit import refit_guide
-from pyrovae.infer.schedule import KLSchedule
-from pyrovae.infer.step import SVIStep, trainable_parameters
-from pyrovae.infer.train import TrainingDiverged, train
+from pyrovae.infer.training import (
+    ELBO_NAMES,
+    CheckpointInUse,
+    EarlyStopping,
+    FileLock,
+    History,
+    KLSchedule,
+    ObjectiveScale,
+    SVIStep,
+    TrainingCheckpoint,
+    TrainingDiverged,
+    atomic_write,
+    importance_weighted_bound,
+    load_checkpoint,
+    make_objective,
+    save_checkpoint,
+    train,
+    trainable_parameters,
+)
 from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores, silhouette_sweep
 
 __all__ = [
+    # training
     "CheckpointInUse",
+    "ELBO_NAMES",
+    "EarlyStopping",
     "FileLock",
+    "History",
+    "KLSchedule",
+    "ObjectiveScale",
+    "SVIStep",
+    "TrainingCheckpoint",
+    "TrainingDiverged",
     "atomic_write",
     "importance_weighted_bound",
+    "load_checkpoint",
+    "make_objective",
+    "save_checkpoint",
+    "train",
+    "trainable_parameters",
+    # estimation of log p(x)
     "DefensiveProposal",
     "GapReport",
     "GuideProposal",
+    "LogLikelihood",
     "Proposal",
     "RefinedProposal",
     "ais_log_likelihood",
     "gap_report",
-    "ELBO_NAMES",
-    "EarlyStopping",
-    "KLSchedule",
-    "SVIStep",
-    "TrainingCheckpoint",
+    "log_importance_weights",
+    "log_likelihood",
+    "psis_khat",
+    "refit_guide",
+    # analysis of a trained pair
+    "differential_expression",
+    "encode_data",
     "interpolate",
     "interpolation_path",
     "latent_location",
     "locate",
-    "reconstruct",
-    "refit_guide",
-    "trainable_parameters",
-    "History",
-    "LogLikelihood",
-    "ObjectiveScale",
-    "TrainingDiverged",
-    "check_model_guide",
-    "clustering_scores",
-    "elbo_terms",
-    "encode_data",
-    "evaluate",
-    "kmeans_clusters",
-    "load_checkpoint",
-    "log_importance_weights",
-    "log_likelihood",
-    "make_objective",
-    "psis_khat",
-    "reconstruction_scores",
-    "save_checkpoint",
-    "silhouette_sweep",
-    "train",
-    "differential_expression",
     "markers",
     "normalized_expression",
     "predict_labels",
+    "reconstruct",
+    # the shared core
+    "check_model_guide",
+    "elbo_terms",
+    "evaluate",
+    # re-exported from pyrovae.metrics
+    "clustering_scores",
+    "kmeans_clusters",
+    "reconstruction_scores",
+    "silhouette_sweep",
 ]

@@ -22,9 +22,10 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 
-from pyrovae.infer.data import as_args
+from pyrovae.infer.batches import as_args
 from pyrovae.nn import module_named
 
+DATA_PLATE = "data"  # every per-datum site of a model and a guide lies inside pyro.plate(DATA_PLATE)
 _DIVIDER = "$$$"
 
 
@@ -213,4 +214,4 @@ def _check_value(name: str, value, fn) -> None:
         )
 
 
-__all__ = ["check_companions", "check_model_guide", "check_received_latents", "check_sites"]
+__all__ = ["DATA_PLATE", "check_companions", "check_model_guide", "check_received_latents", "check_sites"]

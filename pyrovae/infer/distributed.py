@@ -3,8 +3,9 @@
 :func:`~pyrovae.infer.train` calls :func:`init_distributed`: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE``
 > 1 in the environment) it joins the process group (NCCL on GPUs, gloo on CPUs), left again when the process
 exits, and trains on the rank's own device; otherwise nothing changes. DDP wraps the SVI objective of
-:func:`~pyrovae.infer.objectives.make_objective`, a module that holds the model and guide and whose forward is the
-loss, so it broadcasts their parameters from rank 0 at the start and averages gradients during backward.
+:func:`~pyrovae.infer.training.objectives.make_objective`, a module that holds the model and guide and whose
+forward is the loss, so it broadcasts their parameters from rank 0 at the start and averages gradients during
+backward.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def local_device() -> torch.device:
 
 def data_parallel(objective: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
     """The SVI objective (a module holding the model and guide, whose forward is the loss; see
-    :func:`~pyrovae.infer.objectives.make_objective`) wrapped in DistributedDataParallel over its trained
+    :func:`~pyrovae.infer.training.objectives.make_objective`) wrapped in DistributedDataParallel over its trained
     parameters.
 
     The wrapper broadcasts rank 0's parameters and buffers now, and averages gradients across ranks in every

@@ -10,10 +10,10 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyrovae.infer.arguments import check_integer, floating_dtype
+from pyrovae.infer.batches import as_args, as_batches, model_check, module_device
 from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.data import as_args, as_batches, model_check, module_device
 from pyrovae.infer.distributed import all_reduce_sum
-from pyrovae.infer.settings import check_integer, floating_dtype
 
 
 def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from pyrovae.models import GMVAE, SVAE, VAE
 
 from pyrovae.distributions import PowerSpherical, VonMisesFisher
 from pyrovae.infer import TrainingDiverged, evaluate, log_likelihood, train
-from pyrovae.infer.checkpoint import save_checkpoint
+from pyrovae.infer.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_every_entry_point_checks_the_pairing(entry):
     with pytest.raises(ValueError, match="Sphere"):
         run(VAE(12, 3, (8,)), VMFGuide(12, 3, (8,)))
     with pytest.raises(ValueError, match="site 'y'.*upper_bound=3"):
-        run(GMVAE(12, 2, 4, (8,)), GMVAEGuide(12, 2, 3, (8,)))
+        run(GMVAE(12, 2, 4, (8,)), GMVAEGuide(12, 2, (8,), num_components=3))
     with pytest.raises(ValueError, match="swapped order"):
         run(NormalGuide(12, 3, (8,)), VAE(12, 3, (8,)))
 
@@ -149,7 +149,7 @@ def test_scores_name_mismatched_or_non_finite_inputs():
 
 
 def test_encode_and_decode_name_the_pair_when_the_width_is_wrong():
-    for guide in (NormalGuide(6, 2), VMFGuide(6, 3), GMVAEGuide(6, 2, 3)):
+    for guide in (NormalGuide(6, 2), VMFGuide(6, 3), GMVAEGuide(6, 2, num_components=3)):
         with pytest.raises(ValueError, match=f"{type(guide).__name__} encodes data of 6 features"):
             guide.encode(torch.zeros(4, 5))
     for model, size in ((VAE(6, 2), 2), (SVAE(6, 3), 3)):

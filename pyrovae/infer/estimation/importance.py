@@ -1,0 +1,204 @@
+"""Per-datum log importance weights log p(x_i, z) - log q(z | x_i), vectorised over samples.
+
+Shared by :func:`~pyrovae.infer.log_likelihood` (the held-out estimate) and the IWAE objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from pyrovae.infer.batches import as_args
+from pyrovae.infer.contract import DATA_PLATE
+
+SAMPLES_PLATE = "_importance_samples"  # the plate of the importance samples, left of the model's plates
+
+
+def _data_frame(site: dict):
+    for frame in site["cond_indep_stack"]:
+        if frame.name == DATA_PLATE:
+            return frame
+    return None
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
+    """The deepest plate nesting used by a model/guide pair, read off one dry run."""
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    dims = [
+        -frame.dim
+        for trace in (guide_trace, model_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.dim is not None
+    ]
+    return max(dims, default=1)
+
+
+def per_datum_log_prob(site: dict, max_plate_nesting: int) -> torch.Tensor:
+    """A site's log-density summed over every plate but the samples and the data plate: ``(*enum, S|1, B|1)``,
+    with enumerated values (if any) in the leading dimensions."""
+    frame = _data_frame(site)
+    if frame is None:
+        raise ValueError(
+            f"sample site {site['name']!r} lies outside pyro.plate({DATA_PLATE!r}); a per-datum log-likelihood "
+            f"needs every latent and observed site inside the {DATA_PLATE!r} plate (the model/guide contract)"
+        )
+    log_prob = site["log_prob"]
+    width = max_plate_nesting + 1  # the samples plate and the model's plates
+    if log_prob.dim() < width:
+        log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
+    other = [d for d in range(-width + 1, 0) if d != frame.dim]
+    return log_prob.sum(other) if other else log_prob
+
+
+def point_mass(fn) -> bool:
+    """Whether ``fn`` is a point mass (a ``Delta``) under its wrappers (``Independent``, masks, expansions)."""
+    while True:
+        if isinstance(fn, dist.Delta):
+            return True
+        inner = getattr(fn, "base_dist", None)
+        if inner is None:
+            return False
+        fn = inner
+
+
+def check_has_density(trace, what: str = "an importance distribution") -> None:
+    """Refuse a guide trace whose continuous latent is a point mass: q(z | x) has no density there.
+
+    With q = delta(z - f(x)), Pyro scores the draw with log q = 0, so ``log p(x, z) - log q`` is the joint
+    log p(x, f(x)), not an importance weight: every "estimate" of log p(x) would be that joint, with constant
+    weights that read as perfectly reliable.
+    """
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
+            continue
+        if point_mass(site["fn"]):
+            raise ValueError(
+                f"the guide's site {name!r} is a point mass (a Delta, as DeltaGuide's q(z | x)); it has no density, "
+                f"so it cannot serve as {what}: its 'estimate' of log p(x) would be the joint log p(x, f(x)) at the "
+                "code. Refit a guide with a density to the frozen model and score that one, e.g. "
+                "refit_guide(model, NormalGuide(x_dim, z_dim), train_data, test_data); compare auto-encoders by "
+                "evaluate(model, guide, data), whose 'elbo' is then log p(x | f(x)) + log p(f(x))"
+            )
+
+
+@dataclass
+class ImportanceDraws:
+    """Log importance weights of a batch and which data's draws were all equal.
+
+    :ivar log_weights: ``(S, B)``, as :func:`log_importance_weights` returns them.
+    :ivar collapsed: ``(B,)`` bool: every one of the S draws of a continuous latent of datum i was the same value
+        (S >= 2): q(z | x_i) is a point mass at the dtype's resolution (a scale that underflowed), so its weights
+        are those of no density, however constant they look.
+    """
+
+    log_weights: torch.Tensor
+    collapsed: torch.Tensor
+
+
+def _weights_and_guide_trace(model, guide, args, num_samples, max_plate_nesting):
+    """``(*enumerated, S, B)`` log weights and the guide's trace (with its log-densities)."""
+    x = args[0]
+    batch_size = x.shape[0]
+    samples_plate = pyro.plate(SAMPLES_PLATE, num_samples, dim=-(max_plate_nesting + 1))
+    with samples_plate, poutine.enum(first_available_dim=-(max_plate_nesting + 2)):
+        guide_trace = poutine.trace(guide).get_trace(*args)
+    with samples_plate:
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    log_weights = x.new_zeros(num_samples, batch_size)
+    observed = False
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if sign < 0 and (site["is_observed"] or site["infer"].get("_enumerate_dim") is not None):
+                continue  # q(y | x) of an enumerated site drops out of the stratified weights
+            if sign > 0 and site["infer"].get("enumerate") and name not in guide_trace.nodes:
+                raise NotImplementedError(
+                    f"the model enumerates site {name!r}, which the guide does not sample; importance sampling "
+                    "sums enumerated sites of the guide only (enumerate it in the guide, as GMVAEGuide does)"
+                )
+            observed |= bool(site["is_observed"])
+            log_weights = log_weights + sign * per_datum_log_prob(site, max_plate_nesting)
+    if not observed:
+        raise ValueError("the model has no observed site; call it with the data so that p(x | z) is scored")
+    return log_weights, guide_trace
+
+
+def _collapsed(guide_trace, num_samples: int, batch_size: int, max_plate_nesting: int) -> torch.Tensor:
+    """``(B,)``: the data whose S >= 2 draws of some continuous latent are all the same value."""
+    collapsed = torch.zeros(batch_size, dtype=torch.bool)
+    if num_samples < 2:
+        return collapsed
+    for site in guide_trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
+            continue
+        if site["infer"].get("_enumerate_dim") is not None or getattr(site["fn"].support, "is_discrete", False):
+            continue
+        value, fn = site["value"], site["fn"]
+        batch_dims = value.dim() - len(fn.event_shape)
+        sample_dim = batch_dims - (max_plate_nesting + 1)
+        if sample_dim < 0 or value.shape[sample_dim] != num_samples:
+            continue
+        differs = value != value.narrow(sample_dim, 0, 1)
+        if len(fn.event_shape):
+            differs = differs.flatten(batch_dims).any(-1)
+        spread = per_datum_log_prob({**site, "log_prob": differs.to(value.dtype)}, max_plate_nesting)  # (*enum, S, B)
+        spread = spread.reshape(-1, *spread.shape[-2:]).sum((0, 1))
+        collapsed |= (spread == 0).expand(batch_size).cpu()
+    return collapsed
+
+
+def importance_draws(model: Callable, guide: Callable, x, num_samples: int,
+                     max_plate_nesting: int = 1) -> ImportanceDraws:
+    """:func:`log_importance_weights` (summed over enumerated sites) for an estimate of log p(x): refuses a guide
+    whose continuous latent is a point mass (:func:`check_has_density`) and says which data's draws collapsed
+    onto one value."""
+    args = as_args(x)
+    log_weights, guide_trace = _weights_and_guide_trace(model, guide, args, num_samples, max_plate_nesting)
+    check_has_density(guide_trace)
+    if log_weights.dim() > 2:
+        log_weights = log_weights.reshape(-1, num_samples, args[0].shape[0]).logsumexp(0)
+    return ImportanceDraws(log_weights, _collapsed(guide_trace, num_samples, args[0].shape[0], max_plate_nesting))
+
+
+def log_importance_weights(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int,
+    max_plate_nesting: int = 1,
+    sum_enumerated: bool = True,
+) -> torch.Tensor:
+    """log w[s, i] = log p(x_i, z_s) - log q(z_s | x_i) for ``num_samples`` draws z_s ~ q(z | x_i): (S, B).
+    ``x`` is the batch: a tensor, or the tuple of the model's arguments ``(x, cat, cont)``.
+
+    The draws are vectorised in a plate left of the model's plates, so the model and guide must broadcast
+    (every pyrovae model and guide does). Gradients flow when the guide is reparameterised. A point-mass guide
+    is not refused here (the training objectives of an auto-encoder use it); :func:`importance_draws`, which
+    the log-likelihood estimators use, refuses it.
+
+    Guide sites marked ``infer={"enumerate": "parallel"}`` (the GMVAE's component y) are summed out
+    exactly: every value y is scored with its own draw z_s^y ~ q(z | x, y), and
+
+        w[s, i] = sum_y p(x_i, y, z_s^y) / q(z_s^y | x_i, y),
+
+    an unbiased estimate of p(x_i) for each s (a stratified estimator in which q(y | x) cancels). With
+    ``sum_enumerated=False`` the terms of the sum are returned instead, ``(*enumerated, S, B)``.
+    """
+    args = as_args(x)
+    log_weights, _ = _weights_and_guide_trace(model, guide, args, num_samples, max_plate_nesting)
+    if log_weights.dim() > 2 and sum_enumerated:  # enumerated values in the leading dimensions: sum them out
+        log_weights = log_weights.reshape(-1, num_samples, args[0].shape[0]).logsumexp(0)
+    return log_weights

@@ -1,0 +1,208 @@
+"""The AnnData-first model object: a pyrovae pair built from a registered AnnData, with scverse's verbs.
+
+:class:`SingleCellModel` holds a ``(model, guide)`` from :func:`~pyrovae.pairs.make_pair`, sized from the data,
+and does its work through the functional API: :func:`~pyrovae.infer.train` (early stopping, progress),
+:func:`~pyrovae.infer.encode_data`, :func:`~pyrovae.infer.normalized_expression` and
+:func:`~pyrovae.infer.differential_expression`. Each result is returned and written into the AnnData with
+:func:`~pyrovae.data.add_results` (``obsm``, ``layers``, ``uns``). The kinds (Gaussian, S-VAE, GMVAE, label
+transfer) are the subclasses in :mod:`pyrovae.sc.kinds`; saving and loading is :mod:`pyrovae.sc.saving`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from pyrovae.data import CountData, add_results
+from pyrovae.infer import History, differential_expression, encode_data, normalized_expression, train
+from pyrovae.pairs import make_pair
+from pyrovae.sc.registration import DataRegistration, registration_of, setup_anndata
+
+RESULTS_KEY = "pyrovae"
+
+
+def default_epochs(num_cells: int) -> int:
+    """scvi-tools' default number of epochs: about 20,000 cells' worth of steps x 400, at most 400."""
+    return int(min(400, max(1, round(20_000 / max(num_cells, 1) * 400))))
+
+
+class SingleCellModel:
+    """A count VAE of one kind built from an AnnData registered with :func:`~pyrovae.sc.setup_anndata`.
+
+    The number of genes, of batch levels and covariates (and, for label transfer, of labels) are read from the
+    data, never given. The pair is :attr:`model` and :attr:`guide`, usable with the whole functional API.
+
+    :param adata: an AnnData (in memory, sparse or dense, or opened with ``backed="r"``) set up with
+        :func:`~pyrovae.sc.setup_anndata`.
+    :param int latent_dim: the latent manifold's dimension (S^d in R^(d+1) for the spherical kind).
+    :param hidden: the hidden widths from the data side (the decoder mirrors them).
+    :param str likelihood: ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"zip"`` (or another registered count
+        likelihood), with ``likelihood_options`` such as ``{"dispersion": "gene-batch"}`` or
+        ``{"library": "latent"}``.
+    :param bool batch_norm, float dropout: as scVI's networks (defaults: on, 0.1).
+    """
+
+    pair_kind = "vae"
+
+    def __init__(self, adata, latent_dim: int = 10, hidden: Sequence[int] = (128,), likelihood: str = "nb", *,
+                 likelihood_options: dict | None = None, batch_norm: bool = True, dropout: float = 0.1,
+                 activation: str = "relu", name: str | None = None, **kind_options) -> None:
+        if not isinstance(likelihood, str):
+            raise TypeError(f"{type(self).__name__} takes the likelihood by name ('nb', 'zinb', 'poisson', 'zip'), "
+                            f"got {type(likelihood).__name__}; its options go in likelihood_options=")
+        self.registration = registration_of(adata)
+        self.adata = adata
+        data = self._data(adata)
+        options = dict(likelihood_options or {})
+        kind_arguments = self._kind_arguments(data, kind_options)  # may choose the kind (the S-VAE's guide)
+        self.model, self.guide = make_pair(
+            self.pair_kind, data.num_genes, latent_dim, hidden, likelihood, likelihood_options=options or None,
+            input_transform="log1p", latent_library=options.get("library") == "latent", batch_norm=batch_norm,
+            dropout=dropout, activation=activation, name=name, categorical=data.categorical_sizes,
+            continuous=data.num_continuous, **kind_arguments,
+        )
+        if options.get("library") == "latent":
+            self.model.likelihood.fit_library_prior(data)
+        self.gene_names = list(data.gene_names)
+        self.history = History()
+
+    # -- what a kind adds ------------------------------------------------------------------------------------
+    def _kind_arguments(self, data: CountData, options: dict) -> dict:
+        """The :func:`~pyrovae.pairs.make_pair` arguments of this kind (its number of components, ...)."""
+        if options:
+            raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(options)}")
+        return {}
+
+    def _training_data(self, data: CountData) -> CountData:
+        return data
+
+    # -- data ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def setup_anndata(adata, layer: str | None = None, batch_key: str | None = None, labels_key: str | None = None,
+                      unlabeled_category: str | None = "Unknown", categorical_covariate_keys=(),
+                      continuous_covariate_keys=()) -> DataRegistration:
+        """:func:`pyrovae.sc.setup_anndata`, here as scvi-tools users call it."""
+        return setup_anndata(adata, layer, batch_key, labels_key, unlabeled_category, categorical_covariate_keys,
+                             continuous_covariate_keys)
+
+    def _data(self, adata=None) -> CountData:
+        """The counts of ``adata`` (default: the model's), read as registered; the model's own are read once."""
+        if adata is None or adata is self.adata:
+            cached = getattr(self, "_cached", None)
+            if cached is None or cached[0] is not self.adata:
+                self.registration.check_columns(self.adata)
+                self._cached = (self.adata, self.registration.count_data(self.adata))
+            return self._cached[1]
+        self.registration.check_columns(adata)
+        data = self.registration.count_data(adata)
+        genes = getattr(self, "gene_names", None)
+        if genes is not None and data.gene_names != genes:
+            from pyrovae.sc.saving import gene_mismatch
+
+            raise ValueError(gene_mismatch(data.gene_names, genes, "use the model on it"))
+        return data
+
+    # -- training --------------------------------------------------------------------------------------------
+    def train(self, epochs: int | None = None, *, batch_size: int = 128, lr: float = 1e-3, train_size: float = 1.0,
+              early_stopping: bool = False, patience: int = 45, seed: int | None = 0, device=None,
+              progress: bool = True, **options) -> History:
+        """Train the pair on the model's AnnData with :func:`~pyrovae.infer.train` and return its history.
+
+        :param int epochs: default scvi-tools' ``min(400, 20000 / cells x 400)``.
+        :param float train_size: the share of cells trained on; the rest (seeded) validate every epoch.
+        :param bool early_stopping: stop when the validation ELBO (the training ELBO when ``train_size=1``) has
+            not improved for ``patience`` epochs, and keep the best epoch's parameters.
+        :param options: more arguments of :func:`~pyrovae.infer.train` (``kl_warmup_epochs``, ``elbo``, ...).
+        """
+        data = self._training_data(self._data())
+        epochs = default_epochs(len(data)) if epochs is None else epochs
+        validation = None
+        if not 0.0 < train_size <= 1.0:
+            raise ValueError(f"train_size is the share of cells trained on, in (0, 1], got {train_size}")
+        if train_size < 1.0:
+            data, validation = data.split(train_size, seed=seed or 0)
+        history = train(self.model, self.guide, data, epochs=epochs, batch_size=batch_size, lr=lr,
+                        val_data=validation, patience=patience if early_stopping else None, seed=seed,
+                        device=device, progress=progress, **options)
+        offset = len(self.history)
+        for record in history.records:
+            self.history.records.append({**record, "epoch": record.get("epoch", 0) + offset})
+        self.history.best_epoch = history.best_epoch
+        self.history.stopped_early = history.stopped_early
+        return history
+
+    # -- results ---------------------------------------------------------------------------------------------
+    def _adata(self, adata):
+        return self.adata if adata is None else adata
+
+    def get_latent_representation(self, adata=None, *, batch_size: int = 512, key: str = RESULTS_KEY) -> np.ndarray:
+        """The latent location of every cell (the mean of q(z | x); the mean direction on the sphere), cells x
+        latent size; also written to ``adata.obsm["X_<key>"]``."""
+        latent = encode_data(self.guide, self._data(adata), batch_size=batch_size).numpy()
+        add_results(self._adata(adata), latent=latent, key=key)
+        return latent
+
+    def get_normalized_expression(self, adata=None, *, library_size: float = 1e4, num_samples: int = 1,
+                                  transform_batch=None, seed: int | None = 0, key: str = RESULTS_KEY
+                                  ) -> pd.DataFrame:
+        """The posterior mean of each cell's expression at ``library_size`` counts
+        (:func:`~pyrovae.infer.normalized_expression`), cells x genes; also written to
+        ``adata.layers["<key>_normalized"]``. ``transform_batch``: decode every cell as if measured in that batch
+        (a level of ``batch_key``) or averaged over a list of batches."""
+        frame = normalized_expression(self.model, self.guide, self._data(adata), library_size=library_size,
+                                      num_samples=num_samples, transform_batch=transform_batch, seed=seed)
+        add_results(self._adata(adata), normalized=frame, key=key)
+        return frame
+
+    def differential_expression(self, group1, group2=None, *, groupby: str | None = None, adata=None,
+                                key: str = RESULTS_KEY, **options) -> pd.DataFrame:
+        """Bayesian differential expression of ``group1`` against ``group2`` (default: the other cells) by
+        :func:`~pyrovae.infer.differential_expression` (``mode``, ``delta``, ``num_samples``, ``fdr``, ``seed``
+        in ``options``); groups are values of ``obs[groupby]`` (default: the labels). The table is returned and kept
+        in ``adata.uns["<key>_de"]["<group1> vs <group2>"]``, beside the earlier comparisons."""
+        data = self._data(adata)
+        if groupby is None and data.label_key is None and isinstance(group1, str):
+            raise ValueError(f"group1={group1!r} names a group: pass groupby= (an obs column), or set the AnnData up "
+                             "with labels_key=")
+        table = differential_expression(self.model, self.guide, data, group1, group2, groupby=groupby, **options)
+        target = self._adata(adata)
+        comparison = f"{_group_name(group1)} vs {'rest' if group2 is None else _group_name(group2)}"
+        tables = dict(target.uns.get(f"{key}_de", {}))
+        tables[comparison.replace("/", "_")] = table  # '/' would nest the table in an .h5ad file
+        add_results(target, de=tables, key=key)
+        return table
+
+    # -- saving ----------------------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False):
+        """Save the model in ``folder`` (see :func:`pyrovae.sc.saving.save_model`); it loads with
+        ``type(model).load(folder, adata)``."""
+        from pyrovae.sc.saving import save_model
+
+        return save_model(self, folder, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, adata, *, device=None):
+        """The model saved in ``folder``, on ``adata`` (genes checked by name and order; the saved registration is
+        applied to it). See :func:`pyrovae.sc.saving.load_model`."""
+        from pyrovae.sc.saving import load_model
+
+        return load_model(cls, folder, adata, device=device)
+
+    def __repr__(self) -> str:
+        trained = f"trained {len(self.history)} epochs" if len(self.history) else "not trained"
+        return (f"{type(self).__name__}({len(self.gene_names)} genes, likelihood "
+                f"{self.model.pair_arguments['likelihood']!r}, {trained})")
+
+
+def _group_name(group) -> str:
+    if isinstance(group, str):
+        return group
+    if isinstance(group, (list, tuple)) and all(isinstance(g, str) for g in group):
+        return "+".join(group)
+    return "selected cells"
+
+
+__all__ = ["RESULTS_KEY", "SingleCellModel", "default_epochs"]

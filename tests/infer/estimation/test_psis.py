@@ -1,0 +1,94 @@
+"""Pareto k-hat against arviz's reference implementation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyrovae.infer.estimation.psis import psis_khat, psis_tail_length
+
+
+def arviz_khat(log_weights: np.ndarray) -> np.ndarray:
+    arviz = pytest.importorskip("arviz")
+    return np.array([float(arviz.psislw(row.copy())[1]) for row in log_weights])
+
+
+@pytest.mark.parametrize("num_samples", [100, 500, 2000])
+def test_khat_matches_arviz(num_samples):
+    generator = np.random.default_rng(0)
+    rows = []
+    # log weights of increasingly heavy tails: normal, Student-t with 4, 2 and 1 degrees of freedom, Pareto
+    rows += [generator.normal(size=num_samples) for _ in range(3)]
+    for df in (4.0, 2.0, 1.0):
+        rows += [np.log(np.abs(generator.standard_t(df, size=num_samples))) for _ in range(3)]
+    rows += [np.log(generator.pareto(a, size=num_samples) + 1.0) for a in (0.8, 1.5, 3.0)]
+    log_weights = np.stack(rows)
+    expected = arviz_khat(log_weights)
+    ours = psis_khat(torch.from_numpy(log_weights)).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_khat_recovers_a_known_pareto_shape():
+    # weights ~ Pareto with tail index a have generalised-Pareto shape k = 1/a
+    generator = np.random.default_rng(1)
+    a = 1.25
+    log_weights = np.log(generator.pareto(a, size=(50, 4000)) + 1.0)
+    khat = psis_khat(torch.from_numpy(log_weights))
+    assert abs(khat.mean().item() - 1 / a) < 0.05
+
+
+def test_khat_shapes_and_degenerate_rows():
+    log_weights = torch.randn(3, 4, 200)
+    log_weights[0, 0] = 1.5  # constant weights: bounded, k = -inf
+    khat = psis_khat(log_weights)
+    assert khat.shape == (3, 4)
+    assert khat[0, 0] == -math.inf
+    assert torch.isfinite(khat.flatten()[1:]).all()
+    assert psis_khat(torch.randn(2, 20)).isinf().all()  # too few samples to fit a tail
+    assert psis_tail_length(100) == 20 and psis_tail_length(10000) == 300
+
+
+def test_khat_matches_arviz_on_ties_rounding_infinities_and_wide_spreads():
+    generator = np.random.default_rng(2)
+    rows = [
+        (-150 + 3e-5 * generator.standard_normal(1000)).astype(np.float32).astype(np.float64),  # float32 ties
+        np.round(generator.normal(size=1000), 1),  # many ties, also at the cutoff
+        np.concatenate([generator.normal(size=990), np.full(10, 2.5)]),  # the largest weights tie
+        np.where(generator.random(1000) < 0.3, -np.inf, generator.normal(size=1000)),  # -inf entries
+        generator.normal(scale=300.0, size=1000),  # a spread over 700 nats
+        np.log(generator.pareto(0.7, size=1000) + 1.0) * 40,  # extreme weights
+    ]
+    log_weights = np.stack(rows)
+    expected = arviz_khat(log_weights)
+    ours = psis_khat(torch.from_numpy(log_weights), resolution=1e-16).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_weights_equal_up_to_their_own_rounding_are_not_a_tail():
+    """An exact guide in float32: log-weights constant up to float32 rounding, upcast to float64."""
+    generator = np.random.default_rng(3)
+    rounded = torch.from_numpy((-150 + 3e-5 * generator.standard_normal((20, 500))).astype(np.float32))
+    khat = psis_khat(rounded.double(), resolution=torch.finfo(torch.float32).eps)
+    assert (khat < 0.5).all()
+    assert (psis_khat(rounded) < 0.5).all()  # in their own dtype the resolution is known
+
+
+def test_rows_with_undefined_weights_are_never_read_as_reliable():
+    """NaN (an undefined weight), +inf (an infinite one) and all -inf (no weight at all: log p = -inf) get inf,
+    never -inf (the 'bounded weights' answer) nor NaN (which 'khat > 0.7' would miss); other rows are unchanged."""
+    generator = np.random.default_rng(4)
+    rows = torch.from_numpy(generator.normal(size=(6, 500)))
+    reference = psis_khat(rows)
+    rows[0] = math.nan
+    rows[1] = -math.inf
+    rows[2, 17] = math.nan
+    rows[3, 5] = math.inf
+    rows[4] = 2.0  # constant weights: bounded, as before
+    khat = psis_khat(rows)
+    assert (khat[:4] == math.inf).all()
+    assert khat[4] == -math.inf and khat[5] == reference[5]
+    assert not khat.isnan().any() and ((khat > 0.7) == torch.tensor([True] * 4 + [False] * 2)).all()
+    for dtype in (torch.float32, torch.float64):
+        assert psis_khat(torch.full((3, 200), math.nan, dtype=dtype)).eq(math.inf).all()
+        assert psis_khat(torch.full((200,), -math.inf, dtype=dtype)) == math.inf

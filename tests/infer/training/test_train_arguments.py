@@ -1,0 +1,113 @@
+"""train's arguments checked before any work (issue 24): an lr that optim would ignore, a checkpoint of a run with
+other settings, a learning rate that makes the loss explode, a seed that is not an integer."""
+
+import pyro.optim
+import pytest
+import torch
+
+from pyrovae.data import TensorData, two_groups
+from pyrovae.infer import SVIStep, TrainingDiverged, load_checkpoint, train
+from pyrovae.infer.arguments import ArgumentTypeError, learning_rate
+from tests.infer.guides_and_models import small_pair
+
+
+def data(n=48):
+    return two_groups(num_per_group=n // 2)
+
+
+def fit(**options):
+    torch.manual_seed(0)
+    model, guide = small_pair()
+    return train(model, guide, options.pop("x", data()), progress=False, eval_size=0, **options)
+
+
+@pytest.mark.parametrize("optim", [pyro.optim.Adam({"lr": 0.01}), pyro.optim.ClippedAdam({"lr": 0.01}),
+                                   pyro.optim.Adam({"betas": (0.9, 0.99)}),
+                                   lambda params: torch.optim.SGD(params, lr=0.01)])
+def test_an_lr_that_optim_would_ignore_is_refused_naming_both(optim):
+    with pytest.raises(ValueError, match=r"optim=.*lr=0\.1.*(ignore|ignored)"):
+        fit(optim=optim, lr=0.1, epochs=1)
+    with pytest.raises(ValueError, match=r"lr=0\.1"):
+        SVIStep(lambda *a: None, [torch.zeros(1, requires_grad=True)], optim=optim, lr=0.1)
+
+
+def test_an_lr_that_agrees_with_optim_or_feeds_a_torch_class_is_used():
+    assert learning_rate(pyro.optim.Adam({"lr": 0.01}), 0.01) == 0.01
+    assert learning_rate(None, None) == 1e-3 and learning_rate(torch.optim.SGD, 0.2) == 0.2
+    history = fit(optim=torch.optim.SGD, lr=0.05, epochs=1)
+    assert len(history) == 1
+    step = SVIStep(lambda *a: None, [torch.zeros(1, requires_grad=True)], optim=pyro.optim.Adam({"lr": 0.02}))
+    assert step.optimizer.param_groups[0]["lr"] == 0.02
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"lr": 0.01}, r"optimiser lr=0\.001 there, 0\.01 here"),
+        ({"optim": pyro.optim.Adam({"lr": 1e-3, "betas": (0.5, 0.9)})}, r"optimiser betas=\(0\.9, 0\.999\) there"),
+        ({"batch_size": 16}, r"batch_size=32 there, 16 here"),
+        ({"x": data(64)}, r"num_data=48 there, 64 here"),
+        ({"x": TensorData(data().x.flip(0))}, r"data='[0-9a-f]+' there, '[0-9a-f]+' here"),
+        ({"kl_weight": 0.5}, r"kl_weight=1\.0 there, 0\.5 here"),
+        ({"elbo": "jit"}, r"elbo='trace' there, 'jit' here"),
+        ({"seed": 1}, r"seed=0 there, 1 here"),
+    ],
+)
+def test_a_checkpoint_of_a_run_with_other_settings_is_refused_naming_the_difference(tmp_path, change, named):
+    path = tmp_path / "c.pt"
+    settings = {"batch_size": 32, "seed": 0, "checkpoint": path}
+    fit(epochs=1, **settings)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=named + r".*new checkpoint path"):
+        fit(epochs=3, **{**settings, **change})
+    assert path.read_bytes() == before
+    assert len(fit(epochs=2, **settings)) == 2  # the same settings resume
+    assert load_checkpoint(path)["epoch"] == 2
+
+
+@pytest.mark.parametrize("lr", [3.0, 100.0])
+def test_an_exploding_loss_stops_training_naming_the_learning_rate(tmp_path, lr):
+    """lr=100 took the loss per datum from 42 to 1e17 (1e25 with smaller batches) without a word. One batch per
+    epoch: the first epoch's loss is the first step's, so the explosion is seen in a later epoch."""
+    path = tmp_path / "c.pt"
+    with pytest.raises(TrainingDiverged, match=rf"rose from \S+ at the first step to \S+e\+\d+ in epoch \d+.*"
+                                               rf"lr={lr:g}\b.*likely cause.*c\.pt holds the last finished epoch"):
+        fit(epochs=6, lr=lr, batch_size=48, seed=0, checkpoint=path)
+    assert load_checkpoint(path)["epoch"] >= 1  # the epochs before the explosion are kept
+
+
+def test_an_ordinary_learning_rate_is_left_alone():
+    history = fit(epochs=6, lr=1e-2, batch_size=16, seed=0)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.parametrize("seed", [1.5, "1", True, torch.tensor(1)])
+def test_a_seed_that_is_not_an_integer_is_a_type_error(seed):
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        fit(seed=seed, epochs=1)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_out_of_range_is_named(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0 and <= 4294967295"):
+        fit(seed=seed, epochs=1)
+
+
+def test_wrong_types_are_type_errors_that_still_read_as_value_errors():
+    for options in ({"epochs": 2.5}, {"lr": "0.1"}, {"kl_weight": None}):
+        with pytest.raises(ArgumentTypeError) as caught:
+            fit(**options)
+        assert isinstance(caught.value, TypeError) and isinstance(caught.value, ValueError)
+
+
+def test_a_last_batch_of_one_under_batch_norm_is_dropped_or_refused():
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    x = torch.randint(0, 2, (65, 6)).float()
+    model, guide = VAE(6, 2, (8,), batch_norm=True), NormalGuide(6, 2, (8,), batch_norm=True)
+    with pytest.warns(UserWarning, match="last batch of one datum.*drops it"):
+        train(model, guide, x, epochs=2, batch_size=32, progress=False)
+    with pytest.raises(ValueError, match="last batch of one datum.*drop_last=True"):
+        train(model, guide, x, epochs=1, batch_size=32, drop_last=False, progress=False)
+    train(model, guide, x, epochs=1, batch_size=13, progress=False)  # 65 = 5 x 13: nothing to drop

@@ -1,0 +1,131 @@
+"""save_pair / load_pair: a functional pair reloads bit for bit, from its recorded make_pair arguments or into
+objects the user builds; a likelihood instance is saved by its registry name and options; a crafted weights file
+is refused without running it."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from pyrovae.guides import NormalGuide
+from pyrovae.models import VAE
+
+import pyrovae
+from pyrovae.infer import History, encode_data
+from pyrovae.likelihoods import Likelihood, NegativeBinomialLikelihood
+from pyrovae.pairs import load_pair, make_pair, save_pair
+
+X_DIM, LATENT = 12, 3
+KINDS = {"vae": {}, "ae": {}, "svae-vmf": {}, "svae-power": {}, "gmvae": {"num_components": 3}}
+
+
+def _data(num_cells=16):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.poisson(torch.rand(num_cells, X_DIM, generator=generator) * 4, generator=generator)
+    x[:, 0] += 1  # no empty cell
+    cat = torch.arange(num_cells).remainder(2).unsqueeze(1)
+    return x, cat, torch.rand(num_cells, 1, generator=generator)
+
+
+def _perturb(*modules):
+    """Move every parameter off its initial value, so that a load which silently kept fresh weights fails."""
+    with torch.no_grad():
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.add_(0.1 * torch.randn_like(parameter))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_reloads_bit_identical(tmp_path, kind):
+    model, guide = make_pair(kind, X_DIM, LATENT, (8,), "zinb", input_transform="log1p", batch_norm=True,
+                             categorical=(2,), continuous=1, **KINDS[kind])
+    _perturb(model, guide)
+    history = History(records=[{"epoch": 0, "loss": 3.5}, {"epoch": 1, "loss": 2.25}], best_epoch=1)
+    save_pair(tmp_path, model, guide, history)
+    loaded_model, loaded_guide, loaded_history = load_pair(tmp_path)
+    assert type(loaded_model) is type(model) and type(loaded_guide) is type(guide)
+    assert loaded_history.to_dict() == history.to_dict()
+    x, cat, cont = _data()
+    latent = encode_data(guide, (x, cat, cont))
+    assert torch.equal(encode_data(loaded_guide, (x, cat, cont)), latent)
+    library = x.sum(-1)
+    model.eval(), loaded_model.eval()
+    with torch.no_grad():
+        decoded = model.decode(latent, library, cat, cont).mean
+        assert torch.equal(loaded_model.decode(latent, library, cat, cont).mean, decoded)
+    config = json.loads((tmp_path / "pair.json").read_text())
+    assert config["pyrovae_version"] == pyrovae.__version__ and config["pair"]["kind"] == kind
+
+
+def test_likelihood_instance_saved_by_name_and_options(tmp_path):
+    likelihood = NegativeBinomialLikelihood(dispersion="gene-cell", library="none")
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), likelihood, input_transform="log1p")
+    save_pair(tmp_path, model, guide)
+    saved = json.loads((tmp_path / "pair.json").read_text())["pair"]
+    assert saved["likelihood"] == "nb" and saved["likelihood_options"] == {"dispersion": "gene-cell",
+                                                                           "library": "none"}
+    loaded, _, history = load_pair(tmp_path)
+    assert history is None
+    assert (loaded.likelihood.dispersion, loaded.likelihood.library) == ("gene-cell", "none")
+
+
+def test_unregistered_likelihood_is_refused_with_the_fix(tmp_path):
+    class Private(Likelihood):
+        def forward(self, outputs):
+            raise NotImplementedError
+
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), Private())
+    with pytest.raises(ValueError, match="not registered under a name.*register_likelihood"):
+        save_pair(tmp_path, model, guide)
+
+
+def test_weights_load_into_objects_the_user_built(tmp_path):
+    model, guide = VAE(X_DIM, LATENT, (8,), "poisson"), NormalGuide(X_DIM, LATENT, (8,))
+    _perturb(model, guide)
+    save_pair(tmp_path, model, guide)
+    with pytest.raises(ValueError, match="not built by make_pair.*load_pair\\(folder, model=model, guide=guide\\)"):
+        load_pair(tmp_path)
+    rebuilt_model, rebuilt_guide = VAE(X_DIM, LATENT, (8,), "poisson"), NormalGuide(X_DIM, LATENT, (8,))
+    load_pair(tmp_path, model=rebuilt_model, guide=rebuilt_guide)
+    for old, new in ((model, rebuilt_model), (guide, rebuilt_guide)):
+        for a, b in zip(old.state_dict().values(), new.state_dict().values()):  # NaN: an unset library prior
+            assert torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+    wider = NormalGuide(X_DIM, LATENT, (9,))
+    with pytest.raises(ValueError, match=r"guide saved in .* does not fit.*saved \(8, 12\), here \(9, 12\)"):
+        load_pair(tmp_path, model=VAE(X_DIM, LATENT, (8,), "poisson"), guide=wider)
+
+
+class _RunsCode:
+    """A pickle whose loading would call os.system: torch.load(weights_only=True) must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_crafted_weights_file_is_refused_without_running_it(tmp_path):
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), "poisson")
+    save_pair(tmp_path, model, guide)
+    marker = tmp_path / "code_ran"
+    for write in (lambda f: torch.save({"model": _RunsCode(marker), "guide": {}}, f),
+                  lambda f: f.write_bytes(pickle.dumps({"model": _RunsCode(marker), "guide": {}}))):
+        write(tmp_path / "weights.pt")
+        with pytest.raises(ValueError, match="refused: it is not a plain dict of tensors.*was not executed"):
+            load_pair(tmp_path)
+        assert not marker.exists()
+    pickle.loads(pickle.dumps(_RunsCode(marker)))  # the payload is live: unpickling it does run the command
+    assert marker.exists()
+
+
+def test_another_version_warns(tmp_path):
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), "poisson")
+    save_pair(tmp_path, model, guide)
+    config = json.loads((tmp_path / "pair.json").read_text())
+    config["pyrovae_version"] = "0.0.1"
+    (tmp_path / "pair.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="saved by pyrovae 0.0.1 and is loaded by pyrovae"):
+        load_pair(tmp_path)

@@ -1,0 +1,28 @@
+"""The resumable sweep: finished runs are kept and never redone."""
+
+import pytest
+import torch
+
+from pyrovae.sweep import Sweep
+
+
+def test_sweep_keeps_finished_runs_and_never_redoes_them(tmp_path):
+    calls = []
+
+    def run(value):
+        calls.append(value)
+        return {"value": value}
+
+    sweep = Sweep(tmp_path / "sweep.json")
+    assert sweep.run("a", lambda: run(1), verbose=False) == {"value": 1}
+    again = Sweep(tmp_path / "sweep.json")  # a new process reads the finished runs back
+    assert "a" in again and again.run("a", lambda: run(2), verbose=False) == {"value": 1}
+    assert again.run("b c/d", lambda: run(3), verbose=False) == {"value": 3}
+    assert calls == [1, 3] and not list(tmp_path.glob("*.tmp"))
+    assert again.checkpoint_path("b c/d") != again.checkpoint_path("b_c_d")  # keys that read alike
+    with pytest.raises(TypeError, match="cannot be stored as JSON"):
+        again.run("tensor", lambda: {"value": torch.ones(1)}, verbose=False)
+    assert "tensor" not in again and again.run("c", run, 4, verbose=False) == {"value": 4}
+    with pytest.raises(TypeError, match="keys are strings"):
+        again.run(5, run, 5)
+
