@@ -8,6 +8,7 @@
   (:class:`RefinedProposal`), with the posterior modes it finds (:mod:`~pyrovae.infer.estimation.modes`);
 - :mod:`~pyrovae.infer.estimation.psis`: the Pareto k-hat of the weights (:func:`psis_khat`);
 - :mod:`~pyrovae.infer.estimation.ais`: annealed importance sampling (:func:`ais_log_likelihood`);
+- :mod:`~pyrovae.infer.estimation.certify`: ``proposal="auto"``, the cheapest estimator that certifies, per datum;
 - :mod:`~pyrovae.infer.estimation.gap`: the inference, amortisation and approximation gaps (:func:`gap_report`);
 - :mod:`~pyrovae.infer.estimation.refit`: a guide refitted to a frozen model and scored (:func:`refit_guide`).
 """

@@ -63,7 +63,7 @@ def _annealable_sites(trace) -> dict:
     return sites
 
 
-class _Path:
+class AnnealingPath:
     """The annealing path gamma_beta(z) = r(z)^(1 - beta) p(x, z)^beta of one batch, in unconstrained coordinates.
 
     ``r`` is the starting distribution (a proposal's q(z | x), drawn once); the latents are mapped to R^n by
@@ -131,7 +131,7 @@ def _per_chain_datum(value: torch.Tensor) -> torch.Tensor:
     return value.flatten(2).sum(-1) if value.dim() > 2 else value
 
 
-def _batch_ais(path: _Path, betas: torch.Tensor, leapfrog_steps: int, step_size: float, target_accept: float,
+def batch_ais(path: AnnealingPath, betas: torch.Tensor, leapfrog_steps: int, step_size: float, target_accept: float,
                progress: bool, num_tuning: int) -> tuple[torch.Tensor, torch.Tensor]:
     """AIS log weights ``(C, B)`` of the first C chains and the mean acceptance rate of one batch.
 
@@ -215,8 +215,10 @@ def ais_log_likelihood(
     ``num_steps`` grows; with one step it is importance sampling from r. Vectorised over chains and data. Latents
     must have an unconstrained parameterisation (Gaussian latents, a latent library size); not the sphere, and not
     discrete latents. The result's ``khat`` is that of the AIS weights over the chains (meaningful from about 100
-    chains) and ``acceptance`` the mean HMC acceptance rate. ``min(max(8, num_chains // 8), 64)`` more chains run
-    alongside to tune the step sizes and the whitening; their weights are not used.
+    chains), ``ess`` the effective number of chains (so :attr:`~LogLikelihood.mc_stderr` and
+    :attr:`~LogLikelihood.certified` apply) and ``acceptance`` the mean HMC acceptance rate.
+    ``min(max(8, num_chains // 8), 64)`` more chains run alongside to tune the step sizes and the whitening; their
+    weights are not used.
 
     Two uses: the reference (a few chains, many steps: ``num_chains=16, num_steps=1000``), and the most reliable
     estimator on a budget (many chains, few steps from the refined proposal: ``num_chains=500, num_steps=30,
@@ -230,13 +232,13 @@ def ais_log_likelihood(
     check_number("target_accept", target_accept, 0.0, strict=True)
     if target_accept >= 1.0:
         raise ValueError(f"target_accept is an acceptance rate in (0, 1), got {target_accept}")
-    num_tuning = min(max(8, num_chains // 8), 64)  # extra chains that tune the kernels (see _batch_ais)
+    num_tuning = min(max(8, num_chains // 8), 64)  # extra chains that tune the kernels (see batch_ais)
     features = getattr(model, "x_dim", None) or getattr(guide, "x_dim", None) or 256
     device = torch.device(device) if device is not None else module_device(model, guide)
     check_device(device)
     start = as_proposal(start)
     betas = sigmoid_schedule(num_steps)
-    per_datum, khats, acceptance = [], [], []
+    per_datum, khats, acceptance, effective = [], [], [], []
     with evaluation_mode(model, guide), pyro.validation_enabled(False):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=max(1, 2**24 // ((num_chains + num_tuning) * features)),
@@ -250,16 +252,18 @@ def ais_log_likelihood(
                     guide_trace = poutine.trace(guide).get_trace(*x)
                 check_has_density(guide_trace, "the start of annealed importance sampling")
                 _annealable_sites(guide_trace)  # refuse before any refinement
-            path = _Path(model, start.for_batch(model, guide, x, 1), x, num_chains + num_tuning)
-            log_weights, rate = _batch_ais(path, betas, leapfrog_steps, step_size, target_accept, progress, num_tuning)
+            path = AnnealingPath(model, start.for_batch(model, guide, x, 1), x, num_chains + num_tuning)
+            log_weights, rate = batch_ais(path, betas, leapfrog_steps, step_size, target_accept, progress, num_tuning)
             per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_chains))
+            normalised = log_weights - log_weights.max(0).values
+            effective.append(normalised.logsumexp(0).mul(2).sub(normalised.mul(2).logsumexp(0)).exp().nan_to_num(0.0))
             khats.append(psis_khat(log_weights.T))
             acceptance.append(rate)
     if not per_datum:
         raise ValueError("ais_log_likelihood got an empty data set")
     name = f"ais({num_steps} steps from {start.name})"
     return LogLikelihood(torch.cat(per_datum).cpu(), torch.cat(khats).cpu(), num_chains, name,
-                         acceptance=float(torch.stack(acceptance).mean()))
+                         acceptance=float(torch.stack(acceptance).mean()), ess=torch.cat(effective).cpu())
 
 
 __all__ = ["ais_log_likelihood", "sigmoid_schedule"]

@@ -21,6 +21,9 @@ from pyrovae.infer.estimation.psis import psis_khat, psis_tail_length
 from pyrovae.infer.estimation.refined import RefinedProposal
 from pyrovae.infer.evaluation import evaluation_mode
 
+CERTIFIED_KHAT = 0.7  # Pareto k-hat at or below which importance weights have a finite variance (Vehtari et al.)
+CERTIFIED_MIN_ESS = 10.0  # and the fewest effective samples a certified estimate rests on
+
 
 @dataclass
 class LogLikelihood:
@@ -42,6 +45,11 @@ class LogLikelihood:
         the estimate mixes the modes found. A mode that no start reached is missing from the estimate, and k-hat
         cannot see it: no importance sampler can vouch for mass it never drew. A start that had not converged
         within the steps may also count as a mode: the flag errs on the side of caution.
+    :ivar estimator: for ``proposal="auto"``, the estimator each datum's estimate came from (``"guide"``,
+        ``"refined+defensive"``, ``"ais"``), else None (one estimator for all).
+    :ivar cost: for ``proposal="auto"``, per stage, the data it estimated and its seconds.
+    :ivar checked: for ``proposal="auto"``, (N,) bool: whether each estimate also passed the check that k-hat cannot
+        make (a wider proposal found no more mass; see :mod:`~pyrovae.infer.estimation.certify`), else None.
     """
 
     per_datum: torch.Tensor
@@ -52,6 +60,9 @@ class LogLikelihood:
     mean_log_weight: torch.Tensor | None = None
     ess: torch.Tensor | None = None
     num_modes: torch.Tensor | None = None
+    estimator: tuple[str, ...] | None = None
+    cost: dict | None = None
+    checked: torch.Tensor | None = None
 
     @property
     def elbo(self) -> float:
@@ -85,6 +96,37 @@ class LogLikelihood:
         flagged = ~(self.khat <= 0.7)
         return flagged | (self.num_modes > 1) if self.num_modes is not None else flagged
 
+    @property
+    def certified(self) -> torch.Tensor:
+        """(N,) bool: the estimates that can be trusted, by this rule: k-hat <= 0.7 (the weights' variance is
+        finite, so the estimate converges at the Monte Carlo rate), an effective sample size of at least
+        :data:`CERTIFIED_MIN_ESS`, and one posterior mode found where the refined proposals searched for modes. An
+        estimate without an effective sample size (no weights kept) is not certified. See :meth:`reasons`."""
+        certified = self.khat <= CERTIFIED_KHAT
+        certified &= self.ess >= CERTIFIED_MIN_ESS if self.ess is not None else torch.zeros_like(certified)
+        if self.checked is not None:
+            certified &= self.checked
+        return certified & (self.num_modes <= 1) if self.num_modes is not None else certified
+
+    def reasons(self) -> list[str]:
+        """Why each estimate is certified or not, one line per datum (``"certified"``, ``"k-hat 0.93 > 0.7"``,
+        ``"ESS 4.2 < 10"``, ``"2 posterior modes"``; several joined by ``"; "``)."""
+        lines = []
+        for i in range(self.per_datum.numel()):
+            why = []
+            if not self.khat[i] <= CERTIFIED_KHAT:
+                why.append(f"k-hat {float(self.khat[i]):.2f} > {CERTIFIED_KHAT}")
+            if self.ess is None:
+                why.append("no effective sample size")
+            elif self.ess[i] < CERTIFIED_MIN_ESS:
+                why.append(f"ESS {float(self.ess[i]):.1f} < {CERTIFIED_MIN_ESS}")
+            if self.num_modes is not None and self.num_modes[i] > 1:
+                why.append(f"{int(self.num_modes[i])} posterior modes")
+            if self.checked is not None and not self.checked[i] and not why:
+                why.append("a wider proposal found more mass")
+            lines.append("; ".join(why) or "certified")
+        return lines
+
     def summary(self) -> dict:
         """A JSON-ready summary: mean, standard error, and the share of data per k-hat band (and of multimodal
         posteriors, for a refined proposal with several starts)."""
@@ -103,6 +145,10 @@ class LogLikelihood:
             "frac_khat_gt_0.5": float((khat > 0.5).sum()) / n,
             "frac_khat_gt_0.7": float((khat > 0.7).sum()) / n,
             **({"frac_multimodal": float((self.num_modes > 1).sum()) / n} if self.num_modes is not None else {}),
+            "frac_certified": float(self.certified.sum()) / n,
+            **({"estimators": {name: self.estimator.count(name) for name in dict.fromkeys(self.estimator)}}
+               if self.estimator is not None else {}),
+            **({"cost": self.cost} if self.cost is not None else {}),
         }
 
     def __repr__(self) -> str:
@@ -133,6 +179,49 @@ def as_proposal(proposal: str | Proposal) -> Proposal:
     if isinstance(proposal, str) and proposal in _NAMED:
         return _NAMED[proposal]()
     raise ValueError(f"proposal must be one of {sorted(_NAMED)} or a Proposal, got {proposal!r}")
+
+
+@dataclass
+class BatchEstimate:
+    """Importance sampling of one batch: per-datum ``per_datum``, ``mean_log_weight``, ``ess`` and ``khat`` (``(B,)``,
+    on the CPU), and the counts of NaN weights (``undefined``) and of data whose draws collapsed (``collapsed``)."""
+
+    per_datum: torch.Tensor
+    mean_log_weight: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    undefined: int
+    collapsed: int
+
+
+def estimate_batch(model: Callable, draw_from: Callable, args: tuple, num_samples: int, chunk: int,
+                   max_plate_nesting: int) -> BatchEstimate:
+    """log p(x_i) of a batch ``args`` by ``num_samples`` draws of ``draw_from`` (a proposal's guide for the batch),
+    drawn ``chunk`` at a time; k-hat is ``inf`` for a datum with a NaN weight or whose draws all collapsed."""
+    x = args[0]
+    chunks = []
+    same_point = torch.ones(x.shape[0], dtype=torch.bool)  # every chunk's draws collapsed (S >= 2)
+    compared = False
+    remaining = num_samples
+    while remaining > 0:
+        size = min(remaining, chunk)
+        draws = importance_draws(model, draw_from, args, size, max_plate_nesting)
+        chunks.append(draws.log_weights)
+        if size > 1:
+            same_point &= draws.collapsed
+            compared = True
+        remaining -= size
+    same_point &= compared  # one draw per chunk: nothing to compare
+    log_weights = torch.cat(chunks).double()  # (S, B); float64 for the logsumexp over many samples
+    nan_rows = log_weights.isnan().any(0).cpu()
+    undefined = int(log_weights.isnan().sum())
+    log_weights = log_weights.nan_to_num(nan=-math.inf)
+    normalised = log_weights - log_weights.max(0).values
+    ess = normalised.logsumexp(0).mul(2).sub(normalised.mul(2).logsumexp(0)).exp().nan_to_num(0.0)
+    khat = psis_khat(log_weights.T, resolution=torch.finfo(chunks[0].dtype).eps).cpu()
+    khat = torch.where(nan_rows | same_point, torch.full_like(khat, math.inf), khat)
+    return BatchEstimate((torch.logsumexp(log_weights, 0) - math.log(num_samples)).cpu(), log_weights.mean(0).cpu(),
+                         ess.cpu(), khat, undefined, int(same_point.sum()))
 
 
 @torch.no_grad()
@@ -172,7 +261,12 @@ def log_likelihood(
     The proposals: ``"guide"`` (the amortised q(z | x)); ``"defensive"`` (q mixed with a wider copy of itself);
     ``"refined"`` (q optimised per datum from several starts, the encoder's and the prior's best draws, and the
     distinct optima mixed); ``"refined+defensive"`` (that mixture mixed with a wider copy: the most reliable);
-    see :mod:`pyrovae.infer.estimation.proposals` and :mod:`pyrovae.infer.estimation.refined`.
+    see :mod:`pyrovae.infer.estimation.proposals` and :mod:`pyrovae.infer.estimation.refined`. ``"auto"`` escalates
+    per datum, guide -> refined+defensive -> AIS, only for the data the previous estimator could not certify, and
+    checks each importance-sampling certificate against a wider proposal, which k-hat alone cannot do (a proposal far
+    narrower than the posterior has well-behaved weights from draws that never reach the mass it misses); the
+    result says which estimator each datum used and what each stage cost (:mod:`pyrovae.infer.estimation.certify`).
+    :attr:`LogLikelihood.certified` says which estimates can be trusted and :meth:`LogLikelihood.reasons` why not.
 
     :param data: a tensor ``(N, x_dim)``, a :class:`~pyrovae.data.TensorData`, a Dataset or a DataLoader.
     :param int num_samples: importance samples S per datum.
@@ -181,13 +275,18 @@ def log_likelihood(
         (default: chosen so that samples x data x features in a chunk stay near 2^24, which bounds the
         decoder's memory: about 1 GB for a conv decoder on 28x28 images).
     :param device: where to compute (default: the model's device).
-    :param proposal: ``"guide"``, ``"defensive"``, ``"refined"``, ``"refined+defensive"`` or a
+    :param proposal: ``"auto"``, ``"guide"``, ``"defensive"``, ``"refined"``, ``"refined+defensive"`` or a
         :class:`~pyrovae.infer.estimation.proposals.Proposal`.
     """
     check_integer("num_samples", num_samples, 1)
     check_integer("max_samples_per_chunk", max_samples_per_chunk, 1, allow_none=True)
     device = torch.device(device) if device is not None else module_device(model, guide)
     check_device(device)
+    if proposal == "auto":
+        from pyrovae.infer.estimation.certify import auto_log_likelihood  # it uses AIS, which uses this module
+
+        return auto_log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
+                                   progress)
     proposal = as_proposal(proposal)
     per_datum, khats, mean_log_weights, effective, modes = [], [], [], [], []
     max_plate_nesting = None
@@ -201,34 +300,16 @@ def log_likelihood(
                 check_model_guide(model, guide, args)  # the pairing, as train checks it
                 max_plate_nesting = guess_max_plate_nesting(model, guide, *args)
             chunk = max_samples_per_chunk or max(1, 2**24 // (x.shape[0] * max(x.shape[-1], 1)))
-            chunks = []
-            same_point = torch.ones(x.shape[0], dtype=torch.bool)  # every chunk's draws collapsed (S >= 2)
-            compared = False
-            remaining = num_samples
             with pyro.validation_enabled(False):
                 draw_from = proposal.for_batch(model, guide, args, max_plate_nesting)
-                while remaining > 0:
-                    size = min(remaining, chunk)
-                    draws = importance_draws(model, draw_from, args, size, max_plate_nesting)
-                    chunks.append(draws.log_weights)
-                    if size > 1:
-                        same_point &= draws.collapsed
-                        compared = True
-                    remaining -= size
-            same_point &= compared  # one draw per chunk: nothing to compare
-            log_weights = torch.cat(chunks).double()  # (S, B); float64 for the logsumexp over many samples
-            nan_rows = log_weights.isnan().any(0).cpu()
-            undefined += int(log_weights.isnan().sum())
-            log_weights = log_weights.nan_to_num(nan=-math.inf)
-            per_datum.append(torch.logsumexp(log_weights, 0) - math.log(num_samples))
-            mean_log_weights.append(log_weights.mean(0))
-            normalised = log_weights - log_weights.max(0).values
-            effective.append(normalised.logsumexp(0).mul(2).sub(normalised.mul(2).logsumexp(0)).exp().nan_to_num(0.0))
-            khat = psis_khat(log_weights.T, resolution=torch.finfo(chunks[0].dtype).eps).cpu()
-            flag = nan_rows | same_point
-            collapsed += int(same_point.sum())
-            khats.append(torch.where(flag, torch.full_like(khat, math.inf), khat))
+                estimate = estimate_batch(model, draw_from, args, num_samples, chunk, max_plate_nesting)
+            per_datum.append(estimate.per_datum)
+            mean_log_weights.append(estimate.mean_log_weight)
+            effective.append(estimate.ess)
+            khats.append(estimate.khat)
             modes.append(getattr(draw_from, "num_modes", None))
+            undefined += estimate.undefined
+            collapsed += estimate.collapsed
     if not per_datum:
         raise ValueError("log_likelihood got an empty data set")
     if undefined:

@@ -119,14 +119,14 @@ class DefensiveProposal(Proposal):
         base = self.base.for_batch(model, guide, x, max_plate_nesting)
 
         def mixture(name, fn, index):
-            return DefensiveMixture(fn, _widened(fn, self.scale, self.df), self.weight)
+            return DefensiveMixture(fn, widened(fn, self.scale, self.df), self.weight)
 
         proposal = with_latents_replaced(base, mixture)
         proposal.num_modes = getattr(base, "num_modes", None)
         return proposal
 
 
-def _widened(fn, scale: float, df: float | None):
+def widened(fn, scale: float, df: float | None):
     """:func:`~pyrovae.distributions.widen`, component by component for a mixture of refined optima."""
     if isinstance(fn, ComponentMixture):
         return ComponentMixture([widen(c, scale, df) for c in fn.components], fn.log_weights)
