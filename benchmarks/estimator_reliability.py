@@ -1,4 +1,4 @@
-"""How far each estimator of held-out log p(x) can be trusted, on the quickstart's MNIST VAE (issue 15's targets).
+"""How far each estimator of held-out log p(x) can be trusted, on the quickstart's MNIST VAE.
 
 Trains the `make run` VAE (784-400-20 Bernoulli, Normal guide, ELBO, 4 epochs, batch 128, seed 0), then scores
 ``--num-test`` test images with: importance sampling from the guide, from the defensive mixture, from the refined

@@ -1,4 +1,4 @@
-"""pyrovae's count VAEs against scvi-tools' SCVI on PBMC 3k, on the protocol of issue 5.
+"""pyrovae's count VAEs against scvi-tools' SCVI on PBMC 3k, on a fixed protocol.
 
 Protocol: PBMC 3k raw UMI counts (2,638 cells), all 13,714 genes or the 2,000 HVG of ``hvg2000.tsv``;
 split ``numpy.random.default_rng(0).permutation``, the first round(0.81 n) cells train, the rest (501)

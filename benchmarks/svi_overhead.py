@@ -10,14 +10,15 @@ scores are work the hand loop does not do), its epochs' seconds as its history r
 traces the objective, left out), against a hand loop over the same data (12,800 binary images, a new permutation
 per epoch, batches of 128, the same fused Adam). Per step, on one fixed batch:
 
-* ``train`` step: :class:`pyrovae.infer.training.step.SVIStep` (objective, NaN guard, fused Adam) with Trace_ELBO and
-  pyrovae's traced (JIT) objective;
+* ``train`` step: :class:`pyrovae.infer.training.step.SVIStep` (objective, NaN guard, fused Adam) with Trace_ELBO,
+  pyrovae's traced (JIT) objective, and the compiled one (``train(compile=True)``: loss and gradients as one
+  inductor graph; its compile seconds are printed at the end, paid once per batch shape);
 * ``pyro.infer.SVI`` with ``Trace_ELBO`` and ``JitTrace_ELBO`` and ``pyro.optim.Adam`` (one torch Adam per
   parameter, as Pyro builds it), the way a Pyro user drives a pyrovae pair.
 
-S-VAE: svae_mnist's sizes (784-256-128, d = 10, so z in R^11, batch 64), VMFGuide under trace and JIT against
-the N-VAE of the same sizes under JIT. Rounds alternate the contenders; the median of the rounds is reported,
-all in one run.
+S-VAE: svae_mnist's sizes (784-256-128, d = 10, so z in R^11, batch 64), VMFGuide under trace, JIT and compiled
+against the N-VAE of the same sizes under JIT and compiled. Rounds alternate the contenders; the median of the
+rounds is reported, all in one run.
 
     python benchmarks/svi_overhead.py [--device cuda] [--steps 100] [--repeats 7] [--epoch-data 12800]
 """
@@ -59,10 +60,15 @@ def binary_batch(batch: int) -> torch.Tensor:
     return (torch.rand(batch, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float().to(device)
 
 
-def train_step(model, guide, elbo, x):
-    """The step pyrovae.infer.train runs."""
+COMPILED = {}  # name -> the Compiled objective, for its compile seconds
+
+
+def train_step(model, guide, elbo, x, compile=False, name=None):
+    """The step pyrovae.infer.train runs (``compile=True``: train(compile=True)'s)."""
     model, guide = model.to(device), guide.to(device)
-    objective, _ = make_objective(elbo, model, guide)
+    objective, _ = make_objective(elbo, model, guide, compile=compile)
+    if compile:
+        COMPILED[name] = objective
     step = SVIStep(objective, [*model.parameters(), *guide.parameters()], lr=1e-3)
     scales = torch.tensor([1.0, 1.0], device=device)
     return lambda: step(x, scales)
@@ -133,14 +139,14 @@ def handwritten_epoch(data, batch_size=128):
     return epoch
 
 
-def train_epochs(data, batch_size=128, epochs=3):
-    """The public train as a user calls it (JIT objective, progress bar, NaN guard): the seconds of its epochs after
-    the first (which traces the objective), as its history records them."""
+def train_epochs(data, batch_size=128, epochs=3, compile=False):
+    """The public train as a user calls it (JIT or compiled objective, progress bar, NaN guard): the seconds of its
+    epochs after the first (which traces or compiles the objective), as its history records them."""
     model, guide = VAE(784, 20, (400,)), NormalGuide(784, 20, (400,))
 
     def run():
         history = train(model, guide, data, epochs=epochs, batch_size=batch_size, elbo="jit", eval_size=0,
-                        progress=True, device=device)
+                        progress=True, device=device, compile=compile)
         return [record["seconds"] for record in history.records[1:]]
     return run
 
@@ -172,8 +178,8 @@ def time_epochs(contenders: dict, rounds: int) -> dict:
 
 pyro.set_rng_seed(0)
 data = (torch.rand(args.epoch_data, 784, generator=torch.Generator().manual_seed(1)) < 0.3).float().to(device)
-epochs = time_epochs({"hand-written loop (fused Adam)": hand_epochs(data), "train(elbo='jit')": train_epochs(data)},
-                     args.repeats)
+epochs = time_epochs({"hand-written loop (fused Adam)": hand_epochs(data), "train(elbo='jit')": train_epochs(data),
+                      "train(compile=True)": train_epochs(data, compile=True)}, args.repeats)
 print(f"device {device}, torch {torch.__version__}, pyro {pyro.__version__}, {torch.get_num_threads()} threads")
 print(f"\nwhole epochs, N-VAE 784-400-20, {args.epoch_data} data, batch 128 (ratio to the hand-written loop), "
       f"median of {args.repeats} alternating rounds")
@@ -186,6 +192,8 @@ nvae = {
     "hand-written PyTorch (fused Adam)": handwritten_step(x),
     "train step, Trace_ELBO": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "trace", x),
     "train step, JIT": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "jit", x),
+    "train step, compiled": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "trace", x, True,
+                                       "N-VAE 784-400-20"),
     "pyro SVI, Trace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), pinfer.Trace_ELBO(), x),
     "pyro SVI, JitTrace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)),
                                              pinfer.JitTrace_ELBO(), x),
@@ -197,9 +205,19 @@ x64 = binary_batch(64)
 sizes = (256, 128)
 svae = {
     "N-VAE, train step, JIT": train_step(VAE(784, 10, sizes), NormalGuide(784, 10, sizes), "jit", x64),
+    "N-VAE, train step, compiled": train_step(VAE(784, 10, sizes), NormalGuide(784, 10, sizes), "trace", x64, True,
+                                              "N-VAE 784-256-128"),
     "S-VAE vMF, train step, Trace_ELBO": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "trace", x64),
     "S-VAE vMF, train step, JIT": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "jit", x64),
+    "S-VAE vMF, train step, compiled": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "trace", x64, True,
+                                                  "S-VAE 784-256-128"),
     "S-VAE vMF, pyro SVI, JitTrace_ELBO": pyro_svi_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes),
                                                         pinfer.JitTrace_ELBO(), x64),
 }
-report("784-256-128, d = 10, batch 64", compare(svae), "N-VAE, train step, JIT")
+results = compare(svae)
+report("784-256-128, d = 10, batch 64", results, "N-VAE, train step, JIT")
+ratio = results["S-VAE vMF, train step, compiled"] / results["N-VAE, train step, compiled"]
+print(f"S-VAE compiled / N-VAE compiled: {ratio:.3f}")
+print("\ncompile seconds (capture + inductor, paid once per batch shape):")
+for name, objective in COMPILED.items():
+    print(f"  {name}: {objective.compile_seconds:.1f} s")

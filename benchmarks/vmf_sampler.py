@@ -41,7 +41,7 @@ parser.add_argument("--kappas", type=float, nargs="+", default=[1.0, 10.0, 100.0
 parser.add_argument("--steps", type=int, default=100, help="training steps per timing of the step-time table")
 args = parser.parse_args()
 device = torch.device(args.device)
-# the reference implementations' samples/s on this kind of machine (issue 4), for the "ahead" column
+# the reference implementations' samples/s on this kind of machine, for the "ahead" column
 REFERENCE = {3: (12.2e6, 15.8e6, 7.4e6), 10: (3.0e6, 2.0e6, 5.1e6), 100: (236e3, 480e3, 505e3),
              1000: (2.5e3, 49e3, 44e3)}
 

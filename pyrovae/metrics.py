@@ -150,31 +150,37 @@ def _simpson_index(distances: np.ndarray, codes: np.ndarray, num_codes: int, per
                    tol: float = 1e-5, max_iter: int = 50) -> np.ndarray:
     """Simpson's index of the labels ``codes`` (cells x neighbours) of each cell's neighbours, weighted by a
     Gaussian kernel on the neighbour distances whose precision is found by bisection so that the weights' entropy
-    is log(perplexity) (the LISI of Korsunsky et al. 2019)."""
+    is log(perplexity) (the LISI of Korsunsky et al. 2019).
+
+    All cells bisect at once, each with its own bracket, and a cell stops moving once its entropy is within ``tol``
+    of the target: the same steps as one loop per cell, vectorised."""
+    cells = len(distances)
     target = np.log(perplexity)
-    simpson = np.empty(len(distances))
-    for i, d in enumerate(distances):
-        beta, low, high = 1.0, -np.inf, np.inf
-        for _ in range(max_iter):
-            p = np.exp(-d * beta)
-            total = p.sum()
-            if total == 0:
-                entropy, p = 0.0, np.zeros_like(d)
-            else:
-                entropy = np.log(total) + beta * (d * p).sum() / total
-                p = p / total
-            gap = entropy - target
-            if abs(gap) < tol:
-                break
-            if gap > 0:
-                low = beta
-                beta = beta * 2 if high == np.inf else (beta + high) / 2
-            else:
-                high = beta
-                beta = beta / 2 if low == -np.inf else (beta + low) / 2
-        shares = np.bincount(codes[i], weights=p, minlength=num_codes)
-        simpson[i] = (shares**2).sum()
-    return simpson
+    beta, low, high = np.ones(cells), np.full(cells, -np.inf), np.full(cells, np.inf)
+    weights = np.zeros(distances.shape)
+    moving = np.arange(cells)  # the cells whose entropy is not yet within tol of the target
+    for _ in range(max_iter):
+        d, b = distances[moving], beta[moving]
+        p = np.exp(-d * b[:, None])
+        total = p.sum(1)
+        empty = total == 0  # every neighbour too far for this precision: no weight, zero entropy
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = np.log(total) + b * (d * p).sum(1) / total
+            p = p / total[:, None]
+        entropy[empty], p[empty] = 0.0, 0.0
+        weights[moving] = p
+        gap = entropy - target
+        still = ~(np.abs(gap) < tol)
+        moving, gap, b = moving[still], gap[still], b[still]
+        if not len(moving):
+            break
+        up, lo, hi = gap > 0, low[moving], high[moving]
+        low[moving], high[moving] = np.where(up, b, lo), np.where(up, hi, b)
+        beta[moving] = np.where(up, np.where(hi == np.inf, b * 2, (b + hi) / 2),
+                                np.where(lo == -np.inf, b / 2, (b + lo) / 2))
+    cell_codes = np.arange(cells)[:, None] * num_codes + codes  # (cells, neighbours) a bin per cell and label
+    shares = np.bincount(cell_codes.ravel(), weights=weights.ravel(), minlength=cells * num_codes)
+    return (shares.reshape(cells, num_codes) ** 2).sum(1)
 
 
 def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = None) -> np.ndarray:

@@ -62,3 +62,66 @@ def test_batch_asw_is_the_mean_over_labels_of_one_minus_absolute_silhouettes():
     kept = [rows & (labels == c) for c in (0, 1)]
     expected = np.mean([np.mean(1 - np.abs(silhouette_samples(latent[r], batch[r]))) for r in kept])
     assert batch_asw(latent, batch, labels_with_a_single_batch_type) == pytest.approx(expected, rel=1e-12)
+
+
+def per_cell_simpson(distances, codes, num_codes, perplexity, tol=1e-5, max_iter=50):
+    """The LISI bisection one cell at a time, as Korsunsky et al.'s code runs it: the reference that the vectorised
+    bisection must reproduce step for step."""
+    out = []
+    for d, c in zip(distances, codes):
+        precision, bracket = 1.0, [None, None]  # (too small, too large) precisions seen so far
+        for _ in range(max_iter):
+            kernel = np.exp(-precision * d)
+            if kernel.sum() == 0:
+                entropy, weights = 0.0, np.zeros(len(d))
+            else:
+                entropy = np.log(kernel.sum()) + precision * (d * kernel).sum() / kernel.sum()
+                weights = kernel / kernel.sum()
+            if abs(entropy - np.log(perplexity)) < tol:
+                break
+            if entropy > np.log(perplexity):  # too flat: a larger precision
+                bracket[0] = precision
+                precision = 2 * precision if bracket[1] is None else (precision + bracket[1]) / 2
+            else:
+                bracket[1] = precision
+                precision = precision / 2 if bracket[0] is None else (precision + bracket[0]) / 2
+        out.append(sum(weights[c == code].sum() ** 2 for code in range(num_codes)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("perplexity", [2.0, 5.0, 30.0])
+@pytest.mark.parametrize("neighbours, num_codes", [(6, 2), (30, 5), (90, 10)])
+def test_vectorised_bisection_equals_one_cell_at_a_time(neighbours, num_codes, perplexity):
+    from pyrovae.metrics import _simpson_index
+
+    rng = np.random.default_rng(neighbours + num_codes)
+    distances = np.sort(rng.gamma(2.0, 1.0, (60, neighbours)), axis=1)
+    distances[:10] = np.round(distances[:10])  # tied distances
+    distances[10:15] = 0.0  # every neighbour at the cell itself
+    distances[15:20] += 800.0  # every kernel weight underflows at the first precision
+    distances[20:25] *= 1e-3
+    codes = rng.integers(0, num_codes, (60, neighbours))
+    codes[25:30] = 0  # a single label around these cells
+    got = _simpson_index(distances, codes, num_codes, perplexity)
+    np.testing.assert_allclose(got, per_cell_simpson(distances, codes, num_codes, perplexity), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("k, num_batches, dtype", [(6, 2, np.float64), (30, 3, np.float64), (90, 7, np.float32)])
+def test_lisi_equals_the_previous_implementation(k, num_batches, dtype):
+    rng = np.random.default_rng(k)
+    latent = (rng.normal(size=(400, 4)) + 4.0 * rng.integers(0, 2, (400, 1))).astype(dtype)
+    batch = rng.integers(0, num_batches, 400)
+    batch[latent[:, 0] > 5.0] = 0  # a region of one batch only
+    distances, indices = NearestNeighbors(n_neighbors=k + 1).fit(latent).kneighbors(latent)
+    codes = np.unique(batch, return_inverse=True)[1]
+    previous = 1.0 / per_cell_simpson(distances[:, 1:], codes[indices[:, 1:]], num_batches, max(k // 3, 1))
+    np.testing.assert_allclose(lisi(latent, batch, num_neighbors=k), previous, rtol=1e-8)
+
+
+def test_ilisi_is_near_one_when_mixed_and_zero_when_separated():
+    rng = np.random.default_rng(5)
+    line = np.arange(3000.0)[:, None] * [1.0, 0.0] + 1e-3 * rng.normal(size=(3000, 2))
+    assert ilisi(line, np.arange(3000) % 3) == pytest.approx(1.0, abs=0.03)  # batches alternate
+    cells = rng.normal(size=(3000, 3))
+    separated = np.concatenate([cells[:1000], cells[:1000] + 100.0, cells[:1000] - 100.0])
+    assert ilisi(separated, np.repeat([0, 1, 2], 1000)) == 0.0

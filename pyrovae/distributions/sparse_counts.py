@@ -3,7 +3,9 @@
 Single-cell counts are 90-99% zeros, and at zero the Poisson and negative binomial log-densities need no
 logarithm of x! and no Gamma function. :func:`score_counts` evaluates the cheap zero term on the full
 tensor and the expensive remainder only at the gathered non-zero entries, in float64 (so that a float32
-model keeps every digit it can hold even for counts of 1e6), and scatters it back.
+model keeps every digit it can hold even for counts of 1e6), and scatters it back. While a step is captured as a
+graph (``train(compile=True)``) the remainder is computed densely instead: the number of non-zero entries is the
+data's, and a graph's shapes are fixed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from pyrovae.ops.capture import capturing
 
 
 def score_counts(
@@ -26,6 +30,12 @@ def score_counts(
     non-zero entries are written into it in place (autograd allows it, and it saves a full copy).
     """
     shape = torch.broadcast_shapes(zero_log_prob.shape, x.shape) or torch.Size([1])
+    if capturing():  # the same values, every entry: where x = 0 the remainder is computed at k = 1 and discarded
+        nonzero = (x != 0).expand(shape)
+        k = torch.where(nonzero, x.expand(shape), 1).double()
+        values = nonzero_log_prob(k, *(tensor.expand(shape).double() for tensor in params)).to(zero_log_prob.dtype)
+        log_prob = torch.where(nonzero, values, zero_log_prob.expand(shape))
+        return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
     log_prob = zero_log_prob if zero_log_prob.shape == shape else zero_log_prob.expand(shape).contiguous()
     index = (x != 0).expand(shape).nonzero(as_tuple=True)
     if index[0].numel():

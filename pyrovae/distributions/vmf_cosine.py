@@ -196,3 +196,19 @@ def exact_cosine_s2(kappa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     large = torch.logaddexp(torch.log(u), torch.log1p(-u) - 2 * kappa)  # accurate for large kappa and tiny u
     one_minus_w = -torch.where(kappa < 1, small, large) / kappa
     return 1 - one_minus_w, one_minus_w
+
+
+@torch.library.custom_op("pyrovae::vmf_cosine", mutates_args=())
+def vmf_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log_ive: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rejection_cosine` as one operator (``torch.ops.pyrovae.vmf_cosine``): opaque to ``make_fx`` and
+    ``torch.compile``, which record one call that runs the rejection loop afresh on every step, where a capture
+    would otherwise freeze the rounds it saw (or refuse the loop's tests). Not differentiable by itself: the
+    distribution attaches the implicit gradient."""
+    w, one_minus_w, one_plus_w = rejection_cosine(kappa, m, first_gamma, log_ive)
+    return w, one_minus_w.clone(), one_plus_w.clone()  # fresh outputs (the two ends share one buffer)
+
+
+@vmf_cosine.register_fake
+def _vmf_cosine_shapes(kappa, m, first_gamma, log_ive):
+    return torch.empty_like(kappa), torch.empty_like(kappa), torch.empty_like(kappa)

@@ -16,7 +16,7 @@ from pyrovae.distributions.sphere import (
     tangent_gaussians,
     unexpanded,
 )
-from pyrovae.distributions.vmf_cosine import exact_cosine_s2, rejection_cosine
+from pyrovae.distributions.vmf_cosine import exact_cosine_s2, vmf_cosine
 from pyrovae.ops import attach_bessel_terms, bessel_terms
 
 _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(32))
@@ -122,8 +122,8 @@ class _CosineDraw(torch.autograd.Function):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # float32 where the concentration is (the test is written without cancellation), float64 for float64
             wide = kappa.detach().to(torch.promote_types(kappa.dtype, torch.float32))
-            w, one_minus_w, one_plus_w = (t.to(kappa.dtype) for t in rejection_cosine(wide, m, first_gamma.detach(),
-                                                                                        log_ive))
+            draws = vmf_cosine(wide, m, first_gamma.detach(), log_ive)
+            w, one_minus_w, one_plus_w = (t.to(kappa.dtype) for t in draws)
         ctx.save_for_backward(kappa, one_minus_w, one_minus_mean)
         ctx.m = m
         return w, one_minus_w, one_plus_w
@@ -152,8 +152,9 @@ class VonMisesFisher(SphericalDistribution):
     term, is biased.)
 
     The rejection loop and the implicit gradient form one autograd operation (``_CosineDraw``), opaque to
-    ``torch.jit.trace`` and ``torch.compile``: a traced ELBO (``elbo="jit"``, Pyro's ``JitTrace_ELBO``) or a
-    compiled step runs the loop afresh on every call, so the traced sampler is as exact as the eager one.
+    ``torch.jit.trace``, and the loop is one operator (:func:`~pyrovae.distributions.vmf_cosine.vmf_cosine`) to
+    ``make_fx`` and ``torch.compile``: a traced ELBO (``elbo="jit"``, Pyro's ``JitTrace_ELBO``) or a compiled step
+    (``train(compile=True)``) runs the loop afresh on every call, so their sampler is as exact as the eager one.
 
     :param loc: mean directions ``(..., m)`` of unit norm, m >= 2.
     :param concentration: ``(...)``, positive; or ``(..., 1)``, one per row of ``loc`` (s-vae-pytorch's layout:

@@ -283,7 +283,7 @@ class _Traced(nn.Module):
 
 
 def make_objective(
-    elbo, model, guide, num_particles: int = 1, max_plate_nesting: int = 1
+    elbo, model, guide, num_particles: int = 1, max_plate_nesting: int = 1, compile: bool = False
 ) -> tuple[nn.Module, str]:
     """The objective module for ``elbo`` (a name from :data:`ELBO_NAMES` or a Pyro ELBO instance) and its name.
 
@@ -300,7 +300,20 @@ def make_objective(
     particle for all data at once, which is a looser bound for a batch of many data; pyrovae's weighs each
     datum, and the two agree for a batch of one (tested). ``pyro.infer.SVI`` with Pyro's class trains a pyrovae
     pair too.
+
+    ``compile=True``: the objective and its gradients captured as one graph per batch shape and compiled with
+    inductor (:class:`~pyrovae.infer.training.compiled.Compiled`); a ``"jit"`` name then compiles the untraced
+    objective.
     """
+    objective, name = _objective(elbo, model, guide, num_particles, max_plate_nesting)
+    if compile:
+        from pyrovae.infer.training.compiled import Compiled
+
+        return Compiled(objective.module if isinstance(objective, _Traced) else objective), name
+    return objective, name
+
+
+def _objective(elbo, model, guide, num_particles: int, max_plate_nesting: int) -> tuple[nn.Module, str]:
     options = dict(
         num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=max_plate_nesting
     )
