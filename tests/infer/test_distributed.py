@@ -1,6 +1,8 @@
-"""Data-parallel training: two gloo processes under torchrun on the CPU, against one process."""
+"""Data-parallel training: two gloo processes under torchrun on the CPU, against one process, and the same two
+processes launched as two "nodes" that meet through a c10d rendezvous on localhost."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,21 @@ def _run(args: list[str], processes: int) -> None:
     done = subprocess.run([sys.executable, *launcher, str(SCRIPT), *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _run_two_nodes(args: list[str]) -> None:
+    """``torchrun --nnodes=2 --nproc_per_node=1`` twice, as two machines would start it, meeting at a c10d
+    rendezvous on a free local port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=pyrovae-test"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(SCRIPT.parents[2]))
+    nodes = [subprocess.Popen([sys.executable, *launcher, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(output[-3000:] for output in outputs)
 
 
 def _load(folder: Path, rank: int) -> dict:
@@ -42,6 +59,7 @@ def runs(tmp_path_factory):
     checkpoint = str(root / "checkpoint.pt")
     _run([str(shards), str(root / "first"), "--batch-size", "32", "--epochs", "2", "--checkpoint", checkpoint], 2)
     _run([str(shards), str(root / "resumed"), "--batch-size", "32", "--epochs", "3", "--checkpoint", checkpoint], 2)
+    _run_two_nodes([str(shards), str(root / "nodes"), "--batch-size", "32", "--epochs", "3"])
     return root
 
 
@@ -70,3 +88,13 @@ def test_resumed_distributed_run_continues_exactly(runs):
     assert resumed["loss"] == straight["loss"]
     _assert_same_parameters(resumed, straight)
     _assert_same_parameters(resumed, _load(runs / "resumed", 1))
+
+
+def test_two_nodes_train_the_run_of_one_node_with_two_processes(runs):
+    """Ranks, shards, seeds and the reduction do not depend on how the processes were launched: two single-process
+    nodes meeting through a c10d rendezvous train exactly the run of one node with two processes."""
+    for rank in (0, 1):
+        nodes, one_node = _load(runs / "nodes", rank), _load(runs / "two", rank)
+        assert nodes["loss"] == one_node["loss"]
+        _assert_same_parameters(nodes, one_node)
+        assert torch.equal(nodes["cells"], one_node["cells"])
