@@ -36,8 +36,9 @@ class ExperimentParser(argparse.ArgumentParser):
         self.add_argument("--out", default=out, help="folder for metrics.json and figures")
         self.add_argument("--no-progress", action="store_true", help="hide progress bars")
         self.add_argument("--proposal", default="refined+defensive",
-                          choices=["guide", "defensive", "refined", "refined+defensive"],
-                          help="importance distribution of the held-out log-likelihood (pyrovae.infer.estimation)")
+                          choices=["guide", "defensive", "refined", "refined+defensive", "auto"],
+                          help="importance distribution of the held-out log-likelihood (pyrovae.infer.estimation; "
+                               "'auto': per datum the cheapest estimator that certifies)")
         shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in self.quick_settings.items())
         self.add_argument("--quick", action="store_true", help=f"tiny settings, about a minute on 2 cores: {shown}")
 

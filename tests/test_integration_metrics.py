@@ -125,3 +125,57 @@ def test_ilisi_is_near_one_when_mixed_and_zero_when_separated():
     cells = rng.normal(size=(3000, 3))
     separated = np.concatenate([cells[:1000], cells[:1000] + 100.0, cells[:1000] - 100.0])
     assert ilisi(separated, np.repeat([0, 1, 2], 1000)) == 0.0
+
+
+@pytest.mark.parametrize("rows, dims, clusters, dtype, tolerance", [
+    (300, 2, 2, np.float64, 1e-10), (700, 5, 7, np.float64, 1e-10), (900, 20, 10, np.float32, 2e-5)])
+def test_blocked_silhouettes_equal_scikit_learns(rows, dims, clusters, dtype, tolerance):
+    from pyrovae._distances import silhouette_samples as blocked
+
+    rng = np.random.default_rng(rows)
+    latent = (rng.normal(size=(rows, dims)) + 2.0 * rng.integers(0, 3, (rows, 1))).astype(dtype)
+    labels = rng.integers(0, clusters, rows)
+    labels[0] = clusters  # a cluster of one row: silhouette 0
+    latent[2] = latent[1]  # a duplicated row
+    np.testing.assert_allclose(blocked(latent, labels), silhouette_samples(latent, labels), atol=tolerance, rtol=0)
+
+
+def test_blocked_silhouettes_refuse_one_cluster_or_one_row_per_cluster():
+    from pyrovae._distances import silhouette_samples as blocked
+
+    with pytest.raises(ValueError, match="needs 2 to 4 clusters"):
+        blocked(np.zeros((5, 2)), np.zeros(5))
+    with pytest.raises(ValueError, match="got 5"):
+        blocked(np.arange(10.0).reshape(5, 2), np.arange(5))
+
+
+def clumps(rows: int, dims: int = 10, seed: int = 0):
+    """An integrated-looking latent: 12 cell types, each a Gaussian clump, 4 batches shifted a little."""
+    rng = np.random.default_rng(seed)
+    types, batches = rng.integers(0, 12, rows), rng.integers(0, 4, rows)
+    centres, shifts = 4.0 * rng.normal(size=(12, dims)), 0.3 * rng.normal(size=(4, dims))
+    return (centres[types] + shifts[batches] + rng.normal(size=(rows, dims))).astype(np.float32), batches
+
+
+def test_the_approximate_index_finds_nearly_every_neighbour_and_the_same_lisi():
+    from pyrovae._distances import approximate_neighbors
+
+    latent, batches = clumps(6000)
+    _, exact = NearestNeighbors(n_neighbors=31).fit(latent).kneighbors(latent)
+    found, recall = np.zeros(len(latent), bool), []
+    for rows, distances, indices in approximate_neighbors(latent, 30):
+        assert not (indices == rows[:, None]).any() and (np.diff(distances, axis=1) >= 0).all()
+        recall.extend(len(set(a) & set(b)) / 30 for a, b in zip(indices, exact[rows, 1:]))
+        found[rows] = True
+    assert found.all() and np.mean(recall) > 0.97
+    approximate, precise = lisi(latent, batches, 30, exact=False), lisi(latent, batches, 30, exact=True)
+    assert abs(np.median(approximate) - np.median(precise)) < 0.02
+    assert np.abs(approximate - precise).mean() < 0.02
+
+
+def test_batch_asw_equals_scikit_learns_silhouettes():
+    latent, batches = clumps(2000, seed=1)
+    labels = np.repeat(np.arange(4), 500)
+    expected = np.mean([np.mean(1 - np.abs(silhouette_samples(latent[labels == c], batches[labels == c])))
+                        for c in range(4)])
+    assert batch_asw(latent, batches, labels) == pytest.approx(expected, abs=1e-6)
