@@ -2,9 +2,12 @@
 
 On generated shards (62,710-gene vocabulary, about 2,000 genes detected per cell, panel of 2,000 HVG):
 
-1. cells per second read, decoded, shuffled and batched by :class:`~pyrovae.data.CellStream` in the main process
-   and with 1 and 2 DataLoader workers, against the notebook's way (baseline): a Python loop over rows that builds
-   each cell's panel vector from its lists (measured on the first 2,000 cells);
+1. cells per second read, decoded, shuffled and batched (dense counts) by :class:`~pyrovae.data.CellStream` in the
+   main process, with 1 and 2 DataLoader workers, and in two processes at once (ranks 0 and 1 of two, as under
+   ``torchrun``), against the notebook's way (baseline): a Python loop over rows that builds each cell's panel
+   vector from its lists (measured on the first 2,000 cells); and against the same cells copied once to an AnnData
+   CSR of the panel (``.h5ad`` and ``.zarr``), read the way annbatch reads them: chunks of contiguous rows in a
+   random order, a few dozen chunks at a time shuffled together into batches;
 2. peak RSS of a fresh process streaming an atlas of N cells vs one of 10 N cells (the larger atlas is the same
    shard files hard-linked ten times under other names: the same bytes on disk, ten times the cells to stream).
    Target: within 10%;
@@ -59,14 +62,82 @@ def _panel(atlas: TahoeAtlas, folder: Path) -> np.ndarray:
     return np.load(cached)
 
 
-def _stream_rate(atlas, panel, workers: int, max_cells: int | None = None) -> float:
-    stream = CellStream(atlas, panel, batch_size=256, num_workers=workers, seed=0)
+def _stream_rate(atlas, panel, workers: int, max_cells: int | None = None, rank: int = 0, world_size: int = 1) -> float:
+    stream = CellStream(atlas, panel, batch_size=256, num_workers=workers, seed=0, rank=rank, world_size=world_size)
     started, cells = time.perf_counter(), 0
     for batch in stream.loader() if workers else stream:
         batch.counts  # the dense matrix a model gets  # noqa: B018
         cells += len(batch)
         if max_cells and cells >= max_cells:
             break
+    return cells / (time.perf_counter() - started)
+
+
+def _two_process_rate(folder: Path) -> float:
+    """Cells per second of two processes streaming at once, each its own half of the shards (ranks 0 and 1)."""
+    code = (
+        "import sys, time, numpy as np\n"
+        "from pyrovae.data import TahoeAtlas\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from tahoe_stream import _stream_rate\n"
+        f"atlas = TahoeAtlas({str(folder)!r}); panel = np.load({str(folder / 'panel.npy')!r})\n"
+        "started = time.perf_counter()\n"
+        "rate = _stream_rate(atlas, panel, 0, rank=int(sys.argv[1]), world_size=2)\n"
+        "print(rate * (time.perf_counter() - started), time.perf_counter() - started)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(rank)], stdout=subprocess.PIPE, text=True, env=env)
+            for rank in (0, 1)]
+    results = [[float(x) for x in run.communicate()[0].split()] for run in runs]
+    return sum(cells for cells, _ in results) / max(seconds for _, seconds in results)
+
+
+def _anndata_copy(atlas: TahoeAtlas, panel: np.ndarray, folder: Path) -> dict[str, Path]:
+    """The atlas's cells on the panel, written once as an AnnData CSR (.h5ad and .zarr) with library and labels."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    paths = {"h5ad": folder / "panel_copy.h5ad", "zarr": folder / "panel_copy.zarr"}
+    if not all(path.exists() for path in paths.values()):
+        blocks = [block for shard in range(len(atlas.shards)) for block in atlas.read(shard, panel)]
+        categories = atlas.categories
+        obs = pd.DataFrame({"library": np.concatenate([b.library for b in blocks]),
+                            **{name: pd.Categorical.from_codes(np.concatenate([b.labels[name] for b in blocks]),
+                                                               categories[name]) for name in categories}})
+        obs.index = obs.index.astype(str)
+        adata = ad.AnnData(sp.vstack([b.counts for b in blocks], format="csr"), obs=obs)
+        adata.write_h5ad(paths["h5ad"])
+        adata.write_zarr(paths["zarr"])
+    return paths
+
+
+def _anndata_rate(path: Path, chunk_size: int = 512, preload_chunks: int = 32, batch_size: int = 256) -> float:
+    """annbatch's way over a CSR AnnData on disk: contiguous chunks of rows in a random order, ``preload_chunks`` of
+    them read and shuffled together, then cut into batches with their library sizes and labels (dense counts)."""
+    import anndata as ad
+    import h5py
+    import scipy.sparse as sp
+    import zarr
+
+    started = time.perf_counter()
+    store = h5py.File(path, "r") if path.suffix == ".h5ad" else zarr.open(path, mode="r")
+    matrix = ad.io.sparse_dataset(store["X"])
+    obs = ad.io.read_elem(store["obs"])
+    library, labels = obs["library"].to_numpy(), {c: obs[c].cat.codes.to_numpy() for c in ("drug", "plate")}
+    rng = np.random.default_rng(0)
+    chunks = rng.permutation(np.arange(0, matrix.shape[0], chunk_size))
+    cells = 0
+    for first in range(0, len(chunks), preload_chunks):
+        starts = chunks[first:first + preload_chunks]
+        counts = sp.vstack([matrix[s:s + chunk_size] for s in starts], format="csr")
+        rows = np.concatenate([np.arange(s, min(s + chunk_size, matrix.shape[0])) for s in starts])
+        order = rng.permutation(len(rows))
+        for start in range(0, len(order), batch_size):
+            take = order[start:start + batch_size]
+            batch = (torch.from_numpy(counts[take].toarray()), torch.from_numpy(library[rows[take]]),
+                     {name: torch.from_numpy(codes[rows[take]]) for name, codes in labels.items()})
+            cells += len(batch[0])
     return cells / (time.perf_counter() - started)
 
 
@@ -139,6 +210,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--train-cells", type=int, default=20_000, help="cells of the atlas trained on")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (the last one is timed)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the read measurements")
+    parser.add_argument("--read-only", action="store_true", help="measure reading only (no memory or training)")
     parser.add_argument("--work", default=str(ROOT / "results" / "bench_tahoe"), help="folder for generated shards")
     parser.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,15 +227,33 @@ def main() -> None:
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "cpus": os.cpu_count(), "torch": torch.__version__}}
 
+    copies = _anndata_copy(atlas, panel, small)
     baseline = _row_loop_rate(atlas, panel)
-    rates = {workers: _stream_rate(atlas, panel, workers) for workers in (0, 1, 2)}
-    results["read"] = {"row_loop_baseline": baseline, **{f"workers_{w}": r for w, r in rates.items()}}
-    print(f"\nread + batch, cells/s (panel {len(panel)} genes, batch 256, {atlas.num_cells:,} cells)")
-    print(f"  notebook row loop (baseline)  {baseline:>10,.0f}")
-    for workers, rate in rates.items():
-        print(f"  CellStream, {workers} workers{' (in process)' if not workers else '':<13}{rate:>10,.0f}   "
-              f"x{rate / baseline:.0f} the baseline")
+    rounds: dict[str, list[float]] = {}
+    for _ in range(args.rounds):  # alternated, so that a busy spell of the machine hits every reader alike
+        for workers in (0, 1, 2):
+            rounds.setdefault(f"workers_{workers}", []).append(_stream_rate(atlas, panel, workers))
+        rounds.setdefault("two_processes", []).append(_two_process_rate(small))
+        for layout, path in copies.items():
+            rounds.setdefault(f"anndata_{layout}", []).append(_anndata_rate(path))
+    rates = {name: float(np.median(values)) for name, values in rounds.items()}
+    results["read"] = {"row_loop_baseline": baseline, **rates, "rounds": rounds}
+    print(f"\nread + batch, cells/s, median of {args.rounds} alternated rounds (panel {len(panel)} genes, batch 256, "
+          f"{atlas.num_cells:,} cells)")
+    print(f"  notebook row loop (baseline)                  {baseline:>10,.0f}")
+    names = {"workers_0": "CellStream, in process", "workers_1": "CellStream, 1 DataLoader worker",
+             "workers_2": "CellStream, 2 DataLoader workers", "two_processes": "CellStream, two processes (ranks)",
+             "anndata_h5ad": "AnnData CSR copy (.h5ad), annbatch's way",
+             "anndata_zarr": "AnnData CSR copy (.zarr), annbatch's way"}
+    for name, rate in rates.items():
+        print(f"  {names[name]:<45} {rate:>10,.0f}   x{rate / baseline:.0f} the baseline, "
+              f"x{rate / rates['workers_0']:.2f} in process")
 
+    out = ROOT / "benchmarks" / "results" / "tahoe_stream.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.read_only:
+        out.write_text(json.dumps(results, indent=2))
+        return print(f"\n{out}")
     memory = {label: _peak_rss_streaming(folder, small / "panel.npy") for label, folder in
               (("small", small), ("large", large))}
     ratio = memory["large"]["peak_rss_mb"] / memory["small"]["peak_rss_mb"]
@@ -185,8 +276,6 @@ def main() -> None:
         results["train"]["two_ddp_processes"] = two
         print(f"  two DDP processes (gloo, {max(1, threads // 2)} thread each) {two['cells_per_s']:>10,.0f} cells/s   "
               f"x{two['cells_per_s'] / single['cells_per_s']:.2f} one process")
-    out = ROOT / "benchmarks" / "results" / "tahoe_stream.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\n{out}")
 

@@ -9,19 +9,15 @@ from tqdm.auto import tqdm
 
 from pyrovae.data.checks import check_int
 from pyrovae.data.hvg import ScaledMoments
-from pyrovae.data.tahoe import (
-    LABEL_COLUMNS,
-    CellBlock,
-    GeneVocabulary,
-    check_schema,
-    decode_rows,
-    find_shards,
-    holdout_mask,
-)
+from pyrovae.data.tahoe import LABEL_COLUMNS, CellBlock, GeneVocabulary, check_schema, find_shards, holdout_mask
+from pyrovae.data.tahoe_decode import decode_rows, panel_table
 from pyrovae.optional import lazy_import
 
 pa = lazy_import("pyarrow")
 pc = lazy_import("pyarrow.compute")
+
+READ_CHUNK = 512
+"""Rows decoded at a time; a block of ``rows_per_read`` rows joins several such reads."""
 
 
 class TahoeAtlas:
@@ -176,23 +172,52 @@ class TahoeAtlas:
                              f"{len(self.shards)} shards), got {shard_index!r}")
         shard = self.shards[shard_index]
         panel_lookup = self.vocabulary.lookup(panel)
+        table = panel_table(self._vocabulary_lookup, panel_lookup)
         categories = self.categories
         handle = shard.open()
         check_schema(handle.schema_arrow, shard, self.label_columns)
         columns = ["genes", "expressions", *dict.fromkeys(self.label_columns)]
-        first = 0
-        for batch in handle.iter_batches(batch_size=rows_per_read, columns=columns):
-            block = decode_rows(batch, shard, first, self._vocabulary_lookup, panel_lookup, len(panel), categories)
-            block.ids += self.offsets[shard_index]
-            if split is not None:
-                rows = np.arange(first, first + len(block))
-                test = self.in_groups(block, codes) if codes else holdout_mask(shard, rows, test_fraction, split_seed)
-                block = block.take(np.flatnonzero(test if split == "test" else ~test))
-                if codes and split == "train" and self.in_groups(block, codes).any():
-                    raise RuntimeError(f"{shard.name}: a held-out group leaked into the training part")
-            first += batch.num_rows
-            if len(block):
-                yield block
+        # a block ends every rows_per_read rows and at the end of each row group (as pyarrow's batches do); its
+        # rows are decoded READ_CHUNK at a time, for pyarrow reuses the buffers of reads that size instead of
+        # mapping fresh pages for each
+        group_ends = np.cumsum([handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
+
+        def block_end(row: int) -> int:
+            group = np.searchsorted(group_ends, row, side="right")
+            next_read = (row // rows_per_read + 1) * rows_per_read
+            return int(min(group_ends[group], next_read)) if group < len(group_ends) else next_read
+
+        first = position = 0
+        end, pieces = block_end(0), []
+        for batch in handle.iter_batches(batch_size=min(rows_per_read, READ_CHUNK), columns=columns):
+            offset = 0
+            while offset < batch.num_rows:
+                size = min(batch.num_rows - offset, end - position)
+                rows = batch if size == batch.num_rows else batch.slice(offset, size)
+                pieces.append(decode_rows(rows, shard, position, self._vocabulary_lookup, panel_lookup, len(panel),
+                                          categories, table))
+                offset, position = offset + size, position + size
+                if position == end:
+                    yield from self._part(CellBlock.concat(pieces), shard_index, first, split, test_fraction,
+                                          split_seed, codes)
+                    first, pieces, end = position, [], block_end(position)
+        if pieces:
+            yield from self._part(CellBlock.concat(pieces), shard_index, first, split, test_fraction, split_seed,
+                                  codes)
+
+    def _part(self, block: CellBlock, shard_index: int, first: int, split, test_fraction, split_seed,
+              codes) -> Iterator[CellBlock]:
+        """``block`` (rows from ``first`` of a shard) with global ids, cut to the split's part; nothing if empty."""
+        shard = self.shards[shard_index]
+        block.ids += self.offsets[shard_index]
+        if split is not None:
+            rows = np.arange(first, first + len(block))
+            test = self.in_groups(block, codes) if codes else holdout_mask(shard, rows, test_fraction, split_seed)
+            block = block.take(np.flatnonzero(test if split == "test" else ~test))
+            if codes and split == "train" and self.in_groups(block, codes).any():
+                raise RuntimeError(f"{shard.name}: a held-out group leaked into the training part")
+        if len(block):
+            yield block
 
     def _spread(self, num_cells: int, panel: np.ndarray, seed: int, **read_args) -> Iterator[CellBlock]:
         """Blocks of ``num_cells`` cells spread over the shards (fewer if the atlas or split has fewer): the first

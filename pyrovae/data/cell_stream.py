@@ -3,91 +3,28 @@
 Each epoch the shards are put in an order drawn from (seed, epoch) and dealt to the distributed ranks, then to the
 DataLoader workers of each rank, greedily by size (the next shard goes to the part with the fewest cells), so no
 two readers share a shard and the parts hold nearly equal numbers of cells. A reader interleaves a few shards at
-a time and passes their cells through a shuffle buffer: shards are grouped by plate, so their own order is not
-random. Memory is bounded by the buffer and the blocks being read, never by the size of the atlas.
+a time (reading their next blocks ahead in threads) and passes their cells through a shuffle buffer: shards are
+grouped by plate, so their own order is not random. Each draw from a full buffer permutes it, yields all but
+half a buffer of its cells in batches, and keeps the rest for the next draw. Memory is bounded by the buffer and
+the blocks being read, never by the size of the atlas.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pyrovae.data.atlas import TahoeAtlas
+from pyrovae.data.cell_batch import CellBatch
 from pyrovae.data.checks import check_int, check_real
 from pyrovae.data.tahoe import CellBlock
 from pyrovae.process_group import rank as process_rank
 from pyrovae.process_group import world_size as process_world_size
-
-
-@dataclass
-class CellBatch:
-    """A mini-batch of cells: sparse counts on the gene panel (CSR), library sizes, label codes and cell ids.
-
-    ``counts`` is the dense (cells, panel genes) float32 tensor, built where the batch lives: after
-    ``batch.to("cuda")`` only the sparse parts cross to the GPU and the dense matrix is assembled there.
-    """
-
-    indptr: torch.Tensor  # (cells + 1,) int64
-    indices: torch.Tensor  # (non-zeros,) int64 panel positions
-    values: torch.Tensor  # (non-zeros,) float32
-    num_genes: int
-    library: torch.Tensor  # (cells,) float32, total counts over the whole vocabulary
-    labels: dict[str, torch.Tensor]  # name -> (cells,) int64 codes
-    ids: torch.Tensor  # (cells,) int64 global cell ids
-    _dense: torch.Tensor | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_block(cls, block: CellBlock) -> CellBatch:
-        csr = block.counts
-        return cls(
-            torch.from_numpy(csr.indptr.astype(np.int64)),
-            torch.from_numpy(csr.indices.astype(np.int64)),
-            torch.from_numpy(csr.data.astype(np.float32, copy=False)),
-            csr.shape[1],
-            torch.from_numpy(block.library),
-            {name: torch.from_numpy(codes) for name, codes in block.labels.items()},
-            torch.from_numpy(block.ids),
-        )
-
-    def __len__(self) -> int:
-        return len(self.library)
-
-    @property
-    def counts(self) -> torch.Tensor:
-        if self._dense is None:
-            rows = torch.repeat_interleave(
-                torch.arange(len(self), device=self.values.device), self.indptr.diff(), output_size=len(self.values)
-            )
-            dense = torch.zeros(len(self), self.num_genes, device=self.values.device, dtype=self.values.dtype)
-            self._dense = dense.index_put_((rows, self.indices), self.values, accumulate=True)
-        return self._dense
-
-    def __getattr__(self, name: str) -> torch.Tensor:
-        labels = self.__dict__.get("labels", {})
-        if name in labels:  # batch.drug, batch.cell_line, batch.plate
-            return labels[name]
-        raise AttributeError(name)
-
-    def _map(self, fn) -> CellBatch:
-        return CellBatch(fn(self.indptr), fn(self.indices), fn(self.values), self.num_genes, fn(self.library),
-                         {k: fn(v) for k, v in self.labels.items()}, fn(self.ids))
-
-    def to(self, device, non_blocking: bool = False) -> CellBatch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> CellBatch:
-        return self._map(torch.Tensor.pin_memory)
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_dense"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, _dense=None)
 
 
 def deal(sizes: np.ndarray, order: np.ndarray, parts: int) -> list[list[int]]:
@@ -99,6 +36,59 @@ def deal(sizes: np.ndarray, order: np.ndarray, parts: int) -> list[list[int]]:
         dealt[part].append(int(item))
         totals[part] += sizes[item]
     return dealt
+
+
+_GROUP_CELLS = 1024
+"""Cells a shuffle buffer gathers at once (a few batches): its arrays stay small, so that they reuse freed memory
+instead of mapping (and zeroing) fresh pages, which costs more than the copy itself."""
+
+
+class _ShuffleBuffer:
+    """Cells waiting to be drawn into batches, kept in the blocks they were read in: a position of the buffer is a
+    (block, row) pair, so that drawing cells, or keeping the undrawn ones for the next draw, moves indices, not
+    counts. Blocks whose cells are all drawn are dropped; when the kept cells are spread thin over many blocks they
+    are gathered into new ones, so memory stays within about twice the cells buffered."""
+
+    def __init__(self, block_cells: int) -> None:
+        self.block_cells = block_cells
+        self.blocks: list[CellBlock] = []
+        self.block = np.zeros(0, dtype=np.int64)  # (positions,) which block
+        self.row = np.zeros(0, dtype=np.int64)  # (positions,) which row of it
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def add(self, block: CellBlock) -> None:
+        self.block = np.concatenate([self.block, np.full(len(block), len(self.blocks))])
+        self.row = np.concatenate([self.row, np.arange(len(block))])
+        self.blocks.append(block)
+
+    def take(self, positions: np.ndarray) -> CellBlock:
+        """The cells at ``positions``, in that order."""
+        block, row = self.block[positions], self.row[positions]
+        by_block = np.argsort(block, kind="stable")
+        used, starts = np.unique(block[by_block], return_index=True)
+        if len(used) == 1:
+            return self.blocks[used[0]].take(row)
+        parts = np.split(row[by_block], starts[1:])
+        grouped = CellBlock.concat([self.blocks[b].take(rows) for b, rows in zip(used, parts)])
+        return grouped.take(np.argsort(by_block))  # back from block order to the order asked for
+
+    def keep(self, positions: np.ndarray) -> None:
+        """Keep the cells at ``positions``, in that order, as the first of the buffer; drop the rest."""
+        self.block, self.row = self.block[positions], self.row[positions]
+        used = np.unique(self.block)
+        if sum(len(self.blocks[b]) for b in used) > 2 * len(positions) + self.block_cells:
+            gathered = [self.take(np.arange(start, min(start + self.block_cells, len(positions))))
+                        for start in range(0, len(positions), self.block_cells)]
+            self.blocks = gathered
+            self.block = np.repeat(np.arange(len(gathered)), [len(g) for g in gathered])
+            self.row = np.concatenate([np.arange(len(g)) for g in gathered]) if gathered else self.row[:0]
+        else:
+            renumber = np.zeros(len(self.blocks), dtype=np.int64)
+            renumber[used] = np.arange(len(used))
+            self.blocks = [self.blocks[b] for b in used]
+            self.block = renumber[self.block]
 
 
 class CellStream(IterableDataset):
@@ -117,6 +107,10 @@ class CellStream(IterableDataset):
         half of it is kept between draws.
     :param int interleave: shards each reader has open at once (>= 1; their blocks alternate into the buffer).
     :param int num_workers: DataLoader worker processes (:meth:`loader`, >= 0); shards are dealt among them.
+    :param int read_threads: threads of each reader (the iterating process, or each worker) that read and decode
+        the interleaved shards ahead of the batches (>= 0; 0 reads in the iterating thread). Parquet decoding and
+        numpy release the GIL, so reading overlaps with batching and training; the batches are the same for any
+        number.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
         e.g. a fitted :class:`~pyrovae.data.LogPCA`.
     :param held_out: ``{label: [category, ...]}`` (e.g. ``{"plate": ["plate_3"]}``): with ``split``, the test part is
@@ -142,6 +136,7 @@ class CellStream(IterableDataset):
         drop_last: bool | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        read_threads: int = 1,
         rank: int | None = None,
         world_size: int | None = None,
         transform: torch.nn.Module | None = None,
@@ -162,6 +157,7 @@ class CellStream(IterableDataset):
         check_int("interleave", interleave, 1)
         check_int("rows_per_read", rows_per_read, 1)
         check_int("num_workers", num_workers, 0)
+        check_int("read_threads", read_threads, 0)
         check_int("seed", seed, 0)
         check_int("split_seed", split_seed, 0)
         if rank is not None:
@@ -192,6 +188,7 @@ class CellStream(IterableDataset):
         self.drop_last = shuffle if drop_last is None else drop_last
         self.seed = int(seed)
         self.num_workers = int(num_workers)
+        self.read_threads = int(read_threads)
         self.rank = process_rank() if rank is None else int(rank)
         self.world_size = process_world_size() if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
@@ -266,19 +263,30 @@ class CellStream(IterableDataset):
         return sorted(s for worker in self._parts()[self.rank if rank is None else rank] for s in worker)
 
     def _blocks(self, shards: list[int]) -> Iterator[CellBlock]:
-        """Blocks from ``interleave`` shards at a time, alternating (one at a time, in file order, unshuffled)."""
+        """Blocks from ``interleave`` shards at a time, alternating (one at a time, in file order, unshuffled).
+
+        With ``read_threads``, each open shard has its next block read in the pool while the blocks before it are
+        batched; the blocks come out in the same order as without threads."""
         pending = deque(shards)
-        readers = deque()
+        readers = deque()  # [reader, its next block (a future with threads)]
         interleave = self.interleave if self.shuffle else 1
-        while pending or readers:
-            while pending and len(readers) < interleave:
-                readers.append(self.atlas.read(pending.popleft(), self.panel, self.rows_per_read, self.split,
-                                               self.test_fraction, self.split_seed, self.held_out))
-            reader = readers.popleft()
-            block = next(reader, None)
-            if block is not None:
-                yield block
-                readers.append(reader)
+        pool = ThreadPoolExecutor(self.read_threads, "cell-stream-reader") if self.read_threads else None
+        try:
+            while pending or readers:
+                while pending and len(readers) < interleave:
+                    reader = self.atlas.read(pending.popleft(), self.panel, self.rows_per_read, self.split,
+                                             self.test_fraction, self.split_seed, self.held_out)
+                    readers.append([reader, pool.submit(next, reader, None) if pool else None])
+                entry = readers.popleft()
+                block = entry[1].result() if pool else next(entry[0], None)
+                if block is not None:
+                    if pool:
+                        entry[1] = pool.submit(next, entry[0], None)
+                    readers.append(entry)
+                    yield block
+        finally:
+            if pool:  # stopped early or failed: let the reads in flight end, start no more
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator[CellBatch]:
         info = get_worker_info()
@@ -290,26 +298,29 @@ class CellStream(IterableDataset):
             )
         shards = self._parts()[self.rank][worker]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-        buffer, size = [], 0
+        buffer = _ShuffleBuffer(self.rows_per_read)
         keep = self.buffer_size // 2 if self.shuffle else 0
+        threshold = self.buffer_size if self.shuffle else self.batch_size
         for block in self._blocks(shards):
-            buffer.append(block)
-            size += len(block)
-            threshold = self.buffer_size if self.shuffle else self.batch_size
-            if size >= threshold:
-                cells = CellBlock.concat(buffer)
-                emit = (size - keep) // self.batch_size * self.batch_size
-                order = rng.permutation(size) if self.shuffle else np.arange(size)
-                for start in range(0, emit, self.batch_size):
-                    yield CellBatch.from_block(cells.take(order[start : start + self.batch_size]))
-                buffer, size = [cells.take(order[emit:])], size - emit
-        if size:
-            cells = CellBlock.concat(buffer)
-            order = rng.permutation(size) if self.shuffle else np.arange(size)
-            for start in range(0, size, self.batch_size):
-                rows = order[start : start + self.batch_size]
-                if len(rows) == self.batch_size or not self.drop_last:
-                    yield CellBatch.from_block(cells.take(rows))
+            buffer.add(block)
+            if len(buffer) >= threshold:
+                emit = (len(buffer) - keep) // self.batch_size * self.batch_size
+                order = rng.permutation(len(buffer)) if self.shuffle else np.arange(len(buffer))
+                yield from self._batches(buffer, order[:emit])
+                buffer.keep(order[emit:])
+        if len(buffer):
+            order = rng.permutation(len(buffer)) if self.shuffle else np.arange(len(buffer))
+            if self.drop_last:
+                order = order[: len(order) // self.batch_size * self.batch_size]
+            yield from self._batches(buffer, order)
+
+    def _batches(self, buffer: _ShuffleBuffer, order: np.ndarray) -> Iterator[CellBatch]:
+        """Batches of the cells at positions ``order`` of the buffer, in that order (the last may be short)."""
+        group = max(1, _GROUP_CELLS // self.batch_size) * self.batch_size  # cells gathered at once
+        for first in range(0, len(order), group):
+            cells = buffer.take(order[first : first + group])
+            for start in range(0, len(cells), self.batch_size):
+                yield CellBatch.from_block(cells.rows(start, min(start + self.batch_size, len(cells))))
 
     def loader(self, pin_memory: bool = False, prefetch_factor: int = 4) -> DataLoader:
         """A DataLoader over this stream with its ``num_workers`` (batches are formed in the workers)."""

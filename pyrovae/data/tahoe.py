@@ -24,7 +24,6 @@ import scipy.sparse as sp
 from pyrovae.optional import lazy_import
 
 pa = lazy_import("pyarrow")
-pc = lazy_import("pyarrow.compute")
 pq = lazy_import("pyarrow.parquet")
 
 TAHOE_HUB = "tahoebio/Tahoe-100M"
@@ -221,12 +220,6 @@ def check_schema(schema: pa.Schema, shard: Shard, labels: list[str]) -> None:
         )
 
 
-def _flat(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (starting at 0) and values of a list array, slices respected."""
-    offsets = array.offsets.to_numpy().astype(np.int64)
-    return offsets - offsets[0], array.flatten().to_numpy(zero_copy_only=False)
-
-
 @dataclass
 class CellBlock:
     """Consecutive cells of one shard: counts on the gene panel (CSR), library sizes over all genes, integer
@@ -244,6 +237,15 @@ class CellBlock:
         return CellBlock(self.counts[rows], self.library[rows], {k: v[rows] for k, v in self.labels.items()},
                          self.ids[rows])
 
+    def rows(self, start: int, stop: int) -> CellBlock:
+        """Cells ``start`` to ``stop`` (views of this block's arrays where they can be)."""
+        csr = self.counts
+        first, last = csr.indptr[start], csr.indptr[stop]
+        counts = sp.csr_matrix((csr.data[first:last], csr.indices[first:last], csr.indptr[start:stop + 1] - first),
+                               shape=(stop - start, csr.shape[1]))
+        return CellBlock(counts, self.library[start:stop], {k: v[start:stop] for k, v in self.labels.items()},
+                         self.ids[start:stop])
+
     @staticmethod
     def concat(blocks: list[CellBlock]) -> CellBlock:
         if len(blocks) == 1:
@@ -254,111 +256,6 @@ class CellBlock:
             {k: np.concatenate([b.labels[k] for b in blocks]) for k in blocks[0].labels},
             np.concatenate([b.ids for b in blocks]),
         )
-
-
-def decode_rows(
-    batch: pa.RecordBatch,
-    shard: Shard,
-    first_row: int,
-    vocabulary: np.ndarray,
-    panel: np.ndarray,
-    num_panel: int,
-    categories: dict[str, list[str]],
-) -> CellBlock:
-    """Decode rows of a shard into a :class:`CellBlock`, validating them.
-
-    :param vocabulary: token id -> vocabulary position (-1 outside), from :meth:`GeneVocabulary.lookup`.
-    :param panel: token id -> panel position (-1 off the panel).
-    :param categories: label name -> category list (codes are positions in it).
-    :raises TahoeFormatError: lists of different lengths, a missing list, a row that does not start with the
-        marker (its first element would otherwise be dropped as one, or a real gene read as the marker), token
-        ids outside the vocabulary, negative counts other than the marker, counts that are not integers, and a
-        missing label or one outside ``categories``; the message names the shard and the row.
-    """
-    genes, expressions = batch.column("genes"), batch.column("expressions")
-
-    def fail(position: int, what: str):
-        raise TahoeFormatError(f"shard {shard.path}, row {first_row + position}: {what}")
-
-    for name, column in (("genes", genes), ("expressions", expressions)):
-        if column.null_count:
-            fail(int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0]), f"{name} is missing")
-    gene_offsets, tokens = _flat(genes)
-    offsets, values = _flat(expressions)
-    lengths = np.diff(offsets)
-    if not np.array_equal(gene_offsets, offsets):
-        row = int(np.flatnonzero(np.diff(gene_offsets) != lengths)[0])
-        fail(row, f"genes has {gene_offsets[row + 1] - gene_offsets[row]} entries but expressions has "
-                  f"{lengths[row]}; the two lists must have the same length")
-    num_cells = len(lengths)
-
-    def row_of(position: int) -> int:
-        return int(np.searchsorted(offsets, position, side="right") - 1)
-
-    # every row starts with the marker (a negative count): a row without it would have its first gene taken for
-    # the marker, so it is refused rather than guessed
-    if (lengths == 0).any():
-        fail(int(np.flatnonzero(lengths == 0)[0]), "genes and expressions are empty; every row starts with the "
-             "marker element (a special token with a negative expression), even a cell without counts")
-    starts = offsets[:-1]
-    unmarked = ~(values[starts] < 0)  # NaN counts as unmarked
-    if unmarked.any():
-        row = int(np.flatnonzero(unmarked)[0])
-        fail(row, f"the row does not start with the marker element (first token {tokens[starts[row]]}, expression "
-                  f"{values[starts[row]]}; the marker has a negative expression), so its first gene cannot be told "
-                  f"from the marker; {int(unmarked.sum())} rows of this read lack it. Write each row as [marker, "
-                  "genes...] (tahoe_synthetic.write_tahoe_shards shows the layout)")
-    markers = starts
-    values = values.astype(np.float32, copy=True)
-    values[markers] = 0.0
-    if not values.min(initial=0.0) >= 0:  # a negative count or NaN
-        at = int(np.flatnonzero(~(values >= 0))[0])
-        fail(row_of(at), f"count {values[at]} for token {tokens[at]}: counts must be non-negative (only the "
-                         "first element, the marker, may be negative)")
-    if not pa.types.is_integer(expressions.type.value_type) and not np.isfinite(values).all():
-        at = int(np.flatnonzero(~np.isfinite(values))[0])
-        fail(row_of(at), f"count {values[at]} for token {tokens[at]} is not finite")
-    if not pa.types.is_integer(expressions.type.value_type) and not np.array_equal(values, np.rint(values)):
-        at = int(np.flatnonzero(values != np.rint(values))[0])
-        fail(row_of(at), f"count {values[at]} for token {tokens[at]} is not an integer")
-    tokens = tokens.astype(np.int64, copy=True)
-    tokens[markers] = int(np.argmax(vocabulary >= 0))  # a valid token; its panel position is reset below
-    if len(tokens) and (tokens.min() < 0 or tokens.max() >= len(vocabulary)):
-        at = int(np.flatnonzero((tokens < 0) | (tokens >= len(vocabulary)))[0])
-        fail(row_of(at), f"token id {tokens[at]} is not in the gene vocabulary (gene_metadata)")
-    known = vocabulary[tokens] if len(tokens) else tokens
-    if len(tokens) and known.min() < 0:
-        at = int(np.flatnonzero(known < 0)[0])
-        fail(row_of(at), f"token id {tokens[at]} is not in the gene vocabulary (gene_metadata)")
-    library = np.zeros(num_cells, dtype=np.float32)  # float32 sums of integers are exact below 2^24
-    if num_cells:
-        library[:] = np.add.reduceat(values, starts)
-    columns = panel[tokens]  # the panel and vocabulary tables have the same length
-    columns[markers] = -1
-    selected = np.flatnonzero(columns >= 0)
-    indptr = np.searchsorted(selected, offsets)  # selected entries before each row's start
-    counts = sp.csr_matrix((values[selected], columns[selected], indptr), shape=(num_cells, num_panel))
-    entries = np.diff(counts.indptr)
-    counts.sum_duplicates()  # a token listed twice in a row would be summed silently: refuse it instead
-    if counts.nnz != len(selected):
-        row = int(np.flatnonzero(np.diff(counts.indptr) != entries)[0])
-        fail(row, "a gene's token id appears more than once in the row's genes list")
-    labels = {}
-    for name, names in categories.items():
-        column_name = LABEL_COLUMNS.get(name, name)
-        column = batch.column(column_name).cast(pa.string())
-        if column.null_count:
-            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            fail(row, f"the label {column_name!r} is missing (null; {column.null_count} such rows in this read); "
-                      "every cell needs its labels: fill them in, or leave the label out of TahoeAtlas(labels=...)")
-        codes = pc.index_in(column, value_set=pa.array(names, pa.string()))
-        if codes.null_count:
-            row = int(np.flatnonzero(codes.is_null().to_numpy(zero_copy_only=False))[0])
-            fail(row, f"the label {column_name!r} is {column[row].as_py()!r}, not one of its categories "
-                      f"{list(names)[:10]}; pass categories= that include it (or leave it out to scan the shards)")
-        labels[name] = codes.to_numpy(zero_copy_only=False).astype(np.int64)
-    ids = np.arange(first_row, first_row + num_cells, dtype=np.int64)
-    return CellBlock(counts, library, labels, ids)
 
 
 def holdout_mask(shard: Shard, rows: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -383,7 +280,6 @@ __all__ = [
     "GeneVocabulary",
     "Shard",
     "TahoeFormatError",
-    "decode_rows",
     "find_shards",
     "holdout_mask",
 ]
