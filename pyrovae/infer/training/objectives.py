@@ -261,12 +261,18 @@ class _Traced(nn.Module):
             # tracing runs the objective once: its random draws must not shift the stream of the traced calls,
             # or a run resumed from a checkpoint (which traces again) would differ from an uninterrupted one
             devices = [x.device] if x.device.type == "cuda" else []
-            with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
-                warnings.simplefilter("ignore")
-                names = _store_parameter_names(self.module, (x, scales, *inputs))
-                leaves = tuple(store[name].unconstrained() for name in names)
-                traced = torch.jit.trace(_WithStoreParameters(self.module, len(inputs)), (x, scales, *inputs, *leaves),
-                                         check_trace=False)
+            buffers = [(b, b.clone()) for b in self.module.buffers()]
+            try:
+                with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
+                    warnings.simplefilter("ignore")
+                    names = _store_parameter_names(self.module, (x, scales, *inputs))
+                    leaves = tuple(store[name].unconstrained() for name in names)
+                    traced = torch.jit.trace(_WithStoreParameters(self.module, len(inputs)),
+                                             (x, scales, *inputs, *leaves), check_trace=False)
+            finally:
+                with torch.no_grad():  # tracing ran the objective twice: batch-norm statistics as they were
+                    for buffer, value in buffers:
+                        buffer.copy_(value)
             # the submodules inlined and the dead code dropped: what the trace recorded only to test it in Python
             # (argument validation, shape checks) no longer runs every step; 2% of an N-VAE or S-VAE step, and the
             # same losses and gradients to the last bit (tested)

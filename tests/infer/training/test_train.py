@@ -251,3 +251,21 @@ def test_a_frozen_side_keeps_its_batch_norm_statistics():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train(model, guide, data(), epochs=2, freeze="model", progress=False, seed=0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_tracing_leaves_batch_norm_statistics_as_one_eager_step_does():
+    """Tracing runs the objective (twice): its batch-norm updates must not count, or a traced run (and a resumed one,
+    which traces again) drifts from an eager one."""
+    x = torch.randn(16, 10, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    stats = {}
+    for elbo in ("trace", "jit"):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        model, guide = VAE(10, 2, (8,), likelihood="gaussian"), NormalGuide(10, 2, (8,), batch_norm=True)
+        objective, _ = make_objective(elbo, model, guide)
+        pyro.set_rng_seed(0)
+        objective(x, torch.ones(2))
+        stats[elbo] = [b.clone() for b in guide.buffers()]
+    for eager, traced in zip(stats["trace"], stats["jit"]):
+        torch.testing.assert_close(traced, eager)
+    assert int(stats["jit"][-1]) == 1  # num_batches_tracked: one step
