@@ -84,7 +84,7 @@ def _nearest_centres(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
                       for i in range(0, len(x), step)])
 
 
-def approximate_neighbors(latent: np.ndarray, k: int, num_probes: int = 12, seed: int = 0
+def approximate_neighbors(latent: np.ndarray, k: int, num_probes: int = 12, seed: int = 0, list_size: int | None = None,
                           ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The ``k`` nearest neighbours of every row of ``latent`` other than itself, from an inverted-file index:
     yields blocks ``(rows, distances, indices)``, ``distances`` (r, k) increasing.
@@ -95,7 +95,7 @@ def approximate_neighbors(latent: np.ndarray, k: int, num_probes: int = 12, seed
     what an approximate index (scib-metrics uses pynndescent) trades for a million cells in a minute."""
     x = _tensor(latent).float()
     rows = len(x)
-    num_lists = max(1, min(rows // max(4 * k, 1), round(math.sqrt(rows))))
+    num_lists = max(1, min(rows // max(4 * k, 1), round(math.sqrt(rows)) if list_size is None else rows // list_size))
     centres = _kmeans(x, num_lists, seed)
     lists = _nearest_centres(x, centres)
     order = torch.argsort(lists, stable=True)
