@@ -28,6 +28,7 @@ from pyrovae.infer.analysis import (
 )
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.estimation import (
+    BDMC,
     DefensiveProposal,
     GapReport,
     GuideProposal,
@@ -35,6 +36,7 @@ from pyrovae.infer.estimation import (
     Proposal,
     RefinedProposal,
     ais_log_likelihood,
+    bdmc,
     gap_report,
     log_importance_weights,
     log_likelihood,
@@ -83,6 +85,7 @@ __all__ = [
     "train",
     "trainable_parameters",
     # estimation of log p(x)
+    "BDMC",
     "DefensiveProposal",
     "GapReport",
     "GuideProposal",
@@ -90,6 +93,7 @@ __all__ = [
     "Proposal",
     "RefinedProposal",
     "ais_log_likelihood",
+    "bdmc",
     "gap_report",
     "log_importance_weights",
     "log_likelihood",

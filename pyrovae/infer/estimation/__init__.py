@@ -8,12 +8,15 @@
   (:class:`RefinedProposal`), with the posterior modes it finds (:mod:`~pyrovae.infer.estimation.modes`);
 - :mod:`~pyrovae.infer.estimation.psis`: the Pareto k-hat of the weights (:func:`psis_khat`);
 - :mod:`~pyrovae.infer.estimation.ais`: annealed importance sampling (:func:`ais_log_likelihood`);
+- :mod:`~pyrovae.infer.estimation.bdmc`: bidirectional Monte Carlo, how far an AIS schedule is from exact
+  (:func:`bdmc`);
 - :mod:`~pyrovae.infer.estimation.certify`: ``proposal="auto"``, the cheapest estimator that certifies, per datum;
 - :mod:`~pyrovae.infer.estimation.gap`: the inference, amortisation and approximation gaps (:func:`gap_report`);
 - :mod:`~pyrovae.infer.estimation.refit`: a guide refitted to a frozen model and scored (:func:`refit_guide`).
 """
 
 from pyrovae.infer.estimation.ais import ais_log_likelihood
+from pyrovae.infer.estimation.bdmc import BDMC, bdmc
 from pyrovae.infer.estimation.gap import GapReport, gap_report
 from pyrovae.infer.estimation.importance import log_importance_weights
 from pyrovae.infer.estimation.log_likelihood import LogLikelihood, log_likelihood
@@ -23,6 +26,7 @@ from pyrovae.infer.estimation.refined import RefinedProposal
 from pyrovae.infer.estimation.refit import refit_guide
 
 __all__ = [
+    "BDMC",
     "DefensiveProposal",
     "GapReport",
     "GuideProposal",
@@ -30,6 +34,7 @@ __all__ = [
     "Proposal",
     "RefinedProposal",
     "ais_log_likelihood",
+    "bdmc",
     "gap_report",
     "log_importance_weights",
     "log_likelihood",

@@ -132,19 +132,21 @@ def _per_chain_datum(value: torch.Tensor) -> torch.Tensor:
 
 
 def batch_ais(path: AnnealingPath, betas: torch.Tensor, leapfrog_steps: int, step_size: float, target_accept: float,
-               progress: bool, num_tuning: int) -> tuple[torch.Tensor, torch.Tensor]:
+              progress: bool, num_tuning: int, spread: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """AIS log weights ``(C, B)`` of the first C chains and the mean acceptance rate of one batch.
 
     HMC runs in coordinates whitened by the spread of the starting draws (a diagonal mass matrix per datum, fixed
     for the whole run), so one step size suits every latent dimension; each datum's step size adapts towards
     ``target_accept``. Both are read off the last ``num_tuning`` chains only, whose weights are thrown away: every
     kernel that moves the first C chains is then chosen independently of them, and their weights stay exactly
-    valid (adapting to a chain's own acceptances would bias them).
+    valid (adapting to a chain's own acceptances would bias them). ``spread`` (site -> (1, B, ...)) replaces the
+    whitening (reverse AIS, whose chains all start at one point: :mod:`~pyrovae.infer.estimation.bdmc`).
     """
     u = dict(path.start)
     num_chains = next(iter(u.values())).shape[0] - num_tuning
-    spread = {n: v[num_chains:].std(0, keepdim=True).clamp(min=1e-6) if num_tuning > 1 else torch.ones_like(v[:1])
-              for n, v in u.items()}
+    if spread is None:
+        spread = {n: v[num_chains:].std(0, keepdim=True).clamp(min=1e-6) if num_tuning > 1
+                  else torch.ones_like(v[:1]) for n, v in u.items()}
     a, b, grad_a, grad_b = path.evaluate(u)
     batch = a.shape[1]
     dtype, device = a.dtype, a.device

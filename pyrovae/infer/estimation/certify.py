@@ -7,8 +7,12 @@ Three stages, each run only on the data the previous one left uncertified:
    mixed with a wider copy of itself (full-covariance refinement where the guide is a diagonal Gaussian: the
    posterior of a many-dimensional latent is far from diagonal), ``num_samples`` draws;
 3. annealed importance sampling from that proposal, ``ais_chains`` chains of ``ais_steps`` steps, whose weights
-   over the chains get the same certificate (k-hat and ESS over the chains, meaningful with ~100 chains or more).
-   Spherical and discrete latents have no HMC path here: their data stop after stage 2.
+   over the chains get the same certificate (k-hat and ESS over the chains, meaningful with ~100 chains or more),
+   and whose schedule is checked once per call by bidirectional Monte Carlo (:func:`~pyrovae.infer.bdmc`: 16
+   data simulated from the model, 16 chains each way, the same steps from the same kind of start): if the reverse
+   and forward bounds are more than ``SCHEDULE_MAX_GAP`` nats apart on average, no AIS estimate is certified
+   (:attr:`LogLikelihood.schedule_gap`). A model without a prior predictive (a plain Pyro function) leaves the
+   schedule unchecked. Spherical and discrete latents have no HMC path here: their data stop after stage 2.
 
 An importance-sampling stage certifies a datum when its weights do (k-hat <= 0.7 and an effective sample size of
 at least 10: :attr:`LogLikelihood.certified`) **and** a check that k-hat cannot make agrees: ``num_samples // 4``
@@ -38,6 +42,7 @@ from pyrovae.infer.arguments import floating_dtype
 from pyrovae.infer.batches import as_batches, model_check
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.estimation.ais import AnnealingPath, batch_ais, sigmoid_schedule
+from pyrovae.infer.estimation.bdmc import bdmc
 from pyrovae.infer.estimation.importance import guess_max_plate_nesting
 from pyrovae.infer.estimation.log_likelihood import (
     CERTIFIED_KHAT,
@@ -55,6 +60,7 @@ STAGES = ("guide", "refined+defensive", "ais")
 
 
 CHECK_WEIGHT, CHECK_SCALE, CHECK_SLACK = 0.5, 3.0, 0.05  # the wider check's share and width, and its slack (nats)
+SCHEDULE_MAX_GAP = 0.5  # nats between the BDMC bounds of the AIS schedule beyond which AIS certifies nothing
 
 
 def _certified(estimate: BatchEstimate) -> torch.Tensor:
@@ -72,10 +78,28 @@ def _mixed(base: Callable, weight: float, scale: float) -> Callable:
 
 def _refined(model: Callable, guide: Callable, args: tuple, max_plate_nesting: int) -> Callable:
     """The refined proposal of a batch: full covariance where the guide's family allows it."""
+    return _refinement(model, guide, args, max_plate_nesting).for_batch(model, guide, args, max_plate_nesting)
+
+
+def _refinement(model: Callable, guide: Callable, args: tuple, max_plate_nesting: int) -> RefinedProposal:
     try:
-        return RefinedProposal(full_covariance=True).for_batch(model, guide, args, max_plate_nesting)
+        RefinedProposal(full_covariance=True).for_batch(model, guide, tuple(a[:1] for a in args), max_plate_nesting)
+        return RefinedProposal(full_covariance=True)
     except ValueError:  # not a diagonal Gaussian guide: refine its own family
-        return RefinedProposal().for_batch(model, guide, args, max_plate_nesting)
+        return RefinedProposal()
+
+
+def _schedule_gap(model: Callable, guide: Callable, args: tuple, ais_steps: int) -> float | None:
+    """The mean BDMC gap of the AIS stage's schedule on data simulated from the model, or None (no prior
+    predictive to simulate from)."""
+    if not hasattr(model, "latent_sites"):
+        return None
+    try:
+        result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps,
+                      start=_refinement(model, guide, args, 1))
+    except (TypeError, ValueError, NotImplementedError):  # covariates to simulate, or no unconstrained path
+        return None
+    return result.mean_gap
 
 
 def _importance_stage(model: Callable, base: Callable, args: tuple, num_samples: int, chunk: int,
@@ -161,10 +185,19 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     if not estimates:
         raise ValueError("log_likelihood got an empty data set")
     stage = torch.cat(stage_of)
+    checked, schedule_gap = torch.cat(certified_of), None
+    if cost["ais"]["data"]:
+        started = time.perf_counter()
+        with evaluation_mode(model, guide), pyro.validation_enabled(False), torch.enable_grad():
+            schedule_gap = _schedule_gap(model, guide, args, ais_steps)
+        cost["ais"]["seconds"] += time.perf_counter() - started
+        cost["ais"]["schedule_gap"] = schedule_gap
+        if schedule_gap is not None and schedule_gap > SCHEDULE_MAX_GAP:
+            checked &= stage != STAGES.index("ais")
     return LogLikelihood(
         torch.cat([e.per_datum for e in estimates]), torch.cat([e.khat for e in estimates]), num_samples, "auto",
         mean_log_weight=torch.cat([e.mean_log_weight for e in estimates]), ess=torch.cat([e.ess for e in estimates]),
-        estimator=tuple(STAGES[int(s)] for s in stage), cost=cost, checked=torch.cat(certified_of),
+        estimator=tuple(STAGES[int(s)] for s in stage), cost=cost, checked=checked, schedule_gap=schedule_gap,
     )
 
 

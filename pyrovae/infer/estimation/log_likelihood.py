@@ -49,7 +49,11 @@ class LogLikelihood:
         ``"refined+defensive"``, ``"ais"``), else None (one estimator for all).
     :ivar cost: for ``proposal="auto"``, per stage, the data it estimated and its seconds.
     :ivar checked: for ``proposal="auto"``, (N,) bool: whether each estimate also passed the check that k-hat cannot
-        make (a wider proposal found no more mass; see :mod:`~pyrovae.infer.estimation.certify`), else None.
+        make (a wider proposal found no more mass; for AIS, a schedule that bidirectional Monte Carlo found close to
+        exact; see :mod:`~pyrovae.infer.estimation.certify`), else None.
+    :ivar schedule_gap: for ``proposal="auto"`` with data estimated by AIS, the mean gap between the reverse and the
+        forward AIS bounds of its schedule on data simulated from the model (:func:`~pyrovae.infer.bdmc`), else None
+        (also when the model has no prior predictive to simulate from: the schedule is then unchecked).
     """
 
     per_datum: torch.Tensor
@@ -63,6 +67,7 @@ class LogLikelihood:
     estimator: tuple[str, ...] | None = None
     cost: dict | None = None
     checked: torch.Tensor | None = None
+    schedule_gap: float | None = None
 
     @property
     def elbo(self) -> float:
@@ -123,7 +128,10 @@ class LogLikelihood:
             if self.num_modes is not None and self.num_modes[i] > 1:
                 why.append(f"{int(self.num_modes[i])} posterior modes")
             if self.checked is not None and not self.checked[i] and not why:
-                why.append("a wider proposal found more mass")
+                if self.estimator is not None and self.estimator[i] == "ais" and self.schedule_gap is not None:
+                    why.append(f"the AIS schedule is {self.schedule_gap:.2f} nats from exact on simulated data")
+                else:
+                    why.append("a wider proposal found more mass")
             lines.append("; ".join(why) or "certified")
         return lines
 

@@ -88,3 +88,49 @@ def test_the_certificate_names_its_reasons():
     reasons = narrow.reasons()
     assert any(r.startswith("k-hat") for r in reasons) and not narrow.certified.all()
     assert all((r == "certified") == bool(c) for r, c in zip(reasons, narrow.certified))
+
+
+def _everything_to_ais(monkeypatch):
+    """No importance-sampling stage certifies: every datum goes on to AIS."""
+    original = certify._importance_stage
+
+    def uncertified(*args, **kwargs):
+        estimate, certified = original(*args, **kwargs)
+        return estimate, torch.zeros_like(certified)
+
+    monkeypatch.setattr(certify, "_importance_stage", uncertified)
+
+
+@pytest.mark.parametrize("gap", [0.02, 3.0])
+def test_the_ais_schedule_is_checked_by_bidirectional_monte_carlo(monkeypatch, gap):
+    """The schedule's BDMC gap on simulated data decides whether AIS certifies (that a short schedule shows a wide
+    gap is tested in test_bdmc.py); here the gap is set, to test what auto does with it."""
+    from pyrovae import make_pair
+    from pyrovae.infer.estimation.bdmc import BDMC
+
+    _everything_to_ais(monkeypatch)
+    calls = []
+
+    def fake_bdmc(model, guide, **options):
+        calls.append(options)
+        return BDMC(torch.zeros(16), torch.full((16,), gap), torch.zeros(16, 6), options["num_steps"])
+
+    monkeypatch.setattr(certify, "bdmc", fake_bdmc)
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 6, 2, (8,), likelihood="gaussian")
+    result = certify.auto_log_likelihood(model, guide, torch.randn(8, 6), num_samples=100, ais_chains=64, ais_steps=30)
+    assert result.estimator == ("ais",) * 8 and len(calls) == 1 and calls[0]["num_steps"] == 30
+    assert result.schedule_gap == pytest.approx(gap) and result.cost["ais"]["schedule_gap"] == pytest.approx(gap)
+    if gap > certify.SCHEDULE_MAX_GAP:  # far from exact: no AIS estimate is certified, and the reason says why
+        assert not result.certified.any()
+        assert all("the AIS schedule is 3.00 nats from exact" in reason for reason in result.reasons())
+    else:
+        assert result.certified.float().mean() > 0.5
+
+
+def test_a_plain_model_leaves_the_schedule_unchecked(monkeypatch):
+    _everything_to_ais(monkeypatch)
+    W, mu, x = ppca(4)
+    result = certify.auto_log_likelihood(make_model(W, mu), make_guide(W, mu, 1.5), x[:6], num_samples=100,
+                                         ais_chains=64, ais_steps=20)
+    assert result.estimator == ("ais",) * 6 and result.schedule_gap is None
