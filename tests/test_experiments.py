@@ -176,6 +176,17 @@ def test_smoke_grid_search_resumes(tmp_path):
     assert completed.stdout.count("done before") == 4  # nothing trained twice
 
 
+def test_smoke_reference_mapping(tmp_path):
+    metrics = run_script("reference_mapping", tmp_path, "--dataset", "synthetic", "--epochs", "2", "--map-epochs", "2",
+                         "--genes", "60", "--latent", "3", "--hidden", "16")["metrics"]
+    assert metrics["queries"] == ["batch 2", "batch 3"] and metrics["genes"] == 60
+    for kind in ("vae", "label_transfer"):
+        row = metrics["results"][kind]
+        assert row["mapped"]["epochs"] == 2 and row["everything"]["epochs"] == 2 and row["time_ratio"] > 0
+        for run in (row["mapped"], row["everything"]):
+            assert 0 <= run["query_accuracy"] <= 1 and 0 <= run["ilisi"] <= 1 and 0 <= run["batch_asw"] <= 1
+
+
 TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
               "150", "--genes", "120", "--hvg-cells", "800", "--held-out", "100", "--num-samples", "8", "--hidden",
               "32", "--batch-size", "128")
@@ -210,7 +221,7 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
 
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
            "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae", "pbmc_de",
-           "integration", "pbmc_quickstart"]
+           "integration", "pbmc_quickstart", "reference_mapping"]
 
 
 def test_every_experiment_is_listed():

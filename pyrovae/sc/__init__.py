@@ -16,10 +16,13 @@ AnnData (or from the return values)::
 
 Models: :class:`SingleCellVAE` (Gaussian), :class:`SingleCellSVAE` (vMF or Power Spherical on the sphere),
 :class:`SingleCellGMVAE` (mixture; clusters) and :class:`LabelTransferGMVAE` (semi-supervised; ``predict``).
-Each holds its pair as ``model.model`` and ``model.guide`` for the rest of the library.
+Each holds its pair as ``model.model`` and ``model.guide`` for the rest of the library. A trained model maps a
+query with new batches onto itself, frozen (:func:`map_query`, scArches' architecture surgery), and
+:func:`transfer_labels` gives the query its labels.
 """
 
 from pyrovae.sc.kinds import LabelTransferGMVAE, SingleCellGMVAE, SingleCellSVAE, SingleCellVAE
+from pyrovae.sc.mapping import map_query, nearest_neighbor_labels, transfer_labels
 from pyrovae.sc.model import RESULTS_KEY, SingleCellModel
 from pyrovae.sc.registration import DataRegistration, registration_of, setup_anndata
 from pyrovae.sc.saving import saved_genes
@@ -32,7 +35,10 @@ __all__ = [
     "SingleCellModel",
     "SingleCellSVAE",
     "SingleCellVAE",
+    "map_query",
+    "nearest_neighbor_labels",
     "registration_of",
     "saved_genes",
     "setup_anndata",
+    "transfer_labels",
 ]

@@ -175,6 +175,14 @@ class SingleCellModel:
         add_results(target, de=tables, key=key)
         return table
 
+    # -- reference mapping -----------------------------------------------------------------------------------
+    def map_query(self, query_adata, **options) -> SingleCellModel:
+        """This model, frozen, extended to the new batches of ``query_adata`` and fitted to it: a new model on the
+        query (:func:`pyrovae.sc.map_query`, whose arguments ``options`` are); this one is left as it was."""
+        from pyrovae.sc.mapping import map_query
+
+        return map_query(self, query_adata, **options)
+
     # -- saving ----------------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False):
         """Save the model in ``folder`` (see :func:`pyrovae.sc.saving.save_model`); it loads with

@@ -1,0 +1,157 @@
+"""Reference mapping on CellBench: train on one technology (or plate), map the others onto it frozen, transfer the
+cell lines, and compare with one model trained on everything at once.
+
+* ``--dataset technologies``: reference CEL-seq2, query Drop-seq (three lung cancer cell lines);
+* ``--dataset plates``: reference CEL-seq2 ``5cl`` plate 1, queries plates 2 and 3 (five cell lines);
+* ``--dataset synthetic``: generated counts (three cell types with marker genes, three batches with gene-wise
+  batch effects), for smoke runs without the data.
+
+The reference's most variable genes are kept for every part (a reference fixes the genes). Each kind (``--kinds``)
+is built with the library's defaults (NB likelihood, one hidden layer of 128, latent 10, batch norm, dropout 0.1):
+``vae``, a SingleCellVAE whose labels are transferred by a vote of the 15 nearest reference cells in the latent,
+and ``label_transfer``, a LabelTransferGMVAE whose classifier labels the query. For each:
+
+* **reference**: trained on the reference part, its cell lines known (``--epochs``);
+* **mapped**: the queries mapped onto it with ``pyrovae.sc.map_query`` (``--map-epochs``), the reference frozen,
+  labels by ``pyrovae.sc.transfer_labels``;
+* **everything**: the same model trained on all parts at once (``--epochs``), the query's cell lines hidden;
+  labels from its classifier, or by the same vote.
+
+Scores: label accuracy on the query cells; mixing of the reference and query latents (iLISI and batch ASW by cell
+line; 1 is perfectly mixed); seconds of mapping against seconds of training on everything. Figure: t-SNE of the
+latents by batch and by cell line, mapped and everything, for each kind.
+"""
+
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.manifold import TSNE
+
+import pyrovae.sc as sc
+from pyrovae.data import CountData, load_count_dataset
+from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.metrics import batch_asw, ilisi
+from pyrovae.plots import save
+
+PARTS = {
+    "technologies": {"CEL-seq2": "cellbench_celseq2", "Drop-seq": "cellbench_dropseq"},
+    "plates": {"plate 1": "cellbench_5cl_p1", "plate 2": "cellbench_5cl_p2", "plate 3": "cellbench_5cl_p3"},
+    "synthetic": {"batch 1": None, "batch 2": None, "batch 3": None},
+}
+KINDS = {"vae": sc.SingleCellVAE, "label_transfer": sc.LabelTransferGMVAE}
+parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/reference_mapping",
+                           quick={"epochs": 2, "map_epochs": 2, "genes": 200})
+parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies")
+parser.add_argument("--map-epochs", type=int, default=50, help="epochs of mapping the queries")
+parser.add_argument("--map-lr", type=float, default=1e-2, help="learning rate of the new batches' weights")
+parser.add_argument("--genes", type=int, default=2000, help="most variable genes of the reference kept")
+parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+parser.add_argument("--latent", type=int, default=10)
+parser.add_argument("--hidden", type=int, default=128)
+parser.add_argument("--batch-size", type=int, default=128)
+args = parser.parse_args()
+device = setup(args)
+
+
+def generated_part(batch: int, num_cells: int = 150, num_genes: int = 300) -> CountData:
+    """Three cell types with 20 marker genes each; the batch scales every gene by its own log-normal factor."""
+    rng = np.random.default_rng(args.seed + batch)
+    types = rng.integers(0, 3, num_cells)
+    rates = np.full((3, num_genes), 0.5)
+    for k in range(3):
+        rates[k, 20 * k:20 * (k + 1)] = 6.0
+    effect = np.random.default_rng(100 + batch).lognormal(0.0, 0.5, num_genes)
+    counts = rng.poisson(rates[types] * effect * rng.lognormal(0.0, 0.3, (num_cells, 1)))
+    obs = pd.DataFrame({"cell_line_demuxlet": np.array(["A", "B", "C"])[types]},
+                       index=[f"b{batch}_cell{i}" for i in range(num_cells)])
+    return CountData(counts, obs, pd.DataFrame(index=[f"gene{j}" for j in range(num_genes)]), "cell_line_demuxlet")
+
+
+parts = {name: generated_part(b) if key is None else load_count_dataset(key, args.data_dir).without_covariates()
+         for b, (name, key) in enumerate(PARTS[args.dataset].items())}
+reference_name = next(iter(parts))
+cells = CountData.concatenate(parts, batch_key="part", label_key="cell_line_demuxlet").prepare(seed=args.seed)
+is_reference = (cells.obs["part"] == reference_name).to_numpy()
+genes = cells.subset(cells=is_reference).highly_variable_genes(min(args.genes, cells.num_genes))
+cells = cells.subset(genes=np.sort(genes)).filter_cells(min_counts=1)
+is_reference = (cells.obs["part"] == reference_name).to_numpy()
+adata = cells.to_anndata()
+lines = adata.obs["cell_line_demuxlet"].astype(str).to_numpy()
+batches = adata.obs["part"].astype(str).to_numpy()
+adata.obs["reference_line"] = np.where(is_reference, lines, "Unknown")  # the query's cell lines are hidden
+reference_adata, query_adata = adata[is_reference].copy(), adata[~is_reference].copy()
+print(f"{cells}; reference {reference_name} ({is_reference.sum()} cells), queries "
+      f"{sorted(set(batches[~is_reference]))} ({(~is_reference).sum()} cells)")
+
+train_options = dict(batch_size=args.batch_size, seed=args.seed, device=device, progress=not args.no_progress)
+model_options = dict(latent_dim=args.latent, hidden=(args.hidden,), likelihood="nb")
+
+
+def trained(cls, data):
+    sc.setup_anndata(data, layer="counts", batch_key="part", labels_key="reference_line")
+    model = cls(data, **model_options)
+    started = time.perf_counter()
+    model.train(epochs=args.epochs, **train_options)
+    return model, time.perf_counter() - started
+
+
+def scores(latent, labels) -> dict:
+    """Accuracy on the query cells, mixing of all cells (``latent`` in ``adata``'s cell order)."""
+    return {"query_accuracy": float(np.mean(np.asarray(labels, dtype=str) == lines[~is_reference])),
+            "ilisi": ilisi(latent, batches), "batch_asw": batch_asw(latent, batches, lines)}
+
+
+results, latents = {}, {}
+for kind in args.kinds:
+    reference, reference_seconds = trained(KINDS[kind], reference_adata)
+    started = time.perf_counter()
+    mapped = reference.map_query(query_adata, epochs=args.map_epochs, lr=args.map_lr, **train_options)
+    mapping_seconds = time.perf_counter() - started
+    mapped_labels = sc.transfer_labels(reference, mapped)
+    latent = np.empty((adata.n_obs, reference.get_latent_representation().shape[1]), dtype=np.float32)
+    latent[is_reference] = reference.get_latent_representation()
+    latent[~is_reference] = mapped.get_latent_representation()
+
+    everything, everything_seconds = trained(KINDS[kind], adata.copy())
+    combined = everything.get_latent_representation()
+    if kind == "label_transfer":
+        everything_labels = everything.predict()[~is_reference]
+    else:
+        everything_labels = sc.nearest_neighbor_labels(combined[is_reference], lines[is_reference],
+                                                       combined[~is_reference])["label"]
+    results[kind] = {
+        "mapped": {**scores(latent, mapped_labels), "seconds": mapping_seconds, "epochs": len(mapped.history)},
+        "everything": {**scores(combined, everything_labels), "seconds": everything_seconds,
+                       "epochs": len(everything.history)},
+        "reference_seconds": reference_seconds,
+    }
+    results[kind]["time_ratio"] = mapping_seconds / everything_seconds
+    latents[kind] = {"mapped": latent, "everything": combined}
+    for name in ("mapped", "everything"):
+        row = results[kind][name]
+        print(f"{kind:>14} {name:>10}: query accuracy {row['query_accuracy']:.3f}, iLISI {row['ilisi']:.3f}, "
+              f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
+    print(f"{kind:>14}: mapping took {results[kind]['time_ratio']:.2f} of training on everything "
+          f"(reference {reference_seconds:.1f} s)")
+
+panels = [(kind, name) for kind in latents for name in ("mapped", "everything")]
+fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 8.5), squeeze=False)
+for column, (kind, name) in enumerate(panels):
+    latent = latents[kind][name]
+    embedding = TSNE(init="pca", random_state=args.seed, perplexity=min(30, len(latent) // 4)).fit_transform(latent)
+    for row, (values, what) in enumerate(((batches, "batch"), (lines, "cell line"))):
+        ax = axes[row, column]
+        for k, value in enumerate(sorted(set(values))):
+            ax.scatter(*embedding[values == value].T, s=5, color=f"C{k}", label=value)
+        ax.set(xticks=[], yticks=[], title=f"{kind}, {name}, by {what}")
+        if column == 0:
+            ax.legend(markerscale=3, fontsize=8)
+    row = results[kind][name]
+    axes[0, column].set_title(f"{kind}, {name}\naccuracy {row['query_accuracy']:.3f}, iLISI {row['ilisi']:.2f}, "
+                              f"{row['seconds']:.0f} s")
+save(fig, f"{args.out}/reference_mapping_tsne.png")
+write_metrics(args.out, {"dataset": args.dataset, "reference": reference_name, "cells": int(adata.n_obs),
+                         "reference_cells": int(is_reference.sum()), "genes": int(adata.n_vars),
+                         "queries": sorted(set(batches[~is_reference])), "results": results}, args)
