@@ -43,3 +43,34 @@ def test_cell_stream_batches_are_assembled_on_the_gpu(tmp_path):
                                                                                  input_transform="log1p")
     history = train(model, guide, stream, epochs=2, device="cuda", progress=False)
     assert next(model.parameters()).is_cuda and history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.parametrize("kind", ["normal", "vmf"])
+def test_the_compiled_step_on_cuda_equals_the_eager_one(kind):
+    """inductor's CUDA kernels (Triton), the vMF rejection loop as one operator on the GPU, torch's CUDA generator."""
+    import pyro
+    from pyrovae.guides import VMFGuide
+    from pyrovae.models import SVAE
+
+    from pyrovae.infer import make_objective, trainable_parameters
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x = (torch.rand(64, 784, device="cuda") < 0.3).float()
+    if kind == "vmf":
+        model, guide = SVAE(784, 11, (256, 128)).cuda(), VMFGuide(784, 11, (256, 128)).cuda()
+    else:
+        model, guide = VAE(784, 10, (256, 128)).cuda(), NormalGuide(784, 10, (256, 128)).cuda()
+    params, _ = trainable_parameters(model, guide, x)
+    scales = torch.ones(2, device="cuda")
+    results = []
+    for compile in (False, True, True):
+        objective, _ = make_objective("trace", model, guide, compile=compile)
+        pyro.set_rng_seed(7)
+        loss = objective(x, scales)
+        results.append((loss.detach(), torch.autograd.grad(loss, params)))
+    (want, want_grads), *rest = results
+    for got, got_grads in rest:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+        for a, b in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(float(b.abs().max()), 1.0))
