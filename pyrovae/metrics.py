@@ -82,7 +82,7 @@ def clustering_scores(labels, clusters, latent=None, max_silhouette: int = 5000,
 
 def silhouette_sweep(latent, ks=range(2, 11), seed: int = 0, max_points: int = 5000) -> dict[int, float]:
     """Silhouette of KMeans clusterings of ``latent`` for each number of clusters in ``ks`` (on at most
-    ``max_points`` rows drawn with ``seed``): the notebook-000 choice of k."""
+    ``max_points`` rows drawn with ``seed``): a way to choose k."""
     silhouette_score = require("sklearn.metrics").silhouette_score
 
     latent = _latent(latent)
