@@ -16,7 +16,7 @@ the same stream.
 
 Parameters, buffers and the ``pyro.param`` leaves no module owns are inputs of the graph, never constants: every
 call reads their current values, and a batch-norm layer's running statistics are updated in place as in eager mode.
-The cost is the compile time (tens of seconds on a 2-core CPU for each batch shape and mode; ``compile_seconds``
+The cost is the compile time (2-17 s on a 2-core CPU for each batch shape and mode; ``compile_seconds``
 adds it up), paid once per shape: an incomplete last batch compiles a second graph, unless batches are dropped
 (``train`` drops them under ``compile=True`` unless told otherwise).
 """
