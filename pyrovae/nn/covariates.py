@@ -100,8 +100,11 @@ class Covariates(nn.Module):
             raise ValueError(f"{who}: the continuous covariates hold NaN or infinite values")
 
     def forward(self, cat: torch.Tensor | None, cont: torch.Tensor | None) -> torch.Tensor:
-        """The features ``(batch, size)``; call :meth:`check` first where the inputs are untrusted."""
-        parts = [nn.functional.one_hot(cat[..., j].long(), k).to(self._anchor.dtype)
+        """The features ``(batch, size)``; call :meth:`check` first where the inputs are untrusted.
+
+        One-hot by comparison with the levels, not ``one_hot``, which reads the codes' range back to the host at
+        every call (a synchronisation per step, and a value a captured graph cannot hold)."""
+        parts = [(cat[..., j, None].long() == torch.arange(k, device=cat.device)).to(self._anchor.dtype)
                  for j, k in enumerate(self.categorical)]
         if self.continuous:
             parts.append(cont.to(self._anchor.dtype))

@@ -21,6 +21,7 @@ parser.add_argument("out")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--checkpoint", default=None)
+parser.add_argument("--compile", action="store_true")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -34,7 +35,7 @@ torch.manual_seed(0)  # the same initial parameters in every run (DDP broadcasts
 model = VAE(stream.num_genes, 4, [32], likelihood="nb", categorical=stream.categorical_sizes)
 guide = NormalGuide(stream.num_genes, 4, [32], input_transform="log1p")
 history = train(model, guide, stream, epochs=args.epochs, lr=3e-3, seed=0, eval_size=0, progress=False,
-                checkpoint=args.checkpoint)
+                checkpoint=args.checkpoint, compile=args.compile)
 os.makedirs(args.out, exist_ok=True)
 torch.save(
     {

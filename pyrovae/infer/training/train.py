@@ -211,8 +211,6 @@ def train(
         pyro.set_rng_seed(seed + rank())
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False, got {compile!r}")
-    if compile and distributed:
-        raise ValueError("compile=True is not supported under torchrun yet; train the distributed run uncompiled")
     objective, elbo_name = make_objective(elbo, model, guide, num_particles, max_plate_nesting, compile=compile)
     chosen_drop_last = drop_last
     if drop_last is None:
