@@ -212,7 +212,7 @@ def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = Non
     """
     latent, labels = _latent(latent, min_rows=2), _numpy(labels).ravel()
     _same_length("lisi", latent=latent, labels=labels)
-    codes, names = np.unique(labels, return_inverse=True)[1], np.unique(labels)
+    names, codes = np.unique(labels, return_inverse=True)
     k = min(num_neighbors, len(latent) - 1)
     perplexity = perplexity if perplexity is not None else max(k // 3, 1)
     if exact is None:

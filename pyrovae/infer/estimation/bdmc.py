@@ -82,19 +82,17 @@ def bdmc(model: Callable, guide: Callable, num_data: int = 16, num_chains: int =
             x, latents = simulate(model, num_data, list(model.latent_sites()))
         elif latents is None:
             raise ValueError("bdmc needs the latents that generated x (an exact posterior draw for each datum)")
-        args = as_args(x)
-        proposal = as_proposal(start).for_batch(model, guide, args, 1)
-        forward = AnnealingPath(model, proposal, x, num_chains + num_tuning)
+        path = AnnealingPath(model, as_proposal(start).for_batch(model, guide, as_args(x), 1), x,
+                             num_chains + num_tuning)
+        # both directions whiten by the spread of the start's tuning draws (the reverse chains all start at one point)
+        spread = {n: v[num_chains:].std(0, keepdim=True).clamp(min=1e-6) for n, v in path.start.items()}
         with torch.enable_grad():
-            lower, _ = batch_ais(forward, betas, leapfrog_steps, step_size, target_accept, False, num_tuning)
-        reverse = AnnealingPath(model, proposal, x, num_chains + num_tuning)
-        spread = {n: v[num_chains:].std(0, keepdim=True).clamp(min=1e-6) for n, v in reverse.start.items()}
-        for name, site in reverse.sites.items():  # every chain starts at the exact posterior draw
-            exact = site["transform"].inv(latents[name].to(reverse.start[name].dtype))
-            reverse.start[name] = exact.expand_as(reverse.start[name]).clone()
-        with torch.enable_grad():
-            log_inverse, _ = batch_ais(reverse, betas.flip(0), leapfrog_steps, step_size, target_accept, False,
-                                       num_tuning, spread=spread)
+            lower, _ = batch_ais(path, betas, leapfrog_steps, step_size, target_accept, False, num_tuning, spread)
+            for name, site in path.sites.items():  # every chain starts again at the exact posterior draw
+                exact = site["transform"].inv(latents[name].to(path.start[name].dtype))
+                path.start[name] = exact.expand_as(path.start[name]).clone()
+            log_inverse, _ = batch_ais(path, betas.flip(0), leapfrog_steps, step_size, target_accept, False,
+                                       num_tuning, spread)
     log_chains = math.log(num_chains)
     return BDMC((lower.logsumexp(0) - log_chains).cpu(), (log_chains - log_inverse.logsumexp(0)).cpu(), x.cpu(),
                 num_steps)

@@ -76,27 +76,31 @@ def _mixed(base: Callable, weight: float, scale: float) -> Callable:
     return with_latents_replaced(base, lambda name, fn, index: DefensiveMixture(fn, widened(fn, scale, None), weight))
 
 
-def _refined(model: Callable, guide: Callable, args: tuple, max_plate_nesting: int) -> Callable:
-    """The refined proposal of a batch: full covariance where the guide's family allows it."""
-    return _refinement(model, guide, args, max_plate_nesting).for_batch(model, guide, args, max_plate_nesting)
+class _Refiner:
+    """The refined proposal of each batch: full covariance where the guide's family allows it (a diagonal Gaussian),
+    else the guide's own family; the family is found on the first batch and kept for the call."""
+
+    def __init__(self) -> None:
+        self.proposal: RefinedProposal | None = None
+
+    def __call__(self, model: Callable, guide: Callable, args: tuple, max_plate_nesting: int) -> Callable:
+        if self.proposal is None:
+            try:
+                start = RefinedProposal(full_covariance=True).for_batch(model, guide, args, max_plate_nesting)
+                self.proposal = RefinedProposal(full_covariance=True)
+                return start
+            except ValueError:  # not a diagonal Gaussian guide: refine its own family
+                self.proposal = RefinedProposal()
+        return self.proposal.for_batch(model, guide, args, max_plate_nesting)
 
 
-def _refinement(model: Callable, guide: Callable, args: tuple, max_plate_nesting: int) -> RefinedProposal:
-    try:
-        RefinedProposal(full_covariance=True).for_batch(model, guide, tuple(a[:1] for a in args), max_plate_nesting)
-        return RefinedProposal(full_covariance=True)
-    except ValueError:  # not a diagonal Gaussian guide: refine its own family
-        return RefinedProposal()
-
-
-def _schedule_gap(model: Callable, guide: Callable, args: tuple, ais_steps: int) -> float | None:
-    """The mean BDMC gap of the AIS stage's schedule on data simulated from the model, or None (no prior
-    predictive to simulate from)."""
+def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_steps: int) -> float | None:
+    """The mean BDMC gap of the AIS stage's schedule (from ``start``) on data simulated from the model, or None (no
+    prior predictive to simulate from)."""
     if not hasattr(model, "latent_sites"):
         return None
     try:
-        result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps,
-                      start=_refinement(model, guide, args, 1))
+        result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps, start=start)
     except (TypeError, ValueError, NotImplementedError):  # covariates to simulate, or no unconstrained path
         return None
     return result.mean_gap
@@ -141,7 +145,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     """What ``log_likelihood(model, guide, data, proposal="auto")`` returns (see the module's documentation)."""
     estimates, stage_of, certified_of = [], [], []
     cost = {name: {"data": 0, "seconds": 0.0} for name in STAGES}
-    max_plate_nesting = None
+    max_plate_nesting, refined = None, _Refiner()
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
@@ -164,7 +168,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                         break
                     sub = tuple(a[rows.to(a.device)] for a in args)
                     started = time.perf_counter()
-                    start = _refined(model, guide, sub, max_plate_nesting)
+                    start = refined(model, guide, sub, max_plate_nesting)
                     if name == "ais":
                         try:
                             new = _ais(model, start, sub, ais_chains, ais_steps)
@@ -189,7 +193,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     if cost["ais"]["data"]:
         started = time.perf_counter()
         with evaluation_mode(model, guide), pyro.validation_enabled(False), torch.enable_grad():
-            schedule_gap = _schedule_gap(model, guide, args, ais_steps)
+            schedule_gap = _schedule_gap(model, guide, refined.proposal, ais_steps)
         cost["ais"]["seconds"] += time.perf_counter() - started
         cost["ais"]["schedule_gap"] = schedule_gap
         if schedule_gap is not None and schedule_gap > SCHEDULE_MAX_GAP:

@@ -27,14 +27,13 @@ import contextlib
 import importlib
 import os
 import time
-import warnings
 
 import pyro
 import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyrovae.infer.training.objectives import _store_parameter_names
+from pyrovae.infer.training.objectives import _store_parameter_names, run_aside
 from pyrovae.ops.capture import capture_mode
 
 _FLOAT_READERS = ("pyro.infer.trace_elbo", "pyro.infer.traceenum_elbo", "pyro.infer.trace_mean_field_elbo")
@@ -172,30 +171,21 @@ class Compiled(nn.Module):
             entry = None
         if entry is None:
             started = time.perf_counter()
-            devices = [x.device] if x.device.type == "cuda" else []
-            # capturing runs the objective once: its draws must not shift the stream of the compiled calls
-            with warnings.catch_warnings(), torch.random.fork_rng(devices=devices), _tensor_loss_values():
-                warnings.simplefilter("ignore")
-                buffers = [(b, b.clone()) for b in self.module.buffers()]
-                try:
+            try:
+                with run_aside(self.module, x.device), _tensor_loss_values():
                     names = _store_parameter_names(self.module, (x, scales, *inputs))
                     trained, kept = self._tensors(names)
                     capture = _Capture(self.module, len(inputs), len(trained))
                     with capture_mode():
-                        graph = make_fx(capture)(x, scales, *inputs, *trained,
-                                                                                    *kept)
-                except RuntimeError as error:
-                    if "_local_scalar_dense" not in str(error):
-                        raise
-                    raise NotImplementedError(
-                        "compile=True cannot capture this objective: it reads the value of a tensor to decide what "
-                        f"to do next (at {_culprit(error.__traceback__)}), which a graph cannot hold. Pyro's "
-                        "TraceEnum_ELBO (the enumerated GMVAE) does so; train it with compile=False"
-                    ) from None
-                finally:
-                    with torch.no_grad():  # the capture ran the objective: batch-norm statistics as they were
-                        for buffer, value in buffers:
-                            buffer.copy_(value)
+                        graph = make_fx(capture)(x, scales, *inputs, *trained, *kept)
+            except RuntimeError as error:
+                if "_local_scalar_dense" not in str(error):
+                    raise
+                raise NotImplementedError(
+                    "compile=True cannot capture this objective: it reads the value of a tensor to decide what "
+                    f"to do next (at {_culprit(error.__traceback__)}), which a graph cannot hold. Pyro's "
+                    "TraceEnum_ELBO (the enumerated GMVAE) does so; train it with compile=False"
+                ) from None
             _refuse_data_dependent_shapes(graph)
             compiled = torch.compile(graph, dynamic=False, options=self.options)
             entry = self._cache[key] = [compiled, names, False]

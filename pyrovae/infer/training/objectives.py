@@ -17,6 +17,7 @@ functions with ``pyro.param`` or ``pyro.module``) are inputs of the trace, as in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -237,6 +238,22 @@ def _store_parameter_names(module: nn.Module, args: tuple) -> list[str]:
     return sorted(name for name, site in capture.trace.nodes.items() if id(site["value"].unconstrained()) not in owned)
 
 
+@contextlib.contextmanager
+def run_aside(module: nn.Module, device: torch.device):
+    """Runs of ``module`` that leave no trace on training: tracing or capturing runs the objective, and its random
+    draws must not shift the stream of the later calls (or a run resumed from a checkpoint, which traces again,
+    would differ from an uninterrupted one), nor its batch-norm layers count the runs in their statistics."""
+    buffers = [(b, b.clone()) for b in module.buffers()]
+    try:
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in buffers:
+                buffer.copy_(value)
+
+
 class _Traced(nn.Module):
     """A module traced with torch.jit.trace on first use for each input shape.
 
@@ -258,21 +275,11 @@ class _Traced(nn.Module):
         if entry is not None and not all(name in store for name in entry[1]):  # the store was cleared: trace again
             entry = None
         if entry is None:
-            # tracing runs the objective once: its random draws must not shift the stream of the traced calls,
-            # or a run resumed from a checkpoint (which traces again) would differ from an uninterrupted one
-            devices = [x.device] if x.device.type == "cuda" else []
-            buffers = [(b, b.clone()) for b in self.module.buffers()]
-            try:
-                with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
-                    warnings.simplefilter("ignore")
-                    names = _store_parameter_names(self.module, (x, scales, *inputs))
-                    leaves = tuple(store[name].unconstrained() for name in names)
-                    traced = torch.jit.trace(_WithStoreParameters(self.module, len(inputs)),
-                                             (x, scales, *inputs, *leaves), check_trace=False)
-            finally:
-                with torch.no_grad():  # tracing ran the objective twice: batch-norm statistics as they were
-                    for buffer, value in buffers:
-                        buffer.copy_(value)
+            with run_aside(self.module, x.device):
+                names = _store_parameter_names(self.module, (x, scales, *inputs))
+                leaves = tuple(store[name].unconstrained() for name in names)
+                traced = torch.jit.trace(_WithStoreParameters(self.module, len(inputs)),
+                                         (x, scales, *inputs, *leaves), check_trace=False)
             # the submodules inlined and the dead code dropped: what the trace recorded only to test it in Python
             # (argument validation, shape checks) no longer runs every step; 2% of an N-VAE or S-VAE step, and the
             # same losses and gradients to the last bit (tested)
