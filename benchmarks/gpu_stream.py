@@ -7,7 +7,10 @@ panel, and trains an NB VAE (2,000-256-128 / 128-256-2,000, latent 10, observed 
 the timed epochs. The same epochs with the cells already on the GPU (a tensor) give the trainer's own speed: the
 stream keeps up when the two are close.
 
-    python benchmarks/gpu_stream.py [--cells 200000] [--workers 8] [--batch-size 1024] [--epochs 3]
+The reader alone (every batch formed, received, pinned and copied to the device, nothing trained) comes first: when it
+is no faster than the stream feeding the trainer, the reader is the limit; ``--reader-only`` stops there.
+
+    python benchmarks/gpu_stream.py [--cells 200000] [--workers 8] [--batch-size 1024] [--epochs 3] [--atlas DIR]
 """
 
 import argparse
@@ -30,6 +33,8 @@ parser.add_argument("--batch-size", type=int, default=1024)
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--compile", action="store_true", help="train(compile=True)")
 parser.add_argument("--device", default="cuda", help="'cpu' only to try the script out")
+parser.add_argument("--atlas", default=None, help="an atlas folder to reuse (generated there when missing)")
+parser.add_argument("--reader-only", action="store_true", help="only the reader alone, no training")
 args = parser.parse_args()
 device = torch.device(args.device)
 
@@ -64,15 +69,36 @@ class Utilisation:
             self.thread.join()
 
 
+def read_alone(stream: CellStream, pin_memory: bool) -> float:
+    """Cells per second of the reader alone: every batch of an epoch formed in the workers, received, (pinned,) and
+    copied to the device, with nothing else running (the second of two epochs: the first starts the workers)."""
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        started, cells = time.perf_counter(), 0
+        for batch in stream.loader(pin_memory=pin_memory):
+            batch = batch.to(device, non_blocking=True)
+            cells += len(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return cells / (time.perf_counter() - started)
+
+
 with tempfile.TemporaryDirectory() as work:
     started = time.perf_counter()
-    write_tahoe_shards(Path(work) / "atlas", args.cells, args.shards, seed=0)
-    atlas = TahoeAtlas(Path(work) / "atlas")
+    folder = Path(args.atlas) if args.atlas else Path(work) / "atlas"
+    if not (folder / "metadata" / "gene_metadata.parquet").exists():
+        write_tahoe_shards(folder, args.cells, args.shards, seed=0)
+    atlas = TahoeAtlas(folder)
     panel = atlas.highly_variable_genes(2000, num_cells=20_000)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"atlas of {args.cells:,} cells in {args.shards} shards, panel of {len(panel)} genes "
+    print(f"atlas of {atlas.num_cells:,} cells in {len(atlas.shards)} shards, panel of {len(panel)} genes "
           f"({time.perf_counter() - started:.0f} s); {name}, torch {torch.__version__}")
     stream = CellStream(atlas, panel, batch_size=args.batch_size, num_workers=args.workers, seed=0)
+    for pin in (True, False):
+        print(f"{'reader alone' + (', pinned' if pin else ''):<20} {read_alone(stream, pin):>12,.0f} cells/s "
+              f"({args.workers} workers, {len(atlas.shards)} shards)")
+    if args.reader_only:
+        raise SystemExit(0)
     results = {}
     for source in ("stream", "tensor on the GPU"):
         torch.manual_seed(0)

@@ -180,8 +180,9 @@ plates = len(np.unique(codes["plate"]))
 plate_mixing = {"ilisi": ilisi(locations, codes["plate"]) if plates > 1 else None,
                 "batch_asw": batch_asw(locations, codes["plate"], codes["cell_line"]) if plates > 1 else None}
 ll = log_likelihood(model, guide, data_held, num_samples=args.num_samples, progress=progress, proposal=args.proposal)
+certified = float(ll.certified.float().mean())
 print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell "
-      f"(k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")
+      f"(certified: {certified:.1%}; k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")
 print(f"reconstruction MSE {reconstruction_metrics['mse']:.4f}, per-cell correlation "
       f"{reconstruction_metrics['correlation_mean']:.3f}; KMeans vs cell line ARI {line_scores['ari']:.3f}")
 if plates > 1:
@@ -251,8 +252,8 @@ write_metrics(out, {
     "cells": atlas.num_cells, "shards": len(atlas.shards), "panel_genes": len(panel), "train_cells":
     train_stream.num_cells, "held_out_cells": len(held_out), "features": x_dim,
     "held_out_log_likelihood": ll.mean, "held_out_log_likelihood_stderr": ll.stderr,
-    "khat_above_0.7": float((ll.khat > 0.7).float().mean()),
-    "reconstruction_mse": reconstruction_metrics["mse"],
+    "khat_above_0.7": float((ll.khat > 0.7).float().mean()), "certified": certified,
+    "proposal": args.proposal, "reconstruction_mse": reconstruction_metrics["mse"],
     "reconstruction_correlation": reconstruction_metrics["correlation_mean"],
     "silhouette_by_k": silhouettes, "best_k": max(silhouettes, key=silhouettes.get),
     "kmeans_vs_cell_line": line_scores, "kmeans_vs_drug": drug_scores, "plate_mixing": plate_mixing,
