@@ -14,6 +14,7 @@ is no faster than the stream feeding the trainer, the reader is the limit; ``--r
 """
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -35,6 +36,7 @@ parser.add_argument("--compile", action="store_true", help="train(compile=True)"
 parser.add_argument("--device", default="cuda", help="'cpu' only to try the script out")
 parser.add_argument("--atlas", default=None, help="an atlas folder to reuse (generated there when missing)")
 parser.add_argument("--reader-only", action="store_true", help="only the reader alone, no training")
+parser.add_argument("--pin", choices=["both", "yes", "no"], default="both", help="the reader alone: pinned, not, both")
 args = parser.parse_args()
 device = torch.device(args.device)
 
@@ -69,18 +71,36 @@ class Utilisation:
             self.thread.join()
 
 
-def read_alone(stream: CellStream, pin_memory: bool) -> float:
-    """Cells per second of the reader alone: every batch of an epoch formed in the workers, received, (pinned,) and
-    copied to the device, with nothing else running (the second of two epochs: the first starts the workers)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_alone(stream: CellStream, pin_memory: bool) -> tuple[float, float, float, float, float]:
+    """The reader alone: every batch of an epoch formed in the workers, received, (pinned,) and copied to the device,
+    with nothing else running (the second of two epochs). Returns the epoch's cells per second, the seconds to its
+    first batch (starting the workers, opening the shards), the cells per second after it (the steady rate), and the
+    share of the epoch's wall time the main process and the average worker were busy on a CPU."""
     for epoch in range(2):
         stream.set_epoch(epoch)
-        started, cells = time.perf_counter(), 0
-        for batch in stream.loader(pin_memory=pin_memory):
+        started, cells, main_started = time.perf_counter(), 0, time.process_time()
+        batches = iter(stream.loader(pin_memory=pin_memory))
+        workers = [w.pid for w in getattr(batches, "_workers", [])]
+        workers_started = {pid: cpu_seconds(pid) for pid in workers}
+        for batch in batches:
             batch = batch.to(device, non_blocking=True)
+            if not cells:
+                first, first_cells = time.perf_counter() - started, len(batch)
             cells += len(batch)
+            workers_now = {pid: cpu_seconds(pid) for pid in workers}  # before the workers exit
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return cells / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        main_busy = (time.process_time() - main_started) / seconds
+        worker_busy = (sum(workers_now[pid] - workers_started[pid] for pid in workers) / max(len(workers), 1)
+                       / seconds) if workers else 0.0
+    return cells / seconds, first, (cells - first_cells) / (seconds - first), main_busy, worker_busy
 
 
 with tempfile.TemporaryDirectory() as work:
@@ -94,9 +114,11 @@ with tempfile.TemporaryDirectory() as work:
     print(f"atlas of {atlas.num_cells:,} cells in {len(atlas.shards)} shards, panel of {len(panel)} genes "
           f"({time.perf_counter() - started:.0f} s); {name}, torch {torch.__version__}")
     stream = CellStream(atlas, panel, batch_size=args.batch_size, num_workers=args.workers, seed=0)
-    for pin in (True, False):
-        print(f"{'reader alone' + (', pinned' if pin else ''):<20} {read_alone(stream, pin):>12,.0f} cells/s "
-              f"({args.workers} workers, {len(atlas.shards)} shards)")
+    for pin in {"both": (True, False), "yes": (True,), "no": (False,)}[args.pin]:
+        speed, first, steady, main_busy, worker_busy = read_alone(stream, pin)
+        print(f"{'reader alone' + (', pinned' if pin else ''):<20} {speed:>12,.0f} cells/s "
+              f"({args.workers} workers, {len(atlas.shards)} shards): first batch after {first:.2f} s, "
+              f"{steady:,.0f} cells/s after it; CPU busy: main process {main_busy:.0%}, each worker {worker_busy:.0%}")
     if args.reader_only:
         raise SystemExit(0)
     results = {}
