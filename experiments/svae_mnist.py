@@ -10,7 +10,8 @@ importance samples (with Pareto k-hat), ELBO, reconstruction and KL, beside the 
 
 Every run is checkpointed after each epoch and its result kept in ``OUT/runs.json`` (:class:`pyrovae.sweep.Sweep`),
 so an interrupted sweep resumes where it stopped and a finished run is not trained again (delete
-``OUT/runs.json`` and ``OUT/checkpoints`` to retrain). Both guides train under the traced ELBO (``elbo="jit"``).
+``OUT/runs.json`` and ``OUT/checkpoints`` to retrain). Both guides train under the traced ELBO (``elbo="jit"``), or
+with ``--compile`` a step compiled by inductor (``train(compile=True)``; the vMF draw stays exact).
 
 ``--jobs N`` trains N cells at once, each in a process of its own on the same device (``OUT/cells/<cell>``, each
 resumable in the same way), and gathers their results here. The paper's whole table, ten cells to convergence, is
@@ -56,6 +57,8 @@ parser.add_argument("--num-val", type=int, default=10_000, help="training images
 parser.add_argument("--num-test", type=int, default=10_000, help="test images scored")
 parser.add_argument("--num-samples", type=int, default=500, help="importance samples per test image")
 parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process")
+parser.add_argument("--compile", action="store_true",
+                    help="train(compile=True): the step compiled by inductor instead of the traced ELBO")
 args = parser.parse_args()
 if args.jobs < 1:
     parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -86,7 +89,8 @@ sweep = Sweep(out / "runs.json")  # finished runs are kept; an interrupted one r
 def fit_and_score(kind: str, d: int) -> dict:
     print(f"{NAMES[kind]}, d = {d}")
     model, guide = make_pair(PAIRS[kind], 784, d, widths)
-    history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, elbo="jit",
+    history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    **({"compile": True} if args.compile else {"elbo": "jit"}),
                     val_data=val_data, patience=args.patience, checkpoint=sweep.checkpoint_path(f"{kind}_d{d}"),
                     device=device, seed=args.seed, progress=not args.no_progress)
     ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress,
@@ -112,7 +116,8 @@ def worker_command(kind: str, d: int) -> list[str]:
         options["--num-train"] = args.num_train
     if args.data_dir is not None:
         options["--data-dir"] = args.data_dir
-    command = [sys.executable, __file__, "--no-progress", "--hidden", *map(str, args.hidden)]
+    command = [sys.executable, __file__, "--no-progress", "--hidden", *map(str, args.hidden),
+               *(["--compile"] if args.compile else [])]
     for name, value in options.items():
         command += [name, str(value)]
     return command
