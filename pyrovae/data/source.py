@@ -14,6 +14,7 @@ or a stream already has one, and a different value is an error rather than silen
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 
 import numpy as np
@@ -165,6 +166,7 @@ class StreamSource(DataSource):
         self.stream, self.batch_size, self.name, self.num_data = stream, stream.batch_size, name, stream.num_cells
         if self.num_data == 0:
             raise ValueError(f"{name} is empty")
+        self._loaders = {}  # one loader per pinning, its workers kept from epoch to epoch while this source lives
 
     def num_batches(self, epoch, drop_last):
         self.stream.set_epoch(epoch)
@@ -173,11 +175,19 @@ class StreamSource(DataSource):
     def batches(self, epoch, generator, shuffle, drop_last, device):
         self.stream.set_epoch(epoch)
         steps = len(self.stream)  # every rank stops after the same number of batches
-        loader = self.stream.loader(pin_memory=device.type == "cuda")
-        for step, batch in enumerate(loader):
+        pin = device.type == "cuda"
+        if pin not in self._loaders:
+            self._loaders[pin] = self._loader(pin)
+        for step, batch in enumerate(self._loaders[pin]):
             if step >= steps:
                 break
             yield self.stream.inputs(batch.to(device, non_blocking=True))
+
+    def _loader(self, pin: bool):
+        """The stream's loader, its workers kept between epochs where its ``loader`` can (CellStream's does)."""
+        if "persistent_workers" in inspect.signature(self.stream.loader).parameters:
+            return self.stream.loader(pin_memory=pin, persistent_workers=True)
+        return self.stream.loader(pin_memory=pin)
 
     def head(self, size, batch_size):
         if size <= 0:

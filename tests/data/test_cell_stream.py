@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pyrovae.data import CellBatch, CellStream, TahoeAtlas, TahoeFormatError, write_tahoe_shards
+from pyrovae.data.source import StreamSource
 from pyrovae.data.tahoe import CellBlock, GeneVocabulary, Shard
 from pyrovae.data.tahoe_decode import _decode_checked, _decode_fast, decode_rows, panel_table
 
@@ -171,3 +172,32 @@ def test_a_batch_travels_as_one_buffer(atlas):
     made = CellBatch(batch.indptr, batch.indices, batch.values, batch.num_genes, batch.library, batch.labels,
                      batch.ids)  # made by hand: no buffer, the same behaviour
     torch.testing.assert_close(pickle.loads(pickle.dumps(made)).counts, copy.counts)
+
+
+def test_persistent_workers_read_each_epoch_as_fresh_workers_do(atlas):
+    """Workers kept from epoch to epoch learn each epoch through shared memory: the same batches, epoch by epoch,
+    as workers started afresh, also after an epoch left early; train's stream source starts them once."""
+    fresh = CellStream(atlas, batch_size=40, buffer_size=200, seed=3, num_workers=2)
+    kept = CellStream(atlas, batch_size=40, buffer_size=200, seed=3, num_workers=2)
+    loader = kept.loader(persistent_workers=True)
+    assert loader.persistent_workers
+    pids = set()
+    for epoch in (0, 1, 0, 2):
+        fresh.set_epoch(epoch)
+        kept.set_epoch(epoch)
+        expected = [b.ids for b in fresh.loader()]
+        batches = iter(loader)
+        pids.update(w.pid for w in batches._workers)
+        got = [b.ids for _, b in zip(range(2), batches)] if epoch == 1 else [b.ids for b in batches]
+        assert len(got) == (2 if epoch == 1 else len(expected)) and len(expected) > 2  # epoch 1 left early
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert len(pids) == 2  # the same two processes throughout
+
+    source = StreamSource(kept, None, "stream")
+    cpu, pids = torch.device("cpu"), []
+    for epoch in range(2):
+        batches = source.batches(epoch, None, True, False, cpu)
+        next(batches)
+        pids.append({w.pid for w in source._loaders[False]._iterator._workers})
+        batches.close()
+    assert pids[0] == pids[1] and len(pids[0]) == 2
