@@ -23,6 +23,7 @@ EXTRAS = {
     "h5py": "sc",
     "pandas": "sc",
     "sklearn": "sc",
+    "zarr": "sc",
     "pyarrow": "atlas",
     "huggingface_hub": "hub",
     "matplotlib": "plot",

@@ -2,8 +2,9 @@
 counts (10x mtx and h5, scDeepCluster HDF5, CSV, AnnData) kept sparse on the host, and Tahoe-schema parquet atlases
 streamed shard by shard."""
 
+from pyrovae.data.anndata_stream import AnnDataStream
 from pyrovae.data.atlas import TahoeAtlas
-from pyrovae.data.cell_stream import CellBatch, CellStream
+from pyrovae.data.cell_stream import BatchStream, CellBatch, CellStream
 from pyrovae.data.count_data import CountData
 from pyrovae.data.idx import IDXError, parse_idx, read_idx
 from pyrovae.data.log_pca import LogPCA
@@ -40,6 +41,8 @@ __all__ = [
     "TAHOE_HUB",
     "CellBatch",
     "CellStream",
+    "AnnDataStream",
+    "BatchStream",
     "GeneVocabulary",
     "LogPCA",
     "TahoeAtlas",

@@ -91,7 +91,75 @@ class _ShuffleBuffer:
             self.block = renumber[self.block]
 
 
-class CellStream(IterableDataset):
+class BatchStream(IterableDataset):
+    """What every stream of :class:`CellBatch`es shares (:class:`CellStream`, :class:`~pyrovae.data.AnnDataStream`):
+    its epoch (in shared memory, so that workers kept between epochs see it), its DataLoader, and what a model is
+    fed from a batch. A subclass sets ``batch_size``, ``num_workers``, ``covariates``, ``transform`` and
+    ``num_cells``, and yields the batches of the current epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # the epoch in shared memory: workers that persist between epochs (loader(persistent_workers=True)) read
+        # each new epoch from here
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order, deal and shuffles the next iteration reproduces (:meth:`set_epoch`)."""
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order, deal and shuffles the next iteration reproduces (also in workers that
+        persist from one epoch to the next)."""
+        self.epoch = epoch
+
+    def inputs(self, batch: CellBatch):
+        """What the model is trained on: the dense counts, or their ``transform``; with covariates, the tuple
+        ``(x, cat, cont)`` (``cont`` empty)."""
+        if self.transform is None:
+            x = batch.counts
+        else:
+            self.transform.to(batch.values.device)
+            x = self.transform(batch.counts)
+        if not self.covariates:
+            return x
+        cat = torch.stack([batch.labels[name] for name in self.covariates], -1)
+        return x, cat, x.new_zeros(len(x), 0)
+
+    def _worker(self) -> int:
+        """This process's worker index, checked against the stream's ``num_workers``."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != max(1, self.num_workers):
+            raise RuntimeError(
+                f"this stream was built for {self.num_workers} workers but runs in {workers}: iterate "
+                "stream.loader(), or build the stream with num_workers matching the DataLoader"
+            )
+        return worker
+
+    def loader(self, pin_memory: bool = False, prefetch_factor: int = 4,
+               persistent_workers: bool = False) -> DataLoader:
+        """A DataLoader over this stream with its ``num_workers`` (batches are formed in the workers).
+
+        With ``persistent_workers`` the workers are started once and read every epoch of this loader (each
+        ``iter()`` reads the epoch last given to :meth:`set_epoch`), instead of being started afresh each epoch,
+        which costs 0.6-1.3 s per epoch with 4-14 workers on 16 cores (``benchmarks/gpu_stream.py``); they end
+        when the loader is released. :func:`~pyrovae.infer.train` keeps them for the whole run."""
+        return DataLoader(
+            self,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if self.num_workers else None,
+            persistent_workers=persistent_workers and self.num_workers > 0,
+        )
+
+
+class CellStream(BatchStream):
     """Mini-batches of :class:`CellBatch` streamed from a :class:`~pyrovae.data.atlas.TahoeAtlas`.
 
     Deterministic given ``seed`` and the epoch (:meth:`set_epoch`), for any number of workers. Under
@@ -205,9 +273,6 @@ class CellStream(IterableDataset):
             raise ValueError(f"{what} of {atlas!r} holds no cells; change the split (a larger test_fraction, other "
                              "held-out groups) or the source")
         self.transform = transform
-        # the epoch in shared memory: workers that persist between epochs (loader(persistent_workers=True)) read
-        # each new epoch from here
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         atlas.categories  # noqa: B018 - scanned here once and pickled to the workers, not scanned in each
 
     @property
@@ -215,19 +280,6 @@ class CellStream(IterableDataset):
         """The number of levels of each covariate (a model's ``categorical``)."""
         categories = self.atlas.categories
         return tuple(len(categories[name]) for name in self.covariates)
-
-    def inputs(self, batch: CellBatch):
-        """What the model is trained on: the dense counts, or their ``transform``; with covariates, the tuple
-        ``(x, cat, cont)`` (``cont`` empty)."""
-        if self.transform is None:
-            x = batch.counts
-        else:
-            self.transform.to(batch.values.device)
-            x = self.transform(batch.counts)
-        if not self.covariates:
-            return x
-        cat = torch.stack([batch.labels[name] for name in self.covariates], -1)
-        return x, cat, x.new_zeros(len(x), 0)
 
     @property
     def num_cells(self) -> int:
@@ -237,20 +289,6 @@ class CellStream(IterableDataset):
     @property
     def num_genes(self) -> int:
         return len(self.panel)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose shard order, deal and shuffles the next iteration reproduces (:meth:`set_epoch`)."""
-        return int(self._epoch)
-
-    @epoch.setter
-    def epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose shard order, deal and shuffles the next iteration reproduces (also in workers that
-        persist from one epoch to the next)."""
-        self.epoch = epoch
 
     def _parts(self) -> list[list[list[int]]]:
         """Shards of every (rank, worker) this epoch."""
@@ -301,13 +339,7 @@ class CellStream(IterableDataset):
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def __iter__(self) -> Iterator[CellBatch]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if workers != max(1, self.num_workers):
-            raise RuntimeError(
-                f"this stream was built for {self.num_workers} workers but runs in {workers}: iterate "
-                "stream.loader(), or build the stream with num_workers matching the DataLoader"
-            )
+        worker = self._worker()
         shards = self._parts()[self.rank][worker]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         buffer = _ShuffleBuffer(self.rows_per_read)
@@ -334,23 +366,6 @@ class CellStream(IterableDataset):
             for start in range(0, len(cells), self.batch_size):
                 yield CellBatch.from_block(cells.rows(start, min(start + self.batch_size, len(cells))))
 
-    def loader(self, pin_memory: bool = False, prefetch_factor: int = 4,
-               persistent_workers: bool = False) -> DataLoader:
-        """A DataLoader over this stream with its ``num_workers`` (batches are formed in the workers).
-
-        With ``persistent_workers`` the workers are started once and read every epoch of this loader (each
-        ``iter()`` reads the epoch last given to :meth:`set_epoch`), instead of being started afresh each epoch,
-        which costs 0.6-1.3 s per epoch with 4-14 workers on 16 cores (``benchmarks/gpu_stream.py``); they end
-        when the loader is released. :func:`~pyrovae.infer.train` keeps them for the whole run."""
-        return DataLoader(
-            self,
-            batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor if self.num_workers else None,
-            persistent_workers=persistent_workers and self.num_workers > 0,
-        )
-
     def take(self, num_cells: int, seed: int = 0) -> CellBatch:
         """``num_cells`` cells of this split, spread over the shards (all ranks see the same ones): a held-out sample
         for figures and log-likelihoods, in memory. Asking for more cells than the split holds is an error that
@@ -371,4 +386,4 @@ class CellStream(IterableDataset):
                 f"rank {self.rank}/{self.world_size}, {self.num_workers} workers)")
 
 
-__all__ = ["CellBatch", "CellStream", "deal"]
+__all__ = ["BatchStream", "CellBatch", "CellStream", "deal"]
