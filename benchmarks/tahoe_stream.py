@@ -7,7 +7,8 @@ On generated shards (62,710-gene vocabulary, about 2,000 genes detected per cell
    ``torchrun``), against the notebook's way (baseline): a Python loop over rows that builds each cell's panel
    vector from its lists (measured on the first 2,000 cells); and against the same cells copied once to an AnnData
    CSR of the panel (``.h5ad`` and ``.zarr``), read the way annbatch reads them: chunks of contiguous rows in a
-   random order, a few dozen chunks at a time shuffled together into batches;
+   random order, a few dozen chunks at a time shuffled together into batches, by hand and by the library's
+   :class:`~pyrovae.data.AnnDataStream`;
 2. peak RSS of a fresh process streaming an atlas of N cells vs one of 10 N cells (the larger atlas is the same
    shard files hard-linked ten times under other names: the same bytes on disk, ten times the cells to stream).
    Target: within 10%;
@@ -30,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pyrovae.data import CellStream, TahoeAtlas, write_tahoe_shards
+from pyrovae.data import AnnDataStream, CellStream, TahoeAtlas, write_tahoe_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,6 +142,16 @@ def _anndata_rate(path: Path, chunk_size: int = 512, preload_chunks: int = 32, b
     return cells / (time.perf_counter() - started)
 
 
+def _anndata_stream_rate(path: Path) -> float:
+    """The same copy read by the library's :class:`~pyrovae.data.AnnDataStream` (chunks of 512 rows, 32 at a time,
+    in process), each batch's dense counts assembled as the other readers do."""
+    started, cells = time.perf_counter(), 0
+    stream = AnnDataStream(path, 256, labels=("drug", "plate"), library_key="library")
+    for batch in stream:
+        cells += len(batch.counts)
+    return cells / (time.perf_counter() - started)
+
+
 def _row_loop_rate(atlas: TahoeAtlas, panel: np.ndarray, num_cells: int = 2000) -> float:
     """The notebook's approach: one Python dict per row, one vector per cell."""
     position = {int(t): i for i, t in enumerate(atlas.vocabulary.token_ids[panel])}
@@ -236,6 +247,7 @@ def main() -> None:
         rounds.setdefault("two_processes", []).append(_two_process_rate(small))
         for layout, path in copies.items():
             rounds.setdefault(f"anndata_{layout}", []).append(_anndata_rate(path))
+            rounds.setdefault(f"anndata_stream_{layout}", []).append(_anndata_stream_rate(path))
     rates = {name: float(np.median(values)) for name, values in rounds.items()}
     results["read"] = {"row_loop_baseline": baseline, **rates, "rounds": rounds}
     print(f"\nread + batch, cells/s, median of {args.rounds} alternated rounds (panel {len(panel)} genes, batch 256, "
@@ -244,7 +256,9 @@ def main() -> None:
     names = {"workers_0": "CellStream, in process", "workers_1": "CellStream, 1 DataLoader worker",
              "workers_2": "CellStream, 2 DataLoader workers", "two_processes": "CellStream, two processes (ranks)",
              "anndata_h5ad": "AnnData CSR copy (.h5ad), annbatch's way",
-             "anndata_zarr": "AnnData CSR copy (.zarr), annbatch's way"}
+             "anndata_zarr": "AnnData CSR copy (.zarr), annbatch's way",
+             "anndata_stream_h5ad": "AnnDataStream over the .h5ad copy",
+             "anndata_stream_zarr": "AnnDataStream over the .zarr copy"}
     for name, rate in rates.items():
         print(f"  {names[name]:<45} {rate:>10,.0f}   x{rate / baseline:.0f} the baseline, "
               f"x{rate / rates['workers_0']:.2f} in process")
