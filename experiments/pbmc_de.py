@@ -91,9 +91,10 @@ rng = np.random.default_rng(args.seed)
 known = rng.random(len(cells)) < args.known_fraction
 truth = cells.obs[cells.label_key].astype(str).to_numpy()
 pyro.set_rng_seed(args.seed)
-gmvae = GMVAE(cells.num_genes, args.latent, len(types), args.hidden, "nb", batch_norm=True, dropout=0.1)
+# the guide's default classification weight (half the number of genes) and dropout 0.3 (LabelTransferGMVAE's)
+gmvae = GMVAE(cells.num_genes, args.latent, len(types), args.hidden, "nb", batch_norm=True, dropout=0.3)
 gmvae_guide = GMVAEGuide(cells.num_genes, args.latent, args.hidden, num_components=len(types), input_transform="log1p",
-                         batch_norm=True, dropout=0.1)
+                         batch_norm=True, dropout=0.3)
 label_history = train(gmvae, gmvae_guide, cells.with_labels(known), epochs=args.label_epochs,
                       batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed, progress=progress)
 predicted = predict_labels(gmvae_guide, cells)

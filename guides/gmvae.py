@@ -40,13 +40,15 @@ class GMVAEGuide(AmortizedGuide):
     :param int num_components: K, as in the model (required).
     :param float min_scale: floor added to the standard deviations of q(z | x, y) (> 0).
     :param float classification_weight: alpha of the classification term on labelled data (per
-        datum). It weighs the classifier against the ELBO, whose size grows with the number of
-        features: on PBMC 3k at 2,000 genes with half the labels hidden, alpha = 10, 100 and 1000
-        transfer 87.8%, 88.5% and 89.1% of them (60 epochs): raise it for wide data.
+        datum); by default half the number of features (1,000 on 2,000 genes, 392 on MNIST's pixels). It weighs
+        the classifier against the ELBO, whose size grows with the number of features. On PBMC 3k at 2,000 genes
+        with half the labels hidden (60 epochs, three seeds), alpha = 1,000 with dropout 0.3 transfers 89.5-89.7%
+        of them, at or above a logistic regression on 50 principal components (89.4%); alpha = 10 with dropout
+        0.1 transfers 87.8%: the classifier learns too little from the labels.
     """
 
     def __init__(self, x_dim: int, z_dim: int, *args, num_components: int, min_scale: float = 1e-5,
-                 classification_weight: float = 10.0, **options) -> None:
+                 classification_weight: float | None = None, **options) -> None:
         super().__init__(x_dim, z_dim, *args, **options)
         who = type(self).__name__
         self.enumerates = True  # train(elbo="auto") picks TraceEnum_ELBO
@@ -56,6 +58,8 @@ class GMVAEGuide(AmortizedGuide):
                              "q(z|x,y))")
         self.num_components = check_int(who, "num_components", num_components)
         self.min_scale = check_real(who, "min_scale", min_scale)
+        if classification_weight is None:
+            classification_weight = x_dim / 2
         self.classification_weight = check_real(who, "classification_weight", classification_weight,
                                                 strict=False)
         width = hidden[-1]

@@ -154,3 +154,10 @@ def test_labelled_data_given_to_a_pair_without_labels_is_named():
     model, guide = VAE(40, 3, (16,), "nb"), NormalGuide(40, 3, (16,), input_transform="log1p")
     with pytest.raises(TypeError, match=r"NormalGuide was given labels y .* GMVAE and a GMVAEGuide"):
         train(model, guide, data, epochs=1, progress=False)
+
+
+def test_the_default_classification_weight_grows_with_the_features():
+    """Half the number of features by default (the ELBO it is weighed against grows with them); given, as given."""
+    for genes in (40, 2000):
+        assert GMVAEGuide(genes, 3, (16,), num_components=3).classification_weight == genes / 2
+    assert GMVAEGuide(40, 3, (16,), num_components=3, classification_weight=7.0).classification_weight == 7.0

@@ -70,8 +70,14 @@ class LabelTransferGMVAE(SingleCellGMVAE):
     q(y | x) (:meth:`predict`).
 
     :param float classification_weight: the weight of log q(y | x) on labelled cells (the guide's default when
-        None).
+        None: half the number of genes).
+    :param float dropout: of the hidden layers, 0.3 by default (scVI's 0.1 for the other kinds): with it the
+        transferred labels of PBMC 3k reach a linear probe on principal components (see
+        :class:`~pyrovae.guides.GMVAEGuide`).
     """
+
+    def __init__(self, adata, *args, dropout: float = 0.3, **options) -> None:
+        super().__init__(adata, *args, dropout=dropout, **options)
 
     def _kind_arguments(self, data: CountData, options: dict) -> dict:
         if self.registration.labels_key is None:

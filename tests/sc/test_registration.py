@@ -20,6 +20,7 @@ def test_registration_is_recorded_and_sizes_come_from_the_data(adata):
     assert sc.DataRegistration.from_dict(json.loads(adata.uns["pyrovae_registration"])) == registration
     model = sc.LabelTransferGMVAE(adata, latent_dim=2, hidden=(8,))
     assert model.model.x_dim == NUM_GENES and model.model.num_components == len(TYPES)
+    assert model.model.pair_arguments["dropout"] == 0.3 and model.guide.classification_weight == NUM_GENES / 2
     assert model.model.covariates.categorical == (2,) and model.model.covariates.continuous == 1
     data = model._training_data(model._data())
     known = adata.obs["partial"].to_numpy() != "Unknown"
