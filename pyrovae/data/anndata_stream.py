@@ -23,8 +23,6 @@ from pyrovae.data.cell_stream import BatchStream
 from pyrovae.data.checks import check_int
 from pyrovae.data.tahoe import CellBlock
 from pyrovae.optional import require
-from pyrovae.process_group import rank as process_rank
-from pyrovae.process_group import world_size as process_world_size
 
 
 def _open(path: Path):
@@ -83,20 +81,9 @@ class AnnDataStream(BatchStream):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"AnnDataStream: {self.path} does not exist (an .h5ad file or a .zarr folder)")
-        for flag, value in (("shuffle", shuffle), ("drop_last", drop_last)):
-            if not isinstance(value, (bool, np.bool_)) and not (flag == "drop_last" and value is None):
-                raise ValueError(f"{flag} must be True or False, got {value!r}")
-        self.batch_size = check_int("batch_size", batch_size, 1)
+        self._set_reading(batch_size, shuffle, drop_last, seed, num_workers, rank, world_size)
         self.chunk_size = check_int("chunk_size", chunk_size, 1)
         self.preload_chunks = check_int("preload_chunks", preload_chunks, 1)
-        self.num_workers = check_int("num_workers", num_workers, 0)
-        self.seed = check_int("seed", seed, 0)
-        self.rank = process_rank() if rank is None else check_int("rank", rank, 0)
-        self.world_size = process_world_size() if world_size is None else check_int("world_size", world_size, 1)
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside 0..{self.world_size - 1}")
-        self.shuffle = bool(shuffle)
-        self.drop_last = self.shuffle if drop_last is None else bool(drop_last)
         self.layer, self.transform = layer, transform
         self.covariates = (covariates,) if isinstance(covariates, str) else tuple(covariates)
         names = (labels,) if isinstance(labels, str) else tuple(labels)
@@ -159,9 +146,6 @@ class AnnDataStream(BatchStream):
             self._pid = os.getpid()
         return self._matrix
 
-    def _rows(self, start: int, stop: int) -> sp.csr_matrix:
-        return self._backed()[start:stop]
-
     @property
     def categorical_sizes(self) -> tuple[int, ...]:
         """The number of levels of each covariate (a model's ``categorical``)."""
@@ -185,13 +169,17 @@ class AnnDataStream(BatchStream):
 
         return min(sum(batches(self._cells(starts)) for starts in workers) for workers in self._parts())
 
-    def _block(self, starts: np.ndarray) -> CellBlock:
-        """The cells of the chunks at ``starts``, read chunk by chunk."""
-        rows = [np.arange(s, min(s + self.chunk_size, self.num_cells)) for s in starts]
-        counts = sp.vstack([self._rows(int(r[0]), int(r[-1]) + 1) for r in rows], format="csr", dtype=np.float32)
-        ids = np.concatenate(rows)
+    def _cell_block(self, counts: sp.csr_matrix, ids: np.ndarray) -> CellBlock:
+        """The cells ``ids`` (their ``counts`` read already) with their library sizes and label codes."""
+        counts = sp.csr_matrix(counts, dtype=np.float32)
         library = self._library[ids] if self._library is not None else np.asarray(counts.sum(1)).ravel()
         return CellBlock(counts, library.astype(np.float32), {k: v[ids] for k, v in self._codes.items()}, ids)
+
+    def _block(self, starts: np.ndarray) -> CellBlock:
+        """The cells of the chunks at ``starts``, read chunk by chunk."""
+        stops = np.minimum(starts + self.chunk_size, self.num_cells)
+        counts = sp.vstack([self._backed()[int(a):int(b)] for a, b in zip(starts, stops)], format="csr")
+        return self._cell_block(counts, np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)]))
 
     def __iter__(self) -> Iterator[CellBatch]:
         worker = self._worker()
@@ -218,10 +206,7 @@ class AnnDataStream(BatchStream):
             raise ValueError(f"take({num_cells}) asks for more cells than {self.path} holds ({self.num_cells:,}); "
                              f"take at most {self.num_cells}")
         ids = np.sort(np.random.default_rng(seed).choice(self.num_cells, num_cells, replace=False))
-        counts = sp.csr_matrix(self._backed()[ids], dtype=np.float32)
-        library = self._library[ids] if self._library is not None else np.asarray(counts.sum(1)).ravel()
-        return CellBatch.from_block(CellBlock(counts, library.astype(np.float32),
-                                              {k: v[ids] for k, v in self._codes.items()}, ids))
+        return CellBatch.from_block(self._cell_block(self._backed()[ids], ids))
 
     def __repr__(self) -> str:
         return (f"AnnDataStream({self.path.name}: {self.num_cells:,} cells x {self.num_genes:,} genes, batch "

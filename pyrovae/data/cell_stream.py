@@ -103,6 +103,22 @@ class BatchStream(IterableDataset):
         # each new epoch from here
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
+    def _set_reading(self, batch_size, shuffle, drop_last, seed, num_workers, rank, world_size) -> None:
+        """Check and set what every stream reads by: batch size, shuffling, the last short batch, seed, workers,
+        and this process's rank among ``world_size`` (from the process group unless given)."""
+        for flag, value in (("shuffle", shuffle), ("drop_last", drop_last)):
+            if not isinstance(value, (bool, np.bool_)) and not (flag == "drop_last" and value is None):
+                raise ValueError(f"{flag} must be True or False, got {value!r}")
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.rank = process_rank() if rank is None else check_int("rank", rank, 0)
+        self.world_size = process_world_size() if world_size is None else check_int("world_size", world_size, 1)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside 0..{self.world_size - 1}")
+        self.shuffle = bool(shuffle)
+        self.drop_last = self.shuffle if drop_last is None else bool(drop_last)
+
     @property
     def epoch(self) -> int:
         """The epoch whose order, deal and shuffles the next iteration reproduces (:meth:`set_epoch`)."""
@@ -217,21 +233,12 @@ class CellStream(BatchStream):
         if unknown:
             raise ValueError(f"covariates {unknown} are not labels of the atlas (labels: {list(atlas.labels)}); "
                              "add them to TahoeAtlas(labels=...)")
-        for flag, value in (("shuffle", shuffle), ("drop_last", drop_last)):
-            if not isinstance(value, (bool, np.bool_)) and not (flag == "drop_last" and value is None):
-                raise ValueError(f"{flag} must be True or False, got {value!r}")
-        check_int("batch_size", batch_size, 1)
+        self._set_reading(batch_size, shuffle, drop_last, seed, num_workers, rank, world_size)
         check_int("buffer_size", buffer_size, 1)
         check_int("interleave", interleave, 1)
         check_int("rows_per_read", rows_per_read, 1)
-        check_int("num_workers", num_workers, 0)
         check_int("read_threads", read_threads, 0)
-        check_int("seed", seed, 0)
         check_int("split_seed", split_seed, 0)
-        if rank is not None:
-            check_int("rank", rank, 0)
-        if world_size is not None:
-            check_int("world_size", world_size, 1)
         if split not in (None, "train", "test"):
             raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
         overlap = sorted(set(held_out or ()) & set(self.covariates))
@@ -246,21 +253,12 @@ class CellStream(BatchStream):
         self.panel = atlas.panel_positions() if panel is None else np.asarray(panel)
         atlas.vocabulary.lookup(self.panel)  # positions in range, none repeated: checked now, not mid-epoch
         self.panel = self.panel.astype(np.int64)
-        self.batch_size = int(batch_size)
         self.split, self.test_fraction, self.split_seed = split, test_fraction, split_seed
         self.held_out = dict(held_out) if held_out else None
-        self.shuffle = bool(shuffle)
         self.buffer_size = max(int(buffer_size), self.batch_size)
         self.interleave = int(interleave)
         self.rows_per_read = int(rows_per_read)
-        self.drop_last = shuffle if drop_last is None else drop_last
-        self.seed = int(seed)
-        self.num_workers = int(num_workers)
         self.read_threads = int(read_threads)
-        self.rank = process_rank() if rank is None else int(rank)
-        self.world_size = process_world_size() if world_size is None else int(world_size)
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside 0..{self.world_size - 1}")
         if split is None:
             self.shard_cells = np.array([s.num_rows for s in atlas.shards], dtype=np.int64)
         else:
