@@ -3,9 +3,11 @@
 Gronbech et al. (Bioinformatics 2020) in Pyro. A data set is chosen by flag (PBMC 3k by default; the
 scDeepCluster and CellBench sets of ../shared/data too), its genes restricted to the most variable ones,
 and its cells split 81/19 with a seeded permutation. Every model has an MLP encoder on log1p(x) and a
-mirror decoder (batch norm and dropout on the hidden layers); the likelihood scales its mean by the
-observed library size. The GMVAE has one component per cell type and its component is
-enumerated exactly (TraceEnum_ELBO).
+mirror decoder (batch norm and dropout on the hidden layers). As in scVAE, the Poisson, NB, ZIP and ZINB
+means are the exponential of the decoder's output (``--library none``) and only the constrained Poisson scales
+its rates, a softmax over genes, by the cell's total count; ``--library observed`` scales every mean so
+(scVI's convention; the Poisson is then the constrained Poisson). The GMVAE has one component per cell type and
+its component is enumerated exactly (TraceEnum_ELBO).
 
 Reported per model: held-out log-likelihood per cell (``--proposal``; the share of cells certified), ELBO and KL,
 ARI / NMI of its clusters against the cell types (GMVAE: argmax q(y|x); VAE: KMeans on the latent means,
@@ -41,6 +43,12 @@ parser.add_argument("--batch-size", type=int, default=128)
 parser.add_argument("--lr", type=float, default=1e-3)
 parser.add_argument("--dropout", type=float, default=0.2, help="dropout of the hidden layers (with batch norm)")
 parser.add_argument("--num-samples", type=int, default=100, help="importance samples per held-out cell")
+parser.add_argument("--library", choices=["none", "observed"], default="none",
+                    help="the mean's scale: softmax over genes times the cell's total count (scVI's convention; the "
+                         "Poisson is then scVAE's constrained Poisson) or exp of the decoder's output (scVAE's "
+                         "unconstrained models); constrained_poisson always uses the total count")
+parser.add_argument("--score-batch-size", type=int, default=None,
+                    help="held-out cells scored at once (default 256; less bounds the memory of the scoring)")
 args = parser.parse_args()
 device = setup(args)
 
@@ -58,14 +66,17 @@ for model_name in args.models:
     for likelihood in args.likelihoods:
         name = f"{model_name}, {likelihood}"
         kind, num_components = ("gmvae", components) if model_name == "GMVAE" else ("vae", None)
+        library = "observed" if likelihood == "constrained_poisson" else args.library
         model, guide = make_pair(kind, cells.num_genes, args.latent, args.hidden, likelihood,
-                                 num_components=num_components, input_transform="log1p", **regularise)
+                                 num_components=num_components, input_transform="log1p",
+                                 likelihood_options={"library": library}, **regularise)
         started = time.perf_counter()
         history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         val_data=test_cells, restore_best=False, device=device, seed=args.seed, eval_size=0,
                         progress=not args.no_progress)
         seconds = time.perf_counter() - started
-        ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal)
+        ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal,
+                            batch_size=args.score_batch_size)
         latent = encode_data(guide, cells, device=device)
         if model_name == "GMVAE":
             clusters = encode_data(guide, cells, guide.assign, device=device)

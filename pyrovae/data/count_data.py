@@ -422,7 +422,7 @@ class CountData(Dataset):
         """An ``anndata.AnnData`` with the raw counts in ``X`` and in the layer ``"counts"``."""
         anndata = require("anndata")
 
-        adata = anndata.AnnData(X=self.counts.copy(), obs=self.obs.copy(), var=self.var.copy())
+        adata = anndata.AnnData(X=self.counts.copy(), obs=_object_strings(self.obs), var=_object_strings(self.var))
         adata.layers["counts"] = self.counts.copy()
         return adata
 
@@ -480,3 +480,15 @@ class CountData(Dataset):
 
 
 __all__ = ["CountData"]
+
+
+def _object_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose string columns are of object dtype: pandas 3 reads text as its nullable string
+    dtype, which anndata refuses to write to .h5ad/.zarr by default (``allow_write_nullable_strings``)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.StringDtype):
+            frame[column] = frame[column].astype(object)
+    if isinstance(frame.index.dtype, pd.StringDtype):
+        frame.index = frame.index.astype(object)
+    return frame

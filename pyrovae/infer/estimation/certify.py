@@ -22,9 +22,12 @@ nats). k-hat reads only the draws made: a proposal far narrower than the posteri
 from draws that never reach the mass it misses (a Gaussian guide at 0.15 times the posterior's scale is 2 nats low
 with k-hat 0.4); the wider draws reach it.
 
-Each datum keeps the estimate of the stage that certified it, or of the last stage tried; the result says which
-(:attr:`LogLikelihood.estimator`) and what each stage cost (:attr:`LogLikelihood.cost`). Later stages are not
-cherry-picked: an estimate is replaced only by the next stage's, never by the larger of the two.
+Each datum keeps the estimate of the stage that certified it; where none did, a stage's uncertified estimate
+replaces the one before only if its k-hat is lower (an estimate with k-hat = inf, from a NaN weight, collapsed draws
+or a proposal degenerate enough that its own density underflows at its draws, never displaces a lower bound). The
+result says which stage each estimate came from (:attr:`LogLikelihood.estimator`) and what each stage cost, the data
+it was tried on included (:attr:`LogLikelihood.cost`). Estimates are not cherry-picked: the choice reads the
+certificates, never which estimate is larger.
 """
 
 from __future__ import annotations
@@ -133,6 +136,12 @@ def _ais(model: Callable, start: Callable, args: tuple, num_chains: int, num_ste
                          ess.cpu(), psis_khat(log_weights.T).cpu(), 0, 0)
 
 
+def _take(estimate: BatchEstimate, keep: torch.Tensor) -> BatchEstimate:
+    """The data ``keep`` (a boolean mask) of a batch's estimate."""
+    return BatchEstimate(estimate.per_datum[keep], estimate.mean_log_weight[keep], estimate.ess[keep],
+                         estimate.khat[keep], estimate.undefined, estimate.collapsed)
+
+
 def _merge(into: BatchEstimate, rows: torch.Tensor, new: BatchEstimate) -> None:
     for field in ("per_datum", "mean_log_weight", "ess", "khat"):
         getattr(into, field)[rows] = getattr(new, field).to(getattr(into, field).dtype)
@@ -180,8 +189,13 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                                                                max_plate_nesting, defensive=True)
                     cost[name]["seconds"] += time.perf_counter() - started
                     cost[name]["data"] += rows.numel()
+                    # an estimate this stage does not certify replaces the last one only where its weights are
+                    # better behaved: one with k-hat = inf (a NaN weight, collapsed draws, or a degenerate proposal
+                    # whose own density underflows at its draws) is no estimate, and must not displace a lower bound
+                    taken = now_certified | (new.khat < estimate.khat[rows])
+                    rows, new = rows[taken], _take(new, taken)
                     _merge(estimate, rows, new)
-                    certified[rows] = now_certified
+                    certified[rows] = now_certified[taken]
                     stage[rows] = level
             estimates.append(estimate)
             stage_of.append(stage)

@@ -134,3 +134,27 @@ def test_a_plain_model_leaves_the_schedule_unchecked(monkeypatch):
     result = certify.auto_log_likelihood(make_model(W, mu), make_guide(W, mu, 1.5), x[:6], num_samples=100,
                                          ais_chains=64, ais_steps=20)
     assert result.estimator == ("ais",) * 6 and result.schedule_gap is None
+
+
+def test_an_uncertified_stage_with_infinite_k_hat_never_displaces_the_estimate_before_it(monkeypatch):
+    """A refined proposal degenerate enough that its own density underflows at its draws gave weights of +1e20 and
+    k-hat = inf (a GMVAE on CellBench counts): such an estimate is no estimate, and the guide's lower bound stays."""
+    original = certify._importance_stage
+    calls = []
+
+    def broken_second_stage(*args, **kwargs):
+        estimate, certified = original(*args, **kwargs)
+        calls.append(kwargs.get("defensive", args[-1]))
+        if calls[-1]:  # the refined stage: weights blown up, k-hat inf
+            estimate.per_datum[:] = 1e20
+            estimate.khat[:] = float("inf")
+            return estimate, torch.zeros_like(certified)
+        return estimate, torch.zeros_like(certified)  # the guide certifies nothing either
+
+    monkeypatch.setattr(certify, "_importance_stage", broken_second_stage)
+    monkeypatch.setattr(certify, "_ais", lambda *args: (_ for _ in ()).throw(NotImplementedError))
+    W, mu, x = ppca(5)
+    result = _auto(make_model(W, mu), make_guide(W, mu, 0.5, 0.5), x[:10])
+    assert result.estimator == ("guide",) * 10 and (result.per_datum < 0).all()
+    assert result.cost["refined+defensive"]["data"] == 10  # tried, and not taken
+    assert not result.certified.any()
