@@ -21,6 +21,20 @@ callback for scVI, ``History`` for ours), training only.
 scvi-tools is an extra: ``pip install -e ".[peer]"`` (it pins scvi-tools==1.4.2, which installs on Python 3.11
 beside torch 2.13.0). Without it the script runs ours alone and says how to install it.
 
+**Both through their AnnData interfaces** (the default, ``--interface anndata``): ours is ``pyrovae.sc`` (
+``setup_anndata``, ``SingleCellVAE(adata, ...)``, ``.train``, ``.get_marginal_ll``, ``.get_latent_representation``,
+``.differential_expression``; ``LabelTransferGMVAE`` and ``.predict``), scVI's is ``scvi.model.SCVI`` /
+``SCANVI``, on the same AnnData objects. Beside the per-likelihood rows, the first likelihood's models also give
+(once per run): **DE agreement**, for each cell type against the rest (change mode, delta 0.25), the share of the
+top-50 up-regulated genes (by mean log-fold change, Bayes factor >= 3) that both models name; **label transfer**,
+labels hidden for a seeded half of the training cells, our ``LabelTransferGMVAE`` against scANVI from the trained
+scVI, both ``--label-epochs`` epochs, accuracy on the hidden cells; and **batch mixing** on the CellBench CEL-seq2 and
+Drop-seq cell lines (2,000 HVG of the two, the technology as the batch): iLISI, batch ASW and the cell-line ARI of
+KMeans on the latent, for ``SingleCellVAE(batch_key=...)`` and ``SCVI(batch_key=...)`` with the same settings.
+``--certified`` also scores our held-out cells with ``proposal="auto"`` (slow on a CPU: AIS for the cells the
+refined proposal does not certify). ``--interface functional`` runs ours through the functional API instead (the
+protocol of the table recorded on 2026-12-02).
+
     python benchmarks/scvi_peer.py [--genes hvg all] [--likelihoods nb zinb poisson] [--epochs 200]
 """
 
@@ -37,8 +51,10 @@ import torch
 from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 
-from pyrovae.data import find_dataset, load_count_dataset
-from pyrovae.infer import clustering_scores, encode_data, kmeans_clusters, log_likelihood, train
+import pyrovae.sc as psc
+from pyrovae.data import CountData, find_dataset, load_count_dataset
+from pyrovae.infer import clustering_scores, encode_data, kmeans_clusters, log_likelihood, markers, train
+from pyrovae.metrics import batch_asw, ilisi
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--genes", nargs="+", default=["all", "hvg"], choices=["all", "hvg"])
@@ -48,6 +64,11 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--dropout", type=float, default=0.2, help="dropout of encoder and decoder hidden layers")
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--data-dir", default=None)
+parser.add_argument("--interface", choices=["anndata", "functional"], default="anndata",
+                    help="ours through pyrovae.sc's AnnData models (as scVI through its own) or the functional API")
+parser.add_argument("--label-epochs", type=int, default=60, help="epochs of the label-transfer models")
+parser.add_argument("--certified", action="store_true", help="also our held-out LL with proposal='auto'")
+parser.add_argument("--no-extras", action="store_true", help="only the per-likelihood rows: no DE, labels, mixing")
 parser.add_argument("--out", default="benchmarks/results/scvi_peer.json")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -61,8 +82,12 @@ except ImportError:
           "pip install -e '.[peer]' (scvi-tools==1.4.2)")
 
 
-def run_scvi(train_cells, test_cells, data, likelihood: str) -> dict:
-    """scVI on the same cells and settings (see the module docstring): its test LL, s/epoch and ARI."""
+PLAN = {"lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0, "n_epochs_kl_warmup": None, "n_steps_kl_warmup": None}
+SCVI_OPTIONS = dict(n_hidden=128, n_latent=10, n_layers=1, dispersion="gene")
+
+
+def scvi_fit(adata, likelihood: str, epochs: int, **setup):
+    """scVI on ``adata`` (set up here, with ``setup``) with our settings; the model and its median s/epoch."""
 
     class EpochTimer(Callback):
         def __init__(self):
@@ -75,45 +100,151 @@ def run_scvi(train_cells, test_cells, data, likelihood: str) -> dict:
             self.seconds.append(time.perf_counter() - self.started)
 
     scvi.settings.seed = args.seed
-    adata_train, adata_test, adata_all = (c.to_anndata() for c in (train_cells, test_cells, data))
-    for adata in (adata_train, adata_test, adata_all):
-        scvi.model.SCVI.setup_anndata(adata, layer="counts")
-    peer = scvi.model.SCVI(adata_train, n_hidden=128, n_latent=10, n_layers=1, dropout_rate=args.dropout,
-                           gene_likelihood=likelihood, dispersion="gene")
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", **setup)
+    peer = scvi.model.SCVI(adata, dropout_rate=args.dropout, gene_likelihood=likelihood, **SCVI_OPTIONS)
     timer = EpochTimer()
-    peer.train(max_epochs=args.epochs, batch_size=128, train_size=1.0, early_stopping=False, accelerator="cpu",
-               enable_progress_bar=False, callbacks=[timer],
-               plan_kwargs={"lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0, "n_epochs_kl_warmup": None,
-                            "n_steps_kl_warmup": None})
+    peer.train(max_epochs=epochs, batch_size=128, train_size=1.0, early_stopping=False, accelerator="cpu",
+               enable_progress_bar=False, callbacks=[timer], plan_kwargs=PLAN)
+    return peer, float(np.median(timer.seconds))
+
+
+def run_scvi(train_cells, test_cells, data, likelihood: str) -> tuple[dict, object]:
+    """scVI on the same cells and settings (see the module docstring): its test LL, s/epoch and ARI, and the model."""
+    adata_train, adata_test, adata_all = (c.to_anndata() for c in (train_cells, test_cells, data))
+    peer, seconds = scvi_fit(adata_train, likelihood, args.epochs)
+    for adata in (adata_test, adata_all):
+        scvi.model.SCVI.setup_anndata(adata, layer="counts")
     ll = peer.get_marginal_ll(adata_test, n_mc_samples=100)
     latent = peer.get_latent_representation(adata_all)
     ari = clustering_scores(data.labels, kmeans_clusters(latent, len(data.label_names), seed=0))["ari"]
-    return {"scvi_ll": float(ll), "scvi_seconds": float(np.median(timer.seconds)), "scvi_ari": ari}
+    return {"scvi_ll": float(ll), "scvi_seconds": seconds, "scvi_ari": ari}, (peer, adata_all)
+
+
+def run_ours_functional(train_cells, test_cells, data, name: str) -> tuple[dict, None]:
+    """Ours through the functional API: VAE + NormalGuide, ``train``, ``log_likelihood``, ``encode_data``."""
+    pyro.set_rng_seed(args.seed)
+    model = VAE(data.num_genes, 10, [128], likelihood=name, batch_norm=True, dropout=args.dropout)
+    guide = NormalGuide(data.num_genes, 10, [128], input_transform="log1p", batch_norm=True, dropout=args.dropout)
+    history = train(model, guide, train_cells, epochs=args.epochs, batch_size=128, eval_size=0, seed=args.seed,
+                    progress=False)
+    ll = log_likelihood(model, guide, test_cells, num_samples=100)
+    latent = encode_data(guide, data)  # in evaluation mode: no dropout, batch norm's running statistics
+    return _row(history, ll, latent, data), None
+
+
+def run_ours_anndata(train_cells, test_cells, data, name: str) -> tuple[dict, tuple]:
+    """Ours through pyrovae.sc: the AnnData of the training cells registered once, the rest read through it."""
+    adata_train, adata_test, adata_all = (c.to_anndata() for c in (train_cells, test_cells, data))
+    psc.setup_anndata(adata_train, layer="counts")
+    pyro.set_rng_seed(args.seed)
+    model = psc.SingleCellVAE(adata_train, latent_dim=10, hidden=[128], likelihood=name, dropout=args.dropout)
+    history = model.train(args.epochs, batch_size=128, lr=1e-3, seed=args.seed, progress=False, eval_size=0)
+    ll = model.get_marginal_ll(adata_test, num_samples=100, proposal="guide")
+    row = _row(history, ll, model.get_latent_representation(adata_all), data)
+    if args.certified:
+        started = time.perf_counter()
+        certified = model.get_marginal_ll(adata_test, num_samples=100, proposal="auto")
+        row.update({"test_ll_auto": certified.mean, "test_ll_auto_stderr": certified.stderr,
+                    "frac_certified_auto": float(certified.certified.float().mean()),
+                    "seconds_auto": time.perf_counter() - started})
+    return row, (model, adata_all)
+
+
+def _row(history, ll, latent, data) -> dict:
+    ari = clustering_scores(data.labels, kmeans_clusters(latent, len(data.label_names), seed=0))["ari"]
+    return {"test_ll": ll.mean, "test_ll_stderr": ll.stderr, "frac_khat_gt_0.7": float((ll.khat > 0.7).float().mean()),
+            "seconds_per_epoch": float(np.median([r["seconds"] for r in history.records])), "ari": ari}
+
+
+def de_agreement(ours, theirs, data) -> dict:
+    """Per cell type against the rest: the share of the top-50 up genes that both models name (of the shorter list:
+    either may pass fewer than 50 genes through the filter)."""
+    model, adata = ours
+    peer, peer_adata = theirs
+    shared = {}
+    for kind in data.label_names:
+        mine = markers(model.differential_expression(kind, groupby=data.label_key, adata=adata, mode="change",
+                                                     delta=0.25, seed=args.seed), top=50)
+        other = markers(peer.differential_expression(peer_adata, groupby=data.label_key, group1=kind, mode="change",
+                                                     delta=0.25), top=50)
+        shortest = min(len(mine), len(other))
+        shared[kind] = len(set(mine.index) & set(other.index)) / shortest if shortest else None
+        print(f"  DE {kind:>18}: top-50 up genes shared {shared[kind] if shortest else 'undefined'} "
+              f"(ours {len(mine)}, scVI {len(other)})", flush=True)
+    values = [v for v in shared.values() if v is not None]
+    return {"de_top50_shared": shared, "de_top50_shared_mean": float(np.mean(values)) if values else None}
+
+
+def label_transfer(train_cells) -> dict:
+    """Labels hidden for a seeded half of the training cells: LabelTransferGMVAE against scANVI (from scVI)."""
+    rng = np.random.default_rng(args.seed)
+    hidden = rng.permutation(len(train_cells)) < len(train_cells) // 2
+    truth = np.asarray(train_cells.label_names)[train_cells.labels.numpy()]
+    adata = train_cells.to_anndata()
+    adata.obs["partial"] = np.where(hidden, "Unknown", truth)
+    psc.setup_anndata(adata, layer="counts", labels_key="partial")
+    pyro.set_rng_seed(args.seed)
+    ours = psc.LabelTransferGMVAE(adata, latent_dim=10, hidden=[128], likelihood="nb")
+    ours.train(args.label_epochs, batch_size=128, lr=1e-3, seed=args.seed, progress=False, eval_size=0)
+    accuracy = float((np.asarray(ours.predict(), dtype=str)[hidden] == truth[hidden]).mean())
+    result = {"label_accuracy": accuracy, "label_hidden_cells": int(hidden.sum())}
+    if scvi is not None:
+        peer_adata = train_cells.to_anndata()
+        peer_adata.obs["partial"] = adata.obs["partial"].to_numpy()
+        peer, _ = scvi_fit(peer_adata, "nb", args.epochs, labels_key="partial")
+        scanvi = scvi.model.SCANVI.from_scvi_model(peer, unlabeled_category="Unknown")
+        scanvi.train(max_epochs=args.label_epochs, batch_size=128, train_size=1.0, early_stopping=False,
+                     plan_kwargs=PLAN, enable_progress_bar=False, accelerator="cpu")
+        predicted = np.asarray(scanvi.predict(), dtype=str)
+        result["scanvi_label_accuracy"] = float((predicted[hidden] == truth[hidden]).mean())
+    print(f"  label transfer, {int(hidden.sum())} hidden training cells: ours {accuracy:.3f}"
+          + (f", scANVI {result['scanvi_label_accuracy']:.3f}" if scvi is not None else ""), flush=True)
+    return result
+
+
+def batch_mixing() -> dict:
+    """CellBench CEL-seq2 + Drop-seq, the technology as the batch: iLISI, batch ASW and cell-line ARI of the latent."""
+    parts = {"CEL-seq2": "cellbench_celseq2", "Drop-seq": "cellbench_dropseq"}
+    parts = {name: load_count_dataset(key, args.data_dir).without_covariates() for name, key in parts.items()}
+    cells = CountData.concatenate(parts, batch_key="batch", label_key="cell_line_demuxlet", name="technologies")
+    cells = cells.prepare(num_genes=2000, seed=args.seed)
+    lines, batches = cells.obs["cell_line_demuxlet"].astype(str).to_numpy(), cells.obs["batch"].astype(str).to_numpy()
+
+    def scores(latent, prefix):
+        ari = clustering_scores(lines, kmeans_clusters(latent, len(np.unique(lines)), seed=0))["ari"]
+        return {f"{prefix}mixing_ilisi": ilisi(latent, batches),
+                f"{prefix}mixing_batch_asw": batch_asw(latent, batches, lines), f"{prefix}mixing_ari": ari}
+
+    adata = cells.to_anndata()
+    psc.setup_anndata(adata, layer="counts", batch_key="batch")
+    pyro.set_rng_seed(args.seed)
+    ours = psc.SingleCellVAE(adata, latent_dim=10, hidden=[128], likelihood="nb", dropout=args.dropout)
+    ours.train(args.epochs, batch_size=128, lr=1e-3, seed=args.seed, progress=False, eval_size=0)
+    result = scores(ours.get_latent_representation(), "")
+    if scvi is not None:
+        peer_adata = cells.to_anndata()
+        peer, _ = scvi_fit(peer_adata, "nb", args.epochs, batch_key="batch")
+        result.update(scores(peer.get_latent_representation(peer_adata), "scvi_"))
+    print("  batch mixing (CellBench technologies): " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()),
+          flush=True)
+    return result
 
 
 cells = load_count_dataset("pbmc3k", args.data_dir)
-rows = []
+rows, extras = [], {}
+run_ours = run_ours_anndata if args.interface == "anndata" else run_ours_functional
 for genes in args.genes:
     data = cells
     if genes == "hvg":
         data = cells.select_genes(pd.read_csv(find_dataset("pbmc3k", args.data_dir) / "hvg2000.tsv", header=None)[0])
     train_cells, test_cells = data.split(0.81, seed=0)
     for name in args.likelihoods:
-        pyro.set_rng_seed(args.seed)
-        model = VAE(data.num_genes, 10, [128], likelihood=name, batch_norm=True, dropout=args.dropout)
-        guide = NormalGuide(data.num_genes, 10, [128], input_transform="log1p", batch_norm=True, dropout=args.dropout)
-        history = train(model, guide, train_cells, epochs=args.epochs, batch_size=128, eval_size=0, seed=args.seed,
-                        progress=False)
-        seconds = float(np.median([r["seconds"] for r in history.records]))
-        ll = log_likelihood(model, guide, test_cells, num_samples=100)
-        latent = encode_data(guide, data)  # in evaluation mode: no dropout, batch norm's running statistics
-        ari = clustering_scores(data.labels, kmeans_clusters(latent, len(data.label_names), seed=0))["ari"]
-        row = {
-            "genes": genes, "likelihood": name, "test_ll": ll.mean, "test_ll_stderr": ll.stderr,
-            "frac_khat_gt_0.7": float((ll.khat > 0.7).float().mean()), "seconds_per_epoch": seconds, "ari": ari,
-        }
+        row, ours = run_ours(train_cells, test_cells, data, name)
+        row = {"genes": genes, "likelihood": name, **row}
+        seconds, ari = row["seconds_per_epoch"], row["ari"]
+        theirs = None
         if scvi is not None:
-            peer = run_scvi(train_cells, test_cells, data, name)
+            peer, theirs = run_scvi(train_cells, test_cells, data, name)
             row.update(peer)
             row["ll_met"] = row["test_ll"] >= peer["scvi_ll"]
             row["speed_ratio"] = seconds / peer["scvi_seconds"]
@@ -122,12 +253,21 @@ for genes in args.genes:
         versus = (f" (scVI {row['scvi_ll']:9.2f}, {'met' if row['ll_met'] else 'NOT met'}), s/epoch {seconds:5.2f} "
                   f"(scVI {row['scvi_seconds']:.2f}, ratio {row['speed_ratio']:.2f}), ARI {ari:.3f} (scVI "
                   f"{row['scvi_ari']:.3f})") if scvi is not None else f", s/epoch {seconds:5.2f}, ARI {ari:.3f}"
-        print(f"{genes:>4} {name:>8}: test LL/cell {ll.mean:9.2f}{versus}, k-hat>0.7 {row['frac_khat_gt_0.7']:.1%}",
-              flush=True)
+        certified = (f"; proposal='auto' {row['test_ll_auto']:.2f}, {row['frac_certified_auto']:.1%} certified"
+                     if "test_ll_auto" in row else "")
+        print(f"{genes:>4} {name:>8}: test LL/cell {row['test_ll']:9.2f}{versus}, k-hat>0.7 "
+              f"{row['frac_khat_gt_0.7']:.1%}{certified}", flush=True)
+        first = genes == args.genes[0] and name == args.likelihoods[0]
+        if args.interface == "anndata" and not args.no_extras and first:
+            if theirs is not None:
+                extras.update(de_agreement(ours, theirs, data))
+            extras.update(label_transfer(train_cells))
+    if args.interface == "anndata" and not args.no_extras and genes == args.genes[0]:
+        extras.update(batch_mixing())
 
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 peer_version = getattr(scvi, "__version__", None)
 Path(args.out).write_text(json.dumps({"machine": machine, "epochs": args.epochs, "scvi_tools": peer_version,
-                                      "rows": rows}, indent=2))
+                                      "interface": args.interface, "rows": rows, **extras}, indent=2))
 print(f"wrote {args.out}")

@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from pyrovae.data import CountData, add_results
-from pyrovae.infer import History, differential_expression, encode_data, normalized_expression, train
+from pyrovae.infer import (
+    History,
+    LogLikelihood,
+    differential_expression,
+    encode_data,
+    log_likelihood,
+    normalized_expression,
+    train,
+)
 from pyrovae.pairs import make_pair
 from pyrovae.sc.registration import DataRegistration, registration_of, setup_anndata
 
@@ -156,6 +164,20 @@ class SingleCellModel:
                                       num_samples=num_samples, transform_batch=transform_batch, seed=seed)
         add_results(self._adata(adata), normalized=frame, key=key)
         return frame
+
+    def get_marginal_ll(self, adata=None, *, num_samples: int = 100, proposal: str = "auto", batch_size: int = 256,
+                        device=None, progress: bool = False, key: str = RESULTS_KEY) -> LogLikelihood:
+        """Each cell's log p(x) by importance sampling (:func:`~pyrovae.infer.log_likelihood`; by default
+        ``proposal="auto"``, the cheapest estimator that certifies), typically on held-out cells: the result holds the
+        estimates with their certificates (``.mean``, ``.stderr``, ``.certified``, ``.summary()``); per cell also in
+        ``adata.obs["<key>_log_likelihood"]`` and ``adata.obs["<key>_certified"]``. The label-transfer model scores
+        log p(x), its labels unused. ``proposal="guide"`` is the estimator of scvi-tools' ``get_marginal_ll``."""
+        result = log_likelihood(self.model, self.guide, self._data(adata), num_samples=num_samples,
+                                batch_size=batch_size, device=device, progress=progress, proposal=proposal)
+        target = self._adata(adata)
+        target.obs[f"{key}_log_likelihood"] = result.per_datum.numpy()
+        target.obs[f"{key}_certified"] = result.certified.numpy()
+        return result
 
     def differential_expression(self, group1, group2=None, *, groupby: str | None = None, adata=None,
                                 key: str = RESULTS_KEY, **options) -> pd.DataFrame:

@@ -101,3 +101,48 @@ def test_training_with_validation_and_early_stopping(adata):
     history = model.train(epochs=3, train_size=0.8, early_stopping=True, patience=1, progress=False)
     assert "val_elbo" in history.last and len(history) <= 3
     assert sc.model.default_epochs(2000) == 400 and sc.model.default_epochs(100_000) == 80
+
+
+@pytest.mark.filterwarnings("ignore:k-hat > 0.7")  # three epochs: the guide is a poor proposal, as it says
+@pytest.mark.parametrize("kind", ["vae", "gmvae"])
+def test_held_out_log_likelihood_through_the_anndata(adata, kind):
+    """get_marginal_ll: the functional estimate on the registered counts of held-out cells (same draws), written per
+    cell into their AnnData; the label-transfer model scores log p(x), not log p(x, y)."""
+    import pyro
+
+    from pyrovae.infer import log_likelihood
+
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    train_part, test_part = adata[:60].copy(), adata[60:].copy()
+    cls, options = KINDS[kind]
+    model = cls(train_part, latent_dim=2, hidden=(8,), likelihood="nb", **options)
+    model.train(epochs=3, batch_size=30, progress=False, seed=0)
+    pyro.set_rng_seed(5)
+    result = model.get_marginal_ll(test_part, num_samples=30, proposal="guide")
+    pyro.set_rng_seed(5)
+    data = from_anndata(test_part, "counts", batch_key="batch")
+    expected = log_likelihood(model.model, model.guide, data, num_samples=30)
+    assert torch.equal(result.per_datum, expected.per_datum) and len(result.per_datum) == 30
+    np.testing.assert_array_equal(test_part.obs["pyrovae_log_likelihood"], result.per_datum.numpy())
+    np.testing.assert_array_equal(test_part.obs["pyrovae_certified"], result.certified.numpy())
+    assert "pyrovae_log_likelihood" not in train_part.obs
+    with pytest.raises(ValueError, match="gene"):
+        model.get_marginal_ll(test_part[:, ::-1].copy(), num_samples=5)
+
+
+@pytest.mark.filterwarnings("ignore:k-hat > 0.7")
+def test_the_label_transfer_model_scores_the_counts_alone(adata):
+    import pyro
+
+    from pyrovae.infer import log_likelihood
+
+    hidden = np.arange(adata.n_obs) % 2 == 1
+    adata.obs["partial"] = adata.obs["cell_type"].where(~hidden, "Unknown")
+    sc.setup_anndata(adata, layer="counts", labels_key="partial")
+    model = sc.LabelTransferGMVAE(adata, latent_dim=2, hidden=(8,), likelihood="poisson")
+    model.train(epochs=2, batch_size=45, progress=False, seed=0)
+    pyro.set_rng_seed(1)
+    result = model.get_marginal_ll(num_samples=30, proposal="guide")
+    pyro.set_rng_seed(1)
+    unlabelled = from_anndata(adata, "counts")  # no labels: y is summed out for every cell
+    assert torch.equal(result.per_datum, log_likelihood(model.model, model.guide, unlabelled, num_samples=30).per_datum)
