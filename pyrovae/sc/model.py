@@ -51,13 +51,17 @@ class SingleCellModel:
         likelihood), with ``likelihood_options`` such as ``{"dispersion": "gene-batch"}`` or
         ``{"library": "latent"}``.
     :param bool batch_norm, float dropout: as scVI's networks (defaults: on, 0.1).
+    :param bool encode_covariates: the encoder also sees the batch and covariates (default, as scArches-style
+        reference mapping needs); False: only the decoder does, scVI's default, which mixes batches more in the
+        latent (see :func:`~pyrovae.pairs.make_pair`).
     """
 
     pair_kind = "vae"
 
     def __init__(self, adata, latent_dim: int = 10, hidden: Sequence[int] = (128,), likelihood: str = "nb", *,
                  likelihood_options: dict | None = None, batch_norm: bool = True, dropout: float = 0.1,
-                 activation: str = "relu", name: str | None = None, **kind_options) -> None:
+                 activation: str = "relu", name: str | None = None, encode_covariates: bool = True,
+                 **kind_options) -> None:
         if not isinstance(likelihood, str):
             raise TypeError(f"{type(self).__name__} takes the likelihood by name ('nb', 'zinb', 'poisson', 'zip'), "
                             f"got {type(likelihood).__name__}; its options go in likelihood_options=")
@@ -70,7 +74,7 @@ class SingleCellModel:
             self.pair_kind, data.num_genes, latent_dim, hidden, likelihood, likelihood_options=options or None,
             input_transform="log1p", latent_library=options.get("library") == "latent", batch_norm=batch_norm,
             dropout=dropout, activation=activation, name=name, categorical=data.categorical_sizes,
-            continuous=data.num_continuous, **kind_arguments,
+            continuous=data.num_continuous, encode_covariates=encode_covariates, **kind_arguments,
         )
         if options.get("library") == "latent":
             self.model.likelihood.fit_library_prior(data)

@@ -146,3 +146,32 @@ def test_the_label_transfer_model_scores_the_counts_alone(adata):
     pyro.set_rng_seed(1)
     unlabelled = from_anndata(adata, "counts")  # no labels: y is summed out for every cell
     assert torch.equal(result.per_datum, log_likelihood(model.model, model.guide, unlabelled, num_samples=30).per_datum)
+
+
+def test_an_encoder_blind_to_the_batch_is_built_saved_and_loaded(tmp_path, adata):
+    """encode_covariates=False (scVI's default): the decoder alone sees the batch; the choice is saved with the
+    model, and a model saved before the option existed loads as it was built (the encoder sees the batch)."""
+    import json
+
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    blind = sc.SingleCellVAE(adata, 2, (8,), encode_covariates=False)
+    seeing = sc.SingleCellVAE(adata, 2, (8,))
+    assert blind.guide.covariates is None or not blind.guide.covariates.categorical
+    assert seeing.guide.covariates is not None and list(seeing.guide.covariates.categorical) == [2]
+    assert blind.model.covariates is not None and list(blind.model.covariates.categorical) == [2]
+    blind.train(epochs=2, batch_size=45, progress=False, seed=0)
+    latent = blind.get_latent_representation()
+    folder = blind.save(tmp_path / "blind")
+    back = sc.SingleCellVAE.load(folder, adata)
+    assert back.model.pair_arguments["encode_covariates"] is False
+    np.testing.assert_array_equal(back.get_latent_representation(), latent)
+    with pytest.raises(TypeError, match="encode_covariates must be True or False"):
+        sc.SingleCellVAE(adata, 2, (8,), encode_covariates="no")
+
+    seeing.train(epochs=1, batch_size=45, progress=False, seed=0)
+    folder = seeing.save(tmp_path / "old")
+    config = json.loads((folder / "pair.json").read_text())
+    del config["pair"]["encode_covariates"]  # as written before the option existed
+    (folder / "pair.json").write_text(json.dumps(config))
+    old = sc.SingleCellVAE.load(folder, adata)
+    np.testing.assert_array_equal(old.get_latent_representation(), seeing.get_latent_representation())
