@@ -251,13 +251,20 @@ def batch_mixing() -> dict:
 
 
 cells = load_count_dataset("pbmc3k", args.data_dir)
+
+
+def pbmc_genes(genes: str) -> CountData:
+    """PBMC 3k on all its genes or on the 2,000 HVG of ``hvg2000.tsv``."""
+    if genes == "all":
+        return cells
+    return cells.select_genes(pd.read_csv(find_dataset("pbmc3k", args.data_dir) / "hvg2000.tsv", header=None)[0])
+
+
 rows, extras = [], {}
 run_ours = run_ours_anndata if args.interface == "anndata" else run_ours_functional
 extras_wanted = args.interface == "anndata"
 for genes in args.genes if "rows" in args.parts else []:
-    data = cells
-    if genes == "hvg":
-        data = cells.select_genes(pd.read_csv(find_dataset("pbmc3k", args.data_dir) / "hvg2000.tsv", header=None)[0])
+    data = pbmc_genes(genes)
     train_cells, test_cells = data.split(0.81, seed=0)
     for name in args.likelihoods:
         row, ours = run_ours(train_cells, test_cells, data, name)
@@ -284,13 +291,8 @@ for genes in args.genes if "rows" in args.parts else []:
 if extras_wanted and "labels" in args.parts:
     extras["label_transfer"] = {}
     for name in args.label_datasets:
-        if name == "pbmc3k":
-            labelled = cells
-            if args.genes[0] == "hvg":
-                hvg = pd.read_csv(find_dataset("pbmc3k", args.data_dir) / "hvg2000.tsv", header=None)[0]
-                labelled = cells.select_genes(hvg)
-        else:
-            labelled = load_count_dataset(name, args.data_dir).prepare(num_genes=2000, seed=args.seed)
+        labelled = (pbmc_genes(args.genes[0]) if name == "pbmc3k" else
+                    load_count_dataset(name, args.data_dir).prepare(num_genes=2000, seed=args.seed))
         extras["label_transfer"][name] = label_transfer(labelled.split(0.81, seed=0)[0])
 if extras_wanted and "mixing" in args.parts:
     extras.update(batch_mixing())

@@ -479,9 +479,6 @@ class CountData(Dataset):
                          levels={batch_key: names})
 
 
-__all__ = ["CountData"]
-
-
 def _object_strings(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` whose string columns are of object dtype: pandas 3 reads text as its nullable string
     dtype, which anndata refuses to write to .h5ad/.zarr by default (``allow_write_nullable_strings``)."""
@@ -492,3 +489,6 @@ def _object_strings(frame: pd.DataFrame) -> pd.DataFrame:
     if isinstance(frame.index.dtype, pd.StringDtype):
         frame.index = frame.index.astype(object)
     return frame
+
+
+__all__ = ["CountData"]

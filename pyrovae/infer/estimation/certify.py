@@ -136,15 +136,10 @@ def _ais(model: Callable, start: Callable, args: tuple, num_chains: int, num_ste
                          ess.cpu(), psis_khat(log_weights.T).cpu(), 0, 0)
 
 
-def _take(estimate: BatchEstimate, keep: torch.Tensor) -> BatchEstimate:
-    """The data ``keep`` (a boolean mask) of a batch's estimate."""
-    return BatchEstimate(estimate.per_datum[keep], estimate.mean_log_weight[keep], estimate.ess[keep],
-                         estimate.khat[keep], estimate.undefined, estimate.collapsed)
-
-
-def _merge(into: BatchEstimate, rows: torch.Tensor, new: BatchEstimate) -> None:
+def _merge(into: BatchEstimate, rows: torch.Tensor, new: BatchEstimate, keep: torch.Tensor) -> None:
+    """Write the data ``keep`` (a mask over ``new``) of ``new``, the estimate of ``rows``, into ``into``."""
     for field in ("per_datum", "mean_log_weight", "ess", "khat"):
-        getattr(into, field)[rows] = getattr(new, field).to(getattr(into, field).dtype)
+        getattr(into, field)[rows[keep]] = getattr(new, field)[keep].to(getattr(into, field).dtype)
 
 
 @torch.no_grad()
@@ -193,10 +188,9 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                     # better behaved: one with k-hat = inf (a NaN weight, collapsed draws, or a degenerate proposal
                     # whose own density underflows at its draws) is no estimate, and must not displace a lower bound
                     taken = now_certified | (new.khat < estimate.khat[rows])
-                    rows, new = rows[taken], _take(new, taken)
-                    _merge(estimate, rows, new)
-                    certified[rows] = now_certified[taken]
-                    stage[rows] = level
+                    _merge(estimate, rows, new, taken)
+                    certified[rows[taken]] = now_certified[taken]
+                    stage[rows[taken]] = level
             estimates.append(estimate)
             stage_of.append(stage)
             certified_of.append(certified)
