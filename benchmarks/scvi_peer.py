@@ -80,6 +80,9 @@ parser.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS,
 parser.add_argument("--label-datasets", nargs="+", default=["pbmc3k"], choices=sorted(SHARED_SETS),
                     help="data sets of the label-transfer comparison (PBMC 3k: the 2,000 HVG of --genes hvg; the "
                          "others: their 2,000 most variable genes)")
+parser.add_argument("--label-seeds", type=int, default=1,
+                    help="label transfer repeated with this many seeds (--seed, --seed + 1, ...: a new hidden half "
+                         "and new model seeds each), reported as means with standard errors over seeds")
 parser.add_argument("--out", default="benchmarks/results/scvi_peer.json")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -97,8 +100,9 @@ PLAN = {"lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0, "n_epochs_kl_warmup": None
 SCVI_OPTIONS = dict(n_hidden=128, n_latent=10, n_layers=1, dispersion="gene")
 
 
-def scvi_fit(adata, likelihood: str, epochs: int, **setup):
-    """scVI on ``adata`` (set up here, with ``setup``) with our settings; the model and its median s/epoch."""
+def scvi_fit(adata, likelihood: str, epochs: int, seed: int | None = None, **setup):
+    """scVI on ``adata`` (set up here, with ``setup``) with our settings, seeded with ``seed`` (``--seed`` when
+    None); the model and its median s/epoch."""
 
     class EpochTimer(Callback):
         def __init__(self):
@@ -110,7 +114,7 @@ def scvi_fit(adata, likelihood: str, epochs: int, **setup):
         def on_train_epoch_end(self, trainer, module):
             self.seconds.append(time.perf_counter() - self.started)
 
-    scvi.settings.seed = args.seed
+    scvi.settings.seed = args.seed if seed is None else seed
     scvi.model.SCVI.setup_anndata(adata, layer="counts", **setup)
     peer = scvi.model.SCVI(adata, dropout_rate=args.dropout, gene_likelihood=likelihood, **SCVI_OPTIONS)
     timer = EpochTimer()
@@ -186,21 +190,22 @@ def de_agreement(ours, theirs, data) -> dict:
     return {"de_top50_shared": shared, "de_top50_shared_mean": float(np.mean(values)) if values else None}
 
 
-def label_transfer(train_cells) -> dict:
-    """Labels hidden for a seeded half of the training cells: LabelTransferGMVAE against scANVI (from scVI) and a
-    linear probe (logistic regression on 50 principal components of log1p(10^4 x / total), fitted on the known half)."""
-    rng = np.random.default_rng(args.seed)
+def label_transfer(train_cells, seed: int) -> dict:
+    """Labels hidden for a half of the training cells drawn with ``seed``: LabelTransferGMVAE against scANVI (from
+    scVI) and a linear probe (logistic regression on 50 principal components of log1p(10^4 x / total), fitted on the
+    known half); the models are seeded with ``seed`` too."""
+    rng = np.random.default_rng(seed)
     hidden = rng.permutation(len(train_cells)) < len(train_cells) // 2
     truth = np.asarray(train_cells.label_names)[train_cells.labels.numpy()]
     adata = train_cells.to_anndata()
     adata.obs["partial"] = np.where(hidden, "Unknown", truth)
     psc.setup_anndata(adata, layer="counts", labels_key="partial")
-    pyro.set_rng_seed(args.seed)
+    pyro.set_rng_seed(seed)
     ours = psc.LabelTransferGMVAE(adata, latent_dim=10, hidden=[128], likelihood="nb")
-    ours.train(args.label_epochs, batch_size=128, lr=1e-3, seed=args.seed, progress=False, eval_size=0)
+    ours.train(args.label_epochs, batch_size=128, lr=1e-3, seed=seed, progress=False, eval_size=0)
     accuracy = float((np.asarray(ours.predict(), dtype=str)[hidden] == truth[hidden]).mean())
     counts = train_cells.counts.toarray()
-    components = PCA(min(50, min(counts.shape) - 1), random_state=args.seed)
+    components = PCA(min(50, min(counts.shape) - 1), random_state=seed)
     pcs = components.fit_transform(np.log1p(counts / counts.sum(1, keepdims=True) * 1e4))
     probe = LogisticRegression(max_iter=2000).fit(pcs[~hidden], truth[~hidden])
     result = {"accuracy": accuracy, "hidden_cells": int(hidden.sum()),
@@ -208,16 +213,38 @@ def label_transfer(train_cells) -> dict:
     if scvi is not None:
         peer_adata = train_cells.to_anndata()
         peer_adata.obs["partial"] = adata.obs["partial"].to_numpy()
-        peer, _ = scvi_fit(peer_adata, "nb", args.epochs, labels_key="partial")
+        peer, _ = scvi_fit(peer_adata, "nb", args.epochs, seed, labels_key="partial")
         scanvi = scvi.model.SCANVI.from_scvi_model(peer, unlabeled_category="Unknown")
         scanvi.train(max_epochs=args.label_epochs, batch_size=128, train_size=1.0, early_stopping=False,
                      plan_kwargs=PLAN, enable_progress_bar=False, accelerator="cpu")
         predicted = np.asarray(scanvi.predict(), dtype=str)
         result["scanvi_accuracy"] = float((predicted[hidden] == truth[hidden]).mean())
-    print(f"  label transfer on {train_cells.name}, {int(hidden.sum())} hidden training cells: ours {accuracy:.3f}, "
+    print(f"  label transfer on {train_cells.name}, seed {seed}, {int(hidden.sum())} hidden training cells: ours "
+          f"{accuracy:.3f}, "
           f"linear probe {result['probe_accuracy']:.3f}"
           + (f", scANVI {result['scanvi_accuracy']:.3f}" if scvi is not None else ""), flush=True)
     return result
+
+
+def summarise_seeds(runs: list[dict], seeds: list[int]) -> dict:
+    """One seed's result as it is; several: the mean of each accuracy, its standard error over seeds, the
+    per-seed values, and the mean difference ours - probe and ours - scANVI with the standard error of the paired
+    differences (the same hidden cells for all three in each seed)."""
+    if len(runs) == 1:
+        return runs[0]
+    summary = {"seeds": seeds, "hidden_cells": [run["hidden_cells"] for run in runs]}
+    for key in ("accuracy", "probe_accuracy", "scanvi_accuracy"):
+        if key in runs[0]:
+            values = np.array([run[key] for run in runs])
+            summary[key] = float(values.mean())
+            summary[key + "_se"] = float(values.std(ddof=1) / np.sqrt(len(values)))
+            summary[key + "_per_seed"] = values.tolist()
+    for other in ("probe", "scanvi"):
+        if f"{other}_accuracy_per_seed" in summary:
+            gaps = np.array(summary["accuracy_per_seed"]) - np.array(summary[f"{other}_accuracy_per_seed"])
+            summary[f"minus_{other}"] = float(gaps.mean())
+            summary[f"minus_{other}_se"] = float(gaps.std(ddof=1) / np.sqrt(len(gaps)))
+    return summary
 
 
 def batch_mixing() -> dict:
@@ -293,7 +320,9 @@ if extras_wanted and "labels" in args.parts:
     for name in args.label_datasets:
         labelled = (pbmc_genes(args.genes[0]) if name == "pbmc3k" else
                     load_count_dataset(name, args.data_dir).prepare(num_genes=2000, seed=args.seed))
-        extras["label_transfer"][name] = label_transfer(labelled.split(0.81, seed=0)[0])
+        seeds = range(args.seed, args.seed + args.label_seeds)
+        runs = [label_transfer(labelled.split(0.81, seed=0)[0], seed) for seed in seeds]
+        extras["label_transfer"][name] = summarise_seeds(runs, list(seeds))
 if extras_wanted and "mixing" in args.parts:
     extras.update(batch_mixing())
 
