@@ -51,6 +51,9 @@ parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KIND
 parser.add_argument("--latent", type=int, default=10)
 parser.add_argument("--hidden", type=int, default=128)
 parser.add_argument("--batch-size", type=int, default=128)
+parser.add_argument("--batch-norm", nargs="+", default=["reference"], choices=["reference", "query"],
+                    help="statistics of the mapped model's batch normalisation (map_query's batch_norm): the "
+                         "reference's, the query's own (AdaBN), or both, each mapping from the same reference")
 args = parser.parse_args()
 device = setup(args)
 
@@ -106,13 +109,18 @@ def scores(latent, labels) -> dict:
 results, latents = {}, {}
 for kind in args.kinds:
     reference, reference_seconds = trained(KINDS[kind], reference_adata)
-    started = time.perf_counter()
-    mapped = reference.map_query(query_adata, epochs=args.map_epochs, lr=args.map_lr, **train_options)
-    mapping_seconds = time.perf_counter() - started
-    mapped_labels = sc.transfer_labels(reference, mapped)
-    latent = np.empty((adata.n_obs, reference.get_latent_representation().shape[1]), dtype=np.float32)
-    latent[is_reference] = reference.get_latent_representation()
-    latent[~is_reference] = mapped.get_latent_representation()
+    maps = {}
+    for statistics in args.batch_norm:  # "mapped" the first, "mapped (query BN)" etc. the others
+        started = time.perf_counter()
+        mapped = reference.map_query(query_adata, batch_norm=statistics, epochs=args.map_epochs, lr=args.map_lr,
+                                     **train_options)
+        mapping_seconds = time.perf_counter() - started
+        latent = np.empty((adata.n_obs, reference.get_latent_representation().shape[1]), dtype=np.float32)
+        latent[is_reference] = reference.get_latent_representation()
+        latent[~is_reference] = mapped.get_latent_representation()
+        name = "mapped" if not maps else f"mapped ({statistics} BN)"
+        maps[name] = {**scores(latent, sc.transfer_labels(reference, mapped)), "seconds": mapping_seconds,
+                      "epochs": len(mapped.history), "batch_norm": statistics}, latent
 
     everything, everything_seconds = trained(KINDS[kind], adata.copy())
     combined = everything.get_latent_representation()
@@ -122,21 +130,21 @@ for kind in args.kinds:
         everything_labels = sc.nearest_neighbor_labels(combined[is_reference], lines[is_reference],
                                                        combined[~is_reference])["label"]
     results[kind] = {
-        "mapped": {**scores(latent, mapped_labels), "seconds": mapping_seconds, "epochs": len(mapped.history)},
+        **{name: row for name, (row, _) in maps.items()},
         "everything": {**scores(combined, everything_labels), "seconds": everything_seconds,
                        "epochs": len(everything.history)},
         "reference_seconds": reference_seconds,
     }
-    results[kind]["time_ratio"] = mapping_seconds / everything_seconds
-    latents[kind] = {"mapped": latent, "everything": combined}
-    for name in ("mapped", "everything"):
+    results[kind]["time_ratio"] = results[kind]["mapped"]["seconds"] / everything_seconds
+    latents[kind] = {**{name: latent for name, (_, latent) in maps.items()}, "everything": combined}
+    for name in [*maps, "everything"]:
         row = results[kind][name]
         print(f"{kind:>14} {name:>10}: query accuracy {row['query_accuracy']:.3f}, iLISI {row['ilisi']:.3f}, "
               f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
     print(f"{kind:>14}: mapping took {results[kind]['time_ratio']:.2f} of training on everything "
           f"(reference {reference_seconds:.1f} s)")
 
-panels = [(kind, name) for kind in latents for name in ("mapped", "everything")]
+panels = [(kind, name) for kind in latents for name in latents[kind]]
 fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 8.5), squeeze=False)
 for column, (kind, name) in enumerate(panels):
     latent = latents[kind][name]

@@ -4,6 +4,7 @@ Wood's (1994) rejection sampler for m != 3, the inverse CDF on S^2. Values only:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -38,7 +39,12 @@ def _symmetric_beta(m: int, size: tuple, dtype, device) -> tuple[torch.Tensor, t
     s = cos(2 pi u2) sqrt(1 - u1^(2/(m-2))), eps = (1 + s)/2. The smaller of eps and 1 - eps is taken as
     (1 - s^2) / (2 (1 + |s|)), 1 - s^2 = sin^2 + cos^2 u1^(2/(m-2)), and 1 - u1^(2/(m-2)) as -expm1, so that
     neither loses digits to cancellation. At m = 2 the power is 0 (the arcsine law)."""
-    u = torch.rand((2, *size), dtype=dtype, device=device)
+    return _symmetric_beta_from(torch.rand((2, *size), dtype=dtype, device=device), m)
+
+
+def _symmetric_beta_from(u: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_symmetric_beta` from its two uniforms ``u`` (2, ...)."""
+    dtype = u.dtype
     angle = (2 * math.pi) * u[1]
     cosine, sine = torch.cos(angle), torch.sin(angle)
     log_power = torch.log(u[0]) * (2 / (m - 2)) if m > 2 else torch.full_like(cosine, -math.inf)
@@ -88,6 +94,109 @@ def _gamma_proposal(kappa: torch.Tensor, nu: float, log_ive: torch.Tensor):
     return rate, a, log_m, log_acceptance
 
 
+def _gamma_constants(kappa: torch.Tensor, log_ive: torch.Tensor, m: int):
+    """Per row, for m >= 4: the gamma proposal's rate, shift and log M, and whether it is used (else Nones)."""
+    nu = 0.5 * (m - 3)
+    if nu <= 0:
+        return None, None, None, None
+    rate, shift, log_m, log_acceptance = _gamma_proposal(kappa, nu, log_ive.to(kappa.dtype))
+    return rate, shift, log_m, log_acceptance >= math.log(_GAMMA_MIN_ACCEPTANCE)
+
+
+def _wood_constants(kappa: torch.Tensor, m: int):
+    """Per row: Wood's b, 1 - x0 and log(1 - x0^2)."""
+    reduced = (m - 1) / kappa  # b = (m-1) / (2 kappa + sqrt(4 kappa^2 + (m-1)^2)), without overflow at huge kappa
+    b = reduced / (2 + torch.hypot(torch.full_like(reduced, 2.0), reduced))
+    one_minus_x0 = 2 * b / (1 + b)
+    return b, one_minus_x0, torch.log(one_minus_x0) + torch.log(2 / (1 + b))
+
+
+def _proposal_constants(kappa: torch.Tensor, log_ive: torch.Tensor, m: int):
+    """:func:`_gamma_constants` and :func:`_wood_constants`, one tuple."""
+    return *_gamma_constants(kappa, log_ive, m), *_wood_constants(kappa, m)
+
+
+def _proposals(kappa, constants, log_u, x, uniforms, m: int, gamma_only: bool, wood_only: bool):
+    """Proposals of 1 - w and 1 + w (2, rounds, rows) and whether each is accepted (rounds, rows), from their random
+    numbers (see ``draws`` in :func:`rejection_cosine`) and the rows' :func:`_proposal_constants`."""
+    nu, dim = 0.5 * (m - 3), m - 1
+    rate, shift, log_m, use_gamma, b, one_minus_x0, log_one_minus_x0_sq = constants
+    if not wood_only:
+        delta = x / rate  # the gamma proposal
+        # -inf (rejected) for delta >= 2; u < ratio, strictly, so that u = 0 never accepts a ratio of 0
+        log_ratio = shift * delta + nu * torch.log1p(-0.5 * delta.clamp(max=2)) - log_m
+        accept = log_u < log_ratio
+        delta = torch.stack([delta, 2 - delta])
+        if gamma_only:
+            return delta, accept
+    eps, one_minus_eps = _symmetric_beta_from(uniforms, m)
+    denominator = one_minus_eps + b * eps
+    delta_wood = 2 * b * eps / denominator
+    log_ratio = kappa * (one_minus_x0 - delta_wood) + dim * (
+        torch.log(one_minus_x0 + (1 - one_minus_x0) * delta_wood) - log_one_minus_x0_sq
+    )
+    delta_wood = torch.stack([delta_wood, 2 * one_minus_eps / denominator])  # 1 + w without cancellation
+    if wood_only:
+        return delta_wood, log_u < log_ratio
+    return torch.where(use_gamma, delta, delta_wood), torch.where(use_gamma, accept, log_u < log_ratio)
+
+
+def _cosine_from_ends(one_minus_w: torch.Tensor, one_plus_w: torch.Tensor) -> torch.Tensor:
+    """w from the smaller of 1 - w and 1 + w (an arithmetic select, exact here)."""
+    upper = (one_minus_w <= 1).to(one_minus_w.dtype)
+    return upper * (1 - one_minus_w) + (1 - upper) * (one_plus_w - 1)
+
+
+def _first_pass_draws(kappa: torch.Tensor, first_gamma: torch.Tensor, rounds: int, m: int):
+    """The random numbers of the first pass, all of them whichever proposals run, in this order: Gamma(nu + 1)
+    variates for rounds 2.. (round 1 takes ``first_gamma``), log u, Wood's two uniforms: (x, log u, uniforms)."""
+    size = (rounds, kappa.numel())
+    x = first_gamma.reshape(1, -1).to(kappa.dtype)
+    if rounds > 1:
+        x = torch.cat([x, _gamma_half_integer(0.5 * (m - 1), (rounds - 1, size[1]), kappa.dtype, kappa.device)])
+    log_u = torch.log(torch.rand(size, dtype=kappa.dtype, device=kappa.device))
+    return x, log_u, torch.rand((2, *size), dtype=kappa.dtype, device=kappa.device)
+
+
+def _fused_first_pass(kappa, log_ive, first_gamma, m: int, rounds: int):
+    """The first pass as one function to compile: constants, draws (:func:`_first_pass_draws`), both proposals
+    where m >= 4 (each row's chosen by its constants, as the eager pass does), the first accepted, w."""
+    constants = _proposal_constants(kappa, log_ive.to(kappa.dtype), m)
+    x, log_u, uniforms = _first_pass_draws(kappa, first_gamma, rounds, m)
+    return (*_first_pass(kappa, constants, log_u, x, uniforms, m, False, m <= 3), constants)
+
+
+def _first_pass(kappa, constants, log_u, x, uniforms, m: int, gamma_only: bool, wood_only: bool):
+    """The first pass of every row: (w, the ends (2, rows), accepted (rows,)); w is meaningful where accepted."""
+    ends, done = _first_accepted(*_proposals(kappa, constants, log_u, x, uniforms, m, gamma_only, wood_only))
+    return _cosine_from_ends(ends[0], ends[1]), ends, done
+
+
+_FUSED_DEPTH = 0  # > 0 inside fused_first_pass(): the first pass's arithmetic runs as inductor kernels
+_COMPILED: dict = {}
+
+
+@contextlib.contextmanager
+def fused_first_pass():
+    """Within the block, :func:`rejection_cosine` runs the arithmetic of its first pass (the proposals' constants,
+    the proposals from their random numbers, their tests and the choice of the first accepted) as kernels compiled
+    by inductor, a few calls instead of about a hundred small operations; the random numbers are drawn as outside
+    the block, in the same order, so the draws are the same to float rounding. ``train(compile=True)`` runs its
+    compiled step in this block (the first call of each kind compiles, for a few seconds)."""
+    global _FUSED_DEPTH
+    _FUSED_DEPTH += 1
+    try:
+        yield
+    finally:
+        _FUSED_DEPTH -= 1
+
+
+def _compiled(function):
+    if function not in _COMPILED:
+        _COMPILED[function] = torch.compile(function, dynamic=False, options={"fallback_random": True})
+    return _COMPILED[function]
+
+
 @torch.compiler.disable  # a data-dependent loop: one opaque call under torch.compile
 def rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log_ive: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,76 +225,61 @@ def rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log
     about one pass in total at the usual acceptance rates. The arithmetic is in the concentration's precision.
     A concentration with no elements (a zero-size sample or batch shape) gives empty tensors of its shape.
     """
-    dim, nu = m - 1, 0.5 * (m - 3)
+    nu = 0.5 * (m - 3)
     shape = kappa.shape
     if not kappa.numel():  # a zero-size sample or batch shape: nothing to draw
         return kappa.new_empty(shape), kappa.new_empty(shape), kappa.new_empty(shape)
-    kappa, log_ive = kappa.reshape(-1), log_ive.reshape(-1).to(kappa.dtype)
-    if nu > 0:  # the gamma proposal's ratio is bounded for nu >= 0; at nu = 0 (m = 3) the inversion is exact
-        rate, shift, log_m, log_acceptance = _gamma_proposal(kappa, nu, log_ive)
-        use_gamma = log_acceptance >= math.log(_GAMMA_MIN_ACCEPTANCE)
-
-    def propose(rows, rounds, x=None):
-        """``rounds`` proposals for each of the rows ``rows``: (1 - w and 1 + w stacked, (2, rounds, len(rows));
-        accepted, (rounds, len(rows))). The gamma proposal's Gamma(nu + 1) variates are ``x`` where given."""
-        size = (rounds, kappa[rows].numel())
-        log_u = torch.log(torch.rand(size, dtype=kappa.dtype, device=kappa.device))
-        if not wood_only:
-            if x is None:
-                x = _gamma_half_integer(nu + 1, size, kappa.dtype, kappa.device)
-            delta = x / rate[rows]  # the gamma proposal
-            # -inf (rejected) for delta >= 2; u < ratio, strictly, so that u = 0 never accepts a ratio of 0
-            log_ratio = shift[rows] * delta + nu * torch.log1p(-0.5 * delta.clamp(max=2)) - log_m[rows]
-            accept = log_u < log_ratio
-            delta = torch.stack([delta, 2 - delta])
-            if gamma_only:
-                return delta, accept
-        eps, one_minus_eps = _symmetric_beta(m, size, kappa.dtype, kappa.device)
-        b_rows, c_rows = b[rows], one_minus_x0[rows]
-        denominator = one_minus_eps + b_rows * eps
-        delta_wood = 2 * b_rows * eps / denominator
-        log_ratio = kappa[rows] * (c_rows - delta_wood) + dim * (
-            torch.log(c_rows + (1 - c_rows) * delta_wood) - log_one_minus_x0_sq[rows]
-        )
-        delta_wood = torch.stack([delta_wood, 2 * one_minus_eps / denominator])  # 1 + w without cancellation
-        if wood_only:
-            return delta_wood, log_u < log_ratio
-        gamma_rows = use_gamma[rows]
-        return torch.where(gamma_rows, delta, delta_wood), torch.where(gamma_rows, accept, log_u < log_ratio)
-
-    if nu <= 0:
-        gamma_only, wood_only = False, True
-    elif kappa.device.type == "cpu":  # all or none of the rows: one proposal's draws and tests are skipped
-        gamma_count = int(use_gamma.sum())
-        gamma_only, wood_only = gamma_count == kappa.numel(), gamma_count == 0
-    else:  # on a GPU both proposals cost less than a host synchronisation to find out
-        gamma_only = wood_only = False
-    if not gamma_only:  # Wood's constants
-        reduced = dim / kappa  # b = (m-1) / (2 kappa + sqrt(4 kappa^2 + (m-1)^2)), without overflow at huge kappa
-        b = reduced / (2 + torch.hypot(torch.tensor(2.0, dtype=kappa.dtype, device=kappa.device), reduced))
-        one_minus_x0 = 2 * b / (1 + b)
-        log_one_minus_x0_sq = torch.log(one_minus_x0) + torch.log(2 / (1 + b))
-    first_gamma = first_gamma.reshape(1, -1).to(kappa.dtype)
+    kappa, log_ive = kappa.reshape(-1), log_ive.reshape(-1)
     rounds = _FIRST_ROUNDS if kappa.numel() <= _SMALL_BATCH else 1  # a few rows: extra rounds usually spare a pass
-    if rounds > 1 and not wood_only:
-        extra = _gamma_half_integer(nu + 1, (rounds - 1, kappa.numel()), kappa.dtype, kappa.device)
-        first_gamma = torch.cat([first_gamma, extra])
-    ends, done = _first_accepted(*propose(slice(None), rounds, first_gamma))  # (1 - w, 1 + w)
+    def which(use_gamma):
+        """(gamma_only, wood_only): on the CPU, whether all or none of the rows take the gamma proposal (the other
+        proposal's arithmetic and later draws are skipped); on a GPU both proposals cost less than a host
+        synchronisation to find out. At m <= 3 only Wood's (the gamma proposal's ratio is bounded for nu > 0)."""
+        if nu <= 0:
+            return False, True
+        if kappa.device.type != "cpu":
+            return False, False
+        gamma_count = int(use_gamma.sum())
+        return gamma_count == kappa.numel(), gamma_count == 0
+
+    fused = _FUSED_DEPTH > 0
+    if fused:  # one compiled call: its draws are the eager ones (inductor's fallback_random), in the same order
+        w, ends, done, constants = _compiled(_fused_first_pass)(kappa, log_ive, first_gamma, m, rounds)
+    else:
+        constants = _gamma_constants(kappa, log_ive, m)
+        gamma_only, wood_only = which(constants[3])
+        constants = (*constants, *(_wood_constants(kappa, m) if not gamma_only else (None, None, None)))
+        x, log_u, uniforms = _first_pass_draws(kappa, first_gamma, rounds, m)
+        w, ends, done = _first_pass(kappa, constants, log_u, x, uniforms, m, gamma_only, wood_only)
+
+    def draws(rounds, count):
+        """The random numbers of ``rounds`` later proposals for ``count`` rows, in the order they are drawn: log u,
+        the gamma proposal's Gamma(nu + 1) variates, Wood's two uniforms (each only where its proposal runs)."""
+        size = (rounds, count)
+        log_u = torch.log(torch.rand(size, dtype=kappa.dtype, device=kappa.device))
+        x = None if wood_only else _gamma_half_integer(nu + 1, size, kappa.dtype, kappa.device)
+        uniforms = None if gamma_only else torch.rand((2, *size), dtype=kappa.dtype, device=kappa.device)
+        return log_u, x, uniforms
+
     pending = torch.nonzero(~done).squeeze(-1)
-    if pending.numel():  # a NaN concentration is never accepted: say so (validation is off under Pyro's JIT ELBOs)
-        bad = kappa[pending]
-        bad = bad[~(torch.isfinite(bad) & (bad > 0))]
-        if bad.numel():
-            raise ValueError(f"VonMisesFisher: a concentration of {bad[0].item()} in a draw; it must be positive "
-                             "and finite (check the guide's output for NaN)")
+    if not pending.numel():
+        return w.reshape(shape), ends[0].reshape(shape), ends[1].reshape(shape)
+    if fused:  # the later passes draw as the eager ones do
+        gamma_only, wood_only = which(constants[3])
+    bad = kappa[pending]  # a NaN concentration is never accepted: say so (validation is off under Pyro's JIT ELBOs)
+    bad = bad[~(torch.isfinite(bad) & (bad > 0))]
+    if bad.numel():
+        raise ValueError(f"VonMisesFisher: a concentration of {bad[0].item()} in a draw; it must be positive "
+                         "and finite (check the guide's output for NaN)")
     for _ in range(_MAX_REJECTION_ROUNDS):
-        if not pending.numel():
-            one_minus_w, one_plus_w = ends.reshape(2, *shape)
-            upper = (one_minus_w <= 1).to(kappa.dtype)  # w from the smaller end (an arithmetic select, exact here)
-            return upper * (1 - one_minus_w) + (1 - upper) * (one_plus_w - 1), one_minus_w, one_plus_w
-        chosen, done = _first_accepted(*propose(pending, _ROUNDS_AT_ONCE))
+        rows = tuple(c[pending] if c is not None else None for c in constants)
+        chosen, done = _first_accepted(*_proposals(kappa[pending], rows, *draws(_ROUNDS_AT_ONCE, pending.numel()),
+                                                   m, gamma_only, wood_only))
         ends[:, pending[done]] = chosen[:, done]
         pending = pending[~done]
+        if not pending.numel():
+            one_minus_w, one_plus_w = ends.reshape(2, *shape)
+            return _cosine_from_ends(one_minus_w, one_plus_w), one_minus_w, one_plus_w
     raise RuntimeError(f"the von Mises-Fisher rejection sampler did not accept within {_MAX_REJECTION_ROUNDS} rounds")
 
 

@@ -48,9 +48,11 @@ from pyrovae.sc.saving import gene_mismatch
 logger = logging.getLogger(__name__)
 
 NEW_BATCH_INITS = ("mean", "zero")
+BATCH_NORM_STATISTICS = ("reference", "query")
 
 
-def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = "mean", epochs: int | None = None,
+def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = "mean", batch_norm: str = "reference",
+              epochs: int | None = None,
               batch_size: int = 128, lr: float = 1e-3, train_size: float = 1.0, early_stopping: bool = False,
               patience: int = 45, seed: int | None = 0, device=None, progress: bool = True,
               **options) -> SingleCellModel:
@@ -65,6 +67,9 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
         :func:`~pyrovae.sc.setup_anndata` does.
     :param str new_batch_init: the new batches' weights start as the mean of the reference batches' (``"mean"``)
         or at zero (``"zero"``).
+    :param str batch_norm: the statistics the mapped model's batch normalisation uses: the reference's
+        (``"reference"``, scArches' choice: the reference's cells encode exactly as before) or the query's own,
+        estimated while mapping (``"query"``, AdaBN: Li et al. 2018; the reference's scale and shift kept).
     :param epochs, batch_size, lr, train_size, early_stopping, patience, seed, device, progress: as in
         :meth:`SingleCellModel.train <pyrovae.sc.SingleCellModel.train>` (``epochs`` defaults to scvi-tools'
         rule on the query's number of cells).
@@ -81,6 +86,8 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
         raise TypeError(f"map_query maps onto a pyrovae.sc model, got {type(reference).__name__}")
     if new_batch_init not in NEW_BATCH_INITS:
         raise ValueError(f"new_batch_init must be one of {NEW_BATCH_INITS}, got {new_batch_init!r}")
+    if batch_norm not in BATCH_NORM_STATISTICS:
+        raise ValueError(f"batch_norm must be one of {BATCH_NORM_STATISTICS}, got {batch_norm!r}")
     if not 0.0 < train_size <= 1.0:
         raise ValueError(f"train_size is the share of cells trained on, in (0, 1], got {train_size}")
     refused = sorted({"optim", "freeze", "compile"} & set(options))
@@ -119,7 +126,7 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
     validation = None
     if train_size < 1.0:
         data, validation = data.split(train_size, seed=seed or 0)
-    with _only_new_batches_train(widened):
+    with _only_new_batches_train(widened, batch_norm):
         history = train(model, guide, data, epochs=default_epochs(len(data)) if epochs is None else epochs,
                         batch_size=batch_size, lr=lr, val_data=validation,
                         patience=patience if early_stopping else None, seed=seed, device=device, progress=progress,
@@ -202,10 +209,13 @@ def _copy_widened(source: nn.Module, target: nn.Module, num_reference: int, num_
 class _only_new_batches_train:
     """Inside the block only the new batches' entries (``masks``) of each module's parameters train: the
     parameters without any are frozen (``requires_grad=False``), the others' gradients are masked to their new
-    entries, and batch normalisation runs on the reference's statistics. All is as before after the block."""
+    entries, and batch normalisation runs on the reference's statistics (``batch_norm="reference"``) or, with
+    ``"query"``, re-estimates them on the query (their running means and variances restarted and averaged over
+    every batch of the mapping, the scale and shift still frozen). All else is as before after the block."""
 
-    def __init__(self, widened: list[tuple[nn.Module, dict[str, torch.Tensor]]]) -> None:
-        self.widened, self.handles = widened, []
+    def __init__(self, widened: list[tuple[nn.Module, dict[str, torch.Tensor]]], batch_norm: str = "reference"
+                 ) -> None:
+        self.widened, self.handles, self.batch_norm, self.momenta = widened, [], batch_norm, {}
 
     def __enter__(self) -> None:
         self.flags = {p: p.requires_grad for m, _ in self.widened for p in m.parameters()}
@@ -218,13 +228,19 @@ class _only_new_batches_train:
                     self.handles.append(parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device)))
             for layer in module.modules():
                 if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                    self.handles.append(layer.register_forward_pre_hook(_use_running_statistics))
+                    if self.batch_norm == "reference":
+                        self.handles.append(layer.register_forward_pre_hook(_use_running_statistics))
+                    elif layer.track_running_stats:
+                        layer.reset_running_stats()
+                        self.momenta[layer], layer.momentum = layer.momentum, None  # a cumulative average
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
         for parameter, flag in self.flags.items():
             parameter.requires_grad_(flag)
+        for layer, momentum in self.momenta.items():
+            layer.momentum = momentum
 
 
 def _use_running_statistics(layer: nn.Module, inputs) -> None:

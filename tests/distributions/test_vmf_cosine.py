@@ -16,6 +16,7 @@ from pyrovae.distributions.vmf_cosine import (
     _gamma_proposal,
     _symmetric_beta,
     exact_cosine_s2,
+    fused_first_pass,
     rejection_cosine,
 )
 from pyrovae.ops import bessel_iv_ratio, bessel_terms
@@ -144,3 +145,29 @@ def test_float32_draws_near_the_antipode_keep_finite_gradients():
     loc = torch.nn.functional.normalize(torch.tensor([0.6, 0.8]), dim=0).expand(200000, 2)
     VonMisesFisher(loc, kappa).rsample().sum().backward()
     assert torch.isfinite(kappa.grad).all()
+
+
+@pytest.mark.parametrize("m, kappas", [
+    (11, [0.5] * 1000 + [40.0] * 1000),  # both proposals in one call
+    (101, [30.0] * 2000),  # Wood's alone, where a few rows (5 of 2,000 here) need later passes
+])
+def test_the_fused_first_pass_draws_what_the_eager_one_draws(m, kappas):
+    """Under fused_first_pass() (train(compile=True)'s compiled step) the first pass is one compiled call that draws
+    the same random numbers in the same order: the same cosines to float rounding, later passes included."""
+    kappa = torch.tensor(kappas)
+    log_ive = bessel_terms(0.5 * m - 1, kappa.double(), validate=False)[0]
+    first = torch.randn(len(kappas), m - 1, generator=torch.Generator().manual_seed(0)).square().sum(-1) / 2
+    torch.manual_seed(4)
+    eager = rejection_cosine(kappa, m, first, log_ive)
+    with fused_first_pass():
+        torch.manual_seed(4)
+        fused = rejection_cosine(kappa, m, first, log_ive)
+    for a, b in zip(eager, fused):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(4)
+    rejection_cosine(kappa, m, first, log_ive)
+    after_eager = torch.rand(3)
+    with fused_first_pass():
+        torch.manual_seed(4)
+        rejection_cosine(kappa, m, first, log_ive)
+    torch.testing.assert_close(torch.rand(3), after_eager, rtol=0, atol=0)  # as many numbers drawn

@@ -136,6 +136,29 @@ def test_gene_mismatches_are_refused_naming_the_difference():
     assert "pyrovae_registration" not in query.uns  # refused before anything was written
 
 
+def test_query_batch_norm_statistics_are_the_query_s_own_and_the_rest_stays_frozen():
+    """AdaBN: with batch_norm="query" the mapped model's batch-norm running means and variances are averaged over the
+    query's batches from a fresh start (so they differ from the reference's), its scale and shift and every other
+    reference weight are kept, the reference itself is untouched, and each layer's momentum is restored."""
+    reference = reference_model()
+    before = snapshot(reference)
+    mapped = reference.map_query(make_query(), batch_norm="query", epochs=2, batch_size=32, progress=False)
+    assert all(same(value, snapshot(reference)[name]) for name, value in before.items())
+    statistics = 0
+    for name, value in snapshot(mapped).items():
+        if value.shape != before[name].shape:
+            continue  # a widened batch input
+        if name.endswith(("running_mean", "running_var")):
+            assert not torch.allclose(value, before[name]), name
+            statistics += 1
+        elif not name.endswith("num_batches_tracked"):
+            assert same(value, before[name]), name
+    assert statistics >= 2
+    layers = [m for module in (mapped.model, mapped.guide) for m in module.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert layers and all(m.momentum == 0.1 for m in layers)
+
+
 def test_what_map_query_cannot_do_is_refused_with_the_fix():
     adata = make_adata(0)
     sc.setup_anndata(adata, layer="counts")
@@ -147,6 +170,8 @@ def test_what_map_query_cannot_do_is_refused_with_the_fix():
         reference.map_query(make_query(), optim=torch.optim.SGD)
     with pytest.raises(ValueError, match="new_batch_init must be one of"):
         reference.map_query(make_query(), new_batch_init="random")
+    with pytest.raises(ValueError, match="batch_norm must be one of"):
+        reference.map_query(make_query(), batch_norm="batch")
     with pytest.raises(ValueError, match="train_size is the share of cells"):
         reference.map_query(make_query(), train_size=0.0)
     query = make_query()

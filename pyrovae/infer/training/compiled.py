@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from pyrovae.distributions.vmf_cosine import fused_first_pass
 from pyrovae.infer.training.objectives import _store_parameter_names, run_aside
 from pyrovae.ops.capture import capture_mode
 
@@ -194,7 +195,9 @@ class Compiled(nn.Module):
         compiled, names, warm = entry
         trained, kept = self._tensors(names)
         started = time.perf_counter()
-        with torch.no_grad():  # the graph holds its own backward pass: nothing for autograd to record
+        # the graph holds its own backward pass: nothing for autograd to record; the vMF sampler's rejection loop
+        # (one opaque operator in the graph) runs its first pass as compiled kernels too
+        with torch.no_grad(), fused_first_pass():
             loss, *grads = compiled(x, scales, *inputs, *trained, *kept)
         if not warm:  # inductor compiles on the first call
             self.compile_seconds += time.perf_counter() - started
