@@ -78,6 +78,16 @@ for epochs in args.epochs:
         print(f"{name:<16}{share:>10.1%}{result.mean:>10.3f}{difference:>9.3f}{stderr:>7.3f}{per_thousand:>8.0f}")
         entry[name] = {"certified": share, "mean": result.mean, "minus_reference": difference,
                        "minus_reference_stderr": stderr, "seconds_per_1000": per_thousand}
+        if reference is not None and result.estimator is not None:  # where the difference comes from
+            gap = result.per_datum[: args.num_reference] - reference.per_datum
+            stages = result.estimator[: args.num_reference]
+            entry[name]["minus_reference_by_stage"] = {
+                stage: {"images": sum(s == stage for s in stages),
+                        "sum_over_all_images": float(sum(g for g, s in zip(gap.tolist(), stages) if s == stage))
+                        / len(stages)}
+                for stage in sorted(set(stages))}
+            print("    - ref by stage (contribution to the mean):",
+                  {k: round(v["sum_over_all_images"], 3) for k, v in entry[name]["minus_reference_by_stage"].items()})
         if result.cost is not None:
             entry[name]["stages"] = result.cost
             entry[name]["estimator_share"] = {stage: result.estimator.count(stage) / len(result.estimator)

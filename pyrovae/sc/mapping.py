@@ -12,13 +12,15 @@ the networks as a one-hot input, so a new batch needs only new input columns. :f
    weight column per new batch, and a per-batch dispersion (``dispersion="gene-batch"``) one row, initialised to
    the mean of the reference batches' columns (``new_batch_init="mean"``) or to zero;
 4. copies every reference weight and freezes it: only the new columns train (a gradient mask on the widened
-   parameters, no gradient at all for the others), and batch normalisation keeps the reference's statistics;
+   parameters, no gradient at all for the others), and batch normalisation keeps the reference's statistics (or,
+   with ``batch_norm="query"``, estimates the query's own: AdaBN);
 5. trains on the query alone with :func:`~pyrovae.infer.train` (early stopping as
    :meth:`SingleCellModel.train <pyrovae.sc.SingleCellModel.train>`).
 
 The result is a new model of the reference's class bound to the query, an ordinary model once mapped (it saves,
 loads and trains as any); the reference object is not touched. Since a reference cell's one-hot is zero in the new
-columns, the mapped model encodes the reference's cells exactly as the reference does.
+columns, the mapped model encodes the reference's cells exactly as the reference does (with the reference's batch
+normalisation statistics).
 
 :func:`transfer_labels` gives the query the reference's labels: for a :class:`~pyrovae.sc.LabelTransferGMVAE`
 reference, the mapped model's (frozen) classifier q(y | x); for the other kinds, a k-nearest-neighbour vote
