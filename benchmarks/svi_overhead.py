@@ -44,6 +44,8 @@ parser.add_argument("--steps", type=int, default=100)
 parser.add_argument("--repeats", type=int, default=7)
 parser.add_argument("--threads", type=int, default=None)
 parser.add_argument("--epoch-data", type=int, default=12800, help="data per epoch of the whole-epoch comparison")
+parser.add_argument("--sections", nargs="+", default=["epochs", "nvae", "svae"], choices=["epochs", "nvae", "svae"],
+                    help="what to measure: whole epochs, the N-VAE 784-400-20 steps, the S-VAE against the N-VAE")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -177,47 +179,62 @@ def time_epochs(contenders: dict, rounds: int) -> dict:
 
 
 pyro.set_rng_seed(0)
-data = (torch.rand(args.epoch_data, 784, generator=torch.Generator().manual_seed(1)) < 0.3).float().to(device)
-epochs = time_epochs({"hand-written loop (fused Adam)": hand_epochs(data), "train(elbo='jit')": train_epochs(data),
-                      "train(compile=True)": train_epochs(data, compile=True)}, args.repeats)
 print(f"device {device}, torch {torch.__version__}, pyro {pyro.__version__}, {torch.get_num_threads()} threads")
-print(f"\nwhole epochs, N-VAE 784-400-20, {args.epoch_data} data, batch 128 (ratio to the hand-written loop), "
-      f"median of {args.repeats} alternating rounds")
-print(f"{'epoch':<40}{'s/epoch':>9}{'ratio':>8}")
-for name, seconds in epochs.items():
-    print(f"{name:<40}{seconds:>9.3f}{seconds / epochs['hand-written loop (fused Adam)']:>8.3f}")
+if "epochs" in args.sections:
+    data = (torch.rand(args.epoch_data, 784, generator=torch.Generator().manual_seed(1)) < 0.3).float().to(device)
+    epochs = time_epochs({"hand-written loop (fused Adam)": hand_epochs(data), "train(elbo='jit')": train_epochs(data),
+                          "train(compile=True)": train_epochs(data, compile=True)}, args.repeats)
+    print(f"\nwhole epochs, N-VAE 784-400-20, {args.epoch_data} data, batch 128 (ratio to the hand-written loop), "
+          f"median of {args.repeats} alternating rounds")
+    print(f"{'epoch':<40}{'s/epoch':>9}{'ratio':>8}")
+    for name, seconds in epochs.items():
+        print(f"{name:<40}{seconds:>9.3f}{seconds / epochs['hand-written loop (fused Adam)']:>8.3f}")
 
-x = binary_batch(128)
-nvae = {
-    "hand-written PyTorch (fused Adam)": handwritten_step(x),
-    "train step, Trace_ELBO": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "trace", x),
-    "train step, JIT": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "jit", x),
-    "train step, compiled": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "trace", x, True,
-                                       "N-VAE 784-400-20"),
-    "pyro SVI, Trace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), pinfer.Trace_ELBO(), x),
-    "pyro SVI, JitTrace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)),
-                                             pinfer.JitTrace_ELBO(), x),
-}
-print(f"\nper step: median of {args.repeats} alternating rounds x {args.steps} steps")
-report("N-VAE 784-400-20, batch 128", compare(nvae), "hand-written PyTorch (fused Adam)")
 
-x64 = binary_batch(64)
-sizes = (256, 128)
-svae = {
-    "N-VAE, train step, JIT": train_step(VAE(784, 10, sizes), NormalGuide(784, 10, sizes), "jit", x64),
-    "N-VAE, train step, compiled": train_step(VAE(784, 10, sizes), NormalGuide(784, 10, sizes), "trace", x64, True,
-                                              "N-VAE 784-256-128"),
-    "S-VAE vMF, train step, Trace_ELBO": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "trace", x64),
-    "S-VAE vMF, train step, JIT": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "jit", x64),
-    "S-VAE vMF, train step, compiled": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "trace", x64, True,
-                                                  "S-VAE 784-256-128"),
-    "S-VAE vMF, pyro SVI, JitTrace_ELBO": pyro_svi_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes),
-                                                        pinfer.JitTrace_ELBO(), x64),
-}
-results = compare(svae)
-report("784-256-128, d = 10, batch 64", results, "N-VAE, train step, JIT")
-ratio = results["S-VAE vMF, train step, compiled"] / results["N-VAE, train step, compiled"]
-print(f"S-VAE compiled / N-VAE compiled: {ratio:.3f}")
-print("\ncompile seconds (capture + inductor, paid once per batch shape):")
-for name, objective in COMPILED.items():
-    print(f"  {name}: {objective.compile_seconds:.1f} s")
+def nvae_steps() -> None:
+    x = binary_batch(128)
+    nvae = {
+        "hand-written PyTorch (fused Adam)": handwritten_step(x),
+        "train step, Trace_ELBO": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "trace", x),
+        "train step, JIT": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "jit", x),
+        "train step, compiled": train_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)), "trace", x, True,
+                                           "N-VAE 784-400-20"),
+        "pyro SVI, Trace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)),
+                                              pinfer.Trace_ELBO(), x),
+        "pyro SVI, JitTrace_ELBO": pyro_svi_step(VAE(784, 20, (400,)), NormalGuide(784, 20, (400,)),
+                                                 pinfer.JitTrace_ELBO(), x),
+    }
+    print(f"\nper step: median of {args.repeats} alternating rounds x {args.steps} steps")
+    report("N-VAE 784-400-20, batch 128", compare(nvae), "hand-written PyTorch (fused Adam)")
+
+
+if "nvae" in args.sections:
+    nvae_steps()
+
+
+def svae_steps() -> None:
+    x64 = binary_batch(64)
+    sizes = (256, 128)
+    svae = {
+        "N-VAE, train step, JIT": train_step(VAE(784, 10, sizes), NormalGuide(784, 10, sizes), "jit", x64),
+        "N-VAE, train step, compiled": train_step(VAE(784, 10, sizes), NormalGuide(784, 10, sizes), "trace", x64, True,
+                                                  "N-VAE 784-256-128"),
+        "S-VAE vMF, train step, Trace_ELBO": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "trace", x64),
+        "S-VAE vMF, train step, JIT": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "jit", x64),
+        "S-VAE vMF, train step, compiled": train_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes), "trace", x64,
+                                                      True, "S-VAE 784-256-128"),
+        "S-VAE vMF, pyro SVI, JitTrace_ELBO": pyro_svi_step(SVAE(784, 11, sizes), VMFGuide(784, 11, sizes),
+                                                            pinfer.JitTrace_ELBO(), x64),
+    }
+    results = compare(svae)
+    report("784-256-128, d = 10, batch 64", results, "N-VAE, train step, JIT")
+    ratio = results["S-VAE vMF, train step, compiled"] / results["N-VAE, train step, compiled"]
+    print(f"S-VAE compiled / N-VAE compiled: {ratio:.3f}")
+    print("\ncompile seconds (capture + inductor, paid once per batch shape):")
+    for name, objective in COMPILED.items():
+        print(f"  {name}: {objective.compile_seconds:.1f} s")
+
+
+if "svae" in args.sections:
+    svae_steps()
+
