@@ -220,8 +220,7 @@ def label_transfer(train_cells, seed: int) -> dict:
         predicted = np.asarray(scanvi.predict(), dtype=str)
         result["scanvi_accuracy"] = float((predicted[hidden] == truth[hidden]).mean())
     print(f"  label transfer on {train_cells.name}, seed {seed}, {int(hidden.sum())} hidden training cells: ours "
-          f"{accuracy:.3f}, "
-          f"linear probe {result['probe_accuracy']:.3f}"
+          f"{accuracy:.3f}, linear probe {result['probe_accuracy']:.3f}"
           + (f", scANVI {result['scanvi_accuracy']:.3f}" if scvi is not None else ""), flush=True)
     return result
 
@@ -320,8 +319,8 @@ if extras_wanted and "labels" in args.parts:
     for name in args.label_datasets:
         labelled = (pbmc_genes(args.genes[0]) if name == "pbmc3k" else
                     load_count_dataset(name, args.data_dir).prepare(num_genes=2000, seed=args.seed))
-        seeds = range(args.seed, args.seed + args.label_seeds)
-        runs = [label_transfer(labelled.split(0.81, seed=0)[0], seed) for seed in seeds]
+        seeds, training_cells = range(args.seed, args.seed + args.label_seeds), labelled.split(0.81, seed=0)[0]
+        runs = [label_transfer(training_cells, seed) for seed in seeds]
         extras["label_transfer"][name] = summarise_seeds(runs, list(seeds))
 if extras_wanted and "mixing" in args.parts:
     extras.update(batch_mixing())

@@ -231,6 +231,7 @@ def rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log
         return kappa.new_empty(shape), kappa.new_empty(shape), kappa.new_empty(shape)
     kappa, log_ive = kappa.reshape(-1), log_ive.reshape(-1)
     rounds = _FIRST_ROUNDS if kappa.numel() <= _SMALL_BATCH else 1  # a few rows: extra rounds usually spare a pass
+
     def which(use_gamma):
         """(gamma_only, wood_only): on the CPU, whether all or none of the rows take the gamma proposal (the other
         proposal's arithmetic and later draws are skipped); on a GPU both proposals cost less than a host

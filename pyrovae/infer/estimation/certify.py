@@ -114,11 +114,11 @@ def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_
     return result.mean_gap
 
 
-def _importance_stage(model: Callable, base: Callable, args: tuple, num_samples: int, chunk: int,
-                      max_plate_nesting: int, defensive: bool) -> tuple[BatchEstimate, torch.Tensor]:
-    """The estimate from ``base`` (mixed with a wider copy if ``defensive``) and which data it certifies."""
-    estimate = estimate_batch(model, _mixed(base, 0.2, 2.0) if defensive else base, args, num_samples, chunk,
-                              max_plate_nesting)
+def _refined_stage(model: Callable, base: Callable, args: tuple, num_samples: int, chunk: int,
+                   max_plate_nesting: int) -> tuple[BatchEstimate, torch.Tensor]:
+    """The estimate from ``base`` (the refined proposal) mixed with a wider copy of itself, and which data it
+    certifies."""
+    estimate = estimate_batch(model, _mixed(base, 0.2, 2.0), args, num_samples, chunk, max_plate_nesting)
     certified = _certified(estimate)
     if certified.any():
         check_samples = max(num_samples // 4, 50)
@@ -187,8 +187,8 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                             break
                         now_certified = _certified(new)
                     else:
-                        new, now_certified = _importance_stage(model, start, sub, num_samples, chunk,
-                                                               max_plate_nesting, defensive=True)
+                        new, now_certified = _refined_stage(model, start, sub, num_samples, chunk,
+                                                            max_plate_nesting)
                     cost[name]["seconds"] += time.perf_counter() - started
                     cost[name]["data"] += rows.numel()
                     # an estimate this stage does not certify replaces the last one only where its weights are
