@@ -65,6 +65,11 @@ class TensorData(Dataset):
             x = x.to(device, non_blocking=True)
         return self.transform(x) if self.transform is not None else x
 
+    def stored(self, indices: torch.Tensor) -> torch.Tensor:
+        """The rows ``indices`` as stored, before the transform: what identifies the data set when the transform
+        draws (dynamic binarisation gives other pixels at every call)."""
+        return self.x[indices.to(self.x.device)]
+
     def __getitem__(self, index):
         x = self.x[index]
         return self.transform(x) if self.transform is not None else x

@@ -117,13 +117,22 @@ class BatchSource:
 
     def fingerprint(self, size: int = 64) -> str | None:
         """A digest of ``size`` data spread evenly over the set (their values and covariates), to tell one data set
-        from another of the same size; None for a stream, which is not read for it."""
+        from another of the same size; None for a stream, which is not read for it. Data with a random transform
+        (dynamic binarisation) are digested as stored, before it, and the global random state is left as it was."""
         n = self.num_data
         if not n or isinstance(self.source, StreamSource):
             return None
         indices = torch.linspace(0, n - 1, min(size, n)).round().long().unique()
+        with torch.random.fork_rng(devices=[]):
+            return self._digest(indices)
+
+    def _digest(self, indices: torch.Tensor) -> str | None:
         if isinstance(self.source, IndexedSource):
-            items = as_args(self.source.data.batch(indices, torch.device("cpu")))
+            data = self.source.data
+            stored = data.stored(indices) if hasattr(data, "stored") else data.batch(indices, torch.device("cpu"))
+            items = as_args(stored)
+        elif isinstance(self.source, LoaderSource) and hasattr(self.source.dataset, "stored"):
+            items = as_args(self.source.dataset.stored(indices))
         elif isinstance(self.source, LoaderSource):
             rows = [self.source.dataset[int(i)] for i in indices]
             rows = [row if isinstance(row, (tuple, list)) else (row,) for row in rows]

@@ -8,6 +8,7 @@ import torch
 from pyrovae.data import TensorData, two_groups
 from pyrovae.infer import SVIStep, TrainingDiverged, load_checkpoint, train
 from pyrovae.infer.arguments import ArgumentTypeError, learning_rate
+from pyrovae.infer.batches import BatchSource
 from tests.infer.guides_and_models import small_pair
 
 
@@ -63,6 +64,26 @@ def test_a_checkpoint_of_a_run_with_other_settings_is_refused_naming_the_differe
     assert path.read_bytes() == before
     assert len(fit(epochs=2, **settings)) == 2  # the same settings resume
     assert load_checkpoint(path)["epoch"] == 2
+
+
+def test_data_with_a_random_transform_resume_and_leave_the_random_state_alone(tmp_path):
+    """Dynamic binarisation draws new pixels at every read: the checkpoint's digest of the data is taken from the
+    stored values, so a run resumes whatever the global random state, and taking it draws nothing."""
+    jittered = TensorData(data().x, transform=lambda x: x + 0.01 * torch.randn_like(x))
+    digests = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        source = BatchSource(jittered, 16, shuffle=True, device=torch.device("cpu"), seed=0)
+        before = torch.get_rng_state()
+        digests.append(source.fingerprint())
+        assert torch.equal(torch.get_rng_state(), before)
+    assert digests[0] == digests[1] == BatchSource(data(), 16, True, torch.device("cpu"), seed=0).fingerprint()
+    path = tmp_path / "c.pt"
+    fit(epochs=1, x=jittered, batch_size=16, checkpoint=path)
+    torch.manual_seed(7)  # another process's random state: the resumed run is asked for the same data
+    model, guide = small_pair()
+    assert len(train(model, guide, jittered, epochs=2, batch_size=16, checkpoint=path, progress=False,
+                     eval_size=0)) == 2
 
 
 @pytest.mark.parametrize("lr", [3.0, 100.0])
