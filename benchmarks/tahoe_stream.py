@@ -63,8 +63,10 @@ def _panel(atlas: TahoeAtlas, folder: Path) -> np.ndarray:
     return np.load(cached)
 
 
-def _stream_rate(atlas, panel, workers: int, max_cells: int | None = None, rank: int = 0, world_size: int = 1) -> float:
-    stream = CellStream(atlas, panel, batch_size=256, num_workers=workers, seed=0, rank=rank, world_size=world_size)
+def _stream_rate(atlas, panel, workers: int, max_cells: int | None = None, rank: int = 0, world_size: int = 1,
+                 **options) -> float:
+    stream = CellStream(atlas, panel, batch_size=256, num_workers=workers, seed=0, rank=rank, world_size=world_size,
+                        **options)
     started, cells = time.perf_counter(), 0
     for batch in stream.loader() if workers else stream:
         batch.counts  # the dense matrix a model gets  # noqa: B018
@@ -244,6 +246,7 @@ def main() -> None:
     for _ in range(args.rounds):  # alternated, so that a busy spell of the machine hits every reader alike
         for workers in (0, 1, 2):
             rounds.setdefault(f"workers_{workers}", []).append(_stream_rate(atlas, panel, workers))
+        rounds.setdefault("one_read_thread", []).append(_stream_rate(atlas, panel, 0, read_threads=1))
         rounds.setdefault("two_processes", []).append(_two_process_rate(small))
         for layout, path in copies.items():
             rounds.setdefault(f"anndata_{layout}", []).append(_anndata_rate(path))
@@ -253,7 +256,8 @@ def main() -> None:
     print(f"\nread + batch, cells/s, median of {args.rounds} alternated rounds (panel {len(panel)} genes, batch 256, "
           f"{atlas.num_cells:,} cells)")
     print(f"  notebook row loop (baseline)                  {baseline:>10,.0f}")
-    names = {"workers_0": "CellStream, in process", "workers_1": "CellStream, 1 DataLoader worker",
+    names = {"workers_0": "CellStream, in process", "one_read_thread": "CellStream, in process, 1 read thread",
+             "workers_1": "CellStream, 1 DataLoader worker",
              "workers_2": "CellStream, 2 DataLoader workers", "two_processes": "CellStream, two processes (ranks)",
              "anndata_h5ad": "AnnData CSR copy (.h5ad), annbatch's way",
              "anndata_zarr": "AnnData CSR copy (.zarr), annbatch's way",

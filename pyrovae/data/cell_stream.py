@@ -192,9 +192,10 @@ class CellStream(BatchStream):
     :param int interleave: shards each reader has open at once (>= 1; their blocks alternate into the buffer).
     :param int num_workers: DataLoader worker processes (:meth:`loader`, >= 0); shards are dealt among them.
     :param int read_threads: threads of each reader (the iterating process, or each worker) that read and decode
-        the interleaved shards ahead of the batches (>= 0; 0 reads in the iterating thread). Parquet decoding and
-        numpy release the GIL, so reading overlaps with batching and training; the batches are the same for any
-        number.
+        the interleaved shards ahead of the batches (>= 0; 0 reads in the iterating thread; more than
+        ``interleave`` add nothing, for each open shard has one read in flight). Parquet decoding and numpy release
+        the GIL, so reading overlaps with batching and training, and several threads keep decoding while one holds
+        the GIL (on 2 cores: 1.2x the cells/s of one thread with 4); the batches are the same for any number.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
         e.g. a fitted :class:`~pyrovae.data.LogPCA`.
     :param held_out: ``{label: [category, ...]}`` (e.g. ``{"plate": ["plate_3"]}``): with ``split``, the test part is
@@ -220,7 +221,7 @@ class CellStream(BatchStream):
         drop_last: bool | None = None,
         seed: int = 0,
         num_workers: int = 0,
-        read_threads: int = 1,
+        read_threads: int = 4,
         rank: int | None = None,
         world_size: int | None = None,
         transform: torch.nn.Module | None = None,
