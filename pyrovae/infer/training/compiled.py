@@ -163,6 +163,15 @@ class Compiled(nn.Module):
         return trained, kept
 
     def forward(self, x: torch.Tensor, scales: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """The loss, whose ``backward()`` accumulates the graph's gradients into the trained tensors."""
+        loss, trained, grads = self.gradients(x, scales, *inputs)
+        return _WithGradients.apply(loss, len(trained), *trained, *grads)
+
+    def gradients(self, x: torch.Tensor, scales: torch.Tensor,
+                  *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(loss, trained tensors, their gradients) from one call of the compiled graph, without autograd: a
+        training step sets the gradients itself (:class:`~pyrovae.infer.training.step.SVIStep` does), sparing the
+        pass over every gradient that ``loss.backward()`` through :meth:`forward` makes."""
         store = pyro.get_param_store()
         key = (tuple(x.shape), x.dtype, x.device, self.module.training,
                tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t for t in inputs),
@@ -202,7 +211,7 @@ class Compiled(nn.Module):
         if not warm:  # inductor compiles on the first call
             self.compile_seconds += time.perf_counter() - started
             entry[2] = True
-        return _WithGradients.apply(loss, len(trained), *trained, *grads)
+        return loss, trained, grads
 
 
 __all__ = ["Compiled"]

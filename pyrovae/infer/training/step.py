@@ -158,9 +158,15 @@ class SVIStep:
         for p in self.params:
             p.grad = None
         x, *inputs = as_args(x)
+        gradients = getattr(self.objective, "gradients", None)  # a compiled objective's, without autograd
         with pyro.validation_enabled(False):
-            loss = self.objective(x, scales, *inputs)
-            loss.backward()
+            if gradients is not None:
+                loss, tensors, grads = gradients(x, scales, *inputs)
+                for tensor, grad in zip(tensors, grads):
+                    tensor.grad = grad if grad.stride() == tensor.stride() else torch.empty_like(tensor).copy_(grad)
+            else:
+                loss = self.objective(x, scales, *inputs)
+                loss.backward()
         if self._failed is None:
             self._failed = torch.zeros((), dtype=torch.float32, device=loss.device)  # 1.0 once a step was not finite
             self._failed_steps = torch.zeros((), dtype=torch.float32, device=loss.device)  # steps since then

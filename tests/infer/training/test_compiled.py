@@ -37,6 +37,10 @@ def assert_same_step(model, guide, args, elbo="trace", leaves=None, rtol=1e-5, n
         pyro.set_rng_seed(3)
         loss = objective(*args[:1], scales, *args[1:])
         results.append((loss.detach(), torch.autograd.grad(loss, tensors)))
+    pyro.set_rng_seed(3)  # the gradients a training step takes straight from the graph, without autograd
+    loss, trained, grads = compiled.gradients(*args[:1], scales, *args[1:])
+    by_tensor = {id(t): g for t, g in zip(trained, grads)}
+    results.append((loss, [by_tensor[id(t)] for t in tensors]))
     (want, want_grads), *rest = results
     for got, got_grads in rest:
         torch.testing.assert_close(got, want, rtol=rtol, atol=1e-4)
