@@ -54,6 +54,9 @@ parser.add_argument("--batch-size", type=int, default=128)
 parser.add_argument("--batch-norm", nargs="+", default=["reference"], choices=["reference", "query"],
                     help="statistics of the mapped model's batch normalisation (map_query's batch_norm): the "
                          "reference's, the query's own (AdaBN), or both, each mapping from the same reference")
+parser.add_argument("--feature-batch-norm", action="store_true",
+                    help="the label-transfer GMVAE with batch norm on its guide's features too (feature_batch_norm), "
+                         "so that --batch-norm query adapts its classifier to the query")
 args = parser.parse_args()
 device = setup(args)
 
@@ -94,7 +97,8 @@ model_options = dict(latent_dim=args.latent, hidden=(args.hidden,), likelihood="
 
 def trained(cls, data):
     sc.setup_anndata(data, layer="counts", batch_key="part", labels_key="reference_line")
-    model = cls(data, **model_options)
+    extra = {"feature_batch_norm": True} if args.feature_batch_norm and cls is sc.LabelTransferGMVAE else {}
+    model = cls(data, **model_options, **extra)
     started = time.perf_counter()
     model.train(epochs=args.epochs, **train_options)
     return model, time.perf_counter() - started

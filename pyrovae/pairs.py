@@ -58,6 +58,7 @@ def make_pair(
     likelihood_options: dict | None = None,
     num_components: int | None = None,
     classification_weight: float | None = None,
+    feature_batch_norm: bool = False,
     activation: str = "relu",
     input_transform: str | None = None,
     latent_library: bool = False,
@@ -86,6 +87,8 @@ def make_pair(
     :param dict likelihood_options: keyword arguments of the named likelihood (``{"dispersion": "gene-batch"}``).
     :param float classification_weight: for ``"gmvae"``, the weight of log q(y | x) on labelled data (the
         guide's default when None).
+    :param bool feature_batch_norm: for ``"gmvae"``, batch norm on the guide's features too (see
+        :class:`~pyrovae.guides.GMVAEGuide`; it lets ``map_query(batch_norm="query")`` adapt the classifier).
     :param encoder, decoder: custom networks instead of the MLPs (sizes: see the guide's and model's docs).
     :param categorical: the number of levels of each categorical covariate (batch first), for data
         ``(x, cat, cont)``: both the encoder and the decoder are conditioned on them (e.g. a
@@ -120,11 +123,14 @@ def make_pair(
             raise ValueError("make_pair('gmvae', ...) needs num_components")
         if classification_weight is not None:
             guide_options["classification_weight"] = classification_weight
+        if feature_batch_norm:
+            guide_options["feature_batch_norm"] = True
         model = GMVAE(x_dim, z_dim, num_components, hidden, likelihood, activation, decoder, **model_options)
         guide = GMVAEGuide(x_dim, z_dim, hidden, activation, num_components=num_components, encoder=encoder,
                            **guide_options)
     else:
-        for option, value in (("num_components", num_components), ("classification_weight", classification_weight)):
+        for option, value in (("num_components", num_components), ("classification_weight", classification_weight),
+                              ("feature_batch_norm", feature_batch_norm or None)):
             if value is not None:
                 raise ValueError(f"{option} is for 'gmvae', not {kind!r}")
         model_class = SVAE if kind.startswith("svae") else VAE
@@ -135,7 +141,8 @@ def make_pair(
     arguments = dict(
         kind=kind, x_dim=int(x_dim), latent_dim=latent_dim, hidden=[int(h) for h in hidden],
         likelihood=likelihood_name, likelihood_options=dict(likelihood_options or {}),
-        num_components=num_components, classification_weight=classification_weight, activation=activation,
+        num_components=num_components, classification_weight=classification_weight,
+        **({"feature_batch_norm": True} if feature_batch_norm else {}), activation=activation,
         input_transform=input_transform, latent_library=latent_library, batch_norm=batch_norm, dropout=dropout,
         name=name, categorical=[int(c) for c in categorical], continuous=int(continuous),
         encode_covariates=encode_covariates,

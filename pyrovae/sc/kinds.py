@@ -47,13 +47,17 @@ class SingleCellGMVAE(SingleCellModel):
     its cluster (:meth:`get_cluster_assignments`).
 
     :param int num_components: the number of mixture components (clusters).
+    :param bool feature_batch_norm: batch norm on the guide's features too (see
+        :class:`~pyrovae.guides.GMVAEGuide`): for a reference that :func:`~pyrovae.sc.map_query` will map
+        queries onto with ``batch_norm="query"``.
     """
 
     pair_kind = "gmvae"
 
     def _kind_arguments(self, data: CountData, options: dict) -> dict:
         num_components = options.pop("num_components", 10)
-        return {"num_components": num_components, **super()._kind_arguments(data, options)}
+        feature = {"feature_batch_norm": True} if options.pop("feature_batch_norm", False) else {}
+        return {"num_components": num_components, **feature, **super()._kind_arguments(data, options)}
 
     def get_cluster_assignments(self, adata=None, *, key: str = RESULTS_KEY) -> np.ndarray:
         """The most probable component of every cell under q(y | x); also written to ``adata.obs["<key>_cluster"]``

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import pyrovae.sc as sc
+from pyrovae import make_pair
 from tests.sc.conftest import make_adata
 
 
@@ -236,3 +237,24 @@ def test_the_nearest_neighbour_vote_counts_the_k_nearest_reference_cells():
     np.testing.assert_allclose(frame["probability"], [1, 2 / 3])
     with pytest.raises(ValueError, match="not in label_names"):
         sc.nearest_neighbor_labels(reference, ["a"] * 4 + ["d"], reference, label_names=["a", "b"])
+
+
+def test_feature_batch_norm_lets_the_query_statistics_reach_the_label_transfer_classifier(tmp_path):
+    """LabelTransferGMVAE(feature_batch_norm=True): the guide's features are batch-normalised, so mapping with
+    batch_norm="query" re-estimates the statistics q(y | x) reads; the option is saved and loaded with the model,
+    refused where it means nothing, and off by default."""
+    assert isinstance(reference_model(sc.LabelTransferGMVAE, epochs=1).guide.feature_norm, torch.nn.Identity)
+    reference = reference_model(sc.LabelTransferGMVAE, feature_batch_norm=True)
+    norm = reference.guide.feature_norm
+    assert isinstance(norm, torch.nn.BatchNorm1d) and norm.num_features == 16
+    labels = reference.predict()
+    back = sc.LabelTransferGMVAE.load(reference.save(tmp_path / "reference"), reference.adata)
+    assert back.model.pair_arguments["feature_batch_norm"] is True
+    np.testing.assert_array_equal(np.asarray(back.predict()), np.asarray(labels))
+    mapped = reference.map_query(make_query(), batch_norm="query", epochs=2, batch_size=32, progress=False)
+    assert not torch.allclose(mapped.guide.feature_norm.running_mean, norm.running_mean)
+    assert torch.equal(mapped.guide.feature_norm.weight, norm.weight)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['feature_batch_norm'\]"):
+        sc.SingleCellVAE(reference.adata, 3, (16,), feature_batch_norm=True)
+    with pytest.raises(ValueError, match="feature_batch_norm is for 'gmvae', not 'vae'"):
+        make_pair("vae", 24, 3, (16,), feature_batch_norm=True)
