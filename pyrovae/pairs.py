@@ -123,14 +123,14 @@ def make_pair(
             raise ValueError("make_pair('gmvae', ...) needs num_components")
         if classification_weight is not None:
             guide_options["classification_weight"] = classification_weight
-        if feature_batch_norm:
-            guide_options["feature_batch_norm"] = True
+        if feature_batch_norm is not False:  # the guide refuses what is not a bool
+            guide_options["feature_batch_norm"] = feature_batch_norm
         model = GMVAE(x_dim, z_dim, num_components, hidden, likelihood, activation, decoder, **model_options)
         guide = GMVAEGuide(x_dim, z_dim, hidden, activation, num_components=num_components, encoder=encoder,
                            **guide_options)
     else:
         for option, value in (("num_components", num_components), ("classification_weight", classification_weight),
-                              ("feature_batch_norm", feature_batch_norm or None)):
+                              ("feature_batch_norm", None if feature_batch_norm is False else feature_batch_norm)):
             if value is not None:
                 raise ValueError(f"{option} is for 'gmvae', not {kind!r}")
         model_class = SVAE if kind.startswith("svae") else VAE
@@ -142,7 +142,7 @@ def make_pair(
         kind=kind, x_dim=int(x_dim), latent_dim=latent_dim, hidden=[int(h) for h in hidden],
         likelihood=likelihood_name, likelihood_options=dict(likelihood_options or {}),
         num_components=num_components, classification_weight=classification_weight,
-        **({"feature_batch_norm": True} if feature_batch_norm else {}), activation=activation,
+        **({"feature_batch_norm": True} if feature_batch_norm is True else {}), activation=activation,
         input_transform=input_transform, latent_library=latent_library, batch_norm=batch_norm, dropout=dropout,
         name=name, categorical=[int(c) for c in categorical], continuous=int(continuous),
         encode_covariates=encode_covariates,

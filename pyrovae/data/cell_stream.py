@@ -192,10 +192,11 @@ class CellStream(BatchStream):
     :param int interleave: shards each reader has open at once (>= 1; their blocks alternate into the buffer).
     :param int num_workers: DataLoader worker processes (:meth:`loader`, >= 0); shards are dealt among them.
     :param int read_threads: threads of each reader (the iterating process, or each worker) that read and decode
-        the interleaved shards ahead of the batches (>= 0; 0 reads in the iterating thread; more than
-        ``interleave`` add nothing, for each open shard has one read in flight). Parquet decoding and numpy release
-        the GIL, so reading overlaps with batching and training, and several threads keep decoding while one holds
-        the GIL (on 2 cores: 1.2x the cells/s of one thread with 4); the batches are the same for any number.
+        the interleaved shards ahead of the batches (>= 0; 0 reads in the iterating thread; default None: one per
+        open shard, ``interleave``; more add nothing, for each open shard has one read in flight). Parquet
+        decoding and numpy release the GIL, so reading overlaps with batching and training, and several threads keep
+        decoding while one holds the GIL (on 2 cores: 1.2x the cells/s of one thread with 4); the batches are the
+        same for any number.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
         e.g. a fitted :class:`~pyrovae.data.LogPCA`.
     :param held_out: ``{label: [category, ...]}`` (e.g. ``{"plate": ["plate_3"]}``): with ``split``, the test part is
@@ -221,7 +222,7 @@ class CellStream(BatchStream):
         drop_last: bool | None = None,
         seed: int = 0,
         num_workers: int = 0,
-        read_threads: int = 4,
+        read_threads: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         transform: torch.nn.Module | None = None,
@@ -238,7 +239,8 @@ class CellStream(BatchStream):
         check_int("buffer_size", buffer_size, 1)
         check_int("interleave", interleave, 1)
         check_int("rows_per_read", rows_per_read, 1)
-        check_int("read_threads", read_threads, 0)
+        if read_threads is not None:
+            check_int("read_threads", read_threads, 0)
         check_int("split_seed", split_seed, 0)
         if split not in (None, "train", "test"):
             raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
@@ -259,7 +261,7 @@ class CellStream(BatchStream):
         self.buffer_size = max(int(buffer_size), self.batch_size)
         self.interleave = int(interleave)
         self.rows_per_read = int(rows_per_read)
-        self.read_threads = int(read_threads)
+        self.read_threads = self.interleave if read_threads is None else int(read_threads)
         if split is None:
             self.shard_cells = np.array([s.num_rows for s in atlas.shards], dtype=np.int64)
         else:

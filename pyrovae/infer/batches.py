@@ -117,14 +117,21 @@ class BatchSource:
 
     def fingerprint(self, size: int = 64) -> str | None:
         """A digest of ``size`` data spread evenly over the set (their values and covariates), to tell one data set
-        from another of the same size; None for a stream, which is not read for it. Data with a random transform
-        (dynamic binarisation) are digested as stored, before it, and the global random state is left as it was."""
+        from another of the same size; None for a stream, which is not read for it. Data that keep their values
+        apart from a transform (:class:`~pyrovae.data.TensorData`: dynamic binarisation draws new pixels at every
+        read) are digested as stored, with the transform's name; every global random state (torch, numpy,
+        Python's) is left as it was."""
+        from pyrovae.infer.training.checkpoint import rng_state, set_rng_state
+
         n = self.num_data
         if not n or isinstance(self.source, StreamSource):
             return None
         indices = torch.linspace(0, n - 1, min(size, n)).round().long().unique()
-        with torch.random.fork_rng(devices=[]):
+        state = rng_state()
+        try:
             return self._digest(indices)
+        finally:
+            set_rng_state(state)
 
     def _digest(self, indices: torch.Tensor) -> str | None:
         if isinstance(self.source, IndexedSource):
@@ -143,6 +150,10 @@ class BatchSource:
         else:
             return None
         digest = hashlib.sha1()
+        data = self.source.data if isinstance(self.source, IndexedSource) else getattr(self.source, "dataset", None)
+        transform = getattr(data, "transform", None) if hasattr(data, "stored") else None
+        if transform is not None:  # the stored values with another transform are other data
+            digest.update(getattr(transform, "__qualname__", type(transform).__qualname__).encode())
         for item in items:
             if isinstance(item, torch.Tensor):
                 item = item.to_dense() if item.is_sparse else item

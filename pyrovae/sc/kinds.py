@@ -56,7 +56,8 @@ class SingleCellGMVAE(SingleCellModel):
 
     def _kind_arguments(self, data: CountData, options: dict) -> dict:
         num_components = options.pop("num_components", 10)
-        feature = {"feature_batch_norm": True} if options.pop("feature_batch_norm", False) else {}
+        feature = options.pop("feature_batch_norm", False)
+        feature = {} if feature is False else {"feature_batch_norm": feature}
         return {"num_components": num_components, **feature, **super()._kind_arguments(data, options)}
 
     def get_cluster_assignments(self, adata=None, *, key: str = RESULTS_KEY) -> np.ndarray:

@@ -256,5 +256,7 @@ def test_feature_batch_norm_lets_the_query_statistics_reach_the_label_transfer_c
     assert torch.equal(mapped.guide.feature_norm.weight, norm.weight)
     with pytest.raises(TypeError, match=r"unexpected arguments \['feature_batch_norm'\]"):
         sc.SingleCellVAE(reference.adata, 3, (16,), feature_batch_norm=True)
+    with pytest.raises(TypeError, match="feature_batch_norm must be True or False, got 'no'"):
+        make_pair("gmvae", 24, 3, (16,), num_components=2, feature_batch_norm="no")
     with pytest.raises(ValueError, match="feature_batch_norm is for 'gmvae', not 'vae'"):
         make_pair("vae", 24, 3, (16,), feature_batch_norm=True)

@@ -108,6 +108,12 @@ def _skips_on_device(optimizer, clip_args) -> bool:
             and all(group.get("fused") for group in optimizer.param_groups))
 
 
+def _has_hooks(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` has gradient hooks (``register_hook``, ``register_post_accumulate_grad_hook``), which only
+    ``backward()`` runs."""
+    return bool(tensor._backward_hooks) or bool(getattr(tensor, "_post_accumulate_grad_hooks", None))
+
+
 class SVIStep:
     """The step of :func:`~pyrovae.infer.train`, usable on its own in a research loop::
 
@@ -160,11 +166,11 @@ class SVIStep:
         x, *inputs = as_args(x)
         gradients = getattr(self.objective, "gradients", None)  # a compiled objective's, without autograd
         with pyro.validation_enabled(False):
-            if gradients is not None:
+            if gradients is not None and not any(_has_hooks(p) for p in self.params):
                 loss, tensors, grads = gradients(x, scales, *inputs)
                 for tensor, grad in zip(tensors, grads):
                     tensor.grad = grad if grad.stride() == tensor.stride() else torch.empty_like(tensor).copy_(grad)
-            else:
+            else:  # autograd, which also runs the gradient hooks a user registered
                 loss = self.objective(x, scales, *inputs)
                 loss.backward()
         if self._failed is None:

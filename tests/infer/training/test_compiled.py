@@ -71,6 +71,20 @@ def test_train_compiled_follows_the_eager_run():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_gradient_hooks_run_under_the_compiled_step():
+    """The compiled step sets the graph's gradients itself, which skips gradient hooks: a parameter with one
+    (here, one that zeroes the gradient) is trained through autograd instead, so the hook holds."""
+    data = two_groups(num_per_group=32)
+    torch.manual_seed(0)
+    model, guide = small_pair()
+    frozen = next(guide.parameters())
+    before = frozen.detach().clone()
+    calls = []
+    frozen.register_hook(lambda grad: calls.append(1) or torch.zeros_like(grad))
+    train(model, guide, data, epochs=1, batch_size=32, compile=True, eval_size=0, progress=False, seed=0)
+    assert calls and torch.equal(frozen.detach(), before)
+
+
 def test_compile_must_be_a_flag():
     model, guide = small_pair()
     with pytest.raises(TypeError, match="compile must be True or False"):
