@@ -134,12 +134,12 @@ class BatchSource:
             set_rng_state(state)
 
     def _digest(self, indices: torch.Tensor) -> str | None:
-        if isinstance(self.source, IndexedSource):
-            data = self.source.data
-            stored = data.stored(indices) if hasattr(data, "stored") else data.batch(indices, torch.device("cpu"))
-            items = as_args(stored)
-        elif isinstance(self.source, LoaderSource) and hasattr(self.source.dataset, "stored"):
-            items = as_args(self.source.dataset.stored(indices))
+        data = self.source.data if isinstance(self.source, IndexedSource) else getattr(self.source, "dataset", None)
+        stored = getattr(data, "stored", None)  # the values before a transform (TensorData)
+        if stored is not None:
+            items = as_args(stored(indices))
+        elif isinstance(self.source, IndexedSource):
+            items = as_args(data.batch(indices, torch.device("cpu")))
         elif isinstance(self.source, LoaderSource):
             rows = [self.source.dataset[int(i)] for i in indices]
             rows = [row if isinstance(row, (tuple, list)) else (row,) for row in rows]
@@ -150,8 +150,7 @@ class BatchSource:
         else:
             return None
         digest = hashlib.sha1()
-        data = self.source.data if isinstance(self.source, IndexedSource) else getattr(self.source, "dataset", None)
-        transform = getattr(data, "transform", None) if hasattr(data, "stored") else None
+        transform = getattr(data, "transform", None) if stored is not None else None
         if transform is not None:  # the stored values with another transform are other data
             digest.update(getattr(transform, "__qualname__", type(transform).__qualname__).encode())
         for item in items:
