@@ -46,7 +46,8 @@ PAPER = {  # Davidson et al. (2018), Table 1: test log-likelihood
 }
 NAMES = {"normal": "N-VAE", "vmf": "S-VAE (vMF)", "power": "S-VAE (Power Spherical)"}
 
-QUICK = {"dims": [2], "num_train": 2000, "num_val": 500, "num_test": 500, "num_samples": 50}
+QUICK = {"dims": [2], "num_train": 2000, "num_val": 500, "num_test": 500, "num_samples": 50, "ais_chains": 32,
+         "ais_steps": 20}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/svae_mnist", quick=QUICK)
 parser.set_defaults(proposal="auto")  # the estimator that says which estimates it certifies
 parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 40], help="latent dimensions d")
@@ -59,6 +60,8 @@ parser.add_argument("--num-train", type=int, default=None, help="use only this m
 parser.add_argument("--num-val", type=int, default=10_000, help="training images held out for validation")
 parser.add_argument("--num-test", type=int, default=10_000, help="test images scored")
 parser.add_argument("--num-samples", type=int, default=500, help="importance samples per test image")
+parser.add_argument("--ais-chains", type=int, default=128, help="chains per image of the 'auto' estimator's AIS stage")
+parser.add_argument("--ais-steps", type=int, default=200, help="annealing steps of the 'auto' estimator's AIS stage")
 parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process")
 parser.add_argument("--compile", action="store_true",
                     help="train(compile=True): the step compiled by inductor instead of the traced ELBO")
@@ -97,8 +100,9 @@ def fit_and_score(kind: str, d: int) -> dict:
                     val_data=val_data, patience=args.patience, checkpoint=sweep.checkpoint_path(f"{kind}_d{d}"),
                     device=device, seed=args.seed, progress=not args.no_progress)
     started = time.perf_counter()
+    stage = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
     ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress,
-                        proposal=args.proposal)
+                        proposal=args.proposal, **stage)
     scoring_seconds = time.perf_counter() - started
     print(f"  test LL {ll.mean:.2f} +/- {ll.stderr:.2f} ({ll.certified.float().mean():.1%} certified) "
           f"after {len(history)} epochs")
@@ -124,7 +128,8 @@ def worker_command(kind: str, d: int) -> list[str]:
     """This script for one cell, with this run's settings (``--quick`` already applied), in ``OUT/cells/<cell>``."""
     options = {"--device": str(device), "--seed": args.seed, "--epochs": args.epochs, "--patience": args.patience,
                "--batch-size": args.batch_size, "--lr": args.lr, "--num-val": args.num_val, "--num-test": args.num_test,
-               "--num-samples": args.num_samples, "--proposal": args.proposal, "--out": out / "cells" / f"{kind}_d{d}",
+               "--num-samples": args.num_samples, "--proposal": args.proposal, "--ais-chains": args.ais_chains,
+               "--ais-steps": args.ais_steps, "--out": out / "cells" / f"{kind}_d{d}",
                "--dims": d, "--models": kind}
     if args.num_train is not None:
         options["--num-train"] = args.num_train

@@ -85,7 +85,7 @@ def test_smoke_svae_circle(tmp_path):
 def test_smoke_svae_mnist_resumes(tmp_path):
     require_dataset("mnist")
     options = ["--epochs", "1", "--num-train", "256", "--num-val", "500", "--num-test", "64", "--num-samples", "8",
-               "--dims", "2", "5", "--models", "normal", "vmf", "power"]
+               "--ais-chains", "8", "--ais-steps", "2", "--dims", "2", "5", "--models", "normal", "vmf", "power"]
     runs = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
     assert set(runs) == {f"{k}_d{d}" for k in ("normal", "vmf", "power") for d in (2, 5)}
     assert runs["vmf_d5"]["paper_log_likelihood"] == -108.43 and runs["power_d2"]["paper_log_likelihood"] is None
@@ -100,7 +100,7 @@ def test_smoke_svae_mnist_cells_in_parallel(tmp_path):
     finds every cell finished."""
     require_dataset("mnist")
     options = ["--epochs", "1", "--num-train", "128", "--num-val", "200", "--num-test", "32", "--num-samples", "4",
-               "--dims", "2", "5", "--models", "normal", "vmf", "--jobs", "2"]
+               "--ais-chains", "8", "--ais-steps", "2", "--dims", "2", "5", "--models", "normal", "vmf", "--jobs", "2"]
     runs = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
     assert list(runs) == ["normal_d2", "vmf_d2", "normal_d5", "vmf_d5"]
     assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in runs.values())

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
@@ -39,8 +40,45 @@ def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
+class RadialLift:
+    """Coordinates in R^n for a latent on the sphere S^(n-1): z = u / |u|, the radius a nuisance of known law.
+
+    A density r on the sphere (with respect to its area) lifts to the density r(u / |u|) h(|u|) / |u|^(n-1) on R^n,
+    where h is the law of the radius, independent of the direction. Take h the law of ``scale`` times a chi
+    variable with n degrees of freedom: then h(rho) / rho^(n-1) = exp(-rho^2 / (2 scale^2)) / (scale^n 2^(n/2 - 1)
+    Gamma(n/2)), a Gaussian factor that :class:`AnnealingPath` carries as the Jacobian term of both densities. The
+    ratio of the two lifted densities is the ratio on the sphere, so the AIS weights are those of the sphere, and
+    every intermediate distribution marginalises to the one on the sphere: HMC moves in R^n, where it can.
+    ``scale = n^(-1/2)`` keeps the radius near 1 (standard deviation about (2n)^(-1/2)). ``inv`` draws the radius,
+    so a lifted start is an exact draw of the lifted start density (what AIS and reverse AIS need).
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.scale = dim**-0.5
+        self._log_normaliser = dim * math.log(self.scale) + (0.5 * dim - 1) * math.log(2.0) + math.lgamma(0.5 * dim)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+
+    def inv(self, z: torch.Tensor) -> torch.Tensor:
+        radius = torch.linalg.vector_norm(self.scale * torch.randn_like(z), dim=-1, keepdim=True)
+        return z * radius
+
+    def log_abs_det_jacobian(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log h(|u|) - (n - 1) log |u|, the factor of the lifted densities, ``u.shape[:-1]``."""
+        return -0.5 * u.square().sum(-1) / self.scale**2 - self._log_normaliser
+
+
+def _coordinates(site: dict):
+    """The map from R^n onto a site's support: ``biject_to`` of the support, or the radial lift of the sphere."""
+    if site["fn"].support is constraints.sphere:
+        return RadialLift(site["fn"].event_shape[-1])
+    return biject_to(site["fn"].support)
+
+
 def _annealable_sites(trace) -> dict:
-    """The latent sites of a guide trace with the bijection of each one's support to R^n; refuses the rest."""
+    """The latent sites of a guide trace with their coordinates in R^n (:func:`_coordinates`); refuses the rest."""
     sites = {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
@@ -51,11 +89,11 @@ def _annealable_sites(trace) -> dict:
                 "log_likelihood with proposal='refined+defensive' for models with discrete latents"
             )
         try:
-            sites[name] = (site, biject_to(site["fn"].support))
+            sites[name] = (site, _coordinates(site))
         except NotImplementedError:
             raise NotImplementedError(
                 f"AIS moves latents in unconstrained coordinates, and site {name!r}'s support "
-                f"{site['fn'].support} has no bijection to R^n (the sphere); compare spherical models by "
+                f"{site['fn'].support} has no bijection to R^n; compare such models by "
                 "log_likelihood with proposal='refined+defensive'"
             ) from None
     if not sites:
@@ -67,7 +105,8 @@ class AnnealingPath:
     """The annealing path gamma_beta(z) = r(z)^(1 - beta) p(x, z)^beta of one batch, in unconstrained coordinates.
 
     ``r`` is the starting distribution (a proposal's q(z | x), drawn once); the latents are mapped to R^n by
-    ``biject_to(support)`` and both densities carry the same Jacobian, so the AIS weights are unchanged by it.
+    ``biject_to(support)`` (a latent on the sphere by :class:`RadialLift`) and both densities carry the same
+    Jacobian, so the AIS weights are unchanged by it.
     r's site distributions are kept from the first draw, unless one latent's distribution depends on another's
     value (a hierarchical guide): then r is scored afresh at every point, by the guide conditioned on it.
     """
@@ -215,9 +254,10 @@ def ais_log_likelihood(
     starting draws; ``step_size`` to begin with) adapts towards ``target_accept`` (Wu et al. 2017).
     The AIS weights give an unbiased estimate of p(x_i), so the log is a stochastic lower bound that tightens as
     ``num_steps`` grows; with one step it is importance sampling from r. Vectorised over chains and data. Latents
-    must have an unconstrained parameterisation (Gaussian latents, a latent library size); not the sphere, and not
-    discrete latents. The result's ``khat`` is that of the AIS weights over the chains (meaningful from about 100
-    chains), ``ess`` the effective number of chains (so :attr:`~LogLikelihood.mc_stderr` and
+    are moved in R^n: through ``biject_to`` of their support (Gaussian latents, a latent library size), and a latent
+    on the sphere (the S-VAE's vMF or Power Spherical) through :class:`RadialLift`, with the same weights as on the
+    sphere; discrete latents are refused. The result's ``khat`` is that of the AIS weights over the chains
+    (meaningful from about 100 chains), ``ess`` the effective number of chains (so :attr:`~LogLikelihood.mc_stderr` and
     :attr:`~LogLikelihood.certified` apply) and ``acceptance`` the mean HMC acceptance rate.
     ``min(max(8, num_chains // 8), 64)`` more chains run alongside to tune the step sizes and the whitening; their
     weights are not used.

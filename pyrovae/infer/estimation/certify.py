@@ -17,7 +17,9 @@ Three stages, the last run only on the data the one before left uncertified:
    data simulated from the model, 16 chains each way, the same steps from the same kind of start): if the reverse
    and forward bounds are more than ``SCHEDULE_MAX_GAP`` nats apart on average, no AIS estimate is certified
    (:attr:`LogLikelihood.schedule_gap`). A model without a prior predictive (a plain Pyro function) leaves the
-   schedule unchecked. Spherical and discrete latents have no HMC path here: their data stop after stage 2.
+   schedule unchecked. A latent on the sphere is annealed in R^(d+1) through the radial lift of
+   :class:`~pyrovae.infer.estimation.ais.RadialLift`; discrete latents have no HMC path: their data stop after
+   stage 2.
 
 The refined stage certifies a datum when its weights do (k-hat <= 0.7 and an effective sample size of
 at least 10: :attr:`LogLikelihood.certified`) **and** a check that k-hat cannot make agrees: ``num_samples // 4``
@@ -183,7 +185,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                     if name == "ais":
                         try:
                             new = _ais(model, start, sub, ais_chains, ais_steps)
-                        except (NotImplementedError, ValueError):  # no HMC path (sphere, discrete latents)
+                        except (NotImplementedError, ValueError):  # no HMC path (discrete latents)
                             break
                         now_certified = _certified(new)
                     else:

@@ -76,8 +76,8 @@ def gap_report(
     importance sampler); ``flow_guide`` if given (a :class:`~pyrovae.guides.FlowGuide` refitted to the frozen model
     with :func:`~pyrovae.infer.refit_guide`); and annealed importance sampling from q* with ``ais_chains`` chains
     of ``ais_steps`` steps, the reference, which stands for log p(x) in the gaps even where an importance-sampled row
-    is higher (None: skipped; it needs continuous unconstrained latents, so for the sphere
-    or an enumerated y it is skipped with a warning, and the highest of the other estimates stands for log p(x)).
+    is higher (None: skipped; it needs continuous latents, so for an enumerated y it is skipped with a warning,
+    and the highest of the other estimates stands for log p(x)).
     """
     if refine is not None and not isinstance(refine, RefinedProposal):
         raise TypeError(f"gap_report's refine is the per-datum refinement, a RefinedProposal (or None for the "

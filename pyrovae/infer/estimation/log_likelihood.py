@@ -243,6 +243,8 @@ def log_likelihood(
     device: str | torch.device | None = None,
     progress: bool = False,
     proposal: str | Proposal = "guide",
+    ais_chains: int | None = None,
+    ais_steps: int | None = None,
 ) -> LogLikelihood:
     """Estimate log p(x_i) for every datum by importance sampling.
 
@@ -285,16 +287,26 @@ def log_likelihood(
     :param device: where to compute (default: the model's device).
     :param proposal: ``"auto"``, ``"guide"``, ``"defensive"``, ``"refined"``, ``"refined+defensive"`` or a
         :class:`~pyrovae.infer.estimation.proposals.Proposal`.
+    :param int ais_chains: chains per datum of ``"auto"``'s AIS stage (default 128).
+    :param int ais_steps: annealing steps of ``"auto"``'s AIS stage (default 200); its schedule is checked by
+        bidirectional Monte Carlo whatever it is.
     """
     check_integer("num_samples", num_samples, 1)
+    check_integer("ais_chains", ais_chains, 1, allow_none=True)
+    check_integer("ais_steps", ais_steps, 1, allow_none=True)
+    if proposal != "auto" and (ais_chains, ais_steps) != (None, None):
+        raise ValueError(f"ais_chains and ais_steps set the AIS stage of proposal='auto', and proposal is "
+                         f"{proposal!r}; use ais_log_likelihood for AIS on its own")
     check_integer("max_samples_per_chunk", max_samples_per_chunk, 1, allow_none=True)
     device = torch.device(device) if device is not None else module_device(model, guide)
     check_device(device)
     if proposal == "auto":
         from pyrovae.infer.estimation.certify import auto_log_likelihood  # it uses AIS, which uses this module
 
+        stage = {name: value for name, value in (("ais_chains", ais_chains), ("ais_steps", ais_steps))
+                 if value is not None}
         return auto_log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
-                                   progress)
+                                   progress, **stage)
     proposal = as_proposal(proposal)
     per_datum, khats, mean_log_weights, effective, modes = [], [], [], [], []
     max_plate_nesting = None
