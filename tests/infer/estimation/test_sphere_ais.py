@@ -17,7 +17,7 @@ from scipy.special import ive
 
 from pyrovae.distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher
 from pyrovae.distributions.sphere import log_sphere_area
-from pyrovae.infer import ais_log_likelihood, log_likelihood
+from pyrovae.infer import ais_log_likelihood, gap_report, log_likelihood
 from pyrovae.infer.estimation import certify
 from pyrovae.infer.estimation.ais import RadialLift
 from pyrovae.infer.estimation.bdmc import bdmc
@@ -147,3 +147,13 @@ def test_log_likelihood_passes_the_ais_stage_settings_to_auto_and_refuses_them_e
         log_likelihood(model, guide, x, proposal="guide", ais_steps=3)
     with pytest.raises(ValueError, match="ais_chains"):
         log_likelihood(model, guide, x, proposal="auto", ais_chains=0)
+
+
+def test_the_gap_report_of_a_spherical_model_has_its_ais_row_and_it_is_exact():
+    torch.manual_seed(0)
+    model, guide, x, _, exact = conjugate_sphere(6, shift=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = gap_report(model, guide, x, num_samples=200, ais_chains=32, ais_steps=100)
+    assert any(name.startswith("AIS") for name in report.rows)
+    assert abs(report.log_likelihood - float(exact.mean())) < 0.03
