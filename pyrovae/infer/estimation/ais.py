@@ -71,8 +71,12 @@ class RadialLift:
 
 
 def _coordinates(site: dict):
-    """The map from R^n onto a site's support: ``biject_to`` of the support, or the radial lift of the sphere."""
-    if site["fn"].support is constraints.sphere:
+    """The map from R^n onto a site's support: ``biject_to`` of the support, or the radial lift of the sphere (also
+    of several independent spheres, a vMF ``.to_event(1)``: the lift's factor is per sphere, summed later)."""
+    support = site["fn"].support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if isinstance(support, type(constraints.sphere)):
         return RadialLift(site["fn"].event_shape[-1])
     return biject_to(site["fn"].support)
 
@@ -92,8 +96,8 @@ def _annealable_sites(trace) -> dict:
             sites[name] = (site, _coordinates(site))
         except NotImplementedError:
             raise NotImplementedError(
-                f"AIS moves latents in unconstrained coordinates, and site {name!r}'s support "
-                f"{site['fn'].support} has no bijection to R^n; compare such models by "
+                f"AIS moves latents in R^n (through a bijection, or a radial lift of the sphere), and site "
+                f"{name!r}'s support {site['fn'].support} has neither; compare such models by "
                 "log_likelihood with proposal='refined+defensive'"
             ) from None
     if not sites:

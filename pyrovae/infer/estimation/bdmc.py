@@ -89,8 +89,8 @@ def bdmc(model: Callable, guide: Callable, num_data: int = 16, num_chains: int =
         with torch.enable_grad():
             lower, _ = batch_ais(path, betas, leapfrog_steps, step_size, target_accept, False, num_tuning, spread)
             for name, site in path.sites.items():  # every chain starts again at the exact posterior draw
-                exact = site["transform"].inv(latents[name].to(path.start[name].dtype))
-                path.start[name] = exact.expand_as(path.start[name]).clone()
+                exact = latents[name].to(path.start[name].dtype).expand_as(path.start[name])
+                path.start[name] = site["transform"].inv(exact).clone()  # (a lifted sphere: a radius per chain)
             log_inverse, _ = batch_ais(path, betas.flip(0), leapfrog_steps, step_size, target_accept, False,
                                        num_tuning, spread)
     log_chains = math.log(num_chains)

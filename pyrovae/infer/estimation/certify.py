@@ -111,7 +111,7 @@ def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_
         return None
     try:
         result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps, start=start)
-    except (TypeError, ValueError, NotImplementedError):  # covariates to simulate, or no unconstrained path
+    except (TypeError, ValueError, NotImplementedError):  # covariates to simulate, or no HMC path (discrete latents)
         return None
     return result.mean_gap
 

@@ -101,7 +101,7 @@ def gap_report(
         try:
             annealed = ais_log_likelihood(model, guide, data, num_chains=ais_chains, num_steps=ais_steps,
                                           start=refine, batch_size=batch_size, progress=progress)
-        except NotImplementedError as error:  # spherical or discrete latents: the IS rows are all there is
+        except NotImplementedError as error:  # discrete latents: the IS rows are all there is
             warnings.warn(f"gap_report has no AIS row: {error}", stacklevel=2)
         else:
             report.rows[f"AIS from q*, {ais_chains} chains x {ais_steps} steps"] = annealed

@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy.special import ive
 
+from pyrovae import make_pair
 from pyrovae.distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher
 from pyrovae.distributions.sphere import log_sphere_area
 from pyrovae.infer import ais_log_likelihood, gap_report, log_likelihood
@@ -51,12 +52,18 @@ def conjugate_sphere(n: int, num_data: int = 16, seed: int = 0, shift: float = 0
     z = torch.randn(num_data, n, generator=g, dtype=torch.float64)
     z = z / z.norm(dim=-1, keepdim=True)
     x = z @ B.T + c + SIGMA * torch.randn(num_data, n + 2, generator=g, dtype=torch.float64)
+    return model, guide, x, z, exact_log_marginal(x, B, c)
+
+
+def exact_log_marginal(x: torch.Tensor, B: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """log p(x) of the model above, (N,)."""
+    n = B.shape[1]
     kappa = ((x - c) @ B / SIGMA**2).norm(dim=-1).numpy()
     nu = n / 2 - 1
     log_mean_exp = math.lgamma(n / 2) + nu * np.log(2 / kappa) + np.log(ive(nu, kappa)) + kappa
     gaussian = (-0.5 * ((x - c).square().sum(-1) + SCALE**2) / SIGMA**2
                 - (n + 2) * math.log(SIGMA * math.sqrt(2 * math.pi)))
-    return model, guide, x, z, gaussian + torch.from_numpy(log_mean_exp)
+    return gaussian + torch.from_numpy(log_mean_exp)
 
 
 @pytest.mark.parametrize("n", [2, 3, 6, 21])
@@ -157,3 +164,41 @@ def test_the_gap_report_of_a_spherical_model_has_its_ais_row_and_it_is_exact():
         report = gap_report(model, guide, x, num_samples=200, ais_chains=32, ais_steps=100)
     assert any(name.startswith("AIS") for name in report.rows)
     assert abs(report.log_likelihood - float(exact.mean())) < 0.03
+
+
+def test_independent_spheres_are_lifted_each_and_annealed_exactly():
+    """A vMF ``.to_event(1)`` over two spheres (support: an independent sphere): each is lifted on its own, and AIS
+    reaches the sum of the two exact marginals."""
+    torch.manual_seed(4)
+    n = 4
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(n + 2, n, generator=g, dtype=torch.float64))
+    B, c = SCALE * q, torch.randn(n + 2, generator=g, dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[-2]):
+            prior = HypersphericalUniform(n, batch_shape=(x.shape[0], 2), dtype=x.dtype).to_event(1)
+            z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Normal(z @ B.T + c, SIGMA).to_event(2), obs=x.reshape(-1, 2, n + 2))
+
+    def guide(x):
+        v = (x.reshape(-1, 2, n + 2) - c) @ B / SIGMA**2
+        with pyro.plate("data", x.shape[-2]):
+            pyro.sample("z", VonMisesFisher(v / v.norm(dim=-1, keepdim=True), 2.0 * v.norm(dim=-1)).to_event(1))
+
+    z = torch.nn.functional.normalize(torch.randn(10, 2, n, generator=g, dtype=torch.float64), dim=-1)
+    x = (z @ B.T + c + SIGMA * torch.randn(10, 2, n + 2, generator=g, dtype=torch.float64)).reshape(10, -1)
+    exact = exact_log_marginal(x[:, : n + 2], B, c) + exact_log_marginal(x[:, n + 2:], B, c)
+    annealed = ais_log_likelihood(model, guide, x, num_chains=32, num_steps=300)
+    assert abs(float((annealed.per_datum - exact).mean())) < 0.1, annealed.per_datum - exact
+
+
+def test_auto_checks_the_schedule_of_pyrovae_s_vae_on_the_sphere():
+    """The S-VAE of make_pair has a prior predictive, so "auto" checks its AIS schedule by BDMC on the sphere."""
+    torch.manual_seed(5)
+    model, guide = make_pair("svae-vmf", 12, 3, (16,))
+    x = torch.bernoulli(torch.full((6, 12), 0.3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = log_likelihood(model, guide, x, num_samples=20, proposal="auto", ais_chains=16, ais_steps=5)
+    assert result.schedule_gap is not None and math.isfinite(result.schedule_gap)
