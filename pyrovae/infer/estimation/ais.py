@@ -54,7 +54,6 @@ class RadialLift:
     """
 
     def __init__(self, dim: int) -> None:
-        self.dim = dim
         self.scale = dim**-0.5
         self._log_normaliser = dim * math.log(self.scale) + (0.5 * dim - 1) * math.log(2.0) + math.lgamma(0.5 * dim)
 

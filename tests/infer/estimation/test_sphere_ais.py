@@ -27,13 +27,18 @@ from tests.infer.estimation.test_proposals import _circle_pair
 SIGMA, SCALE = 0.5, 3.0
 
 
+def _decoder(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """B (n + 2, n) with B^T B = SCALE^2 I, and c (n + 2,)."""
+    q, _ = torch.linalg.qr(torch.randn(n + 2, n, generator=generator, dtype=torch.float64))
+    return SCALE * q, torch.randn(n + 2, generator=generator, dtype=torch.float64)
+
+
 def conjugate_sphere(n: int, num_data: int = 16, seed: int = 0, shift: float = 0.4, concentration: float = 0.5):
     """The model above on S^(n-1), a vMF guide whose direction is off by up to ``shift`` per coordinate and whose
     concentration is ``concentration`` times the posterior's; data drawn from the model with their z (exact
     posterior draws), and the exact log p(x)."""
     g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(n + 2, n, generator=g, dtype=torch.float64))
-    B, c = SCALE * q, torch.randn(n + 2, generator=g, dtype=torch.float64)
+    B, c = _decoder(n, g)
 
     def model(x):
         with pyro.plate("data", x.shape[-2]):
@@ -172,8 +177,7 @@ def test_independent_spheres_are_lifted_each_and_annealed_exactly():
     torch.manual_seed(4)
     n = 4
     g = torch.Generator().manual_seed(4)
-    q, _ = torch.linalg.qr(torch.randn(n + 2, n, generator=g, dtype=torch.float64))
-    B, c = SCALE * q, torch.randn(n + 2, generator=g, dtype=torch.float64)
+    B, c = _decoder(n, g)
 
     def model(x):
         with pyro.plate("data", x.shape[-2]):
