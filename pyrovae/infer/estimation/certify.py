@@ -10,7 +10,10 @@ Three stages, the last run only on the data the one before left uncertified:
    estimate is the lower bound that the next stages must beat, and stays where they certify nothing better;
 2. ``refined+defensive``, on every datum: the guide refined for each datum from several starts, the optima mixed
    and the mixture mixed with a wider copy of itself (full-covariance refinement where the guide is a diagonal
-   Gaussian: the posterior of a many-dimensional latent is far from diagonal), ``num_samples`` draws;
+   Gaussian: the posterior of a many-dimensional latent is far from diagonal), ``REFINED_DRAWS * num_samples``
+   draws: building the proposal (the refinement) costs far more than drawing from it, and the log of a mean of
+   heavy-ish weights is low by a little that shrinks with the draws (on the 3-epoch MNIST VAE of
+   ``benchmarks/certified_log_likelihood.py``, 0.015 nats per image at 500 draws);
 3. annealed importance sampling from that proposal, ``ais_chains`` chains of ``ais_steps`` steps, whose weights
    over the chains get the same certificate (k-hat and ESS over the chains, meaningful with ~100 chains or more),
    and whose schedule is checked once per call by bidirectional Monte Carlo (:func:`~pyrovae.infer.bdmc`: 16
@@ -69,6 +72,7 @@ from pyrovae.infer.evaluation import evaluation_mode
 STAGES = ("guide", "refined+defensive", "ais")
 
 
+REFINED_DRAWS = 4  # the refined stage's draws, in multiples of num_samples
 CHECK_WEIGHT, CHECK_SCALE, CHECK_SLACK = 0.5, 3.0, 0.05  # the wider check's share and width, and its slack (nats)
 SCHEDULE_MAX_GAP = 0.5  # nats between the BDMC bounds of the AIS schedule beyond which AIS certifies nothing
 
@@ -120,13 +124,14 @@ def _refined_stage(model: Callable, base: Callable, args: tuple, num_samples: in
                    max_plate_nesting: int) -> tuple[BatchEstimate, torch.Tensor]:
     """The estimate from ``base`` (the refined proposal) mixed with a wider copy of itself, and which data it
     certifies."""
-    estimate = estimate_batch(model, _mixed(base, 0.2, 2.0), args, num_samples, chunk, max_plate_nesting)
+    draws = REFINED_DRAWS * num_samples
+    estimate = estimate_batch(model, _mixed(base, 0.2, 2.0), args, draws, chunk, max_plate_nesting)
     certified = _certified(estimate)
     if certified.any():
         check_samples = max(num_samples // 4, 50)
         check = estimate_batch(model, _mixed(base, CHECK_WEIGHT, CHECK_SCALE), args, check_samples, chunk,
                                max_plate_nesting)
-        spread = (_mc_variance(estimate, num_samples) + _mc_variance(check, check_samples)).sqrt()
+        spread = (_mc_variance(estimate, draws) + _mc_variance(check, check_samples)).sqrt()
         certified &= ~(check.per_datum - estimate.per_datum > 3 * spread + CHECK_SLACK)
     return estimate, certified
 
@@ -155,6 +160,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                         progress: bool = False, ais_chains: int = 128, ais_steps: int = 200) -> LogLikelihood:
     """What ``log_likelihood(model, guide, data, proposal="auto")`` returns (see the module's documentation)."""
     estimates, stage_of, certified_of = [], [], []
+    draws_of_stage = torch.tensor([num_samples, REFINED_DRAWS * num_samples, ais_chains])
     cost = {name: {"data": 0, "seconds": 0.0} for name in STAGES}
     max_plate_nesting, refined = None, _Refiner()
     with evaluation_mode(model, guide):
@@ -219,7 +225,8 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
         torch.cat([e.per_datum for e in estimates]), torch.cat([e.khat for e in estimates]), num_samples, "auto",
         mean_log_weight=torch.cat([e.mean_log_weight for e in estimates]), ess=torch.cat([e.ess for e in estimates]),
         estimator=tuple(STAGES[int(s)] for s in stage), cost=cost, checked=checked, schedule_gap=schedule_gap,
+        draws=draws_of_stage[stage],
     )
 
 
-__all__ = ["STAGES", "auto_log_likelihood"]
+__all__ = ["REFINED_DRAWS", "STAGES", "auto_log_likelihood"]

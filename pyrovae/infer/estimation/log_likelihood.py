@@ -32,7 +32,9 @@ class LogLikelihood:
     :ivar per_datum: (N,) log p(x_i) estimates.
     :ivar khat: (N,) Pareto k-hat of each datum's importance weights (> 0.7: unreliable estimate). Never NaN: a datum
         with a NaN weight, no positive weight, or draws that collapsed onto one point gets ``inf``.
-    :ivar num_samples: importance samples per datum.
+    :ivar num_samples: importance samples per datum (for ``proposal="auto"``: the guide stage's; its refined stage
+        draws :data:`~pyrovae.infer.estimation.certify.REFINED_DRAWS` times as many and its AIS stage runs
+        ``ais_chains`` chains: :attr:`draws` says how many weights each datum's estimate averages).
     :ivar proposal: the importance distribution's name (``"guide"``, ``"refined+defensive"``, ...).
     :ivar acceptance: the mean HMC acceptance rate, for annealed importance sampling (else None).
     :ivar mean_log_weight: (N,) each datum's mean log importance weight, E_r[log p(x, z) - log r(z | x)]: the
@@ -54,6 +56,8 @@ class LogLikelihood:
     :ivar schedule_gap: for ``proposal="auto"`` with data estimated by AIS, the mean gap between the reverse and the
         forward AIS bounds of its schedule on data simulated from the model (:func:`~pyrovae.infer.bdmc`), else None
         (also when the model has no prior predictive to simulate from: the schedule is then unchecked).
+    :ivar draws: for ``proposal="auto"``, (N,) how many weights each datum's estimate averages (its stage's draws, or
+        its AIS chains), which :attr:`mc_stderr` reads; else None (every datum has ``num_samples``).
     """
 
     per_datum: torch.Tensor
@@ -68,6 +72,7 @@ class LogLikelihood:
     cost: dict | None = None
     checked: torch.Tensor | None = None
     schedule_gap: float | None = None
+    draws: torch.Tensor | None = None
 
     @property
     def elbo(self) -> float:
@@ -92,7 +97,8 @@ class LogLikelihood:
         k-hat < 0.7 (the weights' variance is finite), and blind to modes the proposal never drew."""
         if self.ess is None:
             return None
-        return (1.0 / self.ess - 1.0 / self.num_samples).clamp_min(0.0).sqrt()
+        draws = self.num_samples if self.draws is None else self.draws
+        return (1.0 / self.ess - 1.0 / draws).clamp_min(0.0).sqrt()
 
     @property
     def flagged(self) -> torch.Tensor:

@@ -58,6 +58,10 @@ def test_an_exact_guide_is_certified_by_the_refined_stage_without_ais():
     result = _auto(make_model(W, mu), make_guide(W, mu), x)
     assert result.estimator == ("refined+defensive",) * 40 and result.certified.all()
     assert result.cost["refined+defensive"]["data"] == 40 and result.cost["ais"]["data"] == 0
+    # the refined stage draws REFINED_DRAWS x 500 weights, and each datum's Monte Carlo error is read against them
+    # (against 500, an effective sample size above 500 would give an error of 0)
+    assert (result.draws == certify.REFINED_DRAWS * 500).all() and (result.ess > 500).any()
+    assert (result.mc_stderr > 0).all()
     assert result.reasons() == ["certified"] * 40
     exact = exact_log_marginal(W, mu, x)
     assert ((result.per_datum - exact).abs() <= 3 * result.mc_stderr + 0.02).all()
