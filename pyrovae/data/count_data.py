@@ -153,19 +153,29 @@ class CountData(Dataset):
         data._y = self._y
         return data
 
-    def with_labels(self, known=None) -> CountData:
+    def with_labels(self, known=None, codes=None) -> CountData:
         """The same cells whose batches also carry the label codes ``y`` (``label_names`` order), -1 for the cells
         not in ``known`` (a boolean mask or indices; default all): semi-supervised training of a GMVAE, whose
         components are then the labels (label transfer, :class:`~pyrovae.guides.GMVAEGuide`): build it with
         ``num_components=data.num_labels`` (:meth:`check_components` says so when they differ). Batches are
         ``(x, cat, cont, y)`` (empty ``cat``/``cont`` without covariates).
 
+        :param codes: integer codes of every cell to use instead of the label column (-1: unknown), such as
+            clusters used as pseudo-labels (:func:`~pyrovae.infer.pseudo_label_start`).
         :raises ValueError: for indices outside the cells, a mask of another length, and an integer array of
             zeros and ones (a mask must be boolean: ``known.astype(bool)``), or known cells without a label.
         """
-        if self.label_key is None:
-            raise ValueError(f"{self.name} has no label column: pass label_key (labels_key in from_anndata)")
-        codes = pd.Categorical(self.obs[self.label_key]).codes.astype(np.int64)
+        if codes is not None:
+            codes = np.asarray(codes)
+            if codes.shape != (len(self),) or not np.issubdtype(codes.dtype, np.integer) or (codes < -1).any():
+                raise ValueError(f"{self.name}: codes must be {len(self)} integers (one per cell, -1: unknown), got "
+                                 f"{codes.dtype} {codes.shape}")
+            codes = codes.astype(np.int64)
+        elif self.label_key is None:
+            raise ValueError(f"{self.name} has no label column: pass label_key (labels_key in from_anndata), or "
+                             "codes=")
+        else:
+            codes = pd.Categorical(self.obs[self.label_key]).codes.astype(np.int64)
         mask = codes >= 0  # default: the cells that have a label
         if known is not None:
             mask = np.zeros(len(self), dtype=bool)

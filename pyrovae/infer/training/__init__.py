@@ -6,7 +6,8 @@
 - :mod:`~pyrovae.infer.training.schedule`: KL warm-up (:class:`KLSchedule`);
 - :mod:`~pyrovae.infer.training.early_stopping`: the best epoch and patience (:class:`EarlyStopping`);
 - :mod:`~pyrovae.infer.training.checkpoint`: atomic checkpoints that resume exactly (:class:`TrainingCheckpoint`);
-- :mod:`~pyrovae.infer.training.history`: the per-epoch metrics (:class:`History`).
+- :mod:`~pyrovae.infer.training.history`: the per-epoch metrics (:class:`History`);
+- :mod:`~pyrovae.infer.training.start`: a GMVAE started from k-means pseudo-labels (:func:`pseudo_label_start`).
 """
 
 from pyrovae.infer.training.checkpoint import (
@@ -21,6 +22,7 @@ from pyrovae.infer.training.early_stopping import EarlyStopping
 from pyrovae.infer.training.history import History
 from pyrovae.infer.training.objectives import ELBO_NAMES, ObjectiveScale, importance_weighted_bound, make_objective
 from pyrovae.infer.training.schedule import KLSchedule
+from pyrovae.infer.training.start import pseudo_label_start
 from pyrovae.infer.training.step import SVIStep, trainable_parameters
 from pyrovae.infer.training.train import TrainingDiverged, train
 
@@ -39,6 +41,7 @@ __all__ = [
     "importance_weighted_bound",
     "load_checkpoint",
     "make_objective",
+    "pseudo_label_start",
     "save_checkpoint",
     "train",
     "trainable_parameters",
