@@ -1,5 +1,7 @@
-"""Reference mapping on CellBench: train on one technology (or plate), map the others onto it frozen, transfer the
-cell lines, and compare with one model trained on everything at once.
+"""Reference mapping on CellBench: map queries onto a frozen reference and transfer the cell lines.
+
+Train on one technology (or plate), map the others onto it frozen, transfer the cell lines, and compare with one
+model trained on everything at once.
 
 * ``--dataset technologies``: reference CEL-seq2, query Drop-seq (three lung cancer cell lines);
 * ``--dataset plates``: reference CEL-seq2 ``5cl`` plate 1, queries plates 2 and 3 (five cell lines);

@@ -91,6 +91,9 @@ class SingleCellModel:
     def _training_data(self, data: CountData) -> CountData:
         return data
 
+    def _start(self, data: CountData, **settings) -> None:
+        """What happens before training on the training cells ``data`` (a kind's own start; nothing here)."""
+
     # -- data ------------------------------------------------------------------------------------------------
     @staticmethod
     def setup_anndata(adata, layer: str | None = None, batch_key: str | None = None, labels_key: str | None = None,
@@ -136,6 +139,7 @@ class SingleCellModel:
             raise ValueError(f"train_size is the share of cells trained on, in (0, 1], got {train_size}")
         if train_size < 1.0:
             data, validation = data.split(train_size, seed=seed or 0)
+        self._start(data, batch_size=batch_size, lr=lr, seed=seed or 0, device=device, progress=progress)
         history = train(self.model, self.guide, data, epochs=epochs, batch_size=batch_size, lr=lr,
                         val_data=validation, patience=patience if early_stopping else None, seed=seed,
                         device=device, progress=progress, **options)

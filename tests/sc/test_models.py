@@ -175,3 +175,29 @@ def test_an_encoder_blind_to_the_batch_is_built_saved_and_loaded(tmp_path, adata
     (folder / "pair.json").write_text(json.dumps(config))
     old = sc.SingleCellVAE.load(folder, adata)
     np.testing.assert_array_equal(old.get_latent_representation(), seeing.get_latent_representation())
+
+
+def test_the_gmvae_starts_from_pseudo_labels_on_its_training_cells_only(adata, monkeypatch):
+    """train(start_epochs=) runs pseudo_label_start first, on the training split (the validation cells are not
+    trained on), and its components then follow the three types; the label-transfer GMVAE, whose labels are its
+    start, refuses it."""
+    from sklearn.metrics import adjusted_rand_score
+
+    import pyrovae.sc.kinds as kinds
+
+    sc.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="cell_type")
+    model = sc.SingleCellGMVAE(adata, latent_dim=3, hidden=(16,), likelihood="nb", num_components=3)
+    seen = []
+    original = kinds.pseudo_label_start
+    monkeypatch.setattr(kinds, "pseudo_label_start", lambda m, g, data, **kw: seen.append(len(data)) or original(
+        m, g, data, **kw))
+    model.train(epochs=1, start_epochs=40, train_size=0.8, batch_size=16, progress=False, seed=0)
+    assert seen == [72]  # 80% of the 90 cells
+    types = adata.obs["cell_type"].to_numpy()
+    assert adjusted_rand_score(types, model.get_cluster_assignments()) > 0.9
+    for bad in (-1, 2.5):
+        with pytest.raises(Exception, match="start_epochs"):
+            model.train(epochs=1, start_epochs=bad, progress=False)
+    labelled = sc.LabelTransferGMVAE(adata, latent_dim=3, hidden=(16,))
+    with pytest.raises(ValueError, match="needs no pseudo-label start"):
+        labelled.train(epochs=1, start_epochs=5, progress=False)
