@@ -12,7 +12,9 @@ numbers.
 
 Every run is checkpointed after each epoch and its result kept in ``OUT/runs.json`` (:class:`pyrovae.sweep.Sweep`),
 so an interrupted sweep resumes where it stopped and a finished run is not trained again (delete
-``OUT/runs.json`` and ``OUT/checkpoints`` to retrain). Both guides train under the traced ELBO (``elbo="jit"``), or
+``OUT/runs.json``, ``OUT/checkpoints`` and ``OUT/scores`` to retrain). Its test scores are saved 500 images at a time in
+``OUT/scores/<cell>`` (:func:`pyrovae.infer.log_likelihood_in_parts`), so an interrupted scoring, hours long where
+many images need AIS, resumes too. Both guides train under the traced ELBO (``elbo="jit"``), or
 with ``--compile`` a step compiled by inductor (``train(compile=True)``; the vMF draw stays exact).
 
 ``--jobs N`` trains N cells at once, each in a process of its own on the same device (``OUT/cells/<cell>``, each
@@ -36,7 +38,7 @@ import torch
 from pyrovae import make_pair
 from pyrovae.data import TensorData, load_mnist
 from pyrovae.experiment import experiment_parser, setup, write_metrics
-from pyrovae.infer import evaluate, log_likelihood, train
+from pyrovae.infer import evaluate, log_likelihood_in_parts, train
 from pyrovae.plots import save
 from pyrovae.sweep import Sweep
 
@@ -92,6 +94,14 @@ PAIRS = {"normal": "vae", "vmf": "svae-vmf", "power": "svae-power"}  # S^d in R^
 sweep = Sweep(out / "runs.json")  # finished runs are kept; an interrupted one resumes from its checkpoint
 
 
+def score(model, guide, cell: str, proposal: str, **options):
+    """The test log-likelihood by ``proposal``, 500 images at a time, each part saved in ``OUT/scores/<cell>``
+    as it finishes (a later run reads them: hours of AIS are not lost to an interruption)."""
+    return log_likelihood_in_parts(model, guide, test_data, out / "scores" / cell / proposal, part_size=500,
+                                   seed=args.seed, progress=not args.no_progress, num_samples=args.num_samples,
+                                   proposal=proposal, **options)
+
+
 def fit_and_score(kind: str, d: int) -> dict:
     print(f"{NAMES[kind]}, d = {d}")
     model, guide = make_pair(PAIRS[kind], 784, d, widths)
@@ -101,15 +111,13 @@ def fit_and_score(kind: str, d: int) -> dict:
                     device=device, seed=args.seed, progress=not args.no_progress)
     started = time.perf_counter()
     stage = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
-    ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress,
-                        proposal=args.proposal, **stage)
+    ll = score(model, guide, f"{kind}_d{d}", args.proposal, **stage)
     scoring_seconds = time.perf_counter() - started
     print(f"  test LL {ll.mean:.2f} +/- {ll.stderr:.2f} ({ll.certified.float().mean():.1%} certified) "
           f"after {len(history)} epochs")
     # the paper's estimator: the guide as the proposal, with the same number of samples
     started = time.perf_counter()
-    by_guide = ll if args.proposal == "guide" else log_likelihood(
-        model, guide, test_data, num_samples=args.num_samples, progress=not args.no_progress, proposal="guide")
+    by_guide = ll if args.proposal == "guide" else score(model, guide, f"{kind}_d{d}", "guide")
     return {
         "model": NAMES[kind], "d": d, "test_log_likelihood": ll.mean, "stderr": ll.stderr,
         "khat_above_0.7": float((ll.khat > 0.7).float().mean()), "proposal": args.proposal,

@@ -93,6 +93,14 @@ def test_smoke_svae_mnist_resumes(tmp_path):
     # a finished run is loaded, not trained again
     again = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
     assert again["vmf_d5"]["test_log_likelihood"] == runs["vmf_d5"]["test_log_likelihood"]
+    # a run whose scoring was interrupted: trained (its checkpoint kept), its scores saved in parts, no result
+    # stored; the next call reads the parts instead of scoring again, and gets the same estimate
+    scores = tmp_path / "svae_mnist" / "scores" / "vmf_d5"
+    assert {p.parent.name for p in scores.glob("*/part-00000.pt")} == {"auto", "guide"}
+    (tmp_path / "svae_mnist" / "runs.json").unlink()
+    resumed = run_script("svae_mnist", tmp_path, *options, "--dims", "5", "--models", "vmf")["metrics"]["runs"]
+    for key in ("test_log_likelihood", "certified", "guide_log_likelihood", "epochs_trained"):
+        assert resumed["vmf_d5"][key] == runs["vmf_d5"][key]
 
 
 def test_smoke_svae_mnist_cells_in_parallel(tmp_path):

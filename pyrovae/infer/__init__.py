@@ -40,6 +40,7 @@ from pyrovae.infer.estimation import (
     gap_report,
     log_importance_weights,
     log_likelihood,
+    log_likelihood_in_parts,
     psis_khat,
     refit_guide,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "gap_report",
     "log_importance_weights",
     "log_likelihood",
+    "log_likelihood_in_parts",
     "psis_khat",
     "refit_guide",
     # analysis of a trained pair

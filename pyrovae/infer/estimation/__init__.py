@@ -11,6 +11,8 @@
 - :mod:`~pyrovae.infer.estimation.bdmc`: bidirectional Monte Carlo, how far an AIS schedule is from exact
   (:func:`bdmc`);
 - :mod:`~pyrovae.infer.estimation.certify`: ``proposal="auto"``, the cheapest estimator that certifies, per datum;
+- :mod:`~pyrovae.infer.estimation.parts`: a long scoring in parts saved as they finish, which resumes
+  (:func:`log_likelihood_in_parts`);
 - :mod:`~pyrovae.infer.estimation.gap`: the inference, amortisation and approximation gaps (:func:`gap_report`);
 - :mod:`~pyrovae.infer.estimation.refit`: a guide refitted to a frozen model and scored (:func:`refit_guide`).
 """
@@ -20,6 +22,7 @@ from pyrovae.infer.estimation.bdmc import BDMC, bdmc
 from pyrovae.infer.estimation.gap import GapReport, gap_report
 from pyrovae.infer.estimation.importance import log_importance_weights
 from pyrovae.infer.estimation.log_likelihood import LogLikelihood, log_likelihood
+from pyrovae.infer.estimation.parts import log_likelihood_in_parts
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
 from pyrovae.infer.estimation.psis import psis_khat
 from pyrovae.infer.estimation.refined import RefinedProposal
@@ -38,6 +41,7 @@ __all__ = [
     "gap_report",
     "log_importance_weights",
     "log_likelihood",
+    "log_likelihood_in_parts",
     "psis_khat",
     "refit_guide",
 ]

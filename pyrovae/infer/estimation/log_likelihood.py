@@ -165,6 +165,48 @@ class LogLikelihood:
             **({"cost": self.cost} if self.cost is not None else {}),
         }
 
+    @classmethod
+    def concat(cls, parts: list[LogLikelihood]) -> LogLikelihood:
+        """One estimate of the data of ``parts`` (estimates of consecutive parts of a data set, by the same
+        estimator), in their order: per-datum fields end to end, costs added, the acceptance rate averaged over the
+        data and the AIS schedule's gap over the parts that measured it
+        (:func:`~pyrovae.infer.estimation.log_likelihood_in_parts` scores in such parts)."""
+        parts = list(parts)
+        if not parts or not all(isinstance(part, cls) for part in parts):
+            raise ValueError(f"LogLikelihood.concat takes a non-empty list of LogLikelihood, got {parts!r:.200}")
+        first = parts[0]
+        for name in ("num_samples", "proposal"):
+            values = {getattr(part, name) for part in parts}
+            if len(values) > 1:
+                raise ValueError(f"the parts differ in {name} ({sorted(map(str, values))}): they are estimates by "
+                                 "different estimators, and their concatenation would be neither")
+        fields = {}
+        for name in ("per_datum", "khat", "mean_log_weight", "ess", "num_modes", "checked", "draws", "estimator"):
+            values = [getattr(part, name) for part in parts]
+            if all(value is None for value in values):
+                fields[name] = None
+            elif any(value is None for value in values):
+                raise ValueError(f"some parts have {name} and some do not: they come from different estimators")
+            else:
+                fields[name] = sum(values, ()) if name == "estimator" else torch.cat(values)
+        sizes = [part.per_datum.numel() for part in parts]
+        rated = [(part.acceptance, size) for part, size in zip(parts, sizes) if part.acceptance is not None]
+        acceptance = sum(a * n for a, n in rated) / sum(n for _, n in rated) if rated else None
+        gaps = [part.schedule_gap for part in parts if part.schedule_gap is not None]
+        schedule_gap = sum(gaps) / len(gaps) if gaps else None
+        cost = None
+        if any(part.cost is not None for part in parts):
+            cost = {}
+            for part in parts:
+                for stage, spent in (part.cost or {}).items():
+                    total = cost.setdefault(stage, {"data": 0, "seconds": 0.0})
+                    total["data"] += spent.get("data", 0)
+                    total["seconds"] += spent.get("seconds", 0.0)
+            if "ais" in cost and gaps:
+                cost["ais"]["schedule_gap"] = schedule_gap
+        return cls(fields.pop("per_datum"), fields.pop("khat"), first.num_samples, first.proposal,
+                   acceptance=acceptance, cost=cost, schedule_gap=schedule_gap, **fields)
+
     def __repr__(self) -> str:
         bad = int((self.khat > 0.7).sum())
         modes = f", multimodal: {int((self.num_modes > 1).sum())}" if self.num_modes is not None else ""

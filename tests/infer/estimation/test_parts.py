@@ -1,0 +1,141 @@
+"""log_likelihood_in_parts: a scoring in saved parts equals one uninterrupted call, resumes where it stopped, is
+right against the exact marginal of probabilistic PCA, and refuses a folder of another scoring;
+LogLikelihood.concat joins parts field by field."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from pyrovae import make_pair
+from pyrovae.infer import LogLikelihood, log_likelihood, log_likelihood_in_parts
+from pyrovae.infer.estimation import parts as parts_module
+from tests.infer.estimation.test_log_likelihood import exact_log_marginal, make_guide, make_model, ppca
+
+
+def _quiet(fn, *args, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **options)
+
+
+def _assert_same(a: LogLikelihood, b: LogLikelihood) -> None:
+    for name in ("per_datum", "khat", "mean_log_weight", "ess", "checked", "draws", "num_modes"):
+        left, right = getattr(a, name), getattr(b, name)
+        assert (left is None) == (right is None), name
+        if left is not None:
+            assert torch.equal(left, right), name
+    assert a.estimator == b.estimator and a.num_samples == b.num_samples and a.proposal == b.proposal
+
+
+@pytest.mark.parametrize("proposal", ["guide", "auto"])
+def test_parts_are_right_against_the_exact_marginal(tmp_path, proposal):
+    W, mu, x = ppca(4)
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=1.4, shift=0.2)
+    result = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path / "scores", part_size=15, num_samples=500,
+                    proposal=proposal)
+    exact = exact_log_marginal(W, mu, x)
+    assert result.per_datum.shape == (40,) and sorted(p.name for p in (tmp_path / "scores").glob("part-*.pt")) == [
+        "part-00000.pt", "part-00001.pt", "part-00002.pt"]
+    assert abs(result.mean - exact.mean().item()) < 0.05
+    if proposal == "auto":
+        certified = result.certified
+        assert certified.float().mean() >= 0.9
+        assert ((result.per_datum - exact).abs()[certified] <= 3 * result.mc_stderr[certified] + 0.02).all()
+        assert result.cost["guide"]["data"] == 40 and len(result.estimator) == 40
+
+
+def test_an_interrupted_scoring_resumes_and_equals_one_uninterrupted(tmp_path, monkeypatch):
+    W, mu, x = ppca(5)
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=1.3)
+    whole = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path / "a", part_size=16, num_samples=200,
+                   proposal="auto", ais_chains=8, ais_steps=5)
+    calls = []
+    real = parts_module.log_likelihood
+
+    def interrupted(*args, **options):
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is stopped while it scores the second part
+        return real(*args, **options)
+
+    monkeypatch.setattr(parts_module, "log_likelihood", interrupted)
+    before = torch.random.get_rng_state()
+    with pytest.raises(KeyboardInterrupt):
+        _quiet(log_likelihood_in_parts, model, guide, x, tmp_path / "b", part_size=16, num_samples=200,
+               proposal="auto", ais_chains=8, ais_steps=5)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global random state is left alone
+    assert [p.name for p in (tmp_path / "b").glob("part-*.pt")] == ["part-00000.pt"]
+    calls.clear()
+    monkeypatch.setattr(parts_module, "log_likelihood", real)
+    monkeypatch.setattr(parts_module, "log_likelihood", lambda *a, **o: calls.append(len(a[2])) or real(*a, **o))
+    resumed = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path / "b", part_size=16, num_samples=200,
+                     proposal="auto", ais_chains=8, ais_steps=5)
+    assert calls == [16, 8]  # the saved part is read, the other two are scored
+    _assert_same(resumed, whole)
+    assert resumed.cost["guide"]["data"] == 40
+
+
+def test_a_folder_of_another_scoring_is_refused(tmp_path):
+    W, mu, x = ppca(6)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=20, num_samples=50)
+    with pytest.raises(ValueError, match=r"another scoring: it differs in \['options'\]"):
+        log_likelihood_in_parts(model, guide, x, tmp_path, part_size=20, num_samples=60)
+    with pytest.raises(ValueError, match=r"differs in \['part_size'\]"):
+        log_likelihood_in_parts(model, guide, x, tmp_path, part_size=10, num_samples=50)
+    with pytest.raises(ValueError, match=r"differs in \['num_data'\]"):
+        log_likelihood_in_parts(model, guide, x[:30], tmp_path, part_size=20, num_samples=50)
+    with pytest.raises(ValueError, match="by name"):
+        log_likelihood_in_parts(model, guide, x, tmp_path / "other", proposal=object())
+    with pytest.raises(ValueError, match="empty"):
+        log_likelihood_in_parts(model, guide, x[:0], tmp_path / "empty")
+
+
+def test_other_weights_are_refused_by_their_digest(tmp_path):
+    """A model retrained (or another checkpoint loaded) must not reuse the parts of the old weights."""
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 12, 2, (8,), likelihood="gaussian")
+    x = torch.randn(30, 12)
+    first = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=10, num_samples=20)
+    again = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=10, num_samples=20)
+    _assert_same(first, again)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    with torch.no_grad():
+        next(guide.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match=r"differs in \['digest'\]"):
+        log_likelihood_in_parts(model, guide, x, tmp_path, part_size=10, num_samples=20)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+
+
+def test_concat_joins_fields_and_adds_costs():
+    W, mu, x = ppca(7)
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=1.2)
+    a = _quiet(log_likelihood, model, guide, x[:25], num_samples=200, proposal="auto", ais_chains=8, ais_steps=5)
+    b = _quiet(log_likelihood, model, guide, x[25:], num_samples=200, proposal="auto", ais_chains=8, ais_steps=5)
+    joined = LogLikelihood.concat([a, b])
+    assert torch.equal(joined.per_datum, torch.cat([a.per_datum, b.per_datum]))
+    assert joined.estimator == a.estimator + b.estimator
+    assert torch.equal(joined.certified, torch.cat([a.certified, b.certified]))
+    for stage in a.cost:
+        assert joined.cost[stage]["data"] == a.cost[stage]["data"] + b.cost[stage]["data"]
+        assert joined.cost[stage]["seconds"] == pytest.approx(a.cost[stage]["seconds"] + b.cost[stage]["seconds"])
+    assert joined.mean == pytest.approx((25 * a.mean + 15 * b.mean) / 40)
+    _assert_same(LogLikelihood.concat([a]), a)
+    gaps = LogLikelihood.concat([LogLikelihood(a.per_datum, a.khat, 200, "auto", schedule_gap=g, acceptance=r)
+                                 for g, r in ((0.1, 0.5), (None, None), (0.3, 0.9))])
+    assert gaps.schedule_gap == pytest.approx(0.2) and gaps.acceptance == pytest.approx(0.7)
+
+
+def test_concat_refuses_parts_of_different_estimators():
+    W, mu, x = ppca(8)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    by_guide = _quiet(log_likelihood, model, guide, x[:10], num_samples=50)
+    refined = _quiet(log_likelihood, model, guide, x[10:20], num_samples=50, proposal="refined")
+    with pytest.raises(ValueError, match="differ in proposal"):
+        LogLikelihood.concat([by_guide, refined])
+    with pytest.raises(ValueError, match="differ in num_samples"):
+        LogLikelihood.concat([by_guide, _quiet(log_likelihood, model, guide, x[10:], num_samples=60)])
+    with pytest.raises(ValueError, match="non-empty list"):
+        LogLikelihood.concat([])
