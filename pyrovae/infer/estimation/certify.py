@@ -56,7 +56,13 @@ from pyrovae.infer.batches import as_batches, model_check
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.estimation.ais import AnnealingPath, batch_ais, sigmoid_schedule
 from pyrovae.infer.estimation.bdmc import bdmc
-from pyrovae.infer.estimation.importance import guess_max_plate_nesting
+from pyrovae.infer.estimation.importance import (
+    enumerated_values,
+    guess_max_plate_nesting,
+    rows_per_pass,
+    samples_per_chunk,
+    split_rows,
+)
 from pyrovae.infer.estimation.log_likelihood import (
     CERTIFIED_KHAT,
     CERTIFIED_MIN_ESS,
@@ -154,6 +160,47 @@ def _merge(into: BatchEstimate, rows: torch.Tensor, new: BatchEstimate, keep: to
         getattr(into, field)[rows[keep]] = getattr(new, field)[keep].to(getattr(into, field).dtype)
 
 
+def _escalate(model: Callable, guide: Callable, args: tuple, refined: _Refiner, cost: dict, num_samples: int,
+              chunk: int, max_plate_nesting: int, ais_chains: int, ais_steps: int
+              ) -> tuple[BatchEstimate, torch.Tensor, torch.Tensor]:
+    """The estimate of one batch ``args`` through the stages, each for the data the one before left uncertified:
+    the estimate, each datum's stage and whether it is certified; what each stage spent is added to ``cost``."""
+    x = args[0]
+    stage = torch.zeros(x.shape[0], dtype=torch.long)
+    started = time.perf_counter()
+    estimate = estimate_batch(model, guide, args, num_samples, chunk, max_plate_nesting)
+    # the guide's weights never certify by themselves: they cannot see a mode the guide missed (see the module's
+    # documentation); its estimate is the lower bound a later stage must do better than
+    certified = torch.zeros(x.shape[0], dtype=torch.bool)
+    cost["guide"]["seconds"] += time.perf_counter() - started
+    cost["guide"]["data"] += x.shape[0]
+    for level, name in enumerate(STAGES[1:], start=1):
+        rows = torch.nonzero(~certified).squeeze(-1)
+        if rows.numel() == 0:
+            break
+        sub = tuple(a[rows.to(a.device)] for a in args)
+        started = time.perf_counter()
+        start = refined(model, guide, sub, max_plate_nesting)
+        if name == "ais":
+            try:
+                new = _ais(model, start, sub, ais_chains, ais_steps)
+            except (NotImplementedError, ValueError):  # no HMC path (discrete latents)
+                break
+            now_certified = _certified(new)
+        else:
+            new, now_certified = _refined_stage(model, start, sub, num_samples, chunk, max_plate_nesting)
+        cost[name]["seconds"] += time.perf_counter() - started
+        cost[name]["data"] += rows.numel()
+        # an estimate this stage does not certify replaces the last one only where its weights are better behaved:
+        # one with k-hat = inf (a NaN weight, collapsed draws, or a degenerate proposal whose own density underflows
+        # at its draws) is no estimate, and must not displace a lower bound
+        taken = now_certified | (new.khat < estimate.khat[rows])
+        _merge(estimate, rows, new, taken)
+        certified[rows[taken]] = now_certified[taken]
+        stage[rows[taken]] = level
+    return estimate, stage, certified
+
+
 @torch.no_grad()
 def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int = 500, batch_size: int | None = None,
                         max_samples_per_chunk: int | None = None, device: torch.device | None = None,
@@ -166,49 +213,19 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
-        for args in tqdm(batches, desc="log-likelihood (auto)", disable=not progress, leave=False):
-            x = args[0]
+        for batch in tqdm(batches, desc="log-likelihood (auto)", disable=not progress, leave=False):
             if max_plate_nesting is None:
-                check_model_guide(model, guide, args)
-                max_plate_nesting = guess_max_plate_nesting(model, guide, *args)
-            chunk = max_samples_per_chunk or max(1, 2**24 // (x.shape[0] * max(x.shape[-1], 1)))
-            stage = torch.zeros(x.shape[0], dtype=torch.long)
-            with pyro.validation_enabled(False):
-                started = time.perf_counter()
-                estimate = estimate_batch(model, guide, args, num_samples, chunk, max_plate_nesting)
-                # the guide's weights never certify by themselves: they cannot see a mode the guide missed (see the
-                # module's documentation); its estimate is the lower bound a later stage must do better than
-                certified = torch.zeros(x.shape[0], dtype=torch.bool)
-                cost["guide"]["seconds"] += time.perf_counter() - started
-                cost["guide"]["data"] += x.shape[0]
-                for level, name in enumerate(STAGES[1:], start=1):
-                    rows = torch.nonzero(~certified).squeeze(-1)
-                    if rows.numel() == 0:
-                        break
-                    sub = tuple(a[rows.to(a.device)] for a in args)
-                    started = time.perf_counter()
-                    start = refined(model, guide, sub, max_plate_nesting)
-                    if name == "ais":
-                        try:
-                            new = _ais(model, start, sub, ais_chains, ais_steps)
-                        except (NotImplementedError, ValueError):  # no HMC path (discrete latents)
-                            break
-                        now_certified = _certified(new)
-                    else:
-                        new, now_certified = _refined_stage(model, start, sub, num_samples, chunk,
-                                                            max_plate_nesting)
-                    cost[name]["seconds"] += time.perf_counter() - started
-                    cost[name]["data"] += rows.numel()
-                    # an estimate this stage does not certify replaces the last one only where its weights are
-                    # better behaved: one with k-hat = inf (a NaN weight, collapsed draws, or a degenerate proposal
-                    # whose own density underflows at its draws) is no estimate, and must not displace a lower bound
-                    taken = now_certified | (new.khat < estimate.khat[rows])
-                    _merge(estimate, rows, new, taken)
-                    certified[rows[taken]] = now_certified[taken]
-                    stage[rows[taken]] = level
-            estimates.append(estimate)
-            stage_of.append(stage)
-            certified_of.append(certified)
+                check_model_guide(model, guide, batch)
+                max_plate_nesting = guess_max_plate_nesting(model, guide, *batch)
+                enumerated = enumerated_values(guide, *batch)
+            for args in split_rows(batch, rows_per_pass(batch[0], enumerated)):
+                chunk = max_samples_per_chunk or samples_per_chunk(args[0], enumerated)
+                with pyro.validation_enabled(False):
+                    estimate, stage, certified = _escalate(model, guide, args, refined, cost, num_samples, chunk,
+                                                           max_plate_nesting, ais_chains, ais_steps)
+                estimates.append(estimate)
+                stage_of.append(stage)
+                certified_of.append(certified)
     if not estimates:
         raise ValueError("log_likelihood got an empty data set")
     stage = torch.cat(stage_of)

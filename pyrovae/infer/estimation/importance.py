@@ -43,6 +43,52 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -
     return max(dims, default=1)
 
 
+CHUNK_ELEMENTS = 2**24
+"""Samples x data x features x enumerated values computed at once by default: about 1 GB for a conv decoder on
+28 x 28 images."""
+
+
+def enumerated_values(guide: Callable, *args, **kwargs) -> int:
+    """How many joint values the guide's sites enumerated in parallel take (the GMVAE's K; 1 without any), read off
+    one dry run (which leaves the random state as it was): every importance draw is scored for each of them at
+    once."""
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng():
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    count = 1
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and site["infer"].get("enumerate") == "parallel" and not site["is_observed"]:
+            count *= int(site["fn"].enumerate_support(expand=False).shape[0])
+    return count
+
+
+ROW_ELEMENTS = 2**19
+"""Data x features x enumerated values a batch is estimated with at once by default: more (a GMVAE with many
+components on many genes) are estimated a part of the batch at a time, for a refined proposal optimises every datum
+from several starts with several particles each, and its memory grows with all of them."""
+
+
+def rows_per_pass(x: torch.Tensor, enumerated: int = 1) -> int:
+    """The data of a batch ``x`` estimated at once (see :data:`ROW_ELEMENTS`): all of a batch of MNIST images or of
+    a count model's cells on 2,000 genes; about 29 of a 9-component GMVAE's cells on 2,000 genes."""
+    return max(1, ROW_ELEMENTS // (max(x.shape[-1], 1) * enumerated))
+
+
+def split_rows(args: tuple, rows: int):
+    """The batch ``args`` (tensors with the data on their first axis) ``rows`` data at a time."""
+    size = args[0].shape[0]
+    if size <= rows:
+        yield args
+        return
+    for first in range(0, size, rows):
+        yield tuple(a[first:first + rows] for a in args)
+
+
+def samples_per_chunk(x: torch.Tensor, enumerated: int = 1) -> int:
+    """Importance samples drawn at once for a batch ``x`` so that samples x data x features x ``enumerated`` values
+    stay near :data:`CHUNK_ELEMENTS` (a GMVAE's components multiply the memory of every draw)."""
+    return max(1, CHUNK_ELEMENTS // (x.shape[0] * max(x.shape[-1], 1) * enumerated))
+
+
 def per_datum_log_prob(site: dict, max_plate_nesting: int) -> torch.Tensor:
     """A site's log-density summed over every plate but the samples and the data plate: ``(*enum, S|1, B|1)``,
     with enumerated values (if any) in the leading dimensions."""

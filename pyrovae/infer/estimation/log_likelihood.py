@@ -15,7 +15,14 @@ from tqdm.auto import tqdm
 from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
 from pyrovae.infer.batches import as_batches, model_check, module_device
 from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.estimation.importance import guess_max_plate_nesting, importance_draws
+from pyrovae.infer.estimation.importance import (
+    enumerated_values,
+    guess_max_plate_nesting,
+    importance_draws,
+    rows_per_pass,
+    samples_per_chunk,
+    split_rows,
+)
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
 from pyrovae.infer.estimation.psis import psis_khat, psis_tail_length
 from pyrovae.infer.estimation.refined import RefinedProposal
@@ -330,8 +337,10 @@ def log_likelihood(
     :param int num_samples: importance samples S per datum.
     :param int batch_size: data per batch (default 256; a DataLoader's or CellStream's own).
     :param int max_samples_per_chunk: draw the S samples in chunks of this size to bound memory
-        (default: chosen so that samples x data x features in a chunk stay near 2^24, which bounds the
-        decoder's memory: about 1 GB for a conv decoder on 28x28 images).
+        (default: chosen so that samples x data x features x the guide's enumerated values (a GMVAE's K) in a
+        chunk stay near 2^24, which bounds the decoder's memory: about 1 GB for a conv decoder on 28x28 images).
+        A batch whose data x features x enumerated values exceed 2^19 is estimated a part at a time (a GMVAE
+        with 9 components on 2,000 genes: 29 cells), for the refined proposals' memory grows with each datum.
     :param device: where to compute (default: the model's device).
     :param proposal: ``"auto"``, ``"guide"``, ``"defensive"``, ``"refined"``, ``"refined+defensive"`` or a
         :class:`~pyrovae.infer.estimation.proposals.Proposal`.
@@ -362,22 +371,23 @@ def log_likelihood(
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
-        for args in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
-            x = args[0]
+        for batch in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
             if max_plate_nesting is None:
-                check_model_guide(model, guide, args)  # the pairing, as train checks it
-                max_plate_nesting = guess_max_plate_nesting(model, guide, *args)
-            chunk = max_samples_per_chunk or max(1, 2**24 // (x.shape[0] * max(x.shape[-1], 1)))
-            with pyro.validation_enabled(False):
-                draw_from = proposal.for_batch(model, guide, args, max_plate_nesting)
-                estimate = estimate_batch(model, draw_from, args, num_samples, chunk, max_plate_nesting)
-            per_datum.append(estimate.per_datum)
-            mean_log_weights.append(estimate.mean_log_weight)
-            effective.append(estimate.ess)
-            khats.append(estimate.khat)
-            modes.append(getattr(draw_from, "num_modes", None))
-            undefined += estimate.undefined
-            collapsed += estimate.collapsed
+                check_model_guide(model, guide, batch)  # the pairing, as train checks it
+                max_plate_nesting = guess_max_plate_nesting(model, guide, *batch)
+                enumerated = enumerated_values(guide, *batch)
+            for args in split_rows(batch, rows_per_pass(batch[0], enumerated)):
+                chunk = max_samples_per_chunk or samples_per_chunk(args[0], enumerated)
+                with pyro.validation_enabled(False):
+                    draw_from = proposal.for_batch(model, guide, args, max_plate_nesting)
+                    estimate = estimate_batch(model, draw_from, args, num_samples, chunk, max_plate_nesting)
+                per_datum.append(estimate.per_datum)
+                mean_log_weights.append(estimate.mean_log_weight)
+                effective.append(estimate.ess)
+                khats.append(estimate.khat)
+                modes.append(getattr(draw_from, "num_modes", None))
+                undefined += estimate.undefined
+                collapsed += estimate.collapsed
     if not per_datum:
         raise ValueError("log_likelihood got an empty data set")
     if undefined:
