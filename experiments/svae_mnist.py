@@ -12,9 +12,12 @@ numbers.
 
 Every run is checkpointed after each epoch and its result kept in ``OUT/runs.json`` (:class:`pyrovae.sweep.Sweep`),
 so an interrupted sweep resumes where it stopped and a finished run is not trained again (delete
-``OUT/runs.json``, ``OUT/checkpoints`` and ``OUT/scores`` to retrain). Its test scores are saved 500 images at a time in
-``OUT/scores/<cell>`` (:func:`pyrovae.infer.log_likelihood_in_parts`), so an interrupted scoring, hours long where
-many images need AIS, resumes too. Both guides train under the traced ELBO (``elbo="jit"``), or
+``OUT/runs.json``, ``OUT/checkpoints`` and ``OUT/scores`` to retrain). Its test scores are saved 500 images at a
+time in ``OUT/scores/<cell>`` (``OUT/cells/<cell>/scores/<cell>`` with ``--jobs``;
+:func:`pyrovae.infer.log_likelihood_in_parts`), so an interrupted scoring, hours long where many images need AIS,
+resumes too; an unfinished cell resumed with other scoring options (``--num-test``, ``--num-samples``,
+``--proposal``, ``--ais-*``, ``--seed``) is refused by name. Both guides train under the traced ELBO
+(``elbo="jit"``), or
 with ``--compile`` a step compiled by inductor (``train(compile=True)``; the vMF draw stays exact).
 
 ``--jobs N`` trains N cells at once, each in a process of its own on the same device (``OUT/cells/<cell>``, each
@@ -112,7 +115,8 @@ def fit_and_score(kind: str, d: int) -> dict:
     started = time.perf_counter()
     stage = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
     ll = score(model, guide, f"{kind}_d{d}", args.proposal, **stage)
-    scoring_seconds = time.perf_counter() - started
+    # the seconds of every part, those read back from an earlier run included
+    scoring_seconds = sum(s["seconds"] for s in ll.cost.values()) if ll.cost else time.perf_counter() - started
     print(f"  test LL {ll.mean:.2f} +/- {ll.stderr:.2f} ({ll.certified.float().mean():.1%} certified) "
           f"after {len(history)} epochs")
     # the paper's estimator: the guide as the proposal, with the same number of samples

@@ -51,8 +51,11 @@ CHUNK_ELEMENTS = 2**24
 def enumerated_values(guide: Callable, *args, **kwargs) -> int:
     """How many joint values the guide's sites enumerated in parallel take (the GMVAE's K; 1 without any), read off
     one dry run (which leaves the random state as it was): every importance draw is scored for each of them at
-    once."""
-    with poutine.block(), torch.no_grad(), torch.random.fork_rng():
+    once. Sites enumerated under ``pyro.markov`` share dimensions, which this count does not see: it then errs
+    high, which only bounds the memory more tightly than needed."""
+    cuda = sorted({torch.cuda.current_device() if a.device.index is None else a.device.index
+                   for a in args if isinstance(a, torch.Tensor) and a.is_cuda})
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=cuda):
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
     count = 1
     for site in trace.nodes.values():

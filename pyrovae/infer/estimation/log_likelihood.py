@@ -176,8 +176,9 @@ class LogLikelihood:
     def concat(cls, parts: list[LogLikelihood]) -> LogLikelihood:
         """One estimate of the data of ``parts`` (estimates of consecutive parts of a data set, by the same
         estimator), in their order: per-datum fields end to end, costs added, the acceptance rate averaged over the
-        data and the AIS schedule's gap over the parts that measured it
-        (:func:`~pyrovae.infer.estimation.log_likelihood_in_parts` scores in such parts)."""
+        data and the AIS schedule's gap over the parts that measured it, and every AIS estimate judged against that
+        average gap rather than its own part's (:func:`~pyrovae.infer.estimation.log_likelihood_in_parts` scores in
+        such parts)."""
         parts = list(parts)
         if not parts or not all(isinstance(part, cls) for part in parts):
             raise ValueError(f"LogLikelihood.concat takes a non-empty list of LogLikelihood, got {parts!r:.200}")
@@ -201,6 +202,13 @@ class LogLikelihood:
         acceptance = sum(a * n for a, n in rated) / sum(n for _, n in rated) if rated else None
         gaps = [part.schedule_gap for part in parts if part.schedule_gap is not None]
         schedule_gap = sum(gaps) / len(gaps) if gaps else None
+        if gaps and all(fields[name] is not None for name in ("checked", "estimator", "ess")):
+            # each part judged its AIS estimates by its own check of the schedule: judge them all by the average
+            from pyrovae.infer.estimation.certify import SCHEDULE_MAX_GAP
+
+            ais = torch.tensor([name == "ais" for name in fields["estimator"]], dtype=torch.bool)
+            sound = (fields["khat"] <= CERTIFIED_KHAT) & (fields["ess"] >= CERTIFIED_MIN_ESS)
+            fields["checked"] = torch.where(ais, sound & (schedule_gap <= SCHEDULE_MAX_GAP), fields["checked"])
         cost = None
         if any(part.cost is not None for part in parts):
             cost = {}
@@ -209,8 +217,8 @@ class LogLikelihood:
                     total = cost.setdefault(stage, {"data": 0, "seconds": 0.0})
                     total["data"] += spent.get("data", 0)
                     total["seconds"] += spent.get("seconds", 0.0)
-            if "ais" in cost and gaps:
-                cost["ais"]["schedule_gap"] = schedule_gap
+                    if "schedule_gap" in spent:
+                        total["schedule_gap"] = schedule_gap
         return cls(fields.pop("per_datum"), fields.pop("khat"), first.num_samples, first.proposal,
                    acceptance=acceptance, cost=cost, schedule_gap=schedule_gap, **fields)
 

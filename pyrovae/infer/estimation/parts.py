@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -27,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_integer
-from pyrovae.infer.estimation.log_likelihood import LogLikelihood, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import LogLikelihood, as_proposal, log_likelihood
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write
 
 MANIFEST = "manifest.json"
+_OPTIONS = inspect.signature(log_likelihood)
 
 
 def parameters_digest(*modules) -> str:
@@ -43,8 +45,19 @@ def parameters_digest(*modules) -> str:
         for name, value in sorted(state.items()):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"{index}/{name}/{tensor.dtype}/{tuple(tensor.shape)}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def _check_indexable(data) -> None:
+    """Parts need the data by position: a tensor, pyrovae's data sets (``subset``) or a map-style Dataset."""
+    if isinstance(data, torch.Tensor) or callable(getattr(data, "subset", None)):
+        return
+    if isinstance(data, (tuple, list, torch.utils.data.DataLoader, torch.utils.data.IterableDataset)) or not (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        raise TypeError(f"log_likelihood_in_parts takes its parts by position, which a {type(data).__name__} does "
+                        "not give: pass a tensor of data, a TensorData or CountData (with covariates), or a "
+                        "map-style Dataset; a stream or DataLoader has no parts to resume from")
 
 
 def _subset(data, start: int, stop: int):
@@ -55,6 +68,33 @@ def _subset(data, start: int, stop: int):
     if callable(getattr(data, "subset", None)):
         return data.subset(torch.arange(start, stop))
     return torch.utils.data.Subset(data, range(start, stop))
+
+
+def _checked_options(options: dict) -> dict:
+    """The options of :func:`~pyrovae.infer.log_likelihood` as the manifest records them (defaults left out), after
+    the checks a wrong one would fail only in the first part (leaving a manifest behind)."""
+    known = set(_OPTIONS.parameters) - {"model", "guide", "data", "progress"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"log_likelihood_in_parts got options {unknown} that log_likelihood does not take "
+                        f"({sorted(known)})")
+    proposal = options.get("proposal", "guide")
+    if not isinstance(proposal, str):
+        raise ValueError("log_likelihood_in_parts records the estimator in its folder: pass the proposal by name "
+                         f"(e.g. 'auto'), not {type(proposal).__name__}")
+    if proposal != "auto":
+        as_proposal(proposal)  # a wrong name is refused here, naming the proposals there are
+        if options.get("ais_chains") is not None or options.get("ais_steps") is not None:
+            raise ValueError(f"ais_chains and ais_steps set the AIS stage of proposal='auto', and proposal is "
+                             f"{proposal!r}")
+    return {name: (str(value) if name == "device" else value) for name, value in sorted(options.items())
+            if value is not None}
+
+
+def _cuda_devices() -> list[int]:
+    """The CUDA devices whose random state a part's seed sets (and restores after): those started already; none
+    on a machine without CUDA (a CPU scoring starts no CUDA context)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str) -> dict:
@@ -81,14 +121,20 @@ def log_likelihood_in_parts(
     :param options: of :func:`~pyrovae.infer.log_likelihood` (``num_samples``, ``proposal`` by name,
         ``ais_chains``, ``ais_steps``, ``batch_size``, ``max_samples_per_chunk``, ``device``).
     :raises ValueError: a folder holding another scoring (other data size, part size, seed, options or
-        weights), a proposal passed as an object (a folder must be able to say what it holds: pass its name).
+        weights) or parts without a manifest, a proposal passed as an object (a folder must be able to say what it
+        holds: pass its name) or by a wrong name; all before anything is written.
+    :raises TypeError: an option :func:`~pyrovae.infer.log_likelihood` does not take; data without positions to
+        take parts by (a stream, a DataLoader, a tuple of tensors: pass a TensorData or CountData).
+
+    With ``proposal="auto"`` each part that sends data to AIS checks the schedule by bidirectional Monte Carlo on
+    simulated data of its own (16 data, 16 chains); the parts' gaps are averaged, and every AIS estimate is judged
+    against that average (:meth:`LogLikelihood.concat`). Two jobs sharing the folder may both score a part that
+    neither has saved yet; the last write wins (the same values on the CPU).
     """
     check_integer("part_size", part_size, 1)
     check_integer("seed", seed, 0)
-    if not isinstance(options.get("proposal", "guide"), str):
-        raise ValueError("log_likelihood_in_parts records the estimator in its folder: pass the proposal by name "
-                         f"(e.g. 'auto'), not {type(options['proposal']).__name__}")
-    recorded = {name: (str(value) if name == "device" else value) for name, value in options.items()}
+    recorded = _checked_options(options)
+    _check_indexable(data)
     num_data = len(data)
     if num_data == 0:
         raise ValueError("log_likelihood_in_parts got an empty data set")
@@ -98,6 +144,10 @@ def log_likelihood_in_parts(
     with FileLock(folder / MANIFEST):  # two jobs starting on one folder agree on its manifest
         path = folder / MANIFEST
         if not path.exists():
+            strays = sorted(p.name for p in folder.glob("part-*.pt"))
+            if strays:
+                raise ValueError(f"{folder} holds parts ({strays[:3]}) but no {MANIFEST} to say what they are "
+                                 "estimates of; score into another folder, or delete them")
             atomic_write(path, lambda stream: stream.write(manifest), binary=False)
         found, expected = json.loads(path.read_text()), json.loads(manifest)
         if found != expected:
@@ -113,7 +163,7 @@ def log_likelihood_in_parts(
         if path.exists():
             parts.append(LogLikelihood(**torch.load(path, weights_only=True)))
             continue
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=_cuda_devices()):
             torch.manual_seed(int(np.random.SeedSequence([seed, part]).generate_state(1)[0]))
             estimate = log_likelihood(model, guide, _subset(data, start, min(start + part_size, num_data)),
                                       **options)

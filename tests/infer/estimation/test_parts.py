@@ -139,3 +139,52 @@ def test_concat_refuses_parts_of_different_estimators():
         LogLikelihood.concat([by_guide, _quiet(log_likelihood, model, guide, x[10:], num_samples=60)])
     with pytest.raises(ValueError, match="non-empty list"):
         LogLikelihood.concat([])
+
+
+def test_a_count_model_with_scalar_buffers_is_scored_in_parts(tmp_path):
+    """The count likelihoods keep 0-dimensional buffers (the library prior), which the digest must read."""
+    torch.manual_seed(1)
+    model, guide = make_pair("vae", 30, 2, (8,), likelihood="nb", batch_norm=True)
+    x = torch.poisson(torch.full((24, 30), 2.0))
+    whole = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=10, num_samples=32)
+    again = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=10, num_samples=32, device=None)
+    _assert_same(whole, again)  # an option at its default is the option left out
+
+
+def test_wrong_calls_are_refused_before_anything_is_written(tmp_path):
+    W, mu, x = ppca(9)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    folder = tmp_path / "scores"
+    with pytest.raises(TypeError, match="num_sample"):
+        log_likelihood_in_parts(model, guide, x, folder, num_sample=50)
+    with pytest.raises(ValueError, match="ais_chains"):
+        log_likelihood_in_parts(model, guide, x, folder, proposal="refined", ais_chains=8)
+    with pytest.raises(ValueError, match="proposal must be one of"):
+        log_likelihood_in_parts(model, guide, x, folder, proposal="refind")
+    with pytest.raises(TypeError, match="by position"):
+        log_likelihood_in_parts(model, guide, (x,), folder)
+    with pytest.raises(TypeError, match="by position"):
+        log_likelihood_in_parts(model, guide, torch.utils.data.DataLoader(x, batch_size=8), folder)
+    assert not folder.exists() or not any(folder.iterdir())
+    folder.mkdir(exist_ok=True)
+    (folder / "part-00000.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="no manifest.json"):
+        log_likelihood_in_parts(model, guide, x, folder)
+
+
+def test_concat_judges_every_ais_estimate_by_the_average_gap():
+    """Each part checked the AIS schedule on its own simulated data; the joined estimate judges all its AIS
+    estimates by the average gap, as one call would by its one check."""
+    khat, ess = torch.tensor([0.2, 0.3, 0.9, 0.1]), torch.tensor([50.0, 40.0, 30.0, 60.0])
+
+    def part(gap, checked):
+        return LogLikelihood(torch.zeros(4), khat, 100, "auto", ess=ess, estimator=("ais", "ais", "ais", "guide"),
+                             checked=torch.tensor(checked), schedule_gap=gap, draws=torch.full((4,), 128),
+                             cost={"ais": {"data": 3, "seconds": 1.0, "schedule_gap": gap}})
+
+    ais_sound = [True, True, False, False, True, True, False, False]
+    too_far = LogLikelihood.concat([part(0.2, [True, True, False, False]), part(0.9, [False, False, False, False])])
+    assert too_far.schedule_gap == pytest.approx(0.55) and too_far.cost["ais"]["schedule_gap"] == pytest.approx(0.55)
+    assert not too_far.checked.any()  # 0.55 nats is beyond what "auto" accepts: no AIS estimate is certified
+    close = LogLikelihood.concat([part(0.6, [False, False, False, False]), part(0.3, [True, True, False, False])])
+    assert close.checked.tolist() == ais_sound and close.cost["ais"]["data"] == 6
