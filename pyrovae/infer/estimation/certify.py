@@ -53,16 +53,9 @@ from tqdm.auto import tqdm
 from pyrovae.distributions import DefensiveMixture
 from pyrovae.infer.arguments import floating_dtype
 from pyrovae.infer.batches import as_batches, model_check
-from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.estimation.ais import AnnealingPath, batch_ais, sigmoid_schedule
 from pyrovae.infer.estimation.bdmc import bdmc
-from pyrovae.infer.estimation.importance import (
-    enumerated_values,
-    guess_max_plate_nesting,
-    rows_per_pass,
-    samples_per_chunk,
-    split_rows,
-)
+from pyrovae.infer.estimation.importance import estimation_passes
 from pyrovae.infer.estimation.log_likelihood import (
     CERTIFIED_KHAT,
     CERTIFIED_MIN_ESS,
@@ -209,23 +202,18 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     estimates, stage_of, certified_of = [], [], []
     draws_of_stage = torch.tensor([num_samples, REFINED_DRAWS * num_samples, ais_chains])
     cost = {name: {"data": 0, "seconds": 0.0} for name in STAGES}
-    max_plate_nesting, refined = None, _Refiner()
+    refined = _Refiner()
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
-        for batch in tqdm(batches, desc="log-likelihood (auto)", disable=not progress, leave=False):
-            if max_plate_nesting is None:
-                check_model_guide(model, guide, batch)
-                max_plate_nesting = guess_max_plate_nesting(model, guide, *batch)
-                enumerated = enumerated_values(guide, *batch)
-            for args in split_rows(batch, rows_per_pass(batch[0], enumerated)):
-                chunk = max_samples_per_chunk or samples_per_chunk(args[0], enumerated)
-                with pyro.validation_enabled(False):
-                    estimate, stage, certified = _escalate(model, guide, args, refined, cost, num_samples, chunk,
-                                                           max_plate_nesting, ais_chains, ais_steps)
-                estimates.append(estimate)
-                stage_of.append(stage)
-                certified_of.append(certified)
+        batches = tqdm(batches, desc="log-likelihood (auto)", disable=not progress, leave=False)
+        for args, chunk, max_plate_nesting in estimation_passes(model, guide, batches, max_samples_per_chunk):
+            with pyro.validation_enabled(False):
+                estimate, stage, certified = _escalate(model, guide, args, refined, cost, num_samples, chunk,
+                                                       max_plate_nesting, ais_chains, ais_steps)
+            estimates.append(estimate)
+            stage_of.append(stage)
+            certified_of.append(certified)
     if not estimates:
         raise ValueError("log_likelihood got an empty data set")
     stage = torch.cat(stage_of)

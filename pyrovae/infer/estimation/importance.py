@@ -15,7 +15,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.infer.batches import as_args
-from pyrovae.infer.contract import DATA_PLATE
+from pyrovae.infer.contract import DATA_PLATE, check_model_guide
 
 SAMPLES_PLATE = "_importance_samples"  # the plate of the importance samples, left of the model's plates
 
@@ -90,6 +90,21 @@ def samples_per_chunk(x: torch.Tensor, enumerated: int = 1) -> int:
     """Importance samples drawn at once for a batch ``x`` so that samples x data x features x ``enumerated`` values
     stay near :data:`CHUNK_ELEMENTS` (a GMVAE's components multiply the memory of every draw)."""
     return max(1, CHUNK_ELEMENTS // (x.shape[0] * max(x.shape[-1], 1) * enumerated))
+
+
+def estimation_passes(model: Callable, guide: Callable, batches, max_samples_per_chunk: int | None = None):
+    """The passes a data set is estimated in, ``(args, chunk, max_plate_nesting)``: the pairing checked (as train
+    checks it) and the plate nesting and the guide's enumerated values read off the first of ``batches``, every
+    batch split into :func:`rows_per_pass` data, each drawing ``chunk`` samples at once (``max_samples_per_chunk``,
+    or :func:`samples_per_chunk`)."""
+    max_plate_nesting = None
+    for batch in batches:
+        if max_plate_nesting is None:
+            check_model_guide(model, guide, batch)
+            max_plate_nesting = guess_max_plate_nesting(model, guide, *batch)
+            enumerated = enumerated_values(guide, *batch)
+        for args in split_rows(batch, rows_per_pass(batch[0], enumerated)):
+            yield args, max_samples_per_chunk or samples_per_chunk(args[0], enumerated), max_plate_nesting
 
 
 def per_datum_log_prob(site: dict, max_plate_nesting: int) -> torch.Tensor:

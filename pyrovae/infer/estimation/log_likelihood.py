@@ -14,15 +14,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
 from pyrovae.infer.batches import as_batches, model_check, module_device
-from pyrovae.infer.contract import check_model_guide
-from pyrovae.infer.estimation.importance import (
-    enumerated_values,
-    guess_max_plate_nesting,
-    importance_draws,
-    rows_per_pass,
-    samples_per_chunk,
-    split_rows,
-)
+from pyrovae.infer.estimation.importance import estimation_passes, importance_draws
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
 from pyrovae.infer.estimation.psis import psis_khat, psis_tail_length
 from pyrovae.infer.estimation.refined import RefinedProposal
@@ -374,28 +366,22 @@ def log_likelihood(
                                    progress, **stage)
     proposal = as_proposal(proposal)
     per_datum, khats, mean_log_weights, effective, modes = [], [], [], [], []
-    max_plate_nesting = None
     undefined = collapsed = 0
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
-        for batch in tqdm(batches, desc="log-likelihood", disable=not progress, leave=False):
-            if max_plate_nesting is None:
-                check_model_guide(model, guide, batch)  # the pairing, as train checks it
-                max_plate_nesting = guess_max_plate_nesting(model, guide, *batch)
-                enumerated = enumerated_values(guide, *batch)
-            for args in split_rows(batch, rows_per_pass(batch[0], enumerated)):
-                chunk = max_samples_per_chunk or samples_per_chunk(args[0], enumerated)
-                with pyro.validation_enabled(False):
-                    draw_from = proposal.for_batch(model, guide, args, max_plate_nesting)
-                    estimate = estimate_batch(model, draw_from, args, num_samples, chunk, max_plate_nesting)
-                per_datum.append(estimate.per_datum)
-                mean_log_weights.append(estimate.mean_log_weight)
-                effective.append(estimate.ess)
-                khats.append(estimate.khat)
-                modes.append(getattr(draw_from, "num_modes", None))
-                undefined += estimate.undefined
-                collapsed += estimate.collapsed
+        batches = tqdm(batches, desc="log-likelihood", disable=not progress, leave=False)
+        for args, chunk, max_plate_nesting in estimation_passes(model, guide, batches, max_samples_per_chunk):
+            with pyro.validation_enabled(False):
+                draw_from = proposal.for_batch(model, guide, args, max_plate_nesting)
+                estimate = estimate_batch(model, draw_from, args, num_samples, chunk, max_plate_nesting)
+            per_datum.append(estimate.per_datum)
+            mean_log_weights.append(estimate.mean_log_weight)
+            effective.append(estimate.ess)
+            khats.append(estimate.khat)
+            modes.append(getattr(draw_from, "num_modes", None))
+            undefined += estimate.undefined
+            collapsed += estimate.collapsed
     if not per_datum:
         raise ValueError("log_likelihood got an empty data set")
     if undefined:
