@@ -1,7 +1,8 @@
 """Estimating the held-out log p(x) of a model/guide pair, and saying how far to trust the estimate.
 
-- :mod:`~pyrovae.infer.estimation.log_likelihood`: the importance-sampled estimate (:func:`log_likelihood`) with
-  its per-datum certificate (:class:`LogLikelihood`);
+- :mod:`~pyrovae.infer.estimation.log_likelihood`: the importance-sampled estimate (:func:`log_likelihood`);
+- :mod:`~pyrovae.infer.estimation.result`: what every estimator returns, per-datum estimates with the certificate
+  of each (:class:`LogLikelihood`), and the thresholds a certified estimate meets;
 - :mod:`~pyrovae.infer.estimation.importance`: the log importance weights, vectorised over samples;
 - :mod:`~pyrovae.infer.estimation.proposals`: importance distributions: the guide and a defensive mixture;
 - :mod:`~pyrovae.infer.estimation.refined`: the guide refined for each datum from several starts
@@ -21,12 +22,13 @@ from pyrovae.infer.estimation.ais import ais_log_likelihood
 from pyrovae.infer.estimation.bdmc import BDMC, bdmc
 from pyrovae.infer.estimation.gap import GapReport, gap_report
 from pyrovae.infer.estimation.importance import log_importance_weights
-from pyrovae.infer.estimation.log_likelihood import LogLikelihood, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import log_likelihood
 from pyrovae.infer.estimation.parts import log_likelihood_in_parts
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
 from pyrovae.infer.estimation.psis import psis_khat
 from pyrovae.infer.estimation.refined import RefinedProposal
 from pyrovae.infer.estimation.refit import refit_guide
+from pyrovae.infer.estimation.result import LogLikelihood
 
 __all__ = [
     "BDMC",

@@ -26,9 +26,10 @@ from pyrovae.infer.estimation.importance import (
     guess_max_plate_nesting,
     per_datum_log_prob,
 )
-from pyrovae.infer.estimation.log_likelihood import LogLikelihood, as_proposal
+from pyrovae.infer.estimation.log_likelihood import as_proposal
 from pyrovae.infer.estimation.proposals import Proposal
 from pyrovae.infer.estimation.psis import psis_khat
+from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
 
 

@@ -56,16 +56,11 @@ from pyrovae.infer.batches import as_batches, model_check
 from pyrovae.infer.estimation.ais import AnnealingPath, batch_ais, sigmoid_schedule
 from pyrovae.infer.estimation.bdmc import bdmc
 from pyrovae.infer.estimation.importance import estimation_passes
-from pyrovae.infer.estimation.log_likelihood import (
-    CERTIFIED_KHAT,
-    CERTIFIED_MIN_ESS,
-    BatchEstimate,
-    LogLikelihood,
-    estimate_batch,
-)
+from pyrovae.infer.estimation.log_likelihood import BatchEstimate, estimate_batch
 from pyrovae.infer.estimation.proposals import widened, with_latents_replaced
 from pyrovae.infer.estimation.psis import psis_khat
 from pyrovae.infer.estimation.refined import RefinedProposal
+from pyrovae.infer.estimation.result import CERTIFIED_KHAT, CERTIFIED_MIN_ESS, SCHEDULE_MAX_GAP, LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
 
 STAGES = ("guide", "refined+defensive", "ais")
@@ -73,7 +68,6 @@ STAGES = ("guide", "refined+defensive", "ais")
 
 REFINED_DRAWS = 4  # the refined stage's draws, in multiples of num_samples
 CHECK_WEIGHT, CHECK_SCALE, CHECK_SLACK = 0.5, 3.0, 0.05  # the wider check's share and width, and its slack (nats)
-SCHEDULE_MAX_GAP = 0.5  # nats between the BDMC bounds of the AIS schedule beyond which AIS certifies nothing
 
 
 def _certified(estimate: BatchEstimate) -> torch.Tensor:

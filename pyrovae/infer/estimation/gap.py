@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyrovae.infer.estimation.ais import ais_log_likelihood
-from pyrovae.infer.estimation.log_likelihood import LogLikelihood, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import log_likelihood
 from pyrovae.infer.estimation.proposals import DefensiveProposal
 from pyrovae.infer.estimation.refined import RefinedProposal
+from pyrovae.infer.estimation.result import LogLikelihood
 
 
 @dataclass

@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_integer
-from pyrovae.infer.estimation.log_likelihood import LogLikelihood, as_proposal, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
+from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write
 
 MANIFEST = "manifest.json"

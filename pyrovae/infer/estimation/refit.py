@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyrovae.infer.estimation.log_likelihood import LogLikelihood, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import log_likelihood
+from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.training.history import History
 from pyrovae.infer.training.train import train
 

@@ -1,0 +1,210 @@
+"""The result of a log-likelihood estimate: per-datum estimates of log p(x) with the certificate of each
+(:class:`LogLikelihood`), and the thresholds a certified estimate meets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+CERTIFIED_KHAT = 0.7  # Pareto k-hat at or below which importance weights have a finite variance (Vehtari et al.)
+CERTIFIED_MIN_ESS = 10.0  # and the fewest effective samples a certified estimate rests on
+SCHEDULE_MAX_GAP = 0.5  # nats between the BDMC bounds of the AIS schedule beyond which AIS certifies nothing
+
+
+@dataclass
+class LogLikelihood:
+    """Per-datum estimates of log p(x) and the certificate of each.
+
+    :ivar per_datum: (N,) log p(x_i) estimates.
+    :ivar khat: (N,) Pareto k-hat of each datum's importance weights (> 0.7: unreliable estimate). Never NaN: a datum
+        with a NaN weight, no positive weight, or draws that collapsed onto one point gets ``inf``.
+    :ivar num_samples: importance samples per datum (for ``proposal="auto"``: the guide stage's; its refined stage
+        draws :data:`~pyrovae.infer.estimation.certify.REFINED_DRAWS` times as many and its AIS stage runs
+        ``ais_chains`` chains: :attr:`draws` says how many weights each datum's estimate averages).
+    :ivar proposal: the importance distribution's name (``"guide"``, ``"refined+defensive"``, ...).
+    :ivar acceptance: the mean HMC acceptance rate, for annealed importance sampling (else None).
+    :ivar mean_log_weight: (N,) each datum's mean log importance weight, E_r[log p(x, z) - log r(z | x)]: the
+        proposal's ELBO, for importance sampling (else None). With an enumerated site (the GMVAE's y) it is the mean
+        log of the stratified weights, a bound between the ELBO and log p(x).
+    :ivar ess: (N,) effective sample size of each datum's weights, (sum w)^2 / sum w^2 (else None).
+    :ivar num_modes: (N,) for the refined proposals with several starts: how many distinct optima, each holding at
+        least 5% of the estimated mass, the starts reached (else None: no search was made). 1 means every start
+        agreed (evidence, not proof, that the posterior has one mode); more means the posterior is multimodal and
+        the estimate mixes the modes found. A mode that no start reached is missing from the estimate, and k-hat
+        cannot see it: no importance sampler can vouch for mass it never drew. A start that had not converged
+        within the steps may also count as a mode: the flag errs on the side of caution.
+    :ivar estimator: for ``proposal="auto"``, the estimator each datum's estimate came from (``"guide"``,
+        ``"refined+defensive"``, ``"ais"``), else None (one estimator for all).
+    :ivar cost: for ``proposal="auto"``, per stage, the data it estimated and its seconds.
+    :ivar checked: for ``proposal="auto"``, (N,) bool: whether each estimate also passed the check that k-hat cannot
+        make (a wider proposal found no more mass; for AIS, a schedule that bidirectional Monte Carlo found close to
+        exact; see :mod:`~pyrovae.infer.estimation.certify`), else None.
+    :ivar schedule_gap: for ``proposal="auto"`` with data estimated by AIS, the mean gap between the reverse and the
+        forward AIS bounds of its schedule on data simulated from the model (:func:`~pyrovae.infer.bdmc`), else None
+        (also when the model has no prior predictive to simulate from: the schedule is then unchecked).
+    :ivar draws: for ``proposal="auto"``, (N,) how many weights each datum's estimate averages (its stage's draws, or
+        its AIS chains), which :attr:`mc_stderr` reads; else None (every datum has ``num_samples``).
+    """
+
+    per_datum: torch.Tensor
+    khat: torch.Tensor
+    num_samples: int
+    proposal: str = "guide"
+    acceptance: float | None = None
+    mean_log_weight: torch.Tensor | None = None
+    ess: torch.Tensor | None = None
+    num_modes: torch.Tensor | None = None
+    estimator: tuple[str, ...] | None = None
+    cost: dict | None = None
+    checked: torch.Tensor | None = None
+    schedule_gap: float | None = None
+    draws: torch.Tensor | None = None
+
+    @property
+    def elbo(self) -> float:
+        """Mean over the data of each datum's mean log weight: the proposal's ELBO (estimated from the same draws)."""
+        return float(self.mean_log_weight.mean()) if self.mean_log_weight is not None else math.nan
+
+    @property
+    def mean(self) -> float:
+        """Mean log-likelihood per datum."""
+        return float(self.per_datum.mean())
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of :attr:`mean` over the data."""
+        n = self.per_datum.numel()
+        return float(self.per_datum.std() / math.sqrt(n)) if n > 1 else math.nan
+
+    @property
+    def mc_stderr(self) -> torch.Tensor | None:
+        """(N,) Monte Carlo standard error of each datum's estimate, by the delta method: the relative variance of
+        the mean weight is (S / ESS - 1) / S, so sd(log p_hat) ~= sqrt(1 / ESS - 1 / S). Meaningful only where
+        k-hat < 0.7 (the weights' variance is finite), and blind to modes the proposal never drew."""
+        if self.ess is None:
+            return None
+        draws = self.num_samples if self.draws is None else self.draws
+        return (1.0 / self.ess - 1.0 / draws).clamp_min(0.0).sqrt()
+
+    @property
+    def flagged(self) -> torch.Tensor:
+        """(N,) bool: the estimates to check (with more samples, more starts, or AIS): k-hat > 0.7, or a posterior
+        found multimodal (:attr:`num_modes` > 1), where the estimate is only as complete as the search for modes."""
+        flagged = ~(self.khat <= 0.7)
+        return flagged | (self.num_modes > 1) if self.num_modes is not None else flagged
+
+    @property
+    def certified(self) -> torch.Tensor:
+        """(N,) bool: the estimates that can be trusted, by this rule: k-hat <= 0.7 (the weights' variance is
+        finite, so the estimate converges at the Monte Carlo rate), an effective sample size of at least
+        :data:`CERTIFIED_MIN_ESS`, and one posterior mode found where the refined proposals searched for modes. An
+        estimate without an effective sample size (no weights kept) is not certified. See :meth:`reasons`."""
+        certified = self.khat <= CERTIFIED_KHAT
+        certified &= self.ess >= CERTIFIED_MIN_ESS if self.ess is not None else torch.zeros_like(certified)
+        if self.checked is not None:
+            certified &= self.checked
+        return certified & (self.num_modes <= 1) if self.num_modes is not None else certified
+
+    def reasons(self) -> list[str]:
+        """Why each estimate is certified or not, one line per datum (``"certified"``, ``"k-hat 0.93 > 0.7"``,
+        ``"ESS 4.2 < 10"``, ``"2 posterior modes"``; several joined by ``"; "``)."""
+        lines = []
+        for i in range(self.per_datum.numel()):
+            why = []
+            if not self.khat[i] <= CERTIFIED_KHAT:
+                why.append(f"k-hat {float(self.khat[i]):.2f} > {CERTIFIED_KHAT}")
+            if self.ess is None:
+                why.append("no effective sample size")
+            elif self.ess[i] < CERTIFIED_MIN_ESS:
+                why.append(f"ESS {float(self.ess[i]):.1f} < {CERTIFIED_MIN_ESS}")
+            if self.num_modes is not None and self.num_modes[i] > 1:
+                why.append(f"{int(self.num_modes[i])} posterior modes")
+            if self.checked is not None and not self.checked[i] and not why:
+                if self.estimator is not None and self.estimator[i] == "ais" and self.schedule_gap is not None:
+                    why.append(f"the AIS schedule is {self.schedule_gap:.2f} nats from exact on simulated data")
+                else:
+                    why.append("a wider proposal found more mass")
+            lines.append("; ".join(why) or "certified")
+        return lines
+
+    def summary(self) -> dict:
+        """A JSON-ready summary: mean, standard error, and the share of data per k-hat band (and of multimodal
+        posteriors, for a refined proposal with several starts)."""
+        khat = self.khat
+        n = max(khat.numel(), 1)
+        return {
+            "log_likelihood": self.mean,
+            "stderr": self.stderr,
+            "num_data": self.per_datum.numel(),
+            "num_samples": self.num_samples,
+            "proposal": self.proposal,
+            **({"proposal_elbo": self.elbo} if self.mean_log_weight is not None else {}),
+            **({"acceptance": self.acceptance} if self.acceptance is not None else {}),
+            "khat_max": float(khat.max()) if khat.numel() else math.nan,
+            "khat_median": float(khat.median()) if khat.numel() else math.nan,
+            "frac_khat_gt_0.5": float((khat > 0.5).sum()) / n,
+            "frac_khat_gt_0.7": float((khat > 0.7).sum()) / n,
+            **({"frac_multimodal": float((self.num_modes > 1).sum()) / n} if self.num_modes is not None else {}),
+            "frac_certified": float(self.certified.sum()) / n,
+            **({"estimators": {name: self.estimator.count(name) for name in dict.fromkeys(self.estimator)}}
+               if self.estimator is not None else {}),
+            **({"cost": self.cost} if self.cost is not None else {}),
+        }
+
+    @classmethod
+    def concat(cls, parts: list[LogLikelihood]) -> LogLikelihood:
+        """One estimate of the data of ``parts`` (estimates of consecutive parts of a data set, by the same
+        estimator), in their order: per-datum fields end to end, costs added, the acceptance rate averaged over the
+        data and the AIS schedule's gap over the parts that measured it, and every AIS estimate judged against that
+        average gap rather than its own part's (:func:`~pyrovae.infer.estimation.log_likelihood_in_parts` scores in
+        such parts)."""
+        parts = list(parts)
+        if not parts or not all(isinstance(part, cls) for part in parts):
+            raise ValueError(f"LogLikelihood.concat takes a non-empty list of LogLikelihood, got {parts!r:.200}")
+        first = parts[0]
+        for name in ("num_samples", "proposal"):
+            values = {getattr(part, name) for part in parts}
+            if len(values) > 1:
+                raise ValueError(f"the parts differ in {name} ({sorted(map(str, values))}): they are estimates by "
+                                 "different estimators, and their concatenation would be neither")
+        fields = {}
+        for name in ("per_datum", "khat", "mean_log_weight", "ess", "num_modes", "checked", "draws", "estimator"):
+            values = [getattr(part, name) for part in parts]
+            if all(value is None for value in values):
+                fields[name] = None
+            elif any(value is None for value in values):
+                raise ValueError(f"some parts have {name} and some do not: they come from different estimators")
+            else:
+                fields[name] = sum(values, ()) if name == "estimator" else torch.cat(values)
+        sizes = [part.per_datum.numel() for part in parts]
+        rated = [(part.acceptance, size) for part, size in zip(parts, sizes) if part.acceptance is not None]
+        acceptance = sum(a * n for a, n in rated) / sum(n for _, n in rated) if rated else None
+        gaps = [part.schedule_gap for part in parts if part.schedule_gap is not None]
+        schedule_gap = sum(gaps) / len(gaps) if gaps else None
+        if gaps and all(fields[name] is not None for name in ("checked", "estimator", "ess")):
+            # each part judged its AIS estimates by its own check of the schedule: judge them all by the average
+            ais = torch.tensor([name == "ais" for name in fields["estimator"]], dtype=torch.bool)
+            sound = (fields["khat"] <= CERTIFIED_KHAT) & (fields["ess"] >= CERTIFIED_MIN_ESS)
+            fields["checked"] = torch.where(ais, sound & (schedule_gap <= SCHEDULE_MAX_GAP), fields["checked"])
+        cost = None
+        if any(part.cost is not None for part in parts):
+            cost = {}
+            for part in parts:
+                for stage, spent in (part.cost or {}).items():
+                    total = cost.setdefault(stage, {"data": 0, "seconds": 0.0})
+                    total["data"] += spent.get("data", 0)
+                    total["seconds"] += spent.get("seconds", 0.0)
+                    if "schedule_gap" in spent:
+                        total["schedule_gap"] = schedule_gap
+        return cls(fields.pop("per_datum"), fields.pop("khat"), first.num_samples, first.proposal,
+                   acceptance=acceptance, cost=cost, schedule_gap=schedule_gap, **fields)
+
+    def __repr__(self) -> str:
+        bad = int((self.khat > CERTIFIED_KHAT).sum())
+        modes = f", multimodal: {int((self.num_modes > 1).sum())}" if self.num_modes is not None else ""
+        return (
+            f"LogLikelihood(mean={self.mean:.3f}, stderr={self.stderr:.3f}, num_data={self.per_datum.numel()}, "
+            f"num_samples={self.num_samples}, proposal={self.proposal!r}, khat>0.7: {bad}{modes})"
+        )
