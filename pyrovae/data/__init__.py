@@ -2,6 +2,7 @@
 counts (10x mtx and h5, scDeepCluster HDF5, CSV, AnnData) kept sparse on the host, and Tahoe-schema parquet atlases
 streamed shard by shard."""
 
+from pyrovae.data.anndata_io import add_results, from_anndata, read_h5ad
 from pyrovae.data.anndata_stream import AnnDataStream
 from pyrovae.data.atlas import TahoeAtlas
 from pyrovae.data.cell_stream import BatchStream, CellBatch, CellStream
@@ -20,13 +21,10 @@ from pyrovae.data.paths import cache_dir, data_roots, find_dataset
 from pyrovae.data.single_cell import (
     SHARED_SETS,
     CountFileError,
-    add_results,
-    from_anndata,
     load_count_dataset,
     read_10x_h5,
     read_10x_mtx,
     read_count_csv,
-    read_h5ad,
     read_scdeepcluster_h5,
 )
 from pyrovae.data.source import DataSource, as_source

@@ -237,7 +237,7 @@ def test_an_h5_that_is_not_10x_names_what_was_expected_and_found(tmp_path):
 @pytest.mark.parametrize("dense", [False, True])
 def test_a_backed_anndata_is_read_into_memory_as_it_is(tmp_path, dense):
     anndata = pytest.importorskip("anndata")
-    from pyrovae.data import single_cell
+    from pyrovae.data import anndata_io
 
     counts = sp.random(37, 6, density=0.4, format="csr", random_state=3, dtype=np.float64)
     counts.data = np.ceil(counts.data * 9)
@@ -250,7 +250,7 @@ def test_a_backed_anndata_is_read_into_memory_as_it_is(tmp_path, dense):
         data = from_anndata(backed, labels_key="kind")
         np.testing.assert_array_equal(data.counts.toarray(), counts.toarray())
         assert data.label_names == ["a", "b"]
-        rows = single_cell._read_rows(backed.X, "X", rows_per_read=5)  # several blocks, the last one short
+        rows = anndata_io._read_rows(backed.X, "X", rows_per_read=5)  # several blocks, the last one short
         np.testing.assert_array_equal(rows.toarray(), counts.toarray())
     finally:
         backed.file.close()
