@@ -1,7 +1,7 @@
 """Reference mapping on CellBench: map queries onto a frozen reference and transfer the cell lines.
 
-Train on one technology (or plate), map the others onto it frozen, transfer the cell lines, and compare with one
-model trained on everything at once.
+Train on one technology (or plate; ``--reference`` picks other parts), map the others onto it frozen, transfer the
+cell lines, and compare with one model trained on everything at once.
 
 * ``--dataset technologies``: reference CEL-seq2, query Drop-seq (three lung cancer cell lines);
 * ``--dataset plates``: reference CEL-seq2 ``5cl`` plate 1, queries plates 2 and 3 (five cell lines);
@@ -46,6 +46,9 @@ KINDS = {"vae": sc.SingleCellVAE, "label_transfer": sc.LabelTransferGMVAE}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/reference_mapping",
                            quick={"epochs": 2, "map_epochs": 2, "genes": 200})
 parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies")
+parser.add_argument("--reference", nargs="+", default=None, metavar="PART",
+                    help="the parts the reference is trained on (default: the first: CEL-seq2, plate 1, batch 1); "
+                         "the others are mapped onto it")
 parser.add_argument("--map-epochs", type=int, default=50, help="epochs of mapping the queries")
 parser.add_argument("--map-lr", type=float, default=1e-2, help="learning rate of the new batches' weights")
 parser.add_argument("--genes", type=int, default=2000, help="most variable genes of the reference kept")
@@ -77,14 +80,18 @@ def generated_part(batch: int, num_cells: int = 150, num_genes: int = 300) -> Co
     return CountData(counts, obs, pd.DataFrame(index=[f"gene{j}" for j in range(num_genes)]), "cell_line_demuxlet")
 
 
+reference_names = args.reference or [next(iter(PARTS[args.dataset]))]
+if not set(reference_names) < set(PARTS[args.dataset]):
+    parser.error(f"--reference takes some of the parts {list(PARTS[args.dataset])} (the others are the queries), "
+                 f"got {reference_names}")
+reference_name = " + ".join(reference_names)
 parts = {name: generated_part(b) if key is None else load_count_dataset(key, args.data_dir).without_covariates()
          for b, (name, key) in enumerate(PARTS[args.dataset].items())}
-reference_name = next(iter(parts))
 cells = CountData.concatenate(parts, batch_key="part", label_key="cell_line_demuxlet").prepare(seed=args.seed)
-is_reference = (cells.obs["part"] == reference_name).to_numpy()
+is_reference = cells.obs["part"].isin(reference_names).to_numpy()
 genes = cells.subset(cells=is_reference).highly_variable_genes(min(args.genes, cells.num_genes))
 cells = cells.subset(genes=np.sort(genes)).filter_cells(min_counts=1)
-is_reference = (cells.obs["part"] == reference_name).to_numpy()
+is_reference = cells.obs["part"].isin(reference_names).to_numpy()
 adata = cells.to_anndata()
 lines = adata.obs["cell_line_demuxlet"].astype(str).to_numpy()
 batches = adata.obs["part"].astype(str).to_numpy()

@@ -2,7 +2,7 @@
 counts (10x mtx and h5, scDeepCluster HDF5, CSV, AnnData) kept sparse on the host, and Tahoe-schema parquet atlases
 streamed shard by shard."""
 
-from pyrovae.data.anndata_io import add_results, from_anndata, read_h5ad
+from pyrovae.data.anndata_io import add_results, from_anndata, raw_counts, read_h5ad
 from pyrovae.data.anndata_stream import AnnDataStream
 from pyrovae.data.atlas import TahoeAtlas
 from pyrovae.data.cell_stream import BatchStream, CellBatch, CellStream
@@ -55,6 +55,7 @@ __all__ = [
     "read_10x_h5",
     "read_10x_mtx",
     "read_count_csv",
+    "raw_counts",
     "read_h5ad",
     "read_scdeepcluster_h5",
     "FASHION_CLASSES",

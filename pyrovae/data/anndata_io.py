@@ -53,10 +53,24 @@ def _check_raw_counts(matrix, what: str, layers) -> None:
             )
 
 
+def raw_counts(adata, layer: str | None = None):
+    """The raw counts of ``adata`` (``layer``, or ``X`` when None), in memory (a backed AnnData's read a block of
+    rows at a time) and checked to be non-negative integers.
+
+    :raises ValueError: for a missing layer, or counts that are not non-negative integers (naming ``layer=``).
+    """
+    if layer is not None and layer not in adata.layers:
+        raise ValueError(f"no layer {layer!r} in the AnnData (layers: {list(adata.layers)}); raw counts are needed")
+    what = f"layer {layer!r}" if layer else "X"
+    matrix = _read_rows(adata.layers[layer] if layer is not None else adata.X, what)
+    _check_raw_counts(matrix, what, adata.layers)
+    return matrix
+
+
 def from_anndata(adata, layer: str | None = None, label_key: str | None = None, *, batch_key: str | None = None,
                  categorical_covariate_keys=(), continuous_covariate_keys=(), labels_key: str | None = None,
-                 unlabeled_category: str | None = None, label_names=None, levels: dict | None = None
-                 ) -> CountData:
+                 unlabeled_category: str | None = None, label_names=None, levels: dict | None = None,
+                 counts=None) -> CountData:
     """An AnnData's raw counts (``layer``, or ``X`` when None) with its ``obs`` and ``var``, as scvi-tools'
     ``setup_anndata`` reads them: ``batch_key`` is the first categorical covariate (the batch), followed by
     ``categorical_covariate_keys``; ``continuous_covariate_keys`` are continuous covariates; ``labels_key`` (or
@@ -71,13 +85,12 @@ def from_anndata(adata, layer: str | None = None, label_key: str | None = None, 
         ``unlabeled_category``); a cell with another value is an error.
     :param dict levels: the levels of each categorical covariate in code order (default: the sorted values), so
         that codes mean what they meant to a trained model.
+    :param counts: the AnnData's counts already read by :func:`raw_counts` (not read or checked again).
     :raises ValueError: when the counts are not non-negative integers, naming ``layer=`` and the layers there are.
     """
     if not all(hasattr(adata, attribute) for attribute in ("X", "obs", "var", "layers")):
         raise TypeError(f"from_anndata takes an anndata.AnnData, got {type(adata).__name__}; for a cells x genes "
                         "matrix or DataFrame of counts use pyrovae.data.CountData(counts, obs, var)")
-    if layer is not None and layer not in adata.layers:
-        raise ValueError(f"no layer {layer!r} in the AnnData (layers: {list(adata.layers)}); raw counts are needed")
     if label_key is not None and labels_key is not None and label_key != labels_key:
         raise ValueError(f"label_key={label_key!r} and labels_key={labels_key!r} disagree; pass one")
     labels_key = label_key or labels_key
@@ -85,9 +98,7 @@ def from_anndata(adata, layer: str | None = None, label_key: str | None = None, 
         categorical_covariate_keys)
     if batch_key is not None:
         categorical = [batch_key] + [k for k in categorical if k != batch_key]
-    what = f"layer {layer!r}" if layer else "X"
-    matrix = _read_rows(adata.layers[layer] if layer is not None else adata.X, what)
-    _check_raw_counts(matrix, what, adata.layers)
+    matrix = raw_counts(adata, layer) if counts is None else counts
     obs = adata.obs.copy()
     if labels_key is not None and labels_key in obs.columns and (unlabeled_category, label_names) != (None, None):
         obs[labels_key] = _label_column(obs[labels_key], labels_key, unlabeled_category, label_names)
@@ -106,8 +117,10 @@ def _label_column(values: pd.Series, key: str, unlabeled_category, label_names) 
     foreign = sorted(set(text[~unknown]) - set(label_names))
     if foreign:
         raise ValueError(
-            f"obs[{key!r}] holds labels {foreign[:5]} that are not among the labels {label_names[:10]}; mark cells "
-            f"of unknown type with the unlabelled category ({unlabeled_category!r})"
+            f"obs[{key!r}] holds labels {foreign[:5]} that are not among the labels {label_names[:10]}: a label "
+            "added or renamed since setup_anndata is unknown to the registration (and to a model trained with it; "
+            "set the AnnData up again for a new model), and cells of unknown type take the unlabelled category "
+            f"({unlabeled_category!r})"
         )
     return pd.Categorical(text.where(~unknown, None), categories=label_names)
 
@@ -155,4 +168,4 @@ def add_results(adata, latent=None, clusters=None, key: str = "pyrovae", *, norm
         adata.obs[f"{key}_label"] = labels["label"].to_numpy()
         adata.obs[f"{key}_label_probability"] = labels["probability"].to_numpy()
 
-__all__ = ["add_results", "from_anndata", "read_h5ad"]
+__all__ = ["add_results", "from_anndata", "raw_counts", "read_h5ad"]

@@ -161,11 +161,13 @@ class CountData(Dataset):
         ``(x, cat, cont, y)`` (empty ``cat``/``cont`` without covariates).
 
         :param codes: integer codes of every cell to use instead of the label column (-1: unknown), such as
-            clusters used as pseudo-labels (:func:`~pyrovae.infer.pseudo_label_start`).
+            clusters used as pseudo-labels (:func:`~pyrovae.infer.pseudo_label_start`); the data returned then
+            carry these codes as their labels, not the label column's.
         :raises ValueError: for indices outside the cells, a mask of another length, and an integer array of
             zeros and ones (a mask must be boolean: ``known.astype(bool)``), or known cells without a label.
         """
-        if codes is not None:
+        pseudo = codes is not None
+        if pseudo:
             codes = np.asarray(codes)
             if codes.shape != (len(self),) or not np.issubdtype(codes.dtype, np.integer) or (codes < -1).any():
                 raise ValueError(f"{self.name}: codes must be {len(self)} integers (one per cell, -1: unknown), got "
@@ -185,6 +187,8 @@ class CountData(Dataset):
                                  f"{self.label_key!r}; give them one or leave them out of known=")
         data = self.with_covariates(self.categorical_keys, self.continuous_keys)
         data._y = np.where(mask & (codes >= 0), codes, -1)
+        if pseudo:
+            data.label_key = None  # its labels are the codes given, not the label column's
         return data
 
     @property
@@ -195,13 +199,17 @@ class CountData(Dataset):
     def check_components(self, num_components: int) -> None:
         """Raise a ValueError unless a GMVAE of ``num_components`` components fits the labels (those batches carry
         after :meth:`with_labels`, and those :func:`~pyrovae.infer.predict_labels` names): one component per label,
-        in :attr:`label_names` order. Data without a label column fit any number."""
+        in :attr:`label_names` order; codes given to :meth:`with_labels` must each name a component. Data without
+        labels fit any number."""
         if self.label_key is not None and num_components != self.num_labels:
             raise ValueError(
                 f"{self.name} carries {self.num_labels} labels ({self.label_names[:5]}) but the GMVAE has "
                 f"{num_components} components; label transfer needs one component per label: build the model and "
                 f"the guide with num_components=data.num_labels ({self.num_labels})"
             )
+        if self._y is not None and self._y.size and int(self._y.max()) >= num_components:
+            raise ValueError(f"{self.name} carries label codes up to {int(self._y.max())} but the GMVAE has "
+                             f"{num_components} components (codes 0 to {num_components - 1})")
 
     @property
     def y(self) -> torch.Tensor | None:

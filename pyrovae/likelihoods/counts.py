@@ -110,8 +110,9 @@ class CountLikelihood(Likelihood):
             empty = x.sum(-1) == 0
             if empty.any():
                 raise ValueError(
-                    f"cell {int(empty.nonzero()[0])} of the batch has no counts, so its library size is 0; "
-                    "remove empty cells (pyrovae.data.CountData.filter_cells(min_counts=1))"
+                    f"a cell (row {int(empty.nonzero()[0])} of this mini-batch) has no counts, so its library "
+                    "size is 0; remove empty cells (pyrovae.data.CountData.filter_cells(min_counts=1); an AnnData: "
+                    "scanpy.pp.filter_cells(adata, min_counts=1))"
                 )
 
     def extra_repr(self) -> str:

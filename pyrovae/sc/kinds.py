@@ -77,6 +77,7 @@ class SingleCellGMVAE(SingleCellModel):
     def get_cluster_assignments(self, adata=None, *, key: str = RESULTS_KEY) -> np.ndarray:
         """The most probable component of every cell under q(y | x); also written to ``adata.obs["<key>_cluster"]``
         (categorical)."""
+        self._check_trained()
         clusters = encode_data(self.guide, self._data(adata), fn=self.guide.assign).numpy()
         add_results(self._adata(adata), clusters=clusters, key=key)
         return clusters
@@ -125,6 +126,7 @@ class LabelTransferGMVAE(SingleCellGMVAE):
         """The transferred label of every cell (a categorical Series), or with ``soft`` q(y | x) for each label
         (cells x labels, with columns ``label`` and ``probability`` first); written to ``adata.obs["<key>_label"]``
         and ``adata.obs["<key>_label_probability"]``."""
+        self._check_trained()
         data = self._data(adata)
         frame = predict_labels(self.guide, data)
         if data.label_key is None:  # an AnnData without the labels column: name the components by their labels

@@ -98,7 +98,7 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
                         "Adam, which keeps every frozen reference weight exactly as it was")
     genes = [str(g) for g in query_adata.var_names]
     if genes != reference.gene_names:
-        raise ValueError(gene_mismatch(genes, reference.gene_names, "be mapped onto it"))
+        raise ValueError(gene_mismatch(genes, reference.gene_names, "be mapped onto it", "reference.gene_names"))
     registration = query_registration(reference, query_adata)
     num_reference = len(reference.registration.levels[registration.batch_key])
     num_new = len(registration.levels[registration.batch_key]) - num_reference
@@ -120,6 +120,7 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
     mapped.registration, mapped.adata, mapped.gene_names = registration, query_adata, list(reference.gene_names)
     mapped.pair_kind, mapped.model, mapped.guide = reference.pair_kind, model, guide
     mapped.history = History()
+    mapped.is_trained = getattr(reference, "is_trained", True)  # the frozen reference's weights
     query_adata.uns[UNS_KEY] = json.dumps(registration.to_dict())
     if num_new == 0:
         logger.info("map_query: every batch of the query is known to the reference; nothing to train")

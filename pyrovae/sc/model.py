@@ -11,12 +11,13 @@ transfer) are the subclasses in :mod:`pyrovae.sc.kinds`; saving and loading is :
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from pyrovae.data import CountData, add_results
+from pyrovae.data import CountData, add_results, raw_counts
 from pyrovae.infer import (
     History,
     LogLikelihood,
@@ -80,6 +81,7 @@ class SingleCellModel:
             self.model.likelihood.fit_library_prior(data)
         self.gene_names = list(data.gene_names)
         self.history = History()
+        self.is_trained = False  # set by train(); results of an untrained model warn (as scvi-tools' do)
 
     # -- what a kind adds ------------------------------------------------------------------------------------
     def _kind_arguments(self, data: CountData, options: dict) -> dict:
@@ -104,21 +106,28 @@ class SingleCellModel:
                              continuous_covariate_keys)
 
     def _data(self, adata=None) -> CountData:
-        """The counts of ``adata`` (default: the model's), read as registered; the model's own are read once."""
-        if adata is None or adata is self.adata:
-            cached = getattr(self, "_cached", None)
-            if cached is None or cached[0] is not self.adata:
-                self.registration.check_columns(self.adata)
-                self._cached = (self.adata, self.registration.count_data(self.adata))
-            return self._cached[1]
+        """The counts of ``adata`` (default: the model's) read as registered, with its ``obs`` as it is now: a
+        column added, a label renamed or a layer replaced since is seen. A backed AnnData's counts are read from
+        its file once."""
+        adata = self.adata if adata is None else adata
         self.registration.check_columns(adata)
-        data = self.registration.count_data(adata)
+        data = self.registration.count_data(adata, counts=self._backed_counts(adata))
         genes = getattr(self, "gene_names", None)
         if genes is not None and data.gene_names != genes:
             from pyrovae.sc.saving import gene_mismatch
 
             raise ValueError(gene_mismatch(data.gene_names, genes, "use the model on it"))
         return data
+
+    def _backed_counts(self, adata):
+        """The counts of a backed AnnData, read once per AnnData and layer (None for one in memory: read on each
+        call, cheap and never stale)."""
+        if not getattr(adata, "isbacked", False):
+            return None
+        cached = getattr(self, "_backed", None)
+        if cached is None or cached[0] is not adata or cached[1] != self.registration.layer:
+            self._backed = (adata, self.registration.layer, raw_counts(adata, self.registration.layer))
+        return self._backed[2]
 
     # -- training --------------------------------------------------------------------------------------------
     def train(self, epochs: int | None = None, *, batch_size: int = 128, lr: float = 1e-3, train_size: float = 1.0,
@@ -133,6 +142,7 @@ class SingleCellModel:
         :param options: more arguments of :func:`~pyrovae.infer.train` (``kl_warmup_epochs``, ``elbo``, ...).
         """
         data = self._training_data(self._data())
+        self._check_library_sizes(data)
         epochs = default_epochs(len(data)) if epochs is None else epochs
         validation = None
         if not 0.0 < train_size <= 1.0:
@@ -148,7 +158,25 @@ class SingleCellModel:
             self.history.records.append({**record, "epoch": record.get("epoch", 0) + offset})
         self.history.best_epoch = history.best_epoch
         self.history.stopped_early = history.stopped_early
+        self.is_trained = True
         return history
+
+    def _check_library_sizes(self, data: CountData) -> None:
+        """Raise a ValueError naming the cells without any count when the likelihood scales by the library size."""
+        if getattr(self.model.likelihood, "library", "none") == "none":
+            return
+        empty = np.flatnonzero(np.asarray(data.library_sizes) == 0)
+        if empty.size:
+            raise ValueError(f"{empty.size} cell(s) of the AnnData have no counts (first: "
+                             f"{data.obs.index[empty[:5]].tolist()}), so their library size is 0, which the "
+                             f"likelihood scales by; remove them first: scanpy.pp.filter_cells(adata, min_counts=1)")
+
+    def _check_trained(self) -> None:
+        """Warn when results are asked of a model that was never trained."""
+        if not getattr(self, "is_trained", True):
+            warnings.warn(f"{type(self).__name__} has not been trained: its results come from randomly initialised "
+                          "weights. Call .train() first (or set model.is_trained = True if you trained its model and "
+                          "guide yourself, e.g. with pyro.infer.SVI)", UserWarning, stacklevel=3)
 
     # -- results ---------------------------------------------------------------------------------------------
     def _adata(self, adata):
@@ -157,6 +185,7 @@ class SingleCellModel:
     def get_latent_representation(self, adata=None, *, batch_size: int = 512, key: str = RESULTS_KEY) -> np.ndarray:
         """The latent location of every cell (the mean of q(z | x); the mean direction on the sphere), cells x
         latent size; also written to ``adata.obsm["X_<key>"]``."""
+        self._check_trained()
         latent = encode_data(self.guide, self._data(adata), batch_size=batch_size).numpy()
         add_results(self._adata(adata), latent=latent, key=key)
         return latent
@@ -168,6 +197,7 @@ class SingleCellModel:
         (:func:`~pyrovae.infer.normalized_expression`), cells x genes; also written to
         ``adata.layers["<key>_normalized"]``. ``transform_batch``: decode every cell as if measured in that batch
         (a level of ``batch_key``) or averaged over a list of batches."""
+        self._check_trained()
         frame = normalized_expression(self.model, self.guide, self._data(adata), library_size=library_size,
                                       num_samples=num_samples, transform_batch=transform_batch, seed=seed)
         add_results(self._adata(adata), normalized=frame, key=key)
@@ -180,6 +210,7 @@ class SingleCellModel:
         estimates with their certificates (``.mean``, ``.stderr``, ``.certified``, ``.summary()``); per cell also in
         ``adata.obs["<key>_log_likelihood"]`` and ``adata.obs["<key>_certified"]``. The label-transfer model scores
         log p(x), its labels unused. ``proposal="guide"`` is the estimator of scvi-tools' ``get_marginal_ll``."""
+        self._check_trained()
         result = log_likelihood(self.model, self.guide, self._data(adata), num_samples=num_samples,
                                 batch_size=batch_size, device=device, progress=progress, proposal=proposal)
         target = self._adata(adata)
@@ -192,7 +223,9 @@ class SingleCellModel:
         """Bayesian differential expression of ``group1`` against ``group2`` (default: the other cells) by
         :func:`~pyrovae.infer.differential_expression` (``mode``, ``delta``, ``num_samples``, ``fdr``, ``seed``
         in ``options``); groups are values of ``obs[groupby]`` (default: the labels). The table is returned and kept
-        in ``adata.uns["<key>_de"]["<group1> vs <group2>"]``, beside the earlier comparisons."""
+        in ``adata.uns["<key>_de"]["<group1> vs <group2>"]``, beside the earlier comparisons (groups given as cell
+        masks are named "selected cells", numbered from the second on: "selected cells vs rest (2)")."""
+        self._check_trained()
         data = self._data(adata)
         if groupby is None and data.label_key is None and isinstance(group1, str):
             raise ValueError(f"group1={group1!r} names a group: pass groupby= (an obs column), or set the AnnData up "
@@ -201,7 +234,12 @@ class SingleCellModel:
         target = self._adata(adata)
         comparison = f"{_group_name(group1)} vs {'rest' if group2 is None else _group_name(group2)}"
         tables = dict(target.uns.get(f"{key}_de", {}))
-        tables[comparison.replace("/", "_")] = table  # '/' would nest the table in an .h5ad file
+        comparison = comparison.replace("/", "_")  # '/' would nest the table in an .h5ad file
+        base, number = comparison, 1
+        while "selected cells" in base and comparison in tables:  # groups given as masks: each one kept, numbered
+            number += 1
+            comparison = f"{base} ({number})"
+        tables[comparison] = table
         add_results(target, de=tables, key=key)
         return table
 

@@ -10,6 +10,7 @@ batches, covariates, labels), saves it with its weights, and applies it to the A
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 
 from pyrovae.data import CountData, from_anndata
@@ -58,10 +59,11 @@ class DataRegistration:
             record[key] = tuple(record.get(key, ()))
         return cls(**record)
 
-    def count_data(self, adata) -> CountData:
+    def count_data(self, adata, counts=None) -> CountData:
         """The AnnData's counts and covariates as a :class:`~pyrovae.data.CountData`, coded as registered (a batch
-        or label the registration does not know is an error that names it)."""
-        return from_anndata(adata, self.layer, batch_key=self.batch_key,
+        or label the registration does not know is an error that names it). ``counts``: the counts already read
+        (:func:`~pyrovae.data.anndata_io.raw_counts`)."""
+        return from_anndata(adata, self.layer, counts=counts, batch_key=self.batch_key,
                             categorical_covariate_keys=self.categorical_covariate_keys,
                             continuous_covariate_keys=self.continuous_covariate_keys,
                             labels_key=self.labels_key if self.labels_key in adata.obs.columns else None,
@@ -106,16 +108,21 @@ def setup_anndata(
         categorical_covariate_keys)
     continuous = (continuous_covariate_keys,) if isinstance(continuous_covariate_keys, str) else tuple(
         continuous_covariate_keys)
-    if labels_key is not None and labels_key not in adata.obs.columns:
-        raise ValueError(f"setup_anndata: no obs column {labels_key!r} for labels_key (columns: "
-                         f"{list(adata.obs.columns)[:20]})")
+    named = [("labels_key", labels_key), ("batch_key", batch_key), *(("categorical_covariate_keys", key)
+             for key in categorical), *(("continuous_covariate_keys", key) for key in continuous)]
+    for argument, key in named:
+        if key is not None and key not in adata.obs.columns:
+            raise ValueError(f"setup_anndata: no obs column {key!r} for {argument} (columns: "
+                             f"{list(adata.obs.columns)[:20]})")
     data = from_anndata(adata, layer, batch_key=batch_key, categorical_covariate_keys=categorical,
                         continuous_covariate_keys=continuous, labels_key=labels_key,
                         unlabeled_category=unlabeled_category)
     label_names = data.label_names
-    if labels_key is not None and not label_names:
+    if labels_key is not None and (not label_names or not bool((data.labels >= 0).any())):
         raise ValueError(f"setup_anndata: obs[{labels_key!r}] has no label (every cell is {unlabeled_category!r} or "
                          "missing); label at least some cells, or leave labels_key out")
+    for index, key in enumerate(continuous):
+        _warn_unless_scaled(key, data.cont[:, index].double())
     registration = DataRegistration(
         layer=layer, batch_key=batch_key, categorical_covariate_keys=tuple(k for k in categorical if k != batch_key),
         continuous_covariate_keys=continuous, labels_key=labels_key, unlabeled_category=unlabeled_category,
@@ -123,6 +130,17 @@ def setup_anndata(
     )
     adata.uns[UNS_KEY] = json.dumps(registration.to_dict())
     return registration
+
+
+def _warn_unless_scaled(key: str, values) -> None:
+    """Warn about a continuous covariate far from unit scale: networks fit such an input poorly, and one on the
+    scale of counts can make the first step diverge."""
+    mean, spread = float(values.mean()), float(values.std()) if values.numel() > 1 else 0.0
+    if abs(mean) > 3.0 or spread > 3.0:
+        warnings.warn(f"setup_anndata: the continuous covariate {key!r} is far from unit scale (mean {mean:.3g}, "
+                      f"standard deviation {spread:.3g}); the networks read it as it is, which slows or derails "
+                      f"training. Standardise it first: x = adata.obs[{key!r}]; adata.obs[{key!r}] = (x - x.mean()) "
+                      "/ x.std() (after a log for a count-like covariate)", UserWarning, stacklevel=3)
 
 
 def registration_of(adata) -> DataRegistration:

@@ -44,9 +44,10 @@ def _single_cell_entry(config: dict, folder) -> dict:
     return entry
 
 
-def gene_mismatch(found: list[str], expected: list[str], purpose: str) -> str:
-    """What differs between the AnnData's genes ``found`` and the model's ``expected``, and the fix."""
-    fix = "subset and order it as the model's genes: adata = adata[:, pyrovae.sc.saved_genes(folder)].copy()"
+def gene_mismatch(found: list[str], expected: list[str], purpose: str, genes: str = "model.gene_names") -> str:
+    """What differs between the AnnData's genes ``found`` and the model's ``expected``, and the fix (``genes``: how
+    the user gets the model's genes: the model's attribute, or the saved folder's list)."""
+    fix = f"subset and order it as the model's genes: adata = adata[:, {genes}].copy()"
     missing = [g for g in expected if g not in set(found)]
     if missing:
         return (f"the AnnData lacks {len(missing)} of the model's {len(expected)} genes (first: {missing[:5]}), so "
@@ -76,7 +77,8 @@ def load_model(cls, folder: str | os.PathLike, adata, *, device=None):
     registration = DataRegistration.from_dict(entry["registration"])
     var_names = [str(g) for g in adata.var_names]
     if var_names != entry["genes"]:
-        raise ValueError(gene_mismatch(var_names, entry["genes"], "be loaded with it") + f" (folder: {folder})")
+        raise ValueError(gene_mismatch(var_names, entry["genes"], "be loaded with it",
+                                       "pyrovae.sc.saved_genes(folder)") + f" (folder: {folder})")
     registration.check_columns(adata)
     adata.uns[UNS_KEY] = json.dumps(registration.to_dict())
     model, guide, history = load_pair(folder)
@@ -88,6 +90,7 @@ def load_model(cls, folder: str | os.PathLike, adata, *, device=None):
     loaded.model, loaded.guide = model, guide
     loaded.pair_kind = config["pair"]["kind"]
     loaded.history = history if history is not None else History()
+    loaded.is_trained = len(loaded.history) > 0
     loaded._data()  # reads the counts as registered now: an unknown batch or label is named at once
     return loaded
 

@@ -1,0 +1,153 @@
+"""The single-cell layer as a scanpy user drives it: what the user changes in the AnnData between calls is seen
+(a clustering added to ``obs``, a layer replaced; a registered label renamed is named as unknown), and what would
+give quiet nonsense is named (an untrained model, no labelled cell, an empty cell, a covariate on the scale of
+counts)."""
+
+import warnings
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+
+import pyrovae.sc as sc
+from tests.sc.conftest import NUM_CELLS, make_adata
+
+SMALL = dict(latent_dim=3, hidden=(16,))
+QUICK = dict(epochs=2, batch_size=30, progress=False, seed=0)
+
+
+def _trained(adata, cls=sc.SingleCellVAE, **options):
+    model = cls(adata, **SMALL, **options)
+    model.train(**QUICK)
+    return model
+
+
+def test_a_column_added_to_obs_after_training_is_seen(adata):
+    """Cluster, then DE by cluster: the scanpy workflow, with the clusters added after the model was built."""
+    sc.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="cell_type")
+    model = _trained(adata)
+    adata.obs["leiden"] = pd.Categorical(np.where(np.arange(NUM_CELLS) % 3 == 0, "0", "1"))
+    table = model.differential_expression("0", groupby="leiden", num_samples=2)
+    assert len(table) == adata.n_vars
+    adata.obs["cell_type"] = adata.obs["cell_type"].replace({"B": "B cell"})  # unknown to the registration
+    with pytest.raises(ValueError, match=r"holds labels \['B cell'\] that are not among.*renamed since setup_anndata"):
+        model.differential_expression("B cell", num_samples=2)
+    with pytest.raises(ValueError, match="renamed since setup_anndata"):
+        model.get_latent_representation()  # the registered column is read by every call
+
+
+def test_a_replaced_layer_is_read_again(adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = _trained(adata)
+    before = model.get_latent_representation()
+    adata.layers["counts"] = adata.layers["counts"] * 3
+    after = model.get_latent_representation()
+    assert not np.allclose(before, after)
+    assert np.array_equal(after, model.get_latent_representation(adata))
+
+
+def test_a_backed_anndata_is_read_from_its_file_once(tmp_path, monkeypatch):
+    import pyrovae.sc.model as model_module
+
+    make_adata().write_h5ad(tmp_path / "cells.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    sc.setup_anndata(backed, layer="counts", batch_key="batch")
+    reads = []
+    real = model_module.raw_counts
+    monkeypatch.setattr(model_module, "raw_counts", lambda *a: reads.append(1) or real(*a))
+    model = _trained(backed)
+    first = model.get_latent_representation()
+    assert np.array_equal(first, model.get_latent_representation()) and len(reads) == 1
+
+
+def test_the_gmvae_starts_from_pseudo_labels_whatever_labels_are_registered(adata):
+    """The pseudo-label start is the unsupervised GMVAE's: a registered labels_key (three types here) with another
+    number of components is not label transfer, and must not be checked as if it were."""
+    sc.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="cell_type")  # three types
+    for components in (2, 5):
+        model = sc.SingleCellGMVAE(adata, **SMALL, num_components=components)
+        model.train(start_epochs=1, **QUICK)
+        assert set(model.get_cluster_assignments()) <= set(range(components))
+
+
+def test_codes_beyond_the_components_are_refused(adata):
+    from pyrovae.data import from_anndata
+
+    data = from_anndata(adata, "counts").with_labels(codes=np.arange(NUM_CELLS) % 4)
+    assert data.label_key is None
+    with pytest.raises(ValueError, match="codes up to 3 but the GMVAE has 3 components"):
+        data.check_components(3)
+    data.check_components(4)
+
+
+def test_a_label_column_without_a_labelled_cell_is_refused(adata):
+    adata.obs["nothing"] = pd.Categorical([np.nan] * NUM_CELLS, categories=["A", "B"])
+    with pytest.raises(ValueError, match=r"obs\['nothing'\] has no label"):
+        sc.setup_anndata(adata, layer="counts", labels_key="nothing")
+
+
+def test_results_of_an_untrained_model_warn(tmp_path, adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="cell_type")
+    model = sc.LabelTransferGMVAE(adata, **SMALL)
+    for result in (model.get_latent_representation, model.predict, model.get_cluster_assignments,
+                   lambda: model.differential_expression("B", num_samples=2),
+                   lambda: model.get_normalized_expression()):
+        with pytest.warns(UserWarning, match="has not been trained"):
+            result()
+    model.is_trained = True  # trained by hand (pyro.infer.SVI): the user says so
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.get_latent_representation()
+    trained = _trained(adata)
+    trained.save(tmp_path / "trained")
+    loaded = sc.SingleCellVAE.load(tmp_path / "trained", adata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trained.get_latent_representation(), loaded.get_latent_representation()
+    sc.SingleCellVAE(adata, **SMALL).save(tmp_path / "untrained")
+    with pytest.warns(UserWarning, match="has not been trained"):
+        sc.SingleCellVAE.load(tmp_path / "untrained", adata).get_latent_representation()
+
+
+def test_an_empty_cell_is_named_before_training(adata):
+    adata.layers["counts"][5] = 0
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = sc.SingleCellVAE(adata, **SMALL)  # the NB likelihood scales by the observed library size
+    with pytest.raises(ValueError, match=r"1 cell\(s\) of the AnnData have no counts \(first: \['cell5'\]\).*"
+                                         r"scanpy.pp.filter_cells\(adata, min_counts=1\)"):
+        model.train(**QUICK)
+
+
+def test_a_covariate_on_the_scale_of_counts_warns_naming_it(adata):
+    adata.obs["total"] = np.asarray(adata.layers["counts"].sum(1)).ravel()
+    with pytest.warns(UserWarning, match=r"continuous covariate 'total' is far from unit scale.*Standardise"):
+        sc.setup_anndata(adata, layer="counts", continuous_covariate_keys=["total"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sc.setup_anndata(adata, layer="counts", continuous_covariate_keys=["percent_mt"])
+
+
+def test_a_missing_column_names_the_argument(adata):
+    for argument in ("batch_key", "labels_key"):
+        with pytest.raises(ValueError, match=f"no obs column 'nope' for {argument}"):
+            sc.setup_anndata(adata, layer="counts", **{argument: "nope"})
+    with pytest.raises(ValueError, match="no obs column 'nope' for continuous_covariate_keys"):
+        sc.setup_anndata(adata, layer="counts", continuous_covariate_keys=["nope"])
+
+
+def test_each_comparison_of_cell_masks_is_kept(adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = _trained(adata)
+    first, second = np.arange(NUM_CELLS) < 30, np.arange(NUM_CELLS) >= 60
+    model.differential_expression(first, num_samples=2)
+    model.differential_expression(second, num_samples=2)
+    assert sorted(adata.uns["pyrovae_de"]) == ["selected cells vs rest", "selected cells vs rest (2)"]
+
+
+def test_genes_in_another_order_point_to_the_models_genes(adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = _trained(adata)
+    shuffled = adata[:, adata.var_names[::-1]].copy()
+    with pytest.raises(ValueError, match=r"another order.*adata\[:, model.gene_names\]"):
+        model.get_latent_representation(shuffled)
