@@ -193,6 +193,11 @@ def test_smoke_reference_mapping(tmp_path):
         assert row["mapped"]["epochs"] == 2 and row["everything"]["epochs"] == 2 and row["time_ratio"] > 0
         for run in (row["mapped"], row["everything"]):
             assert 0 <= run["query_accuracy"] <= 1 and 0 <= run["ilisi"] <= 1 and 0 <= run["batch_asw"] <= 1
+    two = run_script("reference_mapping", tmp_path / "two", "--dataset", "synthetic", "--epochs", "2",
+                     "--map-epochs", "2", "--genes", "60", "--latent", "3", "--hidden", "16", "--kinds", "vae",
+                     "--reference", "batch 1", "batch 2")["metrics"]
+    assert two["reference"] == "batch 1 + batch 2" and two["queries"] == ["batch 3"]
+    assert two["reference_cells"] + 150 == two["cells"] == metrics["cells"]
 
 
 TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
