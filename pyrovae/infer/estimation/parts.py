@@ -7,9 +7,10 @@ reads the parts already there instead of scoring them again. Each part is drawn 
 part)``, so a resumed scoring is the scoring one uninterrupted call would have made, and two jobs that share the
 folder write the same parts.
 
-The folder records what it holds (``manifest.json``: the data's size, the part size, the seed, the estimator's
-options and a digest of the model's and the guide's parameters). A folder of another scoring, or of the same
-scoring of other weights, is refused, never mixed into the result.
+The folder records what it holds (``manifest.json``: the data's size and a digest of 256 of them spread over the
+set, the part size, the seed, the estimator's options and a digest of the model's and the guide's parameters). A
+folder of another scoring, of the same scoring of other data or of other weights, is refused, never mixed into the
+result.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_integer
+from pyrovae.infer.batches import BatchSource
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write
@@ -98,9 +100,15 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
-def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str) -> dict:
-    return {"num_data": num_data, "part_size": part_size, "seed": seed, "digest": digest,
+def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data: str | None) -> dict:
+    return {"num_data": num_data, "part_size": part_size, "seed": seed, "digest": digest, "data": data,
             "options": {name: options[name] for name in sorted(options)}}
+
+
+def data_digest(data) -> str | None:
+    """A digest of 256 data spread evenly over ``data`` (values and covariates, as train's checkpoints take it),
+    to tell one data set from another of the same size."""
+    return BatchSource(data, None, shuffle=False, device=torch.device("cpu"), seed=0, name="data").fingerprint(256)
 
 
 def log_likelihood_in_parts(
@@ -121,9 +129,9 @@ def log_likelihood_in_parts(
     :param int seed: the parts draw from seeds ``(seed, part)`` (the global random state is left as it was).
     :param options: of :func:`~pyrovae.infer.log_likelihood` (``num_samples``, ``proposal`` by name,
         ``ais_chains``, ``ais_steps``, ``batch_size``, ``max_samples_per_chunk``, ``device``).
-    :raises ValueError: a folder holding another scoring (other data size, part size, seed, options or
-        weights) or parts without a manifest, a proposal passed as an object (a folder must be able to say what it
-        holds: pass its name) or by a wrong name; all before anything is written.
+    :raises ValueError: a folder holding another scoring (other data, part size, seed, options or weights) or
+        parts without a manifest, a proposal passed as an object (a folder must be able to say what it holds: pass
+        its name) or by a wrong name; all before anything is written.
     :raises TypeError: an option :func:`~pyrovae.infer.log_likelihood` does not take; data without positions to
         take parts by (a stream, a DataLoader, a tuple of tensors: pass a TensorData or CountData).
 
@@ -145,7 +153,8 @@ def log_likelihood_in_parts(
         raise ValueError("log_likelihood_in_parts got an empty data set")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = json.dumps(_manifest(num_data, part_size, seed, recorded, parameters_digest(model, guide)), indent=1)
+    manifest = json.dumps(_manifest(num_data, part_size, seed, recorded, parameters_digest(model, guide),
+                                    data_digest(data)), indent=1)
     with FileLock(folder / MANIFEST):  # two jobs starting on one folder agree on its manifest
         path = folder / MANIFEST
         if not path.exists():
@@ -155,6 +164,9 @@ def log_likelihood_in_parts(
                                  "estimates of; score into another folder, or delete them")
             atomic_write(path, lambda stream: stream.write(manifest), binary=False)
         found, expected = json.loads(path.read_text()), json.loads(manifest)
+        if "data" not in found:  # written before manifests held the data's digest: taken as this data, recorded
+            found["data"] = expected["data"]
+            atomic_write(path, lambda stream: stream.write(json.dumps(found, indent=1)), binary=False)
         if found != expected:
             differ = sorted(key for key in expected if found.get(key) != expected[key])
             raise ValueError(f"{folder} holds the parts of another scoring: it differs in {differ} (found "
@@ -202,4 +214,4 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
     return estimate
 
 
-__all__ = ["log_likelihood_in_parts", "parameters_digest"]
+__all__ = ["data_digest", "log_likelihood_in_parts", "parameters_digest"]

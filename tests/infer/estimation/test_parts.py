@@ -93,8 +93,10 @@ def test_a_folder_of_another_scoring_is_refused(tmp_path):
         log_likelihood_in_parts(model, guide, x, tmp_path, part_size=20, num_samples=60)
     with pytest.raises(ValueError, match=r"differs in \['part_size'\]"):
         log_likelihood_in_parts(model, guide, x, tmp_path, part_size=10, num_samples=50)
-    with pytest.raises(ValueError, match=r"differs in \['num_data'\]"):
+    with pytest.raises(ValueError, match=r"differs in \['data', 'num_data'\]"):
         log_likelihood_in_parts(model, guide, x[:30], tmp_path, part_size=20, num_samples=50)
+    with pytest.raises(ValueError, match=r"differs in \['data'\]"):  # other data of the same size
+        log_likelihood_in_parts(model, guide, x.flip(0), tmp_path, part_size=20, num_samples=50)
     with pytest.raises(ValueError, match="by name"):
         log_likelihood_in_parts(model, guide, x, tmp_path / "other", proposal=object())
     with pytest.raises(ValueError, match="empty"):
@@ -272,3 +274,16 @@ torch.save({{"per_datum": result.per_datum, "scored": scored}}, sys.argv[1])
     assert not first & second and first | second == set(range(8))  # every part scored once, by one of them
     for r in results:
         assert torch.equal(r["per_datum"], whole.per_datum)
+
+
+def test_a_folder_from_before_data_digests_is_taken_and_upgraded(tmp_path):
+    """Manifests written before they held the data's digest (the Table 1 scorings under way) still resume."""
+    W, mu, x = ppca(9)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    first = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=20, num_samples=50)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    digest = manifest.pop("data")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    again = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=20, num_samples=50)
+    _assert_same(again, first)
+    assert json.loads((tmp_path / "manifest.json").read_text())["data"] == digest
