@@ -26,9 +26,12 @@ class PowerSpherical(SphericalDistribution):
 
     arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
 
-    def _alpha_beta(self):
+    def _alpha_beta(self, dtype: torch.dtype | None = None):
+        """a = (m - 1) / 2 + kappa and b = (m - 1) / 2, in ``dtype`` (default the concentration's): float64 keeps
+        the (m - 1) / 2 that float32 rounds away from a large kappa (at 10^7 its spacing is 1)."""
         beta = 0.5 * (self.dim - 1)
-        return beta + self.concentration, torch.full_like(self.concentration, beta)
+        kappa = self.concentration if dtype is None else self.concentration.to(dtype)
+        return beta + kappa, torch.full_like(kappa, beta)
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
@@ -44,7 +47,7 @@ class PowerSpherical(SphericalDistribution):
     def _log_normalizer(self, wide: bool = False) -> torch.Tensor:
         """-log N(kappa, m), in float64 (lgamma(a) - lgamma(a + b) cancels in float32 at large m); in the
         concentration's dtype unless ``wide``."""
-        alpha, beta = (t.double() for t in self._alpha_beta())
+        alpha, beta = self._alpha_beta(torch.float64)
         log_n = -((alpha + beta) * math.log(2.0) + beta * math.log(math.pi) + torch.lgamma(alpha)
                   - torch.lgamma(alpha + beta))
         return log_n if wide else log_n.to(self.concentration.dtype)
@@ -54,14 +57,18 @@ class PowerSpherical(SphericalDistribution):
         the antipode keeps a finite log-density instead of log(0)."""
         if self._validate_args:
             self._validate_sample(value)
-        cosine = (self.loc * value).sum(-1)
-        near = 0.5 * (self.loc + value).square().sum(-1)
+        # in float64: at a large kappa the two terms are large and nearly cancel, and kappa multiplies any
+        # rounding of log(1 + cosine)
+        loc, value64 = self.loc.double(), value.double()
+        cosine = (loc * value64).sum(-1)
+        near = 0.5 * (loc + value64).square().sum(-1)
         one_plus_cosine = torch.where(cosine < -0.5, near, 1.0 + cosine).clamp(min=0.0)
-        return self._log_normalizer() + self.concentration * torch.log(one_plus_cosine)
+        log_density = self._log_normalizer(wide=True) + self.concentration.double() * torch.log(one_plus_cosine)
+        return log_density.to(torch.promote_types(self.concentration.dtype, value.dtype))
 
     def entropy(self) -> torch.Tensor:
         """-(-log N + kappa E[log(1 + t)]), E[log(1 + t)] = log 2 + digamma(a) - digamma(a + b); in float64."""
-        alpha, beta = (t.double() for t in self._alpha_beta())
+        alpha, beta = self._alpha_beta(torch.float64)
         expected_log = math.log(2.0) + torch.digamma(alpha) - torch.digamma(alpha + beta)
         entropy = -(self._log_normalizer(wide=True) + self.concentration.double() * expected_log)
         return entropy.to(self.concentration.dtype)

@@ -281,11 +281,16 @@ def test_extreme_concentrations_in_float32_keep_their_digits():
         expected = float(mpmath.log(kappa) - 2 * mpmath.log(2 * mpmath.pi) - mpmath.log(mpmath.besseli(1, kappa))
                          + kappa)
         assert double.item() == pytest.approx(expected, rel=1e-9) and single.item() == pytest.approx(expected, rel=1e-6)
-    for m in (16, 64, 256):
-        for kappa in (0.1, 10.0, 1e3, 1e5):
-            single = PowerSpherical(unit(m, seed=1).float(), torch.tensor(kappa)).entropy().item()
-            double = PowerSpherical(unit(m, seed=1), torch.tensor(kappa, dtype=torch.float64)).entropy().item()
-            assert single == pytest.approx(double, rel=1e-5, abs=1e-3), (m, kappa)
+    for m in (2, 3, 10, 16, 64, 256):  # at m = 2 and kappa = 1e7, float32 rounded (m - 1) / 2 away: off by log(2) / 2
+        for kappa in (0.1, 10.0, 1e3, 1e5, 1e7):
+            single = PowerSpherical(unit(m, seed=1).float(), torch.tensor(kappa))
+            double = PowerSpherical(single.loc.double(), torch.tensor(kappa, dtype=torch.float64),
+                                    validate_args=False)  # the same inputs, computed in float64
+            assert single.entropy().item() == pytest.approx(double.entropy().item(), rel=1e-5, abs=1e-3), (m, kappa)
+            points = torch.stack([unit(m, seed=1), unit(m, seed=2)]).float()  # loc, and a point away from it
+            assert torch.allclose(single.log_prob(points).double(), double.log_prob(points.double()), rtol=1e-5,
+                                  atol=1e-3), (m, kappa)
+            assert single.log_prob(points).dtype == torch.float32
     torch.manual_seed(0)
     circle = torch.tensor([1.0, 0.0])
     q = PowerSpherical(circle, torch.full((20000,), 1e-4))
