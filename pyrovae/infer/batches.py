@@ -70,7 +70,7 @@ class BatchSource:
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         self.epoch = 0
         self.dtype, self.name = dtype, name
-        self._warned_dtype = False
+        self._warned_dtype = [False]
         self._check = check
         self._checked = False
         if check is not None and self.source.tensor is not None:
@@ -97,18 +97,18 @@ class BatchSource:
         subset = self.source.head(size, batch_size)
         if subset is None:
             return None
-        return BatchSource(subset, batch_size, shuffle=False, device=self.device, seed=0, check=self._check,
+        head = BatchSource(subset, batch_size, shuffle=False, device=self.device, seed=0, check=self._check,
                            name=self.name, dtype=self.dtype)
+        head._warned_dtype = self._warned_dtype
+        return head
 
     def __iter__(self):
         for batch in self.source.batches(self.epoch, self.generator, self.shuffle, self.drop_last, self.device):
             x, *inputs = as_args(batch)
             if self.dtype is not None and x.dtype != self.dtype and x.is_floating_point():
-                if not self._warned_dtype:
-                    warnings.warn(f"{self.name} is {x.dtype} but the model is {self.dtype}: batches are converted to "
-                                  f"{self.dtype} (convert the model, e.g. model.double(), to compute in {x.dtype})",
-                                  stacklevel=2)
-                    self._warned_dtype = True
+                if not self._warned_dtype[0]:
+                    _warn_dtype(self.name, x.dtype, self.dtype)
+                    self._warned_dtype[0] = True  # shared with the heads taken from this source: once per run
                 x = x.to(self.dtype)
             if not self._checked and self._check is not None:
                 self._check(x)
@@ -167,6 +167,17 @@ class BatchSource:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.epoch = state.get("epoch", 0)
+
+
+def _warn_dtype(name: str, found: torch.dtype, model: torch.dtype) -> None:
+    """Warn that ``name``'s batches are converted to the model's dtype, and how to compute in theirs."""
+    to = str(found).replace("torch.", "")
+    fix = (f"to compute in {found}, convert the model and guide too: model.to(torch.{to}), guide.to(torch.{to})"
+           if found.is_floating_point and torch.finfo(found).bits >= 32 else
+           f"{found} is converted up because the models compute in float32 or float64; pass float32 data to "
+           "silence this")
+    warnings.warn(f"{name} is {found} but the model is {model}: batches are converted to {model} ({fix})",
+                  stacklevel=3)
 
 
 def model_check(model) -> Callable[[torch.Tensor], None] | None:

@@ -98,9 +98,12 @@ def test_a_killed_save_leaves_no_temporary_file_behind_after_the_next(tmp_path):
 def test_float64_data_with_a_float32_model_is_converted_with_a_word():
     x = binary().double()
     model, guide = VAE(12, 3, (8,)), NormalGuide(12, 3, (8,))
-    with pytest.warns(UserWarning, match="data is torch.float64 but the model is torch.float32"):
+    with pytest.warns(UserWarning, match=r"data is torch.float64 but the model is torch.float32.*"
+                                         r"model.to\(torch.float64\), guide.to\(torch.float64\)") as caught:
         history = train(model, guide, x, epochs=1, progress=False)
-    assert len(history) == 1
+    assert len(history) == 1 and sum("converted" in str(w.message) for w in caught) == 1  # once per run
+    with pytest.warns(UserWarning, match="float16 is converted up.*pass float32 data"):
+        train(model, guide, x.half(), epochs=1, progress=False)
     with pytest.warns(UserWarning, match="converted"):
         assert torch.isfinite(log_likelihood(model, guide, x.numpy(), num_samples=4, progress=False).per_datum).all()
 
