@@ -170,7 +170,7 @@ class AmortizedGuide(nn.Module):
     def encoded(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None):
         """The encoder's output for ``x`` (and, for a guide built with covariates, ``cat`` and ``cont``)."""
         take_loaded(self)  # a param store loaded since the last call
-        if x.shape[-1] != self.x_dim and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
             raise ValueError(f"{type(self).__name__} encodes data of {self.x_dim} features, got x of shape "
                              f"{tuple(x.shape)}; flatten images to vectors and check x_dim")
         covariates = getattr(self, "covariates", None)

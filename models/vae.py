@@ -139,7 +139,7 @@ class VAE(nn.Module):
                         cont: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's raw output ``(..., x_dim * likelihood.num_outputs)`` at ``z`` (and the covariates)."""
         take_loaded(self)  # a param store loaded since the last call
-        if z.shape[-1] != self.latent_size and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and z.shape[-1] != self.latent_size:
             raise ValueError(f"{type(self).__name__} decodes latents of {self.latent_size} coordinates, got z of "
                              f"shape {tuple(z.shape)}")
         if not self.covariates:
