@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
+from pyrovae.guides.base import AmortizedGuide
+from pyrovae.infer.training.checkpoint import atomic_write
 from pyrovae.likelihoods import get_likelihood, likelihood_names
 from pyrovae.models import GMVAE, SVAE, VAE
 from pyrovae.nn.checks import check_int, check_name
@@ -238,10 +240,14 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"save_pair saves torch modules; the {role} is a {type(module).__name__}. A plain Pyro "
                             "function keeps its parameters in the param store: pyro.get_param_store().save(path)")
+    if isinstance(model, AmortizedGuide) or isinstance(guide, VAE):
+        raise TypeError(f"save_pair(folder, model, guide) got a {type(model).__name__} as the model and a "
+                        f"{type(guide).__name__} as the guide: pass the model first")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if history is not None and hasattr(history, "to_dict"):
         history = history.to_dict()
+    _warn_if_another_pair(folder, type(model).__name__, type(guide).__name__)
     config = {"format": FORMAT_VERSION, "pyrovae_version": pyrovae.__version__, "pair": pair_config(model, guide),
               "model_class": type(model).__name__, "guide_class": type(guide).__name__, "history": history,
               **(extra or {})}
@@ -250,8 +256,20 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
     temporary = folder / f".{WEIGHTS_FILE}.partial"
     torch.save(weights, temporary)
     os.replace(temporary, folder / WEIGHTS_FILE)
-    (folder / CONFIG_FILE).write_text(text)
+    atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(text), binary=False)
     return folder
+
+
+def _warn_if_another_pair(folder: Path, model_class: str, guide_class: str) -> None:
+    """Warn when ``folder`` holds a saved pair of other classes, which saving replaces."""
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    before = (saved.get("model_class"), saved.get("guide_class"))
+    if before != (model_class, guide_class):
+        warnings.warn(f"save_pair: {folder} held a {before[0]} / {before[1]} pair, now replaced by a {model_class} / "
+                      f"{guide_class} pair", UserWarning, stacklevel=3)
 
 
 def read_config(folder: str | os.PathLike) -> dict:

@@ -104,6 +104,27 @@ def check_companions(model, guide) -> None:
                          "same num_components")
 
 
+def check_finite_parameters(model: Callable, guide: Callable) -> None:
+    """Raise a ValueError naming the first parameter of ``model`` or ``guide`` (torch modules) that holds a NaN or
+    an infinity: a pair left so by an earlier divergence, which would otherwise fail deep inside a distribution."""
+    named = [(role, name, parameter) for role, module in (("model", model), ("guide", guide))
+             if isinstance(module, torch.nn.Module) for name, parameter in module.named_parameters()]
+    if not named:
+        return
+    flags = [(~torch.isfinite(parameter.detach())).any() for _, _, parameter in named]
+    if not bool(torch.stack([flag.to(flags[0].device) for flag in flags]).any()):  # one device sync
+        return
+    for role, name, parameter in named:
+        bad = ~torch.isfinite(parameter.detach())
+        if bool(bad.any()):
+            raise ValueError(
+                f"the {role}'s parameter {name!r} holds {int(bad.sum())} non-finite values (of "
+                f"{parameter.numel()}): the pair diverged before (NaN data, or too high a learning rate, under "
+                "a loop without train's guard). Load the last good weights (a checkpoint, load_pair) or build "
+                "the pair again"
+            )
+
+
 def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None:
     """Raise a ValueError when ``guide`` cannot be paired with ``model``.
 
@@ -111,6 +132,7 @@ def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None
     model's prior lives on (a Normal guide for a prior on the sphere fails here, naming both supports), and
     nothing else; pyrovae models and guides must also agree on their covariates and number of components.
     """
+    check_finite_parameters(model, guide)
     args = as_args(x)
     x = args[0]
     devices = [x.device] if x.device.type == "cuda" else []

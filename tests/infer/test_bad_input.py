@@ -158,3 +158,17 @@ def test_encode_and_decode_name_the_pair_when_the_width_is_wrong():
     for model, size in ((VAE(6, 2), 2), (SVAE(6, 3), 3)):
         with pytest.raises(ValueError, match=f"{type(model).__name__} decodes latents of {size} coordinates"):
             model.decode(torch.zeros(4, 5))
+
+
+def test_a_pair_with_non_finite_parameters_is_named_before_any_work():
+    """A pair that diverged under a loop of the user's own (Pyro's SVI on NaN data) is named, not failed on deep in
+    a distribution's argument check."""
+    x = binary()
+    model, guide = VAE(12, 3, (8,)), NormalGuide(12, 3, (8,))
+    with torch.no_grad():
+        dict(guide.named_parameters())["encoder.layers.0.weight"][0, 0] = float("nan")
+    for call in (lambda: train(model, guide, x, epochs=1, progress=False),
+                 lambda: log_likelihood(model, guide, x, num_samples=4)):
+        with pytest.raises(ValueError, match=r"the guide's parameter 'encoder.layers.0.weight' holds 1 non-finite "
+                                             r"values.*Load the last good weights"):
+            call()

@@ -5,6 +5,7 @@ is refused without running it."""
 import json
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -129,3 +130,17 @@ def test_another_version_warns(tmp_path):
     (tmp_path / "pair.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="saved by pyrovae 0.0.1 and is loaded by pyrovae"):
         load_pair(tmp_path)
+
+
+def test_a_swapped_pair_is_refused_and_another_kind_replaced_with_a_word(tmp_path):
+    model, guide = make_pair("vae", 12, 2, (8,))
+    with pytest.raises(TypeError, match="got a NormalGuide as the model and a VAE as the guide: pass the model first"):
+        save_pair(tmp_path, guide, model)
+    save_pair(tmp_path, model, guide)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_pair(tmp_path, model, guide)  # the same pair again (more training): replaced quietly
+    other_model, other_guide = make_pair("svae-vmf", 12, 2, (8,))
+    with pytest.warns(UserWarning, match="held a VAE / NormalGuide pair, now replaced by a SVAE / VMFGuide pair"):
+        save_pair(tmp_path, other_model, other_guide)
+    assert type(load_pair(tmp_path)[1]).__name__ == "VMFGuide"
