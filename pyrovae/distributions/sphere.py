@@ -160,6 +160,11 @@ class SphericalDistribution(TorchDistribution):
         """The ambient dimension m (samples lie on S^(m-1) in R^m), a Python int."""
         return self._dim
 
+    @property
+    def mode(self) -> torch.Tensor:
+        """The mean direction ``loc``, where the density is highest (every point, at concentration 0)."""
+        return self.loc
+
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(type(self), _instance)
         batch_shape = expanded_batch_shape(self, batch_shape)

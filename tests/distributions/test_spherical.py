@@ -220,6 +220,8 @@ def test_shapes_expand_and_pyro_plates():
     assert q.batch_shape == (3,) and q.event_shape == (4,)
     assert q.expand((2, 3)).rsample().shape == (2, 3, 4)
     assert VonMisesFisher(unit(4), torch.ones(5, dtype=torch.float64)).batch_shape == (5,)
+    assert torch.equal(q.mode, loc) and torch.equal(q.expand((2, 3)).mode, loc.expand(2, 3, 4))
+    assert torch.equal(PowerSpherical(unit(4), torch.ones(5, dtype=torch.float64)).mode, unit(4).expand(5, 4))
 
     def model():
         with pyro.plate("data", 3):
