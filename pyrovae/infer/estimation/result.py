@@ -100,7 +100,9 @@ class LogLikelihood:
         """(N,) bool: the estimates that can be trusted, by this rule: k-hat <= 0.7 (the weights' variance is
         finite, so the estimate converges at the Monte Carlo rate), an effective sample size of at least
         :data:`CERTIFIED_MIN_ESS`, and one posterior mode found where the refined proposals searched for modes. An
-        estimate without an effective sample size (no weights kept) is not certified. See :meth:`reasons`."""
+        estimate without an effective sample size (no weights kept) is not certified. ``proposal="auto"`` replaces
+        the count of modes by its check with wider draws (:attr:`checked`), so it may certify a datum with several
+        optima that a refined proposal alone does not. See :meth:`reasons`."""
         certified = self.khat <= CERTIFIED_KHAT
         certified &= self.ess >= CERTIFIED_MIN_ESS if self.ess is not None else torch.zeros_like(certified)
         if self.checked is not None:
