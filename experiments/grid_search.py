@@ -16,7 +16,7 @@ import numpy as np
 
 from pyrovae import make_pair
 from pyrovae.data import SHARED_SETS, load_count_dataset
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, result_settings, setup, write_metrics
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import likelihood_names
 from pyrovae.plots import save, training_curves
@@ -65,7 +65,8 @@ def search(hidden: list[int], latent: int) -> dict:
     return result
 
 
-sweep = Sweep(Path(args.out) / "grid.json")  # a finished configuration is never trained again
+# a finished configuration is never trained again; results of other settings are refused
+sweep = Sweep(Path(args.out) / "grid.json", settings=result_settings(args, exclude=("hidden", "latent")))
 grid = {f"hidden {spec} latent {latent}": sweep.run(f"hidden {spec} latent {latent}", search,
                                                    [int(h) for h in spec.split(",")], latent)
         for spec in args.hidden for latent in args.latent}

@@ -40,7 +40,7 @@ import torch
 
 from pyrovae import make_pair
 from pyrovae.data import TensorData, load_mnist
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, result_settings, setup, write_metrics
 from pyrovae.infer import evaluate, log_likelihood_in_parts, train
 from pyrovae.plots import save
 from pyrovae.sweep import Sweep
@@ -94,7 +94,8 @@ widths = tuple(args.hidden)  # from the data side: the decoder mirrors the encod
 
 
 PAIRS = {"normal": "vae", "vmf": "svae-vmf", "power": "svae-power"}  # S^d in R^(d+1) for the spherical ones
-sweep = Sweep(out / "runs.json")  # finished runs are kept; an interrupted one resumes from its checkpoint
+# finished runs are kept, an interrupted one resumes from its checkpoint; results of other settings are refused
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("dims", "models", "jobs", "compile")))
 
 
 def score(model, guide, cell: str, proposal: str, **options):

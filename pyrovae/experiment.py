@@ -29,10 +29,16 @@ class ExperimentParser(argparse.ArgumentParser):
     def __init__(self, description: str, epochs: int, out: str, quick: dict | None = None) -> None:
         super().__init__(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         self.quick_settings = {"epochs": 1, **(quick or {})}
-        self.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-        self.add_argument("--seed", type=int, default=0, help="random seed")
-        self.add_argument("--epochs", type=_non_negative, default=epochs, help="training epochs")
-        self.add_argument("--data-dir", default=None, help="data folder (default: $PYROVAE_DATA, ../shared/data)")
+        self.add_argument("--device", type=_device, default="auto",
+                          help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+        self.add_argument("--seed", type=_seed, default=0, help="random seed")
+        if epochs > 0:
+            self.add_argument("--epochs", type=_positive, default=epochs, help="training epochs")
+        else:  # 0 means something of the script's own (mixture_1d: from --steps)
+            self.add_argument("--epochs", type=_non_negative, default=epochs, help="training epochs (0: the script's "
+                                                                                   "own rule, see its description)")
+        self.add_argument("--data-dir", default=None, help="data folder ($PYROVAE_DATA, else ../shared/data, when "
+                                                           "not given)")
         self.add_argument("--out", default=out, help="folder for metrics.json and figures")
         self.add_argument("--no-progress", action="store_true", help="hide progress bars")
         self.add_argument("--proposal", default="refined+defensive",
@@ -45,10 +51,16 @@ class ExperimentParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         if parsed.quick:
+            given = self._given(sys.argv[1:] if args is None else list(args))
             for name, value in self.quick_settings.items():
-                if getattr(parsed, name) == self.get_default(name):  # not given on the command line
+                if name not in given:
                     setattr(parsed, name, value)
         return parsed
+
+    def _given(self, argv: list[str]) -> set[str]:
+        """The destinations of the options written on the command line ``argv`` (``--lr 0.1`` or ``--lr=0.1``)."""
+        written = {word.split("=", 1)[0] for word in argv if word.startswith("-")}
+        return {action.dest for action in self._actions if written & set(action.option_strings)}
 
 
 def _shown(value) -> str:
@@ -60,6 +72,30 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    if text != "auto":
+        try:
+            torch.device(text)
+        except (RuntimeError, ValueError):
+            message = f"{text!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            raise argparse.ArgumentTypeError(message) from None
+    return text
 
 
 def experiment_parser(description: str, epochs: int, out: str, quick: dict | None = None) -> ExperimentParser:
@@ -84,6 +120,16 @@ def setup(args: argparse.Namespace) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return device
+
+
+RUN_OPTIONS = ("out", "no_progress", "device", "data_dir", "quick")  # how a run is made, not what it computes
+
+
+def result_settings(args: argparse.Namespace, exclude=()) -> dict:
+    """The options that a run's results depend on (every option but :data:`RUN_OPTIONS` and ``exclude``), for a
+    :class:`~pyrovae.sweep.Sweep` to refuse results of other settings."""
+    return {name: value for name, value in sorted(vars(args).items())
+            if name not in RUN_OPTIONS and name not in set(exclude)}
 
 
 def _check_writable(out: Path) -> None:

@@ -40,16 +40,40 @@ class Sweep:
     """The results of a sweep, by key, in one JSON file that several jobs may share.
 
     :param path: the results file (created with its folder on the first finished run).
+    :param dict settings: what every run of the sweep shares and its results depend on (a script's options: hidden
+        sizes, learning rate, ...), JSON-able. They are kept beside the results (``<path>.settings.json``), and a
+        sweep whose file holds results of other settings is refused, naming the differences: a changed setting
+        must not be answered with results of the old one. A file written without settings takes these.
 
     ``results`` (and ``key in sweep``, ``sweep[key]``) hold the file as last read: at construction, and at every
     :meth:`run` (before it decides whether ``key`` is done, and again when it stores a result); :meth:`reload`
     reads it now.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, settings: dict | None = None) -> None:
         self.path = Path(path)
         self._lock = FileLock(self.path)
         self.results: dict = self._read()
+        if settings is not None:
+            self._check_settings(json.loads(json.dumps(settings)))
+
+    def _check_settings(self, settings: dict) -> None:
+        """Record ``settings`` beside the results, or refuse results of other settings."""
+        path = self.path.with_name(self.path.name + ".settings.json")
+        with self._lock:
+            if path.exists():
+                found = json.loads(path.read_text())
+                differ = sorted(set(found) | set(settings), key=str)
+                differ = [key for key in differ if found.get(key) != settings.get(key)]
+                if differ:
+                    raise ValueError(
+                        f"{self.path} holds results of other settings: "
+                        + ", ".join(f"{key} {found.get(key)!r} there, {settings.get(key)!r} now" for key in differ)
+                        + "; write to another folder (--out), or delete it to start again"
+                    )
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda stream: json.dump(settings, stream, indent=1), binary=False)
 
     def _read(self) -> dict:
         if not self.path.exists():

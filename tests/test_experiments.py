@@ -261,5 +261,9 @@ def test_quick_replaces_only_the_settings_not_given_on_the_command_line():
     assert (full.epochs, full.num_samples, full.dims) == (50, 500, [2, 5, 10])
     quick = parser.parse_args(["--quick", "--num-samples", "32"])
     assert (quick.epochs, quick.num_samples, quick.dims, quick.lr) == (1, 32, [2], 1e-3)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--epochs", "-1"])
+    given = parser.parse_args(["--quick", "--num-samples", "500", "--epochs=50"])  # the defaults, given: kept
+    assert (given.epochs, given.num_samples, given.dims) == (50, 500, [2])
+    for wrong in (["--epochs", "-1"], ["--epochs", "0"], ["--seed", "-1"], ["--device", "gpu"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(wrong)
+    assert experiment_parser("steps", epochs=0, out="o").parse_args(["--epochs", "0"]).epochs == 0  # 0: the script's

@@ -26,3 +26,23 @@ def test_sweep_keeps_finished_runs_and_never_redoes_them(tmp_path):
     with pytest.raises(TypeError, match="keys are strings"):
         again.run(5, run, 5)
 
+
+
+def test_results_of_other_settings_are_refused_naming_the_differences(tmp_path):
+    """A rerun with another setting (hidden sizes, learning rate) must not be answered with the old results."""
+    path = tmp_path / "runs.json"
+    Sweep(path, settings={"hidden": [256, 128], "lr": 1e-3}).run("a", lambda: 1.0)
+    assert Sweep(path, settings={"hidden": [256, 128], "lr": 1e-3}).run("a", lambda: 2.0) == 1.0
+    with pytest.raises(ValueError, match=r"other settings: hidden \[256, 128\] there, \[32, 16\] now; write to "
+                                         r"another folder"):
+        Sweep(path, settings={"hidden": (32, 16), "lr": 1e-3})
+    with pytest.raises(ValueError, match="proposal None there, 'auto' now"):
+        Sweep(path, settings={"hidden": [256, 128], "lr": 1e-3, "proposal": "auto"})
+
+
+def test_a_sweep_written_without_settings_takes_them(tmp_path):
+    path = tmp_path / "runs.json"
+    Sweep(path).run("a", lambda: 1.0)  # an older sweep file
+    assert Sweep(path, settings={"lr": 1e-3})["a"] == 1.0
+    with pytest.raises(ValueError, match="lr 0.001 there, 0.01 now"):
+        Sweep(path, settings={"lr": 1e-2})
