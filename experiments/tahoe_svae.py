@@ -29,6 +29,8 @@ set. A label cannot be both held out and a covariate (its held-out levels would 
 trained): hold out plates with ``--covariates`` alone.
 """
 
+import json
+import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -84,14 +86,38 @@ if init_distributed():
 out = Path(args.out)
 progress = not args.no_progress and is_main_process()
 
+def held_out_groups(items: list[str]) -> dict[str, list[str]]:
+    groups = {}
+    for item in items:
+        label, sep, values = item.partition("=")
+        if not sep or not label or not values:
+            parser.error(f"--hold-out takes LABEL=VALUE[,VALUE...], got {item!r}")
+        groups.setdefault(label, []).extend(v for v in values.split(",") if v)
+    return groups
+
+
+held_out_spec = held_out_groups(args.hold_out)  # checked before hours of atlas generation
+
 # --- data: the atlas, a gene panel fixed before training, the streams -------------------------------------------
 source = args.source or find_dataset("tahoe", args.data_dir)  # a local copy: DATA/tahoe/{data,metadata}
 if source is None:
     source = out / "atlas"
-    if is_main_process() and not (source / "metadata" / "gene_metadata.parquet").exists():
-        print(f"generating a {args.synthetic_cells:,}-cell Tahoe-schema atlas in {source}")
-        write_tahoe_shards(source, args.synthetic_cells, args.synthetic_shards, args.vocabulary, args.genes_per_cell,
-                           seed=args.seed, plate_effect=args.plate_effect)
+    generated = {"cells": args.synthetic_cells, "shards": args.synthetic_shards, "vocabulary": args.vocabulary,
+                 "genes_per_cell": args.genes_per_cell, "seed": args.seed, "plate_effect": args.plate_effect}
+    if is_main_process():
+        marker = source / "generated.json"  # written last: an atlas without it was interrupted
+        found = json.loads(marker.read_text()) if marker.exists() else None
+        if found is not None and found != generated:
+            differ = ", ".join(f"{k} {found.get(k)} there, {v} now" for k, v in generated.items() if found.get(k) != v)
+            raise SystemExit(f"{source} holds an atlas generated with other settings ({differ}); use another --out")
+        if found is None:
+            if source.exists():
+                print(f"{source} holds an atlas whose generation was interrupted; generating it again")
+                shutil.rmtree(source)
+            print(f"generating a {args.synthetic_cells:,}-cell Tahoe-schema atlas in {source}")
+            write_tahoe_shards(source, args.synthetic_cells, args.synthetic_shards, args.vocabulary,
+                               args.genes_per_cell, seed=args.seed, plate_effect=args.plate_effect)
+            marker.write_text(json.dumps(generated))
     barrier()
 atlas = TahoeAtlas(source)
 panel_file = out / "panel.txt"
@@ -107,17 +133,7 @@ print(f"{atlas}; panel of {len(panel):,} genes")
 
 
 
-def held_out_groups(items: list[str]) -> dict[str, list[str]]:
-    groups = {}
-    for item in items:
-        label, sep, values = item.partition("=")
-        if not sep or not label or not values:
-            parser.error(f"--hold-out takes LABEL=VALUE[,VALUE...], got {item!r}")
-        groups.setdefault(label, []).extend(v for v in values.split(",") if v)
-    return groups
-
-
-split = {"test_fraction": args.test_fraction, "split_seed": args.seed, "held_out": held_out_groups(args.hold_out),
+split = {"test_fraction": args.test_fraction, "split_seed": args.seed, "held_out": held_out_spec,
          "covariates": args.covariates}
 train_stream = CellStream(atlas, panel, args.batch_size, split="train", seed=args.seed, num_workers=args.workers,
                           **split)

@@ -225,11 +225,18 @@ def test_smoke_tahoe_svae_resumes(tmp_path):
 
 
 def test_smoke_tahoe_svae_pca_normal(tmp_path):
+    (tmp_path / "tahoe_svae" / "atlas" / "data").mkdir(parents=True)  # an atlas whose generation was interrupted
+    (tmp_path / "tahoe_svae" / "atlas" / "data" / "train-00000-of-00009.parquet").write_bytes(b"cut short")
     metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "1", "--pca",
                          "--pca-components", "20", "--guide", "normal", "--covariates", "--hold-out",
                          "plate=plate2")["metrics"]
     assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0
     assert metrics["covariates"] == [] and metrics["held_out_groups"] == {"plate": ["plate2"]}
+    assert metrics["cells"] == 2400  # generated again, not read from the interrupted one
+    other = [sys.executable, str(ROOT / "experiments" / "tahoe_svae.py"), "--out", str(tmp_path / "tahoe_svae"),
+             *TAHOE_TINY[2:], "--synthetic-cells", "3000", *no_data(tmp_path), "--device", "cpu"]
+    completed = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "other settings (cells 2400 there, 3000 now)" in completed.stderr
 
 
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
