@@ -47,7 +47,7 @@ CANONICAL = {
     "Platelet": ["PPBP", "PF4"],
 }
 QUICK = {"epochs": 2, "label_epochs": 2, "genes": 300, "num_samples": 200}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_de", quick=QUICK)
+parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_de", quick=QUICK, proposal=False)
 parser.add_argument("--label-epochs", type=int, default=60, help="epochs of the semi-supervised GMVAE")
 parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept")
 parser.add_argument("--latent", type=int, default=10)

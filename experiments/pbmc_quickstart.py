@@ -16,7 +16,7 @@ from pyrovae.metrics import clustering_scores, kmeans_clusters
 from pyrovae.plots import latent_scatter, save
 
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_quickstart",
-                           quick={"epochs": 2, "genes": 300, "num_samples": 200})
+                           quick={"epochs": 2, "genes": 300, "num_samples": 200}, proposal=False)
 parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept")
 parser.add_argument("--latent", type=int, default=10)
 parser.add_argument("--num-samples", type=int, default=5000, help="posterior draws per group for DE")

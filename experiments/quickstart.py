@@ -29,7 +29,7 @@ from pyrovae.plots import latent_scatter, save, show_images
 
 QUICK = {"max_train": 2000, "num_test": 200, "num_samples": 100, "hidden": 200, "gap_images": 20, "ais_chains": 50,
          "flow_epochs": 1}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=4, out="results/quickstart", quick=QUICK)
+parser = experiment_parser(__doc__.splitlines()[0], epochs=4, out="results/quickstart", quick=QUICK, proposal=False)
 parser.add_argument("--z-dim", type=int, default=20)
 parser.add_argument("--hidden", type=int, default=400)
 parser.add_argument("--batch-size", type=int, default=128)

@@ -44,7 +44,7 @@ PARTS = {
 }
 KINDS = {"vae": sc.SingleCellVAE, "label_transfer": sc.LabelTransferGMVAE}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/reference_mapping",
-                           quick={"epochs": 2, "map_epochs": 2, "genes": 200})
+                           quick={"epochs": 2, "map_epochs": 2, "genes": 200}, proposal=False)
 parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies")
 parser.add_argument("--reference", nargs="+", default=None, metavar="PART",
                     help="the parts the reference is trained on (default: the first: CEL-seq2, plate 1, batch 1); "

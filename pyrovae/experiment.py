@@ -26,7 +26,8 @@ class ExperimentParser(argparse.ArgumentParser):
     on the command line keeps the given value.
     """
 
-    def __init__(self, description: str, epochs: int, out: str, quick: dict | None = None) -> None:
+    def __init__(self, description: str, epochs: int, out: str, quick: dict | None = None,
+                 proposal: bool = True) -> None:
         super().__init__(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         self.quick_settings = {"epochs": 1, **(quick or {})}
         self.add_argument("--device", type=_device, default="auto",
@@ -41,10 +42,11 @@ class ExperimentParser(argparse.ArgumentParser):
                                                            "not given)")
         self.add_argument("--out", default=out, help="folder for metrics.json and figures")
         self.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        self.add_argument("--proposal", default="refined+defensive",
-                          choices=["guide", "defensive", "refined", "refined+defensive", "auto"],
-                          help="importance distribution of the held-out log-likelihood (pyrovae.infer.estimation; "
-                               "'auto': per datum the cheapest estimator that certifies)")
+        if proposal:  # for the scripts that score a held-out log-likelihood by one estimator of the user's choice
+            self.add_argument("--proposal", default="refined+defensive",
+                              choices=["guide", "defensive", "refined", "refined+defensive", "auto"],
+                              help="importance distribution of the held-out log-likelihood (pyrovae.infer.estimation; "
+                                   "'auto': per datum the cheapest estimator that certifies)")
         shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in self.quick_settings.items())
         self.add_argument("--quick", action="store_true", help=f"tiny settings, about a minute on 2 cores: {shown}")
 
@@ -98,9 +100,11 @@ def _device(text: str) -> str:
     return text
 
 
-def experiment_parser(description: str, epochs: int, out: str, quick: dict | None = None) -> ExperimentParser:
-    """An argument parser with the options every experiment takes (see :class:`ExperimentParser`)."""
-    return ExperimentParser(description, epochs, out, quick)
+def experiment_parser(description: str, epochs: int, out: str, quick: dict | None = None,
+                      proposal: bool = True) -> ExperimentParser:
+    """An argument parser with the options every experiment takes (see :class:`ExperimentParser`); ``proposal``:
+    whether it offers ``--proposal`` (only scripts that score log p(x) by one estimator of the user's choice do)."""
+    return ExperimentParser(description, epochs, out, quick, proposal)
 
 
 def setup(args: argparse.Namespace) -> torch.device:
