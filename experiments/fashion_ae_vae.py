@@ -23,7 +23,15 @@ from pyrovae.models import VAE
 from sklearn.manifold import TSNE
 
 from pyrovae.data import FASHION_CLASSES, binarize_split, load_fashion_mnist
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    setup,
+    write_metrics,
+)
 from pyrovae.infer import interpolate, locate, log_likelihood, reconstruct, refit_guide, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores
@@ -33,18 +41,20 @@ from pyrovae.plots import save, show_images
 QUICK = {"num_train": 2000, "num_ll": 100, "num_samples": 20, "refit_epochs": 1, "num_tsne": 300}
 
 parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/fashion_ae_vae", quick=QUICK)
-parser.add_argument("--z-dim", type=int, default=10)
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--weight-decay", type=float, default=1e-5, help="Adam weight decay (the notebook's)")
-parser.add_argument("--beta", type=float, default=1.0, help="KL weight of the VAE")
+parser.add_argument("--z-dim", type=positive_int, default=10)
+parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--weight-decay", type=non_negative_float, default=1e-5, help="Adam weight decay (the notebook's)")
+parser.add_argument("--beta", type=non_negative_float, default=1.0, help="KL weight of the VAE")
 parser.add_argument("--ae-likelihood", choices=["gaussian", "bernoulli"], default="gaussian")
-parser.add_argument("--noise", type=float, default=0.5, help="denoising: x + noise * U(-0.5, 0.5), clamped to [0, 1]")
-parser.add_argument("--num-train", type=int, default=None, help="use only this many training images")
-parser.add_argument("--num-ll", type=int, default=500, help="test images scored by importance sampling")
-parser.add_argument("--num-samples", type=int, default=200, help="importance samples per scored image")
-parser.add_argument("--refit-epochs", type=int, default=3, help="epochs of the Normal guide refitted to the AE")
-parser.add_argument("--num-tsne", type=int, default=3000, help="test codes embedded by t-SNE")
+parser.add_argument("--noise", type=non_negative_float, default=0.5,
+                    help="denoising: x + noise * U(-0.5, 0.5), clamped to [0, 1]")
+parser.add_argument("--num-train", type=positive_int, default=None, help="use only this many training images")
+parser.add_argument("--num-ll", type=positive_int, default=500, help="test images scored by importance sampling")
+parser.add_argument("--num-samples", type=positive_int, default=200, help="importance samples per scored image")
+parser.add_argument("--refit-epochs", type=non_negative_int, default=3,
+                    help="epochs of the Normal guide refitted to the AE")
+parser.add_argument("--num-tsne", type=positive_int, default=3000, help="test codes embedded by t-SNE")
 args = parser.parse_args()
 device = setup(args)
 

@@ -16,7 +16,15 @@ import numpy as np
 
 from pyrovae import make_pair
 from pyrovae.data import SHARED_SETS, load_count_dataset
-from pyrovae.experiment import experiment_parser, result_settings, setup, write_metrics
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import likelihood_names
 from pyrovae.plots import save, training_curves
@@ -31,15 +39,16 @@ parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS))
 parser.add_argument("--model", default="VAE", choices=["VAE", "GMVAE"])
 parser.add_argument("--likelihood", default="nb", choices=[n for n in likelihood_names() if "poisson" in n or "nb" in n
                                                           or n in ("zip", "zinb")])
-parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept (0: all expressed genes)")
-parser.add_argument("--max-cells", type=int, default=0, help="use a random subset of cells (0: all)")
+parser.add_argument("--genes", type=non_negative_int, default=2000,
+                    help="most variable genes kept (0: all expressed genes)")
+parser.add_argument("--max-cells", type=non_negative_int, default=0, help="use a random subset of cells (0: all)")
 parser.add_argument("--hidden", type=str, nargs="+", default=[",".join(map(str, h)) for h in HIDDEN],
                     help="hidden-layer configurations, each comma-separated (encoder order; the decoder mirrors)")
-parser.add_argument("--latent", type=int, nargs="+", default=LATENT)
-parser.add_argument("--search-epochs", type=int, default=1)
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--num-samples", type=int, default=100, help="importance samples per held-out cell")
+parser.add_argument("--latent", type=positive_int, nargs="+", default=LATENT)
+parser.add_argument("--search-epochs", type=positive_int, default=1)
+parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
 args = parser.parse_args()
 device = setup(args)
 

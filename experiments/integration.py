@@ -26,7 +26,7 @@ from pyrovae.models import GMVAE, SVAE, VAE
 from sklearn.manifold import TSNE
 
 from pyrovae.data import CountData, add_results, load_count_dataset
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, non_negative_int, positive_float, positive_int, setup, write_metrics
 from pyrovae.infer import encode_data, train
 from pyrovae.metrics import batch_asw, clustering_scores, ilisi, kmeans_clusters
 from pyrovae.plots import save
@@ -38,13 +38,13 @@ PARTS = {
 QUICK = {"epochs": 2, "genes": 200, "models": ["vae", "vae-unintegrated"]}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/integration", quick=QUICK, proposal=False)
 parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies")
-parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept")
+parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")
 MODELS = ["vae", "svae", "gmvae", "vae-unintegrated", "scvi", "scvi-defaults"]
 parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-parser.add_argument("--latent", type=int, default=10)
-parser.add_argument("--hidden", type=int, default=128)
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--latent", type=positive_int, default=10)
+parser.add_argument("--hidden", type=positive_int, default=128)
+parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
 args = parser.parse_args()
 device = setup(args)
 

@@ -18,23 +18,23 @@ from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 
 from pyrovae.data import gaussian_mixture_1d, gaussian_mixture_1d_log_density
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, positive_float, positive_int, setup, write_metrics
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import save
 
 QUICK = {"epochs": 0, "steps": 500, "num_data": 5000, "num_test": 1000, "num_samples": 50, "sweep": [5.0]}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=0, out="results/mixture_1d", quick=QUICK)
-parser.add_argument("--steps", type=int, default=40_000,
+parser.add_argument("--steps", type=positive_int, default=40_000,
                     help="SGD steps per VAE (the notebook's); used when --epochs is 0")
-parser.add_argument("--num-data", type=int, default=200_000, help="training points drawn from p_data")
-parser.add_argument("--num-test", type=int, default=10_000, help="held-out points scored")
-parser.add_argument("--num-samples", type=int, default=500, help="importance samples per held-out point")
-parser.add_argument("--hidden", type=int, default=100)
-parser.add_argument("--batch-size", type=int, default=256)
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--inverse-variance", type=float, default=500.0, help="1/sigma^2 of the main run")
-parser.add_argument("--sweep", type=float, nargs="*", default=[0.5, 5.0, 50.0, 500.0, 5000.0],
+parser.add_argument("--num-data", type=positive_int, default=200_000, help="training points drawn from p_data")
+parser.add_argument("--num-test", type=positive_int, default=10_000, help="held-out points scored")
+parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per held-out point")
+parser.add_argument("--hidden", type=positive_int, default=100)
+parser.add_argument("--batch-size", type=positive_int, default=256)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--inverse-variance", type=positive_float, default=500.0, help="1/sigma^2 of the main run")
+parser.add_argument("--sweep", type=positive_float, nargs="*", default=[0.5, 5.0, 50.0, 500.0, 5000.0],
                     help="inverse variances compared (empty: only the main run)")
 args = parser.parse_args()
 device = setup(args)

@@ -26,7 +26,7 @@ from scipy.stats import norm
 from torch import nn
 
 from pyrovae.data import binarize_split, load_mnist
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, non_negative_float, positive_float, positive_int, setup, write_metrics
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import image_grid, latent_scatter, save, show_images
@@ -35,16 +35,17 @@ QUICK = {"mlp_steps": 20, "num_train": 2000, "num_test": 500, "num_ll": 100, "nu
 parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/mnist_vae", quick=QUICK)
 parser.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian",
                     help="MLP VAE: Gaussian (MSE) on grey levels, or Bernoulli on dynamically binarised pixels")
-parser.add_argument("--mlp-steps", type=int, default=250, help="full-batch steps of the MLP VAE")
-parser.add_argument("--num-train", type=int, default=10_000, help="training images used (the notebook: 10,000)")
-parser.add_argument("--batch-size", type=int, default=256, help="mini-batch of the conv VAE")
-parser.add_argument("--kl-weight", type=float, default=2.0, help="weight of the conv VAE's KL term")
-parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--mlp-steps", type=positive_int, default=250, help="full-batch steps of the MLP VAE")
+parser.add_argument("--num-train", type=positive_int, default=10_000,
+                    help="training images used (the notebook: 10,000)")
+parser.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch of the conv VAE")
+parser.add_argument("--kl-weight", type=non_negative_float, default=2.0, help="weight of the conv VAE's KL term")
+parser.add_argument("--lr", type=positive_float, default=1e-3)
 parser.add_argument("--point", type=float, nargs=2, default=[-2.0, 3.0], metavar=("Z1", "Z2"),
                     help="latent point whose decoding is shown")
-parser.add_argument("--num-test", type=int, default=10_000, help="test images in the latent scatter")
-parser.add_argument("--num-ll", type=int, default=1000, help="test images scored by importance sampling")
-parser.add_argument("--num-samples", type=int, default=500, help="importance samples per scored image")
+parser.add_argument("--num-test", type=positive_int, default=10_000, help="test images in the latent scatter")
+parser.add_argument("--num-ll", type=positive_int, default=1000, help="test images scored by importance sampling")
+parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per scored image")
 parser.add_argument("--skip-conv", action="store_true", help="train only the MLP VAE")
 args = parser.parse_args()
 device = setup(args)

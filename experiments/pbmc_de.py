@@ -30,7 +30,16 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
 from pyrovae.data import add_results, load_count_dataset
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import (
+    experiment_parser,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    setup,
+    write_metrics,
+)
 from pyrovae.infer import differential_expression, encode_data, markers, normalized_expression, predict_labels, train
 from pyrovae.plots import save
 
@@ -48,15 +57,15 @@ CANONICAL = {
 }
 QUICK = {"epochs": 2, "label_epochs": 2, "genes": 300, "num_samples": 200}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_de", quick=QUICK, proposal=False)
-parser.add_argument("--label-epochs", type=int, default=60, help="epochs of the semi-supervised GMVAE")
-parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept")
-parser.add_argument("--latent", type=int, default=10)
-parser.add_argument("--hidden", type=int, nargs="+", default=[128])
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--num-samples", type=int, default=5000, help="posterior draws per group for DE")
-parser.add_argument("--delta", type=float, default=0.25, help="|log2 fold change| that counts as a change")
-parser.add_argument("--known-fraction", type=float, default=0.5, help="share of cells whose label is given")
+parser.add_argument("--label-epochs", type=non_negative_int, default=60, help="epochs of the semi-supervised GMVAE")
+parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")
+parser.add_argument("--latent", type=positive_int, default=10)
+parser.add_argument("--hidden", type=positive_int, nargs="+", default=[128])
+parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--num-samples", type=positive_int, default=5000, help="posterior draws per group for DE")
+parser.add_argument("--delta", type=non_negative_float, default=0.25, help="|log2 fold change| that counts as a change")
+parser.add_argument("--known-fraction", type=fraction, default=0.5, help="share of cells whose label is given")
 args = parser.parse_args()
 device = setup(args)
 progress = not args.no_progress

@@ -11,15 +11,15 @@ import numpy as np
 
 import pyrovae.sc as sc
 from pyrovae.data import load_count_dataset
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, non_negative_int, positive_int, setup, write_metrics
 from pyrovae.metrics import clustering_scores, kmeans_clusters
 from pyrovae.plots import latent_scatter, save
 
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_quickstart",
                            quick={"epochs": 2, "genes": 300, "num_samples": 200}, proposal=False)
-parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept")
-parser.add_argument("--latent", type=int, default=10)
-parser.add_argument("--num-samples", type=int, default=5000, help="posterior draws per group for DE")
+parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")
+parser.add_argument("--latent", type=positive_int, default=10)
+parser.add_argument("--num-samples", type=positive_int, default=5000, help="posterior draws per group for DE")
 parser.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "zip"])
 args = parser.parse_args()
 device = setup(args)

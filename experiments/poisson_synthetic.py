@@ -15,20 +15,20 @@ from pyrovae.models import VAE
 from scipy import stats
 
 from pyrovae.data import CountData
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, positive_float, positive_int, setup, write_metrics
 from pyrovae.infer import log_likelihood, train
 from pyrovae.likelihoods import get_likelihood
 from pyrovae.plots import save, training_curves
 
 QUICK = {"epochs": 20, "num_cells": 500, "num_test": 100, "num_samples": 50}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/poisson_synthetic", quick=QUICK)
-parser.add_argument("--num-cells", type=int, default=2000)
-parser.add_argument("--num-test", type=int, default=500, help="held-out cells from the same law")
-parser.add_argument("--latent", type=int, default=3)
-parser.add_argument("--hidden", type=int, nargs="+", default=[7])
-parser.add_argument("--batch-size", type=int, default=100)
-parser.add_argument("--lr", type=float, default=1e-2)
-parser.add_argument("--num-samples", type=int, default=500, help="importance samples per held-out cell")
+parser.add_argument("--num-cells", type=positive_int, default=2000)
+parser.add_argument("--num-test", type=positive_int, default=500, help="held-out cells from the same law")
+parser.add_argument("--latent", type=positive_int, default=3)
+parser.add_argument("--hidden", type=positive_int, nargs="+", default=[7])
+parser.add_argument("--batch-size", type=positive_int, default=100)
+parser.add_argument("--lr", type=positive_float, default=1e-2)
+parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per held-out cell")
 args = parser.parse_args()
 device = setup(args)
 

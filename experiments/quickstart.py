@@ -23,22 +23,24 @@ from pyrovae.guides import FlowGuide, NormalGuide
 
 from pyrovae import make_pair
 from pyrovae.data import load_digits, load_mnist
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, non_negative_int, positive_int, setup, write_metrics
 from pyrovae.infer import gap_report, locate, log_likelihood, reconstruct, refit_guide, train
 from pyrovae.plots import latent_scatter, save, show_images
 
 QUICK = {"max_train": 2000, "num_test": 200, "num_samples": 100, "hidden": 200, "gap_images": 20, "ais_chains": 50,
          "flow_epochs": 1}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=4, out="results/quickstart", quick=QUICK, proposal=False)
-parser.add_argument("--z-dim", type=int, default=20)
-parser.add_argument("--hidden", type=int, default=400)
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--num-samples", type=int, default=500, help="importance samples per test image")
-parser.add_argument("--num-test", type=int, default=1000, help="test images scored")
-parser.add_argument("--max-train", type=int, default=None, help="use only this many training images")
-parser.add_argument("--gap-images", type=int, default=100, help="test images in the VAE's gap report (0: none)")
-parser.add_argument("--ais-chains", type=int, default=500, help="AIS chains per image in the gap report")
-parser.add_argument("--flow-epochs", type=int, default=4, help="epochs to refit the flow guide of the gap report")
+parser.add_argument("--z-dim", type=positive_int, default=20)
+parser.add_argument("--hidden", type=positive_int, default=400)
+parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per test image")
+parser.add_argument("--num-test", type=positive_int, default=1000, help="test images scored")
+parser.add_argument("--max-train", type=positive_int, default=None, help="use only this many training images")
+parser.add_argument("--gap-images", type=non_negative_int, default=100,
+                    help="test images in the VAE's gap report (0: none)")
+parser.add_argument("--ais-chains", type=positive_int, default=500, help="AIS chains per image in the gap report")
+parser.add_argument("--flow-epochs", type=positive_int, default=4,
+                    help="epochs to refit the flow guide of the gap report")
 args = parser.parse_args()
 device = setup(args)
 

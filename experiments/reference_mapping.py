@@ -33,7 +33,7 @@ from sklearn.manifold import TSNE
 
 import pyrovae.sc as sc
 from pyrovae.data import CountData, load_count_dataset
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, non_negative_int, positive_float, positive_int, setup, write_metrics
 from pyrovae.metrics import batch_asw, ilisi
 from pyrovae.plots import save
 
@@ -49,13 +49,13 @@ parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies")
 parser.add_argument("--reference", nargs="+", default=None, metavar="PART",
                     help="the parts the reference is trained on (default: the first: CEL-seq2, plate 1, batch 1); "
                          "the others are mapped onto it")
-parser.add_argument("--map-epochs", type=int, default=50, help="epochs of mapping the queries")
-parser.add_argument("--map-lr", type=float, default=1e-2, help="learning rate of the new batches' weights")
-parser.add_argument("--genes", type=int, default=2000, help="most variable genes of the reference kept")
+parser.add_argument("--map-epochs", type=non_negative_int, default=50, help="epochs of mapping the queries")
+parser.add_argument("--map-lr", type=positive_float, default=1e-2, help="learning rate of the new batches' weights")
+parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes of the reference kept")
 parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
-parser.add_argument("--latent", type=int, default=10)
-parser.add_argument("--hidden", type=int, default=128)
-parser.add_argument("--batch-size", type=int, default=128)
+parser.add_argument("--latent", type=positive_int, default=10)
+parser.add_argument("--hidden", type=positive_int, default=128)
+parser.add_argument("--batch-size", type=positive_int, default=128)
 parser.add_argument("--batch-norm", nargs="+", default=["reference"], choices=["reference", "query"],
                     help="statistics of the mapped model's batch normalisation (map_query's batch_norm): the "
                          "reference's, the query's own (AdaBN), or both, each mapping from the same reference")

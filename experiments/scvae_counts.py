@@ -25,7 +25,15 @@ from sklearn.manifold import TSNE
 
 from pyrovae import make_pair
 from pyrovae.data import SHARED_SETS, add_results, load_count_dataset
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import (
+    dropout_rate,
+    experiment_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    setup,
+    write_metrics,
+)
 from pyrovae.infer import clustering_scores, encode_data, kmeans_clusters, log_likelihood, pseudo_label_start, train
 from pyrovae.plots import latent_scatter, save, training_curves
 
@@ -36,24 +44,25 @@ parser = experiment_parser(__doc__.splitlines()[0], epochs=100, out="results/scv
 parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS))
 parser.add_argument("--models", nargs="+", default=["VAE", "GMVAE"], choices=["VAE", "GMVAE"])
 parser.add_argument("--likelihoods", nargs="+", default=LIKELIHOODS, choices=LIKELIHOODS)
-parser.add_argument("--genes", type=int, default=2000, help="most variable genes kept (0: all expressed genes)")
-parser.add_argument("--max-cells", type=int, default=0, help="use a random subset of cells (0: all)")
-parser.add_argument("--latent", type=int, default=10)
-parser.add_argument("--hidden", type=int, nargs="+", default=[128])
-parser.add_argument("--components", type=int, default=0, help="GMVAE components (0: number of cell types)")
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--dropout", type=float, default=0.2, help="dropout of the hidden layers (with batch norm)")
-parser.add_argument("--num-samples", type=int, default=100, help="importance samples per held-out cell")
+parser.add_argument("--genes", type=non_negative_int, default=2000,
+                    help="most variable genes kept (0: all expressed genes)")
+parser.add_argument("--max-cells", type=non_negative_int, default=0, help="use a random subset of cells (0: all)")
+parser.add_argument("--latent", type=positive_int, default=10)
+parser.add_argument("--hidden", type=positive_int, nargs="+", default=[128])
+parser.add_argument("--components", type=non_negative_int, default=0, help="GMVAE components (0: number of cell types)")
+parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--dropout", type=dropout_rate, default=0.2, help="dropout of the hidden layers (with batch norm)")
+parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
 parser.add_argument("--library", choices=["none", "observed"], default="none",
                     help="the mean's scale: softmax over genes times the cell's total count (scVI's convention; the "
                          "Poisson is then scVAE's constrained Poisson) or exp of the decoder's output (scVAE's "
                          "unconstrained models); constrained_poisson always uses the total count")
 parser.add_argument("--gmvae-start", choices=["pseudo-labels", "random"], default="pseudo-labels",
                     help="the GMVAE's start: k-means pseudo-labels (pyrovae.infer.pseudo_label_start) or random")
-parser.add_argument("--start-epochs", type=int, default=30,
+parser.add_argument("--start-epochs", type=non_negative_int, default=30,
                     help="epochs of the pseudo-label start, counted in --epochs")
-parser.add_argument("--score-batch-size", type=int, default=None,
+parser.add_argument("--score-batch-size", type=positive_int, default=None,
                     help="held-out cells scored at once (default 256; less bounds the memory of the scoring)")
 args = parser.parse_args()
 device = setup(args)

@@ -19,7 +19,7 @@ import torch
 
 from pyrovae import make_pair
 from pyrovae.data import circle_clusters
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import experiment_parser, positive_float, positive_int, setup, write_metrics
 from pyrovae.infer import locate, log_likelihood, train
 from pyrovae.metrics import circular_correlation
 from pyrovae.plots import save, training_curves
@@ -27,13 +27,14 @@ from pyrovae.plots import save, training_curves
 QUICK = {"epochs": 10, "num_data": 300, "num_test": 200, "num_samples": 100}
 
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/svae_circle", quick=QUICK)
-parser.add_argument("--num-data", type=int, default=1000, help="training points")
-parser.add_argument("--num-test", type=int, default=1000, help="held-out points")
-parser.add_argument("--num-features", type=int, default=100)
-parser.add_argument("--hidden", type=int, nargs="+", default=[128, 64], help="encoder widths (decoder mirrors)")
-parser.add_argument("--batch-size", type=int, default=32)
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--num-samples", type=int, default=1000, help="importance samples per held-out point")
+parser.add_argument("--num-data", type=positive_int, default=1000, help="training points")
+parser.add_argument("--num-test", type=positive_int, default=1000, help="held-out points")
+parser.add_argument("--num-features", type=positive_int, default=100)
+parser.add_argument("--hidden", type=positive_int, nargs="+", default=[128, 64],
+                    help="encoder widths (decoder mirrors)")
+parser.add_argument("--batch-size", type=positive_int, default=32)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples per held-out point")
 parser.add_argument("--guides", nargs="+", default=["normal", "vmf"], choices=["normal", "vmf", "power"])
 args = parser.parse_args()
 device = setup(args)

@@ -40,7 +40,15 @@ import torch
 
 from pyrovae import make_pair
 from pyrovae.data import TensorData, load_mnist
-from pyrovae.experiment import experiment_parser, result_settings, setup, write_metrics
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
 from pyrovae.infer import evaluate, log_likelihood_in_parts, train
 from pyrovae.plots import save
 from pyrovae.sweep import Sweep
@@ -55,19 +63,22 @@ QUICK = {"dims": [2], "num_train": 2000, "num_val": 500, "num_test": 500, "num_s
          "ais_steps": 20}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/svae_mnist", quick=QUICK)
 parser.set_defaults(proposal="auto")  # the estimator that says which estimates it certifies
-parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10, 20, 40], help="latent dimensions d")
+parser.add_argument("--dims", type=positive_int, nargs="+", default=[2, 5, 10, 20, 40], help="latent dimensions d")
 parser.add_argument("--models", nargs="+", default=["normal", "vmf"], choices=list(NAMES))
-parser.add_argument("--patience", type=int, default=50, help="early stopping: epochs without improvement")
-parser.add_argument("--batch-size", type=int, default=64)
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="encoder widths (decoder mirrors)")
-parser.add_argument("--num-train", type=int, default=None, help="use only this many training images")
-parser.add_argument("--num-val", type=int, default=10_000, help="training images held out for validation")
-parser.add_argument("--num-test", type=int, default=10_000, help="test images scored")
-parser.add_argument("--num-samples", type=int, default=500, help="importance samples per test image")
-parser.add_argument("--ais-chains", type=int, default=128, help="chains per image of the 'auto' estimator's AIS stage")
-parser.add_argument("--ais-steps", type=int, default=200, help="annealing steps of the 'auto' estimator's AIS stage")
-parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process")
+parser.add_argument("--patience", type=positive_int, default=50, help="early stopping: epochs without improvement")
+parser.add_argument("--batch-size", type=positive_int, default=64)
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--hidden", type=positive_int, nargs="+", default=[256, 128],
+                    help="encoder widths (decoder mirrors)")
+parser.add_argument("--num-train", type=positive_int, default=None, help="use only this many training images")
+parser.add_argument("--num-val", type=non_negative_int, default=10_000, help="training images held out for validation")
+parser.add_argument("--num-test", type=positive_int, default=10_000, help="test images scored")
+parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per test image")
+parser.add_argument("--ais-chains", type=positive_int, default=128,
+                    help="chains per image of the 'auto' estimator's AIS stage")
+parser.add_argument("--ais-steps", type=positive_int, default=200,
+                    help="annealing steps of the 'auto' estimator's AIS stage")
+parser.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once, each in its own process")
 parser.add_argument("--compile", action="store_true",
                     help="train(compile=True): the step compiled by inductor instead of the traced ELBO")
 args = parser.parse_args()

@@ -15,21 +15,31 @@ from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 
 from pyrovae.data import two_groups
-from pyrovae.experiment import experiment_parser, setup, write_metrics
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    setup,
+    write_metrics,
+)
 from pyrovae.infer import locate, log_likelihood, reconstruct, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import latent_scatter, principal_axes, save
 
 QUICK = {"epochs": 200, "num_test_per_group": 100, "num_samples": 100}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/two_groups", quick=QUICK)
-parser.add_argument("--num-per-group", type=int, default=200, help="training points per group")
-parser.add_argument("--num-test-per-group", type=int, default=500, help="held-out points per group")
-parser.add_argument("--noise", type=float, default=0.1, help="noise standard deviation of the data")
-parser.add_argument("--data-seed", type=int, default=42, help="seed of the data (the notebook's set.seed(42))")
-parser.add_argument("--lr", type=float, default=1e-3)
-parser.add_argument("--inverse-variance", type=float, default=2.0, help="1/sigma^2 of the likelihood (2: MSE sum)")
+parser.add_argument("--num-per-group", type=positive_int, default=200, help="training points per group")
+parser.add_argument("--num-test-per-group", type=positive_int, default=500, help="held-out points per group")
+parser.add_argument("--noise", type=non_negative_float, default=0.1, help="noise standard deviation of the data")
+parser.add_argument("--data-seed", type=non_negative_int, default=42,
+                    help="seed of the data (the notebook's set.seed(42))")
+parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--inverse-variance", type=positive_float, default=2.0,
+                    help="1/sigma^2 of the likelihood (2: MSE sum)")
 parser.add_argument("--learn-scale", action="store_true", help="learn a noise scale per feature instead")
-parser.add_argument("--num-samples", type=int, default=1000, help="importance samples per held-out point")
+parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples per held-out point")
 args = parser.parse_args()
 device = setup(args)
 

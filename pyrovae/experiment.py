@@ -34,10 +34,10 @@ class ExperimentParser(argparse.ArgumentParser):
                           help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
         self.add_argument("--seed", type=_seed, default=0, help="random seed")
         if epochs > 0:
-            self.add_argument("--epochs", type=_positive, default=epochs, help="training epochs")
+            self.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs")
         else:  # 0 means something of the script's own (mixture_1d: from --steps)
-            self.add_argument("--epochs", type=_non_negative, default=epochs, help="training epochs (0: the script's "
-                                                                                   "own rule, see its description)")
+            self.add_argument("--epochs", type=non_negative_int, default=epochs,
+                              help="training epochs (0: the script's own rule, see its description)")
         self.add_argument("--data-dir", default=None, help="data folder ($PYROVAE_DATA, else ../shared/data, when "
                                                            "not given)")
         self.add_argument("--out", default=out, help="folder for metrics.json and figures")
@@ -69,18 +69,27 @@ def _shown(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
+def _checked(kind, test, what: str):
+    """An argparse ``type`` that reads ``kind`` and refuses a value failing ``test``, saying it must be ``what``."""
+    def read(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    read.__name__ = what  # argparse names the type in its messages
+    return read
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number")
+fraction = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (both excluded)")
+dropout_rate = _checked(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (1 excluded)")
 
 
 def _seed(text: str) -> int:
