@@ -21,6 +21,7 @@ and a t-SNE of the latent means coloured by cell type. The latent means go back 
 import time
 
 import matplotlib.pyplot as plt
+import numpy as np
 from sklearn.manifold import TSNE
 
 from pyrovae import make_pair
@@ -127,15 +128,16 @@ save(fig, f"{args.out}/training_curves.png")
 
 columns = min(len(runs), 5)
 rows = (len(runs) + columns - 1) // columns
-fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
-labels = cells.labels.numpy()
+fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 4.5 * rows), squeeze=False, layout="constrained")
+types = np.asarray(cells.label_names, dtype=object)[cells.labels.numpy()]  # the legend names the cell types
 for ax, (name, run) in zip(axes.flat, runs.items()):
     embedding = TSNE(init="pca", random_state=args.seed, perplexity=min(30, len(cells) // 4)).fit_transform(
         run["latent"].numpy())
-    latent_scatter(ax, embedding, labels, title=f"{name}\nARI {run['ari']:.2f}, log p(x) {run['log_likelihood']:.0f}")
+    latent_scatter(ax, embedding, types, title=f"{name}\nARI {run['ari']:.2f}, log p(x) {run['log_likelihood']:.0f}")
+    ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2")
 for ax in axes.flat[len(runs):]:
     ax.axis("off")
-fig.suptitle(f"{args.dataset}: t-SNE of latent means, coloured by cell type ({', '.join(cells.label_names[:12])})")
+fig.suptitle(f"{args.dataset}: t-SNE of latent means, coloured by cell type")
 save(fig, f"{args.out}/latent_tsne.png")
 adata.write_h5ad(f"{args.out}/cells.h5ad")
 
