@@ -74,6 +74,12 @@ def check_sites(model_sites: dict, guide_sites: dict) -> None:
                 (low, high), (guide_low, guide_high) = model_key[2], guide_key[2]
                 message += (f" (the guide takes values {guide_low:g}..{guide_high:g} and the model "
                             f"{low:g}..{high:g}: build both with the same number of categories, e.g. num_components)")
+            if len(guide_fn.event_shape) > len(model_fn.event_shape) and (
+                    guide_fn.event_shape[-len(model_fn.event_shape) or len(guide_fn.event_shape):]
+                    == model_fn.event_shape):
+                message += (f" (the guide's events {tuple(guide_fn.event_shape)} hold the prior's "
+                            f"{tuple(model_fn.event_shape)} once per datum: sample inside `with pyro.plate(\"data\", "
+                            "len(x))` and reinterpret only the latent's own dimensions, e.g. .to_event(1))")
             raise ValueError(message)
         if model_fn.event_shape != guide_fn.event_shape:
             raise ValueError(

@@ -172,3 +172,15 @@ def test_a_pair_with_non_finite_parameters_is_named_before_any_work():
         with pytest.raises(ValueError, match=r"the guide's parameter 'encoder.layers.0.weight' holds 1 non-finite "
                                              r"values.*Load the last good weights"):
             call()
+
+
+def test_a_plain_guide_without_the_data_plate_is_told_where_the_plate_goes():
+    import pyro
+    import pyro.distributions as dist
+
+    def guide(x):  # the data dimension folded into the event, instead of a plate
+        pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 3), 1.0).to_event(2))
+
+    with pytest.raises(ValueError, match=r"the guide.s events \(64, 3\) hold the prior's \(3,\) once per datum: "
+                                         r"sample inside `with pyro.plate\(\"data\", len\(x\)\)`"):
+        train(VAE(12, 3, (8,)), guide, binary(), epochs=1, progress=False)
