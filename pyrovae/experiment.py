@@ -147,6 +147,8 @@ def result_settings(args: argparse.Namespace, exclude=()) -> dict:
 
 def _check_writable(out: Path) -> None:
     """Fail now, not after hours of training, when results could not be written to ``out``."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, not a folder; choose a folder for metrics.json and figures")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".pyrovae-write-test"

@@ -274,3 +274,12 @@ def test_quick_replaces_only_the_settings_not_given_on_the_command_line():
         with pytest.raises(SystemExit):
             parser.parse_args(wrong)
     assert experiment_parser("steps", epochs=0, out="o").parse_args(["--epochs", "0"]).epochs == 0  # 0: the script's
+
+
+def test_an_out_path_that_is_a_file_is_named(tmp_path):
+    from pyrovae.experiment import experiment_parser, setup
+
+    (tmp_path / "afile").write_text("")
+    args = experiment_parser("demo", epochs=1, out="o").parse_args(["--out", str(tmp_path / "afile")])
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        setup(args)

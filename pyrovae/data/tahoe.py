@@ -175,7 +175,7 @@ def find_shards(source, filesystem=None) -> tuple[list[Shard], str | None]:
         return sorted(shards, key=lambda s: s.path), None
     source = str(source)
     if filesystem is None and not os.path.exists(source):
-        if source.startswith("hf://") or source.count("/") == 1:
+        if source.startswith("hf://") or (source.count("/") == 1 and not source.startswith(("/", ".", "~"))):
             filesystem = _hub_filesystem()
             source = source if source.startswith("hf://") else f"hf://datasets/{source}"
         else:

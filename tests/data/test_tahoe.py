@@ -138,6 +138,9 @@ def test_missing_vocabulary_and_hub_without_client(tmp_path, monkeypatch):
         TahoeAtlas(tmp_path, labels=())
     with pytest.raises(FileNotFoundError, match="no parquet file or folder at /nonexistent/x"):
         find_shards("/nonexistent/x")
+    for path in ("/nonexistent", "./nonexistent/x", "~/nonexistent"):  # a path, never a hub name
+        with pytest.raises(FileNotFoundError, match="no parquet file or folder at"):
+            find_shards(path)
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
     with pytest.raises(ImportError, match="pip install huggingface_hub"):
         find_shards("tahoebio/Tahoe-100M")
