@@ -80,7 +80,6 @@ def _checked(kind, test, what: str):
             raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
         return value
 
-    read.__name__ = what  # argparse names the type in its messages
     return read
 
 
@@ -90,13 +89,7 @@ positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positi
 non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number")
 fraction = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (both excluded)")
 dropout_rate = _checked(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (1 excluded)")
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {value}")
-    return value
+_seed = _checked(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
 
 
 def _device(text: str) -> str:
