@@ -16,9 +16,14 @@ ARI / NMI of its clusters against the cell types (GMVAE: argmax q(y|x); VAE: KMe
 k = number of types), and the silhouette of the cell types in the latent space. Figures: training curves
 and a t-SNE of the latent means coloured by cell type. The latent means go back into an AnnData
 (``obsm["X_<model>_<likelihood>"]``, clusters in ``obs``) saved as ``cells.h5ad``.
+
+Nothing is lost to an interruption: every model is checkpointed after each epoch (``OUT/checkpoints``) and its
+held-out scores are saved 100 cells at a time (``OUT/scores``, :func:`pyrovae.infer.log_likelihood_in_parts`);
+the same command resumes both, and a rerun with other settings is refused (``OUT/runs.json.settings.json``).
 """
 
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -32,11 +37,20 @@ from pyrovae.experiment import (
     non_negative_int,
     positive_float,
     positive_int,
+    result_settings,
     setup,
     write_metrics,
 )
-from pyrovae.infer import clustering_scores, encode_data, kmeans_clusters, log_likelihood, pseudo_label_start, train
+from pyrovae.infer import (
+    clustering_scores,
+    encode_data,
+    kmeans_clusters,
+    log_likelihood_in_parts,
+    pseudo_label_start,
+    train,
+)
 from pyrovae.plots import latent_scatter, save, training_curves
+from pyrovae.sweep import Sweep
 
 LIKELIHOODS = ["poisson", "constrained_poisson", "nb", "zip", "zinb"]
 
@@ -77,6 +91,9 @@ print(f"{cells}: {len(train_cells)} training and {len(test_cells)} held-out cell
 
 
 runs, adata = {}, cells.to_anndata()
+# checkpoints and score parts resume an interrupted run; the models and likelihoods may grow between runs
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("models", "likelihoods")))
 regularise = {"batch_norm": True, "dropout": args.dropout}
 for model_name in args.models:
     for likelihood in args.likelihoods:
@@ -86,27 +103,32 @@ for model_name in args.models:
         model, guide = make_pair(kind, cells.num_genes, args.latent, args.hidden, likelihood,
                                  num_components=num_components, input_transform="log1p",
                                  likelihood_options={"library": library}, **regularise)
-        started = time.perf_counter()
-        epochs = args.epochs
+        key = f"{model_name}_{likelihood}"
+        epochs, start_seconds = args.epochs, 0.0
         if model_name == "GMVAE" and args.gmvae_start == "pseudo-labels":
             start_epochs = min(args.start_epochs, epochs - 1)
             if start_epochs > 0:
+                started = time.perf_counter()
                 pseudo_label_start(model, guide, train_cells, epochs=start_epochs, batch_size=args.batch_size,
-                                   lr=args.lr, device=device, seed=args.seed, progress=not args.no_progress)
+                                   lr=args.lr, device=device, seed=args.seed, progress=not args.no_progress,
+                                   checkpoint=sweep.checkpoint_path(f"{key}_start"))
+                # the seconds of the run that finished the start (a resumed start is read back in no time)
+                start_seconds = sweep.run(f"{key}_start_seconds", float, time.perf_counter() - started, verbose=False)
                 epochs -= start_epochs
         history = train(model, guide, train_cells, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                         val_data=test_cells, restore_best=False, device=device, seed=args.seed, eval_size=0,
-                        progress=not args.no_progress)
-        seconds = time.perf_counter() - started
-        ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal,
-                            batch_size=args.score_batch_size)
+                        progress=not args.no_progress, checkpoint=sweep.checkpoint_path(key))
+        seconds = start_seconds + sum(history["seconds"])  # the epochs' seconds, those of earlier runs included
+        ll = log_likelihood_in_parts(model, guide, test_cells, out / "scores" / key / args.proposal,
+                                     part_size=100, seed=args.seed, progress=not args.no_progress,
+                                     num_samples=args.num_samples, proposal=args.proposal,
+                                     batch_size=args.score_batch_size)
         latent = encode_data(guide, cells, device=device)
         if model_name == "GMVAE":
             clusters = encode_data(guide, cells, guide.assign, device=device)
         else:
             clusters = kmeans_clusters(latent, num_types)
         scores = clustering_scores(cells.labels, clusters, latent)
-        key = f"{model_name}_{likelihood}"
         add_results(adata, latent, clusters, key=key)
         last = history.last
         certified = float(ll.certified.float().mean())

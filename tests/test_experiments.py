@@ -127,8 +127,9 @@ def test_smoke_poisson_synthetic(tmp_path):
 @pytest.mark.data
 def test_smoke_scvae_counts(tmp_path):
     require_dataset("cellbench")
-    metrics = run_script("scvae_counts", tmp_path, "--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "200",
-                         "--likelihoods", "nb", "zinb", "--num-samples", "8", "--hidden", "16", "--latent", "3")
+    options = ("--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "200", "--likelihoods", "nb", "zinb",
+               "--num-samples", "8", "--hidden", "16", "--latent", "3")
+    metrics = run_script("scvae_counts", tmp_path, *options)
     runs = metrics["metrics"]["runs"]
     assert set(runs) == {"VAE, nb", "VAE, zinb", "GMVAE, nb", "GMVAE, zinb"}
     for run in runs.values():
@@ -138,6 +139,10 @@ def test_smoke_scvae_counts(tmp_path):
     adata = anndata.read_h5ad(tmp_path / "scvae_counts" / "cells.h5ad")
     assert adata.obsm["X_GMVAE_nb"].shape == (metrics["metrics"]["num_cells"], 3)
     assert "VAE_zinb_cluster" in adata.obs
+    # a rerun reads the checkpoints and the saved score parts: the same results, nothing trained or scored again
+    (tmp_path / "scvae_counts" / "metrics.json").unlink()
+    again = run_script("scvae_counts", tmp_path, *options)["metrics"]["runs"]
+    assert again == runs
 
 
 @pytest.mark.data
