@@ -41,12 +41,14 @@ from pyrovae.plots import save, show_images
 QUICK = {"num_train": 2000, "num_ll": 100, "num_samples": 20, "refit_epochs": 1, "num_tsne": 300}
 
 parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/fashion_ae_vae", quick=QUICK)
-parser.add_argument("--z-dim", type=positive_int, default=10)
-parser.add_argument("--batch-size", type=positive_int, default=128)
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--z-dim", type=positive_int, default=10, help="latent dimension of both models")
+parser.add_argument("--batch-size", type=positive_int, default=128, help="images per training batch")
+parser.add_argument("--lr", type=positive_float, default=1e-3,
+                    help="Adam learning rate (both models and the refitted guide)")
 parser.add_argument("--weight-decay", type=non_negative_float, default=1e-5, help="Adam weight decay (the notebook's)")
 parser.add_argument("--beta", type=non_negative_float, default=1.0, help="KL weight of the VAE")
-parser.add_argument("--ae-likelihood", choices=["gaussian", "bernoulli"], default="gaussian")
+parser.add_argument("--ae-likelihood", choices=["gaussian", "bernoulli"], default="gaussian",
+                    help="AE likelihood: Gaussian on grey levels (the notebook's MSE) or Bernoulli on binarised pixels")
 parser.add_argument("--noise", type=non_negative_float, default=0.5,
                     help="denoising: x + noise * U(-0.5, 0.5), clamped to [0, 1]")
 parser.add_argument("--num-train", type=positive_int, default=None, help="use only this many training images")

@@ -35,19 +35,23 @@ LATENT = [10, 25, 50, 100]
 
 QUICK = {"genes": 200, "max_cells": 600, "hidden": ["32"], "latent": [5], "num_samples": 10}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=50, out="results/grid_search", quick=QUICK)
-parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS))
-parser.add_argument("--model", default="VAE", choices=["VAE", "GMVAE"])
+parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS),
+                    help="count data set from the shared data folder")
+parser.add_argument("--model", default="VAE", choices=["VAE", "GMVAE"],
+                    help="VAE, or GMVAE with one component per cell type (10 when the data have no labels)")
 parser.add_argument("--likelihood", default="nb", choices=[n for n in likelihood_names() if "poisson" in n or "nb" in n
-                                                          or n in ("zip", "zinb")])
+                                                          or n in ("zip", "zinb")],
+                    help="count likelihood (mean scaled by the cell's observed total count)")
 parser.add_argument("--genes", type=non_negative_int, default=2000,
                     help="most variable genes kept (0: all expressed genes)")
 parser.add_argument("--max-cells", type=non_negative_int, default=0, help="use a random subset of cells (0: all)")
 parser.add_argument("--hidden", type=str, nargs="+", default=[",".join(map(str, h)) for h in HIDDEN],
                     help="hidden-layer configurations, each comma-separated (encoder order; the decoder mirrors)")
-parser.add_argument("--latent", type=positive_int, nargs="+", default=LATENT)
-parser.add_argument("--search-epochs", type=positive_int, default=1)
-parser.add_argument("--batch-size", type=positive_int, default=128)
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--latent", type=positive_int, nargs="+", default=LATENT, help="latent sizes searched")
+parser.add_argument("--search-epochs", type=positive_int, default=1,
+                    help="epochs each configuration of the grid is trained (the notebook: 1)")
+parser.add_argument("--batch-size", type=positive_int, default=128, help="cells per training batch")
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
 parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
 args = parser.parse_args()
 device = setup(args)

@@ -37,14 +37,17 @@ PARTS = {
 }
 QUICK = {"epochs": 2, "genes": 200, "models": ["vae", "vae-unintegrated"]}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/integration", quick=QUICK, proposal=False)
-parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies")
+parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies",
+                    help="technologies: CEL-seq2 and Drop-seq; plates: the three CEL-seq2 5cl plates")
 parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")
 MODELS = ["vae", "svae", "gmvae", "vae-unintegrated", "scvi", "scvi-defaults"]
-parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-parser.add_argument("--latent", type=positive_int, default=10)
-parser.add_argument("--hidden", type=positive_int, default=128)
-parser.add_argument("--batch-size", type=positive_int, default=128)
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS,
+                    help="models compared (scvi, scvi-defaults: need scvi-tools; see the description)")
+parser.add_argument("--latent", type=positive_int, default=10,
+                    help="latent dimension d (the S-VAE: the sphere S^d in R^(d+1))")
+parser.add_argument("--hidden", type=positive_int, default=128, help="width of the one hidden layer (scVI's too)")
+parser.add_argument("--batch-size", type=positive_int, default=128, help="cells per training batch")
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (scVI's too)")
 args = parser.parse_args()
 device = setup(args)
 

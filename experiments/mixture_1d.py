@@ -30,9 +30,10 @@ parser.add_argument("--steps", type=positive_int, default=40_000,
 parser.add_argument("--num-data", type=positive_int, default=200_000, help="training points drawn from p_data")
 parser.add_argument("--num-test", type=positive_int, default=10_000, help="held-out points scored")
 parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per held-out point")
-parser.add_argument("--hidden", type=positive_int, default=100)
-parser.add_argument("--batch-size", type=positive_int, default=256)
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--hidden", type=positive_int, default=100,
+                    help="width of the two tanh hidden layers of the encoder and of the decoder")
+parser.add_argument("--batch-size", type=positive_int, default=256, help="points per SGD step")
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
 parser.add_argument("--inverse-variance", type=positive_float, default=500.0, help="1/sigma^2 of the main run")
 parser.add_argument("--sweep", type=positive_float, nargs="*", default=[0.5, 5.0, 50.0, 500.0, 5000.0],
                     help="inverse variances compared (empty: only the main run)")

@@ -40,7 +40,7 @@ parser.add_argument("--num-train", type=positive_int, default=10_000,
                     help="training images used (the notebook: 10,000)")
 parser.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch of the conv VAE")
 parser.add_argument("--kl-weight", type=non_negative_float, default=2.0, help="weight of the conv VAE's KL term")
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate of both VAEs")
 parser.add_argument("--point", type=float, nargs=2, default=[-2.0, 3.0], metavar=("Z1", "Z2"),
                     help="latent point whose decoding is shown")
 parser.add_argument("--num-test", type=positive_int, default=10_000, help="test images in the latent scatter")

@@ -18,9 +18,11 @@ from pyrovae.plots import latent_scatter, save
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_quickstart",
                            quick={"epochs": 2, "genes": 300, "num_samples": 200}, proposal=False)
 parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")
-parser.add_argument("--latent", type=positive_int, default=10)
+parser.add_argument("--latent", type=positive_int, default=10,
+                    help="latent dimension d of every model (the S-VAE: the sphere S^d in R^(d+1))")
 parser.add_argument("--num-samples", type=positive_int, default=5000, help="posterior draws per group for DE")
-parser.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "zip"])
+parser.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "zip"],
+                    help="count likelihood of every model")
 args = parser.parse_args()
 device = setup(args)
 

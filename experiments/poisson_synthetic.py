@@ -22,12 +22,12 @@ from pyrovae.plots import save, training_curves
 
 QUICK = {"epochs": 20, "num_cells": 500, "num_test": 100, "num_samples": 50}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/poisson_synthetic", quick=QUICK)
-parser.add_argument("--num-cells", type=positive_int, default=2000)
+parser.add_argument("--num-cells", type=positive_int, default=2000, help="training cells drawn from the Poisson law")
 parser.add_argument("--num-test", type=positive_int, default=500, help="held-out cells from the same law")
-parser.add_argument("--latent", type=positive_int, default=3)
-parser.add_argument("--hidden", type=positive_int, nargs="+", default=[7])
-parser.add_argument("--batch-size", type=positive_int, default=100)
-parser.add_argument("--lr", type=positive_float, default=1e-2)
+parser.add_argument("--latent", type=positive_int, default=3, help="latent dimension")
+parser.add_argument("--hidden", type=positive_int, nargs="+", default=[7], help="encoder widths (decoder mirrors)")
+parser.add_argument("--batch-size", type=positive_int, default=100, help="cells per training batch")
+parser.add_argument("--lr", type=positive_float, default=1e-2, help="Adam learning rate")
 parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per held-out cell")
 args = parser.parse_args()
 device = setup(args)

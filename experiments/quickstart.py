@@ -30,9 +30,11 @@ from pyrovae.plots import latent_scatter, save, show_images
 QUICK = {"max_train": 2000, "num_test": 200, "num_samples": 100, "hidden": 200, "gap_images": 20, "ais_chains": 50,
          "flow_epochs": 1}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=4, out="results/quickstart", quick=QUICK, proposal=False)
-parser.add_argument("--z-dim", type=positive_int, default=20)
-parser.add_argument("--hidden", type=positive_int, default=400)
-parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--z-dim", type=positive_int, default=20,
+                    help="latent dimension d (the S-VAEs: the sphere S^d in R^(d+1))")
+parser.add_argument("--hidden", type=positive_int, default=400,
+                    help="width of the one hidden layer of every encoder and decoder")
+parser.add_argument("--batch-size", type=positive_int, default=128, help="images per training batch")
 parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per test image")
 parser.add_argument("--num-test", type=positive_int, default=1000, help="test images scored")
 parser.add_argument("--max-train", type=positive_int, default=None, help="use only this many training images")

@@ -45,17 +45,20 @@ PARTS = {
 KINDS = {"vae": sc.SingleCellVAE, "label_transfer": sc.LabelTransferGMVAE}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/reference_mapping",
                            quick={"epochs": 2, "map_epochs": 2, "genes": 200}, proposal=False)
-parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies")
+parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies",
+                    help="technologies: CEL-seq2, Drop-seq; plates: CEL-seq2 5cl plates; synthetic: generated counts")
 parser.add_argument("--reference", nargs="+", default=None, metavar="PART",
                     help="the parts the reference is trained on (default: the first: CEL-seq2, plate 1, batch 1); "
                          "the others are mapped onto it")
 parser.add_argument("--map-epochs", type=non_negative_int, default=50, help="epochs of mapping the queries")
 parser.add_argument("--map-lr", type=positive_float, default=1e-2, help="learning rate of the new batches' weights")
 parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes of the reference kept")
-parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
-parser.add_argument("--latent", type=positive_int, default=10)
-parser.add_argument("--hidden", type=positive_int, default=128)
-parser.add_argument("--batch-size", type=positive_int, default=128)
+parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS),
+                    help="vae: SingleCellVAE (labels by a nearest-neighbour vote); label_transfer: LabelTransferGMVAE")
+parser.add_argument("--latent", type=positive_int, default=10, help="latent dimension")
+parser.add_argument("--hidden", type=positive_int, default=128, help="width of the one hidden layer")
+parser.add_argument("--batch-size", type=positive_int, default=128,
+                    help="cells per training batch (also of the mapping)")
 parser.add_argument("--batch-norm", nargs="+", default=["reference"], choices=["reference", "query"],
                     help="statistics of the mapped model's batch normalisation (map_query's batch_norm): the "
                          "reference's, the query's own (AdaBN), or both, each mapping from the same reference")

@@ -56,17 +56,20 @@ LIKELIHOODS = ["poisson", "constrained_poisson", "nb", "zip", "zinb"]
 
 QUICK = {"epochs": 2, "genes": 200, "max_cells": 600, "likelihoods": ["nb"], "num_samples": 10}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=100, out="results/scvae_counts", quick=QUICK)
-parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS))
-parser.add_argument("--models", nargs="+", default=["VAE", "GMVAE"], choices=["VAE", "GMVAE"])
-parser.add_argument("--likelihoods", nargs="+", default=LIKELIHOODS, choices=LIKELIHOODS)
+parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS),
+                    help="count data set from the shared data folder")
+parser.add_argument("--models", nargs="+", default=["VAE", "GMVAE"], choices=["VAE", "GMVAE"],
+                    help="models trained, each with every --likelihoods")
+parser.add_argument("--likelihoods", nargs="+", default=LIKELIHOODS, choices=LIKELIHOODS,
+                    help="count likelihoods, each trained with every --models")
 parser.add_argument("--genes", type=non_negative_int, default=2000,
                     help="most variable genes kept (0: all expressed genes)")
 parser.add_argument("--max-cells", type=non_negative_int, default=0, help="use a random subset of cells (0: all)")
-parser.add_argument("--latent", type=positive_int, default=10)
-parser.add_argument("--hidden", type=positive_int, nargs="+", default=[128])
+parser.add_argument("--latent", type=positive_int, default=10, help="latent dimension")
+parser.add_argument("--hidden", type=positive_int, nargs="+", default=[128], help="encoder widths (decoder mirrors)")
 parser.add_argument("--components", type=non_negative_int, default=0, help="GMVAE components (0: number of cell types)")
-parser.add_argument("--batch-size", type=positive_int, default=128)
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--batch-size", type=positive_int, default=128, help="cells per training batch")
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (the pseudo-label start's too)")
 parser.add_argument("--dropout", type=dropout_rate, default=0.2, help="dropout of the hidden layers (with batch norm)")
 parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
 parser.add_argument("--library", choices=["none", "observed"], default="none",

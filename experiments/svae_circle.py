@@ -29,13 +29,15 @@ QUICK = {"epochs": 10, "num_data": 300, "num_test": 200, "num_samples": 100}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/svae_circle", quick=QUICK)
 parser.add_argument("--num-data", type=positive_int, default=1000, help="training points")
 parser.add_argument("--num-test", type=positive_int, default=1000, help="held-out points")
-parser.add_argument("--num-features", type=positive_int, default=100)
+parser.add_argument("--num-features", type=positive_int, default=100,
+                    help="data dimension (the circle is mapped into it by a random linear map)")
 parser.add_argument("--hidden", type=positive_int, nargs="+", default=[128, 64],
                     help="encoder widths (decoder mirrors)")
-parser.add_argument("--batch-size", type=positive_int, default=32)
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--batch-size", type=positive_int, default=32, help="points per training batch")
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
 parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples per held-out point")
-parser.add_argument("--guides", nargs="+", default=["normal", "vmf"], choices=["normal", "vmf", "power"])
+parser.add_argument("--guides", nargs="+", default=["normal", "vmf"], choices=["normal", "vmf", "power"],
+                    help="models: N-VAE (normal), S-VAE with the vMF (vmf) or Power Spherical (power) guide")
 args = parser.parse_args()
 device = setup(args)
 

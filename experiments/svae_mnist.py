@@ -64,10 +64,11 @@ QUICK = {"dims": [2], "num_train": 2000, "num_val": 500, "num_test": 500, "num_s
 parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/svae_mnist", quick=QUICK)
 parser.set_defaults(proposal="auto")  # the estimator that says which estimates it certifies
 parser.add_argument("--dims", type=positive_int, nargs="+", default=[2, 5, 10, 20, 40], help="latent dimensions d")
-parser.add_argument("--models", nargs="+", default=["normal", "vmf"], choices=list(NAMES))
+parser.add_argument("--models", nargs="+", default=["normal", "vmf"], choices=list(NAMES),
+                    help="N-VAE (normal), S-VAE with the vMF (vmf) or Power Spherical (power) guide, each at every d")
 parser.add_argument("--patience", type=positive_int, default=50, help="early stopping: epochs without improvement")
-parser.add_argument("--batch-size", type=positive_int, default=64)
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--batch-size", type=positive_int, default=64, help="images per training batch")
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
 parser.add_argument("--hidden", type=positive_int, nargs="+", default=[256, 128],
                     help="encoder widths (decoder mirrors)")
 parser.add_argument("--num-train", type=positive_int, default=None, help="use only this many training images")

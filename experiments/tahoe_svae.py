@@ -66,7 +66,7 @@ QUICK = {"synthetic_cells": 4000, "synthetic_shards": 4, "vocabulary": 3000, "ge
 parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_svae", quick=QUICK)
 parser.add_argument("--source", default=None, help="Tahoe parquet file/folder, or tahoebio/Tahoe-100M (hub)")
 parser.add_argument("--synthetic-cells", type=positive_int, default=60_000, help="cells of the generated atlas")
-parser.add_argument("--synthetic-shards", type=positive_int, default=12)
+parser.add_argument("--synthetic-shards", type=positive_int, default=12, help="parquet shards of the generated atlas")
 parser.add_argument("--vocabulary", type=positive_int, default=62_710, help="genes in the generated atlas's vocabulary")
 parser.add_argument("--genes-per-cell", type=positive_int, default=2_000, help="genes detected per generated cell")
 parser.add_argument("--plate-effect", type=non_negative_float, default=0.5,
@@ -78,16 +78,18 @@ parser.add_argument("--genes", type=non_negative_int, default=2_000,
                     help="panel: highly variable genes from a streamed sample")
 parser.add_argument("--panel", default=None, help="panel: a text file of gene symbols or Ensembl ids, one per line")
 parser.add_argument("--hvg-cells", type=positive_int, default=20_000, help="cells sampled to choose the panel")
-parser.add_argument("--guide", choices=["vmf", "power", "normal"], default="vmf")
-parser.add_argument("--likelihood", choices=["nb", "zinb", "poisson", "zip"], default="nb")
+parser.add_argument("--guide", choices=["vmf", "power", "normal"], default="vmf",
+                    help="vmf, power: the S-VAE with a von Mises-Fisher or Power Spherical guide; normal: the N-VAE")
+parser.add_argument("--likelihood", choices=["nb", "zinb", "poisson", "zip"], default="nb",
+                    help="count likelihood (library size observed); ignored with --pca")
 parser.add_argument("--pca", action="store_true", help="log1p + standardise + PCA, Gaussian likelihood")
-parser.add_argument("--pca-components", type=positive_int, default=50)
+parser.add_argument("--pca-components", type=positive_int, default=50, help="principal components kept with --pca")
 parser.add_argument("--latent-dim", type=positive_int, default=10,
                     help="ambient latent dimension (S^(d-1) for an S-VAE)")
 parser.add_argument("--hidden", type=positive_int, nargs="+", default=[256, 128],
                     help="encoder widths (decoder mirrors)")
 parser.add_argument("--batch-size", type=positive_int, default=256, help="cells per batch per process")
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
 parser.add_argument("--workers", type=non_negative_int, default=1, help="DataLoader workers reading shards")
 parser.add_argument("--test-fraction", type=fraction, default=0.05, help="cells held out (hash of shard and row)")
 parser.add_argument("--held-out", type=positive_int, default=3_000, help="held-out cells analysed")

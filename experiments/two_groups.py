@@ -35,7 +35,7 @@ parser.add_argument("--num-test-per-group", type=positive_int, default=500, help
 parser.add_argument("--noise", type=non_negative_float, default=0.1, help="noise standard deviation of the data")
 parser.add_argument("--data-seed", type=non_negative_int, default=42,
                     help="seed of the data (the notebook's set.seed(42))")
-parser.add_argument("--lr", type=positive_float, default=1e-3)
+parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
 parser.add_argument("--inverse-variance", type=positive_float, default=2.0,
                     help="1/sigma^2 of the likelihood (2: MSE sum)")
 parser.add_argument("--learn-scale", action="store_true", help="learn a noise scale per feature instead")

@@ -249,6 +249,20 @@ SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_va
            "integration", "pbmc_quickstart", "reference_mapping"]
 
 
+def test_every_option_says_what_it_is():
+    """An option without help shows neither its meaning nor its default in --help (ArgumentDefaultsHelpFormatter)."""
+    import ast
+
+    silent = []
+    for script in SCRIPTS:
+        tree = ast.parse((ROOT / "experiments" / f"{script}.py").read_text())
+        for call in ast.walk(tree):
+            if (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "add_argument"
+                    and not any(k.arg == "help" for k in call.keywords)):
+                silent.append(f"{script}.py:{call.lineno}")
+    assert not silent, f"options without help: {silent}"
+
+
 def test_every_experiment_is_listed():
     assert sorted(p.stem for p in (ROOT / "experiments").glob("*.py")) == sorted(SCRIPTS)
 
