@@ -116,12 +116,27 @@ def per_datum_log_prob(site: dict, max_plate_nesting: int) -> torch.Tensor:
             f"sample site {site['name']!r} lies outside pyro.plate({DATA_PLATE!r}); a per-datum log-likelihood "
             f"needs every latent and observed site inside the {DATA_PLATE!r} plate (the model/guide contract)"
         )
+    _check_unscaled(site)
     log_prob = site["log_prob"]
     width = max_plate_nesting + 1  # the samples plate and the model's plates
     if log_prob.dim() < width:
         log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
     other = [d for d in range(-width + 1, 0) if d != frame.dim]
     return log_prob.sum(other) if other else log_prob
+
+
+def _check_unscaled(site: dict) -> None:
+    """Refuse a site whose log-density Pyro scales: the weights would not be those of p(x, z) / q(z | x)."""
+    scale = site.get("scale", 1.0)
+    if bool(torch.as_tensor(scale).eq(1).all()):
+        return
+    shown = f"{float(scale):g}" if not isinstance(scale, torch.Tensor) or scale.numel() == 1 else "a tensor"
+    raise ValueError(
+        f"sample site {site['name']!r} has its log-density scaled by {shown} (a pyro.plate({DATA_PLATE!r}, size, "
+        "subsample=...) whose size is not the number of data passed, or poutine.scale), so the importance weights "
+        "would not be p(x, z) / q(z | x); score log p(x) with the plate's size equal to the data given (or no size "
+        "and no subsample) and without poutine.scale"
+    )
 
 
 def point_mass(fn) -> bool:

@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyrovae.infer.arguments import check_integer
+from pyrovae.infer.arguments import check_device, check_integer
 from pyrovae.infer.batches import BatchSource
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
@@ -81,6 +82,11 @@ def _checked_options(options: dict) -> dict:
     if unknown:
         raise TypeError(f"log_likelihood_in_parts got options {unknown} that log_likelihood does not take "
                         f"({sorted(known)})")
+    check_integer("num_samples", options.get("num_samples", 1), 1)
+    for name in ("batch_size", "max_samples_per_chunk", "ais_chains", "ais_steps"):
+        check_integer(name, options.get(name), 1, allow_none=True)
+    if options.get("device") is not None:
+        check_device(torch.device(options["device"]))
     proposal = options.get("proposal", "guide")
     if not isinstance(proposal, str):
         raise ValueError("log_likelihood_in_parts records the estimator in its folder: pass the proposal by name "
@@ -90,8 +96,31 @@ def _checked_options(options: dict) -> dict:
         if options.get("ais_chains") is not None or options.get("ais_steps") is not None:
             raise ValueError(f"ais_chains and ais_steps set the AIS stage of proposal='auto', and proposal is "
                              f"{proposal!r}")
-    return {name: (str(value) if name == "device" else value) for name, value in sorted(options.items())
-            if value is not None}
+    return _without_defaults({name: (str(value) if name == "device" and value is not None else value)
+                              for name, value in options.items()})
+
+
+def _without_defaults(options: dict) -> dict:
+    """``options`` less those at log_likelihood's defaults: ``num_samples=500`` spelled out is the same scoring."""
+    return {name: value for name, value in sorted(options.items())
+            if value is not None and value != _OPTIONS.parameters[name].default}
+
+
+_WHAT = {"num_data": "the number of data", "data": "the data (a digest of 256 of them)", "part_size": "part_size",
+         "seed": "the seed", "options": "the estimator's options",
+         "digest": "the model's or guide's parameters (of plain functions: Pyro's whole parameter store)"}
+
+
+def _difference(key: str, found, expected) -> str:
+    if key in ("digest", "data"):
+        return f"{_WHAT[key]} differ"
+    return f"{_WHAT.get(key, key)}: {found!r} there, {expected!r} now"
+
+
+def _sees_parameters(model, guide) -> bool:
+    """Whether the digest sees any parameter of the pair: modules' own, else Pyro's parameter store."""
+    return any(isinstance(f, torch.nn.Module) and next(iter(f.state_dict()), None) is not None for f in (model, guide)
+               ) or bool(list(pyro.get_param_store().keys()))
 
 
 def _cuda_devices() -> list[int]:
@@ -167,12 +196,17 @@ def log_likelihood_in_parts(
         if "data" not in found:  # written before manifests held the data's digest: taken as this data, recorded
             found["data"] = expected["data"]
             atomic_write(path, lambda stream: stream.write(json.dumps(found, indent=1)), binary=False)
+        found["options"] = _without_defaults(found.get("options", {}))  # older manifests spelled defaults out
         if found != expected:
             differ = sorted(key for key in expected if found.get(key) != expected[key])
-            raise ValueError(f"{folder} holds the parts of another scoring: it differs in {differ} (found "
-                             f"{ {key: found.get(key) for key in differ} }, asked for "
-                             f"{ {key: expected[key] for key in differ} }); score into another folder, or delete "
-                             "this one to start again")
+            raise ValueError(f"{folder} holds the parts of another scoring: "
+                             + "; ".join(_difference(key, found.get(key), expected[key]) for key in differ)
+                             + ". Score into another folder, or delete this one to start again")
+    if not _sees_parameters(model, guide):
+        warnings.warn(f"{folder} cannot tell this pair from another: its model and guide are plain functions and "
+                      "Pyro's parameter store is empty (tensors captured in a closure are not seen), so parts "
+                      "scored with other weights would be read as this pair's; give each pair its own folder",
+                      stacklevel=2)
     starts = range(0, num_data, part_size)
 
     def read_or_score(part: int) -> LogLikelihood:
@@ -206,7 +240,11 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
     """Part ``part`` read from ``folder``, or scored from its own seed and saved there atomically."""
     path = _part_path(folder, part)
     if path.exists():
-        return LogLikelihood(**torch.load(path, weights_only=True))
+        try:
+            return LogLikelihood(**torch.load(path, weights_only=True))
+        except Exception as error:  # a truncated or foreign file: say which, never suggest weights_only=False
+            raise ValueError(f"part {path.name} in {folder} cannot be read ({type(error).__name__}); it is corrupt "
+                             "or not a part: delete it, and the next call scores that part again") from None
     with torch.random.fork_rng(devices=_cuda_devices()):
         torch.manual_seed(int(np.random.SeedSequence([seed, part]).generate_state(1)[0]))
         estimate = log_likelihood(model, guide, data, **options)

@@ -89,13 +89,13 @@ def test_a_folder_of_another_scoring_is_refused(tmp_path):
     W, mu, x = ppca(6)
     model, guide = make_model(W, mu), make_guide(W, mu)
     _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=20, num_samples=50)
-    with pytest.raises(ValueError, match=r"another scoring: it differs in \['options'\]"):
+    with pytest.raises(ValueError, match=r"another scoring: the estimator's options: \{'num_samples': 50\} there"):
         log_likelihood_in_parts(model, guide, x, tmp_path, part_size=20, num_samples=60)
-    with pytest.raises(ValueError, match=r"differs in \['part_size'\]"):
+    with pytest.raises(ValueError, match=r"another scoring: part_size: 20 there, 10 now\. Score"):
         log_likelihood_in_parts(model, guide, x, tmp_path, part_size=10, num_samples=50)
-    with pytest.raises(ValueError, match=r"differs in \['data', 'num_data'\]"):
+    with pytest.raises(ValueError, match=r"of 256 of them\) differ; the number of data: 40 there, 30 now"):
         log_likelihood_in_parts(model, guide, x[:30], tmp_path, part_size=20, num_samples=50)
-    with pytest.raises(ValueError, match=r"differs in \['data'\]"):  # other data of the same size
+    with pytest.raises(ValueError, match=r"scoring: the data \(a digest of 256 of them\) differ\. "):
         log_likelihood_in_parts(model, guide, x.flip(0), tmp_path, part_size=20, num_samples=50)
     with pytest.raises(ValueError, match="by name"):
         log_likelihood_in_parts(model, guide, x, tmp_path / "other", proposal=object())
@@ -114,7 +114,7 @@ def test_other_weights_are_refused_by_their_digest(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     with torch.no_grad():
         next(guide.parameters()).add_(1e-3)
-    with pytest.raises(ValueError, match=r"differs in \['digest'\]"):
+    with pytest.raises(ValueError, match=r"scoring: the model's or guide's parameters .* differ\. Score"):
         log_likelihood_in_parts(model, guide, x, tmp_path, part_size=10, num_samples=20)
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
 
@@ -287,3 +287,49 @@ def test_a_folder_from_before_data_digests_is_taken_and_upgraded(tmp_path):
     again = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=20, num_samples=50)
     _assert_same(again, first)
     assert json.loads((tmp_path / "manifest.json").read_text())["data"] == digest
+
+
+def test_an_option_spelled_out_at_its_default_is_the_same_scoring(tmp_path):
+    W, mu, x = ppca(6)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    first = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50)
+    again = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50,
+                   proposal="guide", batch_size=None)
+    _assert_same(first, again)
+    # a manifest written before defaults were left out (an old one, spelling them) still reads as this scoring
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["options"]["proposal"] = "guide"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50))
+
+
+@pytest.mark.parametrize("option", [{"num_samples": 0}, {"batch_size": 0}, {"max_samples_per_chunk": 0},
+                                    {"device": "cuda:99"}])
+def test_a_wrong_option_writes_nothing(tmp_path, option):
+    W, mu, x = ppca(6)
+    with pytest.raises((ValueError, RuntimeError)):
+        log_likelihood_in_parts(make_model(W, mu), make_guide(W, mu), x[:10], tmp_path / "f", **option)
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_corrupt_part_is_named(tmp_path):
+    W, mu, x = ppca(6)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50)
+    (tmp_path / "part-00001.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="part part-00001.pt in .* cannot be read .*delete it") as error:
+        _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50)
+    assert "weights_only" not in str(error.value)
+
+
+def test_a_pair_without_parameters_to_digest_is_said(tmp_path):
+    """Plain functions whose weights are captured tensors give the digest nothing: the folder says it cannot tell
+    them apart (it would read another pair's parts as theirs)."""
+    W, mu, x = ppca(6)
+    with pytest.warns(UserWarning, match="cannot tell this pair from another"):
+        log_likelihood_in_parts(make_model(W, mu), make_guide(W, mu), x[:10], tmp_path, num_samples=50)
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 12, 2, (8,), likelihood="gaussian")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        log_likelihood_in_parts(model, guide, torch.randn(10, 12), tmp_path / "modules", num_samples=50)

@@ -1,0 +1,104 @@
+"""log_likelihood used as a Pyro user may use it: a minibatch plate or poutine.scale, an autoguide, a shuffling
+DataLoader, a poor proposal other than the guide. Each is refused or said, never scored silently."""
+
+import importlib
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
+from torch.utils.data import DataLoader, TensorDataset
+
+from pyrovae.infer import log_likelihood
+from tests.infer.estimation.test_log_likelihood import SIGMA, Z_DIM, exact_log_marginal, make_guide, make_model, ppca
+
+
+def test_a_minibatch_plate_is_refused():
+    """pyro.plate("data", N, subsample=...) scales every log-density by N / B: the weights would be p(x, z)^(N/B)."""
+    W, mu, x = ppca()
+
+    def model(x):
+        with pyro.plate("data", 1000, subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z_DIM, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + mu, SIGMA).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 1000, subsample=torch.arange(len(x))):
+            pyro.sample("z", dist.Normal(torch.zeros(len(x), Z_DIM, dtype=x.dtype), 1.0).to_event(1))
+
+    for proposal in ("guide", "auto"):
+        with pytest.raises(ValueError, match=r"'z' has its log-density scaled by 25 .*subsample"):
+            log_likelihood(model, guide, x, num_samples=50, proposal=proposal)
+
+
+def test_poutine_scale_is_refused():
+    W, mu, x = ppca()
+    with pytest.raises(ValueError, match="scaled by 0.5 .*poutine.scale"):
+        log_likelihood(poutine.scale(make_model(W, mu), 0.5), make_guide(W, mu), x, num_samples=50)
+
+
+@pytest.mark.parametrize("autoguide", [AutoNormal, AutoDiagonalNormal])
+@pytest.mark.parametrize("proposal", ["guide", "refined"])
+def test_an_autoguide_is_refused_with_the_fix(autoguide, proposal):
+    W, mu, x = ppca()
+    model = make_model(W, mu)
+    guide = autoguide(model)
+    guide(x)  # its parameters, as after SVI
+    with pytest.raises(ValueError, match=f"{autoguide.__name__} is a Pyro autoguide.*refit_guide"):
+        log_likelihood(model, guide, x, num_samples=50, proposal=proposal)
+    pyro.clear_param_store()
+
+
+def test_a_shuffling_loader_is_said_and_an_ordered_one_pairs_with_the_data():
+    W, mu, x = ppca()
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    with pytest.warns(UserWarning, match="DataLoader shuffles: per_datum"):
+        shuffled = log_likelihood(model, guide, DataLoader(TensorDataset(x), batch_size=7, shuffle=True),
+                                  num_samples=50)
+    assert abs(shuffled.mean - exact_log_marginal(W, mu, x).mean().item()) < 1e-4  # the mean is unaffected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ordered = log_likelihood(model, guide, DataLoader(TensorDataset(x), batch_size=7), num_samples=50)
+    assert torch.allclose(ordered.per_datum, exact_log_marginal(W, mu, x), atol=1e-4, rtol=0)
+
+
+def test_every_proposal_warns_when_its_weights_are_poor():
+    """A guide shifted far off: "defensive" is as far off as "guide", and says so too."""
+    W, mu, x = ppca()
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=0.3, shift=3.0)
+    with pytest.warns(UserWarning, match=r"k-hat > 0.7 for \d+ of the 40 data: the defensive proposal"):
+        log_likelihood(model, guide, x, num_samples=200, proposal="defensive")
+
+
+def test_the_warning_counts_more_than_a_tenth(monkeypatch):
+    """2 of 20 data is a tenth, not more than a tenth (as a float32 mean, 0.1 rounds above 0.1); 3 of 20 warns."""
+    module = importlib.import_module("pyrovae.infer.estimation.log_likelihood")  # the module, not the function
+    W, mu, x = ppca()
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    for poor, warns in ((2, False), (3, True)):
+        khat = torch.zeros(20, dtype=torch.float32)
+        khat[:poor] = 1.0
+        monkeypatch.setattr(module, "psis_khat", lambda log_weights, resolution, khat=khat: khat)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            log_likelihood(model, guide, x[:20], num_samples=50)
+        assert any("k-hat > 0.7 for 3 of the 20" in str(w.message) for w in caught) == warns
+
+
+def test_the_monte_carlo_error_of_the_mean_is_honest():
+    """mc_stderr_of_mean against the spread of the mean over independent scorings (a 0.9x guide)."""
+    W, mu, x = ppca()
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=0.9)
+    means, errors = [], []
+    for seed in range(30):
+        pyro.set_rng_seed(seed)
+        result = log_likelihood(model, guide, x, num_samples=200)
+        means.append(result.mean)
+        errors.append(result.mc_stderr_of_mean)
+    spread, reported = torch.tensor(means).std().item(), torch.tensor(errors).mean().item()
+    assert 0.6 < spread / reported < 1.6, (spread, reported)
+    assert reported < result.stderr / 10  # the data's sampling error is another, far larger quantity
+    assert result.summary()["mc_stderr_of_mean"] == result.mc_stderr_of_mean
