@@ -5,6 +5,9 @@ cell lines, and compare with one model trained on everything at once.
 
 * ``--dataset technologies``: reference CEL-seq2, query Drop-seq (three lung cancer cell lines);
 * ``--dataset plates``: reference CEL-seq2 ``5cl`` plate 1, queries plates 2 and 3 (five cell lines);
+* ``--dataset halves``: a null control: the three plates pooled and split at random into "half A" (the reference)
+  and "half B" (the query), so that the query has no batch effect to correct; what the mapping loses to joint
+  training there is the method's, not the data's (``--map-epochs 0``: the query encoded as half A, unmapped);
 * ``--dataset synthetic``: generated counts (three cell types with marker genes, three batches with gene-wise
   batch effects), for smoke runs without the data.
 
@@ -42,11 +45,13 @@ PARTS = {
     "plates": {"plate 1": "cellbench_5cl_p1", "plate 2": "cellbench_5cl_p2", "plate 3": "cellbench_5cl_p3"},
     "synthetic": {"batch 1": None, "batch 2": None, "batch 3": None},
 }
+HALVES = ("half A", "half B")  # --dataset halves: the plates pooled, split at random
 KINDS = {"vae": sc.SingleCellVAE, "label_transfer": sc.LabelTransferGMVAE}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/reference_mapping",
                            quick={"epochs": 2, "map_epochs": 2, "genes": 200}, proposal=False)
-parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies",
-                    help="technologies: CEL-seq2, Drop-seq; plates: CEL-seq2 5cl plates; synthetic: generated counts")
+parser.add_argument("--dataset", choices=sorted([*PARTS, "halves"]), default="technologies",
+                    help="technologies: CEL-seq2, Drop-seq; plates: CEL-seq2 5cl plates; halves: the plates pooled and "
+                         "split at random (a null control); synthetic: generated counts")
 parser.add_argument("--reference", nargs="+", default=None, metavar="PART",
                     help="the parts the reference is trained on (default: the first: CEL-seq2, plate 1, batch 1); "
                          "the others are mapped onto it")
@@ -83,14 +88,19 @@ def generated_part(batch: int, num_cells: int = 150, num_genes: int = 300) -> Co
     return CountData(counts, obs, pd.DataFrame(index=[f"gene{j}" for j in range(num_genes)]), "cell_line_demuxlet")
 
 
-reference_names = args.reference or [next(iter(PARTS[args.dataset]))]
-if not set(reference_names) < set(PARTS[args.dataset]):
-    parser.error(f"--reference takes some of the parts {list(PARTS[args.dataset])} (the others are the queries), "
+source = PARTS["plates" if args.dataset == "halves" else args.dataset]
+names = HALVES if args.dataset == "halves" else tuple(source)
+reference_names = args.reference or [names[0]]
+if not set(reference_names) < set(names):
+    parser.error(f"--reference takes some of the parts {list(names)} (the others are the queries), "
                  f"got {reference_names}")
 reference_name = " + ".join(reference_names)
 parts = {name: generated_part(b) if key is None else load_count_dataset(key, args.data_dir).without_covariates()
-         for b, (name, key) in enumerate(PARTS[args.dataset].items())}
+         for b, (name, key) in enumerate(source.items())}
 cells = CountData.concatenate(parts, batch_key="part", label_key="cell_line_demuxlet").prepare(seed=args.seed)
+if args.dataset == "halves":  # the null control: two random halves of the same cells as the "batches"
+    cells = cells.without_covariates()  # "part" becomes a plain column, relabelled here
+    cells.obs["part"] = np.where(np.random.default_rng(args.seed).permutation(len(cells)) < len(cells) // 2, *HALVES)
 is_reference = cells.obs["part"].isin(reference_names).to_numpy()
 genes = cells.subset(cells=is_reference).highly_variable_genes(min(args.genes, cells.num_genes))
 cells = cells.subset(genes=np.sort(genes)).filter_cells(min_counts=1)

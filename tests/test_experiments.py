@@ -205,6 +205,16 @@ def test_smoke_reference_mapping(tmp_path):
     assert two["reference_cells"] + 150 == two["cells"] == metrics["cells"]
 
 
+@pytest.mark.data
+def test_smoke_reference_mapping_null_control(tmp_path):
+    """--dataset halves: the plates pooled and split at random, half A the reference, half B the query."""
+    require_dataset("cellbench")
+    metrics = run_script("reference_mapping", tmp_path, "--dataset", "halves", "--quick", "--kinds", "vae",
+                         "--latent", "3", "--hidden", "16")["metrics"]
+    assert metrics["reference"] == "half A" and metrics["queries"] == ["half B"]
+    assert abs(metrics["reference_cells"] - metrics["cells"] / 2) <= 1
+
+
 TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
               "150", "--genes", "120", "--hvg-cells", "800", "--held-out", "100", "--num-samples", "8", "--hidden",
               "32", "--batch-size", "128")
