@@ -17,7 +17,7 @@ def check_finite(x: torch.Tensor, name: str = "data") -> None:
         where = f"row {row}" + (f", column {col[0]}" if col else "")
         raise ValueError(
             f"{name} contain {x[(row, *col)].item()} at {where} ({int(bad.sum())} non-finite values in all); "
-            "remove or impute them before training"
+            "remove or impute them before training or scoring"
         )
 
 
