@@ -67,6 +67,9 @@ parser.add_argument("--batch-size", type=positive_int, default=128,
 parser.add_argument("--batch-norm", nargs="+", default=["reference"], choices=["reference", "query"],
                     help="statistics of the mapped model's batch normalisation (map_query's batch_norm): the "
                          "reference's, the query's own (AdaBN), or both, each mapping from the same reference")
+parser.add_argument("--early-stopping", action="store_true",
+                    help="train the reference and the everything model on 90%% of their cells, stopping when the "
+                         "other 10%% stop improving (patience 45 epochs, at most --epochs; the best epoch kept)")
 parser.add_argument("--feature-batch-norm", action="store_true",
                     help="the label-transfer GMVAE with batch norm on its guide's features too (feature_batch_norm), "
                          "so that --batch-norm query adapts its classifier to the query")
@@ -122,7 +125,8 @@ def trained(cls, data):
     extra = {"feature_batch_norm": True} if args.feature_batch_norm and cls is sc.LabelTransferGMVAE else {}
     model = cls(data, **model_options, **extra)
     started = time.perf_counter()
-    model.train(epochs=args.epochs, **train_options)
+    stopping = {"train_size": 0.9, "early_stopping": True} if args.early_stopping else {}
+    model.train(epochs=args.epochs, **stopping, **train_options)
     return model, time.perf_counter() - started
 
 

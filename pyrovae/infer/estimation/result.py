@@ -174,6 +174,33 @@ class LogLikelihood:
             **({"cost": self.cost} if self.cost is not None else {}),
         }
 
+    def compare(self, other: LogLikelihood, certified_only: bool = False) -> dict:
+        """This estimate minus ``other``'s, datum by datum, for two models scored on the same data in the same
+        order: the paired difference removes the spread of the data that :attr:`stderr` holds, so two models a few
+        tenths of a nat apart can be told apart where their ``stderr`` overlap.
+
+        :param bool certified_only: compare on the data both estimates certify (:attr:`certified`) only.
+        :returns: ``difference`` (the mean of the per-datum differences), ``stderr`` (its standard error over the
+            data), ``mc_stderr`` (its Monte Carlo standard error, from both estimates' :attr:`mc_stderr`; NaN where
+            one has none), ``num_data`` (data compared) and ``certified_both`` (data both certify).
+        :raises ValueError: estimates of different numbers of data, or no datum left to compare.
+        """
+        if self.per_datum.shape != other.per_datum.shape:
+            raise ValueError(f"compare takes two estimates of the same data, got {self.per_datum.numel()} and "
+                             f"{other.per_datum.numel()} data; score both models on the same data, in one order")
+        both = self.certified & other.certified
+        keep = both if certified_only else torch.ones_like(both)
+        difference = (self.per_datum.double() - other.per_datum.double())[keep]
+        n = difference.numel()
+        if n == 0:
+            raise ValueError("compare has no datum to compare: no datum is certified by both estimates")
+        errors = [e.mc_stderr for e in (self, other)]
+        mc = (math.nan if any(e is None for e in errors)
+              else float((errors[0].double()[keep].square() + errors[1].double()[keep].square()).sum().sqrt() / n))
+        return {"difference": float(difference.mean()),
+                "stderr": float(difference.std() / math.sqrt(n)) if n > 1 else math.nan,
+                "mc_stderr": mc, "num_data": n, "certified_both": int(both.sum())}
+
     @classmethod
     def concat(cls, parts: list[LogLikelihood]) -> LogLikelihood:
         """One estimate of the data of ``parts`` (estimates of consecutive parts of a data set, by the same

@@ -102,3 +102,19 @@ def test_the_monte_carlo_error_of_the_mean_is_honest():
     assert 0.6 < spread / reported < 1.6, (spread, reported)
     assert reported < result.stderr / 10  # the data's sampling error is another, far larger quantity
     assert result.summary()["mc_stderr_of_mean"] == result.mc_stderr_of_mean
+
+
+def test_two_models_are_compared_datum_by_datum():
+    """compare: the paired difference against the exact one (two PPCA models scored by their exact posteriors)."""
+    W, mu, x = ppca()
+    other_W = W * 1.1
+    a = log_likelihood(make_model(W, mu), make_guide(W, mu), x, num_samples=50)
+    b = log_likelihood(make_model(other_W, mu), make_guide(other_W, mu), x, num_samples=50)
+    exact = exact_log_marginal(W, mu, x) - exact_log_marginal(other_W, mu, x)
+    paired = a.compare(b)
+    assert abs(paired["difference"] - exact.mean().item()) < 1e-4
+    assert abs(paired["stderr"] - (exact.std() / len(x) ** 0.5).item()) < 1e-4
+    assert paired["stderr"] < (a.stderr ** 2 + b.stderr ** 2) ** 0.5  # the data's spread cancels
+    assert paired["num_data"] == paired["certified_both"] == 40 and paired["mc_stderr"] < 1e-3
+    with pytest.raises(ValueError, match="same data"):
+        a.compare(log_likelihood(make_model(W, mu), make_guide(W, mu), x[:10], num_samples=50))
