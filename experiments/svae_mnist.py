@@ -79,6 +79,9 @@ parser.add_argument("--ais-chains", type=positive_int, default=128,
                     help="chains per image of the 'auto' estimator's AIS stage")
 parser.add_argument("--ais-steps", type=positive_int, default=200,
                     help="annealing steps of the 'auto' estimator's AIS stage")
+parser.add_argument("--refine-steps", type=positive_int, default=None,
+                    help="optimisation steps of the refined proposals (default: 12 per latent dimension, at least "
+                         "100; 100 resumes a scoring made before they grew with the dimension)")
 parser.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once, each in its own process")
 parser.add_argument("--compile", action="store_true",
                     help="train(compile=True): the step compiled by inductor instead of the traced ELBO")
@@ -107,7 +110,8 @@ widths = tuple(args.hidden)  # from the data side: the decoder mirrors the encod
 
 PAIRS = {"normal": "vae", "vmf": "svae-vmf", "power": "svae-power"}  # S^d in R^(d+1) for the spherical ones
 # finished runs are kept, an interrupted one resumes from its checkpoint; results of other settings are refused
-sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("dims", "models", "jobs", "compile")))
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("dims", "models", "jobs", "compile",
+                                                                         "refine_steps")))
 
 
 def score(model, guide, cell: str, proposal: str, **options):
@@ -127,6 +131,8 @@ def fit_and_score(kind: str, d: int) -> dict:
                     device=device, seed=args.seed, progress=not args.no_progress)
     started = time.perf_counter()
     stage = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
+    if args.refine_steps is not None:
+        stage["refine_steps"] = args.refine_steps
     ll = score(model, guide, f"{kind}_d{d}", args.proposal, **stage)
     # the seconds of every part, those read back from an earlier run included
     scoring_seconds = sum(s["seconds"] for s in ll.cost.values()) if ll.cost else time.perf_counter() - started
@@ -158,6 +164,8 @@ def worker_command(kind: str, d: int) -> list[str]:
                "--dims": d, "--models": kind}
     if args.num_train is not None:
         options["--num-train"] = args.num_train
+    if args.refine_steps is not None:
+        options["--refine-steps"] = args.refine_steps
     if args.data_dir is not None:
         options["--data-dir"] = args.data_dir
     command = [sys.executable, __file__, "--no-progress", "--hidden", *map(str, args.hidden),

@@ -87,17 +87,19 @@ class _Refiner:
     """The refined proposal of each batch: full covariance where the guide's family allows it (a diagonal Gaussian),
     else the guide's own family; the family is found on the first batch and kept for the call."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: int | None = None) -> None:
         self.proposal: RefinedProposal | None = None
+        self.steps = steps
 
     def __call__(self, model: Callable, guide: Callable, args: tuple, max_plate_nesting: int) -> Callable:
         if self.proposal is None:
             try:
-                start = RefinedProposal(full_covariance=True).for_batch(model, guide, args, max_plate_nesting)
-                self.proposal = RefinedProposal(full_covariance=True)
+                full = RefinedProposal(full_covariance=True, steps=self.steps)
+                start = full.for_batch(model, guide, args, max_plate_nesting)
+                self.proposal = full
                 return start
             except ValueError:  # not a diagonal Gaussian guide: refine its own family
-                self.proposal = RefinedProposal()
+                self.proposal = RefinedProposal(steps=self.steps)
         return self.proposal.for_batch(model, guide, args, max_plate_nesting)
 
 
@@ -191,12 +193,13 @@ def _escalate(model: Callable, guide: Callable, args: tuple, refined: _Refiner, 
 @torch.no_grad()
 def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int = 500, batch_size: int | None = None,
                         max_samples_per_chunk: int | None = None, device: torch.device | None = None,
-                        progress: bool = False, ais_chains: int = 128, ais_steps: int = 200) -> LogLikelihood:
+                        progress: bool = False, ais_chains: int = 128, ais_steps: int = 200,
+                        refine_steps: int | None = None) -> LogLikelihood:
     """What ``log_likelihood(model, guide, data, proposal="auto")`` returns (see the module's documentation)."""
     estimates, stage_of, certified_of = [], [], []
     draws_of_stage = torch.tensor([num_samples, REFINED_DRAWS * num_samples, ais_chains])
     cost = {name: {"data": 0, "seconds": 0.0} for name in STAGES}
-    refined = _Refiner()
+    refined = _Refiner(refine_steps)
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))

@@ -22,13 +22,14 @@ from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
 
 _NAMED = {
-    "guide": GuideProposal,
-    "defensive": DefensiveProposal,
-    "refined": RefinedProposal,
-    "refined+defensive": lambda: DefensiveProposal(base=RefinedProposal()),
-    "refined-iwae": lambda: RefinedProposal(objective="iwae"),
-    "refined-full": lambda: RefinedProposal(full_covariance=True),
+    "guide": lambda steps: GuideProposal(),
+    "defensive": lambda steps: DefensiveProposal(),
+    "refined": lambda steps: RefinedProposal(steps=steps),
+    "refined+defensive": lambda steps: DefensiveProposal(base=RefinedProposal(steps=steps)),
+    "refined-iwae": lambda steps: RefinedProposal(objective="iwae", steps=steps),
+    "refined-full": lambda steps: RefinedProposal(full_covariance=True, steps=steps),
 }
+REFINED = ("refined", "refined+defensive", "refined-iwae", "refined-full", "auto")  # what refine_steps sets
 
 
 def _check_proposal_source(guide, data) -> None:
@@ -48,14 +49,18 @@ def _check_proposal_source(guide, data) -> None:
                       "shuffle=False (the mean is unaffected)", stacklevel=3)
 
 
-def as_proposal(proposal: str | Proposal) -> Proposal:
+def as_proposal(proposal: str | Proposal, refine_steps: int | None = None) -> Proposal:
     """A :class:`Proposal` from itself or its name: ``"guide"``, ``"defensive"``, ``"refined"``,
     ``"refined+defensive"`` (the most reliable: the mixture of refined optima mixed with a wider copy of itself),
-    ``"refined-iwae"`` or ``"refined-full"``."""
+    ``"refined-iwae"`` or ``"refined-full"``; ``refine_steps``: the refined proposals' steps (default: by the latent
+    size, :class:`~pyrovae.infer.RefinedProposal`)."""
+    if refine_steps is not None and proposal not in REFINED:
+        raise ValueError(f"refine_steps sets the refinement of the proposals {list(REFINED)}, and proposal is "
+                         f"{proposal!r}")
     if isinstance(proposal, Proposal):
         return proposal
     if isinstance(proposal, str) and proposal in _NAMED:
-        return _NAMED[proposal]()
+        return _NAMED[proposal](refine_steps)
     raise ValueError(f"proposal must be one of {sorted(_NAMED)} or a Proposal, got {proposal!r}")
 
 
@@ -115,6 +120,7 @@ def log_likelihood(
     proposal: str | Proposal = "guide",
     ais_chains: int | None = None,
     ais_steps: int | None = None,
+    refine_steps: int | None = None,
 ) -> LogLikelihood:
     """Estimate log p(x_i) for every datum by importance sampling.
 
@@ -162,10 +168,13 @@ def log_likelihood(
     :param int ais_chains: chains per datum of ``"auto"``'s AIS stage (default 128).
     :param int ais_steps: annealing steps of ``"auto"``'s AIS stage (default 200); its schedule is checked by
         bidirectional Monte Carlo whatever it is.
+    :param int refine_steps: optimisation steps of the refined proposals and of ``"auto"``'s refined stage
+        (default: ``max(100, 12 x`` the latent size per datum``)``, :class:`~pyrovae.infer.RefinedProposal`).
     """
     check_integer("num_samples", num_samples, 1)
     check_integer("ais_chains", ais_chains, 1, allow_none=True)
     check_integer("ais_steps", ais_steps, 1, allow_none=True)
+    check_integer("refine_steps", refine_steps, 1, allow_none=True)
     if proposal != "auto" and (ais_chains, ais_steps) != (None, None):
         raise ValueError(f"ais_chains and ais_steps set the AIS stage of proposal='auto', and proposal is "
                          f"{proposal!r}; use ais_log_likelihood for AIS on its own")
@@ -176,11 +185,11 @@ def log_likelihood(
     if proposal == "auto":
         from pyrovae.infer.estimation.certify import auto_log_likelihood  # it uses AIS, which uses this module
 
-        stage = {name: value for name, value in (("ais_chains", ais_chains), ("ais_steps", ais_steps))
-                 if value is not None}
+        stage = {name: value for name, value in (("ais_chains", ais_chains), ("ais_steps", ais_steps),
+                                                 ("refine_steps", refine_steps)) if value is not None}
         return auto_log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
                                    progress, **stage)
-    proposal = as_proposal(proposal)
+    proposal = as_proposal(proposal, refine_steps)
     per_datum, khats, mean_log_weights, effective, modes = [], [], [], [], []
     undefined = collapsed = 0
     with evaluation_mode(model, guide):

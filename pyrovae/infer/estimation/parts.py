@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_device, check_integer
 from pyrovae.infer.batches import BatchSource
-from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import REFINED, as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write
 
@@ -83,7 +83,7 @@ def _checked_options(options: dict) -> dict:
         raise TypeError(f"log_likelihood_in_parts got options {unknown} that log_likelihood does not take "
                         f"({sorted(known)})")
     check_integer("num_samples", options.get("num_samples", 1), 1)
-    for name in ("batch_size", "max_samples_per_chunk", "ais_chains", "ais_steps"):
+    for name in ("batch_size", "max_samples_per_chunk", "ais_chains", "ais_steps", "refine_steps"):
         check_integer(name, options.get(name), 1, allow_none=True)
     if options.get("device") is not None:
         check_device(torch.device(options["device"]))
@@ -92,7 +92,7 @@ def _checked_options(options: dict) -> dict:
         raise ValueError("log_likelihood_in_parts records the estimator in its folder: pass the proposal by name "
                          f"(e.g. 'auto'), not {type(proposal).__name__}")
     if proposal != "auto":
-        as_proposal(proposal)  # a wrong name is refused here, naming the proposals there are
+        as_proposal(proposal, options.get("refine_steps"))  # a wrong name is refused here, naming those there are
         if options.get("ais_chains") is not None or options.get("ais_steps") is not None:
             raise ValueError(f"ais_chains and ais_steps set the AIS stage of proposal='auto', and proposal is "
                              f"{proposal!r}")
@@ -129,9 +129,23 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
+MANIFEST_VERSION = 2  # 2: the refinement's steps grow with the latent size (version 1: 100 steps at every size)
+
+
 def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data: str | None) -> dict:
-    return {"num_data": num_data, "part_size": part_size, "seed": seed, "digest": digest, "data": data,
-            "options": {name: options[name] for name in sorted(options)}}
+    return {"version": MANIFEST_VERSION, "num_data": num_data, "part_size": part_size, "seed": seed,
+            "digest": digest, "data": data, "options": {name: options[name] for name in sorted(options)}}
+
+
+def _upgraded(found: dict) -> dict:
+    """A manifest of an earlier version in this version's terms: a version-1 scoring that refined (the refined
+    proposals, ``"auto"``) did so with 100 steps, ``refine_steps=100`` now."""
+    found = {**found, "options": _without_defaults(found.get("options", {}))}
+    if found.get("version", 1) == 1:
+        if found["options"].get("proposal") in REFINED and "refine_steps" not in found["options"]:
+            found["options"] = _without_defaults({**found["options"], "refine_steps": 100})
+        found["version"] = MANIFEST_VERSION
+    return found
 
 
 def data_digest(data) -> str | None:
@@ -192,16 +206,21 @@ def log_likelihood_in_parts(
                 raise ValueError(f"{folder} holds parts ({strays[:3]}) but no {MANIFEST} to say what they are "
                                  "estimates of; score into another folder, or delete them")
             atomic_write(path, lambda stream: stream.write(manifest), binary=False)
-        found, expected = json.loads(path.read_text()), json.loads(manifest)
-        if "data" not in found:  # written before manifests held the data's digest: taken as this data, recorded
+        written = json.loads(path.read_text())
+        found, expected = _upgraded(written), json.loads(manifest)
+        if "data" not in found:  # written before manifests held the data's digest: taken as this data
             found["data"] = expected["data"]
-            atomic_write(path, lambda stream: stream.write(json.dumps(found, indent=1)), binary=False)
-        found["options"] = _without_defaults(found.get("options", {}))  # older manifests spelled defaults out
         if found != expected:
             differ = sorted(key for key in expected if found.get(key) != expected[key])
+            before = written.get("version", 1) == 1 and found["options"].get("refine_steps") == 100
+            hint = (" (a scoring of an earlier pyrovae, with 100 refinement steps at every latent size before they "
+                    "grew with it: pass refine_steps=100 to resume it)"
+                    if before and expected["options"].get("refine_steps") != 100 else "")
             raise ValueError(f"{folder} holds the parts of another scoring: "
                              + "; ".join(_difference(key, found.get(key), expected[key]) for key in differ)
-                             + ". Score into another folder, or delete this one to start again")
+                             + hint + ". Score into another folder, or delete this one to start again")
+        if written != found:  # an earlier manifest, now in this version's terms
+            atomic_write(path, lambda stream: stream.write(json.dumps(found, indent=1)), binary=False)
     if not _sees_parameters(model, guide):
         warnings.warn(f"{folder} cannot tell this pair from another: its model and guide are plain functions and "
                       "Pyro's parameter store is empty (tensors captured in a closure are not seen), so parts "

@@ -184,6 +184,9 @@ def _divergences(components: dict, templates: dict, indices: dict, batch_size: i
     return total
 
 
+MIN_STEPS, STEPS_PER_DIMENSION = 100, 12  # the refinement's default steps: max(100, 12 x the latent size per datum)
+
+
 class RefinedProposal(Proposal):
     """The guide's q(z | x) with its parameters optimised for each datum of the batch against the frozen model,
     from several starts, the distinct optima mixed.
@@ -218,7 +221,11 @@ class RefinedProposal(Proposal):
     ``starts - 1``); a ``lr`` that is not a finite positive number; ``full_covariance`` for a family other than a
     Gaussian (a vMF or Power Spherical on the sphere, a LogNormal, a flow); a point-mass guide (nothing to refine).
 
-    :param int steps: optimisation steps per batch (>= 1).
+    :param int steps: optimisation steps per batch (>= 1; default ``max(100, 12 x`` the refined latents' size per
+        datum``)``: 100 up to 8 dimensions, 240 at 20, 480 at 40). A fixed 100 left q* short of its optimum in many
+        dimensions, and the proposal too narrow: on a linear-Gaussian model at d = 25, certified estimates 0.3-0.5
+        nats low (mean -0.12 per datum); on the Table 1 N-VAE at d = 40, the refined stage of ``"auto"`` 0.07 nats
+        below AIS on the images it certified. With the default, -0.01 and +0.003 +/- 0.016.
     :param float lr: Adam's learning rate on the unconstrained parameters (location, log scale).
     :param int num_particles: reparameterised draws per datum, start and step.
     :param str objective: ``"elbo"`` or ``"iwae"``.
@@ -233,10 +240,10 @@ class RefinedProposal(Proposal):
 
     _SCORE_PARTICLES = 64  # draws per start for the ELBO that weights the optima
 
-    def __init__(self, steps: int = 100, lr: float = 0.05, num_particles: int = 8, objective: str = "elbo",
+    def __init__(self, steps: int | None = None, lr: float = 0.05, num_particles: int = 8, objective: str = "elbo",
                  full_covariance: bool = False, memoize: bool = False, starts: int = 4,
                  candidates: int = 128) -> None:
-        check_integer("steps", steps, 1)
+        check_integer("steps", steps, 1, allow_none=True)
         check_number("lr", lr, 0.0, strict=True)
         check_integer("num_particles", num_particles, 1)
         check_integer("starts", starts, 1)
@@ -262,6 +269,11 @@ class RefinedProposal(Proposal):
             self._memory[key] = self.refine(model, guide, x, max_plate_nesting)[0]
         return self._memory[key]
 
+    def steps_for(self, latent_size: int) -> int:
+        """The optimisation steps for latents of ``latent_size`` dimensions per datum: ``steps``, or by default
+        ``max(MIN_STEPS, STEPS_PER_DIMENSION * latent_size)``."""
+        return self.steps if self.steps is not None else max(MIN_STEPS, STEPS_PER_DIMENSION * latent_size)
+
     def refine(self, model, guide, x, max_plate_nesting) -> tuple[Callable, torch.Tensor]:
         """The refined proposal for ``x`` and each datum's objective at the last step, ``(B,)`` (with an enumerated
         site, the objective summed over its values; with several starts, that of the best-scoring optimum). The
@@ -280,7 +292,7 @@ class RefinedProposal(Proposal):
         num_starts = self.starts if points is not None else 1
         repeated = tuple(torch.cat([a] * num_starts) for a in args) if num_starts > 1 else args
         leaves: dict[str, dict[str, torch.Tensor]] = {}
-        indices = {}
+        indices, sizes = {}, {}
 
         def parameterised(name, fn, index):
             if self.full_covariance:
@@ -291,7 +303,7 @@ class RefinedProposal(Proposal):
                     label = next(iter(labels.values())) if len(labels) == 1 else None
                     values = _moved_to_starts(fn, values, points[name], index, num_starts, max_plate_nesting, label)
                 leaves[name] = {k: v.detach().clone().requires_grad_() for k, v in values.items()}
-                indices[name] = index
+                indices[name], sizes[name] = index, int(fn.event_shape.numel())
             params = leaves[name]
             current = _unconstrained(fn)
             for key, value in params.items():
@@ -311,9 +323,10 @@ class RefinedProposal(Proposal):
             start = {n: {k: v.detach().clone() for k, v in p.items()} for n, p in leaves.items()}
             flat = [v for p in leaves.values() for v in p.values()]
             optimizer = torch.optim.Adam(flat, lr=self.lr)
-            for step in range(self.steps):
+            steps = self.steps_for(sum(sizes.values()))
+            for step in range(steps):
                 for group in optimizer.param_groups:  # decay to a tenth: the last steps settle instead of jitter
-                    group["lr"] = self.lr * (1.0 - 0.9 * step / max(self.steps - 1, 1))
+                    group["lr"] = self.lr * (1.0 - 0.9 * step / max(steps - 1, 1))
                 loss = -torch.nan_to_num(objective, nan=0.0, posinf=0.0, neginf=0.0).sum()
                 grads = torch.autograd.grad(loss, flat, allow_unused=True)
                 for leaf, grad in zip(flat, grads, strict=True):

@@ -333,3 +333,20 @@ def test_a_pair_without_parameters_to_digest_is_said(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         log_likelihood_in_parts(model, guide, torch.randn(10, 12), tmp_path / "modules", num_samples=50)
+
+
+def test_a_scoring_of_an_earlier_version_resumes_with_its_refinement_steps(tmp_path):
+    """A version-1 manifest (no "version") of a refined scoring was made with 100 refinement steps: resuming it
+    takes refine_steps=100, and the default (steps by the latent size) is refused with that fix named."""
+    W, mu, x = ppca(6)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    options = dict(part_size=20, num_samples=50, proposal="refined")
+    first = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, refine_steps=100, **options)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["version"] == 2 and manifest["options"]["refine_steps"] == 100
+    del manifest["version"], manifest["options"]["refine_steps"]  # as version 1 wrote it
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"earlier pyrovae, with 100 refinement steps .*pass refine_steps=100"):
+        _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, **options)
+    _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, refine_steps=100, **options))
+    assert json.loads((tmp_path / "manifest.json").read_text())["version"] == 2  # upgraded in place

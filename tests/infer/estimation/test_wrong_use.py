@@ -118,3 +118,18 @@ def test_two_models_are_compared_datum_by_datum():
     assert paired["num_data"] == paired["certified_both"] == 40 and paired["mc_stderr"] < 1e-3
     with pytest.raises(ValueError, match="same data"):
         a.compare(log_likelihood(make_model(W, mu), make_guide(W, mu), x[:10], num_samples=50))
+
+
+def test_the_refinement_steps_grow_with_the_latent_size():
+    from pyrovae.infer import RefinedProposal
+
+    assert [RefinedProposal().steps_for(d) for d in (2, 8, 9, 20, 40)] == [100, 100, 108, 240, 480]
+    assert RefinedProposal(steps=30).steps_for(40) == 30
+    W, mu, x = ppca()
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=0.5)
+    few = log_likelihood(model, guide, x[:5], num_samples=50, proposal="refined", refine_steps=5)
+    assert few.per_datum.shape == (5,)
+    with pytest.raises(ValueError, match="refine_steps sets the refinement"):
+        log_likelihood(model, guide, x, num_samples=50, proposal="guide", refine_steps=5)
+    with pytest.raises(ValueError, match="refine_steps must be"):
+        log_likelihood(model, guide, x, num_samples=50, proposal="auto", refine_steps=0)
