@@ -31,6 +31,14 @@ def _writer() -> str:
     return f"{host}~{os.getpid()}"
 
 
+def _is_own(temporary: Path, prefix: str) -> bool:
+    """Whether a ``prefix*.tmp`` file is a temporary of this path: ``<name>.<host>~<pid>.<random>.tmp``, or an
+    unnamed ``<name>.<random>.tmp`` of an older version. Another path that starts with this one's name (``run.pt.v2``
+    beside ``run.pt``) has temporaries of more parts, never judged here."""
+    parts = temporary.name[len(prefix):-len(".tmp")].split(".")
+    return len(parts) == 1 or len(parts) == 2 and "~" in parts[0]
+
+
 def _is_stale(temporary: Path, prefix: str) -> bool:
     """Whether a temporary file beside the target was left by a writer that is gone: one of this host whose
     process no longer runs, one without a writer's name (every writer names itself: an older version's, or a
@@ -74,7 +82,7 @@ def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) 
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = path.name + "."
     for temporary in path.parent.glob(prefix + "*.tmp"):
-        if _is_stale(temporary, prefix):
+        if _is_own(temporary, prefix) and _is_stale(temporary, prefix):
             temporary.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f"{prefix}{_writer()}.", suffix=".tmp", dir=path.parent)
     try:
@@ -160,16 +168,29 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda stream: torch.save(state, stream))
 
 
+def _numpy_globals() -> list:
+    """What a checkpoint's numpy random state is rebuilt from (arrays, their dtypes and scalars): the only globals
+    that loading with ``weights_only=True`` must be allowed beyond tensors and Python's containers."""
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
+    dtypes = [type(np.dtype(kind)) for kind in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, with a clear error for a damaged file."""
+    """Read a checkpoint written by :func:`save_checkpoint` without running code from it (``torch.load`` with
+    ``weights_only=True``: tensors, containers and numpy's arrays only), with a clear error for a damaged or foreign
+    file."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # torch raises several types for a damaged file
+        reason = str(error).splitlines()[0] if "weights_only" not in str(error).splitlines()[0] else "it holds objects"
         raise ValueError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); delete it to start afresh"
-        ) from error
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {reason}); it is damaged, or holds objects a "
+            "checkpoint never holds (a file crafted to run code is refused, never run); delete it to start afresh"
+        ) from None
 
 
 _CHECKPOINT_VERSION = 1
@@ -274,27 +295,32 @@ class TrainingCheckpoint:
         saved = load_checkpoint(self.path, map_location=device)
         if saved.get("version") != _CHECKPOINT_VERSION or set(saved.get("modules", {})) != set(self.modules):
             raise ValueError(f"checkpoint {self.path} was not written by this training setup; delete it to restart")
-        for name, module in self.modules.items():
+        for name, module in self.modules.items():  # every check before anything is loaded: a refusal changes nothing
             architecture = saved.get("architecture", {}).get(name)
             if architecture is not None and architecture != repr(module):
                 mismatch = next((f"{a.strip()} (saved) against {b.strip()} (now)" for a, b in
                                  zip(architecture.splitlines(), repr(module).splitlines()) if a != b), "")
                 raise ValueError(f"checkpoint {self.path} holds a {name} of another architecture: {mismatch}; "
                                  "delete the checkpoint to start afresh, or build the same model")
-            try:
-                module.load_state_dict(saved["modules"][name])
-            except RuntimeError as error:
-                raise ValueError(
-                    f"checkpoint {self.path} holds a different {name} ({error}); delete it or fix the sizes"
-                ) from error
-        with torch.no_grad():
-            for name, value in saved.get("pyro_params", {}).items():
-                self.store_params[name].copy_(value)
         saved_optimizer = saved.get("optimizer_class", type(self.optimizer).__name__)
         if saved_optimizer != type(self.optimizer).__name__:
             raise ValueError(f"checkpoint {self.path} was trained with {saved_optimizer}, not "
                              f"{type(self.optimizer).__name__}; resume with the same optimiser, or delete it")
         self._check_settings(saved)
+        kept = {name: {key: value.clone() for key, value in module.state_dict().items()}
+                for name, module in self.modules.items()}
+        try:
+            for name, module in self.modules.items():
+                module.load_state_dict(saved["modules"][name])
+        except RuntimeError as error:  # a module of other sizes: put back what was loaded before it
+            for name, module in self.modules.items():
+                module.load_state_dict(kept[name])
+            raise ValueError(
+                f"checkpoint {self.path} holds a different {name} ({error}); delete it or fix the sizes"
+            ) from error
+        with torch.no_grad():
+            for name, value in saved.get("pyro_params", {}).items():
+                self.store_params[name].copy_(value)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.batches.load_state_dict(saved["batches"])
         rng = saved["rng"]

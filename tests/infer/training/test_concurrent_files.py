@@ -160,3 +160,43 @@ def test_a_second_live_training_run_on_one_checkpoint_is_refused(tmp_path, holde
             lock.release()
     history = train(model, guide, two_groups(num_per_group=16), epochs=2, checkpoint=path, progress=False, seed=0)
     assert len(history) == 2 and load_checkpoint(path)["epoch"] == 2  # resumed once the lock is free
+
+
+def test_a_temporary_of_a_longer_name_is_not_taken_for_a_stale_one(tmp_path):
+    """run.pt.v2's temporary starts with "run.pt.": a write of run.pt must leave it to its writer."""
+    other = tmp_path / f"run.pt.v2.{os.uname().nodename}~{os.getpid()}.abcd1234.tmp"
+    other.write_bytes(b"being written")
+    old = tmp_path / "run.pt.abcd1234.tmp"  # an older version's unnamed leftover of run.pt itself
+    old.write_bytes(b"left by a crash")
+    atomic_write(tmp_path / "run.pt", lambda stream: stream.write(b"new"))
+    assert other.exists() and not old.exists()
+
+
+class _Crafted:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['PYROVAE_TEST_MARK']}",))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path, monkeypatch):
+    mark = tmp_path / "ran"
+    monkeypatch.setenv("PYROVAE_TEST_MARK", str(mark))
+    torch.save({"version": 1, "payload": _Crafted()}, tmp_path / "crafted.pt")
+    with pytest.raises(ValueError, match="crafted to run code is refused, never run"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    model, guide = small_pair()
+    with pytest.raises(ValueError, match="cannot be read"):
+        train(model, guide, two_groups(64, seed=0).x, epochs=1, checkpoint=tmp_path / "crafted.pt", progress=False)
+    assert not mark.exists()
+
+
+def test_a_refused_resume_leaves_the_modules_as_they_were(tmp_path):
+    """A checkpoint of other settings is refused before its weights are loaded: the caller's training is kept."""
+    x = two_groups(64, seed=0).x
+    model, guide = small_pair()
+    train(model, guide, x, epochs=1, checkpoint=tmp_path / "old.pt", progress=False)
+    model, guide = small_pair()
+    train(model, guide, x, epochs=2, lr=1e-2, progress=False)
+    before = [p.detach().clone() for p in [*model.parameters(), *guide.parameters()]]
+    with pytest.raises(ValueError, match="other settings"):
+        train(model, guide, x, epochs=3, lr=1e-2, checkpoint=tmp_path / "old.pt", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, [*model.parameters(), *guide.parameters()]))
