@@ -115,25 +115,30 @@ class BatchSource:
                 self._checked = not self.source.checks_each_batch
             yield (x, *inputs)
 
-    def fingerprint(self, size: int = 64) -> str | None:
-        """A digest of ``size`` data spread evenly over the set (their values and covariates), to tell one data set
-        from another of the same size; None for a stream, which is not read for it. Data that keep their values
-        apart from a transform (:class:`~pyrovae.data.TensorData`: dynamic binarisation draws new pixels at every
-        read) are digested as stored, with the transform's name; every global random state (torch, numpy,
-        Python's) is left as it was."""
+    def fingerprint(self, size: int | None = 64) -> str | None:
+        """A digest of ``size`` data spread evenly over the set, or of every datum (``size=None``, read 4,096 at a
+        time), their values and covariates, to tell one data set from another of the same size; None for a stream,
+        which is not read for it. Data that keep their values apart from a transform (:class:`~pyrovae.data.TensorData`:
+        dynamic binarisation draws new pixels at every read) are digested as stored, with the transform's name;
+        every global random state (torch, numpy, Python's) is left as it was."""
         from pyrovae.infer.training.checkpoint import rng_state, set_rng_state
 
         n = self.num_data
         if not n or isinstance(self.source, StreamSource):
             return None
-        indices = torch.linspace(0, n - 1, min(size, n)).round().long().unique()
+        indices = torch.arange(n) if size is None else torch.linspace(0, n - 1, min(size, n)).round().long().unique()
         state = rng_state()
         try:
-            return self._digest(indices)
+            digest = hashlib.sha1()
+            for chunk in indices.split(4096):
+                if not self._digest(chunk, digest):
+                    return None
+            return digest.hexdigest()[:16]
         finally:
             set_rng_state(state)
 
-    def _digest(self, indices: torch.Tensor) -> str | None:
+    def _digest(self, indices: torch.Tensor, digest) -> bool:
+        """Add the data at ``indices`` to ``digest``; False where they cannot be digested."""
         data = self.source.data if isinstance(self.source, IndexedSource) else getattr(self.source, "dataset", None)
         stored = getattr(data, "stored", None)  # the values before a transform (TensorData)
         if stored is not None:
@@ -146,10 +151,9 @@ class BatchSource:
             try:
                 items = [torch.stack([torch.as_tensor(row[k]) for row in rows]) for k in range(len(rows[0]))]
             except (TypeError, ValueError, RuntimeError):  # items that are not arrays: no digest, the size only
-                return None
+                return False
         else:
-            return None
-        digest = hashlib.sha1()
+            return False
         transform = getattr(data, "transform", None) if stored is not None else None
         if transform is not None:  # the stored values with another transform are other data
             digest.update(getattr(transform, "__qualname__", type(transform).__qualname__).encode())
@@ -159,7 +163,7 @@ class BatchSource:
                 item = item.detach().to("cpu", torch.float64 if item.is_floating_point() else torch.int64)
                 digest.update(str(tuple(item.shape)).encode())
                 digest.update(item.contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return True
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "epoch": self.epoch}

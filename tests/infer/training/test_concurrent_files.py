@@ -200,3 +200,20 @@ def test_a_refused_resume_leaves_the_modules_as_they_were(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         train(model, guide, x, epochs=3, lr=1e-2, checkpoint=tmp_path / "old.pt", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, [*model.parameters(), *guide.parameters()]))
+
+
+def test_a_resume_on_other_data_or_other_early_stopping_is_refused(tmp_path):
+    """Every datum is digested (a changed row that 64 evenly spaced ones miss is seen), and what early stopping
+    compares (the validation data, patience, restore_best) is a setting like the others."""
+    x = two_groups(300, seed=0).x
+    model, guide = small_pair()
+    train(model, guide, x, epochs=1, checkpoint=tmp_path / "run.pt", progress=False)
+    changed = x.clone()
+    changed[1] += 1.0
+    with pytest.raises(ValueError, match="all_data="):
+        train(model, guide, changed, epochs=2, checkpoint=tmp_path / "run.pt", progress=False)
+    with pytest.raises(ValueError, match="val_data=None there"):
+        train(model, guide, x, epochs=2, checkpoint=tmp_path / "run.pt", val_data=x[:50], progress=False)
+    with pytest.raises(ValueError, match="patience=None there, 2 here"):
+        train(model, guide, x, epochs=2, checkpoint=tmp_path / "run.pt", patience=2, progress=False)
+    assert len(train(model, guide, x, epochs=2, checkpoint=tmp_path / "run.pt", progress=False)) == 2
