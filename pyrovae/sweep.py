@@ -14,7 +14,10 @@ loses a finished result; ``fn`` itself resumes a half-finished run from its own 
 
 Several jobs may share one results file (two processes, or two ``Sweep`` objects in one): each write takes a lock
 beside the file (``results.json.lock``), reads the file again and merges, so every job's finished runs are kept,
-and a run that another job has finished meanwhile is not run again.
+and a run that another job has finished meanwhile is not run again. A job claims a key while it runs it (a lock in
+``claims/`` beside the file): another job that reaches the same key waits for it and takes its result, so nothing
+is run twice (two jobs that should run different keys at once give each its own keys, as ``svae_mnist.py --jobs``
+does).
 """
 
 from __future__ import annotations
@@ -107,9 +110,10 @@ class Sweep:
 
     def run(self, key: str, fn: Callable[..., object], *args, verbose: bool = True, **kwargs):
         """The result of run ``key``: stored (by this job or another sharing the file), or computed by
-        ``fn(*args, **kwargs)`` and stored now. Storing merges under the file's lock, so other jobs' results are
-        kept; where another job stored ``key`` while this one computed it, the first stored result is kept and
-        returned. With ``verbose``, each of these is said on the ``pyrovae.sweep`` logger (at INFO for a stored
+        ``fn(*args, **kwargs)`` and stored now; a key another job is running is waited for and its result returned.
+        Storing merges under the file's lock, so other jobs' results are kept; where another job stored ``key``
+        while this one computed it (a job of an older version, which claimed nothing), the first stored result is
+        kept and returned. With ``verbose``, each of these is said on the ``pyrovae.sweep`` logger (at INFO for a stored
         run, WARNING for a result another job stored first).
 
         :raises TypeError: for a key that is not a string, or a result that JSON cannot hold (convert tensors
@@ -121,6 +125,19 @@ class Sweep:
             if verbose:
                 logger.info("%s: done before, result kept", key)
             return self.results[key]
+        with FileLock(self._claim_path(key)):  # a job running this key now is waited for, not run beside
+            self.reload()
+            if key in self.results:
+                if verbose:
+                    logger.info("%s: done by another job meanwhile, its result kept", key)
+                return self.results[key]
+            return self._computed(key, fn, args, kwargs, verbose)
+
+    def _claim_path(self, key: str) -> Path:
+        checkpoint = self.checkpoint_path(key)
+        return self.path.parent / "claims" / checkpoint.stem
+
+    def _computed(self, key: str, fn: Callable, args: tuple, kwargs: dict, verbose: bool):
         result = fn(*args, **kwargs)
         try:
             json.dumps(result)

@@ -37,7 +37,8 @@ def test_a_run_stored_by_another_job_meanwhile_keeps_the_first_result(tmp_path):
     first, second = Sweep(path), Sweep(path)
 
     def slow():
-        first.run("k", lambda: "first", verbose=False)  # the other job finishes k while this one computes it
+        # a job that claims nothing (an older version) finishes k while this one computes it
+        first._computed("k", lambda: "first", (), {}, False)
         return "second"
 
     assert second.run("k", slow, verbose=False) == "first"
@@ -217,3 +218,29 @@ def test_a_resume_on_other_data_or_other_early_stopping_is_refused(tmp_path):
     with pytest.raises(ValueError, match="patience=None there, 2 here"):
         train(model, guide, x, epochs=2, checkpoint=tmp_path / "run.pt", patience=2, progress=False)
     assert len(train(model, guide, x, epochs=2, checkpoint=tmp_path / "run.pt", progress=False)) == 2
+
+
+def _run_keys(path, calls, keys):
+    sweep = Sweep(path)
+    for key in keys:
+        sweep.run(key, _slow_result, calls, key, verbose=False)
+
+
+def _slow_result(calls, key):
+    with open(calls, "a") as stream:
+        stream.write(key + "\n")
+    time.sleep(0.5)
+    return key.upper()
+
+
+def test_two_jobs_on_one_sweep_run_each_key_once(tmp_path):
+    """A key another job is running is waited for, not run again (and with checkpoint_path, not refused)."""
+    path, calls = tmp_path / "grid.json", tmp_path / "calls.txt"
+    jobs = [fork.Process(target=_run_keys, args=(path, calls, ["a", "b", "c"])) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    assert sorted(calls.read_text().split()) == ["a", "b", "c"]
+    assert Sweep(path).results == {"a": "A", "b": "B", "c": "C"}
