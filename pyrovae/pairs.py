@@ -17,7 +17,9 @@ the user builds as before (``load_pair(folder, model=..., guide=...)``).
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import io
 import json
 import os
 import pickle
@@ -29,7 +31,7 @@ import torch
 
 from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.guides.base import AmortizedGuide
-from pyrovae.infer.training.checkpoint import atomic_write
+from pyrovae.infer.training.checkpoint import FileLock, atomic_write
 from pyrovae.likelihoods import get_likelihood, likelihood_names
 from pyrovae.models import GMVAE, SVAE, VAE
 from pyrovae.nn.checks import check_int, check_name
@@ -251,12 +253,14 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
     config = {"format": FORMAT_VERSION, "pyrovae_version": pyrovae.__version__, "pair": pair_config(model, guide),
               "model_class": type(model).__name__, "guide_class": type(guide).__name__, "history": history,
               **(extra or {})}
+    buffer = io.BytesIO()
+    torch.save({"model": _plain_state(model), "guide": _plain_state(guide)}, buffer)
+    weights = buffer.getvalue()
+    config["weights_sha256"] = hashlib.sha256(weights).hexdigest()  # the two files of one save, told from others'
     text = json.dumps(config, indent=1, allow_nan=True)
-    weights = {"model": _plain_state(model), "guide": _plain_state(guide)}
-    temporary = folder / f".{WEIGHTS_FILE}.partial"
-    torch.save(weights, temporary)
-    os.replace(temporary, folder / WEIGHTS_FILE)
-    atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(text), binary=False)
+    with FileLock(folder / CONFIG_FILE):  # two jobs saving into one folder write their pairs one after the other
+        atomic_write(folder / WEIGHTS_FILE, lambda stream: stream.write(weights))
+        atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(text), binary=False)
     return folder
 
 
@@ -293,20 +297,32 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
-def read_weights(folder: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
+def _first_line(error: Exception) -> str:
+    """The first line of ``error``, unless it is torch's advice to load with ``weights_only=False`` (unsafe)."""
+    line = str(error).splitlines()[0] if str(error) else ""
+    return "" if not line or "weights_only" in line or "Weights only" in line else f": {line}"
+
+
+def read_weights(folder: str | os.PathLike, config: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """The weights saved in ``folder``, read with ``torch.load(weights_only=True)``: a file holding anything but
-    tensors in dicts (such as a pickle that would run code) is refused, and nothing in it is executed."""
+    tensors in dicts (such as a pickle that would run code) is refused, and nothing in it is executed. With the
+    folder's ``config`` (:func:`read_config`), weights of another save than the configuration's are refused."""
     path = Path(folder) / WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in {folder}: is it a folder written by save_pair?")
+    content = path.read_bytes()
+    expected = (config or {}).get("weights_sha256")
+    if expected is not None and hashlib.sha256(content).hexdigest() != expected:
+        raise ValueError(f"{WEIGHTS_FILE} and {CONFIG_FILE} in {folder} come from two different saves (a save "
+                         "interrupted between its two files, or another job saving there now): save the pair again")
     try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        weights = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
         raise ValueError(
-            f"{path} was refused: it is not a plain dict of tensors ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). It may be damaged or crafted to run code, and it "
-            "was not executed; load only folders from people you trust, or save the pair again"
-        ) from error
+            f"{path} was refused: it is not a plain dict of tensors ({type(error).__name__}"
+            f"{_first_line(error)}). It may be damaged or crafted to run code, and it was not executed; load only "
+            "folders from people you trust, or save the pair again"
+        ) from None
     valid = (isinstance(weights, dict) and set(weights) == {"model", "guide"}
              and all(isinstance(part, dict) and all(isinstance(t, torch.Tensor) for t in part.values())
                      for part in weights.values()))
@@ -353,7 +369,7 @@ def load_pair(folder: str | os.PathLike, model=None, guide=None):
     from pyrovae.infer import History
 
     config = read_config(folder)
-    weights = read_weights(folder)
+    weights = read_weights(folder, config)
     if (model is None) != (guide is None):
         raise ValueError("load_pair takes both model= and guide= (objects built as the saved ones), or neither")
     if model is None:

@@ -2,6 +2,7 @@
 objects the user builds; a likelihood instance is saved by its registry name and options; a crafted weights file
 is refused without running it."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -115,11 +116,27 @@ def test_a_crafted_weights_file_is_refused_without_running_it(tmp_path):
     for write in (lambda f: torch.save({"model": _RunsCode(marker), "guide": {}}, f),
                   lambda f: f.write_bytes(pickle.dumps({"model": _RunsCode(marker), "guide": {}}))):
         write(tmp_path / "weights.pt")
-        with pytest.raises(ValueError, match="refused: it is not a plain dict of tensors.*was not executed"):
+        config = json.loads((tmp_path / "pair.json").read_text())  # whoever crafts the file writes its digest too
+        config["weights_sha256"] = hashlib.sha256((tmp_path / "weights.pt").read_bytes()).hexdigest()
+        (tmp_path / "pair.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match="refused: it is not a plain dict of tensors.*was not executed") as error:
             load_pair(tmp_path)
-        assert not marker.exists()
+        assert not marker.exists() and "weights_only" not in str(error.value)
     pickle.loads(pickle.dumps(_RunsCode(marker)))  # the payload is live: unpickling it does run the command
     assert marker.exists()
+
+
+def test_the_two_files_of_two_saves_are_not_loaded_as_one(tmp_path):
+    """weights.pt of one save beside pair.json of another (a save interrupted between its two files) is refused."""
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), "poisson")
+    save_pair(tmp_path / "a", model, guide)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_pair(tmp_path / "b", model, guide)
+    (tmp_path / "a" / "weights.pt").write_bytes((tmp_path / "b" / "weights.pt").read_bytes())
+    with pytest.raises(ValueError, match="come from two different saves"):
+        load_pair(tmp_path / "a")
+    assert torch.equal(next(load_pair(tmp_path / "b")[0].parameters()), next(model.parameters()))
 
 
 def test_another_version_warns(tmp_path):
