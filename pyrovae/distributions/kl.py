@@ -8,9 +8,9 @@ import torch
 from torch.distributions.kl import register_kl
 
 from pyrovae.distributions.power_spherical import PowerSpherical
-from pyrovae.distributions.sphere import log_sphere_area, unexpanded
+from pyrovae.distributions.sphere import log_sphere_area
 from pyrovae.distributions.uniform import HypersphericalUniform
-from pyrovae.distributions.von_mises_fisher import VonMisesFisher
+from pyrovae.distributions.von_mises_fisher import VonMisesFisher, _LogNormalizerAtLoc
 
 
 def _check_dims(p, q) -> None:
@@ -20,7 +20,8 @@ def _check_dims(p, q) -> None:
 
 @register_kl(VonMisesFisher, HypersphericalUniform)
 def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> torch.Tensor:
-    """KL(vMF || uniform) in the cancellation-free form kappa A_m(kappa) - log(I_v(kappa) Gamma(v+1) / (kappa/2)^v).
+    """KL(vMF || uniform) in the cancellation-free form kappa A_m(kappa) - log(I_v(kappa) Gamma(v+1) / (kappa/2)^v)
+    up to kappa = v + 1, and beyond it -kappa (1 - A_m) - log(I_v(kappa) e^-kappa) + v log(kappa/2) - lgamma(v+1).
 
     With v = m/2 - 1, log C_m(kappa) = v log kappa - (m/2) log(2 pi) - log I_v(kappa) and log |S^(m-1)| =
     log 2 + (m/2) log pi - lgamma(v+1), so their sum is v log(kappa/2) - lgamma(v+1) - log I_v(kappa): the large
@@ -29,11 +30,18 @@ def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> torch.Tensor
     = sum_j (kappa/2)^(2j) Gamma(v+1) / (j! Gamma(v+j+1)) >= 1 is non-negative. Evaluated in float64.
     """
     _check_dims(p, q)
-    kappa = unexpanded(p.concentration).double()
+    kappa = p._wide_concentration()
     v = 0.5 * p.dim - 1
-    log_ive, mean, _ = p._bessel_terms()
-    log_series = log_ive + kappa - v * torch.log(0.5 * kappa) + math.lgamma(v + 1)
-    kl = kappa * mean - torch.where(kappa > 0, log_series, torch.zeros_like(kappa))
+    log_ive, mean, one_minus_mean = p._bessel_terms(kappa)
+    # up to kappa ~ v: kappa A_m - log(series), both small; beyond: the same rearranged so that no term of size kappa
+    # is subtracted from another (kappa A_m - (log_ive + kappa) lost the KL's digits from kappa ~ 1e8, all by 1e17)
+    # (v log kappa - log_ive, with its derivative 1 - A_m given directly: the v / kappa of its two terms cancel)
+    safe = kappa.clamp(min=1e-300)
+    scaled = _LogNormalizerAtLoc.apply(safe, v, log_ive, one_minus_mean) - v * math.log(2) - math.lgamma(v + 1)
+    log_series = safe - scaled  # log(I_v(kappa) Gamma(v+1) / (kappa/2)^v) >= 0
+    small = safe * mean - torch.where(kappa > 0, log_series, torch.zeros_like(kappa))
+    large = scaled - safe * one_minus_mean
+    kl = torch.where(kappa > v + 1, large, small)
     return kl.clamp(min=0).to(p.concentration.dtype).expand(p.batch_shape)
 
 

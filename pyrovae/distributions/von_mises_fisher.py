@@ -106,6 +106,23 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     return (span[..., 0, 0] * ((integrand @ weights) * half).sum(-1)).to(dtype)
 
 
+class _LogNormalizerAtLoc(torch.autograd.Function):
+    """log p(loc) + (m/2) log(2 pi) = v log kappa - log(I_v(kappa) e^-kappa), v = m/2 - 1, in float64, with its
+    derivative 1 - A_m(kappa) given directly: the two terms' own derivatives, v / kappa and v / kappa + A_m - 1, are
+    huge and opposite where kappa << v (at m = 10, kappa = 1e-3: 4,000 each, for a difference of 1 - 1e-4).
+    ``one_minus_mean`` is the attached 1 - A_m (from ``_bessel_terms``), so a second derivative goes through it."""
+
+    @staticmethod
+    def forward(ctx, kappa, order, log_ive, one_minus_mean):
+        ctx.save_for_backward(one_minus_mean)
+        return order * torch.log(kappa) - log_ive
+
+    @staticmethod
+    def backward(ctx, grad):
+        (one_minus_mean,) = ctx.saved_tensors
+        return grad * one_minus_mean, None, None, None
+
+
 class _CosineDraw(torch.autograd.Function):
     """w = loc . z for m != 3 drawn exactly (forward) with its implicit reparameterisation gradient (backward).
 
@@ -191,26 +208,40 @@ class VonMisesFisher(SphericalDistribution):
             self.__dict__["_bessel_cache"] = cached
         return cached[2]
 
-    def _bessel_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_bessel_values`, differentiable in the concentration: shared by ``log_prob``, ``entropy``, the KL
-        divergence, ``mean`` and the sampler's implicit gradient; each call attaches them anew with their exact
-        derivatives (one operation), so repeated backward passes through one distribution work."""
-        kappa = unexpanded(self.concentration).double()
-        return attach_bessel_terms(0.5 * self.dim - 1, kappa, self._bessel_values())
+    def _wide_concentration(self) -> torch.Tensor:
+        """The concentration in float64, of its shape before any ``expand``: one node, through which every term of
+        a result passes, so that their gradients add up in float64 before the one cast back (two float64 copies
+        would each be cast to float32 and cancel there: the entropy's kappa-gradient at m = 10, kappa = 1e-3
+        came out with the wrong sign)."""
+        return unexpanded(self.concentration).double()
+
+    def _bessel_terms(self, wide: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_bessel_values`, differentiable in the concentration (``wide``: its float64 copy, when the caller
+        has one): shared by ``log_prob``, ``entropy``, the KL divergence, ``mean`` and the sampler's implicit
+        gradient; each call attaches them anew with their exact derivatives (one operation), so repeated backward
+        passes through one distribution work."""
+        wide = self._wide_concentration() if wide is None else wide
+        return attach_bessel_terms(0.5 * self.dim - 1, wide, self._bessel_values())
+
+    def _wide_log_normalizer_at_loc(self, wide: torch.Tensor) -> torch.Tensor:
+        """log C_m(kappa) + kappa = log p(loc) in float64 from the float64 concentration ``wide``: through the scaled
+        Bessel function (log I_v(kappa) - kappa), so that it keeps its digits where log C_m and kappa are huge and
+        opposite (in float32 at kappa = 1e10 their sum is lost entirely), and with its derivative 1 - A_m(kappa)
+        given directly (:class:`_LogNormalizerAtLoc`)."""
+        m = self.dim
+        log_ive, _, one_minus_mean = self._bessel_terms(wide)
+        log_c = _LogNormalizerAtLoc.apply(wide, 0.5 * m - 1, log_ive, one_minus_mean) - 0.5 * m * math.log(2 * math.pi)
+        return torch.where(wide > 0, log_c, torch.full_like(wide, -log_sphere_area(m)))
 
     def _log_normalizer_at_loc(self) -> torch.Tensor:
-        """log C_m(kappa) + kappa = log p(loc), computed in float64 through the scaled Bessel function
-        (log I_v(kappa) - kappa), so that it keeps its digits where log C_m and kappa are huge and opposite (in float32
-        at kappa = 1e10 their sum is lost entirely); of the concentration's shape before any ``expand``."""
-        m, kappa = self.dim, unexpanded(self.concentration)
-        order, wide = 0.5 * m - 1, kappa.double()
-        log_c = order * torch.log(wide) - 0.5 * m * math.log(2 * math.pi) - self._bessel_terms()[0]
-        return torch.where(wide > 0, log_c, torch.full_like(wide, -log_sphere_area(m))).to(kappa.dtype)
+        """log C_m(kappa) + kappa = log p(loc) (:meth:`_wide_log_normalizer_at_loc`), in the concentration's dtype
+        and of its shape before any ``expand``."""
+        return self._wide_log_normalizer_at_loc(self._wide_concentration()).to(self.concentration.dtype)
 
     def _log_normalizer(self) -> torch.Tensor:
         """log C_m(kappa) (unexpanded shape)."""
-        kappa = unexpanded(self.concentration)
-        return (self._log_normalizer_at_loc().double() - kappa.double()).to(kappa.dtype)
+        wide = self._wide_concentration()
+        return (self._wide_log_normalizer_at_loc(wide) - wide).to(self.concentration.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log C_m(kappa) + kappa - kappa (1 - loc . z), with 1 - loc . z = ``|loc - z|^2 / 2`` near loc (no
@@ -228,9 +259,9 @@ class VonMisesFisher(SphericalDistribution):
 
     def entropy(self) -> torch.Tensor:
         """-log C_m(kappa) - kappa A_m(kappa) = kappa (1 - A_m) - log p(loc), in float64."""
-        kappa = unexpanded(self.concentration)
-        entropy = kappa.double() * self._bessel_terms()[2] - self._log_normalizer_at_loc().double()
-        return entropy.to(kappa.dtype).expand(self.batch_shape)
+        wide = self._wide_concentration()
+        entropy = wide * self._bessel_terms(wide)[2] - self._wide_log_normalizer_at_loc(wide)
+        return entropy.to(self.concentration.dtype).expand(self.batch_shape)
 
     @property
     def mean(self) -> torch.Tensor:
