@@ -26,12 +26,19 @@ class PowerSpherical(SphericalDistribution):
 
     arg_constraints = {"loc": constraints.sphere, "concentration": constraints.nonnegative}
 
-    def _alpha_beta(self, dtype: torch.dtype | None = None):
-        """a = (m - 1) / 2 + kappa and b = (m - 1) / 2, in ``dtype`` (default the concentration's): float64 keeps
-        the (m - 1) / 2 that float32 rounds away from a large kappa (at 10^7 its spacing is 1)."""
+    def _alpha_beta(self, kappa: torch.Tensor | None = None):
+        """a = (m - 1) / 2 + kappa and b = (m - 1) / 2, of ``kappa`` (default the concentration): its float64 copy
+        (:meth:`_wide_concentration`) keeps the (m - 1) / 2 that float32 rounds away from a large kappa (at 10^7 its
+        spacing is 1)."""
         beta = 0.5 * (self.dim - 1)
-        kappa = self.concentration if dtype is None else self.concentration.to(dtype)
+        kappa = self.concentration if kappa is None else kappa
         return beta + kappa, torch.full_like(kappa, beta)
+
+    def _wide_concentration(self) -> torch.Tensor:
+        """The concentration in float64: one node through which every term of a result passes, so that their
+        gradients add up in float64 before the one cast back (two float64 copies, each cast to float32, cancelled
+        there: d log p(loc)/dkappa was 19% off at kappa = 1e7 and 0 from 1e10)."""
+        return self.concentration.double()
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
@@ -44,13 +51,14 @@ class PowerSpherical(SphericalDistribution):
         w, one_minus_w, one_plus_w = (gamma_a - gamma_b) / total, 2.0 * gamma_b / total, 2.0 * gamma_a / total
         return rotate_from_north_pole(self.loc.expand(shape + self.event_shape), w, one_minus_w, g, gamma_b, one_plus_w)
 
-    def _log_normalizer(self, wide: bool = False) -> torch.Tensor:
-        """-log N(kappa, m), in float64 (lgamma(a) - lgamma(a + b) cancels in float32 at large m); in the
-        concentration's dtype unless ``wide``."""
-        alpha, beta = self._alpha_beta(torch.float64)
+    def _log_normalizer(self, kappa: torch.Tensor | None = None) -> torch.Tensor:
+        """-log N(kappa, m), in float64 (lgamma(a) - lgamma(a + b) cancels in float32 at large m): of the float64
+        ``kappa`` given (:meth:`_wide_concentration`), else in the concentration's dtype."""
+        wide = self._wide_concentration() if kappa is None else kappa
+        alpha, beta = self._alpha_beta(wide)
         log_n = -((alpha + beta) * math.log(2.0) + beta * math.log(math.pi) + torch.lgamma(alpha)
                   - torch.lgamma(alpha + beta))
-        return log_n if wide else log_n.to(self.concentration.dtype)
+        return log_n if kappa is not None else log_n.to(self.concentration.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """-log N + kappa log(1 + loc . z), with 1 + loc . z = ``|loc + z|^2 / 2`` near -loc: a draw rounded close to
@@ -63,20 +71,25 @@ class PowerSpherical(SphericalDistribution):
         cosine = (loc * value64).sum(-1)
         near = 0.5 * (loc + value64).square().sum(-1)
         one_plus_cosine = torch.where(cosine < -0.5, near, 1.0 + cosine).clamp(min=0.0)
-        log_density = self._log_normalizer(wide=True) + self.concentration.double() * torch.log(one_plus_cosine)
+        kappa = self._wide_concentration()
+        log_density = self._log_normalizer(kappa) + kappa * torch.log(one_plus_cosine)
         return log_density.to(torch.promote_types(self.concentration.dtype, value.dtype))
 
     def entropy(self) -> torch.Tensor:
         """-(-log N + kappa E[log(1 + t)]), E[log(1 + t)] = log 2 + digamma(a) - digamma(a + b); in float64."""
-        alpha, beta = self._alpha_beta(torch.float64)
+        kappa = self._wide_concentration()
+        alpha, beta = self._alpha_beta(kappa)
         expected_log = math.log(2.0) + torch.digamma(alpha) - torch.digamma(alpha + beta)
-        entropy = -(self._log_normalizer(wide=True) + self.concentration.double() * expected_log)
+        entropy = -(self._log_normalizer(kappa) + kappa * expected_log)
         return entropy.to(self.concentration.dtype)
 
     @property
     def mean(self) -> torch.Tensor:
-        alpha, beta = self._alpha_beta()
-        return ((alpha - beta) / (alpha + beta)).unsqueeze(-1) * self.loc
+        # E[t] = (a - b) / (a + b) = kappa / (kappa + m - 1), in float64: in float32 a = b + kappa rounds a small
+        # kappa away (m = 500, kappa = 1e-3: 0.7% off; m = 2, kappa = 1e-8: 0)
+        kappa = self._wide_concentration()
+        mean = (kappa / (kappa + (self.dim - 1))).to(self.concentration.dtype)
+        return mean.unsqueeze(-1) * self.loc
 
     @property
     def variance(self) -> torch.Tensor:
