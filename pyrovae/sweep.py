@@ -72,7 +72,7 @@ class Sweep:
                     raise ValueError(
                         f"{self.path} holds results of other settings: "
                         + ", ".join(f"{key} {found.get(key)!r} there, {settings.get(key)!r} now" for key in differ)
-                        + "; write to another folder (--out), or delete it to start again"
+                        + "; give the sweep another results file (a script: another --out), or delete it to start again"
                     )
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -87,13 +87,20 @@ def _exploded_message(first: float, loss: float, epoch: int, step: SVIStep, chec
             f"diverged parameters{_kept(checkpoint)}")
 
 
-def _diverged(epoch: int, step: int, params: list, checkpoint) -> str:
+def _diverged(step: int, steps_per_epoch: int, params: list, checkpoint) -> str:
     """What a user needs to know when a step is not finite: where, what the parameters are now, what to do."""
     finite = all(bool(torch.isfinite(p).all()) for p in params)
     state = ("the step was not applied, so the model and guide keep their last finite parameters" if finite else
              "the parameters themselves are no longer finite (an earlier step with finite gradients made them so)")
-    return (f"the loss or a gradient became non-finite at epoch {epoch + 1}, step {step + 1}; {state}"
-            f"{_kept(checkpoint)}. Lower the learning rate, use pyro.optim.ClippedAdam, or check the data scale")
+    epoch, within = divmod(step, max(steps_per_epoch, 1))
+    where = f"epoch {epoch + 1}, step {within + 1} of {steps_per_epoch} (step {step + 1} of the run)"
+    go_on = ""
+    if checkpoint is not None and os.path.exists(checkpoint):  # its settings are fixed: another rate is a new run
+        go_on = (f"; to go on from that epoch with another rate, load its weights (saved = load_checkpoint("
+                 f"{str(checkpoint)!r}); model.load_state_dict(saved['modules']['model']); the guide's likewise) and "
+                 "train with a new checkpoint path")
+    return (f"the loss or a gradient became non-finite at {where}; {state}{_kept(checkpoint)}. Lower the learning "
+            f"rate, use pyro.optim.ClippedAdam, or check the data scale{go_on}")
 
 
 _EVAL_BATCH_SIZE = 1024  # data per batch of the end-of-epoch scores, unless eval_batch_size says otherwise
@@ -362,7 +369,7 @@ def _fit(run: _Run, epochs: range) -> None:
                     filled = (data_scale, beta)
                 loss = step(args, scales)
                 if loss is None:
-                    raise TrainingDiverged(_diverged(epoch, global_step, step.params, saved.path))
+                    raise TrainingDiverged(_diverged(global_step, steps_per_epoch, step.params, saved.path))
                 total_loss += loss / data_scale
                 if first_loss is None:  # one synchronisation per run
                     first_loss, first_seen = all_reduce_sum(torch.stack([loss / data_scale, loss.new_tensor(
@@ -372,11 +379,11 @@ def _fit(run: _Run, epochs: range) -> None:
                 global_step += 1
                 if step.deferred and (global_step - first_step) % 256 == 0 and step.failed:  # long epochs stop early
                     failure = first_step + step.first_failure
-                    raise TrainingDiverged(_diverged(failure // steps_per_epoch, failure, step.params, saved.path))
+                    raise TrainingDiverged(_diverged(failure, steps_per_epoch, step.params, saved.path))
                 bar.update()
             if step.deferred and step.failed:  # one synchronisation per epoch: was any step not finite?
                 failure = first_step + step.first_failure
-                raise TrainingDiverged(_diverged(failure // steps_per_epoch, failure, step.params, saved.path))
+                raise TrainingDiverged(_diverged(failure, steps_per_epoch, step.params, saved.path))
             total_loss, seen = all_reduce_sum(torch.stack([total_loss, total_loss.new_tensor(seen)])).tolist()
             record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "kl_weight": beta}
             if first_loss is not None and _exploded(first_loss, record["loss"]):
