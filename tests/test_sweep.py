@@ -33,8 +33,8 @@ def test_results_of_other_settings_are_refused_naming_the_differences(tmp_path):
     path = tmp_path / "runs.json"
     Sweep(path, settings={"hidden": [256, 128], "lr": 1e-3}).run("a", lambda: 1.0)
     assert Sweep(path, settings={"hidden": [256, 128], "lr": 1e-3}).run("a", lambda: 2.0) == 1.0
-    with pytest.raises(ValueError, match=r"other settings: hidden \[256, 128\] there, \[32, 16\] now; write to "
-                                         r"another folder"):
+    with pytest.raises(ValueError, match=r"other settings: hidden \[256, 128\] there, \[32, 16\] now; give the "
+                                         r"sweep another results file"):
         Sweep(path, settings={"hidden": (32, 16), "lr": 1e-3})
     with pytest.raises(ValueError, match="proposal None there, 'auto' now"):
         Sweep(path, settings={"hidden": [256, 128], "lr": 1e-3, "proposal": "auto"})
