@@ -112,9 +112,12 @@ def per_datum_log_prob(site: dict, max_plate_nesting: int) -> torch.Tensor:
     with enumerated values (if any) in the leading dimensions."""
     frame = _data_frame(site)
     if frame is None:
+        plates = [f.name for f in site.get("cond_indep_stack", ()) if f.vectorized and not f.name.startswith("_")]
+        inside = f" (it is inside {plates}: the plate must be named {DATA_PLATE!r})" if plates else ""
         raise ValueError(
-            f"sample site {site['name']!r} lies outside pyro.plate({DATA_PLATE!r}); a per-datum log-likelihood "
-            f"needs every latent and observed site inside the {DATA_PLATE!r} plate (the model/guide contract)"
+            f"sample site {site['name']!r} lies outside pyro.plate({DATA_PLATE!r}){inside}; a per-datum "
+            f"log-likelihood needs every latent and observed site inside the {DATA_PLATE!r} plate (the model/guide "
+            "contract)"
         )
     _check_unscaled(site)
     log_prob = site["log_prob"]

@@ -195,6 +195,8 @@ def log_likelihood_in_parts(
     if num_data == 0:
         raise ValueError("log_likelihood_in_parts got an empty data set")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file; log_likelihood_in_parts keeps its parts in a folder: give a folder")
     folder.mkdir(parents=True, exist_ok=True)
     manifest = json.dumps(_manifest(num_data, part_size, seed, recorded, parameters_digest(model, guide),
                                     data_digest(data)), indent=1)

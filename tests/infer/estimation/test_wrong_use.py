@@ -133,3 +133,24 @@ def test_the_refinement_steps_grow_with_the_latent_size():
         log_likelihood(model, guide, x, num_samples=50, proposal="guide", refine_steps=5)
     with pytest.raises(ValueError, match="refine_steps must be"):
         log_likelihood(model, guide, x, num_samples=50, proposal="auto", refine_steps=0)
+
+
+def test_a_plate_of_another_name_and_a_file_for_a_folder_are_named(tmp_path):
+    from pyrovae.infer import log_likelihood_in_parts
+
+    W, mu, x = ppca()
+
+    def model(x):
+        with pyro.plate("batch", x.shape[-2]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(Z_DIM, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + mu, SIGMA).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("batch", x.shape[-2]):
+            pyro.sample("z", dist.Normal(torch.zeros(len(x), Z_DIM, dtype=x.dtype), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=r"inside \['batch'\]: the plate must be named 'data'"):
+        log_likelihood(model, guide, x, num_samples=50)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="is a file; .*give a folder"):
+        log_likelihood_in_parts(make_model(W, mu), make_guide(W, mu), x, tmp_path / "afile", num_samples=50)
