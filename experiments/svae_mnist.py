@@ -81,7 +81,8 @@ parser.add_argument("--ais-steps", type=positive_int, default=200,
                     help="annealing steps of the 'auto' estimator's AIS stage")
 parser.add_argument("--refine-steps", type=positive_int, default=None,
                     help="optimisation steps of the refined proposals (default: 12 per latent dimension, at least "
-                         "100; 100 resumes a scoring made before they grew with the dimension)")
+                         "100, for the N-VAE's full-covariance refinement; 100 for the S-VAE's; 100 resumes a "
+                         "scoring made before they grew with the dimension)")
 parser.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once, each in its own process")
 parser.add_argument("--compile", action="store_true",
                     help="train(compile=True): the step compiled by inductor instead of the traced ELBO")

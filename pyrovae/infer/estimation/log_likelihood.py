@@ -169,7 +169,8 @@ def log_likelihood(
     :param int ais_steps: annealing steps of ``"auto"``'s AIS stage (default 200); its schedule is checked by
         bidirectional Monte Carlo whatever it is.
     :param int refine_steps: optimisation steps of the refined proposals and of ``"auto"``'s refined stage
-        (default: ``max(100, 12 x`` the latent size per datum``)``, :class:`~pyrovae.infer.RefinedProposal`).
+        (default: ``max(100, 12 x`` the latent size per datum``)`` for a full-covariance refinement, as ``"auto"``'s
+        of a Gaussian guide; 100 within the guide's family: :class:`~pyrovae.infer.RefinedProposal`).
     """
     check_integer("num_samples", num_samples, 1)
     check_integer("ais_chains", ais_chains, 1, allow_none=True)

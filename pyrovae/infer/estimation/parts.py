@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_device, check_integer
 from pyrovae.infer.batches import BatchSource
-from pyrovae.infer.estimation.log_likelihood import REFINED, as_proposal, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write
 
@@ -129,7 +129,8 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
-MANIFEST_VERSION = 2  # 2: the refinement's steps grow with the latent size (version 1: 100 steps at every size)
+MANIFEST_VERSION = 2  # 2: full-covariance refinement's steps grow with the latent size (1: 100 at every size)
+FULL_COVARIANCE = ("auto", "refined-full")  # the proposals whose default refinement steps changed in version 2
 
 
 def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data: str | None) -> dict:
@@ -138,11 +139,12 @@ def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: s
 
 
 def _upgraded(found: dict) -> dict:
-    """A manifest of an earlier version in this version's terms: a version-1 scoring that refined (the refined
-    proposals, ``"auto"``) did so with 100 steps, ``refine_steps=100`` now."""
+    """A manifest of an earlier version in this version's terms: a version-1 scoring whose refinement may have been
+    of full covariance (``"auto"``, ``"refined-full"``), whose steps now grow with the latent size, did so with 100
+    steps: ``refine_steps=100`` now."""
     found = {**found, "options": _without_defaults(found.get("options", {}))}
     if found.get("version", 1) == 1:
-        if found["options"].get("proposal") in REFINED and "refine_steps" not in found["options"]:
+        if found["options"].get("proposal") in FULL_COVARIANCE and "refine_steps" not in found["options"]:
             found["options"] = _without_defaults({**found["options"], "refine_steps": 100})
         found["version"] = MANIFEST_VERSION
     return found

@@ -184,7 +184,7 @@ def _divergences(components: dict, templates: dict, indices: dict, batch_size: i
     return total
 
 
-MIN_STEPS, STEPS_PER_DIMENSION = 100, 12  # the refinement's default steps: max(100, 12 x the latent size per datum)
+MIN_STEPS, STEPS_PER_DIMENSION = 100, 12  # default steps: 100, or max(100, 12 x the latent size) for full covariance
 
 
 class RefinedProposal(Proposal):
@@ -221,11 +221,14 @@ class RefinedProposal(Proposal):
     ``starts - 1``); a ``lr`` that is not a finite positive number; ``full_covariance`` for a family other than a
     Gaussian (a vMF or Power Spherical on the sphere, a LogNormal, a flow); a point-mass guide (nothing to refine).
 
-    :param int steps: optimisation steps per batch (>= 1; default ``max(100, 12 x`` the refined latents' size per
-        datum``)``: 100 up to 8 dimensions, 240 at 20, 480 at 40). A fixed 100 left q* short of its optimum in many
-        dimensions, and the proposal too narrow: on a linear-Gaussian model at d = 25, certified estimates 0.3-0.5
-        nats low (mean -0.12 per datum); on the Table 1 N-VAE at d = 40, the refined stage of ``"auto"`` 0.07 nats
-        below AIS on the images it certified. With the default, -0.01 and +0.003 +/- 0.016.
+    :param int steps: optimisation steps per batch (>= 1). Default: with ``full_covariance``, ``max(100, 12 x`` the
+        refined latents' size per datum``)`` (100 up to 8 dimensions, 240 at 20, 480 at 40): a fixed 100 left the
+        full-covariance q* short of its optimum in many dimensions, and the proposal too narrow (on a linear-Gaussian
+        model at d = 25, ``"auto"`` certified estimates 0.3-0.5 nats low, mean -0.12 per datum; on the Table 1
+        N-VAE at d = 40 its refined stage was 0.07 nats below AIS on the images it certified; with the default,
+        -0.009 and +0.003 +/- 0.016). Within the guide's own family (a diagonal Gaussian, a vMF), 100: there the
+        optimum itself is narrower than the posterior, and longer refinement makes the proposal narrower still
+        (mean-field at d = 20: -0.43 nats per datum after 100 steps, -0.75 after 240).
     :param float lr: Adam's learning rate on the unconstrained parameters (location, log scale).
     :param int num_particles: reparameterised draws per datum, start and step.
     :param str objective: ``"elbo"`` or ``"iwae"``.
@@ -271,8 +274,10 @@ class RefinedProposal(Proposal):
 
     def steps_for(self, latent_size: int) -> int:
         """The optimisation steps for latents of ``latent_size`` dimensions per datum: ``steps``, or by default
-        ``max(MIN_STEPS, STEPS_PER_DIMENSION * latent_size)``."""
-        return self.steps if self.steps is not None else max(MIN_STEPS, STEPS_PER_DIMENSION * latent_size)
+        ``max(MIN_STEPS, STEPS_PER_DIMENSION * latent_size)`` with ``full_covariance`` and ``MIN_STEPS`` without."""
+        if self.steps is not None:
+            return self.steps
+        return max(MIN_STEPS, STEPS_PER_DIMENSION * latent_size) if self.full_covariance else MIN_STEPS
 
     def refine(self, model, guide, x, max_plate_nesting) -> tuple[Callable, torch.Tensor]:
         """The refined proposal for ``x`` and each datum's objective at the last step, ``(B,)`` (with an enumerated

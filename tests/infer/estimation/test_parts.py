@@ -340,7 +340,7 @@ def test_a_scoring_of_an_earlier_version_resumes_with_its_refinement_steps(tmp_p
     takes refine_steps=100, and the default (steps by the latent size) is refused with that fix named."""
     W, mu, x = ppca(6)
     model, guide = make_model(W, mu), make_guide(W, mu)
-    options = dict(part_size=20, num_samples=50, proposal="refined")
+    options = dict(part_size=20, num_samples=50, proposal="refined-full")
     first = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, refine_steps=100, **options)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["version"] == 2 and manifest["options"]["refine_steps"] == 100
