@@ -52,8 +52,8 @@ def _check_proposal_source(guide, data) -> None:
 def as_proposal(proposal: str | Proposal, refine_steps: int | None = None) -> Proposal:
     """A :class:`Proposal` from itself or its name: ``"guide"``, ``"defensive"``, ``"refined"``,
     ``"refined+defensive"`` (the most reliable: the mixture of refined optima mixed with a wider copy of itself),
-    ``"refined-iwae"`` or ``"refined-full"``; ``refine_steps``: the refined proposals' steps (default: by the latent
-    size, :class:`~pyrovae.infer.RefinedProposal`)."""
+    ``"refined-iwae"`` or ``"refined-full"``; ``refine_steps``: the refined proposals' steps (default:
+    :class:`~pyrovae.infer.RefinedProposal`'s, which grow with the latent size for a full covariance)."""
     if refine_steps is not None and proposal not in REFINED:
         raise ValueError(f"refine_steps sets the refinement of the proposals {list(REFINED)}, and proposal is "
                          f"{proposal!r}")
