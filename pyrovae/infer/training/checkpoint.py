@@ -309,15 +309,15 @@ class TrainingCheckpoint:
         self._check_settings(saved)
         kept = {name: {key: value.clone() for key, value in module.state_dict().items()}
                 for name, module in self.modules.items()}
-        try:
-            for name, module in self.modules.items():
+        for name, module in self.modules.items():
+            try:
                 module.load_state_dict(saved["modules"][name])
-        except RuntimeError as error:  # a module of other sizes: put back what was loaded before it
-            for name, module in self.modules.items():
-                module.load_state_dict(kept[name])
-            raise ValueError(
-                f"checkpoint {self.path} holds a different {name} ({error}); delete it or fix the sizes"
-            ) from error
+            except RuntimeError as error:  # a module of other sizes: put back what was loaded before it
+                for other, loaded in self.modules.items():
+                    loaded.load_state_dict(kept[other])
+                raise ValueError(
+                    f"checkpoint {self.path} holds a different {name} ({error}); delete it or fix the sizes"
+                ) from error
         with torch.no_grad():
             for name, value in saved.get("pyro_params", {}).items():
                 self.store_params[name].copy_(value)
