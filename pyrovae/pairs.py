@@ -31,7 +31,7 @@ import torch
 
 from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
 from pyrovae.guides.base import AmortizedGuide
-from pyrovae.infer.training.checkpoint import FileLock, atomic_write
+from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
 from pyrovae.likelihoods import get_likelihood, likelihood_names
 from pyrovae.models import GMVAE, SVAE, VAE
 from pyrovae.nn.checks import check_int, check_name
@@ -297,12 +297,6 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
-def _first_line(error: Exception) -> str:
-    """The first line of ``error``, unless it is torch's advice to load with ``weights_only=False`` (unsafe)."""
-    line = str(error).splitlines()[0] if str(error) else ""
-    return "" if not line or "weights_only" in line or "Weights only" in line else f": {line}"
-
-
 def read_weights(folder: str | os.PathLike, config: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """The weights saved in ``folder``, read with ``torch.load(weights_only=True)``: a file holding anything but
     tensors in dicts (such as a pickle that would run code) is refused, and nothing in it is executed. With the
@@ -319,9 +313,9 @@ def read_weights(folder: str | os.PathLike, config: dict | None = None) -> dict[
         weights = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
         raise ValueError(
-            f"{path} was refused: it is not a plain dict of tensors ({type(error).__name__}"
-            f"{_first_line(error)}). It may be damaged or crafted to run code, and it was not executed; load only "
-            "folders from people you trust, or save the pair again"
+            f"{path} was refused: it is not a plain dict of tensors ({load_error(error)}). It may be damaged or "
+            "crafted to run code, and it was not executed; load only folders from people you trust, or save the "
+            "pair again"
         ) from None
     valid = (isinstance(weights, dict) and set(weights) == {"model", "guide"}
              and all(isinstance(part, dict) and all(isinstance(t, torch.Tensor) for t in part.values())

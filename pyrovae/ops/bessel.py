@@ -153,8 +153,10 @@ def _asymptotic_coefficients(v):
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_coefficients(v: float) -> tuple:
-    return tuple(_asymptotic_coefficients(v))
+def _series_weights(v: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """k c_k, k = 1..K, of one order: the weights of x^-(k+1) in R_v'(x) far beyond the order."""
+    c = _asymptotic_coefficients(v)
+    return torch.tensor([k * c[k] for k in range(1, _ASYMPTOTIC_TERMS + 1)], dtype=dtype, device=device)
 
 
 def _ratio_derivative(v, x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -166,13 +168,23 @@ def _ratio_derivative(v, x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     safe_x = torch.where(tiny, torch.ones_like(x), x)
     derivative = 1.0 - ratio * ratio - (2.0 * v + 1.0) * ratio / safe_x
     far = x > (v + 1.0) ** 2 + 25.0  # no branch on it: a traced or compiled backward has no data-dependent flow
-    c = _cached_coefficients(float(v)) if isinstance(v, (int, float)) else _asymptotic_coefficients(v)
     inverse = 1.0 / torch.where(far, x, torch.full_like(x, 1e300 if x.dtype == torch.float64 else 1e30))
-    series = torch.zeros_like(x)
-    for k in range(_ASYMPTOTIC_TERMS, 0, -1):  # Horner in 1/x: sum_k k c_k x^-(k+1)
-        series = (series + k * c[k]) * inverse
-    derivative = torch.where(far, series * inverse, derivative)
+    derivative = torch.where(far, _asymptotic_derivative(v, inverse), derivative)
     return torch.where(tiny, 1.0 / (2.0 * v + 2.0), derivative)
+
+
+def _asymptotic_derivative(v, inverse: torch.Tensor) -> torch.Tensor:
+    """sum_k k c_k x^-(k+1) at ``inverse`` = 1 / x: for one order (a number, the usual case: the von Mises-Fisher's),
+    as one power and one product with the coefficients (a few operations in the backward of every step); for a
+    tensor of orders, by Horner's rule."""
+    if isinstance(v, (int, float)):
+        powers = inverse.unsqueeze(-1).expand(*inverse.shape, _ASYMPTOTIC_TERMS + 1).cumprod(-1)[..., 1:]
+        return powers @ _series_weights(float(v), inverse.dtype, inverse.device)
+    c = _asymptotic_coefficients(v)
+    series = torch.zeros_like(inverse)
+    for k in range(_ASYMPTOTIC_TERMS, 0, -1):
+        series = (series + k * c[k]) * inverse
+    return series * inverse
 
 
 class _BesselRatio(torch.autograd.Function):

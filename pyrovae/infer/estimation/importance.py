@@ -131,7 +131,10 @@ def per_datum_log_prob(site: dict, max_plate_nesting: int) -> torch.Tensor:
 def _check_unscaled(site: dict) -> None:
     """Refuse a site whose log-density Pyro scales: the weights would not be those of p(x, z) / q(z | x)."""
     scale = site.get("scale", 1.0)
-    if bool(torch.as_tensor(scale).eq(1).all()):
+    if not isinstance(scale, torch.Tensor):  # Pyro's usual number: no tensor made in AIS's inner loop
+        if scale == 1:
+            return
+    elif bool((scale == 1).all()):
         return
     shown = f"{float(scale):g}" if not isinstance(scale, torch.Tensor) or scale.numel() == 1 else "a tensor"
     raise ValueError(

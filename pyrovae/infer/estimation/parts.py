@@ -33,7 +33,7 @@ from pyrovae.infer.arguments import check_device, check_integer
 from pyrovae.infer.batches import BatchSource
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
-from pyrovae.infer.training.checkpoint import FileLock, atomic_write
+from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
 
 MANIFEST = "manifest.json"
 _OPTIONS = inspect.signature(log_likelihood)
@@ -266,7 +266,7 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
         try:
             return LogLikelihood(**torch.load(path, weights_only=True))
         except Exception as error:  # a truncated or foreign file: say which, never suggest weights_only=False
-            raise ValueError(f"part {path.name} in {folder} cannot be read ({type(error).__name__}); it is corrupt "
+            raise ValueError(f"part {path.name} in {folder} cannot be read ({load_error(error)}); it is corrupt "
                              "or not a part: delete it, and the next call scores that part again") from None
     with torch.random.fork_rng(devices=_cuda_devices()):
         torch.manual_seed(int(np.random.SeedSequence([seed, part]).generate_state(1)[0]))

@@ -186,11 +186,18 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     except FileNotFoundError:
         raise
     except Exception as error:  # torch raises several types for a damaged file
-        reason = str(error).splitlines()[0] if "weights_only" not in str(error).splitlines()[0] else "it holds objects"
         raise ValueError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}: {reason}); it is damaged, or holds objects a "
-            "checkpoint never holds (a file crafted to run code is refused, never run); delete it to start afresh"
+            f"checkpoint {path} cannot be read ({load_error(error)}); it is damaged, or holds objects a checkpoint "
+            "never holds (a file crafted to run code is refused, never run); delete it to start afresh"
         ) from None
+
+
+def load_error(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line: the error's type and first line, without
+    torch's advice to load it with ``weights_only=False`` (which would run a crafted file's code)."""
+    line = str(error).splitlines()[0] if str(error) else ""
+    unsafe = not line or "weights_only" in line or "Weights only" in line
+    return type(error).__name__ if unsafe else f"{type(error).__name__}: {line}"
 
 
 _CHECKPOINT_VERSION = 1

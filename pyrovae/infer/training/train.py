@@ -272,14 +272,14 @@ def train(
         stopping = EarlyStopping(patience, keep_best=restore_best and (patience is not None or validation is not None))
         if checkpoint is not None and is_main_process():
             lock = _lock_checkpoint(checkpoint)
+        digested = checkpoint is not None  # the data's digests are what a checkpoint compares on resume
         settings = {"batch_size": batches.source.batch_size, "num_data": batches.num_data,
-                    "data": batches.fingerprint() if checkpoint is not None else None,  # 64 data, as before
-                    "all_data": batches.fingerprint(None) if checkpoint is not None else None, "elbo": elbo_name,
+                    "data": batches.fingerprint() if digested else None,  # 64 data, as older checkpoints hold
+                    "all_data": batches.fingerprint(None) if digested else None, "elbo": elbo_name,
                     "num_particles": num_particles, "kl_weight": kl_weight, "kl_warmup_epochs": kl_warmup_epochs,
                     "seed": seed, "freeze": freeze, "drop_last": drop_last,
                     # what early stopping compares (a checkpoint written before these were kept is not checked on them)
-                    "val_data": (validation.fingerprint(None) if validation is not None else None)
-                    if checkpoint is not None else None,
+                    "val_data": validation.fingerprint(None) if digested and validation is not None else None,
                     "patience": patience, "restore_best": stopping.keep_best}
         saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings)
         history, start_epoch = History(), 0
