@@ -22,11 +22,17 @@ and ``label_transfer``, a LabelTransferGMVAE whose classifier labels the query. 
 * **everything**: the same model trained on all parts at once (``--epochs``), the query's cell lines hidden;
   labels from its classifier, or by the same vote.
 
+With ``--peer`` the same reference, queries and everything model are also run with scvi-tools' scArches
+(``SCVI`` with scArches' recommended architecture: layer norm, no batch norm, dropout 0.2, covariates encoded;
+``SCVI.load_query_data`` for the mapping), with our optimiser settings (Adam, no KL warm-up, no weight decay; the
+reference and everything model at 1e-3, the mapping at ``--map-lr``) and labels by the same nearest-neighbour vote.
+
 Scores: label accuracy on the query cells; mixing of the reference and query latents (iLISI and batch ASW by cell
 line; 1 is perfectly mixed); seconds of mapping against seconds of training on everything. Figure: t-SNE of the
 latents by batch and by cell line, mapped and everything, for each kind.
 """
 
+import logging
 import time
 
 import matplotlib.pyplot as plt
@@ -38,6 +44,7 @@ import pyrovae.sc as sc
 from pyrovae.data import CountData, load_count_dataset
 from pyrovae.experiment import experiment_parser, non_negative_int, positive_float, positive_int, setup, write_metrics
 from pyrovae.metrics import batch_asw, ilisi
+from pyrovae.optional import require
 from pyrovae.plots import save
 
 PARTS = {
@@ -73,6 +80,9 @@ parser.add_argument("--early-stopping", action="store_true",
 parser.add_argument("--feature-batch-norm", action="store_true",
                     help="the label-transfer GMVAE with batch norm on its guide's features too (feature_batch_norm), "
                          "so that --batch-norm query adapts its classifier to the query")
+parser.add_argument("--peer", action="store_true",
+                    help="also scvi-tools' scArches (SCVI, load_query_data) on the same split and settings "
+                         "(pip install -e '.[peer]')")
 args = parser.parse_args()
 device = setup(args)
 
@@ -173,6 +183,50 @@ for kind in args.kinds:
               f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
     print(f"{kind:>14}: mapping took {results[kind]['time_ratio']:.2f} of training on everything "
           f"(reference {reference_seconds:.1f} s)")
+
+def scvi_fit(data, epochs: int, lr: float, reference=None):
+    """scvi-tools' SCVI trained on ``data`` (a query mapped onto ``reference`` when given) and its seconds."""
+    scvi = require("scvi")
+    scvi.settings.seed = args.seed
+    started = time.perf_counter()
+    if reference is None:
+        scvi.model.SCVI.setup_anndata(data, layer="counts", batch_key="part")
+        fitted = scvi.model.SCVI(data, n_hidden=args.hidden, n_latent=args.latent, n_layers=1, gene_likelihood="nb",
+                                 use_layer_norm="both", use_batch_norm="none", encode_covariates=True,
+                                 dropout_rate=0.2)
+    else:
+        fitted = scvi.model.SCVI.load_query_data(data, reference)
+    stopping = {"train_size": 0.9, "early_stopping": True, "early_stopping_patience": 45} if args.early_stopping \
+        else {"train_size": 1.0}
+    fitted.train(max_epochs=epochs, batch_size=args.batch_size, accelerator="cpu" if device.type == "cpu" else "gpu",
+                 enable_progress_bar=not args.no_progress, **stopping,
+                 plan_kwargs={"lr": lr, "eps": 1e-8, "weight_decay": 0.0, "n_epochs_kl_warmup": None,
+                              "n_steps_kl_warmup": None})
+    return fitted, time.perf_counter() - started
+
+
+if args.peer:
+    for noisy in ("scvi", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    peer_reference, reference_seconds = scvi_fit(reference_adata.copy(), args.epochs, 1e-3)
+    peer_mapped, mapping_seconds = scvi_fit(query_adata.copy(), args.map_epochs, args.map_lr, peer_reference)
+    latent = np.empty((adata.n_obs, args.latent), dtype=np.float32)
+    latent[is_reference] = peer_reference.get_latent_representation()
+    latent[~is_reference] = peer_mapped.get_latent_representation()
+    labels = sc.nearest_neighbor_labels(latent[is_reference], lines[is_reference], latent[~is_reference])["label"]
+    peer_everything, everything_seconds = scvi_fit(adata.copy(), args.epochs, 1e-3)
+    combined = peer_everything.get_latent_representation()
+    everything_labels = sc.nearest_neighbor_labels(combined[is_reference], lines[is_reference],
+                                                   combined[~is_reference])["label"]
+    results["scvi_tools"] = {"mapped": {**scores(latent, labels), "seconds": mapping_seconds},
+                             "everything": {**scores(combined, everything_labels), "seconds": everything_seconds},
+                             "reference_seconds": reference_seconds,
+                             "time_ratio": mapping_seconds / everything_seconds}
+    latents["scvi_tools"] = {"mapped": latent, "everything": combined}
+    for name in ("mapped", "everything"):
+        row = results["scvi_tools"][name]
+        print(f"{'scvi_tools':>14} {name:>10}: query accuracy {row['query_accuracy']:.3f}, iLISI {row['ilisi']:.3f}, "
+              f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
 
 panels = [(kind, name) for kind in latents for name in latents[kind]]
 fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 8.5), squeeze=False)

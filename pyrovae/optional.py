@@ -27,6 +27,7 @@ EXTRAS = {
     "pyarrow": "atlas",
     "huggingface_hub": "hub",
     "matplotlib": "plot",
+    "scvi": "peer",
 }
 
 
@@ -71,6 +72,6 @@ def lazy_import(module: str) -> LazyModule:
     return LazyModule(module)
 
 
-_DISTRIBUTIONS = {"sklearn": "scikit-learn", "huggingface_hub": "huggingface-hub"}
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "huggingface_hub": "huggingface-hub", "scvi": "scvi-tools"}
 
 __all__ = ["EXTRAS", "LazyModule", "lazy_import", "require"]

@@ -66,7 +66,7 @@ def evaluation_mode(*modules):
 @torch.no_grad()
 def evaluate(
     model: Callable, guide: Callable, data, max_data: int | None = None, across_ranks: bool = False,
-    batch_size: int | None = None,
+    batch_size: int | None = None, check_pairing: bool = True,
 ) -> dict:
     """Mean per-datum ELBO, reconstruction log-likelihood and KL over ``data`` (up to ``max_data`` data), with the
     model and guide in evaluation mode.
@@ -74,6 +74,8 @@ def evaluate(
     :param data: anything :func:`~pyrovae.data.as_source` accepts (on the model's device), or a :class:`BatchSource`.
     :param int max_data: evaluate the first batches up to at least this many data (>= 1; None: all of them).
     :param bool across_ranks: every rank evaluated its own part of the data: average over all of them.
+    :param bool check_pairing: check the model and guide against each other on the first batch first (as
+        :func:`~pyrovae.infer.train` does); :func:`~pyrovae.infer.train` itself checks once, not every epoch.
     """
     check_integer("max_data", max_data, 1, allow_none=True)
     batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
@@ -81,7 +83,7 @@ def evaluate(
     total_reconstruction, total_kl, count = 0.0, 0.0, 0
     with evaluation_mode(model, guide):
         for args in batches:
-            if count == 0:
+            if count == 0 and check_pairing:
                 check_model_guide(model, guide, args)  # the pairing, as train checks it
             with pyro.validation_enabled(False):
                 reconstruction, kl = elbo_terms(model, guide, args)

@@ -270,3 +270,20 @@ def test_tracing_leaves_batch_norm_statistics_as_one_eager_step_does():
     for eager, traced in zip(stats["trace"], stats["jit"]):
         torch.testing.assert_close(traced, eager)
     assert int(stats["jit"][-1]) == 1  # num_batches_tracked: one step
+
+
+def test_the_pairing_is_checked_once_not_every_epoch(monkeypatch):
+    # train checks the model against the guide before the first step and with the first epoch's scores; the
+    # later epochs' scores (train and validation) do not repeat it (17 ms an epoch on a small count model)
+    import sys
+
+    evaluation, training = (sys.modules[f"pyrovae.infer.{name}"] for name in ("evaluation", "training.train"))
+
+    calls = []
+    for module in (evaluation, training):
+        checked = module.check_model_guide
+        monkeypatch.setattr(module, "check_model_guide",
+                            lambda *a, checked=checked, **k: calls.append(1) or checked(*a, **k))
+    model, guide = small_pair()
+    train(model, guide, data(), epochs=4, batch_size=32, val_data=data(32), progress=False, seed=0)
+    assert len(calls) == 3  # before the first step, and the first epoch's train and validation scores
