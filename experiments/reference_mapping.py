@@ -85,6 +85,8 @@ parser.add_argument("--peer", action="store_true",
                          "(pip install -e '.[peer]')")
 args = parser.parse_args()
 device = setup(args)
+if args.peer:
+    require("scvi")  # before any training: an ImportError naming the extra that installs it
 
 
 def generated_part(batch: int, num_cells: int = 150, num_genes: int = 300) -> CountData:

@@ -205,6 +205,17 @@ def test_smoke_reference_mapping(tmp_path):
     assert two["reference_cells"] + 150 == two["cells"] == metrics["cells"]
 
 
+
+def test_smoke_reference_mapping_against_scvi_tools(tmp_path):
+    """--peer: scvi-tools' scArches on the same split, scored the same way (skipped where scvi-tools is absent)."""
+    pytest.importorskip("scvi")
+    metrics = run_script("reference_mapping", tmp_path, "--dataset", "synthetic", "--epochs", "2", "--map-epochs", "2",
+                         "--genes", "60", "--latent", "3", "--hidden", "16", "--kinds", "vae", "--peer")["metrics"]
+    peer = metrics["results"]["scvi_tools"]
+    for run in (peer["mapped"], peer["everything"]):
+        assert 0 <= run["query_accuracy"] <= 1 and 0 <= run["ilisi"] <= 1 and 0 <= run["batch_asw"] <= 1
+    assert peer["time_ratio"] > 0 and set(metrics["results"]) == {"vae", "scvi_tools"}
+
 @pytest.mark.data
 def test_smoke_reference_mapping_null_control(tmp_path):
     """--dataset halves: the plates pooled and split at random, half A the reference, half B the query."""
