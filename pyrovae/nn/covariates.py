@@ -13,6 +13,7 @@ as scVI's decoder does, so that a batch cannot be forgotten after the first laye
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -122,6 +123,12 @@ class ConditionalMLP(nn.Module):
     first. ``s`` has the data's batch shape and is broadcast against any leading sample dimensions of ``h``, and
     ``V s`` is computed once per call, not once per sample.
 
+    An injected layer starts as one linear layer over the concatenation ``[h, s]`` would (as scVI's layers do):
+    ``W``, ``V`` and ``b`` uniform in +/- 1 / sqrt(width of h + width of s). ``V`` on its own fan-in (a one-hot's
+    few columns) would start 20-30 times wider, a random offset per batch in every layer that training has no reason
+    to remove, since the decoder sees the batch too: on CellBench's plates split at random into two "batches" (no
+    batch effect at all) the latent then kept them apart (iLISI 0.76 against 0.93 with this start).
+
     :param int in_features: input size.
     :param int side_features: covariate feature size (:attr:`Covariates.size`).
     """
@@ -150,6 +157,12 @@ class ConditionalMLP(nn.Module):
             nn.Linear(self.side_features, b, bias=False) if (inject == "all" or i == 0) else None
             for i, b in enumerate(sizes[1:])
         )
+        with torch.no_grad():  # each injected layer as one nn.Linear over [h, s]: the bound of their joint fan-in
+            for linear, side in zip(self.linears, self.side):
+                if side is not None:
+                    bound = 1.0 / math.sqrt(linear.in_features + side.in_features)
+                    for parameter in (linear.weight, linear.bias, side.weight):
+                        parameter.uniform_(-bound, bound)
         self.norms = nn.ModuleList(nn.BatchNorm1d(b) if batch_norm else nn.Identity() for b in sizes[1:-1])
         self.activation = make_activation(activation)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

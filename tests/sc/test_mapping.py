@@ -208,7 +208,7 @@ def test_labels_are_transferred_by_the_classifier_or_by_nearest_neighbours(cls):
     query = make_query()
     truth = query.obs["cell_type"].astype(str).to_numpy()
     del query.obs["cell_type"]  # the query's types are unknown
-    reference = reference_model(cls, epochs=15)
+    reference = reference_model(cls, epochs=30)  # 15 epochs left the classifier at 78-100% over seeds
     mapped = reference.map_query(query, epochs=5, batch_size=32, progress=False)
     labels = sc.transfer_labels(reference, mapped)
     assert list(labels.index) == list(query.obs_names)
