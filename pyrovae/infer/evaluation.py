@@ -74,8 +74,9 @@ def evaluate(
     :param data: anything :func:`~pyrovae.data.as_source` accepts (on the model's device), or a :class:`BatchSource`.
     :param int max_data: evaluate the first batches up to at least this many data (>= 1; None: all of them).
     :param bool across_ranks: every rank evaluated its own part of the data: average over all of them.
-    :param bool check_pairing: check the model and guide against each other on the first batch first (as
-        :func:`~pyrovae.infer.train` does); :func:`~pyrovae.infer.train` itself checks once, not every epoch.
+    :param bool check_pairing: check the model and guide against each other on the first batch first;
+        :func:`~pyrovae.infer.train` checks before its first step and with its first epoch's scores, not at every
+        epoch's end.
     """
     check_integer("max_data", max_data, 1, allow_none=True)
     batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
