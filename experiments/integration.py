@@ -53,10 +53,11 @@ device = setup(args)
 
 parts = {name: load_count_dataset(key, args.data_dir).without_covariates() for name, key in
          PARTS[args.dataset].items()}
-cells = CountData.concatenate(parts, batch_key="batch", label_key="cell_line_demuxlet", name=args.dataset)
+# "part", not "batch": the plates hold a "batch" column of their own, which concatenate refuses to overwrite
+cells = CountData.concatenate(parts, batch_key="part", label_key="cell_line_demuxlet", name=args.dataset)
 cells = cells.prepare(num_genes=args.genes, seed=args.seed)
 lines = cells.obs["cell_line_demuxlet"].astype(str).to_numpy()
-batches = cells.obs["batch"].astype(str).to_numpy()
+batches = cells.obs["part"].astype(str).to_numpy()
 num_lines = len(np.unique(lines))
 print(f"{cells}; cell lines {sorted(set(lines))}")
 
@@ -100,7 +101,7 @@ def fit_scvi(defaults: bool):
 
     scvi.settings.seed = args.seed
     adata = cells.to_anndata()
-    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="part")
     peer = scvi.model.SCVI(adata, n_hidden=args.hidden, n_latent=args.latent, n_layers=1, gene_likelihood="nb",
                            dropout_rate=0.1)
     started = time.perf_counter()

@@ -172,6 +172,10 @@ def test_smoke_integration(tmp_path):
 
     adata = anndata.read_h5ad(tmp_path / "integration" / "cells.h5ad")
     assert adata.obsm["X_gmvae"].shape == (metrics["cells"], 3)
+    # the plates hold a "batch" column of their own (the batch is registered as "part")
+    plates = run_script("integration", tmp_path / "plates", "--dataset", "plates", "--epochs", "1", "--genes", "100",
+                        "--models", "vae", "--latent", "3", "--hidden", "16")["metrics"]
+    assert plates["batches"] == ["plate 1", "plate 2", "plate 3"]
 
 
 @pytest.mark.data
