@@ -148,6 +148,23 @@ def scores(latent, labels) -> dict:
             "ilisi": ilisi(latent, batches), "batch_asw": batch_asw(latent, batches, lines)}
 
 
+def joined(reference_latent, query_latent) -> np.ndarray:
+    """The reference's and the query's latents as one array in ``adata``'s cell order."""
+    latent = np.empty((adata.n_obs, reference_latent.shape[1]), dtype=np.float32)
+    latent[is_reference], latent[~is_reference] = reference_latent, query_latent
+    return latent
+
+
+def vote(latent):
+    """The query's cell lines by a vote of their 15 nearest reference cells in ``latent`` (``adata``'s order)."""
+    return sc.nearest_neighbor_labels(latent[is_reference], lines[is_reference], latent[~is_reference])["label"]
+
+
+def report(kind: str, name: str, row: dict) -> None:
+    print(f"{kind:>14} {name:>10}: query accuracy {row['query_accuracy']:.3f}, iLISI {row['ilisi']:.3f}, "
+          f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
+
+
 results, latents = {}, {}
 for kind in args.kinds:
     reference, reference_seconds = trained(KINDS[kind], reference_adata)
@@ -157,20 +174,14 @@ for kind in args.kinds:
         mapped = reference.map_query(query_adata, batch_norm=statistics, epochs=args.map_epochs, lr=args.map_lr,
                                      **train_options)
         mapping_seconds = time.perf_counter() - started
-        latent = np.empty((adata.n_obs, reference.get_latent_representation().shape[1]), dtype=np.float32)
-        latent[is_reference] = reference.get_latent_representation()
-        latent[~is_reference] = mapped.get_latent_representation()
+        latent = joined(reference.get_latent_representation(), mapped.get_latent_representation())
         name = "mapped" if not maps else f"mapped ({statistics} BN)"
         maps[name] = {**scores(latent, sc.transfer_labels(reference, mapped)), "seconds": mapping_seconds,
                       "epochs": len(mapped.history), "batch_norm": statistics}, latent
 
     everything, everything_seconds = trained(KINDS[kind], adata.copy())
     combined = everything.get_latent_representation()
-    if kind == "label_transfer":
-        everything_labels = everything.predict()[~is_reference]
-    else:
-        everything_labels = sc.nearest_neighbor_labels(combined[is_reference], lines[is_reference],
-                                                       combined[~is_reference])["label"]
+    everything_labels = everything.predict()[~is_reference] if kind == "label_transfer" else vote(combined)
     results[kind] = {
         **{name: row for name, (row, _) in maps.items()},
         "everything": {**scores(combined, everything_labels), "seconds": everything_seconds,
@@ -180,11 +191,10 @@ for kind in args.kinds:
     results[kind]["time_ratio"] = results[kind]["mapped"]["seconds"] / everything_seconds
     latents[kind] = {**{name: latent for name, (_, latent) in maps.items()}, "everything": combined}
     for name in [*maps, "everything"]:
-        row = results[kind][name]
-        print(f"{kind:>14} {name:>10}: query accuracy {row['query_accuracy']:.3f}, iLISI {row['ilisi']:.3f}, "
-              f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
+        report(kind, name, results[kind][name])
     print(f"{kind:>14}: mapping took {results[kind]['time_ratio']:.2f} of training on everything "
           f"(reference {reference_seconds:.1f} s)")
+
 
 def scvi_fit(data, epochs: int, lr: float, reference=None):
     """scvi-tools' SCVI trained on ``data`` (a query mapped onto ``reference`` when given) and its seconds, timed as
@@ -217,23 +227,16 @@ if args.peer:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     peer_reference, reference_seconds = scvi_fit(reference_adata.copy(), args.epochs, 1e-3)
     peer_mapped, mapping_seconds = scvi_fit(query_adata.copy(), args.map_epochs, args.map_lr, peer_reference)
-    latent = np.empty((adata.n_obs, args.latent), dtype=np.float32)
-    latent[is_reference] = peer_reference.get_latent_representation()
-    latent[~is_reference] = peer_mapped.get_latent_representation()
-    labels = sc.nearest_neighbor_labels(latent[is_reference], lines[is_reference], latent[~is_reference])["label"]
+    latent = joined(peer_reference.get_latent_representation(), peer_mapped.get_latent_representation())
     peer_everything, everything_seconds = scvi_fit(adata.copy(), args.epochs, 1e-3)
     combined = peer_everything.get_latent_representation()
-    everything_labels = sc.nearest_neighbor_labels(combined[is_reference], lines[is_reference],
-                                                   combined[~is_reference])["label"]
-    results["scvi_tools"] = {"mapped": {**scores(latent, labels), "seconds": mapping_seconds},
-                             "everything": {**scores(combined, everything_labels), "seconds": everything_seconds},
+    results["scvi_tools"] = {"mapped": {**scores(latent, vote(latent)), "seconds": mapping_seconds},
+                             "everything": {**scores(combined, vote(combined)), "seconds": everything_seconds},
                              "reference_seconds": reference_seconds,
                              "time_ratio": mapping_seconds / everything_seconds}
     latents["scvi_tools"] = {"mapped": latent, "everything": combined}
     for name in ("mapped", "everything"):
-        row = results["scvi_tools"][name]
-        print(f"{'scvi_tools':>14} {name:>10}: query accuracy {row['query_accuracy']:.3f}, iLISI {row['ilisi']:.3f}, "
-              f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
+        report("scvi_tools", name, results["scvi_tools"][name])
 
 panels = [(kind, name) for kind in latents for name in latents[kind]]
 fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 8.5), squeeze=False)

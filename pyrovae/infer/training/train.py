@@ -388,13 +388,13 @@ def _fit(run: _Run, epochs: range) -> None:
             record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "kl_weight": beta}
             if first_loss is not None and _exploded(first_loss, record["loss"]):
                 raise TrainingDiverged(_exploded_message(first_loss, record["loss"], epoch, step, saved.path))
-            checked = epoch > epochs.start  # the pairing is checked on the first epoch's scores only
+            first = epoch == epochs.start  # the pairing is checked on the first epoch's scores only
             if run.train_eval is not None:
-                metrics = evaluate(run.model, run.guide, run.train_eval, check_pairing=not checked)
+                metrics = evaluate(run.model, run.guide, run.train_eval, check_pairing=first)
                 record.update({f"train_{k}": v for k, v in metrics.items()})
             if run.validation is not None:
                 metrics = evaluate(run.model, run.guide, run.validation, across_ranks=run.reduce_validation,
-                                   check_pairing=not checked)
+                                   check_pairing=first)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
             bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
             if bad:
