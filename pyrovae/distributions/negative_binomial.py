@@ -30,6 +30,7 @@ from torch.distributions.utils import lazy_property
 from pyrovae.distributions.shapes import check_parameters, expanded_batch_shape
 from pyrovae.distributions.sparse_counts import score_counts
 from pyrovae.distributions.zero_inflated import ZeroInflated
+from pyrovae.ops.capture import capturing
 
 _NO_SHAPE = torch.Size()
 _STIRLING_FROM = 10.0  # the 3-term Stirling remainder is accurate to 1e-10 from here
@@ -42,24 +43,54 @@ def _stirling_remainder(y: torch.Tensor) -> torch.Tensor:
     return inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 / 1260))
 
 
-def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """``lgamma(x + theta) - lgamma(theta) - x log(theta)`` without cancellation for large ``theta``."""
-    large = theta >= _STIRLING_FROM
-    safe = torch.where(large, theta, torch.full_like(theta, _STIRLING_FROM))
-    u = x / safe
+def _series(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The large-theta form of :func:`log_gamma_ratio` (every term of the size of the answer)."""
+    u = x / theta
     log1p_u = torch.log1p(u)
-    series = safe * (log1p_u - u) + (x - 0.5) * log1p_u + _stirling_remainder(safe + x) - _stirling_remainder(safe)
-    small = torch.where(large, torch.ones_like(theta), theta)
-    direct = torch.lgamma(x + small) - torch.lgamma(small) - x * torch.log(small)
-    return torch.where(large, series, direct)
+    return theta * (log1p_u - u) + (x - 0.5) * log1p_u + _stirling_remainder(theta + x) - _stirling_remainder(theta)
+
+
+def _direct(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The small-theta form of :func:`log_gamma_ratio`, through ``lgamma``."""
+    return torch.lgamma(x + theta) - torch.lgamma(theta) - x * torch.log(theta)
+
+
+def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``lgamma(x + theta) - lgamma(theta) - x log(theta)`` without cancellation for large ``theta``.
+
+    Each entry is computed by its own branch only (the entries are split by theta); while a step is captured as a
+    graph, whose shapes are fixed, both branches are computed everywhere and one is selected (the same values).
+    """
+    x, theta = torch.broadcast_tensors(x, theta)
+    large = theta >= _STIRLING_FROM
+    if capturing():
+        series = _series(x, torch.where(large, theta, _STIRLING_FROM))
+        return torch.where(large, series, _direct(x, torch.where(large, 1.0, theta)))
+    shape, x, theta, large = x.shape, x.reshape(-1), theta.reshape(-1), large.reshape(-1)
+    at_large = large.nonzero().squeeze(1)
+    if at_large.numel() == large.numel():
+        return _series(x, theta).reshape(shape)
+    if at_large.numel() == 0:
+        return _direct(x, theta).reshape(shape)
+    at_small = large.logical_not_().nonzero().squeeze(1)
+    result = torch.empty_like(x, dtype=torch.result_type(x, theta))
+    result = result.index_put((at_large,), _series(x[at_large], theta[at_large]))
+    return result.index_put((at_small,), _direct(x[at_small], theta[at_small])).reshape(shape)
+
+
+def _nb_nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """log NB(k | mu, theta) for counts k > 0 and a finite theta."""
+    log_prob = log_gamma_ratio(k, theta) + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
+    return log_prob - torch.lgamma(k + 1.0)
 
 
 def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """log NB(k | mu, theta) for counts k > 0 (1-D, float64); the Poisson log-density where theta is infinite."""
     poisson = torch.isinf(theta)
-    theta = torch.where(poisson, 1.0, theta)
-    log_prob = log_gamma_ratio(k, theta) + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
-    return torch.where(poisson, torch.xlogy(k, mu) - mu, log_prob) - torch.lgamma(k + 1.0)
+    if not capturing() and not poisson.any():
+        return _nb_nonzero_log_prob(k, mu, theta)
+    log_prob = _nb_nonzero_log_prob(k, mu, torch.where(poisson, 1.0, theta))
+    return torch.where(poisson, torch.xlogy(k, mu) - mu - torch.lgamma(k + 1.0), log_prob)
 
 
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Count likelihoods against scipy.stats (float64), mpmath at the extremes, and the Poisson limit."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from pyrovae.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 from pyrovae.distributions.negative_binomial import log_gamma_ratio
 from pyrovae.infer import train
 from pyrovae.likelihoods import get_likelihood
+from pyrovae.ops.capture import capture_mode
 
 COUNTS = np.array([0, 1, 2, 5, 17, 100, 419, 10_000])
 
@@ -74,6 +76,32 @@ def test_log_gamma_ratio_is_continuous_and_differentiable_across_branches():
     for theta in [0.7, 9.5, 10.5, 3e3, 1e7]:
         t = torch.full_like(x, theta, requires_grad=True)
         assert torch.autograd.gradcheck(lambda t: log_gamma_ratio(x, t), (t,))
+
+
+def test_nb_with_thetas_either_side_of_the_branch_matches_scipy_and_the_captured_form():
+    """Entries are split by theta between the two forms of log_gamma_ratio; a captured step computes both
+    everywhere and selects: the same values and gradients, and scipy's values, on a cells x genes batch."""
+    rng = np.random.default_rng(3)
+    theta = np.concatenate([np.exp(rng.uniform(np.log(1e-3), np.log(1e6), 47)), [10.0, 10.0 - 1e-9, np.inf]])
+    mean = np.exp(rng.uniform(np.log(1e-3), np.log(1e4), (6, theta.size)))
+    x = rng.poisson(mean) * (rng.random(mean.shape) < 0.6)
+    with np.errstate(invalid="ignore"):  # the last gene's theta is infinite: its column is the Poisson's
+        p = theta / (theta + mean)
+    expected = torch.where(torch.isinf(torch.from_numpy(theta)), torch.distributions.Poisson(torch.from_numpy(mean))
+                           .log_prob(torch.from_numpy(x).double()), torch.from_numpy(stats.nbinom.logpmf(x, theta, p)))
+    for with_limit in (True, False):
+        columns = slice(None) if with_limit else slice(0, -1)
+        args = (torch.from_numpy(x[:, columns]).float(), torch.from_numpy(mean[:, columns]),
+                torch.from_numpy(theta[columns]))
+        results = []
+        for captured in (False, True):
+            mu, th = (a.clone().requires_grad_() for a in args[1:])
+            with capture_mode() if captured else contextlib.nullcontext():
+                log_prob = NegativeBinomial(mu, th).log_prob(args[0])
+            results.append((log_prob.detach(), *torch.autograd.grad(log_prob.sum(), (mu, th))))
+        np.testing.assert_allclose(results[0][0].numpy(), expected[:, columns].numpy(), rtol=1e-9, atol=1e-9)
+        for eager, captured in zip(*results):
+            torch.testing.assert_close(eager, captured, rtol=0, atol=0)
 
 
 def test_nb_gradients_are_finite_at_extremes():
