@@ -2,8 +2,10 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -294,11 +296,22 @@ def test_every_experiment_is_listed():
     assert sorted(p.stem for p in (ROOT / "experiments").glob("*.py")) == sorted(SCRIPTS)
 
 
+@pytest.fixture(scope="module")
+def help_texts():
+    """Every script's ``--help``, run as its own process, the processes side by side (each mostly imports)."""
+
+    def run(script):
+        return subprocess.run([sys.executable, str(ROOT / "experiments" / f"{script}.py"), "--help"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(SCRIPTS, pool.map(run, SCRIPTS)))
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_scripts_have_help(script):
-    completed = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{script}.py"), "--help"],
-                               capture_output=True, text=True, cwd=ROOT)
-    assert completed.returncode == 0
+def test_scripts_have_help(script, help_texts):
+    completed = help_texts[script]
+    assert completed.returncode == 0, completed.stderr
     for option in ("--device", "--seed", "--epochs", "--data-dir", "--out"):
         assert option in completed.stdout
 

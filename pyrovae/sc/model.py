@@ -140,6 +140,9 @@ class SingleCellModel:
         :param bool early_stopping: stop when the validation ELBO (the training ELBO when ``train_size=1``) has
             not improved for ``patience`` epochs, and keep the best epoch's parameters.
         :param options: more arguments of :func:`~pyrovae.infer.train` (``kl_warmup_epochs``, ``elbo``, ...).
+            ``eval_size`` (2,048 by default) training cells are scored again at every epoch's end for the history's
+            ``train_*`` columns: on a small data set that pass costs half an epoch, and ``eval_size=0`` skips it
+            (scvi-tools' speed; early stopping then follows the validation cells, or the training loss).
         """
         data = self._training_data(self._data())
         self._check_library_sizes(data)
