@@ -56,40 +56,48 @@ def _direct(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """``lgamma(x + theta) - lgamma(theta) - x log(theta)`` without cancellation for large ``theta``.
-
-    Each entry is computed by its own branch only (the entries are split by theta); while a step is captured as a
-    graph, whose shapes are fixed, both branches are computed everywhere and one is selected (the same values).
-    """
-    x, theta = torch.broadcast_tensors(x, theta)
+    """``lgamma(x + theta) - lgamma(theta) - x log(theta)`` without cancellation for large ``theta``: both forms are
+    computed everywhere and each entry takes its own (no data-dependent shapes or branches: it traces, compiles and
+    vmaps)."""
     large = theta >= _STIRLING_FROM
-    if capturing():
-        series = _series(x, torch.where(large, theta, _STIRLING_FROM))
-        return torch.where(large, series, _direct(x, torch.where(large, 1.0, theta)))
-    shape, x, theta, large = x.shape, x.reshape(-1), theta.reshape(-1), large.reshape(-1)
+    safe = torch.where(large, theta, torch.full_like(theta, _STIRLING_FROM))
+    small = torch.where(large, torch.ones_like(theta), theta)
+    return torch.where(large, _series(x, safe), _direct(x, small))
+
+
+def _split_log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """:func:`log_gamma_ratio` of 1-D ``x`` and ``theta``, each entry computed by its own form only (the entries split
+    by theta): the same values, at half the work; eager only (which entries take which form is decided here)."""
+    large = theta >= _STIRLING_FROM
     at_large = large.nonzero().squeeze(1)
     if at_large.numel() == large.numel():
-        return _series(x, theta).reshape(shape)
+        return _series(x, theta)
     if at_large.numel() == 0:
-        return _direct(x, theta).reshape(shape)
+        return _direct(x, theta)
     at_small = large.logical_not_().nonzero().squeeze(1)
     result = torch.empty_like(x, dtype=torch.result_type(x, theta))
     result = result.index_put((at_large,), _series(x[at_large], theta[at_large]))
-    return result.index_put((at_small,), _direct(x[at_small], theta[at_small])).reshape(shape)
+    return result.index_put((at_small,), _direct(x[at_small], theta[at_small]))
 
 
-def _nb_nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def _nb_nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, split: bool) -> torch.Tensor:
     """log NB(k | mu, theta) for counts k > 0 and a finite theta."""
-    log_prob = log_gamma_ratio(k, theta) + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
+    ratio = _split_log_gamma_ratio(k, theta) if split else log_gamma_ratio(k, theta)
+    log_prob = ratio + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
     return log_prob - torch.lgamma(k + 1.0)
 
 
 def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """log NB(k | mu, theta) for counts k > 0 (1-D, float64); the Poisson log-density where theta is infinite."""
+    """log NB(k | mu, theta) for counts k > 0 (1-D, float64); the Poisson log-density where theta is infinite.
+
+    Eager, each entry takes only its own branches. While a step is traced (``elbo="jit"``) or captured
+    (``compile=True``) every branch is computed and selected elementwise: a trace would keep the branches its first
+    batch took for every later batch."""
     poisson = torch.isinf(theta)
-    if not capturing() and not poisson.any():
-        return _nb_nonzero_log_prob(k, mu, theta)
-    log_prob = _nb_nonzero_log_prob(k, mu, torch.where(poisson, 1.0, theta))
+    eager = not (capturing() or torch.jit.is_tracing())
+    if eager and not poisson.any():
+        return _nb_nonzero_log_prob(k, mu, theta, split=True)
+    log_prob = _nb_nonzero_log_prob(k, mu, torch.where(poisson, 1.0, theta), split=eager)
     return torch.where(poisson, torch.xlogy(k, mu) - mu - torch.lgamma(k + 1.0), log_prob)
 
 

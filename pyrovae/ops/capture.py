@@ -1,5 +1,6 @@
 """Whether the code running is being captured as a graph (``train(compile=True)``), for the few places that take a
-faster path whose shapes depend on the data (a graph captured with fixed shapes cannot hold those)."""
+faster path whose shapes or branches depend on the data (a graph captured with fixed shapes cannot hold those, and
+would keep the branches of the batch it was captured on)."""
 
 from __future__ import annotations
 

@@ -104,6 +104,34 @@ def test_nb_with_thetas_either_side_of_the_branch_matches_scipy_and_the_captured
             torch.testing.assert_close(eager, captured, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("traced_at", [50.0, 0.5, "mixed"])
+def test_a_traced_nb_log_density_holds_for_thetas_its_trace_did_not_see(traced_at):
+    """elbo="jit" traces the step once: which branches the eager path skips must not be decided by the first batch."""
+    torch.manual_seed(0)
+    x = torch.poisson(torch.full((4, 6), 3.0))
+    mean = torch.rand(4, 6, dtype=torch.float64) * 5 + 0.1
+
+    def thetas(kind):
+        if kind == "mixed":
+            return torch.tensor([0.3, 2.0, 9.0, 10.0, 400.0, 1e7], dtype=torch.float64)
+        if kind == "with_limit":
+            return torch.tensor([0.3, 2.0, 9.0, math.inf, 400.0, 1e7], dtype=torch.float64)
+        return torch.full((6,), kind, dtype=torch.float64)
+
+    def log_density(mean, theta):
+        return NegativeBinomial(mean, theta, validate_args=False).log_prob(x)
+
+    traced = torch.jit.trace(log_density, (mean, thetas(traced_at)), check_trace=False)
+    for kind in (50.0, 0.5, 1e9, "mixed", "with_limit"):
+        theta = thetas(kind).requires_grad_()
+        expected, actual = log_density(mean, theta), traced(mean, theta)
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+        grads = [torch.autograd.grad(value.sum(), theta)[0] for value in (expected, actual)]
+        # the same terms summed in another order: d/dtheta at theta = 1e9 is 1e-18, a difference of terms of 1e-9
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-20)
+
+
 def test_nb_gradients_are_finite_at_extremes():
     mean = torch.tensor([1e-8, 1e-8, 1e6, 1e6, 3.0], requires_grad=True)
     theta = torch.tensor([1e-3, 1e8, 1e-3, 1e8, 1e8], requires_grad=True)
