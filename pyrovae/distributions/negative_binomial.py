@@ -67,7 +67,8 @@ def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 def _split_log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """:func:`log_gamma_ratio` of 1-D ``x`` and ``theta``, each entry computed by its own form only (the entries split
-    by theta): the same values, at half the work; eager only (which entries take which form is decided here)."""
+    by theta): the same values, at half the work; eager, on the CPU (which entries take which form is decided on
+    the host)."""
     large = theta >= _STIRLING_FROM
     at_large = large.nonzero().squeeze(1)
     if at_large.numel() == large.numel():
@@ -81,24 +82,25 @@ def _split_log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor
 
 
 def _nb_nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, split: bool) -> torch.Tensor:
-    """log NB(k | mu, theta) for counts k > 0 and a finite theta."""
+    """log NB(k | mu, theta) + log k! for counts k > 0 and a finite theta."""
     ratio = _split_log_gamma_ratio(k, theta) if split else log_gamma_ratio(k, theta)
-    log_prob = ratio + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
-    return log_prob - torch.lgamma(k + 1.0)
+    return ratio + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
 
 
 def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """log NB(k | mu, theta) for counts k > 0 (1-D, float64); the Poisson log-density where theta is infinite.
 
-    Eager, each entry takes only its own branches. While a step is traced (``elbo="jit"``) or captured
-    (``compile=True``) every branch is computed and selected elementwise: a trace would keep the branches its first
-    batch took for every later batch."""
+    On the CPU each entry takes only its own branches (which costs host-side decisions, free there). On other
+    devices, and while a step is traced (``elbo="jit"``) or captured (``compile=True``), every branch is computed
+    and selected elementwise: no host round trips, and a trace would keep the branches of its first batch."""
     poisson = torch.isinf(theta)
-    eager = not (capturing() or torch.jit.is_tracing())
-    if eager and not poisson.any():
-        return _nb_nonzero_log_prob(k, mu, theta, split=True)
-    log_prob = _nb_nonzero_log_prob(k, mu, torch.where(poisson, 1.0, theta), split=eager)
-    return torch.where(poisson, torch.xlogy(k, mu) - mu - torch.lgamma(k + 1.0), log_prob)
+    split = k.device.type == "cpu" and not (capturing() or torch.jit.is_tracing())
+    if split and not poisson.any():
+        log_prob = _nb_nonzero_log_prob(k, mu, theta, split=True)
+    else:
+        log_prob = _nb_nonzero_log_prob(k, mu, torch.where(poisson, 1.0, theta), split=split)
+        log_prob = torch.where(poisson, torch.xlogy(k, mu) - mu, log_prob)
+    return log_prob - torch.lgamma(k + 1.0)
 
 
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
