@@ -11,9 +11,9 @@ sample, Gaussian likelihood.
 
 Without ``--source`` it reads ``tahoe/`` under the data folders (``--data-dir``, ``$PYROVAE_DATA``,
 ``../shared/data``) if there is one, else generates a simulated atlas in the Tahoe schema (cell-line and drug
-effects, NB counts) under ``OUT/atlas``; pass a folder of Tahoe parquet shards with their
-``metadata/gene_metadata.parquet``, or ``--source tahoebio/Tahoe-100M`` to stream the hub data set (needs
-``huggingface_hub`` and a network).
+effects, NB counts) under ``OUT/atlas`` (or ``--atlas-dir``, which several runs may share: one generates it, the
+others wait for it); pass a folder of Tahoe parquet shards with their ``metadata/gene_metadata.parquet``, or
+``--source tahoebio/Tahoe-100M`` to stream the hub data set (needs ``huggingface_hub`` and a network).
 
 Outputs on a held-out sample: t-SNE of latent means by drug and by cell line, the concentration histogram,
 reconstruction MSE and per-cell correlation, KMeans silhouette for k = 2..10, generation from the prior, a
@@ -49,7 +49,7 @@ from pyrovae.experiment import (
     setup,
     write_metrics,
 )
-from pyrovae.infer import encode_data, interpolation_path, log_likelihood, train
+from pyrovae.infer import FileLock, encode_data, interpolation_path, log_likelihood, train
 from pyrovae.infer.distributed import barrier, init_distributed, is_main_process, local_device
 from pyrovae.metrics import (
     batch_asw,
@@ -65,6 +65,8 @@ QUICK = {"synthetic_cells": 4000, "synthetic_shards": 4, "vocabulary": 3000, "ge
          "hvg_cells": 1000, "held_out": 300, "num_samples": 16, "hidden": [64], "workers": 0}
 parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_svae", quick=QUICK)
 parser.add_argument("--source", default=None, help="Tahoe parquet file/folder, or tahoebio/Tahoe-100M (hub)")
+parser.add_argument("--atlas-dir", default=None,
+                    help="folder of the generated atlas, shared by runs that name the same one (default: OUT/atlas)")
 parser.add_argument("--synthetic-cells", type=positive_int, default=60_000, help="cells of the generated atlas")
 parser.add_argument("--synthetic-shards", type=positive_int, default=12, help="parquet shards of the generated atlas")
 parser.add_argument("--vocabulary", type=positive_int, default=62_710, help="genes in the generated atlas's vocabulary")
@@ -116,23 +118,26 @@ held_out_spec = held_out_groups(args.hold_out)  # checked before hours of atlas 
 # --- data: the atlas, a gene panel fixed before training, the streams -------------------------------------------
 source = args.source or find_dataset("tahoe", args.data_dir)  # a local copy: DATA/tahoe/{data,metadata}
 if source is None:
-    source = out / "atlas"
+    source = Path(args.atlas_dir) if args.atlas_dir else out / "atlas"
     generated = {"cells": args.synthetic_cells, "shards": args.synthetic_shards, "vocabulary": args.vocabulary,
                  "genes_per_cell": args.genes_per_cell, "seed": args.seed, "plate_effect": args.plate_effect}
     if is_main_process():
-        marker = source / "generated.json"  # written last: an atlas without it was interrupted
-        found = json.loads(marker.read_text()) if marker.exists() else None
-        if found is not None and found != generated:
-            differ = ", ".join(f"{k} {found.get(k)} there, {v} now" for k, v in generated.items() if found.get(k) != v)
-            raise SystemExit(f"{source} holds an atlas generated with other settings ({differ}); use another --out")
-        if found is None:
-            if source.exists():
-                print(f"{source} holds an atlas whose generation was interrupted; generating it again")
-                shutil.rmtree(source)
-            print(f"generating a {args.synthetic_cells:,}-cell Tahoe-schema atlas in {source}")
-            write_tahoe_shards(source, args.synthetic_cells, args.synthetic_shards, args.vocabulary,
-                               args.genes_per_cell, seed=args.seed, plate_effect=args.plate_effect)
-            marker.write_text(json.dumps(generated))
+        with FileLock(source):  # runs sharing an --atlas-dir: one generates it, the others wait and read it
+            marker = source / "generated.json"  # written last: an atlas without it was interrupted
+            found = json.loads(marker.read_text()) if marker.exists() else None
+            if found is not None and found != generated:
+                differ = ", ".join(f"{k} {found.get(k)} there, {v} now" for k, v in generated.items()
+                                   if found.get(k) != v)
+                raise SystemExit(f"{source} holds an atlas generated with other settings ({differ}); "
+                                 f"use another {'--atlas-dir' if args.atlas_dir else '--out'}")
+            if found is None:
+                if source.exists():
+                    print(f"{source} holds an atlas whose generation was interrupted; generating it again")
+                    shutil.rmtree(source)
+                print(f"generating a {args.synthetic_cells:,}-cell Tahoe-schema atlas in {source}")
+                write_tahoe_shards(source, args.synthetic_cells, args.synthetic_shards, args.vocabulary,
+                                   args.genes_per_cell, seed=args.seed, plate_effect=args.plate_effect)
+                marker.write_text(json.dumps(generated))
     barrier()
 atlas = TahoeAtlas(source)
 panel_file = out / "panel.txt"

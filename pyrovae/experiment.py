@@ -50,14 +50,14 @@ class ExperimentParser(argparse.ArgumentParser):
         shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in self.quick_settings.items())
         self.add_argument("--quick", action="store_true", help=f"tiny settings, about a minute on 2 cores: {shown}")
 
-    def parse_args(self, args=None, namespace=None):
-        parsed = super().parse_args(args, namespace)
+    def parse_known_args(self, args=None, namespace=None):  # parse_args calls it too
+        parsed, extras = super().parse_known_args(args, namespace)
         if parsed.quick:
             given = self._given(sys.argv[1:] if args is None else list(args))
             for name, value in self.quick_settings.items():
                 if name not in given:
                     setattr(parsed, name, value)
-        return parsed
+        return parsed, extras
 
     def _given(self, argv: list[str]) -> set[str]:
         """The destinations of the options written on the command line ``argv`` (``--lr 0.1`` or ``--lr=0.1``)."""

@@ -273,8 +273,31 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
     assert completed.returncode != 0 and "other settings (cells 2400 there, 3000 now)" in completed.stderr
 
 
+def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
+    options = ("--models", "nvae", "--settings", "covariate", "held-out", "--jobs", "2", "--epochs", "1",
+               "--proposal", "refined+defensive", *no_data(tmp_path), *TAHOE_TINY, "--workers", "0")
+    rows = run_script("tahoe_plates", tmp_path, *options)["metrics"]["rows"]
+    assert [r["run"] for r in rows] == ["nvae-covariate", "nvae-held-out"]
+    covariate, held_out = rows
+    assert covariate["log_likelihood"] < 0 and 0 <= covariate["ilisi"] <= 1 and held_out["ilisi"] is None
+    assert held_out["plate"] == "plate4 held out" and covariate["held_out_cells"] == 100
+    runs = {r["run"]: json.loads((tmp_path / "tahoe_plates" / r["run"] / "metrics.json").read_text()) for r in rows}
+    assert runs["nvae-covariate"]["metrics"]["covariates"] == ["plate"]
+    assert runs["nvae-held-out"]["metrics"]["held_out_groups"] == {"plate": ["plate4"]}
+    assert (tmp_path / "tahoe_plates" / "atlas" / "generated.json").exists()  # one atlas, shared by the runs
+    assert not list((tmp_path / "tahoe_plates").glob("*/atlas"))
+    assert (tmp_path / "tahoe_plates" / "table.md").read_text().count("N-VAE") == 2
+    again = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
+                            str(tmp_path / "tahoe_plates"), "--device", "cpu", *options],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout.count("kept nvae-") == 2 and "started" not in again.stdout
+    clash = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out", str(tmp_path),
+                            "--covariates", "plate"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert clash.returncode != 0 and "--covariates cannot be passed to the runs" in clash.stderr
+
+
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
-           "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae", "pbmc_de",
+           "poisson_synthetic", "scvae_counts", "grid_search", "tahoe_svae", "tahoe_plates", "pbmc_de",
            "integration", "pbmc_quickstart", "reference_mapping"]
 
 

@@ -1,0 +1,165 @@
+"""Plates as covariates on the Tahoe-schema atlas: the S-VAE and the N-VAE, with and without the plate, and with a
+whole plate held out.
+
+Six runs of ``experiments/tahoe_svae.py`` on one generated atlas (``OUT/atlas``, made once and shared), each in
+``OUT/<model>-<setting>`` with its own log, figures and ``metrics.json``:
+
+- ``--models``: ``svae`` (uniform prior on S^9, vMF guide) and ``nvae`` (R^10, Normal guide);
+- ``--settings``: ``covariate`` (the plate conditions encoder and decoder; 5% of the cells held out at random),
+  ``none`` (no covariate, the same held-out cells) and ``held-out`` (no covariate; every cell of
+  ``--held-out-plate`` is the test set: a covariate cannot be conditioned on for a plate never trained on).
+
+Then one table (``OUT/table.md``, printed) and one figure (``OUT/plates.png``): held-out log p(x) per cell with the
+certified share, KMeans ARI against cell line and drug, the plates' mixing in the latent space (iLISI, batch ASW
+within cell lines), the KL and seconds per epoch.
+
+Options this script does not know are passed to every run (``--workers 0``, ``--num-samples 500``,
+``--synthetic-cells 200000``, ``--source DIR`` for a real atlas, ...; see ``tahoe_svae.py --help``). A run whose
+``metrics.json`` holds the same guide, covariates, held-out groups, epochs, seed and proposal is kept; an interrupted
+one resumes from its checkpoint; delete a run's folder to redo it. ``--jobs N`` runs N at once (on the CPU each
+gets a share of the cores).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from pyrovae.experiment import experiment_parser, positive_int, setup, write_metrics
+from pyrovae.plots import save
+
+MODELS = {"svae": ("vmf", "S-VAE, vMF on S^9"), "nvae": ("normal", "N-VAE, R^10")}
+SETTINGS = ("covariate", "none", "held-out")
+COLOURS = {("svae", "covariate"): "tab:red", ("svae", "none"): "salmon", ("svae", "held-out"): "darkred",
+           ("nvae", "covariate"): "tab:blue", ("nvae", "none"): "lightsteelblue", ("nvae", "held-out"): "navy"}
+SET_HERE = {"--out", "--atlas-dir", "--guide", "--covariates", "--hold-out", "--device", "--seed", "--epochs",
+            "--proposal", "--no-progress", "--quick", "--data-dir"}
+
+parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_plates")
+parser.set_defaults(proposal="auto")
+parser.allow_abbrev = False  # an option of tahoe_svae (--held-out) must not be read as an abbreviation of ours
+parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="latent geometries")
+parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="plate settings")
+parser.add_argument("--held-out-plate", default="plate4", help="the plate held out by the 'held-out' setting")
+parser.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each in its own process")
+args, passed_on = parser.parse_known_args()
+clashing = sorted({word.split("=", 1)[0] for word in passed_on if word.startswith("--")} & SET_HERE)
+if clashing:
+    parser.error(f"{', '.join(clashing)} cannot be passed to the runs: this script sets them for each run")
+device = setup(args)
+out = Path(args.out)
+sys.stdout.reconfigure(line_buffering=True)  # each run's start and end as it happens, also into a log file
+
+
+def run_arguments(model: str, setting: str) -> dict:
+    """What a run's metrics.json must record to be kept (tahoe_svae's names)."""
+    return {"guide": MODELS[model][0], "covariates": ["plate"] if setting == "covariate" else [],
+            "hold_out": [f"plate={args.held_out_plate}"] if setting == "held-out" else [],
+            "epochs": args.epochs, "seed": args.seed, "proposal": args.proposal}
+
+
+def command(model: str, setting: str) -> list[str]:
+    wanted = run_arguments(model, setting)
+    words = [sys.executable, str(Path(__file__).with_name("tahoe_svae.py")), "--out", str(out / f"{model}-{setting}"),
+             "--atlas-dir", str(out / "atlas"), "--device", str(device), "--seed", str(args.seed), "--epochs",
+             str(args.epochs), "--proposal", args.proposal, "--guide", wanted["guide"], "--no-progress",
+             "--covariates", *wanted["covariates"], "--hold-out", *wanted["hold_out"]]
+    words += ["--quick"] if args.quick else []  # tahoe_svae's tiny atlas and settings
+    words += ["--data-dir", args.data_dir] if args.data_dir is not None else []
+    return words + passed_on
+
+
+def finished(model: str, setting: str) -> dict | None:
+    """The run's metrics.json when it holds this run's settings, else None."""
+    path = out / f"{model}-{setting}" / "metrics.json"
+    record = json.loads(path.read_text()) if path.exists() else None
+    if record is None or any(record["arguments"].get(k) != v for k, v in run_arguments(model, setting).items()):
+        return None
+    return record
+
+
+runs = [(m, s) for m in args.models for s in args.settings]
+waiting, running = [r for r in runs if finished(*r) is None], {}
+for run in runs:
+    if run not in waiting:
+        print(f"kept {run[0]}-{run[1]} (its metrics.json holds these settings)")
+environment = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+                                if device.type == "cpu" else {})}
+while waiting or running:
+    while waiting and len(running) < args.jobs:
+        run = waiting.pop(0)
+        log = out / f"{run[0]}-{run[1]}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as stream:
+            running[run] = (subprocess.Popen(command(*run), stdout=stream, stderr=subprocess.STDOUT, env=environment),
+                            log, time.perf_counter())
+        print(f"started {run[0]}-{run[1]} (log: {log})")
+    for run, (process, log, started) in list(running.items()):
+        if process.poll() is None:
+            continue
+        del running[run]
+        if process.returncode != 0:
+            for other, _, _ in running.values():
+                other.terminate()
+            tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+            raise SystemExit(f"{run[0]}-{run[1]} failed (exit {process.returncode}); {log} ends:\n{tail}")
+        print(f"finished {run[0]}-{run[1]} in {(time.perf_counter() - started) / 60:.1f} min")
+    time.sleep(0.5)
+
+# --- the table and the figure -----------------------------------------------------------------------------------
+rows = []
+for model, setting in runs:
+    record = finished(model, setting)
+    m = record["metrics"]
+    plate = {"covariate": "covariate", "none": "none", "held-out": f"{args.held_out_plate} held out"}[setting]
+    mixing = m["plate_mixing"] if setting != "held-out" else {"ilisi": None, "batch_asw": None}
+    rows.append({"run": f"{model}-{setting}", "model": MODELS[model][1], "plate": plate,
+                 "log_likelihood": m["held_out_log_likelihood"], "stderr": m["held_out_log_likelihood_stderr"],
+                 "certified": m["certified"], "ari_cell_line": m["kmeans_vs_cell_line"]["ari"],
+                 "ari_drug": m["kmeans_vs_drug"]["ari"], "ilisi": mixing["ilisi"], "batch_asw": mixing["batch_asw"],
+                 "kl": m["history"][-1]["val_kl"], "seconds_per_epoch": m["seconds_per_epoch"],
+                 "held_out_cells": m["held_out_cells"], "epochs": m["epochs"], "colour": COLOURS[model, setting]})
+
+
+def shown(value, form="{:.3f}") -> str:
+    return "-" if value is None else form.format(value)
+
+
+table = ["| model | plate | held-out log p(x) per cell | certified | KMeans vs cell line (ARI) | vs drug (ARI) | "
+         "iLISI (plates) | batch ASW | KL | s/epoch |", "|---" * 10 + "|"]
+table += [f"| {r['model']} | {r['plate']} | {r['log_likelihood']:.2f} ± {r['stderr']:.2f} | {r['certified']:.1%} | "
+          f"{r['ari_cell_line']:.3f} | {r['ari_drug']:.3f} | {shown(r['ilisi'])} | {shown(r['batch_asw'])} | "
+          f"{r['kl']:.2f} | {r['seconds_per_epoch']:.1f} |" for r in rows]
+(out / "table.md").write_text("\n".join(table) + "\n")
+print("\n" + "\n".join(table))
+
+random_split = [r for r in rows if not r["run"].endswith("held-out")]
+panels = [("held-out log p(x), random 5%", "log_likelihood", random_split),
+          ("plate mixing: iLISI (1 = mixed)", "ilisi", random_split),
+          ("plate mixing: batch ASW within cell lines", "batch_asw", random_split),
+          (f"log p(x) of {args.held_out_plate}'s cells, held out", "log_likelihood",
+           [r for r in rows if r["run"].endswith("held-out")])]
+panels = [panel for panel in panels if panel[2]]
+fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+for ax, (title, key, shown_rows) in zip(axes[0], panels):
+    labels = [f"{r['model'].split(',')[0]}\n{r['plate']}" for r in shown_rows]
+    values = [r[key] for r in shown_rows]
+    if key == "log_likelihood":
+        errors = [r["stderr"] for r in shown_rows]
+        ax.bar(labels, values, yerr=errors, color=[r["colour"] for r in shown_rows])
+        low, high = min(v - e for v, e in zip(values, errors)), max(v + e for v, e in zip(values, errors))
+        ax.set_ylim(low - 0.3 * (high - low) - 1, high + 0.3 * (high - low) + 1)
+        ax.set_ylabel("nats per cell")
+    else:
+        ax.bar(labels, values, color=[r["colour"] for r in shown_rows])
+        ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+fig.tight_layout()
+save(fig, out / "plates.png")
+write_metrics(out, {"rows": rows}, args)
+print(f"table.md, plates.png and metrics.json in {out}")
