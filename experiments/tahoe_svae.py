@@ -18,7 +18,7 @@ others wait for it); pass a folder of Tahoe parquet shards with their ``metadata
 Outputs on a held-out sample: t-SNE of latent means by drug and by cell line, the concentration histogram,
 reconstruction MSE and per-cell correlation, KMeans silhouette for k = 2..10, generation from the prior, a
 spherical interpolation between two cells of different lines, and the held-out log-likelihood. Training resumes
-from ``OUT/checkpoint.pt``.
+from ``OUT/checkpoint.pt``, the scoring from the parts saved in ``OUT/scores``.
 
 Plates as covariates: ``--covariates plate`` (the default) conditions the encoder and the decoder on the plate, as
 scVI does with its batch; ``--covariates`` alone trains without. Both report the plates' mixing in the latent space
@@ -49,7 +49,7 @@ from pyrovae.experiment import (
     setup,
     write_metrics,
 )
-from pyrovae.infer import FileLock, encode_data, interpolation_path, log_likelihood, train
+from pyrovae.infer import FileLock, encode_data, interpolation_path, log_likelihood_in_parts, train
 from pyrovae.infer.distributed import barrier, init_distributed, is_main_process, local_device
 from pyrovae.metrics import (
     batch_asw,
@@ -215,7 +215,11 @@ drug_scores = clustering_scores(codes["drug"], kmeans_clusters(locations, len(np
 plates = len(np.unique(codes["plate"]))
 plate_mixing = {"ilisi": ilisi(locations, codes["plate"]) if plates > 1 else None,
                 "batch_asw": batch_asw(locations, codes["plate"], codes["cell_line"]) if plates > 1 else None}
-ll = log_likelihood(model, guide, data_held, num_samples=args.num_samples, progress=progress, proposal=args.proposal)
+# 500 cells at a time, each part saved as it finishes (hours of AIS survive an interruption), in a folder of the
+# weights' epoch and the estimator: a run resumed to more epochs, or scored otherwise, scores afresh
+scores = out / "scores" / f"epoch{len(history)}-{args.proposal}-{args.num_samples}"
+ll = log_likelihood_in_parts(model, guide, data_held, scores, part_size=500, seed=args.seed, progress=progress,
+                             num_samples=args.num_samples, proposal=args.proposal)
 certified = float(ll.certified.float().mean())
 print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell "
       f"(certified: {certified:.1%}; k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")

@@ -256,6 +256,8 @@ def test_smoke_tahoe_svae_resumes(tmp_path):
     resumed = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "2")["metrics"]
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]  # the first epoch came from the checkpoint
     assert resumed["history"][0] == metrics["history"][0]
+    scores = sorted(p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/part-00000.pt"))
+    assert scores == ["epoch1-refined+defensive-8", "epoch2-refined+defensive-8"]  # resumable, one per weights
 
 
 def test_smoke_tahoe_svae_pca_normal(tmp_path):

@@ -53,22 +53,35 @@ def parameters_digest(*modules) -> str:
     return digest.hexdigest()
 
 
+def _is_arguments(data) -> bool:
+    """Whether ``data`` is a tuple (or list) of tensors, ``(x, cat, cont)``: the model's arguments for every datum."""
+    return isinstance(data, (tuple, list)) and bool(data) and all(isinstance(t, torch.Tensor) for t in data)
+
+
 def _check_indexable(data) -> None:
-    """Parts need the data by position: a tensor, pyrovae's data sets (``subset``) or a map-style Dataset."""
-    if isinstance(data, torch.Tensor) or callable(getattr(data, "subset", None)):
+    """Parts need the data by position: a tensor, a tuple ``(x, cat, cont)`` of tensors, pyrovae's data sets
+    (``subset``) or a map-style Dataset."""
+    if isinstance(data, torch.Tensor) or _is_arguments(data) or callable(getattr(data, "subset", None)):
         return
     if isinstance(data, (tuple, list, torch.utils.data.DataLoader, torch.utils.data.IterableDataset)) or not (
             hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         raise TypeError(f"log_likelihood_in_parts takes its parts by position, which a {type(data).__name__} does "
-                        "not give: pass a tensor of data, a TensorData or CountData (with covariates), or a "
-                        "map-style Dataset; a stream or DataLoader has no parts to resume from")
+                        "not give: pass a tensor of data, a tuple (x, cat, cont) of tensors, a TensorData or "
+                        "CountData (with covariates), or a map-style Dataset; a stream or DataLoader has no parts "
+                        "to resume from")
+
+
+def _num_data(data) -> int:
+    return len(data[0]) if _is_arguments(data) else len(data)
 
 
 def _subset(data, start: int, stop: int):
-    """The data from ``start`` to ``stop``: a slice of a tensor, ``data.subset`` of pyrovae's data sets, else a
-    torch ``Subset``."""
+    """The data from ``start`` to ``stop``: a slice of a tensor (of each tensor of a tuple), ``data.subset`` of
+    pyrovae's data sets, else a torch ``Subset``."""
     if isinstance(data, torch.Tensor):
         return data[start:stop]
+    if _is_arguments(data):
+        return tuple(t[start:stop] for t in data)
     if callable(getattr(data, "subset", None)):
         return data.subset(torch.arange(start, stop))
     return torch.utils.data.Subset(data, range(start, stop))
@@ -178,7 +191,7 @@ def log_likelihood_in_parts(
         parts without a manifest, a proposal passed as an object (a folder must be able to say what it holds: pass
         its name) or by a wrong name; all before anything is written.
     :raises TypeError: an option :func:`~pyrovae.infer.log_likelihood` does not take; data without positions to
-        take parts by (a stream, a DataLoader, a tuple of tensors: pass a TensorData or CountData).
+        take parts by (a stream, a DataLoader: pass a tensor, a tuple ``(x, cat, cont)``, TensorData or CountData).
 
     With ``proposal="auto"`` each part that sends data to AIS checks the schedule by bidirectional Monte Carlo on
     simulated data of its own (16 data, 16 chains); the parts' gaps are averaged, and every AIS estimate is judged
@@ -193,7 +206,7 @@ def log_likelihood_in_parts(
     check_integer("seed", seed, 0)
     recorded = _checked_options(options)
     _check_indexable(data)
-    num_data = len(data)
+    num_data = _num_data(data)
     if num_data == 0:
         raise ValueError("log_likelihood_in_parts got an empty data set")
     folder = Path(folder)

@@ -161,6 +161,24 @@ def test_a_count_model_with_scalar_buffers_is_scored_in_parts(tmp_path):
     _assert_same(whole, again)  # an option at its default is the option left out
 
 
+def test_data_with_covariates_as_a_tuple_are_scored_as_their_count_data(tmp_path):
+    """(x, cat, cont), what a CellStream's ``inputs`` gives, is taken by position as CountData is: the same parts."""
+    from tests.data.test_count_data_covariates import batched_counts
+
+    data = batched_counts(n=50)
+    torch.manual_seed(2)
+    model, guide = make_pair("vae", 30, 2, (8,), likelihood="nb", categorical=data.categorical_sizes,
+                             continuous=data.num_continuous)
+    arguments = data.batch(torch.arange(len(data)))
+    as_tuple = _quiet(log_likelihood_in_parts, model, guide, arguments, tmp_path / "tuple", part_size=20,
+                      num_samples=16)
+    _assert_same(as_tuple, _quiet(log_likelihood_in_parts, model, guide, data, tmp_path / "count_data",
+                                  part_size=20, num_samples=16))
+    assert len(list((tmp_path / "tuple").glob("part-*.pt"))) == 3
+    with pytest.raises(ValueError):  # a covariate per datum, or the tuple is not one row per datum
+        log_likelihood_in_parts(model, guide, (arguments[0], arguments[1][:10], arguments[2]), tmp_path / "short")
+
+
 def test_wrong_calls_are_refused_before_anything_is_written(tmp_path):
     W, mu, x = ppca(9)
     model, guide = make_model(W, mu), make_guide(W, mu)
@@ -172,7 +190,7 @@ def test_wrong_calls_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="proposal must be one of"):
         log_likelihood_in_parts(model, guide, x, folder, proposal="refind")
     with pytest.raises(TypeError, match="by position"):
-        log_likelihood_in_parts(model, guide, (x,), folder)
+        log_likelihood_in_parts(model, guide, (x, "labels"), folder)
     with pytest.raises(TypeError, match="by position"):
         log_likelihood_in_parts(model, guide, torch.utils.data.DataLoader(x, batch_size=8), folder)
     assert not folder.exists() or not any(folder.iterdir())
