@@ -12,6 +12,22 @@ def _seed():
     pyro.clear_param_store()  # values a test loaded or assigned never reach the next test's modules
 
 
+@pytest.fixture(autouse=True)
+def _mpmath_digits():
+    """mpmath's working precision is global: a test that sets it (``mpmath.mp.dps = 60``) sets it for itself only.
+    A module that wants its own for every test says so with a fixture (``mpmath.workdps``), never at import: a
+    module-level setting held for whichever module was collected last (tests/ops/test_bessel.py's 40 digits for
+    tests/distributions/test_concentration_gradients.py, whose references need 60 at kappa = 1e13)."""
+    try:
+        import mpmath
+    except ImportError:  # only the tests that need it skip
+        yield
+        return
+    digits = mpmath.mp.dps
+    yield
+    mpmath.mp.dps = digits
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="no CUDA device")
     for item in items:

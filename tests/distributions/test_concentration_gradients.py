@@ -11,7 +11,12 @@ from pyrovae.distributions import VonMisesFisher, kl_to_uniform
 from pyrovae.distributions.sphere import log_sphere_area
 from pyrovae.ops import bessel_iv_ratio
 
-mpmath.mp.dps = 60
+
+@pytest.fixture(autouse=True)
+def _sixty_digits():
+    """The mpmath references of every test here to 60 digits (per test: see tests/conftest.py)."""
+    with mpmath.workdps(60):
+        yield
 
 
 def exact(m: int, kappa: float) -> tuple[float, float]:

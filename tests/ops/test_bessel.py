@@ -13,7 +13,13 @@ from pyrovae.ops import bessel_iv_ratio, bessel_terms, log_bessel_iv, log_bessel
 ORDERS = [0.0, 0.5, 1.0, 1.5, 4.0, 9.0, 15.0, 20.0, 29.5, 30.0, 31.0, 49.0, 100.0, 511.0]
 # 12-23 is where Debye's expansion at the switch order 30 is least accurate (issue 14: 8.5e-10 with four terms)
 XS = [1e-4, 1e-2, 0.3, 1.0, 5.0, 10.0, 12.5, 14.2, 15.3, 17.0, 19.0, 21.4, 22.0, 22.7, 30.0, 100.0, 1e3, 1e4, 1e6]
-mpmath.mp.dps = 40
+
+
+@pytest.fixture(autouse=True)
+def _forty_digits():
+    """The mpmath references of every test here to 40 digits (per test: see tests/conftest.py)."""
+    with mpmath.workdps(40):
+        yield
 
 
 def mp_log_iv(v, x):
