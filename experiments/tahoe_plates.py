@@ -2,7 +2,7 @@
 whole plate held out.
 
 Six runs of ``experiments/tahoe_svae.py`` on one generated atlas (``OUT/atlas``, made once and shared), each in
-``OUT/<model>-<setting>`` with its own log, figures and ``metrics.json``:
+``OUT/<model>-<setting>`` (``OUT/<model>-held-out-<plate>``) with its own log, figures and ``metrics.json``:
 
 - ``--models``: ``svae`` (uniform prior on S^9, vMF guide) and ``nvae`` (R^10, Normal guide);
 - ``--settings``: ``covariate`` (the plate conditions encoder and decoder; 5% of the cells held out at random),
@@ -14,10 +14,11 @@ certified share, KMeans ARI against cell line and drug, the plates' mixing in th
 within cell lines), the KL and seconds per epoch.
 
 Options this script does not know are passed to every run (``--workers 0``, ``--num-samples 500``,
-``--synthetic-cells 200000``, ``--source DIR`` for a real atlas, ...; see ``tahoe_svae.py --help``). A run whose
-``metrics.json`` holds the same guide, covariates, held-out groups, epochs, seed and proposal is kept; an interrupted
-one resumes from its checkpoint; delete a run's folder to redo it. ``--jobs N`` runs N at once (on the CPU each
-gets a share of the cores).
+``--synthetic-cells 200000``, ``--source DIR`` for a real atlas, ...; see ``tahoe_svae.py --help``; other atlas
+options need another ``--out``, or ``OUT/atlas`` deleted). A run whose ``metrics.json`` was written by the same command
+line, forwarded options included, is kept; any other is run, resuming from its checkpoint and its saved scores where
+they hold the same settings (a run refuses a checkpoint of other training settings: delete its folder to redo it).
+``--jobs N`` runs N at once (on the CPU each gets a share of the cores); when one fails, the others stop.
 """
 
 import json
@@ -46,8 +47,12 @@ parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MO
 parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="plate settings")
 parser.add_argument("--held-out-plate", default="plate4", help="the plate held out by the 'held-out' setting")
 parser.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each in its own process")
+next(a for a in parser._actions if a.dest == "quick").help = (
+    "each run with tahoe_svae.py's --quick (a 4,000-cell atlas) and --epochs 1 unless given")
 args, passed_on = parser.parse_known_args()
-clashing = sorted({word.split("=", 1)[0] for word in passed_on if word.startswith("--")} & SET_HERE)
+# tahoe_svae reads abbreviations (--ep for --epochs): a word is ours if it begins one of our options
+clashing = sorted({word for word in (w.split("=", 1)[0] for w in passed_on if w.startswith("--"))
+                   if any(option.startswith(word) for option in SET_HERE)})
 if clashing:
     parser.error(f"{', '.join(clashing)} cannot be passed to the runs: this script sets them for each run")
 device = setup(args)
@@ -55,69 +60,73 @@ out = Path(args.out)
 sys.stdout.reconfigure(line_buffering=True)  # each run's start and end as it happens, also into a log file
 
 
-def run_arguments(model: str, setting: str) -> dict:
-    """What a run's metrics.json must record to be kept (tahoe_svae's names)."""
-    return {"guide": MODELS[model][0], "covariates": ["plate"] if setting == "covariate" else [],
-            "hold_out": [f"plate={args.held_out_plate}"] if setting == "held-out" else [],
-            "epochs": args.epochs, "seed": args.seed, "proposal": args.proposal}
+def name(model: str, setting: str) -> str:
+    return f"{model}-{setting}" + (f"-{args.held_out_plate}" if setting == "held-out" else "")
 
 
 def command(model: str, setting: str) -> list[str]:
-    wanted = run_arguments(model, setting)
-    words = [sys.executable, str(Path(__file__).with_name("tahoe_svae.py")), "--out", str(out / f"{model}-{setting}"),
+    words = [sys.executable, str(Path(__file__).with_name("tahoe_svae.py")), "--out", str(out / name(model, setting)),
              "--atlas-dir", str(out / "atlas"), "--device", str(device), "--seed", str(args.seed), "--epochs",
-             str(args.epochs), "--proposal", args.proposal, "--guide", wanted["guide"], "--no-progress",
-             "--covariates", *wanted["covariates"], "--hold-out", *wanted["hold_out"]]
+             str(args.epochs), "--proposal", args.proposal, "--guide", MODELS[model][0], "--no-progress",
+             "--covariates", *(["plate"] if setting == "covariate" else []),
+             "--hold-out", *([f"plate={args.held_out_plate}"] if setting == "held-out" else [])]
     words += ["--quick"] if args.quick else []  # tahoe_svae's tiny atlas and settings
     words += ["--data-dir", args.data_dir] if args.data_dir is not None else []
     return words + passed_on
 
 
 def finished(model: str, setting: str) -> dict | None:
-    """The run's metrics.json when it holds this run's settings, else None."""
-    path = out / f"{model}-{setting}" / "metrics.json"
+    """The run's metrics.json when that run was made by this very command line (every option, forwarded ones too),
+    else None."""
+    path = out / name(model, setting) / "metrics.json"
     record = json.loads(path.read_text()) if path.exists() else None
-    if record is None or any(record["arguments"].get(k) != v for k, v in run_arguments(model, setting).items()):
-        return None
-    return record
+    return record if record is not None and record.get("command", [])[1:] == command(model, setting)[2:] else None
 
 
 runs = [(m, s) for m in args.models for s in args.settings]
 waiting, running = [r for r in runs if finished(*r) is None], {}
 for run in runs:
     if run not in waiting:
-        print(f"kept {run[0]}-{run[1]} (its metrics.json holds these settings)")
+        print(f"kept {name(*run)} (its metrics.json was made by the same command)")
 environment = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
                                 if device.type == "cpu" else {})}
 while waiting or running:
     while waiting and len(running) < args.jobs:
         run = waiting.pop(0)
-        log = out / f"{run[0]}-{run[1]}.log"
+        log = out / f"{name(*run)}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as stream:
             running[run] = (subprocess.Popen(command(*run), stdout=stream, stderr=subprocess.STDOUT, env=environment),
                             log, time.perf_counter())
-        print(f"started {run[0]}-{run[1]} (log: {log})")
+        print(f"started {name(*run)} (log: {log})")
+    failed = []
     for run, (process, log, started) in list(running.items()):
         if process.poll() is None:
             continue
         del running[run]
         if process.returncode != 0:
-            for other, _, _ in running.values():
-                other.terminate()
             tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-            raise SystemExit(f"{run[0]}-{run[1]} failed (exit {process.returncode}); {log} ends:\n{tail}")
-        print(f"finished {run[0]}-{run[1]} in {(time.perf_counter() - started) / 60:.1f} min")
+            failed.append(f"{name(*run)} failed (exit {process.returncode}); {log} ends:\n{tail}")
+        else:
+            print(f"finished {name(*run)} in {(time.perf_counter() - started) / 60:.1f} min")
+    if failed:  # the others stop too (each resumes from its checkpoint and saved scores on the next call)
+        for other, _, _ in running.values():
+            other.terminate()
+        for other, _, _ in running.values():
+            other.wait()
+        raise SystemExit("\n".join(failed))
     time.sleep(0.5)
 
 # --- the table and the figure -----------------------------------------------------------------------------------
 rows = []
 for model, setting in runs:
     record = finished(model, setting)
+    if record is None:  # a run exits 0 only after writing its metrics.json
+        raise SystemExit(f"{name(model, setting)} finished without a metrics.json of this command: see its log")
     m = record["metrics"]
     plate = {"covariate": "covariate", "none": "none", "held-out": f"{args.held_out_plate} held out"}[setting]
     mixing = m["plate_mixing"] if setting != "held-out" else {"ilisi": None, "batch_asw": None}
-    rows.append({"run": f"{model}-{setting}", "model": MODELS[model][1], "plate": plate,
+    rows.append({"run": name(model, setting), "model": MODELS[model][1], "plate": plate,
                  "log_likelihood": m["held_out_log_likelihood"], "stderr": m["held_out_log_likelihood_stderr"],
                  "certified": m["certified"], "ari_cell_line": m["kmeans_vs_cell_line"]["ari"],
                  "ari_drug": m["kmeans_vs_drug"]["ari"], "ilisi": mixing["ilisi"], "batch_asw": mixing["batch_asw"],
@@ -137,12 +146,13 @@ table += [f"| {r['model']} | {r['plate']} | {r['log_likelihood']:.2f} ± {r['std
 (out / "table.md").write_text("\n".join(table) + "\n")
 print("\n" + "\n".join(table))
 
-random_split = [r for r in rows if not r["run"].endswith("held-out")]
+random_split = [r for r in rows if "held-out" not in r["run"]]
 panels = [("held-out log p(x), random 5%", "log_likelihood", random_split),
-          ("plate mixing: iLISI (1 = mixed)", "ilisi", random_split),
-          ("plate mixing: batch ASW within cell lines", "batch_asw", random_split),
+          ("plate mixing: iLISI (1 = mixed)", "ilisi", [r for r in random_split if r["ilisi"] is not None]),
+          ("plate mixing: batch ASW within cell lines", "batch_asw",
+           [r for r in random_split if r["batch_asw"] is not None]),  # None: one plate among the held-out cells
           (f"log p(x) of {args.held_out_plate}'s cells, held out", "log_likelihood",
-           [r for r in rows if r["run"].endswith("held-out")])]
+           [r for r in rows if "held-out" in r["run"]])]
 panels = [panel for panel in panels if panel[2]]
 fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
 for ax, (title, key, shown_rows) in zip(axes[0], panels):

@@ -129,7 +129,7 @@ if source is None:
                 differ = ", ".join(f"{k} {found.get(k)} there, {v} now" for k, v in generated.items()
                                    if found.get(k) != v)
                 raise SystemExit(f"{source} holds an atlas generated with other settings ({differ}); "
-                                 f"use another {'--atlas-dir' if args.atlas_dir else '--out'}")
+                                 f"use another {'--atlas-dir' if args.atlas_dir else '--out'}, or delete {source}")
             if found is None:
                 if source.exists():
                     print(f"{source} holds an atlas whose generation was interrupted; generating it again")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyrovae.infer.training.checkpoint import atomic_write
 from pyrovae.optional import require
 
 
@@ -60,9 +61,15 @@ class ExperimentParser(argparse.ArgumentParser):
         return parsed, extras
 
     def _given(self, argv: list[str]) -> set[str]:
-        """The destinations of the options written on the command line ``argv`` (``--lr 0.1`` or ``--lr=0.1``)."""
-        written = {word.split("=", 1)[0] for word in argv if word.startswith("-")}
-        return {action.dest for action in self._actions if written & set(action.option_strings)}
+        """The destinations of the options written on the command line ``argv`` (``--lr 0.1``, ``--lr=0.1``, or
+        an abbreviation argparse reads as one option: ``--l 0.1``)."""
+        given = set()
+        for word in (word.split("=", 1)[0] for word in argv if word.startswith("-")):
+            exact = [a for a in self._actions if word in a.option_strings]
+            prefixed = [a for a in self._actions if any(o.startswith(word) for o in a.option_strings)]
+            found = exact or (prefixed if self.allow_abbrev and word.startswith("--") and len(prefixed) == 1 else [])
+            given.update(action.dest for action in found)
+        return given
 
 
 def _shown(value) -> str:
@@ -164,14 +171,15 @@ def _clean(value):
 
 
 def write_metrics(out: str | os.PathLike, metrics: dict, args: argparse.Namespace | None = None) -> Path:
-    """Write ``metrics.json`` with the run's arguments and machine (non-finite floats as strings)."""
+    """Write ``metrics.json`` with the run's arguments, its command line and machine (non-finite floats as strings),
+    atomically: a reader never sees half a file."""
     record = {
         "metrics": metrics,
         "arguments": vars(args) if args is not None else {},
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "pyro": pyro.__version__,
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    path = Path(out) / "metrics.json"
-    path.write_text(json.dumps(_clean(record), indent=2))
-    return path
+    return atomic_write(Path(out) / "metrics.json", lambda stream: stream.write(json.dumps(_clean(record), indent=2)),
+                        binary=False)

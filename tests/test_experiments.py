@@ -278,14 +278,16 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
 def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
     options = ("--models", "nvae", "--settings", "covariate", "held-out", "--jobs", "2", "--epochs", "1",
                "--proposal", "refined+defensive", *no_data(tmp_path), *TAHOE_TINY, "--workers", "0")
-    rows = run_script("tahoe_plates", tmp_path, *options)["metrics"]["rows"]
-    assert [r["run"] for r in rows] == ["nvae-covariate", "nvae-held-out"]
+    record = run_script("tahoe_plates", tmp_path, *options)
+    rows = record["metrics"]["rows"]
+    assert [r["run"] for r in rows] == ["nvae-covariate", "nvae-held-out-plate4"]
+    assert record["command"][0] == "tahoe_plates.py" and "--jobs" in record["command"]
     covariate, held_out = rows
     assert covariate["log_likelihood"] < 0 and 0 <= covariate["ilisi"] <= 1 and held_out["ilisi"] is None
     assert held_out["plate"] == "plate4 held out" and covariate["held_out_cells"] == 100
     runs = {r["run"]: json.loads((tmp_path / "tahoe_plates" / r["run"] / "metrics.json").read_text()) for r in rows}
     assert runs["nvae-covariate"]["metrics"]["covariates"] == ["plate"]
-    assert runs["nvae-held-out"]["metrics"]["held_out_groups"] == {"plate": ["plate4"]}
+    assert runs["nvae-held-out-plate4"]["metrics"]["held_out_groups"] == {"plate": ["plate4"]}
     assert (tmp_path / "tahoe_plates" / "atlas" / "generated.json").exists()  # one atlas, shared by the runs
     assert not list((tmp_path / "tahoe_plates").glob("*/atlas"))
     assert (tmp_path / "tahoe_plates" / "table.md").read_text().count("N-VAE") == 2
@@ -293,9 +295,15 @@ def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
                             str(tmp_path / "tahoe_plates"), "--device", "cpu", *options],
                            capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("kept nvae-") == 2 and "started" not in again.stdout
-    clash = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out", str(tmp_path),
-                            "--covariates", "plate"], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert clash.returncode != 0 and "--covariates cannot be passed to the runs" in clash.stderr
+    other = subprocess.run([*again.args, "--settings", "covariate", "--num-samples", "4"], capture_output=True,
+                           text=True, timeout=600, cwd=ROOT)  # a forwarded option changed: run again (resumed)
+    assert other.returncode == 0 and "started nvae-covariate" in other.stdout, other.stdout + other.stderr
+    rescored = json.loads((tmp_path / "tahoe_plates" / "nvae-covariate" / "metrics.json").read_text())
+    assert rescored["arguments"]["num_samples"] == 4 and rescored["metrics"]["epochs"] == 1  # trained once
+    for words in (["--covariates", "plate"], ["--cov", "plate"], ["--ep=3"]):  # tahoe_svae reads abbreviations
+        clash = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
+                                str(tmp_path), *words], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert clash.returncode != 0 and f"{words[0].split('=')[0]} cannot be passed to the runs" in clash.stderr
 
 
 SCRIPTS = ["quickstart", "mixture_1d", "two_groups", "mnist_vae", "fashion_ae_vae", "svae_circle", "svae_mnist",
@@ -358,6 +366,10 @@ def test_quick_replaces_only_the_settings_not_given_on_the_command_line():
     assert (quick.epochs, quick.num_samples, quick.dims, quick.lr) == (1, 32, [2], 1e-3)
     given = parser.parse_args(["--quick", "--num-samples", "500", "--epochs=50"])  # the defaults, given: kept
     assert (given.epochs, given.num_samples, given.dims) == (50, 500, [2])
+    abbreviated = parser.parse_args(["--quick", "--num-s", "500", "--ep=50"])  # argparse's abbreviations count too
+    assert (abbreviated.epochs, abbreviated.num_samples, abbreviated.dims) == (50, 500, [2])
+    known, extras = parser.parse_known_args(["--quick", "--other", "3"])  # and so does parse_known_args
+    assert (known.epochs, known.num_samples, extras) == (1, 10, ["--other", "3"])
     for wrong in (["--epochs", "-1"], ["--epochs", "0"], ["--seed", "-1"], ["--device", "gpu"]):
         with pytest.raises(SystemExit):
             parser.parse_args(wrong)

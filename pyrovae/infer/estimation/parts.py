@@ -54,8 +54,8 @@ def parameters_digest(*modules) -> str:
 
 
 def _is_arguments(data) -> bool:
-    """Whether ``data`` is a tuple (or list) of tensors, ``(x, cat, cont)``: the model's arguments for every datum."""
-    return isinstance(data, (tuple, list)) and bool(data) and all(isinstance(t, torch.Tensor) for t in data)
+    """Whether ``data`` is a tuple of tensors, ``(x, cat, cont)``: the model's arguments for every datum."""
+    return isinstance(data, tuple) and bool(data) and all(isinstance(t, torch.Tensor) for t in data)
 
 
 def _check_indexable(data) -> None:
@@ -63,6 +63,10 @@ def _check_indexable(data) -> None:
     (``subset``) or a map-style Dataset."""
     if isinstance(data, torch.Tensor) or _is_arguments(data) or callable(getattr(data, "subset", None)):
         return
+    if isinstance(data, tuple) and data and isinstance(data[0], torch.Tensor):
+        kinds = ", ".join(type(t).__name__ for t in data)
+        raise TypeError(f"log_likelihood_in_parts got a tuple of {kinds}: every entry of (x, cat, cont) must be a "
+                        "tensor with a row per datum (no continuous covariates: x.new_zeros(len(x), 0))")
     if isinstance(data, (tuple, list, torch.utils.data.DataLoader, torch.utils.data.IterableDataset)) or not (
             hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         raise TypeError(f"log_likelihood_in_parts takes its parts by position, which a {type(data).__name__} does "

@@ -177,6 +177,8 @@ def test_data_with_covariates_as_a_tuple_are_scored_as_their_count_data(tmp_path
     assert len(list((tmp_path / "tuple").glob("part-*.pt"))) == 3
     with pytest.raises(ValueError):  # a covariate per datum, or the tuple is not one row per datum
         log_likelihood_in_parts(model, guide, (arguments[0], arguments[1][:10], arguments[2]), tmp_path / "short")
+    with pytest.raises(TypeError, match="every entry of"):
+        log_likelihood_in_parts(model, guide, (arguments[0], arguments[1], None), tmp_path / "none")
 
 
 def test_wrong_calls_are_refused_before_anything_is_written(tmp_path):
@@ -189,8 +191,10 @@ def test_wrong_calls_are_refused_before_anything_is_written(tmp_path):
         log_likelihood_in_parts(model, guide, x, folder, proposal="refined", ais_chains=8)
     with pytest.raises(ValueError, match="proposal must be one of"):
         log_likelihood_in_parts(model, guide, x, folder, proposal="refind")
-    with pytest.raises(TypeError, match="by position"):
+    with pytest.raises(TypeError, match="every entry of"):
         log_likelihood_in_parts(model, guide, (x, "labels"), folder)
+    with pytest.raises(TypeError, match="by position"):
+        log_likelihood_in_parts(model, guide, [x], folder)
     with pytest.raises(TypeError, match="by position"):
         log_likelihood_in_parts(model, guide, torch.utils.data.DataLoader(x, batch_size=8), folder)
     assert not folder.exists() or not any(folder.iterdir())
