@@ -79,7 +79,8 @@ class Covariates(nn.Module):
                 raise ValueError(
                     f"{who} was built with {width} {'categorical' if name == 'cat' else 'continuous'} covariate(s) "
                     f"but was called without {name}; pass them beside x (model(x, cat, cont)), e.g. from "
-                    "CountData.from_anndata(adata, batch_key=...)"
+                    "CountData.from_anndata(adata, batch_key=...), or give train and log_likelihood the tuple "
+                    "(x, cat, cont) of tensors (a Dataset's items (x, ...) are read as x and a label)"
                 )
             if tensor.dim() != 2 or tensor.shape != (num_data, width):
                 raise ValueError(f"{who} expected {name} of shape ({num_data}, {width}), got {tuple(tensor.shape)}")

@@ -105,6 +105,9 @@ def test_wrong_covariates_get_errors_that_name_the_fix():
     model = VAE(30, 3, (16,), "nb", categorical=data.categorical_sizes, continuous=1)
     with pytest.raises(ValueError, match="called without cat"):
         train(model, NormalGuide(30, 3, (16,)), data.without_covariates(), epochs=1, progress=False)
+    arguments = torch.utils.data.TensorDataset(*data.batch(torch.arange(len(data))))  # items (x, cat, cont)
+    with pytest.raises(ValueError, match=r"called without cat.*the tuple \(x, cat, cont\).*read as x and a label"):
+        train(model, NormalGuide(30, 3, (16,)), arguments, epochs=1, progress=False)
     small = VAE(30, 3, (16,), "nb", categorical=(2, 2), continuous=1)
     with pytest.raises(ValueError, match="code 2 at row .* outside 0..1"):
         train(small, NormalGuide(30, 3, (16,)), data, epochs=1, progress=False)
