@@ -81,26 +81,39 @@ def _split_log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor
     return result.index_put((at_small,), _direct(x[at_small], theta[at_small]))
 
 
-def _nb_nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, split: bool) -> torch.Tensor:
-    """log NB(k | mu, theta) + log k! for counts k > 0 and a finite theta."""
-    ratio = _split_log_gamma_ratio(k, theta) if split else log_gamma_ratio(k, theta)
-    return ratio + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta)
+def _split_here(k: torch.Tensor) -> bool:
+    """Whether each entry takes only its own branches: eager on the CPU, where which entries take which branch is
+    decided on the host for free (see :func:`_nonzero_log_prob`)."""
+    return k.device.type == "cpu" and not (capturing() or torch.jit.is_tracing())
 
 
-def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def _count_terms(k: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The terms of log NB(k | mu, theta) for counts k > 0 that do not depend on mu, ``(log_gamma_ratio(k, theta),
+    log k!)``, with an infinite theta's ratio at theta = 1 (its entries take the Poisson form)."""
+    poisson = torch.isinf(theta)
+    split = _split_here(k)
+    finite = theta if split and not poisson.any() else torch.where(poisson, 1.0, theta)
+    ratio = _split_log_gamma_ratio(k, finite) if split else log_gamma_ratio(k, finite)
+    return ratio, torch.lgamma(k + 1.0)
+
+
+def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, ratio: torch.Tensor | None = None,
+                      log_factorial: torch.Tensor | None = None) -> torch.Tensor:
     """log NB(k | mu, theta) for counts k > 0 (1-D, float64); the Poisson log-density where theta is infinite.
+    ``ratio`` and ``log_factorial``: :func:`_count_terms` of ``(k, theta)``, when computed before (once per datum
+    for many draws of mu); else computed here.
 
     On the CPU each entry takes only its own branches (which costs host-side decisions, free there). On other
     devices, and while a step is traced (``elbo="jit"``) or captured (``compile=True``), every branch is computed
     and selected elementwise: no host round trips, and a trace would keep the branches of its first batch."""
+    if ratio is None:
+        ratio, log_factorial = _count_terms(k, theta)
     poisson = torch.isinf(theta)
-    split = k.device.type == "cpu" and not (capturing() or torch.jit.is_tracing())
-    if split and not poisson.any():
-        log_prob = _nb_nonzero_log_prob(k, mu, theta, split=True)
-    else:
-        log_prob = _nb_nonzero_log_prob(k, mu, torch.where(poisson, 1.0, theta), split=split)
-        log_prob = torch.where(poisson, torch.xlogy(k, mu) - mu, log_prob)
-    return log_prob - torch.lgamma(k + 1.0)
+    if _split_here(k) and not poisson.any():
+        return ratio + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta) - log_factorial
+    finite = torch.where(poisson, 1.0, theta)
+    log_prob = ratio + torch.xlogy(k, mu) - (k + finite) * torch.log1p(mu / finite)
+    return torch.where(poisson, torch.xlogy(k, mu) - mu, log_prob) - log_factorial
 
 
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
@@ -114,7 +127,7 @@ def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.T
     poisson = torch.isinf(theta)  # of theta's shape (one per gene, usually): cheap
     finite_theta = torch.where(poisson, 1.0, theta)
     zero = torch.where(poisson, -mean, torch.log1p(mean / finite_theta).mul(finite_theta).neg_())
-    return score_counts(x, zero, _nonzero_log_prob, mean, theta)
+    return score_counts(x, zero, _nonzero_log_prob, mean, theta, count_terms=_count_terms, count_params=(theta,))
 
 
 class NegativeBinomial(dist.NegativeBinomial):

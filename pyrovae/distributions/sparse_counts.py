@@ -22,9 +22,18 @@ def score_counts(
     zero_log_prob: torch.Tensor,
     nonzero_log_prob: Callable[..., torch.Tensor],
     *params: torch.Tensor,
+    count_terms: Callable[..., tuple[torch.Tensor, ...]] | None = None,
+    count_params: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
     """``log p(x)`` elementwise from ``zero_log_prob`` (= log p(0), broadcastable with ``x``) and
     ``nonzero_log_prob(k, *params)``, which scores 1-D float64 counts ``k > 0`` with their gathered params.
+
+    ``count_terms(k, *count_params)``, if given, computes the terms of the remainder that depend only on the counts
+    and ``count_params`` (a dispersion per gene: not on the means), as a tuple of tensors. Where ``params`` carry
+    dimensions that ``x`` and ``count_params`` do not (many draws of a latent per datum: importance sampling, AIS
+    chains, particles), those terms are computed once per datum, not once per draw, and ``nonzero_log_prob``
+    receives them after its params, gathered: ``nonzero_log_prob(k, *params, *terms)``. Otherwise it computes them
+    itself.
 
     ``zero_log_prob`` must be a fresh intermediate of the caller: when it already has the full shape, the
     non-zero entries are written into it in place (autograd allows it, and it saves a full copy).
@@ -39,10 +48,24 @@ def score_counts(
     log_prob = zero_log_prob if zero_log_prob.shape == shape else zero_log_prob.expand(shape).contiguous()
     index = (x != 0).expand(shape).nonzero(as_tuple=True)
     if index[0].numel():
-        gathered = (tensor.expand(shape)[index].double() for tensor in (x, *params))  # gathers, no full copies
+        gathered = [tensor.expand(shape)[index].double() for tensor in (x, *params)]  # gathers, no full copies
+        if count_terms is not None:
+            gathered += _shared_terms(x, shape, index, count_terms, count_params)
         values = nonzero_log_prob(*gathered).to(log_prob.dtype)
         log_prob = log_prob.index_put_(index, values)
     return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
+
+
+def _shared_terms(x: torch.Tensor, shape: torch.Size, index: tuple, count_terms: Callable,
+                  count_params: tuple) -> list[torch.Tensor]:
+    """``count_terms`` at the non-zero entries ``index`` of ``shape``, computed once per entry of the counts' own
+    shape (``x`` broadcast with ``count_params``) and gathered; [] where that saves nothing (no draws dimension)."""
+    own = torch.broadcast_shapes(x.shape, *(p.shape for p in count_params))
+    if 2 * own.numel() > shape.numel():  # fewer than two draws per datum: nothing to share
+        return []
+    at = (x != 0).expand(own).nonzero(as_tuple=True)
+    terms = count_terms(*(t.expand(own)[at].double() for t in (x, *count_params)))
+    return [torch.zeros(own, dtype=t.dtype, device=t.device).index_put_(at, t).expand(shape)[index] for t in terms]
 
 
 __all__ = ["score_counts"]

@@ -104,6 +104,32 @@ def test_nb_with_thetas_either_side_of_the_branch_matches_scipy_and_the_captured
             torch.testing.assert_close(eager, captured, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("captured", [False, True])
+@pytest.mark.parametrize("mean_shape", [(7, 5, 50), (7, 1, 50), (3, 7, 5, 50)])
+def test_draws_of_the_mean_share_each_counts_terms(mean_shape, captured):
+    """Means with a draws dimension the counts and dispersions lack (importance samples, AIS chains) take each
+    count's Gamma terms once, not once per draw: the values and gradients of scoring each draw alone, and scipy's."""
+    rng = np.random.default_rng(5)
+    theta_values = np.concatenate([np.exp(rng.uniform(np.log(1e-3), np.log(1e6), 47)), [10.0, 3.0, np.inf]])
+    theta = torch.from_numpy(theta_values).requires_grad_()
+    mean = torch.from_numpy(np.exp(rng.uniform(np.log(1e-3), np.log(1e3), mean_shape))).requires_grad_()
+    x = torch.from_numpy(rng.poisson(3.0, (5, 50)) * (rng.random((5, 50)) < 0.5)).float()
+    with capture_mode() if captured else contextlib.nullcontext():
+        together = NegativeBinomial(mean, theta).log_prob(x)
+        flat = mean.reshape(-1, *mean_shape[-2:])  # one draw at a time: no draws dimension to share terms over
+        alone = torch.stack([NegativeBinomial(m, theta).log_prob(x) for m in flat]).reshape(together.shape)
+    torch.testing.assert_close(together, alone, rtol=1e-15, atol=1e-12)
+    gradients = [torch.autograd.grad(value.sum(), (mean, theta)) for value in (together, alone)]
+    for a, b in zip(*gradients):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    means, counts = np.broadcast_to(mean.detach().numpy(), together.shape), np.broadcast_to(x.numpy(), together.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = stats.nbinom.logpmf(counts, theta_values, theta_values / (theta_values + means))
+    expected[..., -1] = stats.poisson.logpmf(counts[..., -1], means[..., -1])
+    exact = (theta_values <= 1e4) | np.isinf(theta_values)  # beyond, scipy's lgamma difference loses digits
+    np.testing.assert_allclose(together.detach().numpy()[..., exact], expected[..., exact], rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize("traced_at", [50.0, 0.5, "mixed"])
 def test_a_traced_nb_log_density_holds_for_thetas_its_trace_did_not_see(traced_at):
