@@ -40,15 +40,19 @@ COLOURS = {("svae", "covariate"): "tab:red", ("svae", "none"): "salmon", ("svae"
 SET_HERE = {"--out", "--atlas-dir", "--guide", "--covariates", "--hold-out", "--device", "--seed", "--epochs",
             "--proposal", "--no-progress", "--quick", "--data-dir"}
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_plates")
+parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_plates",
+                           quick={"proposal": "refined+defensive"})  # no AIS in a smoke run
 parser.set_defaults(proposal="auto")
+parser.epilog = ("Options not listed here are passed to every tahoe_svae.py run (see its --help), e.g. --workers 0 "
+                 "--num-samples 500 --source DIR.")
 parser.allow_abbrev = False  # an option of tahoe_svae (--held-out) must not be read as an abbreviation of ours
 parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="latent geometries")
 parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="plate settings")
 parser.add_argument("--held-out-plate", default="plate4", help="the plate held out by the 'held-out' setting")
 parser.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each in its own process")
 next(a for a in parser._actions if a.dest == "quick").help = (
-    "each run with tahoe_svae.py's --quick (a 4,000-cell atlas) and --epochs 1 unless given")
+    "each run with tahoe_svae.py's --quick (a 4,000-cell atlas), --epochs 1 and --proposal refined+defensive "
+    "unless given")
 args, passed_on = parser.parse_known_args()
 # tahoe_svae reads abbreviations (--ep for --epochs): a word is ours if it begins one of our options
 clashing = sorted({word for word in (w.split("=", 1)[0] for w in passed_on if w.startswith("--"))
