@@ -13,14 +13,19 @@ from pyrovae.distributions.sparse_counts import score_counts
 from pyrovae.distributions.zero_inflated import ZeroInflated
 
 
-def _nonzero_log_prob(k: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-    return torch.xlogy(k, rate) - rate - torch.lgamma(k + 1.0)
+def _log_factorial(k: torch.Tensor) -> tuple[torch.Tensor]:
+    return (torch.lgamma(k + 1.0),)
+
+
+def _nonzero_log_prob(k: torch.Tensor, rate: torch.Tensor, log_factorial: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.xlogy(k, rate) - rate - (torch.lgamma(k + 1.0) if log_factorial is None else log_factorial)
 
 
 def poisson_log_prob(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     """``x log(rate) - rate - log x!`` elementwise (broadcast): ``-rate`` everywhere, the rest only at non-zero
-    ``x``, in float64 (:func:`~pyrovae.distributions.sparse_counts.score_counts`)."""
-    return score_counts(x, -rate, _nonzero_log_prob, rate)
+    ``x``, in float64 (:func:`~pyrovae.distributions.sparse_counts.score_counts`; log x! once per datum under many
+    draws of the rate)."""
+    return score_counts(x, -rate, _nonzero_log_prob, rate, count_terms=_log_factorial)
 
 
 class Poisson(dist.Poisson):

@@ -10,7 +10,7 @@ from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 from scipy import stats
 
-from pyrovae.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+from pyrovae.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
 from pyrovae.distributions.negative_binomial import log_gamma_ratio
 from pyrovae.infer import train
 from pyrovae.likelihoods import get_likelihood
@@ -128,6 +128,15 @@ def test_draws_of_the_mean_share_each_counts_terms(mean_shape, captured):
     expected[..., -1] = stats.poisson.logpmf(counts[..., -1], means[..., -1])
     exact = (theta_values <= 1e4) | np.isinf(theta_values)  # beyond, scipy's lgamma difference loses digits
     np.testing.assert_allclose(together.detach().numpy()[..., exact], expected[..., exact], rtol=1e-9, atol=1e-9)
+    rate = mean.detach().float().requires_grad_()  # the Poisson shares log x! the same way
+    with capture_mode() if captured else contextlib.nullcontext():
+        together = Poisson(rate).log_prob(x)
+        alone = torch.stack([Poisson(r).log_prob(x) for r in rate.reshape(-1, *mean_shape[-2:])])
+    alone = alone.reshape(together.shape)
+    torch.testing.assert_close(together, alone, rtol=0, atol=0)
+    torch.testing.assert_close(*(torch.autograd.grad(v.sum(), rate)[0] for v in (together, alone)), rtol=0, atol=0)
+    np.testing.assert_allclose(together.detach().numpy(), stats.poisson.logpmf(counts, rate.detach().double().numpy()),
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -255,8 +264,6 @@ def test_latent_library_needs_a_guide_that_samples_it():
 
 
 def test_sparse_poisson_log_prob_equals_torch_for_any_broadcast():
-    from pyrovae.distributions import Poisson
-
     torch.manual_seed(3)
     rate = torch.rand(4, 1, 6, dtype=torch.float64) * 3
     x = torch.distributions.Poisson(torch.ones(5, 6)).sample().double()
