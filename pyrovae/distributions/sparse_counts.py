@@ -59,9 +59,10 @@ def score_counts(
 def _shared_terms(x: torch.Tensor, shape: torch.Size, index: tuple, count_terms: Callable,
                   count_params: tuple) -> list[torch.Tensor]:
     """``count_terms`` at the non-zero entries ``index`` of ``shape``, computed once per entry of the counts' own
-    shape (``x`` broadcast with ``count_params``) and gathered; [] where that saves nothing (no draws dimension)."""
-    own = torch.broadcast_shapes(x.shape, *(p.shape for p in count_params))
-    if 2 * own.numel() > shape.numel():  # fewer than two draws per datum: nothing to share
+    shape (``x`` broadcast with ``count_params``) and gathered; [] where that saves little (no draws dimension, or
+    fewer than four draws: the dense float64 terms of the counts' shape would cost more than they save)."""
+    own = torch.broadcast_shapes(x.shape, *(p.shape for p in count_params)) or torch.Size([1])  # 0-d: one entry
+    if 4 * own.numel() > shape.numel():  # fewer than four draws per datum: too few to pay for the extra gathers
         return []
     at = (x != 0).expand(own).nonzero(as_tuple=True)
     terms = count_terms(*(t.expand(own)[at].double() for t in (x, *count_params)))

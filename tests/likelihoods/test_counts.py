@@ -139,6 +139,15 @@ def test_draws_of_the_mean_share_each_counts_terms(mean_shape, captured):
                                rtol=1e-6, atol=1e-6)
 
 
+def test_one_count_against_many_means():
+    """A 0-d count scored against draws of its mean (the draws-sharing path with a datum of no shape)."""
+    means = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    np.testing.assert_allclose(NegativeBinomial(means, torch.tensor(2.0, dtype=torch.float64)).log_prob(
+        torch.tensor(3.0)).numpy(), stats.nbinom.logpmf(3, 2.0, 2.0 / (2.0 + means.numpy())), rtol=1e-12)
+    np.testing.assert_allclose(Poisson(means).log_prob(torch.tensor(3.0)).numpy(),
+                               stats.poisson.logpmf(3, means.numpy()), rtol=1e-12)
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize("traced_at", [50.0, 0.5, "mixed"])
 def test_a_traced_nb_log_density_holds_for_thetas_its_trace_did_not_see(traced_at):
