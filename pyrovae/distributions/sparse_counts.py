@@ -56,11 +56,20 @@ def score_counts(
     return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
 
 
+def _unexpanded(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without the dimensions it was broadcast along (stride 0): a view of size 1 there, the same values."""
+    if all(stride or size <= 1 for stride, size in zip(t.stride(), t.shape)):
+        return t
+    return t[tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None)
+                   for stride, size in zip(t.stride(), t.shape))]
+
+
 def _shared_terms(x: torch.Tensor, shape: torch.Size, index: tuple, count_terms: Callable,
                   count_params: tuple) -> list[torch.Tensor]:
     """``count_terms`` at the non-zero entries ``index`` of ``shape``, computed once per entry of the counts' own
     shape (``x`` broadcast with ``count_params``) and gathered; [] where that saves little (no draws dimension, or
     fewer than four draws: the dense float64 terms of the counts' shape would cost more than they save)."""
+    x, *count_params = (_unexpanded(t) for t in (x, *count_params))  # a distribution's .expand() broadcasts theta
     own = torch.broadcast_shapes(x.shape, *(p.shape for p in count_params)) or torch.Size([1])  # 0-d: one entry
     if 4 * own.numel() > shape.numel():  # fewer than four draws per datum: too few to pay for the extra gathers
         return []

@@ -139,6 +139,24 @@ def test_draws_of_the_mean_share_each_counts_terms(mean_shape, captured):
                                rtol=1e-6, atol=1e-6)
 
 
+def test_terms_are_shared_when_a_plate_has_expanded_the_dispersion(monkeypatch):
+    """Under Pyro's plates a distribution is .expand()-ed, which broadcasts theta to the draws' shape (stride 0):
+    each count's terms are still computed once per datum, not once per draw."""
+    from pyrovae.distributions import negative_binomial
+
+    torch.manual_seed(2)
+    x = torch.poisson(torch.full((5, 40), 2.0)) * (torch.rand(5, 40) < 0.5)
+    mean, theta = torch.rand(8, 5, 40, dtype=torch.float64) * 4, torch.rand(40, dtype=torch.float64) * 20
+    scored, count_terms = [], negative_binomial._count_terms
+    monkeypatch.setattr(negative_binomial, "_count_terms", lambda k, t: scored.append(k.numel()) or count_terms(k, t))
+    expanded = NegativeBinomial(mean, theta).expand((8, 5, 40))
+    assert expanded.theta.stride()[:2] == (0, 0)
+    together = expanded.log_prob(x)
+    assert scored == [int((x != 0).sum())]  # once per datum
+    alone = torch.stack([NegativeBinomial(m, theta).log_prob(x) for m in mean])
+    torch.testing.assert_close(together, alone, rtol=1e-15, atol=1e-12)
+
+
 def test_one_count_against_many_means():
     """A 0-d count scored against draws of its mean (the draws-sharing path with a datum of no shape)."""
     means = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
