@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,10 +68,30 @@ def _older_than(file: Path, seconds: float) -> bool:
         return False
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the platform says (Linux), else the usual 022."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0o022
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a new version of ``path`` gets: the existing file's, else what ``open(path, "w")`` would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) -> Path:
     """Write ``path`` atomically: ``write(stream)`` fills a temporary file beside it, which is flushed, fsynced and
     renamed over ``path`` (an atomic replace on POSIX and Windows). Readers see the old file or the new one, never
     a part; a crash leaves the old file.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (an existing file's, else 0666 less the umask),
+    not the private 0600 of a temporary file.
 
     Each writer's temporary file carries its host and process id and a random part, so two jobs writing the same
     path never touch each other's; the last rename wins. Temporary files of writers that are gone (a process of
@@ -89,6 +110,7 @@ def atomic_write(path: str | os.PathLike, write: Callable, binary: bool = True) 
         with os.fdopen(handle, "wb" if binary else "w") as stream:
             write(stream)
             stream.flush()
+            os.chmod(stream.fileno() if os.chmod in os.supports_fd else temporary, _file_mode(path))
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:

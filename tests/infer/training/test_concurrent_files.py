@@ -4,6 +4,7 @@ training run on one checkpoint is refused before it touches anything."""
 
 import multiprocessing
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -244,3 +245,14 @@ def test_two_jobs_on_one_sweep_run_each_key_once(tmp_path):
     assert [job.exitcode for job in jobs] == [0, 0]
     assert sorted(calls.read_text().split()) == ["a", "b", "c"]
     assert Sweep(path).results == {"a": "A", "b": "B", "c": "C"}
+
+
+def test_an_atomically_written_file_has_the_mode_of_a_plainly_written_one(tmp_path):
+    """Not the private 0600 of the temporary file it was written to: a colleague reads metrics.json as any file."""
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    written = atomic_write(tmp_path / "metrics.json", lambda stream: stream.write("{}"), binary=False)
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    os.chmod(written, 0o600)  # a file made private on purpose stays so when written again
+    atomic_write(written, lambda stream: stream.write("{}"), binary=False)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
