@@ -19,7 +19,9 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import logging
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,7 @@ from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
 
 MANIFEST = "manifest.json"
+logger = logging.getLogger(__name__)  # one line per part scored: what a long job's log shows without a progress bar
 _OPTIONS = inspect.signature(log_likelihood)
 
 
@@ -285,10 +288,14 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
         except Exception as error:  # a truncated or foreign file: say which, never suggest weights_only=False
             raise ValueError(f"part {path.name} in {folder} cannot be read ({load_error(error)}); it is corrupt "
                              "or not a part: delete it, and the next call scores that part again") from None
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=_cuda_devices()):
         torch.manual_seed(int(np.random.SeedSequence([seed, part]).generate_state(1)[0]))
         estimate = log_likelihood(model, guide, data, **options)
     atomic_write(path, lambda stream: torch.save(dataclasses.asdict(estimate), stream))
+    logger.info("%s: part %d scored (%d data, mean %.2f, %.0f%% certified) in %.1f min", folder, part,
+                estimate.per_datum.numel(), estimate.mean, 100 * float(estimate.certified.float().mean()),
+                (time.perf_counter() - started) / 60)
     return estimate
 
 

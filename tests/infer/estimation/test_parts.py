@@ -54,6 +54,20 @@ def test_parts_are_right_against_the_exact_marginal(tmp_path, proposal):
         assert result.cost["guide"]["data"] == 40 and len(result.estimator) == 40
 
 
+def test_each_part_scored_is_logged_and_a_part_read_is_not(tmp_path, caplog):
+    """A long job's log says how far its scoring has come, without a progress bar."""
+    W, mu, x = ppca(7)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    with caplog.at_level("INFO", logger="pyrovae.infer.estimation.parts"):
+        _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=8, num_samples=50)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and "part 2 scored (4 data" in lines[2] and "certified" in lines[2]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pyrovae.infer.estimation.parts"):
+        _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=8, num_samples=50)
+    assert not caplog.records  # every part read from its file
+
+
 def test_an_interrupted_scoring_resumes_and_equals_one_uninterrupted(tmp_path, monkeypatch):
     W, mu, x = ppca(5)
     model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=1.3)
