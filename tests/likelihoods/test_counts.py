@@ -157,6 +157,22 @@ def test_terms_are_shared_when_a_plate_has_expanded_the_dispersion(monkeypatch):
     torch.testing.assert_close(together, alone, rtol=1e-15, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_a_trace_made_with_an_expanded_dispersion_holds_for_a_materialised_one():
+    """Sharing reads which dimensions were broadcast from the strides, which a trace would keep: traced, it is off."""
+    torch.manual_seed(4)
+    x = torch.poisson(torch.full((5, 12), 2.0))
+    mean = torch.rand(6, 5, 12, dtype=torch.float64) * 3 + 0.1
+
+    def log_density(mean, theta):
+        return NegativeBinomial(mean, theta, validate_args=False).log_prob(x)
+
+    traced = torch.jit.trace(log_density, (mean, (torch.rand(12, dtype=torch.float64) + 1).expand(6, 5, 12)),
+                             check_trace=False)
+    theta = torch.rand(6, 5, 12, dtype=torch.float64) + 1  # a dispersion per draw, cell and gene: nothing broadcast
+    torch.testing.assert_close(traced(mean, theta), log_density(mean, theta), rtol=0, atol=0)
+
+
 def test_one_count_against_many_means():
     """A 0-d count scored against draws of its mean (the draws-sharing path with a datum of no shape)."""
     means = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
