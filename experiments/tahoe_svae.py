@@ -96,6 +96,10 @@ parser.add_argument("--workers", type=non_negative_int, default=1, help="DataLoa
 parser.add_argument("--test-fraction", type=fraction, default=0.05, help="cells held out (hash of shard and row)")
 parser.add_argument("--held-out", type=positive_int, default=3_000, help="held-out cells analysed")
 parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
+parser.add_argument("--ais-chains", type=positive_int, default=128,
+                    help="chains per cell of the 'auto' estimator's AIS stage")
+parser.add_argument("--ais-steps", type=positive_int, default=200,
+                    help="annealing steps of the 'auto' estimator's AIS stage (fewer: a cheaper, looser bound)")
 args = parser.parse_args()
 device = setup(args)
 if init_distributed():
@@ -217,9 +221,12 @@ plate_mixing = {"ilisi": ilisi(locations, codes["plate"]) if plates > 1 else Non
                 "batch_asw": batch_asw(locations, codes["plate"], codes["cell_line"]) if plates > 1 else None}
 # 500 cells at a time, each part saved as it finishes (hours of AIS survive an interruption), in a folder of the
 # weights' epoch and the estimator: a run resumed to more epochs, or scored otherwise, scores afresh
-scores = out / "scores" / f"epoch{len(history)}-{args.proposal}-{args.num_samples}"
+ais = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
+other_ais = ais not in ({}, {"ais_chains": 128, "ais_steps": 200})  # named in the folder when not the defaults
+scores = out / "scores" / (f"epoch{len(history)}-{args.proposal}-{args.num_samples}"
+                           + (f"-ais{args.ais_chains}x{args.ais_steps}" if other_ais else ""))
 ll = log_likelihood_in_parts(model, guide, data_held, scores, part_size=500, seed=args.seed, progress=progress,
-                             num_samples=args.num_samples, proposal=args.proposal)
+                             num_samples=args.num_samples, proposal=args.proposal, **ais)
 certified = float(ll.certified.float().mean())
 print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell "
       f"(certified: {certified:.1%}; k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_device, check_integer
 from pyrovae.infer.batches import BatchSource
+from pyrovae.infer.estimation.certify import auto_log_likelihood
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
@@ -40,6 +41,8 @@ from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
 MANIFEST = "manifest.json"
 logger = logging.getLogger(__name__)  # one line per part scored: what a long job's log shows without a progress bar
 _OPTIONS = inspect.signature(log_likelihood)
+_AUTO_DEFAULTS = {name: inspect.signature(auto_log_likelihood).parameters[name].default
+                  for name in ("ais_chains", "ais_steps")}
 
 
 def parameters_digest(*modules) -> str:
@@ -121,9 +124,11 @@ def _checked_options(options: dict) -> dict:
 
 
 def _without_defaults(options: dict) -> dict:
-    """``options`` less those at log_likelihood's defaults: ``num_samples=500`` spelled out is the same scoring."""
+    """``options`` less those at log_likelihood's defaults: ``num_samples=500`` spelled out is the same scoring, and
+    so are ``ais_chains=128`` and ``ais_steps=200`` (what ``proposal="auto"`` uses when they are left out)."""
     return {name: value for name, value in sorted(options.items())
-            if value is not None and value != _OPTIONS.parameters[name].default}
+            if value is not None and value != _OPTIONS.parameters[name].default
+            and not (name in _AUTO_DEFAULTS and value == _AUTO_DEFAULTS[name])}
 
 
 _WHAT = {"num_data": "the number of data", "data": "the data (a digest of 256 of them)", "part_size": "part_size",

@@ -332,6 +332,15 @@ def test_an_option_spelled_out_at_its_default_is_the_same_scoring(tmp_path):
     again = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50,
                    proposal="guide", batch_size=None)
     _assert_same(first, again)
+    auto = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path / "auto", part_size=10, num_samples=50,
+                  proposal="auto", ais_chains=8, ais_steps=5)
+    assert json.loads((tmp_path / "auto" / "manifest.json").read_text())["options"]["ais_chains"] == 8
+    spelled = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path / "spelled", part_size=10,
+                     num_samples=50, proposal="auto")
+    assert "ais_chains" not in json.loads((tmp_path / "spelled" / "manifest.json").read_text())["options"]
+    _assert_same(spelled, _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path / "spelled", part_size=10,
+                                 num_samples=50, proposal="auto", ais_chains=128, ais_steps=200))
+    assert auto.num_samples == spelled.num_samples
     # a manifest written before defaults were left out (an old one, spelling them) still reads as this scoring
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["options"]["proposal"] = "guide"
