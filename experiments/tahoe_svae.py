@@ -222,7 +222,7 @@ plate_mixing = {"ilisi": ilisi(locations, codes["plate"]) if plates > 1 else Non
 # 500 cells at a time, each part saved as it finishes (hours of AIS survive an interruption), in a folder of the
 # weights' epoch and the estimator: a run resumed to more epochs, or scored otherwise, scores afresh
 ais = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
-other_ais = ais not in ({}, {"ais_chains": 128, "ais_steps": 200})  # named in the folder when not the defaults
+other_ais = ais and any(v != parser.get_default(k) for k, v in ais.items())  # named in the folder if not defaults
 scores = out / "scores" / (f"epoch{len(history)}-{args.proposal}-{args.num_samples}"
                            + (f"-ais{args.ais_chains}x{args.ais_steps}" if other_ais else ""))
 ll = log_likelihood_in_parts(model, guide, data_held, scores, part_size=500, seed=args.seed, progress=progress,

@@ -87,14 +87,25 @@ def _split_here(k: torch.Tensor) -> bool:
     return k.device.type == "cpu" and not (capturing() or torch.jit.is_tracing())
 
 
+def _finite_theta(theta: torch.Tensor, split: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Where theta is infinite (None when the CPU has checked that it is nowhere), and theta with those entries at 1
+    (their entries take the Poisson form)."""
+    poisson = torch.isinf(theta)
+    if split and not poisson.any():
+        return None, theta
+    return poisson, torch.where(poisson, 1.0, theta)
+
+
+def _gamma_terms(k: torch.Tensor, finite_theta: torch.Tensor, split: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    ratio = _split_log_gamma_ratio(k, finite_theta) if split else log_gamma_ratio(k, finite_theta)
+    return ratio, torch.lgamma(k + 1.0)
+
+
 def _count_terms(k: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The terms of log NB(k | mu, theta) for counts k > 0 that do not depend on mu, ``(log_gamma_ratio(k, theta),
     log k!)``, with an infinite theta's ratio at theta = 1 (its entries take the Poisson form)."""
-    poisson = torch.isinf(theta)
     split = _split_here(k)
-    finite = theta if split and not poisson.any() else torch.where(poisson, 1.0, theta)
-    ratio = _split_log_gamma_ratio(k, finite) if split else log_gamma_ratio(k, finite)
-    return ratio, torch.lgamma(k + 1.0)
+    return _gamma_terms(k, _finite_theta(theta, split)[1], split)
 
 
 def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, ratio: torch.Tensor | None = None,
@@ -106,14 +117,14 @@ def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, ra
     On the CPU each entry takes only its own branches (which costs host-side decisions, free there). On other
     devices, and while a step is traced (``elbo="jit"``) or captured (``compile=True``), every branch is computed
     and selected elementwise: no host round trips, and a trace would keep the branches of its first batch."""
+    split = _split_here(k)
+    poisson, finite = _finite_theta(theta, split)
     if ratio is None:
-        ratio, log_factorial = _count_terms(k, theta)
-    poisson = torch.isinf(theta)
-    if _split_here(k) and not poisson.any():
-        return ratio + torch.xlogy(k, mu) - (k + theta) * torch.log1p(mu / theta) - log_factorial
-    finite = torch.where(poisson, 1.0, theta)
+        ratio, log_factorial = _gamma_terms(k, finite, split)
     log_prob = ratio + torch.xlogy(k, mu) - (k + finite) * torch.log1p(mu / finite)
-    return torch.where(poisson, torch.xlogy(k, mu) - mu, log_prob) - log_factorial
+    if poisson is not None:
+        log_prob = torch.where(poisson, torch.xlogy(k, mu) - mu, log_prob)
+    return log_prob - log_factorial
 
 
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
