@@ -5,6 +5,7 @@ results written back (:func:`add_results`: ``obsm``, ``obs``, ``layers``, ``uns`
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,23 +35,31 @@ def _read_rows(matrix, what: str, rows_per_read: int = 10_000):
 
 def _check_raw_counts(matrix, what: str, layers) -> None:
     """Raise a ValueError naming ``layer=`` when ``matrix`` holds anything but non-negative integer counts."""
+    if sp.issparse(matrix) and matrix.format not in ("csr", "csc", "coo"):
+        matrix = matrix.tocsr()  # formats whose .data is not one value per stored entry
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
     for bad, problem in ((~np.isfinite(values), "a non-finite value"), (values < 0, "a negative count"),
                          (values != np.round(values), "a non-integer count")):
         if bad.any():
             position = int(np.flatnonzero(bad.ravel())[0])
-            if sp.issparse(matrix):
-                coo = matrix.tocoo()
-                order = np.lexsort((coo.col, coo.row))  # the order of a CSR matrix's data
-                cell, gene = int(coo.row[order][position]), int(coo.col[order][position])
-            else:
-                cell, gene = np.unravel_index(position, values.shape)
+            cell, gene = _stored_entry(matrix, position) if sp.issparse(matrix) else np.unravel_index(position,
+                                                                                                     values.shape)
             raise ValueError(
                 f"{what} of the AnnData holds {problem} ({values.ravel()[position]:g} at cell {int(cell)}, gene "
                 f"{int(gene)}; {int(bad.sum())} such entries): count models need the raw, non-negative integer "
                 f"counts. Pass layer= naming the layer that holds them (layers: {list(layers)}), or keep them "
                 "before normalising with adata.layers['counts'] = adata.X.copy()"
             )
+
+
+def _stored_entry(matrix, position: int) -> tuple[int, int]:
+    """The (row, column) of the ``position``-th stored value of a CSR, CSC or COO matrix, in its own storage order
+    (a CSR's column indices need not be sorted: ``adata[:, genes]`` leaves them unsorted)."""
+    if matrix.format == "coo":
+        return int(matrix.row[position]), int(matrix.col[position])
+    major = int(np.searchsorted(matrix.indptr, position, side="right") - 1)
+    minor = int(matrix.indices[position])
+    return (major, minor) if matrix.format == "csr" else (minor, major)
 
 
 def raw_counts(adata, layer: str | None = None):
@@ -143,7 +152,14 @@ def add_results(adata, latent=None, clusters=None, key: str = "pyrovae", *, norm
     (:func:`~pyrovae.infer.normalized_expression`, cells x genes) in ``layers["<key>_normalized"]`` when its genes
     are the AnnData's (else in ``obsm["<key>_normalized"]`` as a DataFrame), DE tables (one, or a dict of them) in
     ``uns["<key>_de"]``, and transferred labels (:func:`~pyrovae.infer.predict_labels`) in ``obs["<key>_label"]``
-    and ``obs["<key>_label_probability"]``."""
+    and ``obs["<key>_label_probability"]``.
+
+    :warns UserWarning: for a view (``adata[mask]``): anndata turns it into an AnnData of its own to hold the
+        results, and the AnnData it views gets none."""
+    if getattr(adata, "is_view", False):
+        warnings.warn("add_results: the AnnData is a view (adata[mask]): anndata makes it an AnnData of its own to "
+                      "hold the results, and the AnnData it views gets none; keep them with view = adata[mask].copy() "
+                      "first, or use the whole AnnData", UserWarning, stacklevel=3)
     if latent is not None:
         latent = latent.detach().cpu().numpy() if isinstance(latent, torch.Tensor) else np.asarray(latent)
         if latent.shape[0] != adata.n_obs:

@@ -17,7 +17,7 @@ import pandas as pd
 from pyrovae.data import CountData, add_results
 from pyrovae.infer import encode_data, predict_labels, pseudo_label_start
 from pyrovae.infer.arguments import check_integer
-from pyrovae.sc.model import RESULTS_KEY, SingleCellModel
+from pyrovae.sc.model import RESULTS_KEY, SingleCellModel, default_epochs
 
 
 class SingleCellVAE(SingleCellModel):
@@ -61,11 +61,19 @@ class SingleCellGMVAE(SingleCellModel):
         feature = {} if feature is False else {"feature_batch_norm": feature}
         return {"num_components": num_components, **feature, **super()._kind_arguments(data, options)}
 
-    def train(self, epochs: int | None = None, *, start_epochs: int = 0, **options):
+    START_EPOCHS = 30
+
+    def train(self, epochs: int | None = None, *, start_epochs: int | None = None, **options):
         """:meth:`SingleCellModel.train`, after ``start_epochs`` epochs from k-means pseudo-labels on principal
         components of the training cells' log-normalised counts (:func:`~pyrovae.infer.pseudo_label_start`; 0: a
         random start). From a random start the components often collapse onto one: on CellBench CEL-seq2's five
-        cell lines (NB), 30 epochs of start lifted the clusters' ARI from 0.00 to 0.92 at as good an ELBO."""
+        cell lines (NB), 30 epochs of start lifted the clusters' ARI from 0.00 to 0.92 at as good an ELBO.
+
+        :param int start_epochs: default 30 (at most ``epochs``) before a model's first training, none when it is
+            trained further."""
+        if start_epochs is None:
+            planned = default_epochs(self.adata.n_obs) if epochs is None else epochs
+            start_epochs = 0 if len(self.history) else min(self.START_EPOCHS, planned)
         check_integer("start_epochs", start_epochs, 0)
         self._start_epochs = start_epochs
         return super().train(epochs, **options)
@@ -117,9 +125,18 @@ class LabelTransferGMVAE(SingleCellGMVAE):
         if start_epochs:
             raise ValueError("LabelTransferGMVAE's components are its labels: it needs no pseudo-label start "
                              "(start_epochs=0)")
-        return super().train(epochs, **options)
+        return super().train(epochs, start_epochs=0, **options)
 
     def _training_data(self, data: CountData) -> CountData:
+        foreign = self.registration.foreign_labels(self.adata)
+        if foreign:
+            raise ValueError(
+                f"obs[{self.registration.labels_key!r}] holds labels {foreign[:5]} that are not among the labels "
+                f"{self.registration.label_names[:10]} this model has one component each for: a label added or "
+                "renamed since setup_anndata. Name cells of unknown type "
+                f"{self.registration.unlabeled_category!r} (unlabeled_category), or set the AnnData up again for "
+                "a new model"
+            )
         return data.with_labels()  # the cells with a label are known, the unlabelled category is not
 
     def predict(self, adata=None, *, soft: bool = False, key: str = RESULTS_KEY):

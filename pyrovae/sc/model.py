@@ -77,6 +77,10 @@ class SingleCellModel:
             dropout=dropout, activation=activation, name=name, categorical=data.categorical_sizes,
             continuous=data.num_continuous, encode_covariates=encode_covariates, **kind_arguments,
         )
+        if not callable(getattr(self.model.likelihood, "proportions", None)):
+            raise ValueError(f"{type(self).__name__} models UMI counts, so its likelihood is a count likelihood "
+                             f"('nb', 'zinb', 'poisson' or 'zip'), got {likelihood!r}; for other data build the pair "
+                             "with the functional API (pyrovae.VAE(..., likelihood=...) and a guide)")
         if options.get("library") == "latent":
             self.model.likelihood.fit_library_prior(data)
         self.gene_names = list(data.gene_names)
@@ -116,7 +120,7 @@ class SingleCellModel:
         if genes is not None and data.gene_names != genes:
             from pyrovae.sc.saving import gene_mismatch
 
-            raise ValueError(gene_mismatch(data.gene_names, genes, "use the model on it"))
+            raise ValueError(gene_mismatch(data.gene_names, genes, "be used on it"))
         return data
 
     def _backed_counts(self, adata):
@@ -161,7 +165,7 @@ class SingleCellModel:
             self.history.records.append({**record, "epoch": record.get("epoch", 0) + offset})
         self.history.best_epoch = history.best_epoch
         self.history.stopped_early = history.stopped_early
-        self.is_trained = True
+        self.is_trained = len(self.history) > 0  # epochs=0 trains nothing
         return history
 
     def _check_library_sizes(self, data: CountData) -> None:
@@ -230,12 +234,14 @@ class SingleCellModel:
         masks are named "selected cells", numbered from the second on: "selected cells vs rest (2)")."""
         self._check_trained()
         data = self._data(adata)
-        if groupby is None and data.label_key is None and isinstance(group1, str):
+        if groupby is None and self.registration.labels_key in self._adata(adata).obs.columns:
+            groupby = self.registration.labels_key  # the labels as they are now, new ones too
+        if groupby is None and isinstance(group1, str):
             raise ValueError(f"group1={group1!r} names a group: pass groupby= (an obs column), or set the AnnData up "
                              "with labels_key=")
         table = differential_expression(self.model, self.guide, data, group1, group2, groupby=groupby, **options)
         target = self._adata(adata)
-        comparison = f"{_group_name(group1)} vs {'rest' if group2 is None else _group_name(group2)}"
+        comparison = f"{_group_name(group1, groupby)} vs {'rest' if group2 is None else _group_name(group2, groupby)}"
         tables = dict(target.uns.get(f"{key}_de", {}))
         comparison = comparison.replace("/", "_")  # '/' would nest the table in an .h5ad file
         base, number = comparison, 1
@@ -276,11 +282,13 @@ class SingleCellModel:
                 f"{self.model.pair_arguments['likelihood']!r}, {trained})")
 
 
-def _group_name(group) -> str:
-    if isinstance(group, str):
-        return group
-    if isinstance(group, (list, tuple)) and all(isinstance(g, str) for g in group):
-        return "+".join(group)
+def _group_name(group, groupby: str | None) -> str:
+    """A group's name in the DE tables' keys: its label (or labels, joined by '+'), or "selected cells" for a
+    mask or indices (groups are labels when named as strings, or as any values with ``groupby``)."""
+    if isinstance(group, str) or (groupby is not None and np.isscalar(group)):
+        return str(group)
+    if isinstance(group, (list, tuple)) and (groupby is not None or all(isinstance(g, str) for g in group)):
+        return "+".join(map(str, group))
     return "selected cells"
 
 

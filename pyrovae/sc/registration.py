@@ -61,14 +61,35 @@ class DataRegistration:
 
     def count_data(self, adata, counts=None) -> CountData:
         """The AnnData's counts and covariates as a :class:`~pyrovae.data.CountData`, coded as registered (a batch
-        or label the registration does not know is an error that names it). ``counts``: the counts already read
-        (:func:`~pyrovae.data.anndata_io.raw_counts`)."""
+        the registration does not know is an error that names it). ``counts``: the counts already read
+        (:func:`~pyrovae.data.anndata_io.raw_counts`).
+
+        A labels column holding labels the registration does not know (a query's new cell types) is not read, with
+        a warning: the cells are read as of unknown type, which is all that latents, expression and predictions
+        need (training on the labels refuses it: :meth:`foreign_labels`)."""
+        labels_key = self.labels_key if self.labels_key in adata.obs.columns else None
+        foreign = self.foreign_labels(adata)
+        if foreign:
+            warnings.warn(f"obs[{labels_key!r}] holds labels the model was not set up with ({foreign[:5]}; its "
+                          f"labels: {self.label_names[:10]}): the column is not read for this AnnData, so its cells "
+                          "are of unknown type here. Name cells of unknown type "
+                          f"{self.unlabeled_category!r} (unlabeled_category) to keep the known labels",
+                          UserWarning, stacklevel=4)
+            labels_key = None
         return from_anndata(adata, self.layer, counts=counts, batch_key=self.batch_key,
                             categorical_covariate_keys=self.categorical_covariate_keys,
-                            continuous_covariate_keys=self.continuous_covariate_keys,
-                            labels_key=self.labels_key if self.labels_key in adata.obs.columns else None,
+                            continuous_covariate_keys=self.continuous_covariate_keys, labels_key=labels_key,
                             unlabeled_category=self.unlabeled_category,
-                            label_names=self.label_names if self.labels_key else None, levels=self.levels)
+                            label_names=self.label_names if labels_key else None, levels=self.levels)
+
+    def foreign_labels(self, adata) -> list[str]:
+        """The values of the AnnData's labels column that are neither registered labels nor of unknown type
+        (``unlabeled_category`` or missing), sorted; [] without a labels column."""
+        if self.labels_key is None or self.labels_key not in adata.obs.columns:
+            return []
+        values = adata.obs[self.labels_key]
+        text = {str(v) for v in values[values.notna()].unique()}
+        return sorted(text - set(self.label_names) - {str(self.unlabeled_category)})
 
     def check_columns(self, adata) -> None:
         """Raise a ValueError naming the registered layer or ``obs`` columns the AnnData lacks."""
@@ -114,6 +135,9 @@ def setup_anndata(
         if key is not None and key not in adata.obs.columns:
             raise ValueError(f"setup_anndata: no obs column {key!r} for {argument} (columns: "
                              f"{list(adata.obs.columns)[:20]})")
+    for key in (batch_key, *categorical):
+        if key is not None:
+            _warn_if_continuous(key, adata.obs[key])
     data = from_anndata(adata, layer, batch_key=batch_key, categorical_covariate_keys=categorical,
                         continuous_covariate_keys=continuous, labels_key=labels_key,
                         unlabeled_category=unlabeled_category)
@@ -130,6 +154,18 @@ def setup_anndata(
     )
     adata.uns[UNS_KEY] = json.dumps(registration.to_dict())
     return registration
+
+
+def _warn_if_continuous(key: str, values) -> None:
+    """Warn about a categorical covariate (the batch) given as a column of non-integer numbers: each distinct value
+    becomes a level of its own, which is rarely meant (a continuous covariate, such as percent mitochondrial)."""
+    if getattr(values.dtype, "kind", "") != "f":
+        return
+    numbers = values.dropna().to_numpy()
+    if (numbers != numbers.round()).any():
+        warnings.warn(f"setup_anndata: the categorical covariate {key!r} holds non-integer numbers, read as "
+                      f"{len(set(numbers.tolist()))} levels, one per distinct value; a continuous covariate goes in "
+                      "continuous_covariate_keys", UserWarning, stacklevel=3)
 
 
 def _warn_unless_scaled(key: str, values) -> None:

@@ -80,7 +80,6 @@ def load_model(cls, folder: str | os.PathLike, adata, *, device=None):
         raise ValueError(gene_mismatch(var_names, entry["genes"], "be loaded with it",
                                        "pyrovae.sc.saved_genes(folder)") + f" (folder: {folder})")
     registration.check_columns(adata)
-    adata.uns[UNS_KEY] = json.dumps(registration.to_dict())
     model, guide, history = load_pair(folder)
     if device is not None:
         model.to(device)
@@ -91,7 +90,8 @@ def load_model(cls, folder: str | os.PathLike, adata, *, device=None):
     loaded.pair_kind = config["pair"]["kind"]
     loaded.history = history if history is not None else History()
     loaded.is_trained = len(loaded.history) > 0
-    loaded._data()  # reads the counts as registered now: an unknown batch or label is named at once
+    loaded._data()  # reads the counts as registered now: an unknown batch is named at once
+    adata.uns[UNS_KEY] = json.dumps(registration.to_dict())  # only once the AnnData is known to fit
     return loaded
 
 

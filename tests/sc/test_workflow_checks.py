@@ -1,5 +1,5 @@
 """The single-cell layer as a scanpy user drives it: what the user changes in the AnnData between calls is seen
-(a clustering added to ``obs``, a layer replaced; a registered label renamed is named as unknown), and what would
+(a clustering added to ``obs``, a layer replaced; a registered label renamed is named, with a warning), and what would
 give quiet nonsense is named (an untrained model, no labelled cell, an empty cell, a covariate on the scale of
 counts)."""
 
@@ -31,10 +31,11 @@ def test_a_column_added_to_obs_after_training_is_seen(adata):
     table = model.differential_expression("0", groupby="leiden", num_samples=2)
     assert len(table) == adata.n_vars
     adata.obs["cell_type"] = adata.obs["cell_type"].replace({"B": "B cell"})  # unknown to the registration
-    with pytest.raises(ValueError, match=r"holds labels \['B cell'\] that are not among.*renamed since setup_anndata"):
-        model.differential_expression("B cell", num_samples=2)
-    with pytest.raises(ValueError, match="renamed since setup_anndata"):
+    with pytest.warns(UserWarning, match=r"labels the model was not set up with \(\['B cell'\]"):
         model.get_latent_representation()  # the registered column is read by every call
+    with pytest.warns(UserWarning, match="not set up with"):
+        table = model.differential_expression("B cell", num_samples=2)  # groups: the column as it is now
+    assert "B cell vs rest" in adata.uns["pyrovae_de"] and len(table) == adata.n_vars
 
 
 def test_a_replaced_layer_is_read_again(adata):
@@ -151,3 +152,88 @@ def test_genes_in_another_order_point_to_the_models_genes(adata):
     shuffled = adata[:, adata.var_names[::-1]].copy()
     with pytest.raises(ValueError, match=r"another order.*adata\[:, model.gene_names\]"):
         model.get_latent_representation(shuffled)
+
+
+def test_new_labels_in_a_query_are_read_as_unknown_with_a_warning(tmp_path, adata):
+    """A query's cell types the model was not set up with do not block its latent, its predictions or loading it
+    (the labels column is not read, with a warning); training the label-transfer model on such labels is refused."""
+    sc.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="cell_type")
+    model = _trained(adata, sc.LabelTransferGMVAE)
+    model.save(tmp_path / "model")
+    query = make_adata(seed=1)
+    query.obs.loc["cell0", "cell_type"] = "Platelet"
+    without = query.copy()
+    del without.obs["cell_type"]
+    for method in ("get_latent_representation", "predict"):
+        with pytest.warns(UserWarning, match=r"labels the model was not set up with \(\['Platelet'\]"):
+            got = getattr(model, method)(query)
+        expected = getattr(model, method)(without)
+        assert np.array_equal(np.asarray(got), np.asarray(expected))
+    with pytest.warns(UserWarning, match="not set up with"):
+        loaded = sc.LabelTransferGMVAE.load(tmp_path / "model", query)
+    with pytest.raises(ValueError, match=r"labels \['Platelet'\] that are not among the labels \['B', 'NK', 'T'\]"):
+        loaded.train(**QUICK)
+    query.obs.loc["cell0", "cell_type"] = "Unknown"  # the unlabelled category: read with the known labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(query)
+
+
+def test_a_failed_load_leaves_the_anndata_as_it_was(tmp_path, adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    _trained(adata).save(tmp_path / "model")
+    query = make_adata(seed=1)
+    query.obs["batch"] = query.obs["batch"].replace("b2", "b3")
+    before = sc.setup_anndata(query, layer="counts", batch_key="batch")
+    with pytest.raises(ValueError, match=r"covariate 'batch' has levels \['b3'\]"):
+        sc.SingleCellVAE.load(tmp_path / "model", query)
+    assert sc.registration_of(query) == before
+
+
+def test_a_batch_of_non_integer_numbers_warns(adata):
+    with pytest.warns(UserWarning, match=rf"'percent_mt' holds non-integer numbers, read as {NUM_CELLS} levels"):
+        sc.setup_anndata(adata, layer="counts", batch_key="percent_mt")
+    adata.obs["plate"] = (np.arange(NUM_CELLS) % 3).astype(float)  # 0.0, 1.0, 2.0: plate numbers
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sc.setup_anndata(adata, layer="counts", batch_key="batch", categorical_covariate_keys=["plate"])
+
+
+def test_a_likelihood_that_is_not_for_counts_is_refused_when_built(adata):
+    sc.setup_anndata(adata, layer="counts")
+    with pytest.raises(ValueError, match="models UMI counts, so its likelihood is a count likelihood.*'gaussian'"):
+        sc.SingleCellVAE(adata, **SMALL, likelihood="gaussian")
+
+
+def test_the_gmvae_starts_from_pseudo_labels_by_default_before_its_first_training(adata, monkeypatch):
+    import pyrovae.sc.kinds as kinds
+
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    starts = []
+    monkeypatch.setattr(kinds, "pseudo_label_start", lambda *args, epochs, **options: starts.append(epochs))
+    model = sc.SingleCellGMVAE(adata, **SMALL, num_components=3)
+    model.train(**QUICK)  # two epochs: a start of two
+    model.train(**QUICK)  # trained further: no start
+    model.train(**QUICK, start_epochs=1)
+    sc.SingleCellGMVAE(adata, **SMALL, num_components=3).train(**{**QUICK, "epochs": 100})
+    assert starts == [2, 1, 30]
+
+
+def test_de_tables_are_named_by_the_groups_values_and_zero_epochs_train_nothing(adata):
+    adata.obs["cluster"] = np.arange(NUM_CELLS) % 3
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = sc.SingleCellVAE(adata, **SMALL)
+    model.train(**{**QUICK, "epochs": 0})
+    assert not model.is_trained
+    model = _trained(adata)
+    model.differential_expression(1, 2, groupby="cluster", num_samples=2)
+    model.differential_expression([0, 1], groupby="cluster", num_samples=2)
+    assert sorted(adata.uns["pyrovae_de"]) == ["0+1 vs rest", "1 vs 2"]
+
+
+def test_results_written_into_a_view_warn(adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = _trained(adata)
+    view = adata[:30]
+    with pytest.warns(UserWarning, match=r"the AnnData is a view \(adata\[mask\]\).*gets none"):
+        model.get_latent_representation(view)

@@ -320,9 +320,10 @@ def differential_expression(
 
 def markers(frame: pd.DataFrame, min_bayes_factor: float = 3.0, min_detection: float = 0.1,
             top: int | None = None) -> pd.DataFrame:
-    """The genes of a :func:`differential_expression` table that are *up* in group 1: ``lfc_mean > 0``, Bayes
-    factor at least ``min_bayes_factor``, detected in at least ``min_detection`` of group 1's cells; sorted by
-    ``lfc_mean``, the usual way scVI users read marker genes off a table.
+    """The genes of a :func:`differential_expression` table that are *up* in group 1: ``lfc_mean > 0``, the
+    ``bayes_factor`` column (a natural-log Bayes factor, scVI's convention) at least ``min_bayes_factor`` (3: a
+    Bayes factor of about 20), detected in at least ``min_detection`` of group 1's cells; sorted by ``lfc_mean``,
+    the usual way scVI users read marker genes off a table.
 
     :raises ValueError: for a table without the columns of a differential expression table (naming them)."""
     if not isinstance(frame, pd.DataFrame):
