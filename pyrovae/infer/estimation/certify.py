@@ -24,13 +24,14 @@ Three stages, the last run only on the data the one before left uncertified:
    :class:`~pyrovae.infer.estimation.ais.RadialLift`; discrete latents have no HMC path: their data stop after
    stage 2.
 
-The refined stage certifies a datum when its weights do (k-hat <= 0.7 and an effective sample size of
-at least 10: :attr:`LogLikelihood.certified`) **and** a check that k-hat cannot make agrees: ``num_samples // 4``
-draws from the stage's proposal mixed half and half with a copy three times wider must not find more mass, that is
-the check's estimate may not exceed the stage's by more than three combined Monte Carlo standard errors (plus 0.05
-nats). k-hat reads only the draws made: a proposal far narrower than the posterior can give well-behaved weights
-from draws that never reach the mass it misses (a Gaussian guide at 0.15 times the posterior's scale is 2 nats low
-with k-hat 0.4); the wider draws reach it.
+The refined stage certifies a datum when its weights do (k-hat at most
+:func:`~pyrovae.infer.estimation.psis.khat_limit` of its draws, 0.7 from 2,154 draws and 0.63 at 500, and an
+effective sample size of at least 10: :attr:`LogLikelihood.certified`) **and** a check that k-hat cannot make
+agrees: ``num_samples // 4`` draws from the stage's proposal mixed half and half with a copy three times wider must
+not find more mass, that is the check's estimate may not exceed the stage's by more than three combined Monte Carlo
+standard errors (plus 0.05 nats). k-hat reads only the draws made: a proposal far narrower than the posterior can
+give well-behaved weights from draws that never reach the mass it misses (a Gaussian guide at 0.15 times the
+posterior's scale is 2 nats low with k-hat 0.4); the wider draws reach it.
 
 Each datum keeps the estimate of the stage that certified it; where none did, a stage's uncertified estimate
 replaces the one before only if its k-hat is lower (an estimate with k-hat = inf, from a NaN weight, collapsed draws
@@ -58,9 +59,9 @@ from pyrovae.infer.estimation.bdmc import bdmc
 from pyrovae.infer.estimation.importance import estimation_passes
 from pyrovae.infer.estimation.log_likelihood import BatchEstimate, estimate_batch
 from pyrovae.infer.estimation.proposals import widened, with_latents_replaced
-from pyrovae.infer.estimation.psis import psis_khat
+from pyrovae.infer.estimation.psis import khat_limit, psis_khat
 from pyrovae.infer.estimation.refined import RefinedProposal
-from pyrovae.infer.estimation.result import CERTIFIED_KHAT, CERTIFIED_MIN_ESS, SCHEDULE_MAX_GAP, LogLikelihood
+from pyrovae.infer.estimation.result import CERTIFIED_MIN_ESS, SCHEDULE_MAX_GAP, LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
 
 STAGES = ("guide", "refined+defensive", "ais")
@@ -70,8 +71,8 @@ REFINED_DRAWS = 4  # the refined stage's draws, in multiples of num_samples
 CHECK_WEIGHT, CHECK_SCALE, CHECK_SLACK = 0.5, 3.0, 0.05  # the wider check's share and width, and its slack (nats)
 
 
-def _certified(estimate: BatchEstimate) -> torch.Tensor:
-    return (estimate.khat <= CERTIFIED_KHAT) & (estimate.ess >= CERTIFIED_MIN_ESS)
+def _certified(estimate: BatchEstimate, draws: int) -> torch.Tensor:
+    return (estimate.khat <= khat_limit(draws)) & (estimate.ess >= CERTIFIED_MIN_ESS)
 
 
 def _mc_variance(estimate: BatchEstimate, num_samples: int) -> torch.Tensor:
@@ -121,7 +122,7 @@ def _refined_stage(model: Callable, base: Callable, args: tuple, num_samples: in
     certifies."""
     draws = REFINED_DRAWS * num_samples
     estimate = estimate_batch(model, _mixed(base, 0.2, 2.0), args, draws, chunk, max_plate_nesting)
-    certified = _certified(estimate)
+    certified = _certified(estimate, draws)
     if certified.any():
         check_samples = max(num_samples // 4, 50)
         check = estimate_batch(model, _mixed(base, CHECK_WEIGHT, CHECK_SCALE), args, check_samples, chunk,
@@ -175,7 +176,7 @@ def _escalate(model: Callable, guide: Callable, args: tuple, refined: _Refiner, 
                 new = _ais(model, start, sub, ais_chains, ais_steps)
             except (NotImplementedError, ValueError):  # no HMC path (discrete latents)
                 break
-            now_certified = _certified(new)
+            now_certified = _certified(new, ais_chains)
         else:
             new, now_certified = _refined_stage(model, start, sub, num_samples, chunk, max_plate_nesting)
         cost[name]["seconds"] += time.perf_counter() - started

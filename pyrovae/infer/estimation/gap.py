@@ -40,10 +40,10 @@ class GapReport:
 
     def table(self) -> str:
         """The report as a text table."""
-        lines = [f"{'estimator':<44}{'ELBO':>10}{'log p(x)':>10}{'+/-':>7}{'k>0.7':>8}"]
+        lines = [f"{'estimator':<44}{'ELBO':>10}{'log p(x)':>10}{'+/-':>7}{'k>limit':>8}"]
         for name, row in self.rows.items():
             elbo = f"{row.elbo:>10.2f}" if row.mean_log_weight is not None else f"{'':>10}"
-            unreliable = float((row.khat > 0.7).float().mean())
+            unreliable = float((~(row.khat <= row.khat_limits)).float().mean())
             lines.append(f"{name:<44}{elbo}{row.mean:>10.2f}{row.stderr:>7.2f}{unreliable:>8.1%}")
         lines.append("gaps (nats): " + ", ".join(f"{k} {v:.2f}" for k, v in self.gaps.items()))
         return "\n".join(lines)

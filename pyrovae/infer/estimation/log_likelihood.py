@@ -16,7 +16,7 @@ from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
 from pyrovae.infer.batches import as_batches, model_check, module_device
 from pyrovae.infer.estimation.importance import estimation_passes, importance_draws
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
-from pyrovae.infer.estimation.psis import psis_khat, psis_tail_length
+from pyrovae.infer.estimation.psis import khat_limit, psis_khat, psis_tail_length
 from pyrovae.infer.estimation.refined import RefinedProposal
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
@@ -128,21 +128,22 @@ def log_likelihood(
     (Burda, Grosse & Salakhutdinov 2016). Works for any model/guide pair that follows the contract (per-datum sites
     in ``pyro.plate("data")``), plain Pyro functions included.
 
-    What it guarantees: for any proposal r with a density that covers p(z | x_i), the exponential of each estimate
-    is unbiased for p(x_i), so each estimate is a stochastic lower bound that tightens as S grows, exact for any S
-    when r is the exact posterior. Each datum carries a certificate: the Pareto k-hat of its weights (> 0.7: the
-    estimate cannot be trusted; it is a loose lower bound), the effective sample size and a Monte Carlo standard
-    error (:attr:`LogLikelihood.mc_stderr`), and, for the refined proposals, the number of posterior modes found
+    What it guarantees: for any proposal r with a density that covers p(z | x_i), the exponential of each estimate is
+    unbiased for p(x_i), so each estimate is a stochastic lower bound that tightens as S grows, exact for any S when r
+    is the exact posterior. Each datum carries a certificate: the Pareto k-hat of its weights (above min(1 - 1 / log10
+    S, 0.7), 0.63 at S = 500: the estimate cannot be trusted; it is a loose lower bound;
+    :attr:`LogLikelihood.khat_limits`), the effective sample size and a Monte Carlo standard error
+    (:attr:`LogLikelihood.mc_stderr`), and, for the refined proposals, the number of posterior modes found
     (:attr:`LogLikelihood.num_modes`). What no importance sampler can guarantee: mass r never draws (a mode far from
-    every start) is missing from the estimate and from its k-hat alike; the refined proposals search for modes
-    from several starts to make that unlikely, and say when the posterior is multimodal.
+    every start) is missing from the estimate and from its k-hat alike; the refined proposals search for modes from
+    several starts to make that unlikely, and say when the posterior is multimodal.
 
     When it refuses (ValueError): a guide whose latent is a point mass (``DeltaGuide``: q has no density, and its
     weights would give the joint log p(x, f(x)) at the code with a k-hat that reads as perfect; refit a guide with a
     density by :func:`~pyrovae.infer.refit_guide`), a site outside the ``"data"`` plate, bad numbers of samples.
     When it warns and flags: NaN weights (counted as zero weight; the datum's k-hat is ``inf``), draws of a datum
-    that all collapsed onto one value (a scale that underflowed: k-hat ``inf``), and the guide's k-hat > 0.7 for
-    more than a tenth of the data.
+    that all collapsed onto one value (a scale that underflowed: k-hat ``inf``), and the guide's k-hat above its
+    limit for more than a tenth of the data.
 
     The proposals: ``"guide"`` (the amortised q(z | x)); ``"defensive"`` (q mixed with a wider copy of itself);
     ``"refined"`` (q optimised per datum from several starts, the encoder's and the prior's best draws, and the
@@ -222,7 +223,8 @@ def log_likelihood(
     result = LogLikelihood(torch.cat(per_datum).cpu(), torch.cat(khats).cpu(), num_samples, proposal.name,
                            mean_log_weight=torch.cat(mean_log_weights).cpu(), ess=torch.cat(effective).cpu(),
                            num_modes=num_modes)
-    unreliable = int((result.khat > 0.7).sum())
+    limit = khat_limit(num_samples)
+    unreliable = int((~(result.khat <= limit)).sum())
     if psis_tail_length(num_samples) <= 4:  # every k-hat is inf: too few draws to judge, whatever the guide
         fewest = next(n for n in itertools.count(num_samples + 1) if psis_tail_length(n) > 4)
         warnings.warn(
@@ -234,8 +236,8 @@ def log_likelihood(
         better = ("proposal='refined+defensive' is slower and far more reliable" if isinstance(proposal, GuideProposal)
                   else "proposal='auto' escalates those data to AIS")
         warnings.warn(
-            f"k-hat > 0.7 for {unreliable} of the {len(result.khat)} data: the {proposal.name} proposal is a poor "
-            f"importance distribution there and the estimate is a loose lower bound; {better}",
+            f"k-hat > {limit:.2f} for {unreliable} of the {len(result.khat)} data: the {proposal.name} proposal is a "
+            f"poor importance distribution there and the estimate is a loose lower bound; {better}",
             stacklevel=3  # past torch.no_grad's wrapper, to the caller,
         )
     return result

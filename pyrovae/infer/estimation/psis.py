@@ -3,10 +3,11 @@
 Vehtari, Simpson, Gelman, Yao & Gabry (2024), "Pareto smoothed importance sampling", JMLR: fit a
 generalised Pareto distribution to the largest M = ceil(min(S / 5, 3 sqrt(S))) importance weights,
 in excess of the (M+1)-th largest, with the empirical-Bayes estimator of Zhang & Stephens (2009,
-Technometrics) and the weakly informative prior of Vehtari et al. on the shape. k-hat < 0.5: the
-estimate is reliable; 0.5-0.7: usable; > 0.7: unreliable (the weights' variance is effectively
-infinite). Vectorised over rows in torch, so it runs on the device where the weights are; the test
-suite checks it against ``arviz.psislw``.
+Technometrics) and the weakly informative prior of Vehtari et al. on the shape. The weights have a finite
+variance for k < 0.5; Vehtari et al. call an estimate of S draws reliable up to min(1 - 1 / log10 S, 0.7)
+(:func:`khat_limit`: 0.5 at S = 100, 0.63 at 500, 0.7 from 2,154 draws), beyond which S is too small for any
+estimate. Vectorised over rows in torch, so it runs on the device where the weights are; the test suite
+checks it against ``arviz.psislw``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ _LOG_TINY = math.log(torch.finfo(torch.float64).tiny)
 def psis_tail_length(num_samples: int) -> int:
     """M, the number of largest weights the generalised Pareto is fitted to."""
     return int(math.ceil(min(0.2 * num_samples, 3.0 * math.sqrt(num_samples))))
+
+
+def khat_limit(num_samples):
+    """The largest k-hat at which an importance-sampling estimate of ``num_samples`` draws is called reliable,
+    min(1 - 1 / log10 S, 0.7) (Vehtari et al. 2024, section 3): 0.5 at S = 100, 0.63 at 500, 0.7 from 2,154.
+    A number for a number, a tensor for a tensor of draws per datum."""
+    if isinstance(num_samples, torch.Tensor):
+        draws = num_samples.double()
+        limit = torch.clamp(1.0 - 1.0 / torch.log10(draws.clamp_min(2.0)), max=0.7)
+        return torch.where(draws > 1, limit, torch.full_like(limit, -math.inf))
+    if num_samples <= 1:
+        return -math.inf
+    return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
 
 
 def _gpd_fit(exceedances: torch.Tensor) -> torch.Tensor:
@@ -57,14 +71,14 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: flo
 
     As arviz's ``psislw``: the tail is the draws strictly above the cutoff, the (M+1)-th largest, so draws tied
     with it are left out, and a row with 4 or fewer tail draws gets ``inf`` (too few to judge; always so for
-    S < 25). One deliberate difference: rows whose tail weights are all equal up to the rounding of the
+    S < 21). One deliberate difference: rows whose tail weights are all equal up to the rounding of the
     log-weights (a guide equal to the posterior gives constant weights) have bounded weights and get ``-inf``,
     where arviz says ``inf``.
 
     A row is never read as reliable when its weights are undefined: a row with a NaN log-weight (the weight is
     undefined), a ``+inf`` one (an infinite weight), or only ``-inf`` ones (no weight at all: the estimate is
     log 0) gets ``inf``, as does a row with 4 or fewer distinct tail weights. The result is never NaN, so
-    ``khat > 0.7`` selects every unreliable row.
+    ``khat > limit`` selects every unreliable row.
 
     :param resolution: the relative precision the log-weights were computed in (default: the epsilon of their
         dtype). Pass ``torch.finfo(torch.float32).eps`` for float32 weights upcast to float64, or rounding noise

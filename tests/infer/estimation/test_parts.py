@@ -376,7 +376,7 @@ def test_a_pair_without_parameters_to_digest_is_said(tmp_path):
     torch.manual_seed(0)
     model, guide = make_pair("vae", 12, 2, (8,), likelihood="gaussian")
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("error", message=".*cannot tell this pair")
         log_likelihood_in_parts(model, guide, torch.randn(10, 12), tmp_path / "modules", num_samples=50)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.infer.estimation.psis import psis_khat, psis_tail_length
+from pyrovae.infer.estimation.psis import khat_limit, psis_khat, psis_tail_length
+from pyrovae.infer.estimation.result import LogLikelihood
 
 
 def arviz_khat(log_weights: np.ndarray) -> np.ndarray:
@@ -92,3 +93,40 @@ def test_rows_with_undefined_weights_are_never_read_as_reliable():
     for dtype in (torch.float32, torch.float64):
         assert psis_khat(torch.full((3, 200), math.nan, dtype=dtype)).eq(math.inf).all()
         assert psis_khat(torch.full((200,), -math.inf, dtype=dtype)) == math.inf
+
+
+def test_the_khat_limit_grows_with_the_draws_to_0_7():
+    """Vehtari et al. (2024)'s min(1 - 1 / log10 S, 0.7): 0.5 at 100 draws, 0.63 at 500, 0.7 from 2,154."""
+    assert khat_limit(100) == pytest.approx(0.5) and khat_limit(500) == pytest.approx(1 - 1 / math.log10(500))
+    assert khat_limit(2154) == pytest.approx(0.7, abs=1e-4) and khat_limit(10**6) == 0.7
+    assert khat_limit(1) == -math.inf and khat_limit(10) == 0.0
+    draws = torch.tensor([1, 10, 100, 500, 2154, 10**6])
+    expected = [khat_limit(int(s)) for s in draws]
+    assert torch.allclose(khat_limit(draws), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def test_certificates_follow_the_limit_of_each_datums_draws():
+    khat = torch.tensor([0.45, 0.55, 0.65, 0.65])
+    ess = torch.full((4,), 50.0)
+    result = LogLikelihood(torch.zeros(4), khat, 500, ess=ess)
+    assert result.certified.tolist() == [True, True, False, False]
+    assert result.reasons()[2] == "k-hat 0.65 > 0.63" and result.flagged.tolist() == [False, False, True, True]
+    per_datum_draws = LogLikelihood(torch.zeros(4), khat, 500, ess=ess, draws=torch.tensor([100, 100, 500, 3000]))
+    assert per_datum_draws.certified.tolist() == [True, False, False, True]  # limits 0.5, 0.5, 0.63, 0.7
+
+
+def test_the_monte_carlo_error_is_honest_below_k_one_half_and_understated_above():
+    """Weights with a known Pareto tail (shape k): the estimate's error exceeds twice mc_stderr for about 5% of the
+    certified data at k = 0.3, as a standard error should, and for more at k = 0.55, where the weights' variance is
+    infinite (the figures :attr:`LogLikelihood.mc_stderr` quotes)."""
+    generator = np.random.default_rng(0)
+    shares = {}
+    for k in (0.3, 0.55):
+        a = 1 / k
+        log_weights = torch.from_numpy(np.log(generator.pareto(a, size=(500, 2000)) + 1.0))  # mean a / (a - 1)
+        normalised = log_weights - log_weights.max(0).values
+        ess = normalised.logsumexp(0).mul(2).sub(normalised.mul(2).logsumexp(0)).exp()
+        result = LogLikelihood(log_weights.logsumexp(0) - math.log(500), psis_khat(log_weights.T), 500, ess=ess)
+        error = (result.per_datum - math.log(a / (a - 1))).abs()
+        shares[k] = float((error > 2 * result.mc_stderr)[result.certified].double().mean())
+    assert 0.03 < shares[0.3] < 0.075 and shares[0.55] > 0.12

@@ -69,7 +69,7 @@ def test_every_proposal_warns_when_its_weights_are_poor():
     """A guide shifted far off: "defensive" is as far off as "guide", and says so too."""
     W, mu, x = ppca()
     model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=0.3, shift=3.0)
-    with pytest.warns(UserWarning, match=r"k-hat > 0.7 for \d+ of the 40 data: the defensive proposal"):
+    with pytest.warns(UserWarning, match=r"k-hat > 0.57 for \d+ of the 40 data: the defensive proposal"):
         log_likelihood(model, guide, x, num_samples=200, proposal="defensive")
 
 
@@ -85,7 +85,7 @@ def test_the_warning_counts_more_than_a_tenth(monkeypatch):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             log_likelihood(model, guide, x[:20], num_samples=50)
-        assert any("k-hat > 0.7 for 3 of the 20" in str(w.message) for w in caught) == warns
+        assert any("k-hat > 0.41 for 3 of the 20" in str(w.message) for w in caught) == warns  # S = 50
 
 
 def test_the_monte_carlo_error_of_the_mean_is_honest():
