@@ -208,7 +208,11 @@ def batch_ais(path: AnnealingPath, betas: torch.Tensor, leapfrog_steps: int, ste
         def force(grad_a_, grad_b_, beta=beta):  # the gradient of log gamma_t in whitened coordinates
             return {n: spread[n] * ((1.0 - beta) * grad_a_[n] + beta * grad_b_[n]) for n in grad_a_}
 
-        step = {n: per_site(eps.expand(1, batch), v) for n, v in u.items()}
+        # the step size jittered by U(0.5, 1.5) per chain and transition (Neal 2011): a trajectory of fixed length
+        # can trace a whole period of a near-Gaussian target and end where it began; the jitter is drawn
+        # independently of the chains' states, so every kernel still leaves gamma_t invariant
+        jitter = torch.rand((a.shape[0], batch), dtype=dtype, device=device).add_(0.5)
+        step = {n: per_site(eps * jitter, v) for n, v in u.items()}
         momentum = {n: torch.randn_like(v) for n, v in u.items()}
         energy = -((1.0 - beta) * a + beta * b) + sum(_per_chain_datum(m.square()) for m in momentum.values()) / 2
         grad = force(grad_a, grad_b)
@@ -264,7 +268,8 @@ def ais_log_likelihood(
     (meaningful from about 100 chains), ``ess`` the effective number of chains (so :attr:`~LogLikelihood.mc_stderr` and
     :attr:`~LogLikelihood.certified` apply) and ``acceptance`` the mean HMC acceptance rate.
     ``min(max(8, num_chains // 8), 64)`` more chains run alongside to tune the step sizes and the whitening; their
-    weights are not used.
+    weights are not used. Each transition's step size is jittered by a factor U(0.5, 1.5) per chain (Neal 2011), so
+    that no fixed trajectory length keeps returning the chains where they began.
 
     Two uses: the reference (a few chains, many steps: ``num_chains=16, num_steps=1000``), and the most reliable
     estimator on a budget (many chains, few steps from the refined proposal: ``num_chains=500, num_steps=30,

@@ -154,25 +154,12 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
-MANIFEST_VERSION = 2  # 2: full-covariance refinement's steps grow with the latent size (1: 100 at every size)
-FULL_COVARIANCE = ("auto", "refined-full")  # the proposals whose default refinement steps changed in version 2
+MANIFEST_VERSION = 3  # 3: k-hat limits by the draws and a jittered AIS step (1, 2: k-hat <= 0.7, a fixed step)
 
 
 def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data: str | None) -> dict:
     return {"version": MANIFEST_VERSION, "num_data": num_data, "part_size": part_size, "seed": seed,
             "digest": digest, "data": data, "options": {name: options[name] for name in sorted(options)}}
-
-
-def _upgraded(found: dict) -> dict:
-    """A manifest of an earlier version in this version's terms: a version-1 scoring whose refinement may have been
-    of full covariance (``"auto"``, ``"refined-full"``), whose steps now grow with the latent size, did so with 100
-    steps: ``refine_steps=100`` now."""
-    found = {**found, "options": _without_defaults(found.get("options", {}))}
-    if found.get("version", 1) == 1:
-        if found["options"].get("proposal") in FULL_COVARIANCE and "refine_steps" not in found["options"]:
-            found["options"] = _without_defaults({**found["options"], "refine_steps": 100})
-        found["version"] = MANIFEST_VERSION
-    return found
 
 
 def data_digest(data) -> str | None:
@@ -236,20 +223,17 @@ def log_likelihood_in_parts(
                                  "estimates of; score into another folder, or delete them")
             atomic_write(path, lambda stream: stream.write(manifest), binary=False)
         written = json.loads(path.read_text())
-        found, expected = _upgraded(written), json.loads(manifest)
-        if "data" not in found:  # written before manifests held the data's digest: taken as this data
-            found["data"] = expected["data"]
+        found, expected = {**written, "options": _without_defaults(written.get("options", {}))}, json.loads(manifest)
+        if found.get("version", 1) != MANIFEST_VERSION:
+            raise ValueError(f"{folder} holds the parts of a scoring by an earlier pyrovae (manifest version "
+                             f"{found.get('version', 1)}: certified at k-hat <= 0.7 whatever the draws, AIS with a "
+                             "fixed step size), which would mix two estimators: score into another folder, or delete "
+                             "this one to start again")
         if found != expected:
             differ = sorted(key for key in expected if found.get(key) != expected[key])
-            before = written.get("version", 1) == 1 and found["options"].get("refine_steps") == 100
-            hint = (" (a scoring of an earlier pyrovae, with 100 refinement steps at every latent size before they "
-                    "grew with it: pass refine_steps=100 to resume it)"
-                    if before and expected["options"].get("refine_steps") != 100 else "")
             raise ValueError(f"{folder} holds the parts of another scoring: "
                              + "; ".join(_difference(key, found.get(key), expected[key]) for key in differ)
-                             + hint + ". Score into another folder, or delete this one to start again")
-        if written != found:  # an earlier manifest, now in this version's terms
-            atomic_write(path, lambda stream: stream.write(json.dumps(found, indent=1)), binary=False)
+                             + ". Score into another folder, or delete this one to start again")
     if not _sees_parameters(model, guide):
         warnings.warn(f"{folder} cannot tell this pair from another: its model and guide are plain functions and "
                       "Pyro's parameter store is empty (tensors captured in a closure are not seen), so parts "

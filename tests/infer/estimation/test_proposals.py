@@ -187,6 +187,18 @@ def test_ais_is_exact_on_ppca_from_a_poor_guide():
     assert (result.per_datum - exact_log_marginal(W, mu, x)).mean().abs() < 0.03
 
 
+def test_ais_mixes_with_its_default_trajectory_length():
+    """Five leapfrog steps of an adapted step size can trace a whole period of a near-Gaussian target and return the
+    chains where they began: without the step size's jitter, 200 chains of 100 steps from a shifted guide ended 0.4
+    to 0.7 nats low per datum on this PPCA (three seeds), against 0.00 to 0.06 with it."""
+    torch.manual_seed(1)
+    W, mu, x = ppca(3)
+    x = x[:6]
+    result = ais_log_likelihood(make_model(W, mu), make_guide(W, mu, scale_factor=0.5, shift=0.8), x, num_chains=200,
+                                num_steps=100)
+    assert (result.per_datum - exact_log_marginal(W, mu, x)).mean() > -0.2
+
+
 def test_ais_refuses_what_it_cannot_anneal():
     model, guide, x, _ = _gmvae_pair()
     with pytest.raises(NotImplementedError, match="discrete"):
