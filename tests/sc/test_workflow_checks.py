@@ -231,6 +231,7 @@ def test_de_tables_are_named_by_the_groups_values_and_zero_epochs_train_nothing(
     assert sorted(adata.uns["pyrovae_de"]) == ["0+1 vs rest", "1 vs 2"]
 
 
+@pytest.mark.filterwarnings("ignore::anndata.ImplicitModificationWarning")  # anndata's own, beside ours
 def test_results_written_into_a_view_warn(adata):
     sc.setup_anndata(adata, layer="counts", batch_key="batch")
     model = _trained(adata)
