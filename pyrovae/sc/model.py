@@ -156,6 +156,11 @@ class SingleCellModel:
             raise ValueError(f"train_size is the share of cells trained on, in (0, 1], got {train_size}")
         if train_size < 1.0:
             data, validation = data.split(train_size, seed=seed or 0)
+            if len(validation) < 10:
+                warnings.warn(f"train_size={train_size} leaves {len(validation)} of the {len(data) + len(validation)} "
+                              "cells to validate on: the validation ELBO (and early stopping) would follow too few "
+                              "cells to mean much; use a smaller train_size, or train_size=1.0", UserWarning,
+                              stacklevel=2)
         self._start(data, batch_size=batch_size, lr=lr, seed=seed or 0, device=device, progress=progress)
         history = train(self.model, self.guide, data, epochs=epochs, batch_size=batch_size, lr=lr,
                         val_data=validation, patience=patience if early_stopping else None, seed=seed,

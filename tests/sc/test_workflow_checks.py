@@ -238,3 +238,10 @@ def test_results_written_into_a_view_warn(adata):
     view = adata[:30]
     with pytest.warns(UserWarning, match=r"the AnnData is a view \(adata\[mask\]\).*gets none"):
         model.get_latent_representation(view)
+
+
+def test_a_validation_split_of_a_few_cells_warns(adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = sc.SingleCellVAE(adata, **SMALL)
+    with pytest.warns(UserWarning, match=r"train_size=0.99 leaves 1 of the 90 cells to validate on"):
+        model.train(**QUICK, train_size=0.99)

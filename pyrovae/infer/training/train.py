@@ -225,6 +225,9 @@ def train(
     check, dtype = model_check(model), floating_dtype(model, guide)
     batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
                           dtype=dtype)
+    if batches.num_data == 1 and _normalises_batches(modules.values()):
+        raise ValueError("train got one datum, and batch normalisation cannot train on a batch of one: train on more "
+                         "data, or build the pair without batch normalisation (batch_norm=False)")
     if not drop_last and _last_batch_of_one_under_batch_norm(batches, modules.values()):
         if chosen_drop_last is not None:
             raise ValueError(
@@ -307,6 +310,11 @@ def _last_batch_of_one_under_batch_norm(batches, modules) -> bool:
     num_data, batch_size = batches.num_data, getattr(batches.source, "batch_size", None)
     if num_data is None or batch_size is None or batches.streaming or num_data % batch_size != 1 or num_data == 1:
         return False
+    return _normalises_batches(modules)
+
+
+def _normalises_batches(modules) -> bool:
+    """Whether a module (in training mode) normalises batches."""
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
                for module in modules for m in module.modules())
 
