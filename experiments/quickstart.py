@@ -82,8 +82,8 @@ runs["AE (MAP) + refit guide"] = {"model": autoencoder, "guide": refitted, "hist
 
 metrics = {"dataset": dataset, "num_train": len(train_data), "num_test": len(test_data), "runs": {}}
 print(f"\nheld-out log-likelihood, {args.num_samples} importance samples per image (nats, higher is better),")
-print("with the guide as proposal and with the refined+defensive proposal; k>0.7: share of images whose estimate")
-print("the Pareto k-hat diagnostic calls unreliable")
+print("with the guide as proposal and with the refined+defensive proposal; k>0.7: share of images whose Pareto")
+print("k-hat is above 0.7, unreliable at any number of draws (at 500 the limit is 0.63: LogLikelihood.khat_limits)")
 header = ("model / guide", "test ELBO", "guide", "k>0.7", "refined", "+/-", "k>0.7", "train s")
 print("".join(f"{text:>{width}}" if i else f"{text:<{width}}"
               for i, (text, width) in enumerate(zip(header, (26, 10, 9, 7, 9, 6, 7, 8), strict=True))))

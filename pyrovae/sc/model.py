@@ -239,8 +239,10 @@ class SingleCellModel:
         masks are named "selected cells", numbered from the second on: "selected cells vs rest (2)")."""
         self._check_trained()
         data = self._data(adata)
-        if groupby is None and self.registration.labels_key in self._adata(adata).obs.columns:
-            groupby = self.registration.labels_key  # the labels as they are now, new ones too
+        named = [g for g in (group1, group2) if isinstance(g, str)
+                 or (isinstance(g, (list, tuple)) and g and all(isinstance(v, str) for v in g))]
+        if groupby is None and named and self.registration.labels_key in self._adata(adata).obs.columns:
+            groupby = self.registration.labels_key  # labels named: the column as it is now, new labels too
         if groupby is None and isinstance(group1, str):
             raise ValueError(f"group1={group1!r} names a group: pass groupby= (an obs column), or set the AnnData up "
                              "with labels_key=")

@@ -138,12 +138,14 @@ def test_a_missing_column_names_the_argument(adata):
 
 
 def test_each_comparison_of_cell_masks_is_kept(adata):
-    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    sc.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="cell_type")  # masks are not labels
     model = _trained(adata)
     first, second = np.arange(NUM_CELLS) < 30, np.arange(NUM_CELLS) >= 60
     model.differential_expression(first, num_samples=2)
     model.differential_expression(second, num_samples=2)
-    assert sorted(adata.uns["pyrovae_de"]) == ["selected cells vs rest", "selected cells vs rest (2)"]
+    model.differential_expression(np.flatnonzero(first), num_samples=2)  # indices
+    assert sorted(adata.uns["pyrovae_de"]) == ["selected cells vs rest", "selected cells vs rest (2)",
+                                               "selected cells vs rest (3)"]
 
 
 def test_genes_in_another_order_point_to_the_models_genes(adata):

@@ -154,7 +154,7 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
-MANIFEST_VERSION = 3  # 3: k-hat limits by the draws and a jittered AIS step (1, 2: k-hat <= 0.7, a fixed step)
+MANIFEST_VERSION = 3  # 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not)
 
 
 def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data: str | None) -> dict:
@@ -224,16 +224,23 @@ def log_likelihood_in_parts(
             atomic_write(path, lambda stream: stream.write(manifest), binary=False)
         written = json.loads(path.read_text())
         found, expected = {**written, "options": _without_defaults(written.get("options", {}))}, json.loads(manifest)
-        if found.get("version", 1) != MANIFEST_VERSION:
-            raise ValueError(f"{folder} holds the parts of a scoring by an earlier pyrovae (manifest version "
-                             f"{found.get('version', 1)}: certified at k-hat <= 0.7 whatever the draws, AIS with a "
-                             "fixed step size), which would mix two estimators: score into another folder, or delete "
-                             "this one to start again")
+        version = found.get("version", 1)
+        if version > MANIFEST_VERSION:
+            raise ValueError(f"{folder} holds the parts of a scoring by a newer pyrovae (manifest version {version}, "
+                             f"this one reads {MANIFEST_VERSION}): upgrade pyrovae, or score into another folder")
+        if version < MANIFEST_VERSION and found["options"].get("proposal") == "auto":
+            raise ValueError(f"{folder} holds the parts of a proposal='auto' scoring by an earlier pyrovae (manifest "
+                             f"version {version}: its stages certified at k-hat <= 0.7 whatever the draws, its AIS "
+                             "took a fixed step size), which would mix two estimators: score into another folder, or "
+                             "delete this one to start again")
+        found["version"] = MANIFEST_VERSION  # the other proposals' parts hold what they held (certified when read)
         if found != expected:
             differ = sorted(key for key in expected if found.get(key) != expected[key])
             raise ValueError(f"{folder} holds the parts of another scoring: "
                              + "; ".join(_difference(key, found.get(key), expected[key]) for key in differ)
                              + ". Score into another folder, or delete this one to start again")
+        if written != found:  # an earlier version's manifest, in this version's terms
+            atomic_write(path, lambda stream: stream.write(json.dumps(found, indent=1)), binary=False)
     if not _sees_parameters(model, guide):
         warnings.warn(f"{folder} cannot tell this pair from another: its model and guide are plain functions and "
                       "Pyro's parameter store is empty (tensors captured in a closure are not seen), so parts "

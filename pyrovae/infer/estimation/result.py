@@ -88,7 +88,7 @@ class LogLikelihood:
         min(1 - 1 / log10 S, 0.7) (:func:`~pyrovae.infer.estimation.psis.khat_limit`; Vehtari et al. 2024)."""
         draws = self.draws if self.draws is not None else torch.full_like(self.khat, self.num_samples,
                                                                           dtype=torch.float64)
-        return khat_limit(draws.double())
+        return khat_limit(draws.double()).to(self.khat.device)
 
     @property
     def mc_stderr(self) -> torch.Tensor | None:

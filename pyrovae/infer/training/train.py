@@ -225,10 +225,11 @@ def train(
     check, dtype = model_check(model), floating_dtype(model, guide)
     batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
                           dtype=dtype)
-    if batches.num_data == 1 and _normalises_batches(modules.values()):
+    trained = [module for name, module in modules.items() if name != freeze]  # set to training mode each epoch
+    if batches.num_data == 1 and _normalises_batches(trained):
         raise ValueError("train got one datum, and batch normalisation cannot train on a batch of one: train on more "
                          "data, or build the pair without batch normalisation (batch_norm=False)")
-    if not drop_last and _last_batch_of_one_under_batch_norm(batches, modules.values()):
+    if not drop_last and _last_batch_of_one_under_batch_norm(batches, trained):
         if chosen_drop_last is not None:
             raise ValueError(
                 f"{batches.num_data} data in batches of {batches.source.batch_size} leave a last batch of one datum, "
@@ -314,9 +315,9 @@ def _last_batch_of_one_under_batch_norm(batches, modules) -> bool:
 
 
 def _normalises_batches(modules) -> bool:
-    """Whether a module (in training mode) normalises batches."""
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
-               for module in modules for m in module.modules())
+    """Whether one of ``modules`` (those train puts in training mode, whatever their mode now) has a batch-norm
+    layer."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for module in modules for m in module.modules())
 
 
 @dataclass

@@ -367,19 +367,31 @@ def test_a_pair_without_parameters_to_digest_is_said(tmp_path):
         log_likelihood_in_parts(model, guide, torch.randn(10, 12), tmp_path / "modules", num_samples=50)
 
 
-def test_a_scoring_of_an_earlier_version_is_refused(tmp_path):
-    """Parts of an earlier manifest version (k-hat <= 0.7 whatever the draws, AIS with a fixed step) are estimates
-    of another estimator: refused, naming the version, never mixed with this version's."""
+def test_an_auto_scoring_of_an_earlier_version_is_refused_and_others_resume(tmp_path):
+    """Parts of an earlier manifest version of proposal="auto" (stages certified at k-hat <= 0.7 whatever the draws,
+    AIS with a fixed step) are another estimator's: refused, naming the version. Other proposals' parts hold the
+    same estimates (certified when read): they resume, and the manifest is upgraded."""
     W, mu, x = ppca(6)
     model, guide = make_model(W, mu), make_guide(W, mu)
-    options = dict(part_size=20, num_samples=50)
-    _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, **options)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["version"] == 3
-    for version in (2, None):  # version 1 wrote none
-        manifest.pop("version", None)
-        if version is not None:
-            manifest["version"] = version
-        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-        with pytest.raises(ValueError, match=rf"earlier pyrovae \(manifest version {version or 1}: certified at"):
-            _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, **options)
+    for proposal, folder in (("auto", tmp_path / "auto"), ("guide", tmp_path / "guide")):
+        options = dict(part_size=20, num_samples=50, proposal=proposal, ais_chains=8, ais_steps=5) \
+            if proposal == "auto" else dict(part_size=20, num_samples=50)
+        first = _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["version"] == 3
+        for version in (2, None):  # version 1 wrote none
+            manifest.pop("version", None)
+            if version is not None:
+                manifest["version"] = version
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+            if proposal == "auto":
+                with pytest.raises(ValueError, match=rf"'auto' scoring by an earlier pyrovae \(manifest version "
+                                                     rf"{version or 1}: its stages certified at k-hat <= 0.7"):
+                    _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
+            else:
+                _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options))
+                assert json.loads((folder / "manifest.json").read_text())["version"] == 3
+    manifest["version"] = 4
+    (tmp_path / "guide" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="by a newer pyrovae"):
+        _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path / "guide", part_size=20, num_samples=50)

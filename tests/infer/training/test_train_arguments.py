@@ -135,6 +135,9 @@ def test_a_last_batch_of_one_under_batch_norm_is_dropped_or_refused():
     with pytest.raises(ValueError, match="last batch of one datum.*drop_last=True"):
         train(model, guide, x, epochs=1, batch_size=32, drop_last=False, progress=False)
     train(model, guide, x, epochs=1, batch_size=13, progress=False)  # 65 = 5 x 13: nothing to drop
-    with pytest.raises(ValueError, match="one datum, and batch normalisation cannot train.*batch_norm=False"):
-        train(model, guide, x[:1], epochs=1, progress=False)
+    for mode in (True, False):  # the mode train will set, not the one the pair is in
+        model.train(mode), guide.train(mode)
+        with pytest.raises(ValueError, match="one datum, and batch normalisation cannot train.*batch_norm=False"):
+            train(model, guide, x[:1], epochs=1, progress=False)
+    train(model, NormalGuide(6, 2, (8,)), x[:1], epochs=1, freeze="model", progress=False)  # frozen: evaluation mode
     train(VAE(6, 2, (8,)), NormalGuide(6, 2, (8,)), x[:1], epochs=1, progress=False)  # without: it can
