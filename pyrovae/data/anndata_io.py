@@ -145,6 +145,15 @@ def read_h5ad(path: str | os.PathLike, layer: str | None = None, label_key: str 
     return from_anndata(adata, layer, label_key)
 
 
+def warn_if_view(adata, stacklevel: int = 4) -> None:
+    """Warn when results are about to be written into an AnnData view (``adata[mask]``): anndata makes it an AnnData
+    of its own to hold them, and the AnnData it views gets none."""
+    if getattr(adata, "is_view", False):
+        warnings.warn("the AnnData is a view (adata[mask]): anndata makes it an AnnData of its own to hold the "
+                      "results, and the AnnData it views gets none; keep them with view = adata[mask].copy() first, "
+                      "or use the whole AnnData", UserWarning, stacklevel=stacklevel)
+
+
 def add_results(adata, latent=None, clusters=None, key: str = "pyrovae", *, normalized=None, de=None,
                 labels=None) -> None:
     """Write results into an AnnData for the scverse tools: latent means in ``obsm["X_<key>"]``, cluster
@@ -156,10 +165,7 @@ def add_results(adata, latent=None, clusters=None, key: str = "pyrovae", *, norm
 
     :warns UserWarning: for a view (``adata[mask]``): anndata turns it into an AnnData of its own to hold the
         results, and the AnnData it views gets none."""
-    if getattr(adata, "is_view", False):
-        warnings.warn("add_results: the AnnData is a view (adata[mask]): anndata makes it an AnnData of its own to "
-                      "hold the results, and the AnnData it views gets none; keep them with view = adata[mask].copy() "
-                      "first, or use the whole AnnData", UserWarning, stacklevel=3)
+    warn_if_view(adata)
     if latent is not None:
         latent = latent.detach().cpu().numpy() if isinstance(latent, torch.Tensor) else np.asarray(latent)
         if latent.shape[0] != adata.n_obs:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pyrovae.data import CountData, add_results, raw_counts
+from pyrovae.data.anndata_io import warn_if_view
 from pyrovae.infer import (
     History,
     LogLikelihood,
@@ -226,6 +227,7 @@ class SingleCellModel:
         result = log_likelihood(self.model, self.guide, self._data(adata), num_samples=num_samples,
                                 batch_size=batch_size, device=device, progress=progress, proposal=proposal)
         target = self._adata(adata)
+        warn_if_view(target, stacklevel=3)
         target.obs[f"{key}_log_likelihood"] = result.per_datum.numpy()
         target.obs[f"{key}_certified"] = result.certified.numpy()
         return result

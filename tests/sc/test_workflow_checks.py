@@ -240,6 +240,8 @@ def test_results_written_into_a_view_warn(adata):
     view = adata[:30]
     with pytest.warns(UserWarning, match=r"the AnnData is a view \(adata\[mask\]\).*gets none"):
         model.get_latent_representation(view)
+    with pytest.warns(UserWarning, match=r"the AnnData is a view"):
+        model.get_marginal_ll(adata[:20], num_samples=30)
 
 
 def test_a_validation_split_of_a_few_cells_warns(adata):
