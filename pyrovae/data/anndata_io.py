@@ -115,15 +115,27 @@ def from_anndata(adata, layer: str | None = None, label_key: str | None = None, 
                      categorical_keys=categorical, continuous_keys=continuous_covariate_keys, levels=levels)
 
 
+def _label_text(values: pd.Series, unlabeled_category) -> tuple[pd.Series, pd.Series]:
+    """The labels as strings, and where they are unknown (missing, or the unlabelled category)."""
+    text = pd.Series([None if pd.isna(v) else str(v) for v in values], index=values.index, dtype=object)
+    return text, text.isna() | (text == str(unlabeled_category))
+
+
+def foreign_labels(values: pd.Series, label_names, unlabeled_category) -> list[str]:
+    """The labels in ``values`` that are neither among ``label_names`` nor unknown (missing, or
+    ``unlabeled_category``), sorted."""
+    text, unknown = _label_text(values, unlabeled_category)
+    return sorted(set(text[~unknown]) - {str(n) for n in label_names})
+
+
 def _label_column(values: pd.Series, key: str, unlabeled_category, label_names) -> pd.Categorical:
     """``values`` as a categorical over ``label_names`` (default: the categories pandas gives them, less the
     unlabelled one), with the unlabelled category and missing values as unknown (NaN)."""
-    text = pd.Series([None if pd.isna(v) else str(v) for v in values], index=values.index, dtype=object)
-    unknown = text.isna() | (text == str(unlabeled_category))
+    text, unknown = _label_text(values, unlabeled_category)
     if label_names is None:
         label_names = [str(c) for c in pd.Categorical(values).categories if str(c) != str(unlabeled_category)]
     label_names = [str(n) for n in label_names]
-    foreign = sorted(set(text[~unknown]) - set(label_names))
+    foreign = foreign_labels(values, label_names, unlabeled_category)
     if foreign:
         raise ValueError(
             f"obs[{key!r}] holds labels {foreign[:5]} that are not among the labels {label_names[:10]}: a label "

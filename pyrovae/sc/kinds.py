@@ -73,7 +73,7 @@ class SingleCellGMVAE(SingleCellModel):
             trained further."""
         if start_epochs is None:
             planned = default_epochs(self.adata.n_obs) if epochs is None else epochs
-            start_epochs = 0 if self.is_trained or len(self.history) else min(self.START_EPOCHS, planned)
+            start_epochs = 0 if self.is_trained else min(self.START_EPOCHS, planned)
         check_integer("start_epochs", start_epochs, 0)
         self._start_epochs = start_epochs
         return super().train(epochs, **options)

@@ -241,15 +241,14 @@ class SingleCellModel:
         masks are named "selected cells", numbered from the second on: "selected cells vs rest (2)")."""
         self._check_trained()
         data = self._data(adata)
-        named = [g for g in (group1, group2) if isinstance(g, str)
-                 or (isinstance(g, (list, tuple)) and g and all(isinstance(v, str) for v in g))]
-        if groupby is None and named and self.registration.labels_key in self._adata(adata).obs.columns:
+        target = self._adata(adata)
+        if (groupby is None and (_names_labels(group1) or _names_labels(group2))
+                and self.registration.labels_key in target.obs.columns):
             groupby = self.registration.labels_key  # labels named: the column as it is now, new labels too
         if groupby is None and isinstance(group1, str):
             raise ValueError(f"group1={group1!r} names a group: pass groupby= (an obs column), or set the AnnData up "
                              "with labels_key=")
         table = differential_expression(self.model, self.guide, data, group1, group2, groupby=groupby, **options)
-        target = self._adata(adata)
         comparison = f"{_group_name(group1, groupby)} vs {'rest' if group2 is None else _group_name(group2, groupby)}"
         tables = dict(target.uns.get(f"{key}_de", {}))
         comparison = comparison.replace("/", "_")  # '/' would nest the table in an .h5ad file
@@ -291,12 +290,18 @@ class SingleCellModel:
                 f"{self.model.pair_arguments['likelihood']!r}, {trained})")
 
 
+def _names_labels(group) -> bool:
+    """Whether a DE group is named by label (a string or a list of them), not given as a mask or indices."""
+    return isinstance(group, str) or (isinstance(group, (list, tuple)) and bool(group)
+                                      and all(isinstance(g, str) for g in group))
+
+
 def _group_name(group, groupby: str | None) -> str:
     """A group's name in the DE tables' keys: its label (or labels, joined by '+'), or "selected cells" for a
     mask or indices (groups are labels when named as strings, or as any values with ``groupby``)."""
     if isinstance(group, str) or (groupby is not None and np.isscalar(group)):
         return str(group)
-    if isinstance(group, (list, tuple)) and (groupby is not None or all(isinstance(g, str) for g in group)):
+    if _names_labels(group) or (groupby is not None and isinstance(group, (list, tuple))):
         return "+".join(map(str, group))
     return "selected cells"
 

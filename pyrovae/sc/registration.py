@@ -14,6 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 from pyrovae.data import CountData, from_anndata
+from pyrovae.data.anndata_io import foreign_labels
 
 UNS_KEY = "pyrovae_registration"
 
@@ -87,9 +88,7 @@ class DataRegistration:
         (``unlabeled_category`` or missing), sorted; [] without a labels column."""
         if self.labels_key is None or self.labels_key not in adata.obs.columns:
             return []
-        values = adata.obs[self.labels_key]
-        text = {str(v) for v in values[values.notna()].unique()}
-        return sorted(text - set(self.label_names) - {str(self.unlabeled_category)})
+        return foreign_labels(adata.obs[self.labels_key], self.label_names, self.unlabeled_category)
 
     def check_columns(self, adata) -> None:
         """Raise a ValueError naming the registered layer or ``obs`` columns the AnnData lacks."""

@@ -59,9 +59,9 @@ from pyrovae.infer.estimation.bdmc import bdmc
 from pyrovae.infer.estimation.importance import estimation_passes
 from pyrovae.infer.estimation.log_likelihood import BatchEstimate, estimate_batch
 from pyrovae.infer.estimation.proposals import widened, with_latents_replaced
-from pyrovae.infer.estimation.psis import khat_limit, psis_khat
+from pyrovae.infer.estimation.psis import psis_khat
 from pyrovae.infer.estimation.refined import RefinedProposal
-from pyrovae.infer.estimation.result import CERTIFIED_MIN_ESS, SCHEDULE_MAX_GAP, LogLikelihood
+from pyrovae.infer.estimation.result import SCHEDULE_MAX_GAP, LogLikelihood, sound_weights
 from pyrovae.infer.evaluation import evaluation_mode
 
 STAGES = ("guide", "refined+defensive", "ais")
@@ -69,10 +69,6 @@ STAGES = ("guide", "refined+defensive", "ais")
 
 REFINED_DRAWS = 4  # the refined stage's draws, in multiples of num_samples
 CHECK_WEIGHT, CHECK_SCALE, CHECK_SLACK = 0.5, 3.0, 0.05  # the wider check's share and width, and its slack (nats)
-
-
-def _certified(estimate: BatchEstimate, draws: int) -> torch.Tensor:
-    return (estimate.khat <= khat_limit(draws)) & (estimate.ess >= CERTIFIED_MIN_ESS)
 
 
 def _mc_variance(estimate: BatchEstimate, num_samples: int) -> torch.Tensor:
@@ -122,7 +118,7 @@ def _refined_stage(model: Callable, base: Callable, args: tuple, num_samples: in
     certifies."""
     draws = REFINED_DRAWS * num_samples
     estimate = estimate_batch(model, _mixed(base, 0.2, 2.0), args, draws, chunk, max_plate_nesting)
-    certified = _certified(estimate, draws)
+    certified = sound_weights(estimate.khat, estimate.ess, draws)
     if certified.any():
         check_samples = max(num_samples // 4, 50)
         check = estimate_batch(model, _mixed(base, CHECK_WEIGHT, CHECK_SCALE), args, check_samples, chunk,
@@ -176,7 +172,7 @@ def _escalate(model: Callable, guide: Callable, args: tuple, refined: _Refiner, 
                 new = _ais(model, start, sub, ais_chains, ais_steps)
             except (NotImplementedError, ValueError):  # no HMC path (discrete latents)
                 break
-            now_certified = _certified(new, ais_chains)
+            now_certified = sound_weights(new.khat, new.ess, ais_chains)
         else:
             new, now_certified = _refined_stage(model, start, sub, num_samples, chunk, max_plate_nesting)
         cost[name]["seconds"] += time.perf_counter() - started

@@ -10,9 +10,15 @@ import torch
 
 from pyrovae.infer.estimation.psis import khat_limit
 
-CERTIFIED_KHAT = 0.7  # the most k-hat may be, from 2,154 draws (fewer allow less: psis.khat_limit)
-CERTIFIED_MIN_ESS = 10.0  # and the fewest effective samples a certified estimate rests on
+CERTIFIED_MIN_ESS = 10.0  # the fewest effective samples a certified estimate rests on
 SCHEDULE_MAX_GAP = 0.5  # nats between the BDMC bounds of the AIS schedule beyond which AIS certifies nothing
+
+
+def sound_weights(khat: torch.Tensor, ess: torch.Tensor, draws) -> torch.Tensor:
+    """(N,) bool: the weights a certificate can rest on: k-hat within :func:`~pyrovae.infer.estimation.psis.khat_limit`
+    of the ``draws`` (a number, or one per datum) and an effective sample size of at least :data:`CERTIFIED_MIN_ESS`."""
+    limit = khat_limit(draws)
+    return (khat <= (limit.to(khat.device) if isinstance(limit, torch.Tensor) else limit)) & (ess >= CERTIFIED_MIN_ESS)
 
 
 @dataclass
@@ -86,9 +92,12 @@ class LogLikelihood:
     def khat_limits(self) -> torch.Tensor:
         """(N,) the largest k-hat at which each datum's estimate is reliable, for the draws it averages:
         min(1 - 1 / log10 S, 0.7) (:func:`~pyrovae.infer.estimation.psis.khat_limit`; Vehtari et al. 2024)."""
-        draws = self.draws if self.draws is not None else torch.full_like(self.khat, self.num_samples,
-                                                                          dtype=torch.float64)
-        return khat_limit(draws.double()).to(self.khat.device)
+        return khat_limit(self._draws).to(self.khat.device)
+
+    @property
+    def _draws(self) -> torch.Tensor:
+        """(N,) the weights each datum's estimate averages."""
+        return self.draws if self.draws is not None else torch.full(self.khat.shape, self.num_samples)
 
     @property
     def mc_stderr(self) -> torch.Tensor | None:
@@ -100,7 +109,7 @@ class LogLikelihood:
         and 25% at 0.6, where the estimates were also 0.03 and 0.06 nats low on average."""
         if self.ess is None:
             return None
-        draws = self.num_samples if self.draws is None else self.draws
+        draws = self._draws.to(self.ess)
         return (1.0 / self.ess - 1.0 / draws).clamp_min(0.0).sqrt()
 
     @property
@@ -138,8 +147,8 @@ class LogLikelihood:
         posterior's spread (d = 10) passed an estimate 5 nats low; ``"refined+defensive"`` at d = 25 passed some 1.2 to
         1.4 nats low. ``"auto"`` checks every importance-sampling certificate against a wider proposal, which catches
         these; it is the estimator to believe for model comparison (see docs/guide/log_likelihood.md)."""
-        certified = self.khat <= self.khat_limits
-        certified &= self.ess >= CERTIFIED_MIN_ESS if self.ess is not None else torch.zeros_like(certified)
+        certified = (sound_weights(self.khat, self.ess, self._draws) if self.ess is not None
+                     else torch.zeros_like(self.khat, dtype=torch.bool))
         if self.checked is not None:
             certified &= self.checked
         return certified & (self.num_modes <= 1) if self.num_modes is not None else certified
@@ -253,9 +262,8 @@ class LogLikelihood:
         if gaps and all(fields[name] is not None for name in ("checked", "estimator", "ess")):
             # each part judged its AIS estimates by its own check of the schedule: judge them all by the average
             ais = torch.tensor([name == "ais" for name in fields["estimator"]], dtype=torch.bool)
-            draws = fields["draws"] if fields["draws"] is not None else torch.full_like(fields["khat"],
-                                                                                         first.num_samples)
-            sound = (fields["khat"] <= khat_limit(draws.double())) & (fields["ess"] >= CERTIFIED_MIN_ESS)
+            draws = fields["draws"] if fields["draws"] is not None else first.num_samples
+            sound = sound_weights(fields["khat"], fields["ess"], draws)
             fields["checked"] = torch.where(ais, sound & (schedule_gap <= SCHEDULE_MAX_GAP), fields["checked"])
         cost = None
         if any(part.cost is not None for part in parts):
