@@ -14,11 +14,12 @@ certified share, KMeans ARI against cell line and drug, the plates' mixing in th
 within cell lines), the KL and seconds per epoch.
 
 Options this script does not know are passed to every run (``--workers 0``, ``--num-samples 500``,
-``--synthetic-cells 200000``, ``--source DIR`` for a real atlas, ...; see ``tahoe_svae.py --help``; other atlas
-options need another ``--out``, or ``OUT/atlas`` deleted). A run whose ``metrics.json`` was written by the same command
-line, forwarded options included, is kept; any other is run, resuming from its checkpoint and its saved scores where
-they hold the same settings (a run refuses a checkpoint of other training settings: delete its folder to redo it).
-``--jobs N`` runs N at once (on the CPU each gets a share of the cores); when one fails, the others stop.
+``--scored-cells 1000``, ``--synthetic-cells 200000``, ``--source DIR`` for a real atlas, ...; see ``tahoe_svae.py
+--help``; other atlas options need another ``--out``, or ``OUT/atlas`` deleted). A run whose ``metrics.json`` was
+written by the same command line, forwarded options included, is kept; any other is run, resuming from its checkpoint
+and its saved scores where they hold the same settings (a run refuses a checkpoint of other training settings:
+delete its folder to redo it). ``--jobs N`` runs N at once (on the CPU each gets a share of the cores); when one
+fails, the others stop.
 """
 
 import json
@@ -135,16 +136,18 @@ for model, setting in runs:
                  "certified": m["certified"], "ari_cell_line": m["kmeans_vs_cell_line"]["ari"],
                  "ari_drug": m["kmeans_vs_drug"]["ari"], "ilisi": mixing["ilisi"], "batch_asw": mixing["batch_asw"],
                  "kl": m["history"][-1]["val_kl"], "seconds_per_epoch": m["seconds_per_epoch"],
-                 "held_out_cells": m["held_out_cells"], "epochs": m["epochs"], "colour": COLOURS[model, setting]})
+                 "held_out_cells": m["held_out_cells"], "scored_cells": m["scored_cells"], "epochs": m["epochs"],
+                 "colour": COLOURS[model, setting]})
 
 
 def shown(value, form="{:.3f}") -> str:
     return "-" if value is None else form.format(value)
 
 
-table = ["| model | plate | held-out log p(x) per cell | certified | KMeans vs cell line (ARI) | vs drug (ARI) | "
-         "iLISI (plates) | batch ASW | KL | s/epoch |", "|---" * 10 + "|"]
+table = ["| model | plate | held-out log p(x) per cell | certified | cells scored / analysed | "
+         "KMeans vs cell line (ARI) | vs drug (ARI) | iLISI (plates) | batch ASW | KL | s/epoch |", "|---" * 11 + "|"]
 table += [f"| {r['model']} | {r['plate']} | {r['log_likelihood']:.2f} ± {r['stderr']:.2f} | {r['certified']:.1%} | "
+          f"{r['scored_cells']:,} / {r['held_out_cells']:,} | "
           f"{r['ari_cell_line']:.3f} | {r['ari_drug']:.3f} | {shown(r['ilisi'])} | {shown(r['batch_asw'])} | "
           f"{r['kl']:.2f} | {r['seconds_per_epoch']:.1f} |" for r in rows]
 (out / "table.md").write_text("\n".join(table) + "\n")

@@ -265,8 +265,10 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
     (tmp_path / "tahoe_svae" / "atlas" / "data" / "train-00000-of-00009.parquet").write_bytes(b"cut short")
     metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "1", "--pca",
                          "--pca-components", "20", "--guide", "normal", "--covariates", "--hold-out",
-                         "plate=plate2")["metrics"]
-    assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0
+                         "plate=plate2", "--scored-cells", "30")["metrics"]
+    assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0 and metrics["scored_cells"] == 30
+    assert [p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/manifest.json")] == [
+        "epoch1-refined+defensive-8-cells30"]
     assert metrics["covariates"] == [] and metrics["held_out_groups"] == {"plate": ["plate2"]}
     assert metrics["cells"] == 2400  # generated again, not read from the interrupted one
     other = [sys.executable, str(ROOT / "experiments" / "tahoe_svae.py"), "--out", str(tmp_path / "tahoe_svae"),
