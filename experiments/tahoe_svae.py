@@ -96,8 +96,8 @@ parser.add_argument("--workers", type=non_negative_int, default=1, help="DataLoa
 parser.add_argument("--test-fraction", type=fraction, default=0.05, help="cells held out (hash of shard and row)")
 parser.add_argument("--held-out", type=positive_int, default=3_000, help="held-out cells analysed")
 parser.add_argument("--scored-cells", type=positive_int, default=None,
-                    help="held-out cells whose log p(x) is estimated: the first N of the analysed cells, a random "
-                         "sample (default: all of them)")
+                    help="held-out cells whose log p(x) is estimated: a random sample of N of the analysed cells "
+                         "(default: all of them)")
 parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
 parser.add_argument("--ais-chains", type=positive_int, default=128,
                     help="chains per cell of the 'auto' estimator's AIS stage")
@@ -229,9 +229,12 @@ other_ais = ais and any(v != parser.get_default(k) for k, v in ais.items())  # n
 scores = out / "scores" / (f"epoch{len(history)}-{args.proposal}-{args.num_samples}"
                            + (f"-ais{args.ais_chains}x{args.ais_steps}" if other_ais else ""))
 scored = len(held_out) if args.scored_cells is None else min(args.scored_cells, len(held_out))
-if scored < len(held_out):
+if scored < len(held_out):  # a random subset: the analysed cells come shard by shard, plates in blocks
     scores = scores.with_name(f"{scores.name}-cells{scored}")
-data_scored = tuple(t[:scored] for t in data_held) if isinstance(data_held, tuple) else data_held[:scored]
+    chosen = np.sort(np.random.default_rng(args.seed).choice(len(held_out), scored, replace=False))
+    data_scored = tuple(t[chosen] for t in data_held) if isinstance(data_held, tuple) else data_held[chosen]
+else:
+    data_scored = data_held
 ll = log_likelihood_in_parts(model, guide, data_scored, scores, part_size=500, seed=args.seed, progress=progress,
                              num_samples=args.num_samples, proposal=args.proposal, **ais)
 certified = float(ll.certified.float().mean())
