@@ -39,6 +39,13 @@ from pyrovae.infer.distributed import (
 )
 from pyrovae.infer.evaluation import evaluate, evaluation_mode
 from pyrovae.infer.training.checkpoint import CheckpointInUse, FileLock, TrainingCheckpoint, rng_state
+from pyrovae.infer.training.divergence import (
+    TrainingDiverged,
+    exploded,
+    exploded_message,
+    non_finite_metrics,
+    non_finite_step,
+)
 from pyrovae.infer.training.early_stopping import EarlyStopping
 from pyrovae.infer.training.history import History
 from pyrovae.infer.training.objectives import make_objective
@@ -58,56 +65,7 @@ def _lock_checkpoint(path) -> FileLock:
     return lock
 
 
-_DIVERGENCE = 1e6  # an epoch's loss per datum this many times the first step's size above it: diverged
-
-
-def _exploded(first: float, loss: float) -> bool:
-    return loss - first > _DIVERGENCE * max(abs(first), 1.0)
-
-
-def _kept(checkpoint) -> str:
-    """What the checkpoint holds after a failure: the last finished epoch, or nothing yet."""
-    if checkpoint is None:
-        return ""
-    if os.path.exists(checkpoint):
-        return f"; {checkpoint} holds the last finished epoch"
-    return f"; no epoch finished, so {checkpoint} was not written"
-
-
-def _rate(step: SVIStep) -> str:
-    rates = sorted({float(group["lr"]) for group in step.optimizer.param_groups if "lr" in group})
-    return f"lr={rates[0]:g}" if len(rates) == 1 else "several learning rates"
-
-
-def _exploded_message(first: float, loss: float, epoch: int, step: SVIStep, checkpoint) -> str:
-    rate = _rate(step)
-    return (f"training diverged: the loss per datum rose from {first:.4g} at the first step to {loss:.4g} in epoch "
-            f"{epoch + 1}, over {_DIVERGENCE:.0e} times the first step's size. The learning rate ({rate}) is the "
-            "likely cause: lower it, or clip the gradients (pyro.optim.ClippedAdam). The model and guide hold the "
-            f"diverged parameters{_kept(checkpoint)}")
-
-
-def _diverged(step: int, steps_per_epoch: int, params: list, checkpoint) -> str:
-    """What a user needs to know when a step is not finite: where, what the parameters are now, what to do."""
-    finite = all(bool(torch.isfinite(p).all()) for p in params)
-    state = ("the step was not applied, so the model and guide keep their last finite parameters" if finite else
-             "the parameters themselves are no longer finite (an earlier step with finite gradients made them so)")
-    epoch, within = divmod(step, max(steps_per_epoch, 1))
-    where = f"epoch {epoch + 1}, step {within + 1} of {steps_per_epoch} (step {step + 1} of the run)"
-    go_on = ""
-    if checkpoint is not None and os.path.exists(checkpoint):  # its settings are fixed: another rate is a new run
-        go_on = (f"; to go on from that epoch with another rate, load its weights (saved = load_checkpoint("
-                 f"{str(checkpoint)!r}); model.load_state_dict(saved['modules']['model']); the guide's likewise) and "
-                 "train with a new checkpoint path")
-    return (f"the loss or a gradient became non-finite at {where}; {state}{_kept(checkpoint)}. Lower the learning "
-            f"rate, use pyro.optim.ClippedAdam, or check the data scale{go_on}")
-
-
 _EVAL_BATCH_SIZE = 1024  # data per batch of the end-of-epoch scores, unless eval_batch_size says otherwise
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or a gradient became NaN or infinite; the offending step was not applied."""
 
 
 def train(
@@ -378,7 +336,7 @@ def _fit(run: _Run, epochs: range) -> None:
                     filled = (data_scale, beta)
                 loss = step(args, scales)
                 if loss is None:
-                    raise TrainingDiverged(_diverged(global_step, steps_per_epoch, step.params, saved.path))
+                    raise TrainingDiverged(non_finite_step(global_step, steps_per_epoch, step.params, saved.path))
                 total_loss += loss / data_scale
                 if first_loss is None:  # one synchronisation per run
                     first_loss, first_seen = all_reduce_sum(torch.stack([loss / data_scale, loss.new_tensor(
@@ -388,15 +346,15 @@ def _fit(run: _Run, epochs: range) -> None:
                 global_step += 1
                 if step.deferred and (global_step - first_step) % 256 == 0 and step.failed:  # long epochs stop early
                     failure = first_step + step.first_failure
-                    raise TrainingDiverged(_diverged(failure, steps_per_epoch, step.params, saved.path))
+                    raise TrainingDiverged(non_finite_step(failure, steps_per_epoch, step.params, saved.path))
                 bar.update()
             if step.deferred and step.failed:  # one synchronisation per epoch: was any step not finite?
                 failure = first_step + step.first_failure
-                raise TrainingDiverged(_diverged(failure, steps_per_epoch, step.params, saved.path))
+                raise TrainingDiverged(non_finite_step(failure, steps_per_epoch, step.params, saved.path))
             total_loss, seen = all_reduce_sum(torch.stack([total_loss, total_loss.new_tensor(seen)])).tolist()
             record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "kl_weight": beta}
-            if first_loss is not None and _exploded(first_loss, record["loss"]):
-                raise TrainingDiverged(_exploded_message(first_loss, record["loss"], epoch, step, saved.path))
+            if first_loss is not None and exploded(first_loss, record["loss"]):
+                raise TrainingDiverged(exploded_message(first_loss, record["loss"], epoch, step, saved.path))
             first = epoch == epochs.start  # the pairing is checked on the first epoch's scores only
             if run.train_eval is not None:
                 metrics = evaluate(run.model, run.guide, run.train_eval, check_pairing=first)
@@ -407,14 +365,7 @@ def _fit(run: _Run, epochs: range) -> None:
                 record.update({f"val_{k}": v for k, v in metrics.items()})
             bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
             if bad:
-                raise TrainingDiverged(
-                    f"{', '.join(bad)} of epoch {epoch + 1} is not finite ({', '.join(str(record[k]) for k in bad)}): "
-                    "the model gives some data a log-density of NaN or -inf. Check the data against the likelihood "
-                    "(e.g. values outside its support, a library size of 0), or whether training diverged (the loss "
-                    f"per datum went from {first_loss:.4g} at the first step to {record['loss']:.4g} in this epoch; "
-                    f"with {_rate(step)}, lower the learning rate)"
-                    + _kept(saved.path)
-                )
+                raise TrainingDiverged(non_finite_metrics(record, bad, epoch, first_loss, step, saved.path))
             record["seconds"] = time.perf_counter() - started
             history.records.append(record)
             stopping.update(record.get("val_elbo", record.get("train_elbo", -record["loss"])), epoch + 1, run.modules)
@@ -430,4 +381,4 @@ def _fit(run: _Run, epochs: range) -> None:
                 break
 
 
-__all__ = ["TrainingDiverged", "svi_step", "train"]
+__all__ = ["svi_step", "train"]
