@@ -202,15 +202,28 @@ class AmortizedGuide(nn.Module):
 
     def check_call(self, x: torch.Tensor) -> None:
         """Check the data of a call: always (unless traced) a ``(batch, x_dim)`` tensor of the guide's dtype and
-        device, and while Pyro's validation is on no NaN or infinity (once per data tensor), each refusal naming the
-        fix, as :meth:`VAE.check_call <pyrovae.models.VAE.check_call>` does."""
+        device, and while Pyro's validation is on no NaN or infinity and, with ``input_transform="log1p"``, no
+        negative value (once per data tensor), each refusal naming the fix, as :meth:`VAE.check_call
+        <pyrovae.models.VAE.check_call>` does."""
         who = type(self).__name__
         if x is None:
             raise ValueError(f"{who} encodes data and was called without x; a prior predictive needs no guide: "
                              "Predictive(model, num_samples=4)(num_data=10)")
         if not torch.jit.is_tracing():
             check_batch(x, self.x_dim, self._anchor(), who)
-        check_values(self, x, lambda values: check_finite(values, who))
+        check_values(self, x, self._check_data)
+
+    def _check_data(self, x: torch.Tensor) -> None:
+        """No NaN or infinity, and counts (no negative value) for an encoder that takes log(1 + x)."""
+        who = type(self).__name__
+        check_finite(x, who)
+        if self.encoder_options.input_transform == "log1p":
+            negative = x < 0
+            if bool(negative.any()):
+                row, column = (int(i) for i in negative.nonzero()[0])
+                raise ValueError(f"{who} encodes log(1 + x) (input_transform='log1p'), which needs counts, and the "
+                                 f"data x hold {x[row, column].item()} at row {row}, column {column}: pass the raw "
+                                 "counts (not centred or scaled values), or build the guide without input_transform")
 
     def _anchor(self) -> torch.Tensor | None:
         """A tensor of the guide's dtype and device (None for a guide without any)."""

@@ -10,7 +10,7 @@ from pyrovae.guides.base import AmortizedGuide
 from torch import nn
 
 from pyrovae.nn import make_activation, register_module
-from pyrovae.nn.checks import check_int, check_real
+from pyrovae.nn.checks import check_enumeration_room, check_int, check_real
 
 
 class GMVAEGuide(AmortizedGuide):
@@ -148,6 +148,7 @@ class GMVAEGuide(AmortizedGuide):
                 y: torch.Tensor | None = None) -> None:
         register_module(self)
         self.check_call(x)
+        check_enumeration_room(type(self).__name__)
         with pyro.plate("data", x.shape[-2]):
             f = self.features(x, cat, cont)
             y = pyro.sample("y", self._component_site(f, y), infer={"enumerate": "parallel"})

@@ -23,7 +23,7 @@ from torch import nn
 
 from pyrovae.likelihoods import Likelihood
 from pyrovae.nn import register_module, take_loaded
-from pyrovae.nn.checks import check_int, check_real
+from pyrovae.nn.checks import check_enumeration_room, check_int, check_real
 
 
 class GMVAE(VAE):
@@ -105,6 +105,7 @@ class GMVAE(VAE):
         # known labels y (label transfer) enter through the guide: GMVAEGuide's q(y | x) is the point mass on them
         register_module(self)
         num_data = self.check_call(x, cat, cont, num_data)
+        check_enumeration_room(type(self).__name__)
         with pyro.plate("data", num_data):
             y = pyro.sample("y", self.component_prior())
             z = pyro.sample("z", self.component(y))

@@ -65,7 +65,7 @@ def make_pair(
     feature_batch_norm: bool = False,
     activation: str = "relu",
     input_transform: str | None = None,
-    latent_library: bool = False,
+    latent_library: bool | None = None,
     batch_norm: bool = False,
     dropout: float = 0.0,
     encoder=None,
@@ -86,6 +86,8 @@ def make_pair(
     Both modules record the arguments in ``pair_arguments`` (a JSON-able dict), which :func:`save_pair` writes.
 
     :param int latent_dim: the latent manifold's dimension d (S^d in R^(d+1) for the spherical kinds).
+    :param latent_library: whether the guide encodes q(library | x): by default where the likelihood's library size
+        is latent (``likelihood_options={"library": "latent"}``); a value the likelihood contradicts is refused.
     :param hidden: widths from the data side, shared by the encoder and (mirrored) the decoder.
     :param likelihood: a likelihood name or instance (count likelihoods: pass ``input_transform="log1p"``).
     :param dict likelihood_options: keyword arguments of the named likelihood (``{"dispersion": "gene-batch"}``).
@@ -119,9 +121,8 @@ def make_pair(
                          **covariates)
     if not isinstance(encode_covariates, bool):
         raise TypeError(f"make_pair: encode_covariates must be True or False, got {encode_covariates!r}")
-    guide_options = dict(input_transform=input_transform, latent_library=latent_library, batch_norm=batch_norm,
-                         dropout=dropout, name=None if name is None else f"{name}/guide",
-                         **(covariates if encode_covariates else {}))
+    guide_options = dict(input_transform=input_transform, batch_norm=batch_norm, dropout=dropout,
+                         name=None if name is None else f"{name}/guide", **(covariates if encode_covariates else {}))
     if kind == "gmvae":
         if num_components is None:
             raise ValueError("make_pair('gmvae', ...) needs num_components")
@@ -130,8 +131,9 @@ def make_pair(
         if feature_batch_norm is not False:  # the guide refuses what is not a bool
             guide_options["feature_batch_norm"] = feature_batch_norm
         model = GMVAE(x_dim, z_dim, num_components, hidden, likelihood, activation, decoder, **model_options)
+        latent_library = _latent_library(model, latent_library)
         guide = GMVAEGuide(x_dim, z_dim, hidden, activation, num_components=num_components, encoder=encoder,
-                           **guide_options)
+                           latent_library=latent_library, **guide_options)
     else:
         for option, value in (("num_components", num_components), ("classification_weight", classification_weight),
                               ("feature_batch_norm", None if feature_batch_norm is False else feature_batch_norm)):
@@ -141,7 +143,9 @@ def make_pair(
         guide_class = {"vae": NormalGuide, "ae": DeltaGuide, "svae-vmf": VMFGuide,
                        "svae-power": PowerSphericalGuide}[kind]
         model = model_class(x_dim, z_dim, hidden, likelihood, activation, decoder, **model_options)
-        guide = guide_class(x_dim, z_dim, hidden, activation, encoder, **guide_options)
+        latent_library = _latent_library(model, latent_library)
+        guide = guide_class(x_dim, z_dim, hidden, activation, encoder, latent_library=latent_library,
+                            **guide_options)
     arguments = dict(
         kind=kind, x_dim=int(x_dim), latent_dim=latent_dim, hidden=[int(h) for h in hidden],
         likelihood=likelihood_name, likelihood_options=dict(likelihood_options or {}),
@@ -155,6 +159,26 @@ def make_pair(
     for module in (model, guide):
         module.pair_arguments = arguments
     return model, guide
+
+
+def _latent_library(model, asked: bool | None) -> bool:
+    """Whether the guide encodes a library size: where the model's likelihood has a latent one (``asked`` None),
+    and an ``asked`` value the model contradicts is refused."""
+    mode = model.likelihood.library
+    needed = mode == "latent"
+    if asked is None:
+        return needed
+    if not isinstance(asked, bool):
+        raise TypeError(f"make_pair: latent_library must be True, False or None, got {asked!r}")
+    if asked != needed:
+        raise ValueError(
+            "make_pair: the likelihood's library size is latent, so the guide must encode it: latent_library=True "
+            "(or leave it unset)" if needed else
+            "make_pair: latent_library=True asks the guide for a library size, but the likelihood's is "
+            f"{'observed (the total count of x)' if mode == 'observed' else 'not used'} "
+            f"({type(model.likelihood).__name__}); leave latent_library unset"
+        )
+    return asked
 
 
 # -- saving and loading --------------------------------------------------------------------------------------

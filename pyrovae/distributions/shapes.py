@@ -14,6 +14,8 @@ def expanded_batch_shape(distribution, batch_shape) -> torch.Size:
     other dimension keeps its size (a batch of 2 cannot become a batch of 3).
     """
     batch_shape = torch.Size(batch_shape)
+    if torch.jit.is_tracing():  # traced sizes are tensors: the untraced call that precedes a trace has checked
+        return batch_shape
     old = distribution.batch_shape
     fits = len(batch_shape) >= len(old) and all(size >= 0 for size in batch_shape) and all(
         before in (1, after) for before, after in zip(reversed(old), reversed(batch_shape)))

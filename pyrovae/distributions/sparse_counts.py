@@ -45,9 +45,11 @@ def score_counts(
         values = nonzero_log_prob(k, *(tensor.expand(shape).double() for tensor in params)).to(zero_log_prob.dtype)
         log_prob = torch.where(nonzero, values, zero_log_prob.expand(shape))
         return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
-    log_prob = zero_log_prob if zero_log_prob.shape == shape else zero_log_prob.expand(shape).contiguous()
+    tracing = torch.jit.is_tracing()  # no branch on a traced shape or count: the trace must hold for other data
+    log_prob = (zero_log_prob if not tracing and zero_log_prob.shape == shape
+                else zero_log_prob.expand(shape).contiguous())
     index = (x != 0).expand(shape).nonzero(as_tuple=True)
-    if index[0].numel():
+    if tracing or index[0].numel():
         gathered = [tensor.expand(shape)[index].double() for tensor in (x, *params)]  # gathers, no full copies
         if count_terms is not None and not torch.jit.is_tracing():  # a trace would keep its example's strides
             gathered += _shared_terms(x, shape, index, count_terms, count_params)

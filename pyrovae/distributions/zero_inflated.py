@@ -48,7 +48,8 @@ class ZeroInflated(dist.ZeroInflatedDistribution):
         if not isinstance(gate_logits, torch.Tensor):
             gate_logits = torch.as_tensor(gate_logits, dtype=torch.get_default_dtype())
         batch_shape = torch.broadcast_shapes(base_dist.batch_shape, gate_logits.shape)
-        self.base_dist = base_dist if base_dist.batch_shape == batch_shape else base_dist.expand(batch_shape)
+        same = not torch.jit.is_tracing() and base_dist.batch_shape == batch_shape  # traced shapes are tensors
+        self.base_dist = base_dist if same else base_dist.expand(batch_shape)
         self.gate_logits = gate_logits.expand(batch_shape)
         validate = type(self)._validate_args if validate_args is None else validate_args  # torch's default
         dist.TorchDistribution.__init__(self, batch_shape, _NO_SHAPE, validate_args=False)

@@ -78,14 +78,29 @@ def learning_rate(optim, lr: float | None) -> float:
 DEFAULT_LR = 1e-3
 
 
-def check_device(device: torch.device) -> None:
-    """A CUDA device that this machine has."""
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that this machine has: a name torch does not know (``"gpu"``) or a backend
+    this build or machine lacks (``"mps"`` here, ``"cuda"`` without a GPU) is a ValueError naming the choices."""
+    if not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N' (the N-th "
+                             "GPU)") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: a backend this build may lack
+        available = (torch.backends.mps.is_available if device.type == "mps"
+                     else getattr(getattr(torch, device.type, None), "is_available", None))
+        if available is None or not available():
+            raise ValueError(f"device={str(device)!r} was asked for, but this torch build or machine has no "
+                             f"{device.type!r} device; use device='cpu'"
+                             + (" or 'cuda'" if torch.cuda.is_available() else ""))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={str(device)!r} was asked for, but no CUDA device is available; use device='cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device={str(device)!r} was asked for, but this machine has "
                              f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def floating_dtype(*modules) -> torch.dtype | None:

@@ -62,6 +62,8 @@ def check_sites(model_sites: dict, guide_sites: dict) -> None:
             raise ValueError(
                 f"the model's latent site {name!r} has no counterpart in the guide "
                 f"(guide sites: {sorted(guide_sites) or 'none'}); the guide must sample every latent of the model"
+                + ("; the likelihood's library size is latent: build the guide with latent_library=True"
+                   if name == "library" else "")
             )
         model_key, guide_key = _support_key(model_fn.support), _support_key(guide_fn.support)
         if model_key != guide_key:
@@ -160,12 +162,19 @@ def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None
     check_companions(model, guide)
 
 
+def _is_latent(site: dict) -> bool:
+    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and not site["infer"].get("is_auxiliary"))
+
+
 def _latent_source(names):
     """The innermost handler that hands the model values for its latent sites ``names``: a ``ReplayMessenger``
-    (Pyro's ELBOs replay the guide's trace) or a ``ConditionMessenger`` (``Predictive``, ``poutine.condition``)."""
+    (Pyro's ELBOs replay the guide's trace; also one whose trace holds latents none of which is named as the
+    model's, a guide that misnames them) or a ``ConditionMessenger`` (``Predictive``, ``poutine.condition``)."""
     for frame in reversed(_PYRO_STACK):
         if isinstance(frame, ReplayMessenger):
-            if frame.trace is not None and any(name in frame.trace.nodes for name in names):
+            if frame.trace is not None and (any(name in frame.trace.nodes for name in names)
+                                            or any(_is_latent(site) for site in frame.trace.nodes.values())):
                 return frame
         elif isinstance(frame, ConditionMessenger) and any(name in frame.data for name in names):
             return frame
@@ -198,8 +207,7 @@ def check_received_latents(model) -> None:
             if site["type"] == "param":
                 if _DIVIDER in name:
                     owners.add(name.split(_DIVIDER, 1)[0])
-            elif site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site) \
-                    and not site["infer"].get("is_auxiliary"):
+            elif _is_latent(site):
                 guide_sites[name] = site["fn"]
         key = (tuple((name, type(fn), tuple(fn.event_shape), _support_key(fn.support))
                      for name, fn in guide_sites.items()), frozenset(owners))

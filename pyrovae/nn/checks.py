@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.runtime import _PYRO_STACK
 
 
 def _kind(value) -> str:
@@ -128,6 +130,18 @@ def check_finite(x: torch.Tensor, who: str) -> None:
                          "impute the non-finite values before training or scoring")
 
 
+def check_enumeration_room(who: str) -> None:
+    """Under Pyro's parallel enumeration (``TraceEnum_ELBO``), raise a ValueError when the enumerated values would
+    take the ``"data"`` plate's dimension (``max_plate_nesting=0``): the mixture component is sampled inside that
+    plate, so enumeration must start left of it."""
+    for frame in _PYRO_STACK:
+        first = getattr(frame, "first_available_dim", None)
+        if isinstance(frame, EnumMessenger) and first is not None and first > -2:
+            raise ValueError(f"{who} samples its mixture component inside the 'data' plate (dim -1), and Pyro's "
+                             f"enumeration was set to start at dim {first}, the plate's own: pass "
+                             "max_plate_nesting=1 (e.g. TraceEnum_ELBO(max_plate_nesting=1)), or leave it unset")
+
+
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (weak x, x._version) last checked
 
 
@@ -148,5 +162,14 @@ def check_values(module: torch.nn.Module, x: torch.Tensor, check: Callable[[torc
     _CHECKED[module] = (weakref.ref(x), version)
 
 
-__all__ = ["check_batch", "check_dropout", "check_finite", "check_int", "check_name", "check_real", "check_values",
-           "check_widths"]
+__all__ = [
+    "check_batch",
+    "check_dropout",
+    "check_enumeration_room",
+    "check_finite",
+    "check_int",
+    "check_name",
+    "check_real",
+    "check_values",
+    "check_widths",
+]

@@ -40,6 +40,7 @@ from torch import nn
 
 from pyrovae.data import add_results
 from pyrovae.infer import History, encode_data, train
+from pyrovae.infer.arguments import check_device
 from pyrovae.nn.covariates import ConditionalMLP
 from pyrovae.optional import require
 from pyrovae.pairs import build_pair, pair_config
@@ -111,7 +112,7 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
     if arguments.get("name"):
         arguments["name"] = f"{arguments['name']}_query"  # the reference keeps its name in Pyro's param store
     model, guide = build_pair(arguments)
-    where = torch.device(device) if device is not None else next(reference.model.parameters()).device
+    where = check_device(device) if device is not None else next(reference.model.parameters()).device
     widened = [(target, _copy_widened(source, target, num_reference, num_new, new_batch_init, role))
                for role, source, target in (("model", reference.model, model), ("guide", reference.guide, guide))]
 

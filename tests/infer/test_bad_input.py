@@ -64,6 +64,16 @@ def test_cuda_without_a_gpu_is_named():
         train(VAE(12, 3, (8,)), NormalGuide(12, 3, (8,)), binary(), epochs=1, device="cuda", progress=False)
 
 
+@pytest.mark.parametrize("device, message", [("gpu", "'gpu' is not a device name: use 'cpu', 'cuda' or 'cuda:N'"),
+                                             ("mps", "no 'mps' device; use device='cpu'")])
+def test_a_device_this_machine_cannot_have_is_named(device, message):
+    pair = VAE(12, 3, (8,)), NormalGuide(12, 3, (8,))
+    with pytest.raises(ValueError, match=message):
+        train(*pair, binary(), epochs=1, device=device, progress=False)
+    with pytest.raises(ValueError, match=message):
+        log_likelihood(*pair, binary(), num_samples=4, device=device, progress=False)
+
+
 def test_a_nan_in_evaluation_only_stops_training():
     from pyro.infer.util import is_validation_enabled
 

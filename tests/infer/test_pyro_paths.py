@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pyro.infer as pinfer
 import pytest
 import torch
@@ -262,7 +263,16 @@ MISMATCHED = {
                               "takes values 0..4 and the model 0..3"),
     "gmvae-normal-guide": (lambda: (GMVAE(X_DIM, 2, 4, (8,)), NormalGuide(X_DIM, 2, (8,))),
                            "latent site 'y' has no counterpart"),
+    "vae-misnamed-latent": (lambda: (VAE(X_DIM, 3, (8,)), _misnamed_guide), r"latent site 'z' has no counterpart "
+                            r"in the guide \(guide sites: \['zz'\]\)"),
 }
+
+
+def _misnamed_guide(x, *covariates):
+    """A plain-function guide whose latent is not named as the model's (without the check, Pyro's ELBOs would draw
+    the model's z from its prior)."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("zz", dist.Normal(x.new_zeros(x.shape[0], 3), 1.0).to_event(1))
 
 
 @pytest.mark.parametrize("elbo", list(ELBOS))
@@ -284,6 +294,18 @@ def test_pyros_svi_refuses_covariates_of_other_levels(elbo):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match=r"categorical=\(3,\).*guide with categorical=\(2,\)"):
             svi(model, guide, elbo).step(binary(), cat)
+
+
+@pytest.mark.parametrize("elbo", ["TraceEnum_ELBO", "JitTraceEnum_ELBO"])
+def test_enumeration_over_the_data_plate_is_named(elbo):
+    """max_plate_nesting=0 would enumerate the GMVAE's component on the data plate's dimension (a size mismatch)."""
+    model, guide = GMVAE(X_DIM, 2, 3, (8,)), GMVAEGuide(X_DIM, 2, (8,), num_components=3)
+    step = pinfer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), getattr(pinfer, elbo)(max_plate_nesting=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"enumeration was set to start at dim -1, the plate's own: pass "
+                                             r"max_plate_nesting=1"):
+            step.step(binary())
 
 
 @pytest.mark.parametrize("pair", ["svae-normal", "vae-wider-latent", "gmvae-more-components"])
@@ -426,6 +448,11 @@ def test_values_outside_the_likelihoods_support_are_named_under_svi():
     counts = VAE(X_DIM, 3, (8,), likelihood="poisson")
     with pytest.raises(ValueError, match="non-negative integer counts"):
         svi(counts, NormalGuide(X_DIM, 3, (8,))).step(-binary())
+    log1p = NormalGuide(X_DIM, 3, (8,), input_transform="log1p")  # the guide, run first, reads the data first
+    with pytest.raises(ValueError, match=r"encodes log\(1 \+ x\) .* hold -1.0 at row \d+, column \d+: pass the raw"):
+        svi(counts, log1p).step(-binary())
+    with pytest.raises(ValueError, match=r"encodes log\(1 \+ x\)"):  # the guide alone, as Predictive runs it
+        poutine.trace(log1p).get_trace(-binary())
 
 
 def test_value_checks_read_each_data_tensor_once_and_only_while_validating(monkeypatch):
@@ -444,19 +471,50 @@ def test_value_checks_read_each_data_tensor_once_and_only_while_validating(monke
     assert len(calls) == 2  # no host round trip with validation off
 
 
-@pytest.mark.parametrize("kind", ["vae", "svae-vmf", "svae-power", "gmvae"])
-def test_pyros_jit_elbos_trace_every_pair_without_a_warning(kind):
-    """The shape checks of encoders and decoders stay out of a traced step: no TracerWarning from pyrovae's code
-    (torch's own binary cross-entropy compares sizes under the trace too: not ours to silence)."""
+@pytest.mark.parametrize("kind, likelihood", [("vae", "bernoulli"), ("svae-vmf", "bernoulli"),
+                                              ("svae-power", "bernoulli"), ("gmvae", "bernoulli"), ("vae", "poisson"),
+                                              ("vae", "nb"), ("vae", "zip"), ("gmvae", "zinb")])
+def test_pyros_jit_elbos_trace_every_pair_without_a_warning(kind, likelihood):
+    """The shape checks of encoders and decoders, and the sparse path of the count likelihoods, stay out of a
+    traced step: no TracerWarning from pyrovae's code (torch's own binary cross-entropy compares sizes under the
+    trace too: not ours to silence)."""
     from pyrovae import make_pair
 
     pyro.clear_param_store()
-    model, guide = make_pair(kind, X_DIM, 2, (8,), **({"num_components": 3} if kind == "gmvae" else {}))
+    model, guide = make_pair(kind, X_DIM, 2, (8,), likelihood, **({"num_components": 3} if kind == "gmvae" else {}),
+                             input_transform=None if likelihood == "bernoulli" else "log1p")
     elbo = pinfer.JitTraceEnum_ELBO(max_plate_nesting=1) if kind == "gmvae" else pinfer.JitTrace_ELBO()
     step = pinfer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    data = binary() if likelihood == "bernoulli" else counts(0.5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert all(np.isfinite(step.step(binary())) for _ in range(2))
+        assert all(np.isfinite(step.step(data)) for _ in range(2))
     ours = [f"{w.filename}:{w.lineno}" for w in caught if issubclass(w.category, torch.jit.TracerWarning)
             and "site-packages" not in w.filename]
     assert not ours
+
+
+def counts(rate: float, seed: int = 0) -> torch.Tensor:
+    """Poisson counts with at least one count per row (a cell without counts has no library size)."""
+    x = torch.poisson(torch.full((16, X_DIM), rate), generator=torch.Generator().manual_seed(seed))
+    x[:, 0] += 1
+    return x
+
+
+@pytest.mark.parametrize("likelihood", ["poisson", "nb", "zip", "zinb"])
+def test_pyros_jit_elbo_on_counts_equals_the_plain_elbo_on_data_of_other_sparsity(likelihood):
+    """The count likelihoods read only the non-zero counts in full; traced on sparse data, the trace still holds
+    for dense data (the step draws the same latents: the same loss as Trace_ELBO to float rounding)."""
+    from pyrovae import make_pair
+
+    pyro.clear_param_store()
+    model, guide = make_pair("vae", X_DIM, 2, (8,), likelihood, input_transform="log1p")
+    jit = pinfer.JitTrace_ELBO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pyro.set_rng_seed(0)
+        jit.loss_and_grads(model, guide, counts(0.2))  # traced here: most counts are zero
+        pyro.set_rng_seed(1)
+        traced = jit.loss_and_grads(model, guide, counts(5.0, seed=1))
+    pyro.set_rng_seed(1)
+    assert traced == pytest.approx(pinfer.Trace_ELBO().loss(model, guide, counts(5.0, seed=1)), rel=1e-6)

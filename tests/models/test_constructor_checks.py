@@ -69,7 +69,21 @@ CASES = {
     "conv-image": (lambda: ConvEncoder(10, image_shape=(1, 28.0, 28)), r"image_shape\[1\] must be an integer"),
     "pair-latent": (lambda: make_pair("vae", D, 0), "make_pair: latent_dim must be an integer >= 1, got 0"),
     "pair-name": (lambda: make_pair("vae", D, 2, name=""), "make_pair: name must be a non-empty string"),
+    "pair-library-latent": (lambda: make_pair("vae", D, 2, likelihood="nb", likelihood_options={"library": "latent"},
+                                              latent_library=False),
+                            "the likelihood's library size is latent, so the guide must encode it"),
+    "pair-library-observed": (lambda: make_pair("vae", D, 2, likelihood="nb", latent_library=True),
+                              "the likelihood's is observed .* leave latent_library unset"),
 }
+
+
+@pytest.mark.parametrize("kind", ["vae", "svae-vmf", "gmvae"])
+def test_make_pair_gives_the_guide_a_library_size_where_the_likelihood_has_a_latent_one(kind):
+    options = {"num_components": 3} if kind == "gmvae" else {}
+    model, guide = make_pair(kind, D, 2, (8,), "nb", likelihood_options={"library": "latent"}, **options)
+    assert guide.library_encoder is not None and model.pair_arguments["latent_library"] is True
+    model, guide = make_pair(kind, D, 2, (8,), "nb", **options)
+    assert guide.library_encoder is None and model.pair_arguments["latent_library"] is False
 
 
 @pytest.mark.parametrize("case", list(CASES))

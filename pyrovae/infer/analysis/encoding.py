@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from pyrovae.distributions.sphere import SphericalDistribution
-from pyrovae.infer.arguments import floating_dtype
+from pyrovae.infer.arguments import check_device, floating_dtype
 from pyrovae.infer.batches import as_batches, module_device
 from pyrovae.infer.evaluation import evaluation_mode
 
@@ -82,7 +82,7 @@ def encode_data(
             f"got {type(guide).__name__}, {kind}: call encode_data(guide, data)"
         )
     fn = fn or (lambda *args: latent_location(encode_batch(guide, *args)))
-    device = torch.device(device) if device is not None else module_device(guide)
+    device = check_device(device) if device is not None else module_device(guide)
     batches = as_batches(data, batch_size, shuffle=False, device=device, default_batch_size=512,
                          dtype=floating_dtype(guide))
     with evaluation_mode(guide):

@@ -19,6 +19,7 @@ import torch
 
 from pyrovae.data.checks import check_int, check_real, require_columns, selection_indices
 from pyrovae.infer.analysis.encoding import encode_batch, encode_data
+from pyrovae.infer.arguments import check_device
 from pyrovae.infer.batches import as_args, module_device
 from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.optional import lazy_import
@@ -118,7 +119,7 @@ def normalized_expression(
         check_int("seed", seed, 0)
     if groupby is not None:
         _check_column(data, groupby)
-    device = torch.device(device) if device is not None else module_device(model, guide)
+    device = check_device(device) if device is not None else module_device(model, guide)
     batches = None
     if transform_batch is not None:
         listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
@@ -268,7 +269,7 @@ def differential_expression(
         raise ValueError("group2 (the rest of the cells) is empty: group1 holds every cell")
     if (mask1 & mask2).any():
         raise ValueError(f"group1 and group2 share {int((mask1 & mask2).sum())} cells; they must be disjoint")
-    device = torch.device(device) if device is not None else module_device(model, guide)
+    device = check_device(device) if device is not None else module_device(model, guide)
     rng = np.random.default_rng(seed)
     cells1 = rng.choice(np.flatnonzero(mask1), num_samples)
     cells2 = rng.choice(np.flatnonzero(mask2), num_samples)

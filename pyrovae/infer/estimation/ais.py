@@ -285,8 +285,7 @@ def ais_log_likelihood(
         raise ValueError(f"target_accept is an acceptance rate in (0, 1), got {target_accept}")
     num_tuning = min(max(8, num_chains // 8), 64)  # extra chains that tune the kernels (see batch_ais)
     features = getattr(model, "x_dim", None) or getattr(guide, "x_dim", None) or 256
-    device = torch.device(device) if device is not None else module_device(model, guide)
-    check_device(device)
+    device = check_device(device) if device is not None else module_device(model, guide)
     start = as_proposal(start)
     betas = sigmoid_schedule(num_steps)
     per_datum, khats, acceptance, effective = [], [], [], []

@@ -182,8 +182,7 @@ def log_likelihood(
                          f"{proposal!r}; use ais_log_likelihood for AIS on its own")
     check_integer("max_samples_per_chunk", max_samples_per_chunk, 1, allow_none=True)
     _check_proposal_source(guide, data)
-    device = torch.device(device) if device is not None else module_device(model, guide)
-    check_device(device)
+    device = check_device(device) if device is not None else module_device(model, guide)
     if proposal == "auto":
         from pyrovae.infer.estimation.certify import auto_log_likelihood  # it uses AIS, which uses this module
 

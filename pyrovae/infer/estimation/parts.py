@@ -109,7 +109,7 @@ def _checked_options(options: dict) -> dict:
     for name in ("batch_size", "max_samples_per_chunk", "ais_chains", "ais_steps", "refine_steps"):
         check_integer(name, options.get(name), 1, allow_none=True)
     if options.get("device") is not None:
-        check_device(torch.device(options["device"]))
+        check_device(options["device"])
     proposal = options.get("proposal", "guide")
     if not isinstance(proposal, str):
         raise ValueError("log_likelihood_in_parts records the estimator in its folder: pass the proposal by name "

@@ -165,8 +165,7 @@ def train(
     distributed = init_distributed()
     source = as_source(data, batch_size, "data")
     if device is not None:
-        device = torch.device(device)
-        check_device(device)
+        device = check_device(device)
     else:
         device = local_device() if distributed else (source.device or module_device(model, guide))
     modules = {name: m for name, m in (("model", model), ("guide", guide)) if isinstance(m, torch.nn.Module)}
