@@ -155,7 +155,8 @@ class LogLikelihood:
 
     def reasons(self) -> list[str]:
         """Why each estimate is certified or not, one line per datum (``"certified"``, ``"k-hat 0.93 > 0.63"``,
-        ``"ESS 4.2 < 10"``, ``"2 posterior modes"``; several joined by ``"; "``)."""
+        ``"ESS 4.2 < 10"``, ``"2 posterior modes"``; several joined by ``"; "``). An estimate of a single proposal
+        (not ``"auto"``) that passes is ``"certified by its weights alone (...)"``: no wider draws checked it."""
         lines = []
         limits = self.khat_limits
         for i in range(self.per_datum.numel()):
@@ -173,6 +174,8 @@ class LogLikelihood:
                     why.append(f"the AIS schedule is {self.schedule_gap:.2f} nats from exact on simulated data")
                 else:
                     why.append("a wider proposal found more mass")
+            if not why and self.checked is None:  # a single proposal: its weights alone (see certified)
+                why.append("certified by its weights alone (no wider draws checked them: proposal='auto' does)")
             lines.append("; ".join(why) or "certified")
         return lines
 
