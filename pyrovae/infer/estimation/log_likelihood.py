@@ -12,7 +12,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
+from pyrovae.infer.arguments import check_device, check_integer, check_seed, floating_dtype
 from pyrovae.infer.batches import as_batches, model_check, module_device
 from pyrovae.infer.estimation.importance import estimation_passes, importance_draws
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
@@ -121,6 +121,7 @@ def log_likelihood(
     ais_chains: int | None = None,
     ais_steps: int | None = None,
     refine_steps: int | None = None,
+    seed: int | None = None,
 ) -> LogLikelihood:
     """Estimate log p(x_i) for every datum by importance sampling.
 
@@ -172,6 +173,8 @@ def log_likelihood(
     :param int refine_steps: optimisation steps of the refined proposals and of ``"auto"``'s refined stage
         (default: ``max(100, 12 x`` the latent size per datum``)`` for a full-covariance refinement, as ``"auto"``'s
         of a Gaussian guide; 100 within the guide's family: :class:`~pyrovae.infer.RefinedProposal`).
+    :param int seed: draw from torch's generator seeded with this (the same estimate on every call, on one
+        machine), leaving the caller's generator as it was; None (default): draw from the caller's generator.
     """
     check_integer("num_samples", num_samples, 1)
     check_integer("ais_chains", ais_chains, 1, allow_none=True)
@@ -183,6 +186,12 @@ def log_likelihood(
     check_integer("max_samples_per_chunk", max_samples_per_chunk, 1, allow_none=True)
     _check_proposal_source(guide, data)
     device = check_device(device) if device is not None else module_device(model, guide)
+    if seed is not None:
+        check_seed(seed)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
+                                  progress, proposal, ais_chains, ais_steps, refine_steps)
     if proposal == "auto":
         from pyrovae.infer.estimation.certify import auto_log_likelihood  # it uses AIS, which uses this module
 

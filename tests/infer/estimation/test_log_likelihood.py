@@ -144,3 +144,18 @@ def test_too_few_samples_for_khat_are_named_not_blamed_on_the_guide(proposal):
         result = log_likelihood(make_model(W, mu), make_guide(W, mu), x[:4], num_samples=5, proposal=proposal)
     assert not any("poor importance distribution" in str(w.message) for w in seen)
     assert torch.isinf(result.khat).all()
+
+
+@pytest.mark.parametrize("proposal", ["guide", "refined+defensive"])
+def test_a_seed_gives_the_same_estimate_and_leaves_the_callers_generator_alone(proposal):
+    W, mu, x = ppca()
+    model, guide = make_model(W, mu), make_guide(W, mu, scale_factor=0.5)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = log_likelihood(model, guide, x, num_samples=64, proposal=proposal, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the draws came from a generator of their own
+    again = log_likelihood(model, guide, x, num_samples=64, proposal=proposal, seed=7)
+    other = log_likelihood(model, guide, x, num_samples=64, proposal=proposal, seed=8)
+    assert torch.equal(first.per_datum, again.per_datum) and not torch.equal(first.per_datum, other.per_datum)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        log_likelihood(model, guide, x, num_samples=64, seed=-1)
