@@ -317,7 +317,7 @@ def test_a_refined_spread_below_float32_resolution_is_widened_so_draws_score_san
     """A refined full covariance with a direction of spread ~0 (seen on a GMVAE of counts) scored its own float32
     draws at log density -1e21; after the refinement's floor every draw scores near the Gaussian's typical value, and
     a covariance well above the floor is left as it was."""
-    from pyrovae.infer.estimation.refined import _resolvable
+    from pyrovae.infer.estimation.family_parameters import resolvable
 
     torch.manual_seed(seed)
     dim = 10
@@ -325,7 +325,7 @@ def test_a_refined_spread_below_float32_resolution_is_widened_so_draws_score_san
     tril = 2 * torch.randn(3, dim, dim).tril(-1) + torch.diag_embed(torch.rand(3, dim) + 0.5)
     tril[:, 4, 4] = 1e-12  # z_4 given z_0..z_3 has no spread: the covariance is singular in one direction
     params = {"loc": loc.clone(), "tril": tril.tril(-1).clone(), "log_diagonal": tril.diagonal(dim1=-2, dim2=-1).log()}
-    _resolvable(params)
+    resolvable(params)
     widened = dist.MultivariateNormal(params["loc"], scale_tril=params["tril"] + torch.diag_embed(
         params["log_diagonal"].exp()))
     draws = widened.sample((500,))
@@ -337,11 +337,11 @@ def test_a_refined_spread_below_float32_resolution_is_widened_so_draws_score_san
 
     well = torch.randn(3, dim, dim).tril(-1) + torch.diag_embed(torch.rand(3, dim) + 0.5)
     params = {"loc": loc.clone(), "tril": well.tril(-1).clone(), "log_diagonal": well.diagonal(dim1=-2, dim2=-1).log()}
-    _resolvable(params)
+    resolvable(params)
     after = (params["tril"] + torch.diag_embed(params["log_diagonal"].exp())).double()
     kl = torch.distributions.kl_divergence(dist.MultivariateNormal(loc.double(), scale_tril=well.double()),
                                            dist.MultivariateNormal(loc.double(), scale_tril=after))
     assert (kl < 1e-4).all(), kl  # the same Gaussian, for importance sampling
     params = {"loc": loc.clone(), "log_scale": torch.full((3, dim), -40.0)}  # a diagonal Gaussian of spread 4e-18
-    _resolvable(params)
+    resolvable(params)
     assert (params["log_scale"].exp() >= 64 * torch.finfo(torch.float32).eps).all()
