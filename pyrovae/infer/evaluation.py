@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.infer.arguments import check_integer, floating_dtype
+from pyrovae.infer.arguments import check_integer, check_seed, floating_dtype
 from pyrovae.infer.batches import as_args, as_batches, model_check, module_device
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.distributed import all_reduce_sum
@@ -66,7 +66,7 @@ def evaluation_mode(*modules):
 @torch.no_grad()
 def evaluate(
     model: Callable, guide: Callable, data, max_data: int | None = None, across_ranks: bool = False,
-    batch_size: int | None = None, check_pairing: bool = True,
+    batch_size: int | None = None, check_pairing: bool = True, num_particles: int = 1, seed: int | None = None,
 ) -> dict:
     """Mean per-datum ELBO, reconstruction log-likelihood and KL over ``data`` (up to ``max_data`` data), with the
     model and guide in evaluation mode.
@@ -77,8 +77,19 @@ def evaluate(
     :param bool check_pairing: check the model and guide against each other on the first batch first;
         :func:`~pyrovae.infer.train` checks before its first step and with its first epoch's scores, not at every
         epoch's end.
+    :param int num_particles: draws of the latents per datum, averaged (each estimate's noise falls as one over
+        their square root; one draw, the default, is what ``train`` scores every epoch with).
+    :param int seed: draw from torch's generator seeded with this (the same scores on every call), leaving the
+        caller's generator as it was.
     """
     check_integer("max_data", max_data, 1, allow_none=True)
+    check_integer("num_particles", num_particles, 1)
+    check_seed(seed)
+    if seed is not None:
+        device = module_device(model, guide)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return evaluate(model, guide, data, max_data, across_ranks, batch_size, check_pairing, num_particles)
     batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
                          default_batch_size=1024, dtype=floating_dtype(model, guide))
     total_reconstruction, total_kl, count = 0.0, 0.0, 0
@@ -86,10 +97,11 @@ def evaluate(
         for args in batches:
             if count == 0 and check_pairing:
                 check_model_guide(model, guide, args)  # the pairing, as train checks it
-            with pyro.validation_enabled(False):
-                reconstruction, kl = elbo_terms(model, guide, args)
-            total_reconstruction += float(reconstruction)
-            total_kl += float(kl)
+            for _ in range(num_particles):
+                with pyro.validation_enabled(False):
+                    reconstruction, kl = elbo_terms(model, guide, args)
+                total_reconstruction += float(reconstruction) / num_particles
+                total_kl += float(kl) / num_particles
             count += args[0].shape[0]
             if max_data is not None and count >= max_data:
                 break

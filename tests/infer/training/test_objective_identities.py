@@ -99,3 +99,19 @@ def test_evaluate_equals_pyros_own_elbo(kind):
     loss = elbo.loss(model, guide, x)
     assert terms["elbo"] == pytest.approx(-loss / len(x), rel=1e-9)
     assert terms["elbo"] == pytest.approx(terms["reconstruction"] - terms["kl"], rel=1e-12)
+
+
+def test_evaluate_averages_particles_and_takes_a_seed():
+    """num_particles averages that many one-draw scores (those of the same stream, drawn in turn); a seed gives the
+    same scores every call and leaves the caller's generator alone."""
+    model, guide = pair("vae")
+    x = binary()
+    pyro.set_rng_seed(5)
+    draws = [evaluate(model, guide, x) for _ in range(3)]
+    pyro.set_rng_seed(5)
+    averaged = evaluate(model, guide, x, num_particles=3)
+    for key in ("elbo", "reconstruction", "kl"):
+        assert averaged[key] == pytest.approx(sum(d[key] for d in draws) / 3, rel=1e-9)
+    state = torch.random.get_rng_state()
+    assert evaluate(model, guide, x, seed=1) == evaluate(model, guide, x, seed=1) != evaluate(model, guide, x, seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
