@@ -7,10 +7,10 @@ reads the parts already there instead of scoring them again. Each part is drawn 
 part)``, so a resumed scoring is the scoring one uninterrupted call would have made, and two jobs that share the
 folder write the same parts.
 
-The folder records what it holds (``manifest.json``: the data's size and a digest of 256 of them spread over the
-set, the part size, the seed, the estimator's options and a digest of the model's and the guide's parameters). A
-folder of another scoring, of the same scoring of other data or of other weights, is refused, never mixed into the
-result.
+The folder records what it holds (``manifest.json``: the data's size, a digest of every datum (values and
+covariates) and one of 256 of them spread over the set, the part size, the seed, the estimator's options and a
+digest of the model's and the guide's parameters). A folder of another scoring, of the same scoring of other data
+or of other weights, is refused, never mixed into the result.
 """
 
 from __future__ import annotations
@@ -131,13 +131,14 @@ def _without_defaults(options: dict) -> dict:
             and not (name in _AUTO_DEFAULTS and value == _AUTO_DEFAULTS[name])}
 
 
-_WHAT = {"num_data": "the number of data", "data": "the data (a digest of 256 of them)", "part_size": "part_size",
+_WHAT = {"num_data": "the number of data", "data": "the data (a digest of 256 of them)",
+         "all_data": "the data (a digest of every datum)", "part_size": "part_size",
          "seed": "the seed", "options": "the estimator's options",
          "digest": "the model's or guide's parameters (of plain functions: Pyro's whole parameter store)"}
 
 
 def _difference(key: str, found, expected) -> str:
-    if key in ("digest", "data"):
+    if key in ("digest", "data", "all_data"):
         return f"{_WHAT[key]} differ"
     return f"{_WHAT.get(key, key)}: {found!r} there, {expected!r} now"
 
@@ -157,15 +158,16 @@ def _cuda_devices() -> list[int]:
 MANIFEST_VERSION = 3  # 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not)
 
 
-def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data: str | None) -> dict:
+def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data) -> dict:
     return {"version": MANIFEST_VERSION, "num_data": num_data, "part_size": part_size, "seed": seed,
-            "digest": digest, "data": data, "options": {name: options[name] for name in sorted(options)}}
+            "digest": digest, "data": data_digest(data), "all_data": data_digest(data, None),
+            "options": {name: options[name] for name in sorted(options)}}
 
 
-def data_digest(data) -> str | None:
-    """A digest of 256 data spread evenly over ``data`` (values and covariates, as train's checkpoints take it),
-    to tell one data set from another of the same size."""
-    return BatchSource(data, None, shuffle=False, device=torch.device("cpu"), seed=0, name="data").fingerprint(256)
+def data_digest(data, size: int | None = 256) -> str | None:
+    """A digest of ``size`` data spread evenly over ``data``, or of every datum (``size=None``): their values and
+    covariates, as train's checkpoints take them, to tell one data set from another of the same size."""
+    return BatchSource(data, None, shuffle=False, device=torch.device("cpu"), seed=0, name="data").fingerprint(size)
 
 
 def log_likelihood_in_parts(
@@ -212,8 +214,8 @@ def log_likelihood_in_parts(
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file; log_likelihood_in_parts keeps its parts in a folder: give a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = json.dumps(_manifest(num_data, part_size, seed, recorded, parameters_digest(model, guide),
-                                    data_digest(data)), indent=1)
+    manifest = json.dumps(_manifest(num_data, part_size, seed, recorded, parameters_digest(model, guide), data),
+                          indent=1)
     with FileLock(folder / MANIFEST):  # two jobs starting on one folder agree on its manifest
         path = folder / MANIFEST
         if not path.exists():
@@ -234,8 +236,11 @@ def log_likelihood_in_parts(
                              "took a fixed step size), which would mix two estimators: score into another folder, or "
                              "delete this one to start again")
         found["version"] = MANIFEST_VERSION  # the other proposals' parts hold what they held (certified when read)
+        found.setdefault("all_data", expected["all_data"])  # a manifest before every datum was digested: recorded now
         if found != expected:
             differ = sorted(key for key in expected if found.get(key) != expected[key])
+            if "all_data" in differ and "data" in differ:  # the digest of every datum says it
+                differ.remove("data")
             raise ValueError(f"{folder} holds the parts of another scoring: "
                              + "; ".join(_difference(key, found.get(key), expected[key]) for key in differ)
                              + ". Score into another folder, or delete this one to start again")

@@ -107,10 +107,28 @@ def test_a_folder_of_another_scoring_is_refused(tmp_path):
         log_likelihood_in_parts(model, guide, x, tmp_path, part_size=20, num_samples=60)
     with pytest.raises(ValueError, match=r"another scoring: part_size: 20 there, 10 now\. Score"):
         log_likelihood_in_parts(model, guide, x, tmp_path, part_size=10, num_samples=50)
-    with pytest.raises(ValueError, match=r"of 256 of them\) differ; the number of data: 40 there, 30 now"):
+    with pytest.raises(ValueError, match=r"of every datum\) differ; the number of data: 40 there, 30 now"):
         log_likelihood_in_parts(model, guide, x[:30], tmp_path, part_size=20, num_samples=50)
-    with pytest.raises(ValueError, match=r"scoring: the data \(a digest of 256 of them\) differ\. "):
+    with pytest.raises(ValueError, match=r"scoring: the data \(a digest of every datum\) differ\. "):
         log_likelihood_in_parts(model, guide, x.flip(0), tmp_path, part_size=20, num_samples=50)
+
+
+def test_one_changed_datum_is_refused(tmp_path):
+    """Every datum is digested: a change to one that the digest of 256 spread over the set does not read (every
+    third of 1,200 here) is refused too, and a manifest written before that digest is upgraded, not refused."""
+    W, mu, _ = ppca(6)
+    x = torch.randn(1200, W.shape[0], generator=torch.Generator().manual_seed(0), dtype=W.dtype)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    _quiet(log_likelihood_in_parts, model, guide, x[:600], tmp_path, part_size=300, num_samples=21)
+    changed = x[:600].clone()
+    changed[1] += 1.0  # not among the 256 of the sampled digest (rows 0, 2, 5, ...)
+    with pytest.raises(ValueError, match=r"scoring: the data \(a digest of every datum\) differ\. "):
+        log_likelihood_in_parts(model, guide, changed, tmp_path, part_size=300, num_samples=21)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["all_data"]  # as written before every datum was digested
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    _quiet(log_likelihood_in_parts, model, guide, x[:600], tmp_path, part_size=300, num_samples=21)
+    assert "all_data" in json.loads((tmp_path / "manifest.json").read_text())
     with pytest.raises(ValueError, match="by name"):
         log_likelihood_in_parts(model, guide, x, tmp_path / "other", proposal=object())
     with pytest.raises(ValueError, match="empty"):
