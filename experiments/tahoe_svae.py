@@ -147,15 +147,23 @@ if source is None:
                 marker.write_text(json.dumps(generated))
     barrier()
 atlas = TahoeAtlas(source)
-panel_file = out / "panel.txt"
+panel_file, chosen_file = out / "panel.txt", out / "panel.json"
+chosen = {"genes": min(args.genes, atlas.num_genes), "hvg_cells": args.hvg_cells, "seed": args.seed}
 if args.panel:
     panel = atlas.panel_positions([line.strip() for line in Path(args.panel).read_text().split() if line.strip()])
-elif panel_file.exists():  # a resumed run keeps its panel
+elif panel_file.exists():  # a resumed run keeps its panel, chosen as this run would choose it
     panel = atlas.panel_positions(panel_file.read_text().split())
+    kept = json.loads(chosen_file.read_text()) if chosen_file.exists() else {"genes": len(panel)}  # before the record
+    differ = ", ".join(f"{k} {kept[k]} there, {chosen[k]} now" for k in kept if kept[k] != chosen[k])
+    if differ:
+        raise SystemExit(f"{panel_file} holds the gene panel this run was trained on, chosen otherwise ({differ}); "
+                         "use another --out, or delete its panel.txt and checkpoint.pt to start again")
 else:
-    panel = atlas.highly_variable_genes(min(args.genes, atlas.num_genes), num_cells=args.hvg_cells, seed=args.seed)
+    panel = atlas.highly_variable_genes(chosen["genes"], num_cells=args.hvg_cells, seed=args.seed)
     if is_main_process():
         panel_file.write_text("\n".join(atlas.vocabulary.ensembl_ids[panel]) + "\n")
+if not args.panel and is_main_process() and not chosen_file.exists():
+    chosen_file.write_text(json.dumps(chosen))
 print(f"{atlas}; panel of {len(panel):,} genes")
 
 

@@ -258,6 +258,10 @@ def test_smoke_tahoe_svae_resumes(tmp_path):
     assert resumed["history"][0] == metrics["history"][0]
     scores = sorted(p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/part-00000.pt"))
     assert scores == ["epoch1-refined+defensive-8", "epoch2-refined+defensive-8"]  # resumable, one per weights
+    other = [sys.executable, str(ROOT / "experiments" / "tahoe_svae.py"), "--out", str(tmp_path / "tahoe_svae"),
+             *TAHOE_TINY, *no_data(tmp_path), "--device", "cpu", "--epochs", "2", "--genes", "100"]
+    completed = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "chosen otherwise (genes 120 there, 100 now)" in completed.stderr
 
 
 def test_smoke_tahoe_svae_pca_normal(tmp_path):

@@ -246,6 +246,10 @@ def train(
         history, start_epoch = History(), 0
         if resume and saved.exists():
             start_epoch, history = saved.restore(device, stopping, rank())
+            if start_epoch > epochs and not history.stopped_early:
+                warnings.warn(f"checkpoint {checkpoint} holds {start_epoch} epochs, more than epochs={epochs}: the "
+                              f"run is returned as it stands, with its {start_epoch} epochs (training does not go "
+                              "back); give a new checkpoint path to train a run of fewer epochs", stacklevel=2)
             if history.stopped_early:
                 epochs = start_epoch
         run = _Run(model=model, guide=guide, modules=modules, freeze=freeze, step=step, batches=batches,

@@ -73,6 +73,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, elbo):
     assert all(torch.equal(a, b) for a, b in zip(full, resumed))
     for a, b in zip(full_history.records, resumed_history.records):
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    if elbo == "trace":  # fewer epochs than the checkpoint holds: the run as it stands, said
+        with pytest.warns(UserWarning, match="holds 6 epochs, more than epochs=4: the run is returned as it stands"):
+            shorter, _ = run(4, tmp_path / "resumed.pt", 3)
+        assert len(shorter.records) == 6
 
 
 def test_checkpoint_from_another_setup_is_refused(tmp_path):
