@@ -22,7 +22,8 @@ import inspect
 import io
 import json
 import os
-import pickle
+import shutil
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -283,9 +284,35 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
     config["weights_sha256"] = hashlib.sha256(weights).hexdigest()  # the two files of one save, told from others'
     text = json.dumps(config, indent=1, allow_nan=True)
     with FileLock(folder / CONFIG_FILE):  # two jobs saving into one folder write their pairs one after the other
+        previous = _saved_digest(folder)
+        if previous is not None and (folder / WEIGHTS_FILE).exists():  # kept until the new pair.json is written
+            backup = _backup_path(folder, previous)
+            if not backup.exists():
+                try:
+                    os.link(folder / WEIGHTS_FILE, backup)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(folder / WEIGHTS_FILE, backup)
         atomic_write(folder / WEIGHTS_FILE, lambda stream: stream.write(weights))
         atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(text), binary=False)
+        for backup in folder.glob(f"{_BACKUP_PREFIX}*.pt"):  # the new pair is whole: the old one's weights go
+            backup.unlink(missing_ok=True)
     return folder
+
+
+_BACKUP_PREFIX = "weights-of-"  # the weights of the pair.json a save in progress replaces, until it has
+
+
+def _backup_path(folder: Path, digest: str) -> Path:
+    return folder / f"{_BACKUP_PREFIX}{digest[:16]}.pt"
+
+
+def _saved_digest(folder: Path) -> str | None:
+    """The weights' digest that ``folder``'s pair.json records, or None (no readable pair.json)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("weights_sha256") if isinstance(config, dict) else None
 
 
 def _warn_if_another_pair(folder: Path, model_class: str, guide_class: str) -> None:
@@ -321,21 +348,36 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
+class OtherSave(ValueError):
+    """The weights in a saved pair's folder are not those its ``pair.json`` was saved with."""
+
+
 def read_weights(folder: str | os.PathLike, config: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """The weights saved in ``folder``, read with ``torch.load(weights_only=True)``: a file holding anything but
     tensors in dicts (such as a pickle that would run code) is refused, and nothing in it is executed. With the
-    folder's ``config`` (:func:`read_config`), weights of another save than the configuration's are refused."""
-    path = Path(folder) / WEIGHTS_FILE
+    folder's ``config`` (:func:`read_config`), weights of another save than the configuration's are refused
+    (:class:`OtherSave`), unless the weights of that configuration's save are still kept beside them: a save
+    interrupted after its weights, or in progress, keeps the pair it replaces loadable."""
+    folder = Path(folder)
+    path = folder / WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in {folder}: is it a folder written by save_pair?")
     content = path.read_bytes()
     expected = (config or {}).get("weights_sha256")
     if expected is not None and hashlib.sha256(content).hexdigest() != expected:
-        raise ValueError(f"{WEIGHTS_FILE} and {CONFIG_FILE} in {folder} come from two different saves (a save "
-                         "interrupted between its two files, or another job saving there now): save the pair again")
+        backup = _backup_path(folder, expected)
+        try:
+            kept = backup.read_bytes()
+        except OSError:
+            kept = None
+        if kept is None or hashlib.sha256(kept).hexdigest() != expected:
+            raise OtherSave(f"{path} is not the weights file {folder / CONFIG_FILE} was saved with (its SHA-256 "
+                            "differs): the file was changed or damaged since, or another job is saving into the "
+                            "folder now; load it again, or save the pair again")
+        path, content = backup, kept
     try:
         weights = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
+    except Exception as error:  # whatever a damaged or foreign file raises: say so, never run it
         raise ValueError(
             f"{path} was refused: it is not a plain dict of tensors ({load_error(error)}). It may be damaged or "
             "crafted to run code, and it was not executed; load only folders from people you trust, or save the "
@@ -386,8 +428,15 @@ def load_pair(folder: str | os.PathLike, model=None, guide=None):
     """
     from pyrovae.infer import History
 
-    config = read_config(folder)
-    weights = read_weights(folder, config)
+    for attempt in range(3):  # a save finishing meanwhile: read its pair.json again
+        config = read_config(folder)
+        try:
+            weights = read_weights(folder, config)
+            break
+        except OtherSave:
+            if attempt == 2:
+                raise
+            time.sleep(0.1)
     if (model is None) != (guide is None):
         raise ValueError("load_pair takes both model= and guide= (objects built as the saved ones), or neither")
     if model is None:

@@ -127,16 +127,46 @@ def test_a_crafted_weights_file_is_refused_without_running_it(tmp_path):
 
 
 def test_the_two_files_of_two_saves_are_not_loaded_as_one(tmp_path):
-    """weights.pt of one save beside pair.json of another (a save interrupted between its two files) is refused."""
+    """weights.pt of one save beside pair.json of another (a file copied in, or changed since) is refused."""
     model, guide = make_pair("vae", X_DIM, LATENT, (8,), "poisson")
     save_pair(tmp_path / "a", model, guide)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     save_pair(tmp_path / "b", model, guide)
     (tmp_path / "a" / "weights.pt").write_bytes((tmp_path / "b" / "weights.pt").read_bytes())
-    with pytest.raises(ValueError, match="come from two different saves"):
+    with pytest.raises(ValueError, match="is not the weights file .*pair.json was saved with"):
         load_pair(tmp_path / "a")
     assert torch.equal(next(load_pair(tmp_path / "b")[0].parameters()), next(model.parameters()))
+
+
+def test_a_save_interrupted_between_its_files_keeps_the_pair_it_replaces(tmp_path, monkeypatch):
+    """A second save into a folder that dies after writing its weights, before its pair.json: the first pair still
+    loads, whole; the next save completes and leaves no copy of old weights behind."""
+    from pyrovae import pairs
+
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), "poisson")
+    save_pair(tmp_path, model, guide)
+    first = [p.clone() for p in model.parameters()]
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    writes = []
+    real = pairs.atomic_write
+
+    def dies_before_the_config(path, write, binary=True):
+        writes.append(path)
+        if path.name == "pair.json":
+            raise KeyboardInterrupt
+        return real(path, write, binary=binary)
+
+    monkeypatch.setattr(pairs, "atomic_write", dies_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        save_pair(tmp_path, model, guide)
+    monkeypatch.undo()
+    loaded = load_pair(tmp_path)[0]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), first))
+    save_pair(tmp_path, model, guide)
+    assert torch.equal(next(load_pair(tmp_path)[0].parameters()), next(model.parameters()))
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["weights.pt"]
 
 
 def test_another_version_warns(tmp_path):
