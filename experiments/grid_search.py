@@ -5,7 +5,7 @@ size {10, 25, 50, 100} is trained for ``--search-epochs`` (1, as in the notebook
 held-out ELBO; the best is then trained for ``--epochs`` with a checkpoint, and scored by importance-sampled
 log-likelihood. Works for either model, any count likelihood and any shared data set. Resumable: each
 finished configuration is recorded in ``grid.json`` and not trained again, and the final run resumes from
-its checkpoint.
+its checkpoint (one per configuration, in ``OUT/checkpoints``: a wider grid may pick another best).
 """
 
 import time
@@ -88,8 +88,8 @@ best = grid[best_key]
 print(f"best: {best_key} (val ELBO {best['val_elbo']:.2f}); training it for {args.epochs} epochs")
 model, guide = build(best["hidden"], best["latent"])
 history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                val_data=test_cells, device=device, seed=args.seed, eval_size=0, checkpoint=f"{args.out}/best.pt",
-                progress=not args.no_progress)
+                val_data=test_cells, device=device, seed=args.seed, eval_size=0,
+                checkpoint=sweep.checkpoint_path(best_key), progress=not args.no_progress)
 ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal)
 print(f"best configuration: held-out log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, ELBO {history.last['val_elbo']:.2f}")
 

@@ -194,6 +194,11 @@ def test_smoke_grid_search_resumes(tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("done before") == 4  # nothing trained twice
+    others = [key for key in first["grid"] if key != first["best"]]  # a narrower grid whose best is another
+    hidden, latent = others[0].split()[1], others[0].split()[3]
+    narrower = run_script("grid_search", tmp_path, *arguments[:6], "--hidden", hidden, "--latent", latent,
+                          "--num-samples", "8")["metrics"]
+    assert narrower["best"] == others[0]  # trained from its own checkpoint, not the first best's
 
 
 def test_smoke_reference_mapping(tmp_path):
