@@ -152,7 +152,7 @@ def fit_and_score(kind: str, d: int) -> dict:
         **{f"test_{k}": v for k, v in evaluate(model, guide, test_data).items()},
         "epochs_trained": len(history), "best_epoch": history.best_epoch, "stopped_early": history.stopped_early,
         "train_seconds": sum(history["seconds"]), "paper_log_likelihood": PAPER.get(kind, {}).get(d),
-        "val_elbo": history["val_elbo"],
+        "val_elbo": history["val_elbo"], "refine_steps": args.refine_steps,
     }
 
 
@@ -213,6 +213,13 @@ if args.jobs > 1:
         key = f"{kind}_d{d}"
         sweep.run(key, lambda key=key: Sweep(out / "cells" / key / "runs.json")[key], verbose=False)
 runs = {f"{kind}_d{d}": sweep.run(f"{kind}_d{d}", fit_and_score, kind, d) for kind, d in cells}
+# --refine-steps is not a sweep setting (runs kept from before it existed scored with 100): each result records it
+other_steps = sorted(key for key, run in runs.items()
+                     if run.get("refine_steps", args.refine_steps) != args.refine_steps)
+if other_steps:
+    raise SystemExit(f"{', '.join(other_steps)} in {out / 'runs.json'} were scored with other --refine-steps than "
+                     f"{args.refine_steps}; rerun with theirs, or remove those results (and their scores folders) to "
+                     "score them again")
 
 estimators = sorted({run.get("proposal", "refined+defensive") for run in runs.values()})  # kept runs may predate
 print(f"\nTest log-likelihood (nats, proposal {', '.join(estimators)}); paper: Davidson et al. 2018, Table 1 (the "

@@ -104,6 +104,11 @@ def test_smoke_svae_mnist_resumes(tmp_path):
     resumed = run_script("svae_mnist", tmp_path, *options, "--dims", "5", "--models", "vmf")["metrics"]["runs"]
     for key in ("test_log_likelihood", "certified", "guide_log_likelihood", "epochs_trained"):
         assert resumed["vmf_d5"][key] == runs["vmf_d5"][key]
+    # a finished cell scored otherwise is not passed off as scored with the --refine-steps asked for
+    command = [sys.executable, str(ROOT / "experiments" / "svae_mnist.py"), "--out", str(tmp_path / "svae_mnist"),
+               "--no-progress", "--device", "cpu", *options, "--dims", "5", "--models", "vmf", "--refine-steps", "7"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "vmf_d5 in" in completed.stderr and "other --refine-steps" in completed.stderr
 
 
 def test_smoke_svae_mnist_cells_in_parallel(tmp_path):
