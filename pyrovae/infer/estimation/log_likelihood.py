@@ -61,7 +61,7 @@ def as_proposal(proposal: str | Proposal, refine_steps: int | None = None) -> Pr
         return proposal
     if isinstance(proposal, str) and proposal in _NAMED:
         return _NAMED[proposal](refine_steps)
-    raise ValueError(f"proposal must be one of {sorted(_NAMED)} or a Proposal, got {proposal!r}")
+    raise ValueError(f"proposal must be one of {sorted(['auto', *_NAMED])} or a Proposal, got {proposal!r}")
 
 
 @dataclass

@@ -324,6 +324,10 @@ class TrainingCheckpoint:
         saved = load_checkpoint(self.path, map_location=device)
         if saved.get("version") != _CHECKPOINT_VERSION or set(saved.get("modules", {})) != set(self.modules):
             raise ValueError(f"checkpoint {self.path} was not written by this training setup; delete it to restart")
+        missing = sorted({"optimizer", "batches", "rng", "best", "epoch", "history"} - set(saved))
+        if missing:
+            raise ValueError(f"checkpoint {self.path} lacks {', '.join(missing)}: it was not written by train (or is "
+                             "damaged); delete it to restart")
         for name, module in self.modules.items():  # every check before anything is loaded: a refusal changes nothing
             architecture = saved.get("architecture", {}).get(name)
             if architecture is not None and architecture != repr(module):

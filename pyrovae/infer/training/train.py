@@ -60,7 +60,7 @@ def _lock_checkpoint(path) -> FileLock:
         raise CheckpointInUse(
             f"checkpoint {path} is in use by another training run ({lock.holder()}, holding {lock.path}); two runs "
             "on one checkpoint would overwrite each other's epochs. Wait for that run to finish (it then resumes "
-            "here), or give this run its own checkpoint path"
+            "here), or give this run its own checkpoint path (an experiment script's run: another --out)"
         )
     return lock
 

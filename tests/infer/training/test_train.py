@@ -88,6 +88,10 @@ def test_checkpoint_from_another_setup_is_refused(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="cannot be read"):
         train(model, guide, data(), epochs=2, checkpoint=tmp_path / "bad.pt", progress=False)
+    saved = load_checkpoint(tmp_path / "c.pt")
+    torch.save({"version": saved["version"], "modules": saved["modules"]}, tmp_path / "shaped.pt")  # shaped alike
+    with pytest.raises(ValueError, match="lacks batches, best, epoch, history, optimizer, rng: it was not written by"):
+        train(model, guide, data(), epochs=2, checkpoint=tmp_path / "shaped.pt", progress=False)
 
 
 class ExplodingVAE(VAE):
