@@ -127,12 +127,30 @@ def setup(args: argparse.Namespace) -> torch.device:
     if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder; give the folder that holds the data sets")
     _check_writable(Path(args.out))
+    _hold(Path(args.out))
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return device
+
+
+_HELD: list = []  # the lock on this process's --out, held until it ends
+
+
+def _hold(out: Path) -> None:
+    """Lock ``out`` for this run (the first process of a torchrun job only): a second run of a script on the same
+    folder would mix its metrics and figures with this one's, so it stops before any work, naming this one."""
+    from pyrovae.infer.training.checkpoint import FileLock  # pyrovae.infer is heavy: imported when used
+
+    if int(os.environ.get("RANK", "0")) != 0 or any(lock.path.parent == out for lock in _HELD):
+        return
+    lock = FileLock(out / ".pyrovae-run")
+    if not lock.acquire(blocking=False):
+        raise SystemExit(f"--out {out} is in use by another run ({lock.holder()}); wait for it to finish (a "
+                         "resumable script then resumes there), or give this run another --out")
+    _HELD.append(lock)
 
 
 RUN_OPTIONS = ("out", "no_progress", "device", "data_dir", "quick")  # how a run is made, not what it computes

@@ -399,3 +399,25 @@ def test_an_out_path_that_is_a_file_is_named(tmp_path):
     args = experiment_parser("demo", epochs=1, out="o").parse_args(["--out", str(tmp_path / "afile")])
     with pytest.raises(SystemExit, match="is a file, not a folder"):
         setup(args)
+
+
+def test_a_second_run_on_an_out_in_use_stops_before_working(tmp_path):
+    """Two runs of a script on one --out would mix their metrics and figures: the second stops, naming the first;
+    once the first has ended the folder is free again."""
+    from pyrovae.experiment import _HELD, experiment_parser, setup
+
+    code = ("import sys, time\nfrom pathlib import Path\nfrom pyrovae.experiment import _hold\n"
+            "_hold(Path(sys.argv[1]))\nprint('held', flush=True)\ntime.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = experiment_parser("demo", epochs=1, out="o").parse_args(["--out", str(tmp_path), "--device", "cpu"])
+        with pytest.raises(SystemExit, match=r"is in use by another run \(.*pid \d+.*\); wait for it to finish"):
+            setup(args)
+    finally:
+        holder.kill()
+        holder.wait()
+    setup(args)  # the holder's lock ended with it
+    for lock in [lock for lock in _HELD if lock.path.parent == tmp_path]:
+        lock.release()
+        _HELD.remove(lock)
