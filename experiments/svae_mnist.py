@@ -13,15 +13,15 @@ numbers.
 Every run is checkpointed after each epoch and its result kept in ``OUT/runs.json`` (:class:`pyrovae.sweep.Sweep`),
 so an interrupted sweep resumes where it stopped and a finished run is not trained again (delete
 ``OUT/runs.json``, ``OUT/checkpoints`` and ``OUT/scores`` to retrain). Its test scores are saved 500 images at a
-time in ``OUT/scores/<cell>`` (``OUT/cells/<cell>/scores/<cell>`` with ``--jobs``;
-:func:`pyrovae.infer.log_likelihood_in_parts`), so an interrupted scoring, hours long where many images need AIS,
-resumes too; an unfinished cell resumed with other scoring options (``--num-test``, ``--num-samples``,
-``--proposal``, ``--ais-*``, ``--seed``) is refused by name. Both guides train under the traced ELBO
-(``elbo="jit"``), or
-with ``--compile`` a step compiled by inductor (``train(compile=True)``; the vMF draw stays exact).
+time in ``OUT/scores/<cell>`` (:func:`pyrovae.infer.log_likelihood_in_parts`), so an interrupted scoring, hours
+long where many images need AIS, resumes too; an unfinished cell resumed with other scoring options
+(``--num-test``, ``--num-samples``, ``--proposal``, ``--ais-*``, ``--seed``) is refused by name. Both guides train
+under the traced ELBO (``elbo="jit"``), or with ``--compile`` a step compiled by inductor (``train(compile=True)``;
+the vMF draw stays exact).
 
-``--jobs N`` trains N cells at once, each in a process of its own on the same device (``OUT/cells/<cell>``, each
-resumable in the same way), and gathers their results here. The paper's whole table, ten cells to convergence, is
+``--jobs N`` trains N cells at once, each in a process of its own on the same device (its log and result in
+``OUT/cells/<cell>``, its checkpoint and scores where a run without ``--jobs`` keeps them, so either resumes the
+other's cells), and gathers their results here. The paper's whole table, ten cells to convergence, is
 one command on one GPU::
 
     python experiments/svae_mnist.py --device cuda --jobs 10
@@ -84,6 +84,8 @@ parser.add_argument("--refine-steps", type=positive_int, default=None,
                          "100, for the N-VAE's full-covariance refinement; 100 for the S-VAE's; 100 resumes a "
                          "scoring made before they grew with the dimension)")
 parser.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once, each in its own process")
+parser.add_argument("--state-dir", default=None,
+                    help="where checkpoints and scores are kept (default: --out; --jobs gives its workers the sweep's)")
 parser.add_argument("--compile", action="store_true",
                     help="train(compile=True): the step compiled by inductor instead of the traced ELBO")
 args = parser.parse_args()
@@ -112,13 +114,14 @@ widths = tuple(args.hidden)  # from the data side: the decoder mirrors the encod
 PAIRS = {"normal": "vae", "vmf": "svae-vmf", "power": "svae-power"}  # S^d in R^(d+1) for the spherical ones
 # finished runs are kept, an interrupted one resumes from its checkpoint; results of other settings are refused
 sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("dims", "models", "jobs", "compile",
-                                                                         "refine_steps")))
+                                                                         "refine_steps", "state_dir")))
+state = Path(args.state_dir) if args.state_dir is not None else out  # checkpoints and scores, shared by --jobs
 
 
 def score(model, guide, cell: str, proposal: str, **options):
     """The test log-likelihood by ``proposal``, 500 images at a time, each part saved in ``OUT/scores/<cell>``
     as it finishes (a later run reads them: hours of AIS are not lost to an interruption)."""
-    return log_likelihood_in_parts(model, guide, test_data, out / "scores" / cell / proposal, part_size=500,
+    return log_likelihood_in_parts(model, guide, test_data, state / "scores" / cell / proposal, part_size=500,
                                    seed=args.seed, progress=not args.no_progress, num_samples=args.num_samples,
                                    proposal=proposal, **options)
 
@@ -128,7 +131,8 @@ def fit_and_score(kind: str, d: int) -> dict:
     model, guide = make_pair(PAIRS[kind], 784, d, widths)
     history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     **({"compile": True} if args.compile else {"elbo": "jit"}),
-                    val_data=val_data, patience=args.patience, checkpoint=sweep.checkpoint_path(f"{kind}_d{d}"),
+                    val_data=val_data, patience=args.patience,
+                    checkpoint=state / "checkpoints" / sweep.checkpoint_path(f"{kind}_d{d}").name,
                     device=device, seed=args.seed, progress=not args.no_progress)
     started = time.perf_counter()
     stage = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
@@ -161,7 +165,7 @@ def worker_command(kind: str, d: int) -> list[str]:
     options = {"--device": str(device), "--seed": args.seed, "--epochs": args.epochs, "--patience": args.patience,
                "--batch-size": args.batch_size, "--lr": args.lr, "--num-val": args.num_val, "--num-test": args.num_test,
                "--num-samples": args.num_samples, "--proposal": args.proposal, "--ais-chains": args.ais_chains,
-               "--ais-steps": args.ais_steps, "--out": out / "cells" / f"{kind}_d{d}",
+               "--ais-steps": args.ais_steps, "--out": out / "cells" / f"{kind}_d{d}", "--state-dir": state,
                "--dims": d, "--models": kind}
     if args.num_train is not None:
         options["--num-train"] = args.num_train

@@ -121,6 +121,9 @@ def test_smoke_svae_mnist_cells_in_parallel(tmp_path):
     assert list(runs) == ["normal_d2", "vmf_d2", "normal_d5", "vmf_d5"]
     assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in runs.values())
     assert (tmp_path / "svae_mnist" / "cells" / "vmf_d5" / "runs.json").exists()
+    # checkpoints and scores where a run without --jobs keeps them: either resumes the other's cells
+    assert list((tmp_path / "svae_mnist" / "checkpoints").glob("vmf_d5-*.pt"))
+    assert list((tmp_path / "svae_mnist" / "scores" / "vmf_d5").glob("*/part-00000.pt"))
     again = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
     assert again == runs
 
