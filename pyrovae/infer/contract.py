@@ -169,12 +169,12 @@ def _is_latent(site: dict) -> bool:
 
 def _latent_source(names):
     """The innermost handler that hands the model values for its latent sites ``names``: a ``ReplayMessenger``
-    (Pyro's ELBOs replay the guide's trace; also one whose trace holds latents none of which is named as the
-    model's, a guide that misnames them) or a ``ConditionMessenger`` (``Predictive``, ``poutine.condition``)."""
+    (Pyro's ELBOs replay the guide's trace) or a ``ConditionMessenger`` (``Predictive``, ``poutine.condition``).
+    A guide trace without any of those names is not judged: a guide of ``poutine.reparam`` (``z_decentered``) or
+    of ``pyro.contrib.autoname.scope`` (``vae/z``) names the latents otherwise, rightly."""
     for frame in reversed(_PYRO_STACK):
         if isinstance(frame, ReplayMessenger):
-            if frame.trace is not None and (any(name in frame.trace.nodes for name in names)
-                                            or any(_is_latent(site) for site in frame.trace.nodes.values())):
+            if frame.trace is not None and any(name in frame.trace.nodes for name in names):
                 return frame
         elif isinstance(frame, ConditionMessenger) and any(name in frame.data for name in names):
             return frame
