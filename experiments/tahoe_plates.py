@@ -136,8 +136,8 @@ for model, setting in runs:
                  "certified": m["certified"], "ari_cell_line": m["kmeans_vs_cell_line"]["ari"],
                  "ari_drug": m["kmeans_vs_drug"]["ari"], "ilisi": mixing["ilisi"], "batch_asw": mixing["batch_asw"],
                  "kl": m["history"][-1]["val_kl"], "seconds_per_epoch": m["seconds_per_epoch"],
-                 "held_out_cells": m["held_out_cells"], "scored_cells": m.get("scored_cells", m["held_out_cells"]), "epochs": m["epochs"],
-                 "colour": COLOURS[model, setting]})
+                 "held_out_cells": m["held_out_cells"], "scored_cells": m.get("scored_cells", m["held_out_cells"]),
+                 "epochs": m["epochs"], "colour": COLOURS[model, setting]})
 
 
 def shown(value, form="{:.3f}") -> str:
