@@ -8,6 +8,7 @@ finished configuration is recorded in ``grid.json`` and not trained again, and t
 its checkpoint (one per configuration, in ``OUT/checkpoints``: a wider grid may pick another best).
 """
 
+import os
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pyrovae.experiment import (
     setup,
     write_metrics,
 )
-from pyrovae.infer import log_likelihood, train
+from pyrovae.infer import load_checkpoint, log_likelihood, train
 from pyrovae.likelihoods import likelihood_names
 from pyrovae.plots import save, training_curves
 from pyrovae.sweep import Sweep
@@ -87,9 +88,16 @@ best_key = max(grid, key=lambda k: grid[k]["val_elbo"])  # among the configurati
 best = grid[best_key]
 print(f"best: {best_key} (val ELBO {best['val_elbo']:.2f}); training it for {args.epochs} epochs")
 model, guide = build(best["hidden"], best["latent"])
+final = sweep.checkpoint_path(best_key)
+earlier = Path(args.out) / "best.pt"  # where an earlier pyrovae kept the final run: resumed if it is this one's
+if earlier.exists() and not final.exists():
+    saved = load_checkpoint(earlier).get("architecture", {})
+    if saved == {"model": repr(model), "guide": repr(guide)}:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(earlier, final)
 history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 val_data=test_cells, device=device, seed=args.seed, eval_size=0,
-                checkpoint=sweep.checkpoint_path(best_key), progress=not args.no_progress)
+                checkpoint=final, progress=not args.no_progress)
 ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal)
 print(f"best configuration: held-out log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, ELBO {history.last['val_elbo']:.2f}")
 

@@ -118,10 +118,22 @@ sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("dims",
 state = Path(args.state_dir) if args.state_dir is not None else out  # checkpoints and scores, shared by --jobs
 
 
+def moved_from_worker_folder(path: Path) -> Path:
+    """``path`` (under the state folder), where a --jobs worker's checkpoint or scores folder of an earlier
+    pyrovae, kept in its own ``--out``, is moved to first: a sweep interrupted before the upgrade resumes."""
+    earlier = out / path.relative_to(state)
+    if earlier != path and earlier.exists() and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(earlier, path)
+        print(f"moved {earlier} to {path}")
+    return path
+
+
 def score(model, guide, cell: str, proposal: str, **options):
     """The test log-likelihood by ``proposal``, 500 images at a time, each part saved in ``OUT/scores/<cell>``
     as it finishes (a later run reads them: hours of AIS are not lost to an interruption)."""
-    return log_likelihood_in_parts(model, guide, test_data, state / "scores" / cell / proposal, part_size=500,
+    folder = moved_from_worker_folder(state / "scores" / cell / proposal)
+    return log_likelihood_in_parts(model, guide, test_data, folder, part_size=500,
                                    seed=args.seed, progress=not args.no_progress, num_samples=args.num_samples,
                                    proposal=proposal, **options)
 
@@ -132,7 +144,8 @@ def fit_and_score(kind: str, d: int) -> dict:
     history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     **({"compile": True} if args.compile else {"elbo": "jit"}),
                     val_data=val_data, patience=args.patience,
-                    checkpoint=state / "checkpoints" / sweep.checkpoint_path(f"{kind}_d{d}").name,
+                    checkpoint=moved_from_worker_folder(state / "checkpoints"
+                                                        / sweep.checkpoint_path(f"{kind}_d{d}").name),
                     device=device, seed=args.seed, progress=not args.no_progress)
     started = time.perf_counter()
     stage = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
@@ -211,19 +224,20 @@ def run_in_parallel(cells: list[tuple[str, int]]) -> None:
 
 
 cells = [(kind, d) for d in args.dims for kind in args.models]
+# --refine-steps is not a sweep setting (runs.json files of before it): each result records it, and a kept result
+# scored otherwise is refused before any cell is trained (a result without the record is taken as it stands)
+other_steps = sorted(f"{kind}_d{d}" for kind, d in cells if f"{kind}_d{d}" in sweep
+                     and sweep[f"{kind}_d{d}"].get("refine_steps", args.refine_steps) != args.refine_steps)
+if other_steps:
+    raise SystemExit(f"{', '.join(other_steps)} in {out / 'runs.json'} were scored with other --refine-steps than "
+                     f"{args.refine_steps}; rerun with theirs, or remove those results (and their scores folders) to "
+                     "score them again")
 if args.jobs > 1:
     run_in_parallel([(kind, d) for kind, d in cells if f"{kind}_d{d}" not in sweep])
     for kind, d in cells:  # each cell's result, from its own sweep file, into this one
         key = f"{kind}_d{d}"
         sweep.run(key, lambda key=key: Sweep(out / "cells" / key / "runs.json")[key], verbose=False)
 runs = {f"{kind}_d{d}": sweep.run(f"{kind}_d{d}", fit_and_score, kind, d) for kind, d in cells}
-# --refine-steps is not a sweep setting (runs kept from before it existed scored with 100): each result records it
-other_steps = sorted(key for key, run in runs.items()
-                     if run.get("refine_steps", args.refine_steps) != args.refine_steps)
-if other_steps:
-    raise SystemExit(f"{', '.join(other_steps)} in {out / 'runs.json'} were scored with other --refine-steps than "
-                     f"{args.refine_steps}; rerun with theirs, or remove those results (and their scores folders) to "
-                     "score them again")
 
 estimators = sorted({run.get("proposal", "refined+defensive") for run in runs.values()})  # kept runs may predate
 print(f"\nTest log-likelihood (nats, proposal {', '.join(estimators)}); paper: Davidson et al. 2018, Table 1 (the "

@@ -49,7 +49,7 @@ from pyrovae.experiment import (
     setup,
     write_metrics,
 )
-from pyrovae.infer import FileLock, encode_data, interpolation_path, log_likelihood_in_parts, train
+from pyrovae.infer import FileLock, atomic_write, encode_data, interpolation_path, log_likelihood_in_parts, train
 from pyrovae.infer.distributed import barrier, init_distributed, is_main_process, local_device
 from pyrovae.metrics import (
     batch_asw,
@@ -153,17 +153,19 @@ if args.panel:
     panel = atlas.panel_positions([line.strip() for line in Path(args.panel).read_text().split() if line.strip()])
 elif panel_file.exists():  # a resumed run keeps its panel, chosen as this run would choose it
     panel = atlas.panel_positions(panel_file.read_text().split())
-    kept = json.loads(chosen_file.read_text()) if chosen_file.exists() else {"genes": len(panel)}  # before the record
-    differ = ", ".join(f"{k} {kept[k]} there, {chosen[k]} now" for k in kept if kept[k] != chosen[k])
-    if differ:
-        raise SystemExit(f"{panel_file} holds the gene panel this run was trained on, chosen otherwise ({differ}); "
-                         "use another --out, or delete its panel.txt and checkpoint.pt to start again")
+    if is_main_process():  # the one process that writes the record reads it
+        kept = json.loads(chosen_file.read_text()) if chosen_file.exists() else {"genes": len(panel)}  # older runs
+        differ = ", ".join(f"{k} {kept[k]} there, {chosen[k]} now" for k in kept if kept[k] != chosen[k])
+        if differ:
+            raise SystemExit(f"{panel_file} holds the gene panel this run was trained on, chosen otherwise "
+                             f"({differ}); use another --out, or delete its panel.txt and checkpoint.pt to start again")
 else:
     panel = atlas.highly_variable_genes(chosen["genes"], num_cells=args.hvg_cells, seed=args.seed)
-    if is_main_process():
-        panel_file.write_text("\n".join(atlas.vocabulary.ensembl_ids[panel]) + "\n")
+    if is_main_process():  # written whole: another process of the job may read it as it appears
+        atomic_write(panel_file, lambda stream: stream.write("\n".join(atlas.vocabulary.ensembl_ids[panel]) + "\n"),
+                     binary=False)
 if not args.panel and is_main_process() and not chosen_file.exists():
-    chosen_file.write_text(json.dumps(chosen))
+    atomic_write(chosen_file, lambda stream: json.dump(chosen, stream), binary=False)
 print(f"{atlas}; panel of {len(panel):,} genes")
 
 

@@ -144,6 +144,7 @@ def _hold(out: Path) -> None:
     folder would mix its metrics and figures with this one's, so it stops before any work, naming this one."""
     from pyrovae.infer.training.checkpoint import FileLock  # pyrovae.infer is heavy: imported when used
 
+    out = out.resolve()
     if int(os.environ.get("RANK", "0")) != 0 or any(lock.path.parent == out for lock in _HELD):
         return
     lock = FileLock(out / ".pyrovae-run")

@@ -22,7 +22,6 @@ import inspect
 import io
 import json
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -290,8 +289,9 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
             if not backup.exists():
                 try:
                     os.link(folder / WEIGHTS_FILE, backup)
-                except OSError:  # a file system without hard links
-                    shutil.copyfile(folder / WEIGHTS_FILE, backup)
+                except OSError:  # a file system without hard links: a copy, whole or not at all
+                    kept = (folder / WEIGHTS_FILE).read_bytes()
+                    atomic_write(backup, lambda stream: stream.write(kept))
         atomic_write(folder / WEIGHTS_FILE, lambda stream: stream.write(weights))
         atomic_write(folder / CONFIG_FILE, lambda stream: stream.write(text), binary=False)
         for backup in folder.glob(f"{_BACKUP_PREFIX}*.pt"):  # the new pair is whole: the old one's weights go

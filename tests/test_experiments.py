@@ -424,3 +424,16 @@ def test_a_second_run_on_an_out_in_use_stops_before_working(tmp_path):
     for lock in [lock for lock in _HELD if lock.path.parent == tmp_path]:
         lock.release()
         _HELD.remove(lock)
+
+
+def test_one_process_holds_its_out_once_however_it_is_spelled(tmp_path, monkeypatch):
+    from pyrovae.experiment import _HELD, _hold
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    _hold(Path("out"))
+    _hold(tmp_path / "out")  # the same folder: not "in use by another run"
+    held = [lock for lock in _HELD if lock.path.parent == (tmp_path / "out").resolve()]
+    assert len(held) == 1
+    held[0].release()
+    _HELD.remove(held[0])

@@ -14,6 +14,7 @@ from pyrovae.infer.arguments import check_integer, check_seed, floating_dtype
 from pyrovae.infer.batches import as_args, as_batches, model_check, module_device
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.distributed import all_reduce_sum
+from pyrovae.infer.seeding import seeded
 
 
 def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +87,7 @@ def evaluate(
     check_integer("num_particles", num_particles, 1)
     check_seed(seed)
     if seed is not None:
-        device = module_device(model, guide)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return evaluate(model, guide, data, max_data, across_ranks, batch_size, check_pairing, num_particles)
     batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
                          default_batch_size=1024, dtype=floating_dtype(model, guide))

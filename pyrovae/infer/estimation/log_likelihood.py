@@ -20,6 +20,7 @@ from pyrovae.infer.estimation.psis import khat_limit, psis_khat, psis_tail_lengt
 from pyrovae.infer.estimation.refined import RefinedProposal
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
+from pyrovae.infer.seeding import seeded
 
 _NAMED = {
     "guide": lambda steps: GuideProposal(),
@@ -188,8 +189,7 @@ def log_likelihood(
     device = check_device(device) if device is not None else module_device(model, guide)
     if seed is not None:
         check_seed(seed)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
                                   progress, proposal, ais_chains, ais_steps, refine_steps)
     if proposal == "auto":

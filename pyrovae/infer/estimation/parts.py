@@ -36,6 +36,7 @@ from pyrovae.infer.batches import BatchSource
 from pyrovae.infer.estimation.certify import auto_log_likelihood
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
+from pyrovae.infer.seeding import seeded
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
 
 MANIFEST = "manifest.json"
@@ -147,12 +148,6 @@ def _sees_parameters(model, guide) -> bool:
     """Whether the digest sees any parameter of the pair: modules' own, else Pyro's parameter store."""
     return any(isinstance(f, torch.nn.Module) and next(iter(f.state_dict()), None) is not None for f in (model, guide)
                ) or bool(list(pyro.get_param_store().keys()))
-
-
-def _cuda_devices() -> list[int]:
-    """The CUDA devices whose random state a part's seed sets (and restores after): those started already; none
-    on a machine without CUDA (a CPU scoring starts no CUDA context)."""
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 MANIFEST_VERSION = 3  # 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not)
@@ -290,8 +285,7 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
             raise ValueError(f"part {path.name} in {folder} cannot be read ({load_error(error)}); it is corrupt "
                              "or not a part: delete it, and the next call scores that part again") from None
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=_cuda_devices()):
-        torch.manual_seed(int(np.random.SeedSequence([seed, part]).generate_state(1)[0]))
+    with seeded(int(np.random.SeedSequence([seed, part]).generate_state(1)[0])):
         estimate = log_likelihood(model, guide, data, **options)
     atomic_write(path, lambda stream: torch.save(dataclasses.asdict(estimate), stream))
     logger.info("%s: part %d scored (%d data, mean %.2f, %.0f%% certified) in %.1f min", folder, part,
