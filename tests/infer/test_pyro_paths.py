@@ -508,8 +508,10 @@ def counts(rate: float, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("likelihood", ["poisson", "nb", "zip", "zinb"])
 def test_pyros_jit_elbo_on_counts_equals_the_plain_elbo_on_data_of_other_sparsity(likelihood):
-    """The count likelihoods read only the non-zero counts in full; traced on sparse data, the trace still holds
-    for dense data (the step draws the same latents: the same loss as Trace_ELBO to float rounding)."""
+    """A guard on the count likelihoods' sparse path (non-zero counts gathered by position): traced on sparse data,
+    the trace still holds for dense data (the step draws the same latents: Trace_ELBO's loss to float rounding).
+    An example batch without any count, the one case a traced branch on the count would freeze, cannot be traced:
+    a cell without counts is refused."""
     from pyrovae import make_pair
 
     pyro.clear_param_store()
