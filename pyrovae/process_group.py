@@ -6,6 +6,8 @@ Shared by the data layer (a :class:`~pyrovae.data.CellStream` reads its rank's s
 
 from __future__ import annotations
 
+import os
+
 import torch.distributed as dist
 
 
@@ -14,16 +16,29 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def launched_by_torchrun() -> bool:
+    """Whether ``torchrun`` started this process as one of several (its environment says so from the start, before
+    the process group is joined)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's, or before it is joined the one ``torchrun`` gave (so that a stream
+    built before ``train`` joins the group reads its own shards); 0 outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """The number of ranks: the process group's, or before it is joined torchrun's; 1 outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
 
 
 def is_main_process() -> bool:
     return rank() == 0
 
 
-__all__ = ["is_distributed", "is_main_process", "rank", "world_size"]
+__all__ = ["is_distributed", "is_main_process", "launched_by_torchrun", "rank", "world_size"]

@@ -26,10 +26,16 @@ from pyrovae.optional import require
 
 
 def _open(path: Path):
-    """The file's root group: h5py for ``.h5ad``, zarr for a ``.zarr`` folder."""
-    if path.suffix == ".zarr" or path.is_dir():
-        return require("zarr").open(str(path), mode="r")
-    return require("h5py").File(path, "r")
+    """The file's root group: h5py for ``.h5ad``, zarr for a ``.zarr`` folder; anything else is named."""
+    try:
+        if path.suffix == ".zarr" or path.is_dir():
+            return require("zarr").open(str(path), mode="r")
+        return require("h5py").File(path, "r")
+    except Exception as error:  # zarr's GroupNotFoundError, h5py's OSError, ...: not an AnnData
+        found = ("a folder of parquet shards: read it with CellStream(TahoeAtlas(path), panel)"
+                 if path.is_dir() and any(path.rglob("*.parquet")) else type(error).__name__)
+        raise ValueError(f"AnnDataStream: {path} is not an AnnData (an .h5ad file or a .zarr folder) but {found}") \
+            from None
 
 
 class AnnDataStream(BatchStream):

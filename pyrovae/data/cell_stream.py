@@ -199,8 +199,9 @@ class CellStream(BatchStream):
         same for any number.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), applied on the batch's device,
         e.g. a fitted :class:`~pyrovae.data.LogPCA`.
-    :param held_out: ``{label: [category, ...]}`` (e.g. ``{"plate": ["plate_3"]}``): with ``split``, the test part is
-        every cell of these groups and the training part all the others, instead of a random share of cells.
+    :param held_out: ``{label: [category, ...]}`` (e.g. ``{"plate": ["plate3"]}``): with ``split``, the test part is
+        every cell of these groups and the training part all the others, instead of a random share of cells. A
+        label held out cannot also be a covariate (a model has no level for a group it never trained on).
     :param covariates: atlas labels (``"plate"``, ``"sample"``, ...; the first is the batch) that batches carry as a
         model's categorical covariates: :meth:`inputs` is then ``(x, cat, cont)``; build the model with
         ``categorical=stream.categorical_sizes``.

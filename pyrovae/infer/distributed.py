@@ -18,11 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from pyrovae.process_group import is_distributed, is_main_process, rank, world_size
-
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+from pyrovae.process_group import is_distributed, is_main_process, launched_by_torchrun, rank, world_size
 
 
 def init_distributed(backend: str | None = None, timeout_s: float = 1800) -> bool:

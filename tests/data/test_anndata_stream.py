@@ -121,3 +121,10 @@ def test_bad_files_are_refused_by_name(tmp_path):
         AnnDataStream(tmp_path / "good.h5ad", layer="counts")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         AnnDataStream(tmp_path / "missing.h5ad")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "train-00000.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match=r"is not an AnnData .* but a folder of parquet shards: read it with"):
+        AnnDataStream(tmp_path / "shards")
+    (tmp_path / "text.h5ad").write_text("not hdf5")
+    with pytest.raises(ValueError, match=r"text.h5ad is not an AnnData"):
+        AnnDataStream(tmp_path / "text.h5ad")

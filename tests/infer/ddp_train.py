@@ -13,7 +13,7 @@ from pyrovae.models import VAE
 
 from pyrovae.data import CellStream, TahoeAtlas
 from pyrovae.infer import train
-from pyrovae.infer.distributed import init_distributed, rank
+from pyrovae.infer.distributed import rank
 
 parser = argparse.ArgumentParser()
 parser.add_argument("shards")
@@ -25,8 +25,8 @@ parser.add_argument("--compile", action="store_true")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
-init_distributed()
 atlas = TahoeAtlas(args.shards)
+# built before train joins the process group, as in the tutorial: the stream takes its rank from torchrun
 stream = CellStream(atlas, batch_size=args.batch_size, buffer_size=256, seed=3, covariates=("plate",))
 stream.set_epoch(0)
 first_epoch_cells = torch.cat([batch.ids for _, batch in zip(range(len(stream)), stream.loader())])

@@ -110,3 +110,18 @@ def test_a_compiled_distributed_run_follows_the_uncompiled_one(runs):
     for side in ("model", "guide"):
         for name, value in eager[side].items():
             torch.testing.assert_close(compiled[side][name], value, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def test_before_the_group_is_joined_the_rank_is_torchruns(monkeypatch):
+    """A stream built before train joins the process group (the tutorial's script) takes its rank from torchrun's
+    environment, not 0 of 1: each rank reads its own shards from the first batch."""
+    from pyrovae.process_group import is_main_process, rank, world_size
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (rank(), world_size(), is_main_process()) == (1, 2, False)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: as without it
+    assert (rank(), world_size()) == (0, 1)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert (rank(), world_size(), is_main_process()) == (0, 1, True)

@@ -36,6 +36,7 @@ from pyrovae.infer.distributed import (
     is_main_process,
     local_device,
     rank,
+    world_size,
 )
 from pyrovae.infer.evaluation import evaluate, evaluation_mode
 from pyrovae.infer.training.checkpoint import CheckpointInUse, FileLock, TrainingCheckpoint, rng_state
@@ -163,6 +164,8 @@ def train(
     if freeze not in (None, "model", "guide"):
         raise ValueError(f"freeze must be None, 'model' or 'guide', got {freeze!r}")
     distributed = init_distributed()
+    if distributed:
+        _check_stream_ranks(data)
     source = as_source(data, batch_size, "data")
     if device is not None:
         device = check_device(device)
@@ -265,6 +268,20 @@ def train(
             lock.release()
     stopping.restore(modules)
     return history
+
+
+def _check_stream_ranks(stream) -> None:
+    """Training data streamed (:class:`~pyrovae.data.CellStream`, :class:`~pyrovae.data.AnnDataStream`) as another
+    rank, or for another number of ranks, than this process is in the process group would train on other ranks'
+    cells or leave some unread: refused."""
+    if not callable(getattr(stream, "_set_reading", None)):
+        return
+    if (stream.rank, stream.world_size) != (rank(), world_size()):
+        raise ValueError(
+            f"the data stream reads as rank {stream.rank} of {stream.world_size}, but this process is rank {rank()} "
+            f"of {world_size()}: build the stream without rank= and world_size= (it takes them from torchrun), or "
+            "give it this process's"
+        )
 
 
 def _last_batch_of_one_under_batch_norm(batches, modules) -> bool:
