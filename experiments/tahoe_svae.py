@@ -99,6 +99,9 @@ parser.add_argument("--scored-cells", type=positive_int, default=None,
                     help="held-out cells whose log p(x) is estimated: a random sample of N of the analysed cells "
                          "(default: all of them)")
 parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
+parser.add_argument("--part-size", type=positive_int, default=100,
+                    help="held-out cells scored per saved part (what an interruption can cost; a folder of saved "
+                         "parts keeps the size it was scored with)")
 parser.add_argument("--ais-chains", type=positive_int, default=128,
                     help="chains per cell of the 'auto' estimator's AIS stage")
 parser.add_argument("--ais-steps", type=positive_int, default=200,
@@ -232,8 +235,8 @@ drug_scores = clustering_scores(codes["drug"], kmeans_clusters(locations, len(np
 plates = len(np.unique(codes["plate"]))
 plate_mixing = {"ilisi": ilisi(locations, codes["plate"]) if plates > 1 else None,
                 "batch_asw": batch_asw(locations, codes["plate"], codes["cell_line"]) if plates > 1 else None}
-# 500 cells at a time, each part saved as it finishes (hours of AIS survive an interruption), in a folder of the
-# weights' epoch and the estimator: a run resumed to more epochs, or scored otherwise, scores afresh
+# --part-size cells at a time, each part saved as it finishes (hours of AIS survive an interruption), in a folder of
+# the weights' epoch and the estimator: a run resumed to more epochs, or scored otherwise, scores afresh
 ais = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
 other_ais = ais and any(v != parser.get_default(k) for k, v in ais.items())  # named in the folder if not defaults
 scores = out / "scores" / (f"epoch{len(history)}-{args.proposal}-{args.num_samples}"
@@ -245,8 +248,17 @@ if scored < len(held_out):  # a random subset: the analysed cells come shard by 
     data_scored = tuple(t[chosen] for t in data_held) if isinstance(data_held, tuple) else data_held[chosen]
 else:
     data_scored = data_held
-ll = log_likelihood_in_parts(model, guide, data_scored, scores, part_size=500, seed=args.seed, progress=progress,
-                             num_samples=args.num_samples, proposal=args.proposal, **ais)
+part_size, manifest = args.part_size, scores / "manifest.json"
+recorded = json.loads(manifest.read_text()).get("part_size") if manifest.exists() else part_size
+if recorded != part_size:
+    if any(scores.glob("part-*.pt")):  # saved parts keep their size
+        print(f"{scores} holds parts of {recorded} cells: scoring on in parts of {recorded}")
+        part_size = recorded
+    else:  # nothing saved yet: this run's size
+        print(f"{scores} holds no saved part: scoring in parts of {part_size} cells, not {recorded}")
+        manifest.unlink()
+ll = log_likelihood_in_parts(model, guide, data_scored, scores, part_size=part_size, seed=args.seed,
+                             progress=progress, num_samples=args.num_samples, proposal=args.proposal, **ais)
 certified = float(ll.certified.float().mean())
 print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell over {scored:,} cells "
       f"(certified: {certified:.1%}; k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")
