@@ -244,8 +244,8 @@ scores = out / "scores" / (f"epoch{len(history)}-{args.proposal}-{args.num_sampl
 scored = len(held_out) if args.scored_cells is None else min(args.scored_cells, len(held_out))
 if scored < len(held_out):  # a random subset: the analysed cells come shard by shard, plates in blocks
     scores = scores.with_name(f"{scores.name}-cells{scored}")
-    chosen = np.sort(np.random.default_rng(args.seed).choice(len(held_out), scored, replace=False))
-    data_scored = tuple(t[chosen] for t in data_held) if isinstance(data_held, tuple) else data_held[chosen]
+    picked = np.sort(np.random.default_rng(args.seed).choice(len(held_out), scored, replace=False))
+    data_scored = tuple(t[picked] for t in data_held) if isinstance(data_held, tuple) else data_held[picked]
 else:
     data_scored = data_held
 part_size, manifest = args.part_size, scores / "manifest.json"

@@ -143,9 +143,10 @@ def _hold(out: Path) -> None:
     """Lock ``out`` for this run (the first process of a torchrun job only): a second run of a script on the same
     folder would mix its metrics and figures with this one's, so it stops before any work, naming this one."""
     from pyrovae.infer.training.checkpoint import FileLock  # pyrovae.infer is heavy: imported when used
+    from pyrovae.process_group import rank  # torchrun's, before the process group is joined
 
     out = out.resolve()
-    if int(os.environ.get("RANK", "0")) != 0 or any(lock.path.parent == out for lock in _HELD):
+    if rank() != 0 or any(lock.path.parent == out for lock in _HELD):
         return
     lock = FileLock(out / ".pyrovae-run")
     if not lock.acquire(blocking=False):
