@@ -11,7 +11,9 @@ Six runs of ``experiments/tahoe_svae.py`` on one generated atlas (``OUT/atlas``,
 
 Then one table (``OUT/table.md``, printed) and one figure (``OUT/plates.png``): held-out log p(x) per cell with the
 certified share, KMeans ARI against cell line and drug, the plates' mixing in the latent space (iLISI, batch ASW
-within cell lines), the KL and seconds per epoch.
+within cell lines), the KL and seconds per epoch; and the paired differences of log p(x) between runs scored on the
+same cells (with the plate minus without, S-VAE minus N-VAE: the mean of per-cell differences and its standard
+error, far smaller than the rows' own, which hold the spread of the cells).
 
 Options this script does not know are passed to every run (``--workers 0``, ``--num-samples 500``,
 ``--scored-cells 1000``, ``--synthetic-cells 200000``, ``--source DIR`` for a real atlas, ...; see ``tahoe_svae.py
@@ -30,8 +32,10 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 
 from pyrovae.experiment import experiment_parser, positive_int, setup, write_metrics
+from pyrovae.infer import LogLikelihood
 from pyrovae.plots import save
 
 MODELS = {"svae": ("vmf", "S-VAE, vMF on S^9"), "nvae": ("normal", "N-VAE, R^10")}
@@ -85,6 +89,8 @@ def finished(model: str, setting: str) -> dict | None:
     else None."""
     path = out / name(model, setting) / "metrics.json"
     record = json.loads(path.read_text()) if path.exists() else None
+    if not (out / name(model, setting) / "held_out_scores.pt").exists():  # a run of before the per-cell scores
+        return None  # (run again: it resumes from its checkpoint and saved parts)
     return record if record is not None and record.get("command", [])[1:] == command(model, setting)[2:] else None
 
 
@@ -150,6 +156,28 @@ table += [f"| {r['model']} | {r['plate']} | {r['log_likelihood']:.2f} ± {r['std
           f"{r['scored_cells']:,} / {r['held_out_cells']:,} | "
           f"{r['ari_cell_line']:.3f} | {r['ari_drug']:.3f} | {shown(r['ilisi'])} | {shown(r['batch_asw'])} | "
           f"{r['kl']:.2f} | {r['seconds_per_epoch']:.1f} |" for r in rows]
+
+
+def scores(model: str, setting: str) -> tuple[torch.Tensor, LogLikelihood]:
+    """A run's held-out cells' atlas ids and their log p(x) estimates (``held_out_scores.pt``)."""
+    record = torch.load(out / name(model, setting) / "held_out_scores.pt", weights_only=True)
+    return record.pop("cell_ids"), LogLikelihood(**record)
+
+
+# the paired differences: two runs scored on the same cells differ by far less than their means' standard errors say
+pairs = [((m, "covariate"), (m, "none")) for m in args.models]
+pairs += [(("svae", s), ("nvae", s)) for s in args.settings]
+differences = []
+for first, second in (pair for pair in pairs if all(run in runs for run in pair)):
+    (ids, estimate), (other_ids, other) = scores(*first), scores(*second)
+    if not torch.equal(ids, other_ids):
+        raise SystemExit(f"{name(*first)} and {name(*second)} scored different cells; run both with the same "
+                         "--seed, --held-out and --scored-cells")
+    differences.append({"first": name(*first), "second": name(*second), **estimate.compare(other)})
+if differences:
+    table += ["", "| runs (first - second) | cells | log p(x) difference per cell | both certified |", "|---" * 4 + "|"]
+    table += [f"| {d['first']} - {d['second']} | {d['num_data']:,} | {d['difference']:+.2f} ± {d['stderr']:.2f} "
+              f"(Monte Carlo ± {d['mc_stderr']:.2f}) | {d['certified_both']:,} |" for d in differences]
 (out / "table.md").write_text("\n".join(table) + "\n")
 print("\n" + "\n".join(table))
 
@@ -161,7 +189,17 @@ panels = [("held-out log p(x), random 5%", "log_likelihood", random_split),
           (f"log p(x) of {args.held_out_plate}'s cells, held out", "log_likelihood",
            [r for r in rows if "held-out" in r["run"]])]
 panels = [panel for panel in panels if panel[2]]
-fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+fig, axes = plt.subplots(1, len(panels) + bool(differences), figsize=(4.6 * (len(panels) + bool(differences)), 4.2),
+                         squeeze=False)
+if differences:
+    ax = axes[0, -1]
+    ax.barh([f"{d['first']}\n- {d['second']}" for d in differences], [d["difference"] for d in differences],
+            xerr=[d["stderr"] for d in differences], color="0.6")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("nats per cell (paired, ± standard error)")
+    ax.set_title("log p(x) differences on the same cells", fontsize=10)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.invert_yaxis()
 for ax, (title, key, shown_rows) in zip(axes[0], panels):
     labels = [f"{r['model'].split(',')[0]}\n{r['plate']}" for r in shown_rows]
     values = [r[key] for r in shown_rows]
@@ -178,5 +216,5 @@ for ax, (title, key, shown_rows) in zip(axes[0], panels):
     ax.tick_params(axis="x", labelsize=8)
 fig.tight_layout()
 save(fig, out / "plates.png")
-write_metrics(out, {"rows": rows}, args)
+write_metrics(out, {"rows": rows, "differences": differences}, args)
 print(f"table.md, plates.png and metrics.json in {out}")

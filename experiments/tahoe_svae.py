@@ -29,6 +29,7 @@ set. A label cannot be both held out and a covariate (its held-out levels would 
 trained): hold out plates with ``--covariates`` alone.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 
 from pyrovae import make_pair
 from pyrovae.data import CellStream, LogPCA, TahoeAtlas, find_dataset, write_tahoe_shards
+from pyrovae.data.tahoe_synthetic import GENERATOR_VERSION
 from pyrovae.experiment import (
     experiment_parser,
     fraction,
@@ -130,11 +132,17 @@ source = args.source or find_dataset("tahoe", args.data_dir)  # a local copy: DA
 if source is None:
     source = Path(args.atlas_dir) if args.atlas_dir else out / "atlas"
     generated = {"cells": args.synthetic_cells, "shards": args.synthetic_shards, "vocabulary": args.vocabulary,
-                 "genes_per_cell": args.genes_per_cell, "seed": args.seed, "plate_effect": args.plate_effect}
+                 "genes_per_cell": args.genes_per_cell, "seed": args.seed, "plate_effect": args.plate_effect,
+                 "generator": GENERATOR_VERSION}
     if is_main_process():
         with FileLock(source):  # runs sharing an --atlas-dir: one generates it, the others wait and read it
             marker = source / "generated.json"  # written last: an atlas without it was interrupted
             found = json.loads(marker.read_text()) if marker.exists() else None
+            if found is not None and found.get("generator", 1) != GENERATOR_VERSION:
+                raise SystemExit(f"{source} holds an atlas of an earlier simulator (version {found.get('generator', 1)}"
+                                 f", now {GENERATOR_VERSION}: it could put the control on a plate twice and leave a "
+                                 f"drug off every plate); delete {source} to generate it again, or use another "
+                                 f"{'--atlas-dir' if args.atlas_dir else '--out'}")
             if found is not None and found != generated:
                 differ = ", ".join(f"{k} {found.get(k)} there, {v} now" for k, v in generated.items()
                                    if found.get(k) != v)
@@ -247,7 +255,7 @@ if scored < len(held_out):  # a random subset: the analysed cells come shard by 
     picked = np.sort(np.random.default_rng(args.seed).choice(len(held_out), scored, replace=False))
     data_scored = tuple(t[picked] for t in data_held) if isinstance(data_held, tuple) else data_held[picked]
 else:
-    data_scored = data_held
+    picked, data_scored = np.arange(len(held_out)), data_held
 part_size, manifest = args.part_size, scores / "manifest.json"
 recorded = json.loads(manifest.read_text()).get("part_size") if manifest.exists() else part_size
 if recorded != part_size:
@@ -260,6 +268,10 @@ if recorded != part_size:
 ll = log_likelihood_in_parts(model, guide, data_scored, scores, part_size=part_size, seed=args.seed,
                              progress=progress, num_samples=args.num_samples, proposal=args.proposal, **ais)
 certified = float(ll.certified.float().mean())
+# each scored cell's estimate with its atlas id: runs on the same cells compare by paired differences
+# (LogLikelihood.compare), far tighter than the difference of two means (tahoe_plates.py does)
+atomic_write(out / "held_out_scores.pt", lambda stream: torch.save(
+    {"cell_ids": held_out.ids[torch.from_numpy(picked)], **dataclasses.asdict(ll)}, stream))
 print(f"held-out LL {ll.mean:.2f} +/- {ll.stderr:.2f} nats per cell over {scored:,} cells "
       f"(certified: {certified:.1%}; k-hat > 0.7: {(ll.khat > 0.7).float().mean():.1%})")
 print(f"reconstruction MSE {reconstruction_metrics['mse']:.4f}, per-cell correlation "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import require_dataset
 
@@ -290,16 +291,29 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
              *TAHOE_TINY[2:], "--synthetic-cells", "3000", *no_data(tmp_path), "--device", "cpu"]
     completed = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert completed.returncode != 0 and "other settings (cells 2400 there, 3000 now)" in completed.stderr
+    marker = tmp_path / "tahoe_svae" / "atlas" / "generated.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "generator"}))
+    completed = subprocess.run([*other, "--synthetic-cells", "2400"], capture_output=True, text=True, timeout=600,
+                               cwd=ROOT)  # an atlas of the first simulator (no version recorded): not reused
+    assert completed.returncode != 0 and "an atlas of an earlier simulator (version 1, now 2" in completed.stderr
 
 
 def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
-    options = ("--models", "nvae", "--settings", "covariate", "held-out", "--jobs", "2", "--epochs", "1",
+    options = ("--models", "nvae", "--settings", "covariate", "none", "held-out", "--jobs", "2", "--epochs", "1",
                "--proposal", "refined+defensive", *no_data(tmp_path), *TAHOE_TINY, "--workers", "0")
     record = run_script("tahoe_plates", tmp_path, *options)
     rows = record["metrics"]["rows"]
-    assert [r["run"] for r in rows] == ["nvae-covariate", "nvae-held-out-plate4"]
+    assert [r["run"] for r in rows] == ["nvae-covariate", "nvae-none", "nvae-held-out-plate4"]
     assert record["command"][0] == "tahoe_plates.py" and "--jobs" in record["command"]
-    covariate, held_out = rows
+    covariate, _, held_out = rows
+    [difference] = record["metrics"]["differences"]  # the one pair of runs on the same cells
+    with_plate, without = (torch.load(tmp_path / "tahoe_plates" / run / "held_out_scores.pt", weights_only=True)
+                           for run in ("nvae-covariate", "nvae-none"))
+    torch.testing.assert_close(with_plate["cell_ids"], without["cell_ids"])
+    paired = (with_plate["per_datum"].double() - without["per_datum"].double())
+    assert (difference["first"], difference["second"], difference["num_data"]) == ("nvae-covariate", "nvae-none", 100)
+    assert difference["difference"] == pytest.approx(float(paired.mean()))
+    assert difference["stderr"] == pytest.approx(float(paired.std() / 10))
     assert covariate["log_likelihood"] < 0 and 0 <= covariate["ilisi"] <= 1 and held_out["ilisi"] is None
     assert held_out["plate"] == "plate4 held out" and covariate["held_out_cells"] == 100
     runs = {r["run"]: json.loads((tmp_path / "tahoe_plates" / r["run"] / "metrics.json").read_text()) for r in rows}
@@ -307,11 +321,11 @@ def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
     assert runs["nvae-held-out-plate4"]["metrics"]["held_out_groups"] == {"plate": ["plate4"]}
     assert (tmp_path / "tahoe_plates" / "atlas" / "generated.json").exists()  # one atlas, shared by the runs
     assert not list((tmp_path / "tahoe_plates").glob("*/atlas"))
-    assert (tmp_path / "tahoe_plates" / "table.md").read_text().count("N-VAE") == 2
+    assert (tmp_path / "tahoe_plates" / "table.md").read_text().count("N-VAE") == 3
     again = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
                             str(tmp_path / "tahoe_plates"), "--device", "cpu", *options],
                            capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert again.returncode == 0 and again.stdout.count("kept nvae-") == 2 and "started" not in again.stdout
+    assert again.returncode == 0 and again.stdout.count("kept nvae-") == 3 and "started" not in again.stdout
     other = subprocess.run([*again.args, "--settings", "covariate", "--num-samples", "4"], capture_output=True,
                            text=True, timeout=600, cwd=ROOT)  # a forwarded option changed: run again (resumed)
     assert other.returncode == 0 and "started nvae-covariate" in other.stdout, other.stdout + other.stderr

@@ -16,6 +16,7 @@ pq = lazy_import("pyarrow.parquet")
 
 MARKER_TOKEN_OFFSET = 3  # the marker's token lies just outside the gene vocabulary, like Tahoe's special tokens
 MARKER_VALUE = -2.0
+GENERATOR_VERSION = 2  # 2: each plate's drugs dealt without repeats (1 could hold the control twice and no drug_5)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,15 @@ def _expected_detected(library: float, proportions: np.ndarray, inverse_dispersi
     """Expected number of genes with a non-zero NB count in a cell of this library size."""
     mean = library * proportions
     return float((1 - np.exp(-inverse_dispersion * np.log1p(mean / inverse_dispersion))).sum())
+
+
+def _deal_drugs(rng: np.random.Generator, num_drugs: int, num_plates: int) -> list[np.ndarray]:
+    """Each plate's drugs: the control (0) and ``min(num_drugs // 2, num_drugs - 1)`` of the others, dealt in turn
+    from one random order of them, so that every drug is on some plate when the plates have room for all."""
+    treated = 1 + rng.permutation(num_drugs - 1)
+    per_plate = min(num_drugs // 2, num_drugs - 1)
+    return [np.concatenate([[0], treated[(plate * per_plate + np.arange(per_plate)) % len(treated)]]).astype(np.int64)
+            for plate in range(num_plates)]
 
 
 def write_tahoe_shards(
@@ -57,13 +67,18 @@ def write_tahoe_shards(
     expressed), inverse dispersion per gene log-normal around 3. Cell-line effects are N(0, 1) log-fold changes on
     20% of the genes, drug effects N(0, 0.7) on 5% ("DMSO_TF", the control, has none); library sizes are
     log-normal, their median chosen so that about ``genes_per_cell`` genes are detected per cell. Every plate
-    holds some of the drugs and all cell lines; shard s holds plate ``s * num_plates // num_shards``. Rows start
+    holds all cell lines, the control and ``num_drugs // 2`` of the other drugs, dealt in turn from a random order
+    (every drug is on some plate when ``num_plates * (num_drugs // 2) >= num_drugs - 1``); shard s holds plate
+    ``s * num_plates // num_shards``. Rows start
     with the marker (token ``vocabulary_size + 3``, expression -2), then the expressed genes by token id.
     ``plate_effect`` > 0 adds a batch effect: each plate's N(0, plate_effect) log-fold changes on 10% of the genes
     (drawn from their own generator: the default, 0, writes the same atlas as before the option existed).
     """
     if num_shards < 1 or num_cells < num_shards:
         raise ValueError(f"need at least one cell per shard, got {num_cells} cells for {num_shards} shards")
+    for name, value in {"num_cell_lines": num_cell_lines, "num_drugs": num_drugs, "num_plates": num_plates}.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1 (num_drugs counts the control), got {value}")
     if not (np.isfinite(plate_effect) and plate_effect >= 0):
         raise ValueError(f"plate_effect must be a finite number >= 0 (a scale of log-fold changes), got {plate_effect}")
     rng = np.random.default_rng(seed)
@@ -102,9 +117,7 @@ def write_tahoe_shards(
     plate_rng = np.random.default_rng([seed, 1])
     plate_effects = plate_effect * plate_rng.normal(0.0, 1.0, (num_plates, num_expressed)) * (
         plate_rng.random((num_plates, num_expressed)) < 0.1)
-    plate_drugs = [rng.choice(num_drugs, size=max(1, num_drugs // 2 + 1), replace=False) for _ in range(num_plates)]
-    for plate in plate_drugs:
-        plate[0] = 0  # every plate has controls
+    plate_drugs = _deal_drugs(rng, num_drugs, num_plates)
 
     sizes = np.full(num_shards, num_cells // num_shards)
     sizes[: num_cells % num_shards] += 1
@@ -154,4 +167,4 @@ def write_tahoe_shards(
     return SyntheticAtlas(folder, paths, int(num_cells), expressed, cell_lines, drugs)
 
 
-__all__ = ["SyntheticAtlas", "write_tahoe_shards"]
+__all__ = ["GENERATOR_VERSION", "SyntheticAtlas", "write_tahoe_shards"]

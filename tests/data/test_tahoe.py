@@ -61,6 +61,27 @@ def test_simulation_has_the_documented_structure(atlas):
     assert len(atlas.categories["cell_line"]) == 5 and "DMSO_TF" in atlas.categories["drug"]
 
 
+@pytest.mark.parametrize(("drugs", "plates", "seed"), [(6, 4, 0), (6, 4, 1), (5, 2, 2), (7, 3, 0), (2, 3, 0)])
+def test_every_plate_holds_the_control_once_and_every_drug_is_on_a_plate(tmp_path, drugs, plates, seed):
+    # the simulator once set each plate's first drawn drug to the control: a plate that had drawn it held it
+    # twice and one drug fewer, and seed 0 of the defaults put drug_5 on no plate
+    write_tahoe_shards(tmp_path, num_cells=40 * plates, num_shards=plates, vocabulary_size=60, genes_per_cell=6,
+                       num_drugs=drugs, num_plates=plates, seed=seed)
+    on_plate = {}
+    for path in sorted((tmp_path / "data").glob("*.parquet")):
+        table = pq.read_table(path, columns=["plate", "drug"]).to_pydict()
+        for plate, drug in zip(table["plate"], table["drug"]):
+            on_plate.setdefault(plate, set()).add(drug)
+    assert sorted(on_plate) == [f"plate{p + 1}" for p in range(plates)]
+    treated = drugs // 2
+    for held in on_plate.values():  # 40 cells of 1 + treated drugs: each drug drawn (a miss has odds < 1e-5)
+        assert "DMSO_TF" in held and len(held) == 1 + treated
+    assert set().union(*on_plate.values()) == {"DMSO_TF", *(f"drug_{i}" for i in range(1, drugs))}
+    with pytest.raises(ValueError, match="num_drugs must be at least 1"):
+        write_tahoe_shards(tmp_path / "bad", num_cells=4, num_shards=1, vocabulary_size=50, genes_per_cell=5,
+                           num_drugs=0)
+
+
 def test_gene_panel_by_symbol_ensembl_or_token(atlas):
     by_token = atlas.panel_positions([7, 3, 250])
     np.testing.assert_array_equal(by_token, atlas.panel_positions(["GENE7", "GENE3", "GENE250"]))
