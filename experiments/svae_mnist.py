@@ -30,7 +30,6 @@ one command on one GPU::
 """
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from pyrovae.experiment import (
     positive_float,
     positive_int,
     result_settings,
+    run_jobs,
     setup,
     write_metrics,
 )
@@ -193,36 +193,6 @@ def worker_command(kind: str, d: int) -> list[str]:
     return command
 
 
-# on the CPU the processes share the cores instead of each taking all of them
-worker_env = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
-                                if device.type == "cpu" else {})}
-
-
-def run_in_parallel(cells: list[tuple[str, int]]) -> None:
-    """Train ``cells`` in up to ``--jobs`` processes at once; a failed cell stops the sweep with its log's tail."""
-    waiting, running = list(cells), {}
-    while waiting or running:
-        while waiting and len(running) < args.jobs:
-            kind, d = waiting.pop(0)
-            log = out / "cells" / f"{kind}_d{d}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as stream:
-                running[(kind, d)] = (subprocess.Popen(worker_command(kind, d), stdout=stream, stderr=subprocess.STDOUT,
-                                                       env=worker_env), log, time.perf_counter())
-            print(f"started {NAMES[kind]}, d = {d} (log: {log})")
-        for (kind, d), (process, log, started) in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[(kind, d)]
-            if process.returncode != 0:
-                for other, _, _ in running.values():
-                    other.terminate()
-                tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-                raise SystemExit(f"{NAMES[kind]}, d = {d} failed (exit {process.returncode}); {log} ends:\n{tail}")
-            print(f"finished {NAMES[kind]}, d = {d} in {time.perf_counter() - started:.0f} s")
-        time.sleep(0.5)
-
-
 cells = [(kind, d) for d in args.dims for kind in args.models]
 # --refine-steps is not a sweep setting (runs.json files of before it): each result records it, and a kept result
 # scored otherwise is refused before any cell is trained (a result without the record is taken as it stands)
@@ -233,7 +203,8 @@ if other_steps:
                      f"{args.refine_steps}; rerun with theirs, or remove those results (and their scores folders) to "
                      "score them again")
 if args.jobs > 1:
-    run_in_parallel([(kind, d) for kind, d in cells if f"{kind}_d{d}" not in sweep])
+    run_jobs({(kind, d): (worker_command(kind, d), out / "cells" / f"{kind}_d{d}.log", f"{NAMES[kind]}, d = {d}")
+              for kind, d in cells if f"{kind}_d{d}" not in sweep}, args.jobs, device)
     for kind, d in cells:  # each cell's result, from its own sweep file, into this one
         key = f"{kind}_d{d}"
         sweep.run(key, lambda key=key: Sweep(out / "cells" / key / "runs.json")[key], verbose=False)

@@ -25,16 +25,13 @@ fails, the others stop.
 """
 
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from pyrovae.experiment import experiment_parser, positive_int, setup, write_metrics
+from pyrovae.experiment import experiment_parser, positive_int, run_jobs, setup, write_metrics
 from pyrovae.infer import LogLikelihood
 from pyrovae.plots import save
 
@@ -95,38 +92,11 @@ def finished(model: str, setting: str) -> dict | None:
 
 
 runs = [(m, s) for m in args.models for s in args.settings]
-waiting, running = [r for r in runs if finished(*r) is None], {}
+waiting = [r for r in runs if finished(*r) is None]
 for run in runs:
     if run not in waiting:
         print(f"kept {name(*run)} (its metrics.json was made by the same command)")
-environment = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
-                                if device.type == "cpu" else {})}
-while waiting or running:
-    while waiting and len(running) < args.jobs:
-        run = waiting.pop(0)
-        log = out / f"{name(*run)}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as stream:
-            running[run] = (subprocess.Popen(command(*run), stdout=stream, stderr=subprocess.STDOUT, env=environment),
-                            log, time.perf_counter())
-        print(f"started {name(*run)} (log: {log})")
-    failed = []
-    for run, (process, log, started) in list(running.items()):
-        if process.poll() is None:
-            continue
-        del running[run]
-        if process.returncode != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-            failed.append(f"{name(*run)} failed (exit {process.returncode}); {log} ends:\n{tail}")
-        else:
-            print(f"finished {name(*run)} in {(time.perf_counter() - started) / 60:.1f} min")
-    if failed:  # the others stop too (each resumes from its checkpoint and saved scores on the next call)
-        for other, _, _ in running.values():
-            other.terminate()
-        for other, _, _ in running.values():
-            other.wait()
-        raise SystemExit("\n".join(failed))
-    time.sleep(0.5)
+run_jobs({run: (command(*run), out / f"{name(*run)}.log", name(*run)) for run in waiting}, args.jobs, device)
 
 # --- the table and the figure -----------------------------------------------------------------------------------
 rows = []

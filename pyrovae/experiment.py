@@ -8,8 +8,12 @@ import logging
 import math
 import os
 import platform
+import signal
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import pyro
@@ -128,6 +132,7 @@ def setup(args: argparse.Namespace) -> torch.device:
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder; give the folder that holds the data sets")
     _check_writable(Path(args.out))
     _hold(Path(args.out))
+    _exit_with_parent()
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device)
@@ -203,3 +208,62 @@ def write_metrics(out: str | os.PathLike, metrics: dict, args: argparse.Namespac
     }
     return atomic_write(Path(out) / "metrics.json", lambda stream: stream.write(json.dumps(_clean(record), indent=2)),
                         binary=False)
+
+
+PARENT = "PYROVAE_PARENT_PID"  # set by run_jobs for its jobs: they stop when it is gone
+
+
+def _exit_with_parent() -> None:
+    """In a job of :func:`run_jobs`: end this process (SIGTERM) once its parent is gone, however it went (``kill
+    -9`` included), so that no orphan keeps training, or holds a cell's claim, for a run that no one reads. The
+    variable is taken out of the environment: this process's own children (DataLoader workers) are not watched."""
+    parent = os.environ.pop(PARENT, None)
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def run_jobs(jobs: dict[Hashable, tuple[list[str], Path, str]], at_once: int, device: torch.device) -> None:
+    """Run ``jobs`` (key -> (command line, log file, name shown)) in processes of their own, up to ``at_once`` at a
+    time, each writing its output to its log. On the CPU each gets ``cores // at_once`` threads. When one fails,
+    the others are stopped and a ``SystemExit`` names it with its log's last lines; the jobs of a script built on
+    :func:`setup` end if this process is killed (each resumes from its own checkpoint on the next call)."""
+    environment = {**os.environ, PARENT: str(os.getpid()),
+                   **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // at_once))} if device.type == "cpu"
+                      else {})}
+    waiting, running = list(jobs), {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < at_once:
+                key = waiting.pop(0)
+                command, log, shown = jobs[key]
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "w") as stream:
+                    running[key] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
+                                                     env=environment), time.perf_counter())
+                print(f"started {shown} (log: {log})", flush=True)
+            failed = []
+            for key, (process, started) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[key]
+                _, log, shown = jobs[key]
+                if process.returncode != 0:
+                    tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+                    failed.append(f"{shown} failed (exit {process.returncode}); {log} ends:\n{tail}")
+                else:
+                    print(f"finished {shown} in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+            if failed:
+                raise SystemExit("\n".join(failed))
+            time.sleep(0.5)
+    finally:  # a failure, Ctrl-C or SIGTERM here: the others stop too
+        for process, _ in running.values():
+            process.terminate()
+        for process, _ in running.values():
+            process.wait()
