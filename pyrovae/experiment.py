@@ -22,6 +22,8 @@ import torch
 from pyrovae.infer.training.checkpoint import atomic_write
 from pyrovae.optional import require
 
+logger = logging.getLogger(__name__)
+
 
 class ExperimentParser(argparse.ArgumentParser):
     """An argument parser with the options every experiment takes, ``--quick`` among them.
@@ -247,7 +249,7 @@ def run_jobs(jobs: dict[Hashable, tuple[list[str], Path, str]], at_once: int, de
                 with open(log, "w") as stream:
                     running[key] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
                                                      env=environment), time.perf_counter())
-                print(f"started {shown} (log: {log})", flush=True)
+                logger.info("started %s (log: %s)", shown, log)
             failed = []
             for key, (process, started) in list(running.items()):
                 if process.poll() is None:
@@ -258,7 +260,7 @@ def run_jobs(jobs: dict[Hashable, tuple[list[str], Path, str]], at_once: int, de
                     tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
                     failed.append(f"{shown} failed (exit {process.returncode}); {log} ends:\n{tail}")
                 else:
-                    print(f"finished {shown} in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+                    logger.info("finished %s in %.1f min", shown, (time.perf_counter() - started) / 60)
             if failed:
                 raise SystemExit("\n".join(failed))
             time.sleep(0.5)

@@ -43,7 +43,7 @@ from pyrovae.infer import History, encode_data, train
 from pyrovae.infer.arguments import check_device
 from pyrovae.nn.covariates import ConditionalMLP
 from pyrovae.optional import require
-from pyrovae.pairs import build_pair, pair_config
+from pyrovae.pairs.building import build_pair, pair_config
 from pyrovae.sc.model import RESULTS_KEY, SingleCellModel, default_epochs
 from pyrovae.sc.registration import UNS_KEY, DataRegistration
 from pyrovae.sc.saving import gene_mismatch

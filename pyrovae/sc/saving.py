@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from pyrovae.infer import History
-from pyrovae.pairs import CONFIG_FILE, WEIGHTS_FILE, load_pair, read_config, save_pair
+from pyrovae.pairs.saving import CONFIG_FILE, WEIGHTS_FILE, load_pair, read_config, save_pair
 from pyrovae.sc.registration import UNS_KEY, DataRegistration
 
 

@@ -142,7 +142,7 @@ def test_the_two_files_of_two_saves_are_not_loaded_as_one(tmp_path):
 def test_a_save_interrupted_between_its_files_keeps_the_pair_it_replaces(tmp_path, monkeypatch):
     """A second save into a folder that dies after writing its weights, before its pair.json: the first pair still
     loads, whole; the next save completes and leaves no copy of old weights behind."""
-    from pyrovae import pairs
+    from pyrovae.pairs import saving as pairs
 
     model, guide = make_pair("vae", X_DIM, LATENT, (8,), "poisson")
     save_pair(tmp_path, model, guide)
