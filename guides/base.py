@@ -27,6 +27,7 @@ from torch import nn
 from pyrovae.nn import MLP, forget_pyro_attributes, name_module, register_module, take_loaded
 from pyrovae.nn.checks import (
     check_batch,
+    check_batch_norm_batch,
     check_dropout,
     check_finite,
     check_int,
@@ -170,9 +171,7 @@ class AmortizedGuide(nn.Module):
     def encoded(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None):
         """The encoder's output for ``x`` (and, for a guide built with covariates, ``cat`` and ``cont``)."""
         take_loaded(self)  # a param store loaded since the last call
-        if not torch.jit.is_tracing() and x.shape[-1] != self.x_dim:
-            raise ValueError(f"{type(self).__name__} encodes data of {self.x_dim} features, got x of shape "
-                             f"{tuple(x.shape)}; flatten images to vectors and check x_dim")
+        self.check_call(x)  # called by itself (guide.encode(x)) as in the guide: the same checks (values once)
         covariates = getattr(self, "covariates", None)
         if not covariates:
             return self.encoder(x)
@@ -211,6 +210,7 @@ class AmortizedGuide(nn.Module):
                              "Predictive(model, num_samples=4)(num_data=10)")
         if not torch.jit.is_tracing():
             check_batch(x, self.x_dim, self._anchor(), who)
+            check_batch_norm_batch(self, x.shape[0], who)
         check_values(self, x, self._check_data)
 
     def _check_data(self, x: torch.Tensor) -> None:

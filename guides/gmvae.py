@@ -113,16 +113,22 @@ class GMVAEGuide(AmortizedGuide):
     @torch.no_grad()
     def assign(self, x: torch.Tensor, cat: torch.Tensor | None = None,
                cont: torch.Tensor | None = None) -> torch.Tensor:
-        """The most probable component argmax_y q(y | x) of each datum: the GMVAE's clustering."""
-        return self.component_posterior(x, cat=cat, cont=cont).probs.argmax(-1)
+        """The most probable component argmax_y q(y | x) of each datum: the GMVAE's clustering (in evaluation
+        mode, whatever the guide's: no dropout, batch norm by its running statistics, which stay as they were)."""
+        return self.classify(x, cat, cont).argmax(-1)
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None,
                  *labels) -> torch.Tensor:
         """q(y | x) of each datum, ``(batch, num_components)``: the transferred labels' probabilities (any labels
         passed after the covariates are ignored, so that ``encode_data(guide, data, fn=guide.classify)`` works on
-        labelled data too)."""
-        return self.component_posterior(x, cat=cat, cont=cont).probs
+        labelled data too), in evaluation mode whatever the guide's, as :meth:`assign`."""
+        training = self.training
+        self.eval()  # after train() the guide is in training mode: dropout would make the clustering random
+        try:
+            return self.component_posterior(x, cat=cat, cont=cont).probs
+        finally:
+            self.train(training)
 
     def _component_site(self, f: torch.Tensor, y: torch.Tensor | None) -> dist.Categorical:
         """q(y | x), or the point mass on the known label of labelled data (``y >= 0``), and the classification

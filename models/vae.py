@@ -14,6 +14,7 @@ from pyrovae.likelihoods import Likelihood, get_likelihood
 from pyrovae.nn import MLP, forget_pyro_attributes, register_module, take_loaded
 from pyrovae.nn.checks import (
     check_batch,
+    check_batch_norm_batch,
     check_dropout,
     check_finite,
     check_int,
@@ -177,6 +178,7 @@ class VAE(nn.Module):
         else:
             if not tracing:
                 check_batch(x, self.x_dim, self._device_anchor, who)
+                check_batch_norm_batch(self, x.shape[-2], who)
                 if num_data is not None and num_data != x.shape[-2]:
                     raise ValueError(f"{who} was given {x.shape[-2]} data x but num_data={num_data!r}; give one")
             check_values(self, x, self._check_values)
@@ -275,9 +277,13 @@ class VAE(nn.Module):
                 "this model's likelihood scales by the observed library size; pass library= (a total count, or "
                 "one per sample) to sample()"
             )
-        return torch.as_tensor(library, dtype=self._device_anchor.dtype, device=self._device_anchor.device).expand(
-            num_samples
-        )
+        library = torch.as_tensor(library, dtype=self._device_anchor.dtype, device=self._device_anchor.device)
+        if library.dim() == 2 and library.shape[-1] == 1:  # a column of library sizes, as a (cells, 1) total
+            library = library.squeeze(-1)
+        if library.dim() > 1 or library.numel() not in (1, num_samples):
+            raise ValueError(f"library= is the total count of the generated data: a number or one per sample "
+                             f"({num_samples},), got a tensor of shape {tuple(library.shape)}")
+        return library.expand(num_samples)
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = False, return_latents: bool = False, library=None,

@@ -121,6 +121,17 @@ def check_batch(x, x_dim: int, anchor: torch.Tensor | None, who: str) -> None:
                          f"x.to('{anchor.device}')")
 
 
+def check_batch_norm_batch(module: torch.nn.Module, num_data: int, who: str) -> None:
+    """Raise a ValueError, with the fix, when ``module`` in training mode would normalise a batch of one datum
+    over the batch (a batch-norm layer has no spread to divide by: torch's error is deep and says neither)."""
+    if num_data == 1 and module.training and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                                 for m in module.modules()):
+        raise ValueError(f"{who} normalises its hidden layers over the batch (batch_norm=True), and was given a batch "
+                         "of one datum in training mode, which has no spread to normalise by: train on batches of "
+                         "two or more (train(batch_size=...)), or call .eval() on the model and guide to encode, "
+                         "decode or score single data")
+
+
 def check_finite(x: torch.Tensor, who: str) -> None:
     """Raise a ValueError naming the first NaN or infinite entry of ``x`` (a host round trip)."""
     bad = ~torch.isfinite(x)
@@ -164,6 +175,7 @@ def check_values(module: torch.nn.Module, x: torch.Tensor, check: Callable[[torc
 
 __all__ = [
     "check_batch",
+    "check_batch_norm_batch",
     "check_dropout",
     "check_enumeration_room",
     "check_finite",

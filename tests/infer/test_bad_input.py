@@ -163,11 +163,69 @@ def test_scores_name_mismatched_or_non_finite_inputs():
 
 def test_encode_and_decode_name_the_pair_when_the_width_is_wrong():
     for guide in (NormalGuide(6, 2), VMFGuide(6, 3), GMVAEGuide(6, 2, num_components=3)):
-        with pytest.raises(ValueError, match=f"{type(guide).__name__} encodes data of 6 features"):
+        with pytest.raises(ValueError, match=rf"{type(guide).__name__} expected data of shape \(batch, 6\), got "
+                                             r"\(4, 5\): check x_dim"):
             guide.encode(torch.zeros(4, 5))
     for model, size in ((VAE(6, 2), 2), (SVAE(6, 3), 3)):
         with pytest.raises(ValueError, match=f"{type(model).__name__} decodes latents of {size} coordinates"):
             model.decode(torch.zeros(4, 5))
+
+
+def test_a_guide_called_by_itself_checks_its_data_as_in_the_guide():
+    """guide.encode(x), guide.assign(x) and guide.classify(x) are what a user calls to analyse a trained pair: they
+    name a wrong dtype, an empty batch, a single datum without its batch dimension and negative counts as the guide
+    does under SVI (deep torch errors before, and a 0-d tensor for the single datum)."""
+    guide = GMVAEGuide(6, 2, (8,), num_components=3, input_transform="log1p")
+    x = torch.ones(4, 6)
+    for call in (guide.encode, guide.assign, guide.classify):
+        with pytest.raises(TypeError, match="cast the data with x.to\\(torch.float32\\)"):
+            call(x.double())
+        with pytest.raises(ValueError, match="empty batch"):
+            call(x[:0])
+        with pytest.raises(ValueError, match="add a batch dimension with x.unsqueeze\\(0\\)"):
+            call(x[0])
+        with pytest.raises(ValueError, match="needs counts, and the data x hold -1.0 at row 0, column 0"):
+            call(-x)
+
+
+def test_the_clustering_of_a_guide_in_training_mode_is_its_evaluation_one_and_changes_nothing():
+    """After train the guide is in training mode: assign and classify used to draw dropout masks (a third of the
+    cells changed cluster between two calls) and to move batch norm's running statistics."""
+    torch.manual_seed(0)
+    guide = GMVAEGuide(6, 2, (16, 8), num_components=3, dropout=0.3, batch_norm=True)
+    x = torch.rand(50, 6) * 5
+    guide.train()
+    before = {k: v.clone() for k, v in guide.state_dict().items()}
+    probabilities = guide.classify(x)
+    torch.testing.assert_close(guide.classify(x), probabilities, rtol=0, atol=0)
+    assert torch.equal(guide.assign(x), probabilities.argmax(-1))
+    assert guide.training  # left as it was
+    for key, value in guide.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    guide.eval()
+    torch.testing.assert_close(guide.classify(x), probabilities, rtol=0, atol=0)
+
+
+def test_a_batch_of_one_under_batch_norm_in_training_mode_is_named_with_the_fix():
+    model, guide = VAE(6, 2, (8, 4), batch_norm=True), NormalGuide(6, 2, (8, 4), batch_norm=True)
+    x = torch.randint(0, 2, (1, 6)).float()
+    for module, call in ((guide, lambda: guide(x)), (model, lambda: model(x))):
+        with pytest.raises(ValueError, match="a batch of one datum in training mode.*call .eval\\(\\)"):
+            pyro.poutine.trace(call).get_trace()
+        module.eval()
+    pyro.poutine.trace(guide).get_trace(x)  # in evaluation mode a single datum is encoded by the running statistics
+    model.train()
+    model(torch.randint(0, 2, (2, 6)).float())  # two data: normalised
+
+
+def test_a_column_of_library_sizes_generates_one_sample_each():
+    from pyrovae import make_pair
+
+    model, _ = make_pair("vae", 6, 2, (8,), "nb", input_transform="log1p")
+    assert model.sample(3, library=torch.full((3, 1), 1000.0)).shape == (3, 6)  # (n, 1): the layout of a total
+    assert model.sample(3, library=1000.0).shape == (3, 6)
+    with pytest.raises(ValueError, match=r"a number or one per sample \(3,\), got a tensor of shape \(2,\)"):
+        model.sample(3, library=torch.ones(2))
 
 
 def test_a_pair_with_non_finite_parameters_is_named_before_any_work():

@@ -23,6 +23,7 @@ from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.estimation.importance import (
     SAMPLES_PLATE,
     check_has_density,
+    fingerprint,
     guess_max_plate_nesting,
     per_datum_log_prob,
 )
@@ -288,7 +289,7 @@ def ais_log_likelihood(
     device = check_device(device) if device is not None else module_device(model, guide)
     start = as_proposal(start)
     betas = sigmoid_schedule(num_steps)
-    per_datum, khats, acceptance, effective = [], [], [], []
+    per_datum, khats, acceptance, effective, prints = [], [], [], [], []
     with evaluation_mode(model, guide), pyro.validation_enabled(False):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=max(1, 2**24 // ((num_chains + num_tuning) * features)),
@@ -309,11 +310,13 @@ def ais_log_likelihood(
             effective.append(normalised.logsumexp(0).mul(2).sub(normalised.mul(2).logsumexp(0)).exp().nan_to_num(0.0))
             khats.append(psis_khat(log_weights.T))
             acceptance.append(rate)
+            prints.append(fingerprint(x))
     if not per_datum:
         raise ValueError("ais_log_likelihood got an empty data set")
     name = f"ais({num_steps} steps from {start.name})"
     return LogLikelihood(torch.cat(per_datum).cpu(), torch.cat(khats).cpu(), num_chains, name,
-                         acceptance=float(torch.stack(acceptance).mean()), ess=torch.cat(effective).cpu())
+                         acceptance=float(torch.stack(acceptance).mean()), ess=torch.cat(effective).cpu(),
+                         fingerprint=torch.cat(prints))
 
 
 __all__ = ["ais_log_likelihood", "sigmoid_schedule"]

@@ -56,7 +56,7 @@ from pyrovae.infer.arguments import floating_dtype
 from pyrovae.infer.batches import as_batches, model_check
 from pyrovae.infer.estimation.ais import AnnealingPath, batch_ais, sigmoid_schedule
 from pyrovae.infer.estimation.bdmc import bdmc
-from pyrovae.infer.estimation.importance import estimation_passes
+from pyrovae.infer.estimation.importance import estimation_passes, fingerprint
 from pyrovae.infer.estimation.log_likelihood import BatchEstimate, estimate_batch
 from pyrovae.infer.estimation.proposals import widened, with_latents_replaced
 from pyrovae.infer.estimation.psis import psis_khat
@@ -193,7 +193,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                         progress: bool = False, ais_chains: int = 128, ais_steps: int = 200,
                         refine_steps: int | None = None) -> LogLikelihood:
     """What ``log_likelihood(model, guide, data, proposal="auto")`` returns (see the module's documentation)."""
-    estimates, stage_of, certified_of = [], [], []
+    estimates, stage_of, certified_of, prints = [], [], [], []
     draws_of_stage = torch.tensor([num_samples, REFINED_DRAWS * num_samples, ais_chains])
     cost = {name: {"data": 0, "seconds": 0.0} for name in STAGES}
     refined = _Refiner(refine_steps)
@@ -208,6 +208,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
             estimates.append(estimate)
             stage_of.append(stage)
             certified_of.append(certified)
+            prints.append(fingerprint(args))
     if not estimates:
         raise ValueError("log_likelihood got an empty data set")
     stage = torch.cat(stage_of)
@@ -224,7 +225,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
         torch.cat([e.per_datum for e in estimates]), torch.cat([e.khat for e in estimates]), num_samples, "auto",
         mean_log_weight=torch.cat([e.mean_log_weight for e in estimates]), ess=torch.cat([e.ess for e in estimates]),
         estimator=tuple(STAGES[int(s)] for s in stage), cost=cost, checked=checked, schedule_gap=schedule_gap,
-        draws=draws_of_stage[stage],
+        draws=draws_of_stage[stage], fingerprint=torch.cat(prints),
     )
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.infer.arguments import check_device, check_integer, check_seed, floating_dtype
 from pyrovae.infer.batches import as_batches, model_check, module_device
-from pyrovae.infer.estimation.importance import estimation_passes, importance_draws
+from pyrovae.infer.estimation.importance import estimation_passes, fingerprint, importance_draws
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
 from pyrovae.infer.estimation.psis import khat_limit, psis_khat, psis_tail_length
 from pyrovae.infer.estimation.refined import RefinedProposal
@@ -200,7 +200,7 @@ def log_likelihood(
         return auto_log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
                                    progress, **stage)
     proposal = as_proposal(proposal, refine_steps)
-    per_datum, khats, mean_log_weights, effective, modes = [], [], [], [], []
+    per_datum, khats, mean_log_weights, effective, modes, prints = [], [], [], [], [], []
     undefined = collapsed = 0
     with evaluation_mode(model, guide):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
@@ -215,6 +215,7 @@ def log_likelihood(
             effective.append(estimate.ess)
             khats.append(estimate.khat)
             modes.append(getattr(draw_from, "num_modes", None))
+            prints.append(fingerprint(args))
             undefined += estimate.undefined
             collapsed += estimate.collapsed
     if not per_datum:
@@ -230,7 +231,7 @@ def log_likelihood(
     num_modes = torch.cat([m.cpu() for m in modes]) if all(m is not None for m in modes) else None
     result = LogLikelihood(torch.cat(per_datum).cpu(), torch.cat(khats).cpu(), num_samples, proposal.name,
                            mean_log_weight=torch.cat(mean_log_weights).cpu(), ess=torch.cat(effective).cpu(),
-                           num_modes=num_modes)
+                           num_modes=num_modes, fingerprint=torch.cat(prints))
     limit = khat_limit(num_samples)
     unreliable = int((~(result.khat <= limit)).sum())
     if psis_tail_length(num_samples) <= 4:  # every k-hat is inf: too few draws to judge, whatever the guide

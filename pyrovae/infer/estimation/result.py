@@ -55,6 +55,9 @@ class LogLikelihood:
         (also when the model has no prior predictive to simulate from: the schedule is then unchecked).
     :ivar draws: for ``proposal="auto"``, (N,) how many weights each datum's estimate averages (its stage's draws, or
         its AIS chains), which :attr:`mc_stderr` reads; else None (every datum has ``num_samples``).
+    :ivar fingerprint: (N,) int64, a hash of each datum (its values, covariates included), by which :meth:`compare`
+        refuses estimates of other data or of the same data in another order; None in estimates saved by pyrovae
+        0.7 or earlier.
     """
 
     per_datum: torch.Tensor
@@ -70,10 +73,14 @@ class LogLikelihood:
     checked: torch.Tensor | None = None
     schedule_gap: float | None = None
     draws: torch.Tensor | None = None
+    fingerprint: torch.Tensor | None = None
 
     @property
     def elbo(self) -> float:
-        """Mean over the data of each datum's mean log weight: the proposal's ELBO (estimated from the same draws)."""
+        """Mean over the data of each datum's mean log weight: the proposal's ELBO (estimated from the same draws).
+        With an enumerated site (the GMVAE's y) it is the mean log of the stratified weights (see
+        :attr:`mean_log_weight`): tighter than the ELBO that training and :func:`~pyrovae.infer.evaluate` report,
+        and still below log p(x)."""
         return float(self.mean_log_weight.mean()) if self.mean_log_weight is not None else math.nan
 
     @property
@@ -219,6 +226,16 @@ class LogLikelihood:
         if self.per_datum.shape != other.per_datum.shape:
             raise ValueError(f"compare takes two estimates of the same data, got {self.per_datum.numel()} and "
                              f"{other.per_datum.numel()} data; score both models on the same data, in one order")
+        if self.fingerprint is not None and other.fingerprint is not None:
+            differ = self.fingerprint != other.fingerprint
+            if bool(differ.any()):
+                same_data = torch.equal(self.fingerprint.sort().values, other.fingerprint.sort().values)
+                raise ValueError(
+                    "compare takes two estimates of the same data in the same order, and these are of "
+                    + ("the same data in another order" if same_data else
+                       f"other data ({int(differ.sum())} of the {differ.numel()} data differ, the first at index "
+                       f"{int(differ.nonzero()[0])})")
+                    + "; score both models on the same data, in one order (shuffle=False)")
         both = self.certified & other.certified
         keep = both if certified_only else torch.ones_like(both)
         difference = (self.per_datum.double() - other.per_datum.double())[keep]
@@ -249,6 +266,8 @@ class LogLikelihood:
                 raise ValueError(f"the parts differ in {name} ({sorted(map(str, values))}): they are estimates by "
                                  "different estimators, and their concatenation would be neither")
         fields = {}
+        prints = [part.fingerprint for part in parts]  # parts saved by earlier versions have none
+        fields["fingerprint"] = None if any(p is None for p in prints) else torch.cat(prints)
         for name in ("per_datum", "khat", "mean_log_weight", "ess", "num_modes", "checked", "draws", "estimator"):
             values = [getattr(part, name) for part in parts]
             if all(value is None for value in values):
