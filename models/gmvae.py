@@ -13,6 +13,7 @@ Paired with :class:`~pyrovae.guides.GMVAEGuide`, whose q(y | x) is enumerated in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import pyro
@@ -59,6 +60,10 @@ class GMVAE(VAE):
         name: str | None = None,
     ) -> None:
         num_components = check_int(type(self).__name__, "num_components", num_components)
+        if num_components == 1:
+            warnings.warn(f"{type(self).__name__} with num_components=1 has a single Gaussian component: it is a VAE "
+                          "with a learned Gaussian prior and clusters nothing; pass num_components >= 2 to cluster",
+                          UserWarning, stacklevel=2)
         init_spread = check_real(type(self).__name__, "init_spread", init_spread)
         super().__init__(x_dim, z_dim, hidden, likelihood, activation, decoder, batch_norm=batch_norm, dropout=dropout,
                          categorical=categorical, continuous=continuous, inject_covariates=inject_covariates,

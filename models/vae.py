@@ -232,11 +232,7 @@ class VAE(nn.Module):
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise a ValueError when ``x`` has the wrong shape or lies outside the likelihood's support."""
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise ValueError(
-                f"{type(self).__name__} expected data of shape (batch, {self.x_dim}), got {tuple(x.shape)}; "
-                "flatten images to vectors (load_mnist does) and check x_dim"
-            )
+        check_batch(x, self.x_dim, None, type(self).__name__)  # each wrong shape named with its own fix
         self.likelihood.check_data(x)
 
     def __getstate__(self) -> dict:

@@ -60,13 +60,18 @@ class DataSource:
     checks_each_batch = False  # whether the values are only known batch by batch
 
 
+def _empty(name: str) -> ValueError:
+    return ValueError(f"{name} is empty: it holds no datum to train on or score (an empty selection or split gives "
+                      "none)")
+
+
 class IndexedSource(DataSource):
     """In-memory data batched by index: :class:`TensorData`, :class:`CountData` or anything with ``__len__``,
     ``batch(indices, device)`` and ``subset(indices)``."""
 
     def __init__(self, data, batch_size: int, name: str) -> None:
         if len(data) == 0:
-            raise ValueError(f"{name} is empty")
+            raise _empty(name)
         if isinstance(data, TensorData):
             check_finite(data.x, name)
         self.data, self.batch_size, self.name, self.num_data = data, batch_size, name, len(data)
@@ -125,7 +130,7 @@ class LoaderSource(DataSource):
             self.loader, self.batch_size = None, batch_size or default_batch_size
         self.num_data = len(self.dataset)
         if self.num_data == 0:
-            raise ValueError(f"{name} is empty")
+            raise _empty(name)
 
     def num_batches(self, epoch, drop_last):
         if self.loader is not None:
@@ -165,7 +170,7 @@ class StreamSource(DataSource):
             )
         self.stream, self.batch_size, self.name, self.num_data = stream, stream.batch_size, name, stream.num_cells
         if self.num_data == 0:
-            raise ValueError(f"{name} is empty")
+            raise _empty(name)
         self._loaders = {}  # one loader per pinning, its workers kept from epoch to epoch while this source lives
 
     def num_batches(self, epoch, drop_last):
@@ -223,7 +228,7 @@ def _arguments(tensors: tuple, name: str) -> _Arguments:
     if any(n != len(x) for n in lengths):
         raise ValueError(f"{name}: (x, cat, cont) must have one row per datum each, got lengths {lengths}")
     if len(x) == 0:
-        raise ValueError(f"{name} is empty")
+        raise _empty(name)
     return _Arguments(tensors)
 
 

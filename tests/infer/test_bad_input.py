@@ -252,3 +252,10 @@ def test_a_plain_guide_without_the_data_plate_is_told_where_the_plate_goes():
     with pytest.raises(ValueError, match=r"the guide.s events \(64, 3\) hold the prior's \(3,\) once per datum: "
                                          r"sample inside `with pyro.plate\(\"data\", len\(x\)\)`"):
         train(VAE(12, 3, (8,)), guide, binary(), epochs=1, progress=False)
+
+
+def test_a_mixture_of_one_component_says_it_clusters_nothing():
+    with pytest.warns(UserWarning, match="num_components=1 has a single Gaussian component"):
+        GMVAE(6, 2, 1)
+    with pytest.raises(ValueError, match="data is empty: it holds no datum"):
+        train(VAE(6, 2), NormalGuide(6, 2), torch.zeros(0, 6), epochs=1, progress=False)
