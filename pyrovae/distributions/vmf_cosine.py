@@ -105,8 +105,13 @@ def _gamma_constants(kappa: torch.Tensor, log_ive: torch.Tensor, m: int):
 
 def _wood_constants(kappa: torch.Tensor, m: int):
     """Per row: Wood's b, 1 - x0 and log(1 - x0^2)."""
-    reduced = (m - 1) / kappa  # b = (m-1) / (2 kappa + sqrt(4 kappa^2 + (m-1)^2)), without overflow at huge kappa
-    b = reduced / (2 + torch.hypot(torch.full_like(reduced, 2.0), reduced))
+    # b = (m-1) / (2 kappa + sqrt(4 kappa^2 + (m-1)^2)), without overflow at either end: from (m-1) / kappa for
+    # kappa >= 1 (huge kappa), from r = 2 kappa / (m-1) below (tiny kappa: (m-1) / kappa is inf in float32 at 1e-37)
+    large = kappa >= 1
+    reduced = (m - 1) / torch.where(large, kappa, 1.0)
+    r = torch.where(large, 1.0, kappa) * (2.0 / (m - 1))
+    b = torch.where(large, reduced / (2 + torch.hypot(torch.full_like(reduced, 2.0), reduced)),
+                    1 / (r + torch.hypot(torch.ones_like(r), r)))
     one_minus_x0 = 2 * b / (1 + b)
     return b, one_minus_x0, torch.log(one_minus_x0) + torch.log(2 / (1 + b))
 

@@ -145,7 +145,7 @@ class _LogBesselIv(torch.autograd.Function):
         # d/dx log I_v(x) = R_v(x) + v / x; at x = 0 it is 0 for v = 0 and +inf otherwise
         at_zero = torch.where(v == 0, torch.zeros_like(x), torch.full_like(x, math.inf))
         derivative = torch.where(positive, ratio + v / safe_x, at_zero) - (1.0 if ctx.scaled else 0.0)
-        return None, grad * derivative, None, None, None
+        return None, torch.where(grad == 0, 0.0, grad * derivative), None, None, None  # 0 x inf: 0
 
 
 _FIXED_ORDER_LIMIT = 40.0  # known orders below this use _FixedOrder; Debye's expansion is at float64 resolution above
@@ -242,7 +242,9 @@ def _terms_gradient(x, v: float, ratio, one_minus_ratio, grad_log_ive, grad_rati
     if grad_log_ive is not None:
         # d/dx (log I_v(x) - x) = v / x - (1 - R_v(x)); at x = 0: -1 for v = 0, +inf otherwise
         at_zero = -1.0 if v == 0 else math.inf
-        grad = grad + grad_log_ive * torch.where(positive, v / safe_x - one_minus_ratio, at_zero)
+        slope = torch.where(positive, v / safe_x - one_minus_ratio, at_zero)
+        # a zero gradient (autograd passes zeros for an output not used) times an infinite slope is 0, not NaN
+        grad = grad + torch.where(grad_log_ive == 0, 0.0, grad_log_ive * slope)
     if grad_ratio is not None or grad_one_minus_ratio is not None:
         net = (0.0 if grad_ratio is None else grad_ratio) - (0.0 if grad_one_minus_ratio is None
                                                              else grad_one_minus_ratio)

@@ -206,3 +206,18 @@ def test_distributions_skip_the_check_and_validate_their_own_concentration():
         VonMisesFisher(loc, torch.tensor([math.nan], dtype=torch.float64), validate_args=True)
     unchecked = VonMisesFisher(loc, torch.tensor([math.nan], dtype=torch.float64), validate_args=False)
     assert torch.isnan(unchecked.log_prob(loc)).all()  # NaN in, NaN out: no error from inside the Bessel terms
+
+
+@pytest.mark.parametrize("v", [0.5, 1.0, 4.5, 39.5, 40.0, 100.0])
+def test_the_ratio_gradient_at_zero_and_at_subnormal_arguments_is_its_limit(v):
+    """R_v'(0) = 1 / (2v + 2): it came out NaN below order 40 (autograd hands the unused log I output a zero
+    gradient, which was multiplied by that output's infinite slope at x = 0), and so did the vMF's gradients at
+    concentrations the validation lets through (1e-310)."""
+    for x0 in (0.0, 5e-324, 1e-310):
+        x = torch.tensor([x0], dtype=torch.float64, requires_grad=True)
+        (ratio_gradient,) = torch.autograd.grad(bessel_iv_ratio(v, x).sum(), x)
+        log_ive, ratio, gap = bessel_terms(v, x)
+        (terms_gradient,) = torch.autograd.grad(ratio.sum(), x, retain_graph=True)
+        (gap_gradient,) = torch.autograd.grad(gap.sum(), x)
+        for got in (ratio_gradient, terms_gradient, -gap_gradient):
+            assert got.item() == pytest.approx(1 / (2 * v + 2), rel=1e-12), (v, x0)
