@@ -248,7 +248,7 @@ def _terms_gradient(x, v: float, ratio, one_minus_ratio, grad_log_ive, grad_rati
     if grad_ratio is not None or grad_one_minus_ratio is not None:
         net = (0.0 if grad_ratio is None else grad_ratio) - (0.0 if grad_one_minus_ratio is None
                                                              else grad_one_minus_ratio)
-        grad = grad + net * _ratio_derivative(v, x, ratio)
+        grad = grad + net * _ratio_derivative(v, x, ratio, one_minus_ratio)
     return grad
 
 

@@ -140,14 +140,20 @@ def _series_weights(v: float, dtype: torch.dtype, device: torch.device) -> torch
     return torch.tensor([k * c[k] for k in range(1, _ASYMPTOTIC_TERMS + 1)], dtype=dtype, device=device)
 
 
-def _ratio_derivative(v, x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+def _ratio_derivative(v, x: torch.Tensor, ratio: torch.Tensor, gap: torch.Tensor | None = None) -> torch.Tensor:
     """R_v'(x) = 1 - R^2 - (2v+1) R / x (limit 1 / (2v + 2) at x = 0). Where x > (v+1)^2 + 25 its terms, each about
     (2v+1) / x, cancel to (2v+1) / (2 x^2) (relative error eps x^2 / v: 1% at x = 1e7, wrong sign by 1e13), so
     there R' = sum_k k c_k x^-(k+1) from the asymptotic series of R (20 terms; within 3e-15 of mpmath past the switch
-    for orders 0 to 499). ``v``: a number or a tensor of orders."""
+    for orders 0 to 499). ``gap``: 1 - R where the caller has it (from the continued fraction's tail, not 1 - R
+    rounded), which makes the form below the switch and above x = 2v + 2 (2g - (2v+1) / x) + g ((2v+1) / x - g): its
+    cancellation costs eps x, not eps x^2 / v (2e-10 at v = 127 and 1.7e-7 at v = 2047 just below the switch,
+    then). ``v``: a number or a tensor of orders."""
     tiny = x < torch.finfo(x.dtype).tiny ** 0.5
     safe_x = torch.where(tiny, torch.ones_like(x), x)
     derivative = 1.0 - ratio * ratio - (2.0 * v + 1.0) * ratio / safe_x
+    if gap is not None:  # where R is near 1 (below, where (2v+1) / x is large, the first form is the better)
+        slope = (2.0 * v + 1.0) / safe_x
+        derivative = torch.where(x > 2.0 * v + 2.0, (2.0 * gap - slope) + gap * (slope - gap), derivative)
     far = x > (v + 1.0) ** 2 + 25.0  # no branch on it: a traced or compiled backward has no data-dependent flow
     inverse = 1.0 / torch.where(far, x, torch.full_like(x, 1e300 if x.dtype == torch.float64 else 1e30))
     derivative = torch.where(far, _asymptotic_derivative(v, inverse), derivative)
