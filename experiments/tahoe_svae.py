@@ -141,8 +141,9 @@ if source is None:
             if found is not None and found.get("generator", 1) != GENERATOR_VERSION:
                 raise SystemExit(f"{source} holds an atlas of an earlier simulator (version {found.get('generator', 1)}"
                                  f", now {GENERATOR_VERSION}: it could put the control on a plate twice and leave a "
-                                 f"drug off every plate); delete {source} to generate it again, or use another "
-                                 f"{'--atlas-dir' if args.atlas_dir else '--out'}")
+                                 "drug off every plate); the runs trained on it are of that atlas: start again in a "
+                                 "new --out (or delete the atlas and, with it, the checkpoint.pt, panel files and "
+                                 "scores of every run that used it)")
             if found is not None and found != generated:
                 differ = ", ".join(f"{k} {found.get(k)} there, {v} now" for k, v in generated.items()
                                    if found.get(k) != v)

@@ -171,7 +171,9 @@ class AmortizedGuide(nn.Module):
     def encoded(self, x: torch.Tensor, cat: torch.Tensor | None = None, cont: torch.Tensor | None = None):
         """The encoder's output for ``x`` (and, for a guide built with covariates, ``cat`` and ``cont``)."""
         take_loaded(self)  # a param store loaded since the last call
-        self.check_call(x)  # called by itself (guide.encode(x)) as in the guide: the same checks (values once)
+        if not torch.jit.is_tracing():  # called by itself (guide.encode(x)) as in the guide: the same checks
+            leading = x.dim() > 2 and x.shape[-1] == self.x_dim  # (..., x_dim): encoded as a batch, as before
+            self.check_call(x.reshape(-1, self.x_dim) if leading else x)
         covariates = getattr(self, "covariates", None)
         if not covariates:
             return self.encoder(x)

@@ -123,12 +123,13 @@ class GMVAEGuide(AmortizedGuide):
         """q(y | x) of each datum, ``(batch, num_components)``: the transferred labels' probabilities (any labels
         passed after the covariates are ignored, so that ``encode_data(guide, data, fn=guide.classify)`` works on
         labelled data too), in evaluation mode whatever the guide's, as :meth:`assign`."""
-        training = self.training
+        modes = {module: module.training for module in self.modules()}  # each its own (a frozen batch norm stays)
         self.eval()  # after train() the guide is in training mode: dropout would make the clustering random
         try:
             return self.component_posterior(x, cat=cat, cont=cont).probs
         finally:
-            self.train(training)
+            for module, training in modes.items():
+                module.training = training
 
     def _component_site(self, f: torch.Tensor, y: torch.Tensor | None) -> dist.Categorical:
         """q(y | x), or the point mass on the known label of labelled data (``y >= 0``), and the classification

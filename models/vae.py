@@ -19,6 +19,7 @@ from pyrovae.nn.checks import (
     check_finite,
     check_int,
     check_name,
+    check_shape,
     check_values,
     check_widths,
 )
@@ -140,9 +141,12 @@ class VAE(nn.Module):
                         cont: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's raw output ``(..., x_dim * likelihood.num_outputs)`` at ``z`` (and the covariates)."""
         take_loaded(self)  # a param store loaded since the last call
-        if not torch.jit.is_tracing() and z.shape[-1] != self.latent_size:
-            raise ValueError(f"{type(self).__name__} decodes latents of {self.latent_size} coordinates, got z of "
-                             f"shape {tuple(z.shape)}")
+        if not torch.jit.is_tracing():
+            if z.shape[-1] != self.latent_size:
+                raise ValueError(f"{type(self).__name__} decodes latents of {self.latent_size} coordinates, got z of "
+                                 f"shape {tuple(z.shape)}")
+            # the rows the decoder's batch norm sees: one datum with several particles or components is several
+            check_batch_norm_batch(self, z.numel() // max(z.shape[-1], 1), type(self).__name__)
         if not self.covariates:
             return self.decoder(z)
         side = self.covariates(cat, cont)
@@ -178,7 +182,6 @@ class VAE(nn.Module):
         else:
             if not tracing:
                 check_batch(x, self.x_dim, self._device_anchor, who)
-                check_batch_norm_batch(self, x.shape[-2], who)
                 if num_data is not None and num_data != x.shape[-2]:
                     raise ValueError(f"{who} was given {x.shape[-2]} data x but num_data={num_data!r}; give one")
             check_values(self, x, self._check_values)
@@ -232,7 +235,7 @@ class VAE(nn.Module):
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise a ValueError when ``x`` has the wrong shape or lies outside the likelihood's support."""
-        check_batch(x, self.x_dim, None, type(self).__name__)  # each wrong shape named with its own fix
+        check_shape(x, self.x_dim, type(self).__name__)  # each wrong shape named with its own fix
         self.likelihood.check_data(x)
 
     def __getstate__(self) -> dict:

@@ -212,20 +212,30 @@ def write_metrics(out: str | os.PathLike, metrics: dict, args: argparse.Namespac
                         binary=False)
 
 
-PARENT = "PYROVAE_PARENT_PID"  # set by run_jobs for its jobs: they stop when it is gone
+PARENT = "PYROVAE_PARENT_FD"  # set by run_jobs: a pipe's read end, whose write end only run_jobs' process holds
 
 
 def _exit_with_parent() -> None:
-    """In a job of :func:`run_jobs`: end this process (SIGTERM) once its parent is gone, however it went (``kill
-    -9`` included), so that no orphan keeps training, or holds a cell's claim, for a run that no one reads. The
-    variable is taken out of the environment: this process's own children (DataLoader workers) are not watched."""
-    parent = os.environ.pop(PARENT, None)
-    if parent is None:
+    """In a job of :func:`run_jobs`: end this process (SIGTERM) once the process running the jobs is gone, however
+    it went (``kill -9`` included), so that no orphan keeps training, or holds a cell's claim, for a run that no one
+    reads. The job reads a pipe that its parent never writes to: the read ends when the parent's end is closed, by
+    its exit. A launcher between the two (``sh -c``, ``srun``) passes the pipe on. The variable is taken out of the
+    environment: this process's own children (DataLoader workers) do not watch."""
+    found = os.environ.pop(PARENT, None)
+    if found is None:
+        return
+    try:
+        descriptor = int(found)
+        os.fstat(descriptor)
+    except (ValueError, OSError):  # not passed on to this process: nothing to watch
         return
 
     def watch() -> None:
-        while os.getppid() == int(parent):
-            time.sleep(1.0)
+        try:
+            while os.read(descriptor, 1):
+                pass
+        except OSError:
+            return
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
@@ -236,9 +246,14 @@ def run_jobs(jobs: dict[Hashable, tuple[list[str], Path, str]], at_once: int, de
     time, each writing its output to its log. On the CPU each gets ``cores // at_once`` threads. When one fails,
     the others are stopped and a ``SystemExit`` names it with its log's last lines; the jobs of a script built on
     :func:`setup` end if this process is killed (each resumes from its own checkpoint on the next call)."""
-    environment = {**os.environ, PARENT: str(os.getpid()),
-                   **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // at_once))} if device.type == "cpu"
-                      else {})}
+    environment = {**os.environ, **({"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // at_once))}
+                                    if device.type == "cpu" else {})}
+    watched = os.name == "posix"  # the jobs watch a pipe of this process (pass_fds is POSIX's)
+    if watched:
+        read_end, write_end = os.pipe()  # neither is inherited but where passed: only this process writes
+        environment[PARENT] = str(read_end)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None  # SIGTERM: stop the jobs too
     waiting, running = list(jobs), {}
     try:
         while waiting or running:
@@ -248,7 +263,9 @@ def run_jobs(jobs: dict[Hashable, tuple[list[str], Path, str]], at_once: int, de
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with open(log, "w") as stream:
                     running[key] = (subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
-                                                     env=environment), time.perf_counter())
+                                                     env=environment, pass_fds=(read_end,) if watched else (),
+                                                     start_new_session=watched),  # its group: a launcher's too
+                                    time.perf_counter())
                 logger.info("started %s (log: %s)", shown, log)
             failed = []
             for key, (process, started) in list(running.items()):
@@ -264,8 +281,33 @@ def run_jobs(jobs: dict[Hashable, tuple[list[str], Path, str]], at_once: int, de
             if failed:
                 raise SystemExit("\n".join(failed))
             time.sleep(0.5)
-    finally:  # a failure, Ctrl-C or SIGTERM here: the others stop too
+    finally:  # a failure, Ctrl-C or SIGTERM here: the others stop too, with what they started (sh -c's child)
         for process, _ in running.values():
-            process.terminate()
+            _signal_job(process, signal.SIGTERM, watched)
         for process, _ in running.values():
-            process.wait()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _signal_job(process, signal.SIGKILL, watched)
+                process.wait()
+        if main_thread and previous is not None:  # None: a handler not set from Python, which cannot be restored
+            signal.signal(signal.SIGTERM, previous)
+        if watched:
+            os.close(read_end)
+            os.close(write_end)
+
+
+def _signal_job(process: subprocess.Popen, signum: int, grouped: bool) -> None:
+    """``signum`` to a job of :func:`run_jobs`: to its process group where it has one of its own."""
+    try:
+        if grouped:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+    except (ProcessLookupError, PermissionError):  # ended meanwhile
+        pass
+
+
+def _stop(signum, frame) -> None:
+    """SIGTERM while :func:`run_jobs` waits: leave through its ``finally``, which stops the jobs."""
+    raise SystemExit(128 + signum)

@@ -98,23 +98,26 @@ def test_run_jobs_stops_the_others_when_one_fails_and_names_it(tmp_path):
     assert (tmp_path / "a.log").read_text().strip() == str(os.cpu_count() or 1)  # the cores shared by 1 job
 
 
-def test_a_job_ends_when_its_parent_is_killed(tmp_path):
+@pytest.mark.parametrize("how", ["kill -9", "SIGTERM"])
+def test_a_job_ends_when_its_parent_is_killed(tmp_path, how):
     """``kill -9`` of a script running jobs (svae_mnist --jobs, tahoe_plates --jobs) left them training for no one,
-    holding their cells' claims."""
-    job = (f"import os, time\nfrom pyrovae.experiment import PARENT, _exit_with_parent\n_exit_with_parent()\n"
+    holding their cells' claims; SIGTERM too. The job here is started through ``sh -c`` (a launcher between the
+    two processes), and with SIGTERM the job does not watch: run_jobs itself stops it."""
+    watch = "from pyrovae.experiment import _exit_with_parent\n_exit_with_parent()\n" if how == "kill -9" else ""
+    job = (f"import os, time\n{watch}from pyrovae.experiment import PARENT\n"
            f"open({str(tmp_path / 'job')!r}, 'w').write(f'{{os.getpid()}} {{PARENT in os.environ}}')\n"
            "time.sleep(60)")
+    launcher = ["sh", "-c", '"$0" -c "$1"; true', sys.executable, job]
     parent = (f"import sys, torch\nfrom pathlib import Path\nfrom pyrovae.experiment import run_jobs\n"
-              f"run_jobs({{0: ([sys.executable, '-c', {job!r}], Path({str(tmp_path / 'job.log')!r}), 'job')}}, 1, "
-              "torch.device('cpu'))")
+              f"run_jobs({{0: ({launcher!r}, Path({str(tmp_path / 'job.log')!r}), 'job')}}, 1, torch.device('cpu'))")
     runner = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not (tmp_path / "job").exists() or not (tmp_path / "job").read_text():
         assert time.monotonic() < deadline and runner.poll() is None, (tmp_path / "job.log").read_text()
         time.sleep(0.2)
     pid, inherited = (tmp_path / "job").read_text().split()
-    assert inherited == "False"  # the job's own children (DataLoader workers) do not watch it
-    runner.send_signal(signal.SIGKILL)
+    assert inherited == str(how != "kill -9")  # a watching job's own children (DataLoader workers) do not watch
+    runner.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGTERM)
     runner.wait()
     deadline = time.monotonic() + 15
     status = Path(f"/proc/{pid}/status")

@@ -89,16 +89,16 @@ def check_name(owner: str, name) -> str | None:
     return name
 
 
-def check_batch(x, x_dim: int, anchor: torch.Tensor | None, who: str) -> None:
-    """Raise a TypeError or ValueError, with the fix, when ``x`` is not a ``(batch, x_dim)`` floating tensor of
-    the module's dtype and device (``anchor``: a tensor of that dtype and device, or None to check neither).
-    Reads no values."""
+def check_shape(x, x_dim: int, who: str) -> None:
+    """Raise a TypeError or ValueError, with the fix, when ``x`` is not a non-empty ``(batch, x_dim)`` tensor."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who} expected the data x as a torch.Tensor of shape (batch, {x_dim}), got "
                         f"{_kind(x)}; convert it with torch.as_tensor(x, dtype=torch.float32)")
     if x.dim() != 2 or x.shape[-1] != x_dim:
         if x.dim() == 1 and x.shape[0] == x_dim:
             fix = "a single datum: add a batch dimension with x.unsqueeze(0)"
+        elif x.dim() > 2 and x.shape[-1] == x_dim:
+            fix = f"one datum per row: x.reshape(-1, {x_dim})"
         elif x.dim() > 2 and math.prod(x.shape[1:]) == x_dim:
             fix = "flatten each datum into a vector with x.flatten(1)"
         else:
@@ -107,6 +107,13 @@ def check_batch(x, x_dim: int, anchor: torch.Tensor | None, who: str) -> None:
     if x.shape[0] == 0:
         raise ValueError(f"{who} was given an empty batch, of shape {tuple(x.shape)}: pass at least one datum (an "
                          "empty selection or index list gives none)")
+
+
+def check_batch(x, x_dim: int, anchor: torch.Tensor | None, who: str) -> None:
+    """Raise a TypeError or ValueError, with the fix, when ``x`` is not a ``(batch, x_dim)`` floating tensor of
+    the module's dtype and device (``anchor``: a tensor of that dtype and device, or None to check neither).
+    Reads no values."""
+    check_shape(x, x_dim, who)
     dtype = anchor.dtype if anchor is not None else torch.get_default_dtype()
     if not x.is_floating_point():
         raise TypeError(f"{who} expected floating-point data ({dtype}), got {x.dtype}; cast it with "
@@ -176,6 +183,7 @@ def check_values(module: torch.nn.Module, x: torch.Tensor, check: Callable[[torc
 __all__ = [
     "check_batch",
     "check_batch_norm_batch",
+    "check_shape",
     "check_dropout",
     "check_enumeration_room",
     "check_finite",

@@ -16,7 +16,14 @@ the user builds as before (``load_pair(folder, model=..., guide=...)``).
 """
 
 from pyrovae.pairs.building import PAIR_KINDS, latent_size, likelihood_spec, make_pair, pair_config
+from pyrovae.pairs.building import build_pair as build_pair  # the names of the one module before, importable here
+from pyrovae.pairs.saving import CONFIG_FILE as CONFIG_FILE
+from pyrovae.pairs.saving import FORMAT_VERSION as FORMAT_VERSION
+from pyrovae.pairs.saving import WEIGHTS_FILE as WEIGHTS_FILE
+from pyrovae.pairs.saving import OtherSave as OtherSave
 from pyrovae.pairs.saving import load_pair, read_config, save_pair
+from pyrovae.pairs.saving import load_weights as load_weights
+from pyrovae.pairs.saving import read_weights as read_weights
 
 __all__ = ["PAIR_KINDS", "latent_size", "likelihood_spec", "load_pair", "make_pair", "pair_config", "read_config",
            "save_pair"]

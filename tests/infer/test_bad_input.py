@@ -204,6 +204,10 @@ def test_the_clustering_of_a_guide_in_training_mode_is_its_evaluation_one_and_ch
         assert torch.equal(value, before[key]), key
     guide.eval()
     torch.testing.assert_close(guide.classify(x), probabilities, rtol=0, atol=0)
+    guide.train()
+    frozen = next(m for m in guide.modules() if isinstance(m, torch.nn.BatchNorm1d)).eval()  # the user's choice
+    guide.assign(x)
+    assert guide.training and not frozen.training  # each module back in its own mode
 
 
 def test_a_batch_of_one_under_batch_norm_in_training_mode_is_named_with_the_fix():

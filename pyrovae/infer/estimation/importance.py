@@ -28,21 +28,19 @@ def _data_frame(site: dict):
 
 
 def fingerprint(args: tuple) -> torch.Tensor:
-    """A 64-bit hash of each datum of a batch ``args`` (x and its covariates or labels), ``(batch,)`` int64 on the
-    CPU: the bits of its values (as float64, so that one data set in float32 and float64 hashes alike), mixed, each
-    column weighed by an odd constant of its own and summed modulo 2^64, so that other values or another order of
-    the data give other hashes (estimates compared datum by datum must be of one data)."""
-    total = None
-    for position, tensor in enumerate(t for t in args if isinstance(t, torch.Tensor)):
-        values = tensor.detach().reshape(tensor.shape[0], -1).cpu()
-        bits = values.double().view(torch.int64) if values.is_floating_point() else values.long()
-        bits = (bits ^ (bits >> 31)) * -7046029254386353131  # spread the high bits of a float into the low ones
-        bits = bits ^ (bits >> 29)
-        generator = torch.Generator().manual_seed(1_000_003 * position + values.shape[1])
-        weights = torch.randint(-(2**62), 2**62, (values.shape[1],), generator=generator) * 2 + 1
-        hashed = (bits * weights).sum(-1)  # int64 arithmetic wraps: modulo 2^64
-        total = hashed if total is None else total * 1_000_000_007 + hashed
-    return total
+    """A 64-bit hash of each datum x of a batch ``args = (x, ...)``, ``(batch,)`` int64 on the CPU: the bits of its
+    values (as float64, so that one data set in float32 and float64 hashes alike; -0.0 as 0.0), mixed, each column
+    weighed by an odd constant of its own and summed modulo 2^64 (on the data's device), so that other values or
+    another order of the data give other hashes. The covariates are left out: two models of the same data, one
+    conditioned on the batch and one not, are compared datum by datum."""
+    x = args[0].detach()
+    values = x.reshape(x.shape[0], -1)
+    bits = (values.double() + 0.0).view(torch.int64) if values.is_floating_point() else values.long()
+    bits = (bits ^ (bits >> 31)) * -7046029254386353131  # spread the high bits of a float into the low ones
+    bits = bits ^ (bits >> 29)
+    generator = torch.Generator().manual_seed(1_000_003 + values.shape[1])
+    weights = torch.randint(-(2**62), 2**62, (values.shape[1],), generator=generator) * 2 + 1
+    return (bits * weights.to(bits.device)).sum(-1).cpu()  # int64 arithmetic wraps: modulo 2^64
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:

@@ -55,9 +55,9 @@ class LogLikelihood:
         (also when the model has no prior predictive to simulate from: the schedule is then unchecked).
     :ivar draws: for ``proposal="auto"``, (N,) how many weights each datum's estimate averages (its stage's draws, or
         its AIS chains), which :attr:`mc_stderr` reads; else None (every datum has ``num_samples``).
-    :ivar fingerprint: (N,) int64, a hash of each datum (its values, covariates included), by which :meth:`compare`
-        refuses estimates of other data or of the same data in another order; None in estimates saved by pyrovae
-        0.7 or earlier.
+    :ivar fingerprint: (N,) int64, a hash of each datum's values x (not its covariates: a model with a batch
+        covariate and one without compare on the same cells), by which :meth:`compare` refuses estimates of other
+        data or of the same data in another order; None in estimates saved by pyrovae 0.7 or earlier.
     """
 
     per_datum: torch.Tensor
@@ -235,7 +235,8 @@ class LogLikelihood:
                     + ("the same data in another order" if same_data else
                        f"other data ({int(differ.sum())} of the {differ.numel()} data differ, the first at index "
                        f"{int(differ.nonzero()[0])})")
-                    + "; score both models on the same data, in one order (shuffle=False)")
+                    + "; score both models on the same data, in one order (shuffle=False; data drawn afresh at "
+                    "each read, such as dynamically binarised images, differ between two scorings: draw them once)")
         both = self.certified & other.certified
         keep = both if certified_only else torch.ones_like(both)
         difference = (self.per_datum.double() - other.per_datum.double())[keep]

@@ -143,6 +143,15 @@ def test_estimates_of_other_data_or_another_order_are_not_compared():
         a.compare(log_likelihood(model, guide, x[20:40], num_samples=30))
     with pytest.raises(ValueError, match="of the same data in another order"):
         a.compare(log_likelihood(model, guide, x[:20].flip(0), num_samples=30))
+    from pyrovae.infer.estimation.importance import fingerprint
+
+    batch = x[:5].clone()
+    batch[0, 0] = 0.0
+    negative_zero = batch.clone()
+    negative_zero[0, 0] = -0.0
+    assert torch.equal(fingerprint((batch,)), fingerprint((negative_zero,)))
+    # the covariates are not hashed: a model conditioned on the batch and one without compare on the same cells
+    assert torch.equal(fingerprint((batch, torch.zeros(5, dtype=torch.long), None)), fingerprint((batch,)))
     saved_before = dataclasses.replace(a, fingerprint=None)  # a part saved by pyrovae 0.7: nothing to check by
     assert saved_before.compare(log_likelihood(model, guide, x[20:40], num_samples=30))["num_data"] == 20
     assert LogLikelihood.concat([saved_before, a]).fingerprint is None
