@@ -86,9 +86,11 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     gap = torch.where(mirrored, delta - one_minus_mean, one_minus_mean - delta)  # c - span
     far_side = torch.where(mirrored, delta, 2 - delta)  # 2 - span
 
-    def log_kernel(r):  # q = span e^-r; span - q = -span expm1(-r), 2 - q = far_side + (span - q)
-        below = -span * torch.expm1(-r)
+    def log_kernel(r, below):  # q = span e^-r, below = span - q = -span expm1(-r); 2 - q = far_side + below
         return k * below - (nu + 1) * r + nu * torch.log1p(below / far_side)
+
+    def span_minus_q(r):
+        return -span * torch.expm1(-r)
 
     root = 4 * (nu + 1) / ((2 * k + 2 * nu + 1) + torch.sqrt((2 * k - 1).square() + 4 * nu * (nu + 1)))
     mode = torch.log(span / root).clamp(min=0)
@@ -97,13 +99,13 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     slope_at_zero = (nu + 1) - k * span - nu * span / (2 - span)  # -g'(0), positive where the mode is at 0
     steepness = torch.maximum(torch.sqrt(curvature), torch.where(mode > 0, 0.0, slope_at_zero.clamp(min=0)))
     width = 1 / steepness.clamp(min=1e-3)
-    peak = log_kernel(mode)
+    peak = log_kernel(mode, span_minus_q(mode))
     far = mode + 12 * width
     q_far = span * torch.exp(-far)
     # a lower bound on -g' beyond r_1: -g'(r_1) where g is concave (k > 0); on the mirrored side -g'(r) =
     # (nu + 1) - k q - nu q / (2 - q) with -k q >= 0 and the rest increasing in r
     descent = (nu + 1) - torch.where(mirrored, 0.0, k * q_far) - nu * q_far / (2 - q_far)
-    upper = far + ((log_kernel(far) - peak + 40) / descent.clamp(min=1e-12)).clamp(min=0)
+    upper = far + ((log_kernel(far, span_minus_q(far)) - peak + 40) / descent.clamp(min=1e-12)).clamp(min=0)
     # three panels: up to the bump, the bump, and the tail; the bump is the mode +- 8 widths (e^-32 for a Gaussian);
     # where the mode is at r = 0 and the kernel falls about linearly there, up to 40 widths (e^-40) but no further
     # than r = 2 beyond 8 widths (e^-r, the scale on which the kernel's slope changes)
@@ -114,8 +116,8 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     half = 0.5 * (edges[..., 1:] - edges[..., :-1])  # (..., 3)
     r = (edges[..., :-1] + half).unsqueeze(-1) + half.unsqueeze(-1) * nodes  # (..., 3, nodes)
     k, span, gap, far_side = (t[..., None, None] for t in (k, span, gap, far_side))
-    q = span * torch.exp(-r)
-    integrand = (gap - span * torch.expm1(-r)) * torch.exp(log_kernel(r).clamp(max=700))  # c - q, exactly
+    between = span_minus_q(r)
+    integrand = (gap + between) * torch.exp(log_kernel(r, between).clamp(max=700))  # c - q = gap + (span - q)
     return (span[..., 0, 0] * ((integrand @ weights) * half).sum(-1)).to(dtype)
 
 
