@@ -25,5 +25,6 @@ class SVAE(VAE):
                          *args, **kwargs)
 
     def prior(self) -> HypersphericalUniform:
+        """p(z) for one datum: the uniform distribution on the sphere S^(z_dim - 1) in R^z_dim."""
         anchor = self._device_anchor
         return HypersphericalUniform(self.latent_size, device=anchor.device, dtype=anchor.dtype)

@@ -14,9 +14,15 @@ from pyrovae.distributions.uniform import HypersphericalUniform
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher, _LogNormalizerAtLoc
 
 
-def _check_dims(p, q) -> None:
+def _check_dims(p, q) -> torch.Size:
+    """The KL's batch shape, p's and q's broadcast (the uniform has no parameters, but may have a batch shape)."""
     if p.dim != q.dim:
         raise ValueError(f"KL between distributions on different spheres: ambient dimensions {p.dim} and {q.dim}")
+    try:
+        return torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+    except RuntimeError:
+        raise ValueError(f"KL between distributions of batch shapes {tuple(p.batch_shape)} and "
+                         f"{tuple(q.batch_shape)}, which do not broadcast") from None
 
 
 _SERIES_TERMS = 28  # terms of log S_v(q) beyond the first where each is at most 1/4 of the one before: 4^-28 < 2e-17
@@ -33,7 +39,7 @@ def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> torch.Tensor
     float32 would lose the whole KL at m = 1024). The log of the series I_v(kappa) Gamma(v+1) / (kappa/2)^v
     = sum_j (kappa/2)^(2j) Gamma(v+1) / (j! Gamma(v+j+1)) >= 1 is non-negative. Evaluated in float64.
     """
-    _check_dims(p, q)
+    shape = _check_dims(p, q)
     kappa = p._wide_concentration()
     v = 0.5 * p.dim - 1
     log_ive, mean, one_minus_mean = p._bessel_terms(kappa)
@@ -54,7 +60,7 @@ def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> torch.Tensor
     small = safe * mean - torch.where(kappa > 0, log_series, torch.zeros_like(kappa))
     large = scaled - safe * one_minus_mean
     kl = torch.where(kappa > v + 1, large, small)
-    return kl.clamp(min=0).to(p.concentration.dtype).expand(p.batch_shape)
+    return kl.clamp(min=0).to(p.concentration.dtype).expand(shape)
 
 
 @register_kl(PowerSpherical, HypersphericalUniform)
@@ -63,7 +69,7 @@ def _kl_power_spherical_uniform(p: PowerSpherical, q: HypersphericalUniform) -> 
     sum_(n >= 2) kappa^n (n - 1) / n! (psi^(n-1)(b) - psi^(n-1)(2b)), whose terms shrink by kappa / b or faster
     (it is F(2b) - F(b), F(x) = lgamma(x + kappa) - lgamma(x) - kappa psi(x + kappa)): the difference of the two
     sides cancels there to a result of size kappa^2 / (4b) (at m = 256, kappa = 1e-8: 2.3e-13 for 2.0e-19)."""
-    _check_dims(p, q)
+    shape = _check_dims(p, q)
     wide = PowerSpherical(p.loc.double(), p.concentration.double(), validate_args=False)
     kl = log_sphere_area(p.dim) - wide.entropy()
     kappa, b = wide.concentration, 0.5 * (p.dim - 1)
@@ -72,7 +78,7 @@ def _kl_power_spherical_uniform(p: PowerSpherical, q: HypersphericalUniform) -> 
     series = torch.zeros_like(small)
     for coefficient in reversed(_power_series_coefficients(p.dim)):  # Horner's rule, from kappa^2 up
         series = (series + coefficient) * small
-    return torch.where(near, series * small, kl).clamp(min=0).to(p.concentration.dtype)
+    return torch.where(near, series * small, kl).clamp(min=0).to(p.concentration.dtype).expand(shape)
 
 
 @functools.cache

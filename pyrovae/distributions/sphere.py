@@ -29,8 +29,29 @@ def unexpanded(t: torch.Tensor) -> torch.Tensor:
     Functions of the concentration alone (Bessel normalisers) are computed on this and broadcast back, so
     drawing S samples for a batch of B data costs B evaluations, not S x B.
     """
-    index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in zip(t.stride(), t.shape))
+    with warnings.catch_warnings():  # traced sizes: the layout of an expand is the trace's structure, fixed per trace
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None)
+                      for stride, size in zip(t.stride(), t.shape))
     return t[index]
+
+
+def _check_on_sphere(x: torch.Tensor, what: str) -> None:
+    """Raise a ValueError naming the first row of ``x`` that is not a unit vector (at the sphere constraint's
+    tolerance, about 10 eps sqrt(m) in x's dtype), with its norm and the fix."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return
+    off = ~constraints.sphere.check(x)
+    if bool(off.any()):
+        at = tuple(int(i) for i in off.nonzero()[0])
+        norm = float(torch.linalg.norm(x[at], dim=-1)) if at else float(torch.linalg.norm(x, dim=-1))
+        close = abs(norm - 1) < 1e-5 and x.dtype == torch.float64
+        raise ValueError(
+            f"{what} must be unit vectors (the sphere S^{x.shape[-1] - 1}, their support), and "
+            + (f"the one at index {at}" if at else "this one") + f" has norm {norm!r}; normalise in the dtype used: "
+            "x / x.norm(dim=-1, keepdim=True)"
+            + (" (a float32 unit vector cast to float64 is off by about 1e-7: normalise after the cast)" if close
+               else ""))
 
 
 def row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -137,6 +158,9 @@ class SphericalDistribution(TorchDistribution):
         batch_shape = concentration_batch_shape(loc.shape, concentration.shape)
         if concentration.dim() > len(batch_shape):  # the (..., 1) layout
             concentration = concentration.squeeze(-1)
+        validate = type(self)._validate_args if validate_args is None else validate_args  # torch's default
+        if validate and not torch.jit.is_tracing():
+            _check_on_sphere(loc, f"{type(self).__name__}: loc")
         self.loc = loc.expand(batch_shape + loc.shape[-1:])
         self.concentration = concentration.expand(batch_shape)
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
@@ -145,6 +169,11 @@ class SphericalDistribution(TorchDistribution):
                 f"{type(self).__name__}: the concentration must be finite, got {concentration.max().item()}; an "
                 "infinite concentration is a point mass at loc (use pyro.distributions.Delta(loc, event_dim=1))"
             )
+
+    def _validate_sample(self, value: torch.Tensor) -> None:
+        if not torch.jit.is_tracing() and isinstance(value, torch.Tensor) and value.dim() >= 1:
+            _check_on_sphere(value, f"{type(self).__name__}.log_prob: the points")
+        super()._validate_sample(value)
 
     @classmethod
     def infer_shapes(cls, loc, concentration=()) -> tuple[torch.Size, torch.Size]:

@@ -37,6 +37,9 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
     """
     import pyrovae
 
+    if isinstance(folder, torch.nn.Module):
+        raise TypeError(f"save_pair(folder, model, guide) takes the folder first, and got a {type(folder).__name__} "
+                        "there: save_pair('my_pair', model, guide)")
     for role, module in (("model", model), ("guide", guide)):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"save_pair saves torch modules; the {role} is a {type(module).__name__}. A plain Pyro "
@@ -49,6 +52,11 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
     if history is not None and hasattr(history, "to_dict"):
         history = history.to_dict()
     _warn_if_another_pair(folder, type(model).__name__, type(guide).__name__)
+    if pair_config(model, guide) is None:
+        warnings.warn(f"save_pair: this {type(model).__name__} / {type(guide).__name__} pair was not built by "
+                      "make_pair (or has custom networks), so its architecture is not recorded: load_pair will need "
+                      "the two objects built as now, load_pair(folder, model=..., guide=...)", UserWarning,
+                      stacklevel=2)
     config = {"format": FORMAT_VERSION, "pyrovae_version": pyrovae.__version__, "pair": pair_config(model, guide),
               "model_class": type(model).__name__, "guide_class": type(guide).__name__, "history": history,
               **(extra or {})}
@@ -182,6 +190,11 @@ def load_weights(module, state: dict[str, torch.Tensor], role: str, folder) -> N
             f"{'; '.join(p for p in parts if p)}. Build the {role} with the arguments it was trained with"
         )
     device = next((t.device for t in own.values()), torch.device("cpu"))
+    cast = sorted({f"{state[k].dtype} into {own[k].dtype}" for k in own
+                   if state[k].is_floating_point() and state[k].dtype != own[k].dtype})
+    if cast:
+        warnings.warn(f"the {role} saved in {folder} is loaded with a cast ({', '.join(cast)}): build it in the dtype "
+                      "it was saved in (module.to(torch.float64)) to keep every digit", UserWarning, stacklevel=3)
     with torch.no_grad():
         module.load_state_dict({key: value.to(device) for key, value in state.items()})
 
@@ -215,6 +228,15 @@ def load_pair(folder: str | os.PathLike, model=None, guide=None):
                 "as before and pass load_pair(folder, model=model, guide=guide)"
             )
         model, guide = build_pair(config["pair"])
+        saved = {t.dtype for part in weights.values() for t in part.values() if t.is_floating_point()}
+        if len(saved) == 1 and saved != {torch.get_default_dtype()}:  # a float64 pair comes back in float64
+            model, guide = model.to(*saved), guide.to(*saved)
+    for role, module in (("model", model), ("guide", guide)):
+        recorded = config.get(f"{role}_class")
+        if recorded is not None and type(module).__name__ != recorded:  # same shapes, other meaning (vMF, PS)
+            raise ValueError(f"{folder} holds a {recorded} as the {role}, and a {type(module).__name__} was given: "
+                             f"its weights would load (the shapes agree) and mean something else; build the {role} as "
+                             "it was saved")
     load_weights(model, weights["model"], "model", folder)
     load_weights(guide, weights["guide"], "guide", folder)
     history = config.get("history")

@@ -447,3 +447,26 @@ def test_the_s2_draws_gradient_at_tiny_concentrations_is_the_limit_law(kappa):
     (gradient,) = torch.autograd.grad(w.sum(), concentration)
     delta = (1 - w).detach()
     torch.testing.assert_close(gradient, delta * (2 - delta) / 2, rtol=1e-9 + 4 * kappa, atol=1e-15)
+
+
+@pytest.mark.parametrize("family", [VonMisesFisher, PowerSpherical])
+def test_off_sphere_locations_and_points_are_named_with_their_norm_and_the_fix(family):
+    """torch's generic message printed the tensor and named neither the norm nor the fix; a float32 unit vector
+    cast to float64 (off by about 1e-7, beyond float64's tolerance) gets a word of its own."""
+    with pytest.raises(ValueError, match=r"loc must be unit vectors .* the one at index \(1,\) has norm 2.0; normalise"):
+        family(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), torch.tensor(2.0))
+    cast = torch.nn.functional.normalize(torch.tensor([0.3, 0.5, 0.7]), dim=-1).double()
+    with pytest.raises(ValueError, match="a float32 unit vector cast to float64 is off by about 1e-7"):
+        family(cast, torch.tensor(2.0, dtype=torch.float64))
+    q = family(unit(3), torch.tensor(2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"log_prob: the points must be unit vectors .*support.* norm 0.5"):
+        q.log_prob(torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("family", [VonMisesFisher, PowerSpherical])
+def test_the_kl_to_a_batched_uniform_has_the_broadcast_batch_shape(family):
+    q = family(unit(3).expand(4, 3), torch.full((4,), 2.0, dtype=torch.float64))
+    kl = torch.distributions.kl_divergence(q, HypersphericalUniform(3, batch_shape=(5, 4), dtype=torch.float64))
+    assert kl.shape == (5, 4) and torch.equal(kl[2], kl_to_uniform(q))
+    with pytest.raises(ValueError, match=r"batch shapes \(4,\) and \(3,\), which do not broadcast"):
+        torch.distributions.kl_divergence(q, HypersphericalUniform(3, batch_shape=(3,), dtype=torch.float64))

@@ -191,3 +191,27 @@ def test_a_swapped_pair_is_refused_and_another_kind_replaced_with_a_word(tmp_pat
     with pytest.warns(UserWarning, match="held a VAE / NormalGuide pair, now replaced by a SVAE / VMFGuide pair"):
         save_pair(tmp_path, other_model, other_guide)
     assert type(load_pair(tmp_path)[1]).__name__ == "VMFGuide"
+
+
+def test_a_saved_pair_loads_only_into_its_own_classes_and_keeps_its_dtype(tmp_path):
+    """A vMF guide's weights loaded into a Power Spherical guide (the same shapes) without a word, and a float64
+    pair came back in float32, its weights rounded."""
+    from pyrovae.guides import PowerSphericalGuide, VMFGuide
+    from pyrovae.models import SVAE
+
+    model, guide = make_pair("svae-vmf", X_DIM, LATENT, (8,), "gaussian")
+    model, guide = model.double(), guide.double()
+    save_pair(tmp_path, model, guide)
+    loaded, loaded_guide, _ = load_pair(tmp_path)
+    assert all(p.dtype == torch.float64 for p in [*loaded.parameters(), *loaded_guide.parameters()])
+    for mine, theirs in zip(guide.parameters(), loaded_guide.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    model32, other = SVAE(X_DIM, LATENT + 1, (8,), "gaussian"), PowerSphericalGuide(X_DIM, LATENT + 1, (8,))
+    with pytest.raises(ValueError, match="holds a VMFGuide as the guide, and a PowerSphericalGuide was given"):
+        load_pair(tmp_path, model=model32, guide=other)
+    with pytest.warns(UserWarning, match="loaded with a cast \\(torch.float64 into torch.float32\\)"):
+        load_pair(tmp_path, model=model32, guide=VMFGuide(X_DIM, LATENT + 1, (8,)))
+    with pytest.raises(TypeError, match="takes the folder first"):
+        save_pair(model, guide, tmp_path)
+    with pytest.warns(UserWarning, match="architecture is not recorded"):
+        save_pair(tmp_path / "by_class", model32, VMFGuide(X_DIM, LATENT + 1, (8,)))
