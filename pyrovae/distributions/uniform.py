@@ -27,8 +27,8 @@ class HypersphericalUniform(TorchDistribution):
     has_rsample = True
 
     def __init__(self, dim: int, batch_shape=(), device=None, dtype=None, validate_args=None):
-        if int(dim) != dim or dim < 2:
-            raise ValueError(f"dim is the ambient dimension m >= 2 of S^(m-1) in R^m, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, float)) or int(dim) != dim or dim < 2:
+            raise ValueError(f"dim is the ambient dimension m >= 2 of S^(m-1) in R^m, an integer, got {dim!r}")
         self.dim = int(dim)
         self._anchor = torch.zeros((), device=device, dtype=dtype or torch.get_default_dtype())
         super().__init__(torch.Size(batch_shape), torch.Size([self.dim]), validate_args=validate_args)

@@ -84,9 +84,12 @@ def check_sites(model_sites: dict, guide_sites: dict) -> None:
                             "len(x))` and reinterpret only the latent's own dimensions, e.g. .to_event(1))")
             raise ValueError(message)
         if model_fn.event_shape != guide_fn.event_shape:
+            on_sphere = "sphere" in repr(getattr(model_fn, "support", "")).lower()
             raise ValueError(
                 f"site {name!r}: the guide samples events of shape {tuple(guide_fn.event_shape)} but the model's "
                 f"prior has event shape {tuple(model_fn.event_shape)}; check the latent sizes of model and guide"
+                + (" (SVAE and the spherical guides take the ambient dimension m = d + 1 of S^d; make_pair takes d)"
+                   if on_sphere else "")
             )
     extra = sorted(set(guide_sites) - set(model_sites))
     if extra:

@@ -453,7 +453,7 @@ def test_the_s2_draws_gradient_at_tiny_concentrations_is_the_limit_law(kappa):
 def test_off_sphere_locations_and_points_are_named_with_their_norm_and_the_fix(family):
     """torch's generic message printed the tensor and named neither the norm nor the fix; a float32 unit vector
     cast to float64 (off by about 1e-7, beyond float64's tolerance) gets a word of its own."""
-    with pytest.raises(ValueError, match=r"loc must be unit vectors .* the one at index \(1,\) has norm 2.0; normalise"):
+    with pytest.raises(ValueError, match=r"loc must be unit vectors .* at index \(1,\) has norm 2.0; normalise"):
         family(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), torch.tensor(2.0))
     cast = torch.nn.functional.normalize(torch.tensor([0.3, 0.5, 0.7]), dim=-1).double()
     with pytest.raises(ValueError, match="a float32 unit vector cast to float64 is off by about 1e-7"):

@@ -263,3 +263,11 @@ def test_a_mixture_of_one_component_says_it_clusters_nothing():
         GMVAE(6, 2, 1)
     with pytest.raises(ValueError, match="data is empty: it holds no datum"):
         train(VAE(6, 2), NormalGuide(6, 2), torch.zeros(0, 6), epochs=1, progress=False)
+
+
+def test_a_spherical_guide_of_the_manifold_dimension_is_told_the_ambient_one():
+    from pyrovae import make_pair
+
+    model, _ = make_pair("svae-vmf", 6, 2)  # S^2 in R^3
+    with pytest.raises(ValueError, match="take the ambient dimension m = d \\+ 1 of S\\^d; make_pair takes d"):
+        train(model, VMFGuide(6, 2), torch.randint(0, 2, (10, 6)).float(), epochs=1, progress=False)
