@@ -94,20 +94,23 @@ def _score_draws(x: torch.Tensor, zero_log_prob: torch.Tensor, shape: torch.Size
             parts.append(("draws", tensor))
         else:
             return None
+    own_count_params = []  # per gene (or datum): of the counts' own shape, never per draw
+    for tensor in count_params:
+        small = _unexpanded(tensor)
+        extra = small.dim() - own.dim()
+        if extra > 0 and not all(size == 1 for size in small.shape[:extra]):
+            return None
+        try:
+            own_count_params.append((small.reshape(small.shape[extra:]) if extra > 0 else small).expand(own.shape))
+        except RuntimeError:
+            return None
     flat = own.reshape(-1).nonzero().squeeze(1)  # the non-zero entries of one draw's row
     nnz = flat.numel()
     log_prob = zero_log_prob.expand(shape).contiguous() if zero_log_prob.shape != shape else zero_log_prob.contiguous()
     if nnz == 0:
         return log_prob
     k = own.reshape(-1)[flat].double()
-    counts_params = []
-    for tensor in count_params:
-        small = _unexpanded(tensor)
-        extra = small.dim() - own.dim()
-        if extra > 0 and not all(size == 1 for size in small.shape[:extra]):
-            return None
-        counts_params.append((small.reshape(small.shape[extra:]) if extra > 0 else small).expand(own.shape)
-                             .reshape(-1)[flat].double())
+    counts_params = [tensor.reshape(-1)[flat].double() for tensor in own_count_params]
 
     def repeated(values: torch.Tensor) -> torch.Tensor:  # (nnz,) -> (draws * nnz,), the same for every draw
         return values.expand(draws, nnz).reshape(-1)

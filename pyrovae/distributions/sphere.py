@@ -29,6 +29,9 @@ def unexpanded(t: torch.Tensor) -> torch.Tensor:
     Functions of the concentration alone (Bessel normalisers) are computed on this and broadcast back, so
     drawing S samples for a batch of B data costs B evaluations, not S x B.
     """
+    if not torch.jit.is_tracing():  # (entering catch_warnings resets which warnings were shown: only while tracing)
+        return t[tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None)
+                       for stride, size in zip(t.stride(), t.shape))]
     with warnings.catch_warnings():  # traced sizes: the layout of an expand is the trace's structure, fixed per trace
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None)
@@ -36,18 +39,18 @@ def unexpanded(t: torch.Tensor) -> torch.Tensor:
     return t[index]
 
 
-def _check_on_sphere(x: torch.Tensor, what: str) -> None:
-    """Raise a ValueError naming the first row of ``x`` that is not a unit vector (at the sphere constraint's
-    tolerance, about 10 eps sqrt(m) in x's dtype), with its norm and the fix."""
+def _off_sphere(x: torch.Tensor, what: str) -> str | None:
+    """The message naming the first row of ``x`` that is not a unit vector (at the sphere constraint's tolerance,
+    about 10 eps sqrt(m) in x's dtype), with its norm and the fix; None when every row is one."""
     if not x.is_floating_point() or x.numel() == 0:
-        return
+        return None
     off = ~constraints.sphere.check(x)
-    if bool(off.any()):
-        at = tuple(int(i) for i in off.nonzero()[0])
-        norm = float(torch.linalg.norm(x[at], dim=-1)) if at else float(torch.linalg.norm(x, dim=-1))
-        close = abs(norm - 1) < 1e-5 and x.dtype == torch.float64
-        raise ValueError(
-            f"{what} must be unit vectors (the sphere S^{x.shape[-1] - 1}, their support), and "
+    if not bool(off.any()):
+        return None
+    at = tuple(int(i) for i in off.nonzero()[0])
+    norm = float(torch.linalg.norm(x[at], dim=-1)) if at else float(torch.linalg.norm(x, dim=-1))
+    close = abs(norm - 1) < 1e-5 and x.dtype == torch.float64
+    return (f"{what} must be unit vectors (the sphere S^{x.shape[-1] - 1}, their support), and "
             + (f"the one at index {at}" if at else "this one") + f" has norm {norm!r}; normalise in the dtype used: "
             "x / x.norm(dim=-1, keepdim=True)"
             + (" (a float32 unit vector cast to float64 is off by about 1e-7: normalise after the cast)" if close
@@ -144,8 +147,11 @@ class SphericalDistribution(TorchDistribution):
     has_rsample = True
 
     def __init__(self, loc: torch.Tensor, concentration: torch.Tensor, validate_args=None):
-        with warnings.catch_warnings():  # under torch.jit.trace sizes are traced values; m is fixed per trace
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if torch.jit.is_tracing():
+            with warnings.catch_warnings():  # under torch.jit.trace sizes are traced values; m is fixed per trace
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                self._dim = int(loc.shape[-1]) if loc.dim() >= 1 else 0
+        else:  # (catch_warnings resets which warnings were shown once: only while tracing)
             self._dim = int(loc.shape[-1]) if loc.dim() >= 1 else 0
         if not loc.dtype.is_floating_point:
             raise TypeError(f"loc must be a floating-point tensor, got {loc.dtype}; use loc.float() or loc.double()")
@@ -158,12 +164,15 @@ class SphericalDistribution(TorchDistribution):
         batch_shape = concentration_batch_shape(loc.shape, concentration.shape)
         if concentration.dim() > len(batch_shape):  # the (..., 1) layout
             concentration = concentration.squeeze(-1)
-        validate = type(self)._validate_args if validate_args is None else validate_args  # torch's default
-        if validate and not torch.jit.is_tracing():
-            _check_on_sphere(loc, f"{type(self).__name__}: loc")
         self.loc = loc.expand(batch_shape + loc.shape[-1:])
         self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+        try:
+            super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+        except ValueError:  # torch's message prints the tensor: a location off the sphere is named with its norm
+            message = None if torch.jit.is_tracing() else _off_sphere(loc, f"{type(self).__name__}: loc")
+            if message is None:
+                raise
+            raise ValueError(message) from None
         if self._validate_args and not torch.jit.is_tracing() and not bool(torch.isfinite(concentration).all()):
             raise ValueError(
                 f"{type(self).__name__}: the concentration must be finite, got {concentration.max().item()}; an "
@@ -171,9 +180,15 @@ class SphericalDistribution(TorchDistribution):
             )
 
     def _validate_sample(self, value: torch.Tensor) -> None:
-        if not torch.jit.is_tracing() and isinstance(value, torch.Tensor) and value.dim() >= 1:
-            _check_on_sphere(value, f"{type(self).__name__}.log_prob: the points")
-        super()._validate_sample(value)
+        try:
+            super()._validate_sample(value)
+        except ValueError:  # a point off the sphere (not another shape) is named with its norm and the fix
+            message = (_off_sphere(value, f"{type(self).__name__}.log_prob: the points")
+                       if not torch.jit.is_tracing() and isinstance(value, torch.Tensor) and value.dim() >= 1
+                       and value.shape[-1:] == self.event_shape else None)
+            if message is None:
+                raise
+            raise ValueError(message) from None
 
     @classmethod
     def infer_shapes(cls, loc, concentration=()) -> tuple[torch.Size, torch.Size]:

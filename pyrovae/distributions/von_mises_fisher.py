@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -149,9 +150,11 @@ class _CosineDraw(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kappa, first_gamma, m, log_ive, one_minus_mean):
-        with torch.no_grad(), warnings.catch_warnings():
-            # while tracing, torch warns of the loop's tests, which this opaque op re-runs on every call
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.no_grad(), warnings.catch_warnings() if torch.jit.is_tracing() else contextlib.nullcontext():
+            # while tracing, torch warns of the loop's tests, which this opaque op re-runs on every call (entering
+            # catch_warnings resets which warnings were shown once: only then)
+            if torch.jit.is_tracing():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # float32 where the concentration is (the test is written without cancellation), float64 for float64
             wide = kappa.detach().to(torch.promote_types(kappa.dtype, torch.float32))
             draws = vmf_cosine(wide, m, first_gamma.detach(), log_ive)

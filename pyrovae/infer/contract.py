@@ -84,7 +84,9 @@ def check_sites(model_sites: dict, guide_sites: dict) -> None:
                             "len(x))` and reinterpret only the latent's own dimensions, e.g. .to_event(1))")
             raise ValueError(message)
         if model_fn.event_shape != guide_fn.event_shape:
-            on_sphere = "sphere" in repr(getattr(model_fn, "support", "")).lower()
+            on_sphere = ("sphere" in repr(getattr(model_fn, "support", "")).lower()
+                         and len(model_fn.event_shape) == len(guide_fn.event_shape) == 1
+                         and abs(model_fn.event_shape[0] - guide_fn.event_shape[0]) == 1)
             raise ValueError(
                 f"site {name!r}: the guide samples events of shape {tuple(guide_fn.event_shape)} but the model's "
                 f"prior has event shape {tuple(model_fn.event_shape)}; check the latent sizes of model and guide"

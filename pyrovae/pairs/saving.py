@@ -52,12 +52,13 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
     if history is not None and hasattr(history, "to_dict"):
         history = history.to_dict()
     _warn_if_another_pair(folder, type(model).__name__, type(guide).__name__)
-    if pair_config(model, guide) is None:
+    arguments = pair_config(model, guide)
+    if arguments is None:
         warnings.warn(f"save_pair: this {type(model).__name__} / {type(guide).__name__} pair was not built by "
                       "make_pair (or has custom networks), so its architecture is not recorded: load_pair will need "
                       "the two objects built as now, load_pair(folder, model=..., guide=...)", UserWarning,
                       stacklevel=2)
-    config = {"format": FORMAT_VERSION, "pyrovae_version": pyrovae.__version__, "pair": pair_config(model, guide),
+    config = {"format": FORMAT_VERSION, "pyrovae_version": pyrovae.__version__, "pair": arguments,
               "model_class": type(model).__name__, "guide_class": type(guide).__name__, "history": history,
               **(extra or {})}
     buffer = io.BytesIO()
@@ -228,12 +229,15 @@ def load_pair(folder: str | os.PathLike, model=None, guide=None):
                 "as before and pass load_pair(folder, model=model, guide=guide)"
             )
         model, guide = build_pair(config["pair"])
-        saved = {t.dtype for part in weights.values() for t in part.values() if t.is_floating_point()}
-        if len(saved) == 1 and saved != {torch.get_default_dtype()}:  # a float64 pair comes back in float64
-            model, guide = model.to(*saved), guide.to(*saved)
+        rebuilt = {}
+        for role, module in (("model", model), ("guide", guide)):  # a float64 module comes back in float64
+            saved = {t.dtype for t in weights[role].values() if t.is_floating_point()}
+            rebuilt[role] = module.to(*saved) if len(saved) == 1 and saved != {torch.get_default_dtype()} else module
+        model, guide = rebuilt["model"], rebuilt["guide"]
     for role, module in (("model", model), ("guide", guide)):
         recorded = config.get(f"{role}_class")
-        if recorded is not None and type(module).__name__ != recorded:  # same shapes, other meaning (vMF, PS)
+        # same shapes, other meaning (a vMF guide's weights in a Power Spherical guide); a subclass of the saved one
+        if recorded is not None and recorded not in {c.__name__ for c in type(module).__mro__}:
             raise ValueError(f"{folder} holds a {recorded} as the {role}, and a {type(module).__name__} was given: "
                              f"its weights would load (the shapes agree) and mean something else; build the {role} as "
                              "it was saved")

@@ -211,6 +211,15 @@ def test_a_saved_pair_loads_only_into_its_own_classes_and_keeps_its_dtype(tmp_pa
         load_pair(tmp_path, model=model32, guide=other)
     with pytest.warns(UserWarning, match="loaded with a cast \\(torch.float64 into torch.float32\\)"):
         load_pair(tmp_path, model=model32, guide=VMFGuide(X_DIM, LATENT + 1, (8,)))
+    class MySVAE(SVAE):  # a subclass of the saved class loads its weights
+        pass
+
+    load_pair(tmp_path, model=MySVAE(X_DIM, LATENT + 1, (8,), "gaussian").double(),
+              guide=VMFGuide(X_DIM, LATENT + 1, (8,)).double())
+    half = make_pair("vae", X_DIM, LATENT, (8,), "gaussian")
+    save_pair(tmp_path / "mixed", half[0].double(), half[1])  # a float64 model beside a float32 guide
+    mixed_model, mixed_guide, _ = load_pair(tmp_path / "mixed")
+    assert [next(m.parameters()).dtype for m in (mixed_model, mixed_guide)] == [torch.float64, torch.float32]
     with pytest.raises(TypeError, match="takes the folder first"):
         save_pair(model, guide, tmp_path)
     with pytest.warns(UserWarning, match="architecture is not recorded"):
