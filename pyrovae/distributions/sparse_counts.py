@@ -72,7 +72,7 @@ def _score_draws(x: torch.Tensor, zero_log_prob: torch.Tensor, shape: torch.Size
     the whole expanded shape took 40% of an AIS run on 2,000 genes at 31% non-zero. None where the layout differs
     (the general path then)."""
     own = _unexpanded(x)
-    while own.dim() > 0 and own.shape[0] == 1 and own.dim() > 1:
+    while own.dim() > 1 and own.shape[0] == 1:
         own = own[0]
     lead = len(shape) - own.dim()
     if lead < 1 or tuple(own.shape) != tuple(shape[lead:]):
@@ -82,31 +82,19 @@ def _score_draws(x: torch.Tensor, zero_log_prob: torch.Tensor, shape: torch.Size
         return None
     parts = []  # per param: ("own", tensor of own's shape) or ("draws", tensor of the full shape)
     for tensor in params:
-        small = _unexpanded(tensor)
-        extra = small.dim() - own.dim()
-        if extra <= 0 or all(size == 1 for size in small.shape[:extra]):
-            reduced = small.reshape(small.shape[extra:]) if extra > 0 else small
-            try:
-                parts.append(("own", reduced.expand(own.shape)))
-            except RuntimeError:
-                return None
-        elif tuple(tensor.shape[:lead]) == tuple(shape[:lead]) and tuple(tensor.shape) == tuple(shape):
+        reduced = _of_shape(tensor, own.shape)
+        if reduced is not None:
+            parts.append(("own", reduced))
+        elif tuple(tensor.shape) == tuple(shape):
             parts.append(("draws", tensor))
         else:
             return None
-    own_count_params = []  # per gene (or datum): of the counts' own shape, never per draw
-    for tensor in count_params:
-        small = _unexpanded(tensor)
-        extra = small.dim() - own.dim()
-        if extra > 0 and not all(size == 1 for size in small.shape[:extra]):
-            return None
-        try:
-            own_count_params.append((small.reshape(small.shape[extra:]) if extra > 0 else small).expand(own.shape))
-        except RuntimeError:
-            return None
+    own_count_params = [_of_shape(tensor, own.shape) for tensor in count_params]  # never per draw
+    if any(tensor is None for tensor in own_count_params):
+        return None
     flat = own.reshape(-1).nonzero().squeeze(1)  # the non-zero entries of one draw's row
     nnz = flat.numel()
-    log_prob = zero_log_prob.expand(shape).contiguous() if zero_log_prob.shape != shape else zero_log_prob.contiguous()
+    log_prob = zero_log_prob.expand(shape).contiguous()  # zero_log_prob itself where it has the shape already
     if nnz == 0:
         return log_prob
     k = own.reshape(-1)[flat].double()
@@ -125,6 +113,19 @@ def _score_draws(x: torch.Tensor, zero_log_prob: torch.Tensor, shape: torch.Size
     values = nonzero_log_prob(*gathered).to(log_prob.dtype).reshape(draws, nnz)
     log_prob.view(draws, -1).index_copy_(1, flat, values)
     return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
+
+
+def _of_shape(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """``tensor`` without its broadcast leading dimensions, expanded to ``shape`` (the counts' own), or None where
+    it varies along a dimension ``shape`` does not have (a mean per draw)."""
+    small = _unexpanded(tensor)
+    extra = small.dim() - len(shape)
+    if extra > 0 and any(size != 1 for size in small.shape[:extra]):
+        return None
+    try:
+        return (small.reshape(small.shape[extra:]) if extra > 0 else small).expand(shape)
+    except RuntimeError:  # not broadcastable to the counts' shape
+        return None
 
 
 def _unexpanded(t: torch.Tensor) -> torch.Tensor:

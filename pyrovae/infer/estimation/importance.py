@@ -5,6 +5,7 @@ Shared by :func:`~pyrovae.infer.log_likelihood` (the held-out estimate) and the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,9 +39,14 @@ def fingerprint(args: tuple) -> torch.Tensor:
     bits = (values.double() + 0.0).view(torch.int64) if values.is_floating_point() else values.long()
     bits = (bits ^ (bits >> 31)) * -7046029254386353131  # spread the high bits of a float into the low ones
     bits = bits ^ (bits >> 29)
-    generator = torch.Generator().manual_seed(1_000_003 + values.shape[1])
-    weights = torch.randint(-(2**62), 2**62, (values.shape[1],), generator=generator) * 2 + 1
-    return (bits * weights.to(bits.device)).sum(-1).cpu()  # int64 arithmetic wraps: modulo 2^64
+    return (bits * _column_weights(values.shape[1]).to(bits.device)).sum(-1).cpu()  # int64 wraps: modulo 2^64
+
+
+@functools.cache
+def _column_weights(columns: int) -> torch.Tensor:
+    """The odd constants of :func:`fingerprint`, one per column, the same in every batch and session."""
+    generator = torch.Generator().manual_seed(1_000_003 + columns)
+    return torch.randint(-(2**62), 2**62, (columns,), generator=generator) * 2 + 1
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
