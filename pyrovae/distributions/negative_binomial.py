@@ -31,60 +31,25 @@ from pyrovae.distributions.shapes import check_parameters, expanded_batch_shape
 from pyrovae.distributions.sparse_counts import score_counts
 from pyrovae.distributions.zero_inflated import ZeroInflated
 from pyrovae.ops.capture import capturing
+from pyrovae.ops.gamma import ASYMPTOTIC_FROM, direct_log_gamma_ratio, log_gamma_ratio, stirling_log_gamma_ratio
 
 _NO_SHAPE = torch.Size()
-_STIRLING_FROM = 10.0  # the 5-term Stirling remainder is accurate to 2e-14 from here (3 terms: 6e-11)
-_STIRLING = (1.0 / 12, -1.0 / 360, 1.0 / 1260, -1.0 / 1680, 1.0 / 1188)  # of y^-1, y^-3, ...
-
-
-def _stirling_remainder(y: torch.Tensor) -> torch.Tensor:
-    """s(y) = log Gamma(y) - [(y - 1/2) log y - y + log(2 pi) / 2] ~ 1/(12y) - 1/(360y^3) + 1/(1260y^5) - ...,
-    five terms (the next, 691 / (360360 y^11), is 2e-14 at y = 10; three left 6e-11, and the two more cost the NB's
-    log-density, forward and backward, about 5% of its time on the CPU)."""
-    inv = y.reciprocal()
-    inv2 = inv * inv
-    c1, c3, c5, c7, c9 = _STIRLING
-    return inv * (c1 + inv2 * (c3 + inv2 * (c5 + inv2 * (c7 + inv2 * c9))))
-
-
-def _series(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """The large-theta form of :func:`log_gamma_ratio` (every term of the size of the answer but theta (log1p(u) -
-    u), whose rounding, about eps x, is that of the x log(mu) beside it in the log-density: a series for it cost a
-    quarter of the NB's time forward and backward)."""
-    u = x / theta
-    log1p_u = torch.log1p(u)
-    return theta * (log1p_u - u) + (x - 0.5) * log1p_u + _stirling_remainder(theta + x) - _stirling_remainder(theta)
-
-
-def _direct(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """The small-theta form of :func:`log_gamma_ratio`, through ``lgamma``."""
-    return torch.lgamma(x + theta) - torch.lgamma(theta) - x * torch.log(theta)
-
-
-def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """``lgamma(x + theta) - lgamma(theta) - x log(theta)`` without cancellation for large ``theta``: both forms are
-    computed everywhere and each entry takes its own (no data-dependent shapes or branches: it traces, compiles and
-    vmaps)."""
-    large = theta >= _STIRLING_FROM
-    safe = torch.where(large, theta, torch.full_like(theta, _STIRLING_FROM))
-    small = torch.where(large, torch.ones_like(theta), theta)
-    return torch.where(large, _series(x, safe), _direct(x, small))
 
 
 def _split_log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """:func:`log_gamma_ratio` of 1-D ``x`` and ``theta``, each entry computed by its own form only (the entries split
     by theta): the same values, at half the work; eager, on the CPU (which entries take which form is decided on
     the host)."""
-    large = theta >= _STIRLING_FROM
+    large = theta >= ASYMPTOTIC_FROM
     at_large = large.nonzero().squeeze(1)
     if at_large.numel() == large.numel():
-        return _series(x, theta)
+        return stirling_log_gamma_ratio(x, theta)
     if at_large.numel() == 0:
-        return _direct(x, theta)
+        return direct_log_gamma_ratio(x, theta)
     at_small = large.logical_not_().nonzero().squeeze(1)
     result = torch.empty_like(x, dtype=torch.result_type(x, theta))
-    result = result.index_put((at_large,), _series(x[at_large], theta[at_large]))
-    return result.index_put((at_small,), _direct(x[at_small], theta[at_small]))
+    result = result.index_put((at_large,), stirling_log_gamma_ratio(x[at_large], theta[at_large]))
+    return result.index_put((at_small,), direct_log_gamma_ratio(x[at_small], theta[at_small]))
 
 
 def _split_here(k: torch.Tensor) -> bool:

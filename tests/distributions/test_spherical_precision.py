@@ -1,6 +1,7 @@
 """The spherical distributions where floating point is hardest, against mpmath and limits: the vMF sampler's
 implicit gradient in its upper tail, gradients at vanishing concentrations, tiny float32 concentrations, the KLs to
-the uniform where they are tiny; and the messages for points off the sphere."""
+the uniform where they are tiny, the Power Spherical's entropy from tiny to huge concentrations; and the
+messages for points off the sphere."""
 
 import math
 
@@ -134,3 +135,38 @@ def test_the_kl_to_a_batched_uniform_has_the_broadcast_batch_shape(family):
     assert kl.shape == (5, 4) and torch.equal(kl[2], kl_to_uniform(q))
     with pytest.raises(ValueError, match=r"batch shapes \(4,\) and \(3,\), which do not broadcast"):
         torch.distributions.kl_divergence(q, HypersphericalUniform(3, batch_shape=(3,), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("m", [2, 3, 10, 64, 1000])
+def test_the_power_spherical_entropy_and_its_gradient_from_tiny_to_huge_concentrations(m):
+    """H = kappa (psi(a + b) - psi(a)) - (lgamma(a + b) - lgamma(a)) + 2b log 2 + b log pi, a = b + kappa, and dH/dkappa
+    = kappa (psi'(a + b) - psi'(a)), against mpmath. Through lgamma and digamma the entropy was 1e-6 off at kappa =
+    1e10 (differences of numbers of size kappa log kappa) and its gradient 3e-5 there and 6.5e-10 at kappa = 1 (torch's
+    trigamma)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    b = mpmath.mpf(m - 1) / 2
+    for kappa in (1e-8, 1e-3, 0.5, 1.0, 3.0, 10.0, 1e3, 1e6, 1e10, 1e13):
+        k = mpmath.mpf(kappa)
+        a = b + k
+        at_loc = mpmath.loggamma(a + b) - mpmath.loggamma(a) - b * mpmath.log(4 * mpmath.pi)
+        entropy = k * (mpmath.digamma(a + b) - mpmath.digamma(a)) - at_loc
+        slope = k * (mpmath.polygamma(1, a + b) - mpmath.polygamma(1, a))
+        concentration = torch.tensor(kappa, dtype=torch.float64, requires_grad=True)
+        got = PowerSpherical(unit(m), concentration).entropy()
+        (gradient,) = torch.autograd.grad(got, concentration)
+        assert got.item() == pytest.approx(float(entropy), rel=1e-14, abs=1e-300), (m, kappa)
+        assert gradient.item() == pytest.approx(float(slope), rel=1e-14), (m, kappa)
+        if kappa >= 1e3:  # above the small-kappa series: the KL is log |S| - H
+            kl = kl_to_uniform(PowerSpherical(unit(m), torch.tensor(kappa, dtype=torch.float64)))
+            assert kl.item() == pytest.approx(float(at_loc - k * (mpmath.digamma(a + b) - mpmath.digamma(a))
+                                                    + log_sphere_area(m)), rel=1e-14)
+
+
+def test_the_power_spherical_at_zero_concentration_is_uniform_even_at_the_antipode():
+    """kappa log((1 + t) / 2) at kappa = 0 and t = -1 was 0 * -inf = NaN; the uniform's density is everywhere."""
+    loc = unit(5)
+    q = PowerSpherical(loc, torch.tensor(0.0, dtype=torch.float64))
+    points = torch.stack([loc, -loc, unit(5, seed=3)])
+    torch.testing.assert_close(q.log_prob(points), torch.full((3,), -log_sphere_area(5), dtype=torch.float64))
