@@ -57,6 +57,25 @@ def _off_sphere(x: torch.Tensor, what: str) -> str | None:
                else ""))
 
 
+def _bad_concentration(concentration: torch.Tensor, arg_constraints: dict, name: str) -> str | None:
+    """The message naming the first concentration outside its constraint, with its value and the fix; None when
+    every one is inside (or is NaN, which torch's own message names)."""
+    constraint = arg_constraints["concentration"]
+    off = ~constraint.check(concentration) & ~torch.isnan(concentration)
+    if not bool(off.any()):
+        return None
+    at = tuple(int(i) for i in off.nonzero()[0])
+    value = float(concentration[at])
+    where = f" at index {at}" if at else ""
+    if value == 0:
+        return (f"{name}: the concentration must be positive, got 0{where}; a concentration of 0 is the uniform "
+                "distribution on the sphere: use HypersphericalUniform(m) for it (PowerSpherical takes 0), and a "
+                "floor for a learnt one (softplus(x) + 1e-3)")
+    kind = "positive" if constraint is constraints.positive else "non-negative"
+    return (f"{name}: the concentration must be {kind}, got {value!r}"
+            f"{where}; a learnt one is usually softplus(x) (+ a floor)")
+
+
 def row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The dot products of the last dimension, as a product with a vector of ones: a BLAS matrix-vector product,
     where ``vecdot`` (a reduction over a short last dimension) is twice as slow on the CPU."""
@@ -169,7 +188,9 @@ class SphericalDistribution(TorchDistribution):
         try:
             super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
         except ValueError:  # torch's message prints the tensor: a location off the sphere is named with its norm
-            message = None if torch.jit.is_tracing() else _off_sphere(loc, f"{type(self).__name__}: loc")
+            name = type(self).__name__
+            message = None if torch.jit.is_tracing() else (
+                _off_sphere(loc, f"{name}: loc") or _bad_concentration(concentration, self.arg_constraints, name))
             if message is None:
                 raise
             raise ValueError(message) from None

@@ -170,3 +170,14 @@ def test_the_power_spherical_at_zero_concentration_is_uniform_even_at_the_antipo
     q = PowerSpherical(loc, torch.tensor(0.0, dtype=torch.float64))
     points = torch.stack([loc, -loc, unit(5, seed=3)])
     torch.testing.assert_close(q.log_prob(points), torch.full((3,), -log_sphere_area(5), dtype=torch.float64))
+
+
+def test_a_concentration_outside_its_constraint_is_named_with_the_fix():
+    """torch's message named the constraint only; scipy's points a concentration of 0 to the uniform, and so do we."""
+    with pytest.raises(ValueError, match=r"VonMisesFisher: the concentration must be positive, got 0; .*uniform.*"
+                                         r"HypersphericalUniform\(m\)"):
+        VonMisesFisher(unit(3), torch.tensor(0.0, dtype=torch.float64))
+    for family, kind in ((VonMisesFisher, "positive"), (PowerSpherical, "non-negative")):
+        with pytest.raises(ValueError, match=rf"the concentration must be {kind}, got -2.0 at index \(1,\); .*softplus"):
+            family(unit(3).expand(2, 3), torch.tensor([1.0, -2.0], dtype=torch.float64))
+    assert PowerSpherical(unit(3), torch.tensor(0.0, dtype=torch.float64)).concentration.item() == 0.0
