@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
-from pyrovae.likelihoods import get_likelihood, likelihood_names
+from pyrovae.likelihoods import CountLikelihood, get_likelihood, likelihood_names
 from pyrovae.models import GMVAE, SVAE, VAE
 from pyrovae.nn.checks import check_int, check_name
 
@@ -39,7 +39,7 @@ def make_pair(
     classification_weight: float | None = None,
     feature_batch_norm: bool = False,
     activation: str = "relu",
-    input_transform: str | None = None,
+    input_transform: str | None = "auto",
     latent_library: bool | None = None,
     batch_norm: bool = False,
     dropout: float = 0.0,
@@ -64,7 +64,10 @@ def make_pair(
     :param latent_library: whether the guide encodes q(library | x): by default where the likelihood's library size
         is latent (``likelihood_options={"library": "latent"}``); a value the likelihood contradicts is refused.
     :param hidden: widths from the data side, shared by the encoder and (mirrored) the decoder.
-    :param likelihood: a likelihood name or instance (count likelihoods: pass ``input_transform="log1p"``).
+    :param likelihood: a likelihood name or instance.
+    :param input_transform: what the encoder reads: ``"log1p"`` log(1 + x), None x itself; by default (``"auto"``)
+        ``"log1p"`` for a count likelihood (raw counts, whose scale spans orders of magnitude, train an MLP encoder
+        poorly) and None otherwise.
     :param dict likelihood_options: keyword arguments of the named likelihood (``{"dispersion": "gene-batch"}``).
     :param float classification_weight: for ``"gmvae"``, the weight of log q(y | x) on labelled data (the
         guide's default when None).
@@ -96,7 +99,7 @@ def make_pair(
                          **covariates)
     if not isinstance(encode_covariates, bool):
         raise TypeError(f"make_pair: encode_covariates must be True or False, got {encode_covariates!r}")
-    guide_options = dict(input_transform=input_transform, batch_norm=batch_norm, dropout=dropout,
+    guide_options = dict(batch_norm=batch_norm, dropout=dropout,
                          name=None if name is None else f"{name}/guide", **(covariates if encode_covariates else {}))
     if kind == "gmvae":
         if num_components is None:
@@ -107,6 +110,7 @@ def make_pair(
             guide_options["feature_batch_norm"] = feature_batch_norm
         model = GMVAE(x_dim, z_dim, num_components, hidden, likelihood, activation, decoder, **model_options)
         latent_library = _latent_library(model, latent_library)
+        input_transform = guide_options["input_transform"] = _input_transform(model, input_transform)
         guide = GMVAEGuide(x_dim, z_dim, hidden, activation, num_components=num_components, encoder=encoder,
                            latent_library=latent_library, **guide_options)
     else:
@@ -119,6 +123,7 @@ def make_pair(
                        "svae-power": PowerSphericalGuide}[kind]
         model = model_class(x_dim, z_dim, hidden, likelihood, activation, decoder, **model_options)
         latent_library = _latent_library(model, latent_library)
+        input_transform = guide_options["input_transform"] = _input_transform(model, input_transform)
         guide = guide_class(x_dim, z_dim, hidden, activation, encoder, latent_library=latent_library,
                             **guide_options)
     arguments = dict(
@@ -134,6 +139,13 @@ def make_pair(
     for module in (model, guide):
         module.pair_arguments = arguments
     return model, guide
+
+
+def _input_transform(model, asked: str | None) -> str | None:
+    """What the encoder reads: ``asked``, or by default log1p for a count likelihood and x itself otherwise."""
+    if asked != "auto":
+        return asked
+    return "log1p" if isinstance(model.likelihood, CountLikelihood) else None
 
 
 def _latent_library(model, asked: bool | None) -> bool:

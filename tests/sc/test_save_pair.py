@@ -72,6 +72,17 @@ def test_likelihood_instance_saved_by_name_and_options(tmp_path):
     assert (loaded.likelihood.dispersion, loaded.likelihood.library) == ("gene-cell", "none")
 
 
+def test_count_pairs_encode_log1p_by_default_and_saved_pairs_keep_their_transform(tmp_path):
+    """make_pair encoded raw counts unless told; a pair saved then records input_transform None and keeps it."""
+    for likelihood, expected in (("nb", "log1p"), (NegativeBinomialLikelihood(), "log1p"), ("bernoulli", None)):
+        model, guide = make_pair("vae", X_DIM, LATENT, (8,), likelihood)
+        assert guide.encoder_options.input_transform == guide.pair_arguments["input_transform"] == expected
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), "zinb", input_transform=None)
+    save_pair(tmp_path, model, guide)
+    _, loaded, _ = load_pair(tmp_path)
+    assert loaded.encoder_options.input_transform is None
+
+
 def test_unregistered_likelihood_is_refused_with_the_fix(tmp_path):
     class Private(Likelihood):
         def forward(self, outputs):
