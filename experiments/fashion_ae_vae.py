@@ -38,9 +38,9 @@ from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_s
 from pyrovae.nn import ConvDecoder, ConvEncoder
 from pyrovae.plots import save, show_images
 
-QUICK = {"num_train": 2000, "num_ll": 100, "num_samples": 20, "refit_epochs": 1, "num_tsne": 300}
+QUICK = {"num_train": 2000, "num_ll": 100, "num_samples": 32, "refit_epochs": 1, "num_tsne": 300}
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/fashion_ae_vae", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=10, out="results/fashion_ae_vae", quick=QUICK)
 parser.add_argument("--z-dim", type=positive_int, default=10, help="latent dimension of both models")
 parser.add_argument("--batch-size", type=positive_int, default=128, help="images per training batch")
 parser.add_argument("--lr", type=positive_float, default=1e-3,

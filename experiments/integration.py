@@ -36,7 +36,7 @@ PARTS = {
     "plates": {"plate 1": "cellbench_5cl_p1", "plate 2": "cellbench_5cl_p2", "plate 3": "cellbench_5cl_p3"},
 }
 QUICK = {"epochs": 2, "genes": 200, "models": ["vae", "vae-unintegrated"]}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/integration", quick=QUICK, proposal=False)
+parser = experiment_parser(__doc__, epochs=200, out="results/integration", quick=QUICK, proposal=False)
 parser.add_argument("--dataset", choices=sorted(PARTS), default="technologies",
                     help="technologies: CEL-seq2 and Drop-seq; plates: the three CEL-seq2 5cl plates")
 parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")

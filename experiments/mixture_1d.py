@@ -24,7 +24,7 @@ from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import save
 
 QUICK = {"epochs": 0, "steps": 500, "num_data": 5000, "num_test": 1000, "num_samples": 50, "sweep": [5.0]}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=0, out="results/mixture_1d", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=0, out="results/mixture_1d", quick=QUICK)
 parser.add_argument("--steps", type=positive_int, default=40_000,
                     help="SGD steps per VAE (the notebook's); used when --epochs is 0")
 parser.add_argument("--num-data", type=positive_int, default=200_000, help="training points drawn from p_data")

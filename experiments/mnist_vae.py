@@ -32,7 +32,7 @@ from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import image_grid, latent_scatter, save, show_images
 
 QUICK = {"mlp_steps": 20, "num_train": 2000, "num_test": 500, "num_ll": 100, "num_samples": 50}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/mnist_vae", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=10, out="results/mnist_vae", quick=QUICK)
 parser.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian",
                     help="MLP VAE: Gaussian (MSE) on grey levels, or Bernoulli on dynamically binarised pixels")
 parser.add_argument("--mlp-steps", type=positive_int, default=250, help="full-batch steps of the MLP VAE")

@@ -56,7 +56,7 @@ CANONICAL = {
     "Platelet": ["PPBP", "PF4"],
 }
 QUICK = {"epochs": 2, "label_epochs": 2, "genes": 300, "num_samples": 200}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_de", quick=QUICK, proposal=False)
+parser = experiment_parser(__doc__, epochs=200, out="results/pbmc_de", quick=QUICK, proposal=False)
 parser.add_argument("--label-epochs", type=non_negative_int, default=60, help="epochs of the semi-supervised GMVAE")
 parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")
 parser.add_argument("--latent", type=positive_int, default=10, help="latent dimension (VAE, GMVAE, scVI)")

@@ -15,7 +15,7 @@ from pyrovae.experiment import experiment_parser, non_negative_int, positive_int
 from pyrovae.metrics import clustering_scores, kmeans_clusters
 from pyrovae.plots import latent_scatter, save
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/pbmc_quickstart",
+parser = experiment_parser(__doc__, epochs=200, out="results/pbmc_quickstart",
                            quick={"epochs": 2, "genes": 300, "num_samples": 200}, proposal=False)
 parser.add_argument("--genes", type=non_negative_int, default=2000, help="most variable genes kept")
 parser.add_argument("--latent", type=positive_int, default=10,

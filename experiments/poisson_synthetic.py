@@ -5,6 +5,10 @@ layer of 7 (as in the notebook) and a Poisson likelihood without library size (t
 exp output). The data carry no structure beyond the rates, so a good fit decodes every latent to rates near
 1..10, the KL goes to ~0, and the held-out log-likelihood approaches that of the true law, which is known:
 E[log p_true(x)] is reported as the ceiling.
+
+Differs from the notebook: Adam at ``--lr`` 1e-2 without weight decay for 200 epochs (the notebook: lr 0.1 with
+weight decay 5e-2 for 150 epochs: weight decay is a penalty the ELBO does not have, and without it the held-out
+log-likelihood measures the ELBO's own fit).
 """
 
 import matplotlib.pyplot as plt
@@ -21,7 +25,7 @@ from pyrovae.likelihoods import get_likelihood
 from pyrovae.plots import save, training_curves
 
 QUICK = {"epochs": 20, "num_cells": 500, "num_test": 100, "num_samples": 50}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/poisson_synthetic", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=200, out="results/poisson_synthetic", quick=QUICK)
 parser.add_argument("--num-cells", type=positive_int, default=2000, help="training cells drawn from the Poisson law")
 parser.add_argument("--num-test", type=positive_int, default=500, help="held-out cells from the same law")
 parser.add_argument("--latent", type=positive_int, default=3, help="latent dimension")

@@ -14,6 +14,7 @@ decoder first: swapping guides on a trained model. Falls back to scikit-learn's 
 not found.
 """
 
+import sys
 import time
 import warnings
 
@@ -29,7 +30,7 @@ from pyrovae.plots import latent_scatter, save, show_images
 
 QUICK = {"max_train": 2000, "num_test": 200, "num_samples": 100, "hidden": 200, "gap_images": 20, "ais_chains": 50,
          "flow_epochs": 1}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=4, out="results/quickstart", quick=QUICK, proposal=False)
+parser = experiment_parser(__doc__, epochs=4, out="results/quickstart", quick=QUICK, proposal=False)
 parser.add_argument("--z-dim", type=positive_int, default=20,
                     help="latent dimension d (the S-VAEs: the sphere S^d in R^(d+1))")
 parser.add_argument("--hidden", type=positive_int, default=400,
@@ -49,7 +50,9 @@ device = setup(args)
 try:
     train_data, test_data = load_mnist(args.data_dir, binarize="dynamic")
     dataset, image_shape = "MNIST", (28, 28)
-except FileNotFoundError:
+except FileNotFoundError as missing:
+    print(f"MNIST not found ({missing}); falling back to scikit-learn's 8x8 digits, whose numbers are not MNIST's: "
+          "give --data-dir the folder holding mnist/ for MNIST", file=sys.stderr, flush=True)
     train_data, test_data = load_digits(binarize="dynamic", seed=args.seed)
     dataset, image_shape = "sklearn digits 8x8", (8, 8)
 if args.max_train:
@@ -59,7 +62,8 @@ train_data, test_data = train_data.to(device), test_data.to(device)
 x_dim, z_dim, hidden = train_data.num_features, args.z_dim, (args.hidden,)
 print(f"{dataset}: {len(train_data)} training and {len(test_data)} test images on {device}")
 
-common = dict(epochs=args.epochs, batch_size=args.batch_size, val_data=test_data, device=device,
+# the test images are watched, never chosen on: each model is scored as its last epoch left it
+common = dict(epochs=args.epochs, batch_size=args.batch_size, val_data=test_data, restore_best=False, device=device,
               seed=args.seed, progress=not args.no_progress)
 runs = {}
 

@@ -54,7 +54,7 @@ PARTS = {
 }
 HALVES = ("half A", "half B")  # --dataset halves: the plates pooled, split at random
 KINDS = {"vae": sc.SingleCellVAE, "label_transfer": sc.LabelTransferGMVAE}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=200, out="results/reference_mapping",
+parser = experiment_parser(__doc__, epochs=200, out="results/reference_mapping",
                            quick={"epochs": 2, "map_epochs": 2, "genes": 200}, proposal=False)
 parser.add_argument("--dataset", choices=sorted([*PARTS, "halves"]), default="technologies",
                     help="technologies: CEL-seq2, Drop-seq; plates: CEL-seq2 5cl plates; halves: the plates pooled and "

@@ -54,8 +54,8 @@ from pyrovae.sweep import Sweep
 
 LIKELIHOODS = ["poisson", "constrained_poisson", "nb", "zip", "zinb"]
 
-QUICK = {"epochs": 2, "genes": 200, "max_cells": 600, "likelihoods": ["nb"], "num_samples": 10}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=100, out="results/scvae_counts", quick=QUICK)
+QUICK = {"epochs": 2, "genes": 200, "max_cells": 600, "likelihoods": ["nb"], "num_samples": 32}
+parser = experiment_parser(__doc__, epochs=100, out="results/scvae_counts", quick=QUICK, resumable=True)
 parser.add_argument("--dataset", default="pbmc3k", choices=sorted(SHARED_SETS),
                     help="count data set from the shared data folder")
 parser.add_argument("--models", nargs="+", default=["VAE", "GMVAE"], choices=["VAE", "GMVAE"],
@@ -73,9 +73,9 @@ parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learni
 parser.add_argument("--dropout", type=dropout_rate, default=0.2, help="dropout of the hidden layers (with batch norm)")
 parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per held-out cell")
 parser.add_argument("--library", choices=["none", "observed"], default="none",
-                    help="the mean's scale: softmax over genes times the cell's total count (scVI's convention; the "
-                         "Poisson is then scVAE's constrained Poisson) or exp of the decoder's output (scVAE's "
-                         "unconstrained models); constrained_poisson always uses the total count")
+                    help="the mean's scale: 'none', exp of the decoder's output (scVAE's unconstrained models), or "
+                         "'observed', softmax over genes times the cell's total count (scVI's convention; the Poisson "
+                         "is then scVAE's constrained Poisson); constrained_poisson always uses the total count")
 parser.add_argument("--gmvae-start", choices=["pseudo-labels", "random"], default="pseudo-labels",
                     help="the GMVAE's start: k-means pseudo-labels (pyrovae.infer.pseudo_label_start) or random")
 parser.add_argument("--start-epochs", type=non_negative_int, default=30,

@@ -61,7 +61,7 @@ NAMES = {"normal": "N-VAE", "vmf": "S-VAE (vMF)", "power": "S-VAE (Power Spheric
 
 QUICK = {"dims": [2], "num_train": 2000, "num_val": 500, "num_test": 500, "num_samples": 50, "ais_chains": 32,
          "ais_steps": 20}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/svae_mnist", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=1000, out="results/svae_mnist", quick=QUICK, resumable=True)
 parser.set_defaults(proposal="auto")  # the estimator that says which estimates it certifies
 parser.add_argument("--dims", type=positive_int, nargs="+", default=[2, 5, 10, 20, 40], help="latent dimensions d")
 parser.add_argument("--models", nargs="+", default=["normal", "vmf"], choices=list(NAMES),

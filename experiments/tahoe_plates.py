@@ -42,8 +42,8 @@ COLOURS = {("svae", "covariate"): "tab:red", ("svae", "none"): "salmon", ("svae"
 SET_HERE = {"--out", "--atlas-dir", "--guide", "--covariates", "--hold-out", "--device", "--seed", "--epochs",
             "--proposal", "--no-progress", "--quick", "--data-dir"}
 
-parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_plates",
-                           quick={"proposal": "refined+defensive"})  # no AIS in a smoke run
+parser = experiment_parser(__doc__, epochs=10, out="results/tahoe_plates",
+                           quick={"proposal": "refined+defensive"}, resumable=True)  # no AIS in a smoke run
 parser.set_defaults(proposal="auto")
 parser.epilog = ("Options not listed here are passed to every tahoe_svae.py run (see its --help), e.g. --workers 0 "
                  "--num-samples 500 --source DIR.")

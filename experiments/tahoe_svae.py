@@ -64,8 +64,8 @@ from pyrovae.metrics import (
 from pyrovae.plots import latent_scatter, save, training_curves
 
 QUICK = {"synthetic_cells": 4000, "synthetic_shards": 4, "vocabulary": 3000, "genes_per_cell": 300, "genes": 200,
-         "hvg_cells": 1000, "held_out": 300, "num_samples": 16, "hidden": [64], "workers": 0}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=10, out="results/tahoe_svae", quick=QUICK)
+         "hvg_cells": 1000, "held_out": 300, "num_samples": 32, "hidden": [64], "workers": 0}
+parser = experiment_parser(__doc__, epochs=10, out="results/tahoe_svae", quick=QUICK, resumable=True)
 parser.add_argument("--source", default=None, help="Tahoe parquet file/folder, or tahoebio/Tahoe-100M (hub)")
 parser.add_argument("--atlas-dir", default=None,
                     help="folder of the generated atlas, shared by runs that name the same one (default: OUT/atlas)")

@@ -29,12 +29,13 @@ from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import latent_scatter, principal_axes, save
 
 QUICK = {"epochs": 200, "num_test_per_group": 100, "num_samples": 100}
-parser = experiment_parser(__doc__.splitlines()[0], epochs=1000, out="results/two_groups", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=1000, out="results/two_groups", quick=QUICK)
 parser.add_argument("--num-per-group", type=positive_int, default=200, help="training points per group")
 parser.add_argument("--num-test-per-group", type=positive_int, default=500, help="held-out points per group")
 parser.add_argument("--noise", type=non_negative_float, default=0.1, help="noise standard deviation of the data")
 parser.add_argument("--data-seed", type=non_negative_int, default=42,
-                    help="seed of the data (the notebook's set.seed(42))")
+                    help="seed of the data (42, as the notebook's set.seed(42); the draws are torch's, not R's, so "
+                         "the data are of the same law but not the notebook's points)")
 parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
 parser.add_argument("--inverse-variance", type=positive_float, default=2.0,
                     help="1/sigma^2 of the likelihood (2: MSE sum)")

@@ -25,17 +25,29 @@ from pyrovae.optional import require
 logger = logging.getLogger(__name__)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The options with their defaults, and the script's description (its docstring) with its paragraphs kept."""
+
+
+_RESUMABLE = {"run": False}  # whether the script parsed last resumes an interrupted run (setup's messages)
+
+
 class ExperimentParser(argparse.ArgumentParser):
     """An argument parser with the options every experiment takes, ``--quick`` among them.
 
     ``--quick`` replaces the settings named in ``quick`` (a dict from option name to value) by tiny ones, so that
     the script runs end to end, evaluation and figures included, in about a minute on two cores; an option given
-    on the command line keeps the given value.
+    on the command line keeps the given value. ``resumable``: whether a rerun of an interrupted run resumes it
+    (``--help`` says which, and so does the message after Ctrl-C).
     """
 
     def __init__(self, description: str, epochs: int, out: str, quick: dict | None = None,
-                 proposal: bool = True) -> None:
-        super().__init__(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                 proposal: bool = True, resumable: bool = False) -> None:
+        epilog = ("Resumable: rerun the same command to go on from where an interrupted run stopped (finished work "
+                  "is kept; other settings are refused: give them another --out)." if resumable else
+                  "Not resumable: an interrupted run starts again when rerun.")
+        super().__init__(description=description.strip(), epilog=epilog, formatter_class=_HelpFormatter)
+        self.resumable = resumable
         self.quick_settings = {"epochs": 1, **(quick or {})}
         self.add_argument("--device", type=_device, default="auto",
                           help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
@@ -59,6 +71,7 @@ class ExperimentParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):  # parse_args calls it too
         parsed, extras = super().parse_known_args(args, namespace)
+        _RESUMABLE["run"] = self.resumable
         if parsed.quick:
             given = self._given(sys.argv[1:] if args is None else list(args))
             for name, value in self.quick_settings.items():
@@ -116,10 +129,11 @@ def _device(text: str) -> str:
 
 
 def experiment_parser(description: str, epochs: int, out: str, quick: dict | None = None,
-                      proposal: bool = True) -> ExperimentParser:
-    """An argument parser with the options every experiment takes (see :class:`ExperimentParser`); ``proposal``:
-    whether it offers ``--proposal`` (only scripts that score log p(x) by one estimator of the user's choice do)."""
-    return ExperimentParser(description, epochs, out, quick, proposal)
+                      proposal: bool = True, resumable: bool = False) -> ExperimentParser:
+    """An argument parser with the options every experiment takes (see :class:`ExperimentParser`); ``description``:
+    the script's docstring, shown whole by ``--help``; ``proposal``: whether it offers ``--proposal`` (only scripts
+    that score log p(x) by one estimator of the user's choice do); ``resumable``: whether a rerun resumes."""
+    return ExperimentParser(description, epochs, out, quick, proposal, resumable)
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -132,15 +146,40 @@ def setup(args: argparse.Namespace) -> torch.device:
     pyro.set_rng_seed(args.seed)
     if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} is not a folder; give the folder that holds the data sets")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda was asked for but no CUDA device is available; use --device cpu")
     _check_writable(Path(args.out))
     _hold(Path(args.out))
     _exit_with_parent()
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    _explain_exits(_RESUMABLE["run"])
     return device
+
+
+def _explain_exits(resumable: bool) -> None:
+    """After Ctrl-C, say whether a rerun resumes, instead of a traceback; a run refused for its settings gets the
+    library's message and what to do from a script, instead of a traceback."""
+    from pyrovae.infer.training.checkpoint import SettingsMismatch
+
+    shown = sys.excepthook
+
+    def explain(kind, value, trace) -> None:
+        script = Path(sys.argv[0]).name
+        if issubclass(kind, KeyboardInterrupt):
+            print(f"\n{script}: interrupted; " + ("rerun the same command to go on from where it stopped (finished "
+                                                  "work is kept)" if resumable else
+                                                  "this script does not resume: a rerun starts again"),
+                  file=sys.stderr, flush=True)
+        elif issubclass(kind, SettingsMismatch):
+            print(f"{script}: {value}\n(from this script: rerun with the settings of the run in --out, or give this "
+                  "one another --out)", file=sys.stderr, flush=True)
+        else:
+            shown(kind, value, trace)
+
+    sys.excepthook = explain
 
 
 _HELD: list = []  # the lock on this process's --out, held until it ends
@@ -206,10 +245,33 @@ def write_metrics(out: str | os.PathLike, metrics: dict, args: argparse.Namespac
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "pyro": pyro.__version__,
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+        "versions": _versions(),
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return atomic_write(Path(out) / "metrics.json", lambda stream: stream.write(json.dumps(_clean(record), indent=2)),
                         binary=False)
+
+
+def _versions() -> dict:
+    """pyrovae's version and, from a git checkout, its commit (``+dirty`` with uncommitted changes); torch's,
+    Pyro's and those of the numerical libraries the script imported."""
+    from pyrovae import __version__
+
+    versions = {"pyrovae": __version__, "torch": torch.__version__, "pyro": pyro.__version__}
+    for name in ("numpy", "scipy", "sklearn", "anndata", "scanpy", "scvi"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        versions["commit"] = commit + ("+dirty" if changed else "")
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git checkout (an installed wheel), or no git
+    return versions
 
 
 PARENT = "PYROVAE_PARENT_FD"  # set by run_jobs: a pipe's read end, whose write end only run_jobs' process holds

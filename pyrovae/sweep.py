@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pyrovae.infer.training.checkpoint import FileLock, atomic_write
+from pyrovae.infer.training.checkpoint import FileLock, SettingsMismatch, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Sweep:
                 differ = sorted(set(found) | set(settings), key=str)
                 differ = [key for key in differ if found.get(key) != settings.get(key)]
                 if differ:
-                    raise ValueError(
+                    raise SettingsMismatch(
                         f"{self.path} holds results of other settings: "
                         + ", ".join(f"{key} {found.get(key)!r} there, {settings.get(key)!r} now" for key in differ)
                         + "; give the sweep another results file (a script: another --out), or delete it to start again"

@@ -131,3 +131,39 @@ def test_a_job_ends_when_its_parent_is_killed(tmp_path, how):
         time.sleep(0.2)
     os.kill(int(pid), signal.SIGKILL)
     pytest.fail("the job outlived its parent")
+
+
+def test_help_shows_the_whole_description_and_whether_a_rerun_resumes():
+    """--help showed the docstring's first line only: its notes on what differs from the notebook were hidden."""
+    from pyrovae.experiment import experiment_parser
+
+    doc = "First line.\n\nDiffers from the notebook: this,\nand that.\n"
+    shown = experiment_parser(doc, epochs=1, out="o", resumable=True).format_help()
+    assert "Differs from the notebook: this,\nand that." in shown and "Resumable: rerun the same command" in shown
+    assert "Not resumable" in experiment_parser(doc, epochs=1, out="o").format_help()
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_ctrl_c_and_a_run_of_other_settings_end_with_a_message_not_a_traceback(tmp_path, resumable):
+    code = ("import sys\nfrom pyrovae.experiment import experiment_parser, setup\n"
+            "from pyrovae.infer.training.checkpoint import SettingsMismatch\n"
+            f"args = experiment_parser('demo', epochs=1, out='o', resumable={resumable}).parse_args(sys.argv[2:])\n"
+            "setup(args)\nraise (KeyboardInterrupt() if sys.argv[1] == 'stop' else SettingsMismatch('held: lr 1'))")
+    for how, expected in (("stop", "rerun the same command to go on" if resumable else "does not resume"),
+                          ("other", "held: lr 1\n(from this script: rerun with the settings of the run in --out, or "
+                                    "give this one another --out)")):
+        done = subprocess.run([sys.executable, "-c", code, how, "--out", str(tmp_path / how), "--device", "cpu"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert done.returncode == 1 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_metrics_record_the_versions_and_the_commit(tmp_path):
+    import json
+
+    import pyrovae
+    from pyrovae.experiment import write_metrics
+
+    versions = json.loads(write_metrics(tmp_path, {"a": 1}).read_text())["versions"]
+    assert versions["pyrovae"] == pyrovae.__version__ and versions["torch"] == torch.__version__
+    if (ROOT / ".git").exists():
+        assert len(versions["commit"].split("+")[0]) == 40

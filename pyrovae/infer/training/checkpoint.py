@@ -181,6 +181,11 @@ class FileLock:
         self.release()
 
 
+class SettingsMismatch(ValueError):
+    """A saved run (a checkpoint, a sweep's results) holds other settings than the run asked for: resuming it would
+    return it as this one."""
+
+
 class CheckpointInUse(RuntimeError):
     """Another live training run holds the checkpoint file."""
 
@@ -312,7 +317,7 @@ class TrainingCheckpoint:
                     where = f" (parameter group {index})" if len(now) > 1 else ""
                     differences.append(f"optimiser {name}={then[name]!r} there, {group[name]!r} here{where}")
         if differences:
-            raise ValueError(
+            raise SettingsMismatch(
                 f"checkpoint {self.path} holds a run with other settings: {'; '.join(differences)}. Resuming would "
                 "continue that run and return it as this one: resume with the same settings, or give this run a "
                 "new checkpoint path (or delete the file) to start afresh"
