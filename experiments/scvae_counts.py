@@ -110,6 +110,9 @@ for model_name in args.models:
         epochs, start_seconds = args.epochs, 0.0
         if model_name == "GMVAE" and args.gmvae_start == "pseudo-labels":
             start_epochs = min(args.start_epochs, epochs - 1)
+            if start_epochs < args.start_epochs:
+                print(f"{name}: --start-epochs {args.start_epochs} cut to {start_epochs}, one fewer than --epochs "
+                      f"{epochs} (the start is part of the run's epochs)", flush=True)
             if start_epochs > 0:
                 started = time.perf_counter()
                 pseudo_label_start(model, guide, train_cells, epochs=start_epochs, batch_size=args.batch_size,
