@@ -156,6 +156,12 @@ def setup(args: argparse.Namespace) -> torch.device:
     _hold(Path(args.out))
     _exit_with_parent()
     _explain_exits(_RESUMABLE["run"])
+    earlier = Path(args.out) / "metrics.json"
+    if not _RESUMABLE["run"] and earlier.exists():
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(earlier.stat().st_mtime))
+        print(f"--out {args.out} holds an earlier run's results (metrics.json of {written}): this run replaces the "
+              "files it writes, and those it does not write (figures of options not taken now) stay",
+              file=sys.stderr, flush=True)
     return device
 
 
