@@ -47,7 +47,9 @@ def score_counts(
         log_prob = torch.where(nonzero, values, zero_log_prob.expand(shape))
         return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
     tracing = torch.jit.is_tracing()  # no branch on a traced shape or count: the trace must hold for other data
-    if not tracing and count_terms is not None:
+    shared = count_terms is not None and not tracing and _shares(x, shape, count_params)
+    if shared:
+        params, count_params = _widened(params, count_params)
         scored = _score_draws(x, zero_log_prob, shape, nonzero_log_prob, params, count_terms, count_params)
         if scored is not None:
             return scored
@@ -56,7 +58,7 @@ def score_counts(
     index = (x != 0).expand(shape).nonzero(as_tuple=True)
     if tracing or index[0].numel():
         gathered = [tensor.expand(shape)[index].double() for tensor in (x, *params)]  # gathers, no full copies
-        if count_terms is not None and not tracing:  # a trace would keep its example's strides
+        if shared:  # (a trace would keep its example's strides)
             gathered += _shared_terms(x, shape, index, count_terms, count_params)
         values = nonzero_log_prob(*gathered).to(log_prob.dtype)
         log_prob = log_prob.index_put_(index, values)
@@ -136,15 +138,32 @@ def _unexpanded(t: torch.Tensor) -> torch.Tensor:
                    for stride, size in zip(t.stride(), t.shape))]
 
 
+def _own_shape(x: torch.Tensor, count_params: tuple) -> torch.Size:
+    """The counts' own shape: ``x`` broadcast with ``count_params``, without the dimensions any was expanded along
+    (a distribution's .expand() broadcasts theta); 0-d is one entry."""
+    return torch.broadcast_shapes(*(_unexpanded(t).shape for t in (x, *count_params))) or torch.Size([1])
+
+
+def _shares(x: torch.Tensor, shape: torch.Size, count_params: tuple) -> bool:
+    """Whether the terms of the counts are computed once per datum and shared by its draws: with four or more
+    draws per datum (fewer pay less than the extra gathers cost)."""
+    return 4 * _own_shape(x, count_params).numel() <= shape.numel()
+
+
+def _widened(params: tuple, count_params: tuple) -> tuple[tuple, tuple]:
+    """``params`` and ``count_params`` with each count parameter cast to float64 once (its unexpanded view) and that
+    one copy in both: the gradients of its two uses (a dispersion's terms with the counts, and with the means, each
+    about x / theta and cancelling) then add up in float64, not after two casts back (float32 lost three digits)."""
+    wide = {id(t): _unexpanded(t).double() for t in count_params}
+    return tuple(wide.get(id(t), t) for t in params), tuple(wide[id(t)] for t in count_params)
+
+
 def _shared_terms(x: torch.Tensor, shape: torch.Size, index: tuple, count_terms: Callable,
                   count_params: tuple) -> list[torch.Tensor]:
     """``count_terms`` at the non-zero entries ``index`` of ``shape``, computed once per entry of the counts' own
-    shape (``x`` broadcast with ``count_params``) and gathered; [] where that saves little (no draws dimension, or
-    fewer than four draws: the dense float64 terms of the counts' shape would cost more than they save)."""
-    x, *count_params = (_unexpanded(t) for t in (x, *count_params))  # a distribution's .expand() broadcasts theta
-    own = torch.broadcast_shapes(x.shape, *(p.shape for p in count_params)) or torch.Size([1])  # 0-d: one entry
-    if 4 * own.numel() > shape.numel():  # fewer than four draws per datum: too few to pay for the extra gathers
-        return []
+    shape (``x`` broadcast with ``count_params``, :func:`_own_shape`) and gathered (where :func:`_shares`)."""
+    own = _own_shape(x, count_params)
+    x, *count_params = (_unexpanded(t) for t in (x, *count_params))
     at = (x != 0).expand(own).nonzero(as_tuple=True)
     terms = count_terms(*(t.expand(own)[at].double() for t in (x, *count_params)))
     return [torch.zeros(own, dtype=t.dtype, device=t.device).index_put_(at, t).expand(shape)[index] for t in terms]

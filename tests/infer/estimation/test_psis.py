@@ -75,6 +75,15 @@ def test_weights_equal_up_to_their_own_rounding_are_not_a_tail():
     assert (psis_khat(rounded) < 0.5).all()  # in their own dtype the resolution is known
 
 
+def test_a_heavy_tail_of_large_float32_log_weights_is_not_read_as_constant():
+    """Pareto weights of shape k = 1 at |log w| = 1e6, computed in float32 (ulp 0.06 there): their tail spreads
+    over about 4 nats, which a margin of 64 ulps (7.6 nats) read as rounding: k-hat -inf and certified."""
+    generator = torch.Generator().manual_seed(0)
+    log_weights = (-1e6 - torch.log(torch.rand(100, 500, generator=generator, dtype=torch.float64))).float()
+    khat = psis_khat(log_weights.double(), resolution=torch.finfo(torch.float32).eps)
+    assert not (khat == -math.inf).any() and (khat > khat_limit(500)).float().mean() > 0.8
+
+
 def test_rows_with_undefined_weights_are_never_read_as_reliable():
     """NaN (an undefined weight), +inf (an infinite one) and all -inf (no weight at all: log p = -inf) get inf,
     never -inf (the 'bounded weights' answer) nor NaN (which 'khat > 0.7' would miss); other rows are unchanged."""
