@@ -72,7 +72,7 @@ def _bad_concentration(concentration: torch.Tensor, arg_constraints: dict, name:
                 "distribution on the sphere: use HypersphericalUniform(m) for it (PowerSpherical takes 0), and a "
                 "floor for a learnt one (softplus(x) + 1e-3)")
     kind = "positive" if constraint is constraints.positive else "non-negative"
-    return (f"{name}: the concentration must be {kind}, got {value!r}"
+    return (f"{name}: the concentration must be {kind}, got {value:.7g}"
             f"{where}; a learnt one is usually softplus(x) (+ a floor)")
 
 

@@ -178,6 +178,28 @@ def test_a_concentration_outside_its_constraint_is_named_with_the_fix():
                                          r"HypersphericalUniform\(m\)"):
         VonMisesFisher(unit(3), torch.tensor(0.0, dtype=torch.float64))
     for family, kind in ((VonMisesFisher, "positive"), (PowerSpherical, "non-negative")):
-        with pytest.raises(ValueError, match=rf"must be {kind}, got -2.0 at index \(1,\); .*softplus"):
+        with pytest.raises(ValueError, match=rf"must be {kind}, got -2 at index \(1,\); .*softplus"):
             family(unit(3).expand(2, 3), torch.tensor([1.0, -2.0], dtype=torch.float64))
     assert PowerSpherical(unit(3), torch.tensor(0.0, dtype=torch.float64)).concentration.item() == 0.0
+
+
+def test_power_spherical_gradients_at_the_mode_and_under_torch_func():
+    """log_prob at z = loc had NaN gradients in loc and z (the branch not taken, 0 * kappa / 0); the entropy's own
+    backward must serve forward mode and torch.func too."""
+    loc = unit(5).requires_grad_()
+    for kappa, points in ((3.0, (unit(5),)), (0.0, (unit(5), -unit(5)))):
+        for z in points:
+            z = z.clone().requires_grad_()
+            value = PowerSpherical(loc, torch.tensor(kappa, dtype=torch.float64)).log_prob(z)
+            assert all(torch.isfinite(g).all() for g in torch.autograd.grad(value, (loc, z))), (kappa, z)
+    kappa = torch.tensor([0.0, 0.5, 3.0, 1e4], dtype=torch.float64)
+    direction = unit(5)
+
+    def entropy(k):
+        return PowerSpherical(direction.expand(*k.shape, 5), k, validate_args=False).entropy()
+
+    leaf = kappa.clone().requires_grad_()
+    (slope,) = torch.autograd.grad(entropy(leaf).sum(), leaf)
+    torch.testing.assert_close(torch.func.grad(lambda k: entropy(k).sum())(kappa), slope)
+    torch.testing.assert_close(torch.func.jacfwd(entropy)(kappa).diagonal(), slope)
+    torch.testing.assert_close(torch.func.vmap(entropy)(kappa.unsqueeze(-1)).squeeze(-1), entropy(kappa))
