@@ -155,7 +155,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     _check_writable(Path(args.out))
     _hold(Path(args.out))
     _exit_with_parent()
-    _explain_exits(_RESUMABLE["run"])
+    _explain_exits()
     earlier = Path(args.out) / "metrics.json"
     if not _RESUMABLE["run"] and earlier.exists():
         written = time.strftime("%Y-%m-%d %H:%M", time.localtime(earlier.stat().st_mtime))
@@ -165,26 +165,32 @@ def setup(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def _explain_exits(resumable: bool) -> None:
-    """After Ctrl-C, say whether a rerun resumes, instead of a traceback; a run refused for its settings gets the
-    library's message and what to do from a script, instead of a traceback."""
+def _explain_exits() -> None:
+    """Once per process: after Ctrl-C, say whether a rerun resumes (:data:`_RESUMABLE`, of the script's parser),
+    instead of a traceback; a run refused for its settings gets what differs and what to do from a script."""
     from pyrovae.infer.training.checkpoint import SettingsMismatch
 
+    if getattr(sys.excepthook, "pyrovae", False):
+        return
     shown = sys.excepthook
 
     def explain(kind, value, trace) -> None:
-        script = Path(sys.argv[0]).name
+        script = Path(sys.argv[0]).name or "python"
         if issubclass(kind, KeyboardInterrupt):
             print(f"\n{script}: interrupted; " + ("rerun the same command to go on from where it stopped (finished "
-                                                  "work is kept)" if resumable else
+                                                  "work is kept)" if _RESUMABLE["run"] else
                                                   "this script does not resume: a rerun starts again"),
                   file=sys.stderr, flush=True)
-        elif issubclass(kind, SettingsMismatch):
-            print(f"{script}: {value}\n(from this script: rerun with the settings of the run in --out, or give this "
-                  "one another --out)", file=sys.stderr, flush=True)
+        elif issubclass(kind, SettingsMismatch) and value.differences:
+            files = " and ".join(value.files)
+            print(f"{script}: the run in --out was made with other settings ({value.differences}): rerun with its "
+                  f"settings to resume it, or give this run another --out" + (f" (or delete {files} to start it "
+                                                                               "again there)" if files else ""),
+                  file=sys.stderr, flush=True)
         else:
             shown(kind, value, trace)
 
+    explain.pyrovae = True
     sys.excepthook = explain
 
 
@@ -268,13 +274,16 @@ def _versions() -> dict:
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "__version__"):
             versions[name] = module.__version__
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        versions["commit"] = commit + ("+dirty" if changed else "")
+    checkout = Path(__file__).resolve().parents[1]  # pyrovae's own checkout, if this is one
+
+    def git(*arguments) -> str:
+        return subprocess.run(["git", "-C", str(checkout), *arguments], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:  # only pyrovae's own repository: an installed copy inside another project's repository has none
+        if Path(git("rev-parse", "--show-toplevel")).resolve() == checkout:
+            changed = git("status", "--porcelain", "--untracked-files=no")
+            versions["commit"] = git("rev-parse", "HEAD") + ("+dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):
         pass  # not a git checkout (an installed wheel), or no git
     return versions

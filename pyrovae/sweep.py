@@ -64,16 +64,17 @@ class Sweep:
         """Record ``settings`` beside the results, or refuse results of other settings."""
         path = self.path.with_name(self.path.name + ".settings.json")
         with self._lock:
-            if path.exists():
+            if path.exists() and self.path.exists():  # settings without results (deleted) bind nothing
                 found = json.loads(path.read_text())
                 differ = sorted(set(found) | set(settings), key=str)
                 differ = [key for key in differ if found.get(key) != settings.get(key)]
                 if differ:
+                    differences = ", ".join(f"{key} {found.get(key)!r} there, {settings.get(key)!r} now"
+                                            for key in differ)
                     raise SettingsMismatch(
-                        f"{self.path} holds results of other settings: "
-                        + ", ".join(f"{key} {found.get(key)!r} there, {settings.get(key)!r} now" for key in differ)
-                        + "; give the sweep another results file (a script: another --out), or delete it to start again"
-                    )
+                        f"{self.path} holds results of other settings: {differences}; give the sweep another "
+                        f"results file (a script: another --out), or delete it (and {path.name}) to start again",
+                        differences, (self.path, path))
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda stream: json.dump(settings, stream, indent=1), binary=False)

@@ -148,10 +148,12 @@ def test_ctrl_c_and_a_run_of_other_settings_end_with_a_message_not_a_traceback(t
     code = ("import sys\nfrom pyrovae.experiment import experiment_parser, setup\n"
             "from pyrovae.infer.training.checkpoint import SettingsMismatch\n"
             f"args = experiment_parser('demo', epochs=1, out='o', resumable={resumable}).parse_args(sys.argv[2:])\n"
-            "setup(args)\nraise (KeyboardInterrupt() if sys.argv[1] == 'stop' else SettingsMismatch('held: lr 1'))")
+            "setup(args)\nraise (KeyboardInterrupt() if sys.argv[1] == 'stop' else\n"
+            "       SettingsMismatch('the library says', 'lr 1 there, 2 here', ('OUT/ck.pt',)))")
     for how, expected in (("stop", "rerun the same command to go on" if resumable else "does not resume"),
-                          ("other", "held: lr 1\n(from this script: rerun with the settings of the run in --out, or "
-                                    "give this one another --out)")):
+                          ("other", "the run in --out was made with other settings (lr 1 there, 2 here): rerun with "
+                                    "its settings to resume it, or give this run another --out (or delete OUT/ck.pt "
+                                    "to start it again there)")):
         done = subprocess.run([sys.executable, "-c", code, how, "--out", str(tmp_path / how), "--device", "cpu"],
                               capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert done.returncode == 1 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr

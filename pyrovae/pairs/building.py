@@ -66,8 +66,8 @@ def make_pair(
     :param hidden: widths from the data side, shared by the encoder and (mirrored) the decoder.
     :param likelihood: a likelihood name or instance.
     :param input_transform: what the encoder reads: ``"log1p"`` log(1 + x), None x itself; by default (``"auto"``)
-        ``"log1p"`` for a count likelihood (raw counts, whose scale spans orders of magnitude, train an MLP encoder
-        poorly) and None otherwise.
+        ``"log1p"`` for a count likelihood with the MLP encoder (raw counts, whose scale spans orders of magnitude,
+        train an MLP encoder poorly), None otherwise: a custom ``encoder`` reads the data as given.
     :param dict likelihood_options: keyword arguments of the named likelihood (``{"dispersion": "gene-batch"}``).
     :param float classification_weight: for ``"gmvae"``, the weight of log q(y | x) on labelled data (the
         guide's default when None).
@@ -110,7 +110,7 @@ def make_pair(
             guide_options["feature_batch_norm"] = feature_batch_norm
         model = GMVAE(x_dim, z_dim, num_components, hidden, likelihood, activation, decoder, **model_options)
         latent_library = _latent_library(model, latent_library)
-        input_transform = guide_options["input_transform"] = _input_transform(model, input_transform)
+        input_transform = guide_options["input_transform"] = _input_transform(model, input_transform, encoder)
         guide = GMVAEGuide(x_dim, z_dim, hidden, activation, num_components=num_components, encoder=encoder,
                            latent_library=latent_library, **guide_options)
     else:
@@ -123,7 +123,7 @@ def make_pair(
                        "svae-power": PowerSphericalGuide}[kind]
         model = model_class(x_dim, z_dim, hidden, likelihood, activation, decoder, **model_options)
         latent_library = _latent_library(model, latent_library)
-        input_transform = guide_options["input_transform"] = _input_transform(model, input_transform)
+        input_transform = guide_options["input_transform"] = _input_transform(model, input_transform, encoder)
         guide = guide_class(x_dim, z_dim, hidden, activation, encoder, latent_library=latent_library,
                             **guide_options)
     arguments = dict(
@@ -141,11 +141,12 @@ def make_pair(
     return model, guide
 
 
-def _input_transform(model, asked: str | None) -> str | None:
-    """What the encoder reads: ``asked``, or by default log1p for a count likelihood and x itself otherwise."""
+def _input_transform(model, asked: str | None, encoder) -> str | None:
+    """What the encoder reads: ``asked``, or by default log1p for a count likelihood with the MLP encoder, and x
+    itself otherwise (a custom encoder's input is the user's)."""
     if asked != "auto":
         return asked
-    return "log1p" if isinstance(model.likelihood, CountLikelihood) else None
+    return "log1p" if isinstance(model.likelihood, CountLikelihood) and encoder is None else None
 
 
 def _latent_library(model, asked: bool | None) -> bool:

@@ -77,6 +77,8 @@ def test_count_pairs_encode_log1p_by_default_and_saved_pairs_keep_their_transfor
     for likelihood, expected in (("nb", "log1p"), (NegativeBinomialLikelihood(), "log1p"), ("bernoulli", None)):
         model, guide = make_pair("vae", X_DIM, LATENT, (8,), likelihood)
         assert guide.encoder_options.input_transform == guide.pair_arguments["input_transform"] == expected
+    _, guide = make_pair("vae", X_DIM, LATENT, (8,), "nb", encoder=torch.nn.Linear(X_DIM, 2 * LATENT))
+    assert guide.encoder_options.input_transform is None  # a custom encoder reads the data as given
     model, guide = make_pair("vae", X_DIM, LATENT, (8,), "zinb", input_transform=None)
     save_pair(tmp_path, model, guide)
     _, loaded, _ = load_pair(tmp_path)

@@ -14,6 +14,7 @@
 from pyrovae.infer.training.checkpoint import (
     CheckpointInUse,
     FileLock,
+    SettingsMismatch,
     TrainingCheckpoint,
     atomic_write,
     load_checkpoint,
@@ -37,6 +38,7 @@ __all__ = [
     "KLSchedule",
     "ObjectiveScale",
     "SVIStep",
+    "SettingsMismatch",
     "TrainingCheckpoint",
     "TrainingDiverged",
     "atomic_write",

@@ -183,7 +183,12 @@ class FileLock:
 
 class SettingsMismatch(ValueError):
     """A saved run (a checkpoint, a sweep's results) holds other settings than the run asked for: resuming it would
-    return it as this one."""
+    return it as this one. ``differences`` says which, ``files`` what to delete to start again in the same place
+    (an experiment script words its own advice from them)."""
+
+    def __init__(self, message: str, differences: str = "", files: tuple = ()) -> None:
+        super().__init__(message)
+        self.differences, self.files = differences, tuple(str(f) for f in files)
 
 
 class CheckpointInUse(RuntimeError):
@@ -320,8 +325,7 @@ class TrainingCheckpoint:
             raise SettingsMismatch(
                 f"checkpoint {self.path} holds a run with other settings: {'; '.join(differences)}. Resuming would "
                 "continue that run and return it as this one: resume with the same settings, or give this run a "
-                "new checkpoint path (or delete the file) to start afresh"
-            )
+                "new checkpoint path (or delete the file) to start afresh", "; ".join(differences), (self.path,))
 
     def restore(self, device, stopping, rank: int = 0):
         """Load the file into the modules, optimiser, batches, generators and ``stopping``; return
@@ -338,12 +342,15 @@ class TrainingCheckpoint:
             if architecture is not None and architecture != repr(module):
                 mismatch = next((f"{a.strip()} (saved) against {b.strip()} (now)" for a, b in
                                  zip(architecture.splitlines(), repr(module).splitlines()) if a != b), "")
-                raise ValueError(f"checkpoint {self.path} holds a {name} of another architecture: {mismatch}; "
-                                 "delete the checkpoint to start afresh, or build the same model")
+                raise SettingsMismatch(f"checkpoint {self.path} holds a {name} of another architecture: {mismatch}; "
+                                       "delete the checkpoint to start afresh, or build the same model",
+                                       f"the {name}'s architecture: {mismatch}", (self.path,))
         saved_optimizer = saved.get("optimizer_class", type(self.optimizer).__name__)
         if saved_optimizer != type(self.optimizer).__name__:
-            raise ValueError(f"checkpoint {self.path} was trained with {saved_optimizer}, not "
-                             f"{type(self.optimizer).__name__}; resume with the same optimiser, or delete it")
+            raise SettingsMismatch(f"checkpoint {self.path} was trained with {saved_optimizer}, not "
+                                   f"{type(self.optimizer).__name__}; resume with the same optimiser, or delete it",
+                                   f"the optimiser {saved_optimizer} there, {type(self.optimizer).__name__} here",
+                                   (self.path,))
         self._check_settings(saved)
         kept = {name: {key: value.clone() for key, value in module.state_dict().items()}
                 for name, module in self.modules.items()}
@@ -353,9 +360,9 @@ class TrainingCheckpoint:
             except RuntimeError as error:  # a module of other sizes: put back what was loaded before it
                 for other, loaded in self.modules.items():
                     loaded.load_state_dict(kept[other])
-                raise ValueError(
-                    f"checkpoint {self.path} holds a different {name} ({error}); delete it or fix the sizes"
-                ) from error
+                raise SettingsMismatch(
+                    f"checkpoint {self.path} holds a different {name} ({error}); delete it or fix the sizes",
+                    f"the {name}'s sizes", (self.path,)) from error
         with torch.no_grad():
             for name, value in saved.get("pyro_params", {}).items():
                 self.store_params[name].copy_(value)
