@@ -156,3 +156,11 @@ def test_float32_dispersion_gradients_under_many_draws_keep_float32_precision():
 
     reference = gradient(torch.float64)
     torch.testing.assert_close(gradient(torch.float32), reference, rtol=5e-7, atol=0)
+
+
+def test_the_mode_reaches_the_poissons():
+    """torch's formula, (theta - 1) exp(logits), was inf * 0 = NaN at theta = infinity."""
+    mean = torch.tensor([3.5, 3.5, 3.5, 0.4, 7.0], dtype=torch.float64)
+    theta = torch.tensor([INF, 1e12, 2.0, 5.0, 0.5], dtype=torch.float64)
+    assert NegativeBinomial(mean, theta).mode.tolist() == [3.0, 3.0, 1.0, 0.0, 0.0]
+    assert torch.equal(NegativeBinomial(mean[:2], theta[:2]).mode, torch.distributions.Poisson(mean[:2]).mode)

@@ -25,7 +25,7 @@ Three stages, the last run only on the data the one before left uncertified:
    stage 2.
 
 The refined stage certifies a datum when its weights do (k-hat at most
-:func:`~pyrovae.infer.estimation.psis.khat_limit` of its draws, 0.7 from 2,154 draws and 0.63 at 500, and an
+:func:`~pyrovae.infer.estimation.psis.khat_limit` of its draws, 0.7 from 2,155 draws and 0.63 at 500, and an
 effective sample size of at least 10: :attr:`LogLikelihood.certified`) **and** a check that k-hat cannot make
 agrees: ``num_samples // 4`` draws from the stage's proposal mixed half and half with a copy three times wider must
 not find more mass, that is the check's estimate may not exceed the stage's by more than three combined Monte Carlo

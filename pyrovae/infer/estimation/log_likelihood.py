@@ -99,12 +99,13 @@ def estimate_batch(model: Callable, draw_from: Callable, args: tuple, num_sample
     log_weights = torch.cat(chunks).double()  # (S, B); float64 for the logsumexp over many samples
     nan_rows = log_weights.isnan().any(0).cpu()
     undefined = int(log_weights.isnan().sum())
+    elbo = log_weights.nanmean(0)  # over the draws whose weight is defined (their rows are flagged: k-hat inf)
     log_weights = log_weights.nan_to_num(nan=-math.inf)
     normalised = log_weights - log_weights.max(0).values
     ess = normalised.logsumexp(0).mul(2).sub(normalised.mul(2).logsumexp(0)).exp().nan_to_num(0.0)
     khat = psis_khat(log_weights.T, resolution=torch.finfo(chunks[0].dtype).eps).cpu()
     khat = torch.where(nan_rows | same_point, torch.full_like(khat, math.inf), khat)
-    return BatchEstimate((torch.logsumexp(log_weights, 0) - math.log(num_samples)).cpu(), log_weights.mean(0).cpu(),
+    return BatchEstimate((torch.logsumexp(log_weights, 0) - math.log(num_samples)).cpu(), elbo.cpu(),
                          ess.cpu(), khat, undefined, int(same_point.sum()))
 
 

@@ -5,7 +5,7 @@ generalised Pareto distribution to the largest M = ceil(min(S / 5, 3 sqrt(S))) i
 in excess of the (M+1)-th largest, with the empirical-Bayes estimator of Zhang & Stephens (2009,
 Technometrics) and the weakly informative prior of Vehtari et al. on the shape. The weights have a finite
 variance for k < 0.5; Vehtari et al. call an estimate of S draws reliable up to min(1 - 1 / log10 S, 0.7)
-(:func:`khat_limit`: 0.5 at S = 100, 0.63 at 500, 0.7 from 2,154 draws), beyond which S is too small for any
+(:func:`khat_limit`: 0.5 at S = 100, 0.63 at 500, 0.7 from 2,155 draws), beyond which S is too small for any
 estimate. Vectorised over rows in torch, so it runs on the device where the weights are; the test suite
 checks it against ``arviz.psislw``.
 """
@@ -29,7 +29,7 @@ def psis_tail_length(num_samples: int) -> int:
 
 def khat_limit(num_samples):
     """The largest k-hat at which an importance-sampling estimate of ``num_samples`` draws is called reliable,
-    min(1 - 1 / log10 S, 0.7) (Vehtari et al. 2024, section 3): 0.5 at S = 100, 0.63 at 500, 0.7 from 2,154.
+    min(1 - 1 / log10 S, 0.7) (Vehtari et al. 2024, section 3): 0.5 at S = 100, 0.63 at 500, 0.7 from 2,155.
     A number for a number, a tensor for a tensor of draws per datum."""
     if isinstance(num_samples, torch.Tensor):
         draws = num_samples.double()

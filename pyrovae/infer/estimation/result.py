@@ -140,7 +140,7 @@ class LogLikelihood:
     @property
     def certified(self) -> torch.Tensor:
         """(N,) bool: the estimates that can be trusted, by this rule: k-hat at most :attr:`khat_limits` (0.63 at
-        500 draws, 0.7 from 2,154: Vehtari et al. 2024's limit for S draws; below 0.5 the weights' variance is
+        500 draws, 0.7 from 2,155: Vehtari et al. 2024's limit for S draws; below 0.5 the weights' variance is
         finite, between 0.5 and the limit the estimate still converges, more slowly: see :attr:`mc_stderr`), an
         effective sample size of at least
         :data:`CERTIFIED_MIN_ESS`, and one posterior mode found where the refined proposals searched for modes. An

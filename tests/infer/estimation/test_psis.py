@@ -139,3 +139,23 @@ def test_the_monte_carlo_error_is_honest_below_k_one_half_and_understated_above(
         error = (result.per_datum - math.log(a / (a - 1))).abs()
         shares[k] = float((error > 2 * result.mc_stderr)[result.certified].double().mean())
     assert 0.03 < shares[0.3] < 0.075 and shares[0.55] > 0.12
+
+
+def test_an_undefined_weight_flags_its_datum_and_leaves_the_elbo_of_the_rest(monkeypatch):
+    """A NaN log-weight counts as no weight in log p(x) and flags its datum (k-hat inf); the ELBO, the mean log
+    weight, was -inf for that datum and so for the whole set: it is now the mean over the defined draws."""
+    import importlib
+    from types import SimpleNamespace
+
+    module = importlib.import_module("pyrovae.infer.estimation.log_likelihood")
+
+    log_weights = torch.randn(200, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    log_weights[7, 1] = math.nan
+    monkeypatch.setattr(module, "importance_draws", lambda *args: SimpleNamespace(
+        log_weights=log_weights, collapsed=torch.zeros(3, dtype=torch.bool)))
+    estimate = module.estimate_batch(None, None, (torch.zeros(3, 1),), 200, 200, 1)
+    assert estimate.khat[1] == math.inf and estimate.undefined == 1
+    keep = torch.arange(200) != 7
+    torch.testing.assert_close(estimate.mean_log_weight, torch.stack(
+        [log_weights[:, 0].mean(), log_weights[keep, 1].mean(), log_weights[:, 2].mean()]))
+    assert estimate.per_datum[1] == torch.logsumexp(log_weights[keep, 1], 0) - math.log(200)
