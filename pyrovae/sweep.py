@@ -64,7 +64,7 @@ class Sweep:
         """Record ``settings`` beside the results, or refuse results of other settings."""
         path = self.path.with_name(self.path.name + ".settings.json")
         with self._lock:
-            if path.exists() and self.path.exists():  # settings without results (deleted) bind nothing
+            if path.exists():  # (before any result too: another job of the sweep may be on its first run)
                 found = json.loads(path.read_text())
                 differ = sorted(set(found) | set(settings), key=str)
                 differ = [key for key in differ if found.get(key) != settings.get(key)]

@@ -99,9 +99,9 @@ class PowerSpherical(SphericalDistribution):
         away = (loc * value64).sum(-1) < 0
         near = 0.25 * (loc - value64 * torch.where(away, -1.0, 1.0).unsqueeze(-1)).square().sum(-1)
         kappa = self._wide_concentration()
-        # each branch finite where the other is taken, and kappa = 0 uniform at the antipode too (a masked
-        # 0 * kappa / 0 would reach loc's and z's gradients)
-        antipodal = torch.where(away & (kappa != 0), near, 1.0)
+        # each branch finite where the other is taken, and kappa = 0 uniform at the antipode itself (a masked
+        # 0 * kappa / 0 would reach loc's and z's gradients); elsewhere kappa's gradient is log((1 + t) / 2)
+        antipodal = torch.where(away & ((kappa != 0) | (near != 0)), near, 1.0)
         scaled_log = torch.where(away, torch.xlogy(kappa, antipodal), kappa * torch.log1p(-near))
         log_density = self._log_prob_at_loc(kappa) + scaled_log
         return log_density.to(torch.promote_types(self.concentration.dtype, value.dtype))

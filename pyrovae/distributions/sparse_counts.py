@@ -58,7 +58,7 @@ def score_counts(
     index = (x != 0).expand(shape).nonzero(as_tuple=True)
     if tracing or index[0].numel():
         gathered = [tensor.expand(shape)[index].double() for tensor in (x, *params)]  # gathers, no full copies
-        if shared:  # (a trace would keep its example's strides)
+        if shared:
             gathered += _shared_terms(x, shape, index, count_terms, count_params)
         values = nonzero_log_prob(*gathered).to(log_prob.dtype)
         log_prob = log_prob.index_put_(index, values)

@@ -11,6 +11,7 @@ import torch
 from pyrovae.distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher, kl_to_uniform
 from pyrovae.distributions.sphere import log_sphere_area
 from pyrovae.distributions.von_mises_fisher import cosine_gradient
+from pyrovae.ops.gamma import digamma_difference
 from tests.distributions.test_spherical import unit
 
 
@@ -192,6 +193,15 @@ def test_power_spherical_gradients_at_the_mode_and_under_torch_func():
             z = z.clone().requires_grad_()
             value = PowerSpherical(loc, torch.tensor(kappa, dtype=torch.float64)).log_prob(z)
             assert all(torch.isfinite(g).all() for g in torch.autograd.grad(value, (loc, z))), (kappa, z)
+    for kappa in (0.0, 2.0):  # d log p / d kappa = psi(a + b) - psi(a) + log((1 + t) / 2), on both hemispheres
+        concentration = torch.tensor(kappa, dtype=torch.float64, requires_grad=True)
+        t = torch.tensor([0.5, -0.5, -0.999], dtype=torch.float64)
+        axes = torch.eye(5, dtype=torch.float64)
+        points = t.unsqueeze(-1) * axes[0] + (1 - t.square()).sqrt().unsqueeze(-1) * axes[1]
+        value = PowerSpherical(axes[0], concentration).log_prob(points)
+        slope = torch.stack([torch.autograd.grad(v, concentration, retain_graph=True)[0] for v in value])
+        psi = digamma_difference(torch.tensor(kappa + 2.0, dtype=torch.float64), 2.0)
+        torch.testing.assert_close(slope, psi + torch.log((1 + t) / 2))
     kappa = torch.tensor([0.0, 0.5, 3.0, 1e4], dtype=torch.float64)
     direction = unit(5)
 

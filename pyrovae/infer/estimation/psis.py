@@ -20,6 +20,7 @@ import torch
 _PRIOR_SCALE = 3.0
 _PRIOR_SHAPE_DRAWS = 10.0
 _LOG_TINY = math.log(torch.finfo(torch.float64).tiny)
+_COARSEST_CONSTANT = 0.05  # nats: the widest rounding within which a tail may be read as constant weights
 
 
 def psis_tail_length(num_samples: int) -> int:
@@ -73,7 +74,8 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: flo
     with it are left out, and a row with 4 or fewer tail draws gets ``inf`` (too few to judge; always so for
     S < 21). One deliberate difference: rows whose tail weights are all equal up to the rounding of the
     log-weights (a guide equal to the posterior gives constant weights) have bounded weights and get ``-inf``,
-    where arviz says ``inf``.
+    where arviz says ``inf``; where that rounding is itself coarser than 0.05 nats (float32 log-weights beyond
+    about 5e4 in size), such a row gets ``inf``: weights that far apart are not known to be constant.
 
     A row is never read as reliable when its weights are undefined: a row with a NaN log-weight (the weight is
     undefined), a ``+inf`` one (an infinite weight), or only ``-inf`` ones (no weight at all: the estimate is
@@ -101,6 +103,9 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: flo
         # spread over about 4 nats, as constant weights and certified it
         rounding = 8 * eps * top[:, -1].abs().clamp_min(1.0)
         degenerate = ~((top[:, -1] - top[:, 0]) > rounding)  # NaN spreads (all -inf) count as degenerate
+        # where that rounding is itself more than 0.05 nats (|log w| > 5e4 in float32), weights within it are not
+        # known to be constant: too coarse to judge
+        coarse = degenerate & (rounding > _COARSEST_CONSTANT) & top[:, -1].isfinite()
         top = top - top[:, -1:]  # scale by the largest weight for stability
         # as arviz: the cutoff is at least log(tiny) below the largest weight (float64), the tail is what exceeds it
         cutoff = top[:, :1].clamp_min(_LOG_TINY)
@@ -111,5 +116,6 @@ def psis_khat(log_weights: torch.Tensor, chunk_size: int = 4096, resolution: flo
         khat = _gpd_fit(safe)
         khat = torch.where(few, torch.full_like(khat, math.inf), khat)
         khat = torch.where(degenerate, torch.full_like(khat, -math.inf), khat)
+        khat = torch.where(coarse, torch.full_like(khat, math.inf), khat)
         out.append(torch.where(undefined.to(khat.device), torch.full_like(khat, math.inf), khat))
     return torch.cat(out).to(flat.dtype).reshape(batch_shape)

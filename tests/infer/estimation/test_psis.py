@@ -77,11 +77,14 @@ def test_weights_equal_up_to_their_own_rounding_are_not_a_tail():
 
 def test_a_heavy_tail_of_large_float32_log_weights_is_not_read_as_constant():
     """Pareto weights of shape k = 1 at |log w| = 1e6, computed in float32 (ulp 0.06 there): their tail spreads
-    over about 4 nats, which a margin of 64 ulps (7.6 nats) read as rounding: k-hat -inf and certified."""
+    over about 4 nats, which a margin of 64 ulps (7.6 nats) read as rounding: k-hat -inf and certified. At 1e7 even
+    8 ulps are wider than the tail: too coarse to judge, inf."""
     generator = torch.Generator().manual_seed(0)
     log_weights = (-1e6 - torch.log(torch.rand(100, 500, generator=generator, dtype=torch.float64))).float()
     khat = psis_khat(log_weights.double(), resolution=torch.finfo(torch.float32).eps)
     assert not (khat == -math.inf).any() and (khat > khat_limit(500)).float().mean() > 0.8
+    coarser = (log_weights.double() - 9e6).float()  # |log w| = 1e7: 8 ulps are 9.5 nats, wider than the tail
+    assert (psis_khat(coarser.double(), resolution=torch.finfo(torch.float32).eps) == math.inf).all()
 
 
 def test_rows_with_undefined_weights_are_never_read_as_reliable():
