@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import math
@@ -159,9 +160,9 @@ def setup(args: argparse.Namespace) -> torch.device:
     earlier = Path(args.out) / "metrics.json"
     if not _RESUMABLE["run"] and earlier.exists():
         written = time.strftime("%Y-%m-%d %H:%M", time.localtime(earlier.stat().st_mtime))
-        print(f"--out {args.out} holds an earlier run's results (metrics.json of {written}): this run replaces the "
-              "files it writes, and those it does not write (figures of options not taken now) stay",
-              file=sys.stderr, flush=True)
+        logger.warning("--out %s holds an earlier run's results (metrics.json of %s): this run replaces the files it "
+                       "writes, and those it does not write (figures of options not taken now) stay", args.out,
+                       written)
     return device
 
 
@@ -174,21 +175,20 @@ def _explain_exits() -> None:
         return
     shown = sys.excepthook
 
-    def explain(kind, value, trace) -> None:
+    def explain(kind, value, trace) -> None:  # an excepthook writes to stderr, as Python's own does
         script = Path(sys.argv[0]).name or "python"
         if issubclass(kind, KeyboardInterrupt):
-            print(f"\n{script}: interrupted; " + ("rerun the same command to go on from where it stopped (finished "
-                                                  "work is kept)" if _RESUMABLE["run"] else
-                                                  "this script does not resume: a rerun starts again"),
-                  file=sys.stderr, flush=True)
+            sys.stderr.write(f"\n{script}: interrupted; " + (
+                "rerun the same command to go on from where it stopped (finished work is kept)\n" if _RESUMABLE["run"]
+                else "this script does not resume: a rerun starts again\n"))
         elif issubclass(kind, SettingsMismatch) and value.differences:
             files = " and ".join(value.files)
-            print(f"{script}: the run in --out was made with other settings ({value.differences}): rerun with its "
-                  f"settings to resume it, or give this run another --out" + (f" (or delete {files} to start it "
-                                                                               "again there)" if files else ""),
-                  file=sys.stderr, flush=True)
+            sys.stderr.write(f"{script}: the run in --out was made with other settings ({value.differences}): rerun "
+                             "with its settings to resume it, or give this run another --out"
+                             + (f" (or delete {files} to start it again there)" if files else "") + "\n")
         else:
             shown(kind, value, trace)
+        sys.stderr.flush()
 
     explain.pyrovae = True
     sys.excepthook = explain
@@ -270,10 +270,13 @@ def _versions() -> dict:
     from pyrovae import __version__
 
     versions = {"pyrovae": __version__, "torch": torch.__version__, "pyro": pyro.__version__}
-    for name in ("numpy", "scipy", "sklearn", "anndata", "scanpy", "scvi"):
-        module = sys.modules.get(name)
-        if module is not None and hasattr(module, "__version__"):
-            versions[name] = module.__version__
+    for module, distribution in (("numpy", "numpy"), ("scipy", "scipy"), ("sklearn", "scikit-learn"),
+                                 ("anndata", "anndata"), ("scanpy", "scanpy"), ("scvi", "scvi-tools")):
+        if module in sys.modules:  # imported by the script
+            try:
+                versions[module] = importlib.metadata.version(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                pass
     checkout = Path(__file__).resolve().parents[1]  # pyrovae's own checkout, if this is one
 
     def git(*arguments) -> str:

@@ -156,7 +156,9 @@ def test_ctrl_c_and_a_run_of_other_settings_end_with_a_message_not_a_traceback(t
                                     "to start it again there)")):
         done = subprocess.run([sys.executable, "-c", code, how, "--out", str(tmp_path / how), "--device", "cpu"],
                               capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert done.returncode == 1 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+        # after Ctrl-C Python ends by SIGINT (-2), or with 1 where SIGINT is ignored (a background shell)
+        assert done.returncode in ((1, -2) if how == "stop" else (1,)), done.returncode
+        assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_metrics_record_the_versions_and_the_commit(tmp_path):
