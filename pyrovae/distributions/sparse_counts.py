@@ -47,7 +47,10 @@ def score_counts(
         log_prob = torch.where(nonzero, values, zero_log_prob.expand(shape))
         return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
     tracing = torch.jit.is_tracing()  # no branch on a traced shape or count: the trace must hold for other data
-    shared = count_terms is not None and not tracing and _shares(x, shape, count_params)
+    own = _own_shape(x, count_params) if count_terms is not None and not tracing else None
+    # the terms of the counts computed once per datum and shared by its draws: with four or more draws per datum
+    # (fewer pay less than the extra gathers cost)
+    shared = own is not None and 4 * own.numel() <= shape.numel()
     if shared:
         params, count_params = _widened(params, count_params)
         scored = _score_draws(x, zero_log_prob, shape, nonzero_log_prob, params, count_terms, count_params)
@@ -59,7 +62,7 @@ def score_counts(
     if tracing or index[0].numel():
         gathered = [tensor.expand(shape)[index].double() for tensor in (x, *params)]  # gathers, no full copies
         if shared:
-            gathered += _shared_terms(x, shape, index, count_terms, count_params)
+            gathered += _shared_terms(x, own, shape, index, count_terms, count_params)
         values = nonzero_log_prob(*gathered).to(log_prob.dtype)
         log_prob = log_prob.index_put_(index, values)
     return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
@@ -144,12 +147,6 @@ def _own_shape(x: torch.Tensor, count_params: tuple) -> torch.Size:
     return torch.broadcast_shapes(*(_unexpanded(t).shape for t in (x, *count_params))) or torch.Size([1])
 
 
-def _shares(x: torch.Tensor, shape: torch.Size, count_params: tuple) -> bool:
-    """Whether the terms of the counts are computed once per datum and shared by its draws: with four or more
-    draws per datum (fewer pay less than the extra gathers cost)."""
-    return 4 * _own_shape(x, count_params).numel() <= shape.numel()
-
-
 def _widened(params: tuple, count_params: tuple) -> tuple[tuple, tuple]:
     """``params`` and ``count_params`` with each count parameter cast to float64 once (its unexpanded view) and that
     one copy in both: the gradients of its two uses (a dispersion's terms with the counts, and with the means, each
@@ -158,11 +155,10 @@ def _widened(params: tuple, count_params: tuple) -> tuple[tuple, tuple]:
     return tuple(wide.get(id(t), t) for t in params), tuple(wide[id(t)] for t in count_params)
 
 
-def _shared_terms(x: torch.Tensor, shape: torch.Size, index: tuple, count_terms: Callable,
+def _shared_terms(x: torch.Tensor, own: torch.Size, shape: torch.Size, index: tuple, count_terms: Callable,
                   count_params: tuple) -> list[torch.Tensor]:
     """``count_terms`` at the non-zero entries ``index`` of ``shape``, computed once per entry of the counts' own
-    shape (``x`` broadcast with ``count_params``, :func:`_own_shape`) and gathered (where :func:`_shares`)."""
-    own = _own_shape(x, count_params)
+    shape ``own`` (``x`` broadcast with ``count_params``, :func:`_own_shape`) and gathered."""
     x, *count_params = (_unexpanded(t) for t in (x, *count_params))
     at = (x != 0).expand(own).nonzero(as_tuple=True)
     terms = count_terms(*(t.expand(own)[at].double() for t in (x, *count_params)))

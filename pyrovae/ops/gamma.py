@@ -21,8 +21,7 @@ import torch
 ASYMPTOTIC_FROM = 10.0  # where the negative binomial's Stirling series takes over from lgamma
 _STIRLING = (1.0 / 12, -1.0 / 360, 1.0 / 1260, -1.0 / 1680, 1.0 / 1188)  # log Gamma's remainder, of y^-1, y^-3, ...
 SHIFT = 48  # the recurrences' steps before the series: a + 48 >= 48 for every a > 0
-# From y = 48, the first term left out of each series adds under 4e-17 (relative) to a difference of two (three of
-# Stirling's terms, four of the others):
+# From y = 48, the first term left out of each series adds under 4e-17 (relative) to a difference of two:
 _DIGAMMA = (1.0 / 12, -1.0 / 120, 1.0 / 252, -1.0 / 240)  # B_2k / 2k, of y^-2, ..., y^-8 (psi = log y - 1/2y - ...)
 _TRIGAMMA = (1.0 / 6, -1.0 / 30, 1.0 / 42, -1.0 / 30)  # B_2k, of y^-3, ..., y^-9 (psi' = 1/y + 1/2y^2 + ...)
 
@@ -35,16 +34,12 @@ def _horner(inv2: torch.Tensor, coefficients: tuple[float, ...]) -> torch.Tensor
     return total
 
 
-def _stirling_series(inv: torch.Tensor, terms: int) -> torch.Tensor:
-    """The first ``terms`` terms of s(y) = log Gamma(y) - [(y - 1/2) log y - y + log(2 pi) / 2] ~ 1/(12y) -
-    1/(360y^3) + 1/(1260y^5) - ..., of ``inv = 1 / y``."""
-    return inv * _horner(inv * inv, _STIRLING[:terms])
-
-
 def _stirling_remainder(y: torch.Tensor) -> torch.Tensor:
-    """s(y) to five terms (the next, 691 / (360360 y^11), is 2e-14 at y = 10; three left 6e-11, and the two more
-    cost the NB's log-density, forward and backward, about 5% of its time on the CPU)."""
-    return _stirling_series(y.reciprocal(), 5)
+    """s(y) = log Gamma(y) - [(y - 1/2) log y - y + log(2 pi) / 2] ~ 1/(12y) - 1/(360y^3) + 1/(1260y^5) - ..., five
+    terms (the next, 691 / (360360 y^11), is 2e-14 at y = 10; three left 6e-11, and the two more cost the NB's
+    log-density, forward and backward, about 5% of its time on the CPU)."""
+    inv = y.reciprocal()
+    return inv * _horner(inv * inv, _STIRLING)
 
 
 def stirling_log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -84,15 +79,11 @@ def _shifted_pair(a: torch.Tensor, b: float) -> tuple[torch.Tensor, torch.Tensor
 
 
 def log_gamma_difference(a: torch.Tensor, b: float) -> torch.Tensor:
-    """``lgamma(a + b) - lgamma(a)`` for a > 0 and a constant b >= 0: lgamma(F) - lgamma(A) at A = a + SHIFT, F = A +
-    b by Stirling's series (as in :func:`stirling_log_gamma_ratio`), less sum_j log1p(b / (a + j)), j < SHIFT.
-    Differentiable (autograd of the same terms: within 3e-15 of the digamma difference)."""
-    shifted, _, inv = _shifted_pair(a, b)
-    u = b / shifted
-    log1p_u = torch.log1p(u)
-    remainders = _stirling_series(inv, 3)
-    return (shifted * (log1p_u - u) + (b - 0.5) * log1p_u + b * torch.log(shifted)
-            + (remainders[..., 1] - remainders[..., 0]) - torch.log1p(b / _steps(a)).sum(-1))
+    """``lgamma(a + b) - lgamma(a)`` for a > 0 and a constant b >= 0: lgamma(A + b) - lgamma(A) at A = a + SHIFT by
+    :func:`stirling_log_gamma_ratio`, less sum_j log1p(b / (a + j)), j < SHIFT. Differentiable (autograd of the same
+    terms: within 3e-15 of the digamma difference)."""
+    shifted = a + SHIFT
+    return stirling_log_gamma_ratio(b, shifted) + b * torch.log(shifted) - torch.log1p(b / _steps(a)).sum(-1)
 
 
 def digamma_difference(a: torch.Tensor, b: float) -> torch.Tensor:
