@@ -11,9 +11,13 @@ Figures: originals and reconstructions, denoising (uniform noise, clamped), 50 g
 an 11-step linear interpolation between two test images' codes, and t-SNE of test codes by class. Metrics:
 test reconstruction MSE of both, and held-out log-likelihoods by importance sampling (the auto-encoder's
 point mass is no proposal, so a Normal guide is refitted to its frozen decoder first).
+
+Nothing is lost to an interruption: each model (and the refitted guide) is checkpointed after every epoch and its
+scores saved in parts (``OUT/checkpoints``, ``OUT/scores``); the same command resumes, and a rerun with other
+settings is refused (``OUT/runs.json.settings.json``).
 """
 
-import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pyro.optim
@@ -29,18 +33,21 @@ from pyrovae.experiment import (
     non_negative_int,
     positive_float,
     positive_int,
+    result_settings,
     setup,
     write_metrics,
 )
-from pyrovae.infer import interpolate, locate, log_likelihood, reconstruct, refit_guide, train
+from pyrovae.infer import interpolate, locate, log_likelihood_in_parts, reconstruct, refit_guide, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.metrics import clustering_scores, kmeans_clusters, reconstruction_scores
 from pyrovae.nn import ConvDecoder, ConvEncoder
 from pyrovae.plots import save, show_images
+from pyrovae.sweep import Sweep
 
 QUICK = {"num_train": 2000, "num_ll": 100, "num_samples": 32, "refit_epochs": 1, "num_tsne": 300}
 
-parser = experiment_parser(__doc__, epochs=10, out="results/fashion_ae_vae", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=10, out="results/fashion_ae_vae", quick=QUICK,
+                           resumable=True)
 parser.add_argument("--z-dim", type=positive_int, default=10, help="latent dimension of both models")
 parser.add_argument("--batch-size", type=positive_int, default=128, help="images per training batch")
 parser.add_argument("--lr", type=positive_float, default=1e-3,
@@ -86,32 +93,36 @@ setups = {  # the same model class; the guide is the one-line difference
            grey_train if args.ae_likelihood == "gaussian" else binary_train, 0.0),
     "VAE": (conv_model("bernoulli"), NormalGuide(784, Z, encoder=conv_encoder(2 * Z)), binary_train, args.beta),
 }
+# checkpoints and score parts resume an interrupted run; other settings are refused
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args))
 optim = pyro.optim.Adam({"lr": args.lr, "weight_decay": args.weight_decay})
 common = dict(epochs=args.epochs, batch_size=args.batch_size, optim=optim, elbo="jit", device=device,
               seed=args.seed, progress=not args.no_progress)
 runs = {}
 for name, (model, guide, data, kl_weight) in setups.items():
     print(f"\n{name}: {type(guide).__name__}, {type(model.likelihood).__name__} likelihood, KL weight {kl_weight:g}")
-    started = time.perf_counter()
-    history = train(model, guide, data.to(device), kl_weight=kl_weight, **common)
-    runs[name] = {"model": model, "guide": guide, "history": history, "seconds": time.perf_counter() - started}
+    history = train(model, guide, data.to(device), kl_weight=kl_weight, checkpoint=sweep.checkpoint_path(name),
+                    **common)
+    # the epochs' seconds, those of an interrupted earlier run included
+    runs[name] = {"model": model, "guide": guide, "history": history, "seconds": sum(history["seconds"])}
 
 # the AE's point mass cannot propose: refit a Normal guide to the frozen AE model to measure its likelihood
 ae_test = grey_test if args.ae_likelihood == "gaussian" else binary_test
 ae = runs["AE"]
 refitted = NormalGuide(784, Z, encoder=conv_encoder(2 * Z))
-started = time.perf_counter()
 print("\nAE + refitted Normal guide (model frozen)")
-refit_guide(ae["model"], refitted, setups["AE"][2].to(device), **{**common, "epochs": args.refit_epochs})
-ae["refit_seconds"] = time.perf_counter() - started
+refit, _ = refit_guide(ae["model"], refitted, setups["AE"][2].to(device), checkpoint=sweep.checkpoint_path("AE refit"),
+                       **{**common, "epochs": args.refit_epochs})
+ae["refit_seconds"] = sum(refit["seconds"])
 scoring = {"AE": (ae["model"], refitted, ae_test), "VAE": (runs["VAE"]["model"], runs["VAE"]["guide"], binary_test)}
 
 metrics = {"num_train": len(grey_train), "num_scored": len(scored), "runs": {}}
 print(f"\n{'run':<6}{'test MSE':>10}{'log p(x)':>11}{'+/-':>7}{'k>0.7':>8}{'train s':>9}   data scored")
 for name, run in runs.items():
     model, guide, test = scoring[name]
-    ll = log_likelihood(model, guide, test.subset(scored).to(device), num_samples=args.num_samples,
-                        proposal=args.proposal)
+    ll = log_likelihood_in_parts(model, guide, test.subset(scored).to(device), out / "scores" / name, part_size=100,
+                                 seed=args.seed, num_samples=args.num_samples, proposal=args.proposal)
     reconstruction = reconstruct(model, run["guide"], grey_test.x[:2000].to(device)).cpu()
     mse = reconstruction_scores(grey_test.x[:2000], reconstruction)["mse"]
     scored_on = "grey levels" if name == "AE" and args.ae_likelihood == "gaussian" else "binarised pixels"

@@ -6,10 +6,14 @@ what happens when that inverse variance is near 0 or very large. This script ans
 per inverse variance, each scored by the importance-sampled log-likelihood of held-out data (p_data itself
 is known, so its own log density is the ceiling), with the notebook's three-panel figure (encoding,
 decoding, generation) for the main setting and one generation panel per setting of the sweep.
+
+Nothing is lost to an interruption: each VAE is checkpointed after every epoch and its scores saved in parts
+(``OUT/checkpoints``, ``OUT/scores``); the same command resumes, and a rerun with other settings is refused
+(``OUT/runs.json.settings.json``); ``--sweep`` may grow between runs.
 """
 
 import math
-import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,13 +22,14 @@ from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 
 from pyrovae.data import gaussian_mixture_1d, gaussian_mixture_1d_log_density
-from pyrovae.experiment import experiment_parser, positive_float, positive_int, setup, write_metrics
-from pyrovae.infer import log_likelihood, train
+from pyrovae.experiment import experiment_parser, positive_float, positive_int, result_settings, setup, write_metrics
+from pyrovae.infer import log_likelihood_in_parts, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import save
+from pyrovae.sweep import Sweep
 
 QUICK = {"epochs": 0, "steps": 500, "num_data": 5000, "num_test": 1000, "num_samples": 50, "sweep": [5.0]}
-parser = experiment_parser(__doc__, epochs=0, out="results/mixture_1d", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=0, out="results/mixture_1d", quick=QUICK, resumable=True)
 parser.add_argument("--steps", type=positive_int, default=40_000,
                     help="SGD steps per VAE (the notebook's); used when --epochs is 0")
 parser.add_argument("--num-data", type=positive_int, default=200_000, help="training points drawn from p_data")
@@ -50,16 +55,19 @@ print(f"{args.num_data} training points, {epochs} epochs of {steps_per_epoch} st
 
 inverse_variances = sorted(set(args.sweep) | {args.inverse_variance})
 runs = {}
+# checkpoints and score parts resume an interrupted run; the sweep may grow, other settings are refused
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("sweep", "inverse_variance")))
 for inverse_variance in inverse_variances:
     model = VAE(1, 1, (args.hidden, args.hidden), Gaussian(inverse_variance=inverse_variance), activation="tanh")
     guide = NormalGuide(1, 1, (args.hidden, args.hidden), activation="tanh")
-    started = time.perf_counter()
+    key = f"inverse_variance_{inverse_variance:g}"
     history = train(model, guide, train_data.to(device), epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                     elbo="jit", val_data=test_data.to(device), restore_best=False, device=device, seed=args.seed,
-                    progress=not args.no_progress)
-    seconds = time.perf_counter() - started
-    ll = log_likelihood(model, guide, test_data.to(device), num_samples=args.num_samples, batch_size=1024,
-                        proposal=args.proposal)
+                    progress=not args.no_progress, checkpoint=sweep.checkpoint_path(key))
+    seconds = sum(history["seconds"])  # those of an interrupted earlier run included
+    ll = log_likelihood_in_parts(model, guide, test_data.to(device), out / "scores" / key, part_size=2000,
+                                 seed=args.seed, num_samples=args.num_samples, batch_size=1024, proposal=args.proposal)
     last = history.last
     runs[inverse_variance] = {"model": model, "guide": guide, "history": history, "ll": ll}
     print(f"1/sigma^2 = {inverse_variance:>7g}: log p(x) {ll.mean:8.4f} +/- {ll.stderr:.4f}  "

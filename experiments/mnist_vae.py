@@ -14,9 +14,13 @@ notebook and mini-batches of 256.
 Each model is scored by the importance-sampled log-likelihood of test images (with k-hat); figures: the
 latent means of 10,000 test images coloured by digit, the decoding of a chosen latent point (``--point``),
 and a 20x20 grid of decodings over the latent plane.
+
+Nothing is lost to an interruption: each model is checkpointed after every epoch (every step of the full-batch MLP)
+and its scores saved in parts (``OUT/checkpoints``, ``OUT/scores``); the same command resumes, and a rerun with
+other settings is refused (``OUT/runs.json.settings.json``).
 """
 
-import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -26,13 +30,22 @@ from scipy.stats import norm
 from torch import nn
 
 from pyrovae.data import binarize_split, load_mnist
-from pyrovae.experiment import experiment_parser, non_negative_float, positive_float, positive_int, setup, write_metrics
-from pyrovae.infer import log_likelihood, train
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
+from pyrovae.infer import log_likelihood_in_parts, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import image_grid, latent_scatter, save, show_images
+from pyrovae.sweep import Sweep
 
 QUICK = {"mlp_steps": 20, "num_train": 2000, "num_test": 500, "num_ll": 100, "num_samples": 50}
-parser = experiment_parser(__doc__, epochs=10, out="results/mnist_vae", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=10, out="results/mnist_vae", quick=QUICK, resumable=True)
 parser.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian",
                     help="MLP VAE: Gaussian (MSE) on grey levels, or Bernoulli on dynamically binarised pixels")
 parser.add_argument("--mlp-steps", type=positive_int, default=250, help="full-batch steps of the MLP VAE")
@@ -113,14 +126,18 @@ if not args.skip_conv:
         binary_train, binary_test, dict(epochs=args.epochs, batch_size=args.batch_size, kl_weight=args.kl_weight),
     )
 
+# checkpoints and score parts resume an interrupted run; other settings are refused
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args))
 for name, (model, guide, data, test, options) in models.items():
     print(f"\n{name}")
-    started = time.perf_counter()
     history = train(model, guide, data.to(device), lr=args.lr, elbo="jit", val_data=test.subset(ll_index).to(device),
-                    restore_best=False, device=device, seed=args.seed, progress=not args.no_progress, **options)
-    seconds = time.perf_counter() - started
-    ll = log_likelihood(model, guide, test.subset(ll_index).to(device), num_samples=args.num_samples,
-                        proposal=args.proposal)
+                    restore_best=False, device=device, seed=args.seed, progress=not args.no_progress,
+                    checkpoint=sweep.checkpoint_path(name), **options)
+    seconds = sum(history["seconds"])  # those of an interrupted earlier run included
+    ll = log_likelihood_in_parts(model, guide, test.subset(ll_index).to(device),
+                                 out / "scores" / name.replace(" (", "_").replace(" ", "_").rstrip(")"),
+                                 part_size=100, seed=args.seed, num_samples=args.num_samples, proposal=args.proposal)
     last = history.last
     print(f"test log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, ELBO {last['val_elbo']:.2f} "
           f"(reconstruction {last['val_reconstruction']:.2f}, KL {last['val_kl']:.2f}), "

@@ -44,6 +44,22 @@ def test_smoke_mixture_1d(tmp_path):
     assert metrics["steps"] == 16 and metrics["data_log_density"] < 0
     for run in metrics["runs"].values():
         assert run["log_likelihood"] < metrics["data_log_density"] + 0.05  # no model beats p_data (up to noise)
+    # resumable: a grown sweep trains only its new setting and keeps the others' results bit for bit
+    again = run_script("mixture_1d", tmp_path, "--num-data", "2048", "--num-test", "256", "--steps", "16",
+                       "--num-samples", "16", "--sweep", "0.5", "50", "5000")["metrics"]
+    assert set(again["runs"]) == {"0.5", "50", "500", "5000"}
+    for key, run in metrics["runs"].items():
+        assert again["runs"][key] == run  # its scores and training seconds read back
+    assert_refused_otherwise("mixture_1d", tmp_path, "--num-data", "2048", "--num-test", "256", "--steps", "17",
+                             "--num-samples", "16")
+
+
+def assert_refused_otherwise(name: str, tmp_path: Path, *arguments: str) -> None:
+    """A resumable script run again on its --out with other settings stops and says what differs."""
+    command = [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--out", str(tmp_path / name),
+               "--no-progress", "--device", "cpu", *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "other settings" in completed.stderr, completed.stderr[-2000:]
 
 
 def test_smoke_two_groups(tmp_path):
@@ -62,6 +78,10 @@ def test_smoke_mnist_vae(tmp_path):
     assert set(runs) == {"MLP VAE (bernoulli)", "conv VAE (bernoulli)"}
     assert all(run["log_likelihood"] < 0 and run["num_samples"] == 8 for run in runs.values())
     assert {p.name for p in (tmp_path / "mnist_vae").glob("*.png")} == {"mlp_vae.png", "conv_vae.png"}
+    (tmp_path / "mnist_vae" / "metrics.json").unlink()  # rerun: both models and their scores read back
+    again = run_script("mnist_vae", tmp_path, "--epochs", "1", "--mlp-steps", "3", "--num-train", "512",
+                       "--num-test", "300", "--num-ll", "16", "--num-samples", "8", "--likelihood", "bernoulli")
+    assert again["metrics"]["runs"] == runs
 
 
 def test_smoke_fashion_ae_vae(tmp_path):
@@ -73,6 +93,9 @@ def test_smoke_fashion_ae_vae(tmp_path):
     assert all(run["num_samples"] == 8 and run["test_mse"] > 0 for run in runs.values())
     names = {p.name for p in (tmp_path / "fashion_ae_vae").glob("*.png")}
     assert names == {"reconstruction_denoising.png", "generation.png", "interpolation.png", "tsne.png"}
+    again = run_script("fashion_ae_vae", tmp_path, "--epochs", "1", "--num-train", "256", "--batch-size", "64",
+                       "--num-ll", "16", "--num-samples", "8", "--refit-epochs", "1", "--num-tsne", "120")
+    assert again["metrics"]["runs"] == runs  # resumed: the checkpoints and score parts read back
 
 
 def test_smoke_svae_circle(tmp_path):
