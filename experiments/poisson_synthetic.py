@@ -56,8 +56,9 @@ with torch.no_grad():
     generated = model.decode(model.prior().sample((2000,))).base_dist.rate.cpu().numpy()
 last = history.last
 metrics = {
-    "log_likelihood": ll.summary(), "true_law_log_likelihood": ceiling, "val_elbo": last["val_elbo"],
-    "val_kl": last["val_kl"], "reconstructed_rate_mean": reconstructed.mean(0).tolist(),
+    **ll.summary(), "true_law_log_likelihood": ceiling, "test_elbo": last["val_elbo"], "test_kl": last["val_kl"],
+    "test_reconstruction": last["val_reconstruction"], "train_seconds": sum(history["seconds"]),
+    "reconstructed_rate_mean": reconstructed.mean(0).tolist(),
     "prior_rate_mean": generated.mean(0).tolist(), "true_rates": rates.tolist(),
     "max_abs_rate_error": float(np.abs(reconstructed.mean(0) - rates).max()),
 }

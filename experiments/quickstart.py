@@ -102,8 +102,9 @@ for name, run in runs.items():
     elbo = run["history"].last["val_elbo"]
     print(f"{name:<26}{elbo:>10.2f}{plain.mean:>9.2f}{(plain.khat > 0.7).float().mean():>7.1%}{ll.mean:>9.2f}"
           f"{ll.stderr:>6.2f}{(ll.khat > 0.7).float().mean():>7.1%}{run['seconds']:>8.1f}")
-    metrics["runs"][name] = {"test_elbo": elbo, **ll.summary(), "guide_proposal": plain.summary(),
-                             "train_seconds": run["seconds"], "history": run["history"].to_dict()}
+    metrics["runs"][name] = {"test_elbo": elbo, "test_kl": run["history"].last["val_kl"], **ll.summary(),
+                             "guide_proposal": plain.summary(), "train_seconds": run["seconds"],
+                             "history": run["history"].to_dict()}
 
 if args.gap_images:
     # the gap report: how far the VAE's ELBO is from log p(x), and how much of it the encoder (amortisation) and

@@ -138,8 +138,8 @@ for model_name in args.models:
         add_results(adata, latent, clusters, key=key)
         last = history.last
         certified = float(ll.certified.float().mean())
-        runs[name] = {"history": history, "latent": latent, **ll.summary(), "elbo": last["val_elbo"],
-                      "kl": last["val_kl"], **scores, "seconds": seconds, "certified": certified,
+        runs[name] = {"history": history, "latent": latent, **ll.summary(), "test_elbo": last["val_elbo"],
+                      "test_kl": last["val_kl"], **scores, "train_seconds": seconds, "certified": certified,
                       **({"start": args.gmvae_start} if model_name == "GMVAE" else {})}
         print(f"{name:<28} log p(x) {ll.mean:9.2f} +/- {ll.stderr:5.2f}  ELBO {last['val_elbo']:9.2f}  "
               f"KL {last['val_kl']:6.2f}  ARI {scores['ari']:.3f}  NMI {scores['nmi']:.3f}  "
@@ -177,6 +177,7 @@ print(f"\n| model | likelihood | test log p(x)/cell ({args.proposal}) | certifie
 print("|---|---|---|---|---|---|---|---|---|")
 for name, run in runs.items():
     model_name, likelihood = name.split(", ")
-    print(f"| {model_name} | {likelihood} | {run['log_likelihood']:.2f} | {run['certified']:.0%} | {run['elbo']:.2f} | "
-          f"{run['kl']:.2f} | {run['ari']:.3f} | {run['nmi']:.3f} | {run['seconds']:.0f} |")
+    print(f"| {model_name} | {likelihood} | {run['log_likelihood']:.2f} | {run['certified']:.0%} | "
+          f"{run['test_elbo']:.2f} | {run['test_kl']:.2f} | {run['ari']:.3f} | {run['nmi']:.3f} | "
+          f"{run['train_seconds']:.0f} |")
 write_metrics(args.out, metrics, args)

@@ -73,7 +73,8 @@ for kind in args.guides:
     latent_angle = torch.atan2(codes[:, 1], codes[:, 0])
     runs[kind] = {"codes": codes, "history": history}
     metrics["runs"][NAMES[kind]] = {
-        **ll.summary(), "test_elbo": history.last["val_elbo"], "train_seconds": seconds,
+        **ll.summary(), "test_elbo": history.last["val_elbo"], "test_kl": history.last["val_kl"],
+        "train_seconds": seconds,
         "angle_circular_correlation": circular_correlation(latent_angle, test_angles),
         "history": history.to_dict(),
     }
