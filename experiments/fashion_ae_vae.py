@@ -93,9 +93,9 @@ setups = {  # the same model class; the guide is the one-line difference
            grey_train if args.ae_likelihood == "gaussian" else binary_train, 0.0),
     "VAE": (conv_model("bernoulli"), NormalGuide(784, Z, encoder=conv_encoder(2 * Z)), binary_train, args.beta),
 }
-# checkpoints and score parts resume an interrupted run; other settings are refused
+# checkpoints and score parts resume an interrupted run; other settings are refused (but for the figures' own)
 out = Path(args.out)
-sweep = Sweep(out / "runs.json", settings=result_settings(args))
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("noise", "num_tsne")))
 optim = pyro.optim.Adam({"lr": args.lr, "weight_decay": args.weight_decay})
 common = dict(epochs=args.epochs, batch_size=args.batch_size, optim=optim, elbo="jit", device=device,
               seed=args.seed, progress=not args.no_progress)

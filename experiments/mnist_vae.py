@@ -126,9 +126,10 @@ if not args.skip_conv:
         binary_train, binary_test, dict(epochs=args.epochs, batch_size=args.batch_size, kl_weight=args.kl_weight),
     )
 
-# checkpoints and score parts resume an interrupted run; other settings are refused
+# checkpoints and score parts resume an interrupted run; other settings are refused (those of the figures alone
+# may change, and the conv VAE may be added)
 out = Path(args.out)
-sweep = Sweep(out / "runs.json", settings=result_settings(args))
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("skip_conv", "point", "num_test")))
 for name, (model, guide, data, test, options) in models.items():
     print(f"\n{name}")
     history = train(model, guide, data.to(device), lr=args.lr, elbo="jit", val_data=test.subset(ll_index).to(device),
