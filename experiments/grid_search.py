@@ -22,6 +22,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from pyrovae import make_pair
 from pyrovae.data import SHARED_SETS, load_count_dataset
@@ -72,6 +73,7 @@ fit_cells, val_cells = train_cells.split(0.9, seed=args.seed)
 
 
 def build(hidden: list[int], latent: int):
+    torch.manual_seed(args.seed)  # a configuration's start its own, whichever ran before it (or was read back)
     kind, components = ("gmvae", len(cells.label_names) or 10) if args.model == "GMVAE" else ("vae", None)
     return make_pair(kind, cells.num_genes, latent, hidden, args.likelihood, num_components=components,
                      input_transform="log1p")

@@ -54,14 +54,23 @@ print(f"{args.num_data} training points, {epochs} epochs of {steps_per_epoch} st
       f"held-out E[log p_data(x)] = {data_ceiling:.4f} nats (the best any model can do)")
 
 inverse_variances = sorted(set(args.sweep) | {args.inverse_variance})
+
+
+def label(inverse_variance: float) -> str:
+    """A setting's name in metrics.json and in OUT's files: short where that names it exactly."""
+    short = f"{inverse_variance:g}"
+    return short if float(short) == inverse_variance else repr(inverse_variance)
+
+
 runs = {}
 # checkpoints and score parts resume an interrupted run; the sweep may grow, other settings are refused
 out = Path(args.out)
 sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("sweep", "inverse_variance")))
 for inverse_variance in inverse_variances:
+    torch.manual_seed(args.seed)  # each setting's start its own: the same in a grown sweep as in a fresh one
     model = VAE(1, 1, (args.hidden, args.hidden), Gaussian(inverse_variance=inverse_variance), activation="tanh")
     guide = NormalGuide(1, 1, (args.hidden, args.hidden), activation="tanh")
-    key = f"inverse_variance_{inverse_variance:g}"
+    key = f"inverse_variance_{label(inverse_variance)}"
     history = train(model, guide, train_data.to(device), epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                     elbo="jit", val_data=test_data.to(device), restore_best=False, device=device, seed=args.seed,
                     progress=not args.no_progress, checkpoint=sweep.checkpoint_path(key))
@@ -166,7 +175,7 @@ save(fig, f"{args.out}/sweep.png")
 metrics = {
     "num_train": args.num_data, "num_test": args.num_test, "epochs": epochs, "steps": epochs * steps_per_epoch,
     "data_log_density": data_ceiling,
-    "runs": {f"{iv:g}": {**run["ll"].summary(), "test_elbo": run["history"].last["val_elbo"],
+    "runs": {label(iv): {**run["ll"].summary(), "test_elbo": run["history"].last["val_elbo"],
                          "test_kl": run["history"].last["val_kl"],
                          "test_reconstruction": run["history"].last["val_reconstruction"],
                          "train_seconds": sum(run["history"]["seconds"])}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from sklearn.manifold import TSNE
 
 from pyrovae import make_pair
@@ -103,6 +104,7 @@ for model_name in args.models:
         name = f"{model_name}, {likelihood}"
         kind, num_components = ("gmvae", components) if model_name == "GMVAE" else ("vae", None)
         library = "observed" if likelihood == "constrained_poisson" else args.library
+        torch.manual_seed(args.seed)  # each model's start its own: the same when the sweep grows as in a fresh run
         model, guide = make_pair(kind, cells.num_genes, args.latent, args.hidden, likelihood,
                                  num_components=num_components, input_transform="log1p",
                                  likelihood_options={"library": library}, **regularise)

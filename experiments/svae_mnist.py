@@ -140,6 +140,7 @@ def score(model, guide, cell: str, proposal: str, **options):
 
 def fit_and_score(kind: str, d: int) -> dict:
     print(f"{NAMES[kind]}, d = {d}")
+    torch.manual_seed(args.seed)  # a cell's start its own: the same alone, after other cells, or in a --jobs worker
     model, guide = make_pair(PAIRS[kind], 784, d, widths)
     history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     **({"compile": True} if args.compile else {"elbo": "jit"}),

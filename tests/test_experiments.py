@@ -50,6 +50,14 @@ def test_smoke_mixture_1d(tmp_path):
     assert set(again["runs"]) == {"0.5", "50", "500", "5000"}
     for key, run in metrics["runs"].items():
         assert again["runs"][key] == run  # its scores and training seconds read back
+    # and the grown sweep is the one a fresh run makes (each setting starts from --seed, not from the one before it)
+    fresh = run_script("mixture_1d", tmp_path / "fresh", "--num-data", "2048", "--num-test", "256", "--steps", "16",
+                       "--num-samples", "16", "--sweep", "0.5", "50", "5000")["metrics"]
+
+    def results(run: dict) -> dict:
+        return {key: value for key, value in run.items() if key != "train_seconds"}
+
+    assert {k: results(r) for k, r in fresh["runs"].items()} == {k: results(r) for k, r in again["runs"].items()}
     assert_refused_otherwise("mixture_1d", tmp_path, "--num-data", "2048", "--num-test", "256", "--steps", "17",
                              "--num-samples", "16")
 
