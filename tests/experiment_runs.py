@@ -1,0 +1,31 @@
+"""Running an experiment script as a user does, for the smoke tests (tests/test_experiments*.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script_command(name: str, out: Path, *arguments: str) -> list[str]:
+    """The command line of ``experiments/<name>.py`` writing to ``out``, on the CPU, without progress bars."""
+    return [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--out", str(out), "--no-progress",
+            "--device", "cpu", *arguments]
+
+
+def run_script(name: str, tmp_path: Path, *arguments: str) -> dict:
+    """Run the script into ``tmp_path / name``; check that it succeeded and drew a figure; its metrics.json."""
+    out = tmp_path / name
+    completed = subprocess.run(script_command(name, out, *arguments), capture_output=True, text=True, timeout=600,
+                               cwd=ROOT)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert list(out.glob("*.png")), "the script wrote no figure"
+    return json.loads((out / "metrics.json").read_text())
+
+
+def assert_refused_otherwise(name: str, tmp_path: Path, *arguments: str) -> None:
+    """A resumable script run again on its --out with other settings stops and says what differs."""
+    completed = subprocess.run(script_command(name, tmp_path / name, *arguments), capture_output=True, text=True,
+                               timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "other settings" in completed.stderr, completed.stderr[-2000:]

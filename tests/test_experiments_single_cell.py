@@ -1,0 +1,215 @@
+"""Smoke runs of the single-cell experiment scripts with tiny settings: count models, DE, integration, the grid
+search, reference mapping and the Tahoe-schema atlas."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import require_dataset
+from tests.experiment_runs import ROOT, run_script, script_command
+
+
+@pytest.mark.data
+def test_smoke_scvae_counts(tmp_path):
+    require_dataset("cellbench")
+    options = ("--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "200", "--likelihoods", "nb", "zinb",
+               "--num-samples", "8", "--hidden", "16", "--latent", "3")
+    metrics = run_script("scvae_counts", tmp_path, *options)
+    runs = metrics["metrics"]["runs"]
+    assert set(runs) == {"VAE, nb", "VAE, zinb", "GMVAE, nb", "GMVAE, zinb"}
+    for run in runs.values():
+        assert run["log_likelihood"] < 0 and -1 <= run["ari"] <= 1
+    import anndata
+
+    adata = anndata.read_h5ad(tmp_path / "scvae_counts" / "cells.h5ad")
+    assert adata.obsm["X_GMVAE_nb"].shape == (metrics["metrics"]["num_cells"], 3)
+    assert "VAE_zinb_cluster" in adata.obs
+    # a rerun reads the checkpoints and the saved score parts: the same results, nothing trained or scored again
+    (tmp_path / "scvae_counts" / "metrics.json").unlink()
+    again = run_script("scvae_counts", tmp_path, *options)["metrics"]["runs"]
+    assert again == runs
+
+
+@pytest.mark.data
+def test_smoke_pbmc_de(tmp_path):
+    require_dataset("pbmc3k")
+    metrics = run_script("pbmc_de", tmp_path, "--epochs", "1", "--label-epochs", "1", "--genes", "300",
+                         "--num-samples", "50", "--latent", "3", "--hidden", "16")["metrics"]
+    assert set(metrics["marker_ranks"]) == {"B", "CD14+ Mono", "CD8 T", "DC", "FCGR3A+ Mono", "Memory CD4 T", "NK",
+                                            "Naive CD4 T", "Platelet"}
+    assert 0 <= metrics["label_transfer_accuracy"] <= 1 and metrics["hidden_cells"] > 0
+    import anndata
+
+    adata = anndata.read_h5ad(tmp_path / "pbmc_de" / "cells.h5ad")
+    assert adata.obsm["X_pyrovae_vae"].shape == (metrics["cells"], 3)
+    assert "pyrovae_transferred_label" in adata.obs and "B" in adata.uns["pyrovae_vae_de"]
+
+
+@pytest.mark.data
+def test_smoke_integration(tmp_path):
+    require_dataset("cellbench")
+    metrics = run_script("integration", tmp_path, "--epochs", "2", "--genes", "200", "--models", "vae", "gmvae",
+                         "vae-unintegrated", "--latent", "3", "--hidden", "16")["metrics"]
+    assert metrics["batches"] == ["CEL-seq2", "Drop-seq"]
+    for row in metrics["results"].values():
+        assert -1 <= row["ari"] <= 1 and 0 <= row["batch_asw"] <= 1 and 0 <= row["ilisi"] <= 1
+    import anndata
+
+    adata = anndata.read_h5ad(tmp_path / "integration" / "cells.h5ad")
+    assert adata.obsm["X_gmvae"].shape == (metrics["cells"], 3)
+    # the plates hold a "batch" column of their own (the batch is registered as "part")
+    plates = run_script("integration", tmp_path / "plates", "--dataset", "plates", "--epochs", "1", "--genes", "100",
+                        "--models", "vae", "--latent", "3", "--hidden", "16")["metrics"]
+    assert plates["batches"] == ["plate 1", "plate 2", "plate 3"]
+
+
+@pytest.mark.data
+def test_smoke_grid_search_resumes(tmp_path):
+    require_dataset("cellbench")
+    arguments = ["--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "100", "--hidden", "8", "8,16",
+                 "--latent", "2", "3", "--num-samples", "8"]
+    first = run_script("grid_search", tmp_path, *arguments)["metrics"]
+    assert len(first["grid"]) == 4 and first["best"] in first["grid"]
+    out = tmp_path / "grid_search"
+    command = script_command("grid_search", out, *arguments)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count("done before") == 4  # nothing trained twice
+    others = [key for key in first["grid"] if key != first["best"]]  # a narrower grid whose best is another
+    hidden, latent = others[0].split()[1], others[0].split()[3]
+    narrower = run_script("grid_search", tmp_path, *arguments[:6], "--hidden", hidden, "--latent", latent,
+                          "--num-samples", "8")["metrics"]
+    assert narrower["best"] == others[0]  # trained from its own checkpoint, not the first best's
+
+
+def test_smoke_reference_mapping(tmp_path):
+    metrics = run_script("reference_mapping", tmp_path, "--dataset", "synthetic", "--epochs", "2", "--map-epochs", "2",
+                         "--genes", "60", "--latent", "3", "--hidden", "16")["metrics"]
+    assert metrics["queries"] == ["batch 2", "batch 3"] and metrics["genes"] == 60
+    for kind in ("vae", "label_transfer"):
+        row = metrics["results"][kind]
+        assert row["mapped"]["epochs"] == 2 and row["everything"]["epochs"] == 2 and row["time_ratio"] > 0
+        for run in (row["mapped"], row["everything"]):
+            assert 0 <= run["query_accuracy"] <= 1 and 0 <= run["ilisi"] <= 1 and 0 <= run["batch_asw"] <= 1
+    two = run_script("reference_mapping", tmp_path / "two", "--dataset", "synthetic", "--epochs", "2",
+                     "--map-epochs", "2", "--genes", "60", "--latent", "3", "--hidden", "16", "--kinds", "vae",
+                     "--reference", "batch 1", "batch 2")["metrics"]
+    assert two["reference"] == "batch 1 + batch 2" and two["queries"] == ["batch 3"]
+    assert two["reference_cells"] + 150 == two["cells"] == metrics["cells"]
+
+
+
+def test_smoke_reference_mapping_against_scvi_tools(tmp_path):
+    """--peer: scvi-tools' scArches on the same split, scored the same way (skipped where scvi-tools is absent)."""
+    if importlib.util.find_spec("scvi") is None:  # the peer extra, not the test extra
+        pytest.skip("scvi-tools is not installed (pip install -e '.[peer]')")
+    metrics = run_script("reference_mapping", tmp_path, "--dataset", "synthetic", "--epochs", "2", "--map-epochs", "2",
+                         "--genes", "60", "--latent", "3", "--hidden", "16", "--kinds", "vae", "--peer")["metrics"]
+    peer = metrics["results"]["scvi_tools"]
+    for run in (peer["mapped"], peer["everything"]):
+        assert 0 <= run["query_accuracy"] <= 1 and 0 <= run["ilisi"] <= 1 and 0 <= run["batch_asw"] <= 1
+    assert peer["time_ratio"] > 0 and set(metrics["results"]) == {"vae", "scvi_tools"}
+
+@pytest.mark.data
+def test_smoke_reference_mapping_null_control(tmp_path):
+    """--dataset halves: the plates pooled and split at random, half A the reference, half B the query."""
+    require_dataset("cellbench")
+    metrics = run_script("reference_mapping", tmp_path, "--dataset", "halves", "--quick", "--kinds", "vae",
+                         "--latent", "3", "--hidden", "16")["metrics"]
+    assert metrics["reference"] == "half A" and metrics["queries"] == ["half B"]
+    assert abs(metrics["reference_cells"] - metrics["cells"] / 2) <= 1
+
+
+TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
+              "150", "--genes", "120", "--hvg-cells", "800", "--held-out", "100", "--num-samples", "8", "--hidden",
+              "32", "--batch-size", "128")
+
+
+def no_data(tmp_path) -> tuple[str, str]:
+    """``--data-dir`` an empty folder: the script finds no real atlas there and generates one."""
+    (tmp_path / "no_data").mkdir(exist_ok=True)
+    return "--data-dir", str(tmp_path / "no_data")
+
+
+def test_smoke_tahoe_svae_resumes(tmp_path):
+    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "1")["metrics"]
+    assert metrics["cells"] == 2400 and metrics["panel_genes"] == 120 and metrics["held_out_cells"] == 100
+    assert set(metrics["silhouette_by_k"]) == {str(k) for k in range(2, 11)}
+    assert -1 <= metrics["reconstruction_correlation"] <= 1 and metrics["held_out_log_likelihood"] < 0
+    assert metrics["covariates"] == ["plate"] and 0 <= metrics["plate_mixing"]["ilisi"] <= 1
+    for figure in ("tsne", "posterior_reconstruction_clusters", "generation", "interpolation", "training"):
+        assert (tmp_path / "tahoe_svae" / f"{figure}.png").exists()
+    resumed = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "2")["metrics"]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]  # the first epoch came from the checkpoint
+    assert resumed["history"][0] == metrics["history"][0]
+    scores = sorted(p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/part-00000.pt"))
+    assert scores == ["epoch1-refined+defensive-8", "epoch2-refined+defensive-8"]  # resumable, one per weights
+    other = [sys.executable, str(ROOT / "experiments" / "tahoe_svae.py"), "--out", str(tmp_path / "tahoe_svae"),
+             *TAHOE_TINY, *no_data(tmp_path), "--device", "cpu", "--epochs", "2", "--genes", "100"]
+    completed = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "chosen otherwise (genes 120 there, 100 now)" in completed.stderr
+
+
+def test_smoke_tahoe_svae_pca_normal(tmp_path):
+    (tmp_path / "tahoe_svae" / "atlas" / "data").mkdir(parents=True)  # an atlas whose generation was interrupted
+    (tmp_path / "tahoe_svae" / "atlas" / "data" / "train-00000-of-00009.parquet").write_bytes(b"cut short")
+    metrics = run_script("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "1", "--pca",
+                         "--pca-components", "20", "--guide", "normal", "--covariates", "--hold-out",
+                         "plate=plate2", "--scored-cells", "30")["metrics"]
+    assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0 and metrics["scored_cells"] == 30
+    assert [p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/manifest.json")] == [
+        "epoch1-refined+defensive-8-cells30"]
+    assert metrics["covariates"] == [] and metrics["held_out_groups"] == {"plate": ["plate2"]}
+    assert metrics["cells"] == 2400  # generated again, not read from the interrupted one
+    other = [sys.executable, str(ROOT / "experiments" / "tahoe_svae.py"), "--out", str(tmp_path / "tahoe_svae"),
+             *TAHOE_TINY[2:], "--synthetic-cells", "3000", *no_data(tmp_path), "--device", "cpu"]
+    completed = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "other settings (cells 2400 there, 3000 now)" in completed.stderr
+    marker = tmp_path / "tahoe_svae" / "atlas" / "generated.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "generator"}))
+    completed = subprocess.run([*other, "--synthetic-cells", "2400"], capture_output=True, text=True, timeout=600,
+                               cwd=ROOT)  # an atlas of the first simulator (no version recorded): not reused
+    assert completed.returncode != 0 and "an atlas of an earlier simulator (version 1, now 2" in completed.stderr
+
+
+def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
+    options = ("--models", "nvae", "--settings", "covariate", "none", "held-out", "--jobs", "2", "--epochs", "1",
+               "--proposal", "refined+defensive", *no_data(tmp_path), *TAHOE_TINY, "--workers", "0")
+    record = run_script("tahoe_plates", tmp_path, *options)
+    rows = record["metrics"]["rows"]
+    assert [r["run"] for r in rows] == ["nvae-covariate", "nvae-none", "nvae-held-out-plate4"]
+    assert record["command"][0] == "tahoe_plates.py" and "--jobs" in record["command"]
+    covariate, _, held_out = rows
+    [difference] = record["metrics"]["differences"]  # the one pair of runs on the same cells
+    with_plate, without = (torch.load(tmp_path / "tahoe_plates" / run / "held_out_scores.pt", weights_only=True)
+                           for run in ("nvae-covariate", "nvae-none"))
+    torch.testing.assert_close(with_plate["cell_ids"], without["cell_ids"])
+    paired = (with_plate["per_datum"].double() - without["per_datum"].double())
+    assert (difference["first"], difference["second"], difference["num_data"]) == ("nvae-covariate", "nvae-none", 100)
+    assert difference["difference"] == pytest.approx(float(paired.mean()))
+    assert difference["stderr"] == pytest.approx(float(paired.std() / 10))
+    assert covariate["log_likelihood"] < 0 and 0 <= covariate["ilisi"] <= 1 and held_out["ilisi"] is None
+    assert held_out["plate"] == "plate4 held out" and covariate["held_out_cells"] == 100
+    runs = {r["run"]: json.loads((tmp_path / "tahoe_plates" / r["run"] / "metrics.json").read_text()) for r in rows}
+    assert runs["nvae-covariate"]["metrics"]["covariates"] == ["plate"]
+    assert runs["nvae-held-out-plate4"]["metrics"]["held_out_groups"] == {"plate": ["plate4"]}
+    assert (tmp_path / "tahoe_plates" / "atlas" / "generated.json").exists()  # one atlas, shared by the runs
+    assert not list((tmp_path / "tahoe_plates").glob("*/atlas"))
+    assert (tmp_path / "tahoe_plates" / "table.md").read_text().count("N-VAE") == 3
+    again = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
+                            str(tmp_path / "tahoe_plates"), "--device", "cpu", *options],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout.count("kept nvae-") == 3 and "started" not in again.stdout
+    other = subprocess.run([*again.args, "--settings", "covariate", "--num-samples", "4"], capture_output=True,
+                           text=True, timeout=600, cwd=ROOT)  # a forwarded option changed: run again (resumed)
+    assert other.returncode == 0 and "started nvae-covariate" in other.stdout, other.stdout + other.stderr
+    rescored = json.loads((tmp_path / "tahoe_plates" / "nvae-covariate" / "metrics.json").read_text())
+    assert rescored["arguments"]["num_samples"] == 4 and rescored["metrics"]["epochs"] == 1  # trained once
+    for words in (["--covariates", "plate"], ["--cov", "plate"], ["--ep=3"]):  # tahoe_svae reads abbreviations
+        clash = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
+                                str(tmp_path), *words], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert clash.returncode != 0 and f"{words[0].split('=')[0]} cannot be passed to the runs" in clash.stderr
