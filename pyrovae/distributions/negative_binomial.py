@@ -19,6 +19,11 @@ In float64 the result is within 3e-10 (relative) of a 50-digit reference over th
 [1e-8, 1e6] and counts up to 1e6 (the x log mu and log x! beside the Gamma terms, of size x log x, cancel to the
 answer: 3e-9 at x = 1e7). Non-zero counts are always scored in float64 (they are gathered first, and
 few); a float32 model then loses only the rounding of its float32 means and dispersions.
+
+The zero term's derivatives are taken directly (:class:`_ZeroCount`): within a few eps of 40 digits for every
+theta. The derivative in theta at non-zero counts still goes through autograd, and cancels as theta grows (the
+answer is O(x / theta^2) from terms of size x / theta): in float64, 1e-9 (relative) at theta = 10, 1e-8 at 1e4,
+1e-4 at 1e6 and of the wrong sign at 1e8 (measured against mpmath), where a gene is Poisson for any purpose.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pyrovae.distributions.sparse_counts import score_counts
 from pyrovae.distributions.zero_inflated import ZeroInflated
 from pyrovae.ops.capture import capturing
 from pyrovae.ops.gamma import ASYMPTOTIC_FROM, direct_log_gamma_ratio, log_gamma_ratio, stirling_log_gamma_ratio
+from pyrovae.ops.log1p import log1p_minus_fraction
 
 _NO_SHAPE = torch.Size()
 
@@ -99,6 +105,41 @@ def _nonzero_log_prob(k: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, ra
     return log_prob - log_factorial
 
 
+class _ZeroCount(torch.autograd.Function):
+    """log NB(0 | mu, theta) = -theta log1p(mu / theta), with its derivatives taken directly: -1 / (1 + u) in mu and
+    -(log1p(u) - u / (1 + u)) in theta, u = mu / theta (:func:`~pyrovae.ops.log1p.log1p_minus_fraction`). Through
+    autograd the one in theta was the difference of two terms of size u for an answer of u^2 / 2: 0.1% off at
+    theta = 10 in float32, 14% at 1e3 and only rounding from 1e4, where a gene is nearly Poisson and Adam, which
+    scales each parameter's steps by their own size, would have walked its dispersion on that rounding. Forward and
+    reverse mode."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(mean, theta):
+        return torch.log1p(mean / theta).mul_(theta).neg_()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        mean, theta = ctx.saved_tensors
+        u = mean / theta
+        by_mean = grad / (1.0 + u).neg_() if ctx.needs_input_grad[0] else None
+        by_theta = grad * log1p_minus_fraction(u).neg_() if ctx.needs_input_grad[1] else None
+        return (None if by_mean is None else by_mean.sum_to_size(mean.shape),
+                None if by_theta is None else by_theta.sum_to_size(theta.shape))
+
+    @staticmethod
+    def jvp(ctx, mean_tangent, theta_tangent):
+        mean, theta = ctx.saved_tensors
+        u = mean / theta
+        return -(mean_tangent / (1.0 + u) + theta_tangent * log1p_minus_fraction(u))
+
+
 def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> torch.Tensor:
     """log NB(x | mean, inverse dispersion), elementwise (broadcast), stable for theta up to 1e8+ and mean down to 0.
 
@@ -109,7 +150,7 @@ def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, inverse_dispersion: torch.T
     theta = inverse_dispersion
     poisson = torch.isinf(theta)  # of theta's shape (one per gene, usually): cheap
     finite_theta = torch.where(poisson, 1.0, theta)
-    zero = torch.where(poisson, -mean, torch.log1p(mean / finite_theta).mul(finite_theta).neg_())
+    zero = torch.where(poisson, -mean, _ZeroCount.apply(mean, finite_theta))
     return score_counts(x, zero, _nonzero_log_prob, mean, theta, count_terms=_count_terms, count_params=(theta,))
 
 

@@ -1,0 +1,31 @@
+"""log1p(u) - u / (1 + u) against mpmath, relative, from u = 1e-12 to 1e12, at 0 and at infinity."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+from pyrovae.ops.log1p import SERIES_BELOW, log1p_minus_fraction
+
+# decades and quarter decades, and both sides of where the series hands over (w = u / (2 + u) = 0.15)
+POINTS = [10.0 ** (e / 4) for e in range(-48, 49)] + [2 * SERIES_BELOW / (1 - SERIES_BELOW) * f for f in
+                                                     (0.999999, 1.0, 1.000001)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log1p_minus_fraction_keeps_relative_precision(dtype):
+    u = torch.tensor(POINTS, dtype=dtype)
+    with mpmath.workdps(40):
+        expected = [float(mpmath.log1p(v) - v / (1 + v)) for v in map(mpmath.mpf, u.tolist())]
+    np.testing.assert_allclose(log1p_minus_fraction(u).double().numpy(), expected,
+                               rtol=8 * torch.finfo(dtype).eps, atol=0)
+
+
+def test_log1p_minus_fraction_at_the_ends():
+    ends = log1p_minus_fraction(torch.tensor([0.0, math.inf], dtype=torch.float64))
+    assert ends.tolist() == [0.0, math.inf]
+    compiled = torch.compile(log1p_minus_fraction, backend="aot_eager", fullgraph=True)  # no data-dependent branch
+    u = torch.logspace(-6, 6, 13, dtype=torch.float64)
+    torch.testing.assert_close(compiled(u), log1p_minus_fraction(u), rtol=1e-15, atol=0)
