@@ -30,25 +30,30 @@ from pyrovae.distributions.shapes import check_parameters, expanded_batch_shape
 _NO_SHAPE = torch.Size()
 
 
-class _LogZero(torch.autograd.Function):
-    """log f(0) = log(sigmoid(g) + sigmoid(-g) p(0)) from g and log p(0), by the form of the module docstring that
-    keeps its relative precision, and its derivatives taken directly, each a product of positive terms:
+class _LogProb(torch.autograd.Function):
+    """log f(x) from the gate logits g, log p(x) and where x = 0, by the forms of the module docstring, with the
+    derivatives taken directly, each a product of positive terms:
 
-        d/dg = sigmoid(g) sigmoid(-g) (1 - p(0)) / f(0),    d/d log p(0) = sigmoid(-g) p(0) / f(0).
+        at x = 0:  d/dg = sigmoid(g) sigmoid(-g) (1 - p(0)) / f(0),   d/d log p(0) = sigmoid(-g) p(0) / f(0);
+        at x > 0:  d/dg = -sigmoid(g),                                d/d log p(x) = 1.
 
     Through autograd, ``expm1``'s backward ((expm1(x) + 1) times the incoming gradient) cancelled where p(0) is
     small and ``sigmoid``'s (s (1 - s)) where the gate saturates (the derivative in g was 0 at g = -40 and 4e-8
-    off at -20); written out, the pair costs about what ``logaddexp`` did. Forward and reverse mode, and vmap."""
+    off at -20). One function for both cases, written in place: it runs over the whole data matrix in every step.
+    Forward and reverse mode, and vmap."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(gate_logits, log_p0):
+    def forward(gate_logits, log_base, is_zero):
         log_keep = logsigmoid(-gate_logits)
-        miss = torch.exp(log_keep) * -torch.expm1(log_p0)  # 1 - f(0)
-        near_one = miss < 0.5
-        return torch.where(near_one, torch.log1p(-torch.where(near_one, miss, 0.0)),
-                           torch.logaddexp(logsigmoid(gate_logits), log_keep + log_p0))
+        keep = log_keep + log_base
+        # in place only where a result has one input's shape: under vmap the two may be batched apart
+        miss = torch.mul(torch.expm1(log_base).neg_(), log_keep.exp_())  # 1 - f(0) where x = 0
+        near_one = miss < 0.5  # there log1p(-miss); else logaddexp (both finite everywhere: miss clamped)
+        zero = torch.where(near_one, miss.clamp_(max=0.5).neg_().log1p_(),
+                           torch.logaddexp(logsigmoid(gate_logits), keep))
+        return torch.where(is_zero, zero, keep)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -57,20 +62,24 @@ class _LogZero(torch.autograd.Function):
 
     @staticmethod
     def _slopes(ctx) -> tuple[torch.Tensor, torch.Tensor]:
-        gate_logits, log_p0, log_f0 = ctx.saved_tensors
-        log_keep = logsigmoid(-gate_logits)
-        by_gate = torch.exp(logsigmoid(gate_logits) + log_keep - log_f0) * -torch.expm1(log_p0)
-        return by_gate, torch.exp(log_keep + log_p0 - log_f0)
+        gate_logits, log_base, is_zero, log_prob = ctx.saved_tensors
+        log_gate, log_keep = logsigmoid(gate_logits), logsigmoid(-gate_logits)
+        by_gate = torch.where(is_zero, torch.mul(torch.sub(log_gate + log_keep, log_prob).exp_(),
+                                                 torch.expm1(log_base).neg_()), log_gate.exp_().neg_())
+        by_base = torch.where(is_zero, torch.sub(log_keep + log_base, log_prob).exp_(), 1.0)
+        return by_gate, by_base
 
     @staticmethod
     def backward(ctx, grad):
-        by_gate, by_log_p0 = _LogZero._slopes(ctx)
-        return grad * by_gate, grad * by_log_p0
+        gate_logits, log_base = ctx.saved_tensors[:2]
+        by_gate, by_base = _LogProb._slopes(ctx)
+        return (torch.mul(by_gate, grad).sum_to_size(gate_logits.shape),
+                torch.mul(by_base, grad).sum_to_size(log_base.shape), None)
 
     @staticmethod
-    def jvp(ctx, gate_tangent, log_p0_tangent):
-        by_gate, by_log_p0 = _LogZero._slopes(ctx)
-        return gate_tangent * by_gate + log_p0_tangent * by_log_p0
+    def jvp(ctx, gate_tangent, base_tangent, _):
+        by_gate, by_base = _LogProb._slopes(ctx)
+        return gate_tangent * by_gate + base_tangent * by_base
 
 
 class ZeroInflated(dist.ZeroInflatedDistribution):
@@ -115,9 +124,7 @@ class ZeroInflated(dist.ZeroInflatedDistribution):
         if self._validate_args:
             self._validate_sample(value)
         log_base = self.base_dist.log_prob(value)
-        keep = logsigmoid(-self.gate_logits) + log_base
-        zero = _LogZero.apply(self.gate_logits.expand(log_base.shape), log_base)  # finite at x > 0 too, unused
-        return torch.where(value == 0, zero, keep)
+        return _LogProb.apply(self.gate_logits.expand(log_base.shape), log_base, (value == 0).expand(log_base.shape))
 
     def sample(self, sample_shape=_NO_SHAPE) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)

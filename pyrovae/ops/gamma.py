@@ -23,6 +23,9 @@ _STIRLING = (1.0 / 12, -1.0 / 360, 1.0 / 1260, -1.0 / 1680, 1.0 / 1188)  # log G
 SHIFT = 48  # the recurrences' steps before the series: a + 48 >= 48 for every a > 0
 # From y = 48, the first term left out of each series adds under 4e-17 (relative) to a difference of two:
 _DIGAMMA = (1.0 / 12, -1.0 / 120, 1.0 / 252, -1.0 / 240)  # B_2k / 2k, of y^-2, ..., y^-8 (psi = log y - 1/2y - ...)
+# six terms, for digamma_ratio_excess from theta = 20 (the next, 7 / (6 * 14) y^-14, is 5e-20 there)
+_DIGAMMA_SLOPE = _DIGAMMA + (1.0 / 132, -691.0 / 32760)
+SLOPE_ASYMPTOTIC_FROM = 20.0
 _TRIGAMMA = (1.0 / 6, -1.0 / 30, 1.0 / 42, -1.0 / 30)  # B_2k, of y^-3, ..., y^-9 (psi' = 1/y + 1/2y^2 + ...)
 
 
@@ -64,6 +67,34 @@ def log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     safe = torch.where(large, theta, torch.full_like(theta, ASYMPTOTIC_FROM))
     small = torch.where(large, torch.ones_like(theta), theta)
     return torch.where(large, stirling_log_gamma_ratio(x, safe), direct_log_gamma_ratio(x, small))
+
+
+def asymptotic_digamma_ratio_excess(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The large-theta form of :func:`digamma_ratio_excess`, for theta >= :data:`SLOPE_ASYMPTOTIC_FROM`."""
+    far = theta + x
+    inv2 = torch.stack((theta, far), -1).reciprocal().square()
+    tails = inv2 * _horner(inv2, _DIGAMMA_SLOPE)
+    return x / (2.0 * theta * far) + (tails[..., 0] - tails[..., 1])
+
+
+def direct_digamma_ratio_excess(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The small-theta form of :func:`digamma_ratio_excess`, through ``torch.digamma``."""
+    return torch.digamma(x + theta) - torch.digamma(theta) - torch.log1p(x / theta)
+
+
+def digamma_ratio_excess(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``digamma(x + theta) - digamma(theta) - log1p(x / theta)`` (>= 0 for x >= 0), without cancellation for large
+    ``theta``: from :data:`SLOPE_ASYMPTOTIC_FROM` on, by the asymptotic series of digamma,
+
+        x / (2 theta (x + theta)) + r(theta) - r(x + theta),   r(y) = 1/(12 y^2) - 1/(120 y^4) + ...
+
+    (six terms; the next is under 5e-20 at y = 20): terms of the size of the answer, O(x / theta^2), where the
+    digamma difference and the logarithm are each O(x / theta). Below, through ``torch.digamma``. Both forms are
+    computed everywhere and each entry takes its own (it traces and compiles)."""
+    large = theta >= SLOPE_ASYMPTOTIC_FROM
+    big = torch.where(large, theta, torch.full_like(theta, SLOPE_ASYMPTOTIC_FROM))
+    small = torch.where(large, torch.ones_like(theta), theta)
+    return torch.where(large, asymptotic_digamma_ratio_excess(x, big), direct_digamma_ratio_excess(x, small))
 
 
 def _steps(a: torch.Tensor) -> torch.Tensor:
@@ -111,5 +142,5 @@ def trigamma_difference(a: torch.Tensor, b: float) -> torch.Tensor:
             + (tails[..., 1] - tails[..., 0]) - (b * (steps + reach) / (steps * reach).square()).sum(-1))
 
 
-__all__ = ["ASYMPTOTIC_FROM", "SHIFT", "digamma_difference", "log_gamma_difference", "log_gamma_ratio",
-           "trigamma_difference"]
+__all__ = ["ASYMPTOTIC_FROM", "SHIFT", "digamma_difference", "digamma_ratio_excess", "log_gamma_difference",
+           "log_gamma_ratio", "trigamma_difference"]

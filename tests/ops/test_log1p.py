@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.ops.log1p import SERIES_BELOW, log1p_minus_fraction
+from pyrovae.ops.log1p import log1p_minus_fraction
 
-# decades and quarter decades, and both sides of where the series hands over (w = u / (2 + u) = 0.15)
-POINTS = [10.0 ** (e / 4) for e in range(-48, 49)] + [2 * SERIES_BELOW / (1 - SERIES_BELOW) * f for f in
-                                                     (0.999999, 1.0, 1.000001)]
+# eighth decades, and both sides of where the series hands over (w = u / (2 + u) = 0.1 and 0.15)
+POINTS = [10.0 ** (e / 8) for e in range(-96, 97)] + [2 * w / (1 - w) * f for w in (0.1, 0.15)
+                                                     for f in (0.999999, 1.0, 1.000001)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
