@@ -10,7 +10,8 @@ folder write the same parts.
 The folder records what it holds (``manifest.json``: the data's size, a digest of every datum (values and
 covariates) and one of 256 of them spread over the set, the part size, the seed, the estimator's options and a
 digest of the model's and the guide's parameters). A folder of another scoring, of the same scoring of other data
-or of other weights, is refused, never mixed into the result.
+or of other weights, is refused, never mixed into the result; so is a part, when read, whose data are not those of
+its place in the data (a file copied from another folder), by the hashes each estimate keeps of its data.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyrovae.infer.arguments import check_device, check_integer
+from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
 from pyrovae.infer.batches import BatchSource
 from pyrovae.infer.estimation.certify import auto_log_likelihood
+from pyrovae.infer.estimation.importance import fingerprint
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.seeding import seeded
@@ -280,10 +282,11 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
     path = _part_path(folder, part)
     if path.exists():
         try:
-            return LogLikelihood(**torch.load(path, weights_only=True))
+            saved = LogLikelihood(**torch.load(path, weights_only=True))
         except Exception as error:  # a truncated or foreign file: say which, never suggest weights_only=False
             raise ValueError(f"part {path.name} in {folder} cannot be read ({load_error(error)}); it is corrupt "
                              "or not a part: delete it, and the next call scores that part again") from None
+        return _checked_part(saved, data, floating_dtype(model, guide), folder, path)
     started = time.perf_counter()
     with seeded(int(np.random.SeedSequence([seed, part]).generate_state(1)[0])):
         estimate = log_likelihood(model, guide, data, **options)
@@ -292,6 +295,28 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
                 estimate.per_datum.numel(), estimate.mean, 100 * float(estimate.certified.float().mean()),
                 (time.perf_counter() - started) / 60)
     return estimate
+
+
+def _checked_part(saved: LogLikelihood, data, dtype: torch.dtype | None, folder: Path, path: Path) -> LogLikelihood:
+    """A part read from ``path``, checked datum by datum against the data it stands for (as the estimators hash them:
+    in the model's floating ``dtype``): the manifest vouches for
+    the folder, not for each file in it (a part copied from another scoring's folder, or saved by a pyrovae whose
+    hashes of the data differed, would otherwise surface only when two scorings are compared). A part saved before
+    estimates kept the hashes gets this data's."""
+    def as_scored(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype) if dtype is not None and x.is_floating_point() else x
+
+    prints = torch.cat([fingerprint((as_scored(args[0]),)) for args in
+                        BatchSource(data, None, shuffle=False, device=torch.device("cpu"), seed=0, name="data")])
+    if saved.fingerprint is None:
+        return dataclasses.replace(saved, fingerprint=prints)
+    if not torch.equal(saved.fingerprint, prints):
+        differ = int((saved.fingerprint != prints).sum()) if saved.fingerprint.shape == prints.shape else len(prints)
+        raise ValueError(f"part {path.name} in {folder} holds the estimates of other data than its place in these "
+                         f"data ({differ} of its {len(prints)} data differ): it was copied from another scoring's "
+                         "folder or saved by a pyrovae that hashed the data otherwise; delete it, and the next call "
+                         "scores that part again")
+    return saved
 
 
 __all__ = ["data_digest", "log_likelihood_in_parts", "parameters_digest"]
