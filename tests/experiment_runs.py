@@ -24,8 +24,15 @@ def run_script(name: str, tmp_path: Path, *arguments: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def assert_refused_otherwise(name: str, tmp_path: Path, *arguments: str) -> None:
-    """A resumable script run again on its --out with other settings stops and says what differs."""
+def refusal(name: str, tmp_path: Path, *arguments: str) -> str:
+    """Run the script into ``tmp_path / name``, check that it stopped with an error, and return what it said."""
     completed = subprocess.run(script_command(name, tmp_path / name, *arguments), capture_output=True, text=True,
                                timeout=600, cwd=ROOT)
-    assert completed.returncode != 0 and "other settings" in completed.stderr, completed.stderr[-2000:]
+    assert completed.returncode != 0, completed.stdout[-2000:]
+    return completed.stderr
+
+
+def assert_refused_otherwise(name: str, tmp_path: Path, *arguments: str) -> None:
+    """A resumable script run again on its --out with other settings stops and says what differs."""
+    said = refusal(name, tmp_path, *arguments)
+    assert "other settings" in said, said[-2000:]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import require_dataset
-from tests.experiment_runs import ROOT, run_script, script_command
+from tests.experiment_runs import ROOT, refusal, run_script, script_command
 
 
 @pytest.mark.data
@@ -148,10 +148,8 @@ def test_smoke_tahoe_svae_resumes(tmp_path):
     assert resumed["history"][0] == metrics["history"][0]
     scores = sorted(p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/part-00000.pt"))
     assert scores == ["epoch1-refined+defensive-8", "epoch2-refined+defensive-8"]  # resumable, one per weights
-    other = [sys.executable, str(ROOT / "experiments" / "tahoe_svae.py"), "--out", str(tmp_path / "tahoe_svae"),
-             *TAHOE_TINY, *no_data(tmp_path), "--device", "cpu", "--epochs", "2", "--genes", "100"]
-    completed = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert completed.returncode != 0 and "chosen otherwise (genes 120 there, 100 now)" in completed.stderr
+    said = refusal("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "2", "--genes", "100")
+    assert "chosen otherwise (genes 120 there, 100 now)" in said
 
 
 def test_smoke_tahoe_svae_pca_normal(tmp_path):
@@ -165,15 +163,13 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
         "epoch1-refined+defensive-8-cells30"]
     assert metrics["covariates"] == [] and metrics["held_out_groups"] == {"plate": ["plate2"]}
     assert metrics["cells"] == 2400  # generated again, not read from the interrupted one
-    other = [sys.executable, str(ROOT / "experiments" / "tahoe_svae.py"), "--out", str(tmp_path / "tahoe_svae"),
-             *TAHOE_TINY[2:], "--synthetic-cells", "3000", *no_data(tmp_path), "--device", "cpu"]
-    completed = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert completed.returncode != 0 and "other settings (cells 2400 there, 3000 now)" in completed.stderr
+    other = (*TAHOE_TINY[2:], *no_data(tmp_path))
+    said = refusal("tahoe_svae", tmp_path, *other, "--synthetic-cells", "3000")
+    assert "other settings (cells 2400 there, 3000 now)" in said
     marker = tmp_path / "tahoe_svae" / "atlas" / "generated.json"
     marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "generator"}))
-    completed = subprocess.run([*other, "--synthetic-cells", "2400"], capture_output=True, text=True, timeout=600,
-                               cwd=ROOT)  # an atlas of the first simulator (no version recorded): not reused
-    assert completed.returncode != 0 and "an atlas of an earlier simulator (version 1, now 2" in completed.stderr
+    said = refusal("tahoe_svae", tmp_path, *other, "--synthetic-cells", "2400")  # an atlas of the first simulator
+    assert "an atlas of an earlier simulator (version 1, now 2" in said  # (no version recorded): not reused
 
 
 def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
