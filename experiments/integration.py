@@ -14,9 +14,14 @@ own (Adam eps 0.01, weight decay 1e-6, KL warm-up over 400 epochs, so a 200-epoc
 Scores on the latent means of all cells: KMeans (k = number of cell lines) against the cell lines (ARI, NMI), and
 batch mixing as scIB defines it (batch ASW, iLISI; 1 is perfectly mixed); seconds per training epoch. Figures:
 t-SNE of the latent means coloured by batch and by cell line, for every model.
+
+Resumable: each of our models is checkpointed after every epoch and each model's latent means and seconds are kept
+in ``OUT/runs.json`` as it finishes (scVI's too), so an interrupted run goes on where it stopped and a rerun with more
+``--models`` trains only the new ones; a rerun with other settings is refused.
 """
 
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,10 +31,19 @@ from pyrovae.models import GMVAE, SVAE, VAE
 from sklearn.manifold import TSNE
 
 from pyrovae.data import CountData, add_results, load_count_dataset
-from pyrovae.experiment import experiment_parser, non_negative_int, positive_float, positive_int, setup, write_metrics
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
 from pyrovae.infer import encode_data, train
 from pyrovae.metrics import batch_asw, clustering_scores, ilisi, kmeans_clusters
 from pyrovae.plots import save
+from pyrovae.sweep import Sweep
 
 PARTS = {
     "technologies": {"CEL-seq2": "cellbench_celseq2", "Drop-seq": "cellbench_dropseq"},
@@ -62,6 +76,10 @@ num_lines = len(np.unique(lines))
 print(f"{cells}; cell lines {sorted(set(lines))}")
 
 
+# each model's latent and seconds kept as it finishes, its training checkpointed; other settings refused
+sweep = Sweep(Path(args.out) / "runs.json", settings=result_settings(args, exclude=("models",)))
+
+
 def options():
     return dict(hidden=(args.hidden,), batch_norm=True, dropout=0.1)
 
@@ -91,9 +109,19 @@ def fit(name: str):
     else:
         return fit_scvi(defaults=name == "scvi-defaults")
     history = train(model, guide, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device,
-                    seed=args.seed, progress=not args.no_progress, eval_size=0)
+                    seed=args.seed, progress=not args.no_progress, eval_size=0, checkpoint=sweep.checkpoint_path(name))
     seconds = float(np.median([r["seconds"] for r in history.records])) if history.records else float("nan")
     return encode_data(guide, data).numpy(), seconds
+
+
+def kept(name: str) -> tuple[np.ndarray, float]:
+    """``fit(name)``, or what an earlier run of the same settings kept of it."""
+    def computed() -> dict:
+        latent, seconds = fit(name)
+        return {"latent": latent.tolist(), "seconds_per_epoch": seconds}
+
+    result = sweep.run(name, computed)
+    return np.asarray(result["latent"], dtype=np.float32), result["seconds_per_epoch"]
 
 
 def fit_scvi(defaults: bool):
@@ -122,7 +150,7 @@ for name in args.models:
         except ImportError:
             print("scvi-tools is not installed: no scVI row (pip install -e '.[peer]' installs scvi-tools 1.4.2)")
             continue
-    latent, seconds = fit(name)
+    latent, seconds = kept(name)
     latents[name] = latent
     scores = clustering_scores(lines, kmeans_clusters(latent, num_lines, args.seed))
     results[name] = {"ari": scores["ari"], "nmi": scores["nmi"], "batch_asw": batch_asw(latent, batches, lines),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import require_dataset
-from tests.experiment_runs import ROOT, refusal, run_script, script_command
+from tests.experiment_runs import ROOT, assert_refused_otherwise, refusal, run_script, script_command
 
 
 @pytest.mark.data
@@ -61,6 +61,11 @@ def test_smoke_integration(tmp_path):
 
     adata = anndata.read_h5ad(tmp_path / "integration" / "cells.h5ad")
     assert adata.obsm["X_gmvae"].shape == (metrics["cells"], 3)
+    # resumable: a rerun keeps the models done (their scores equal) and trains only the new; other settings refused
+    tiny = ("--epochs", "2", "--genes", "200", "--latent", "3", "--hidden", "16")
+    again = run_script("integration", tmp_path, *tiny, "--models", "vae", "svae")["metrics"]
+    assert again["results"]["vae"] == metrics["results"]["vae"] and set(again["results"]) == {"vae", "svae"}
+    assert_refused_otherwise("integration", tmp_path, *tiny[2:], "--epochs", "3", "--models", "vae")
     # the plates hold a "batch" column of their own (the batch is registered as "part")
     plates = run_script("integration", tmp_path / "plates", "--dataset", "plates", "--epochs", "1", "--genes", "100",
                         "--models", "vae", "--latent", "3", "--hidden", "16")["metrics"]
