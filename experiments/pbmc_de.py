@@ -16,9 +16,14 @@ accuracy on the same hidden half.
 
 Writes metrics.json, the DE tables (de_<type>.csv), cells.h5ad (latent, transferred labels, normalised
 expression of the markers, DE tables in uns) and two figures.
+
+Resumable: our two models are checkpointed after every epoch (``OUT/checkpoints``), so an interrupted run trains on
+from where it stopped and a finished one is not trained again (scVI and scANVI are trained again); a rerun with
+other settings is refused.
 """
 
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -37,11 +42,13 @@ from pyrovae.experiment import (
     non_negative_int,
     positive_float,
     positive_int,
+    result_settings,
     setup,
     write_metrics,
 )
 from pyrovae.infer import differential_expression, encode_data, markers, normalized_expression, predict_labels, train
 from pyrovae.plots import save
+from pyrovae.sweep import Sweep
 
 # canonical markers of the PBMC 3k types (Seurat's guided clustering tutorial)
 CANONICAL = {
@@ -70,6 +77,7 @@ parser.add_argument("--known-fraction", type=fraction, default=0.5, help="share 
 args = parser.parse_args()
 device = setup(args)
 progress = not args.no_progress
+sweep = Sweep(Path(args.out) / "runs.json", settings=result_settings(args))  # checkpoints; other settings refused
 
 cells = load_count_dataset("pbmc3k", args.data_dir).prepare(num_genes=args.genes, seed=args.seed)
 types = cells.label_names
@@ -82,7 +90,7 @@ pyro.set_rng_seed(args.seed)
 model = VAE(cells.num_genes, args.latent, args.hidden, "nb", batch_norm=True, dropout=0.1)
 guide = NormalGuide(cells.num_genes, args.latent, args.hidden, input_transform="log1p", batch_norm=True, dropout=0.1)
 history = train(model, guide, cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device,
-                seed=args.seed, progress=progress)
+                seed=args.seed, progress=progress, checkpoint=sweep.checkpoint_path("nb-vae"))
 tables, ranks = {}, {}
 for kind in types:
     table = differential_expression(model, guide, cells, kind, delta=args.delta, num_samples=args.num_samples,
@@ -106,7 +114,8 @@ gmvae = GMVAE(cells.num_genes, args.latent, len(types), args.hidden, "nb", batch
 gmvae_guide = GMVAEGuide(cells.num_genes, args.latent, args.hidden, num_components=len(types), input_transform="log1p",
                          batch_norm=True, dropout=0.3)
 label_history = train(gmvae, gmvae_guide, cells.with_labels(known), epochs=args.label_epochs,
-                      batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed, progress=progress)
+                      batch_size=args.batch_size, lr=args.lr, device=device, seed=args.seed, progress=progress,
+                      checkpoint=sweep.checkpoint_path("gmvae"))
 predicted = predict_labels(gmvae_guide, cells)
 accuracy = float((predicted["label"].astype(str).to_numpy()[~known] == truth[~known]).mean())
 

@@ -37,8 +37,8 @@ def test_smoke_scvae_counts(tmp_path):
 @pytest.mark.data
 def test_smoke_pbmc_de(tmp_path):
     require_dataset("pbmc3k")
-    metrics = run_script("pbmc_de", tmp_path, "--epochs", "1", "--label-epochs", "1", "--genes", "300",
-                         "--num-samples", "50", "--latent", "3", "--hidden", "16")["metrics"]
+    tiny = ("--label-epochs", "1", "--genes", "300", "--num-samples", "50", "--latent", "3", "--hidden", "16")
+    metrics = run_script("pbmc_de", tmp_path, "--epochs", "1", *tiny)["metrics"]
     assert set(metrics["marker_ranks"]) == {"B", "CD14+ Mono", "CD8 T", "DC", "FCGR3A+ Mono", "Memory CD4 T", "NK",
                                             "Naive CD4 T", "Platelet"}
     assert 0 <= metrics["label_transfer_accuracy"] <= 1 and metrics["hidden_cells"] > 0
@@ -47,6 +47,10 @@ def test_smoke_pbmc_de(tmp_path):
     adata = anndata.read_h5ad(tmp_path / "pbmc_de" / "cells.h5ad")
     assert adata.obsm["X_pyrovae_vae"].shape == (metrics["cells"], 3)
     assert "pyrovae_transferred_label" in adata.obs and "B" in adata.uns["pyrovae_vae_de"]
+    again = run_script("pbmc_de", tmp_path, "--epochs", "1", *tiny)["metrics"]  # both models read from checkpoints
+    for key in ("marker_ranks", "label_transfer_accuracy", "logistic_regression_on_pcs_accuracy"):
+        assert again.get(key) == metrics.get(key), key
+    assert_refused_otherwise("pbmc_de", tmp_path, "--epochs", "2", *tiny)
 
 
 @pytest.mark.data
