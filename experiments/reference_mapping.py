@@ -30,10 +30,15 @@ reference and everything model at 1e-3, the mapping at ``--map-lr``) and labels 
 Scores: label accuracy on the query cells; mixing of the reference and query latents (iLISI and batch ASW by cell
 line; 1 is perfectly mixed); seconds of mapping against seconds of training on everything. Figure: t-SNE of the
 latents by batch and by cell line, mapped and everything, for each kind.
+
+Resumable: each kind's scores and latents (and scArches') are kept in ``OUT/runs.json`` as it finishes, so an
+interrupted run goes on with the next kind and a rerun with more ``--kinds`` (or ``--peer``) runs only those; a
+rerun with other settings is refused.
 """
 
 import logging
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -42,10 +47,19 @@ from sklearn.manifold import TSNE
 
 import pyrovae.sc as sc
 from pyrovae.data import CountData, load_count_dataset
-from pyrovae.experiment import experiment_parser, non_negative_int, positive_float, positive_int, setup, write_metrics
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
 from pyrovae.metrics import batch_asw, ilisi
 from pyrovae.optional import require
 from pyrovae.plots import save
+from pyrovae.sweep import Sweep
 
 PARTS = {
     "technologies": {"CEL-seq2": "cellbench_celseq2", "Drop-seq": "cellbench_dropseq"},
@@ -165,8 +179,8 @@ def report(kind: str, name: str, row: dict) -> None:
           f"batch ASW {row['batch_asw']:.3f}; {row['seconds']:.1f} s")
 
 
-results, latents = {}, {}
-for kind in args.kinds:
+def compare(kind: str) -> dict:
+    """Reference, mapped queries and the everything model of ``kind``: their scores and latents (JSON-able)."""
     reference, reference_seconds = trained(KINDS[kind], reference_adata)
     maps = {}
     for statistics in args.batch_norm:  # "mapped" the first, "mapped (query BN)" etc. the others
@@ -182,18 +196,33 @@ for kind in args.kinds:
     everything, everything_seconds = trained(KINDS[kind], adata.copy())
     combined = everything.get_latent_representation()
     everything_labels = everything.predict()[~is_reference] if kind == "label_transfer" else vote(combined)
-    results[kind] = {
+    result = {
         **{name: row for name, (row, _) in maps.items()},
         "everything": {**scores(combined, everything_labels), "seconds": everything_seconds,
                        "epochs": len(everything.history)},
         "reference_seconds": reference_seconds,
     }
-    results[kind]["time_ratio"] = results[kind]["mapped"]["seconds"] / everything_seconds
-    latents[kind] = {**{name: latent for name, (_, latent) in maps.items()}, "everything": combined}
-    for name in [*maps, "everything"]:
+    result["time_ratio"] = result["mapped"]["seconds"] / everything_seconds
+    latent_of = {**{name: latent for name, (_, latent) in maps.items()}, "everything": combined}
+    return {"results": result, "latents": {name: np.asarray(v).tolist() for name, v in latent_of.items()}}
+
+
+def kept(key: str, fn) -> None:
+    """``fn()``'s results and latents under ``key``, or what an earlier run of the same settings kept of them."""
+    stored = sweep.run(key, fn)
+    results[key] = stored["results"]
+    latents[key] = {name: np.asarray(v, dtype=np.float32) for name, v in stored["latents"].items()}
+
+
+# each kind's results and latents kept as it finishes: an interrupted run goes on with the next, other settings refused
+sweep = Sweep(Path(args.out) / "runs.json", settings=result_settings(args, exclude=("kinds", "peer")))
+results, latents = {}, {}
+for kind in args.kinds:
+    kept(kind, lambda kind=kind: compare(kind))
+    for name in [*latents[kind].keys()]:
         report(kind, name, results[kind][name])
     print(f"{kind:>14}: mapping took {results[kind]['time_ratio']:.2f} of training on everything "
-          f"(reference {reference_seconds:.1f} s)")
+          f"(reference {results[kind]['reference_seconds']:.1f} s)")
 
 
 def scvi_fit(data, epochs: int, lr: float, reference=None):
@@ -222,19 +251,23 @@ def scvi_fit(data, epochs: int, lr: float, reference=None):
     return fitted, time.perf_counter() - started
 
 
-if args.peer:
-    for noisy in ("scvi", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def compare_peer() -> dict:
+    """scvi-tools' scArches on the same split: scores and latents (JSON-able)."""
     peer_reference, reference_seconds = scvi_fit(reference_adata.copy(), args.epochs, 1e-3)
     peer_mapped, mapping_seconds = scvi_fit(query_adata.copy(), args.map_epochs, args.map_lr, peer_reference)
     latent = joined(peer_reference.get_latent_representation(), peer_mapped.get_latent_representation())
     peer_everything, everything_seconds = scvi_fit(adata.copy(), args.epochs, 1e-3)
     combined = peer_everything.get_latent_representation()
-    results["scvi_tools"] = {"mapped": {**scores(latent, vote(latent)), "seconds": mapping_seconds},
-                             "everything": {**scores(combined, vote(combined)), "seconds": everything_seconds},
-                             "reference_seconds": reference_seconds,
-                             "time_ratio": mapping_seconds / everything_seconds}
-    latents["scvi_tools"] = {"mapped": latent, "everything": combined}
+    result = {"mapped": {**scores(latent, vote(latent)), "seconds": mapping_seconds},
+              "everything": {**scores(combined, vote(combined)), "seconds": everything_seconds},
+              "reference_seconds": reference_seconds, "time_ratio": mapping_seconds / everything_seconds}
+    return {"results": result, "latents": {"mapped": latent.tolist(), "everything": np.asarray(combined).tolist()}}
+
+
+if args.peer:
+    for noisy in ("scvi", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    kept("scvi_tools", compare_peer)
     for name in ("mapped", "everything"):
         report("scvi_tools", name, results["scvi_tools"][name])
 

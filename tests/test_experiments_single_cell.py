@@ -96,8 +96,8 @@ def test_smoke_grid_search_resumes(tmp_path):
 
 
 def test_smoke_reference_mapping(tmp_path):
-    metrics = run_script("reference_mapping", tmp_path, "--dataset", "synthetic", "--epochs", "2", "--map-epochs", "2",
-                         "--genes", "60", "--latent", "3", "--hidden", "16")["metrics"]
+    tiny = ("--dataset", "synthetic", "--map-epochs", "2", "--genes", "60", "--latent", "3", "--hidden", "16")
+    metrics = run_script("reference_mapping", tmp_path, *tiny, "--epochs", "2")["metrics"]
     assert metrics["queries"] == ["batch 2", "batch 3"] and metrics["genes"] == 60
     for kind in ("vae", "label_transfer"):
         row = metrics["results"][kind]
@@ -109,7 +109,10 @@ def test_smoke_reference_mapping(tmp_path):
                      "--reference", "batch 1", "batch 2")["metrics"]
     assert two["reference"] == "batch 1 + batch 2" and two["queries"] == ["batch 3"]
     assert two["reference_cells"] + 150 == two["cells"] == metrics["cells"]
-
+    # resumable: each kind kept as it finished (a rerun reads it), other settings refused
+    again = run_script("reference_mapping", tmp_path, *tiny, "--epochs", "2", "--kinds", "vae")["metrics"]
+    assert again["results"] == {"vae": metrics["results"]["vae"]}
+    assert_refused_otherwise("reference_mapping", tmp_path, *tiny, "--epochs", "3")
 
 
 def test_smoke_reference_mapping_against_scvi_tools(tmp_path):
@@ -122,6 +125,7 @@ def test_smoke_reference_mapping_against_scvi_tools(tmp_path):
     for run in (peer["mapped"], peer["everything"]):
         assert 0 <= run["query_accuracy"] <= 1 and 0 <= run["ilisi"] <= 1 and 0 <= run["batch_asw"] <= 1
     assert peer["time_ratio"] > 0 and set(metrics["results"]) == {"vae", "scvi_tools"}
+
 
 @pytest.mark.data
 def test_smoke_reference_mapping_null_control(tmp_path):

@@ -63,10 +63,10 @@ class _LogProb(torch.autograd.Function):
     @staticmethod
     def _slopes(ctx) -> tuple[torch.Tensor, torch.Tensor]:
         gate_logits, log_base, is_zero, log_prob = ctx.saved_tensors
-        log_gate, log_keep = logsigmoid(gate_logits), logsigmoid(-gate_logits)
-        by_gate = torch.where(is_zero, torch.mul(torch.sub(log_gate + log_keep, log_prob).exp_(),
-                                                 torch.expm1(log_base).neg_()), log_gate.exp_().neg_())
-        by_base = torch.where(is_zero, torch.sub(log_keep + log_base, log_prob).exp_(), 1.0)
+        log_gate, log_keep = logsigmoid(gate_logits), logsigmoid(-gate_logits)  # (out of place: create_graph)
+        by_gate = torch.where(is_zero, torch.exp(log_gate + log_keep - log_prob) * -torch.expm1(log_base),
+                              -torch.exp(log_gate))
+        by_base = torch.where(is_zero, torch.exp(log_keep + log_base - log_prob), 1.0)
         return by_gate, by_base
 
     @staticmethod

@@ -29,3 +29,14 @@ def test_log1p_minus_fraction_at_the_ends():
     compiled = torch.compile(log1p_minus_fraction, backend="aot_eager", fullgraph=True)  # no data-dependent branch
     u = torch.logspace(-6, 6, 13, dtype=torch.float64)
     torch.testing.assert_close(compiled(u), log1p_minus_fraction(u), rtol=1e-15, atol=0)
+
+
+def test_log1p_minus_fraction_in_place_or_recorded_is_the_same():
+    """Written in place where autograd does not record it (a backward), out of place where it does (its own
+    derivative): bit for bit the same values, and a gradient where one is asked for."""
+    u = torch.logspace(-8, 8, 161, dtype=torch.float32)
+    recorded = u.clone().requires_grad_()
+    value = log1p_minus_fraction(recorded)
+    assert torch.equal(value.detach(), log1p_minus_fraction(u))
+    (slope,) = torch.autograd.grad(value.sum(), recorded)
+    torch.testing.assert_close(slope, u / (1 + u) ** 2)  # d/du (log1p(u) - u / (1 + u)) = u / (1 + u)^2

@@ -32,6 +32,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyrovae.data.source import IndexedSource
 from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
 from pyrovae.infer.batches import BatchSource
 from pyrovae.infer.estimation.certify import auto_log_likelihood
@@ -306,8 +307,10 @@ def _checked_part(saved: LogLikelihood, data, dtype: torch.dtype | None, folder:
     def as_scored(x: torch.Tensor) -> torch.Tensor:
         return x.to(dtype) if dtype is not None and x.is_floating_point() else x
 
-    prints = torch.cat([fingerprint((as_scored(args[0]),)) for args in
-                        BatchSource(data, None, shuffle=False, device=torch.device("cpu"), seed=0, name="data")])
+    source = BatchSource(data, None, shuffle=False, device=torch.device("cpu"), seed=0, name="data")
+    if not isinstance(source.source, IndexedSource) or getattr(source.source.data, "transform", None) is not None:
+        return saved  # data drawn afresh at each read (dynamic binarisation, augmentation): no fixed values to hash
+    prints = torch.cat([fingerprint((as_scored(args[0]),)) for args in source])
     if saved.fingerprint is None:
         return dataclasses.replace(saved, fingerprint=prints)
     if not torch.equal(saved.fingerprint, prints):

@@ -54,3 +54,16 @@ def test_data_converted_to_the_models_dtype_are_hashed_as_scored(tmp_path):
     again = _quiet(log_likelihood_in_parts, model, guide, x, tmp_path, part_size=8, num_samples=20)
     assert dataclasses.asdict(first).keys() == dataclasses.asdict(again).keys()
     assert torch.equal(first.per_datum, again.per_datum) and isinstance(again, LogLikelihood)
+
+
+def test_data_drawn_afresh_at_each_read_resume_without_a_check(tmp_path):
+    """Dynamic binarisation draws new pixels at every read: a part's data cannot be hashed again, and a resumed
+    scoring reads its parts as saved (the check refused them all, 10 of 10 data differing)."""
+    from pyrovae.data import TensorData
+
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 12, 2, (8,), likelihood="bernoulli")
+    data = TensorData(torch.rand(20, 12), transform=torch.bernoulli)
+    first = _quiet(log_likelihood_in_parts, model, guide, data, tmp_path, part_size=10, num_samples=10)
+    again = _quiet(log_likelihood_in_parts, model, guide, data, tmp_path, part_size=10, num_samples=10)
+    assert torch.equal(first.per_datum, again.per_datum)
