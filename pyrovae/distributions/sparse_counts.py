@@ -40,10 +40,11 @@ def score_counts(
     non-zero entries are written into it in place (autograd allows it, and it saves a full copy).
     """
     shape = torch.broadcast_shapes(zero_log_prob.shape, x.shape) or torch.Size([1])
-    if capturing():  # the same values, every entry: where x = 0 the remainder is computed at k = 1 and discarded
-        nonzero = (x != 0).expand(shape)
+    if capturing():  # the same values, every entry: where x = 0 the remainder is computed at k = 1 and discarded,
+        nonzero = (x != 0).expand(shape)  # its parameters at 1 there (a mean of 0 at k = 1 made a NaN gradient)
         k = torch.where(nonzero, x.expand(shape), 1).double()
-        values = nonzero_log_prob(k, *(tensor.expand(shape).double() for tensor in params)).to(zero_log_prob.dtype)
+        values = nonzero_log_prob(k, *(torch.where(nonzero, tensor.expand(shape), 1.0).double() for tensor in params))
+        values = values.to(zero_log_prob.dtype)
         log_prob = torch.where(nonzero, values, zero_log_prob.expand(shape))
         return log_prob.reshape(torch.broadcast_shapes(zero_log_prob.shape, x.shape))
     tracing = torch.jit.is_tracing()  # no branch on a traced shape or count: the trace must hold for other data

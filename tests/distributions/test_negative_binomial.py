@@ -3,6 +3,7 @@ validated (issue 24)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -227,3 +228,20 @@ def test_gradients_of_the_log_density_match_finite_differences_in_both_modes():
     gate = torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(
         lambda m, t, g: ZeroInflatedNegativeBinomial(m, t, g).log_prob(counts), (mean, theta, gate))
+
+
+def test_a_captured_step_scores_a_zero_mean_at_a_zero_count_with_a_finite_gradient():
+    """Captured (``compile=True``), zero counts are scored densely at k = 1 and discarded: at a mean of 0 that
+    discarded branch made the mean's gradient NaN (0 * inf); its parameters are 1 there now, as eager's is."""
+    from pyrovae.distributions.negative_binomial import nb_log_prob
+    from pyrovae.ops.capture import capture_mode
+
+    counts, theta = torch.tensor([0.0, 0.0, 3.0]), torch.tensor([2.0, 2.0, 2.0])
+    grads = []
+    for captured in (False, True):
+        mean = torch.tensor([0.0, 1.0, 2.5], requires_grad=True)
+        with capture_mode() if captured else contextlib.nullcontext():
+            value = nb_log_prob(counts, mean, theta)
+        grads.append(torch.autograd.grad(value.sum(), mean)[0])
+    assert torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[1], grads[0])
