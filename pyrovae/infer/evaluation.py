@@ -51,15 +51,23 @@ def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[torch
 
 
 @contextlib.contextmanager
-def evaluation_mode(*modules):
+def evaluation_mode(*modules, frozen: bool = False):
     """The ``nn.Module`` s among ``modules`` in evaluation mode inside the block (no dropout; batch norm uses and
-    keeps its running statistics), each back in its own mode after it."""
+    keeps its running statistics), each back in its own mode after it. ``frozen``: their parameters without
+    ``requires_grad`` inside the block too, for the estimators, which differentiate with respect to the latents or
+    a proposal's own parameters only: a derivative written out by hand (a custom autograd function: the negative
+    binomial's in its dispersion) is then not computed for nothing at every step, as autograd's own are not."""
     modes = [(m, m.training) for m in modules if isinstance(m, torch.nn.Module)]
+    trained = [p for m, _ in modes for p in m.parameters() if p.requires_grad] if frozen else []
     for m, _ in modes:
         m.eval()
+    for p in trained:
+        p.requires_grad_(False)
     try:
         yield
     finally:
+        for p in trained:
+            p.requires_grad_(True)
         for m, mode in modes:
             m.train(mode)
 

@@ -290,7 +290,7 @@ def ais_log_likelihood(
     start = as_proposal(start)
     betas = sigmoid_schedule(num_steps)
     per_datum, khats, acceptance, effective, prints = [], [], [], [], []
-    with evaluation_mode(model, guide), pyro.validation_enabled(False):
+    with evaluation_mode(model, guide, frozen=True), pyro.validation_enabled(False):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=max(1, 2**24 // ((num_chains + num_tuning) * features)),
                              dtype=floating_dtype(model, guide))

@@ -74,7 +74,7 @@ def bdmc(model: Callable, guide: Callable, num_data: int = 16, num_chains: int =
     check_integer("num_steps", num_steps, 1)
     num_tuning = min(max(8, num_chains // 8), 64)
     betas = sigmoid_schedule(num_steps)
-    with evaluation_mode(model, guide), pyro.validation_enabled(False):
+    with evaluation_mode(model, guide, frozen=True), pyro.validation_enabled(False):
         if x is None:
             if not hasattr(model, "latent_sites"):
                 raise ValueError("bdmc simulates data from pyrovae's models; for another model pass x and the "

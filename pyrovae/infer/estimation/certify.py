@@ -197,7 +197,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     draws_of_stage = torch.tensor([num_samples, REFINED_DRAWS * num_samples, ais_chains])
     cost = {name: {"data": 0, "seconds": 0.0} for name in STAGES}
     refined = _Refiner(refine_steps)
-    with evaluation_mode(model, guide):
+    with evaluation_mode(model, guide, frozen=True):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
         batches = tqdm(batches, desc="log-likelihood (auto)", disable=not progress, leave=False)
@@ -215,7 +215,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     checked, schedule_gap = torch.cat(certified_of), None
     if cost["ais"]["data"]:
         started = time.perf_counter()
-        with evaluation_mode(model, guide), pyro.validation_enabled(False), torch.enable_grad():
+        with evaluation_mode(model, guide, frozen=True), pyro.validation_enabled(False), torch.enable_grad():
             schedule_gap = _schedule_gap(model, guide, refined.proposal, ais_steps)
         cost["ais"]["seconds"] += time.perf_counter() - started
         cost["ais"]["schedule_gap"] = schedule_gap

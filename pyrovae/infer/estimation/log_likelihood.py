@@ -203,7 +203,7 @@ def log_likelihood(
     proposal = as_proposal(proposal, refine_steps)
     per_datum, khats, mean_log_weights, effective, modes, prints = [], [], [], [], [], []
     undefined = collapsed = 0
-    with evaluation_mode(model, guide):
+    with evaluation_mode(model, guide, frozen=True):
         batches = as_batches(data, batch_size, shuffle=False, device=device, check=model_check(model),
                              default_batch_size=256, dtype=floating_dtype(model, guide))
         batches = tqdm(batches, desc="log-likelihood", disable=not progress, leave=False)
