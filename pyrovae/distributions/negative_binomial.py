@@ -128,14 +128,10 @@ class _NonzeroLogProb(torch.autograd.Function):
         return None, by_mu, by_theta, None
 
     @staticmethod
-    def jvp(ctx, _, mu_tangent, theta_tangent, __):
+    def jvp(ctx, _, mu_tangent, theta_tangent, __):  # tangents materialised (zeros where none was given)
         k, mu, theta = ctx.saved_tensors
-        tangent = 0.0
-        if mu_tangent is not None:
-            tangent = tangent + mu_tangent * _NonzeroLogProb._by_mu(k, mu, theta)
-        if theta_tangent is not None:
-            tangent = tangent + theta_tangent * _NonzeroLogProb._by_theta(ctx, k, mu, theta)
-        return tangent
+        return mu_tangent * _NonzeroLogProb._by_mu(k, mu, theta) + theta_tangent * _NonzeroLogProb._by_theta(
+            ctx, k, mu, theta)
 
 
 def _split_here(k: torch.Tensor) -> bool:

@@ -300,10 +300,9 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
 
 def _checked_part(saved: LogLikelihood, data, dtype: torch.dtype | None, folder: Path, path: Path) -> LogLikelihood:
     """A part read from ``path``, checked datum by datum against the data it stands for (as the estimators hash them:
-    in the model's floating ``dtype``): the manifest vouches for
-    the folder, not for each file in it (a part copied from another scoring's folder, or saved by a pyrovae whose
-    hashes of the data differed, would otherwise surface only when two scorings are compared). A part saved before
-    estimates kept the hashes gets this data's."""
+    in the model's floating ``dtype``): the manifest vouches for the folder, not for each file in it (a part copied
+    from another scoring's folder, or saved by a pyrovae whose hashes of the data differed, would otherwise surface
+    only when two scorings are compared). A part saved before estimates kept the hashes gets this data's."""
     def as_scored(x: torch.Tensor) -> torch.Tensor:
         return x.to(dtype) if dtype is not None and x.is_floating_point() else x
 
