@@ -5,6 +5,7 @@ Wood's (1994) rejection sampler for m != 3, the inverse CDF on S^2. Values only:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -202,7 +203,23 @@ def _compiled(function):
     return _COMPILED[function]
 
 
-@torch.compiler.disable  # a data-dependent loop: one opaque call under torch.compile
+def _opaque_to_compile(function):
+    """``torch.compiler.disable(function)``, made when ``torch.compile`` first traces a call: the decorator imports
+    torch._dynamo, a second and a half of every ``import pyrovae`` that compiles nothing."""
+    disabled = []
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        if not torch.compiler.is_compiling():
+            return function(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(function))
+        return disabled[0](*args, **kwargs)
+
+    return call
+
+
+@_opaque_to_compile  # a data-dependent loop: one opaque call under torch.compile
 def rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log_ive: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An exact draw of w = loc . z for m != 3: returns (w, 1 - w, 1 + w), one accepted draw per element, both ends
