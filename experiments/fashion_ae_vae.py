@@ -122,7 +122,8 @@ print(f"\n{'run':<6}{'test MSE':>10}{'log p(x)':>11}{'+/-':>7}{'k>0.7':>8}{'trai
 for name, run in runs.items():
     model, guide, test = scoring[name]
     ll = log_likelihood_in_parts(model, guide, test.subset(scored).to(device), out / "scores" / name, part_size=100,
-                                 seed=args.seed, num_samples=args.num_samples, proposal=args.proposal)
+                                 seed=args.seed, num_samples=args.num_samples, proposal=args.proposal,
+                                 refine_steps=args.refine_steps)
     reconstruction = reconstruct(model, run["guide"], grey_test.x[:2000].to(device)).cpu()
     mse = reconstruction_scores(grey_test.x[:2000], reconstruction)["mse"]
     scored_on = "grey levels" if name == "AE" and args.ae_likelihood == "gaussian" else "binarised pixels"

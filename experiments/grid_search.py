@@ -113,7 +113,8 @@ history = train(model, guide, fit_cells, epochs=args.epochs, batch_size=args.bat
                 checkpoint=final, progress=not args.no_progress)
 best_epoch = history.best_epoch or len(history.records)  # the epoch restored
 test_elbo = evaluate(model, guide, test_cells, seed=args.seed)["elbo"]
-ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal)
+ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal,
+                    refine_steps=args.refine_steps)
 print(f"best configuration (epoch {best_epoch}): test log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, test ELBO "
       f"{test_elbo:.2f}")
 

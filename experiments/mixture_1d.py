@@ -76,7 +76,8 @@ for inverse_variance in inverse_variances:
                     progress=not args.no_progress, checkpoint=sweep.checkpoint_path(key))
     seconds = sum(history["seconds"])  # those of an interrupted earlier run included
     ll = log_likelihood_in_parts(model, guide, test_data.to(device), out / "scores" / key, part_size=2000,
-                                 seed=args.seed, num_samples=args.num_samples, batch_size=1024, proposal=args.proposal)
+                                 seed=args.seed, num_samples=args.num_samples, batch_size=1024, proposal=args.proposal,
+                                 refine_steps=args.refine_steps)
     last = history.last
     runs[inverse_variance] = {"model": model, "guide": guide, "history": history, "ll": ll}
     print(f"1/sigma^2 = {inverse_variance:>7g}: log p(x) {ll.mean:8.4f} +/- {ll.stderr:.4f}  "

@@ -138,7 +138,8 @@ for name, (model, guide, data, test, options) in models.items():
     seconds = sum(history["seconds"])  # those of an interrupted earlier run included
     ll = log_likelihood_in_parts(model, guide, test.subset(ll_index).to(device),
                                  out / "scores" / name.replace(" (", "_").replace(" ", "_").rstrip(")"),
-                                 part_size=100, seed=args.seed, num_samples=args.num_samples, proposal=args.proposal)
+                                 part_size=100, seed=args.seed, num_samples=args.num_samples, proposal=args.proposal,
+                                 refine_steps=args.refine_steps)
     last = history.last
     print(f"test log p(x) {ll.mean:.2f} +/- {ll.stderr:.2f}, ELBO {last['val_elbo']:.2f} "
           f"(reconstruction {last['val_reconstruction']:.2f}, KL {last['val_kl']:.2f}), "

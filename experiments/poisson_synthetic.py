@@ -48,7 +48,8 @@ model = VAE(10, args.latent, args.hidden, likelihood=likelihood, activation="rel
 guide = NormalGuide(10, args.latent, args.hidden, input_transform="log1p")
 history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 val_data=test_cells, restore_best=False, device=device, seed=args.seed, progress=not args.no_progress)
-ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal)
+ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal,
+                    refine_steps=args.refine_steps)
 
 with torch.no_grad():
     x = test_cells.dense().to(device)

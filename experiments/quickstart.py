@@ -38,6 +38,8 @@ parser.add_argument("--hidden", type=positive_int, default=400,
 parser.add_argument("--batch-size", type=positive_int, default=128, help="images per training batch")
 parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per test image")
 parser.add_argument("--num-test", type=positive_int, default=1000, help="test images scored")
+parser.add_argument("--refine-steps", type=positive_int, default=None,
+                    help="optimisation steps of the refined proposal (default: 100)")
 parser.add_argument("--max-train", type=positive_int, default=None, help="use only this many training images")
 parser.add_argument("--gap-images", type=non_negative_int, default=100,
                     help="test images in the VAE's gap report (0: none)")
@@ -98,7 +100,7 @@ for name, run in runs.items():
         warnings.simplefilter("ignore")  # the guide's k-hat warning: the refined row is the answer to it
         plain = log_likelihood(run["model"], run["guide"], test_data, num_samples=args.num_samples)
     ll = log_likelihood(run["model"], run["guide"], test_data, num_samples=args.num_samples,
-                        proposal="refined+defensive", progress=not args.no_progress)
+                        proposal="refined+defensive", refine_steps=args.refine_steps, progress=not args.no_progress)
     elbo = run["history"].last["val_elbo"]
     print(f"{name:<26}{elbo:>10.2f}{plain.mean:>9.2f}{(plain.khat > 0.7).float().mean():>7.1%}{ll.mean:>9.2f}"
           f"{ll.stderr:>6.2f}{(ll.khat > 0.7).float().mean():>7.1%}{run['seconds']:>8.1f}")

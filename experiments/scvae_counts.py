@@ -130,7 +130,7 @@ for model_name in args.models:
         ll = log_likelihood_in_parts(model, guide, test_cells, out / "scores" / key / args.proposal,
                                      part_size=100, seed=args.seed, progress=not args.no_progress,
                                      num_samples=args.num_samples, proposal=args.proposal,
-                                     batch_size=args.score_batch_size)
+                                     refine_steps=args.refine_steps, batch_size=args.score_batch_size)
         latent = encode_data(guide, cells, device=device)
         if model_name == "GMVAE":
             clusters = encode_data(guide, cells, guide.assign, device=device)

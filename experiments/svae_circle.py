@@ -68,7 +68,8 @@ for kind in args.guides:
                     elbo="trace", val_data=test_data, device=device, seed=args.seed, restore_best=False,
                     progress=not args.no_progress)
     seconds = time.perf_counter() - started
-    ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, proposal=args.proposal)
+    ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, proposal=args.proposal,
+                        refine_steps=args.refine_steps)
     codes = locate(guide, test_data.x).cpu()  # latent means; mean directions on the circle
     latent_angle = torch.atan2(codes[:, 1], codes[:, 0])
     runs[kind] = {"codes": codes, "history": history}

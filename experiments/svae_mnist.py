@@ -79,10 +79,6 @@ parser.add_argument("--ais-chains", type=positive_int, default=128,
                     help="chains per image of the 'auto' estimator's AIS stage")
 parser.add_argument("--ais-steps", type=positive_int, default=200,
                     help="annealing steps of the 'auto' estimator's AIS stage")
-parser.add_argument("--refine-steps", type=positive_int, default=None,
-                    help="optimisation steps of the refined proposals (default: 12 per latent dimension, at least "
-                         "100, for the N-VAE's full-covariance refinement; 100 for the S-VAE's; 100 resumes a "
-                         "scoring made before they grew with the dimension)")
 parser.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once, each in its own process")
 parser.add_argument("--state-dir", default=None,
                     help="where checkpoints and scores are kept (default: --out; --jobs gives its workers the sweep's)")
@@ -196,7 +192,8 @@ def worker_command(kind: str, d: int) -> list[str]:
 
 cells = [(kind, d) for d in args.dims for kind in args.models]
 # --refine-steps is not a sweep setting (runs.json files of before it): each result records it, and a kept result
-# scored otherwise is refused before any cell is trained (a result without the record is taken as it stands)
+# scored otherwise is refused before any cell is trained (a result without the record is taken as it stands;
+# --refine-steps 100 resumes a scoring made before the full-covariance default grew with the dimension)
 other_steps = sorted(f"{kind}_d{d}" for kind, d in cells if f"{kind}_d{d}" in sweep
                      and sweep[f"{kind}_d{d}"].get("refine_steps", args.refine_steps) != args.refine_steps)
 if other_steps:

@@ -78,6 +78,7 @@ def command(model: str, setting: str) -> list[str]:
              "--hold-out", *([f"plate={args.held_out_plate}"] if setting == "held-out" else [])]
     words += ["--quick"] if args.quick else []  # tahoe_svae's tiny atlas and settings
     words += ["--data-dir", args.data_dir] if args.data_dir is not None else []
+    words += ["--refine-steps", str(args.refine_steps)] if args.refine_steps is not None else []
     return words + passed_on
 
 

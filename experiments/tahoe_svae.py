@@ -249,7 +249,8 @@ plate_mixing = {"ilisi": ilisi(locations, codes["plate"]) if plates > 1 else Non
 ais = {"ais_chains": args.ais_chains, "ais_steps": args.ais_steps} if args.proposal == "auto" else {}
 other_ais = ais and any(v != parser.get_default(k) for k, v in ais.items())  # named in the folder if not defaults
 scores = out / "scores" / (f"epoch{len(history)}-{args.proposal}-{args.num_samples}"
-                           + (f"-ais{args.ais_chains}x{args.ais_steps}" if other_ais else ""))
+                           + (f"-ais{args.ais_chains}x{args.ais_steps}" if other_ais else "")
+                           + (f"-refine{args.refine_steps}" if args.refine_steps is not None else ""))
 scored = len(held_out) if args.scored_cells is None else min(args.scored_cells, len(held_out))
 if scored < len(held_out):  # a random subset: the analysed cells come shard by shard, plates in blocks
     scores = scores.with_name(f"{scores.name}-cells{scored}")
@@ -267,7 +268,8 @@ if recorded != part_size:
         print(f"{scores} holds no saved part: scoring in parts of {part_size} cells, not {recorded}")
         manifest.unlink()
 ll = log_likelihood_in_parts(model, guide, data_scored, scores, part_size=part_size, seed=args.seed,
-                             progress=progress, num_samples=args.num_samples, proposal=args.proposal, **ais)
+                             progress=progress, num_samples=args.num_samples, proposal=args.proposal,
+                             refine_steps=args.refine_steps, **ais)
 certified = float(ll.certified.float().mean())
 # each scored cell's estimate with its atlas id: runs on the same cells compare by paired differences
 # (LogLikelihood.compare), far tighter than the difference of two means (tahoe_plates.py does)

@@ -57,7 +57,8 @@ history = train(model, guide, train_data.to(device), epochs=args.epochs, batch_s
                 elbo="jit", val_data=test_data.to(device), restore_best=False, device=device, seed=args.seed,
                 progress=not args.no_progress)
 seconds = time.perf_counter() - started
-ll = log_likelihood(model, guide, test_data.to(device), num_samples=args.num_samples, proposal=args.proposal)
+ll = log_likelihood(model, guide, test_data.to(device), num_samples=args.num_samples, proposal=args.proposal,
+                    refine_steps=args.refine_steps)
 ceiling = truth.log_density(test_data.x).mean().item()
 last = history.last
 print(f"{args.epochs} full-batch steps in {seconds:.1f} s; held-out log p(x) {ll.mean:.3f} +/- {ll.stderr:.3f} "

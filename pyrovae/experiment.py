@@ -67,12 +67,19 @@ class ExperimentParser(argparse.ArgumentParser):
                               choices=["guide", "defensive", "refined", "refined+defensive", "auto"],
                               help="importance distribution of the held-out log-likelihood (pyrovae.infer.estimation; "
                                    "'auto': per datum the cheapest estimator that certifies)")
+            self.add_argument("--refine-steps", type=positive_int, default=None,
+                              help="optimisation steps of the refined proposals (and of the refined stage of 'auto') "
+                                   "(default: 100; a full-covariance refinement 12 per latent dimension, at least 100)")
         shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in self.quick_settings.items())
         self.add_argument("--quick", action="store_true", help=f"tiny settings, about a minute on 2 cores: {shown}")
 
     def parse_known_args(self, args=None, namespace=None):  # parse_args calls it too
         parsed, extras = super().parse_known_args(args, namespace)
         _RESUMABLE["run"] = self.resumable
+        refines = getattr(parsed, "proposal", "refined") in _REFINED  # quickstart's proposal: refined+defensive
+        if getattr(parsed, "refine_steps", None) is not None and not refines:
+            self.error(f"--refine-steps sets the refinement of the proposals {', '.join(_REFINED)}: --proposal "
+                       f"{parsed.proposal} refines nothing (drop --refine-steps, or pick one of those)")
         if parsed.quick:
             given = self._given(sys.argv[1:] if args is None else list(args))
             for name, value in self.quick_settings.items():
@@ -90,6 +97,9 @@ class ExperimentParser(argparse.ArgumentParser):
             found = exact or (prefixed if self.allow_abbrev and word.startswith("--") and len(prefixed) == 1 else [])
             given.update(action.dest for action in found)
         return given
+
+
+_REFINED = ("refined", "refined+defensive", "auto")  # the --proposal choices that --refine-steps sets
 
 
 def _shown(value) -> str:

@@ -36,6 +36,20 @@ def test_quick_replaces_only_the_settings_not_given_on_the_command_line():
     assert experiment_parser("steps", epochs=0, out="o").parse_args(["--epochs", "0"]).epochs == 0  # 0: the script's
 
 
+def test_refine_steps_are_refused_for_a_proposal_that_refines_nothing(capsys):
+    from pyrovae.experiment import experiment_parser
+
+    parser = experiment_parser("demo", epochs=5, out="results/demo")
+    assert parser.parse_args(["--refine-steps", "7"]).refine_steps == 7  # the default proposal refines
+    assert parser.parse_args(["--proposal", "auto", "--refine-steps", "7"]).refine_steps == 7
+    assert parser.parse_args(["--proposal", "guide"]).refine_steps is None
+    with pytest.raises(SystemExit):  # before any training: not a ValueError from log_likelihood an hour later
+        parser.parse_args(["--proposal", "guide", "--refine-steps", "7"])
+    assert "--proposal guide refines nothing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--refine-steps", "0"])
+
+
 def test_an_out_path_that_is_a_file_is_named(tmp_path):
     from pyrovae.experiment import experiment_parser, setup
 

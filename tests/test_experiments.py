@@ -14,7 +14,7 @@ from tests.experiment_runs import ROOT, assert_refused_otherwise, run_script, sc
 def test_smoke_quickstart(tmp_path):
     metrics = run_script("quickstart", tmp_path, "--epochs", "1", "--max-train", "512", "--num-test", "64",
                          "--num-samples", "32", "--hidden", "64", "--gap-images", "8", "--ais-chains", "16",
-                         "--flow-epochs", "1")
+                         "--flow-epochs", "1", "--refine-steps", "3")
     runs = metrics["metrics"]["runs"]
     gaps = metrics["metrics"]["gap_report"]
     assert gaps["num_images"] == 8 and set(gaps["gaps"]) >= {"inference", "amortisation", "approximation"}
@@ -25,7 +25,7 @@ def test_smoke_quickstart(tmp_path):
 
 
 def test_smoke_mixture_1d(tmp_path):
-    tiny = ("--num-data", "2048", "--num-test", "256", "--steps", "16", "--num-samples", "16")
+    tiny = ("--num-data", "2048", "--num-test", "256", "--steps", "16", "--num-samples", "16", "--refine-steps", "3")
     metrics = run_script("mixture_1d", tmp_path, *tiny, "--sweep", "0.5", "5000")["metrics"]
     assert set(metrics["runs"]) == {"0.5", "500", "5000"}
     assert metrics["steps"] == 16 and metrics["data_log_density"] < 0
@@ -48,7 +48,7 @@ def test_smoke_mixture_1d(tmp_path):
 
 def test_smoke_two_groups(tmp_path):
     metrics = run_script("two_groups", tmp_path, "--epochs", "20", "--num-test-per-group", "50",
-                         "--num-samples", "16")["metrics"]
+                         "--num-samples", "16", "--refine-steps", "3")["metrics"]
     assert metrics["num_data"] == 100 and metrics["log_likelihood"] < metrics["exact_log_likelihood"]
     assert set(metrics["pc_correlation"]) == {"group 0", "group 1"}
     assert (tmp_path / "two_groups" / "pc_reconstruction.png").exists()
@@ -57,7 +57,7 @@ def test_smoke_two_groups(tmp_path):
 def test_smoke_mnist_vae(tmp_path):
     require_dataset("mnist")
     tiny = ("--epochs", "1", "--mlp-steps", "3", "--num-train", "512", "--num-test", "300", "--num-ll", "16",
-            "--num-samples", "8", "--likelihood", "bernoulli")
+            "--num-samples", "8", "--likelihood", "bernoulli", "--refine-steps", "3")
     metrics = run_script("mnist_vae", tmp_path, *tiny)
     runs = metrics["metrics"]["runs"]
     assert set(runs) == {"MLP VAE (bernoulli)", "conv VAE (bernoulli)"}
@@ -71,7 +71,7 @@ def test_smoke_mnist_vae(tmp_path):
 def test_smoke_fashion_ae_vae(tmp_path):
     require_dataset("fashion-mnist")
     tiny = ("--epochs", "1", "--num-train", "256", "--batch-size", "64", "--num-ll", "16", "--num-samples", "8",
-            "--refit-epochs", "1", "--num-tsne", "120")
+            "--refit-epochs", "1", "--num-tsne", "120", "--refine-steps", "3")
     metrics = run_script("fashion_ae_vae", tmp_path, *tiny)
     runs = metrics["metrics"]["runs"]
     assert set(runs) == {"AE", "VAE"} and runs["AE"]["likelihood"] == "Gaussian"
@@ -84,54 +84,42 @@ def test_smoke_fashion_ae_vae(tmp_path):
 
 def test_smoke_svae_circle(tmp_path):
     metrics = run_script("svae_circle", tmp_path, "--epochs", "2", "--num-data", "200", "--num-test", "100",
-                         "--num-samples", "16", "--guides", "normal", "vmf", "power")["metrics"]
+                         "--num-samples", "16", "--guides", "normal", "vmf", "power", "--refine-steps", "3")["metrics"]
     assert len(metrics["runs"]) == 3 and metrics["num_test"] == 100
     for run in metrics["runs"].values():
         assert run["num_samples"] == 16 and 0 <= run["angle_circular_correlation"] <= 1
         assert run["log_likelihood"] >= run["test_elbo"] - 5  # importance sampling tightens the bound
 
 
-def test_smoke_svae_mnist_resumes(tmp_path):
+def test_smoke_svae_mnist_cells_in_parallel_resume(tmp_path):
+    """--jobs: each cell trains in a process of its own, the results gathered into one table; a second call finds
+    every cell finished, and a call without --jobs resumes their checkpoints and scores."""
     require_dataset("mnist")
     options = ["--epochs", "1", "--num-train", "256", "--num-val", "500", "--num-test", "64", "--num-samples", "8",
-               "--ais-chains", "8", "--ais-steps", "2", "--dims", "2", "5", "--models", "normal", "vmf"]
-    runs = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
-    assert set(runs) == {f"{k}_d{d}" for k in ("normal", "vmf") for d in (2, 5)}
-    assert runs["vmf_d5"]["paper_log_likelihood"] == -108.43 and runs["normal_d2"]["paper_log_likelihood"] == -135.73
-    assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in runs.values())
-    # a finished run is loaded, not trained again
-    again = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
-    assert again["vmf_d5"]["test_log_likelihood"] == runs["vmf_d5"]["test_log_likelihood"]
-    # a run whose scoring was interrupted: trained (its checkpoint kept), its scores saved in parts, no result
-    # stored; the next call reads the parts instead of scoring again, and gets the same estimate
-    scores = tmp_path / "svae_mnist" / "scores" / "vmf_d5"
-    assert {p.parent.name for p in scores.glob("*/part-00000.pt")} == {"auto", "guide"}
-    (tmp_path / "svae_mnist" / "runs.json").unlink()
-    resumed = run_script("svae_mnist", tmp_path, *options, "--dims", "5", "--models", "vmf")["metrics"]["runs"]
-    for key in ("test_log_likelihood", "certified", "guide_log_likelihood", "epochs_trained"):
-        assert resumed["vmf_d5"][key] == runs["vmf_d5"][key]
-    # a finished cell scored otherwise is not passed off as scored with the --refine-steps asked for
-    command = script_command("svae_mnist", tmp_path / "svae_mnist", *options, "--dims", "5", "--models", "vmf",
-                             "--refine-steps", "7")
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert completed.returncode != 0 and "vmf_d5 in" in completed.stderr and "other --refine-steps" in completed.stderr
-
-
-def test_smoke_svae_mnist_cells_in_parallel(tmp_path):
-    """--jobs: each cell trains in a process of its own; the results are gathered into one table, and a second call
-    finds every cell finished."""
-    require_dataset("mnist")
-    options = ["--epochs", "1", "--num-train", "128", "--num-val", "200", "--num-test", "32", "--num-samples", "4",
-               "--ais-chains", "8", "--ais-steps", "2", "--dims", "2", "--models", "vmf", "power", "--jobs", "2"]
-    runs = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
-    assert list(runs) == ["vmf_d2", "power_d2"] and runs["power_d2"]["paper_log_likelihood"] is None
+               "--ais-chains", "8", "--ais-steps", "2", "--refine-steps", "3", "--dims", "2",
+               "--models", "normal", "vmf", "power"]
+    runs = run_script("svae_mnist", tmp_path, *options, "--jobs", "2")["metrics"]["runs"]
+    assert list(runs) == ["normal_d2", "vmf_d2", "power_d2"]
+    assert runs["vmf_d2"]["paper_log_likelihood"] == -132.50 and runs["normal_d2"]["paper_log_likelihood"] == -135.73
+    assert runs["power_d2"]["paper_log_likelihood"] is None
     assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in runs.values())
     assert (tmp_path / "svae_mnist" / "cells" / "power_d2" / "runs.json").exists()
-    # checkpoints and scores where a run without --jobs keeps them: either resumes the other's cells
-    assert list((tmp_path / "svae_mnist" / "checkpoints").glob("power_d2-*.pt"))
-    assert list((tmp_path / "svae_mnist" / "scores" / "power_d2").glob("*/part-00000.pt"))
-    again = run_script("svae_mnist", tmp_path, *options)["metrics"]["runs"]
-    assert again == runs
+    # a finished run is loaded, not trained again
+    assert run_script("svae_mnist", tmp_path, *options, "--jobs", "2")["metrics"]["runs"] == runs
+    # a run whose scoring was interrupted: trained (its checkpoint kept), its scores saved in parts, no result
+    # stored; the next call (here without --jobs) reads the parts instead of scoring again: the same estimate
+    assert list((tmp_path / "svae_mnist" / "checkpoints").glob("vmf_d2-*.pt"))
+    scores = tmp_path / "svae_mnist" / "scores" / "vmf_d2"
+    assert {p.parent.name for p in scores.glob("*/part-00000.pt")} == {"auto", "guide"}
+    (tmp_path / "svae_mnist" / "runs.json").unlink()
+    resumed = run_script("svae_mnist", tmp_path, *options, "--models", "vmf")["metrics"]["runs"]
+    for key in ("test_log_likelihood", "certified", "guide_log_likelihood", "epochs_trained"):
+        assert resumed["vmf_d2"][key] == runs["vmf_d2"][key]
+    # a finished cell scored otherwise is not passed off as scored with the --refine-steps asked for
+    command = script_command("svae_mnist", tmp_path / "svae_mnist", *options, "--models", "vmf",
+                             "--refine-steps", "7")
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert completed.returncode != 0 and "vmf_d2 in" in completed.stderr and "other --refine-steps" in completed.stderr
 
 
 def test_smoke_poisson_synthetic(tmp_path):

@@ -17,7 +17,7 @@ from tests.experiment_runs import ROOT, assert_refused_otherwise, refusal, run_s
 def test_smoke_scvae_counts(tmp_path):
     require_dataset("cellbench")
     options = ("--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "200", "--likelihoods", "nb", "zinb",
-               "--num-samples", "8", "--hidden", "16", "--latent", "3")
+               "--num-samples", "8", "--hidden", "16", "--latent", "3", "--refine-steps", "3")
     metrics = run_script("scvae_counts", tmp_path, *options)
     runs = metrics["metrics"]["runs"]
     assert set(runs) == {"VAE, nb", "VAE, zinb", "GMVAE, nb", "GMVAE, zinb"}
@@ -80,7 +80,7 @@ def test_smoke_integration(tmp_path):
 def test_smoke_grid_search_resumes(tmp_path):
     require_dataset("cellbench")
     arguments = ["--dataset", "cellbench_dropseq", "--epochs", "2", "--genes", "100", "--hidden", "8", "8,16",
-                 "--latent", "2", "3", "--num-samples", "8"]
+                 "--latent", "2", "3", "--num-samples", "8", "--refine-steps", "3"]
     first = run_script("grid_search", tmp_path, *arguments)["metrics"]
     assert len(first["grid"]) == 4 and first["best"] in first["grid"]
     out = tmp_path / "grid_search"
@@ -91,7 +91,7 @@ def test_smoke_grid_search_resumes(tmp_path):
     others = [key for key in first["grid"] if key != first["best"]]  # a narrower grid whose best is another
     hidden, latent = others[0].split()[1], others[0].split()[3]
     narrower = run_script("grid_search", tmp_path, *arguments[:6], "--hidden", hidden, "--latent", latent,
-                          "--num-samples", "8")["metrics"]
+                          "--num-samples", "8", "--refine-steps", "3")["metrics"]
     assert narrower["best"] == others[0]  # trained from its own checkpoint, not the first best's
 
 
@@ -139,7 +139,7 @@ def test_smoke_reference_mapping_null_control(tmp_path):
 
 TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
               "150", "--genes", "120", "--hvg-cells", "800", "--held-out", "100", "--num-samples", "8", "--hidden",
-              "32", "--batch-size", "128")
+              "32", "--batch-size", "128", "--refine-steps", "3")
 
 
 def no_data(tmp_path) -> tuple[str, str]:
@@ -160,7 +160,7 @@ def test_smoke_tahoe_svae_resumes(tmp_path):
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]  # the first epoch came from the checkpoint
     assert resumed["history"][0] == metrics["history"][0]
     scores = sorted(p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/part-00000.pt"))
-    assert scores == ["epoch1-refined+defensive-8", "epoch2-refined+defensive-8"]  # resumable, one per weights
+    assert scores == [f"epoch{n}-refined+defensive-8-refine3" for n in (1, 2)]  # resumable, one per weights
     said = refusal("tahoe_svae", tmp_path, *TAHOE_TINY, *no_data(tmp_path), "--epochs", "2", "--genes", "100")
     assert "chosen otherwise (genes 120 there, 100 now)" in said
 
@@ -173,7 +173,7 @@ def test_smoke_tahoe_svae_pca_normal(tmp_path):
                          "plate=plate2", "--scored-cells", "30")["metrics"]
     assert metrics["features"] == 20 and metrics["held_out_log_likelihood"] < 0 and metrics["scored_cells"] == 30
     assert [p.parent.name for p in (tmp_path / "tahoe_svae" / "scores").glob("*/manifest.json")] == [
-        "epoch1-refined+defensive-8-cells30"]
+        "epoch1-refined+defensive-8-refine3-cells30"]
     assert metrics["covariates"] == [] and metrics["held_out_groups"] == {"plate": ["plate2"]}
     assert metrics["cells"] == 2400  # generated again, not read from the interrupted one
     other = (*TAHOE_TINY[2:], *no_data(tmp_path))
