@@ -21,8 +21,10 @@ $(STAMP): setup.cfg pyproject.toml pyrovae/__init__.py
 run: $(STAMP)
 	$(PY) experiments/quickstart.py
 
+# two worker processes (pytest-xdist), each file on one of them (a module's fixtures made once), one thread each
+# (tests/conftest.py): most of the suite is Python and process start-up, which a second core halves
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

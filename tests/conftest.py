@@ -1,8 +1,14 @@
+import os
+
 import pyro
 import pytest
 import torch
 
 from pyrovae.data import find_dataset
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the cores: one thread each, for their scripts too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
