@@ -26,6 +26,7 @@ from pyrovae import make_pair
 from pyrovae.data import load_digits, load_mnist
 from pyrovae.experiment import experiment_parser, non_negative_int, positive_int, setup, write_metrics
 from pyrovae.infer import gap_report, locate, log_likelihood, reconstruct, refit_guide, train
+from pyrovae.infer.estimation import RefinedProposal
 from pyrovae.plots import latent_scatter, save, show_images
 
 QUICK = {"max_train": 2000, "num_test": 200, "num_samples": 100, "hidden": 200, "gap_images": 20, "ais_chains": 50,
@@ -39,7 +40,7 @@ parser.add_argument("--batch-size", type=positive_int, default=128, help="images
 parser.add_argument("--num-samples", type=positive_int, default=500, help="importance samples per test image")
 parser.add_argument("--num-test", type=positive_int, default=1000, help="test images scored")
 parser.add_argument("--refine-steps", type=positive_int, default=None,
-                    help="optimisation steps of the refined proposal (default: 100)")
+                    help="optimisation steps of the refined proposal, in the table and the gap report (default: 100)")
 parser.add_argument("--max-train", type=positive_int, default=None, help="use only this many training images")
 parser.add_argument("--gap-images", type=non_negative_int, default=100,
                     help="test images in the VAE's gap report (0: none)")
@@ -116,7 +117,8 @@ if args.gap_images:
     refit_guide(vae["model"], flow, train_data, **{**common, "epochs": args.flow_epochs, "val_data": None})
     subset = test_data.subset(torch.arange(min(args.gap_images, len(test_data))))
     report = gap_report(vae["model"], vae["guide"], subset, num_samples=args.num_samples, flow_guide=flow,
-                        ais_chains=args.ais_chains, progress=not args.no_progress)
+                        refine=RefinedProposal(steps=args.refine_steps), ais_chains=args.ais_chains,
+                        progress=not args.no_progress)
     print(f"\ngap report, VAE (ELBO), {len(subset)} test images:\n{report}")
     metrics["gap_report"] = {"num_images": len(subset), **report.to_dict()}
 

@@ -40,7 +40,7 @@ SETTINGS = ("covariate", "none", "held-out")
 COLOURS = {("svae", "covariate"): "tab:red", ("svae", "none"): "salmon", ("svae", "held-out"): "darkred",
            ("nvae", "covariate"): "tab:blue", ("nvae", "none"): "lightsteelblue", ("nvae", "held-out"): "navy"}
 SET_HERE = {"--out", "--atlas-dir", "--guide", "--covariates", "--hold-out", "--device", "--seed", "--epochs",
-            "--proposal", "--no-progress", "--quick", "--data-dir"}
+            "--proposal", "--refine-steps", "--no-progress", "--quick", "--data-dir"}
 
 parser = experiment_parser(__doc__, epochs=10, out="results/tahoe_plates",
                            quick={"proposal": "refined+defensive"}, resumable=True)  # no AIS in a smoke run

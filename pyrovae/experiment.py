@@ -20,6 +20,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyrovae.infer.estimation.log_likelihood import REFINED
 from pyrovae.infer.training.checkpoint import atomic_write
 from pyrovae.optional import require
 
@@ -76,10 +77,10 @@ class ExperimentParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):  # parse_args calls it too
         parsed, extras = super().parse_known_args(args, namespace)
         _RESUMABLE["run"] = self.resumable
-        refines = getattr(parsed, "proposal", "refined") in _REFINED  # quickstart's proposal: refined+defensive
+        refines = getattr(parsed, "proposal", "refined") in REFINED  # quickstart's proposal: refined+defensive
         if getattr(parsed, "refine_steps", None) is not None and not refines:
-            self.error(f"--refine-steps sets the refinement of the proposals {', '.join(_REFINED)}: --proposal "
-                       f"{parsed.proposal} refines nothing (drop --refine-steps, or pick one of those)")
+            self.error(f"--refine-steps sets the steps of the refined proposals and of 'auto': --proposal "
+                       f"{parsed.proposal} refines nothing (drop --refine-steps, or pick one that refines)")
         if parsed.quick:
             given = self._given(sys.argv[1:] if args is None else list(args))
             for name, value in self.quick_settings.items():
@@ -97,9 +98,6 @@ class ExperimentParser(argparse.ArgumentParser):
             found = exact or (prefixed if self.allow_abbrev and word.startswith("--") and len(prefixed) == 1 else [])
             given.update(action.dest for action in found)
         return given
-
-
-_REFINED = ("refined", "refined+defensive", "auto")  # the --proposal choices that --refine-steps sets
 
 
 def _shown(value) -> str:

@@ -91,35 +91,35 @@ def test_smoke_svae_circle(tmp_path):
         assert run["log_likelihood"] >= run["test_elbo"] - 5  # importance sampling tightens the bound
 
 
-def test_smoke_svae_mnist_cells_in_parallel_resume(tmp_path):
-    """--jobs: each cell trains in a process of its own, the results gathered into one table; a second call finds
-    every cell finished, and a call without --jobs resumes their checkpoints and scores."""
+def test_smoke_svae_mnist_cells_in_parallel_grow_and_resume(tmp_path):
+    """--jobs: each cell trains in a process of its own, the results gathered into one table; a call without --jobs
+    trains a new cell in its own process and finds the others finished, and resumes their checkpoints and scores."""
     require_dataset("mnist")
     options = ["--epochs", "1", "--num-train", "256", "--num-val", "500", "--num-test", "64", "--num-samples", "8",
-               "--ais-chains", "8", "--ais-steps", "2", "--refine-steps", "3", "--dims", "2",
-               "--models", "normal", "vmf", "power"]
-    runs = run_script("svae_mnist", tmp_path, *options, "--jobs", "2")["metrics"]["runs"]
-    assert list(runs) == ["normal_d2", "vmf_d2", "power_d2"]
-    assert runs["vmf_d2"]["paper_log_likelihood"] == -132.50 and runs["normal_d2"]["paper_log_likelihood"] == -135.73
-    assert runs["power_d2"]["paper_log_likelihood"] is None
-    assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in runs.values())
-    assert (tmp_path / "svae_mnist" / "cells" / "power_d2" / "runs.json").exists()
-    # a finished run is loaded, not trained again
-    assert run_script("svae_mnist", tmp_path, *options, "--jobs", "2")["metrics"]["runs"] == runs
+               "--ais-chains", "8", "--ais-steps", "2", "--refine-steps", "3", "--dims", "5"]  # S^5: the vMF's
+    runs = run_script("svae_mnist", tmp_path, *options, "--models", "vmf", "power", "--jobs", "2")["metrics"]["runs"]
+    assert list(runs) == ["vmf_d5", "power_d5"]  # rejection sampler (m = 6), not S^2's inverse CDF
+    assert runs["vmf_d5"]["paper_log_likelihood"] == -108.43 and runs["power_d5"]["paper_log_likelihood"] is None
+    assert (tmp_path / "svae_mnist" / "cells" / "power_d5" / "runs.json").exists()
+    # grown without --jobs: the N-VAE trained here, the finished cells loaded, not trained again
+    grown = run_script("svae_mnist", tmp_path, *options, "--models", "normal", "vmf", "power")["metrics"]["runs"]
+    assert list(grown) == ["normal_d5", "vmf_d5", "power_d5"] and grown["power_d5"] == runs["power_d5"]
+    assert grown["normal_d5"]["paper_log_likelihood"] == -110.21
+    assert all(run["epochs_trained"] == 1 and run["test_log_likelihood"] < 0 for run in grown.values())
     # a run whose scoring was interrupted: trained (its checkpoint kept), its scores saved in parts, no result
-    # stored; the next call (here without --jobs) reads the parts instead of scoring again: the same estimate
-    assert list((tmp_path / "svae_mnist" / "checkpoints").glob("vmf_d2-*.pt"))
-    scores = tmp_path / "svae_mnist" / "scores" / "vmf_d2"
+    # stored; the next call reads the parts instead of scoring again: the same estimate
+    assert list((tmp_path / "svae_mnist" / "checkpoints").glob("vmf_d5-*.pt"))
+    scores = tmp_path / "svae_mnist" / "scores" / "vmf_d5"
     assert {p.parent.name for p in scores.glob("*/part-00000.pt")} == {"auto", "guide"}
     (tmp_path / "svae_mnist" / "runs.json").unlink()
     resumed = run_script("svae_mnist", tmp_path, *options, "--models", "vmf")["metrics"]["runs"]
     for key in ("test_log_likelihood", "certified", "guide_log_likelihood", "epochs_trained"):
-        assert resumed["vmf_d2"][key] == runs["vmf_d2"][key]
+        assert resumed["vmf_d5"][key] == runs["vmf_d5"][key]
     # a finished cell scored otherwise is not passed off as scored with the --refine-steps asked for
     command = script_command("svae_mnist", tmp_path / "svae_mnist", *options, "--models", "vmf",
                              "--refine-steps", "7")
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert completed.returncode != 0 and "vmf_d2 in" in completed.stderr and "other --refine-steps" in completed.stderr
+    assert completed.returncode != 0 and "vmf_d5 in" in completed.stderr and "other --refine-steps" in completed.stderr
 
 
 def test_smoke_poisson_synthetic(tmp_path):

@@ -206,6 +206,7 @@ def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
     runs = {r["run"]: json.loads((tmp_path / "tahoe_plates" / r["run"] / "metrics.json").read_text()) for r in rows}
     assert runs["nvae-covariate"]["metrics"]["covariates"] == ["plate"]
     assert runs["nvae-held-out-plate4"]["metrics"]["held_out_groups"] == {"plate": ["plate4"]}
+    assert list((tmp_path / "tahoe_plates" / "nvae-none" / "scores").glob("*-refine3"))  # --refine-steps passed on
     assert (tmp_path / "tahoe_plates" / "atlas" / "generated.json").exists()  # one atlas, shared by the runs
     assert not list((tmp_path / "tahoe_plates").glob("*/atlas"))
     assert (tmp_path / "tahoe_plates" / "table.md").read_text().count("N-VAE") == 3

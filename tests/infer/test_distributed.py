@@ -34,7 +34,12 @@ def _run_two_nodes(args: list[str]) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(SCRIPT.parents[2]))
     nodes = [subprocess.Popen([sys.executable, *launcher, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:  # a node left waiting at the rendezvous (its port taken meanwhile) does not outlive the test
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
     assert all(node.returncode == 0 for node in nodes), "\n".join(output[-3000:] for output in outputs)
 
 
