@@ -205,7 +205,7 @@ def _compiled(function):
 
 def _opaque_to_compile(function):
     """``torch.compiler.disable(function)``, made when ``torch.compile`` first traces a call: the decorator imports
-    torch._dynamo, a second and a half of every ``import pyrovae`` that compiles nothing."""
+    torch._dynamo, 1.3 s of every ``import pyrovae`` that compiles nothing."""
     disabled = []
 
     @functools.wraps(function)
