@@ -93,7 +93,7 @@ def test_smoke_svae_circle(tmp_path):
 
 def test_smoke_svae_mnist_cells_in_parallel_grow_and_resume(tmp_path):
     """--jobs: each cell trains in a process of its own, the results gathered into one table; a call without --jobs
-    trains a new cell in its own process and finds the others finished, and resumes their checkpoints and scores."""
+    trains a new cell itself and finds the others finished, and resumes their checkpoints and scores."""
     require_dataset("mnist")
     options = ["--epochs", "1", "--num-train", "256", "--num-val", "500", "--num-test", "64", "--num-samples", "8",
                "--ais-chains", "8", "--ais-steps", "2", "--refine-steps", "3", "--dims", "5"]  # S^5: the vMF's
