@@ -69,16 +69,15 @@ class ExperimentParser(argparse.ArgumentParser):
                               help="importance distribution of the held-out log-likelihood (pyrovae.infer.estimation; "
                                    "'auto': per datum the cheapest estimator that certifies)")
             self.add_argument("--refine-steps", type=positive_int, default=None,
-                              help="optimisation steps of the refined proposals (and of the refined stage of 'auto') "
-                                   "(default: 100; a full-covariance refinement 12 per latent dimension, at least 100)")
+                              help="optimisation steps of the refined proposals and of 'auto''s refined stage "
+                                   "(default: 100; 12 per latent dimension for a full covariance, at least 100)")
         shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in self.quick_settings.items())
         self.add_argument("--quick", action="store_true", help=f"tiny settings, about a minute on 2 cores: {shown}")
 
     def parse_known_args(self, args=None, namespace=None):  # parse_args calls it too
         parsed, extras = super().parse_known_args(args, namespace)
         _RESUMABLE["run"] = self.resumable
-        refines = getattr(parsed, "proposal", "refined") in REFINED  # quickstart's proposal: refined+defensive
-        if getattr(parsed, "refine_steps", None) is not None and not refines:
+        if getattr(parsed, "refine_steps", None) and getattr(parsed, "proposal", "refined") not in REFINED:
             self.error(f"--refine-steps sets the steps of the refined proposals and of 'auto': --proposal "
                        f"{parsed.proposal} refines nothing (drop --refine-steps, or pick one that refines)")
         if parsed.quick:

@@ -14,7 +14,7 @@ def test_importing_the_library_changes_no_matplotlib_backend_and_data_does_not_i
 
 def test_importing_the_library_leaves_torch_compile_unloaded():
     """torch._dynamo costs 1.3 s to import: only a compile (ours or the user's) loads it, and then the
-    vMF's rejection loop still runs as one opaque call (tests/models/test_svae.py)."""
+    vMF's rejection loop is one opaque call through its custom operator (tests/models/test_svae.py)."""
     import subprocess
     import sys
 

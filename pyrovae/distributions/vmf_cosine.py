@@ -5,7 +5,6 @@ Wood's (1994) rejection sampler for m != 3, the inverse CDF on S^2. Values only:
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import torch
@@ -203,23 +202,6 @@ def _compiled(function):
     return _COMPILED[function]
 
 
-def _opaque_to_compile(function):
-    """``torch.compiler.disable(function)``, made when ``torch.compile`` first traces a call: the decorator imports
-    torch._dynamo, 1.3 s of every ``import pyrovae`` that compiles nothing."""
-    disabled = []
-
-    @functools.wraps(function)
-    def call(*args, **kwargs):
-        if not torch.compiler.is_compiling():
-            return function(*args, **kwargs)
-        if not disabled:
-            disabled.append(torch.compiler.disable(function))
-        return disabled[0](*args, **kwargs)
-
-    return call
-
-
-@_opaque_to_compile  # a data-dependent loop: one opaque call under torch.compile
 def rejection_cosine(kappa: torch.Tensor, m: int, first_gamma: torch.Tensor, log_ive: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An exact draw of w = loc . z for m != 3: returns (w, 1 - w, 1 + w), one accepted draw per element, both ends
