@@ -12,11 +12,15 @@ The auto-encoder's
 point-mass guide cannot serve as an importance distribution, so a Gaussian guide is refitted to its frozen
 decoder first: swapping guides on a trained model. Falls back to scikit-learn's 8x8 digits when MNIST is
 not found.
+
+Nothing is lost to an interruption: each model (and each refit guide) is checkpointed after every epoch and its
+scores saved in parts (``OUT/checkpoints``, ``OUT/scores``); the same command resumes, and a rerun with other
+settings is refused (``OUT/runs.json.settings.json``). The gap report (a few minutes) is made afresh each time.
 """
 
 import sys
-import time
 import warnings
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -24,14 +28,23 @@ from pyrovae.guides import FlowGuide, NormalGuide
 
 from pyrovae import make_pair
 from pyrovae.data import load_digits, load_mnist
-from pyrovae.experiment import experiment_parser, non_negative_int, positive_int, setup, write_metrics
-from pyrovae.infer import gap_report, locate, log_likelihood, reconstruct, refit_guide, train
+from pyrovae.experiment import (
+    experiment_parser,
+    non_negative_int,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
+from pyrovae.infer import gap_report, locate, log_likelihood_in_parts, reconstruct, refit_guide, train
 from pyrovae.infer.estimation import RefinedProposal
 from pyrovae.plots import latent_scatter, save, show_images
+from pyrovae.sweep import Sweep
 
 QUICK = {"max_train": 2000, "num_test": 200, "num_samples": 100, "hidden": 200, "gap_images": 20, "ais_chains": 50,
          "flow_epochs": 1}
-parser = experiment_parser(__doc__, epochs=4, out="results/quickstart", quick=QUICK, proposal=False)
+parser = experiment_parser(__doc__, epochs=4, out="results/quickstart", quick=QUICK, proposal=False,
+                           resumable=True)
 parser.add_argument("--z-dim", type=positive_int, default=20,
                     help="latent dimension d (the S-VAEs: the sphere S^d in R^(d+1))")
 parser.add_argument("--hidden", type=positive_int, default=400,
@@ -69,11 +82,16 @@ print(f"{dataset}: {len(train_data)} training and {len(test_data)} test images o
 common = dict(epochs=args.epochs, batch_size=args.batch_size, val_data=test_data, restore_best=False, device=device,
               seed=args.seed, progress=not args.no_progress)
 runs = {}
+# checkpoints and score parts resume an interrupted run; other settings are refused (the gap report's may change)
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("gap_images", "ais_chains", "flow_epochs")))
+
 
 def fit(name, model, guide, **options):
-    started = time.perf_counter()
-    history = train(model, guide, train_data, **{**common, **options})
-    runs[name] = {"model": model, "guide": guide, "history": history, "seconds": time.perf_counter() - started}
+    history = train(model, guide, train_data, checkpoint=sweep.checkpoint_path(name), **{**common, **options})
+    # the seconds of an interrupted earlier run included
+    runs[name] = {"model": model, "guide": guide, "history": history, "seconds": sum(history["seconds"])}
+
 
 fit("VAE, ELBO", *make_pair("vae", x_dim, z_dim, hidden), elbo="jit")
 fit("VAE, IWAE k=5", *make_pair("vae", x_dim, z_dim, hidden), elbo="iwae", num_particles=5)
@@ -82,10 +100,11 @@ fit("S-VAE, vMF", *make_pair("svae-vmf", x_dim, z_dim, hidden), elbo="jit")
 fit("S-VAE, Power Spherical", *make_pair("svae-power", x_dim, z_dim, hidden), elbo="jit")
 fit("AE (MAP)", *make_pair("ae", x_dim, z_dim, hidden), elbo="jit")
 # swap guides: a Gaussian guide refitted to the auto-encoder's frozen decoder makes its likelihood measurable
-autoencoder, refitted, started = runs["AE (MAP)"]["model"], NormalGuide(x_dim, z_dim, hidden), time.perf_counter()
-history, _ = refit_guide(autoencoder, refitted, train_data, **{**common, "elbo": "jit"})
+autoencoder, refitted = runs["AE (MAP)"]["model"], NormalGuide(x_dim, z_dim, hidden)
+history, _ = refit_guide(autoencoder, refitted, train_data, checkpoint=sweep.checkpoint_path("AE (MAP) + refit guide"),
+                         **{**common, "elbo": "jit"})
 runs["AE (MAP) + refit guide"] = {"model": autoencoder, "guide": refitted, "history": history,
-                                  "seconds": runs["AE (MAP)"]["seconds"] + time.perf_counter() - started}
+                                  "seconds": runs["AE (MAP)"]["seconds"] + sum(history["seconds"])}
 
 metrics = {"dataset": dataset, "num_train": len(train_data), "num_test": len(test_data), "runs": {}}
 print(f"\nheld-out log-likelihood, {args.num_samples} importance samples per image (nats, higher is better),")
@@ -97,11 +116,14 @@ print("".join(f"{text:>{width}}" if i else f"{text:<{width}}"
 for name, run in runs.items():
     if name == "AE (MAP)":
         continue  # a point mass is no importance distribution: scored through its refitted guide
+    scores = out / "scores" / sweep.checkpoint_path(name).stem
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the guide's k-hat warning: the refined row is the answer to it
-        plain = log_likelihood(run["model"], run["guide"], test_data, num_samples=args.num_samples)
-    ll = log_likelihood(run["model"], run["guide"], test_data, num_samples=args.num_samples,
-                        proposal="refined+defensive", refine_steps=args.refine_steps, progress=not args.no_progress)
+        plain = log_likelihood_in_parts(run["model"], run["guide"], test_data, scores / "guide", seed=args.seed,
+                                        num_samples=args.num_samples, proposal="guide")
+    ll = log_likelihood_in_parts(run["model"], run["guide"], test_data, scores / "refined", seed=args.seed,
+                                 num_samples=args.num_samples, proposal="refined+defensive",
+                                 refine_steps=args.refine_steps, progress=not args.no_progress)
     elbo = run["history"].last["val_elbo"]
     print(f"{name:<26}{elbo:>10.2f}{plain.mean:>9.2f}{(plain.khat > 0.7).float().mean():>7.1%}{ll.mean:>9.2f}"
           f"{ll.stderr:>6.2f}{(ll.khat > 0.7).float().mean():>7.1%}{run['seconds']:>8.1f}")

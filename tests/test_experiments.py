@@ -12,9 +12,9 @@ from tests.experiment_runs import ROOT, assert_refused_otherwise, run_script, sc
 
 
 def test_smoke_quickstart(tmp_path):
-    metrics = run_script("quickstart", tmp_path, "--epochs", "1", "--max-train", "512", "--num-test", "64",
-                         "--num-samples", "32", "--hidden", "64", "--gap-images", "8", "--ais-chains", "16",
-                         "--flow-epochs", "1", "--refine-steps", "3")
+    tiny = ("--epochs", "1", "--max-train", "512", "--num-test", "64", "--num-samples", "32", "--hidden", "64",
+            "--ais-chains", "16", "--flow-epochs", "1", "--refine-steps", "3")
+    metrics = run_script("quickstart", tmp_path, *tiny, "--gap-images", "8")
     runs = metrics["metrics"]["runs"]
     gaps = metrics["metrics"]["gap_report"]
     assert gaps["num_images"] == 8 and set(gaps["gaps"]) >= {"inference", "amortisation", "approximation"}
@@ -22,6 +22,10 @@ def test_smoke_quickstart(tmp_path):
     assert set(runs) == {"VAE, ELBO", "VAE, IWAE k=5", "S-VAE, vMF", "S-VAE, Power Spherical", "AE (MAP) + refit guide"}
     for run in runs.values():
         assert run["log_likelihood"] < 0 and run["num_samples"] == 32 and run["proposal"] == "refined+defensive"
+    # resumable: every model, refit guide and score read back (the gap report, made afresh, may change)
+    again = run_script("quickstart", tmp_path, *tiny, "--gap-images", "0")["metrics"]
+    assert again["runs"] == runs and "gap_report" not in again
+    assert_refused_otherwise("quickstart", tmp_path, *tiny[:7], "16", *tiny[8:])  # other --num-samples
 
 
 def test_smoke_mixture_1d(tmp_path):
