@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.nn import MLP, forget_pyro_attributes, name_module, register_module, take_loaded
+from pyrovae.nn import MLP, name_module, register_module, take_loaded
 from pyrovae.nn.checks import (
     check_batch,
     check_batch_norm_batch,
@@ -36,6 +36,7 @@ from pyrovae.nn.checks import (
     check_widths,
 )
 from pyrovae.nn.covariates import ConditionalMLP, Covariates
+from pyrovae.nn.registration import InParamStore
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class EncoderOptions:
     dropout: float
 
 
-class AmortizedGuide(nn.Module):
+class AmortizedGuide(InParamStore, nn.Module):
     """Base class of guides ``q(z | x) = encode(x)``, one latent per datum inside
     ``pyro.plate("data")``.
 
@@ -196,10 +197,6 @@ class AmortizedGuide(nn.Module):
         """q(z | x) for data ``(batch, x_dim)``, with batch shape ``(batch,)`` (``cat``, ``cont``: the covariates,
         used where the guide was built with them)."""
         raise NotImplementedError
-
-    def __getstate__(self) -> dict:
-        forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
-        return super().__getstate__()
 
     def check_call(self, x: torch.Tensor) -> None:
         """Check the data of a call: always (unless traced) a ``(batch, x_dim)`` tensor of the guide's dtype and

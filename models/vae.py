@@ -11,7 +11,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
 from pyrovae.likelihoods import Likelihood, get_likelihood
-from pyrovae.nn import MLP, forget_pyro_attributes, register_module, take_loaded
+from pyrovae.nn import MLP, register_module, take_loaded
 from pyrovae.nn.checks import (
     check_batch,
     check_batch_norm_batch,
@@ -24,10 +24,10 @@ from pyrovae.nn.checks import (
     check_widths,
 )
 from pyrovae.nn.covariates import ConditionalMLP, Covariates
-from pyrovae.nn.registration import name_module
+from pyrovae.nn.registration import InParamStore, name_module
 
 
-class VAE(nn.Module):
+class VAE(InParamStore, nn.Module):
     """The generative side of a VAE: ``z ~ p(z)``, ``x ~ likelihood(decoder(z))``, one pair per datum.
 
     Calling the module is the Pyro model: every per-datum site lives in ``pyro.plate("data")``, the
@@ -237,10 +237,6 @@ class VAE(nn.Module):
         """Raise a ValueError when ``x`` has the wrong shape or lies outside the likelihood's support."""
         check_shape(x, self.x_dim, type(self).__name__)  # each wrong shape named with its own fix
         self.likelihood.check_data(x)
-
-    def __getstate__(self) -> dict:
-        forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
-        return super().__getstate__()
 
     def forward(self, x: torch.Tensor | None = None, cat: torch.Tensor | None = None,
                 cont: torch.Tensor | None = None, *, num_data: int | None = None) -> None:

@@ -132,6 +132,15 @@ def test_a_gmvae_with_another_number_of_components_than_labels_is_named():
     frame = predict_labels(matching, data)
     assert list(frame.columns[2:]) == data.label_names
     np.testing.assert_allclose(frame[data.label_names].sum(1), 1.0, rtol=1e-6)
+    # a query labelled with another set of types: the guide's labels are named, not the query's
+    query = data.subset(np.arange(10))
+    query.obs["cell_type"] = np.where(np.arange(10) % 2 == 0, "NK", "pDC")
+    query = CountData(query.counts, query.obs, label_key="cell_type")
+    named = predict_labels(matching, query, label_names=data.label_names)
+    assert list(named.columns[2:]) == data.label_names
+    np.testing.assert_allclose(named[data.label_names].to_numpy(), frame[data.label_names].to_numpy()[:10], rtol=1e-5)
+    with pytest.raises(ValueError, match="label_names has 2 labels, but the guide has 3 components"):
+        predict_labels(matching, query, label_names=["NK", "pDC"])
 
 
 def test_train_refuses_a_gmvae_with_more_components_than_the_labels():

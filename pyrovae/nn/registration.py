@@ -186,6 +186,28 @@ def take_loaded(module: nn.Module) -> nn.Module:
     return module
 
 
+class InParamStore:
+    """What reads or writes a whole module (``state_dict``, ``load_state_dict``, pickling) takes the values loaded
+    into Pyro's param store under its names first (:func:`take_loaded`), as its calls do: after
+    ``pyro.get_param_store().load(path)``, ``model.state_dict()``, ``torch.save(model)`` and
+    :func:`~pyrovae.save_pair` hold the loaded values, and a ``load_state_dict`` afterwards is the one kept (the
+    store's older values do not overwrite it at the next call). pyrovae's models and guides inherit it; put it
+    before ``nn.Module`` among a class's bases."""
+
+    def state_dict(self, *args, **kwargs):
+        take_loaded(self)
+        return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        take_loaded(self)
+        return super().load_state_dict(*args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        take_loaded(self)
+        forget_pyro_attributes(self)  # Pyro's weak references cannot be pickled: torch.save(model) works
+        return super().__getstate__()
+
+
 def register_module(module: nn.Module) -> nn.Module:
     """Emit a ``pyro.param`` site for every trainable parameter of ``module`` and return the module.
 
@@ -263,5 +285,5 @@ def unregister_module(module: nn.Module) -> None:
     _ENTRIES.get(module, {}).clear()
 
 
-__all__ = ["forget_pyro_attributes", "module_named", "name_module", "pyro_name", "register_module",
+__all__ = ["InParamStore", "forget_pyro_attributes", "module_named", "name_module", "pyro_name", "register_module",
            "take_loaded", "unregister_module"]

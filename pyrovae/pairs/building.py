@@ -223,7 +223,8 @@ def _registered_class(name: str):
 
 def pair_config(model, guide) -> dict | None:
     """The JSON-able arguments that rebuild ``(model, guide)`` with :func:`make_pair`, or None for a pair not
-    built by it (or with custom networks, which are code, not configuration)."""
+    built by it, or with custom networks or other code among its arguments (an activation given as a module):
+    code, not configuration."""
     arguments = getattr(model, "pair_arguments", None)
     if arguments is None or arguments is not getattr(guide, "pair_arguments", None):
         return None
@@ -232,6 +233,10 @@ def pair_config(model, guide) -> dict | None:
     arguments = dict(arguments)
     if arguments["likelihood"] is None:
         arguments["likelihood"], arguments["likelihood_options"] = likelihood_spec(model.likelihood)
+    try:
+        json.dumps(arguments, allow_nan=True)
+    except (TypeError, ValueError):
+        return None
     return arguments
 
 

@@ -15,8 +15,9 @@ import torch
 
 from pyrovae.guides.base import AmortizedGuide
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
+from pyrovae.likelihoods import get_likelihood
 from pyrovae.models import VAE
-from pyrovae.pairs.building import build_pair, pair_config
+from pyrovae.pairs.building import build_pair, likelihood_spec, pair_config
 
 CONFIG_FILE, WEIGHTS_FILE = "pair.json", "weights.pt"
 FORMAT_VERSION = 1
@@ -55,9 +56,9 @@ def save_pair(folder: str | os.PathLike, model, guide, history=None, *, extra: d
     arguments = pair_config(model, guide)
     if arguments is None:
         warnings.warn(f"save_pair: this {type(model).__name__} / {type(guide).__name__} pair was not built by "
-                      "make_pair (or has custom networks), so its architecture is not recorded: load_pair will need "
-                      "the two objects built as now, load_pair(folder, model=..., guide=...)", UserWarning,
-                      stacklevel=2)
+                      "make_pair (or has custom networks, or an activation given as a module), so its architecture "
+                      "is not recorded: load_pair will need the two objects built as now, load_pair(folder, "
+                      "model=..., guide=...)", UserWarning, stacklevel=2)
     config = {"format": FORMAT_VERSION, "pyrovae_version": pyrovae.__version__, "pair": arguments,
               "model_class": type(model).__name__, "guide_class": type(guide).__name__, "history": history,
               **(extra or {})}
@@ -200,6 +201,22 @@ def load_weights(module, state: dict[str, torch.Tensor], role: str, folder) -> N
         module.load_state_dict({key: value.to(device) for key, value in state.items()})
 
 
+def _check_likelihood(model, recorded: dict, folder) -> None:
+    """Refuse a model given to :func:`load_pair` whose likelihood is not the saved one's (its weights would load,
+    the shapes agreeing, and be read as another law's)."""
+    likelihood = getattr(model, "likelihood", None)
+    try:
+        saved = likelihood_spec(get_likelihood(recorded["likelihood"], recorded["x_dim"],
+                                               **recorded.get("likelihood_options", {})))
+        now = likelihood_spec(likelihood)
+    except (KeyError, TypeError, ValueError):  # a likelihood not rebuilt by name: nothing to compare
+        return
+    if now != saved:
+        raise ValueError(f"{folder} holds a model with the likelihood {saved[0]!r} {saved[1]}, and the model given has "
+                         f"{now[0]!r} {now[1]}: its weights would load (the shapes agree) and be read as another "
+                         "law's; build the model with the saved likelihood, or load_pair(folder) without objects")
+
+
 def load_pair(folder: str | os.PathLike, model=None, guide=None):
     """The pair saved in ``folder`` by :func:`save_pair`: ``(model, guide, history)``.
 
@@ -221,12 +238,13 @@ def load_pair(folder: str | os.PathLike, model=None, guide=None):
             time.sleep(0.1)
     if (model is None) != (guide is None):
         raise ValueError("load_pair takes both model= and guide= (objects built as the saved ones), or neither")
+    given = model is not None
     if model is None:
         if config.get("pair") is None:
             raise ValueError(
                 f"the pair in {folder} ({config.get('model_class')} + {config.get('guide_class')}) was not built by "
-                "make_pair (or has custom networks), so its architecture is not recorded: build the model and guide "
-                "as before and pass load_pair(folder, model=model, guide=guide)"
+                "make_pair (or has custom networks, or an activation given as a module), so its architecture is not "
+                "recorded: build the model and guide as before and pass load_pair(folder, model=model, guide=guide)"
             )
         model, guide = build_pair(config["pair"])
         rebuilt = {}
@@ -241,6 +259,8 @@ def load_pair(folder: str | os.PathLike, model=None, guide=None):
             raise ValueError(f"{folder} holds a {recorded} as the {role}, and a {type(module).__name__} was given: "
                              f"its weights would load (the shapes agree) and mean something else; build the {role} as "
                              "it was saved")
+    if given and config.get("pair") is not None:
+        _check_likelihood(model, config["pair"], folder)
     load_weights(model, weights["model"], "model", folder)
     load_weights(guide, weights["guide"], "guide", folder)
     history = config.get("history")

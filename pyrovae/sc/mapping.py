@@ -107,7 +107,8 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
     arguments = pair_config(reference.model, reference.guide)
     if arguments is None:
         raise ValueError("map_query needs a reference pair built from its AnnData (make_pair's networks); this one "
-                         "has custom networks, whose batch inputs it cannot widen")
+                         "has custom networks (or an activation given as a module), which it cannot rebuild with "
+                         "wider batch inputs: give the activation by name (activation='elu')")
     arguments["categorical"] = [arguments["categorical"][0] + num_new, *arguments["categorical"][1:]]
     if arguments.get("name"):
         arguments["name"] = f"{arguments['name']}_query"  # the reference keeps its name in Pyro's param store

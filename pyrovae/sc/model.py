@@ -169,7 +169,7 @@ class SingleCellModel:
         offset = len(self.history)
         for record in history.records:
             self.history.records.append({**record, "epoch": record.get("epoch", 0) + offset})
-        self.history.best_epoch = history.best_epoch
+        self.history.best_epoch = None if history.best_epoch is None else history.best_epoch + offset
         self.history.stopped_early = history.stopped_early
         self.is_trained = len(self.history) > 0  # epochs=0 trains nothing
         return history
@@ -212,7 +212,8 @@ class SingleCellModel:
         (a level of ``batch_key``) or averaged over a list of batches."""
         self._check_trained()
         frame = normalized_expression(self.model, self.guide, self._data(adata), library_size=library_size,
-                                      num_samples=num_samples, transform_batch=transform_batch, seed=seed)
+                                      num_samples=num_samples, transform_batch=_batch_levels(transform_batch),
+                                      seed=seed)
         add_results(self._adata(adata), normalized=frame, key=key)
         return frame
 
@@ -236,9 +237,10 @@ class SingleCellModel:
                                 key: str = RESULTS_KEY, **options) -> pd.DataFrame:
         """Bayesian differential expression of ``group1`` against ``group2`` (default: the other cells) by
         :func:`~pyrovae.infer.differential_expression` (``mode``, ``delta``, ``num_samples``, ``fdr``, ``seed``
-        in ``options``); groups are values of ``obs[groupby]`` (default: the labels). The table is returned and kept
-        in ``adata.uns["<key>_de"]["<group1> vs <group2>"]``, beside the earlier comparisons (groups given as cell
-        masks are named "selected cells", numbered from the second on: "selected cells vs rest (2)")."""
+        in ``options``); groups are values of ``obs[groupby]`` (default: the labels), named as strings. The table is
+        returned and kept in ``adata.uns["<key>_de"]["<group1> vs <group2>"]`` (``"<groupby>: <group1> vs <group2>"``
+        for a ``groupby`` other than the labels' column), beside the earlier comparisons (groups given as cell masks
+        are named "selected cells", numbered from the second on: "selected cells vs rest (2)")."""
         self._check_trained()
         data = self._data(adata)
         target = self._adata(adata)
@@ -250,6 +252,8 @@ class SingleCellModel:
                              "with labels_key=")
         table = differential_expression(self.model, self.guide, data, group1, group2, groupby=groupby, **options)
         comparison = f"{_group_name(group1, groupby)} vs {'rest' if group2 is None else _group_name(group2, groupby)}"
+        if groupby is not None and groupby != self.registration.labels_key:  # "0 vs 1" of two clusterings: two keys
+            comparison = f"{groupby}: {comparison}"
         tables = dict(target.uns.get(f"{key}_de", {}))
         comparison = comparison.replace("/", "_")  # '/' would nest the table in an .h5ad file
         base, number = comparison, 1
@@ -288,6 +292,16 @@ class SingleCellModel:
         trained = f"trained {len(self.history)} epochs" if len(self.history) else "not trained"
         return (f"{type(self).__name__}({len(self.gene_names)} genes, likelihood "
                 f"{self.model.pair_arguments['likelihood']!r}, {trained})")
+
+
+def _batch_levels(batch):
+    """``transform_batch`` as levels of ``batch_key``, which the registration keeps as strings: batches numbered in
+    the AnnData (``obs["sample"] = 1, 2``) are named by their numbers, not taken as positions."""
+    if batch is None or isinstance(batch, str):
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return [b if isinstance(b, str) else str(b) for b in batch]
+    return str(batch)
 
 
 def _names_labels(group) -> bool:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from pyrovae.infer import History
+from pyrovae.pairs.building import pair_config
 from pyrovae.pairs.saving import CONFIG_FILE, WEIGHTS_FILE, load_pair, read_config, save_pair
 from pyrovae.sc.registration import UNS_KEY, DataRegistration
 
@@ -25,6 +26,10 @@ def save_model(model, folder: str | os.PathLike, *, overwrite: bool = False) -> 
     if (folder / CONFIG_FILE).exists() and not overwrite:
         raise FileExistsError(f"{folder} already holds a saved model; pass overwrite=True to replace it, or choose "
                               "another folder")
+    if pair_config(model.model, model.guide) is None:
+        raise ValueError(f"this {type(model).__name__} holds code among its settings (an activation given as a module, "
+                         "or custom networks), which a saved folder does not keep, so it could not be loaded: build "
+                         "it with an activation by name (activation='elu') to save it")
     extra = {"single_cell": {"class": type(model).__name__, "registration": model.registration.to_dict(),
                              "genes": list(model.gene_names)}}
     return save_pair(folder, model.model, model.guide, model.history, extra=extra)

@@ -210,3 +210,44 @@ def test_a_loaded_store_is_what_every_reader_of_the_weights_sees(tmp_path, reade
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.allclose(read(model, guide, x), expected)
+
+
+def test_a_loaded_store_is_what_a_saved_module_holds_and_a_later_load_state_dict_is_kept(tmp_path):
+    """state_dict, save_pair and torch.save of a pair right after the store was loaded hold the loaded values (they
+    held the new objects' random start before); a load_state_dict after the store's load is the state kept."""
+    from pyrovae import load_pair, make_pair, save_pair
+
+    pyro.clear_param_store()
+    gc.collect()
+    x = binary(64)
+    model, guide = make_pair("vae", X_DIM, 3, (8,))
+    model(x), guide(x)
+    with torch.no_grad():
+        for p in [*model.parameters(), *guide.parameters()]:
+            p.add_(0.5 * torch.randn_like(p))
+    trained = {role: {k: v.clone() for k, v in m.state_dict().items()} for role, m in (("model", model),
+                                                                                     ("guide", guide))}
+    pyro.get_param_store().save(tmp_path / "store.pt")
+    del model, guide
+    gc.collect()
+    pyro.clear_param_store()
+    torch.manual_seed(123)
+    model, guide = make_pair("vae", X_DIM, 3, (8,))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    pyro.get_param_store().load(tmp_path / "store.pt")
+    assert all(torch.equal(v, trained["model"][k]) for k, v in model.state_dict().items())
+    save_pair(tmp_path / "pair", model, guide)
+    torch.save(guide, tmp_path / "guide.pt")
+    reloaded_model, reloaded_guide, _ = load_pair(tmp_path / "pair")
+    for role, module in (("model", reloaded_model), ("guide", reloaded_guide)):
+        assert all(torch.equal(v, trained[role][k]) for k, v in module.state_dict().items()), role
+    pickled = torch.load(tmp_path / "guide.pt", weights_only=False)
+    assert all(torch.equal(v, trained["guide"][k]) for k, v in pickled.state_dict().items())
+    del reloaded_model, reloaded_guide, pickled, model, guide
+    gc.collect()
+    pyro.clear_param_store()
+    model = make_pair("vae", X_DIM, 3, (8,))[0]
+    pyro.get_param_store().load(tmp_path / "store.pt")
+    model.load_state_dict(start)  # loaded after the store: this state is the model's, at its next call too
+    model(x)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())

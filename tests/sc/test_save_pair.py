@@ -111,6 +111,26 @@ def test_weights_load_into_objects_the_user_built(tmp_path):
         load_pair(tmp_path, model=VAE(X_DIM, LATENT, (8,), "poisson"), guide=wider)
 
 
+def test_objects_of_another_likelihood_or_an_activation_module_are_named(tmp_path):
+    """Weights of a saved NB pair would load into a ZIP or Poisson model of the same shapes and be read as that law's:
+    refused, naming both. A pair whose activation is a module (code) is saved as a custom one, with the warning."""
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), likelihood="poisson")
+    save_pair(tmp_path / "poisson", model, guide)
+    other = make_pair("vae", X_DIM, LATENT, (8,), likelihood="bernoulli")
+    with pytest.raises(ValueError, match=r"likelihood 'poisson' .* given has 'bernoulli'.*saved likelihood"):
+        load_pair(tmp_path / "poisson", *other)
+    load_pair(tmp_path / "poisson", *make_pair("vae", X_DIM, LATENT, (8,), likelihood="poisson"))  # the same: loads
+    model, guide = make_pair("vae", X_DIM, LATENT, (8,), likelihood="poisson", activation=torch.nn.ELU())
+    with pytest.warns(UserWarning, match="activation given as a module"):
+        save_pair(tmp_path / "elu", model, guide)
+    with pytest.raises(ValueError, match="activation given as a module"):
+        load_pair(tmp_path / "elu")
+    rebuilt = make_pair("vae", X_DIM, LATENT, (8,), likelihood="poisson", activation=torch.nn.ELU())
+    load_pair(tmp_path / "elu", *rebuilt)
+    for a, b in zip(model.state_dict().values(), rebuilt[0].state_dict().values()):  # NaN: an unset library prior
+        assert torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 class _RunsCode:
     """A pickle whose loading would call os.system: torch.load(weights_only=True) must refuse it."""
 

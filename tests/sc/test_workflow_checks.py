@@ -230,7 +230,11 @@ def test_de_tables_are_named_by_the_groups_values_and_zero_epochs_train_nothing(
     model = _trained(adata)
     model.differential_expression(1, 2, groupby="cluster", num_samples=2)
     model.differential_expression([0, 1], groupby="cluster", num_samples=2)
-    assert sorted(adata.uns["pyrovae_de"]) == ["0+1 vs rest", "1 vs 2"]
+    adata.obs["other"] = adata.obs["cluster"].to_numpy()[::-1]
+    model.differential_expression(1, 2, groupby="other", num_samples=2)  # another clustering's "1 vs 2": kept apart
+    assert sorted(adata.uns["pyrovae_de"]) == ["cluster: 0+1 vs rest", "cluster: 1 vs 2", "other: 1 vs 2"]
+    with pytest.raises(ValueError, match=r"one number.*'1'.*\[1\]"):  # a label or one cell? never guessed
+        model.differential_expression(1, num_samples=2)
 
 
 @pytest.mark.filterwarnings("ignore::anndata.ImplicitModificationWarning")  # anndata's own, beside ours
@@ -249,3 +253,30 @@ def test_a_validation_split_of_a_few_cells_warns(adata):
     model = sc.SingleCellVAE(adata, **SMALL)
     with pytest.warns(UserWarning, match=r"train_size=0.99 leaves 1 of the 90 cells to validate on"):
         model.train(**QUICK, train_size=0.99)
+
+
+def test_batches_numbered_in_the_anndata_are_named_by_their_numbers(adata):
+    """obs["sample"] = 1, 2 registers levels "1" and "2": transform_batch=1 is the level "1", not the position 1."""
+    adata.obs["sample"] = np.where(np.arange(NUM_CELLS) % 2 == 0, 1, 2)
+    sc.setup_anndata(adata, layer="counts", batch_key="sample")
+    model = _trained(adata)
+    by_number = model.get_normalized_expression(transform_batch=2)
+    by_name = model.get_normalized_expression(transform_batch="2")
+    other = model.get_normalized_expression(transform_batch="1")
+    assert np.array_equal(by_number.to_numpy(), by_name.to_numpy())
+    assert not np.allclose(by_number.to_numpy(), other.to_numpy())
+    averaged = model.get_normalized_expression(transform_batch=[1, 2])
+    assert np.array_equal(averaged.to_numpy(), model.get_normalized_expression(transform_batch=["1", "2"]).to_numpy())
+    with pytest.raises(ValueError, match="3"):
+        model.get_normalized_expression(transform_batch=3)
+
+
+def test_a_second_training_counts_its_best_epoch_after_the_first(adata):
+    sc.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = sc.SingleCellVAE(adata, **SMALL)
+    model.train(**{**QUICK, "epochs": 3}, early_stopping=True, patience=5)
+    second = model.train(**{**QUICK, "epochs": 3}, early_stopping=True, patience=5)
+    assert len(model.history) == 6
+    assert model.history.best_epoch == 3 + second.best_epoch
+    best = model.history.records[model.history.best_epoch - 1]
+    assert best["train_elbo"] == max(r["train_elbo"] for r in model.history.records[3:])

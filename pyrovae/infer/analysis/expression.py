@@ -175,6 +175,10 @@ def _mask(data, group, groupby: str | None, name: str) -> np.ndarray:
             raise ValueError(f"{name}: no cells with {key} in {unknown} (groups: {sorted(set(labels))[:20]})")
         mask = np.isin(labels, wanted)
     else:
+        if np.isscalar(group):
+            raise ValueError(f"{name}={group!r} is one number: a group named by it is a label, given as a string "
+                             f"({str(group)!r}, with groupby= where it is not the labels' column); one cell is a "
+                             f"list of its index ([{group!r}])")
         mask = np.zeros(n, bool)
         mask[selection_indices(group, n, name)] = True
     if not mask.any():
@@ -342,15 +346,23 @@ def markers(frame: pd.DataFrame, min_bayes_factor: float = 3.0, min_detection: f
 
 
 @torch.no_grad()
-def predict_labels(guide, data, batch_size: int = 512, device=None) -> pd.DataFrame:
+def predict_labels(guide, data, batch_size: int = 512, device=None, *, label_names=None) -> pd.DataFrame:
     """Transferred labels of a semi-supervised GMVAE (:class:`~pyrovae.guides.GMVAEGuide` trained on
     :meth:`CountData.with_labels <pyrovae.data.CountData.with_labels>`): the most probable label of every cell
-    (column ``label``), its probability (``probability``) and q(y | x) for each label (one column per label)."""
+    (column ``label``), its probability (``probability``) and q(y | x) for each label (one column per label).
+
+    :param label_names: the guide's components' labels in order: the ``label_names`` of the data it was trained
+        on. By default ``data``'s own, which are those only when ``data`` has the training data's labels; a query
+        whose labels column holds another set (other types, or the same number of other ones) needs
+        ``label_names=training_data.label_names``, else its cells would be named by the query's labels.
+    """
     data = _count_data(data, "predict_labels")
     if not callable(getattr(guide, "classify", None)):
         raise TypeError(f"predict_labels needs a guide with classify() (GMVAEGuide), got {type(guide).__name__}")
-    names = data.label_names
-    if isinstance(getattr(guide, "num_components", None), int):
+    names = data.label_names if label_names is None else [str(name) for name in label_names]
+    if label_names is not None and len(names) != getattr(guide, "num_components", len(names)):
+        raise ValueError(f"label_names has {len(names)} labels, but the guide has {guide.num_components} components")
+    if isinstance(getattr(guide, "num_components", None), int) and label_names is None:
         data.check_components(guide.num_components)  # before any work
     probs = encode_data(guide, data, fn=guide.classify, batch_size=batch_size, device=device).double().numpy()
     if names and len(names) != probs.shape[1]:

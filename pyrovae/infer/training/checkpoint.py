@@ -266,6 +266,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _module_settings(modules: dict) -> dict:
+    """The numbers, strings and flags a pyrovae model or guide keeps as public attributes (``"guide.min_scale"``,
+    ...), but not its mode (``training``); a user's own modules are left to their ``repr``."""
+    return {f"{name}.{attribute}": value for name, module in modules.items()
+            if type(module).__module__.startswith("pyrovae.")
+            for attribute, value in vars(module).items()
+            if not attribute.startswith("_") and attribute != "training" and isinstance(value, (bool, int, float, str))}
+
+
 class TrainingCheckpoint:
     """The file from which an interrupted :func:`~pyrovae.infer.train` resumes as if it had never stopped.
 
@@ -274,15 +283,19 @@ class TrainingCheckpoint:
     state; :meth:`save` writes it atomically (:func:`save_checkpoint`) and :meth:`restore` loads it back.
 
     ``settings`` (what ``train`` was asked for: batch size, the data's size and fingerprint, objective, KL weight,
-    seed, ...) are saved too; :meth:`restore` refuses a file whose settings or optimiser arguments (the learning rate
-    among them) differ from this run's, naming each difference, instead of continuing another run in silence.
+    seed, ...) are saved too, with the settings of pyrovae's modules that their ``repr`` does not show (a guide's
+    ``min_scale``, a GMVAE guide's ``classification_weight``); :meth:`restore` refuses a file whose settings or
+    optimiser arguments (the learning rate among them) differ from this run's, naming each difference, instead of
+    continuing another run in silence (a file saved before a setting was recorded is not checked for it).
     """
 
     def __init__(self, path, modules: dict, optimizer, batches, store_params: dict, settings: dict | None = None
                  ) -> None:
+        if path is not None and os.path.isdir(path):
+            raise ValueError(f"checkpoint {path} is a folder; give a file: checkpoint={os.path.join(path, 'run.pt')!r}")
         self.path = path
         self.modules, self.optimizer, self.batches, self.store_params = modules, optimizer, batches, store_params
-        self.settings = dict(settings or {})
+        self.settings = {**_module_settings(modules), **dict(settings or {})}
 
     def exists(self) -> bool:
         return self.path is not None and os.path.exists(self.path)

@@ -234,8 +234,6 @@ def train(
             )
         step = SVIStep(data_parallel(objective, device) if distributed else objective, params, optim, lr)
         stopping = EarlyStopping(patience, keep_best=restore_best and (patience is not None or validation is not None))
-        if checkpoint is not None and is_main_process():
-            lock = _lock_checkpoint(checkpoint)
         digested = checkpoint is not None  # the data's digests are what a checkpoint compares on resume
         settings = {"batch_size": batches.source.batch_size, "num_data": batches.num_data,
                     "data": batches.fingerprint() if digested else None,  # 64 data, as older checkpoints hold
@@ -246,6 +244,8 @@ def train(
                     "val_data": validation.fingerprint(None) if digested and validation is not None else None,
                     "patience": patience, "restore_best": stopping.keep_best}
         saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings)
+        if checkpoint is not None and is_main_process():
+            lock = _lock_checkpoint(checkpoint)
         history, start_epoch = History(), 0
         if resume and saved.exists():
             start_epoch, history = saved.restore(device, stopping, rank())

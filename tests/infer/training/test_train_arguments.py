@@ -141,3 +141,22 @@ def test_a_last_batch_of_one_under_batch_norm_is_dropped_or_refused():
             train(model, guide, x[:1], epochs=1, progress=False)
     train(model, NormalGuide(6, 2, (8,)), x[:1], epochs=1, freeze="model", progress=False)  # frozen: evaluation mode
     train(VAE(6, 2, (8,)), NormalGuide(6, 2, (8,)), x[:1], epochs=1, progress=False)  # without: it can
+
+
+def test_a_checkpoint_of_a_guide_with_another_min_scale_is_refused(tmp_path):
+    """min_scale is no weight and not in the guide's repr: kept among the checkpoint's settings, and compared."""
+    from pyrovae.guides import NormalGuide
+
+    path = tmp_path / "c.pt"
+    fit(epochs=1, checkpoint=path)
+    model, guide = small_pair()
+    wider = NormalGuide(guide.x_dim, guide.z_dim, (6,), min_scale=0.5)
+    assert repr(wider) == repr(guide)  # what the architecture check sees
+    with pytest.raises(ValueError, match=r"guide\.min_scale=1e-05 there, 0\.5 here"):
+        train(model, wider, data(), epochs=2, checkpoint=path, progress=False, eval_size=0)
+
+
+def test_a_folder_as_the_checkpoint_is_named_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"is a folder; give a file: checkpoint='.*run\.pt'"):
+        fit(epochs=1, checkpoint=tmp_path)
+    assert list(tmp_path.parent.glob(tmp_path.name + "*")) == [tmp_path] and not list(tmp_path.iterdir())
