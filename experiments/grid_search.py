@@ -14,6 +14,8 @@ the observed library size (``scvae_counts.py --library observed`` trains the sam
 
 Resumable: each finished configuration is recorded in ``grid.json`` and not trained again, and the final run
 resumes from its checkpoint (one per configuration, in ``OUT/checkpoints``: a wider grid may pick another best).
+The final run's own settings (``--epochs``, ``--num-samples``, ``--proposal``, ``--refine-steps``) may change
+between runs on one ``--out``: the grid is kept; the others are refused.
 """
 
 import os
@@ -91,8 +93,10 @@ def search(hidden: list[int], latent: int) -> dict:
     return result
 
 
-# a finished configuration is never trained again; results of other settings are refused
-sweep = Sweep(Path(args.out) / "grid.json", settings={**result_settings(args, exclude=("hidden", "latent")),
+# a finished configuration is never trained again; results of other settings are refused (those of the final run
+# alone may change: its checkpoint goes on for more epochs, and its score is made afresh)
+final_only = ("hidden", "latent", "epochs", "num_samples", "proposal", "refine_steps")
+sweep = Sweep(Path(args.out) / "grid.json", settings={**result_settings(args, exclude=final_only),
                                                       "chosen_on": "validation cells"})
 grid = {f"hidden {spec} latent {latent}": sweep.run(f"hidden {spec} latent {latent}", search,
                                                    [int(h) for h in spec.split(",")], latent)

@@ -84,10 +84,13 @@ def test_smoke_grid_search_resumes(tmp_path):
     first = run_script("grid_search", tmp_path, *arguments)["metrics"]
     assert len(first["grid"]) == 4 and first["best"] in first["grid"]
     out = tmp_path / "grid_search"
-    command = script_command("grid_search", out, *arguments)
+    final_changed = [*arguments[:3], "3", *arguments[4:13], "4", *arguments[14:]]  # --epochs 3, --num-samples 4
+    command = script_command("grid_search", out, *final_changed)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.count("done before") == 4  # nothing trained twice
+    assert completed.stdout.count("done before") == 4  # nothing trained twice: the grid kept for the final run's
+    again = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert again["best_epochs"] == 3 and again["best_log_likelihood"]["num_samples"] == 4
     others = [key for key in first["grid"] if key != first["best"]]  # a narrower grid whose best is another
     hidden, latent = others[0].split()[1], others[0].split()[3]
     narrower = run_script("grid_search", tmp_path, *arguments[:6], "--hidden", hidden, "--latent", latent,
