@@ -54,7 +54,7 @@ parser.add_argument("--held-out-plate", default="plate4", help="the plate held o
 parser.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each in its own process")
 next(a for a in parser._actions if a.dest == "quick").help = (
     "each run with tahoe_svae.py's --quick (a 4,000-cell atlas), --epochs 1 and --proposal refined+defensive "
-    "unless given")
+    f"unless given, into {parser.get_default('out')}-quick unless --out is given")
 args, passed_on = parser.parse_known_args()
 # tahoe_svae reads abbreviations (--ep for --epochs): a word is ours if it begins one of our options
 clashing = sorted({word for word in (w.split("=", 1)[0] for w in passed_on if w.startswith("--"))

@@ -38,9 +38,9 @@ class ExperimentParser(argparse.ArgumentParser):
     """An argument parser with the options every experiment takes, ``--quick`` among them.
 
     ``--quick`` replaces the settings named in ``quick`` (a dict from option name to value) by tiny ones, so that
-    the script runs end to end, evaluation and figures included, in about a minute on two cores; an option given
-    on the command line keeps the given value. ``resumable``: whether a rerun of an interrupted run resumes it
-    (``--help`` says which, and so does the message after Ctrl-C).
+    the script runs end to end, evaluation and figures included, in about a minute on two cores, into
+    ``<out>-quick``; an option given on the command line keeps the given value. ``resumable``: whether a rerun of
+    an interrupted run resumes it (``--help`` says which, and so does the message after Ctrl-C).
     """
 
     def __init__(self, description: str, epochs: int, out: str, quick: dict | None = None,
@@ -50,7 +50,7 @@ class ExperimentParser(argparse.ArgumentParser):
                   "Not resumable: an interrupted run starts again when rerun.")
         super().__init__(description=description.strip(), epilog=epilog, formatter_class=_HelpFormatter)
         self.resumable = resumable
-        self.quick_settings = {"epochs": 1, **(quick or {})}
+        self.quick_settings = {"epochs": 1, "out": f"{out}-quick", **(quick or {})}  # never into a real run's --out
         self.add_argument("--device", type=_device, default="auto",
                           help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
         self.add_argument("--seed", type=_seed, default=0, help="random seed")

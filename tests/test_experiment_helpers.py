@@ -24,6 +24,8 @@ def test_quick_replaces_only_the_settings_not_given_on_the_command_line():
     assert (full.epochs, full.num_samples, full.dims) == (50, 500, [2, 5, 10])
     quick = parser.parse_args(["--quick", "--num-samples", "32"])
     assert (quick.epochs, quick.num_samples, quick.dims, quick.lr) == (1, 32, [2], 1e-3)
+    assert (full.out, quick.out) == ("results/demo", "results/demo-quick")  # a check never lands in a run's folder
+    assert parser.parse_args(["--quick", "--out", "elsewhere"]).out == "elsewhere"
     given = parser.parse_args(["--quick", "--num-samples", "500", "--epochs=50"])  # the defaults, given: kept
     assert (given.epochs, given.num_samples, given.dims) == (50, 500, [2])
     abbreviated = parser.parse_args(["--quick", "--num-s", "500", "--ep=50"])  # argparse's abbreviations count too
