@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pyrovae._distances import approximate_neighbors, silhouette_samples
+from pyrovae.data.checks import check_int
 from pyrovae.optional import require
 
 
@@ -32,6 +33,22 @@ def _latent(latent, name: str = "latent", min_rows: int = 1) -> np.ndarray:
         raise ValueError(f"{name} has NaN or infinite values in {int(bad.sum())} rows (first: row "
                          f"{int(np.flatnonzero(bad)[0])}); drop those cells or find why their encoding diverged")
     return latent
+
+
+def _groups(values, name: str) -> np.ndarray:
+    """Batch or label names of each cell as a 1-D array, or a ValueError for a missing one (NaN, None), which
+    ``np.unique`` would count as a group of its own (halving iLISI's scale) or fail to sort."""
+    values = _numpy(values).ravel()
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+    elif values.dtype == object:
+        missing = np.fromiter((v is None or v != v for v in values), bool, len(values))  # None, NaN
+    else:
+        missing = np.zeros(len(values), bool)
+    if missing.any():
+        raise ValueError(f"{name} is missing (NaN or None) for {int(missing.sum())} cells (first: cell "
+                         f"{int(np.flatnonzero(missing)[0])}); drop those cells or name their group")
+    return values
 
 
 def _same_length(what: str, **arrays) -> None:
@@ -135,7 +152,7 @@ def batch_asw(latent, batch, labels) -> float:
     The silhouettes are exact: every distance within a label, computed in blocks in torch (scikit-learn's
     ``silhouette_samples`` to ~1e-6 in float32). The cost is the sum over labels of their squared numbers of cells:
     a million cells in 50 labels of 20,000 are 2e10 distances, two minutes on two CPU cores."""
-    latent, batch, labels = _latent(latent), _numpy(batch).ravel(), _numpy(labels).ravel()
+    latent, batch, labels = _latent(latent), _groups(batch, "batch"), _groups(labels, "labels")
     _same_length("batch_asw", latent=latent, batch=batch, labels=labels)
     per_label = []
     for label in np.unique(labels):
@@ -210,11 +227,13 @@ def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = Non
         for a million cells, at a recall of the true neighbours measured in the tests and benchmark. Default: exact
         up to :data:`EXACT_NEIGHBOURS_UP_TO` cells.
     """
-    latent, labels = _latent(latent, min_rows=2), _numpy(labels).ravel()
+    latent, labels = _latent(latent, min_rows=2), _groups(labels, "labels")
     _same_length("lisi", latent=latent, labels=labels)
     names, codes = np.unique(labels, return_inverse=True)
-    k = min(num_neighbors, len(latent) - 1)
+    k = min(check_int("num_neighbors", num_neighbors, 1), len(latent) - 1)
     perplexity = perplexity if perplexity is not None else max(k // 3, 1)
+    if not 0 < perplexity <= k:
+        raise ValueError(f"perplexity must lie in (0, {k}], the neighbours each cell weighs; got {perplexity}")
     if exact is None:
         exact = len(latent) <= EXACT_NEIGHBOURS_UP_TO
     blocks = _exact_neighbors(latent, k) if exact else approximate_neighbors(latent, k)
@@ -227,7 +246,7 @@ def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = Non
 def ilisi(latent, batch, num_neighbors: int = 90, exact: bool | None = None) -> float:
     """scIB's iLISI: the median LISI of the batches, scaled to [0, 1] by ``(median - 1) / (batches - 1)`` (1: every
     neighbourhood holds all batches in proportion). ``exact``: as for :func:`lisi`."""
-    batch = _numpy(batch).ravel()
+    batch = _groups(batch, "batch")
     num_batches = len(np.unique(batch))
     if num_batches < 2:
         raise ValueError("ilisi needs at least two batches")

@@ -172,6 +172,9 @@ class BatchStream(IterableDataset):
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if self.num_workers else None,
             persistent_workers=persistent_workers and self.num_workers > 0,
+            # the workers' seed from a generator of the loader's own, not from torch's global one: a resumed run's
+            # random draws (taken from its checkpoint's state) are then those of the run it continues
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
 
@@ -251,8 +254,7 @@ class CellStream(BatchStream):
                              "weights never trained; hold out by another label, or drop it from covariates")
         if held_out and split is None:
             raise ValueError("held_out groups make a train/test split: pass split='train' or split='test'")
-        if split is not None and not held_out:
-            check_real("test_fraction", test_fraction, 0.0, 1.0, open_interval=True)
+        check_real("test_fraction", test_fraction, 0.0, 1.0, open_interval=True)  # out of range: wrong anywhere
         self.atlas = atlas
         self.panel = atlas.panel_positions() if panel is None else np.asarray(panel)
         atlas.vocabulary.lookup(self.panel)  # positions in range, none repeated: checked now, not mid-epoch

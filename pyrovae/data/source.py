@@ -14,6 +14,7 @@ or a stream already has one, and a different value is an error rather than silen
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterator
 
@@ -172,6 +173,16 @@ class StreamSource(DataSource):
         if self.num_data == 0:
             raise _empty(name)
         self._loaders = {}  # one loader per pinning, its workers kept from epoch to epoch while this source lives
+
+    def ordered(self) -> StreamSource:
+        """This source over the stream in file order with every cell (no shuffle, no batch dropped): what scoring,
+        encoding and validation read (a copy of the stream sharing its atlas; the stream itself where it reads that
+        way already). A stream's own ``shuffle`` and ``drop_last`` are for training."""
+        if not getattr(self.stream, "shuffle", False) and not getattr(self.stream, "drop_last", False):
+            return self
+        stream = copy.copy(self.stream)
+        stream.shuffle = stream.drop_last = False
+        return StreamSource(stream, None, self.name)
 
     def num_batches(self, epoch, drop_last):
         self.stream.set_epoch(epoch)

@@ -223,9 +223,10 @@ def decode_rows(
     :param table: :func:`panel_table` of ``vocabulary`` and ``panel``, when the caller keeps it between reads.
     :raises TahoeFormatError: lists of different lengths, a missing list, a row that does not start with the
         marker (its first element would otherwise be dropped as one, or a real gene read as the marker), token
-        ids outside the vocabulary, negative counts other than the marker, counts that are not integers, a gene
-        listed twice in a row, and a missing label or one outside ``categories``; the message names the shard and
-        the row.
+        ids outside the vocabulary, negative counts other than the marker, counts that are not integers, a gene of
+        the panel listed twice in a row (repeats of genes off the panel are not looked for: rows whose genes are
+        not in increasing order would each need sorting; such a gene would count twice in the library size), and
+        a missing label or one outside ``categories``; the message names the shard and the row.
     """
     genes, expressions = batch.column("genes"), batch.column("expressions")
     decoded = _decode_fast(genes, expressions, panel_table(vocabulary, panel) if table is None else table, num_panel)

@@ -65,6 +65,8 @@ class BatchSource:
     ) -> None:
         self.source: DataSource = as_source(data, batch_size, name, default_batch_size=default_batch_size,
                                             argument=argument)
+        if not shuffle and isinstance(self.source, StreamSource):  # scoring or encoding: every cell, in order
+            self.source = self.source.ordered()
         self.shuffle, self.device, self.drop_last = shuffle, device, drop_last
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -182,6 +184,38 @@ def _warn_dtype(name: str, found: torch.dtype, model: torch.dtype) -> None:
            "silence this")
     warnings.warn(f"{name} is {found} but the model is {model}: batches are converted to {model} ({fix})",
                   stacklevel=3)
+
+
+def check_training_source(batches: BatchSource, drop_last: bool, chosen: bool | None, distributed: bool) -> None:
+    """Refuse training on a stream that keeps (or drops) its incomplete last batch where ``drop_last`` was asked for
+    otherwise, or is needed otherwise by a traced or compiled objective: a stream batches by itself, and would do
+    as it was built in silence. Under torchrun, warn that data held in memory are not split between the ranks."""
+    stream = getattr(batches.source, "stream", None)
+    if distributed and stream is None:
+        warnings.warn(f"{batches.name} is held in memory, and under torchrun every rank reads all of it each "
+                      "epoch: the data are not split between the ranks, so the global batch is not N times one "
+                      "rank's and the work is repeated. To split the data, stream them (CellStream, AnnDataStream), "
+                      "which deal their cells to the ranks", UserWarning, stacklevel=3)
+    if stream is None or stream.drop_last == drop_last or (chosen is None and not drop_last):
+        return
+    why = "asked for" if chosen is not None else "needed by the traced or compiled objective:"
+    raise ValueError(f"{batches.name} is a stream built with drop_last={stream.drop_last}, which batches by itself, "
+                     f"but drop_last={drop_last} was {why} build the stream with drop_last={drop_last}")
+
+
+def no_batch(batches: BatchSource) -> ValueError:
+    """The error for training data that make no batch this epoch, naming why."""
+    stream, size = getattr(batches.source, "stream", None), batches.source.batch_size
+    if stream is not None and getattr(stream, "world_size", 1) > 1:
+        return ValueError(f"{batches.name}: a rank of the {stream.world_size} reads no whole batch of {size} this "
+                          f"epoch (the stream deals its {stream.num_cells} cells to the ranks by shard: "
+                          f"{len(getattr(stream, 'shard_cells', ()))} shards); give the atlas more shards than ranks, "
+                          "or lower the batch size")
+    if stream is not None:
+        return ValueError(f"{batches.name}: the stream's {stream.num_cells} cells make no whole batch of {size} "
+                          "(it was built with drop_last=True); lower its batch_size, or build it with drop_last=False")
+    return ValueError(f"no full batch of {size} in {batches.num_data} data: the traced objective (and "
+                      "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'")
 
 
 def model_check(model) -> Callable[[torch.Tensor], None] | None:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import as_source
 from pyrovae.infer.arguments import check_device, check_integer, check_number, check_seed, floating_dtype, learning_rate
-from pyrovae.infer.batches import BatchSource, model_check, module_device
+from pyrovae.infer.batches import BatchSource, check_training_source, model_check, module_device, no_batch
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.distributed import (
     all_reduce_sum,
@@ -185,6 +185,7 @@ def train(
     check, dtype = model_check(model), floating_dtype(model, guide)
     batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
                           dtype=dtype)
+    check_training_source(batches, drop_last, chosen_drop_last, distributed)
     trained = [module for name, module in modules.items() if name != freeze]  # set to training mode each epoch
     if batches.num_data == 1 and _normalises_batches(trained):
         raise ValueError("train got one datum, and batch normalisation cannot train on a batch of one: train on more "
@@ -210,10 +211,7 @@ def train(
     )
     train_eval = batches.head(eval_size, eval_batch_size or _EVAL_BATCH_SIZE)
     if len(batches) == 0:
-        raise ValueError(
-            f"no full batch of {batches.source.batch_size} in {batches.num_data} data: the traced objective (and "
-            "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'"
-        )
+        raise no_batch(batches)
     first_batch = next(iter(train_eval or validation or batches))
 
     requires_grad = {p: p.requires_grad for m in modules.values() for p in m.parameters()}
