@@ -196,6 +196,14 @@ def check_training_source(batches: BatchSource, drop_last: bool, chosen: bool | 
                       "epoch: the data are not split between the ranks, so the global batch is not N times one "
                       "rank's and the work is repeated. To split the data, stream them (CellStream, AnnDataStream), "
                       "which deal their cells to the ranks", UserWarning, stacklevel=3)
+    if distributed and stream is not None and getattr(stream, "world_size", 1) > 1:
+        stream.set_epoch(0)
+        trained = len(stream) * stream.batch_size * stream.world_size
+        if trained < 0.9 * stream.num_cells:
+            warnings.warn(f"{batches.name}: the {stream.world_size} ranks train about {trained:,} of its "
+                          f"{stream.num_cells:,} cells each epoch: the stream deals whole shards (or chunks) to the "
+                          "ranks, and the ranks stop together after the fewest batches any of them can fill. Give "
+                          "it more, smaller shards than ranks (or fewer ranks)", UserWarning, stacklevel=3)
     if stream is None or stream.drop_last == drop_last or (chosen is None and not drop_last):
         return
     why = "asked for" if chosen is not None else "needed by the traced or compiled objective:"

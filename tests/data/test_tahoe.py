@@ -1,5 +1,7 @@
 """Tahoe-schema shards: decoding against pyarrow's own rows, bad input, gene panels, streaming HVG, CellStream."""
 
+import warnings
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -432,3 +434,19 @@ def test_a_run_resumed_with_stream_workers_is_the_run_that_did_not_stop(atlas, t
     assert resumed == straight
     for key, value in straight_state.items():
         assert torch.equal(value, resumed_state[key]), key
+
+
+def test_ranks_that_would_leave_many_cells_untrained_are_warned_of(atlas):
+    """Six shards dealt to four ranks: two ranks hold one shard, and all stop after its batches (800 of 1,200 cells
+    trained); to two ranks, three shards each, nothing of note is lost."""
+    from pyrovae.infer.batches import BatchSource, check_training_source
+
+    def check(world_size):
+        stream = CellStream(atlas, batch_size=50, seed=1, rank=0, world_size=world_size)
+        check_training_source(BatchSource(stream, None, True, torch.device("cpu"), drop_last=True), True, None, True)
+
+    with pytest.warns(UserWarning, match=r"the 4 ranks train about 800 of its 1,200 cells each epoch"):
+        check(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check(2)
