@@ -55,8 +55,9 @@ class AnnDataStream(BatchStream):
     :param covariates: ``obs`` columns that batches carry as a model's categorical covariates (the first is the
         batch): :meth:`inputs` is then ``(x, cat, cont)``; build the model with
         ``categorical=stream.categorical_sizes``.
-    :param library_key: an ``obs`` column of library sizes (for a panel cut from more genes: the total over all of
-        them); by default each cell's total over the file's genes.
+    :param library_key: an ``obs`` column of library sizes (finite, >= 0) carried by every batch as
+        ``batch.library``; by default each cell's total over the file's genes. A model sees only
+        :meth:`inputs`: an observed library size is the total over the genes it is given (the panel).
     :param int chunk_size: contiguous rows per read (>= 1).
     :param int preload_chunks: chunks read and shuffled together (>= 1); memory is about this many chunks.
     :param transform: what a model sees instead of the counts (:meth:`inputs`), e.g. a fitted
@@ -128,6 +129,9 @@ class AnnDataStream(BatchStream):
         self._codes: dict[str, np.ndarray] = {}
         for name in names:
             column = obs[name]
+            if name in self.covariates and column.dtype.kind == "f" and not np.all(column == np.round(column)):
+                raise ValueError(f"AnnDataStream: obs[{name!r}] holds continuous values ({column.nunique()} distinct), "
+                                 "and a covariate here is categorical (a level each): bin it first, or leave it out")
             if not hasattr(column, "cat"):
                 column = column.astype("category")
             self.categories[name] = [str(c) for c in column.cat.categories]
@@ -135,6 +139,9 @@ class AnnDataStream(BatchStream):
             if (self._codes[name] < 0).any():
                 raise ValueError(f"AnnDataStream: obs[{name!r}] has missing values; fill them or drop those cells")
         self._library = obs[library_key].to_numpy(np.float32) if library_key else None
+        if self._library is not None and not (np.isfinite(self._library) & (self._library >= 0)).all():
+            raise ValueError(f"AnnDataStream: obs[{library_key!r}] (library_key) holds NaN, infinite or negative "
+                             "library sizes; fix those cells' values or drop the cells")
         self._starts = np.arange(0, self.num_cells, self.chunk_size, dtype=np.int64)
         self._matrix, self._root, self._pid = None, None, None
 

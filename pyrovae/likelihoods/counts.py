@@ -110,9 +110,10 @@ class CountLikelihood(Likelihood):
             empty = x.sum(-1) == 0
             if empty.any():
                 raise ValueError(
-                    f"a cell (row {int(empty.nonzero()[0])} of this mini-batch) has no counts, so its library "
-                    "size is 0; remove empty cells (pyrovae.data.CountData.filter_cells(min_counts=1); an AnnData: "
-                    "scanpy.pp.filter_cells(adata, min_counts=1))"
+                    f"a cell (row {int(empty.nonzero()[0])} of the {len(x)} checked) has no counts on the model's "
+                    "genes, so its library size is 0; remove empty cells (pyrovae.data.CountData.filter_cells("
+                    "min_counts=1); an AnnData: scanpy.pp.filter_cells(adata, min_counts=1); a stream: a gene "
+                    "panel on which every cell has counts, or shards without such cells)"
                 )
 
     def extra_repr(self) -> str:

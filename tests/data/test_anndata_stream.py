@@ -119,6 +119,13 @@ def test_bad_files_are_refused_by_name(tmp_path):
         AnnDataStream(tmp_path / "good.h5ad", covariates="plate")
     with pytest.raises(ValueError, match="no 'layers/counts'"):
         AnnDataStream(tmp_path / "good.h5ad", layer="counts")
+    with pytest.raises(ValueError, match=r"obs\['library'\] holds continuous values .* covariate here is categorical"):
+        AnnDataStream(tmp_path / "good.h5ad", covariates="library")
+    holed = _adata()
+    holed.obs.loc[holed.obs.index[3], "library"] = np.nan
+    holed.write_h5ad(tmp_path / "holed.h5ad")
+    with pytest.raises(ValueError, match=r"obs\['library'\] \(library_key\) holds NaN"):
+        AnnDataStream(tmp_path / "holed.h5ad", library_key="library")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         AnnDataStream(tmp_path / "missing.h5ad")
     (tmp_path / "shards").mkdir()
