@@ -38,6 +38,7 @@ def make_pair(
     num_components: int | None = None,
     classification_weight: float | None = None,
     feature_batch_norm: bool = False,
+    classifier_hidden: int | None = None,
     activation: str = "relu",
     input_transform: str | None = "auto",
     latent_library: bool | None = None,
@@ -71,6 +72,8 @@ def make_pair(
     :param dict likelihood_options: keyword arguments of the named likelihood (``{"dispersion": "gene-batch"}``).
     :param float classification_weight: for ``"gmvae"``, the weight of log q(y | x) on labelled data (the
         guide's default when None).
+    :param int classifier_hidden: for ``"gmvae"``, a hidden layer of this width in the guide's classifier
+        q(y | x) (see :class:`~pyrovae.guides.GMVAEGuide`; None: linear).
     :param bool feature_batch_norm: for ``"gmvae"``, batch norm on the guide's features too (see
         :class:`~pyrovae.guides.GMVAEGuide`; it lets ``map_query(batch_norm="query")`` adapt the classifier).
     :param encoder, decoder: custom networks instead of the MLPs (sizes: see the guide's and model's docs).
@@ -108,6 +111,8 @@ def make_pair(
             guide_options["classification_weight"] = classification_weight
         if feature_batch_norm is not False:  # the guide refuses what is not a bool
             guide_options["feature_batch_norm"] = feature_batch_norm
+        if classifier_hidden is not None:
+            guide_options["classifier_hidden"] = classifier_hidden
         model = GMVAE(x_dim, z_dim, num_components, hidden, likelihood, activation, decoder, **model_options)
         latent_library = _latent_library(model, latent_library)
         input_transform = guide_options["input_transform"] = _input_transform(model, input_transform, encoder)
@@ -115,7 +120,8 @@ def make_pair(
                            latent_library=latent_library, **guide_options)
     else:
         for option, value in (("num_components", num_components), ("classification_weight", classification_weight),
-                              ("feature_batch_norm", None if feature_batch_norm is False else feature_batch_norm)):
+                              ("feature_batch_norm", None if feature_batch_norm is False else feature_batch_norm),
+                              ("classifier_hidden", classifier_hidden)):
             if value is not None:
                 raise ValueError(f"{option} is for 'gmvae', not {kind!r}")
         model_class = SVAE if kind.startswith("svae") else VAE
@@ -130,7 +136,9 @@ def make_pair(
         kind=kind, x_dim=int(x_dim), latent_dim=latent_dim, hidden=[int(h) for h in hidden],
         likelihood=likelihood_name, likelihood_options=dict(likelihood_options or {}),
         num_components=num_components, classification_weight=classification_weight,
-        **({"feature_batch_norm": True} if feature_batch_norm is True else {}), activation=activation,
+        **({"feature_batch_norm": True} if feature_batch_norm is True else {}),
+        **({"classifier_hidden": int(classifier_hidden)} if classifier_hidden is not None else {}),
+        activation=activation,
         input_transform=input_transform, latent_library=latent_library, batch_norm=batch_norm, dropout=dropout,
         name=name, categorical=[int(c) for c in categorical], continuous=int(continuous),
         encode_covariates=encode_covariates,

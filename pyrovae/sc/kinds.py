@@ -115,8 +115,11 @@ class LabelTransferGMVAE(SingleCellGMVAE):
             raise TypeError("LabelTransferGMVAE has one component per label, read from the data; do not pass "
                             "num_components")
         weight = options.pop("classification_weight", None)
+        classifier = options.pop("classifier_hidden", None)
         arguments = super()._kind_arguments(data, options)
         arguments.update(num_components=len(self.registration.label_names), classification_weight=weight)
+        if classifier is not None:
+            arguments["classifier_hidden"] = classifier
         return arguments
 
     def train(self, epochs: int | None = None, *, start_epochs: int = 0, **options):

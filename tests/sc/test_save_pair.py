@@ -257,3 +257,20 @@ def test_a_saved_pair_loads_only_into_its_own_classes_and_keeps_its_dtype(tmp_pa
         save_pair(model, guide, tmp_path)
     with pytest.warns(UserWarning, match="architecture is not recorded"):
         save_pair(tmp_path / "by_class", model32, VMFGuide(X_DIM, LATENT + 1, (8,)))
+
+
+def test_a_gmvae_whose_classifier_has_a_hidden_layer_reloads_and_one_saved_before_it_stays_linear(tmp_path):
+    model, guide = make_pair("gmvae", X_DIM, LATENT, (8,), "nb", num_components=3, classifier_hidden=5, dropout=0.2)
+    assert [type(m).__name__ for m in guide.y_head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert guide.y_head[0].out_features == 5
+    _perturb(model, guide)
+    save_pair(tmp_path / "deep", model, guide)
+    _, loaded = load_pair(tmp_path / "deep")[:2]
+    x = _data()[0]
+    assert torch.equal(loaded.classify(x), guide.classify(x))
+    linear = make_pair("gmvae", X_DIM, LATENT, (8,), "nb", num_components=3)
+    assert isinstance(linear[1].y_head, torch.nn.Linear) and "classifier_hidden" not in linear[1].pair_arguments
+    save_pair(tmp_path / "linear", *linear)  # as a pair saved before the option: no such key in pair.json
+    assert isinstance(load_pair(tmp_path / "linear")[1].y_head, torch.nn.Linear)
+    with pytest.raises(ValueError, match="classifier_hidden is for 'gmvae'"):
+        make_pair("vae", X_DIM, LATENT, (8,), classifier_hidden=5)
