@@ -97,7 +97,7 @@ def search(hidden: list[int], latent: int) -> dict:
 # alone may change: its checkpoint goes on for more epochs, and its score is made afresh)
 final_only = ("hidden", "latent", "epochs", "num_samples", "proposal", "refine_steps")
 sweep = Sweep(Path(args.out) / "grid.json", settings={**result_settings(args, exclude=final_only),
-                                                      "chosen_on": "validation cells"})
+                                                      "chosen_on": "validation cells"}, retired=final_only)
 grid = {f"hidden {spec} latent {latent}": sweep.run(f"hidden {spec} latent {latent}", search,
                                                    [int(h) for h in spec.split(",")], latent)
         for spec in args.hidden for latent in args.latent}

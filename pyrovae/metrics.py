@@ -35,14 +35,20 @@ def _latent(latent, name: str = "latent", min_rows: int = 1) -> np.ndarray:
     return latent
 
 
+try:
+    from pandas import NA as _NA
+except ImportError:  # pandas is an extra
+    _NA = object()
+
+
 def _groups(values, name: str) -> np.ndarray:
     """Batch or label names of each cell as a 1-D array, or a ValueError for a missing one (NaN, None), which
     ``np.unique`` would count as a group of its own (halving iLISI's scale) or fail to sort."""
     values = _numpy(values).ravel()
     if values.dtype.kind == "f":
         missing = np.isnan(values)
-    elif values.dtype == object:
-        missing = np.fromiter((v is None or v != v for v in values), bool, len(values))  # None, NaN
+    elif values.dtype == object:  # None, NaN, and pandas' NA (whose comparisons are NA, not False)
+        missing = np.fromiter((v is None or v is _NA or v != v for v in values), bool, len(values))
     else:
         missing = np.zeros(len(values), bool)
     if missing.any():
@@ -233,7 +239,8 @@ def lisi(latent, labels, num_neighbors: int = 90, perplexity: float | None = Non
     k = min(check_int("num_neighbors", num_neighbors, 1), len(latent) - 1)
     perplexity = perplexity if perplexity is not None else max(k // 3, 1)
     if not 0 < perplexity <= k:
-        raise ValueError(f"perplexity must lie in (0, {k}], the neighbours each cell weighs; got {perplexity}")
+        raise ValueError(f"perplexity must lie in (0, {k}], the neighbours each cell weighs (num_neighbors, at most "
+                         f"the other {len(latent) - 1} cells); got {perplexity}")
     if exact is None:
         exact = len(latent) <= EXACT_NEIGHBOURS_UP_TO
     blocks = _exact_neighbors(latent, k) if exact else approximate_neighbors(latent, k)

@@ -47,25 +47,28 @@ class Sweep:
         sizes, learning rate, ...), JSON-able. They are kept beside the results (``<path>.settings.json``), and a
         sweep whose file holds results of other settings is refused, naming the differences: a changed setting
         must not be answered with results of the old one. A file written without settings takes these.
+    :param retired: names of settings an older version of the sweep kept that its results do not depend on (a
+        script's option that only a final step reads): not compared, so the older file's results are kept.
 
     ``results`` (and ``key in sweep``, ``sweep[key]``) hold the file as last read: at construction, and at every
     :meth:`run` (before it decides whether ``key`` is done, and again when it stores a result); :meth:`reload`
     reads it now.
     """
 
-    def __init__(self, path: str | os.PathLike, settings: dict | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, settings: dict | None = None, *, retired=()) -> None:
         self.path = Path(path)
         self._lock = FileLock(self.path)
         self.results: dict = self._read()
         if settings is not None:
-            self._check_settings(json.loads(json.dumps(settings)))
+            self._check_settings(json.loads(json.dumps(settings)), set(retired))
 
-    def _check_settings(self, settings: dict) -> None:
-        """Record ``settings`` beside the results, or refuse results of other settings."""
+    def _check_settings(self, settings: dict, retired: set) -> None:
+        """Record ``settings`` beside the results, or refuse results of other settings (``retired``: names an older
+        settings file may hold that the results no longer depend on, not compared)."""
         path = self.path.with_name(self.path.name + ".settings.json")
         with self._lock:
             if path.exists():  # (before any result too: another job of the sweep may be on its first run)
-                found = json.loads(path.read_text())
+                found = {k: v for k, v in json.loads(path.read_text()).items() if k not in retired}
                 differ = sorted(set(found) | set(settings), key=str)
                 differ = [key for key in differ if found.get(key) != settings.get(key)]
                 if differ:

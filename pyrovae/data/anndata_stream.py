@@ -129,9 +129,11 @@ class AnnDataStream(BatchStream):
         self._codes: dict[str, np.ndarray] = {}
         for name in names:
             column = obs[name]
-            if name in self.covariates and column.dtype.kind == "f" and not np.all(column == np.round(column)):
-                raise ValueError(f"AnnDataStream: obs[{name!r}] holds continuous values ({column.nunique()} distinct), "
-                                 "and a covariate here is categorical (a level each): bin it first, or leave it out")
+            present = column.dropna()  # a missing value is named below, as such
+            if name in self.covariates and column.dtype.kind == "f" and not np.all(present == np.round(present)):
+                raise ValueError(f"AnnDataStream: obs[{name!r}] holds continuous values ({present.nunique()} "
+                                 "distinct), and a covariate here is categorical (a level each): bin it first, or "
+                                 "leave it out")
             if not hasattr(column, "cat"):
                 column = column.astype("category")
             self.categories[name] = [str(c) for c in column.cat.categories]

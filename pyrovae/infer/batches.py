@@ -186,12 +186,13 @@ def _warn_dtype(name: str, found: torch.dtype, model: torch.dtype) -> None:
                   stacklevel=3)
 
 
-def check_training_source(batches: BatchSource, drop_last: bool, chosen: bool | None, distributed: bool) -> None:
+def check_training_source(batches: BatchSource, chosen_drop_last: bool | None, distributed: bool) -> None:
     """Refuse training on a stream that keeps (or drops) its incomplete last batch where ``drop_last`` was asked for
-    otherwise, or is needed otherwise by a traced or compiled objective: a stream batches by itself, and would do
-    as it was built in silence. Under torchrun, warn that data held in memory are not split between the ranks."""
+    otherwise: a stream batches by itself, and would do as it was built in silence (left unset, the stream's own
+    is followed; a traced objective then traces its last short batch once more). Under torchrun, warn that data
+    held in memory are not split between the ranks, and when a stream's ranks would leave many cells untrained."""
     stream = getattr(batches.source, "stream", None)
-    if distributed and stream is None:
+    if distributed and isinstance(batches.source, IndexedSource):
         warnings.warn(f"{batches.name} is held in memory, and under torchrun every rank reads all of it each "
                       "epoch: the data are not split between the ranks, so the global batch is not N times one "
                       "rank's and the work is repeated. To split the data, stream them (CellStream, AnnDataStream), "
@@ -204,11 +205,10 @@ def check_training_source(batches: BatchSource, drop_last: bool, chosen: bool | 
                           f"{stream.num_cells:,} cells each epoch: the stream deals whole shards (or chunks) to the "
                           "ranks, and the ranks stop together after the fewest batches any of them can fill. Give "
                           "it more, smaller shards than ranks (or fewer ranks)", UserWarning, stacklevel=3)
-    if stream is None or stream.drop_last == drop_last or (chosen is None and not drop_last):
-        return
-    why = "asked for" if chosen is not None else "needed by the traced or compiled objective:"
-    raise ValueError(f"{batches.name} is a stream built with drop_last={stream.drop_last}, which batches by itself, "
-                     f"but drop_last={drop_last} was {why} build the stream with drop_last={drop_last}")
+    if stream is not None and chosen_drop_last is not None and stream.drop_last != chosen_drop_last:
+        raise ValueError(f"{batches.name} is a stream built with drop_last={stream.drop_last}, which batches by "
+                         f"itself, but train was asked for drop_last={chosen_drop_last}: build the stream with "
+                         f"drop_last={chosen_drop_last} (or leave train's unset)")
 
 
 def no_batch(batches: BatchSource) -> ValueError:
@@ -216,8 +216,8 @@ def no_batch(batches: BatchSource) -> ValueError:
     stream, size = getattr(batches.source, "stream", None), batches.source.batch_size
     if stream is not None and getattr(stream, "world_size", 1) > 1:
         return ValueError(f"{batches.name}: a rank of the {stream.world_size} reads no whole batch of {size} this "
-                          f"epoch (the stream deals its {stream.num_cells} cells to the ranks by shard: "
-                          f"{len(getattr(stream, 'shard_cells', ()))} shards); give the atlas more shards than ranks, "
+                          f"epoch (the stream deals its {stream.num_cells} cells to the ranks in whole shards, or "
+                          "chunks); give it more, smaller shards (an AnnDataStream: a smaller chunk_size) than ranks, "
                           "or lower the batch size")
     if stream is not None:
         return ValueError(f"{batches.name}: the stream's {stream.num_cells} cells make no whole batch of {size} "

@@ -6,6 +6,7 @@ import inspect
 import json
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from pyrovae.guides import DeltaGuide, GMVAEGuide, NormalGuide, PowerSphericalGuide, VMFGuide
@@ -233,19 +234,38 @@ def pair_config(model, guide) -> dict | None:
     """The JSON-able arguments that rebuild ``(model, guide)`` with :func:`make_pair`, or None for a pair not
     built by it, or with custom networks or other code among its arguments (an activation given as a module):
     code, not configuration."""
-    arguments = getattr(model, "pair_arguments", None)
-    if arguments is None or arguments is not getattr(guide, "pair_arguments", None):
+    arguments = pair_arguments(model, guide)
+    if arguments is None or _holds_code(arguments):
         return None
-    if arguments["custom_networks"]:
-        return None
-    arguments = dict(arguments)
     if arguments["likelihood"] is None:
         arguments["likelihood"], arguments["likelihood_options"] = likelihood_spec(model.likelihood)
-    try:
-        json.dumps(arguments, allow_nan=True)
-    except (TypeError, ValueError):
+    return _plain(arguments)
+
+
+def pair_arguments(model, guide) -> dict | None:
+    """The :func:`make_pair` arguments ``(model, guide)`` were built with, as given (an activation module too), or
+    None for a pair not built by it or with custom networks."""
+    arguments = getattr(model, "pair_arguments", None)
+    if arguments is None or arguments is not getattr(guide, "pair_arguments", None) or arguments["custom_networks"]:
         return None
-    return arguments
+    return dict(arguments)
+
+
+def _holds_code(value) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_code(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_code(v) for v in value)
+    return isinstance(value, torch.nn.Module) or callable(value)
+
+
+def _plain(value):
+    """``value`` with numpy numbers as Python's (``np.float32(0.1)`` as 0.1...), for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def build_pair(arguments: dict):
@@ -255,4 +275,4 @@ def build_pair(arguments: dict):
     return make_pair(arguments["kind"], arguments["x_dim"], arguments["latent_dim"], **options)
 
 
-__all__ = ["PAIR_KINDS", "build_pair", "latent_size", "likelihood_spec", "make_pair", "pair_config"]
+__all__ = ["PAIR_KINDS", "build_pair", "latent_size", "likelihood_spec", "make_pair", "pair_arguments", "pair_config"]

@@ -43,7 +43,7 @@ from pyrovae.infer import History, encode_data, train
 from pyrovae.infer.arguments import check_device
 from pyrovae.nn.covariates import ConditionalMLP
 from pyrovae.optional import require
-from pyrovae.pairs.building import build_pair, pair_config
+from pyrovae.pairs.building import build_pair, pair_arguments
 from pyrovae.sc.model import RESULTS_KEY, SingleCellModel, default_epochs
 from pyrovae.sc.registration import UNS_KEY, DataRegistration
 from pyrovae.sc.saving import gene_mismatch
@@ -104,11 +104,10 @@ def map_query(reference: SingleCellModel, query_adata, *, new_batch_init: str = 
     num_reference = len(reference.registration.levels[registration.batch_key])
     num_new = len(registration.levels[registration.batch_key]) - num_reference
 
-    arguments = pair_config(reference.model, reference.guide)
+    arguments = pair_arguments(reference.model, reference.guide)
     if arguments is None:
         raise ValueError("map_query needs a reference pair built from its AnnData (make_pair's networks); this one "
-                         "has custom networks (or an activation given as a module), which it cannot rebuild with "
-                         "wider batch inputs: give the activation by name (activation='elu')")
+                         "has custom networks, whose batch inputs it cannot widen")
     arguments["categorical"] = [arguments["categorical"][0] + num_new, *arguments["categorical"][1:]]
     if arguments.get("name"):
         arguments["name"] = f"{arguments['name']}_query"  # the reference keeps its name in Pyro's param store

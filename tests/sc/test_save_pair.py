@@ -8,6 +8,7 @@ import os
 import pickle
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from pyrovae.guides import NormalGuide
@@ -125,6 +126,9 @@ def test_objects_of_another_likelihood_or_an_activation_module_are_named(tmp_pat
         save_pair(tmp_path / "elu", model, guide)
     with pytest.raises(ValueError, match="activation given as a module"):
         load_pair(tmp_path / "elu")
+    numbers = make_pair("vae", X_DIM, LATENT, (8,), likelihood="poisson", dropout=np.float32(0.25))
+    save_pair(tmp_path / "numpy", *numbers)  # a numpy number is configuration, written as Python's
+    assert load_pair(tmp_path / "numpy")[0].pair_arguments["dropout"] == 0.25
     rebuilt = make_pair("vae", X_DIM, LATENT, (8,), likelihood="poisson", activation=torch.nn.ELU())
     load_pair(tmp_path / "elu", *rebuilt)
     for a, b in zip(model.state_dict().values(), rebuilt[0].state_dict().values()):  # NaN: an unset library prior

@@ -291,11 +291,17 @@ class TrainingCheckpoint:
 
     def __init__(self, path, modules: dict, optimizer, batches, store_params: dict, settings: dict | None = None
                  ) -> None:
-        if path is not None and os.path.isdir(path):
-            raise ValueError(f"checkpoint {path} is a folder; give a file: checkpoint={os.path.join(path, 'run.pt')!r}")
+        self.check_path(path)
         self.path = path
         self.modules, self.optimizer, self.batches, self.store_params = modules, optimizer, batches, store_params
         self.settings = {**_module_settings(modules), **dict(settings or {})}
+
+    @staticmethod
+    def check_path(path) -> None:
+        """Refuse a folder given as the checkpoint (a file's path is meant)."""
+        if path is not None and os.path.isdir(path):
+            raise ValueError(f"checkpoint {path} is a folder; give a file: "
+                             f"checkpoint={os.path.join(path, 'run.pt')!r}")
 
     def exists(self) -> bool:
         return self.path is not None and os.path.exists(self.path)

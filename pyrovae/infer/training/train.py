@@ -56,6 +56,7 @@ from pyrovae.infer.training.step import SVIStep, svi_step, trainable_parameters
 
 def _lock_checkpoint(path) -> FileLock:
     """The lock this run holds on its checkpoint, or :class:`CheckpointInUse` naming the other run's process."""
+    TrainingCheckpoint.check_path(path)
     lock = FileLock(path)
     if not lock.acquire(blocking=False):
         raise CheckpointInUse(
@@ -185,7 +186,7 @@ def train(
     check, dtype = model_check(model), floating_dtype(model, guide)
     batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
                           dtype=dtype)
-    check_training_source(batches, drop_last, chosen_drop_last, distributed)
+    check_training_source(batches, chosen_drop_last, distributed)
     trained = [module for name, module in modules.items() if name != freeze]  # set to training mode each epoch
     if batches.num_data == 1 and _normalises_batches(trained):
         raise ValueError("train got one datum, and batch normalisation cannot train on a batch of one: train on more "
@@ -232,6 +233,8 @@ def train(
             )
         step = SVIStep(data_parallel(objective, device) if distributed else objective, params, optim, lr)
         stopping = EarlyStopping(patience, keep_best=restore_best and (patience is not None or validation is not None))
+        if checkpoint is not None and is_main_process():
+            lock = _lock_checkpoint(checkpoint)
         digested = checkpoint is not None  # the data's digests are what a checkpoint compares on resume
         settings = {"batch_size": batches.source.batch_size, "num_data": batches.num_data,
                     "data": batches.fingerprint() if digested else None,  # 64 data, as older checkpoints hold
@@ -242,8 +245,6 @@ def train(
                     "val_data": validation.fingerprint(None) if digested and validation is not None else None,
                     "patience": patience, "restore_best": stopping.keep_best}
         saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings)
-        if checkpoint is not None and is_main_process():
-            lock = _lock_checkpoint(checkpoint)
         history, start_epoch = History(), 0
         if resume and saved.exists():
             start_epoch, history = saved.restore(device, stopping, rank())
