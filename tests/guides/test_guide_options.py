@@ -31,7 +31,7 @@ OWN_OPTIONS = {
     DeltaGuide: set(),
     VMFGuide: set(),
     PowerSphericalGuide: set(),
-    GMVAEGuide: {"num_components", "min_scale", "classification_weight", "feature_batch_norm"},
+    GMVAEGuide: {"num_components", "min_scale", "classification_weight", "feature_batch_norm", "classifier_hidden"},
     FlowGuide: {"min_scale", "flow", "num_flows", "flow_hidden", "context_dim"},
 }
 
