@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import pyro
 import pytest
@@ -32,6 +33,20 @@ def _mpmath_digits():
     digits = mpmath.mp.dps
     yield
     mpmath.mp.dps = digits
+
+
+@pytest.fixture(autouse=True)
+def _pyro_validation(request):
+    """Pyro's validation (and torch's default validate_args, which it sets) is global: a test that leaves it off
+    turns off the argument checks of every later test in its process (a two-worker run once failed three
+    tests/distributions checks of off-sphere locations that way, the culprit unknown). It is turned on again, and
+    the test that left it off is named in a warning."""
+    yield
+    from pyro.distributions import is_validation_enabled
+
+    if not is_validation_enabled():
+        pyro.enable_validation(True)
+        warnings.warn(f"{request.node.nodeid} left Pyro's validation off", UserWarning, stacklevel=1)
 
 
 def pytest_collection_modifyitems(config, items):
