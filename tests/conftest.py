@@ -37,14 +37,15 @@ def _mpmath_digits():
 
 @pytest.fixture(autouse=True)
 def _pyro_validation(request):
-    """Pyro's validation (and torch's default validate_args, which it sets) is global: a test that leaves it off
-    turns off the argument checks of every later test in its process (a two-worker run once failed three
+    """Pyro's validation (its inference's, its handlers', and torch's default validate_args) is global: a test that
+    leaves it off turns off the argument checks of every later test in its process (two-worker runs failed three
     tests/distributions checks of off-sphere locations that way, the culprit unknown). It is turned on again, and
     the test that left it off is named in a warning."""
     yield
+    from pyro import infer, poutine
     from pyro.distributions import is_validation_enabled
 
-    if not is_validation_enabled():
+    if not (is_validation_enabled() and infer.is_validation_enabled() and poutine.util.is_validation_enabled()):
         pyro.enable_validation(True)
         warnings.warn(f"{request.node.nodeid} left Pyro's validation off", UserWarning, stacklevel=1)
 
