@@ -1,0 +1,100 @@
+"""CellStream with train and the estimators: scoring reads every cell in file order, drop_last is followed or
+refused, a run resumed with workers is the run that did not stop, and ranks that would leave cells out are named."""
+
+import warnings
+
+import pytest
+import torch
+
+from pyrovae.data import CellStream, TahoeAtlas, write_tahoe_shards
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tahoe")
+    write_tahoe_shards(folder, num_cells=1200, num_shards=6, vocabulary_size=500, genes_per_cell=60, num_plates=3,
+                       rows_per_group=128, seed=1)
+    return TahoeAtlas(folder)
+
+
+def test_scoring_and_encoding_a_training_stream_read_every_cell_in_file_order(atlas):
+    """A stream's shuffle and drop_last (its defaults: both on) are for training; encode_data, evaluate and
+    log_likelihood read all its cells in file order."""
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    from pyrovae.infer import encode_data, evaluate
+
+    stream = CellStream(atlas, batch_size=64, buffer_size=300, seed=1)  # 1,200 cells: 18 whole batches, 48 left
+    assert stream.shuffle and stream.drop_last
+    torch.manual_seed(0)
+    model, guide = VAE(stream.num_genes, 2, (8,), "nb"), NormalGuide(stream.num_genes, 2, (8,))
+    latent = encode_data(guide, stream)
+    ordered = encode_data(guide, CellStream(atlas, batch_size=64, shuffle=False))
+    assert latent.shape == (1200, 2)
+    torch.testing.assert_close(latent, ordered)
+    ordered_stream = CellStream(atlas, batch_size=64, shuffle=False)
+    assert evaluate(model, guide, stream, seed=0) == evaluate(model, guide, ordered_stream, seed=0)
+    assert stream.shuffle and stream.drop_last  # the stream itself left as it was
+
+
+def test_train_refuses_a_drop_last_the_stream_would_not_follow_and_names_an_epoch_without_a_batch(atlas):
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    from pyrovae.infer import train
+
+    def pair():
+        return VAE(atlas.num_genes, 2, (8,), "nb"), NormalGuide(atlas.num_genes, 2, (8,))
+
+    dropping = CellStream(atlas, batch_size=64, buffer_size=300, seed=1)
+    with pytest.raises(ValueError, match=r"stream built with drop_last=True.*asked for drop_last=False"):
+        train(*pair(), dropping, epochs=1, drop_last=False, progress=False)
+    keeping = CellStream(atlas, batch_size=64, shuffle=False)
+    assert len(train(*pair(), keeping, epochs=1, elbo="jit", eval_size=0, progress=False)) == 1  # unset: followed
+    too_big = CellStream(atlas, batch_size=2000, seed=1)
+    with pytest.raises(ValueError, match=r"1200 cells make no whole batch of 2000.*drop_last=False"):
+        train(*pair(), too_big, epochs=1, progress=False)
+    ranks = CellStream(atlas, batch_size=300, seed=1, rank=0, world_size=6)  # a shard of 200 cells per rank
+    with pytest.raises(ValueError, match=r"a rank of the 6 reads no whole batch of 300.*more, smaller shards"):
+        train(*pair(), ranks, epochs=1, progress=False)
+
+
+def test_a_run_resumed_with_stream_workers_is_the_run_that_did_not_stop(atlas, tmp_path):
+    """The loader's workers draw their seed from a generator of their own: torch's global one, restored from the
+    checkpoint, then gives the resumed run the draws of the run it continues."""
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    from pyrovae.infer import train
+
+    def run(epochs, checkpoint=None):
+        torch.manual_seed(0)
+        model, guide = VAE(atlas.num_genes, 2, (8,), "nb"), NormalGuide(atlas.num_genes, 2, (8,))
+        stream = CellStream(atlas, batch_size=100, buffer_size=300, seed=1, num_workers=2)
+        history = train(model, guide, stream, epochs=epochs, seed=0, eval_size=200, progress=False,
+                        checkpoint=checkpoint)
+        return history["loss"], guide.state_dict()
+
+    straight, straight_state = run(2)
+    run(1, tmp_path / "c.pt")
+    resumed, resumed_state = run(2, tmp_path / "c.pt")
+    assert resumed == straight
+    for key, value in straight_state.items():
+        assert torch.equal(value, resumed_state[key]), key
+
+
+def test_ranks_that_would_leave_many_cells_untrained_are_warned_of(atlas):
+    """Six shards dealt to four ranks: two ranks hold one shard, and all stop after its batches (800 of 1,200 cells
+    trained); to two ranks, three shards each, nothing of note is lost."""
+    from pyrovae.infer.batches import BatchSource, check_training_source
+
+    def check(world_size):
+        stream = CellStream(atlas, batch_size=50, seed=1, rank=0, world_size=world_size)
+        check_training_source(BatchSource(stream, None, True, torch.device("cpu"), drop_last=True), None, True)
+
+    with pytest.warns(UserWarning, match=r"the 4 ranks train about 800 of its 1,200 cells each epoch"):
+        check(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check(2)
