@@ -1,5 +1,4 @@
 import os
-import warnings
 
 import pyro
 import pytest
@@ -37,17 +36,23 @@ def _mpmath_digits():
 
 @pytest.fixture(autouse=True)
 def _pyro_validation(request):
-    """Pyro's validation (its inference's, its handlers', and torch's default validate_args) is global: a test that
-    leaves it off turns off the argument checks of every later test in its process (two-worker runs failed three
-    tests/distributions checks of off-sphere locations that way, the culprit unknown). It is turned on again, and
-    the test that left it off is named in a warning."""
+    """Pyro's validation (its distributions', inference's and handlers' flags) and torch's default validate_args,
+    which its distributions read, are global: a test that leaves one off turns off the argument checks of every later
+    test in its process. Two-worker runs failed three tests/distributions checks of off-sphere locations that way:
+    the first ``torch.compile`` of a process turns torch's default off behind Pyro's back (torch._dynamo's one-time
+    patching; pyrovae's compiles put it back, :func:`pyrovae.ops.capture.compile_function`). Whatever is left off
+    is turned on again, and the test that left it fails, by name."""
     yield
     from pyro import infer, poutine
     from pyro.distributions import is_validation_enabled
+    from torch.distributions import Distribution
 
-    if not (is_validation_enabled() and infer.is_validation_enabled() and poutine.util.is_validation_enabled()):
+    flags = (is_validation_enabled(), infer.is_validation_enabled(), poutine.util.is_validation_enabled(),
+             Distribution._validate_args)
+    if not all(flags):
         pyro.enable_validation(True)
-        warnings.warn(f"{request.node.nodeid} left Pyro's validation off", UserWarning, stacklevel=1)
+        pytest.fail(f"{request.node.nodeid} left validation off (Pyro's distributions, inference, handlers; torch's "
+                    f"default: {flags}); pyrovae.ops.capture.compile_function compiles without that")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from pyrovae.ops.capture import compile_function
+
 _MAX_REJECTION_ROUNDS = 500  # passes of _ROUNDS_AT_ONCE proposals each
 _ROUNDS_AT_ONCE = 2
 # up to this many rows (a training batch, op-bound) the first pass draws _FIRST_ROUNDS proposals per row, so that
@@ -198,7 +200,7 @@ def fused_first_pass():
 
 def _compiled(function):
     if function not in _COMPILED:
-        _COMPILED[function] = torch.compile(function, dynamic=False, options={"fallback_random": True})
+        _COMPILED[function] = compile_function(function, dynamic=False, options={"fallback_random": True})
     return _COMPILED[function]
 
 

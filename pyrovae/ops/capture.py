@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import torch
+
 _CAPTURING = contextvars.ContextVar("pyrovae_capturing", default=False)
 
 
@@ -24,4 +26,18 @@ def capture_mode():
         _CAPTURING.reset(token)
 
 
-__all__ = ["capture_mode", "capturing"]
+def compile_function(function, **options):
+    """``torch.compile(function, **options)``, without its side effect on validation: the first ``torch.compile``
+    of a process turns off ``torch.distributions``' argument checks for the rest of it
+    (``Distribution.set_default_validate_args(False)``, in torch._dynamo's one-time patching), behind Pyro's back,
+    which still reports its validation on. The default is put back as it was."""
+    from torch.distributions import Distribution
+
+    validate = Distribution._validate_args
+    try:
+        return torch.compile(function, **options)
+    finally:
+        Distribution.set_default_validate_args(validate)
+
+
+__all__ = ["capture_mode", "capturing", "compile_function"]

@@ -35,7 +35,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyrovae.distributions.vmf_cosine import fused_first_pass
 from pyrovae.infer.training.objectives import _store_parameter_names, run_aside
-from pyrovae.ops.capture import capture_mode
+from pyrovae.ops.capture import capture_mode, compile_function
 
 _FLOAT_READERS = ("pyro.infer.trace_elbo", "pyro.infer.traceenum_elbo", "pyro.infer.trace_mean_field_elbo")
 
@@ -197,7 +197,7 @@ class Compiled(nn.Module):
                     "TraceEnum_ELBO (the enumerated GMVAE) does so; train it with compile=False"
                 ) from None
             _refuse_data_dependent_shapes(graph)
-            compiled = torch.compile(graph, dynamic=False, options=self.options)
+            compiled = compile_function(graph, dynamic=False, options=self.options)
             entry = self._cache[key] = [compiled, names, False]
             self.compile_seconds += time.perf_counter() - started
             self.num_graphs += 1

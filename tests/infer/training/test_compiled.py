@@ -55,6 +55,37 @@ def test_the_compiled_svae_step_equals_the_eager_one():
     assert_same_step(SVAE(12, 4, (8,), likelihood="gaussian"), VMFGuide(12, 4, (8,)), (x,))
 
 
+_KEEPS_VALIDATION = """
+import pyro, torch
+from torch.distributions import Distribution
+from pyrovae.distributions import VonMisesFisher
+{}
+assert Distribution._validate_args, "torch's distribution checks were turned off"
+try:
+    VonMisesFisher(torch.tensor([0.0, 2.0]), torch.tensor(1.0))
+except ValueError:
+    pass
+else:
+    raise AssertionError("an off-sphere location was not refused")
+"""
+
+
+@pytest.mark.parametrize("compiles", [
+    "from pyrovae.infer import make_objective\nfrom tests.infer.guides_and_models import small_pair\n"
+    "objective, _ = make_objective('trace', *small_pair(), 1, compile=True)\n"
+    "objective.gradients(torch.rand(8, 15), torch.ones(2))",
+    "from pyrovae.distributions.vmf_cosine import _compiled\n_compiled(torch.sin)",
+], ids=["step", "sampler"])
+def test_compiling_keeps_the_distributions_argument_checks_on(compiles):
+    """The first torch.compile of a process turned torch.distributions' validation off for the rest of it, behind
+    Pyro's back (torch._dynamo's one-time patching): a user's off-sphere location passed silently after a
+    train(compile=True). Each in a fresh process, where that first compile is ours."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _KEEPS_VALIDATION.format(compiles)], check=True, timeout=600)
+
+
 def test_train_compiled_follows_the_eager_run():
     data = two_groups(num_per_group=48)
     runs = []
