@@ -117,10 +117,8 @@ class AnnDataStream(BatchStream):
                 root.close()
         if self.num_cells == 0:
             raise ValueError(f"AnnDataStream: {self.path} holds no cells")
-        values = first.data
-        if values.size and (values.min() < 0 or not np.all(values == np.round(values))):
-            raise ValueError(f"AnnDataStream: {self.path}'s {key} is not raw counts (its first rows hold negative or "
-                             "non-integer values); pass the layer of raw UMI counts with layer=")
+        self._key = key
+        self._refuse_non_counts(first, np.arange(first.shape[0]))
         missing = [name for name in names + ((library_key,) if library_key else ()) if name not in obs]
         if missing:
             raise ValueError(f"AnnDataStream: {missing} are not obs columns of {self.path} (obs: {list(obs.columns)})")
@@ -184,8 +182,22 @@ class AnnDataStream(BatchStream):
 
         return min(sum(batches(self._cells(starts)) for starts in workers) for workers in self._parts())
 
+    def _refuse_non_counts(self, counts: sp.csr_matrix, ids: np.ndarray) -> None:
+        """Raise a ValueError naming the first cell of ``ids`` whose row holds a negative or non-integer value: every
+        chunk is checked as it is read (a matrix normalised from some row on would otherwise train silently)."""
+        values = counts.data
+        bad = (values < 0) | (values != np.round(values))
+        if bad.any():
+            row = int(np.searchsorted(counts.indptr, int(np.argmax(bad)), side="right")) - 1
+            raise ValueError(
+                f"AnnDataStream: {self.path}'s {self._key} is not raw counts: cell {int(ids[row])} holds "
+                f"{values[bad][0]:g} ({int(bad.sum())} negative or non-integer values in its chunk); pass the layer "
+                "of raw UMI counts with layer=")
+
     def _cell_block(self, counts: sp.csr_matrix, ids: np.ndarray) -> CellBlock:
-        """The cells ``ids`` (their ``counts`` read already) with their library sizes and label codes."""
+        """The cells ``ids`` (their ``counts`` read already, and checked here) with their library sizes and label
+        codes."""
+        self._refuse_non_counts(counts, ids)
         counts = sp.csr_matrix(counts, dtype=np.float32)
         library = self._library[ids] if self._library is not None else np.asarray(counts.sum(1)).ravel()
         return CellBlock(counts, library.astype(np.float32), {k: v[ids] for k, v in self._codes.items()}, ids)

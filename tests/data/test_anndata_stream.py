@@ -99,6 +99,20 @@ def test_train_and_log_likelihood_read_it(written):
     assert np.isfinite(log_likelihood(model, guide, held, num_samples=25).mean)
 
 
+def test_values_that_are_not_counts_past_the_first_chunk_stop_the_epoch_by_cell(tmp_path):
+    """Only the first chunk was checked: a matrix normalised from some row on trained silently."""
+    adata = _adata()
+    counts = adata.X.toarray()
+    counts[700, 3] = 0.25
+    adata.X = sp.csr_matrix(counts)
+    adata.write_h5ad(tmp_path / "late.h5ad")
+    stream = AnnDataStream(tmp_path / "late.h5ad", 100, chunk_size=64, shuffle=False)  # its first chunk is clean
+    with pytest.raises(ValueError, match=r"is not raw counts: cell 700 holds 0.25 .*layer="):
+        list(stream)
+    with pytest.raises(ValueError, match="cell 700 holds 0.25"):
+        stream.take(CELLS)
+
+
 def test_bad_files_are_refused_by_name(tmp_path):
     dense = tmp_path / "dense.h5ad"
     _adata(dense=True).write_h5ad(dense)
