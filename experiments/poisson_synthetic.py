@@ -9,7 +9,12 @@ E[log p_true(x)] is reported as the ceiling.
 Differs from the notebook: Adam at ``--lr`` 1e-2 without weight decay for 200 epochs (the notebook: lr 0.1 with
 weight decay 5e-2 for 150 epochs: weight decay is a penalty the ELBO does not have, and without it the held-out
 log-likelihood measures the ELBO's own fit).
+
+Nothing is lost to an interruption: the VAE is checkpointed after every epoch and its scores saved in parts
+(``OUT/checkpoints``, ``OUT/scores``); the same command resumes, and a rerun with other settings is refused.
 """
+
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,13 +24,21 @@ from pyrovae.models import VAE
 from scipy import stats
 
 from pyrovae.data import CountData
-from pyrovae.experiment import experiment_parser, positive_float, positive_int, setup, write_metrics
-from pyrovae.infer import log_likelihood, train
+from pyrovae.experiment import (
+    experiment_parser,
+    positive_float,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
+from pyrovae.infer import log_likelihood_in_parts, train
 from pyrovae.likelihoods import get_likelihood
 from pyrovae.plots import save, training_curves
+from pyrovae.sweep import Sweep
 
 QUICK = {"epochs": 20, "num_cells": 500, "num_test": 100, "num_samples": 50}
-parser = experiment_parser(__doc__, epochs=200, out="results/poisson_synthetic", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=200, out="results/poisson_synthetic", quick=QUICK, resumable=True)
 parser.add_argument("--num-cells", type=positive_int, default=2000, help="training cells drawn from the Poisson law")
 parser.add_argument("--num-test", type=positive_int, default=500, help="held-out cells from the same law")
 parser.add_argument("--latent", type=positive_int, default=3, help="latent dimension")
@@ -46,11 +59,16 @@ ceiling = float(stats.poisson.logpmf(test_counts, rates).sum(1).mean())
 likelihood = get_likelihood("poisson", 10, library="none")
 model = VAE(10, args.latent, args.hidden, likelihood=likelihood, activation="relu")
 guide = NormalGuide(10, args.latent, args.hidden, input_transform="log1p")
+# the checkpoint and score parts resume an interrupted run; other settings are refused
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args))
 history = train(model, guide, train_cells, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                val_data=test_cells, restore_best=False, device=device, seed=args.seed, progress=not args.no_progress)
-ll = log_likelihood(model, guide, test_cells, num_samples=args.num_samples, proposal=args.proposal,
-                    refine_steps=args.refine_steps)
+                val_data=test_cells, restore_best=False, device=device, seed=args.seed, progress=not args.no_progress,
+                checkpoint=sweep.checkpoint_path("vae"))
+ll = log_likelihood_in_parts(model, guide, test_cells, out / "scores", part_size=500, seed=args.seed,
+                             num_samples=args.num_samples, proposal=args.proposal, refine_steps=args.refine_steps)
 
+torch.manual_seed(args.seed)  # the prior's draws below: the same in a resumed run as in an uninterrupted one
 with torch.no_grad():
     x = test_cells.dense().to(device)
     reconstructed = model.decode(guide.encode(x).mean).base_dist.rate.cpu().numpy()  # (cells, genes)

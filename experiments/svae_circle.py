@@ -14,24 +14,36 @@ Differs from the notebook: both models maximise the ELBO (KL weight 1). The note
 the S-VAE and by 0.001 for the N-VAE against a mean MSE: a different objective per model, the N-VAE's close to an
 auto-encoder's, whose latent it then drew. Here the two latents come from the same objective, and their held-out
 log-likelihoods can be compared.
+
+Nothing is lost to an interruption: each model is checkpointed after every epoch and its scores saved in parts
+(``OUT/checkpoints``, ``OUT/scores``); the same command resumes, ``--guides`` may grow, and a rerun with other
+settings is refused.
 """
 
 import math
-import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
 from pyrovae import make_pair
 from pyrovae.data import circle_clusters
-from pyrovae.experiment import experiment_parser, positive_float, positive_int, setup, write_metrics
-from pyrovae.infer import locate, log_likelihood, train
+from pyrovae.experiment import (
+    experiment_parser,
+    positive_float,
+    positive_int,
+    result_settings,
+    setup,
+    write_metrics,
+)
+from pyrovae.infer import locate, log_likelihood_in_parts, train
 from pyrovae.metrics import circular_correlation
 from pyrovae.plots import save, training_curves
+from pyrovae.sweep import Sweep
 
 QUICK = {"epochs": 10, "num_data": 300, "num_test": 200, "num_samples": 100}
 
-parser = experiment_parser(__doc__, epochs=200, out="results/svae_circle", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=200, out="results/svae_circle", quick=QUICK, resumable=True)
 parser.add_argument("--num-data", type=positive_int, default=1000, help="training points")
 parser.add_argument("--num-test", type=positive_int, default=1000, help="held-out points")
 parser.add_argument("--num-features", type=positive_int, default=100,
@@ -61,15 +73,18 @@ def build(kind):
 
 
 runs, metrics = {}, {"num_train": len(train_data), "num_test": len(test_data), "runs": {}}
+# checkpoints and score parts resume an interrupted run; --guides may grow, other settings are refused
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args, exclude=("guides",)))
 for kind in args.guides:
+    torch.manual_seed(args.seed)  # each model's start its own: the same in a grown --guides as in a fresh run
     model, guide = build(kind)
-    started = time.perf_counter()
     history = train(model, guide, train_data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     elbo="trace", val_data=test_data, device=device, seed=args.seed, restore_best=False,
-                    progress=not args.no_progress)
-    seconds = time.perf_counter() - started
-    ll = log_likelihood(model, guide, test_data, num_samples=args.num_samples, proposal=args.proposal,
-                        refine_steps=args.refine_steps)
+                    progress=not args.no_progress, checkpoint=sweep.checkpoint_path(kind))
+    seconds = sum(history["seconds"])  # those of an interrupted earlier run included
+    ll = log_likelihood_in_parts(model, guide, test_data, out / "scores" / kind, part_size=500, seed=args.seed,
+                                 num_samples=args.num_samples, proposal=args.proposal, refine_steps=args.refine_steps)
     codes = locate(guide, test_data.x).cpu()  # latent means; mean directions on the circle
     latent_angle = torch.atan2(codes[:, 1], codes[:, 0])
     runs[kind] = {"codes": codes, "history": history}

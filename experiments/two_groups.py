@@ -5,9 +5,12 @@ Each group is N(m_g, A_g A_g^T + 0.1^2 I) with its own mean and 15 x 2 loading m
 loss, MSE summed over features plus the KL, is the negative ELBO of a Gaussian likelihood with variance 1/2
 (inverse variance 2), the default here; ``--learn-scale`` learns one noise scale per feature instead. The
 law of the data is known exactly, so the held-out log-likelihood has a ceiling: E[log p_true(x)].
+
+Nothing is lost to an interruption: the VAE is checkpointed after every epoch and its scores saved in parts
+(``OUT/checkpoints``, ``OUT/scores``); the same command resumes, and a rerun with other settings is refused.
 """
 
-import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,15 +24,17 @@ from pyrovae.experiment import (
     non_negative_int,
     positive_float,
     positive_int,
+    result_settings,
     setup,
     write_metrics,
 )
-from pyrovae.infer import locate, log_likelihood, reconstruct, train
+from pyrovae.infer import locate, log_likelihood_in_parts, reconstruct, train
 from pyrovae.likelihoods import Gaussian
 from pyrovae.plots import latent_scatter, principal_axes, save
+from pyrovae.sweep import Sweep
 
 QUICK = {"epochs": 200, "num_test_per_group": 100, "num_samples": 100}
-parser = experiment_parser(__doc__, epochs=1000, out="results/two_groups", quick=QUICK)
+parser = experiment_parser(__doc__, epochs=1000, out="results/two_groups", quick=QUICK, resumable=True)
 parser.add_argument("--num-per-group", type=positive_int, default=200, help="training points per group")
 parser.add_argument("--num-test-per-group", type=positive_int, default=500, help="held-out points per group")
 parser.add_argument("--noise", type=non_negative_float, default=0.1, help="noise standard deviation of the data")
@@ -51,14 +56,16 @@ likelihood = Gaussian() if args.learn_scale else Gaussian(inverse_variance=args.
 model = VAE(x_dim, z_dim, hidden=(10, 5), likelihood=likelihood, activation="relu")
 guide = NormalGuide(x_dim, z_dim, hidden=(10, 5), activation="relu")
 
-started = time.perf_counter()
+# the checkpoint and score parts resume an interrupted run; other settings are refused
+out = Path(args.out)
+sweep = Sweep(out / "runs.json", settings=result_settings(args))
 # full batch, as in the notebook: one step per epoch over all 400 points
 history = train(model, guide, train_data.to(device), epochs=args.epochs, batch_size=len(train_data), lr=args.lr,
                 elbo="jit", val_data=test_data.to(device), restore_best=False, device=device, seed=args.seed,
-                progress=not args.no_progress)
-seconds = time.perf_counter() - started
-ll = log_likelihood(model, guide, test_data.to(device), num_samples=args.num_samples, proposal=args.proposal,
-                    refine_steps=args.refine_steps)
+                progress=not args.no_progress, checkpoint=sweep.checkpoint_path("vae"))
+seconds = sum(history["seconds"])  # those of an interrupted earlier run included
+ll = log_likelihood_in_parts(model, guide, test_data.to(device), out / "scores", part_size=500, seed=args.seed,
+                             num_samples=args.num_samples, proposal=args.proposal, refine_steps=args.refine_steps)
 ceiling = truth.log_density(test_data.x).mean().item()
 last = history.last
 print(f"{args.epochs} full-batch steps in {seconds:.1f} s; held-out log p(x) {ll.mean:.3f} +/- {ll.stderr:.3f} "

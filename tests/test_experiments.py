@@ -51,11 +51,13 @@ def test_smoke_mixture_1d(tmp_path):
 
 
 def test_smoke_two_groups(tmp_path):
-    metrics = run_script("two_groups", tmp_path, "--epochs", "20", "--num-test-per-group", "50",
-                         "--num-samples", "16", "--refine-steps", "3")["metrics"]
+    tiny = ("--epochs", "20", "--num-test-per-group", "50", "--num-samples", "16", "--refine-steps", "3")
+    metrics = run_script("two_groups", tmp_path, *tiny)["metrics"]
     assert metrics["num_data"] == 100 and metrics["log_likelihood"] < metrics["exact_log_likelihood"]
     assert set(metrics["pc_correlation"]) == {"group 0", "group 1"}
     assert (tmp_path / "two_groups" / "pc_reconstruction.png").exists()
+    assert run_script("two_groups", tmp_path, *tiny)["metrics"] == metrics  # resumed: read back, bit for bit
+    assert_refused_otherwise("two_groups", tmp_path, *tiny[:-1], "4")  # other --refine-steps
 
 
 def test_smoke_mnist_vae(tmp_path):
@@ -87,12 +89,16 @@ def test_smoke_fashion_ae_vae(tmp_path):
 
 
 def test_smoke_svae_circle(tmp_path):
-    metrics = run_script("svae_circle", tmp_path, "--epochs", "2", "--num-data", "200", "--num-test", "100",
-                         "--num-samples", "16", "--guides", "normal", "vmf", "power", "--refine-steps", "3")["metrics"]
+    tiny = ("--epochs", "2", "--num-data", "200", "--num-test", "100", "--num-samples", "16", "--refine-steps", "3")
+    first = run_script("svae_circle", tmp_path, *tiny, "--guides", "normal", "vmf")["metrics"]
+    # resumable: a grown --guides trains only the new model and reads the others' results back bit for bit
+    metrics = run_script("svae_circle", tmp_path, *tiny, "--guides", "normal", "vmf", "power")["metrics"]
     assert len(metrics["runs"]) == 3 and metrics["num_test"] == 100
+    assert all(metrics["runs"][name] == run for name, run in first["runs"].items())
     for run in metrics["runs"].values():
         assert run["num_samples"] == 16 and 0 <= run["angle_circular_correlation"] <= 1
         assert run["log_likelihood"] >= run["test_elbo"] - 5  # importance sampling tightens the bound
+    assert_refused_otherwise("svae_circle", tmp_path, *tiny[:-1], "4")  # other --refine-steps
 
 
 def test_smoke_svae_mnist_cells_in_parallel_grow_and_resume(tmp_path):
@@ -127,8 +133,10 @@ def test_smoke_svae_mnist_cells_in_parallel_grow_and_resume(tmp_path):
 
 
 def test_smoke_poisson_synthetic(tmp_path):
-    metrics = run_script("poisson_synthetic", tmp_path, "--epochs", "3", "--num-cells", "200", "--num-test", "50",
-                         "--num-samples", "16")["metrics"]
+    tiny = ("--epochs", "3", "--num-cells", "200", "--num-test", "50", "--num-samples", "16")
+    metrics = run_script("poisson_synthetic", tmp_path, *tiny)["metrics"]
+    assert run_script("poisson_synthetic", tmp_path, *tiny)["metrics"] == metrics  # resumed: read back, bit for bit
+    assert_refused_otherwise("poisson_synthetic", tmp_path, *tiny[:-1], "17")  # other --num-samples
     assert metrics["log_likelihood"] < metrics["true_law_log_likelihood"] + 0.5
     assert metrics["test_elbo"] <= metrics["log_likelihood"] + 0.5 and metrics["train_seconds"] > 0
     assert len(metrics["reconstructed_rate_mean"]) == 10
