@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from pyrovae.data.source import DataSource, IndexedSource, LoaderSource, StreamSource, as_source
+from pyrovae.process_group import rank, world_size
 
 
 def as_args(batch) -> tuple[torch.Tensor, ...]:
@@ -240,3 +241,40 @@ def as_batches(data, batch_size: int | None, shuffle: bool, device: torch.device
         return data
     return BatchSource(data, batch_size, shuffle, device, check=check, name=name, seed=0,
                        default_batch_size=default_batch_size, dtype=dtype)
+
+
+def check_stream_ranks(stream) -> None:
+    """Training data streamed (:class:`~pyrovae.data.CellStream`, :class:`~pyrovae.data.AnnDataStream`) as another
+    rank, or for another number of ranks, than this process is in the process group would train on other ranks'
+    cells or leave some unread: refused."""
+    if not callable(getattr(stream, "_set_reading", None)):
+        return
+    if (stream.rank, stream.world_size) != (rank(), world_size()):
+        raise ValueError(
+            f"the data stream reads as rank {stream.rank} of {stream.world_size}, but this process is rank {rank()} "
+            f"of {world_size()}: build the stream without rank= and world_size= (it takes them from torchrun), or "
+            "give it this process's"
+        )
+
+
+def check_batch_norm_batches(batches: BatchSource, trained: list, chosen_drop_last: bool | None) -> bool:
+    """The ``drop_last`` training goes on with, where a module of ``trained`` normalises batches: one datum in all
+    is refused, and so is a last batch of one datum with ``drop_last=False`` asked for; unasked, that batch is
+    dropped (with a warning)."""
+    normalises = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for module in trained
+                     for m in module.modules())
+    if batches.num_data == 1 and normalises:
+        raise ValueError("train got one datum, and batch normalisation cannot train on a batch of one: train on more "
+                         "data, or build the pair without batch normalisation (batch_norm=False)")
+    num_data, batch_size = batches.num_data, getattr(batches.source, "batch_size", None)
+    if (batches.drop_last or not normalises or num_data is None or batch_size is None or batches.streaming
+            or num_data % batch_size != 1):
+        return batches.drop_last
+    size = f"{num_data} data in batches of {batch_size} leave a last batch of one datum, which batch normalisation"
+    if chosen_drop_last is not None:
+        raise ValueError(f"{size} cannot train on; pass drop_last=True (or leave it unset: train then drops that "
+                         "batch) or another batch_size")
+    warnings.warn(f"{size} cannot train on: train drops it (drop_last=True; a different datum each epoch, as the "
+                  "data are shuffled)", stacklevel=3)
+    batches.drop_last = True
+    return True

@@ -98,3 +98,19 @@ def test_ranks_that_would_leave_many_cells_untrained_are_warned_of(atlas):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check(2)
+
+
+def test_a_stream_built_for_other_ranks_is_refused_in_the_process_group(atlas, monkeypatch):
+    """Under torchrun, a stream reading as rank 1 of 2 in the process of rank 0 of 2 would train rank 1's cells
+    twice and rank 0's never."""
+    from pyrovae.infer import batches
+
+    stream = CellStream(atlas, batch_size=64, rank=1, world_size=2)
+    monkeypatch.setattr(batches, "rank", lambda: 0)
+    monkeypatch.setattr(batches, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match=r"reads as rank 1 of 2, but this process is rank 0 of 2: build the stream "
+                                         r"without rank= and world_size="):
+        batches.check_stream_ranks(stream)
+    monkeypatch.setattr(batches, "rank", lambda: 1)
+    batches.check_stream_ranks(stream)  # its own rank
+    batches.check_stream_ranks(torch.zeros(3, 2))  # data in memory: nothing to check

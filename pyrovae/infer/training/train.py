@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import as_source
 from pyrovae.infer.arguments import check_device, check_integer, check_number, check_seed, floating_dtype, learning_rate
-from pyrovae.infer.batches import BatchSource, check_training_source, model_check, module_device, no_batch
+from pyrovae.infer.batches import (
+    BatchSource,
+    check_batch_norm_batches,
+    check_stream_ranks,
+    check_training_source,
+    model_check,
+    module_device,
+    no_batch,
+)
 from pyrovae.infer.contract import check_model_guide
 from pyrovae.infer.distributed import (
     all_reduce_sum,
@@ -36,7 +44,6 @@ from pyrovae.infer.distributed import (
     is_main_process,
     local_device,
     rank,
-    world_size,
 )
 from pyrovae.infer.evaluation import evaluate, evaluation_mode
 from pyrovae.infer.training.checkpoint import CheckpointInUse, FileLock, TrainingCheckpoint, rng_state
@@ -166,7 +173,7 @@ def train(
         raise ValueError(f"freeze must be None, 'model' or 'guide', got {freeze!r}")
     distributed = init_distributed()
     if distributed:
-        _check_stream_ranks(data)
+        check_stream_ranks(data)
     source = as_source(data, batch_size, "data")
     if device is not None:
         device = check_device(device)
@@ -188,22 +195,7 @@ def train(
                           dtype=dtype)
     check_training_source(batches, chosen_drop_last, distributed)
     trained = [module for name, module in modules.items() if name != freeze]  # set to training mode each epoch
-    if batches.num_data == 1 and _normalises_batches(trained):
-        raise ValueError("train got one datum, and batch normalisation cannot train on a batch of one: train on more "
-                         "data, or build the pair without batch normalisation (batch_norm=False)")
-    if not drop_last and _last_batch_of_one_under_batch_norm(batches, trained):
-        if chosen_drop_last is not None:
-            raise ValueError(
-                f"{batches.num_data} data in batches of {batches.source.batch_size} leave a last batch of one datum, "
-                "which batch normalisation cannot train on; pass drop_last=True (or leave it unset: train then "
-                "drops that batch) or another batch_size"
-            )
-        warnings.warn(
-            f"{batches.num_data} data in batches of {batches.source.batch_size} leave a last batch of one datum, "
-            "which batch normalisation cannot train on: train drops it (drop_last=True; a different datum each "
-            "epoch, as the data are shuffled)", stacklevel=2,
-        )
-        drop_last = batches.drop_last = True
+    drop_last = check_batch_norm_batches(batches, trained, chosen_drop_last)
     validation = (
         BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data",
                     default_batch_size=_EVAL_BATCH_SIZE, argument="eval_batch_size", dtype=dtype)
@@ -267,34 +259,6 @@ def train(
             lock.release()
     stopping.restore(modules)
     return history
-
-
-def _check_stream_ranks(stream) -> None:
-    """Training data streamed (:class:`~pyrovae.data.CellStream`, :class:`~pyrovae.data.AnnDataStream`) as another
-    rank, or for another number of ranks, than this process is in the process group would train on other ranks'
-    cells or leave some unread: refused."""
-    if not callable(getattr(stream, "_set_reading", None)):
-        return
-    if (stream.rank, stream.world_size) != (rank(), world_size()):
-        raise ValueError(
-            f"the data stream reads as rank {stream.rank} of {stream.world_size}, but this process is rank {rank()} "
-            f"of {world_size()}: build the stream without rank= and world_size= (it takes them from torchrun), or "
-            "give it this process's"
-        )
-
-
-def _last_batch_of_one_under_batch_norm(batches, modules) -> bool:
-    """Whether an epoch ends with a batch of one datum and a module normalises batches (known sizes only)."""
-    num_data, batch_size = batches.num_data, getattr(batches.source, "batch_size", None)
-    if num_data is None or batch_size is None or batches.streaming or num_data % batch_size != 1 or num_data == 1:
-        return False
-    return _normalises_batches(modules)
-
-
-def _normalises_batches(modules) -> bool:
-    """Whether one of ``modules`` (those train puts in training mode, whatever their mode now) has a batch-norm
-    layer."""
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for module in modules for m in module.modules())
 
 
 @dataclass
