@@ -151,6 +151,7 @@ class AmortizedGuide(InParamStore, nn.Module):
         :class:`~pyrovae.nn.covariates.ConditionalMLP`; with ``latent_library``, also an encoder of
         q(library | x)."""
         options = self.encoder_options
+        self._encoder_width = out_features  # what encoded() must return per datum (a custom encoder is checked)
         hidden = options.hidden if hidden is None else check_widths(type(self).__name__, hidden)
         activation, batch_norm, dropout = options.activation, options.batch_norm, options.dropout
         transform = _input_transform(options.input_transform)
@@ -177,14 +178,21 @@ class AmortizedGuide(InParamStore, nn.Module):
             self.check_call(x.reshape(-1, self.x_dim) if leading else x)
         covariates = getattr(self, "covariates", None)
         if not covariates:
-            return self.encoder(x)
-        if not torch.jit.is_tracing():
-            covariates.check(cat, cont, x.shape[-2], type(self).__name__)
-        side = covariates(cat, cont)
-        h = self.input_transform(x)
-        if isinstance(self.encoder, ConditionalMLP):
-            return self.encoder(h, side)
-        return self.encoder(torch.cat([h, side], -1))
+            out = self.encoder(x)
+        else:
+            if not torch.jit.is_tracing():
+                covariates.check(cat, cont, x.shape[-2], type(self).__name__)
+            side = covariates(cat, cont)
+            h = self.input_transform(x)
+            out = self.encoder(h, side) if isinstance(self.encoder, ConditionalMLP) else \
+                self.encoder(torch.cat([h, side], -1))
+        width = getattr(self, "_encoder_width", None)
+        if width is not None and not torch.jit.is_tracing() and out.shape[-1] != width:
+            raise ValueError(
+                f"{type(self).__name__}: the encoder returns {out.shape[-1]} features per datum, and this guide reads "
+                f"{width} from it: build the custom encoder with {width} outputs"
+            )
+        return out
 
     def encode_library(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(library | x) = LogNormal(loc(x), scale(x)), for models with a latent library size."""

@@ -16,6 +16,8 @@ import torch
 from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.condition_messenger import ConditionMessenger
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.infer_config_messenger import InferConfigMessenger
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.trace_struct import Trace
@@ -53,17 +55,22 @@ def _latent_sites(trace) -> dict:
     }
 
 
-def check_sites(model_sites: dict, guide_sites: dict) -> None:
+def check_sites(model_sites: dict, guide_sites: dict, enumerated=frozenset()) -> None:
     """Raise a ValueError when the guide's latent distributions (by site name) cannot stand for the model's: every
-    model latent needs a guide site of the same support and event shape, and the guide samples nothing else."""
+    model latent needs a guide site of the same support and event shape, and the guide samples nothing else. The
+    model's sites named in ``enumerated`` (summed out by ``TraceEnum_ELBO`` in the model) may be left out."""
     for name, model_fn in model_sites.items():
         guide_fn = guide_sites.get(name)
+        if guide_fn is None and name in enumerated:
+            continue
         if guide_fn is None:
             raise ValueError(
                 f"the model's latent site {name!r} has no counterpart in the guide "
                 f"(guide sites: {sorted(guide_sites) or 'none'}); the guide must sample every latent of the model"
                 + ("; the likelihood's library size is latent: build the guide with latent_library=True"
                    if name == "library" else "")
+                + ("; or sum it out in the model: config_enumerate(model) and TraceEnum_ELBO"
+                   if model_fn.has_enumerate_support else "")
             )
         model_key, guide_key = _support_key(model_fn.support), _support_key(guide_fn.support)
         if model_key != guide_key:
@@ -162,8 +169,18 @@ def check_model_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None
             + ": were the model and the guide passed in swapped order? The model comes first (it scores x, "
             "e.g. VAE), the guide second (it samples the latents, e.g. NormalGuide)"
         )
-    check_sites({name: site["fn"] for name, site in _latent_sites(model_trace).items()},
-                {name: site["fn"] for name, site in _latent_sites(guide_trace).items()})
+    model_latents, guide_latents = _latent_sites(model_trace), _latent_sites(guide_trace)
+    summed = sorted(name for name, site in model_latents.items()
+                    if site["infer"].get("enumerate") and name not in guide_latents)
+    if summed:
+        raise ValueError(
+            f"the model sums {summed} out (config_enumerate) and the guide does not sample it: Pyro's SVI with "
+            "TraceEnum_ELBO trains such a pair, but pyrovae's train, evaluate and log_likelihood score the ELBO and "
+            "the importance weights by the guide's latents; give the guide that site (GMVAEGuide enumerates y in "
+            "the guide, exactly) or train with pyro.infer.SVI"
+        )
+    check_sites({name: site["fn"] for name, site in model_latents.items()},
+                {name: site["fn"] for name, site in guide_latents.items()})
     check_companions(model, guide)
 
 
@@ -184,6 +201,26 @@ def _latent_source(names):
         elif isinstance(frame, ConditionMessenger) and any(name in frame.data for name in names):
             return frame
     return None
+
+
+def _enumeration_key() -> tuple:
+    """What :func:`_summed_out` depends on, cheaply (the pairing check is cached under it): whether an enumeration
+    runs, and which ``config_enumerate`` functions surround the model."""
+    if not any(isinstance(frame, EnumMessenger) for frame in _PYRO_STACK):
+        return ()
+    return (True, *(id(frame.config_fn) for frame in _PYRO_STACK if isinstance(frame, InferConfigMessenger)))
+
+
+def _summed_out(sites: dict) -> set:
+    """The names of ``sites`` (name -> the model's distribution) that the model's enumeration sums out here: marked
+    for it by a ``config_enumerate`` (an ``InferConfigMessenger``) around the model, under ``TraceEnum_ELBO``'s
+    ``EnumMessenger``. (A site's own ``infer`` is set only as it is sampled, after this check.)"""
+    if not any(isinstance(frame, EnumMessenger) for frame in _PYRO_STACK):
+        return set()
+    configs = [frame.config_fn for frame in _PYRO_STACK if isinstance(frame, InferConfigMessenger)]
+    return {name for name, fn in sites.items()
+            if any(config({"type": "sample", "name": name, "fn": fn, "is_observed": False, "infer": {}})
+                   .get("enumerate") for config in configs)}
 
 
 def check_received_latents(model) -> None:
@@ -215,11 +252,12 @@ def check_received_latents(model) -> None:
             elif _is_latent(site):
                 guide_sites[name] = site["fn"]
         key = (tuple((name, type(fn), tuple(fn.event_shape), _support_key(fn.support))
-                     for name, fn in guide_sites.items()), frozenset(owners))
+                     for name, fn in guide_sites.items()), frozenset(owners), _enumeration_key())
         checked = model.__dict__.setdefault("_paired_guides", set())
         if key in checked:
             return
-        check_sites(model.latent_sites(), guide_sites)
+        sites = model.latent_sites()
+        check_sites(sites, guide_sites, _summed_out(sites))
         for owner in owners:
             guide = module_named(owner)
             if guide is not None and guide is not model:

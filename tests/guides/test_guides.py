@@ -3,7 +3,7 @@
 import pyro.distributions as dist
 import pytest
 import torch
-from pyrovae.guides import AmortizedGuide, DeltaGuide, NormalGuide
+from pyrovae.guides import AmortizedGuide, DeltaGuide, GMVAEGuide, NormalGuide, VMFGuide
 from pyrovae.models import VAE
 from torch import nn
 
@@ -57,3 +57,18 @@ def test_every_guide_takes_the_same_construction_arguments():
                   GMVAEGuide(20, 3, (16, 8), num_components=4, encoder=nn.Linear(20, 8))):
         assert guide.encode(counts).batch_shape == (8,)
 
+
+
+@pytest.mark.parametrize("make", [lambda: NormalGuide(20, 2, encoder=nn.Linear(20, 3)),  # 4: a scale shared silently
+                                  lambda: VMFGuide(20, 3, encoder=nn.Linear(20, 5)),
+                                  lambda: DeltaGuide(20, 2, encoder=nn.Linear(20, 3)),
+                                  lambda: GMVAEGuide(20, 2, (16, 8), num_components=3, encoder=nn.Linear(20, 6))],
+                         ids=["normal", "vmf", "delta", "gmvae"])
+def test_a_custom_encoder_of_the_wrong_width_is_named(make):
+    """NormalGuide with a 3-wide encoder for z_dim = 2 split it into a loc of 2 and one scale broadcast over both,
+    and trained silently; other widths failed inside torch's split or unpacking."""
+    guide = make()
+    needed = {"NormalGuide": 4, "VMFGuide": 4, "DeltaGuide": 2, "GMVAEGuide": 8}[type(guide).__name__]
+    with pytest.raises(ValueError, match=rf"{type(guide).__name__}: the encoder returns \d features per datum, and "
+                                         rf"this guide reads {needed} from it: build the custom encoder with {needed}"):
+        guide(torch.poisson(torch.full((8, 20), 3.0)))

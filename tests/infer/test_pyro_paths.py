@@ -81,6 +81,30 @@ def test_enumeration_over_the_data_plate_is_named(elbo):
             step.step(binary())
 
 
+def test_a_component_summed_out_in_the_model_pairs_with_a_guide_of_z_alone():
+    """Pyro's idiom (its mixture tutorials): config_enumerate on the model and TraceEnum_ELBO sum y out there, so
+    a guide of z alone (an autoguide, a plain NormalGuide) is its pair under SVI. Without the enumeration, or where
+    pyrovae scores the ELBO by the guide's latents (train, evaluate, log_likelihood), it is refused by name."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyrovae.infer import log_likelihood, train
+
+    model = pinfer.config_enumerate(GMVAE(X_DIM, 2, 3, (8,)), "parallel")
+    for guide in (AutoNormal(poutine.block(model, hide=["y"])), NormalGuide(X_DIM, 2, (8,))):
+        pyro.clear_param_store()
+        step = pinfer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pinfer.TraceEnum_ELBO(max_plate_nesting=1))
+        assert all(np.isfinite(step.step(binary())) for _ in range(2))
+    unsummed = pinfer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pinfer.Trace_ELBO())  # the same pair
+    with pytest.raises(ValueError, match=r"'y' has no counterpart in the guide .* config_enumerate\(model\) and "
+                                         r"TraceEnum_ELBO"):
+        unsummed.step(binary())
+    for use in (lambda g: train(model, g, binary(), epochs=1, elbo="enum", progress=False, eval_size=0),
+                lambda g: log_likelihood(model, g, binary(), num_samples=4)):
+        with pytest.raises(ValueError, match=r"the model sums \['y'\] out \(config_enumerate\) and the guide does "
+                                             r"not sample it: Pyro's SVI with TraceEnum_ELBO trains such a pair"):
+            use(NormalGuide(X_DIM, 2, (8,)))
+
+
 @pytest.mark.parametrize("pair", ["svae-normal", "vae-wider-latent", "gmvae-more-components"])
 def test_predictive_with_a_mismatched_guide_is_refused(pair):
     """Predictive hands the model the guide's values only: those off the prior's support or of another shape are
