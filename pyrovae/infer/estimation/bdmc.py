@@ -18,7 +18,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from pyrovae.infer.arguments import check_integer
+from pyrovae.infer.arguments import check_integer, floating_dtype
 from pyrovae.infer.batches import as_args
 from pyrovae.infer.estimation.ais import AnnealingPath, batch_ais, sigmoid_schedule
 from pyrovae.infer.estimation.log_likelihood import as_proposal
@@ -50,11 +50,16 @@ class BDMC:
         return float(self.gap.mean())
 
 
-def simulate(model: Callable, num_data: int, latent_names) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``num_data`` draws (x, z) from the model's prior predictive, ``model(None, num_data=num_data)`` (pyrovae's
-    models), with the latents named ``latent_names``."""
+def simulate(model: Callable, num_data: int, latent_names, cat: torch.Tensor | None = None,
+             cont: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``num_data`` draws (x, z) from the model's prior predictive, ``model(None, cat, cont, num_data=num_data)``
+    (pyrovae's models; ``cat``, ``cont``: the covariates of the data to simulate, one row each), with the latents
+    named ``latent_names``."""
     with poutine.trace() as capture, torch.no_grad():
-        model(None, num_data=num_data)
+        if cat is None and cont is None:
+            model(None, num_data=num_data)
+        else:
+            model(None, cat, cont, num_data=num_data)
     trace = capture.trace
     missing = [name for name in latent_names if name not in trace.nodes]
     if missing or "x" not in trace.nodes:
@@ -65,10 +70,24 @@ def simulate(model: Callable, num_data: int, latent_names) -> tuple[torch.Tensor
 @torch.no_grad()
 def bdmc(model: Callable, guide: Callable, num_data: int = 16, num_chains: int = 16, num_steps: int = 500,
          leapfrog_steps: int = 5, step_size: float = 0.5, start="guide", target_accept: float = 0.65,
-         x: torch.Tensor | None = None, latents: dict[str, torch.Tensor] | None = None) -> BDMC:
+         x: torch.Tensor | None = None, latents: dict[str, torch.Tensor] | None = None,
+         cat: torch.Tensor | None = None, cont: torch.Tensor | None = None) -> BDMC:
     """Forward and reverse AIS, with the schedule of :func:`~pyrovae.infer.ais_log_likelihood` (the same
     arguments), on ``num_data`` data simulated from ``model`` (or on ``x`` with the ``latents`` that generated it,
-    for a model without a prior predictive). ``result.gap`` is how far that schedule is from exact there."""
+    for a model without a prior predictive). ``result.gap`` is how far that schedule is from exact there.
+
+    A model built with covariates simulates data of the covariates ``cat`` (categorical codes) and ``cont``
+    (continuous values), one row per datum (their number is ``num_data`` then): those of real data, e.g. a batch's."""
+    rows = [len(c) for c in (cat, cont) if c is not None]
+    if x is None and not rows and getattr(model, "covariates", None):
+        raise ValueError(f"{type(model).__name__} was built with covariates: pass bdmc the covariates of the data to "
+                         "simulate, cat= (codes) and cont= (values), one row per datum (e.g. those of a batch)")
+    if rows:
+        if len(set(rows)) > 1:
+            raise ValueError(f"cat and cont must have one row per datum each, got {rows[0]} and {rows[1]} rows")
+        num_data = rows[0]
+        cat = torch.zeros(num_data, 0, dtype=torch.long) if cat is None else cat  # as the data give none
+        cont = torch.zeros(num_data, 0, dtype=floating_dtype(model, guide)) if cont is None else cont
     check_integer("num_data", num_data, 1)
     check_integer("num_chains", num_chains, 1)
     check_integer("num_steps", num_steps, 1)
@@ -79,10 +98,11 @@ def bdmc(model: Callable, guide: Callable, num_data: int = 16, num_chains: int =
             if not hasattr(model, "latent_sites"):
                 raise ValueError("bdmc simulates data from pyrovae's models; for another model pass x and the "
                                  "latents that generated it")
-            x, latents = simulate(model, num_data, list(model.latent_sites()))
+            x, latents = simulate(model, num_data, list(model.latent_sites()), cat, cont)
         elif latents is None:
             raise ValueError("bdmc needs the latents that generated x (an exact posterior draw for each datum)")
-        path = AnnealingPath(model, as_proposal(start).for_batch(model, guide, as_args(x), 1), x,
+        args = as_args(x) if cat is None and cont is None else (x, cat, cont)
+        path = AnnealingPath(model, as_proposal(start).for_batch(model, guide, args, 1), args,
                              num_chains + num_tuning)
         # both directions whiten by the spread of the start's tuning draws (the reverse chains all start at one point)
         spread = {n: v[num_chains:].std(0, keepdim=True).clamp(min=1e-6) for n, v in path.start.items()}

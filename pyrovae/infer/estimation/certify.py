@@ -100,14 +100,18 @@ class _Refiner:
         return self.proposal.for_batch(model, guide, args, max_plate_nesting)
 
 
-def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_steps: int) -> float | None:
-    """The mean BDMC gap of the AIS stage's schedule (from ``start``) on data simulated from the model, or None (no
-    prior predictive to simulate from)."""
+def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_steps: int,
+                  covariates: list[tuple]) -> float | None:
+    """The mean BDMC gap of the AIS stage's schedule (from ``start``) on data simulated from the model (with the
+    ``covariates`` of the first data scored: (cat, cont) of the first batches, up to 16 rows), or None (no prior
+    predictive to simulate from)."""
     if not hasattr(model, "latent_sites"):
         return None
+    cat, cont = (None if not covariates or covariates[0][i] is None else torch.cat([c[i] for c in covariates])[:16]
+                 for i in (0, 1))
     try:
-        result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps, start=start)
-    except (TypeError, ValueError, NotImplementedError):  # covariates to simulate, or no HMC path (discrete latents)
+        result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps, start=start, cat=cat, cont=cont)
+    except (TypeError, ValueError, NotImplementedError):  # a model whose prior predictive cannot be drawn
         return None
     return result.mean_gap
 
@@ -193,7 +197,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
                         progress: bool = False, ais_chains: int = 128, ais_steps: int = 200,
                         refine_steps: int | None = None) -> LogLikelihood:
     """What ``log_likelihood(model, guide, data, proposal="auto")`` returns (see the module's documentation)."""
-    estimates, stage_of, certified_of, prints = [], [], [], []
+    estimates, stage_of, certified_of, prints, covariates = [], [], [], [], []
     draws_of_stage = torch.tensor([num_samples, REFINED_DRAWS * num_samples, ais_chains])
     cost = {name: {"data": 0, "seconds": 0.0} for name in STAGES}
     refined = _Refiner(refine_steps)
@@ -209,6 +213,8 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
             stage_of.append(stage)
             certified_of.append(certified)
             prints.append(fingerprint(args))
+            if len(args) > 1 and sum(len(c[0] if c[0] is not None else c[1]) for c in covariates) < 16:
+                covariates.append(tuple(None if a is None else a[:16] for a in (*args[1:], None)[:2]))
     if not estimates:
         raise ValueError("log_likelihood got an empty data set")
     stage = torch.cat(stage_of)
@@ -216,7 +222,7 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
     if cost["ais"]["data"]:
         started = time.perf_counter()
         with evaluation_mode(model, guide, frozen=True), pyro.validation_enabled(False), torch.enable_grad():
-            schedule_gap = _schedule_gap(model, guide, refined.proposal, ais_steps)
+            schedule_gap = _schedule_gap(model, guide, refined.proposal, ais_steps, covariates)
         cost["ais"]["seconds"] += time.perf_counter() - started
         cost["ais"]["schedule_gap"] = schedule_gap
         if schedule_gap is not None and schedule_gap > SCHEDULE_MAX_GAP:

@@ -163,7 +163,8 @@ class LogLikelihood:
     def reasons(self) -> list[str]:
         """Why each estimate is certified or not, one line per datum (``"certified"``, ``"k-hat 0.93 > 0.63"``,
         ``"ESS 4.2 < 10"``, ``"2 posterior modes"``; several joined by ``"; "``). An estimate of a single proposal
-        (not ``"auto"``) that passes is ``"certified by its weights alone (...)"``: no wider draws checked it."""
+        (not ``"auto"``) that passes is ``"certified by its weights alone (...)"``: no wider draws checked it; an AIS
+        estimate whose schedule BDMC could not check, ``"certified by its weights (...)"``."""
         lines = []
         limits = self.khat_limits
         for i in range(self.per_datum.numel()):
@@ -183,6 +184,10 @@ class LogLikelihood:
                     why.append("a wider proposal found more mass")
             if not why and self.checked is None:  # a single proposal: its weights alone (see certified)
                 why.append("certified by its weights alone (no wider draws checked them: proposal='auto' does)")
+            elif (not why and self.estimator is not None and self.estimator[i] == "ais"
+                  and self.schedule_gap is None):
+                why.append("certified by its weights (the AIS schedule was not checked: the model has no prior "
+                           "predictive to simulate from; bdmc(model, guide, x=x, latents=...) checks it)")
             lines.append("; ".join(why) or "certified")
         return lines
 

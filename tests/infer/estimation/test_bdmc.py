@@ -61,3 +61,15 @@ def test_a_plain_model_needs_its_data_and_latents():
         bdmc(make_model(W, mu), make_guide(W, mu))
     with pytest.raises(ValueError, match="needs the latents that generated x"):
         bdmc(make_model(W, mu), make_guide(W, mu), x=x)
+
+
+def test_a_model_with_covariates_simulates_data_of_the_covariates_given():
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 12, 2, (8,), likelihood="gaussian", categorical=(3,), continuous=1)
+    with pytest.raises(ValueError, match="built with covariates: pass bdmc the covariates of the data to simulate"):
+        bdmc(model, guide, num_data=6, num_chains=8, num_steps=5)
+    cat, cont = torch.randint(0, 3, (5, 1)), torch.randn(5, 1)
+    result = bdmc(model, guide, num_chains=8, num_steps=20, cat=cat, cont=cont)
+    assert result.x.shape == (5, 12) and torch.isfinite(result.gap).all() and result.mean_gap > -0.5
+    with pytest.raises(ValueError, match="one row per datum each, got 5 and 4 rows"):
+        bdmc(model, guide, cat=cat, cont=cont[:4])

@@ -1,6 +1,7 @@
 """proposal="auto": every certified estimate is right (against the exact marginal of probabilistic PCA), a proposal
 too narrow to see its own error is never certified, and each stage is used only where the one before failed."""
 
+import math
 import warnings
 
 import pyro
@@ -168,6 +169,31 @@ def test_a_plain_model_leaves_the_schedule_unchecked(monkeypatch):
     result = certify.auto_log_likelihood(make_model(W, mu), make_guide(W, mu, 1.5), x[:6], num_samples=100,
                                          ais_chains=64, ais_steps=20)
     assert result.cost["ais"]["data"] == 6 and result.schedule_gap is None  # AIS ran on all, its schedule unchecked
+    reasons = [why for why, name in zip(result.reasons(), result.estimator) if name == "ais"]
+    assert reasons and all(why.startswith("certified by its weights (the AIS schedule was not checked")
+                           or not why.startswith("certified") for why in reasons)
+
+
+def test_a_model_with_covariates_has_its_schedule_checked_on_data_of_those_covariates(monkeypatch):
+    """The schedule went unchecked, silently, for every model with covariates (bdmc simulated without them and
+    failed): it simulates data of the covariates of the first cells scored now."""
+    from pyrovae import make_pair
+
+    _everything_to_ais(monkeypatch)
+    real, calls = certify.bdmc, []
+
+    def spy(model, guide, **options):
+        calls.append(options)
+        return real(model, guide, **options)
+
+    monkeypatch.setattr(certify, "bdmc", spy)
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 6, 2, (8,), likelihood="gaussian", categorical=(3,))
+    x, cat = torch.randn(20, 6), torch.randint(0, 3, (20, 1))
+    result = certify.auto_log_likelihood(model, guide, (x, cat), num_samples=50, ais_chains=16, ais_steps=5,
+                                         batch_size=10)
+    assert result.schedule_gap is not None and math.isfinite(result.schedule_gap)
+    assert len(calls) == 1 and torch.equal(calls[0]["cat"], cat[:16]) and calls[0]["cont"] is None
 
 
 def test_an_uncertified_stage_with_infinite_k_hat_never_displaces_the_estimate_before_it(monkeypatch):
