@@ -38,6 +38,10 @@ nb_execution_in_temp = True  # a tutorial's files never land in the source tree
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+# tqdm.auto warns in a kernel without ipywidgets (its bars fall back to text); that warning is tqdm's, not the
+# tutorial's, and names a page outside the repository. The kernels inherit this environment.
+os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                      "ignore:IProgress not found:Warning"]))
 
 # API reference: each public namespace documents the names of its ``__all__``, from their docstrings.
 autodoc_default_options = {
@@ -54,4 +58,6 @@ add_module_names = False
 html_theme = "alabaster"
 html_title = f"pyrovae {release}"
 html_static_path: list[str] = []
-html_theme_options = {"description": "Variational auto-encoders in Pyro for research", "fixed_sidebar": True}
+html_theme_options = {"description": "Variational auto-encoders in Pyro for research", "fixed_sidebar": True,
+                      "show_powered_by": False}  # no link leaves the site: no theme or Sphinx credits
+html_show_sphinx = False

@@ -24,7 +24,7 @@ _EXPORTS = {
     "pyrovae.pairs": ("make_pair", "save_pair", "load_pair"),
     "pyrovae.infer": (
         "train", "log_likelihood", "ais_log_likelihood", "gap_report", "evaluate", "encode_data", "make_objective",
-        "TrainingDiverged", "normalized_expression", "differential_expression",
+        "TrainingDiverged", "SettingsMismatch", "normalized_expression", "differential_expression",
     ),
     "pyrovae.data": (
         "TensorData", "CountData", "CellStream", "load_mnist", "load_fashion_mnist", "load_digits",
