@@ -72,6 +72,7 @@ class Gaussian(Likelihood):
 
     def __init__(
         self,
+        *,  # Gaussian(784) read as scale 784 where get_likelihood("gaussian", 784) takes the width: named only
         scale: float | None = None,
         inverse_variance: float | None = None,
         init_scale: float = 1.0,

@@ -31,6 +31,8 @@ def test_gaussian_sigmoid_link_matches_scipy():
     np.testing.assert_allclose(likelihood(outputs).log_prob(x).numpy(), expected, rtol=1e-10)
     with pytest.raises(ValueError, match="link must be one of"):
         Gaussian(link="exp")
+    with pytest.raises(TypeError, match="positional"):  # read as scale 10 where get_likelihood takes the width
+        Gaussian(10, link="sigmoid")
 
 
 def test_gaussian_learned_scale_is_a_parameter():
