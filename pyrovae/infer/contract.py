@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.condition_messenger import ConditionMessenger
 from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.infer_config_messenger import InferConfigMessenger
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -55,10 +56,11 @@ def _latent_sites(trace) -> dict:
     }
 
 
-def check_sites(model_sites: dict, guide_sites: dict, enumerated=frozenset()) -> None:
+def check_sites(model_sites: dict, guide_sites: dict, enumerated=frozenset(), enumeration_hint: bool = False) -> None:
     """Raise a ValueError when the guide's latent distributions (by site name) cannot stand for the model's: every
     model latent needs a guide site of the same support and event shape, and the guide samples nothing else. The
-    model's sites named in ``enumerated`` (summed out by ``TraceEnum_ELBO`` in the model) may be left out."""
+    model's sites named in ``enumerated`` (summed out by ``TraceEnum_ELBO`` in the model) may be left out;
+    ``enumeration_hint``: a discrete site left out is named with that way (under Pyro's SVI, which takes it)."""
     for name, model_fn in model_sites.items():
         guide_fn = guide_sites.get(name)
         if guide_fn is None and name in enumerated:
@@ -70,7 +72,7 @@ def check_sites(model_sites: dict, guide_sites: dict, enumerated=frozenset()) ->
                 + ("; the likelihood's library size is latent: build the guide with latent_library=True"
                    if name == "library" else "")
                 + ("; or sum it out in the model: config_enumerate(model) and TraceEnum_ELBO"
-                   if model_fn.has_enumerate_support else "")
+                   if enumeration_hint and model_fn.has_enumerate_support else "")
             )
         model_key, guide_key = _support_key(model_fn.support), _support_key(guide_fn.support)
         if model_key != guide_key:
@@ -203,24 +205,30 @@ def _latent_source(names):
     return None
 
 
-def _enumeration_key() -> tuple:
-    """What :func:`_summed_out` depends on, cheaply (the pairing check is cached under it): whether an enumeration
-    runs, and which ``config_enumerate`` functions surround the model."""
-    if not any(isinstance(frame, EnumMessenger) for frame in _PYRO_STACK):
-        return ()
-    return (True, *(id(frame.config_fn) for frame in _PYRO_STACK if isinstance(frame, InferConfigMessenger)))
-
-
-def _summed_out(sites: dict) -> set:
+def _summed_out(sites: dict) -> frozenset:
     """The names of ``sites`` (name -> the model's distribution) that the model's enumeration sums out here: marked
     for it by a ``config_enumerate`` (an ``InferConfigMessenger``) around the model, under ``TraceEnum_ELBO``'s
-    ``EnumMessenger``. (A site's own ``infer`` is set only as it is sampled, after this check.)"""
+    ``EnumMessenger``. A site's own ``infer`` is set only as it is sampled, after this check, so each config is
+    asked about a message of the site as Pyro would build it; one that cannot answer it is taken to enumerate (Pyro's
+    own check then warns of a site that was not)."""
     if not any(isinstance(frame, EnumMessenger) for frame in _PYRO_STACK):
-        return set()
+        return frozenset()
     configs = [frame.config_fn for frame in _PYRO_STACK if isinstance(frame, InferConfigMessenger)]
-    return {name for name, fn in sites.items()
-            if any(config({"type": "sample", "name": name, "fn": fn, "is_observed": False, "infer": {}})
-                   .get("enumerate") for config in configs)}
+    plate = CondIndepStackFrame(DATA_PLATE, -1, None, 0)
+
+    def enumerated(name: str, fn) -> bool:
+        message = {"type": "sample", "name": name, "fn": fn, "is_observed": False, "args": (), "kwargs": {},
+                   "value": None, "infer": {}, "scale": 1.0, "mask": None, "cond_indep_stack": (plate,),
+                   "done": False, "stop": False, "continuation": None}
+        for config in configs:
+            try:
+                if config(message).get("enumerate"):
+                    return True
+            except Exception:  # noqa: BLE001 - a config written for other messages: Pyro's check has the last word
+                return True
+        return False
+
+    return frozenset(name for name, fn in sites.items() if enumerated(name, fn))
 
 
 def check_received_latents(model) -> None:
@@ -252,12 +260,20 @@ def check_received_latents(model) -> None:
             elif _is_latent(site):
                 guide_sites[name] = site["fn"]
         key = (tuple((name, type(fn), tuple(fn.event_shape), _support_key(fn.support))
-                     for name, fn in guide_sites.items()), frozenset(owners), _enumeration_key())
+                     for name, fn in guide_sites.items()), frozenset(owners))
+        sites = None
+        names = model.__dict__.get("_latent_names")
+        if names is None:
+            sites = model.latent_sites()
+            names = model.__dict__["_latent_names"] = frozenset(sites)
+        if not names <= set(guide_sites):  # a latent the guide lacks: summed out in the model?
+            sites = model.latent_sites() if sites is None else sites
+            key += (_summed_out(sites),)
         checked = model.__dict__.setdefault("_paired_guides", set())
         if key in checked:
             return
-        sites = model.latent_sites()
-        check_sites(sites, guide_sites, _summed_out(sites))
+        sites = model.latent_sites() if sites is None else sites
+        check_sites(sites, guide_sites, key[2] if len(key) > 2 else frozenset(), enumeration_hint=True)
         for owner in owners:
             guide = module_named(owner)
             if guide is not None and guide is not model:

@@ -98,6 +98,15 @@ def test_a_component_summed_out_in_the_model_pairs_with_a_guide_of_z_alone():
     with pytest.raises(ValueError, match=r"'y' has no counterpart in the guide .* config_enumerate\(model\) and "
                                          r"TraceEnum_ELBO"):
         unsummed.step(binary())
+    # a config of Pyro's usual kind, reading more of the site than its name and distribution: with a guide of y
+    # (it crashed the check, which asked it about a bare message) and with a guide of z alone
+    plated = poutine.infer_config(GMVAE(X_DIM, 2, 3, (8,)), lambda site: (
+        {"enumerate": "parallel"} if site["type"] == "sample" and not site["is_observed"]
+        and site["cond_indep_stack"] and site["fn"].has_enumerate_support else {}))
+    for guide in (GMVAEGuide(X_DIM, 2, (8,), num_components=3), NormalGuide(X_DIM, 2, (8,))):
+        pyro.clear_param_store()
+        step = pinfer.SVI(plated, guide, pyro.optim.Adam({"lr": 1e-2}), pinfer.TraceEnum_ELBO(max_plate_nesting=1))
+        assert np.isfinite(step.step(binary()))
     for use in (lambda g: train(model, g, binary(), epochs=1, elbo="enum", progress=False, eval_size=0),
                 lambda g: log_likelihood(model, g, binary(), num_samples=4)):
         with pytest.raises(ValueError, match=r"the model sums \['y'\] out \(config_enumerate\) and the guide does "

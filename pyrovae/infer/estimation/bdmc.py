@@ -86,8 +86,9 @@ def bdmc(model: Callable, guide: Callable, num_data: int = 16, num_chains: int =
         if len(set(rows)) > 1:
             raise ValueError(f"cat and cont must have one row per datum each, got {rows[0]} and {rows[1]} rows")
         num_data = rows[0]
-        cat = torch.zeros(num_data, 0, dtype=torch.long) if cat is None else cat  # as the data give none
-        cont = torch.zeros(num_data, 0, dtype=floating_dtype(model, guide)) if cont is None else cont
+        device = (cat if cat is not None else cont).device
+        cat = torch.zeros(num_data, 0, dtype=torch.long, device=device) if cat is None else cat  # as data give none
+        cont = torch.zeros(num_data, 0, dtype=floating_dtype(model, guide), device=device) if cont is None else cont
     check_integer("num_data", num_data, 1)
     check_integer("num_chains", num_chains, 1)
     check_integer("num_steps", num_steps, 1)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import pyro
@@ -103,15 +104,18 @@ class _Refiner:
 def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_steps: int,
                   covariates: list[tuple]) -> float | None:
     """The mean BDMC gap of the AIS stage's schedule (from ``start``) on data simulated from the model (with the
-    ``covariates`` of the first data scored: (cat, cont) of the first batches, up to 16 rows), or None (no prior
-    predictive to simulate from)."""
-    if not hasattr(model, "latent_sites"):
-        return None
+    ``covariates`` of the first data scored: (cat, cont) of the first batches, up to 16 rows), or None: no data to
+    simulate (a plain Pyro model; a count likelihood scaled by the observed library size, the data's own total), or
+    a simulation that failed (warned)."""
+    if not hasattr(model, "latent_sites") or getattr(getattr(model, "likelihood", None), "library", None) == "observed":
+        return None  # no data to simulate: a plain model's prior predictive, or counts scaled by their own total
     cat, cont = (None if not covariates or covariates[0][i] is None else torch.cat([c[i] for c in covariates])[:16]
                  for i in (0, 1))
     try:
         result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps, start=start, cat=cat, cont=cont)
-    except (TypeError, ValueError, NotImplementedError):  # a model whose prior predictive cannot be drawn
+    except (TypeError, ValueError, NotImplementedError) as error:  # a model whose prior predictive cannot be drawn
+        warnings.warn(f"proposal='auto' could not check the AIS schedule by BDMC on data simulated from the model "
+                      f"({error}); its AIS estimates rest on their weights alone", UserWarning, stacklevel=3)
         return None
     return result.mean_gap
 

@@ -142,7 +142,8 @@ def train(
     :param str freeze: ``"model"`` or ``"guide"``: keep that side's parameters fixed.
     :param bool drop_last: drop an incomplete last batch (default: only for traced or compiled objectives, which
         are traced once per batch shape).
-    :param int eval_size: training data scored at each epoch's end (``train_*``; none for a DataLoader or stream).
+    :param int eval_size: training data scored at each epoch's end (``train_*``; a stream's are cells it takes; none
+        for a DataLoader).
     :param int eval_batch_size: data per batch of those scores and of ``val_data`` (default 1024; a validation
         DataLoader's or CellStream's own).
     :param bool compile: capture each step's loss and gradients as one graph and compile it with inductor

@@ -170,8 +170,41 @@ def test_a_plain_model_leaves_the_schedule_unchecked(monkeypatch):
                                          ais_chains=64, ais_steps=20)
     assert result.cost["ais"]["data"] == 6 and result.schedule_gap is None  # AIS ran on all, its schedule unchecked
     reasons = [why for why, name in zip(result.reasons(), result.estimator) if name == "ais"]
-    assert reasons and all(why.startswith("certified by its weights (the AIS schedule was not checked")
-                           or not why.startswith("certified") for why in reasons)
+    assert any(why.startswith("certified by its weights (the AIS schedule was not checked") for why in reasons)
+    assert not any(why == "certified" for why in reasons)
+
+
+def test_counts_scaled_by_their_observed_library_leave_the_schedule_unchecked_without_a_warning(monkeypatch):
+    """Their data cannot be simulated (the library is the data's own total): no BDMC is tried, and the reasons say
+    why; a simulation that fails for another reason is warned of."""
+    from pyrovae import make_pair
+
+    _everything_to_ais(monkeypatch)
+    monkeypatch.setattr(certify, "bdmc", lambda *a, **k: pytest.fail("bdmc was tried"))
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 8, 2, (8,), likelihood="nb")
+    counts = torch.poisson(torch.full((6, 8), 4.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        result = certify.auto_log_likelihood(model, guide, counts, num_samples=50, ais_chains=16, ais_steps=5)
+    assert result.cost["ais"]["data"] == 6 and result.schedule_gap is None
+
+
+def test_a_failed_simulation_is_warned_of(monkeypatch):
+    from pyrovae import make_pair
+
+    _everything_to_ais(monkeypatch)
+
+    def failing(*args, **options):
+        raise ValueError("a simulation that failed")
+
+    monkeypatch.setattr(certify, "bdmc", failing)
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 6, 2, (8,), likelihood="gaussian")
+    with pytest.warns(UserWarning, match=r"could not check the AIS schedule .*\(a simulation that failed\)"):
+        result = certify.auto_log_likelihood(model, guide, torch.randn(6, 6), num_samples=50, ais_chains=16,
+                                             ais_steps=5)
+    assert result.schedule_gap is None
 
 
 def test_a_model_with_covariates_has_its_schedule_checked_on_data_of_those_covariates(monkeypatch):

@@ -83,7 +83,9 @@ def test_compiling_keeps_the_distributions_argument_checks_on(compiles):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", _KEEPS_VALIDATION.format(compiles)], check=True, timeout=600)
+    from tests.experiment_runs import ROOT
+
+    subprocess.run([sys.executable, "-c", _KEEPS_VALIDATION.format(compiles)], check=True, timeout=600, cwd=ROOT)
 
 
 def test_train_compiled_follows_the_eager_run():
