@@ -186,9 +186,10 @@ class LogLikelihood:
                 why.append("certified by its weights alone (no wider draws checked them: proposal='auto' does)")
             elif (not why and self.estimator is not None and self.estimator[i] == "ais"
                   and self.schedule_gap is None):
-                why.append("certified by its weights (the AIS schedule was not checked: BDMC needs data simulated "
-                           "from the model, which a plain Pyro model or counts scaled by their observed library size "
-                           "cannot give; bdmc(model, guide, x=x, latents=...) checks it on data you simulate)")
+                why.append("certified by its weights (the AIS schedule was not checked: BDMC simulates data from "
+                           "the model, which a plain Pyro model or counts scaled by their observed library size "
+                           "cannot give, and a failed simulation is warned of; bdmc(model, guide, x=x, latents=...) "
+                           "checks it on data you simulate)")
             lines.append("; ".join(why) or "certified")
         return lines
 
