@@ -114,3 +114,22 @@ def test_a_stream_built_for_other_ranks_is_refused_in_the_process_group(atlas, m
     monkeypatch.setattr(batches, "rank", lambda: 1)
     batches.check_stream_ranks(stream)  # its own rank
     batches.check_stream_ranks(torch.zeros(3, 2))  # data in memory: nothing to check
+
+
+def test_train_in_a_process_group_refuses_a_stream_of_other_ranks_before_anything_else(atlas, monkeypatch):
+    import importlib
+
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    from pyrovae.infer import batches, train
+
+    train_module = importlib.import_module("pyrovae.infer.training.train")  # the module (its name is the function's)
+
+    stream = CellStream(atlas, batch_size=64, rank=1, world_size=2)
+    monkeypatch.setattr(train_module, "init_distributed", lambda: True)  # as under torchrun, rank 0 of 2
+    monkeypatch.setattr(batches, "rank", lambda: 0)
+    monkeypatch.setattr(batches, "world_size", lambda: 2)
+    model, guide = VAE(stream.num_genes, 2, (8,), "nb"), NormalGuide(stream.num_genes, 2, (8,))
+    with pytest.raises(ValueError, match="reads as rank 1 of 2, but this process is rank 0 of 2"):
+        train(model, guide, stream, epochs=1, progress=False)
