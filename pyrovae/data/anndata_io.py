@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from pyrovae.data.checks import non_counts
 from pyrovae.data.count_data import CountData
 from pyrovae.data.single_cell import CountFileError
 from pyrovae.optional import lazy_import, require
@@ -38,18 +39,18 @@ def _check_raw_counts(matrix, what: str, layers) -> None:
     if sp.issparse(matrix) and matrix.format not in ("csr", "csc", "coo"):
         matrix = matrix.tocsr()  # formats whose .data is not one value per stored entry
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-    for bad, problem in ((~np.isfinite(values), "a non-finite value"), (values < 0, "a negative count"),
-                         (values != np.round(values), "a non-integer count")):
-        if bad.any():
-            position = int(np.flatnonzero(bad.ravel())[0])
-            cell, gene = _stored_entry(matrix, position) if sp.issparse(matrix) else np.unravel_index(position,
-                                                                                                     values.shape)
-            raise ValueError(
-                f"{what} of the AnnData holds {problem} ({values.ravel()[position]:g} at cell {int(cell)}, gene "
-                f"{int(gene)}; {int(bad.sum())} such entries): count models need the raw, non-negative integer "
-                f"counts. Pass layer= naming the layer that holds them (layers: {list(layers)}), or keep them "
-                "before normalising with adata.layers['counts'] = adata.X.copy()"
-            )
+    found = non_counts(values)
+    if found is not None:
+        bad, problem = found
+        position = int(np.flatnonzero(bad.ravel())[0])
+        cell, gene = _stored_entry(matrix, position) if sp.issparse(matrix) else np.unravel_index(position,
+                                                                                                 values.shape)
+        raise ValueError(
+            f"{what} of the AnnData holds {problem} ({values.ravel()[position]:g} at cell {int(cell)}, gene "
+            f"{int(gene)}; {int(bad.sum())} such entries): count models need the raw, non-negative integer "
+            f"counts. Pass layer= naming the layer that holds them (layers: {list(layers)}), or keep them "
+            "before normalising with adata.layers['counts'] = adata.X.copy()"
+        )
 
 
 def _stored_entry(matrix, position: int) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import torch
 
 from pyrovae.data.cell_batch import CellBatch
 from pyrovae.data.cell_stream import BatchStream
-from pyrovae.data.checks import check_int
+from pyrovae.data.checks import check_int, non_counts
 from pyrovae.data.tahoe import CellBlock
 from pyrovae.optional import require
 
@@ -183,15 +183,17 @@ class AnnDataStream(BatchStream):
         return min(sum(batches(self._cells(starts)) for starts in workers) for workers in self._parts())
 
     def _refuse_non_counts(self, counts: sp.csr_matrix, ids: np.ndarray) -> None:
-        """Raise a ValueError naming the first cell of ``ids`` whose row holds a negative or non-integer value: every
-        chunk is checked as it is read (a matrix normalised from some row on would otherwise train silently)."""
-        values = counts.data
-        bad = (values < 0) | (values != np.round(values))
-        if bad.any():
-            row = int(np.searchsorted(counts.indptr, int(np.argmax(bad)), side="right")) - 1
+        """Raise a ValueError naming the first cell of ``ids`` whose row holds a value that is not a count
+        (:func:`~pyrovae.data.checks.non_counts`): every chunk is checked as it is read (a matrix normalised from
+        some row on would otherwise train silently)."""
+        found = non_counts(counts.data)
+        if found is not None:
+            bad, problem = found
+            position = int(np.argmax(bad))
+            row = int(np.searchsorted(counts.indptr, position, side="right")) - 1
             raise ValueError(
                 f"AnnDataStream: {self.path}'s {self._key} is not raw counts: cell {int(ids[row])} holds "
-                f"{values[bad][0]:g} ({int(bad.sum())} negative or non-integer values in its chunk); pass the layer "
+                f"{counts.data[position]:g} ({problem}; {int(bad.sum())} such values in its chunk); pass the layer "
                 "of raw UMI counts with layer=")
 
     def _cell_block(self, counts: sp.csr_matrix, ids: np.ndarray) -> CellBlock:

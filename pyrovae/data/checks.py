@@ -115,4 +115,16 @@ def require_columns(frame: pd.DataFrame, columns, what: str, fix: str) -> None:
         raise ValueError(f"{what} lacks the column(s) {missing} (its columns: {list(frame.columns)[:20]}); {fix}")
 
 
-__all__ = ["check_int", "check_real", "check_unique_names", "require_columns", "selection_indices"]
+def non_counts(values: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """The entries of ``values`` that are not raw counts, as a mask, and what is wrong with them (``"a non-finite
+    value"``, ``"a negative count"`` or ``"a non-integer count"``, the first of these found); None when every
+    value is a non-negative integer."""
+    for test, problem in ((lambda v: ~np.isfinite(v), "a non-finite value"), (lambda v: v < 0, "a negative count"),
+                          (lambda v: v != np.round(v), "a non-integer count")):
+        bad = test(values)
+        if bad.any():
+            return bad, problem
+    return None
+
+
+__all__ = ["check_int", "check_real", "check_unique_names", "non_counts", "require_columns", "selection_indices"]

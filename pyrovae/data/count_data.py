@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
-from pyrovae.data.checks import check_int, check_real, check_unique_names, selection_indices
+from pyrovae.data.checks import check_int, check_real, check_unique_names, non_counts, selection_indices
 from pyrovae.data.count_covariates import CountCovariates
 from pyrovae.data.hvg import ScaledMoments
 from pyrovae.optional import lazy_import, require
@@ -95,18 +95,16 @@ class CountData(CountCovariates, Dataset):
 
     def _check_values(self) -> None:
         values = self.counts.data
-        checks = (
-            (~np.isfinite(values), "a non-finite value", "remove or impute it"),
-            (values < 0, "a negative count", "pass raw UMI counts"),
-            (values != np.round(values), "a non-integer count", "pass raw UMI counts, not normalised values"),
-        )
-        for bad, what, fix in checks:
-            if bad.any():
-                position = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"{self.name}: {what} ({values[position]}) at {self._where(position)}, "
-                    f"{int(bad.sum())} such entries in all; count likelihoods need non-negative integer counts: {fix}"
-                )
+        found = non_counts(values)
+        if found is not None:
+            bad, what = found
+            fix = {"a non-finite value": "remove or impute it", "a negative count": "pass raw UMI counts",
+                   "a non-integer count": "pass raw UMI counts, not normalised values"}[what]
+            position = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{self.name}: {what} ({values[position]}) at {self._where(position)}, "
+                f"{int(bad.sum())} such entries in all; count likelihoods need non-negative integer counts: {fix}"
+            )
 
     def require_nonempty(self) -> CountData:
         """Raise a ValueError naming the cells (or genes) without any count; return ``self`` otherwise."""
