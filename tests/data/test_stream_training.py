@@ -6,15 +6,7 @@ import warnings
 import pytest
 import torch
 
-from pyrovae.data import CellStream, TahoeAtlas, write_tahoe_shards
-
-
-@pytest.fixture(scope="module")
-def atlas(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tahoe")
-    write_tahoe_shards(folder, num_cells=1200, num_shards=6, vocabulary_size=500, genes_per_cell=60, num_plates=3,
-                       rows_per_group=128, seed=1)
-    return TahoeAtlas(folder)
+from pyrovae.data import CellStream
 
 
 def test_scoring_and_encoding_a_training_stream_read_every_cell_in_file_order(atlas):

@@ -8,22 +8,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from pyrovae.data import CellStream, CountData, TahoeAtlas, TahoeFormatError, write_tahoe_shards
+from pyrovae.data import CellStream, CountData, TahoeAtlas, TahoeFormatError
 from pyrovae.data.hvg import rank_by_binned_dispersion
 from pyrovae.data.tahoe import find_shards
-
-
-@pytest.fixture(scope="module")
-def atlas_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tahoe")
-    write_tahoe_shards(folder, num_cells=1200, num_shards=6, vocabulary_size=500, genes_per_cell=60, num_plates=3,
-                       rows_per_group=128, seed=1)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def atlas(atlas_dir):
-    return TahoeAtlas(atlas_dir)
 
 
 def _reference(atlas_dir):
