@@ -259,21 +259,20 @@ def check_received_latents(model) -> None:
                     owners.add(name.split(_DIVIDER, 1)[0])
             elif _is_latent(site):
                 guide_sites[name] = site["fn"]
-        key = (tuple((name, type(fn), tuple(fn.event_shape), _support_key(fn.support))
-                     for name, fn in guide_sites.items()), frozenset(owners))
-        sites = None
         names = model.__dict__.get("_latent_names")
+        sites = model.latent_sites() if names is None else None
         if names is None:
-            sites = model.latent_sites()
             names = model.__dict__["_latent_names"] = frozenset(sites)
-        if not names <= set(guide_sites):  # a latent the guide lacks: summed out in the model?
-            sites = model.latent_sites() if sites is None else sites
-            key += (_summed_out(sites),)
+        summed = frozenset()
+        if not names <= guide_sites.keys():  # a latent the guide lacks: summed out in the model?
+            sites = sites or model.latent_sites()
+            summed = _summed_out(sites)
+        key = (tuple((name, type(fn), tuple(fn.event_shape), _support_key(fn.support))
+                     for name, fn in guide_sites.items()), frozenset(owners), summed)
         checked = model.__dict__.setdefault("_paired_guides", set())
         if key in checked:
             return
-        sites = model.latent_sites() if sites is None else sites
-        check_sites(sites, guide_sites, key[2] if len(key) > 2 else frozenset(), enumeration_hint=True)
+        check_sites(sites or model.latent_sites(), guide_sites, summed, enumeration_hint=True)
         for owner in owners:
             guide = module_named(owner)
             if guide is not None and guide is not model:

@@ -109,7 +109,7 @@ def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_
     a simulation that failed (warned)."""
     if not hasattr(model, "latent_sites") or getattr(getattr(model, "likelihood", None), "library", None) == "observed":
         return None  # no data to simulate: a plain model's prior predictive, or counts scaled by their own total
-    cat, cont = (None if not covariates or covariates[0][i] is None else torch.cat([c[i] for c in covariates])[:16]
+    cat, cont = (torch.cat([c[i] for c in covariates])[:16] if covariates and len(covariates[0]) > i else None
                  for i in (0, 1))
     try:
         result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps, start=start, cat=cat, cont=cont)
@@ -217,8 +217,8 @@ def auto_log_likelihood(model: Callable, guide: Callable, data, num_samples: int
             stage_of.append(stage)
             certified_of.append(certified)
             prints.append(fingerprint(args))
-            if len(args) > 1 and sum(len(c[0] if c[0] is not None else c[1]) for c in covariates) < 16:
-                covariates.append(tuple(None if a is None else a[:16] for a in (*args[1:], None)[:2]))
+            if len(args) > 1 and sum(len(c[0]) for c in covariates) < 16:  # (cat,) or (cat, cont): BDMC's
+                covariates.append(tuple(a[:16] for a in args[1:3]))
     if not estimates:
         raise ValueError("log_likelihood got an empty data set")
     stage = torch.cat(stage_of)
