@@ -48,6 +48,11 @@ class DataSource:
         """A source over a fixed subset of at most ``size`` data (for end-of-epoch metrics), or None."""
         return None
 
+    def for_ranks(self, rank: int, world_size: int) -> DataSource:
+        """This source as rank ``rank`` of ``world_size`` reads it in data-parallel training (a stream deals its
+        cells to the ranks by itself: the same source)."""
+        return self
+
     @property
     def device(self) -> torch.device | None:
         """Where the data live, for tensor data (None otherwise)."""
@@ -59,6 +64,17 @@ class DataSource:
         return None
 
     checks_each_batch = False  # whether the values are only known batch by batch
+
+
+def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s share of an epoch's ``order`` of the data under data-parallel training: every
+    ``world_size``-th datum from its rank on, of the first ``world_size * (n // world_size)``. Every rank reads as
+    many data, so the ranks stay in step, and the ranks' t-th batches together are the t-th block of
+    ``world_size * batch_size`` consecutive data of the order: the batch one process would read with the global
+    batch size. The last ``n % world_size`` data of an epoch's order are left out (other data each epoch)."""
+    if world_size == 1:
+        return order
+    return order[: len(order) // world_size * world_size][rank::world_size]
 
 
 def _empty(name: str) -> ValueError:
@@ -76,15 +92,23 @@ class IndexedSource(DataSource):
         if isinstance(data, TensorData):
             check_finite(data.x, name)
         self.data, self.batch_size, self.name, self.num_data = data, batch_size, name, len(data)
+        self.ranks = (0, 1)
+
+    def for_ranks(self, rank: int, world_size: int) -> IndexedSource:
+        """This source as rank ``rank`` of ``world_size`` reads it: its share of every epoch
+        (:func:`rank_share`); ``num_data`` stays the whole set's."""
+        shared = copy.copy(self)
+        shared.ranks = (rank, world_size)
+        return shared
 
     def num_batches(self, epoch: int, drop_last: bool) -> int:
-        full, rest = divmod(self.num_data, self.batch_size)
+        full, rest = divmod(self.num_data // self.ranks[1], self.batch_size)
         return full + (1 if rest and not (drop_last and full > 0) else 0)
 
     def batches(self, epoch, generator, shuffle, drop_last, device):
-        n = self.num_data
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
+        order = torch.randperm(self.num_data, generator=generator) if shuffle else torch.arange(self.num_data)
+        order = rank_share(order, *self.ranks)
+        for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
             if drop_last and len(indices) < self.batch_size and start > 0:
                 break
@@ -132,18 +156,31 @@ class LoaderSource(DataSource):
         self.num_data = len(self.dataset)
         if self.num_data == 0:
             raise _empty(name)
+        self.ranks = (0, 1)
+
+    def for_ranks(self, rank: int, world_size: int) -> LoaderSource:
+        """This source as rank ``rank`` of ``world_size`` reads it: a Dataset batched here, its share of every epoch
+        (:func:`rank_share`); a DataLoader as it is (its sampler decides: a ``DistributedSampler`` splits it)."""
+        if self.loader is not None:
+            return self
+        shared = copy.copy(self)
+        shared.ranks = (rank, world_size)
+        return shared
 
     def num_batches(self, epoch, drop_last):
         if self.loader is not None:
             return len(self.loader)
-        full, rest = divmod(self.num_data, self.batch_size)
+        full, rest = divmod(self.num_data // self.ranks[1], self.batch_size)
         return full + (1 if rest and not drop_last else 0)
 
     def batches(self, epoch, generator, shuffle, drop_last, device):
         loader = self.loader
-        if loader is None:
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                                generator=generator)
+        if loader is not None and callable(getattr(loader.sampler, "set_epoch", None)):
+            loader.sampler.set_epoch(epoch)  # a DistributedSampler's shuffle of this epoch, as its documentation asks
+        elif loader is None:  # the order drawn as for data in memory, and this rank's share of it
+            order = torch.randperm(self.num_data, generator=generator) if shuffle else torch.arange(self.num_data)
+            loader = DataLoader(self.dataset, batch_size=self.batch_size,
+                                sampler=rank_share(order, *self.ranks).tolist(), drop_last=drop_last)
         for item in loader:
             x = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)
             if not torch.is_floating_point(x):
@@ -286,4 +323,4 @@ def as_source(data, batch_size: int | None = None, name: str = "data", *, defaul
     )
 
 
-__all__ = ["DataSource", "IndexedSource", "LoaderSource", "StreamSource", "as_source"]
+__all__ = ["DataSource", "IndexedSource", "LoaderSource", "StreamSource", "as_source", "rank_share"]

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from torch.utils.data import DistributedSampler
 
 from pyrovae.data.source import DataSource, IndexedSource, LoaderSource, StreamSource, as_source
 from pyrovae.process_group import rank, world_size
@@ -190,14 +191,15 @@ def _warn_dtype(name: str, found: torch.dtype, model: torch.dtype) -> None:
 def check_training_source(batches: BatchSource, chosen_drop_last: bool | None, distributed: bool) -> None:
     """Refuse training on a stream that keeps (or drops) its incomplete last batch where ``drop_last`` was asked for
     otherwise: a stream batches by itself, and would do as it was built in silence (left unset, the stream's own
-    is followed; a traced objective then traces its last short batch once more). Under torchrun, warn that data
-    held in memory are not split between the ranks, and when a stream's ranks would leave many cells untrained."""
+    is followed; a traced objective then traces its last short batch once more). Under torchrun, warn of a
+    DataLoader that every rank would read whole, and when a stream's ranks would leave many cells untrained."""
     stream = getattr(batches.source, "stream", None)
-    if distributed and isinstance(batches.source, IndexedSource):
-        warnings.warn(f"{batches.name} is held in memory, and under torchrun every rank reads all of it each "
-                      "epoch: the data are not split between the ranks, so the global batch is not N times one "
-                      "rank's and the work is repeated. To split the data, stream them (CellStream, AnnDataStream), "
-                      "which deal their cells to the ranks", UserWarning, stacklevel=3)
+    loader = getattr(batches.source, "loader", None)
+    if distributed and loader is not None and not isinstance(loader.sampler, DistributedSampler):
+        warnings.warn(f"{batches.name} is a DataLoader without a DistributedSampler, and under torchrun every rank "
+                      "reads all of it each epoch: the data are not split between the ranks, so the global batch is "
+                      "not N times one rank's and the work is repeated. Give it sampler=DistributedSampler(dataset), "
+                      "or pass the Dataset itself, which train splits between the ranks", UserWarning, stacklevel=3)
     if distributed and stream is not None and getattr(stream, "world_size", 1) > 1:
         stream.set_epoch(0)
         trained = len(stream) * stream.batch_size * stream.world_size
@@ -223,6 +225,11 @@ def no_batch(batches: BatchSource) -> ValueError:
     if stream is not None:
         return ValueError(f"{batches.name}: the stream's {stream.num_cells} cells make no whole batch of {size} "
                           "(it was built with drop_last=True); lower its batch_size, or build it with drop_last=False")
+    ranks = getattr(batches.source, "ranks", (0, 1))[1]
+    if ranks > 1:
+        return ValueError(f"{batches.name}: each of the {ranks} ranks reads {batches.num_data // ranks} of its "
+                          f"{batches.num_data} data an epoch, too few for a batch of {size} (the traced objective "
+                          "and drop_last=True drop incomplete batches); lower batch_size, or use fewer ranks")
     return ValueError(f"no full batch of {size} in {batches.num_data} data: the traced objective (and "
                       "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'")
 

@@ -1,7 +1,9 @@
-"""Trains a count VAE on generated Tahoe shards, with the plate as a covariate of the decoder; run alone or under
-torchrun by tests/infer/test_distributed.py.
+"""Trains a count VAE on generated Tahoe shards, with the plate as a covariate of the decoder, or (``--in-memory N``)
+a Bernoulli VAE on N generated binary rows held in memory; run alone or under torchrun by
+tests/infer/test_distributed.py.
 
-Every rank saves its parameters, its loss curve and the cells it read in the first epoch to ``OUT/rank{r}.pt``.
+Every rank saves its parameters, its loss curve and the cells it read in the first epoch (in memory: the indices
+of every batch it read, in order) to ``OUT/rank{r}.pt``.
 """
 
 import argparse
@@ -11,7 +13,7 @@ import torch
 from pyrovae.guides import NormalGuide
 from pyrovae.models import VAE
 
-from pyrovae.data import CellStream, TahoeAtlas
+from pyrovae.data import CellStream, TahoeAtlas, TensorData
 from pyrovae.infer import train
 from pyrovae.infer.distributed import rank
 
@@ -22,9 +24,36 @@ parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--checkpoint", default=None)
 parser.add_argument("--compile", action="store_true")
+parser.add_argument("--in-memory", type=int, default=None, help="train on this many binary rows held in memory")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
+
+
+class Recorded(TensorData):
+    """TensorData that keeps the indices of every batch read from it."""
+
+    def __init__(self, x):
+        super().__init__(x)
+        self.reads = []
+
+    def batch(self, indices, device):
+        self.reads.append(indices.clone())
+        return super().batch(indices, device)
+
+
+if args.in_memory is not None:
+    generator = torch.Generator().manual_seed(7)  # rows of two latent factors: something to learn
+    factors, loadings = torch.randn(args.in_memory, 2, generator=generator), torch.randn(2, 30, generator=generator)
+    data = Recorded(torch.bernoulli(torch.sigmoid(3 * factors @ loadings), generator=generator))
+    torch.manual_seed(0)
+    model, guide = VAE(30, 4, [32], likelihood="bernoulli"), NormalGuide(30, 4, [32])
+    history = train(model, guide, data, epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, seed=0,
+                    eval_size=0, progress=False, compile=args.compile)
+    os.makedirs(args.out, exist_ok=True)
+    torch.save({"model": model.state_dict(), "guide": guide.state_dict(), "loss": history["loss"],
+                "reads": data.reads}, os.path.join(args.out, f"rank{rank()}.pt"))
+    raise SystemExit(0)
 atlas = TahoeAtlas(args.shards)
 # built before train joins the process group, as in the tutorial: the stream takes its rank from torchrun
 stream = CellStream(atlas, batch_size=args.batch_size, buffer_size=256, seed=3, covariates=("plate",))

@@ -66,6 +66,8 @@ def runs(tmp_path_factory):
     _run([str(shards), str(root / "resumed"), "--batch-size", "32", "--epochs", "3", "--checkpoint", checkpoint], 2)
     _run_two_nodes([str(shards), str(root / "nodes"), "--batch-size", "32", "--epochs", "3"])
     _run([str(shards), str(root / "compiled"), "--batch-size", "32", "--epochs", "3", "--compile"], processes=2)
+    _run([str(shards), str(root / "memory_two"), "--batch-size", "32", "--epochs", "3", "--in-memory", "1001"], 2)
+    _run([str(shards), str(root / "memory_one"), "--batch-size", "64", "--epochs", "3", "--in-memory", "1001"], 1)
     return root
 
 
@@ -115,6 +117,26 @@ def test_a_compiled_distributed_run_follows_the_uncompiled_one(runs):
     for side in ("model", "guide"):
         for name, value in eager[side].items():
             torch.testing.assert_close(compiled[side][name], value, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def test_data_in_memory_are_split_between_the_ranks_as_one_process_reads_the_global_batch(runs):
+    """Under torchrun, data held in memory are dealt to the ranks: each reads half of every epoch, the halves
+    disjoint, and the two ranks' t-th batches together are the t-th batch of one process with the global batch
+    (the same order; the one datum of 1,001 left over is left out). Each rank's loss is the global one."""
+    ranks = [_load(runs / "memory_two", rank) for rank in (0, 1)]
+    one = _load(runs / "memory_one", 0)
+    assert len(ranks[0]["reads"]) == len(ranks[1]["reads"]) == len(one["reads"])  # 1 + 3 epochs of 16 batches
+    for first, second, whole in zip(ranks[0]["reads"], ranks[1]["reads"], one["reads"], strict=True):
+        assert not set(first.tolist()) & set(second.tolist())
+        assert set(first.tolist()) | set(second.tolist()) <= set(whole.tolist())
+        assert len(first) == len(second) and len(whole) - 2 * len(first) in (0, 1)
+    epoch = torch.cat([torch.cat(ranks[r]["reads"][1:17]) for r in (0, 1)])  # the first epoch (after train's probe)
+    assert len(epoch) == len(set(epoch.tolist())) == 1000
+    _assert_same_parameters(ranks[0], ranks[1])
+    assert ranks[0]["loss"] == ranks[1]["loss"]
+    assert ranks[0]["loss"][0] > 1.02 * ranks[0]["loss"][-1]  # it learns
+    # the same order and global batches; only the Monte Carlo draws differ (seed + rank)
+    torch.testing.assert_close(torch.tensor(ranks[0]["loss"]), torch.tensor(one["loss"]), rtol=0.005, atol=0)
 
 
 def test_before_the_group_is_joined_the_rank_is_torchruns(monkeypatch):

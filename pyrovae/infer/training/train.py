@@ -44,6 +44,7 @@ from pyrovae.infer.distributed import (
     is_main_process,
     local_device,
     rank,
+    world_size,
 )
 from pyrovae.infer.evaluation import evaluate, evaluation_mode
 from pyrovae.infer.training.checkpoint import CheckpointInUse, FileLock, TrainingCheckpoint, rng_state
@@ -152,9 +153,11 @@ def train(
 
     Under ``torchrun --nproc_per_node=N`` (see :mod:`pyrovae.infer.distributed`) the model and guide train as
     one DistributedDataParallel module: rank 0's parameters are broadcast at the start, gradients are averaged,
-    each rank reads its own part of a :class:`~pyrovae.data.CellStream` (global batch: N x its batch size),
-    losses and validation metrics are reduced across ranks, and rank 0 alone writes the checkpoint (which
-    every rank resumes from). Random draws use ``seed + rank``.
+    each rank reads its own part of the data (global batch: N x its batch size): its shards of a
+    :class:`~pyrovae.data.CellStream`, or every N-th datum of each epoch's order of data held in memory or a
+    Dataset (the ranks' batches together are the batch one process reads with the global batch size:
+    :func:`~pyrovae.data.source.rank_share`); losses and validation metrics are reduced across ranks, and rank 0
+    alone writes the checkpoint (which every rank resumes from). Random draws use ``seed + rank``.
 
     :raises TrainingDiverged: when the loss or a gradient stops being finite (the step is not applied, so the
         modules keep their last finite parameters), or when an epoch's loss per datum rises more than a million
@@ -192,8 +195,11 @@ def train(
     if drop_last is None:
         drop_last = compile or elbo_name.lower().startswith("jit")
     check, dtype = model_check(model), floating_dtype(model, guide)
-    batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=seed, check=check,
-                          dtype=dtype)
+    if distributed:  # each rank reads its share of every epoch, in an order every rank draws alike
+        source = source.for_ranks(rank(), world_size())
+        order_seed = seed if seed is not None else gather_objects(int(torch.randint(2**62, ())))[0]
+    batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last,
+                          seed=order_seed if distributed else seed, check=check, dtype=dtype)
     check_training_source(batches, chosen_drop_last, distributed)
     trained = [module for name, module in modules.items() if name != freeze]  # set to training mode each epoch
     drop_last = check_batch_norm_batches(batches, trained, chosen_drop_last)
