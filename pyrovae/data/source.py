@@ -77,6 +77,11 @@ def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return order[: len(order) // world_size * world_size][rank::world_size]
 
 
+def loader_sampler(loader: DataLoader):
+    """The sampler that orders a DataLoader's data: its own, or its batch sampler's (``batch_sampler=``)."""
+    return getattr(loader.batch_sampler, "sampler", None) or loader.sampler
+
+
 def _empty(name: str) -> ValueError:
     return ValueError(f"{name} is empty: it holds no datum to train on or score (an empty selection or split gives "
                       "none)")
@@ -175,12 +180,14 @@ class LoaderSource(DataSource):
 
     def batches(self, epoch, generator, shuffle, drop_last, device):
         loader = self.loader
-        if loader is not None and callable(getattr(loader.sampler, "set_epoch", None)):
-            loader.sampler.set_epoch(epoch)  # a DistributedSampler's shuffle of this epoch, as its documentation asks
+        if loader is not None and callable(getattr(loader_sampler(loader), "set_epoch", None)):
+            loader_sampler(loader).set_epoch(epoch)  # a DistributedSampler's shuffle of this epoch, as it asks
         elif loader is None:  # the order drawn as for data in memory, and this rank's share of it
             order = torch.randperm(self.num_data, generator=generator) if shuffle else torch.arange(self.num_data)
-            loader = DataLoader(self.dataset, batch_size=self.batch_size,
-                                sampler=rank_share(order, *self.ranks).tolist(), drop_last=drop_last)
+            # a generator of its own for the loader's base seed, which it would otherwise draw from torch's
+            share = rank_share(order, *self.ranks).tolist()
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=share, drop_last=drop_last,
+                                generator=torch.Generator())
         for item in loader:
             x = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)
             if not torch.is_floating_point(x):
@@ -323,4 +330,4 @@ def as_source(data, batch_size: int | None = None, name: str = "data", *, defaul
     )
 
 
-__all__ = ["DataSource", "IndexedSource", "LoaderSource", "StreamSource", "as_source", "rank_share"]
+__all__ = ["DataSource", "IndexedSource", "LoaderSource", "StreamSource", "as_source", "loader_sampler", "rank_share"]

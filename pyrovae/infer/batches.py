@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DistributedSampler
 
-from pyrovae.data.source import DataSource, IndexedSource, LoaderSource, StreamSource, as_source
+from pyrovae.data.source import DataSource, IndexedSource, LoaderSource, StreamSource, as_source, loader_sampler
 from pyrovae.process_group import rank, world_size
 
 
@@ -195,11 +195,13 @@ def check_training_source(batches: BatchSource, chosen_drop_last: bool | None, d
     DataLoader that every rank would read whole, and when a stream's ranks would leave many cells untrained."""
     stream = getattr(batches.source, "stream", None)
     loader = getattr(batches.source, "loader", None)
-    if distributed and loader is not None and not isinstance(loader.sampler, DistributedSampler):
+    if distributed and loader is not None and not isinstance(loader_sampler(loader), DistributedSampler):
         warnings.warn(f"{batches.name} is a DataLoader without a DistributedSampler, and under torchrun every rank "
                       "reads all of it each epoch: the data are not split between the ranks, so the global batch is "
-                      "not N times one rank's and the work is repeated. Give it sampler=DistributedSampler(dataset), "
-                      "or pass the Dataset itself, which train splits between the ranks", UserWarning, stacklevel=3)
+                      "not N times one rank's and the work is repeated. Pass the Dataset itself, which train splits "
+                      "between the ranks, or give the DataLoader sampler=DistributedSampler(dataset, "
+                      "num_replicas=world_size(), rank=rank()) (from pyrovae.process_group: torchrun's, before the "
+                      "process group is joined)", UserWarning, stacklevel=3)
     if distributed and stream is not None and getattr(stream, "world_size", 1) > 1:
         stream.set_epoch(0)
         trained = len(stream) * stream.batch_size * stream.world_size
@@ -226,10 +228,13 @@ def no_batch(batches: BatchSource) -> ValueError:
         return ValueError(f"{batches.name}: the stream's {stream.num_cells} cells make no whole batch of {size} "
                           "(it was built with drop_last=True); lower its batch_size, or build it with drop_last=False")
     ranks = getattr(batches.source, "ranks", (0, 1))[1]
+    if ranks > 1 and batches.num_data < ranks:
+        return ValueError(f"{batches.name} holds {batches.num_data} data, fewer than the {ranks} ranks that would "
+                          "share them: use fewer ranks, or more data")
     if ranks > 1:
         return ValueError(f"{batches.name}: each of the {ranks} ranks reads {batches.num_data // ranks} of its "
-                          f"{batches.num_data} data an epoch, too few for a batch of {size} (the traced objective "
-                          "and drop_last=True drop incomplete batches); lower batch_size, or use fewer ranks")
+                          f"{batches.num_data} data an epoch, too few for a batch of {size} with drop_last=True (the "
+                          "traced objective's default); lower batch_size, pass drop_last=False, or use fewer ranks")
     return ValueError(f"no full batch of {size} in {batches.num_data} data: the traced objective (and "
                       "drop_last=True) drops incomplete batches; lower batch_size, or use elbo='trace'")
 
@@ -270,14 +275,18 @@ def check_batch_norm_batches(batches: BatchSource, trained: list, chosen_drop_la
     dropped (with a warning)."""
     normalises = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for module in trained
                      for m in module.modules())
-    if batches.num_data == 1 and normalises:
-        raise ValueError("train got one datum, and batch normalisation cannot train on a batch of one: train on more "
-                         "data, or build the pair without batch normalisation (batch_norm=False)")
+    ranks = batches.source.ranks[1] if hasattr(batches.source, "ranks") else 1
     num_data, batch_size = batches.num_data, getattr(batches.source, "batch_size", None)
-    if (batches.drop_last or not normalises or num_data is None or batch_size is None or batches.streaming
-            or num_data % batch_size != 1):
+    share = num_data // ranks if num_data is not None else None  # what each rank reads of an epoch
+    if share == 1 and normalises:
+        got = "one datum" if ranks == 1 else f"{num_data} data for {ranks} ranks, one datum each"
+        raise ValueError(f"train got {got}, and batch normalisation cannot train on a batch of one: train on more "
+                         "data, or build the pair without batch normalisation (batch_norm=False)")
+    if (batches.drop_last or not normalises or share is None or batch_size is None or batches.streaming
+            or share % batch_size != 1):
         return batches.drop_last
-    size = f"{num_data} data in batches of {batch_size} leave a last batch of one datum, which batch normalisation"
+    size = (f"{num_data} data" if ranks == 1 else f"{share} data on each of the {ranks} ranks") + (
+        f" in batches of {batch_size} leave a last batch of one datum, which batch normalisation")
     if chosen_drop_last is not None:
         raise ValueError(f"{size} cannot train on; pass drop_last=True (or leave it unset: train then drops that "
                          "batch) or another batch_size")

@@ -63,12 +63,18 @@ def test_the_share_of_a_rank_keeps_the_whole_data_set_size_for_the_elbo():
     assert as_source(torch.zeros(10, 2), 4).ranks == (0, 1)  # the source it came from is left alone
 
 
-@pytest.mark.parametrize("data, expected", [(torch.zeros(1, 2), "reads 0 of its 1 data"),
-                                            (TensorDataset(torch.zeros(10, 2)), "reads 5 of its 10 data")])
-def test_a_share_without_a_batch_names_the_ranks(data, expected):
-    batches = BatchSource(as_source(data, 8).for_ranks(0, 2), None, shuffle=True, device=CPU, drop_last=True, seed=0)
+@pytest.mark.parametrize("data, drop_last, expected", [
+    (torch.zeros(1, 2), False, "holds 1 data, fewer than the 2 ranks that would share them"),
+    (TensorDataset(torch.zeros(3, 2)), False, "holds 3 data, fewer than the 4 ranks"),
+    (TensorDataset(torch.zeros(10, 2)), True, "each of the 2 ranks reads 5 of its 10 data an epoch, too few for a "
+                                              "batch of 8 with drop_last=True"),
+])
+def test_a_share_without_a_batch_names_the_ranks(data, drop_last, expected):
+    ranks = 4 if len(data) == 3 else 2
+    batches = BatchSource(as_source(data, 8).for_ranks(0, ranks), None, shuffle=True, device=CPU,
+                          drop_last=drop_last, seed=0)
     assert len(batches) == 0
-    with pytest.raises(ValueError, match=f"each of the 2 ranks {expected} an epoch, too few for a batch of 8"):
+    with pytest.raises(ValueError, match=expected):
         raise no_batch(batches)
 
 
@@ -90,3 +96,80 @@ def test_a_dataloader_is_read_as_its_sampler_says_and_without_a_distributed_one_
         epochs.append([int(v) for (x,) in batches for v in x[:, 0]])
         assert sampler.epoch == epoch
     assert epochs[0] != epochs[1]
+
+
+def test_a_dataloader_with_a_distributed_batch_sampler_is_recognised_and_told_the_epoch():
+    from torch.utils.data import BatchSampler
+
+    dataset = TensorDataset(torch.arange(12, dtype=torch.float32).unsqueeze(-1))
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=True, seed=0)
+    loader = DataLoader(dataset, batch_sampler=BatchSampler(sampler, batch_size=3, drop_last=False))
+    batches = BatchSource(as_source(loader), None, True, CPU, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_training_source(batches, None, True)
+    batches.set_epoch(3)
+    list(batches)
+    assert sampler.epoch == 3
+
+
+def test_a_dataset_takes_no_draw_from_torchs_generator():
+    """The DataLoader built over a Dataset seeds itself from a generator of its own: training or scoring on a Dataset
+    draws the latents as on the tensor it wraps, from the same global seed."""
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    from pyrovae.infer import evaluate
+
+    x = torch.bernoulli(torch.full((40, 6), 0.3, dtype=torch.float32), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    model, guide = VAE(6, 2, (8,), likelihood="bernoulli"), NormalGuide(6, 2, (8,))
+    scores = []
+    for data in (x, TensorDataset(x)):
+        torch.manual_seed(5)
+        scores.append(evaluate(model, guide, data))
+    assert scores[0] == scores[1]
+
+
+@pytest.mark.parametrize("num_data, batch_size, drop_last, expected", [
+    (22, 10, None, "11 data on each of the 2 ranks in batches of 10 leave a last batch of one datum"),  # warned
+    (22, 10, False, "11 data on each of the 2 ranks in batches of 10 leave a last batch of one datum"),
+    (3, 10, None, "train got 3 data for 2 ranks, one datum each"),
+    (21, 10, False, None),  # 10 data on each rank: no batch of one, though 21 % 10 == 1
+])
+def test_batch_normalisation_is_checked_on_each_ranks_share(num_data, batch_size, drop_last, expected):
+    from pyrovae.infer.batches import check_batch_norm_batches
+
+    source = as_source(torch.zeros(num_data, 2), batch_size).for_ranks(0, 2)
+    batches = BatchSource(source, None, shuffle=True, device=CPU, drop_last=False, seed=0)
+    trained = [torch.nn.BatchNorm1d(2)]
+    if expected is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert check_batch_norm_batches(batches, trained, drop_last) is False
+    elif drop_last is None and "each of the" in expected:
+        with pytest.warns(UserWarning, match=expected):
+            assert check_batch_norm_batches(batches, trained, drop_last) is True
+    else:
+        with pytest.raises(ValueError, match=expected):
+            check_batch_norm_batches(batches, trained, drop_last)
+
+
+def test_a_checkpoint_resumes_with_its_own_number_of_ranks_only(tmp_path, monkeypatch):
+    """Another number of ranks is another global batch and another deal of the data: refused by name."""
+    import importlib
+
+    from pyrovae.guides import NormalGuide
+    from pyrovae.models import VAE
+
+    from pyrovae import SettingsMismatch
+    from pyrovae.infer import train
+
+    train_module = importlib.import_module("pyrovae.infer.training.train")  # the module (its name is the function's)
+    x = torch.bernoulli(torch.full((32, 6), 0.3), generator=torch.Generator().manual_seed(0))
+    model, guide = VAE(6, 2, (8,), likelihood="bernoulli"), NormalGuide(6, 2, (8,))
+    checkpoint = tmp_path / "run.pt"
+    train(model, guide, x, epochs=1, batch_size=8, seed=0, progress=False, checkpoint=checkpoint)
+    monkeypatch.setattr(train_module, "world_size", lambda: 2)  # as if resumed under torchrun with two processes
+    with pytest.raises(SettingsMismatch, match="ranks=1 there, 2 here"):
+        train(model, guide, x, epochs=2, batch_size=8, seed=0, progress=False, checkpoint=checkpoint)

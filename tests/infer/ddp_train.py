@@ -25,6 +25,7 @@ parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--checkpoint", default=None)
 parser.add_argument("--compile", action="store_true")
 parser.add_argument("--in-memory", type=int, default=None, help="train on this many binary rows held in memory")
+parser.add_argument("--patience", type=int, default=None, help="in memory: early stopping on 200 validation rows")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -45,14 +46,16 @@ class Recorded(TensorData):
 if args.in_memory is not None:
     generator = torch.Generator().manual_seed(7)  # rows of two latent factors: something to learn
     factors, loadings = torch.randn(args.in_memory, 2, generator=generator), torch.randn(2, 30, generator=generator)
-    data = Recorded(torch.bernoulli(torch.sigmoid(3 * factors @ loadings), generator=generator))
+    rows = torch.bernoulli(torch.sigmoid(3 * factors @ loadings), generator=generator)
+    data = Recorded(rows)
     torch.manual_seed(0)
     model, guide = VAE(30, 4, [32], likelihood="bernoulli"), NormalGuide(30, 4, [32])
+    stopping = {} if args.patience is None else {"val_data": rows[:200], "patience": args.patience, "eval_size": 64}
     history = train(model, guide, data, epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, seed=0,
-                    eval_size=0, progress=False, compile=args.compile)
+                    progress=False, compile=args.compile, **({"eval_size": 0} | stopping))
     os.makedirs(args.out, exist_ok=True)
     torch.save({"model": model.state_dict(), "guide": guide.state_dict(), "loss": history["loss"],
-                "reads": data.reads}, os.path.join(args.out, f"rank{rank()}.pt"))
+                "reads": data.reads, "records": history.records}, os.path.join(args.out, f"rank{rank()}.pt"))
     raise SystemExit(0)
 atlas = TahoeAtlas(args.shards)
 # built before train joins the process group, as in the tutorial: the stream takes its rank from torchrun

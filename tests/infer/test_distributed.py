@@ -68,6 +68,8 @@ def runs(tmp_path_factory):
     _run([str(shards), str(root / "compiled"), "--batch-size", "32", "--epochs", "3", "--compile"], processes=2)
     _run([str(shards), str(root / "memory_two"), "--batch-size", "32", "--epochs", "3", "--in-memory", "1001"], 2)
     _run([str(shards), str(root / "memory_one"), "--batch-size", "64", "--epochs", "3", "--in-memory", "1001"], 1)
+    _run([str(shards), str(root / "memory_stop"), "--batch-size", "32", "--epochs", "8", "--in-memory", "1001",
+          "--patience", "1"], 2)
     return root
 
 
@@ -137,6 +139,17 @@ def test_data_in_memory_are_split_between_the_ranks_as_one_process_reads_the_glo
     assert ranks[0]["loss"][0] > 1.02 * ranks[0]["loss"][-1]  # it learns
     # the same order and global batches; only the Monte Carlo draws differ (seed + rank)
     torch.testing.assert_close(torch.tensor(ranks[0]["loss"]), torch.tensor(one["loss"]), rtol=0.005, atol=0)
+
+
+def test_ranks_score_each_epoch_alike_and_stop_early_together(runs):
+    """Each rank scores the training head and the validation data with draws of its own: the scores are averaged
+    over the ranks, so that every rank decides early stopping on the same numbers (with patience 1 a rank that
+    stopped alone would leave the other waiting for it, or crash it)."""
+    ranks = [_load(runs / "memory_stop", rank) for rank in (0, 1)]
+    scores = [[{k: v for k, v in record.items() if k != "seconds"} for record in r["records"]] for r in ranks]
+    assert scores[0] == scores[1]  # the same epochs (strictly: the same length) and the same numbers
+    assert "val_elbo" in ranks[0]["records"][0] and "train_elbo" in ranks[0]["records"][0]
+    _assert_same_parameters(ranks[0], ranks[1])
 
 
 def test_before_the_group_is_joined_the_rank_is_torchruns(monkeypatch):

@@ -156,8 +156,9 @@ def train(
     each rank reads its own part of the data (global batch: N x its batch size): its shards of a
     :class:`~pyrovae.data.CellStream`, or every N-th datum of each epoch's order of data held in memory or a
     Dataset (the ranks' batches together are the batch one process reads with the global batch size:
-    :func:`~pyrovae.data.source.rank_share`); losses and validation metrics are reduced across ranks, and rank 0
-    alone writes the checkpoint (which every rank resumes from). Random draws use ``seed + rank``.
+    :func:`~pyrovae.data.source.rank_share`); losses and the epoch's scores (``train_*``, ``val_*``) are averaged
+    over the ranks, so that all stop early together, and rank 0 alone writes the checkpoint (which every rank
+    resumes from; a checkpoint of another number of ranks is refused). Random draws use ``seed + rank``.
 
     :raises TrainingDiverged: when the loss or a gradient stops being finite (the step is not applied, so the
         modules keep their last finite parameters), or when an epoch's loss per datum rises more than a million
@@ -242,7 +243,8 @@ def train(
                     "seed": seed, "freeze": freeze, "drop_last": drop_last,
                     # what early stopping compares (a checkpoint written before these were kept is not checked on them)
                     "val_data": validation.fingerprint(None) if digested and validation is not None else None,
-                    "patience": patience, "restore_best": stopping.keep_best}
+                    "patience": patience, "restore_best": stopping.keep_best,
+                    "ranks": world_size()}  # another number of ranks is another global batch (and deal of the data)
         saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings)
         history, start_epoch = History(), 0
         if resume and saved.exists():
@@ -255,7 +257,7 @@ def train(
                 epochs = start_epoch
         run = _Run(model=model, guide=guide, modules=modules, freeze=freeze, step=step, batches=batches,
                    train_eval=train_eval, validation=validation,
-                   reduce_validation=distributed and validation is not None and validation.streaming,
+                   across_ranks=distributed,
                    history=history, stopping=stopping, saved=saved,
                    schedule=KLSchedule(kl_weight, kl_warmup_epochs, len(batches)), device=device, progress=progress)
         _fit(run, range(start_epoch, epochs))
@@ -276,7 +278,9 @@ class _Run:
     :ivar freeze: the side kept fixed (``"model"`` or ``"guide"``), or None.
     :ivar train_eval: the training data scored at the end of every epoch (``train_*`` metrics), or None.
     :ivar validation: ``val_data``'s batches (``val_*`` metrics), or None.
-    :ivar reduce_validation: whether the validation metrics are summed across ranks (a stream read in parts).
+    :ivar across_ranks: whether the epoch's scores are averaged over the ranks (under torchrun: each rank scores a
+        stream's cells of its own, or all of the data held in memory with draws of its own, and every rank must
+        decide early stopping on the same numbers).
     :ivar saved: the checkpoint, written after every epoch when it has a path.
     """
 
@@ -288,7 +292,7 @@ class _Run:
     batches: BatchSource
     train_eval: BatchSource | None
     validation: BatchSource | None
-    reduce_validation: bool
+    across_ranks: bool
     history: History
     stopping: EarlyStopping
     saved: TrainingCheckpoint
@@ -347,10 +351,11 @@ def _fit(run: _Run, epochs: range) -> None:
                 raise TrainingDiverged(exploded_message(first_loss, record["loss"], epoch, step, saved.path))
             first = epoch == epochs.start  # the pairing is checked on the first epoch's scores only
             if run.train_eval is not None:
-                metrics = evaluate(run.model, run.guide, run.train_eval, check_pairing=first)
+                metrics = evaluate(run.model, run.guide, run.train_eval, across_ranks=run.across_ranks,
+                                   check_pairing=first)
                 record.update({f"train_{k}": v for k, v in metrics.items()})
             if run.validation is not None:
-                metrics = evaluate(run.model, run.guide, run.validation, across_ranks=run.reduce_validation,
+                metrics = evaluate(run.model, run.guide, run.validation, across_ranks=run.across_ranks,
                                    check_pairing=first)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
             bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
