@@ -9,7 +9,8 @@ from pyrovae.ops.gamma import (
     trigamma_difference,
 )
 from pyrovae.ops.log1p import log1p_minus_fraction
+from pyrovae.ops.radial import log_radial_integral
 
 __all__ = ["attach_bessel_terms", "bessel_iv_ratio", "bessel_terms", "digamma_difference", "digamma_ratio_excess",
            "log1p_minus_fraction", "log_bessel_iv", "log_bessel_ive", "log_gamma_difference", "log_gamma_ratio",
-           "trigamma_difference"]
+           "log_radial_integral", "trigamma_difference"]
