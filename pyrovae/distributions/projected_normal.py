@@ -1,5 +1,5 @@
-"""The projected normal on the sphere S^(m-1): the direction z = u / |u| of a Gaussian u ~ N(loc, L L^T) in R^m,
-with its exact density in every dimension: an anisotropic law on the sphere (the vMF and the Power Spherical are
+"""The projected normal on the sphere S^(m-1): the direction ``z = u / |u|`` of a Gaussian ``u ~ N(loc, L L^T)`` in
+R^m, with its exact density in every dimension: an anisotropic law on the sphere (the vMF and the Power Spherical are
 isotropic about their mean direction)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pyrovae.ops.radial import log_radial_integral
 
 
 class ProjectedNormal(TorchDistribution):
-    """z = u / |u| for u ~ N(loc, scale_tril scale_tril^T) in R^m: a law on S^(m-1) whose spread about its mode may
-    differ by direction (Pyro's ``ProjectedNormal`` is the isotropic case, with a density for m <= 4 only).
+    """``z = u / |u|`` for ``u ~ N(loc, scale_tril scale_tril^T)`` in R^m: a law on S^(m-1) whose spread about its
+    mode may differ by direction (Pyro's ``ProjectedNormal`` is the isotropic case, with a density for m <= 4 only).
 
     The density with respect to the sphere's area is the Gaussian's mass along the ray through z:
     ``p(z) = int_0^inf r^(m-1) N(r z; loc, Sigma) dr = (2 pi)^(-m/2) |L|^-1 e^(-C/2) A^(-m/2) J_(m-1)(B / sqrt A)``
