@@ -48,10 +48,14 @@ class DataSource:
         """A source over a fixed subset of at most ``size`` data (for end-of-epoch metrics), or None."""
         return None
 
+    ranks = (0, 1)  # (rank, world size): this source reads that rank's share of every epoch (rank_share)
+
     def for_ranks(self, rank: int, world_size: int) -> DataSource:
-        """This source as rank ``rank`` of ``world_size`` reads it in data-parallel training (a stream deals its
-        cells to the ranks by itself: the same source)."""
-        return self
+        """This source as rank ``rank`` of ``world_size`` reads it in data-parallel training: a copy that reads its
+        share of every epoch (:func:`rank_share`); ``num_data`` stays the whole set's."""
+        shared = copy.copy(self)
+        shared.ranks = (rank, world_size)
+        return shared
 
     @property
     def device(self) -> torch.device | None:
@@ -97,14 +101,6 @@ class IndexedSource(DataSource):
         if isinstance(data, TensorData):
             check_finite(data.x, name)
         self.data, self.batch_size, self.name, self.num_data = data, batch_size, name, len(data)
-        self.ranks = (0, 1)
-
-    def for_ranks(self, rank: int, world_size: int) -> IndexedSource:
-        """This source as rank ``rank`` of ``world_size`` reads it: its share of every epoch
-        (:func:`rank_share`); ``num_data`` stays the whole set's."""
-        shared = copy.copy(self)
-        shared.ranks = (rank, world_size)
-        return shared
 
     def num_batches(self, epoch: int, drop_last: bool) -> int:
         full, rest = divmod(self.num_data // self.ranks[1], self.batch_size)
@@ -161,16 +157,11 @@ class LoaderSource(DataSource):
         self.num_data = len(self.dataset)
         if self.num_data == 0:
             raise _empty(name)
-        self.ranks = (0, 1)
 
     def for_ranks(self, rank: int, world_size: int) -> LoaderSource:
-        """This source as rank ``rank`` of ``world_size`` reads it: a Dataset batched here, its share of every epoch
-        (:func:`rank_share`); a DataLoader as it is (its sampler decides: a ``DistributedSampler`` splits it)."""
-        if self.loader is not None:
-            return self
-        shared = copy.copy(self)
-        shared.ranks = (rank, world_size)
-        return shared
+        """A Dataset batched here: its share of every epoch; a DataLoader as it is (its sampler decides: a
+        ``DistributedSampler`` splits it)."""
+        return self if self.loader is not None else super().for_ranks(rank, world_size)
 
     def num_batches(self, epoch, drop_last):
         if self.loader is not None:
@@ -217,6 +208,10 @@ class StreamSource(DataSource):
         if self.num_data == 0:
             raise _empty(name)
         self._loaders = {}  # one loader per pinning, its workers kept from epoch to epoch while this source lives
+
+    def for_ranks(self, rank: int, world_size: int) -> StreamSource:
+        """The stream deals its cells to the ranks by itself: the same source."""
+        return self
 
     def ordered(self) -> StreamSource:
         """This source over the stream in file order with every cell (no shuffle, no batch dropped): what scoring,

@@ -227,7 +227,7 @@ def no_batch(batches: BatchSource) -> ValueError:
     if stream is not None:
         return ValueError(f"{batches.name}: the stream's {stream.num_cells} cells make no whole batch of {size} "
                           "(it was built with drop_last=True); lower its batch_size, or build it with drop_last=False")
-    ranks = getattr(batches.source, "ranks", (0, 1))[1]
+    ranks = batches.source.ranks[1]
     if ranks > 1 and batches.num_data < ranks:
         return ValueError(f"{batches.name} holds {batches.num_data} data, fewer than the {ranks} ranks that would "
                           "share them: use fewer ranks, or more data")
@@ -275,7 +275,7 @@ def check_batch_norm_batches(batches: BatchSource, trained: list, chosen_drop_la
     dropped (with a warning)."""
     normalises = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for module in trained
                      for m in module.modules())
-    ranks = batches.source.ranks[1] if hasattr(batches.source, "ranks") else 1
+    ranks = batches.source.ranks[1]
     num_data, batch_size = batches.num_data, getattr(batches.source, "batch_size", None)
     share = num_data // ranks if num_data is not None else None  # what each rank reads of an epoch
     if share == 1 and normalises:

@@ -196,11 +196,13 @@ def train(
     if drop_last is None:
         drop_last = compile or elbo_name.lower().startswith("jit")
     check, dtype = model_check(model), floating_dtype(model, guide)
+    order_seed = seed
     if distributed:  # each rank reads its share of every epoch, in an order every rank draws alike
         source = source.for_ranks(rank(), world_size())
-        order_seed = seed if seed is not None else gather_objects(int(torch.randint(2**62, ())))[0]
-    batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last,
-                          seed=order_seed if distributed else seed, check=check, dtype=dtype)
+        if seed is None:
+            order_seed = gather_objects(int(torch.randint(2**62, ())))[0]
+    batches = BatchSource(source, None, shuffle=True, device=device, drop_last=drop_last, seed=order_seed,
+                          check=check, dtype=dtype)
     check_training_source(batches, chosen_drop_last, distributed)
     trained = [module for name, module in modules.items() if name != freeze]  # set to training mode each epoch
     drop_last = check_batch_norm_batches(batches, trained, chosen_drop_last)
