@@ -12,6 +12,7 @@ from torch import distributions as td
 from torch.distributions import constraints
 
 from pyrovae.distributions.power_spherical import PowerSpherical
+from pyrovae.distributions.projected_normal import ProjectedNormal
 from pyrovae.distributions.shapes import expanded_batch_shape
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
 
@@ -99,7 +100,8 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
 
     Normal, LogNormal and MultivariateNormal get ``scale`` times their scale (with ``df``, a Student-t of that many
     degrees of freedom instead: heavier tails than any Gaussian target); von Mises-Fisher and Power Spherical get
-    their concentration divided by ``scale**2`` (kappa is an inverse variance); ``Independent`` and
+    their concentration divided by ``scale**2`` (kappa is an inverse variance), a projected normal its Gaussian's
+    scale multiplied by ``scale`` (its spread about the mode, where concentrated); ``Independent`` and
     ``TransformedDistribution`` (flows) widen their base. A point mass cannot be widened.
     """
     if scale < 1.0:
@@ -127,12 +129,17 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
             warnings.warn(f"widen: df is for Gaussian families; {type(fn).__name__} only gets a lower concentration",
                           stacklevel=2)
         return type(fn)(fn.loc, fn.concentration / scale**2)
+    if isinstance(fn, ProjectedNormal):
+        if df is not None:
+            warnings.warn("widen: df is for Gaussian families; a ProjectedNormal only gets a wider Gaussian",
+                          stacklevel=2)
+        return ProjectedNormal(fn.loc, fn.scale_tril * scale)
     if isinstance(fn, dist.Delta):
         raise ValueError("a point mass (DeltaGuide) cannot be widened into an importance distribution; refit a "
                          "NormalGuide to the frozen model first (refit_guide)")
     raise NotImplementedError(
         f"widen does not know {type(fn).__name__}; supported: Normal, LogNormal, MultivariateNormal, "
-        "VonMisesFisher, PowerSpherical, and Independent or TransformedDistribution of those"
+        "VonMisesFisher, PowerSpherical, ProjectedNormal, and Independent or TransformedDistribution of those"
     )
 
 

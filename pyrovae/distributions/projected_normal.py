@@ -71,8 +71,7 @@ class ProjectedNormal(TorchDistribution):
         tril = self.scale_tril.double()
         # L^-1 loc once per batch element; L^-1 z for every point (draws of many samples share the batch's factors)
         v = torch.linalg.solve_triangular(tril, self.loc.double().unsqueeze(-1), upper=False).squeeze(-1)
-        points = value.double().expand(shape + (m,)).unsqueeze(-1)
-        w = torch.linalg.solve_triangular(tril.expand(shape + (m, m)), points, upper=False).squeeze(-1)
+        w = self._whitened(tril, value.double(), shape)
         a = w.square().sum(-1)
         b = (w * v).sum(-1)
         c = v.square().sum(-1)
@@ -80,6 +79,19 @@ class ProjectedNormal(TorchDistribution):
         log_p = (-0.5 * m * math.log(2 * math.pi) - log_det - 0.5 * c - 0.5 * m * a.log()
                  + log_radial_integral(m - 1, b * a.rsqrt()))
         return log_p.to(value.dtype)
+
+    def _whitened(self, tril: torch.Tensor, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """L^-1 z for every point, ``shape + (m,)``: the draws of each batch element (leading sample dimensions) are
+        the columns of one triangular solve, so the factors are never copied once per point."""
+        m = self.event_shape[0]
+        batch = self.batch_shape
+        extra = len(shape) - len(batch)
+        if value.shape[:-1] == shape and shape[extra:] == batch and extra > 0:
+            columns = value.reshape(-1, *batch, m).movedim(0, -1)  # (*batch, m, N)
+            w = torch.linalg.solve_triangular(tril, columns, upper=False)
+            return w.movedim(-1, 0).reshape(shape + (m,))
+        points = value.expand(shape + (m,)).unsqueeze(-1)
+        return torch.linalg.solve_triangular(tril.expand(shape + (m, m)), points, upper=False).squeeze(-1)
 
 
 __all__ = ["ProjectedNormal"]

@@ -150,3 +150,18 @@ def test_shapes_expand_and_validation():
         ProjectedNormal(torch.randn(3), torch.eye(4))
     with pytest.raises(ValueError):
         ProjectedNormal(torch.randn(3), -torch.eye(3), validate_args=True)
+
+
+def test_many_draws_per_batch_element_score_as_each_one_alone():
+    """The draws of each batch element are solved as the columns of one triangular system: the same densities as
+    scoring every point against its own copy of the factor."""
+    torch.manual_seed(1)
+    loc = torch.randn(4, 3, 6, dtype=torch.float64)
+    tril = torch.eye(6, dtype=torch.float64) + 0.4 * torch.randn(4, 3, 6, 6, dtype=torch.float64).tril(-1)
+    d = ProjectedNormal(loc, tril)
+    draws = d.sample((5, 2))
+    got = d.log_prob(draws)
+    assert got.shape == (5, 2, 4, 3)
+    for index in np.ndindex(5, 2, 4, 3):
+        alone = ProjectedNormal(loc[index[2:]], tril[index[2:]]).log_prob(draws[index])
+        assert float(got[index]) == pytest.approx(float(alone), rel=1e-13, abs=1e-13)

@@ -10,7 +10,8 @@ Three stages, the last run only on the data the one before left uncertified:
    estimate is the lower bound that the next stages must beat, and stays where they certify nothing better;
 2. ``refined+defensive``, on every datum: the guide refined for each datum from several starts, the optima mixed
    and the mixture mixed with a wider copy of itself (full-covariance refinement where the guide is a diagonal
-   Gaussian: the posterior of a many-dimensional latent is far from diagonal), ``REFINED_DRAWS * num_samples``
+   Gaussian, and a projected normal with full covariance where it is a vMF or Power Spherical on the sphere: the
+   posterior of a many-dimensional latent is far from diagonal or isotropic), ``REFINED_DRAWS * num_samples``
    draws: building the proposal (the refinement) costs far more than drawing from it, and the log of a mean of
    heavy-ish weights is low by a little that shrinks with the draws (on the 3-epoch MNIST VAE of
    ``benchmarks/certified_log_likelihood.py``, 0.015 nats per image at 500 draws);
@@ -82,8 +83,9 @@ def _mixed(base: Callable, weight: float, scale: float) -> Callable:
 
 
 class _Refiner:
-    """The refined proposal of each batch: full covariance where the guide's family allows it (a diagonal Gaussian),
-    else the guide's own family; the family is found on the first batch and kept for the call."""
+    """The refined proposal of each batch: full covariance where the guide's family has such a member (a diagonal
+    Gaussian; a law on the sphere, as a projected normal), else the guide's own family; the family is found on the
+    first batch and kept for the call."""
 
     def __init__(self, steps: int | None = None) -> None:
         self.proposal: RefinedProposal | None = None

@@ -1,6 +1,7 @@
 """Each latent family's parameters in unconstrained form and back, as :class:`~pyrovae.infer.RefinedProposal`
-refines them: a location, a log scale, a Cholesky factor, a direction and a log concentration; a diagonal Gaussian
-as the full-covariance one it is; a spread kept resolvable in its dtype; locations moved to other starts."""
+refines them: a location, a log scale, a Cholesky factor, a direction, a log concentration and a log radius; a
+diagonal Gaussian as the full-covariance one it is, a law on the sphere as a projected normal with full covariance;
+a spread kept resolvable in its dtype; locations moved to other starts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import pyro.distributions as dist
 import torch
 from torch import distributions as td
 
-from pyrovae.distributions import PowerSpherical, VonMisesFisher
+from pyrovae.distributions import PowerSpherical, ProjectedNormal, VonMisesFisher
+
+
+def _cholesky(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    return params["tril"].tril(-1) + torch.diag_embed(params["log_diagonal"].exp())
+
+
+def _direction(vector: torch.Tensor) -> torch.Tensor:
+    return vector / torch.linalg.vector_norm(vector, dim=-1, keepdim=True).clamp(min=1e-12)
 
 
 def unconstrained(fn) -> dict[str, torch.Tensor]:
@@ -25,12 +34,17 @@ def unconstrained(fn) -> dict[str, torch.Tensor]:
                 "log_diagonal": tril.diagonal(dim1=-2, dim2=-1).log()}
     if isinstance(fn, (VonMisesFisher, PowerSpherical)):
         return {"direction": fn.loc, "log_concentration": fn.concentration.log()}
+    if isinstance(fn, ProjectedNormal):  # the direction moves to other starts; the radius keeps the spread's scale
+        radius = torch.linalg.vector_norm(fn.loc, dim=-1)
+        tril = fn.scale_tril
+        return {"direction": fn.loc / radius.unsqueeze(-1), "log_radius": radius.log(), "tril": tril.tril(-1),
+                "log_diagonal": tril.diagonal(dim1=-2, dim2=-1).log()}
     if isinstance(fn, dist.Delta):
         raise ValueError("a point mass (DeltaGuide) has no density and no spread to refine; refit a guide with a "
                          "density to the frozen model first, e.g. refit_guide(model, NormalGuide(x_dim, z_dim), data)")
     raise NotImplementedError(
         f"RefinedProposal does not know {type(fn).__name__}; supported: Normal, LogNormal, MultivariateNormal, "
-        "VonMisesFisher, PowerSpherical, and Independent or TransformedDistribution of those"
+        "VonMisesFisher, PowerSpherical, ProjectedNormal, and Independent or TransformedDistribution of those"
     )
 
 
@@ -45,11 +59,11 @@ def rebuilt(fn, params: dict[str, torch.Tensor]):
     if isinstance(fn, td.Normal):
         return type(fn)(params["loc"], params["log_scale"].exp())
     if isinstance(fn, td.MultivariateNormal):
-        tril = params["tril"].tril(-1) + torch.diag_embed(params["log_diagonal"].exp())
-        return type(fn)(params["loc"], scale_tril=tril)
-    direction = params["direction"]
-    loc = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp(min=1e-12)
-    return type(fn)(loc, params["log_concentration"].exp())
+        return type(fn)(params["loc"], scale_tril=_cholesky(params))
+    if isinstance(fn, ProjectedNormal):
+        loc = params["log_radius"].exp().unsqueeze(-1) * _direction(params["direction"])
+        return type(fn)(loc, _cholesky(params))
+    return type(fn)(_direction(params["direction"]), params["log_concentration"].exp())
 
 
 def resolvable(params: dict[str, torch.Tensor]) -> None:
@@ -59,18 +73,23 @@ def resolvable(params: dict[str, torch.Tensor]) -> None:
     full-covariance refinement of a GMVAE on CellBench counts whose smallest standard deviation was 0 beside a largest
     of 12). A draw rounded to float32 then lies off that sliver, and the proposal's density at its own draw
     underflows to exp(-1e21): importance weights of +1e21. Each standard deviation is kept at least
-    ``64 eps (|loc| + 1)`` (the draws' rounding, with room) and, for a full covariance, at least 1e-4 times the
-    largest (its Cholesky solve stays accurate in float32): the covariance gets ``delta I`` added, which only widens
-    the proposal, and leaves every direction far above the floor as it was."""
-    if "loc" not in params:  # a spherical family: its concentration is refined on its own scale
+    ``64 eps (|loc| + 1)`` (the draws' rounding, with room; for a projected normal, its Gaussian's mean's length) and,
+    for a full covariance, at least 1e-4 times the largest (its Cholesky solve stays accurate in float32): the
+    covariance gets ``delta I`` added, which only widens the proposal, and leaves every direction far above the floor
+    as it was."""
+    if "loc" in params:
+        loc = params["loc"]
+        resolution = 64 * torch.finfo(loc.dtype).eps * (loc.detach().abs().amax(-1, keepdim=True) + 1)
+    elif "log_radius" in params:  # a projected normal: its draws are rounded on the scale of its mean's length
+        radius = params["log_radius"].detach().exp().unsqueeze(-1)
+        resolution = 64 * torch.finfo(radius.dtype).eps * (radius + 1)
+    else:  # a vMF or Power Spherical: its concentration is refined on its own scale
         return
-    loc = params["loc"]
-    resolution = 64 * torch.finfo(loc.dtype).eps * (loc.detach().abs().amax(-1, keepdim=True) + 1)
     if "log_scale" in params:
         params["log_scale"].copy_(torch.maximum(params["log_scale"], resolution.log()))
     elif "tril" in params:
-        tril = (params["tril"].tril(-1) + torch.diag_embed(params["log_diagonal"].exp())).double()
-        covariance = tril @ tril.mT
+        covariance = _cholesky(params).double()
+        covariance = covariance @ covariance.mT
         trace = covariance.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
         delta = 1e-8 * trace + resolution.double() ** 2
         eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
@@ -80,19 +99,28 @@ def resolvable(params: dict[str, torch.Tensor]) -> None:
 
 
 def as_full_covariance(fn, name: str):
-    """A diagonal Gaussian ``Normal(loc, scale).to_event(1)`` as the MultivariateNormal it is; a full-covariance or
-    scalar Gaussian as it is; any other family is refused (it has no covariance matrix to fill in)."""
+    """The full-covariance member of the family around ``fn``: a diagonal Gaussian ``Normal(loc, scale).to_event(1)``
+    as the MultivariateNormal it is; a von Mises-Fisher law on S^(m-1) as the isotropic projected normal of about its
+    spread, ``ProjectedNormal(sqrt(kappa) mu, I)`` (both fall as e^(-kappa theta^2 / 2) at an angle theta from the
+    mode mu, for a large concentration kappa; a Power Spherical's (1 + cos theta)^kappa as e^(-kappa theta^2 / 4), so
+    it takes ``sqrt(kappa / 2)``), whose Cholesky factor can then turn it anisotropic; a full-covariance or
+    scalar Gaussian, or a projected normal, as it is. Any other family is refused (a LogNormal, a flow: there is no
+    full-covariance member to fill in)."""
     if isinstance(fn, td.Independent) and isinstance(fn.base_dist, td.Normal) and fn.reinterpreted_batch_ndims == 1:
         return dist.MultivariateNormal(fn.base_dist.loc, scale_tril=torch.diag_embed(fn.base_dist.scale))
-    if isinstance(fn, td.MultivariateNormal) or (isinstance(fn, td.Normal) and not fn.event_shape):
+    if isinstance(fn, (td.MultivariateNormal, ProjectedNormal)) or (isinstance(fn, td.Normal) and not fn.event_shape):
         return fn
+    if isinstance(fn, (VonMisesFisher, PowerSpherical)):  # (1 + cos theta)^kappa ~ e^(-kappa theta^2 / 4)
+        precision = fn.concentration / 2 if isinstance(fn, PowerSpherical) else fn.concentration
+        return ProjectedNormal(precision.sqrt().unsqueeze(-1) * fn.loc)
+    if isinstance(fn, td.Independent) and isinstance(fn.base_dist, (VonMisesFisher, PowerSpherical)):
+        return dist.Independent(as_full_covariance(fn.base_dist, name), fn.reinterpreted_batch_ndims)
     family = type(fn.base_dist if isinstance(fn, td.Independent) else fn).__name__
-    where = " on the sphere" if isinstance(fn, (VonMisesFisher, PowerSpherical)) or family in (
-        "VonMisesFisher", "PowerSpherical") else ""
     raise ValueError(
-        f"full_covariance=True refines a diagonal Gaussian q(z | x) as a full-covariance Gaussian, but the guide's "
-        f"site {name!r} is a {family}{where}, which has no covariance matrix to refine; use "
-        "RefinedProposal(full_covariance=False), which refines that family's own parameters"
+        f"full_covariance=True refines a diagonal Gaussian q(z | x) as a full-covariance Gaussian (and a law on the "
+        f"sphere as a projected normal with full covariance), but the guide's site {name!r} is a {family}, which has "
+        "no full-covariance member to refine; use RefinedProposal(full_covariance=False), which refines that "
+        "family's own parameters"
     )
 
 

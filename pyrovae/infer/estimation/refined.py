@@ -89,8 +89,8 @@ class RefinedProposal(Proposal):
     parameters are not changed.
 
     Refuses (ValueError): ``steps``, ``num_particles``, ``starts`` or ``candidates`` below 1 (``candidates`` below
-    ``starts - 1``); a ``lr`` that is not a finite positive number; ``full_covariance`` for a family other than a
-    Gaussian (a vMF or Power Spherical on the sphere, a LogNormal, a flow); a point-mass guide (nothing to refine).
+    ``starts - 1``); a ``lr`` that is not a finite positive number; ``full_covariance`` for a family without a
+    full-covariance member (a LogNormal, a flow); a point-mass guide (nothing to refine).
 
     :param int steps: optimisation steps per batch (>= 1). Default: with ``full_covariance``, ``max(100, 12 x`` the
         refined latents' size per datum``)`` (100 up to 8 dimensions, 240 at 20, 480 at 40): a fixed 100 left the
@@ -104,7 +104,11 @@ class RefinedProposal(Proposal):
     :param int num_particles: reparameterised draws per datum, start and step.
     :param str objective: ``"elbo"`` or ``"iwae"``.
     :param bool full_covariance: refine a diagonal Gaussian q as a full-covariance one (a richer family: a Cholesky
-        factor per datum).
+        factor per datum), and a von Mises-Fisher or Power Spherical q on the sphere as a projected normal with full
+        covariance (:class:`~pyrovae.distributions.ProjectedNormal`, started at the isotropic one of the same spread):
+        its spread about the mode may differ by direction, as a posterior's does, where the guide's family is the
+        same in every direction (on the d = 40 Table 1 S-VAE, 16 test images: 0.73 nats higher on average than the
+        refined vMF, k-hat below 0.7 for 11 of them against none).
     :param bool memoize: keep each batch's refined proposal (keyed by the model, the guide and the batch's
         values) and reuse it when the same batch comes again, so several estimators share one q*.
     :param int starts: starting points per datum (the encoder's and ``starts - 1`` from the prior); the refinement

@@ -8,8 +8,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyrovae.guides import DeltaGuide, VMFGuide
-from pyrovae.models import SVAE, VAE
+from pyrovae.guides import DeltaGuide, FlowGuide
+from pyrovae.models import VAE
 
 from pyrovae.infer import DefensiveProposal, RefinedProposal, ais_log_likelihood, evaluate, log_likelihood
 from tests.infer.estimation.test_log_likelihood import X_DIM, Z_DIM, exact_log_marginal, make_guide, make_model, ppca
@@ -95,11 +95,13 @@ def test_refined_proposal_knobs_out_of_range_are_refused():
         log_likelihood(make_model(W, mu), make_guide(W, mu), x, num_samples=0)
 
 
-def test_full_covariance_of_a_spherical_guide_is_refused():
+def test_full_covariance_of_a_flow_guide_is_refused():
+    """A flow has no full-covariance member (a spherical guide has: the projected normal,
+    tests/infer/estimation/test_sphere_refinement.py)."""
     torch.manual_seed(0)
-    model, guide = SVAE(12, 3, (8,)), VMFGuide(12, 3, (8,))
+    model, guide = VAE(12, 3, (8,)), FlowGuide(12, 3, (8,))
     x = torch.rand(6, 12).round()
-    with pytest.raises(ValueError, match=r"full_covariance.*VonMisesFisher.*sphere"):
+    with pytest.raises(ValueError, match=r"full_covariance.*TransformedDistribution.*full_covariance=False"):
         log_likelihood(model, guide, x, num_samples=4, proposal=RefinedProposal(full_covariance=True, steps=2))
     with pytest.raises(ValueError, match="full_covariance"):
         log_likelihood(model, guide, x, num_samples=4, proposal="refined-full")
