@@ -68,10 +68,10 @@ class ProjectedNormal(TorchDistribution):
             self._validate_sample(value)
         m = self.event_shape[0]
         shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
-        tril = self.scale_tril.double()
-        # L^-1 loc once per batch element; L^-1 z for every point (draws of many samples share the batch's factors)
-        v = torch.linalg.solve_triangular(tril, self.loc.double().unsqueeze(-1), upper=False).squeeze(-1)
-        w = self._whitened(tril, value.double(), shape)
+        # each distinct factor converted and solved once: not once per copy of an expand (a plate of draws or chains)
+        tril = _distinct(self.scale_tril, 2).double()
+        v = torch.linalg.solve_triangular(tril, _distinct(self.loc, 1).double().unsqueeze(-1), upper=False).squeeze(-1)
+        w = _whitened(tril, value.double(), shape)
         a = w.square().sum(-1)
         b = (w * v).sum(-1)
         c = v.square().sum(-1)
@@ -80,18 +80,28 @@ class ProjectedNormal(TorchDistribution):
                  + log_radial_integral(m - 1, b * a.rsqrt()))
         return log_p.to(value.dtype)
 
-    def _whitened(self, tril: torch.Tensor, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """L^-1 z for every point, ``shape + (m,)``: the draws of each batch element (leading sample dimensions) are
-        the columns of one triangular solve, so the factors are never copied once per point."""
-        m = self.event_shape[0]
-        batch = self.batch_shape
-        extra = len(shape) - len(batch)
-        if value.shape[:-1] == shape and shape[extra:] == batch and extra > 0:
-            columns = value.reshape(-1, *batch, m).movedim(0, -1)  # (*batch, m, N)
-            w = torch.linalg.solve_triangular(tril, columns, upper=False)
-            return w.movedim(-1, 0).reshape(shape + (m,))
-        points = value.expand(shape + (m,)).unsqueeze(-1)
-        return torch.linalg.solve_triangular(tril.expand(shape + (m, m)), points, upper=False).squeeze(-1)
+
+def _distinct(tensor: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """``tensor`` with every batch dimension that an expand repeats (stride 0) cut to size 1."""
+    for dim in range(tensor.dim() - event_dims):
+        if tensor.stride(dim) == 0 and tensor.shape[dim] > 1:
+            tensor = tensor.narrow(dim, 0, 1)
+    return tensor
+
+
+def _whitened(tril: torch.Tensor, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """L^-1 z for every point, ``shape + (m,)``: the points that share a factor (the dimensions where ``tril`` has
+    size 1, samples' and an expand's) are the columns of one triangular solve, so no factor is copied per point."""
+    m = tril.shape[-1]
+    factors = (1,) * (len(shape) - (tril.dim() - 2)) + tuple(tril.shape[:-2])
+    shared = [d for d in range(len(shape)) if factors[d] == 1 and shape[d] > 1]
+    own = [d for d in range(len(shape)) if d not in shared]
+    points = value.expand(shape + (m,)).permute(*own, len(shape), *shared)  # (*own, m, *shared)
+    columns = points.reshape(*(shape[d] for d in own), m, -1)
+    w = torch.linalg.solve_triangular(tril.reshape(*(factors[d] for d in own), m, m), columns, upper=False)
+    w = w.reshape(*(shape[d] for d in own), m, *(shape[d] for d in shared))
+    order = [*own, len(shape), *shared]  # w's dimensions, as positions of shape + (m,)
+    return w.permute(*sorted(range(len(order)), key=order.__getitem__))
 
 
 __all__ = ["ProjectedNormal"]

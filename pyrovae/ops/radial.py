@@ -6,8 +6,9 @@ torch), and the recurrence J_(k+1) = beta J_k + k J_(k-1) is stable only forward
 slowly near beta = 0, for beta < 0. Instead the integral is taken in t = log s, where the integrand
 exp((k + 1) t - e^(2t) / 2 + beta e^t) is entire and unimodal: the trapezoidal rule on a window around its mode,
 whose error falls as exp(-2 pi a / h) for nodes h apart (a = pi / 4, the half-width of the strip where the integrand
-decays), is at float64 rounding for h <= 0.1 and a window that leaves out less than e^-40 of the mass. J_0 has a
-closed form through ``log_ndtr`` and is used for k = 0.
+decays), is at float64 rounding for h <= 0.1 and a window that leaves out less than e^-40 of the mass; as k grows
+the integrand narrows and turns Gaussian, and fewer nodes reach rounding (:func:`_nodes`). J_0 has a closed form
+through ``log_ndtr`` and is used for k = 0.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ import math
 
 import torch
 
-_NODES = 321  # trapezoid nodes per evaluation: the widest window (k = 1) is 24 long, so h <= 0.08
 _TAIL = 42.0  # the window leaves out less than e^-_TAIL of the integral's mass on either side
+
+
+def _nodes(k: int) -> int:
+    """Trapezoid nodes for J_k: the integrand in t narrows and turns Gaussian as k grows, and its sum converges to
+    rounding (1e-15 relative, beta from -1e4 to 1e4) at 201 nodes for k = 1, 129 for k = 3, 65 for k = 9 and 33 from
+    k = 40; this gives each k 1.1 to 1.7 times what it needs."""
+    return 49 + 2 * (200 // (k + 1))
 
 
 def log_radial_integral(k: int, beta: torch.Tensor) -> torch.Tensor:
@@ -46,8 +53,9 @@ def log_radial_integral(k: int, beta: torch.Tensor) -> torch.Tensor:
     left = _bisect(lambda d: n * (d - 1 + torch.exp(-d)) + half * (-torch.expm1(-d)).square(), _TAIL / n + 1.0, b)
     right = _bisect(lambda d: n * (torch.expm1(d) - d) + half * torch.expm1(d).square(), math.sqrt(2 * _TAIL / n), b)
     width = left + right
-    step = width / (_NODES - 1)
-    nodes = torch.linspace(0.0, 1.0, _NODES, dtype=torch.float64, device=b.device)
+    count = _nodes(k)
+    step = width / (count - 1)
+    nodes = torch.linspace(0.0, 1.0, count, dtype=torch.float64, device=b.device)
     # the nodes' placement moves the sum by less than its rounding: it is kept out of the gradient, which is then
     # the quadrature of d/dbeta of the integrand, J_(k+1) / J_k
     t = ((mode.log() - left).unsqueeze(-1) + width.unsqueeze(-1) * nodes).detach()  # (..., nodes)
@@ -56,8 +64,9 @@ def log_radial_integral(k: int, beta: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(g, -1) + step.log()).to(beta.dtype)
 
 
-def _bisect(drop, upper: float, like: torch.Tensor, iterations: int = 60) -> torch.Tensor:
-    """The d in [0, upper] where the increasing ``drop(d)`` reaches _TAIL, for every element of ``like``."""
+def _bisect(drop, upper: float, like: torch.Tensor, iterations: int = 16) -> torch.Tensor:
+    """The d in [0, upper] where the increasing ``drop(d)`` reaches _TAIL, for every element of ``like``, from above
+    to within ``upper / 2^iterations`` (the window needs to hold the mass, not to end at an exact place)."""
     low = torch.zeros_like(like)
     high = torch.full_like(like, upper)
     for _ in range(iterations):

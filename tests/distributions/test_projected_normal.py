@@ -165,3 +165,15 @@ def test_many_draws_per_batch_element_score_as_each_one_alone():
     for index in np.ndindex(5, 2, 4, 3):
         alone = ProjectedNormal(loc[index[2:]], tril[index[2:]]).log_prob(draws[index])
         assert float(got[index]) == pytest.approx(float(alone), rel=1e-13, abs=1e-13)
+
+
+def test_an_expanded_law_scores_as_its_copies_would():
+    """A plate's expand repeats the factors (stride 0): they are solved once, with the same densities as a law built
+    from materialised copies, also where the points broadcast against the batch."""
+    torch.manual_seed(2)
+    loc = torch.randn(3, 1, 5, dtype=torch.float64)
+    tril = torch.eye(5, dtype=torch.float64) + 0.4 * torch.randn(3, 1, 5, 5, dtype=torch.float64).tril(-1)
+    expanded = ProjectedNormal(loc, tril).expand((7, 3, 4))
+    copies = ProjectedNormal(loc.expand(7, 3, 4, 5).clone(), tril.expand(7, 3, 4, 5, 5).clone())
+    for points in (copies.sample((2,)), copies.sample()[:, :, :1], copies.sample()[0]):
+        assert torch.allclose(expanded.log_prob(points), copies.log_prob(points), rtol=1e-13, atol=1e-13)
