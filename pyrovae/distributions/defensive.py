@@ -100,8 +100,10 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
 
     Normal, LogNormal and MultivariateNormal get ``scale`` times their scale (with ``df``, a Student-t of that many
     degrees of freedom instead: heavier tails than any Gaussian target); von Mises-Fisher and Power Spherical get
-    their concentration divided by ``scale**2`` (kappa is an inverse variance), a projected normal its Gaussian's
-    scale multiplied by ``scale`` (its spread about the mode, where concentrated); ``Independent`` and
+    their concentration divided by ``scale**2`` (kappa is an inverse variance), a projected normal a wider Gaussian,
+    whose direction's spread about the mode is about ``scale`` times as wide (its covariance times
+    ``scale^2 |loc|^2 / (|loc|^2 - (scale^2 - 1) tr Sigma)``, at most ``scale^4``: the Gaussian's spread lengthens
+    its draws too, so a law broad already cannot grow ``scale`` times); ``Independent`` and
     ``TransformedDistribution`` (flows) widen their base. A point mass cannot be widened.
     """
     if scale < 1.0:
@@ -133,7 +135,7 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
         if df is not None:
             warnings.warn("widen: df is for Gaussian families; a ProjectedNormal only gets a wider Gaussian",
                           stacklevel=2)
-        return ProjectedNormal(fn.loc, fn.scale_tril * scale)
+        return ProjectedNormal(fn.loc, fn.scale_tril * _projected_widening(fn, scale).unsqueeze(-1).unsqueeze(-1))
     if isinstance(fn, dist.Delta):
         raise ValueError("a point mass (DeltaGuide) cannot be widened into an importance distribution; refit a "
                          "NormalGuide to the frozen model first (refit_guide)")
@@ -141,6 +143,21 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
         f"widen does not know {type(fn).__name__}; supported: Normal, LogNormal, MultivariateNormal, "
         "VonMisesFisher, PowerSpherical, ProjectedNormal, and Independent or TransformedDistribution of those"
     )
+
+
+def _projected_widening(fn: ProjectedNormal, scale: float) -> torch.Tensor:
+    """The factor on a projected normal's Cholesky factor that widens its spread about the mode ``scale`` times.
+
+    The direction of u ~ N(loc, Sigma) deviates from the mode along a tangent e with variance about
+    ``e^T Sigma e / (|loc|^2 + tr Sigma)``: the whole Gaussian's spread lengthens u too. Sigma times c gives
+    ``c e^T Sigma e / (|loc|^2 + c tr Sigma)``, ``scale^2`` times the first where
+    ``c = scale^2 |loc|^2 / (|loc|^2 - (scale^2 - 1) tr Sigma)``; where the law is already too wide for that (the
+    denominator below ``|loc|^2 / scale^2``), c is ``scale^4``, towards the uniform law."""
+    r2 = fn.loc.square().sum(-1)
+    trace = fn.scale_tril.square().sum((-2, -1))
+    room = r2 - (scale**2 - 1) * trace
+    c = torch.where(room > r2 / scale**2, scale**2 * r2 / room.clamp(min=torch.finfo(r2.dtype).tiny), scale**4)
+    return c.sqrt()
 
 
 __all__ = ["DefensiveMixture", "widen"]

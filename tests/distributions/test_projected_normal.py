@@ -177,3 +177,7 @@ def test_an_expanded_law_scores_as_its_copies_would():
     copies = ProjectedNormal(loc.expand(7, 3, 4, 5).clone(), tril.expand(7, 3, 4, 5, 5).clone())
     for points in (copies.sample((2,)), copies.sample()[:, :, :1], copies.sample()[0]):
         assert torch.allclose(expanded.log_prob(points), copies.log_prob(points), rtol=1e-13, atol=1e-13)
+    torch.manual_seed(3)
+    drawn = expanded.rsample((2,))
+    torch.manual_seed(3)
+    assert torch.allclose(drawn, copies.rsample((2,)), rtol=1e-13, atol=1e-13)

@@ -108,11 +108,14 @@ def as_full_covariance(fn, name: str):
     full-covariance member to fill in)."""
     if isinstance(fn, td.Independent) and isinstance(fn.base_dist, td.Normal) and fn.reinterpreted_batch_ndims == 1:
         return dist.MultivariateNormal(fn.base_dist.loc, scale_tril=torch.diag_embed(fn.base_dist.scale))
-    if isinstance(fn, (td.MultivariateNormal, ProjectedNormal)) or (isinstance(fn, td.Normal) and not fn.event_shape):
+    full = (td.MultivariateNormal, ProjectedNormal)
+    if isinstance(fn, full) or (isinstance(fn, td.Independent) and isinstance(fn.base_dist, full)) or (
+            isinstance(fn, td.Normal) and not fn.event_shape):
         return fn
     if isinstance(fn, (VonMisesFisher, PowerSpherical)):  # (1 + cos theta)^kappa ~ e^(-kappa theta^2 / 4)
         precision = fn.concentration / 2 if isinstance(fn, PowerSpherical) else fn.concentration
-        return ProjectedNormal(precision.sqrt().unsqueeze(-1) * fn.loc)
+        # a concentration of 0 (the uniform law) keeps a direction to refine: a radius of 1e-3 is uniform to 1e-3
+        return ProjectedNormal(precision.sqrt().clamp(min=1e-3).unsqueeze(-1) * fn.loc)
     if isinstance(fn, td.Independent) and isinstance(fn.base_dist, (VonMisesFisher, PowerSpherical)):
         return dist.Independent(as_full_covariance(fn.base_dist, name), fn.reinterpreted_batch_ndims)
     family = type(fn.base_dist if isinstance(fn, td.Independent) else fn).__name__

@@ -174,7 +174,8 @@ def log_likelihood(
         bidirectional Monte Carlo whatever it is.
     :param int refine_steps: optimisation steps of the refined proposals and of ``"auto"``'s refined stage
         (default: ``max(100, 12 x`` the latent size per datum``)`` for a full-covariance refinement, as ``"auto"``'s
-        of a Gaussian guide; 100 within the guide's family: :class:`~pyrovae.infer.RefinedProposal`).
+        of a Gaussian guide or of one on the sphere (refined as a projected normal); 100 within the guide's family:
+        :class:`~pyrovae.infer.RefinedProposal`).
     :param int seed: draw from torch's generator seeded with this (the same estimate on every call, on one
         machine), leaving the caller's generator as it was; None (default): draw from the caller's generator.
     """

@@ -30,15 +30,19 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from pyrovae.data.source import IndexedSource
 from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
-from pyrovae.infer.batches import BatchSource
+from pyrovae.infer.batches import BatchSource, module_device
 from pyrovae.infer.estimation.certify import auto_log_likelihood
 from pyrovae.infer.estimation.importance import fingerprint
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
+from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.seeding import seeded
 from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
 
@@ -153,7 +157,25 @@ def _sees_parameters(model, guide) -> bool:
                ) or bool(list(pyro.get_param_store().keys()))
 
 
-MANIFEST_VERSION = 3  # 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not)
+# 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not); 4: auto refines a latent
+# on the sphere as a projected normal (3: in the guide's own family; its other parts are 4's)
+MANIFEST_VERSION = 4
+
+
+def _latent_on_sphere(model, guide, data, device) -> bool:
+    """Whether a latent site of ``guide`` lies on the sphere (the guide traced on the first datum)."""
+    device = module_device(model, guide) if device is None else torch.device(device)
+    source = BatchSource(_subset(data, 0, 1), 1, False, device, name="data", seed=0, dtype=floating_dtype(model, guide))
+    with torch.no_grad(), poutine.block(), evaluation_mode(model, guide, frozen=True):
+        trace = poutine.trace(guide).get_trace(*next(iter(source)))
+    for site in trace.nodes.values():
+        latent = site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        support = site["fn"].support if latent else None
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if isinstance(support, type(constraints.sphere)):
+            return True
+    return False
 
 
 def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data) -> dict:
@@ -228,11 +250,17 @@ def log_likelihood_in_parts(
         if version > MANIFEST_VERSION:
             raise ValueError(f"{folder} holds the parts of a scoring by a newer pyrovae (manifest version {version}, "
                              f"this one reads {MANIFEST_VERSION}): upgrade pyrovae, or score into another folder")
-        if version < MANIFEST_VERSION and found["options"].get("proposal") == "auto":
+        if version < 3 and found["options"].get("proposal") == "auto":
             raise ValueError(f"{folder} holds the parts of a proposal='auto' scoring by an earlier pyrovae (manifest "
                              f"version {version}: its stages certified at k-hat <= 0.7 whatever the draws, its AIS "
                              "took a fixed step size), which would mix two estimators: score into another folder, or "
                              "delete this one to start again")
+        if version == 3 and found["options"].get("proposal") == "auto" and _latent_on_sphere(model, guide, data,
+                                                                                          options.get("device")):
+            raise ValueError(f"{folder} holds the parts of a proposal='auto' scoring by an earlier pyrovae (manifest "
+                             "version 3: its refined stage kept a latent on the sphere in the guide's own family, "
+                             "now refined as a projected normal), which would mix two estimators: score into another "
+                             "folder, or delete this one to start again")
         found["version"] = MANIFEST_VERSION  # the other proposals' parts hold what they held (certified when read)
         found.setdefault("all_data", expected["all_data"])  # a manifest before every datum was digested: recorded now
         if found != expected:

@@ -313,7 +313,7 @@ def test_an_auto_scoring_of_an_earlier_version_is_refused_and_others_resume(tmp_
             if proposal == "auto" else dict(part_size=20, num_samples=50)
         first = _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert manifest["version"] == 3
+        assert manifest["version"] == 4
         for version in (2, None):  # version 1 wrote none
             manifest.pop("version", None)
             if version is not None:
@@ -325,8 +325,30 @@ def test_an_auto_scoring_of_an_earlier_version_is_refused_and_others_resume(tmp_
                     _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
             else:
                 _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options))
-                assert json.loads((folder / "manifest.json").read_text())["version"] == 3
-    manifest["version"] = 4
+                assert json.loads((folder / "manifest.json").read_text())["version"] == 4
+    manifest["version"] = 5
     (tmp_path / "guide" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="by a newer pyrovae"):
         _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path / "guide", part_size=20, num_samples=50)
+
+
+def test_an_auto_scoring_of_version_3_resumes_for_a_gaussian_guide_and_is_refused_for_one_on_the_sphere(tmp_path):
+    """Version 4 changed what "auto" does for a latent on the sphere alone (refined as a projected normal, no longer
+    in the guide's own family): a Gaussian guide's version-3 parts are this version's estimates and resume; a
+    spherical guide's would mix two estimators and are refused, naming why."""
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((8, 12), 0.3))
+    options = dict(part_size=4, num_samples=20, proposal="auto", ais_chains=8, ais_steps=3, refine_steps=3)
+    for kind, refused in (("vae", False), ("svae-vmf", True), ("svae-power", True)):
+        model, guide = make_pair(kind, 12, 3, (8,))
+        folder = tmp_path / kind
+        first = _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
+        if refused:
+            with pytest.raises(ValueError, match=r"manifest version 3: its refined stage kept a latent on the sphere "
+                                                 r"in the guide's own family, now refined as a projected normal"):
+                _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
+        else:
+            _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x, folder, **options))
+            assert json.loads((folder / "manifest.json").read_text())["version"] == 4

@@ -52,6 +52,10 @@ def test_independent_spheres_become_independent_projected_normals_and_gaussians_
     assert isinstance(as_full_covariance(gaussian, "z"), dist.MultivariateNormal)
     already = ProjectedNormal(torch.randn(5, 4))
     assert as_full_covariance(already, "z") is already
+    several = ProjectedNormal(torch.randn(5, 2, 4)).to_event(1)
+    assert as_full_covariance(several, "z") is several
+    uniform = as_full_covariance(PowerSpherical(loc[:, 0], torch.zeros(5)), "z")  # concentration 0: uniform
+    assert all(torch.isfinite(value).all() for value in unconstrained(uniform).values())
     flow = dist.TransformedDistribution(dist.Normal(torch.zeros(5, 3), 1.0).to_event(1),
                                         [dist.transforms.ExpTransform()])
     refused = r"site 'z' is a TransformedDistribution.*no full-covariance member.*full_covariance=False"
@@ -75,12 +79,20 @@ def test_its_parameters_round_trip_and_a_collapsed_spread_is_widened_to_its_floo
     assert (torch.linalg.eigvalsh(covariance.double()).amin(-1).sqrt() >= 0.99 * floor).all()
 
 
-def test_widening_a_projected_normal_widens_its_spread_about_the_mode():
-    mode = torch.nn.functional.normalize(torch.ones(8, dtype=torch.float64), dim=0)
-    fn = ProjectedNormal(30.0 * mode)
-    wide = widen(fn, 2.0)
-    assert torch.equal(wide.loc, fn.loc) and torch.equal(wide.scale_tril, 2.0 * fn.scale_tril)
-    assert _one_minus_mean_cosine(wide, mode) == pytest.approx(4 * _one_minus_mean_cosine(fn, mode), rel=0.1)
+@pytest.mark.parametrize(("m", "r2"), [(8, 900.0), (41, 200.0), (41, 1000.0)])
+def test_widening_a_projected_normal_widens_its_spread_about_the_mode(m, r2):
+    """1 - E[mu . z], the mean squared angle from the mode over two, grows about scale^2 times, also where the
+    Gaussian's own spread lengthens the draws (41 dimensions against a squared radius of 200)."""
+    torch.manual_seed(m)
+    mode = torch.nn.functional.normalize(torch.ones(m, dtype=torch.float64), dim=0)
+    fn = ProjectedNormal(math.sqrt(r2) * mode)
+    for scale in (2.0, 3.0):
+        wide = widen(fn, scale)
+        assert torch.equal(wide.loc, fn.loc)
+        ratio = _one_minus_mean_cosine(wide, mode) / _one_minus_mean_cosine(fn, mode)
+        assert ratio == pytest.approx(scale**2, rel=0.3), (scale, ratio)
+    broad = ProjectedNormal(mode)  # already near uniform: the widest it gets is scale^2 times its Gaussian's scale
+    assert torch.allclose(widen(broad, 3.0).scale_tril, 9.0 * broad.scale_tril)
     with pytest.warns(UserWarning, match="df is for Gaussian families"):
         widen(fn, 2.0, df=3.0)
 
