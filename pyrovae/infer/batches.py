@@ -191,11 +191,21 @@ def _warn_dtype(name: str, found: torch.dtype, model: torch.dtype) -> None:
 def check_training_source(batches: BatchSource, chosen_drop_last: bool | None, distributed: bool) -> None:
     """Refuse training on a stream that keeps (or drops) its incomplete last batch where ``drop_last`` was asked for
     otherwise: a stream batches by itself, and would do as it was built in silence (left unset, the stream's own
-    is followed; a traced objective then traces its last short batch once more). Under torchrun, warn of a
-    DataLoader that every rank would read whole, and when a stream's ranks would leave many cells untrained."""
+    is followed; a traced objective then traces its last short batch once more). Refuse a DataLoader whose
+    DistributedSampler reads for other ranks than this process's. Under torchrun, warn of a DataLoader that every
+    rank would read whole, and when a stream's ranks would leave many cells untrained."""
     stream = getattr(batches.source, "stream", None)
     loader = getattr(batches.source, "loader", None)
-    if distributed and loader is not None and not isinstance(loader_sampler(loader), DistributedSampler):
+    sampler = loader_sampler(loader) if loader is not None else None
+    if isinstance(sampler, DistributedSampler) and (sampler.rank, sampler.num_replicas) != (rank(), world_size()):
+        raise ValueError(
+            f"{batches.name} is a DataLoader whose DistributedSampler reads as rank {sampler.rank} of "
+            f"{sampler.num_replicas}, but this process is rank {rank()} of {world_size()}: it would train on another "
+            "rank's data or leave some unread. Build it with DistributedSampler(dataset, num_replicas=world_size(), "
+            "rank=rank()) (from pyrovae.process_group), or pass the Dataset itself, which train splits between the "
+            "ranks"
+        )
+    if distributed and loader is not None and not isinstance(sampler, DistributedSampler):
         warnings.warn(f"{batches.name} is a DataLoader without a DistributedSampler, and under torchrun every rank "
                       "reads all of it each epoch: the data are not split between the ranks, so the global batch is "
                       "not N times one rank's and the work is repeated. Pass the Dataset itself, which train splits "

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from pyrovae.data import TensorData
 from pyrovae.data.source import as_source, rank_share
+from pyrovae.infer import batches as batches_module
 from pyrovae.infer.batches import BatchSource, check_training_source, no_batch
 
 CPU = torch.device("cpu")
@@ -78,7 +79,7 @@ def test_a_share_without_a_batch_names_the_ranks(data, drop_last, expected):
         raise no_batch(batches)
 
 
-def test_a_dataloader_is_read_as_its_sampler_says_and_without_a_distributed_one_train_warns():
+def test_a_dataloader_is_read_as_its_sampler_says_and_without_a_distributed_one_train_warns(monkeypatch):
     dataset = TensorDataset(torch.arange(12, dtype=torch.float32).unsqueeze(-1))
     plain = as_source(DataLoader(dataset, batch_size=3))
     assert plain.for_ranks(1, 2) is plain
@@ -87,6 +88,7 @@ def test_a_dataloader_is_read_as_its_sampler_says_and_without_a_distributed_one_
 
     sampler = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=0)
     batches = BatchSource(as_source(DataLoader(dataset, batch_size=3, sampler=sampler)), None, True, CPU, seed=0)
+    _as_rank(monkeypatch, 1, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_training_source(batches, None, True)
@@ -98,9 +100,10 @@ def test_a_dataloader_is_read_as_its_sampler_says_and_without_a_distributed_one_
     assert epochs[0] != epochs[1]
 
 
-def test_a_dataloader_with_a_distributed_batch_sampler_is_recognised_and_told_the_epoch():
+def test_a_dataloader_with_a_distributed_batch_sampler_is_recognised_and_told_the_epoch(monkeypatch):
     from torch.utils.data import BatchSampler
 
+    _as_rank(monkeypatch, 0, 2)
     dataset = TensorDataset(torch.arange(12, dtype=torch.float32).unsqueeze(-1))
     sampler = DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=True, seed=0)
     loader = DataLoader(dataset, batch_sampler=BatchSampler(sampler, batch_size=3, drop_last=False))
@@ -111,6 +114,25 @@ def test_a_dataloader_with_a_distributed_batch_sampler_is_recognised_and_told_th
     batches.set_epoch(3)
     list(batches)
     assert sampler.epoch == 3
+
+
+def _as_rank(monkeypatch, this_rank: int, ranks: int) -> None:
+    """This process as rank ``this_rank`` of ``ranks``, as check_training_source reads it."""
+    monkeypatch.setattr(batches_module, "rank", lambda: this_rank)
+    monkeypatch.setattr(batches_module, "world_size", lambda: ranks)
+
+
+@pytest.mark.parametrize(("sampled", "this"), [((1, 2), (0, 1)), ((0, 2), (1, 2)), ((0, 4), (0, 2))])
+def test_a_distributed_sampler_for_other_ranks_than_this_processs_is_refused(monkeypatch, sampled, this):
+    """A DistributedSampler built for another rank or number of ranks would train on another rank's data or leave
+    some unread, in silence: refused by name (a single process included, whose sampler would read half the set)."""
+    dataset = TensorDataset(torch.arange(12, dtype=torch.float32).unsqueeze(-1))
+    sampler = DistributedSampler(dataset, num_replicas=sampled[1], rank=sampled[0])
+    batches = BatchSource(as_source(DataLoader(dataset, batch_size=3, sampler=sampler)), None, True, CPU, seed=0)
+    _as_rank(monkeypatch, *this)
+    with pytest.raises(ValueError, match=rf"DistributedSampler reads as rank {sampled[0]} of {sampled[1]}, but this "
+                                         rf"process is rank {this[0]} of {this[1]}.*num_replicas=world_size\(\)"):
+        check_training_source(batches, None, this[1] > 1)
 
 
 def test_a_dataset_takes_no_draw_from_torchs_generator():
