@@ -13,7 +13,7 @@ from torch.distributions import constraints
 
 from pyrovae.distributions.power_spherical import PowerSpherical
 from pyrovae.distributions.projected_normal import ProjectedNormal
-from pyrovae.distributions.shapes import expanded_batch_shape
+from pyrovae.distributions.shapes import distinct, expanded_batch_shape
 from pyrovae.distributions.von_mises_fisher import VonMisesFisher
 
 _NO_SHAPE = torch.Size()
@@ -135,7 +135,8 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
         if df is not None:
             warnings.warn("widen: df is for Gaussian families; a ProjectedNormal only gets a wider Gaussian",
                           stacklevel=2)
-        return ProjectedNormal(fn.loc, fn.scale_tril * _projected_widening(fn, scale).unsqueeze(-1).unsqueeze(-1))
+        factor = _projected_widening(fn, scale).unsqueeze(-1).unsqueeze(-1)
+        return ProjectedNormal(fn.loc, distinct(fn.scale_tril, 2) * factor)  # an expanded law's copy stays a view
     if isinstance(fn, dist.Delta):
         raise ValueError("a point mass (DeltaGuide) cannot be widened into an importance distribution; refit a "
                          "NormalGuide to the frozen model first (refit_guide)")
@@ -153,8 +154,8 @@ def _projected_widening(fn: ProjectedNormal, scale: float) -> torch.Tensor:
     ``c e^T Sigma e / (|loc|^2 + c tr Sigma)``, ``scale^2`` times the first where
     ``c = scale^2 |loc|^2 / (|loc|^2 - (scale^2 - 1) tr Sigma)``; where the law is already too wide for that (the
     denominator below ``|loc|^2 / scale^2``), c is ``scale^4``, towards the uniform law."""
-    r2 = fn.loc.square().sum(-1)
-    trace = fn.scale_tril.square().sum((-2, -1))
+    r2 = distinct(fn.loc, 1).square().sum(-1)  # once per distinct factor, not per copy of an expand
+    trace = distinct(fn.scale_tril, 2).square().sum((-2, -1))
     room = r2 - (scale**2 - 1) * trace
     c = torch.where(room > r2 / scale**2, scale**2 * r2 / room.clamp(min=torch.finfo(r2.dtype).tiny), scale**4)
     return c.sqrt()

@@ -9,7 +9,7 @@ import math
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
-from pyrovae.distributions.shapes import expanded_batch_shape
+from pyrovae.distributions.shapes import distinct, expanded_batch_shape
 from pyrovae.ops.radial import log_radial_integral
 
 
@@ -60,7 +60,7 @@ class ProjectedNormal(TorchDistribution):
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        tril = _distinct(self.scale_tril, 2)
+        tril = distinct(self.scale_tril, 2)
         u = self.loc + _per_factor(lambda factor, columns: factor @ columns, tril, eps, shape[:-1])
         return u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
 
@@ -70,8 +70,8 @@ class ProjectedNormal(TorchDistribution):
         m = self.event_shape[0]
         shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
         # each distinct factor converted and solved once: not once per copy of an expand (a plate of draws or chains)
-        tril = _distinct(self.scale_tril, 2).double()
-        v = torch.linalg.solve_triangular(tril, _distinct(self.loc, 1).double().unsqueeze(-1), upper=False).squeeze(-1)
+        tril = distinct(self.scale_tril, 2).double()
+        v = torch.linalg.solve_triangular(tril, distinct(self.loc, 1).double().unsqueeze(-1), upper=False).squeeze(-1)
         w = _per_factor(_solve, tril, value.double(), shape)  # L^-1 z
         a = w.square().sum(-1)
         b = (w * v).sum(-1)
@@ -80,14 +80,6 @@ class ProjectedNormal(TorchDistribution):
         log_p = (-0.5 * m * math.log(2 * math.pi) - log_det - 0.5 * c - 0.5 * m * a.log()
                  + log_radial_integral(m - 1, b * a.rsqrt()))
         return log_p.to(value.dtype)
-
-
-def _distinct(tensor: torch.Tensor, event_dims: int) -> torch.Tensor:
-    """``tensor`` with every batch dimension that an expand repeats (stride 0) cut to size 1."""
-    for dim in range(tensor.dim() - event_dims):
-        if tensor.stride(dim) == 0 and tensor.shape[dim] > 1:
-            tensor = tensor.narrow(dim, 0, 1)
-    return tensor
 
 
 def _solve(factor: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:

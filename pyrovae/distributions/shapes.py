@@ -7,6 +7,15 @@ import torch
 from torch.distributions import constraints
 
 
+def distinct(tensor: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """``tensor`` with every batch dimension that an expand repeats (stride 0) cut to size 1: each distinct
+    parameter once, to compute on before broadcasting back."""
+    for dim in range(tensor.dim() - event_dims):
+        if tensor.stride(dim) == 0 and tensor.shape[dim] > 1:
+            tensor = tensor.narrow(dim, 0, 1)
+    return tensor
+
+
 def expanded_batch_shape(distribution, batch_shape) -> torch.Size:
     """``batch_shape`` as a ``torch.Size`` if ``distribution`` can be expanded to it, else a ``ValueError``.
 

@@ -71,13 +71,18 @@ class RadialLift:
         return -0.5 * u.square().sum(-1) / self.scale**2 - self._log_normaliser
 
 
-def _coordinates(site: dict):
-    """The map from R^n onto a site's support: ``biject_to`` of the support, or the radial lift of the sphere (also
-    of several independent spheres, a vMF ``.to_event(1)``: the lift's factor is per sphere, summed later)."""
-    support = site["fn"].support
+def on_sphere(fn) -> bool:
+    """Whether ``fn`` is a law on the sphere (also on several independent spheres, a vMF ``.to_event(1)``)."""
+    support = fn.support
     while isinstance(support, constraints.independent):
         support = support.base_constraint
-    if isinstance(support, type(constraints.sphere)):
+    return isinstance(support, type(constraints.sphere))
+
+
+def _coordinates(site: dict):
+    """The map from R^n onto a site's support: ``biject_to`` of the support, or the radial lift of the sphere (also
+    of several independent spheres: the lift's factor is per sphere, summed later)."""
+    if on_sphere(site["fn"]):
         return RadialLift(site["fn"].event_shape[-1])
     return biject_to(site["fn"].support)
 

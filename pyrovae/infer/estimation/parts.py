@@ -31,13 +31,13 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from pyrovae.data.source import IndexedSource
 from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
 from pyrovae.infer.batches import BatchSource, module_device
+from pyrovae.infer.estimation.ais import on_sphere
 from pyrovae.infer.estimation.certify import auto_log_likelihood
 from pyrovae.infer.estimation.importance import fingerprint
 from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
@@ -168,14 +168,8 @@ def _latent_on_sphere(model, guide, data, device) -> bool:
     source = BatchSource(_subset(data, 0, 1), 1, False, device, name="data", seed=0, dtype=floating_dtype(model, guide))
     with torch.no_grad(), poutine.block(), evaluation_mode(model, guide, frozen=True):
         trace = poutine.trace(guide).get_trace(*next(iter(source)))
-    for site in trace.nodes.values():
-        latent = site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-        support = site["fn"].support if latent else None
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
-        if isinstance(support, type(constraints.sphere)):
-            return True
-    return False
+    return any(site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+               and on_sphere(site["fn"]) for site in trace.nodes.values())
 
 
 def _manifest(num_data: int, part_size: int, seed: int, options: dict, digest: str, data) -> dict:
