@@ -22,9 +22,10 @@ run: $(STAMP)
 	$(PY) experiments/quickstart.py
 
 # two worker processes (pytest-xdist), each file on one of them (a module's fixtures made once), one thread each
-# (tests/conftest.py): most of the suite is Python and process start-up, which a second core halves
+# (tests/conftest.py): most of the suite is Python and process start-up, which a second core halves; the files of
+# long tests first (tests/conftest.py: LONG_FILES), in collection order
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

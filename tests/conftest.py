@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pyro
 import pytest
@@ -55,7 +56,23 @@ def _pyro_validation(request):
                     f"default: {flags}); pyrovae.ops.capture.compile_function compiles without that")
 
 
+# The files of long tests (scripts run as subprocesses, torchrun launches), longest first: collected before every
+# other file, so that `make test`, which hands whole files to its two workers in collection order (`--dist loadfile
+# --no-loadscope-reorder`), starts them first and fills in around them with the many short files. Ordered by their
+# number of tests (xdist's default), these few-test files came last and one worker ended the run alone with one.
+LONG_FILES = ("test_experiments_single_cell.py", "test_experiments.py", "infer/test_distributed.py",
+              "test_experiments_tahoe.py", "docs/test_tutorials.py", "sc/test_pbmc_quickstart.py")
+TESTS = Path(__file__).resolve().parent
+
+
+def _long_files_first(item) -> int:
+    path = Path(item.path).resolve()
+    name = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else ""
+    return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_long_files_first)  # stable: the order within a file, and among the other files, is kept
     skip_cuda = pytest.mark.skip(reason="no CUDA device")
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
