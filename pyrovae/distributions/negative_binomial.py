@@ -32,7 +32,7 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
-from pyrovae.distributions.shapes import check_parameters, expanded_batch_shape
+from pyrovae.distributions.shapes import as_tensors, check_parameters, expanded_batch_shape, finite_nonnegative
 from pyrovae.distributions.sparse_counts import score_counts
 from pyrovae.distributions.zero_inflated import ZeroInflated
 from pyrovae.ops.capture import capturing
@@ -239,16 +239,17 @@ class NegativeBinomial(dist.NegativeBinomial):
     written as the gamma-Poisson mixture it is, so that it reaches the limit too. As theta -> infinity it becomes
     ``Poisson(mu)``, to float precision, and ``theta = inf`` is that Poisson exactly (density, samples, mean,
     variance). ``inverse_dispersion`` may have fewer dimensions than ``mean`` (one per gene): it is broadcast,
-    never copied. With validation on, a negative or NaN mean and a theta that is not positive are refused,
-    naming the values.
+    never copied. With validation on, a mean that is negative, infinite or NaN and a theta that is not positive
+    are refused, naming the values.
 
     :param torch.Tensor mean: the mean mu.
     :param torch.Tensor inverse_dispersion: theta; the variance is mu + mu^2 / theta.
     """
 
-    arg_constraints = {"mean": constraints.nonnegative, "inverse_dispersion": constraints.positive}
+    arg_constraints = {"mean": finite_nonnegative, "inverse_dispersion": constraints.positive}
 
     def __init__(self, mean: torch.Tensor, inverse_dispersion: torch.Tensor, validate_args=None) -> None:
+        mean, inverse_dispersion = as_tensors(mean, inverse_dispersion)
         self.mu, self.theta = mean, inverse_dispersion
         self.total_count = inverse_dispersion  # torch's name
         batch_shape = torch.broadcast_shapes(mean.shape, inverse_dispersion.shape)
@@ -318,10 +319,10 @@ class ZeroInflatedNegativeBinomial(ZeroInflated):
     """With probability ``sigmoid(gate_logits)`` an extra zero, otherwise NB(mean, inverse dispersion)
     (:class:`NegativeBinomial`). The log-density is computed from the gate logits whatever was read before
     (:class:`~pyrovae.distributions.zero_inflated.ZeroInflated`); with validation on, the constructor refuses a
-    negative or NaN mean, a theta that is not positive and NaN gate logits, naming the values.
+    mean that is negative, infinite or NaN, a theta that is not positive and NaN gate logits, naming the values.
     """
 
-    arg_constraints = {"mean": constraints.nonnegative, "inverse_dispersion": constraints.positive,
+    arg_constraints = {"mean": finite_nonnegative, "inverse_dispersion": constraints.positive,
                        "gate_logits": constraints.real}
 
     def __init__(self, mean, inverse_dispersion, gate_logits, validate_args=None) -> None:

@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from pyrovae.distributions.shapes import expanded_batch_shape
+from pyrovae.distributions.shapes import expanded_batch_shape, finite_nonnegative, finite_positive
 from pyrovae.distributions.sparse_counts import score_counts
 from pyrovae.distributions.zero_inflated import ZeroInflated
 
@@ -29,7 +29,10 @@ def poisson_log_prob(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
 
 
 class Poisson(dist.Poisson):
-    """Pyro's Poisson whose :meth:`log_prob` skips the zero counts' logarithm and Gamma function (same values)."""
+    """Pyro's Poisson whose :meth:`log_prob` skips the zero counts' logarithm and Gamma function (same values), and
+    whose validation refuses an infinite rate too (torch's lets it through)."""
+
+    arg_constraints = {"rate": finite_nonnegative}
 
     def expand(self, batch_shape, _instance=None):
         """Pyro's ``expand``, with a batch shape it cannot broadcast to refused by name (``ValueError``)."""
@@ -45,9 +48,9 @@ class ZeroInflatedPoisson(ZeroInflated):
     """With probability ``sigmoid(gate_logits)`` an extra zero, otherwise :class:`Poisson` (rate): the log-density
     is computed from the gate logits whatever was read before
     (:class:`~pyrovae.distributions.zero_inflated.ZeroInflated`). With validation on, the constructor refuses a
-    rate that is not positive and NaN gate logits, naming the values."""
+    rate that is not positive or not finite and NaN gate logits, naming the values."""
 
-    arg_constraints = {"rate": constraints.positive, "gate_logits": constraints.real}
+    arg_constraints = {"rate": finite_positive, "gate_logits": constraints.real}
 
     def __init__(self, rate: torch.Tensor, gate_logits: torch.Tensor, validate_args=None) -> None:
         super().__init__(Poisson(rate, validate_args=False), gate_logits, {"rate": rate}, validate_args=validate_args)

@@ -4,7 +4,7 @@ against their constraints, with errors that name the parameter, what it must be 
 from __future__ import annotations
 
 import torch
-from torch.distributions import constraints
+from torch.distributions import biject_to, constraints, transform_to
 
 
 def distinct(tensor: torch.Tensor, event_dims: int) -> torch.Tensor:
@@ -37,8 +37,30 @@ def expanded_batch_shape(distribution, batch_shape) -> torch.Size:
     return batch_shape
 
 
+class _Finite(constraints.Constraint):
+    """``base`` and finite: the mean or rate of a count distribution, where torch's ``nonnegative`` and ``positive``
+    let infinity through (a law with an infinite mean is no distribution: its log-densities were -inf and NaN)."""
+
+    def __init__(self, base: constraints.Constraint) -> None:
+        self.base = base
+        super().__init__()
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.check(value) & torch.isfinite(value)
+
+    def __repr__(self) -> str:
+        return f"Finite({self.base})"
+
+
+finite_nonnegative, finite_positive = _Finite(constraints.nonnegative), _Finite(constraints.positive)
+biject_to.register(_Finite, lambda constraint: biject_to(constraint.base))  # onto the open set: finite anyway
+transform_to.register(_Finite, lambda constraint: transform_to(constraint.base))
+
+
 def describe(constraint) -> str:
     """A constraint in words, for error messages."""
+    if isinstance(constraint, _Finite):
+        return f"finite and {describe(constraint.base)}"
     if constraint is constraints.positive or (isinstance(constraint, constraints.greater_than)
                                               and constraint.lower_bound == 0):
         return "positive (> 0)"
@@ -50,6 +72,14 @@ def describe(constraint) -> str:
     if constraint is constraints.sphere:
         return "a unit vector along the last dimension"
     return str(constraint)
+
+
+def as_tensors(*values) -> tuple[torch.Tensor, ...]:
+    """Parameters as tensors, as torch's distributions take them: a Python number becomes a tensor of the first
+    floating-point tensor's dtype and device among ``values`` (torch's default dtype where there is none)."""
+    like = next((v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()), None)
+    dtype, device = (like.dtype, like.device) if like is not None else (torch.get_default_dtype(), None)
+    return tuple(v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=dtype, device=device) for v in values)
 
 
 def check_parameters(distribution, parameters: dict) -> None:
@@ -77,4 +107,5 @@ def check_parameters(distribution, parameters: dict) -> None:
         )
 
 
-__all__ = ["check_parameters", "describe", "expanded_batch_shape"]
+__all__ = ["as_tensors", "check_parameters", "describe", "expanded_batch_shape", "finite_nonnegative",
+           "finite_positive"]

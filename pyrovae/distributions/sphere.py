@@ -88,10 +88,22 @@ def tangent_gaussians(shape: torch.Size, m: int, dtype, device) -> tuple[torch.T
     ``g / |g|`` is a uniform direction in the tangent space of S^(m-1) at e1, and ``|g|^2 / 2`` is a
     Gamma((m-1)/2) variate independent of that direction: the Power Spherical sampler uses it as one of the two
     gammas of its Beta draw, and the von Mises-Fisher sampler as its gamma proposal's first variate.
+
+    A draw of no direction, ``g = 0``, takes ``+-e2`` (and ``|g|^2 / 2 = 1/2``) instead, the sign that of the first
+    normal drawn (independent of the others, and otherwise unused): ``torch.randn`` returns exactly 0.0 about once
+    in 2.5e7 float32 draws, so on the circle (m = 2, one tangent coordinate) a sampler would put about one point in
+    2.5e7 off the sphere, at ``w loc``. The direction stays uniform, and nothing more is drawn.
     """
     g = torch.randn(*shape, m, dtype=dtype, device=device)
+    if m == 1:  # no tangent space
+        g[..., 0] = 0.0
+        return g, 0.5 * row_dot(g, g)
+    sign = 1.0 - 2.0 * (g[..., 0] < 0).to(dtype)
     g[..., 0] = 0.0
-    return g, 0.5 * row_dot(g, g)
+    half_sq_norm = 0.5 * row_dot(g, g)
+    no_direction = half_sq_norm == 0  # a select, not a branch: no host sync, nothing for a compiled step to break on
+    g[..., 1] = torch.where(no_direction, sign, g[..., 1])
+    return g, half_sq_norm + 0.5 * no_direction.to(dtype)
 
 
 def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torch.Tensor, g: torch.Tensor,
@@ -122,7 +134,7 @@ def rotate_from_north_pole(loc: torch.Tensor, w: torch.Tensor, one_minus_w: torc
     sign = 1 - 2 * (first < 0).to(loc.dtype)  # +-1 (an arithmetic select: torch.where is slow on the CPU)
     y_first = -sign * w
     u_first = 1.0 + sign * first  # >= 1
-    a = sine * torch.rsqrt(2.0 * half_sq_norm).nan_to_num(posinf=0.0)  # g = 0 only when m = 1
+    a = sine * torch.rsqrt(2.0 * half_sq_norm).nan_to_num(posinf=0.0)  # g = 0 only when m = 1 (no tangent)
     c = (y_first * u_first + sign * a * row_dot(g, loc)) / u_first
     z = torch.addcmul(a.unsqueeze(-1) * g, (-c * sign).unsqueeze(-1), loc)
     z[..., 0] += y_first - c

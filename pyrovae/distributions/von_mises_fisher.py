@@ -48,10 +48,12 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     where g is concave, k > 0), so that g(R) is at least 40 below the peak. Three panels of 32-point
     Gauss-Legendre cover it: up to 8 widths below the mode, the bump (to 8 widths above it; up to 40 when it is at
     r = 0), and the tail. On the circle (m = 2, nu = -1/2) the angle q = 2 sin^2(phi / 2) makes the integrand
-    smooth: sqrt(d (2 - d)) int_0^phi_d (c - q) e^(k (d - q)) dphi, cut where it is below e^-45 of its peak.
+    smooth: sqrt(d (2 - d)) int_0^phi_d (c - q) e^(k (d - q)) dphi, cut where it is below e^-45 of its peak; on the
+    mirrored side in the angle from the other pole, 2 - q = 2 sin^2(psi / 2), so that q near 2 keeps its digits.
 
     Measured against mpmath's quadrature of the definition: relative error below 1e-11 for m from 2 to 1000,
-    kappa from 1e-3 to 1e5 and every w, tails of chance 1e-600 included (tests/distributions/test_spherical.py).
+    kappa from 1e-3 to 1e5 and every w, tails of chance 1e-600 included, on the circle to kappa = 1e12; and from
+    kappa = 1e14 to 1e150 against the limit law delta / kappa, to 1e-12 (tests/distributions/test_spherical.py).
     ``one_minus_mean`` is 1 - A_m(kappa) where the caller has it. Computed in float64.
     """
     dtype = kappa.dtype
@@ -69,19 +71,24 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     mirrored = delta > (one_minus_mean * (1 + 2 * math.sqrt(2 / max(m - 1, 1)))).clamp(max=1.0)
     span = torch.where(mirrored, 2 - delta, delta)  # exact for delta in [1, 2] (Sterbenz)
     k = torch.where(mirrored, -kappa, kappa)
-    c = torch.where(mirrored, 2 - one_minus_mean, one_minus_mean)
-    if nu < 0:  # the circle, in the angle; the kernel e^(k (d - q)) peaks at q = 0 (k > 0) or at q = d (k < 0)
-        def angle(q):
-            return 2 * torch.asin(torch.sqrt(0.5 * q).clamp(max=1.0))
+    if nu < 0:  # the circle, in the angle t from the kernel's peak, s = 2 sin^2(t / 2) the distance to it in q
+        def angle(s):
+            return 2 * torch.asin(torch.sqrt(0.5 * s).clamp(max=1.0))
 
-        reach = 45 / kappa.clamp(min=1e-300)  # how far in q the kernel stays above e^-45 of its peak
-        low = torch.where(mirrored, angle((span - reach).clamp(min=0)), 0.0)
-        high = torch.where(mirrored, angle(span), angle(torch.minimum(span, reach)))
+        # q = s on the direct side (the peak at q = 0, s up to delta); 2 - q = s on the mirrored one (the peak at
+        # q = span, s from delta): there q itself would round to 2 where delta is below float64's resolution at 2
+        # (from kappa ~ 1e12 the gradient lost digits, from 1e16 all of them); the kernel is e^(kappa (delta - s))
+        # on both sides, and c - q = +-((1 - A) - s)
+        reach = 45 / kappa.clamp(min=1e-300)  # how far in s the kernel stays above e^-45 of its peak
+        low = torch.where(mirrored, angle(delta), 0.0)
+        high = torch.where(mirrored, angle((delta + reach).clamp(max=2.0)), angle(torch.minimum(delta, reach)))
         half = 0.5 * (high - low)
-        phi = (low + half).unsqueeze(-1) + half.unsqueeze(-1) * nodes  # (..., nodes)
-        q = 2 * torch.sin(0.5 * phi).square()
-        integrand = (c.unsqueeze(-1) - q) * torch.exp(k.unsqueeze(-1) * (span.unsqueeze(-1) - q))
-        return (torch.sqrt(span * (2 - span)) * half * (integrand @ weights)).to(dtype)
+        t = (low + half).unsqueeze(-1) + half.unsqueeze(-1) * nodes  # (..., nodes)
+        s = 2 * torch.sin(0.5 * t).square()
+        side = torch.where(mirrored, -1.0, 1.0).unsqueeze(-1)
+        kernel = torch.exp(kappa.unsqueeze(-1) * (delta.unsqueeze(-1) - s))
+        integrand = side * (one_minus_mean.unsqueeze(-1) - s) * kernel
+        return (torch.sqrt(delta * (2 - delta)) * half * (integrand @ weights)).to(dtype)
     # on the mirrored side c - span = delta - (1 - A) and 2 - span = delta, from delta itself: as (2 - c) - (2 - delta)
     # and 2 - (2 - delta) they would be small differences of numbers near 2, where the kernel's mass is
     gap = torch.where(mirrored, delta - one_minus_mean, one_minus_mean - delta)  # c - span
@@ -93,11 +100,24 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     def span_minus_q(r):
         return -span * torch.expm1(-r)
 
-    root = 4 * (nu + 1) / ((2 * k + 2 * nu + 1) + torch.sqrt((2 * k - 1).square() + 4 * nu * (nu + 1)))
-    mode = torch.log(span / root).clamp(min=0)
-    q_mode = torch.minimum(root, span)
-    curvature = (k * q_mode + 2 * nu * q_mode / (2 - q_mode).square()).clamp(min=0)  # -g'' at the mode
-    slope_at_zero = (nu + 1) - k * span - nu * span / (2 - span)  # -g'(0), positive where the mode is at 0
+    # the root 4 (nu + 1) / D, D = (2k + 2nu + 1) + S, S = sqrt((2k - 1)^2 + 4 nu (nu + 1)), and 2 - root; for k < 0
+    # (the mirrored side) D = 2 (nu + 1) + (S - (1 - 2k)), a small difference of large parts for a large |k|, written
+    # without it; so is 2 - q wherever q may round to span (= 2 when delta is below float64's resolution at 2, from
+    # kappa ~ 1e16: 2 - span is far_side, exact), where 0 / 0 made a NaN gradient, a zero width a zero one, and the
+    # mode's r = log(span / root), a ratio of two numbers that round to 2, a mode 1,000 widths from the bump's
+    discriminant = torch.hypot(2 * k - 1, torch.tensor(2 * math.sqrt(nu * (nu + 1)), dtype=k.dtype))  # no overflow
+    outer = discriminant + (1 - 2 * k)
+    denominator = torch.where(k >= 0, (2 * k + 2 * nu + 1) + discriminant, 2 * (nu + 1) + 4 * nu * (nu + 1) / outer)
+    root = 4 * (nu + 1) / denominator
+    two_minus_root = torch.where(k >= 0, 2 * (2 * k - 1 + discriminant), 8 * nu * (nu + 1) / outer) / denominator
+    span_minus_root = torch.where(mirrored, two_minus_root - far_side, span - root)  # without cancellation
+    above = span_minus_root > 0  # the root is below span: the mode is at r = log(span / root) > 0, else at r = 0
+    mode = torch.where(above, -torch.log1p(-span_minus_root / span), 0.0)
+    q_mode = torch.where(above, root, span)
+    two_minus_q_mode = torch.where(above, two_minus_root, far_side)
+    bend = 2 * nu * q_mode / two_minus_q_mode.square() if nu else 0.0  # the log-kernel's last term's curvature
+    curvature = (k * q_mode + bend).clamp(min=0)  # -g'' at the mode
+    slope_at_zero = (nu + 1) - k * span - nu * span / far_side  # -g'(0), positive where the mode is at 0
     steepness = torch.maximum(torch.sqrt(curvature), torch.where(mode > 0, 0.0, slope_at_zero.clamp(min=0)))
     width = 1 / steepness.clamp(min=1e-3)
     peak = log_kernel(mode, span_minus_q(mode))
@@ -105,7 +125,7 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     q_far = span * torch.exp(-far)
     # a lower bound on -g' beyond r_1: -g'(r_1) where g is concave (k > 0); on the mirrored side -g'(r) =
     # (nu + 1) - k q - nu q / (2 - q) with -k q >= 0 and the rest increasing in r
-    descent = (nu + 1) - torch.where(mirrored, 0.0, k * q_far) - nu * q_far / (2 - q_far)
+    descent = (nu + 1) - torch.where(mirrored, 0.0, k * q_far) - nu * q_far / (far_side + span_minus_q(far))
     upper = far + ((log_kernel(far, span_minus_q(far)) - peak + 40) / descent.clamp(min=1e-12)).clamp(min=0)
     # three panels: up to the bump, the bump, and the tail; the bump is the mode +- 8 widths (e^-32 for a Gaussian);
     # where the mode is at r = 0 and the kernel falls about linearly there, up to 40 widths (e^-40) but no further

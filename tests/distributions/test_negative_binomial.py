@@ -80,12 +80,38 @@ def test_zero_inflated_forms_reach_the_same_limit():
 
 
 def test_parameters_are_validated():
-    with pytest.raises(ValueError, match=r"NegativeBinomial: mean must be non-negative.*-1\.0 at index \(1,\)"):
+    with pytest.raises(ValueError, match=r"NegativeBinomial: mean must be finite and non-negative.*-1\.0 at index"):
         NegativeBinomial(torch.tensor([1.0, -1.0]), torch.ones(2), validate_args=True)
     with pytest.raises(ValueError, match="inverse_dispersion must be positive.*nan"):
         NegativeBinomial(torch.ones(2), torch.tensor([1.0, float("nan")]), validate_args=True)
     with pytest.raises(ValueError, match=r"cannot be expanded to batch shape \(3,\)"):
         NegativeBinomial(torch.ones(2), torch.ones(2)).expand((3,))
+
+
+@pytest.mark.parametrize("family", ["NegativeBinomial", "ZeroInflatedNegativeBinomial", "Poisson",
+                                    "ZeroInflatedPoisson"])
+def test_an_infinite_mean_is_refused(family):
+    """torch's nonnegative and positive constraints let infinity through: the log-densities were -inf and NaN."""
+    import pyrovae.distributions as distributions
+
+    mean = torch.tensor([2.0, INF])
+    extra = {"NegativeBinomial": (torch.ones(2),), "ZeroInflatedNegativeBinomial": (torch.ones(2), torch.zeros(2)),
+             "Poisson": (), "ZeroInflatedPoisson": (torch.zeros(2),)}[family]
+    with pytest.raises(ValueError, match=r"(mean|rate).*[Ff]inite"):
+        getattr(distributions, family)(mean, *extra, validate_args=True)
+
+
+def test_python_numbers_are_parameters_as_in_torch():
+    """NegativeBinomial(2.0, 1.5) as torch's distributions take numbers (it failed on 'float'.shape); a number
+    beside a tensor takes its dtype."""
+    counts = torch.tensor([0.0, 3.0, 10.0], dtype=torch.float64)
+    expected = stats.nbinom.logpmf(counts.numpy(), 1.5, 1.5 / 3.5)
+    for mean, theta in ((2.0, 1.5), (torch.tensor(2.0, dtype=torch.float64), 1.5), (2, torch.tensor(1.5))):
+        d = NegativeBinomial(mean, theta, validate_args=True)
+        np.testing.assert_allclose(d.log_prob(counts).double().numpy(), expected, rtol=1e-6)
+    assert NegativeBinomial(torch.tensor(2.0, dtype=torch.float64), 1.5).theta.dtype == torch.float64
+    zinb = ZeroInflatedNegativeBinomial(2.0, 1.5, 0.0)
+    np.testing.assert_allclose(zinb.log_prob(counts).double()[1:].numpy(), expected[1:] + math.log(0.5), rtol=1e-6)
 
 
 def test_the_gamma_ratio_of_large_dispersions_is_exact_to_float64():

@@ -114,6 +114,32 @@ def test_implicit_gradient_matches_mpmath_quadrature(m):
             assert abs(value - expected) <= 1e-10 * abs(expected) + 1e-300, (m, kappa, delta, value, expected)
 
 
+@pytest.mark.parametrize("kappa", [1e7, 1e10, 1e12])
+def test_implicit_gradient_on_the_circle_keeps_its_digits_at_large_concentrations(kappa):
+    """On the circle the tail beyond the mean (the mirrored side) was integrated in the angle from e1, where
+    q = 1 - t rounds near 2: 1e-10 off at kappa = 1e6, 1e-7 at 1e10, 2e-4 at 1e12 (and 0 from 1e16)."""
+    mean_delta = 0.5 / kappa  # 1 - A_2(kappa), nearly
+    one_minus_w = torch.tensor([0.01, 0.5, 1.0, 3.0, 6.0, 12.0, 30.0], dtype=torch.float64) * mean_delta
+    got = cosine_gradient(torch.full_like(one_minus_w, kappa), one_minus_w, 2)
+    for value, delta in zip(got.tolist(), one_minus_w.tolist()):
+        expected = mp_cosine_gradient(2, kappa, delta)
+        assert abs(value - expected) <= 1e-10 * abs(expected), (kappa, delta, value, expected)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 10, 50, 1000])
+def test_implicit_gradient_at_huge_concentrations_is_the_limit_laws(m):
+    """As kappa grows, delta = 1 - w tends to a Gamma((m - 1) / 2) variate over kappa (the factor (2 - delta)^nu of
+    its density is 2^nu (1 + O(delta))), a scale family, so dw/dkappa = delta / kappa (1 + O(m / kappa)). From
+    kappa ~ 1e16, where delta is below float64's resolution at 2, the mirrored side's mode and width were computed
+    from numbers that round to 2: NaN gradients (m = 3), zeros (m = 4, 10), or wrong ones (m = 50 from 1e19)."""
+    x = torch.tensor([1e-3, 0.1, 0.5, 1.0, 2.0, 6.0, 12.0, 30.0], dtype=torch.float64)  # multiples of the mean
+    for kappa in (1e14, 1e17, 1e20, 1e50, 1e150):
+        delta = x * (m - 1) / 2 / kappa
+        got = cosine_gradient(torch.full_like(delta, kappa), delta, m)
+        torch.testing.assert_close(got * kappa / delta, torch.ones_like(delta), rtol=1e-10, atol=0,
+                                   msg=lambda message, kappa=kappa: f"kappa = {kappa:g}: {message}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("m", [2, 3, 4, 10, 100, 1024])
 def test_vmf_and_power_spherical_are_robust(m, dtype):
@@ -136,6 +162,33 @@ def test_vmf_and_power_spherical_are_robust(m, dtype):
         assert (kl >= -1e-4 * kl.detach().abs().clamp(min=1)).all(), (family, kl)
         grads = torch.autograd.grad((z * torch.randn_like(z)).sum() + log_p.sum() + kl.sum(), (raw, kappa))
         assert all(torch.isfinite(g).all() for g in grads), family
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("family", [VonMisesFisher, PowerSpherical])
+def test_a_tangent_draw_of_exact_zeros_still_samples_on_the_sphere_in_a_uniform_direction(family, m, monkeypatch):
+    """torch.randn returns exactly 0.0 about once in 2.5e7 float32 draws; at m = 2 the whole tangent draw is then
+    zero, and the sample was w loc, off the sphere (log_prob refused it under validation). Here every row's tangent
+    coordinates are zero: the points stay on the sphere, and the tangent direction takes either sign of e2 half the
+    time (the sign of the unused first normal)."""
+    from pyrovae.distributions import sphere
+
+    drawn = torch.randn
+
+    def randn_without_tangent(*size, **options):
+        x = drawn(*size, **options)
+        x[..., 1:] = 0.0
+        return x
+
+    monkeypatch.setattr(sphere.torch, "randn", randn_without_tangent)
+    loc = torch.zeros(m)
+    loc[0] = 1.0  # the samplers' rotation from e1 to loc = e1 keeps e2
+    q = family(loc, torch.tensor(4.0), validate_args=True)
+    z = q.rsample((20000,))
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(20000), atol=1e-6, rtol=0)
+    assert torch.isfinite(q.log_prob(z)).all()  # on the support: validation would refuse a point off the sphere
+    side = z[:, 1].sign()  # the sign of the tangent part along e2
+    assert (side != 0).all() and abs(side.mean().item()) < 4 / math.sqrt(20000)
 
 
 def test_the_regime_where_the_reference_sampler_is_wrong():

@@ -116,15 +116,15 @@ def test_gradients_stay_finite_at_saturated_gates():
 
 def test_constructor_validates_every_parameter():
     one = torch.ones(2)
-    with pytest.raises(ValueError, match=r"ZeroInflatedNegativeBinomial: mean must be non-negative.*-1\.0"):
+    with pytest.raises(ValueError, match=r"ZeroInflatedNegativeBinomial: mean must be finite and non-negative.*-1\.0"):
         ZeroInflatedNegativeBinomial(torch.tensor([-1.0, 2.0]), one, torch.zeros(2), validate_args=True)
-    with pytest.raises(ValueError, match="mean must be non-negative.*nan"):
+    with pytest.raises(ValueError, match="mean must be finite and non-negative.*nan"):
         ZeroInflatedNegativeBinomial(torch.tensor([1.0, float("nan")]), one, torch.zeros(2), validate_args=True)
     with pytest.raises(ValueError, match="inverse_dispersion must be positive"):
         ZeroInflatedNegativeBinomial(one, torch.tensor([0.0, 1.0]), torch.zeros(2), validate_args=True)
     with pytest.raises(ValueError, match="gate_logits must be a real number"):
         ZeroInflatedNegativeBinomial(one, one, torch.tensor([0.0, float("nan")]), validate_args=True)
-    with pytest.raises(ValueError, match="ZeroInflatedPoisson: rate must be positive"):
+    with pytest.raises(ValueError, match="ZeroInflatedPoisson: rate must be finite and positive"):
         ZeroInflatedPoisson(torch.tensor([-2.0, 1.0]), torch.zeros(2), validate_args=True)
     # validation off (as under Pyro's JIT ELBOs) constructs; an expand keeps the setting
     d = ZeroInflatedNegativeBinomial(torch.tensor([-1.0, 2.0]), one, torch.zeros(2), validate_args=False)
