@@ -199,8 +199,16 @@ def log_likelihood(
 
         stage = {name: value for name, value in (("ais_chains", ais_chains), ("ais_steps", ais_steps),
                                                  ("refine_steps", refine_steps)) if value is not None}
-        return auto_log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
-                                   progress, **stage)
+        result = auto_log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
+                                     progress, **stage)
+        uncertified = int((~result.certified).sum())
+        if uncertified * 10 > len(result.certified):  # as the other proposals warn of their k-hats
+            warnings.warn(
+                f"proposal='auto' certified {len(result.certified) - uncertified} of the {len(result.certified)} "
+                f"data: the other {uncertified} keep the best estimate found, which is not to be trusted (a lower "
+                "bound where the proposal missed mass); result.reasons() says why for each, and more ais_chains or "
+                "ais_steps, or a better-trained guide, certify more", stacklevel=3)
+        return result
     proposal = as_proposal(proposal, refine_steps)
     per_datum, khats, mean_log_weights, effective, modes, prints = [], [], [], [], [], []
     undefined = collapsed = 0

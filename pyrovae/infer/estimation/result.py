@@ -132,9 +132,12 @@ class LogLikelihood:
     @property
     def flagged(self) -> torch.Tensor:
         """(N,) bool: the estimates to check (with more samples, more starts, or AIS): k-hat above
-        :attr:`khat_limits`, or a posterior found multimodal (:attr:`num_modes` > 1), where the estimate is only as
-        complete as the search for modes."""
+        :attr:`khat_limits`, an effective sample size below :data:`CERTIFIED_MIN_ESS` (an estimate resting on a few
+        draws, however tame its tail looks), or a posterior found multimodal (:attr:`num_modes` > 1), where the
+        estimate is only as complete as the search for modes."""
         flagged = ~(self.khat <= self.khat_limits)
+        if self.ess is not None:
+            flagged = flagged | ~(self.ess >= CERTIFIED_MIN_ESS)
         return flagged | (self.num_modes > 1) if self.num_modes is not None else flagged
 
     @property

@@ -159,3 +159,25 @@ def test_a_seed_gives_the_same_estimate_and_leaves_the_callers_generator_alone(p
     assert torch.equal(first.per_datum, again.per_datum) and not torch.equal(first.per_datum, other.per_datum)
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         log_likelihood(model, guide, x, num_samples=64, seed=-1)
+
+
+def test_auto_warns_when_a_tenth_of_the_data_are_not_certified():
+    """The other proposals warn of their k-hats; "auto" said nothing where most of its estimates were uncertified
+    (here a stage too short to refine or anneal: estimates hundreds of nats low)."""
+    W, mu, x = ppca()
+    narrow = make_guide(W, mu, scale_factor=0.02)
+    with pytest.warns(UserWarning, match=r"proposal='auto' certified \d+ of the 20 data"):
+        result = log_likelihood(make_model(W, mu), narrow, x[:20], proposal="auto", refine_steps=1, ais_chains=4,
+                                ais_steps=2, seed=0)
+    assert int((~result.certified).sum()) * 10 > 20
+
+
+def test_an_estimate_on_fewer_than_ten_effective_draws_is_flagged():
+    """flagged read k-hat (and the count of modes) only: an estimate resting on an effective sample size below 10
+    (uncertified) was not flagged when its k-hat passed."""
+    from pyrovae.infer.estimation.result import LogLikelihood
+
+    result = LogLikelihood(torch.zeros(3), torch.tensor([0.2, 0.2, 0.9]), 500, "guide",
+                           ess=torch.tensor([400.0, 4.5, 400.0]))
+    assert result.flagged.tolist() == [False, True, True]
+    assert result.flagged.tolist() == (~result.certified).tolist()
