@@ -103,9 +103,10 @@ def cosine_gradient(kappa: torch.Tensor, one_minus_w: torch.Tensor, m: int,
     # the root 4 (nu + 1) / D, D = (2k + 2nu + 1) + S, S = sqrt((2k - 1)^2 + 4 nu (nu + 1)), and 2 - root; for k < 0
     # (the mirrored side) D = 2 (nu + 1) + (S - (1 - 2k)), a small difference of large parts for a large |k|, written
     # without it; so is 2 - q wherever q may round to span (= 2 when delta is below float64's resolution at 2, from
-    # kappa ~ 1e16: 2 - span is far_side, exact), where 0 / 0 made a NaN gradient, a zero width a zero one, and the
-    # mode's r = log(span / root), a ratio of two numbers that round to 2, a mode 1,000 widths from the bump's
-    discriminant = torch.hypot(2 * k - 1, torch.tensor(2 * math.sqrt(nu * (nu + 1)), dtype=k.dtype))  # no overflow
+    # kappa ~ 1e16: 2 - span is far_side, exact), where 0 / 0 made a NaN gradient and a zero width a zero one; and
+    # span - root likewise, where the mode's r = log(span / root), of two numbers that both round to 2, fell 1,000
+    # widths from the bump
+    discriminant = torch.hypot(2 * k - 1, k.new_tensor(2 * math.sqrt(nu * (nu + 1))))  # no overflow of k^2
     outer = discriminant + (1 - 2 * k)
     denominator = torch.where(k >= 0, (2 * k + 2 * nu + 1) + discriminant, 2 * (nu + 1) + 4 * nu * (nu + 1) / outer)
     root = 4 * (nu + 1) / denominator
