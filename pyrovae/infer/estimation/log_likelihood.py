@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,16 @@ _NAMED = {
 REFINED = ("refined", "refined+defensive", "refined-iwae", "refined-full", "auto")  # what refine_steps sets
 
 
+def _warn_user(message: str) -> None:
+    """``warnings.warn`` pointed at the user's line: the first caller outside pyrovae and torch's ``no_grad``
+    wrapper (a fixed stacklevel pointed into the library where a call re-enters it: under ``seed=``, or per part of
+    :func:`~pyrovae.infer.log_likelihood_in_parts`)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("pyrovae.", "torch.utils._contextlib")):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
 def _check_proposal_source(guide, data) -> None:
     """Refuse a Pyro autoguide (not amortised: its q(z) is fitted to one data set, and its draws lie on auxiliary
     sites) and warn about a shuffling DataLoader (the estimates would follow its random order)."""
@@ -45,9 +56,9 @@ def _check_proposal_source(guide, data) -> None:
         )
     sampler = getattr(data, "sampler", None)
     if isinstance(data, torch.utils.data.DataLoader) and isinstance(sampler, torch.utils.data.RandomSampler):
-        warnings.warn("the DataLoader shuffles: per_datum (and flagged, certified) follow its random order, not the "
-                      "data set's, so they cannot be paired with the data or another model's scores; pass "
-                      "shuffle=False (the mean is unaffected)", stacklevel=3)
+        _warn_user("the DataLoader shuffles: per_datum (and flagged, certified) follow its random order, not the "
+                   "data set's, so they cannot be paired with the data or another model's scores; pass "
+                   "shuffle=False (the mean is unaffected)")
 
 
 def as_proposal(proposal: str | Proposal, refine_steps: int | None = None) -> Proposal:
@@ -187,13 +198,13 @@ def log_likelihood(
         raise ValueError(f"ais_chains and ais_steps set the AIS stage of proposal='auto', and proposal is "
                          f"{proposal!r}; use ais_log_likelihood for AIS on its own")
     check_integer("max_samples_per_chunk", max_samples_per_chunk, 1, allow_none=True)
-    _check_proposal_source(guide, data)
     device = check_device(device) if device is not None else module_device(model, guide)
     if seed is not None:
         check_seed(seed)
         with seeded(seed):
             return log_likelihood(model, guide, data, num_samples, batch_size, max_samples_per_chunk, device,
                                   progress, proposal, ais_chains, ais_steps, refine_steps)
+    _check_proposal_source(guide, data)  # after a seed's re-entry: its warning once
     if proposal == "auto":
         from pyrovae.infer.estimation.certify import auto_log_likelihood  # it uses AIS, which uses this module
 
@@ -203,11 +214,11 @@ def log_likelihood(
                                      progress, **stage)
         uncertified = int((~result.certified).sum())
         if uncertified * 10 > len(result.certified):  # as the other proposals warn of their k-hats
-            warnings.warn(
+            _warn_user(
                 f"proposal='auto' certified {len(result.certified) - uncertified} of the {len(result.certified)} "
                 f"data: the other {uncertified} keep the best estimate found, which is not to be trusted (a lower "
                 "bound where the proposal missed mass); result.reasons() says why for each, and more ais_chains or "
-                "ais_steps, or a better-trained guide, certify more", stacklevel=3)
+                "ais_steps, or a better-trained guide, certify more")
         return result
     proposal = as_proposal(proposal, refine_steps)
     per_datum, khats, mean_log_weights, effective, modes, prints = [], [], [], [], [], []
@@ -231,13 +242,13 @@ def log_likelihood(
     if not per_datum:
         raise ValueError("log_likelihood got an empty data set")
     if undefined:
-        warnings.warn(f"{undefined} log importance weights are NaN (an overflow in the model or proposal); they count "
-                      "as zero weight and their data get k-hat = inf", stacklevel=3)
+        _warn_user(f"{undefined} log importance weights are NaN (an overflow in the model or proposal); they count "
+                   "as zero weight and their data get k-hat = inf")
     if collapsed:
-        warnings.warn(
+        _warn_user(
             f"for {collapsed} data every draw of q(z | x) was the same point: the guide's scale collapsed below the "
             "dtype's resolution, so q is a point mass there and has no usable density; their k-hat is inf. Refit "
-            "the guide (refit_guide) or score in float64", stacklevel=3)
+            "the guide (refit_guide) or score in float64")
     num_modes = torch.cat([m.cpu() for m in modes]) if all(m is not None for m in modes) else None
     result = LogLikelihood(torch.cat(per_datum).cpu(), torch.cat(khats).cpu(), num_samples, proposal.name,
                            mean_log_weight=torch.cat(mean_log_weights).cpu(), ess=torch.cat(effective).cpu(),
@@ -246,17 +257,13 @@ def log_likelihood(
     unreliable = int((~(result.khat <= limit)).sum())
     if psis_tail_length(num_samples) <= 4:  # every k-hat is inf: too few draws to judge, whatever the guide
         fewest = next(n for n in itertools.count(num_samples + 1) if psis_tail_length(n) > 4)
-        warnings.warn(
+        _warn_user(
             f"num_samples={num_samples} is too few draws to judge the importance weights: every k-hat is inf, "
-            f"which says nothing about the proposal; use num_samples >= {fewest} to have k-hat (500 by default)",
-            stacklevel=3,
-        )
+            f"which says nothing about the proposal; use num_samples >= {fewest} to have k-hat (500 by default)")
     elif unreliable * 10 > len(result.khat):  # more than a tenth, counted (a float mean rounds 2 of 20 above 0.1)
         better = ("proposal='refined+defensive' is slower and far more reliable" if isinstance(proposal, GuideProposal)
                   else "proposal='auto' escalates those data to AIS")
-        warnings.warn(
+        _warn_user(
             f"k-hat > {limit:.2f} for {unreliable} of the {len(result.khat)} data: the {proposal.name} proposal is a "
-            f"poor importance distribution there and the estimate is a loose lower bound; {better}",
-            stacklevel=3  # past torch.no_grad's wrapper, to the caller,
-        )
+            f"poor importance distribution there and the estimate is a loose lower bound; {better}")
     return result

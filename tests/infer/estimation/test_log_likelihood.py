@@ -1,6 +1,7 @@
 """The importance-sampled log-likelihood against the exact marginal of probabilistic PCA."""
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -181,3 +182,17 @@ def test_an_estimate_on_fewer_than_ten_effective_draws_is_flagged():
                            ess=torch.tensor([400.0, 4.5, 400.0]))
     assert result.flagged.tolist() == [False, True, True]
     assert result.flagged.tolist() == (~result.certified).tolist()
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_warnings_point_at_the_callers_line_once(seed):
+    """A fixed stacklevel pointed into the library where log_likelihood re-entered itself (under seed=), and the
+    shuffling DataLoader's warning into torch's no_grad wrapper, twice under seed=."""
+    W, mu, x = ppca()
+    shuffled = torch.utils.data.DataLoader(x, batch_size=8, shuffle=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log_likelihood(make_model(W, mu), make_guide(W, mu, scale_factor=0.1), shuffled, num_samples=200, seed=seed)
+    messages = [str(w.message)[:20] for w in caught]
+    assert messages.count("the DataLoader shuff") == 1 and any(m.startswith("k-hat >") for m in messages), messages
+    assert {w.filename for w in caught} == {__file__}
