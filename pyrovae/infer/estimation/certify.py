@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyrovae._caller import warn_user
 from pyrovae.distributions import DefensiveMixture
 from pyrovae.infer.arguments import floating_dtype
 from pyrovae.infer.batches import as_batches, model_check
@@ -116,8 +116,8 @@ def _schedule_gap(model: Callable, guide: Callable, start: RefinedProposal, ais_
     try:
         result = bdmc(model, guide, num_data=16, num_chains=16, num_steps=ais_steps, start=start, cat=cat, cont=cont)
     except (TypeError, ValueError, NotImplementedError) as error:  # a model whose prior predictive cannot be drawn
-        warnings.warn(f"proposal='auto' could not check the AIS schedule by BDMC on data simulated from the model "
-                      f"({error}); its AIS estimates rest on their weights alone", UserWarning, stacklevel=3)
+        warn_user(f"proposal='auto' could not check the AIS schedule by BDMC on data simulated from the model "
+                  f"({error}); its AIS estimates rest on their weights alone")
         return None
     return result.mean_gap
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,6 +11,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyrovae._caller import warn_user
 from pyrovae.infer.arguments import check_device, check_integer, check_seed, floating_dtype
 from pyrovae.infer.batches import as_batches, model_check, module_device
 from pyrovae.infer.estimation.importance import estimation_passes, fingerprint, importance_draws
@@ -34,16 +33,6 @@ _NAMED = {
 REFINED = ("refined", "refined+defensive", "refined-iwae", "refined-full", "auto")  # what refine_steps sets
 
 
-def _warn_user(message: str) -> None:
-    """``warnings.warn`` pointed at the user's line: the first caller outside pyrovae and torch's ``no_grad``
-    wrapper (a fixed stacklevel pointed into the library where a call re-enters it: under ``seed=``, or per part of
-    :func:`~pyrovae.infer.log_likelihood_in_parts`)."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("pyrovae.", "torch.utils._contextlib")):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
-
-
 def _check_proposal_source(guide, data) -> None:
     """Refuse a Pyro autoguide (not amortised: its q(z) is fitted to one data set, and its draws lie on auxiliary
     sites) and warn about a shuffling DataLoader (the estimates would follow its random order)."""
@@ -56,7 +45,7 @@ def _check_proposal_source(guide, data) -> None:
         )
     sampler = getattr(data, "sampler", None)
     if isinstance(data, torch.utils.data.DataLoader) and isinstance(sampler, torch.utils.data.RandomSampler):
-        _warn_user("the DataLoader shuffles: per_datum (and flagged, certified) follow its random order, not the "
+        warn_user("the DataLoader shuffles: per_datum (and flagged, certified) follow its random order, not the "
                    "data set's, so they cannot be paired with the data or another model's scores; pass "
                    "shuffle=False (the mean is unaffected)")
 
@@ -214,7 +203,7 @@ def log_likelihood(
                                      progress, **stage)
         uncertified = int((~result.certified).sum())
         if uncertified * 10 > len(result.certified):  # as the other proposals warn of their k-hats
-            _warn_user(
+            warn_user(
                 f"proposal='auto' certified {len(result.certified) - uncertified} of the {len(result.certified)} "
                 f"data: the other {uncertified} keep the best estimate found, which is not to be trusted (a lower "
                 "bound where the proposal missed mass); result.reasons() says why for each, and more ais_chains or "
@@ -242,10 +231,10 @@ def log_likelihood(
     if not per_datum:
         raise ValueError("log_likelihood got an empty data set")
     if undefined:
-        _warn_user(f"{undefined} log importance weights are NaN (an overflow in the model or proposal); they count "
+        warn_user(f"{undefined} log importance weights are NaN (an overflow in the model or proposal); they count "
                    "as zero weight and their data get k-hat = inf")
     if collapsed:
-        _warn_user(
+        warn_user(
             f"for {collapsed} data every draw of q(z | x) was the same point: the guide's scale collapsed below the "
             "dtype's resolution, so q is a point mass there and has no usable density; their k-hat is inf. Refit "
             "the guide (refit_guide) or score in float64")
@@ -257,13 +246,13 @@ def log_likelihood(
     unreliable = int((~(result.khat <= limit)).sum())
     if psis_tail_length(num_samples) <= 4:  # every k-hat is inf: too few draws to judge, whatever the guide
         fewest = next(n for n in itertools.count(num_samples + 1) if psis_tail_length(n) > 4)
-        _warn_user(
+        warn_user(
             f"num_samples={num_samples} is too few draws to judge the importance weights: every k-hat is inf, "
             f"which says nothing about the proposal; use num_samples >= {fewest} to have k-hat (500 by default)")
     elif unreliable * 10 > len(result.khat):  # more than a tenth, counted (a float mean rounds 2 of 20 above 0.1)
         better = ("proposal='refined+defensive' is slower and far more reliable" if isinstance(proposal, GuideProposal)
                   else "proposal='auto' escalates those data to AIS")
-        _warn_user(
+        warn_user(
             f"k-hat > {limit:.2f} for {unreliable} of the {len(result.khat)} data: the {proposal.name} proposal is a "
             f"poor importance distribution there and the estimate is a loose lower bound; {better}")
     return result

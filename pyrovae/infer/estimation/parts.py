@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
+from pyrovae._caller import warn_user
 from pyrovae.data.source import IndexedSource
 from pyrovae.infer.arguments import check_device, check_integer, floating_dtype
 from pyrovae.infer.batches import BatchSource, module_device
@@ -267,10 +267,9 @@ def log_likelihood_in_parts(
         if written != found:  # an earlier version's manifest, in this version's terms
             atomic_write(path, lambda stream: stream.write(json.dumps(found, indent=1)), binary=False)
     if not _sees_parameters(model, guide):
-        warnings.warn(f"{folder} cannot tell this pair from another: its model and guide are plain functions and "
-                      "Pyro's parameter store is empty (tensors captured in a closure are not seen), so parts "
-                      "scored with other weights would be read as this pair's; give each pair its own folder",
-                      stacklevel=2)
+        warn_user(f"{folder} cannot tell this pair from another: its model and guide are plain functions and "
+                  "Pyro's parameter store is empty (tensors captured in a closure are not seen), so parts scored "
+                  "with other weights would be read as this pair's; give each pair its own folder")
     starts = range(0, num_data, part_size)
 
     def read_or_score(part: int) -> LogLikelihood:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from collections.abc import Callable
 
 import torch
 from pyro import poutine
 
+from pyrovae._caller import warn_user
 from pyrovae.infer.arguments import check_integer, check_number
 from pyrovae.infer.batches import as_args
 from pyrovae.infer.estimation.family_parameters import (
@@ -166,9 +166,9 @@ class RefinedProposal(Proposal):
             if found is not None:
                 points, labels = found
             else:
-                warnings.warn("RefinedProposal: the model's latents are not shaped (samples, data, ...) (plates nested "
-                              "in 'data'), so the prior starts cannot be placed; only the encoder's start is refined "
-                              "and no search for other modes is made", stacklevel=3)
+                warn_user("RefinedProposal: the model's latents are not shaped (samples, data, ...) (plates nested "
+                          "in 'data'), so the prior starts cannot be placed; only the encoder's start is refined "
+                          "and no search for other modes is made")
         num_starts = self.starts if points is not None else 1
         repeated = tuple(torch.cat([a] * num_starts) for a in args) if num_starts > 1 else args
         leaves: dict[str, dict[str, torch.Tensor]] = {}

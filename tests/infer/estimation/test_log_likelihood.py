@@ -196,3 +196,18 @@ def test_warnings_point_at_the_callers_line_once(seed):
     messages = [str(w.message)[:20] for w in caught]
     assert messages.count("the DataLoader shuff") == 1 and any(m.startswith("k-hat >") for m in messages), messages
     assert {w.filename for w in caught} == {__file__}
+
+
+def test_the_warnings_of_a_scoring_in_parts_point_at_the_callers_line(tmp_path):
+    """Each part's log_likelihood warned from inside parts.py, and the plain pair's folder warning from within it."""
+    from pyrovae.infer import log_likelihood_in_parts
+
+    W, mu, x = ppca()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log_likelihood_in_parts(make_model(W, mu), make_guide(W, mu, scale_factor=0.1), x, tmp_path / "parts",
+                                part_size=20, num_samples=200, seed=0, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("cannot tell this pair from another" in m for m in messages), messages
+    assert sum(m.startswith("k-hat >") for m in messages) == 2, messages
+    assert {w.filename for w in caught} == {__file__}

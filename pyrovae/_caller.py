@@ -1,0 +1,17 @@
+"""Warnings pointed at the user's line, wherever in the library they are raised."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointed at the first caller outside pyrovae (and torch's ``no_grad`` wrapper): a fixed
+    stacklevel points into the library wherever the call comes through another of its functions (``log_likelihood``
+    under ``seed=`` re-enters itself, ``log_likelihood_in_parts`` calls it per part, ``auto`` calls the refined
+    proposals and BDMC)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("pyrovae.", "torch.utils._contextlib")):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
