@@ -98,6 +98,35 @@ def resolvable(params: dict[str, torch.Tensor]) -> None:
         params["log_diagonal"].copy_(wider.diagonal(dim1=-2, dim2=-1).log().to(params["log_diagonal"].dtype))
 
 
+def respread(params: dict[str, torch.Tensor], log_factor: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
+    """``params`` (from :func:`unconstrained`) with each datum's spread multiplied by ``exp(log_factor)``
+    ``(N,)``, the data along dimension ``index`` of every parameter: a Gaussian's scale or Cholesky factor times the
+    factor, a von Mises-Fisher or Power Spherical concentration over its square (an inverse variance), a projected
+    normal's mean shortened by it (its direction's spread about the mode is about the Gaussian's over the mean's
+    length, while that spread is well below the sphere's; a mean shortened far makes the law uniform)."""
+
+    def shaped(value: torch.Tensor) -> torch.Tensor:
+        return log_factor.reshape((1,) * index + (-1,) + (1,) * (value.dim() - index - 1)).to(value)
+
+    out = dict(params)
+    if "log_radius" in params:
+        out["log_radius"] = params["log_radius"] - shaped(params["log_radius"])
+    elif "log_concentration" in params:
+        out["log_concentration"] = params["log_concentration"] - 2 * shaped(params["log_concentration"])
+    elif "log_scale" in params:
+        out["log_scale"] = params["log_scale"] + shaped(params["log_scale"])
+    else:
+        out["log_diagonal"] = params["log_diagonal"] + shaped(params["log_diagonal"])
+        out["tril"] = params["tril"] * shaped(params["tril"]).exp()
+    return out
+
+
+def per_datum(params: dict[str, torch.Tensor], index: int | None, num_rows: int) -> bool:
+    """Whether every parameter in ``params`` holds ``num_rows`` data along dimension ``index`` (one value per datum,
+    not broadcast)."""
+    return index is not None and all(v.dim() > index and v.shape[index] == num_rows for v in params.values())
+
+
 def as_full_covariance(fn, name: str):
     """The full-covariance member of the family around ``fn``: a diagonal Gaussian ``Normal(loc, scale).to_event(1)``
     as the MultivariateNormal it is; a von Mises-Fisher law on S^(m-1) as the isotropic projected normal of about its
@@ -175,4 +204,5 @@ def moved_to_starts(fn, values: dict[str, torch.Tensor], points: torch.Tensor, i
     return {**values, key: moved.movedim(0, index).flatten(index, index + 1)}
 
 
-__all__ = ["as_full_covariance", "base_point", "moved_to_starts", "rebuilt", "resolvable", "unconstrained"]
+__all__ = ["as_full_covariance", "base_point", "moved_to_starts", "per_datum", "rebuilt", "resolvable", "respread",
+           "unconstrained"]

@@ -40,7 +40,7 @@ from pyrovae.infer.batches import BatchSource, module_device
 from pyrovae.infer.estimation.ais import on_sphere
 from pyrovae.infer.estimation.certify import auto_log_likelihood
 from pyrovae.infer.estimation.importance import fingerprint
-from pyrovae.infer.estimation.log_likelihood import as_proposal, log_likelihood
+from pyrovae.infer.estimation.log_likelihood import REFINED, as_proposal, log_likelihood
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.seeding import seeded
@@ -158,8 +158,9 @@ def _sees_parameters(model, guide) -> bool:
 
 
 # 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not); 4: auto refines a latent
-# on the sphere as a projected normal (3: in the guide's own family; its other parts are 4's)
-MANIFEST_VERSION = 4
+# on the sphere as a projected normal (3: in the guide's own family; its other parts are 4's); 5: every refinement
+# first calibrates each start's spread (4: the steps started from the guide's; the proposals without one are 4's)
+MANIFEST_VERSION = 5
 
 
 def _latent_on_sphere(model, guide, data, device) -> bool:
@@ -254,6 +255,11 @@ def log_likelihood_in_parts(
             raise ValueError(f"{folder} holds the parts of a proposal='auto' scoring by an earlier pyrovae (manifest "
                              "version 3: its refined stage kept a latent on the sphere in the guide's own family, "
                              "now refined as a projected normal), which would mix two estimators: score into another "
+                             "folder, or delete this one to start again")
+        if version < 5 and found["options"].get("proposal") in REFINED:
+            raise ValueError(f"{folder} holds the parts of a proposal={found['options']['proposal']!r} scoring by an "
+                             f"earlier pyrovae (manifest version {version}: its refinement started from the guide's "
+                             "spread, now calibrated first), which would mix two estimators: score into another "
                              "folder, or delete this one to start again")
         found["version"] = MANIFEST_VERSION  # the other proposals' parts hold what they held (certified when read)
         found.setdefault("all_data", expected["all_data"])  # a manifest before every datum was digested: recorded now

@@ -52,11 +52,26 @@ def test_a_far_too_narrow_guide_is_never_certified_by_itself():
     assert summary["frac_certified"] == 1.0 and summary["estimators"] == {"refined+defensive": 40}
 
 
+@pytest.mark.parametrize("scale_factor", [1e-2, 1e-4])
+def test_a_guide_a_hundred_to_ten_thousand_times_too_narrow_is_estimated_right_by_the_refined_stage(scale_factor):
+    """Adam's steps move a log scale by about their learning rate each: from a start 100 times too narrow the
+    refinement stayed several times too narrow, its weights nearly constant over draws that never reach the
+    posterior's mass, and "auto" certified 6 of 40 estimates up to 1.1 nats low (at 1/10,000, all 4 it certified,
+    up to 9.4 nats). The encoder's start's spread is calibrated first (RefinedProposal's SPREAD_FACTORS): every
+    datum certified by the refined stage, and right."""
+    W, mu, x = ppca(4)
+    result = _auto(make_model(W, mu), make_guide(W, mu, scale_factor), x, seed=0)
+    exact = exact_log_marginal(W, mu, x)
+    assert result.certified.all() and result.estimator == ("refined+defensive",) * 40
+    assert ((result.per_datum - exact).abs() <= 3 * result.mc_stderr + 0.02).all(), result.per_datum - exact
+
+
 def test_an_exact_guide_is_certified_by_the_refined_stage_without_ais():
     """The guide's weights never certify by themselves, even where the guide is exact: the refined stage's search
     for modes certifies them, and nothing goes on to AIS."""
     W, mu, x = ppca(3)
-    result = _auto(make_model(W, mu), make_guide(W, mu), x)
+    result = _auto(make_model(W, mu), make_guide(W, mu), x, seed=1)
+    # (the wider check's false alarms, about one datum in 600 here, would send a datum on to AIS: a cost, not an error)
     assert result.estimator == ("refined+defensive",) * 40 and result.certified.all()
     assert result.cost["refined+defensive"]["data"] == 40 and result.cost["ais"]["data"] == 0
     # the refined stage draws REFINED_DRAWS x 500 weights, and each datum's Monte Carlo error is read against them
@@ -104,8 +119,10 @@ def test_ais_is_the_last_stage_and_certified_from_its_chains(monkeypatch):
     x = x[:12]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # (at 40 steps about one datum in 24 had an uncertified AIS estimate: the test's seed decided the outcome)
+        pyro.set_rng_seed(0)
         result = certify.auto_log_likelihood(make_model(W, mu), make_guide(W, mu, 0.5, 0.5), x, num_samples=200,
-                                             ais_chains=128, ais_steps=40)
+                                             ais_chains=128, ais_steps=100)
     exact = exact_log_marginal(W, mu, x)
     assert result.estimator == ("ais",) * 12 and result.cost["ais"]["data"] == 12
     assert result.certified.all()

@@ -3,6 +3,7 @@ right against the exact marginal of probabilistic PCA, and refuses a folder of a
 LogLikelihood.concat joins parts field by field."""
 
 import json
+import re
 import warnings
 
 import pytest
@@ -313,7 +314,7 @@ def test_an_auto_scoring_of_an_earlier_version_is_refused_and_others_resume(tmp_
             if proposal == "auto" else dict(part_size=20, num_samples=50)
         first = _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert manifest["version"] == 4
+        assert manifest["version"] == 5
         for version in (2, None):  # version 1 wrote none
             manifest.pop("version", None)
             if version is not None:
@@ -325,30 +326,54 @@ def test_an_auto_scoring_of_an_earlier_version_is_refused_and_others_resume(tmp_
                     _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
             else:
                 _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options))
-                assert json.loads((folder / "manifest.json").read_text())["version"] == 4
-    manifest["version"] = 5
+                assert json.loads((folder / "manifest.json").read_text())["version"] == 5
+    manifest["version"] = 6
     (tmp_path / "guide" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="by a newer pyrovae"):
         _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path / "guide", part_size=20, num_samples=50)
 
 
-def test_an_auto_scoring_of_version_3_resumes_for_a_gaussian_guide_and_is_refused_for_one_on_the_sphere(tmp_path):
-    """Version 4 changed what "auto" does for a latent on the sphere alone (refined as a projected normal, no longer
-    in the guide's own family): a Gaussian guide's version-3 parts are this version's estimates and resume; a
-    spherical guide's would mix two estimators and are refused, naming why."""
+def test_an_auto_scoring_of_version_3_is_refused_naming_why(tmp_path):
+    """Version 4 changed what "auto" does for a latent on the sphere (refined as a projected normal, no longer in the
+    guide's own family), version 5 every refinement (its start's spread calibrated): a version-3 folder is refused,
+    for a guide on the sphere naming the first change, for a Gaussian guide the second."""
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((8, 12), 0.3))
     options = dict(part_size=4, num_samples=20, proposal="auto", ais_chains=8, ais_steps=3, refine_steps=3)
-    for kind, refused in (("vae", False), ("svae-vmf", True), ("svae-power", True)):
+    for kind, why in (("vae", r"manifest version 3: its refinement started from the guide's spread, now calibrated"),
+                      ("svae-vmf", r"manifest version 3: its refined stage kept a latent on the sphere in the "
+                                   r"guide's own family, now refined as a projected normal"),
+                      ("svae-power", r"manifest version 3: its refined stage kept a latent on the sphere")):
         model, guide = make_pair(kind, 12, 3, (8,))
         folder = tmp_path / kind
-        first = _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
+        _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
         manifest = json.loads((folder / "manifest.json").read_text())
         (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
-        if refused:
-            with pytest.raises(ValueError, match=r"manifest version 3: its refined stage kept a latent on the sphere "
-                                                 r"in the guide's own family, now refined as a projected normal"):
-                _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
-        else:
+        with pytest.raises(ValueError, match=why):
+            _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
+
+
+def test_a_refined_scoring_of_version_4_is_refused_and_the_guides_resumes(tmp_path):
+    """Version 5 calibrates the spread each refinement starts from: a version-4 folder of any proposal that refines
+    (auto, refined+defensive) would mix two estimators and is refused, naming the proposal and why; the guide's parts
+    are this version's estimates, resume, and the manifest is upgraded."""
+    torch.manual_seed(0)
+    model, guide = make_pair("vae", 12, 3, (8,))
+    x = torch.bernoulli(torch.full((8, 12), 0.3))
+    for proposal in ("auto", "refined+defensive", "guide"):
+        options = dict(part_size=4, num_samples=20, proposal=proposal)
+        if proposal != "guide":
+            options["refine_steps"] = 3
+        if proposal == "auto":
+            options.update(ais_chains=8, ais_steps=3)
+        folder = tmp_path / proposal
+        first = _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 4}))
+        if proposal == "guide":
             _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x, folder, **options))
-            assert json.loads((folder / "manifest.json").read_text())["version"] == 4
+            assert json.loads((folder / "manifest.json").read_text())["version"] == 5
+        else:
+            with pytest.raises(ValueError, match=rf"proposal='{re.escape(proposal)}' scoring by an earlier pyrovae "
+                                                 r"\(manifest version 4: its refinement started from the guide's"):
+                _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
