@@ -133,11 +133,15 @@ class LogLikelihood:
     def flagged(self) -> torch.Tensor:
         """(N,) bool: the estimates to check (with more samples, more starts, or AIS): k-hat above
         :attr:`khat_limits`, an effective sample size below :data:`CERTIFIED_MIN_ESS` (an estimate resting on a few
-        draws, however tame its tail looks), or a posterior found multimodal (:attr:`num_modes` > 1), where the
-        estimate is only as complete as the search for modes."""
+        draws, however tame its tail looks), a posterior found multimodal (:attr:`num_modes` > 1), where the
+        estimate is only as complete as the search for modes, or, for ``proposal="auto"``, an estimate its checks did
+        not pass (:attr:`checked`: the guide's own, kept where no later stage did better, or one that wider draws
+        found short), so that ``"auto"`` flags exactly what it does not certify."""
         flagged = ~(self.khat <= self.khat_limits)
         if self.ess is not None:
             flagged = flagged | ~(self.ess >= CERTIFIED_MIN_ESS)
+        if self.checked is not None:
+            flagged = flagged | ~self.checked
         return flagged | (self.num_modes > 1) if self.num_modes is not None else flagged
 
     @property
@@ -197,8 +201,10 @@ class LogLikelihood:
         return lines
 
     def summary(self) -> dict:
-        """A JSON-ready summary: mean, standard error, and the share of data per k-hat band (and of multimodal
-        posteriors, for a refined proposal with several starts)."""
+        """A summary of plain Python values: mean, standard error, and the share of data per k-hat band (and of
+        multimodal posteriors, for a refined proposal with several starts). A value that is not finite stays a float
+        (``khat_max`` is ``inf`` where a guide collapsed): Python's ``json`` writes it as ``Infinity`` or ``NaN``,
+        which strict JSON readers refuse; :func:`pyrovae.experiment.write_metrics` writes such values as strings."""
         khat = self.khat
         n = max(khat.numel(), 1)
         return {

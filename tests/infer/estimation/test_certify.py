@@ -32,6 +32,7 @@ def test_every_certified_estimate_is_within_three_standard_errors(seed, scale_fa
     assert set(result.estimator) <= set(certify.STAGES)
     assert result.cost["guide"]["data"] == 40 and result.cost["refined+defensive"]["data"] == 40
     assert not result.certified[[name == "guide" for name in result.estimator]].any()
+    assert torch.equal(result.flagged, ~result.certified)
 
 
 def test_a_far_too_narrow_guide_is_never_certified_by_itself():

@@ -184,6 +184,17 @@ def test_an_estimate_on_fewer_than_ten_effective_draws_is_flagged():
     assert result.flagged.tolist() == (~result.certified).tolist()
 
 
+def test_auto_flags_exactly_what_it_does_not_certify():
+    """An "auto" estimate its checks did not pass (the guide's own, kept where no later stage did better; one the
+    wider draws found short) was uncertified but not flagged when its weights looked tame."""
+    from pyrovae.infer.estimation.result import LogLikelihood
+
+    result = LogLikelihood(torch.zeros(4), torch.tensor([0.2, 0.2, 0.2, 0.9]), 500, "auto",
+                           ess=torch.tensor([400.0, 400.0, 4.5, 400.0]),
+                           checked=torch.tensor([True, False, True, True]))
+    assert result.flagged.tolist() == [False, True, True, True] == (~result.certified).tolist()
+
+
 @pytest.mark.parametrize("seed", [None, 3])
 def test_warnings_point_at_the_callers_line_once(seed):
     """A fixed stacklevel pointed into the library where log_likelihood re-entered itself (under seed=), and the
