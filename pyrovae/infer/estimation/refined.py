@@ -57,7 +57,7 @@ def _divergences(components: dict, templates: dict, indices: dict, batch_size: i
     return total
 
 
-# the factors on the encoder's start's spread among which its ELBO chooses before the steps (the start as it is first)
+# the factors on the starts' spread among which the encoder's start's ELBO chooses before the steps (1: as it is)
 SPREAD_FACTORS = (1.0,) + tuple(10 ** (k / 2) for k in (-4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8))
 # the draws of each factor's ELBO, and by how much (nats, beside three standard errors) one must beat the start's
 CALIBRATION_PARTICLES, CALIBRATION_MARGIN = 16, 1.0
@@ -71,9 +71,10 @@ class RefinedProposal(Proposal):
     Each datum's q starts from ``starts`` points: the encoder's output, and ``starts - 1`` prior draws, the best
     (highest log p(x_i, z)) of each of ``starts - 1`` regions into which ``candidates`` prior draws are split (at
     the encoder's scale; with an enumerated y, a draw from p(z | y) moves the start of q(z | x, y) for its own y
-    only), which find the modes the encoder misses in a low-dimensional latent space. The encoder's start first has
-    its spread calibrated per datum (times the factor of ``SPREAD_FACTORS``, 1/100 to 10,000, whose ELBO beats
-    its own clearly): the steps cannot widen a start far narrower than the posterior. From each, ``steps`` Adam
+    only), which find the modes the encoder misses in a low-dimensional latent space. The starts first have their
+    spread calibrated per datum (times the factor of ``SPREAD_FACTORS``, 1/100 to 10,000, whose ELBO at the
+    encoder's start beats its own clearly): the steps cannot widen a start far narrower than the posterior, or
+    narrow one far wider (not for a guide with an enumerated site). From each, ``steps`` Adam
     steps of rate ``lr`` (decayed linearly to ``lr / 10``) ascend, per datum, the ELBO (the Cremer et al. 2018
     "optimal q in the family", whose ELBO measures the amortisation gap; with an enumerated y, the sum over y of the
     ELBOs of each q(z | x, y) against p(z | x, y)) or, with ``objective="iwae"``, the importance-weighted bound with
@@ -240,25 +241,29 @@ class RefinedProposal(Proposal):
 
     def _calibrated(self, model, refined, repeated, max_plate_nesting, leaves, indices, spread, objective,
                     num_starts) -> torch.Tensor:
-        """The encoder's start's spread multiplied, in place, per datum, by the factor of :data:`SPREAD_FACTORS`
-        whose ELBO is highest, where it beats the start's own clearly (by ``CALIBRATION_MARGIN`` nats and three
-        standard errors: a correction of a spread far off, not a choice among draws' noise); the objective of the
-        starts after it.
+        """Every start's spread multiplied, in place, per datum, by the factor of :data:`SPREAD_FACTORS` whose ELBO
+        is highest at the encoder's start, where it beats that start's own clearly (by ``CALIBRATION_MARGIN`` nats
+        and three standard errors: a correction of a spread far off, not a choice among draws' noise); the
+        objective of the starts after it. A guide with an enumerated site (a GMVAE's y) is left as it is.
 
         Adam moves each unconstrained parameter by about the learning rate per step, so ``steps`` steps change a
         log scale by at most about ``steps * lr / 2`` (2.75 at the defaults): an encoder far narrower than the
         posterior (a VAE trained with a KL weight of 1e-4: 1/100 of it) stayed several times too narrow, and its
         weights, nearly constant over draws that never reach the posterior's mass, certified estimates 0.6 nats
-        low (1/100) to 9 nats (1/10,000). The ELBO of a Gaussian q is highest near the posterior's spread, so the
-        grid from 1/100 to 10,000 times puts the start within a factor of about 1.8 of where the steps finish it.
-        The prior starts keep the encoder's spread: calibrated too, a start far from its mode got a spread wide
-        enough to reach the mode from there, too wide for the steps to narrow once there (on a 1-D bimodal
-        posterior a major mode found so kept 0.2% of the mixture's weight, its estimate 4 nats low), and starts
-        widened over two nearby modes settled between them; narrow starts find each mode, as before."""
-        def elbo() -> tuple[torch.Tensor, torch.Tensor]:  # at the encoder's starts: the mean and its squared error
+        low (1/100) to 9 nats (1/10,000). The factor is read at the encoder's start, near a mode, and given to the
+        prior starts too, which carry the encoder's spread: each start's own ELBO, far from its mode, would choose
+        a spread wide enough to reach the mode from there, too wide once there (a major mode found so kept 0.2% of
+        the mixture's weight); and a mode found from a prior start left at the old spread is underweighted where
+        the mixture weighs its optima by their ELBOs. One factor for all the latent sites and directions: it
+        corrects a guide too narrow (or too wide) as a whole, not one site of several or one direction of many.
+        The enumerated case sums the ELBOs of the q(z | x, y) unweighted, so a far-off rare y would choose the
+        factor of the dominant one; such guides keep their starts."""
+        def elbo() -> tuple[torch.Tensor, torch.Tensor] | None:  # at the encoder's starts: mean, squared error
             log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES, max_plate_nesting,
                                                  sum_enumerated=False)
-            per_draw = log_weights.reshape(-1, *log_weights.shape[-2:]).sum(0).unflatten(-1, (num_starts, -1))[:, 0]
+            if log_weights.dim() > 2:  # (*enumerated, S, N): an enumerated site
+                return None
+            per_draw = log_weights.unflatten(-1, (num_starts, -1))[:, 0]
             return per_draw.mean(0), per_draw.var(0) / per_draw.shape[0]
 
         with torch.no_grad():
@@ -266,6 +271,9 @@ class RefinedProposal(Proposal):
             for factor in SPREAD_FACTORS:
                 spread[0] = objective.new_full(objective.shape[-1:], math.log(factor))
                 scores.append(elbo())
+                if scores[-1] is None:
+                    spread[0] = None
+                    return objective
             spread[0] = None
             means, variances = zip(*scores)
             mean = torch.stack(means).nan_to_num(nan=-math.inf)  # (factors, B)
@@ -273,8 +281,7 @@ class RefinedProposal(Proposal):
             gain = mean - mean[0]
             clear = gain > CALIBRATION_MARGIN + 3 * (variance + variance[0]).sqrt()
             best = gain.masked_fill(~clear, -math.inf).argmax(0)  # none clearly better: the start as it is (0)
-            log_factor = objective.new_tensor([math.log(f) for f in SPREAD_FACTORS])[best]
-            log_factor = torch.cat([log_factor, log_factor.new_zeros((num_starts - 1) * log_factor.shape[0])])
+            log_factor = objective.new_tensor([math.log(f) for f in SPREAD_FACTORS])[best].repeat(num_starts)
             for name, params in leaves.items():
                 for key, value in respread(params, log_factor, indices[name]).items():
                     params[key].copy_(value)
