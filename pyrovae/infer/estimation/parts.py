@@ -159,8 +159,10 @@ def _sees_parameters(model, guide) -> bool:
 
 # 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not); 4: auto refines a latent
 # on the sphere as a projected normal (3: in the guide's own family; its other parts are 4's); 5: every refinement
-# first calibrates each start's spread (4: the steps started from the guide's; the proposals without one are 4's)
-MANIFEST_VERSION = 5
+# first calibrates each start's spread (4: the steps started from the guide's; the proposals without one are 4's);
+# 6: the calibration compares its factors on common draws and calibrates each latent site in turn (5: independent
+# draws and a mean beyond three standard errors, one factor for every site)
+MANIFEST_VERSION = 6
 
 
 def _latent_on_sphere(model, guide, data, device) -> bool:
@@ -256,11 +258,13 @@ def log_likelihood_in_parts(
                              "version 3: its refined stage kept a latent on the sphere in the guide's own family, "
                              "now refined as a projected normal), which would mix two estimators: score into another "
                              "folder, or delete this one to start again")
-        if version < 5 and found["options"].get("proposal") in REFINED:
+        if version < 6 and found["options"].get("proposal") in REFINED:
+            why = ("its refinement started from the guide's spread, now calibrated first" if version < 5 else
+                   "its calibration of the starts' spread compared the factors on independent draws and gave every "
+                   "latent site one factor, now on common draws and each site in turn")
             raise ValueError(f"{folder} holds the parts of a proposal={found['options']['proposal']!r} scoring by an "
-                             f"earlier pyrovae (manifest version {version}: its refinement started from the guide's "
-                             "spread, now calibrated first), which would mix two estimators: score into another "
-                             "folder, or delete this one to start again")
+                             f"earlier pyrovae (manifest version {version}: {why}), which would mix two estimators: "
+                             "score into another folder, or delete this one to start again")
         found["version"] = MANIFEST_VERSION  # the other proposals' parts hold what they held (certified when read)
         found.setdefault("all_data", expected["all_data"])  # a manifest before every datum was digested: recorded now
         if found != expected:

@@ -59,8 +59,10 @@ def _divergences(components: dict, templates: dict, indices: dict, batch_size: i
 
 # the factors on the starts' spread among which the encoder's start's ELBO chooses before the steps (1: as it is)
 SPREAD_FACTORS = (1.0,) + tuple(10 ** (k / 2) for k in (-4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8))
-# the draws of each factor's ELBO, and by how much (nats, beside three standard errors) one must beat the start's
+# the draws of each factor's ELBO (the same for every factor), and by how much (nats) one must beat the start's, on
+# average and in the median draw
 CALIBRATION_PARTICLES, CALIBRATION_MARGIN = 16, 1.0
+CALIBRATION_SWEEPS = 2  # with several latent sites: after one factor for all, one for each site in turn, so often
 MIN_STEPS, STEPS_PER_DIMENSION = 100, 12  # default steps: 100, or max(100, 12 x the latent size) for full covariance
 
 
@@ -73,8 +75,9 @@ class RefinedProposal(Proposal):
     the encoder's scale; with an enumerated y, a draw from p(z | y) moves the start of q(z | x, y) for its own y
     only), which find the modes the encoder misses in a low-dimensional latent space. The starts first have their
     spread calibrated per datum (times the factor of ``SPREAD_FACTORS``, 1/100 to 10,000, whose ELBO at the
-    encoder's start beats its own clearly): the steps cannot widen a start far narrower than the posterior, or
-    narrow one far wider (not for a guide with an enumerated site). From each, ``steps`` Adam
+    encoder's start beats its own clearly; with several latent sites, each site in turn too): the steps cannot
+    widen a start far narrower than the posterior, or narrow one far wider (not for a guide with an enumerated
+    site). From each, ``steps`` Adam
     steps of rate ``lr`` (decayed linearly to ``lr / 10``) ascend, per datum, the ELBO (the Cremer et al. 2018
     "optimal q in the family", whose ELBO measures the amortisation gap; with an enumerated y, the sum over y of the
     ELBOs of each q(z | x, y) against p(z | x, y)) or, with ``objective="iwae"``, the importance-weighted bound with
@@ -202,9 +205,9 @@ class RefinedProposal(Proposal):
                         " between calls: a refined proposal needs per-datum parameters that do not depend on other"
                         " sampled latents"
                     )
-            return rebuilt(fn, params if spread[0] is None else respread(params, spread[0], index))
+            return rebuilt(fn, params if name not in spread else respread(params, spread[name], index))
 
-        spread = [None]  # while the start's spread is calibrated: each row's log factor on it
+        spread: dict[str, torch.Tensor] = {}  # while the starts' spread is calibrated: each row's log factor, by site
         refined = with_latents_replaced(guide, parameterised)
         with torch.enable_grad():
             objective = self._objective(model, refined, repeated, max_plate_nesting)  # creates the leaves
@@ -242,9 +245,15 @@ class RefinedProposal(Proposal):
     def _calibrated(self, model, refined, repeated, max_plate_nesting, leaves, indices, spread, objective,
                     num_starts) -> torch.Tensor:
         """Every start's spread multiplied, in place, per datum, by the factor of :data:`SPREAD_FACTORS` whose ELBO
-        is highest at the encoder's start, where it beats that start's own clearly (by ``CALIBRATION_MARGIN`` nats
-        and three standard errors: a correction of a spread far off, not a choice among draws' noise); the
-        objective of the starts after it. A guide with an enumerated site (a GMVAE's y) is left as it is.
+        is highest at the encoder's start, where it beats that start's own clearly; the objective of the starts
+        after it. Every factor is scored on the same draws (the noise of the ELBO from other sites and directions
+        cancels in the differences), and its gain over the start must exceed ``CALIBRATION_MARGIN`` nats both on
+        average and in the median draw: a correction of a spread far off, not a choice among draws' noise (the rule
+        before, a mean gain beyond three standard errors, missed starts far too wide, whose gain is large in every
+        draw but of so heavy a tail that its mean is within three standard errors of zero at 16 draws). With
+        several latent sites, one factor for all of them first, then one for each site in turn (the others as
+        chosen), in ``CALIBRATION_SWEEPS`` sweeps over the sites. A guide with an enumerated site (a GMVAE's y) is
+        left as it is.
 
         Adam moves each unconstrained parameter by about the learning rate per step, so ``steps`` steps change a
         log scale by at most about ``steps * lr / 2`` (2.75 at the defaults): an encoder far narrower than the
@@ -254,37 +263,51 @@ class RefinedProposal(Proposal):
         prior starts too, which carry the encoder's spread: each start's own ELBO, far from its mode, would choose
         a spread wide enough to reach the mode from there, too wide once there (a major mode found so kept 0.2% of
         the mixture's weight); and a mode found from a prior start left at the old spread is underweighted where
-        the mixture weighs its optima by their ELBOs. One factor for all the latent sites and directions: it
-        corrects a guide too narrow (or too wide) as a whole, not one site of several or one direction of many.
-        The enumerated case sums the ELBOs of the q(z | x, y) unweighted, so a far-off rare y would choose the
-        factor of the dominant one; such guides keep their starts."""
-        def elbo() -> tuple[torch.Tensor, torch.Tensor] | None:  # at the encoder's starts: mean, squared error
-            log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES, max_plate_nesting,
-                                                 sum_enumerated=False)
+        the mixture weighs its optima by their ELBOs. A site's factor serves all its directions: it corrects a
+        site too narrow (or too wide) as a whole, not in one direction of many. The enumerated case sums the ELBOs
+        of the q(z | x, y) unweighted, so a far-off rare y would choose the factor of the dominant one; such guides
+        keep their starts."""
+        seed_of = [0]  # every factor's ELBO from the same draws: their differences are paired, draw by draw
+        devices = list(range(torch.cuda.device_count())) if objective.device.type == "cuda" else []
+
+        def log_weights_at_start() -> torch.Tensor | None:  # (draws, B) at the encoder's starts
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed_of[0])
+                log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES,
+                                                     max_plate_nesting, sum_enumerated=False)
             if log_weights.dim() > 2:  # (*enumerated, S, N): an enumerated site
                 return None
-            per_draw = log_weights.unflatten(-1, (num_starts, -1))[:, 0]
-            return per_draw.mean(0), per_draw.var(0) / per_draw.shape[0]
+            return log_weights.unflatten(-1, (num_starts, -1))[:, 0]
+
+        def calibrate(sites) -> bool:  # the sites' factor chosen and applied; False: an enumerated site
+            seed_of[0] = int(torch.randint(2**62, (), device=objective.device))
+            draws = []
+            for factor in SPREAD_FACTORS:
+                spread.update({name: objective.new_full(objective.shape[-1:], math.log(factor)) for name in sites})
+                draws.append(log_weights_at_start())
+                if draws[-1] is None:
+                    spread.clear()
+                    return False
+            spread.clear()
+            stacked = torch.stack(draws)  # (factors, draws, B)
+            gain = (stacked - draws[0]).nan_to_num(nan=-math.inf)  # paired: -inf where both are
+            clear = (gain.mean(1) > CALIBRATION_MARGIN) & (gain.median(1).values > CALIBRATION_MARGIN)
+            elbo = stacked.mean(1).nan_to_num(nan=-math.inf)
+            best = elbo.masked_fill(~clear, -math.inf).argmax(0)  # none clearly better: the start as it is (0)
+            log_factor = objective.new_tensor([math.log(f) for f in SPREAD_FACTORS])[best].repeat(num_starts)
+            for name in sites:
+                for key, value in respread(leaves[name], log_factor, indices[name]).items():
+                    leaves[name][key].copy_(value)
+            return True
 
         with torch.no_grad():
-            scores = []
-            for factor in SPREAD_FACTORS:
-                spread[0] = objective.new_full(objective.shape[-1:], math.log(factor))
-                scores.append(elbo())
-                if scores[-1] is None:
-                    spread[0] = None
-                    return objective
-            spread[0] = None
-            means, variances = zip(*scores)
-            mean = torch.stack(means).nan_to_num(nan=-math.inf)  # (factors, B)
-            variance = torch.stack(variances).nan_to_num(nan=math.inf)
-            gain = mean - mean[0]
-            clear = gain > CALIBRATION_MARGIN + 3 * (variance + variance[0]).sqrt()
-            best = gain.masked_fill(~clear, -math.inf).argmax(0)  # none clearly better: the start as it is (0)
-            log_factor = objective.new_tensor([math.log(f) for f in SPREAD_FACTORS])[best].repeat(num_starts)
-            for name, params in leaves.items():
-                for key, value in respread(params, log_factor, indices[name]).items():
-                    params[key].copy_(value)
+            sites = list(leaves)
+            if not calibrate(sites):
+                return objective
+            for _ in range(CALIBRATION_SWEEPS if len(sites) > 1 else 0):  # twice: a factor beyond the range's end
+                for name in sites:                                        # (one site far too narrow, another too
+                    calibrate([name])                                     # wide) goes on at the second
+
         return self._objective(model, refined, repeated, max_plate_nesting)
 
     @torch.no_grad()

@@ -199,18 +199,22 @@ def test_refined_on_a_two_component_mixture_with_bimodal_components(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_auto_with_a_guide_far_too_narrow_on_a_bimodal_posterior_certifies_nothing_wrong(seed):
+@pytest.mark.parametrize("factor", [1e-2, 10.0])
+def test_auto_with_a_guide_far_too_narrow_or_too_wide_on_a_bimodal_posterior_certifies_nothing_wrong(seed, factor):
     """The z^2 toy with the guide's scale at 1/100: its refinement stayed too narrow and "auto" certified estimates
     up to 0.85 nats low (29 of 180 data); with the encoder's start calibrated alone, a mode found from a prior start
-    kept the old spread and too little weight in the mixture (20 of 180). Every start gets the encoder's factor."""
+    kept the old spread and too little weight in the mixture (20 of 180). Every start gets the encoder's factor.
+    At 10 times its scale a start spanning both modes was not clearly worse by a mean over independent draws, and
+    its optimum settled between them (13 of 180 certified wrong, up to 4.2 nats): the factors are compared on common
+    draws, by their mean and median gain."""
     model, _, x, exact, _ = _square_toy(seed, 30)
 
-    def narrow(x):  # the toy's guide at a hundredth of its scale
+    def off(x):  # the toy's guide at a factor of its scale
         root = x[..., :2].mean(-1).clamp_min(1e-3).sqrt()
         with pyro.plate("data", x.shape[-2]):
-            pyro.sample("z", dist.Normal(-root, SIGMA / (2 * root + 0.5) / 100))
+            pyro.sample("z", dist.Normal(-root, SIGMA / (2 * root + 0.5) * factor))
 
-    result = _quiet_log_likelihood(model, narrow, x, proposal="auto", seed=seed, num_samples=200, ais_chains=64,
+    result = _quiet_log_likelihood(model, off, x, proposal="auto", seed=seed, num_samples=200, ais_chains=64,
                                    ais_steps=50)
     error = (result.per_datum - exact).abs()
     wrong = result.certified & (error > 3 * result.mc_stderr + result.mc_stderr.square() + 0.05)

@@ -314,7 +314,7 @@ def test_an_auto_scoring_of_an_earlier_version_is_refused_and_others_resume(tmp_
             if proposal == "auto" else dict(part_size=20, num_samples=50)
         first = _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert manifest["version"] == 5
+        assert manifest["version"] == 6
         for version in (2, None):  # version 1 wrote none
             manifest.pop("version", None)
             if version is not None:
@@ -326,8 +326,8 @@ def test_an_auto_scoring_of_an_earlier_version_is_refused_and_others_resume(tmp_
                     _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options)
             else:
                 _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x[:20], folder, **options))
-                assert json.loads((folder / "manifest.json").read_text())["version"] == 5
-    manifest["version"] = 6
+                assert json.loads((folder / "manifest.json").read_text())["version"] == 6
+    manifest["version"] = 7
     (tmp_path / "guide" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="by a newer pyrovae"):
         _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path / "guide", part_size=20, num_samples=50)
@@ -353,10 +353,15 @@ def test_an_auto_scoring_of_version_3_is_refused_naming_why(tmp_path):
             _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
 
 
-def test_a_refined_scoring_of_version_4_is_refused_and_the_guides_resumes(tmp_path):
-    """Version 5 calibrates the spread each refinement starts from: a version-4 folder of any proposal that refines
-    (auto, refined+defensive) would mix two estimators and is refused, naming the proposal and why; the guide's parts
-    are this version's estimates, resume, and the manifest is upgraded."""
+@pytest.mark.parametrize("version, why", [
+    (4, "its refinement started from the guide's"),
+    (5, "its calibration of the starts' spread compared the factors on independent draws"),
+])
+def test_a_refined_scoring_of_version_4_or_5_is_refused_and_the_guides_resumes(tmp_path, version, why):
+    """Version 5 calibrates the spread each refinement starts from, version 6 compares the factors on common draws
+    and calibrates each latent site in turn: an earlier folder of any proposal that refines (auto,
+    refined+defensive) would mix two estimators and is refused, naming the proposal and why; the guide's parts are
+    this version's estimates, resume, and the manifest is upgraded."""
     torch.manual_seed(0)
     model, guide = make_pair("vae", 12, 3, (8,))
     x = torch.bernoulli(torch.full((8, 12), 0.3))
@@ -369,11 +374,11 @@ def test_a_refined_scoring_of_version_4_is_refused_and_the_guides_resumes(tmp_pa
         folder = tmp_path / proposal
         first = _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
         manifest = json.loads((folder / "manifest.json").read_text())
-        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 4}))
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
         if proposal == "guide":
             _assert_same(first, _quiet(log_likelihood_in_parts, model, guide, x, folder, **options))
-            assert json.loads((folder / "manifest.json").read_text())["version"] == 5
+            assert json.loads((folder / "manifest.json").read_text())["version"] == 6
         else:
             with pytest.raises(ValueError, match=rf"proposal='{re.escape(proposal)}' scoring by an earlier pyrovae "
-                                                 r"\(manifest version 4: its refinement started from the guide's"):
+                                                 rf"\(manifest version {version}: {re.escape(why)}"):
                 _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)

@@ -172,7 +172,8 @@ def test_on_an_anisotropic_posterior_the_projected_normal_is_exact_where_the_vmf
     error = full.per_datum - exact
     assert (error.abs() <= 3 * full.mc_stderr + 0.02).all(), error
     assert full.certified.float().mean() >= 0.8  # k-hat of near-exact weights is noisy: one in ten may exceed 0.7
-    assert float(full.khat.mean()) < float(own.khat.mean()) - 0.1, (full.khat, own.khat)
+    # by the median: the k-hat of near-exact weights is noise, and one datum in ten may read 1.3
+    assert float(full.khat.median()) < float(own.khat.median()) - 0.1, (full.khat, own.khat)
     assert float(full.mc_stderr.mean()) < float(own.mc_stderr.mean())
 
 
