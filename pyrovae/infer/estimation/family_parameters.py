@@ -121,6 +121,35 @@ def respread(params: dict[str, torch.Tensor], log_factor: torch.Tensor, index: i
     return out
 
 
+def direction_slopes(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor | None]) -> torch.Tensor | None:
+    """The derivative of an objective along each coordinate's spread, ``(..., d)`` like the location: by the log of a
+    factor on the coordinate's scale (a diagonal Gaussian), or on its row of the Cholesky factor (a full covariance),
+    from the objective's gradients ``grads`` in :func:`unconstrained`'s parameters; None for a family without a
+    location in coordinates (the sphere's)."""
+    if "loc" not in params:
+        return None
+    if "log_scale" in params:
+        slope = grads.get("log_scale")
+        return None if slope is None else slope.expand_as(params["loc"])
+    diagonal, off = grads.get("log_diagonal"), grads.get("tril")
+    if diagonal is None:
+        return None
+    return diagonal if off is None else diagonal + (params["tril"].tril(-1) * off).sum(-1)
+
+
+def directions_respread(params: dict[str, torch.Tensor], log_factor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``params`` of a Gaussian (from :func:`unconstrained`) with coordinate j's spread multiplied by
+    ``exp(log_factor[..., j])`` (shaped like the location): a diagonal scale's entry, or row j of the Cholesky
+    factor (the covariance D S D for D = diag(factor))."""
+    out = dict(params)
+    if "log_scale" in params:
+        out["log_scale"] = params["log_scale"] + log_factor
+    else:
+        out["log_diagonal"] = params["log_diagonal"] + log_factor
+        out["tril"] = params["tril"] * log_factor.exp().unsqueeze(-1)
+    return out
+
+
 def per_datum(params: dict[str, torch.Tensor], index: int | None, num_rows: int) -> bool:
     """Whether every parameter in ``params`` holds ``num_rows`` data along dimension ``index`` (one value per datum,
     not broadcast)."""
@@ -204,5 +233,5 @@ def moved_to_starts(fn, values: dict[str, torch.Tensor], points: torch.Tensor, i
     return {**values, key: moved.movedim(0, index).flatten(index, index + 1)}
 
 
-__all__ = ["as_full_covariance", "base_point", "moved_to_starts", "per_datum", "rebuilt", "resolvable", "respread",
-           "unconstrained"]
+__all__ = ["as_full_covariance", "base_point", "direction_slopes", "directions_respread", "moved_to_starts",
+           "per_datum", "rebuilt", "resolvable", "respread", "unconstrained"]

@@ -160,8 +160,8 @@ def _sees_parameters(model, guide) -> bool:
 # 3: auto's stages certify by k-hat limits by the draws, AIS jitters its step (1, 2: not); 4: auto refines a latent
 # on the sphere as a projected normal (3: in the guide's own family; its other parts are 4's); 5: every refinement
 # first calibrates each start's spread (4: the steps started from the guide's; the proposals without one are 4's);
-# 6: the calibration compares its factors on common draws and calibrates each latent site in turn (5: independent
-# draws and a mean beyond three standard errors, one factor for every site)
+# 6: the calibration compares its factors on common draws and calibrates each latent site, then each coordinate of
+# a Gaussian one, in turn (5: independent draws and a mean beyond three standard errors, one factor for all)
 MANIFEST_VERSION = 6
 
 
@@ -261,7 +261,7 @@ def log_likelihood_in_parts(
         if version < 6 and found["options"].get("proposal") in REFINED:
             why = ("its refinement started from the guide's spread, now calibrated first" if version < 5 else
                    "its calibration of the starts' spread compared the factors on independent draws and gave every "
-                   "latent site one factor, now on common draws and each site in turn")
+                   "latent site and direction one factor, now on common draws and each site and coordinate in turn")
             raise ValueError(f"{folder} holds the parts of a proposal={found['options']['proposal']!r} scoring by an "
                              f"earlier pyrovae (manifest version {version}: {why}), which would mix two estimators: "
                              "score into another folder, or delete this one to start again")

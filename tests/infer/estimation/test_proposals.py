@@ -20,7 +20,14 @@ from pyrovae.infer import (
     gap_report,
     log_likelihood,
 )
-from pyrovae.infer.estimation.family_parameters import as_full_covariance, rebuilt, respread, unconstrained
+from pyrovae.infer.estimation.family_parameters import (
+    as_full_covariance,
+    direction_slopes,
+    directions_respread,
+    rebuilt,
+    respread,
+    unconstrained,
+)
 from tests.infer.estimation.test_log_likelihood import SIGMA, Z_DIM, exact_log_marginal, make_guide, make_model, ppca
 
 PROPOSALS = ["guide", "defensive", "refined", "refined+defensive"]
@@ -387,3 +394,36 @@ def test_respread_multiplies_each_datums_spread_in_every_family():
     full = as_full_covariance(laws["normal"], "z")
     wide = rebuilt(full, respread(unconstrained(full), factor.log(), 0))
     assert torch.allclose(wide.scale_tril, torch.diag_embed(scale * factor.unsqueeze(-1)))
+
+
+@pytest.mark.parametrize("family", ["normal", "full"])
+def test_each_coordinates_spread_is_scaled_and_its_slope_is_the_derivative_along_that_scaling(family):
+    """directions_respread: coordinate j's scale (or row j of the Cholesky factor, the covariance D S D) times
+    factor j, per datum; direction_slopes: the derivative of an objective along log factor j, against central
+    differences of the objective of the rescaled law."""
+    torch.manual_seed(1)
+    loc, scale = torch.randn(4, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64) + 0.3
+    tril = torch.diag_embed(scale) + 0.3 * torch.randn(4, 3, 3, dtype=torch.float64).tril(-1)
+    fn = dist.Normal(loc, scale).to_event(1) if family == "normal" else dist.MultivariateNormal(loc, scale_tril=tril)
+    params = unconstrained(fn)
+    factor = torch.rand(4, 3, dtype=torch.float64) * 3 + 0.2
+    wide = rebuilt(fn, directions_respread(params, factor.log()))
+    covariance = fn.covariance_matrix if family == "full" else torch.diag_embed(scale.square())
+    expected = factor.unsqueeze(-1) * covariance * factor.unsqueeze(-2)
+    assert torch.allclose(wide.covariance_matrix if family == "full" else torch.diag_embed(wide.variance), expected)
+    assert torch.allclose(wide.mean, loc)
+
+    points = torch.randn(16, 4, 3, dtype=torch.float64)
+
+    def objective(p):  # a datum's mean log-density of fixed points plus its entropy: smooth in every parameter
+        law = rebuilt(fn, p)
+        return law.log_prob(points).mean(0) + law.entropy()
+
+    leaves = {key: value.clone().requires_grad_() for key, value in params.items()}
+    grads = torch.autograd.grad(objective(leaves).sum(), [leaves[key] for key in leaves], allow_unused=True)
+    slope = direction_slopes(params, dict(zip(leaves, grads, strict=True)))
+    for j in range(3):
+        step = torch.zeros(4, 3, dtype=torch.float64)
+        step[:, j] = 1e-5
+        difference = (objective(directions_respread(params, step)) - objective(directions_respread(params, -step)))
+        assert torch.allclose(slope[:, j], difference / 2e-5, atol=1e-6, rtol=1e-6)
