@@ -258,22 +258,21 @@ class RefinedProposal(Proposal):
         chosen), in ``CALIBRATION_SWEEPS`` sweeps over the sites; then each coordinate of a Gaussian site (below).
         A guide with an enumerated site (a GMVAE's y) is left as it is.
 
-        Adam moves each unconstrained parameter by about the learning rate per step, so ``steps`` steps change a
-        log scale by at most about ``steps * lr / 2`` (2.75 at the defaults): an encoder far narrower than the
-        posterior (a VAE trained with a KL weight of 1e-4: 1/100 of it) stayed several times too narrow, and its
-        weights, nearly constant over draws that never reach the posterior's mass, certified estimates 0.6 nats
-        low (1/100) to 9 nats (1/10,000). The factor is read at the encoder's start, near a mode, and given to the
-        prior starts too, which carry the encoder's spread: each start's own ELBO, far from its mode, would choose
-        a spread wide enough to reach the mode from there, too wide once there (a major mode found so kept 0.2% of
-        the mixture's weight); and a mode found from a prior start left at the old spread is underweighted where
-        the mixture weighs its optima by their ELBOs. Then, for a Gaussian site of several coordinates, each
-        coordinate's spread (row of the Cholesky factor) gets a factor of its own, read off the ELBO's slope along
-        it (for a Gaussian posterior, 1 - (spread / posterior's)^2; clamped to 1/100 .. 100) and kept for the data
-        where it is clearly better, twice: one factor for a site left a guide far off in one coordinate of two
-        certified wrong (up to 0.64 nats). A law on the sphere has one concentration (a projected normal's
-        directions are left to the steps). The enumerated case sums the ELBOs
-        of the q(z | x, y) unweighted, so a far-off rare y would choose the factor of the dominant one; such guides
-        keep their starts."""
+        Adam moves each unconstrained parameter by about the learning rate per step, so ``steps`` steps change a log
+        scale by at most about ``steps * lr / 2`` (2.75 at the defaults): an encoder far narrower than the posterior (a
+        VAE trained with a KL weight of 1e-4: 1/100 of it) stayed several times too narrow, and its weights, nearly
+        constant over draws that never reach the posterior's mass, certified estimates 0.6 nats low (1/100) to 9 nats
+        (1/10,000). The factor is read at the encoder's start, near a mode, and given to the prior starts too, which
+        carry the encoder's spread: each start's own ELBO, far from its mode, would choose a spread wide enough to reach
+        the mode from there, too wide once there (a major mode found so kept 0.2% of the mixture's weight); and a mode
+        found from a prior start left at the old spread is underweighted where the mixture weighs its optima by their
+        ELBOs. Then, for a Gaussian site of several coordinates, each coordinate's spread (row of the Cholesky factor)
+        gets a factor of its own, read off the ELBO's slope along it (for a Gaussian posterior, 1 - (spread /
+        posterior's)^2; clamped to 1/100 .. 100, and one within sqrt(10) left to the steps) and kept for the data where
+        it is clearly better, once more where one was kept: one factor for a site left a guide far off in one coordinate
+        of two certified wrong (up to 0.64 nats). A law on the sphere has one concentration (a projected normal's
+        directions are left to the steps). The enumerated case sums the ELBOs of the q(z | x, y) unweighted, so a
+        far-off rare y would choose the factor of the dominant one; such guides keep their starts."""
         seed_of = [0]  # every factor's ELBO from the same draws: their differences are paired, draw by draw
         devices = list(range(torch.cuda.device_count())) if objective.device.type == "cuda" else []
 
@@ -310,27 +309,32 @@ class RefinedProposal(Proposal):
         def per_row(value: torch.Tensor, index: int, like: torch.Tensor) -> torch.Tensor:  # (N,) on like's rows
             return value.reshape((1,) * index + (-1,) + (1,) * (like.dim() - index - 1))
 
-        def calibrate_directions(name: str) -> None:
+        def calibrate_directions(name: str) -> bool:
             """A factor on each coordinate's spread, read off the ELBO's slope along it (for a Gaussian posterior
-            the slope is 1 - (spread / posterior's)^2), kept for the data where it is clearly better."""
+            the slope is 1 - (spread / posterior's)^2), kept for the data where it is clearly better; whether any
+            was kept (no factor beyond sqrt(10) costs one gradient and changes nothing)."""
             params, index = leaves[name], indices[name]
             keys = [key for key in ("log_scale", "log_diagonal", "tril") if key in params]
             if "loc" not in params or not keys:  # on the sphere: one concentration, or a projected normal's
-                return
+                return False
             seed_of[0] = int(torch.randint(2**62, (), device=objective.device))
             with torch.enable_grad(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed_of[0])
                 log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES,
                                                      max_plate_nesting, sum_enumerated=False)
                 if log_weights.dim() > 2:
-                    return
+                    return False
                 total = log_weights.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).mean(0).sum()
                 grads = torch.autograd.grad(total, [params[key] for key in keys], allow_unused=True)
             slope = direction_slopes(params, dict(zip(keys, grads, strict=True)))
             if slope is None:
-                return
+                return False
             ratio = (1 - slope).nan_to_num(nan=1.0)  # (spread / posterior's)^2 along each coordinate
             log_factor = (-0.5 * ratio.clamp_min(1e-4).log()).clamp(math.log(1e-2), math.log(1e2))
+            # within sqrt(10) of the start: left to the steps (which move a log scale by up to about 2.75)
+            log_factor = log_factor.masked_fill(log_factor.abs() < 0.5 * math.log(10), 0.0)
+            if not log_factor.any():
+                return False
             rows = log_factor.movedim(index, 0)
             log_factor = torch.cat([rows[: rows.shape[0] // num_starts]] * num_starts).movedim(0, index)
             before = {key: value.clone() for key, value in params.items()}
@@ -343,6 +347,7 @@ class RefinedProposal(Proposal):
             clear = clear.repeat(num_starts)
             for key, value in params.items():
                 value.copy_(torch.where(per_row(clear, index, value), value, before[key]))
+            return bool(clear.any())
 
         with torch.no_grad():
             sites = list(leaves)
@@ -352,9 +357,9 @@ class RefinedProposal(Proposal):
                 for name in sites:                                        # (one site far too narrow, another too
                     calibrate([name])                                     # wide) goes on at the second
             for name in sites:
-                if sizes[name] > 1:
-                    for _ in range(CALIBRATION_SWEEPS):
-                        calibrate_directions(name)
+                sweeps = CALIBRATION_SWEEPS if sizes[name] > 1 else 0
+                while sweeps and calibrate_directions(name):  # again only where the first changed something
+                    sweeps -= 1
         return self._objective(model, refined, repeated, max_plate_nesting)
 
     @torch.no_grad()
