@@ -276,9 +276,12 @@ class RefinedProposal(Proposal):
         seed_of = [0]  # every factor's ELBO from the same draws: their differences are paired, draw by draw
         devices = list(range(torch.cuda.device_count())) if objective.device.type == "cuda" else []
 
+        def seeded() -> None:  # inside fork_rng: the CPU's generator alone where the scoring is on the CPU
+            (torch.manual_seed if devices else torch.default_generator.manual_seed)(seed_of[0])
+
         def log_weights_at_start() -> torch.Tensor | None:  # (draws, B) at the encoder's starts
             with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed_of[0])
+                seeded()
                 log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES,
                                                      max_plate_nesting, sum_enumerated=False)
             if log_weights.dim() > 2:  # (*enumerated, S, N): an enumerated site
@@ -319,7 +322,7 @@ class RefinedProposal(Proposal):
                 return False
             seed_of[0] = int(torch.randint(2**62, (), device=objective.device))
             with torch.enable_grad(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed_of[0])
+                seeded()
                 log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES,
                                                      max_plate_nesting, sum_enumerated=False)
                 if log_weights.dim() > 2:
