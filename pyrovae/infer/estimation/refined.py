@@ -20,10 +20,9 @@ from pyro import poutine
 from pyrovae._caller import warn_user
 from pyrovae.infer.arguments import check_integer, check_number
 from pyrovae.infer.batches import as_args
+from pyrovae.infer.estimation.calibration import calibrate_spread
 from pyrovae.infer.estimation.family_parameters import (
     as_full_covariance,
-    direction_slopes,
-    directions_respread,
     moved_to_starts,
     per_datum,
     rebuilt,
@@ -59,12 +58,6 @@ def _divergences(components: dict, templates: dict, indices: dict, batch_size: i
     return total
 
 
-# the factors on the starts' spread among which the encoder's start's ELBO chooses before the steps (1: as it is)
-SPREAD_FACTORS = (1.0,) + tuple(10 ** (k / 2) for k in (-4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8))
-# the draws of each factor's ELBO (the same for every factor), and by how much (nats) one must beat the start's, on
-# average and in the median draw
-CALIBRATION_PARTICLES, CALIBRATION_MARGIN = 16, 1.0
-CALIBRATION_SWEEPS = 2  # with several latent sites: after one factor for all, one for each site in turn, so often
 MIN_STEPS, STEPS_PER_DIMENSION = 100, 12  # default steps: 100, or max(100, 12 x the latent size) for full covariance
 
 
@@ -76,10 +69,10 @@ class RefinedProposal(Proposal):
     (highest log p(x_i, z)) of each of ``starts - 1`` regions into which ``candidates`` prior draws are split (at
     the encoder's scale; with an enumerated y, a draw from p(z | y) moves the start of q(z | x, y) for its own y
     only), which find the modes the encoder misses in a low-dimensional latent space. The starts first have their
-    spread calibrated per datum (times the factor of ``SPREAD_FACTORS``, 1/100 to 10,000, whose ELBO at the
-    encoder's start beats its own clearly; with several latent sites, each site in turn too; then each coordinate
-    of a Gaussian site, by the ELBO's slope along it): the steps cannot
-    widen a start far narrower than the posterior, or narrow one far wider (not for a guide with an enumerated
+    spread calibrated per datum (:mod:`~pyrovae.infer.estimation.calibration`: times the factor, 1/100 to 10,000,
+    whose ELBO at the encoder's start beats its own clearly; with several latent sites, each site in turn too; then
+    each coordinate of a Gaussian site, by the ELBO's slope along it): the steps cannot widen a start far narrower
+    than the posterior, or narrow one far wider (not for a guide with an enumerated
     site). From each, ``steps`` Adam
     steps of rate ``lr`` (decayed linearly to ``lr / 10``) ascend, per datum, the ELBO (the Cremer et al. 2018
     "optimal q in the family", whose ELBO measures the amortisation gap; with an enumerated y, the sum over y of the
@@ -217,8 +210,9 @@ class RefinedProposal(Proposal):
             if not leaves:
                 raise ValueError("the guide has no continuous latent site to refine")
             if all(per_datum(p, indices[n], objective.shape[-1]) for n, p in leaves.items()):
-                objective = self._calibrated(model, refined, repeated, max_plate_nesting, leaves, indices, sizes,
-                                             spread, objective, num_starts)
+                if calibrate_spread(model, refined, repeated, max_plate_nesting, leaves, indices, sizes, spread,
+                                    num_starts):
+                    objective = self._objective(model, refined, repeated, max_plate_nesting)
             start = {n: {k: v.detach().clone() for k, v in p.items()} for n, p in leaves.items()}
             flat = [v for p in leaves.values() for v in p.values()]
             optimizer = torch.optim.Adam(flat, lr=self.lr)
@@ -244,126 +238,6 @@ class RefinedProposal(Proposal):
             return refined, objective
         return self._mixture(model, guide, refined, args, repeated, leaves, indices, objective, num_starts,
                              batch_size, max_plate_nesting)
-
-    def _calibrated(self, model, refined, repeated, max_plate_nesting, leaves, indices, sizes, spread, objective,
-                    num_starts) -> torch.Tensor:
-        """Every start's spread multiplied, in place, per datum, by the factor of :data:`SPREAD_FACTORS` whose ELBO
-        is highest at the encoder's start, where it beats that start's own clearly; the objective of the starts
-        after it. Every factor is scored on the same draws (the noise of the ELBO from other sites and directions
-        cancels in the differences), and its gain over the start must exceed ``CALIBRATION_MARGIN`` nats both on
-        average and in the median draw: a correction of a spread far off, not a choice among draws' noise (the rule
-        before, a mean gain beyond three standard errors, missed starts far too wide, whose gain is large in every
-        draw but of so heavy a tail that its mean is within three standard errors of zero at 16 draws). With
-        several latent sites, one factor for all of them first, then one for each site in turn (the others as
-        chosen), in ``CALIBRATION_SWEEPS`` sweeps over the sites; then each coordinate of a Gaussian site (below).
-        A guide with an enumerated site (a GMVAE's y) is left as it is.
-
-        Adam moves each unconstrained parameter by about the learning rate per step, so ``steps`` steps change a log
-        scale by at most about ``steps * lr / 2`` (2.75 at the defaults): an encoder far narrower than the posterior (a
-        VAE trained with a KL weight of 1e-4: 1/100 of it) stayed several times too narrow, and its weights, nearly
-        constant over draws that never reach the posterior's mass, certified estimates 0.6 nats low (1/100) to 9 nats
-        (1/10,000). The factor is read at the encoder's start, near a mode, and given to the prior starts too, which
-        carry the encoder's spread: each start's own ELBO, far from its mode, would choose a spread wide enough to reach
-        the mode from there, too wide once there (a major mode found so kept 0.2% of the mixture's weight); and a mode
-        found from a prior start left at the old spread is underweighted where the mixture weighs its optima by their
-        ELBOs. Then, for a Gaussian site of several coordinates, each coordinate's spread (row of the Cholesky factor)
-        gets a factor of its own, read off the ELBO's slope along it (for a Gaussian posterior, 1 - (spread /
-        posterior's)^2; clamped to 1/100 .. 100, and one within sqrt(10) left to the steps) and kept for the data where
-        it is clearly better, once more where one was kept: one factor for a site left a guide far off in one coordinate
-        of two certified wrong (up to 0.64 nats). A law on the sphere has one concentration (a projected normal's
-        directions are left to the steps). The enumerated case sums the ELBOs of the q(z | x, y) unweighted, so a
-        far-off rare y would choose the factor of the dominant one; such guides keep their starts."""
-        seed_of = [0]  # every factor's ELBO from the same draws: their differences are paired, draw by draw
-        devices = list(range(torch.cuda.device_count())) if objective.device.type == "cuda" else []
-
-        def seeded() -> None:  # inside fork_rng: the CPU's generator alone where the scoring is on the CPU
-            (torch.manual_seed if devices else torch.default_generator.manual_seed)(seed_of[0])
-
-        def log_weights_at_start() -> torch.Tensor | None:  # (draws, B) at the encoder's starts
-            with torch.random.fork_rng(devices=devices):
-                seeded()
-                log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES,
-                                                     max_plate_nesting, sum_enumerated=False)
-            if log_weights.dim() > 2:  # (*enumerated, S, N): an enumerated site
-                return None
-            return log_weights.unflatten(-1, (num_starts, -1))[:, 0]
-
-        def calibrate(sites) -> bool:  # the sites' factor chosen and applied; False: an enumerated site
-            seed_of[0] = int(torch.randint(2**62, (), device=objective.device))
-            draws = []
-            for factor in SPREAD_FACTORS:
-                spread.update({name: objective.new_full(objective.shape[-1:], math.log(factor)) for name in sites})
-                draws.append(log_weights_at_start())
-                if draws[-1] is None:
-                    spread.clear()
-                    return False
-            spread.clear()
-            stacked = torch.stack(draws)  # (factors, draws, B)
-            gain = (stacked - draws[0]).nan_to_num(nan=-math.inf)  # paired: -inf where both are
-            clear = (gain.mean(1) > CALIBRATION_MARGIN) & (gain.median(1).values > CALIBRATION_MARGIN)
-            elbo = stacked.mean(1).nan_to_num(nan=-math.inf)
-            best = elbo.masked_fill(~clear, -math.inf).argmax(0)  # none clearly better: the start as it is (0)
-            log_factor = objective.new_tensor([math.log(f) for f in SPREAD_FACTORS])[best].repeat(num_starts)
-            for name in sites:
-                for key, value in respread(leaves[name], log_factor, indices[name]).items():
-                    leaves[name][key].copy_(value)
-            return True
-
-        def per_row(value: torch.Tensor, index: int, like: torch.Tensor) -> torch.Tensor:  # (N,) on like's rows
-            return value.reshape((1,) * index + (-1,) + (1,) * (like.dim() - index - 1))
-
-        def calibrate_directions(name: str) -> bool:
-            """A factor on each coordinate's spread, read off the ELBO's slope along it (for a Gaussian posterior
-            the slope is 1 - (spread / posterior's)^2), kept for the data where it is clearly better; whether any
-            was kept (no factor beyond sqrt(10) costs one gradient and changes nothing)."""
-            params, index = leaves[name], indices[name]
-            keys = [key for key in ("log_scale", "log_diagonal", "tril") if key in params]
-            if "loc" not in params or not keys:  # on the sphere: one concentration, or a projected normal's
-                return False
-            seed_of[0] = int(torch.randint(2**62, (), device=objective.device))
-            with torch.enable_grad(), torch.random.fork_rng(devices=devices):
-                seeded()
-                log_weights = log_importance_weights(model, refined, repeated, CALIBRATION_PARTICLES,
-                                                     max_plate_nesting, sum_enumerated=False)
-                if log_weights.dim() > 2:
-                    return False
-                total = log_weights.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).mean(0).sum()
-                grads = torch.autograd.grad(total, [params[key] for key in keys], allow_unused=True)
-            slope = direction_slopes(params, dict(zip(keys, grads, strict=True)))
-            if slope is None:
-                return False
-            ratio = (1 - slope).nan_to_num(nan=1.0)  # (spread / posterior's)^2 along each coordinate
-            log_factor = (-0.5 * ratio.clamp_min(1e-4).log()).clamp(math.log(1e-2), math.log(1e2))
-            # within sqrt(10) of the start: left to the steps (which move a log scale by up to about 2.75)
-            log_factor = log_factor.masked_fill(log_factor.abs() < 0.5 * math.log(10), 0.0)
-            if not log_factor.any():
-                return False
-            rows = log_factor.movedim(index, 0)
-            log_factor = torch.cat([rows[: rows.shape[0] // num_starts]] * num_starts).movedim(0, index)
-            before = {key: value.clone() for key, value in params.items()}
-            seed_of[0] = int(torch.randint(2**62, (), device=objective.device))  # draws other than the slope's
-            start = log_weights_at_start()
-            for key, value in directions_respread(before, log_factor).items():
-                params[key].copy_(value)
-            gain = (log_weights_at_start() - start).nan_to_num(nan=-math.inf)  # (draws, B), paired
-            clear = ((gain.mean(0) > CALIBRATION_MARGIN) & (gain.median(0).values > CALIBRATION_MARGIN))
-            clear = clear.repeat(num_starts)
-            for key, value in params.items():
-                value.copy_(torch.where(per_row(clear, index, value), value, before[key]))
-            return bool(clear.any())
-
-        with torch.no_grad():
-            sites = list(leaves)
-            if not calibrate(sites):
-                return objective
-            for _ in range(CALIBRATION_SWEEPS if len(sites) > 1 else 0):  # twice: a factor beyond the range's end
-                for name in sites:                                        # (one site far too narrow, another too
-                    calibrate([name])                                     # wide) goes on at the second
-            for name in sites:
-                sweeps = CALIBRATION_SWEEPS if sizes[name] > 1 else 0
-                while sweeps and calibrate_directions(name):  # again only where the first changed something
-                    sweeps -= 1
-        return self._objective(model, refined, repeated, max_plate_nesting)
 
     @torch.no_grad()
     def _mixture(self, model, guide, refined, args, repeated, leaves, indices, objective, num_starts,

@@ -59,8 +59,8 @@ def test_a_guide_a_hundred_to_ten_thousand_times_too_narrow_is_estimated_right_b
     """Adam's steps move a log scale by about their learning rate each: from a start 100 times too narrow the
     refinement stayed several times too narrow, its weights nearly constant over draws that never reach the
     posterior's mass, and "auto" certified 6 of 40 estimates up to 1.1 nats low (at 1/10,000, all 4 it certified,
-    up to 9.4 nats). The encoder's start's spread is calibrated first (RefinedProposal's SPREAD_FACTORS): every
-    datum certified by the refined stage, and right."""
+    up to 9.4 nats). The encoder's start's spread is calibrated first (pyrovae.infer.estimation.calibration's
+    SPREAD_FACTORS): every datum certified by the refined stage, and right."""
     W, mu, x = ppca(4)
     result = _auto(make_model(W, mu), make_guide(W, mu, scale_factor), x, seed=0)
     exact = exact_log_marginal(W, mu, x)
