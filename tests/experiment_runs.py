@@ -1,9 +1,11 @@
-"""Running an experiment script as a user does, for the smoke tests (tests/test_experiments*.py)."""
+"""Running an experiment script as a user does, for the smoke tests (tests/test_experiments*.py): each run is a
+process of its own, forked from tests.script_server's (the imports paid once)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.script_server import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +19,7 @@ def script_command(name: str, out: Path, *arguments: str) -> list[str]:
 def run_script(name: str, tmp_path: Path, *arguments: str) -> dict:
     """Run the script into ``tmp_path / name``; check that it succeeded and drew a figure; its metrics.json."""
     out = tmp_path / name
-    completed = subprocess.run(script_command(name, out, *arguments), capture_output=True, text=True, timeout=600,
-                               cwd=ROOT)
+    completed = run_python(script_command(name, out, *arguments), cwd=ROOT)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert list(out.glob("*.png")), "the script wrote no figure"
     return json.loads((out / "metrics.json").read_text())
@@ -26,8 +27,7 @@ def run_script(name: str, tmp_path: Path, *arguments: str) -> dict:
 
 def refusal(name: str, tmp_path: Path, *arguments: str) -> str:
     """Run the script into ``tmp_path / name``, check that it stopped with an error, and return what it said."""
-    completed = subprocess.run(script_command(name, tmp_path / name, *arguments), capture_output=True, text=True,
-                               timeout=600, cwd=ROOT)
+    completed = run_python(script_command(name, tmp_path / name, *arguments), cwd=ROOT)
     assert completed.returncode != 0, completed.stdout[-2000:]
     return completed.stderr
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import require_dataset
 from tests.experiment_runs import ROOT, assert_refused_otherwise, run_script, script_command
+from tests.script_server import run_python
 
 
 def test_smoke_quickstart(tmp_path):
@@ -128,7 +129,7 @@ def test_smoke_svae_mnist_cells_in_parallel_grow_and_resume(tmp_path):
     # a finished cell scored otherwise is not passed off as scored with the --refine-steps asked for
     command = script_command("svae_mnist", tmp_path / "svae_mnist", *options, "--models", "vmf",
                              "--refine-steps", "7")
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    completed = run_python(command, cwd=ROOT)
     assert completed.returncode != 0 and "vmf_d5 in" in completed.stderr and "other --refine-steps" in completed.stderr
 
 

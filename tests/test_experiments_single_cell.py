@@ -3,12 +3,12 @@ search and reference mapping (the Tahoe-schema atlas scripts: tests/test_experim
 
 import importlib.util
 import json
-import subprocess
 
 import pytest
 
 from tests.conftest import require_dataset
 from tests.experiment_runs import ROOT, assert_refused_otherwise, run_script, script_command
+from tests.script_server import run_python
 
 
 @pytest.mark.data
@@ -84,7 +84,7 @@ def test_smoke_grid_search_resumes(tmp_path):
     out = tmp_path / "grid_search"
     final_changed = [*arguments[:3], "3", *arguments[4:13], "4", *arguments[14:]]  # --epochs 3, --num-samples 4
     command = script_command("grid_search", out, *final_changed)
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    completed = run_python(command, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("done before") == 4  # nothing trained twice: the grid kept for the final run's
     again = json.loads((out / "metrics.json").read_text())["metrics"]

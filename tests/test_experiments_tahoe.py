@@ -2,13 +2,13 @@
 the PCA input and the N-VAE) and tahoe_plates (one atlas shared by its runs)."""
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from tests.experiment_runs import ROOT, refusal, run_script
+from tests.script_server import run_python
 
 TAHOE_TINY = ("--synthetic-cells", "2400", "--synthetic-shards", "4", "--vocabulary", "1500", "--genes-per-cell",
               "150", "--genes", "120", "--hvg-cells", "800", "--held-out", "100", "--num-samples", "8", "--hidden",
@@ -83,16 +83,15 @@ def test_smoke_tahoe_plates_shares_one_atlas_and_keeps_runs(tmp_path):
     assert (tmp_path / "tahoe_plates" / "atlas" / "generated.json").exists()  # one atlas, shared by the runs
     assert not list((tmp_path / "tahoe_plates").glob("*/atlas"))
     assert (tmp_path / "tahoe_plates" / "table.md").read_text().count("N-VAE") == 3
-    again = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
-                            str(tmp_path / "tahoe_plates"), "--device", "cpu", *options],
-                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+    again = run_python([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
+                        str(tmp_path / "tahoe_plates"), "--device", "cpu", *options], cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("kept nvae-") == 3 and "started" not in again.stdout
-    other = subprocess.run([*again.args, "--settings", "covariate", "--num-samples", "4"], capture_output=True,
-                           text=True, timeout=600, cwd=ROOT)  # a forwarded option changed: run again (resumed)
+    other = run_python([*again.args, "--settings", "covariate", "--num-samples", "4"],
+                       cwd=ROOT)  # a forwarded option changed: run again (resumed)
     assert other.returncode == 0 and "started nvae-covariate" in other.stdout, other.stdout + other.stderr
     rescored = json.loads((tmp_path / "tahoe_plates" / "nvae-covariate" / "metrics.json").read_text())
     assert rescored["arguments"]["num_samples"] == 4 and rescored["metrics"]["epochs"] == 1  # trained once
     for words in (["--covariates", "plate"], ["--cov", "plate"], ["--ep=3"]):  # tahoe_svae reads abbreviations
-        clash = subprocess.run([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out",
-                                str(tmp_path), *words], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        clash = run_python([sys.executable, str(ROOT / "experiments" / "tahoe_plates.py"), "--out", str(tmp_path),
+                            *words], cwd=ROOT, timeout=60)
         assert clash.returncode != 0 and f"{words[0].split('=')[0]} cannot be passed to the runs" in clash.stderr

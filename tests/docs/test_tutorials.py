@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.script_server import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = ROOT / "docs" / "tutorials"
@@ -62,8 +63,7 @@ def run_script(code: str, name: str, folder: Path) -> None:
     script = folder / f"{name}.py"
     script.write_text(code, encoding="utf-8")
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    result = subprocess.run([sys.executable, str(script)], cwd=folder, env=env, capture_output=True, text=True,
-                            timeout=TIMEOUT_S)
+    result = run_python([sys.executable, str(script)], cwd=folder, env=env, timeout=TIMEOUT_S)
     assert result.returncode == 0, f"{name} failed:\n{result.stderr[-4000:]}"
 
 

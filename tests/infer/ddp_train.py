@@ -3,11 +3,13 @@ a Bernoulli VAE on N generated binary rows held in memory; run alone or under to
 tests/infer/test_distributed.py.
 
 Every rank saves its parameters, its loss curve and the cells it read in the first epoch (in memory: the indices
-of every batch it read, in order) to ``OUT/rank{r}.pt``.
+of every batch it read, in order) to ``OUT/rank{r}.pt``. Several runs separated by ``+`` train one after the other
+in the same processes (a launch costs seconds of imports).
 """
 
 import argparse
 import os
+import sys
 
 import torch
 from pyrovae.guides import NormalGuide
@@ -26,9 +28,6 @@ parser.add_argument("--checkpoint", default=None)
 parser.add_argument("--compile", action="store_true")
 parser.add_argument("--in-memory", type=int, default=None, help="train on this many binary rows held in memory")
 parser.add_argument("--patience", type=int, default=None, help="in memory: early stopping on 200 validation rows")
-args = parser.parse_args()
-
-torch.set_num_threads(1)
 
 
 class Recorded(TensorData):
@@ -43,7 +42,7 @@ class Recorded(TensorData):
         return super().batch(indices, device)
 
 
-if args.in_memory is not None:
+def train_in_memory(args) -> None:
     generator = torch.Generator().manual_seed(7)  # rows of two latent factors: something to learn
     factors, loadings = torch.randn(args.in_memory, 2, generator=generator), torch.randn(2, 30, generator=generator)
     rows = torch.bernoulli(torch.sigmoid(3 * factors @ loadings), generator=generator)
@@ -56,27 +55,38 @@ if args.in_memory is not None:
     os.makedirs(args.out, exist_ok=True)
     torch.save({"model": model.state_dict(), "guide": guide.state_dict(), "loss": history["loss"],
                 "reads": data.reads, "records": history.records}, os.path.join(args.out, f"rank{rank()}.pt"))
-    raise SystemExit(0)
-atlas = TahoeAtlas(args.shards)
-# built before train joins the process group, as in the tutorial: the stream takes its rank from torchrun
-stream = CellStream(atlas, batch_size=args.batch_size, buffer_size=256, seed=3, covariates=("plate",))
-stream.set_epoch(0)
-first_epoch_cells = torch.cat([batch.ids for _, batch in zip(range(len(stream)), stream.loader())])
 
-torch.manual_seed(0)  # the same initial parameters in every run (DDP broadcasts rank 0's anyway)
-model = VAE(stream.num_genes, 4, [32], likelihood="nb", categorical=stream.categorical_sizes)
-guide = NormalGuide(stream.num_genes, 4, [32], input_transform="log1p")
-history = train(model, guide, stream, epochs=args.epochs, lr=3e-3, seed=0, eval_size=0, progress=False,
-                checkpoint=args.checkpoint, compile=args.compile)
-os.makedirs(args.out, exist_ok=True)
-torch.save(
-    {
-        "model": model.state_dict(),
-        "guide": guide.state_dict(),
-        "loss": history["loss"],
-        "cells": first_epoch_cells,
-        "num_cells": stream.num_cells,
-    },
-    os.path.join(args.out, f"rank{rank()}.pt"),
-)
+
+def train_on_the_atlas(args) -> None:
+    atlas = TahoeAtlas(args.shards)
+    # built before train joins the process group, as in the tutorial: the stream takes its rank from torchrun
+    stream = CellStream(atlas, batch_size=args.batch_size, buffer_size=256, seed=3, covariates=("plate",))
+    stream.set_epoch(0)
+    first_epoch_cells = torch.cat([batch.ids for _, batch in zip(range(len(stream)), stream.loader())])
+
+    torch.manual_seed(0)  # the same initial parameters in every run (DDP broadcasts rank 0's anyway)
+    model = VAE(stream.num_genes, 4, [32], likelihood="nb", categorical=stream.categorical_sizes)
+    guide = NormalGuide(stream.num_genes, 4, [32], input_transform="log1p")
+    history = train(model, guide, stream, epochs=args.epochs, lr=3e-3, seed=0, eval_size=0, progress=False,
+                    checkpoint=args.checkpoint, compile=args.compile)
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "guide": guide.state_dict(),
+            "loss": history["loss"],
+            "cells": first_epoch_cells,
+            "num_cells": stream.num_cells,
+        },
+        os.path.join(args.out, f"rank{rank()}.pt"),
+    )
+
+
+torch.set_num_threads(1)
+words = sys.argv[1:]
+while words:
+    end = words.index("+") if "+" in words else len(words)
+    args = parser.parse_args(words[:end])
+    words = words[end + 1:]
+    (train_on_the_atlas if args.in_memory is None else train_in_memory)(args)
 # no destroy_process_group here: the group train joined is left at exit by pyrovae.infer.distributed

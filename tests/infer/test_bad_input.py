@@ -1,6 +1,5 @@
 """Bad input gets an error that names the problem and the fix, before any work is done (issue 14)."""
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pyrovae.models import GMVAE, SVAE, VAE
 from pyrovae.distributions import PowerSpherical, VonMisesFisher
 from pyrovae.infer import TrainingDiverged, evaluate, log_likelihood, train
 from pyrovae.infer.training.checkpoint import save_checkpoint
+from tests.script_server import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,11 +127,10 @@ def test_an_infinite_concentration_is_refused(family):
 
 def test_scripts_refuse_a_missing_data_folder_and_an_unwritable_output_before_working(tmp_path):
     script = str(ROOT / "experiments" / "two_groups.py")
-    missing = subprocess.run([sys.executable, script, "--data-dir", str(tmp_path / "missing"), "--out",
-                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    missing = run_python([sys.executable, script, "--data-dir", str(tmp_path / "missing"), "--out",
+                          str(tmp_path / "out")], timeout=120)
     assert missing.returncode != 0 and "--data-dir" in missing.stderr and "is not a folder" in missing.stderr
-    unwritable = subprocess.run([sys.executable, script, "--out", "/dev/null/results"], capture_output=True,
-                                text=True, timeout=120)
+    unwritable = run_python([sys.executable, script, "--out", "/dev/null/results"], timeout=120)
     assert unwritable.returncode != 0 and "is not writable" in unwritable.stderr
 
 

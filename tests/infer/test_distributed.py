@@ -56,20 +56,23 @@ def _assert_same_parameters(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """The runs the tests compare, four launches in all: runs of the same launch train one after the other in the
+    same processes (each launch costs seconds of imports), except the resumed run, which must start anew."""
     root = tmp_path_factory.mktemp("ddp")
     shards = root / "shards"
     write_tahoe_shards(shards, num_cells=2048, num_shards=8, vocabulary_size=300, genes_per_cell=40, num_expressed=80)
-    _run([str(shards), str(root / "two"), "--batch-size", "32", "--epochs", "3"], processes=2)
-    _run([str(shards), str(root / "one"), "--batch-size", "64", "--epochs", "3"], processes=1)
+    atlas = [str(shards)]
     checkpoint = str(root / "checkpoint.pt")
-    _run([str(shards), str(root / "first"), "--batch-size", "32", "--epochs", "2", "--checkpoint", checkpoint], 2)
-    _run([str(shards), str(root / "resumed"), "--batch-size", "32", "--epochs", "3", "--checkpoint", checkpoint], 2)
-    _run_two_nodes([str(shards), str(root / "nodes"), "--batch-size", "32", "--epochs", "3"])
-    _run([str(shards), str(root / "compiled"), "--batch-size", "32", "--epochs", "3", "--compile"], processes=2)
     # in memory, scored every epoch (early stopping's scores; a patience it does not reach, so that both run 3 epochs)
     memory = ["--epochs", "3", "--in-memory", "1001", "--patience", "100"]
-    _run([str(shards), str(root / "memory_two"), "--batch-size", "32", *memory], 2)
-    _run([str(shards), str(root / "memory_one"), "--batch-size", "64", *memory], 1)
+    _run([*atlas, str(root / "two"), "--batch-size", "32", "--epochs", "3",
+          "+", *atlas, str(root / "memory_two"), "--batch-size", "32", *memory,
+          "+", *atlas, str(root / "first"), "--batch-size", "32", "--epochs", "2", "--checkpoint", checkpoint,
+          "+", *atlas, str(root / "compiled"), "--batch-size", "32", "--epochs", "3", "--compile"], processes=2)
+    _run([*atlas, str(root / "resumed"), "--batch-size", "32", "--epochs", "3", "--checkpoint", checkpoint], 2)
+    _run([*atlas, str(root / "one"), "--batch-size", "64", "--epochs", "3",
+          "+", *atlas, str(root / "memory_one"), "--batch-size", "64", *memory], processes=1)
+    _run_two_nodes([*atlas, str(root / "nodes"), "--batch-size", "32", "--epochs", "3"])
     return root
 
 

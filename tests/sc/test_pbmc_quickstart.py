@@ -1,11 +1,11 @@
 """Smoke run of experiments/pbmc_quickstart.py (the scvi-tools quick start through pyrovae.sc) on PBMC 3k."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import require_dataset
+from tests.script_server import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ def test_smoke_pbmc_quickstart(tmp_path):
     out = tmp_path / "pbmc_quickstart"
     command = [sys.executable, str(ROOT / "experiments" / "pbmc_quickstart.py"), "--quick", "--out", str(out),
                "--no-progress", "--device", "cpu", "--epochs", "1", "--genes", "200", "--latent", "4"]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    completed = run_python(command, cwd=ROOT)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     runs = json.loads((out / "metrics.json").read_text())["metrics"]["runs"]
     assert set(runs) == {"vae", "svae", "gmvae", "label_transfer"}
