@@ -1,20 +1,27 @@
 """Runs Python scripts as ``python script.py ...`` would, each in a process of its own, without paying for the
 imports every time: a server process imports torch, Pyro, matplotlib and pyrovae once (and runs no tensor
-operation, so that no thread pool exists to be forked), then forks a child per script. The child sets the working
-folder, environment, arguments, ``sys.path[0]`` and fresh random seeds of a new interpreter, runs the script as
-``__main__`` and shuts down as the interpreter would (threads joined, atexit handlers run, files flushed).
+operation, so that no OpenMP pool exists to be forked), then forks a child per script. The child sets the working
+folder, environment, arguments, ``sys.path[0]`` and fresh random seeds of a new interpreter, runs the script as the
+module ``__main__`` (``__file__`` absolute, as Python sets it) and shuts down as the interpreter does: threads
+joined, atexit handlers run (``__main__`` still the script's), the script's globals cleared (their finalisers run:
+a module-level ZipFile is closed), files flushed; a KeyboardInterrupt ends it by SIGINT.
 
 An experiment's smoke test spent 5-7 of its seconds importing; the suite runs about fifty of them.
 
 ``run_python(argv, ...)`` takes the arguments of ``subprocess.run`` that the tests use and returns a
 ``subprocess.CompletedProcess``; a command that is not ``sys.executable script.py ...`` runs as a plain subprocess.
 The server is started with the caller's environment, one for each set of the variables read at import time
-(threads, ``MPLBACKEND``, ``PYTHON*``, ``TORCH*``).
+(threads, ``MPLBACKEND``, ``PYTHON*``, ``*TORCH*``, ``KMP_*``, ``LD_*``, ``MPLCONFIGDIR``). What it cannot
+give a child: a variable that the script itself sets before importing torch (torch was imported with the
+server's), and a hash seed of its own (every child has the server's).
 """
 
 import atexit
+import builtins
 import contextlib
 import gc
+import importlib
+import importlib.machinery
 import io
 import json
 import os
@@ -26,18 +33,20 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 from pathlib import Path
 
 _PRELOADED = ("torch", "pyro", "numpy", "scipy.stats", "pandas", "matplotlib.pyplot", "pyrovae", "pyrovae.data",
               "pyrovae.experiment", "pyrovae.infer", "pyrovae.models", "pyrovae.guides", "pyrovae.plots",
               "pyrovae.sweep", "pyrovae.metrics")
-_IMPORT_TIME = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "MPLBACKEND")
+_IMPORT_TIME = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "MPLBACKEND",
+                "MPLCONFIGDIR")
 _servers = {}  # one per environment read at import time
 
 
 def _read_at_import(env: dict) -> tuple:
     return tuple(sorted((key, value) for key, value in env.items()
-                        if key in _IMPORT_TIME or key.startswith(("PYTHON", "TORCH"))))
+                        if key in _IMPORT_TIME or "TORCH" in key or key.startswith(("PYTHON", "KMP_", "LD_"))))
 
 
 def run_python(argv, cwd=None, env=None, timeout=600, capture_output=True, text=True):
@@ -59,14 +68,20 @@ def run_python(argv, cwd=None, env=None, timeout=600, capture_output=True, text=
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
         request = {"argv": argv[1:], "cwd": str(cwd or os.getcwd()), "env": env, "stdout": str(out),
                    "stderr": str(err)}
-        server.stdin.write((json.dumps(request) + "\n").encode())
-        pid = _reply(server, 300)["pid"]  # the first waits for the imports
         try:
-            returncode = _reply(server, timeout)["returncode"]
-        except subprocess.TimeoutExpired:
-            os.kill(pid, signal.SIGKILL)
-            _reply(server, 60)
-            raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
+            server.stdin.write((json.dumps(request) + "\n").encode())
+            pid = _reply(server, 300)["pid"]  # the first waits for the imports
+            try:
+                returncode = _reply(server, timeout)["returncode"]
+            except subprocess.TimeoutExpired:
+                os.kill(pid, signal.SIGKILL)
+                _reply(server, 60)
+                raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
+        except BaseException:  # a reply left unread would answer the next request: the server goes
+            server.kill()
+            server.wait()
+            del _servers[key]
+            raise
         return subprocess.CompletedProcess(argv, returncode, out.read_text(), err.read_text())
 
 
@@ -87,7 +102,6 @@ def _reply(server: subprocess.Popen, timeout: float) -> dict:
 def _child(request: dict) -> None:
     """In the forked child: become ``python script.py ...`` and run it."""
     import random
-    import runpy
 
     import numpy
     import torch
@@ -108,38 +122,56 @@ def _child(request: dict) -> None:
     numpy.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     script = request["argv"][0]
+    path = os.path.abspath(script)
     sys.argv = list(request["argv"])
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
-    code = 0
+    sys.path[0] = os.path.dirname(path)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", path))
+    sys.modules["__main__"] = main
+    code, interrupted = 0, False
     try:
-        runpy.run_path(script, run_name="__main__")
+        with open(path, "rb") as source:
+            compiled = compile(source.read(), path, "exec")
+        exec(compiled, main.__dict__)
     except SystemExit as stop:
         code = stop.code
-    except BaseException:  # as the interpreter would: the traceback on stderr, status 1
-        traceback.print_exc()
+    except KeyboardInterrupt as error:
+        _print_traceback(error)
+        interrupted = True
+    except BaseException as error:  # as the interpreter would: the traceback on stderr, status 1
+        _print_traceback(error)
         code = 1
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    _shut_down(code or 0)
+    _shut_down(main, code or 0, interrupted)
 
 
-def _shut_down(code: int) -> None:
-    """The interpreter's shutdown, less tearing down the modules (1.7 s with torch loaded, and nothing a script
-    sees): threads joined, atexit handlers run, every open file flushed."""
+def _print_traceback(error: BaseException) -> None:
+    """The traceback from the script's first frame on, as Python prints it."""
+    traceback.print_exception(type(error), error, error.__traceback__.tb_next)
+
+
+def _shut_down(main: types.ModuleType, code: int, interrupted: bool) -> None:
+    """The interpreter's shutdown, less tearing down the other modules (1.7 s with torch loaded): threads joined,
+    atexit handlers run, the script's globals cleared and collected, every open file flushed."""
     threading._shutdown()
     atexit._run_exitfuncs()
+    main.__dict__.clear()
+    gc.collect()
     files = {io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom, io.FileIO}
     for thing in gc.get_objects():
         if type(thing) in files and not thing.closed and thing.writable():
             with contextlib.suppress(Exception):
                 thing.flush()
+    if interrupted:  # Python ends by the signal, so that the caller sees -SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code)
 
 
 def _serve() -> None:
-    import importlib
-
     for name in _PRELOADED:
         importlib.import_module(name)
     replies = os.fdopen(os.dup(1), "w")
