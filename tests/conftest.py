@@ -56,12 +56,13 @@ def _pyro_validation(request):
                     f"default: {flags}); pyrovae.ops.capture.compile_function compiles without that")
 
 
-# The files of long tests (scripts run as subprocesses, torchrun launches), longest first: collected before every
-# other file, so that `make test`, which hands whole files to its two workers in collection order (`--dist loadfile
+# The files of long tests (experiment scripts, torchrun launches, AIS on the sphere), longest first: collected first,
+# so that `make test`, which hands whole files to its two workers in collection order (`--dist loadfile
 # --no-loadscope-reorder`), starts them first and fills in around them with the many short files. Ordered by their
 # number of tests (xdist's default), these few-test files came last and one worker ended the run alone with one.
-LONG_FILES = ("test_experiments_single_cell.py", "test_experiments.py", "infer/test_distributed.py",
-              "test_experiments_tahoe.py", "docs/test_tutorials.py", "sc/test_pbmc_quickstart.py")
+LONG_FILES = ("test_experiments.py", "test_experiments_single_cell.py", "test_experiments_tahoe.py",
+              "infer/test_distributed.py", "infer/estimation/test_sphere_ais.py", "docs/test_tutorials.py",
+              "sc/test_pbmc_quickstart.py")
 TESTS = Path(__file__).resolve().parent
 
 
