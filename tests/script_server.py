@@ -68,21 +68,36 @@ def run_python(argv, cwd=None, env=None, timeout=600, capture_output=True, text=
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
         request = {"argv": argv[1:], "cwd": str(cwd or os.getcwd()), "env": env, "stdout": str(out),
                    "stderr": str(err)}
+        pid = None
         try:
             server.stdin.write((json.dumps(request) + "\n").encode())
             pid = _reply(server, 300)["pid"]  # the first waits for the imports
+            returncode = _reply(server, timeout)["returncode"]
+        except subprocess.TimeoutExpired:
+            if pid is None:
+                _drop(key, pid)
+                raise
+            os.kill(pid, signal.SIGKILL)  # as subprocess.run does; the server answers for it and serves on
             try:
-                returncode = _reply(server, timeout)["returncode"]
-            except subprocess.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
                 _reply(server, 60)
-                raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
+            except BaseException:
+                _drop(key, pid)
+                raise
+            raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
         except BaseException:  # a reply left unread would answer the next request: the server goes
-            server.kill()
-            server.wait()
-            del _servers[key]
+            _drop(key, pid)
             raise
         return subprocess.CompletedProcess(argv, returncode, out.read_text(), err.read_text())
+
+
+def _drop(key: tuple, pid: int | None) -> None:
+    """End the server of ``key`` and the script it runs (``pid``), if any."""
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server = _servers.pop(key)
+    server.kill()
+    server.wait()
 
 
 def _reply(server: subprocess.Popen, timeout: float) -> dict:
