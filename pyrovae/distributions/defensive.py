@@ -11,6 +11,7 @@ from pyro.distributions import TorchDistribution
 from torch import distributions as td
 from torch.distributions import constraints
 
+from pyrovae.distributions.multivariate_normal import MultivariateNormal
 from pyrovae.distributions.power_spherical import PowerSpherical
 from pyrovae.distributions.projected_normal import ProjectedNormal
 from pyrovae.distributions.shapes import distinct, expanded_batch_shape
@@ -123,7 +124,7 @@ def widen(fn: TorchDistribution, scale: float = 2.0, df: float | None = None) ->
         return dist.StudentT(torch.as_tensor(df, dtype=fn.loc.dtype, device=fn.loc.device), fn.loc, fn.scale * scale)
     if isinstance(fn, td.MultivariateNormal):
         if df is None:
-            return dist.MultivariateNormal(fn.loc, scale_tril=fn.scale_tril * scale)
+            return MultivariateNormal(fn.loc, scale_tril=fn.scale_tril * scale)
         return dist.MultivariateStudentT(torch.as_tensor(df, dtype=fn.loc.dtype, device=fn.loc.device), fn.loc,
                                          fn.scale_tril * scale)
     if isinstance(fn, (VonMisesFisher, PowerSpherical)):

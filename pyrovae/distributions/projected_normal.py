@@ -9,7 +9,7 @@ import math
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
-from pyrovae.distributions.shapes import distinct, expanded_batch_shape
+from pyrovae.distributions.shapes import distinct, expanded_batch_shape, per_factor
 from pyrovae.ops.radial import log_radial_integral
 
 
@@ -61,7 +61,7 @@ class ProjectedNormal(TorchDistribution):
         shape = self._extended_shape(torch.Size(sample_shape))
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         tril = distinct(self.scale_tril, 2)
-        u = self.loc + _per_factor(lambda factor, columns: factor @ columns, tril, eps, shape[:-1])
+        u = self.loc + per_factor(lambda factor, columns: factor @ columns, tril, eps, shape[:-1])
         return u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ class ProjectedNormal(TorchDistribution):
         # each distinct factor converted and solved once: not once per copy of an expand (a plate of draws or chains)
         tril = distinct(self.scale_tril, 2).double()
         v = torch.linalg.solve_triangular(tril, distinct(self.loc, 1).double().unsqueeze(-1), upper=False).squeeze(-1)
-        w = _per_factor(_solve, tril, value.double(), shape)  # L^-1 z
+        w = per_factor(_solve, tril, value.double(), shape)  # L^-1 z
         a = w.square().sum(-1)
         b = (w * v).sum(-1)
         c = v.square().sum(-1)
@@ -84,22 +84,6 @@ class ProjectedNormal(TorchDistribution):
 
 def _solve(factor: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(factor, columns, upper=False)
-
-
-def _per_factor(apply, tril: torch.Tensor, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """``apply(L, z)`` (L z, or L^-1 z) for every point z of ``value`` broadcast to ``shape + (m,)``: the points that
-    share a factor (the dimensions where ``tril`` has size 1, samples' and an expand's) are the columns of one
-    product or triangular solve, so that no factor is copied per point."""
-    m = tril.shape[-1]
-    factors = (1,) * (len(shape) - (tril.dim() - 2)) + tuple(tril.shape[:-2])
-    shared = [d for d in range(len(shape)) if factors[d] == 1 and shape[d] > 1]
-    own = [d for d in range(len(shape)) if d not in shared]
-    points = value.expand(shape + (m,)).permute(*own, len(shape), *shared)  # (*own, m, *shared)
-    columns = points.reshape(*(shape[d] for d in own), m, -1)
-    result = apply(tril.reshape(*(factors[d] for d in own), m, m), columns)
-    result = result.reshape(*(shape[d] for d in own), m, *(shape[d] for d in shared))
-    order = [*own, len(shape), *shared]  # the result's dimensions, as positions of shape + (m,)
-    return result.permute(*sorted(range(len(order)), key=order.__getitem__))
 
 
 __all__ = ["ProjectedNormal"]

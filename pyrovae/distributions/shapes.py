@@ -37,6 +37,22 @@ def expanded_batch_shape(distribution, batch_shape) -> torch.Size:
     return batch_shape
 
 
+def per_factor(apply, tril: torch.Tensor, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``apply(L, z)`` (L z, or L^-1 z) for every point z of ``value`` broadcast to ``shape + (m,)``: the points that
+    share a factor (the dimensions where ``tril`` has size 1, samples' and an expand's) are the columns of one
+    product or triangular solve, so that no factor is copied per point."""
+    m = tril.shape[-1]
+    factors = (1,) * (len(shape) - (tril.dim() - 2)) + tuple(tril.shape[:-2])
+    shared = [d for d in range(len(shape)) if factors[d] == 1 and shape[d] > 1]
+    own = [d for d in range(len(shape)) if d not in shared]
+    points = value.expand(shape + (m,)).permute(*own, len(shape), *shared)  # (*own, m, *shared)
+    columns = points.reshape(*(shape[d] for d in own), m, -1)
+    result = apply(tril.reshape(*(factors[d] for d in own), m, m), columns)
+    result = result.reshape(*(shape[d] for d in own), m, *(shape[d] for d in shared))
+    order = [*own, len(shape), *shared]  # the result's dimensions, as positions of shape + (m,)
+    return result.permute(*sorted(range(len(order)), key=order.__getitem__))
+
+
 class _Finite(constraints.Constraint):
     """``base`` and finite: the mean or rate of a count distribution, where torch's ``nonnegative`` and ``positive``
     let infinity through (a law with an infinite mean is no distribution: its log-densities were -inf and NaN)."""

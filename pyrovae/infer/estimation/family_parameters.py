@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import distributions as td
 
-from pyrovae.distributions import PowerSpherical, ProjectedNormal, VonMisesFisher
+from pyrovae.distributions import MultivariateNormal, PowerSpherical, ProjectedNormal, VonMisesFisher
 
 
 def _cholesky(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -165,7 +165,9 @@ def as_full_covariance(fn, name: str):
     scalar Gaussian, or a projected normal, as it is. Any other family is refused (a LogNormal, a flow: there is no
     full-covariance member to fill in)."""
     if isinstance(fn, td.Independent) and isinstance(fn.base_dist, td.Normal) and fn.reinterpreted_batch_ndims == 1:
-        return dist.MultivariateNormal(fn.base_dist.loc, scale_tril=torch.diag_embed(fn.base_dist.scale))
+        return MultivariateNormal(fn.base_dist.loc, scale_tril=torch.diag_embed(fn.base_dist.scale))
+    if type(fn) in (td.MultivariateNormal, dist.MultivariateNormal):  # the same law, drawn without copies
+        return MultivariateNormal(fn.loc, scale_tril=fn._unbroadcasted_scale_tril)
     full = (td.MultivariateNormal, ProjectedNormal)
     if isinstance(fn, full) or (isinstance(fn, td.Independent) and isinstance(fn.base_dist, full)) or (
             isinstance(fn, td.Normal) and not fn.event_shape):
