@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from pyrovae.infer.arguments import check_device, check_integer, check_number, floating_dtype
 from pyrovae.infer.batches import as_args, as_batches, model_check, module_device
 from pyrovae.infer.contract import check_model_guide
+from pyrovae.infer.estimation.allocation import freed_memory_kept
 from pyrovae.infer.estimation.importance import (
     SAMPLES_PLATE,
     check_has_density,
@@ -245,6 +246,7 @@ def batch_ais(path: AnnealingPath, betas: torch.Tensor, leapfrog_steps: int, ste
 
 
 @torch.no_grad()
+@freed_memory_kept()
 def ais_log_likelihood(
     model: Callable,
     guide: Callable,

@@ -21,6 +21,7 @@ from pyro import poutine
 from pyrovae.infer.arguments import check_integer, floating_dtype
 from pyrovae.infer.batches import as_args
 from pyrovae.infer.estimation.ais import AnnealingPath, batch_ais, sigmoid_schedule
+from pyrovae.infer.estimation.allocation import freed_memory_kept
 from pyrovae.infer.estimation.log_likelihood import as_proposal
 from pyrovae.infer.evaluation import evaluation_mode
 
@@ -68,6 +69,7 @@ def simulate(model: Callable, num_data: int, latent_names, cat: torch.Tensor | N
 
 
 @torch.no_grad()
+@freed_memory_kept()
 def bdmc(model: Callable, guide: Callable, num_data: int = 16, num_chains: int = 16, num_steps: int = 500,
          leapfrog_steps: int = 5, step_size: float = 0.5, start="guide", target_accept: float = 0.65,
          x: torch.Tensor | None = None, latents: dict[str, torch.Tensor] | None = None,

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from pyrovae._caller import warn_user
 from pyrovae.infer.arguments import check_device, check_integer, check_seed, floating_dtype
 from pyrovae.infer.batches import as_batches, model_check, module_device
+from pyrovae.infer.estimation.allocation import freed_memory_kept
 from pyrovae.infer.estimation.importance import estimation_passes, fingerprint, importance_draws
 from pyrovae.infer.estimation.proposals import DefensiveProposal, GuideProposal, Proposal
 from pyrovae.infer.estimation.psis import khat_limit, psis_khat, psis_tail_length
@@ -110,6 +111,7 @@ def estimate_batch(model: Callable, draw_from: Callable, args: tuple, num_sample
 
 
 @torch.no_grad()
+@freed_memory_kept()
 def log_likelihood(
     model: Callable,
     guide: Callable,
