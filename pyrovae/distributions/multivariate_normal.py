@@ -10,9 +10,9 @@ from pyrovae.distributions.shapes import distinct, per_factor
 
 
 class MultivariateNormal(dist.MultivariateNormal):
-    """``pyro.distributions.MultivariateNormal``, the same law with the same draws (the same standard normal noise,
-    and here the same rounding), whose ``rsample`` takes ``L eps`` as one product per distinct Cholesky factor ``L``,
-    the draws of that factor its columns. torch's broadcasts the factors to the draws' shape first, which copies
+    """``pyro.distributions.MultivariateNormal``, the same law with the same draws (the same standard normal noise;
+    the products equal to rounding), whose ``rsample`` takes ``L eps`` as one product per distinct Cholesky factor
+    ``L``, the draws of that factor its columns. torch's broadcasts the factors to the draws' shape first, which copies
     every factor once per draw and, in the gradient, sums outer products over them: 10x the time of the product
     itself for 8 draws of a batch of 40-dimensional factors (the refined proposals of
     :func:`~pyrovae.infer.log_likelihood`, with full covariance, spent most of their step there)."""

@@ -181,3 +181,27 @@ def test_an_expanded_law_scores_as_its_copies_would():
     drawn = expanded.rsample((2,))
     torch.manual_seed(3)
     assert torch.allclose(drawn, copies.rsample((2,)), rtol=1e-13, atol=1e-13)
+
+
+def test_an_expanded_laws_gradients_are_its_copies():
+    """Under a plate's expand the factors keep their own shape: the gradient of draws and densities reaches them
+    as it reaches materialised copies (summed over the copies), without a gradient the size of the expand."""
+    torch.manual_seed(4)
+    loc = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    tril = torch.eye(5, dtype=torch.float64) + 0.3 * torch.randn(3, 5, 5, dtype=torch.float64).tril(-1)
+    tril.requires_grad_()
+    expanded = ProjectedNormal(loc, tril).expand((8, 3))
+    assert expanded._unbroadcasted_scale_tril is tril
+    torch.manual_seed(5)
+    draws = expanded.rsample()
+    total = draws.sum() + expanded.log_prob(draws.detach()).sum()
+    got = torch.autograd.grad(total, (loc, tril))
+    loc_copies = loc.detach().expand(8, 3, 5).clone().requires_grad_()
+    tril_copies = tril.detach().expand(8, 3, 5, 5).clone().requires_grad_()
+    copies = ProjectedNormal(loc_copies, tril_copies)
+    torch.manual_seed(5)
+    draws = copies.rsample()
+    total = draws.sum() + copies.log_prob(draws.detach()).sum()
+    want = [g.sum(0) for g in torch.autograd.grad(total, (loc_copies, tril_copies))]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
