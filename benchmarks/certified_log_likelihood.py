@@ -46,6 +46,7 @@ rows = {}
 for epochs in args.epochs:
     pyro_store = __import__("pyro").get_param_store()
     pyro_store.clear()
+    torch.manual_seed(0)  # the initial weights: a fresh process starts from a random state
     model, guide = make_pair("vae", 784, 20, (400,))
     train(model, guide, train_data, epochs=epochs, batch_size=128, elbo="jit", seed=0, progress=False)
     row = {}

@@ -34,6 +34,7 @@ warnings.simplefilter("ignore", UserWarning)
 
 train_data, test_data = load_mnist(args.data_dir, binarize="dynamic")
 test_data = test_data.subset(torch.arange(args.num_test))
+torch.manual_seed(0)  # the initial weights: a fresh process starts from a random state
 model, guide = make_pair("vae", 784, 20, (400,))
 train(model, guide, train_data, epochs=4, batch_size=128, elbo="jit", val_data=test_data, seed=0, progress=False)
 

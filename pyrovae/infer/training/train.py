@@ -139,7 +139,9 @@ def train(
     :param device: where to train (default: the device of tensor data, else of the model; under ``torchrun``,
         ``cuda:LOCAL_RANK`` or the CPU).
     :param int seed: seeds Pyro's, torch's, numpy's and Python's generators and the batch order (an integer in
-        0..2**32 - 1; another type is a TypeError).
+        0..2**32 - 1; another type is a TypeError). The model's and guide's initial weights were drawn when they were
+        built, from a state a fresh process draws at random: seed before building them too (``pyro.set_rng_seed``)
+        for a run that repeats in another process.
     :param str freeze: ``"model"`` or ``"guide"``: keep that side's parameters fixed.
     :param bool drop_last: drop an incomplete last batch (default: only for traced or compiled objectives, which
         are traced once per batch shape).
