@@ -40,7 +40,10 @@ def expanded_batch_shape(distribution, batch_shape) -> torch.Size:
 def per_factor(apply, tril: torch.Tensor, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``apply(L, z)`` (L z, or L^-1 z) for every point z of ``value`` broadcast to ``shape + (m,)``: the points that
     share a factor (the dimensions where ``tril`` has size 1, samples' and an expand's) are the columns of one
-    product or triangular solve, so that no factor is copied per point."""
+    product or triangular solve, so that no factor is copied per point. Under ``torch.jit.trace`` (whose sizes are
+    tensors: no grouping by size) the factors broadcast against the points instead."""
+    if torch.jit.is_tracing():
+        return apply(tril, value.expand(shape + value.shape[-1:]).unsqueeze(-1)).squeeze(-1)
     m = tril.shape[-1]
     factors = (1,) * (len(shape) - (tril.dim() - 2)) + tuple(tril.shape[:-2])
     shared = [d for d in range(len(shape)) if factors[d] == 1 and shape[d] > 1]

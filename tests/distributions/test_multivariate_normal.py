@@ -95,3 +95,24 @@ def test_refinement_builds_it():
     assert type(converted) is MultivariateNormal
     value = torch.randn(3, 2)
     torch.testing.assert_close(converted.log_prob(value), given.log_prob(value))
+
+
+def test_traced_products_are_the_eager_ones_without_tracer_warnings():
+    """Under torch.jit.trace (JitTrace_ELBO), where sizes are tensors, the factors broadcast against the points: the
+    same products and triangular solves, and no TracerWarning from grouping the points by size."""
+    import warnings
+
+    from pyrovae.distributions.shapes import per_factor
+
+    tril = _factor(4, d=3, seed=9).float()
+    points = torch.randn(5, 4, 3)
+    solve = lambda a, b: torch.linalg.solve_triangular(a, b, upper=False)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        for apply in (torch.matmul, solve):
+            function = lambda a, b, apply=apply: per_factor(apply, a, b, torch.Size([5, 4]))  # noqa: E731
+            traced = torch.jit.trace(function, (tril, points), check_trace=False)
+            torch.testing.assert_close(traced(tril, points), function(tril, points))
+        law = lambda loc, a: MultivariateNormal(loc, scale_tril=a, validate_args=False).rsample((5,))  # noqa: E731
+        assert torch.jit.trace(law, (torch.zeros(4, 3), tril), check_trace=False)(torch.zeros(4, 3), tril).shape \
+            == (5, 4, 3)
