@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from pyrovae.data.tensor_data import TensorData, check_finite
+from pyrovae.data.tensor_data import TensorData, check_finite, check_matrix
 
 
 class DataSource:
@@ -271,9 +271,7 @@ class _Arguments:
 def _arguments(tensors: tuple, name: str) -> _Arguments:
     """A model's arguments ``(x, cat, cont)`` given as a tuple of tensors, checked: one row per datum in each."""
     x = tensors[0]
-    if x.dim() != 2:
-        raise ValueError(f"{name}: x, the first of (x, cat, cont), must be a matrix (num_data, num_features), got "
-                         f"shape {tuple(x.shape)}")
+    check_matrix(x, name, "x, the first of (x, cat, cont), must be a matrix")
     lengths = [len(t) if t.dim() else None for t in tensors]
     if any(n != len(x) for n in lengths):
         raise ValueError(f"{name}: (x, cat, cont) must have one row per datum each, got lengths {lengths}")

@@ -21,6 +21,17 @@ def check_finite(x: torch.Tensor, name: str = "data") -> None:
         )
 
 
+def check_matrix(x: torch.Tensor, name: str = "data", what: str = "expected a matrix") -> None:
+    """Refuse data that are not a real matrix ``(num_data, num_features)``, with the usual fix for the shape."""
+    if x.is_complex():
+        raise TypeError(f"{name}: complex data ({x.dtype}); the models take real values: pass x.real, x.abs() or "
+                        "torch.view_as_real(x).flatten(1), whichever the data mean")
+    if x.dim() != 2:
+        fix = {0: "", 1: " (one datum: x.unsqueeze(0); one feature per datum: x.unsqueeze(1))"}.get(
+            x.dim(), " (images or other arrays per datum: x.flatten(1))")
+        raise ValueError(f"{name}: {what} (num_data, num_features), got shape {tuple(x.shape)}{fix}")
+
+
 class TensorData(Dataset):
     """Feature vectors ``x`` (N, D) with optional ``labels`` (N,) and a ``transform`` applied per batch.
 
@@ -38,10 +49,9 @@ class TensorData(Dataset):
         name: str = "data",
     ) -> None:
         x = torch.as_tensor(x)
+        check_matrix(x, name)
         if not torch.is_floating_point(x):
             x = x.float()
-        if x.dim() != 2:
-            raise ValueError(f"{name}: expected a matrix (num_data, num_features), got shape {tuple(x.shape)}")
         if labels is not None:
             labels = torch.as_tensor(labels)
             if labels.shape[0] != x.shape[0]:

@@ -44,7 +44,7 @@ from pyrovae.infer.estimation.log_likelihood import REFINED, as_proposal, log_li
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.seeding import seeded
-from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
+from pyrovae.infer.training.checkpoint import FileLock, atomic_write, damaged_record, load_error, save_with_checksums
 
 MANIFEST = "manifest.json"
 logger = logging.getLogger(__name__)  # one line per part scored: what a long job's log shows without a progress bar
@@ -313,6 +313,10 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
     """Part ``part`` read from ``folder``, or scored from its own seed and saved there atomically."""
     path = _part_path(folder, part)
     if path.exists():
+        damaged = damaged_record(path)
+        if damaged is not None:
+            raise ValueError(f"part {path.name} in {folder} is damaged (its record {damaged} no longer matches the "
+                             "checksum written with it): delete it, and the next call scores that part again")
         try:
             saved = LogLikelihood(**torch.load(path, weights_only=True))
         except Exception as error:  # a truncated or foreign file: say which, never suggest weights_only=False
@@ -322,7 +326,7 @@ def _read_or_score(folder: Path, part: int, seed: int, model, guide, data, optio
     started = time.perf_counter()
     with seeded(int(np.random.SeedSequence([seed, part]).generate_state(1)[0])):
         estimate = log_likelihood(model, guide, data, **options)
-    atomic_write(path, lambda stream: torch.save(dataclasses.asdict(estimate), stream))
+    atomic_write(path, lambda stream: save_with_checksums(dataclasses.asdict(estimate), stream))
     logger.info("%s: part %d scored (%d data, mean %.2f, %.0f%% certified) in %.1f min", folder, part,
                 estimate.per_datum.numel(), estimate.mean, 100 * float(estimate.certified.float().mean()),
                 (time.perf_counter() - started) / 60)

@@ -10,6 +10,8 @@ import socket
 import stat
 import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -196,8 +198,42 @@ class CheckpointInUse(RuntimeError):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` with :func:`torch.save` to ``path`` atomically (:func:`atomic_write`)."""
-    return atomic_write(path, lambda stream: torch.save(state, stream))
+    """Write ``state`` with :func:`torch.save` to ``path`` atomically (:func:`atomic_write`), with the CRC-32 of
+    every record (also where ``torch.serialization.set_crc32_options(False)`` turned them off), so that
+    :func:`load_checkpoint` can tell a file damaged since from the one written."""
+    return atomic_write(path, lambda stream: save_with_checksums(state, stream))
+
+
+def save_with_checksums(obj, stream) -> None:
+    """:func:`torch.save` of ``obj`` to ``stream`` with the CRC-32 of every record (:func:`damaged_record`)."""
+    computed = torch.serialization.get_crc32_options()
+    try:
+        torch.serialization.set_crc32_options(True)
+        torch.save(obj, stream)
+    finally:
+        torch.serialization.set_crc32_options(computed)
+
+
+def damaged_record(path: str | os.PathLike) -> str | None:
+    """The first record of a file written by :func:`torch.save` whose bytes no longer match the CRC-32 written with
+    them (a bit flipped on a disk, a copy gone wrong), or None: every record matches, or the file is not a zip
+    archive (``torch.load`` then says what it is). ``torch.load`` reads such a record without a word: its tensors come
+    back with other values. A record written without a checksum (CRC-32 0, as ``set_crc32_options(False)`` writes
+    them, or empty) is not checked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for record in archive.infolist():
+                if record.CRC == 0:
+                    continue
+                try:
+                    with archive.open(record) as stream:  # zipfile compares the CRC-32 at the record's end
+                        while stream.read(1 << 22):
+                            pass
+                except (zipfile.BadZipFile, zlib.error, EOFError):
+                    return record.filename
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
+        return None
+    return None
 
 
 def _numpy_globals() -> list:
@@ -211,7 +247,12 @@ def _numpy_globals() -> list:
 def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` without running code from it (``torch.load`` with
     ``weights_only=True``: tensors, containers and numpy's arrays only), with a clear error for a damaged or foreign
-    file."""
+    file (a record whose bytes no longer match their CRC-32 is named: :func:`damaged_record`)."""
+    damaged = damaged_record(path)
+    if damaged is not None:
+        raise ValueError(f"checkpoint {path} is damaged: its record {damaged} no longer matches the checksum written "
+                         "with it, so its tensors would load with other values; delete it to start afresh, or put "
+                         "back a copy")
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -295,6 +336,7 @@ class TrainingCheckpoint:
         self.path = path
         self.modules, self.optimizer, self.batches, self.store_params = modules, optimizer, batches, store_params
         self.settings = {**_module_settings(modules), **dict(settings or {})}
+        self.first_loss = None  # the run's first step's loss per datum, the scale of divergence (restored too)
 
     @staticmethod
     def check_path(path) -> None:
@@ -306,7 +348,9 @@ class TrainingCheckpoint:
     def exists(self) -> bool:
         return self.path is not None and os.path.exists(self.path)
 
-    def save(self, epoch: int, history, stopping, rng_states) -> None:
+    def save(self, epoch: int, history, stopping, rng_states, first_loss: float | None = None) -> None:
+        """Write the file after epoch ``epoch``; ``first_loss`` is the run's first step's loss per datum, which a
+        resumed run goes on measuring divergence against (a resumed run stops where an uninterrupted one does)."""
         save_checkpoint(
             {
                 "version": _CHECKPOINT_VERSION,
@@ -321,6 +365,7 @@ class TrainingCheckpoint:
                 "architecture": {name: repr(m) for name, m in self.modules.items()},
                 "optimizer_class": type(self.optimizer).__name__,
                 "settings": self.settings,
+                "first_loss": first_loss,
             },
             self.path,
         )
@@ -393,4 +438,5 @@ class TrainingCheckpoint:
         if rng is not None:
             set_rng_state(rng)
         stopping.load_state_dict(saved["best"])
+        self.first_loss = saved.get("first_loss")  # None in a file of an older version: the resumed run's first step
         return saved["epoch"], History(**saved["history"])

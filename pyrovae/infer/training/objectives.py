@@ -362,6 +362,9 @@ def _objective(elbo, model, guide, num_particles: int, max_plate_nesting: int) -
         jit = type(elbo) in jit_classes
         instance = jit_classes[type(elbo)](**_elbo_options(elbo)) if jit else elbo
         name = type(elbo).__name__
+    elif isinstance(elbo, type) and issubclass(elbo, pinfer.ELBO):
+        raise TypeError(f"elbo must be a name or a pyro.infer ELBO instance, got the class {elbo.__name__}: call it, "
+                        f"elbo={elbo.__name__}()")
     else:
         raise TypeError(f"elbo must be a name or a pyro.infer ELBO instance, got {type(elbo).__name__}")
     objective = _ELBOObjective(model, guide, instance)

@@ -71,6 +71,11 @@ def build_optimizer(optim, params: list[torch.Tensor], lr: float | None = None):
         return optim(params, lr=lr), None
     if callable(optim):
         return optim(params), None
+    if isinstance(optim, torch.optim.Optimizer):
+        name = type(optim).__name__
+        raise TypeError(f"optim got a {name} already built on its parameters; train builds the optimiser on the "
+                        f"model's and guide's: pass the class, optim=torch.optim.{name} (with lr=...), or a function "
+                        f"of the parameters, optim=lambda params: torch.optim.{name}(params, ...)")
     raise TypeError(
         "optim must be a pyro.optim optimiser (e.g. pyro.optim.Adam({'lr': 1e-3}) or ClippedAdam), a torch "
         f"optimiser class, or a function of the parameters; got {type(optim).__name__}"

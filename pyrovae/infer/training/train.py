@@ -47,7 +47,13 @@ from pyrovae.infer.distributed import (
     world_size,
 )
 from pyrovae.infer.evaluation import evaluate, evaluation_mode
-from pyrovae.infer.training.checkpoint import CheckpointInUse, FileLock, TrainingCheckpoint, rng_state
+from pyrovae.infer.training.checkpoint import (
+    CheckpointInUse,
+    FileLock,
+    SettingsMismatch,
+    TrainingCheckpoint,
+    rng_state,
+)
 from pyrovae.infer.training.divergence import (
     TrainingDiverged,
     exploded,
@@ -191,8 +197,12 @@ def train(
         module.to(device)
     if seed is not None:
         pyro.set_rng_seed(seed + rank())
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be True or False, got {compile!r}")
+    for flag, value in (("compile", compile), ("resume", resume), ("restore_best", restore_best),
+                        ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    if drop_last is not None and not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last must be True, False or None (the objective's default), got {drop_last!r}")
     objective, elbo_name = make_objective(elbo, model, guide, num_particles, max_plate_nesting, compile=compile)
     chosen_drop_last = drop_last
     if drop_last is None:
@@ -252,7 +262,15 @@ def train(
         saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings)
         history, start_epoch = History(), 0
         if resume and saved.exists():
-            start_epoch, history = saved.restore(device, stopping, rank())
+            try:
+                start_epoch, history = saved.restore(device, stopping, rank())
+            except SettingsMismatch as error:
+                if chosen_drop_last is None and "drop_last=" in error.differences:
+                    raise SettingsMismatch(
+                        f"{error} (drop_last was not given: compile=True and the JIT objectives drop an incomplete "
+                        "last batch by default, the others keep it; pass drop_last= as the saved run had it)",
+                        error.differences, error.files) from None
+                raise
             if start_epoch > epochs and not history.stopped_early:
                 warnings.warn(f"checkpoint {checkpoint} holds {start_epoch} epochs, more than epochs={epochs}: the "
                               f"run is returned as it stands, with its {start_epoch} epochs (training does not go "
@@ -314,7 +332,7 @@ def _fit(run: _Run, epochs: range) -> None:
     global_step = first_step = epochs.start * steps_per_epoch
     step.steps = 0
     scales, filled = None, None  # (data scale, KL weight) on the device, rewritten in place when they change
-    first_loss = None  # the first step's loss per datum (across ranks): the scale that tells divergence
+    first_loss = saved.first_loss  # the run's first step's loss per datum (across ranks): the scale of divergence
     bar = tqdm(total=len(epochs) * steps_per_epoch, desc="train", dynamic_ncols=True,
                disable=not (run.progress and is_main_process()))
     with bar:
@@ -374,7 +392,7 @@ def _fit(run: _Run, epochs: range) -> None:
             if saved.path is not None:
                 rng_states = gather_objects(rng_state())  # one state per rank
                 if is_main_process():
-                    saved.save(epoch + 1, history, stopping, rng_states)
+                    saved.save(epoch + 1, history, stopping, rng_states, first_loss)
                 barrier()  # no rank reads the checkpoint before it is written
             if history.stopped_early:
                 break

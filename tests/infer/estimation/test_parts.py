@@ -382,3 +382,19 @@ def test_a_refined_scoring_of_version_4_or_5_is_refused_and_the_guides_resumes(t
             with pytest.raises(ValueError, match=rf"proposal='{re.escape(proposal)}' scoring by an earlier pyrovae "
                                                  rf"\(manifest version {version}: {re.escape(why)}"):
                 _quiet(log_likelihood_in_parts, model, guide, x, folder, **options)
+
+
+def test_a_part_damaged_in_place_is_named(tmp_path):
+    """A part whose bytes changed on the disk (its archive intact) is refused by its checksums, not read as numbers."""
+    from tests.infer.training.test_train import _flip_first_float_of_each_tensor
+
+    W, mu, x = ppca(6)
+    model, guide = make_model(W, mu), make_guide(W, mu)
+    _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50)
+    _flip_first_float_of_each_tensor(tmp_path / "part-00001.pt")
+    with pytest.raises(ValueError, match=r"part part-00001.pt in .* is damaged \(its record .* no longer matches the "
+                                         "checksum.*delete it, and the next call scores that part again"):
+        _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50)
+    (tmp_path / "part-00001.pt").unlink()
+    again = _quiet(log_likelihood_in_parts, model, guide, x[:20], tmp_path, part_size=10, num_samples=50)
+    assert again.per_datum.isfinite().all()

@@ -295,3 +295,93 @@ def test_the_pairing_is_checked_once_not_every_epoch(monkeypatch):
     model, guide = small_pair()
     train(model, guide, data(), epochs=4, batch_size=32, val_data=data(32), progress=False, seed=0)
     assert len(calls) == 3  # before the first step, and the first epoch's train and validation scores
+
+
+def _flip_first_float_of_each_tensor(path):
+    """Damage a torch.save file in place as a failing disk does: the first float of every tensor record changed,
+    the archive's structure and sizes untouched (torch.load reads it without a word)."""
+    import struct
+    import zipfile
+
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        for record in archive.infolist():
+            if "/data/" in record.filename and record.file_size >= 4:
+                header = record.header_offset
+                name_length, extra_length = struct.unpack("<HH", raw[header + 26:header + 30])
+                start = header + 30 + name_length + extra_length
+                raw[start:start + 4] = struct.pack("<f", 1000.0)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_checkpoint_damaged_in_place_is_refused_not_resumed(tmp_path):
+    model, guide = small_pair()
+    path = tmp_path / "c.pt"
+    train(model, guide, data(), epochs=1, checkpoint=path, progress=False)
+    assert torch.load(path, weights_only=False)  # written with a checksum per record, read as usual
+    _flip_first_float_of_each_tensor(path)
+    assert torch.load(path, weights_only=False)["epoch"] == 1  # torch alone reads the damaged tensors without a word
+    kept = parameters(model, guide)
+    with pytest.raises(ValueError, match=r"c\.pt is damaged: its record .*/data/\d+ no longer matches the checksum.*"
+                                         "delete it"):
+        train(model, guide, data(), epochs=2, checkpoint=path, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(parameters(model, guide), kept))
+
+
+def test_checkpoints_keep_their_checksums_when_torch_is_told_to_skip_them(tmp_path):
+    computed = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        model, guide = small_pair()
+        train(model, guide, data(), epochs=1, checkpoint=tmp_path / "c.pt", progress=False)
+        assert torch.serialization.get_crc32_options() is False  # the user's choice left as it was
+    finally:
+        torch.serialization.set_crc32_options(computed)
+    _flip_first_float_of_each_tensor(tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="is damaged"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_a_file_written_without_checksums_is_read(tmp_path):
+    """torch.save with the CRC-32 turned off writes 0 for every record: not a damage, nothing to check."""
+    computed = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        model, guide = small_pair()
+        train(model, guide, data(), epochs=1, checkpoint=tmp_path / "c.pt", progress=False)
+        saved = load_checkpoint(tmp_path / "c.pt")
+        torch.save(saved, tmp_path / "unchecked.pt")
+    finally:
+        torch.serialization.set_crc32_options(computed)
+    assert load_checkpoint(tmp_path / "unchecked.pt")["epoch"] == 1
+
+
+class ScaledVAE(VAE):
+    """Sees its data times ``factor`` from its ``after``-th call on: a run whose loss grows a million-fold."""
+
+    def __init__(self, *args, after=10**9, factor=1e4, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.after, self.factor = 0, after, factor
+
+    def forward(self, x, *args):
+        self.calls += 1
+        return super().forward(x * self.factor if self.calls > self.after else x, *args)
+
+
+def test_a_resumed_run_measures_divergence_from_the_first_step_of_the_run(tmp_path):
+    """The million-fold rule reads the loss of the run's first step, which the checkpoint keeps: resumed after the
+    first epochs, a run that diverges stops where the uninterrupted one stops."""
+    def run(after, epochs, checkpoint=None):
+        pyro.set_rng_seed(0)
+        model = ScaledVAE(15, 2, hidden=(6,), likelihood="gaussian", after=after)
+        return train(model, NormalGuide(15, 2, hidden=(6,)), data(), epochs=epochs, batch_size=32, eval_size=0,
+                     seed=1, checkpoint=checkpoint, progress=False)
+
+    with pytest.raises(TrainingDiverged, match="at the first step") as uninterrupted:
+        run(after=6, epochs=4)  # 3 steps per epoch: epochs 1-2 as they are, then the data scaled
+    run(after=10**9, epochs=2, checkpoint=tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt")["first_loss"] > 0
+    with pytest.raises(TrainingDiverged, match="at the first step") as resumed:
+        run(after=0, epochs=4, checkpoint=tmp_path / "c.pt")
+    first = [str(e.value).split(" at the first step")[0].rsplit(" ", 1)[-1] for e in (uninterrupted, resumed)]
+    assert first[0] == first[1]  # the same first step's loss in both messages

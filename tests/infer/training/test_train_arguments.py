@@ -160,3 +160,45 @@ def test_a_folder_as_the_checkpoint_is_named_before_anything_is_written(tmp_path
     with pytest.raises(ValueError, match=r"is a folder; give a file: checkpoint='.*run\.pt'"):
         fit(epochs=1, checkpoint=tmp_path)
     assert list(tmp_path.parent.glob(tmp_path.name + "*")) == [tmp_path] and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("elbo", pyro.infer.Trace_ELBO, r"got the class Trace_ELBO: call it, elbo=Trace_ELBO\(\)"),
+    ("optim", torch.optim.Adam([torch.zeros(1, requires_grad=True)]),
+     r"got a Adam already built on its parameters.*pass the class, optim=torch\.optim\.Adam"),
+    ("restore_best", "yes", "restore_best must be True or False, got 'yes'"),
+    ("resume", 1, "resume must be True or False, got 1"),
+    ("drop_last", "no", "drop_last must be True, False or None"),
+])
+def test_a_class_for_an_instance_and_other_wrong_kinds_are_named_with_the_fix(option, value, named):
+    with pytest.raises(TypeError, match=named):
+        fit(epochs=1, **{option: value})
+
+
+@pytest.mark.parametrize("x, named", [
+    (torch.ones(15), r"got shape \(15,\) \(one datum: x\.unsqueeze\(0\); one feature per datum: x\.unsqueeze\(1\)\)"),
+    (torch.ones(4, 3, 5), r"got shape \(4, 3, 5\) \(images or other arrays per datum: x\.flatten\(1\)\)"),
+])
+def test_data_of_the_wrong_rank_are_named_with_the_fix(x, named):
+    with pytest.raises(ValueError, match=named):
+        fit(x=x, epochs=1)
+
+
+def test_complex_data_are_refused_not_cast():
+    x = torch.complex(data().x, torch.ones_like(data().x))
+    with pytest.raises(TypeError, match=r"complex data \(torch\.complex64\).*x\.real, x\.abs\(\)"):
+        fit(x=x, epochs=1)
+    with pytest.raises(TypeError, match="complex data"):
+        fit(x=(x,), epochs=1)
+
+
+def test_resuming_with_another_default_last_batch_says_why(tmp_path):
+    """An eager run's checkpoint resumed under the JIT objective: drop_last differs only by the objective's
+    default, which the refusal says."""
+    fit(x=data(50), epochs=1, batch_size=16, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"drop_last=False there, True here.*drop_last was not given: compile=True "
+                                         "and the JIT objectives drop"):
+        fit(x=data(50), epochs=2, batch_size=16, checkpoint=tmp_path / "c.pt", elbo="jit")
+    with pytest.raises(ValueError, match="elbo") as chosen:
+        fit(x=data(50), epochs=2, batch_size=16, checkpoint=tmp_path / "c.pt", elbo="jit", drop_last=False)
+    assert "drop_last was not given" not in str(chosen.value)
