@@ -54,6 +54,10 @@ def _groups(values, name: str) -> np.ndarray:
     if missing.any():
         raise ValueError(f"{name} is missing (NaN or None) for {int(missing.sum())} cells (first: cell "
                          f"{int(np.flatnonzero(missing)[0])}); drop those cells or name their group")
+    if values.dtype == object and len({type(v) for v in values}) > 1:  # 1 and "1" mixed: np.unique cannot sort them
+        kinds = sorted({type(v).__name__ for v in values})
+        raise ValueError(f"{name} mixes values of types {kinds} (e.g. 1 and '1', which name different groups); "
+                         f"give every cell's {name} as one type, e.g. np.asarray({name}).astype(str)")
     return values
 
 
@@ -85,7 +89,7 @@ def clustering_scores(labels, clusters, latent=None, max_silhouette: int = 5000,
     """
     metrics = require("sklearn.metrics")
 
-    labels, clusters = _numpy(labels).ravel(), _numpy(clusters).ravel()
+    labels, clusters = _groups(labels, "labels"), _groups(clusters, "clusters")
     if labels.shape != clusters.shape:
         raise ValueError(f"{labels.shape[0]} labels for {clusters.shape[0]} cluster assignments")
     scores = {
@@ -185,6 +189,10 @@ def _simpson_index(distances: np.ndarray, codes: np.ndarray, num_codes: int, per
     beta, low, high = np.ones(cells), np.full(cells, -np.inf), np.full(cells, np.inf)
     weights = np.zeros(distances.shape)
     moving = np.arange(cells)  # the cells whose entropy is not yet within tol of the target
+    # the kernel is taken from each cell's nearest neighbour (the same weights and entropy, shifted): at a high
+    # precision e^(-d beta) underflows for every neighbour, which left no weight and a LISI of 1/0 where the
+    # target entropy is log 1 (perplexity 1, every weight on the nearest)
+    distances = distances - distances.min(1, keepdims=True)
     for _ in range(max_iter):
         d, b = distances[moving], beta[moving]
         p = np.exp(-d * b[:, None])

@@ -103,7 +103,42 @@ def test_vectorised_bisection_equals_one_cell_at_a_time(neighbours, num_codes, p
     codes = rng.integers(0, num_codes, (60, neighbours))
     codes[25:30] = 0  # a single label around these cells
     got = _simpson_index(distances, codes, num_codes, perplexity)
-    np.testing.assert_allclose(got, per_cell_simpson(distances, codes, num_codes, perplexity), rtol=1e-12, atol=0)
+    # the kernel is taken from the nearest neighbour (the same weights, shifted), so that it never underflows
+    shifted = distances - distances.min(1, keepdims=True)
+    np.testing.assert_allclose(got, per_cell_simpson(shifted, codes, num_codes, perplexity), rtol=1e-12, atol=0)
+    # as Korsunsky et al.'s code where some weight stays above zero; where every weight underflowed at the first
+    # precision, that code read the entropy as 0 and its steps went astray (up to 3x off the definition here)
+    korsunsky = per_cell_simpson(distances, codes, num_codes, perplexity)
+    underflowed = np.zeros(len(distances), bool)
+    underflowed[15:20] = True
+    np.testing.assert_allclose(got[~underflowed], korsunsky[~underflowed], rtol=1e-12, atol=0)
+    if perplexity < neighbours:  # (at perplexity = neighbours only the uniform weights reach the target)
+        exact = [exact_simpson(d, c, num_codes, perplexity) for d, c in zip(distances[15:20], codes[15:20])]
+        np.testing.assert_allclose(got[underflowed], exact, rtol=1e-4, atol=0)
+
+
+def exact_simpson(d, c, num_codes, perplexity):
+    """Simpson's index of one cell's neighbours from the definition: the precision solved by Brent's method."""
+    def entropy_gap(log_beta):
+        w = np.exp(-(d - d.min()) * np.exp(log_beta))
+        p = w / w.sum()
+        return -(p * np.log(np.where(p > 0, p, 1))).sum() - np.log(perplexity)
+
+    beta = np.exp(brentq(entropy_gap, -30, 30, xtol=1e-12))
+    p = np.exp(-(d - d.min()) * beta)
+    p /= p.sum()
+    return sum(p[c == code].sum() ** 2 for code in range(num_codes))
+
+
+def test_lisi_is_one_where_every_weight_goes_to_the_nearest_neighbour():
+    """Perplexity 1 (num_neighbors 3 to 5) puts all the weight on the nearest neighbour; the kernel underflowed for
+    every neighbour and gave 1/0 (16 of 200 cells inf, and 1 of 6 cells at the default num_neighbors)."""
+    rng = np.random.default_rng(1)
+    latent, batch = rng.normal(size=(200, 4)), rng.choice(["a", "b"], 200)
+    for k in (3, 5):
+        np.testing.assert_allclose(lisi(latent, batch, num_neighbors=k), 1.0, rtol=1e-4)  # entropy within 1e-5
+    np.testing.assert_allclose(lisi(latent[:6], batch[:6]), 1.0, rtol=1e-4)
+    assert np.isfinite(lisi(latent, batch, num_neighbors=6)).all()
 
 
 @pytest.mark.parametrize("k, num_batches, dtype", [(6, 2, np.float64), (30, 3, np.float64), (90, 7, np.float32)])
@@ -199,3 +234,18 @@ def test_missing_batch_or_label_names_and_impossible_neighbourhoods_are_named():
     for perplexity in (0, 91):
         with pytest.raises(ValueError, match=r"perplexity must lie in \(0, 90\]"):
             lisi(latent, batch, perplexity=perplexity)
+
+
+def test_labels_of_mixed_types_and_missing_clusters_are_named():
+    from pyrovae.metrics import clustering_scores
+
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(40, 2))
+    mixed = np.array([1, "1"] * 20, dtype=object)
+    with pytest.raises(ValueError, match=r"batch mixes values of types \['int', 'str'\].*astype\(str\)"):
+        ilisi(latent, mixed)
+    clusters = np.arange(40, dtype=float) % 3
+    clusters[4] = np.nan
+    with pytest.raises(ValueError, match=r"clusters is missing \(NaN or None\) for 1 cells \(first: cell 4\)"):
+        clustering_scores(np.arange(40) % 2, clusters)
+    assert clustering_scores(np.array(["a", "b"] * 20), np.arange(40) % 2)["ari"] == pytest.approx(1.0)

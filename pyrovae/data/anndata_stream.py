@@ -85,6 +85,10 @@ class AnnDataStream(BatchStream):
     ) -> None:
         super().__init__()
         ad = require("anndata")
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"AnnDataStream reads its file by itself, chunk by chunk: pass the path of the .h5ad file "
+                            f"or .zarr folder (for an AnnData opened with backed='r': its .filename), got "
+                            f"{type(path).__name__}; an AnnData held in memory goes to from_anndata")
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"AnnDataStream: {self.path} does not exist (an .h5ad file or a .zarr folder)")
@@ -175,12 +179,11 @@ class AnnDataStream(BatchStream):
     def _cells(self, starts: np.ndarray) -> int:
         return int(np.minimum(starts + self.chunk_size, self.num_cells).sum() - starts.sum())
 
-    def __len__(self) -> int:
-        """Batches every rank yields this epoch: the fewest that any rank can fill."""
+    def _batch_counts(self) -> list[list[int]]:
         def batches(cells: int) -> int:
             return cells // self.batch_size if self.drop_last else -(-cells // self.batch_size)
 
-        return min(sum(batches(self._cells(starts)) for starts in workers) for workers in self._parts())
+        return [[batches(self._cells(starts)) for starts in workers] for workers in self._parts()]
 
     def _refuse_non_counts(self, counts: sp.csr_matrix, ids: np.ndarray) -> None:
         """Raise a ValueError naming the first cell of ``ids`` whose row holds a value that is not a count
@@ -210,8 +213,7 @@ class AnnDataStream(BatchStream):
         counts = sp.vstack([self._backed()[int(a):int(b)] for a, b in zip(starts, stops)], format="csr")
         return self._cell_block(counts, np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)]))
 
-    def __iter__(self) -> Iterator[CellBatch]:
-        worker = self._worker()
+    def _worker_batches(self, worker: int) -> Iterator[CellBatch]:
         starts = self._parts()[self.rank][worker]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         left = None  # cells of the last group short of a batch, shuffled in with the next group

@@ -11,6 +11,7 @@ the blocks being read, never by the size of the atlas.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -146,6 +147,45 @@ class BatchStream(IterableDataset):
         cat = torch.stack([batch.labels[name] for name in self.covariates], -1)
         return x, cat, x.new_zeros(len(x), 0)
 
+    def _batch_counts(self) -> list[list[int]]:
+        """The batches of every (rank, worker) this epoch, all of each part's cells read."""
+        raise NotImplementedError
+
+    def _worker_batches(self, worker: int) -> Iterator[CellBatch]:
+        """Every batch of this rank's ``worker`` this epoch."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Batches every rank yields this epoch: the fewest that any rank can fill."""
+        return min(sum(counts) for counts in self._batch_counts())
+
+    def _quota(self, worker: int) -> int:
+        """How many batches ``worker`` of this rank yields: together, its workers yield ``len(self)``; a rank with
+        more cells than the fewest leaves its workers' last batches out, the fullest worker's first (ranks stay in
+        step: a rank that yielded more would wait for the others' gradients that never come)."""
+        counts = list(self._batch_counts()[self.rank])
+        for _ in range(sum(counts) - len(self)):
+            fullest = max(range(len(counts)), key=lambda w: (counts[w], w))
+            counts[fullest] -= 1
+        return counts[worker]
+
+    def __iter__(self) -> Iterator[CellBatch]:
+        worker = self._worker()
+        quota = self._quota(worker)
+        if quota == 0 and worker == 0 and len(self) == 0:
+            warnings.warn(f"{self!r} yields no batch this epoch: a rank's cells fill no batch of {self.batch_size}"
+                          f"{' (drop_last drops the short one)' if self.drop_last else ''}; use a smaller batch_size",
+                          UserWarning, stacklevel=2)
+        batches = self._worker_batches(worker)
+        try:
+            for _ in range(quota):
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            batches.close()  # its reads in flight end now, not when it is collected
+
     def _worker(self) -> int:
         """This process's worker index, checked against the stream's ``num_workers``."""
         info = get_worker_info()
@@ -183,8 +223,9 @@ class CellStream(BatchStream):
 
     Deterministic given ``seed`` and the epoch (:meth:`set_epoch`), for any number of workers. Under
     ``torch.distributed`` each rank reads its own shards (rank and world size are taken from the process group
-    unless given); every rank yields the same number of batches per epoch (:meth:`__len__`; with
-    ``drop_last`` the cells of a part beyond whole batches wait for another epoch's deal).
+    unless given); every rank yields the same number of batches per epoch (:meth:`__len__`, the fewest any rank can
+    fill: a rank with more cells leaves its last batches out; with ``drop_last`` the cells of a part beyond whole
+    batches wait for another epoch's deal).
 
     :param panel: vocabulary positions of the genes to return (see :meth:`TahoeAtlas.panel_positions`,
         :meth:`TahoeAtlas.highly_variable_genes`).
@@ -306,11 +347,9 @@ class CellStream(BatchStream):
     def _batches_of(self, cells: int) -> int:
         return cells // self.batch_size if self.drop_last else -(-cells // self.batch_size)
 
-    def __len__(self) -> int:
-        """Batches every rank yields this epoch: the fewest that any rank can fill."""
-        per_rank = [sum(self._batches_of(int(self.shard_cells[w].sum())) for w in workers if w)
-                    for workers in self._parts()]
-        return min(per_rank)
+    def _batch_counts(self) -> list[list[int]]:
+        return [[self._batches_of(int(self.shard_cells[shards].sum())) if shards else 0 for shards in workers]
+                for workers in self._parts()]
 
     def rank_shards(self, rank: int | None = None) -> list[int]:
         """Shard indices read by ``rank`` (default: this one) this epoch."""
@@ -342,8 +381,7 @@ class CellStream(BatchStream):
             if pool:  # stopped early or failed: let the reads in flight end, start no more
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def __iter__(self) -> Iterator[CellBatch]:
-        worker = self._worker()
+    def _worker_batches(self, worker: int) -> Iterator[CellBatch]:
         shards = self._parts()[self.rank][worker]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         buffer = _ShuffleBuffer(self.rows_per_read)

@@ -13,6 +13,7 @@ genes through the ``gene_metadata`` table (``token_id``, ``ensembl_id``, ``gene_
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -163,7 +164,8 @@ def _hub_filesystem():
 
 
 def find_shards(source, filesystem=None) -> tuple[list[Shard], str | None]:
-    """The expression shards of ``source`` (sorted by path) and the gene_metadata file beside them, if any.
+    """The expression shards of ``source`` (sorted by path) and the gene_metadata file beside them, if any (of a
+    list: the one its folders hold, where they hold one).
 
     :param source: a parquet file, a folder (searched recursively; files named ``*metadata*`` are tables, not
         shards), a list of files, or a hub data set: ``"hf://datasets/tahoebio/Tahoe-100M"`` or its name
@@ -171,12 +173,30 @@ def find_shards(source, filesystem=None) -> tuple[list[Shard], str | None]:
         ``HfFileSystem``; only the parquet footers are read here).
     """
     if isinstance(source, (list, tuple)):
-        shards = [s for item in source for s in find_shards(item, filesystem)[0]]
-        return sorted(shards, key=lambda s: s.path), None
+        found = [find_shards(item, filesystem) for item in source]
+        tables = {genes for _, genes in found if genes is not None}  # a folder's gene_metadata, if the folders agree
+        shards, seen, repeated = [], set(), []
+        for shard in (s for item, _ in found for s in item):
+            key = shard.path if shard.filesystem is not None else os.path.realpath(shard.path)
+            if key in seen:  # a folder and a file in it, or a file listed twice: its cells once, not twice
+                repeated.append(shard.path)
+                continue
+            seen.add(key)
+            shards.append(shard)
+        if repeated:
+            warnings.warn(f"{len(repeated)} shard(s) listed more than once are read once: {repeated[:3]}"
+                          f"{' ...' if len(repeated) > 3 else ''}", UserWarning, stacklevel=3)
+        return sorted(shards, key=lambda s: s.path), tables.pop() if len(tables) == 1 else None
     source = str(source)
     if filesystem is None and not os.path.exists(source):
         if source.startswith("hf://") or (source.count("/") == 1 and not source.startswith(("/", ".", "~"))):
-            filesystem = _hub_filesystem()
+            try:
+                filesystem = _hub_filesystem()
+            except ImportError as error:
+                if source.startswith("hf://"):
+                    raise
+                raise ImportError(f"no file or folder {source} exists here, so it was taken as the name of a hub data "
+                                  f"set (owner/name); {error}") from None
             source = source if source.startswith("hf://") else f"hf://datasets/{source}"
         else:
             raise FileNotFoundError(f"no parquet file or folder at {source}")

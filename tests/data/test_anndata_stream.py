@@ -56,7 +56,7 @@ def test_every_cell_once_per_epoch_with_its_counts_labels_and_library(written, w
     seen = []
     for stream in streams:
         batches = _epoch(stream, 0, workers)
-        assert len(batches) >= len(stream)  # every rank yields at least the common number of batches
+        assert len(batches) == len(stream)  # every rank yields the common number of batches
         for batch in batches:
             ids = batch.ids.numpy()
             np.testing.assert_array_equal(batch.counts.numpy(), dense[ids])
@@ -149,3 +149,9 @@ def test_bad_files_are_refused_by_name(tmp_path):
     (tmp_path / "text.h5ad").write_text("not hdf5")
     with pytest.raises(ValueError, match=r"text.h5ad is not an AnnData"):
         AnnDataStream(tmp_path / "text.h5ad")
+
+
+def test_an_anndata_object_is_refused_with_the_path_to_pass(written):
+    path, adata = written
+    with pytest.raises(TypeError, match=r"pass the path of the \.h5ad file or \.zarr folder.*got AnnData; an AnnData"):
+        AnnDataStream(adata, 64)

@@ -125,3 +125,73 @@ def test_train_in_a_process_group_refuses_a_stream_of_other_ranks_before_anythin
     model, guide = VAE(stream.num_genes, 2, (8,), "nb"), NormalGuide(stream.num_genes, 2, (8,))
     with pytest.raises(ValueError, match="reads as rank 1 of 2, but this process is rank 0 of 2"):
         train(model, guide, stream, epochs=1, progress=False)
+
+
+class _LibraryGuide(torch.nn.Module):
+    """A guide whose latent is the cell's total count: encoding shows the order the cells were read in."""
+
+    def encode(self, x):
+        return torch.distributions.Normal(x.sum(-1, keepdim=True), 1.0)
+
+
+@pytest.mark.parametrize("kind", ["cells", "anndata"])
+def test_encoding_a_stream_read_by_workers_keeps_the_file_order(atlas, tmp_path, kind):
+    """A DataLoader takes its workers' batches in turn (cells 0, 600, 100, 700, ...); scoring and encoding read in
+    this process instead, so that the rows of the result are the cells in file order."""
+    from pyrovae.data import AnnDataStream
+    from pyrovae.infer import encode_data
+
+    if kind == "cells":
+        def stream(**options):
+            return CellStream(atlas, batch_size=100, **options)
+    else:
+        ad = pytest.importorskip("anndata")
+        import scipy.sparse as sp
+
+        counts = sp.csr_matrix(torch.poisson(torch.full((1000, 20), 3.0), torch.Generator().manual_seed(0)).numpy())
+        ad.AnnData(counts).write_h5ad(tmp_path / "cells.h5ad")
+
+        def stream(**options):
+            return AnnDataStream(tmp_path / "cells.h5ad", 100, chunk_size=200, **options)
+
+    in_order = torch.cat([batch.library for batch in stream(shuffle=False)])
+    by_workers = stream(shuffle=False, num_workers=2)
+    assert not torch.equal(torch.cat([batch.library for batch in by_workers.loader()]), in_order)  # interleaved
+    torch.testing.assert_close(encode_data(_LibraryGuide(), by_workers).squeeze(-1), in_order)
+    assert by_workers.num_workers == 2  # the stream itself left as it was
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_rank_iterates_as_many_batches_as_its_length(atlas, workers):
+    """Six shards of 200 cells on four ranks: two ranks hold 400 cells, two 200; each yields the fewest (two
+    batches of 100), so that a hand-written loop over the stream keeps the ranks in step."""
+    streams = [CellStream(atlas, batch_size=100, shuffle=False, rank=r, world_size=4, num_workers=workers)
+               for r in range(4)]
+    for stream in streams:
+        batches = list(stream.loader()) if workers else list(stream)
+        assert len(stream) == len(batches) == 2
+        assert all(len(batch.ids) == 100 for batch in batches)
+
+
+def test_a_shard_listed_twice_is_read_once(atlas_dir):
+    from pyrovae.data import TahoeAtlas
+
+    shard = sorted(atlas_dir.rglob("*.parquet"))
+    shard = next(p for p in shard if "metadata" not in p.name)
+    with pytest.warns(UserWarning, match=r"1 shard\(s\) listed more than once are read once"):
+        twice = TahoeAtlas([atlas_dir, shard])
+    assert twice.num_cells == TahoeAtlas(atlas_dir).num_cells
+
+
+def test_a_stream_that_fills_no_batch_says_so_when_iterated(atlas):
+    with pytest.warns(UserWarning, match="yields no batch this epoch.*drop_last drops the short one"):
+        assert list(CellStream(atlas, batch_size=5000, shuffle=False, drop_last=True)) == []
+
+
+def test_a_mistyped_folder_is_not_silently_a_hub_name(tmp_path, monkeypatch):
+    from pyrovae.data import TahoeAtlas
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)  # as where it is not installed
+    with pytest.raises(ImportError, match="no file or folder data/atlass exists here, so it was taken as the name"):
+        TahoeAtlas("data/atlass")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -13,18 +14,31 @@ class History:
     ``kl_weight``, ``seconds``, and the one-sample estimates per datum ``train_elbo``,
     ``train_reconstruction``, ``train_kl`` (on a fixed subset of the training data, KL weight 1) and,
     with validation data, ``val_elbo``, ``val_reconstruction``, ``val_kl``. ``history["val_elbo"]`` is
-    the list of one metric over epochs.
+    the list of one metric over epochs, ``history[-1]`` (an integer or a slice) the records themselves; ``len``,
+    iteration and ``"val_elbo" in history`` go over the records and the metrics they hold.
     """
 
     records: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
 
-    def __getitem__(self, key: str) -> list:
+    def __getitem__(self, key: str | int | slice) -> list | dict:
+        if isinstance(key, (int, slice)) and not isinstance(key, bool):
+            return self.records[key]
+        if not isinstance(key, str):
+            raise TypeError(f"a History is read by a metric's name (history['val_elbo']) or by epoch (history[-1]), "
+                            f"got {key!r}")
         return [record.get(key) for record in self.records]
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.records)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether some epoch's record holds the metric ``key``."""
+        return any(key in record for record in self.records)
 
     @property
     def last(self) -> dict:

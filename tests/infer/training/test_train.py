@@ -385,3 +385,18 @@ def test_a_resumed_run_measures_divergence_from_the_first_step_of_the_run(tmp_pa
         run(after=0, epochs=4, checkpoint=tmp_path / "c.pt")
     first = [str(e.value).split(" at the first step")[0].rsplit(" ", 1)[-1] for e in (uninterrupted, resumed)]
     assert first[0] == first[1]  # the same first step's loss in both messages
+
+
+def test_a_history_answers_in_iteration_and_indexing_without_hanging():
+    """It was read by metric name only, so `"loss" in history` and `for r in history` tried keys 0, 1, 2, ... for
+    ever; now they go over the records."""
+    from pyrovae.infer import History
+
+    history = History(records=[{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 2.0, "val_elbo": -2.5}])
+    assert "loss" in history and "val_elbo" in history and "train_elbo" not in history
+    assert [r["epoch"] for r in history] == [1, 2] and list(history) == history.records
+    assert history[-1] is history.records[-1] and history[:1] == history.records[:1]
+    assert history["loss"] == [3.0, 2.0] and history["val_elbo"] == [None, -2.5]
+    with pytest.raises(TypeError, match=r"read by a metric's name \(history\['val_elbo'\]\) or by epoch"):
+        history[1.5]
+    assert "loss" not in History() and list(History()) == []
