@@ -54,10 +54,14 @@ def _groups(values, name: str) -> np.ndarray:
     if missing.any():
         raise ValueError(f"{name} is missing (NaN or None) for {int(missing.sum())} cells (first: cell "
                          f"{int(np.flatnonzero(missing)[0])}); drop those cells or name their group")
-    if values.dtype == object and len({type(v) for v in values}) > 1:  # 1 and "1" mixed: np.unique cannot sort them
-        kinds = sorted({type(v).__name__ for v in values})
-        raise ValueError(f"{name} mixes values of types {kinds} (e.g. 1 and '1', which name different groups); "
-                         f"give every cell's {name} as one type, e.g. np.asarray({name}).astype(str)")
+    if values.dtype == object:
+        try:
+            np.unique(values)
+        except TypeError:  # 1 and "1" mixed: np.unique cannot sort them
+            kinds = sorted({type(v).__name__ for v in values})
+            raise ValueError(f"{name} mixes values of types {kinds} that cannot be ordered (1 and '1' name different "
+                             f"groups); give every cell's {name} as one type, e.g. np.asarray({name}).astype(str)"
+                             ) from None
     return values
 
 

@@ -213,18 +213,19 @@ class StreamSource(DataSource):
         """The stream deals its cells to the ranks by itself: the same source."""
         return self
 
-    def ordered(self) -> StreamSource:
-        """This source over the stream in file order with every cell (no shuffle, no batch dropped, read in this
-        process): what scoring, encoding and validation read (a copy of the stream sharing its atlas; the stream
-        itself where it reads that way already). A stream's own ``shuffle``, ``drop_last`` and ``num_workers`` are
-        for training: a DataLoader takes its workers' batches in turn, which puts the cells out of file order, and
-        the results of encoding or scoring are matched to the cells by their order."""
-        flags = ("shuffle", "drop_last", "num_workers")
+    def ordered(self, in_process: bool = True) -> StreamSource:
+        """This source over the stream in file order with every cell (no shuffle, no batch dropped): what scoring,
+        encoding and validation read (a copy of the stream sharing its atlas; the stream itself where it reads that
+        way already). A stream's own ``shuffle`` and ``drop_last`` are for training, and so are its ``num_workers``
+        where the order of the results matters (``in_process``): a DataLoader takes its workers' batches in turn,
+        out of file order, and the results of encoding or scoring are matched to the cells by their order. Sums
+        over the cells (validation, :func:`~pyrovae.infer.evaluate`) keep the workers."""
+        flags = ("shuffle", "drop_last", "num_workers") if in_process else ("shuffle", "drop_last")
         if not any(getattr(self.stream, flag, False) for flag in flags):
             return self
         stream = copy.copy(self.stream)
         stream.shuffle = stream.drop_last = False
-        if hasattr(stream, "num_workers"):
+        if in_process and hasattr(stream, "num_workers"):
             stream.num_workers = 0
         return StreamSource(stream, None, self.name)
 

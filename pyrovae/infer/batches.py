@@ -48,6 +48,9 @@ class BatchSource:
         DataLoader or stream refuses another value, naming ``argument`` in the error).
     :param check: a function that raises on invalid values (e.g. ``model.check_data``).
     :param dtype: the model's floating dtype: batches of another floating dtype are converted, with a warning.
+    :param per_datum: unshuffled, whether the results are per datum, matched to the data by their order (a
+        stream's DataLoader workers interleave their batches, so a stream is then read in this process); sums over
+        the data (validation scores) keep its workers.
     """
 
     def __init__(
@@ -64,11 +67,12 @@ class BatchSource:
         default_batch_size: int = 128,
         argument: str = "batch_size",
         dtype: torch.dtype | None = None,
+        per_datum: bool = True,
     ) -> None:
         self.source: DataSource = as_source(data, batch_size, name, default_batch_size=default_batch_size,
                                             argument=argument)
-        if not shuffle and isinstance(self.source, StreamSource):  # scoring or encoding: every cell, in order
-            self.source = self.source.ordered()
+        if not shuffle and isinstance(self.source, StreamSource):  # scoring, encoding, validating: every cell
+            self.source = self.source.ordered(in_process=per_datum)  # in file order where results are per datum
         self.shuffle, self.device, self.drop_last = shuffle, device, drop_last
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -256,13 +260,14 @@ def model_check(model) -> Callable[[torch.Tensor], None] | None:
 
 
 def as_batches(data, batch_size: int | None, shuffle: bool, device: torch.device, check=None, name: str = "data",
-               default_batch_size: int = 128, dtype: torch.dtype | None = None):
+               default_batch_size: int = 128, dtype: torch.dtype | None = None, per_datum: bool = True):
     """A :class:`BatchSource` over ``data`` for one pass (``check``: a function of a batch, such as
-    :func:`model_check` of a model; ``dtype``: the model's, to convert batches to)."""
+    :func:`model_check` of a model; ``dtype``: the model's, to convert batches to; ``per_datum``: as for
+    :class:`BatchSource`)."""
     if isinstance(data, BatchSource):
         return data
     return BatchSource(data, batch_size, shuffle, device, check=check, name=name, seed=0,
-                       default_batch_size=default_batch_size, dtype=dtype)
+                       default_batch_size=default_batch_size, dtype=dtype, per_datum=per_datum)
 
 
 def check_stream_ranks(stream) -> None:

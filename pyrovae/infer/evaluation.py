@@ -98,7 +98,7 @@ def evaluate(
         with seeded(seed):
             return evaluate(model, guide, data, max_data, across_ranks, batch_size, check_pairing, num_particles)
     batches = as_batches(data, batch_size, False, module_device(model, guide), check=model_check(model),
-                         default_batch_size=1024, dtype=floating_dtype(model, guide))
+                         default_batch_size=1024, dtype=floating_dtype(model, guide), per_datum=False)
     total_reconstruction, total_kl, count = 0.0, 0.0, 0
     with evaluation_mode(model, guide):
         for args in batches:

@@ -195,3 +195,15 @@ def test_a_mistyped_folder_is_not_silently_a_hub_name(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)  # as where it is not installed
     with pytest.raises(ImportError, match="no file or folder data/atlass exists here, so it was taken as the name"):
         TahoeAtlas("data/atlass")
+
+
+def test_validation_and_evaluate_keep_the_stream_workers(atlas, monkeypatch):
+    """Sums over the cells need no file order: their stream keeps its DataLoader workers (encoding reads in the
+    process)."""
+    from pyrovae.data.source import StreamSource
+    from pyrovae.infer.batches import BatchSource
+
+    stream = CellStream(atlas, batch_size=100, shuffle=False, num_workers=2)
+    assert BatchSource(stream, None, False, torch.device("cpu"), per_datum=False).source.stream is stream
+    in_process = BatchSource(stream, None, False, torch.device("cpu")).source
+    assert isinstance(in_process, StreamSource) and in_process.stream.num_workers == 0

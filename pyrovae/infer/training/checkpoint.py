@@ -206,12 +206,16 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 def save_with_checksums(obj, stream) -> None:
     """:func:`torch.save` of ``obj`` to ``stream`` with the CRC-32 of every record (:func:`damaged_record`)."""
-    computed = torch.serialization.get_crc32_options()
+    serialization = torch.serialization
+    if not hasattr(serialization, "set_crc32_options"):  # torch < 2.6 always writes them
+        torch.save(obj, stream)
+        return
+    computed = serialization.get_crc32_options()
     try:
-        torch.serialization.set_crc32_options(True)
+        serialization.set_crc32_options(True)
         torch.save(obj, stream)
     finally:
-        torch.serialization.set_crc32_options(computed)
+        serialization.set_crc32_options(computed)
 
 
 def damaged_record(path: str | os.PathLike) -> str | None:

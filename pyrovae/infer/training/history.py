@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -23,12 +24,18 @@ class History:
     stopped_early: bool = False
 
     def __getitem__(self, key: str | int | slice) -> list | dict:
-        if isinstance(key, (int, slice)) and not isinstance(key, bool):
+        if isinstance(key, str):
+            return [record.get(key) for record in self.records]
+        if isinstance(key, slice):
             return self.records[key]
-        if not isinstance(key, str):
-            raise TypeError(f"a History is read by a metric's name (history['val_elbo']) or by epoch (history[-1]), "
-                            f"got {key!r}")
-        return [record.get(key) for record in self.records]
+        try:
+            position = operator.index(key)  # an int, or numpy's (history[np.argmax(history["val_elbo"])])
+        except TypeError:
+            position = None
+        if position is None or isinstance(key, bool):
+            raise TypeError(f"a History is read by a metric's name (history['val_elbo']) or by the position of an "
+                            f"epoch's record (history[-1], the last), got {key!r}")
+        return self.records[position]
 
     def __len__(self) -> int:
         return len(self.records)

@@ -220,7 +220,7 @@ def train(
     drop_last = check_batch_norm_batches(batches, trained, chosen_drop_last)
     validation = (
         BatchSource(val_data, eval_batch_size, shuffle=False, device=device, seed=0, check=check, name="val_data",
-                    default_batch_size=_EVAL_BATCH_SIZE, argument="eval_batch_size", dtype=dtype)
+                    default_batch_size=_EVAL_BATCH_SIZE, argument="eval_batch_size", dtype=dtype, per_datum=False)
         if val_data is not None
         else None
     )
