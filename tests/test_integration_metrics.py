@@ -9,22 +9,26 @@ from sklearn.neighbors import NearestNeighbors
 from pyrovae.metrics import batch_asw, ilisi, lisi
 
 
+def exact_simpson(d, c, num_codes, perplexity):
+    """Simpson's index of one cell's neighbours (distances ``d``, label codes ``c``) from the definition: the
+    kernel's precision solved by Brent's method to machine precision."""
+    def entropy_gap(log_beta):
+        w = np.exp(-(d - d.min()) * np.exp(log_beta))
+        p = w / w.sum()
+        return -(p * np.log(np.where(p > 0, p, 1))).sum() - np.log(perplexity)
+
+    beta = np.exp(brentq(entropy_gap, -30, 30, xtol=1e-12))
+    p = np.exp(-(d - d.min()) * beta)
+    p /= p.sum()
+    return sum(p[c == code].sum() ** 2 for code in range(num_codes))
+
+
 def reference_lisi(latent, labels, k, perplexity):
-    """LISI from its definition: the kernel precision solved by Brent's method to machine precision."""
+    """LISI from its definition, cell by cell."""
     distances, indices = NearestNeighbors(n_neighbors=k + 1).fit(latent).kneighbors(latent)
-    distances, indices = distances[:, 1:], indices[:, 1:]
-    values = []
-    for d, neighbours in zip(distances, indices):
-        def entropy_gap(log_beta, d=d):
-            w = np.exp(-(d - d.min()) * np.exp(log_beta))
-            p = w / w.sum()
-            return -(p * np.log(np.where(p > 0, p, 1))).sum() - np.log(perplexity)
-        beta = np.exp(brentq(entropy_gap, -30, 30, xtol=1e-12))
-        p = np.exp(-(d - d.min()) * beta)
-        p /= p.sum()
-        shares = np.array([p[labels[neighbours] == c].sum() for c in np.unique(labels)])
-        values.append(1.0 / (shares**2).sum())
-    return np.array(values)
+    names, codes = np.unique(labels, return_inverse=True)
+    return np.array([1.0 / exact_simpson(d, codes[neighbours], len(names), perplexity)
+                     for d, neighbours in zip(distances[:, 1:], indices[:, 1:])])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -115,19 +119,6 @@ def test_vectorised_bisection_equals_one_cell_at_a_time(neighbours, num_codes, p
     if perplexity < neighbours:  # (at perplexity = neighbours only the uniform weights reach the target)
         exact = [exact_simpson(d, c, num_codes, perplexity) for d, c in zip(distances[15:20], codes[15:20])]
         np.testing.assert_allclose(got[underflowed], exact, rtol=1e-4, atol=0)
-
-
-def exact_simpson(d, c, num_codes, perplexity):
-    """Simpson's index of one cell's neighbours from the definition: the precision solved by Brent's method."""
-    def entropy_gap(log_beta):
-        w = np.exp(-(d - d.min()) * np.exp(log_beta))
-        p = w / w.sum()
-        return -(p * np.log(np.where(p > 0, p, 1))).sum() - np.log(perplexity)
-
-    beta = np.exp(brentq(entropy_gap, -30, 30, xtol=1e-12))
-    p = np.exp(-(d - d.min()) * beta)
-    p /= p.sum()
-    return sum(p[c == code].sum() ** 2 for code in range(num_codes))
 
 
 def test_lisi_is_one_where_every_weight_goes_to_the_nearest_neighbour():

@@ -328,32 +328,24 @@ def test_a_checkpoint_damaged_in_place_is_refused_not_resumed(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(parameters(model, guide), kept))
 
 
-def test_checkpoints_keep_their_checksums_when_torch_is_told_to_skip_them(tmp_path):
+@pytest.fixture
+def checksums_off():
+    """torch.save told to skip the CRC-32 of its records, as a user may have set it, for one test."""
     computed = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
-    try:
-        model, guide = small_pair()
-        train(model, guide, data(), epochs=1, checkpoint=tmp_path / "c.pt", progress=False)
-        assert torch.serialization.get_crc32_options() is False  # the user's choice left as it was
-    finally:
-        torch.serialization.set_crc32_options(computed)
+    yield
+    torch.serialization.set_crc32_options(computed)
+
+
+def test_checkpoints_keep_their_checksums_when_torch_is_told_to_skip_them(tmp_path, checksums_off):
+    model, guide = small_pair()
+    train(model, guide, data(), epochs=1, checkpoint=tmp_path / "c.pt", progress=False)
+    assert torch.serialization.get_crc32_options() is False  # the user's choice left as it was
+    torch.save(load_checkpoint(tmp_path / "c.pt"), tmp_path / "unchecked.pt")
+    assert load_checkpoint(tmp_path / "unchecked.pt")["epoch"] == 1  # 0 for every record: nothing to check
     _flip_first_float_of_each_tensor(tmp_path / "c.pt")
     with pytest.raises(ValueError, match="is damaged"):
         load_checkpoint(tmp_path / "c.pt")
-
-
-def test_a_file_written_without_checksums_is_read(tmp_path):
-    """torch.save with the CRC-32 turned off writes 0 for every record: not a damage, nothing to check."""
-    computed = torch.serialization.get_crc32_options()
-    torch.serialization.set_crc32_options(False)
-    try:
-        model, guide = small_pair()
-        train(model, guide, data(), epochs=1, checkpoint=tmp_path / "c.pt", progress=False)
-        saved = load_checkpoint(tmp_path / "c.pt")
-        torch.save(saved, tmp_path / "unchecked.pt")
-    finally:
-        torch.serialization.set_crc32_options(computed)
-    assert load_checkpoint(tmp_path / "unchecked.pt")["epoch"] == 1
 
 
 class ScaledVAE(VAE):
