@@ -21,7 +21,7 @@ import pyro
 import torch
 
 from pyrovae.infer.estimation.log_likelihood import REFINED
-from pyrovae.infer.training.checkpoint import atomic_write
+from pyrovae.infer.training.files import atomic_write
 from pyrovae.optional import require
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ _HELD: list = []  # the lock on this process's --out, held until it ends
 def _hold(out: Path) -> None:
     """Lock ``out`` for this run (the first process of a torchrun job only): a second run of a script on the same
     folder would mix its metrics and figures with this one's, so it stops before any work, naming this one."""
-    from pyrovae.infer.training.checkpoint import FileLock  # pyrovae.infer is heavy: imported when used
+    from pyrovae.infer.training.files import FileLock  # pyrovae.infer is heavy: imported when used
     from pyrovae.process_group import rank  # torchrun's, before the process group is joined
 
     out = out.resolve()

@@ -29,7 +29,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pyrovae.infer.training.checkpoint import FileLock, SettingsMismatch, atomic_write
+from pyrovae.infer.training.checkpoint import SettingsMismatch
+from pyrovae.infer.training.files import FileLock, atomic_write
 
 logger = logging.getLogger(__name__)
 

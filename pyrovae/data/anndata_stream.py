@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from pyrovae.data.cell_batch import CellBatch
-from pyrovae.data.cell_stream import BatchStream
+from pyrovae.data.batch_stream import BatchStream
 from pyrovae.data.checks import check_int, non_counts
 from pyrovae.data.tahoe import CellBlock
 from pyrovae.optional import require

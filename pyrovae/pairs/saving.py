@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from pyrovae.guides.base import AmortizedGuide
-from pyrovae.infer.training.checkpoint import FileLock, atomic_write, load_error
+from pyrovae.infer.training.checkpoint import load_error
+from pyrovae.infer.training.files import FileLock, atomic_write
 from pyrovae.likelihoods import get_likelihood
 from pyrovae.models import VAE
 from pyrovae.pairs.building import build_pair, likelihood_spec, pair_config

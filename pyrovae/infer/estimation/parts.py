@@ -44,7 +44,8 @@ from pyrovae.infer.estimation.log_likelihood import REFINED, as_proposal, log_li
 from pyrovae.infer.estimation.result import LogLikelihood
 from pyrovae.infer.evaluation import evaluation_mode
 from pyrovae.infer.seeding import seeded
-from pyrovae.infer.training.checkpoint import FileLock, atomic_write, damaged_record, load_error, save_with_checksums
+from pyrovae.infer.training.checkpoint import load_error
+from pyrovae.infer.training.files import FileLock, atomic_write, damaged_record, save_with_checksums
 
 MANIFEST = "manifest.json"
 logger = logging.getLogger(__name__)  # one line per part scored: what a long job's log shows without a progress bar

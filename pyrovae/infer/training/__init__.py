@@ -7,21 +7,21 @@
 - :mod:`~pyrovae.infer.training.schedule`: KL warm-up (:class:`KLSchedule`);
 - :mod:`~pyrovae.infer.training.early_stopping`: the best epoch and patience (:class:`EarlyStopping`);
 - :mod:`~pyrovae.infer.training.checkpoint`: atomic checkpoints that resume exactly (:class:`TrainingCheckpoint`);
+- :mod:`~pyrovae.infer.training.files`: files two jobs may share (:func:`atomic_write`, :class:`FileLock`, checksums);
 - :mod:`~pyrovae.infer.training.history`: the per-epoch metrics (:class:`History`);
 - :mod:`~pyrovae.infer.training.start`: a GMVAE started from k-means pseudo-labels (:func:`pseudo_label_start`).
 """
 
 from pyrovae.infer.training.checkpoint import (
     CheckpointInUse,
-    FileLock,
     SettingsMismatch,
     TrainingCheckpoint,
-    atomic_write,
     load_checkpoint,
     save_checkpoint,
 )
 from pyrovae.infer.training.divergence import TrainingDiverged
 from pyrovae.infer.training.early_stopping import EarlyStopping
+from pyrovae.infer.training.files import FileLock, atomic_write
 from pyrovae.infer.training.history import History
 from pyrovae.infer.training.objectives import ELBO_NAMES, ObjectiveScale, importance_weighted_bound, make_objective
 from pyrovae.infer.training.schedule import KLSchedule

@@ -47,13 +47,7 @@ from pyrovae.infer.distributed import (
     world_size,
 )
 from pyrovae.infer.evaluation import evaluate, evaluation_mode
-from pyrovae.infer.training.checkpoint import (
-    CheckpointInUse,
-    FileLock,
-    SettingsMismatch,
-    TrainingCheckpoint,
-    rng_state,
-)
+from pyrovae.infer.training.checkpoint import CheckpointInUse, TrainingCheckpoint, rng_state
 from pyrovae.infer.training.divergence import (
     TrainingDiverged,
     exploded,
@@ -62,6 +56,7 @@ from pyrovae.infer.training.divergence import (
     non_finite_step,
 )
 from pyrovae.infer.training.early_stopping import EarlyStopping
+from pyrovae.infer.training.files import FileLock
 from pyrovae.infer.training.history import History
 from pyrovae.infer.training.objectives import make_objective
 from pyrovae.infer.training.schedule import KLSchedule
@@ -259,18 +254,13 @@ def train(
                     "val_data": validation.fingerprint(None) if digested and validation is not None else None,
                     "patience": patience, "restore_best": stopping.keep_best,
                     "ranks": world_size()}  # another number of ranks is another global batch (and deal of the data)
-        saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings)
+        hints = {} if chosen_drop_last is not None else {"drop_last": (
+            "drop_last was not given: compile=True and the JIT objectives drop an incomplete last batch by default, "
+            "the others keep it; pass drop_last= as the saved run had it")}
+        saved = TrainingCheckpoint(checkpoint, modules, step.optimizer, batches, store_params, settings, hints)
         history, start_epoch = History(), 0
         if resume and saved.exists():
-            try:
-                start_epoch, history = saved.restore(device, stopping, rank())
-            except SettingsMismatch as error:
-                if chosen_drop_last is None and "drop_last=" in error.differences:
-                    raise SettingsMismatch(
-                        f"{error} (drop_last was not given: compile=True and the JIT objectives drop an incomplete "
-                        "last batch by default, the others keep it; pass drop_last= as the saved run had it)",
-                        error.differences, error.files) from None
-                raise
+            start_epoch, history = saved.restore(device, stopping, rank())
             if start_epoch > epochs and not history.stopped_early:
                 warnings.warn(f"checkpoint {checkpoint} holds {start_epoch} epochs, more than epochs={epochs}: the "
                               f"run is returned as it stands, with its {start_epoch} epochs (training does not go "
@@ -332,7 +322,7 @@ def _fit(run: _Run, epochs: range) -> None:
     global_step = first_step = epochs.start * steps_per_epoch
     step.steps = 0
     scales, filled = None, None  # (data scale, KL weight) on the device, rewritten in place when they change
-    first_loss = saved.first_loss  # the run's first step's loss per datum (across ranks): the scale of divergence
+    first_loss = saved.first_loss  # the run's first step's loss per datum (across ranks), kept in the checkpoint
     bar = tqdm(total=len(epochs) * steps_per_epoch, desc="train", dynamic_ncols=True,
                disable=not (run.progress and is_main_process()))
     with bar:
@@ -358,6 +348,7 @@ def _fit(run: _Run, epochs: range) -> None:
                     first_loss, first_seen = all_reduce_sum(torch.stack([loss / data_scale, loss.new_tensor(
                         x.shape[0])])).tolist()
                     first_loss /= max(first_seen, 1)
+                    saved.first_loss = first_loss
                 seen += x.shape[0]
                 global_step += 1
                 if step.deferred and (global_step - first_step) % 256 == 0 and step.failed:  # long epochs stop early
@@ -392,7 +383,7 @@ def _fit(run: _Run, epochs: range) -> None:
             if saved.path is not None:
                 rng_states = gather_objects(rng_state())  # one state per rank
                 if is_main_process():
-                    saved.save(epoch + 1, history, stopping, rng_states, first_loss)
+                    saved.save(epoch + 1, history, stopping, rng_states)
                 barrier()  # no rank reads the checkpoint before it is written
             if history.stopped_early:
                 break
